@@ -1,0 +1,729 @@
+"""The workspace store: one SQLite file holding everything a user makes.
+
+    store = Store("./workspace")          # or Store() -> $CTXDISTILL_HOME or ./workspace
+    cid = store.save_constitution("pirate", c.to_dict(), c.content_hash())
+
+Every SQL statement of the project lives in this module. The database runs in
+WAL mode so the web server (many threads, one connection guarded by a lock)
+and job worker processes (their own Store each) can read while one writes.
+Every write is a single transaction; rows come back as plain dicts with JSON
+columns decoded and 0/1 flags turned into bools. Timestamps are Unix seconds
+(floats).
+
+`owner` separates visitors in the hosted demo; "" is the shared local
+workspace. List methods take `owner=` ("" by default; None means every owner).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterable
+
+DB_NAME = "ctxdistill.db"
+SPLITS = ("train", "heldout")
+SAMPLE_STATUSES = ("pending", "accepted", "rejected")
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+TERMINAL_STATES = ("done", "failed", "cancelled")
+VOTE_CHOICES = ("a", "b", "tie", "both_bad")
+
+# Columns stored as JSON text and decoded on the way out, and 0/1 columns.
+_JSON_COLUMNS = {"content", "chain", "flags", "meta", "config", "result", "run_ids", "results"}
+_BOOL_COLUMNS = {"edited", "cancel_requested", "heavy"}
+
+# What callers may write through upsert_sample / update_sample / update_job.
+_SAMPLE_FIELDS = ("prompted", "unprompted", "chain", "final", "edited", "status",
+                  "note", "reviewer", "flags", "meta")
+_JOB_FIELDS = ("kind", "config", "state", "progress_done", "progress_total", "message",
+               "pid", "error", "cancel_requested", "kill_after", "heartbeat_at",
+               "started_at", "finished_at", "result", "owner", "heavy", "attempts")
+
+
+class StoreError(Exception):
+    """A request the store cannot honour (bad value, bad state)."""
+
+
+class NotFound(StoreError):
+    """No row with that id (or name)."""
+
+
+class ConflictError(StoreError):
+    """The row changed since the caller read it; `.current` holds it as it is now."""
+
+    def __init__(self, message: str, current: dict | None = None):
+        super().__init__(message)
+        self.current = current
+
+
+def workspace_home(path: str | os.PathLike | None = None) -> Path:
+    """The workspace directory: `path`, else $CTXDISTILL_HOME, else ./workspace.
+
+    Creates it, with runs/ and models/, if missing."""
+    home = Path(path or os.environ.get("CTXDISTILL_HOME") or "workspace").expanduser().resolve()
+    for d in (home, home / "runs", home / "models"):
+        d.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+# --------------------------------------------------------------------------- migrations
+# Append new migrations at the end; never edit one that has shipped. Each runs
+# inside its own transaction and bumps PRAGMA user_version by one.
+
+def _m001_initial(db: sqlite3.Connection) -> None:
+    _run_script(db, """
+    CREATE TABLE constitutions (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        hash        TEXT NOT NULL,
+        parent_id   INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
+        message     TEXT NOT NULL DEFAULT '',
+        owner       TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL
+    );
+    CREATE INDEX constitutions_by_name ON constitutions(owner, name, id);
+
+    CREATE TABLE prompt_sets (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL,
+        source      TEXT NOT NULL DEFAULT '',
+        owner       TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        UNIQUE (owner, name)
+    );
+
+    CREATE TABLE prompts (
+        id          INTEGER PRIMARY KEY,
+        set_id      INTEGER NOT NULL REFERENCES prompt_sets(id) ON DELETE CASCADE,
+        text        TEXT NOT NULL,
+        split       TEXT NOT NULL CHECK (split IN ('train', 'heldout')),
+        category    TEXT NOT NULL DEFAULT '',
+        source      TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        UNIQUE (set_id, text)
+    );
+
+    CREATE TABLE samples (
+        id              INTEGER PRIMARY KEY,
+        prompt_id       INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
+        constitution_id INTEGER NOT NULL REFERENCES constitutions(id) ON DELETE CASCADE,
+        idx             INTEGER NOT NULL DEFAULT 0,
+        prompted        TEXT NOT NULL DEFAULT '',
+        unprompted      TEXT NOT NULL DEFAULT '',
+        chain           TEXT NOT NULL DEFAULT '[]',
+        final           TEXT NOT NULL DEFAULT '',
+        edited          INTEGER NOT NULL DEFAULT 0,
+        status          TEXT NOT NULL DEFAULT 'pending'
+                        CHECK (status IN ('pending', 'accepted', 'rejected')),
+        note            TEXT NOT NULL DEFAULT '',
+        reviewer        TEXT NOT NULL DEFAULT '',
+        flags           TEXT NOT NULL DEFAULT '[]',
+        meta            TEXT NOT NULL DEFAULT '{}',
+        version         INTEGER NOT NULL DEFAULT 1,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL,
+        UNIQUE (prompt_id, constitution_id, idx)
+    );
+    CREATE INDEX samples_by_constitution ON samples(constitution_id, status);
+
+    CREATE TABLE jobs (
+        id               INTEGER PRIMARY KEY,
+        kind             TEXT NOT NULL,
+        config           TEXT NOT NULL DEFAULT '{}',
+        state            TEXT NOT NULL DEFAULT 'queued'
+                         CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+        heavy            INTEGER NOT NULL DEFAULT 0,
+        progress_done    INTEGER NOT NULL DEFAULT 0,
+        progress_total   INTEGER NOT NULL DEFAULT 0,
+        message          TEXT NOT NULL DEFAULT '',
+        pid              INTEGER,
+        error            TEXT,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        kill_after       REAL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        heartbeat_at     REAL,
+        created_at       REAL NOT NULL,
+        started_at       REAL,
+        finished_at      REAL,
+        result           TEXT,
+        owner            TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX jobs_by_state ON jobs(state, heavy, id);
+
+    CREATE TABLE metrics (
+        job_id  INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        step    INTEGER NOT NULL,
+        name    TEXT NOT NULL,
+        value   REAL,
+        at      REAL NOT NULL,
+        PRIMARY KEY (job_id, name, step)
+    );
+
+    CREATE TABLE evals (
+        id              INTEGER PRIMARY KEY,
+        job_id          INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+        constitution_id INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
+        run_ids         TEXT NOT NULL DEFAULT '[]',
+        results         TEXT NOT NULL DEFAULT '{}',
+        owner           TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL
+    );
+
+    CREATE TABLE votes (
+        id          INTEGER PRIMARY KEY,
+        eval_id     INTEGER NOT NULL REFERENCES evals(id) ON DELETE CASCADE,
+        prompt_id   INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
+        choice      TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),
+        a_is        TEXT NOT NULL,
+        reviewer    TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        UNIQUE (eval_id, prompt_id, reviewer)
+    )
+    """)
+
+
+MIGRATIONS = [_m001_initial]
+
+
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would commit the surrounding transaction; run statements one by one.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock first, so two processes opening a
+    # fresh workspace at once cannot both run the same migration.
+    while True:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= len(MIGRATIONS):
+                db.execute("COMMIT")
+                return
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+# --------------------------------------------------------------------------- store
+
+class Store:
+    """A connection to one workspace database. Safe to share between threads."""
+
+    def __init__(self, home: str | os.PathLike | None = None):
+        self.home = workspace_home(home)
+        self.runs_dir = self.home / "runs"
+        self.models_dir = self.home / "models"
+        self.path = self.home / DB_NAME
+        self._lock = threading.RLock()
+        # isolation_level=None: no implicit transactions; _tx() opens them explicitly.
+        self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 10000")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # In WAL mode NORMAL is still crash-safe; it only skips an fsync per commit.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        with self._lock:
+            _migrate(self._conn)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextmanager
+    def _tx(self):
+        """One write transaction. Re-entrant: an inner _tx joins the outer one."""
+        with self._lock:
+            db = self._db()
+            if db.in_transaction:
+                yield db
+                return
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the store is closed")
+        return self._conn
+
+    def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
+        with self._lock:
+            return [_decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
+
+    def _one(self, sql: str, params: Iterable, what: str) -> dict:
+        rows = self._rows(sql, params)
+        if not rows:
+            raise NotFound(f"{what} not found")
+        return rows[0]
+
+    # ------------------------------------------------------------------ constitutions
+
+    def save_constitution(self, name: str, content: dict, content_hash: str,
+                          parent_id: int | None = None, message: str = "",
+                          owner: str = "") -> int:
+        """Store a new immutable version of constitution `name`; returns its id.
+
+        If the latest version of `name` already has this hash, nothing is written
+        and that version's id is returned. Without `parent_id` the new version's
+        parent is the latest version of the same name (if any)."""
+        name = (name or "").strip()
+        if not name:
+            raise StoreError("a constitution needs a name")
+        with self._tx() as db:
+            latest = db.execute(
+                "SELECT id, hash FROM constitutions WHERE owner = ? AND name = ? "
+                "ORDER BY id DESC LIMIT 1", (owner, name)).fetchone()
+            if latest is not None and latest["hash"] == content_hash:
+                return latest["id"]
+            if parent_id is None and latest is not None:
+                parent_id = latest["id"]
+            cur = db.execute(
+                "INSERT INTO constitutions (name, content, hash, parent_id, message, owner, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, _json(content), content_hash, parent_id, message or "", owner, time.time()))
+            return cur.lastrowid
+
+    def get_constitution(self, version_id: int) -> dict:
+        return self._one("SELECT * FROM constitutions WHERE id = ?", (version_id,),
+                         f"constitution version {version_id}")
+
+    def list_constitution_versions(self, name: str | None = None,
+                                   owner: str | None = "") -> list[dict]:
+        """Versions, newest first; all names unless `name` is given."""
+        where, params = _where(("owner = ?", owner), ("name = ?", name))
+        return self._rows(f"SELECT * FROM constitutions {where} ORDER BY id DESC", params)
+
+    def constitution_names(self, owner: str | None = "") -> list[str]:
+        where, params = _where(("owner = ?", owner))
+        rows = self._rows(f"SELECT DISTINCT name FROM constitutions {where} ORDER BY name", params)
+        return [r["name"] for r in rows]
+
+    # ------------------------------------------------------------------ prompts
+
+    def add_prompts(self, set_name: str, rows: list[dict], source: str = "",
+                    owner: str = "") -> int:
+        """Add prompts to a set (created if new); returns how many were new.
+
+        Each row is {text, split ('train' | 'heldout', default 'train'), category?}.
+        Texts are stripped; a text already in the set (or repeated in `rows`) is
+        skipped, whatever its split, so no prompt is both trained on and held out.
+        All or nothing: one bad row raises StoreError and nothing is added."""
+        set_name = (set_name or "").strip()
+        if not set_name:
+            raise StoreError("a prompt set needs a name")
+        now = time.time()
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO prompt_sets (name, source, owner, created_at) "
+                       "VALUES (?, ?, ?, ?)", (set_name, source or "", owner, now))
+            if source:
+                db.execute("UPDATE prompt_sets SET source = ? WHERE owner = ? AND name = ? "
+                           "AND source = ''", (source, owner, set_name))
+            set_id = db.execute("SELECT id FROM prompt_sets WHERE owner = ? AND name = ?",
+                                (owner, set_name)).fetchone()["id"]
+            added = 0
+            for n, row in enumerate(rows, 1):
+                text = row.get("text") if isinstance(row, dict) else None
+                if not isinstance(text, str) or not text.strip():
+                    raise StoreError(f"prompt row {n}: empty or missing text")
+                split = row.get("split") or "train"
+                if split not in SPLITS:
+                    raise StoreError(f"prompt row {n}: split must be 'train' or 'heldout', not {split!r}")
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO prompts (set_id, text, split, category, source, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (set_id, text.strip(), split, str(row.get("category") or ""), source or "", now))
+                added += cur.rowcount
+            return added
+
+    def prompt_sets(self, owner: str | None = "") -> list[dict]:
+        """[{id, name, n_train, n_heldout, source, owner, created_at}] by name."""
+        where, params = _where(("ps.owner = ?", owner))
+        return self._rows(f"""
+            SELECT ps.id, ps.name, ps.source, ps.owner, ps.created_at,
+                   COALESCE(SUM(p.split = 'train'), 0)   AS n_train,
+                   COALESCE(SUM(p.split = 'heldout'), 0) AS n_heldout
+            FROM prompt_sets ps LEFT JOIN prompts p ON p.set_id = ps.id
+            {where} GROUP BY ps.id ORDER BY ps.name""", params)
+
+    def get_prompts(self, set_name: str | None, split: str | None = None,
+                    ids: list[int] | None = None, owner: str | None = "") -> list[dict]:
+        """[{id, set_name, text, split, category, source, owner}] in insertion order."""
+        conds = [("ps.owner = ?", owner), ("ps.name = ?", set_name), ("p.split = ?", split)]
+        where, params = _where(*conds)
+        if ids is not None:
+            ids = [int(i) for i in ids]
+            if not ids:
+                return []
+            where += (" AND " if where else "WHERE ") + f"p.id IN ({','.join('?' * len(ids))})"
+            params += ids
+        return self._rows(f"""
+            SELECT p.id, ps.name AS set_name, p.text, p.split, p.category, p.source, ps.owner
+            FROM prompts p JOIN prompt_sets ps ON ps.id = p.set_id
+            {where} ORDER BY p.id""", params)
+
+    # ------------------------------------------------------------------ samples
+
+    def upsert_sample(self, prompt_id: int, constitution_id: int, idx: int = 0, **fields) -> int:
+        """Create or overwrite the sample (prompt, constitution version, idx); returns its id.
+
+        Meant for pipeline writes (generation, revision). Unless the sample was
+        hand-edited or `final` is given, `final` follows the latest revision,
+        else the prompted answer. Every write bumps `version`."""
+        _check_sample_fields(fields)
+        now = time.time()
+        with self._tx() as db:
+            old = db.execute("SELECT * FROM samples WHERE prompt_id = ? AND constitution_id = ? "
+                             "AND idx = ?", (prompt_id, constitution_id, idx)).fetchone()
+            if old is None:
+                row = {"prompted": "", "unprompted": "", "chain": [], "edited": False,
+                       "status": "pending", "note": "", "reviewer": "", "flags": [], "meta": {}}
+                row.update(fields)
+                if "final" not in fields:
+                    row["final"] = _default_final(row)
+                cols = ["prompt_id", "constitution_id", "idx", *_SAMPLE_FIELDS,
+                        "version", "created_at", "updated_at"]
+                values = [prompt_id, constitution_id, idx,
+                          *[_encode(c, row[c]) for c in _SAMPLE_FIELDS], 1, now, now]
+                try:
+                    cur = db.execute(f"INSERT INTO samples ({', '.join(cols)}) "
+                                     f"VALUES ({', '.join('?' * len(cols))})", values)
+                except sqlite3.IntegrityError as e:
+                    raise StoreError(f"cannot add sample: {e}") from None
+                return cur.lastrowid
+            changes = dict(fields)
+            merged = {**_decode(old), **fields}
+            if "final" not in fields and not merged["edited"]:
+                changes["final"] = _default_final(merged)
+            self._write_sample(db, old["id"], changes, now)
+            return old["id"]
+
+    def get_sample(self, sample_id: int) -> dict:
+        """The sample with its prompt's text, set, split and owner."""
+        return self._one(f"{_SAMPLE_SELECT} WHERE s.id = ?", (sample_id,), f"sample {sample_id}")
+
+    def list_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
+                     status: str | None = None, search: str | None = None,
+                     min_len: int | None = None, max_len: int | None = None,
+                     flag: str | None = None, owner: str | None = "",
+                     limit: int | None = None, offset: int = 0) -> list[dict]:
+        """Samples in prompt order. `search` matches the prompt, the answers and
+        the note (case-insensitive); min_len/max_len bound len(final) in characters;
+        `flag` keeps samples carrying that flag."""
+        where, params = _sample_filter(constitution_id, set_name, status, search,
+                                       min_len, max_len, flag, owner)
+        sql = f"{_SAMPLE_SELECT} {where} ORDER BY s.prompt_id, s.constitution_id, s.idx"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [int(limit), int(offset)]
+        elif offset:
+            sql += " LIMIT -1 OFFSET ?"
+            params.append(int(offset))
+        return self._rows(sql, params)
+
+    def count_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
+                      status: str | None = None, search: str | None = None,
+                      min_len: int | None = None, max_len: int | None = None,
+                      flag: str | None = None, owner: str | None = "", **_ignored) -> dict:
+        """{total, pending, accepted, rejected} under the same filters as list_samples."""
+        where, params = _sample_filter(constitution_id, set_name, status, search,
+                                       min_len, max_len, flag, owner)
+        rows = self._rows(f"""
+            SELECT s.status, COUNT(*) AS n FROM samples s
+            JOIN prompts p ON p.id = s.prompt_id JOIN prompt_sets ps ON ps.id = p.set_id
+            {where} GROUP BY s.status""", params)
+        counts = {"total": 0, **{s: 0 for s in SAMPLE_STATUSES}}
+        for r in rows:
+            counts[r["status"]] = r["n"]
+            counts["total"] += r["n"]
+        return counts
+
+    def update_sample(self, sample_id: int, expected_version: int, **fields) -> dict:
+        """A reviewer's edit, applied only if the sample is still at `expected_version`.
+
+        Raises ConflictError (with `.current`) when someone else changed it first,
+        so no edit is silently lost. Setting `final` marks the sample edited unless
+        it equals the generated text (or `edited` is given). Returns the new row."""
+        _check_sample_fields(fields)
+        with self._tx() as db:
+            old = db.execute("SELECT * FROM samples WHERE id = ?", (sample_id,)).fetchone()
+            if old is None:
+                raise NotFound(f"sample {sample_id} not found")
+            if old["version"] != expected_version:
+                current = self.get_sample(sample_id)
+                raise ConflictError(
+                    f"sample {sample_id} was changed elsewhere (now version {old['version']}, "
+                    f"you edited version {expected_version}); reload it and reapply your edit",
+                    current)
+            changes = dict(fields)
+            merged = {**_decode(old), **fields}
+            if "final" in fields and "edited" not in fields:
+                changes["edited"] = fields["final"] != _default_final(merged)
+            elif "final" not in fields and not merged["edited"]:
+                changes["final"] = _default_final(merged)
+            self._write_sample(db, sample_id, changes, time.time())
+            return self.get_sample(sample_id)
+
+    def _write_sample(self, db: sqlite3.Connection, sample_id: int, changes: dict,
+                      now: float) -> None:
+        sets = [f"{c} = ?" for c in changes]
+        values = [_encode(c, v) for c, v in changes.items()]
+        try:
+            db.execute(f"UPDATE samples SET {', '.join(sets + ['version = version + 1', 'updated_at = ?'])} "
+                       "WHERE id = ?", [*values, now, sample_id])
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"cannot update sample {sample_id}: {e}") from None
+
+    # ------------------------------------------------------------------ jobs
+
+    def create_job(self, kind: str, config: dict, owner: str = "", heavy: bool = False) -> int:
+        """A new job row in state 'queued'. `heavy` jobs (they load the model) run one at a time."""
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO jobs (kind, config, heavy, owner, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (kind, _json(config or {}), int(bool(heavy)), owner, time.time()))
+            return cur.lastrowid
+
+    def get_job(self, job_id: int) -> dict:
+        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,), f"job {job_id}")
+
+    def list_jobs(self, kind: str | None = None, owner: str | None = None,
+                  limit: int | None = 50, state: str | Iterable[str] | None = None) -> list[dict]:
+        """Jobs, newest first. `owner=None` lists every owner; `state` may be one or several."""
+        where, params = _where(("kind = ?", kind), ("owner = ?", owner))
+        if state is not None:
+            states = [state] if isinstance(state, str) else list(state)
+            where += (" AND " if where else "WHERE ") + f"state IN ({','.join('?' * len(states))})"
+            params += states
+        sql = f"SELECT * FROM jobs {where} ORDER BY id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return self._rows(sql, params)
+
+    def update_job(self, job_id: int, if_state: Iterable[str] | None = None, **fields) -> bool:
+        """Set job columns. With `if_state`, only while the job is in one of those
+        states (so a late writer cannot overwrite a final state). Returns whether
+        the row was changed."""
+        unknown = set(fields) - set(_JOB_FIELDS)
+        if unknown:
+            raise StoreError(f"unknown job field(s): {', '.join(sorted(unknown))}")
+        if "state" in fields and fields["state"] not in JOB_STATES:
+            raise StoreError(f"bad job state {fields['state']!r}")
+        if not fields:
+            return False
+        sql = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in fields)} WHERE id = ?"
+        params = [_encode(c, v) for c, v in fields.items()] + [job_id]
+        if if_state is not None:
+            states = [if_state] if isinstance(if_state, str) else list(if_state)
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params += states
+        with self._tx() as db:
+            changed = db.execute(sql, params).rowcount
+            if not changed and not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
+                raise NotFound(f"job {job_id} not found")
+            return bool(changed)
+
+    def claim_job(self, job_id: int, pid: int) -> int:
+        """Atomically move a queued job to 'running' if it may start now.
+
+        Returns 0 when claimed, the number of heavy jobs ahead of it when it must
+        wait (one running, or queued with a smaller id), or -1 when the job is no
+        longer queued (e.g. cancelled while waiting)."""
+        with self._tx() as db:
+            job = db.execute("SELECT state, heavy FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None:
+                raise NotFound(f"job {job_id} not found")
+            if job["state"] != "queued":
+                return -1
+            if job["heavy"]:
+                ahead = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE heavy = 1 AND id != ? AND "
+                    "(state = 'running' OR (state = 'queued' AND id < ? AND pid IS NOT NULL))",
+                    (job_id, job_id)).fetchone()[0]
+                if ahead:
+                    return ahead
+            now = time.time()
+            db.execute("UPDATE jobs SET state = 'running', pid = ?, started_at = ?, heartbeat_at = ?, "
+                       "message = '', attempts = attempts + 1 WHERE id = ?", (pid, now, now, job_id))
+            return 0
+
+    # ------------------------------------------------------------------ metrics
+
+    def log_metrics(self, job_id: int, step: int, values: dict[str, float]) -> None:
+        """Record metric values at a step. Logging the same (name, step) again replaces it,
+        so a resumed job may safely repeat a step."""
+        now = time.time()
+        try:
+            rows = [(job_id, int(step), str(k), None if v is None else float(v), now)
+                    for k, v in values.items()]
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"metric values must be numbers: {e}") from None
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO metrics (job_id, step, name, value, at) "
+                           "VALUES (?, ?, ?, ?, ?)", rows)
+
+    def get_metrics(self, job_id: int, name: str | None = None) -> list[dict]:
+        """[{step, name, value, at}] ordered by step, then name."""
+        where, params = _where(("job_id = ?", job_id), ("name = ?", name))
+        return self._rows(f"SELECT step, name, value, at FROM metrics {where} ORDER BY step, name",
+                          params)
+
+    # ------------------------------------------------------------------ evals and votes
+
+    def save_eval(self, job_id: int | None, constitution_id: int | None, run_ids: list,
+                  results: dict, owner: str = "") -> int:
+        with self._tx() as db:
+            cur = db.execute("INSERT INTO evals (job_id, constitution_id, run_ids, results, owner, "
+                             "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                             (job_id, constitution_id, _json(list(run_ids or [])),
+                              _json(results or {}), owner, time.time()))
+            return cur.lastrowid
+
+    def get_eval(self, eval_id: int) -> dict:
+        return self._one("SELECT * FROM evals WHERE id = ?", (eval_id,), f"eval {eval_id}")
+
+    def list_evals(self, owner: str | None = "") -> list[dict]:
+        """Evals, newest first."""
+        where, params = _where(("owner = ?", owner))
+        return self._rows(f"SELECT * FROM evals {where} ORDER BY id DESC", params)
+
+    def add_vote(self, eval_id: int, prompt_id: int, choice: str, a_is: str,
+                 reviewer: str = "") -> int:
+        """A blind A/B vote; `a_is` names the system shown as A. A reviewer voting
+        again on the same prompt of the same eval replaces their vote."""
+        if choice not in VOTE_CHOICES:
+            raise StoreError(f"vote must be one of {', '.join(VOTE_CHOICES)}, not {choice!r}")
+        if not a_is:
+            raise StoreError("a vote must say which system was shown as A")
+        with self._tx() as db:
+            try:
+                db.execute("""
+                    INSERT INTO votes (eval_id, prompt_id, choice, a_is, reviewer, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (eval_id, prompt_id, reviewer)
+                    DO UPDATE SET choice = excluded.choice, a_is = excluded.a_is,
+                                  created_at = excluded.created_at""",
+                           (eval_id, prompt_id, choice, a_is, reviewer or "", time.time()))
+            except sqlite3.IntegrityError as e:
+                raise StoreError(f"cannot record vote: {e}") from None
+            return db.execute("SELECT id FROM votes WHERE eval_id = ? AND prompt_id = ? AND reviewer = ?",
+                              (eval_id, prompt_id, reviewer or "")).fetchone()["id"]
+
+    def list_votes(self, eval_id: int) -> list[dict]:
+        return self._rows("SELECT * FROM votes WHERE eval_id = ? ORDER BY id", (eval_id,))
+
+    # ------------------------------------------------------------------ health
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            rows = self._db().execute("PRAGMA integrity_check").fetchall()
+        return len(rows) == 1 and rows[0][0] == "ok"
+
+
+# --------------------------------------------------------------------------- helpers
+
+_SAMPLE_SELECT = """
+    SELECT s.*, p.text AS prompt, p.split, p.category, ps.name AS set_name, ps.owner
+    FROM samples s JOIN prompts p ON p.id = s.prompt_id JOIN prompt_sets ps ON ps.id = p.set_id"""
+
+
+def _sample_filter(constitution_id, set_name, status, search, min_len, max_len, flag,
+                   owner) -> tuple[str, list]:
+    if status is not None and status not in SAMPLE_STATUSES:
+        raise StoreError(f"bad sample status {status!r}")
+    like = None
+    if search:
+        like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return _where(
+        ("ps.owner = ?", owner),
+        ("s.constitution_id = ?", constitution_id),
+        ("ps.name = ?", set_name),
+        ("s.status = ?", status),
+        ("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
+                           ("p.text", "s.final", "s.prompted", "s.unprompted", "s.note")) + ")", like),
+        ("length(s.final) >= ?", min_len),
+        ("length(s.final) <= ?", max_len),
+        ("EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = ?)", flag),
+    )
+
+
+def _where(*conditions: tuple[str, Any]) -> tuple[str, list]:
+    """WHERE clause from (sql, value) pairs, skipping those whose value is None.
+
+    The value fills every ? of its condition."""
+    parts, params = [], []
+    for sql, value in conditions:
+        if value is not None:
+            parts.append(sql)
+            params += [value] * sql.count("?")
+    return ("WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def _check_sample_fields(fields: dict) -> None:
+    unknown = set(fields) - set(_SAMPLE_FIELDS)
+    if unknown:
+        raise StoreError(f"unknown sample field(s): {', '.join(sorted(unknown))}")
+    if "status" in fields and fields["status"] not in SAMPLE_STATUSES:
+        raise StoreError(f"sample status must be one of {', '.join(SAMPLE_STATUSES)}, "
+                         f"not {fields['status']!r}")
+    if "flags" in fields and not all(isinstance(f, str) for f in fields["flags"] or []):
+        raise StoreError("sample flags must be a list of strings")
+
+
+def _default_final(row: dict) -> str:
+    """The text to train on when nobody edited it: the last revision, else the prompted answer."""
+    for step in reversed(row.get("chain") or []):
+        if isinstance(step, dict) and step.get("revision"):
+            return step["revision"]
+    return row.get("prompted") or ""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return None if value is None and column == "result" else _json(value)
+    if column in _BOOL_COLUMNS:
+        return int(bool(value))
+    return value
+
+
+def _decode(row: sqlite3.Row) -> dict:
+    out = {}
+    for key in row.keys():
+        value = row[key]
+        if key in _JSON_COLUMNS and isinstance(value, str):
+            value = json.loads(value)
+        elif key in _BOOL_COLUMNS and value is not None:
+            value = bool(value)
+        out[key] = value
+    return out
