@@ -1,0 +1,404 @@
+"""Long work in a child process; the store is the contract between UI and worker.
+
+    job_id = jobs.submit(store, "tests.jobfixtures:count", {"n": 5, "sleep": 0.1})
+    jobs.wait(store, job_id, timeout=30)
+
+A worker is `python -m ctxdistill.jobs JOB_ID --workspace HOME`, started in
+its own session with its output in runs/<id>/worker.log. It writes progress,
+metrics, heartbeats and its final state to the store; the UI only reads the
+store (and calls refresh()), so it can re-attach after a reload.
+
+A job function is `fn(ctx: JobContext, config: dict)`. It calls ctx.progress()
+and checks ctx.should_stop() every step, and skips work already in the store,
+so that resume() after a crash or a cancel picks up where it stopped.
+Model-heavy kinds run one at a time per workspace; the rest queue by id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from .store import TERMINAL_STATES, NotFound, Store, StoreError
+
+# kind -> "module:function". A kind that itself contains ":" is an import path.
+JOB_KINDS: dict[str, str] = {}
+
+# Kinds that load the model. A function reached through an import path is
+# heavy when it has a true `heavy` attribute.
+HEAVY = {"generate", "revise", "train", "evaluate"}
+
+HEARTBEAT_S = 1.0
+STALE_AFTER_S = 15.0      # no heartbeat for this long: the worker is gone or hung
+QUEUE_POLL_S = 0.3
+
+# Workers this process started, so refresh() can reap them (a dead child stays
+# a zombie, which os.kill(pid, 0) still reports as alive).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Cancelled(Exception):
+    """Raised by a job function (or ctx.check_cancel()) to stop early; the job ends 'cancelled'."""
+
+
+class JobContext:
+    """What a job function gets: the store, its id and config, a run directory and a log."""
+
+    def __init__(self, store: Store, job_id: int, config: dict, attempt: int = 1):
+        self.store = store
+        self.job_id = job_id
+        self.config = config
+        self.attempt = attempt          # 1 on the first run, 2 after one resume, ...
+        self.run_dir = store.runs_dir / str(job_id)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = logging.getLogger(f"ctxdistill.job.{job_id}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        self._handler = logging.FileHandler(self.run_dir / "log.txt", encoding="utf-8")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.log.addHandler(self._handler)
+        self._stop = False
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total),
+                              message=message)
+
+    def should_stop(self) -> bool:
+        """True once a cancel was requested. Cheap: one indexed read."""
+        if not self._stop:
+            self._stop = bool(self.store.get_job(self.job_id)["cancel_requested"])
+        return self._stop
+
+    def check_cancel(self) -> None:
+        if self.should_stop():
+            raise Cancelled("cancelled by request")
+
+    def log_metrics(self, step: int, values: dict) -> None:
+        self.store.log_metrics(self.job_id, step, values)
+
+    def set_result(self, result: dict) -> None:
+        self.store.update_job(self.job_id, result=result)
+
+    def close(self) -> None:
+        self.log.removeHandler(self._handler)
+        self._handler.close()
+
+
+# --------------------------------------------------------------------------- starting jobs
+
+def resolve(kind: str):
+    """The job function for a kind."""
+    target = JOB_KINDS.get(kind) or (kind if ":" in kind else None)
+    if target is None:
+        raise StoreError(f"unknown job kind {kind!r} (known: {', '.join(sorted(JOB_KINDS)) or 'none'})")
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def is_heavy(kind: str) -> bool:
+    if kind in HEAVY:
+        return True
+    if ":" in kind and kind not in JOB_KINDS:
+        return bool(getattr(resolve(kind), "heavy", False))
+    return False
+
+
+def submit(store: Store, kind: str, config: dict, owner: str = "") -> int:
+    """Queue a job and start its worker; returns the job id."""
+    if kind not in JOB_KINDS and ":" not in kind:
+        raise StoreError(f"unknown job kind {kind!r} (known: {', '.join(sorted(JOB_KINDS)) or 'none'})")
+    json.dumps(config)  # fail here, not in the worker, on a config that cannot be stored
+    job_id = store.create_job(kind, config, owner=owner, heavy=is_heavy(kind))
+    spawn_worker(store, job_id)
+    return job_id
+
+
+def spawn_worker(store: Store, job_id: int) -> int:
+    """Start the worker process for a queued job; records and returns its pid."""
+    run_dir = store.runs_dir / str(job_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "-m", "ctxdistill.jobs", str(job_id), "--workspace", str(store.home)]
+    # The log file, not a pipe: nobody reads the pipe, and a full one blocks the child.
+    with open(run_dir / "worker.log", "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)
+    _CHILDREN[proc.pid] = proc
+    # A fresh heartbeat now, so refresh() gives the worker time to start.
+    store.update_job(job_id, pid=proc.pid, heartbeat_at=time.time())
+    return proc.pid
+
+
+# --------------------------------------------------------------------------- running jobs
+
+def run_worker(home, job_id: int) -> None:
+    """Entry point of the worker process."""
+    store = Store(home)
+
+    def on_sigterm(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        _run(store, job_id)
+    finally:
+        store.close()
+
+
+def run_inline(store: Store, job_id: int) -> None:
+    """Run a queued job in this process (the CLI's foreground mode)."""
+    _run(store, job_id)
+
+
+def _run(store: Store, job_id: int) -> None:
+    """Wait for a turn, run the job function, record how it ended. Every exit path sets a state."""
+    job = store.get_job(job_id)
+    heartbeat = _Heartbeat(store, job_id)
+    heartbeat.start()
+    ctx = None
+    try:
+        if not _wait_for_turn(store, job_id):
+            return                       # cancelled while queued; cancel() already set the state
+        job = store.get_job(job_id)
+        ctx = JobContext(store, job_id, job["config"], attempt=job["attempts"])
+        (ctx.run_dir / "config.json").write_text(json.dumps(job["config"], indent=2))
+        ctx.log.info("start %s (attempt %d, pid %d)", job["kind"], job["attempts"], os.getpid())
+        fn = resolve(job["kind"])
+        fn(ctx, job["config"])
+        if ctx.should_stop():
+            raise Cancelled("cancelled by request")
+        store.update_job(job_id, state="done", finished_at=time.time(), error=None)
+        ctx.log.info("done")
+    except Cancelled:
+        store.update_job(job_id, state="cancelled", finished_at=time.time(), message="cancelled")
+        if ctx:
+            ctx.log.info("cancelled")
+    except BaseException as e:           # SystemExit / KeyboardInterrupt too: never leave 'running'
+        cancelled = _safe(lambda: store.get_job(job_id)["cancel_requested"], False)
+        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if isinstance(e, SystemExit):
+            error = f"interrupted: the worker was terminated (exit {e.code})"
+        _safe(lambda: store.update_job(job_id, state="cancelled" if cancelled else "failed",
+                                       finished_at=time.time(), error=None if cancelled else error))
+        if ctx:
+            ctx.log.error("failed: %s\n%s", error, traceback.format_exc(limit=8))
+        else:
+            traceback.print_exc()
+        if not isinstance(e, Exception):
+            raise
+    finally:
+        heartbeat.stop()
+        if ctx:
+            ctx.close()
+
+
+def _wait_for_turn(store: Store, job_id: int) -> bool:
+    """Claim the job; while a heavy job runs or an earlier one waits, stay queued."""
+    last = None
+    while True:
+        ahead = store.claim_job(job_id, os.getpid())
+        if ahead == 0:
+            return True
+        if ahead < 0:
+            return False
+        if ahead != last:
+            store.update_job(job_id, if_state="queued",
+                             message=f"waiting: {ahead} model job{'s' if ahead > 1 else ''} ahead in the queue")
+            last = ahead
+        refresh(store)                   # a dead job ahead must not block the queue forever
+        time.sleep(QUEUE_POLL_S)
+
+
+class _Heartbeat(threading.Thread):
+    """Stamps heartbeat_at every second, so a hung or vanished worker is noticed."""
+
+    def __init__(self, store: Store, job_id: int):
+        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
+        self.store, self.job_id = store, job_id
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(HEARTBEAT_S):
+            _safe(lambda: self.store.update_job(self.job_id, if_state=("queued", "running"),
+                                                heartbeat_at=time.time()))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join(timeout=5)
+
+
+# --------------------------------------------------------------------------- control
+
+def cancel(store: Store, job_id: int, grace_s: float = 10.0) -> None:
+    """Ask a job to stop. A queued job is cancelled at once; a running one stops at
+    its next step, and is killed if still alive `grace_s` later (see refresh())."""
+    now = time.time()
+    if store.update_job(job_id, if_state="queued", state="cancelled", cancel_requested=True,
+                        finished_at=now, message="cancelled before it started"):
+        return
+    store.update_job(job_id, if_state="running", cancel_requested=True, kill_after=now + grace_s,
+                     message="cancelling…")
+
+
+def resume(store: Store, job_id: int) -> int:
+    """Run a failed or cancelled job again with the same config; returns the job id.
+
+    The job function is expected to skip what it already wrote to the store."""
+    job = store.get_job(job_id)
+    if job["state"] not in ("failed", "cancelled"):
+        raise StoreError(f"job {job_id} is {job['state']}; only failed or cancelled jobs can be resumed")
+    if job["pid"] and job["pid"] != os.getpid() and _pid_alive(job["pid"]):
+        _kill_worker(job["pid"], job_id)     # a hung worker declared dead must not write again
+    if not store.update_job(job_id, if_state=("failed", "cancelled"), state="queued", error=None,
+                            cancel_requested=False, kill_after=None, finished_at=None,
+                            pid=None, heartbeat_at=None, message="resumed"):
+        raise StoreError(f"job {job_id} changed state; not resumed")
+    spawn_worker(store, job_id)
+    return job_id
+
+
+def refresh(store: Store) -> None:
+    """Settle jobs whose worker is gone: mark them failed (or cancelled, if a
+    cancel was asked for), and kill workers that outlived their cancel grace."""
+    now = time.time()
+    for job in store.list_jobs(state=("queued", "running"), limit=None):
+        pid, job_id = job["pid"], job["id"]
+        if pid is None:
+            continue                         # not started by a worker (yet)
+        alive = pid == os.getpid() or _pid_alive(pid)
+        if alive and job["state"] == "running" and job["cancel_requested"] \
+                and job["kill_after"] is not None and now > job["kill_after"]:
+            if _kill_worker(pid, job_id):
+                store.update_job(job_id, if_state="running", state="cancelled", finished_at=now,
+                                 message="killed: it did not stop within the grace period")
+            continue
+        beat = job["heartbeat_at"]
+        stale = beat is not None and now - beat > STALE_AFTER_S
+        if alive and not stale:
+            continue
+        why = f"pid {pid} is gone" if not alive else f"no heartbeat for {now - beat:.0f} s"
+        if alive and pid != os.getpid():
+            _kill_worker(pid, job_id)        # hung: stop it before anyone resumes the job
+        if job["cancel_requested"]:
+            store.update_job(job_id, if_state=("queued", "running"), state="cancelled",
+                             finished_at=now, message=f"stopped ({why})")
+        else:
+            store.update_job(job_id, if_state=("queued", "running"), state="failed", finished_at=now,
+                             error=f"interrupted: the worker process died ({why})")
+
+
+def wait(store: Store, job_id: int, timeout: float) -> dict:
+    """Poll until the job reaches a terminal state; returns its row. Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        refresh(store)
+        job = store.get_job(job_id)
+        if job["state"] in TERMINAL_STATES:
+            return job
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+        time.sleep(0.1)
+
+
+def list_jobs(store: Store, kind: str | None = None, owner: str | None = None,
+              limit: int | None = 50) -> list[dict]:
+    """store.list_jobs after refresh(), so no dead job shows as running."""
+    refresh(store)
+    return store.list_jobs(kind=kind, owner=owner, limit=limit)
+
+
+def get(store: Store, job_id: int) -> dict:
+    """store.get_job after refresh()."""
+    refresh(store)
+    return store.get_job(job_id)
+
+
+# --------------------------------------------------------------------------- processes
+
+def _pid_alive(pid: int) -> bool:
+    proc = _CHILDREN.get(pid)
+    if proc is not None:
+        if proc.poll() is None:              # poll() also reaps our dead child
+            return True
+        del _CHILDREN[pid]
+        return False
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False                     # our child, just reaped
+    except ChildProcessError:
+        pass                                 # not our child
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True                          # exists, owned by someone else
+    try:                                     # a zombie (someone else's dead child) is dead to us
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _kill_worker(pid: int, job_id: int) -> bool:
+    """SIGKILL a worker's process group. Only when the pid still runs this job's
+    worker: after a reboot the number may belong to an unrelated process."""
+    if pid == os.getpid() or not _is_worker(pid, job_id):
+        return False
+    try:
+        pgid = os.getpgid(pid)
+        if pgid == pid and pgid != os.getpgid(0):
+            os.killpg(pgid, signal.SIGKILL)  # the worker and anything it started
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _pid_alive(pid)                          # reap it if it is our child
+    return True
+
+
+def _is_worker(pid: int, job_id: int) -> bool:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return pid in _CHILDREN              # no /proc: trust only processes we started
+    return b"ctxdistill.jobs" in args and str(job_id).encode() in args
+
+
+def _safe(fn, default=None):
+    try:
+        return fn()
+    except Exception:
+        return default
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ctxdistill.jobs", description="Run one job.")
+    parser.add_argument("job_id", type=int)
+    parser.add_argument("--workspace", default=None, help="workspace directory")
+    args = parser.parse_args(argv)
+    try:
+        run_worker(args.workspace, args.job_id)
+    except NotFound as e:
+        sys.exit(str(e))
+
+
+if __name__ == "__main__":
+    # Run through the imported module, not this __main__ copy, so that
+    # `ctxdistill.jobs.Cancelled` raised by job functions is the class caught here.
+    from ctxdistill import jobs as _jobs
+    _jobs.main()

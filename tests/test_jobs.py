@@ -1,0 +1,177 @@
+"""Jobs run in real worker processes against a workspace in tmp_path."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from ctxdistill import jobs
+from ctxdistill.store import Store, StoreError
+
+COUNT = "tests.jobfixtures:count"
+HEAVY_COUNT = "tests.jobfixtures:heavy_count"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "ws")
+    yield s
+    for job in s.list_jobs(state=("queued", "running"), limit=None):   # leave no worker behind
+        jobs.cancel(s, job["id"], grace_s=0)
+        if job["pid"]:
+            jobs._kill_worker(job["pid"], job["id"])
+    s.close()
+
+
+def _until(predicate, timeout=10.0, every=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def test_submit_runs_to_done_with_progress(store):
+    job_id = jobs.submit(store, COUNT, {"n": 5, "sleep": 0.01})
+    job = jobs.wait(store, job_id, timeout=20)
+    assert job["state"] == "done", job
+    assert (job["progress_done"], job["progress_total"]) == (5, 5)
+    assert job["result"] == {"n": 5, "attempt": 1}
+    assert job["started_at"] and job["finished_at"] >= job["started_at"] and job["error"] is None
+    assert [m["step"] for m in store.get_metrics(job_id, "i")] == [0, 1, 2, 3, 4]
+    run_dir = store.runs_dir / str(job_id)
+    assert "done" in (run_dir / "log.txt").read_text()
+    assert (run_dir / "config.json").exists() and (run_dir / "worker.log").exists()
+
+
+def test_unknown_kind_is_refused(store):
+    with pytest.raises(StoreError):
+        jobs.submit(store, "no-such-kind", {})
+    assert store.list_jobs() == []
+
+
+def test_cancel_stops_within_a_step(store):
+    job_id = jobs.submit(store, COUNT, {"n": 200, "sleep": 0.05})
+    _until(lambda: store.get_job(job_id)["progress_done"] >= 3)
+    jobs.cancel(store, job_id)
+    at_cancel = store.get_job(job_id)["progress_done"]
+    t0 = time.monotonic()
+    job = jobs.wait(store, job_id, timeout=10)
+    assert job["state"] == "cancelled" and job["cancel_requested"]
+    assert time.monotonic() - t0 < 2
+    assert job["progress_done"] <= at_cancel + 2
+
+
+def test_failure_is_recorded(store):
+    job_id = jobs.submit(store, "tests.jobfixtures:fail", {"message": "the teapot broke"})
+    job = jobs.wait(store, job_id, timeout=20)
+    assert job["state"] == "failed"
+    assert job["error"] == "ValueError: the teapot broke"
+    log = (store.runs_dir / str(job_id) / "log.txt").read_text()
+    assert "Traceback" in log and "the teapot broke" in log
+
+
+def test_killed_worker_is_marked_failed_then_resumes(store):
+    job_id = jobs.submit(store, COUNT, {"n": 30, "sleep": 0.05})
+    _until(lambda: store.get_job(job_id)["progress_done"] >= 5)
+    pid = store.get_job(job_id)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+
+    def marked():
+        jobs.refresh(store)
+        return store.get_job(job_id)["state"] == "failed"
+
+    _until(marked, timeout=3)
+    assert time.monotonic() - t0 < 3
+    job = store.get_job(job_id)
+    assert job["error"].startswith("interrupted: the worker process died")
+    first_run = {m["step"] for m in store.get_metrics(job_id, "attempt")}
+    assert len(first_run) >= 5
+
+    assert jobs.resume(store, job_id) == job_id
+    job = jobs.wait(store, job_id, timeout=20)
+    assert job["state"] == "done" and job["attempts"] == 2 and job["error"] is None
+    attempts = {m["step"]: m["value"] for m in store.get_metrics(job_id, "attempt")}
+    assert sorted(attempts) == list(range(30))
+    assert all(attempts[s] == 1 for s in first_run)           # done steps were skipped
+    assert all(attempts[s] == 2 for s in set(attempts) - first_run)
+
+
+def test_resume_only_failed_or_cancelled(store):
+    job_id = jobs.submit(store, COUNT, {"n": 1})
+    jobs.wait(store, job_id, timeout=20)
+    with pytest.raises(StoreError):
+        jobs.resume(store, job_id)
+
+
+def test_heavy_jobs_run_one_at_a_time(store):
+    first = jobs.submit(store, HEAVY_COUNT, {"n": 8, "sleep": 0.05})
+    second = jobs.submit(store, HEAVY_COUNT, {"n": 3, "sleep": 0.01})
+    light = jobs.submit(store, COUNT, {"n": 2})
+    assert store.get_job(first)["heavy"] and not store.get_job(light)["heavy"]
+    _until(lambda: store.get_job(first)["state"] == "running")
+    _until(lambda: "queue" in store.get_job(second)["message"])
+    seen = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        states = (store.get_job(first)["state"], store.get_job(second)["state"])
+        seen.append(states)
+        assert states != ("running", "running")
+        if states[1] == "done":
+            break
+        time.sleep(0.02)
+    assert jobs.wait(store, light, timeout=10)["state"] == "done"
+    a, b = store.get_job(first), store.get_job(second)
+    assert a["state"] == b["state"] == "done"
+    assert b["started_at"] >= a["finished_at"]
+    assert ("running", "queued") in seen
+
+
+def test_cancel_queued_job_is_immediate(store):
+    first = jobs.submit(store, HEAVY_COUNT, {"n": 100, "sleep": 0.05})
+    second = jobs.submit(store, HEAVY_COUNT, {"n": 1})
+    _until(lambda: store.get_job(first)["state"] == "running")
+    jobs.cancel(store, second)
+    assert store.get_job(second)["state"] == "cancelled"
+    jobs.cancel(store, first)
+    assert jobs.wait(store, first, timeout=10)["state"] == "cancelled"
+    assert store.get_job(second)["started_at"] is None
+
+
+def test_stubborn_job_is_killed_after_grace(store):
+    job_id = jobs.submit(store, "tests.jobfixtures:stubborn", {})
+    _until(lambda: store.get_job(job_id)["state"] == "running")
+    pid = store.get_job(job_id)["pid"]
+    jobs.cancel(store, job_id, grace_s=0.5)
+    job = jobs.wait(store, job_id, timeout=5)
+    assert job["state"] == "cancelled" and "grace" in job["message"]
+    _until(lambda: not jobs._pid_alive(pid), timeout=2)
+
+
+def test_run_inline(store):
+    job_id = store.create_job(COUNT, {"n": 3})
+    jobs.run_inline(store, job_id)
+    job = store.get_job(job_id)
+    assert job["state"] == "done" and job["pid"] == os.getpid() and job["progress_done"] == 3
+    failing = store.create_job("tests.jobfixtures:fail", {})
+    jobs.run_inline(store, failing)
+    assert store.get_job(failing)["state"] == "failed"
+
+
+def test_stale_heartbeat_is_marked_failed(store):
+    import subprocess
+    bystander = subprocess.Popen(["sleep", "30"])            # alive, but not a worker of ours
+    try:
+        job_id = store.create_job(COUNT, {})
+        store.update_job(job_id, state="running", pid=bystander.pid, heartbeat_at=time.time() - 20)
+        jobs.refresh(store)
+        job = store.get_job(job_id)
+        assert job["state"] == "failed" and "no heartbeat" in job["error"]
+        assert bystander.poll() is None                        # a stranger's process is never killed
+    finally:
+        bystander.kill()
+        bystander.wait()

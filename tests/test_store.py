@@ -1,0 +1,298 @@
+import sqlite3
+import threading
+
+import pytest
+
+from ctxdistill import store as store_mod
+from ctxdistill.store import ConflictError, NotFound, Store, StoreError, workspace_home
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "ws")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def prompts(store):
+    store.add_prompts("demo", [{"text": "How do I boil an egg?", "category": "cooking"},
+                               {"text": "Tell me about ships."},
+                               {"text": "What is rust?", "split": "heldout"}], source="test")
+    return store.get_prompts("demo")
+
+
+# ---------------------------------------------------------------- workspace and migrations
+
+def test_workspace_home_layout(tmp_path, monkeypatch):
+    home = workspace_home(tmp_path / "a")
+    assert (home / "runs").is_dir() and (home / "models").is_dir()
+    monkeypatch.setenv("CTXDISTILL_HOME", str(tmp_path / "b"))
+    assert workspace_home() == (tmp_path / "b").resolve()
+    s = Store()
+    assert s.home == (tmp_path / "b").resolve() and s.runs_dir == s.home / "runs"
+    assert (s.home / "ctxdistill.db").exists()
+    s.close()
+
+
+def test_migrations_fresh_and_reopen(tmp_path):
+    s = Store(tmp_path)
+    cid = s.save_constitution("c", {"principles": []}, "h")
+    s.close()
+    db = sqlite3.connect(tmp_path / "ctxdistill.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+    s = Store(tmp_path)      # already migrated: nothing re-run, data intact
+    assert s.get_constitution(cid)["name"] == "c"
+    assert s.integrity_ok()
+    s.close()
+
+
+def test_new_migration_applies_once(tmp_path, monkeypatch):
+    Store(tmp_path).close()
+    calls = []
+
+    def _m002_extra(db):
+        calls.append(1)
+        db.execute("CREATE TABLE extra (x INTEGER)")
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m002_extra])
+    Store(tmp_path).close()
+    Store(tmp_path).close()
+    assert calls == [1]
+    db = sqlite3.connect(tmp_path / "ctxdistill.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+def test_failed_migration_rolls_back(tmp_path, monkeypatch):
+    Store(tmp_path).close()
+
+    def _m002_broken(db):
+        db.execute("CREATE TABLE half (x INTEGER)")
+        raise RuntimeError("bad migration")
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m002_broken])
+    with pytest.raises(RuntimeError):
+        Store(tmp_path)
+    db = sqlite3.connect(tmp_path / "ctxdistill.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall()
+    db.close()
+
+
+# ---------------------------------------------------------------- constitutions
+
+def test_constitution_versions_and_dedupe(store):
+    v1 = store.save_constitution("pirate", {"principles": ["arr"]}, "h1", message="first")
+    assert store.save_constitution("pirate", {"principles": ["arr"]}, "h1") == v1
+    v2 = store.save_constitution("pirate", {"principles": ["arr", "matey"]}, "h2")
+    v3 = store.save_constitution("pirate", {"principles": ["arr"]}, "h1")   # back to v1's text
+    assert len({v1, v2, v3}) == 3
+    assert store.get_constitution(v2)["parent_id"] == v1
+    assert store.get_constitution(v1)["content"] == {"principles": ["arr"]}
+    assert [v["id"] for v in store.list_constitution_versions("pirate")] == [v3, v2, v1]
+    store.save_constitution("helper", {}, "h9")
+    assert store.constitution_names() == ["helper", "pirate"]
+    with pytest.raises(NotFound):
+        store.get_constitution(999)
+
+
+def test_owner_isolation(store):
+    store.save_constitution("mine", {}, "h", owner="alice")
+    store.save_constitution("shared", {}, "h")
+    assert store.constitution_names() == ["shared"]
+    assert store.constitution_names(owner="alice") == ["mine"]
+    assert store.constitution_names(owner=None) == ["mine", "shared"]
+    store.add_prompts("set", [{"text": "x"}], owner="alice")
+    assert store.prompt_sets() == []
+    assert store.prompt_sets(owner="alice")[0]["n_train"] == 1
+
+
+# ---------------------------------------------------------------- prompts
+
+def test_prompt_import_dedupes(store, prompts):
+    assert len(prompts) == 3 and prompts[0]["category"] == "cooking"
+    added = store.add_prompts("demo", [{"text": "Tell me about ships.  "},
+                                       {"text": "New one"}, {"text": "New one", "split": "heldout"}])
+    assert added == 1
+    sets = store.prompt_sets()
+    assert [(s["name"], s["n_train"], s["n_heldout"], s["source"]) for s in sets] == \
+        [("demo", 3, 1, "test")]
+    assert [p["text"] for p in store.get_prompts("demo", split="heldout")] == ["What is rust?"]
+    ids = [prompts[0]["id"], prompts[2]["id"]]
+    assert [p["id"] for p in store.get_prompts("demo", ids=ids)] == ids
+
+
+def test_prompt_import_is_one_transaction(store, prompts):
+    with pytest.raises(StoreError):
+        store.add_prompts("demo", [{"text": "fine"}, {"text": "bad", "split": "validation"}])
+    with pytest.raises(StoreError):
+        store.add_prompts("other", [{"text": "fine"}, {"text": "  "}])
+    assert len(store.get_prompts("demo")) == 3
+    assert [s["name"] for s in store.prompt_sets()] == ["demo"]   # 'other' was rolled back too
+
+
+# ---------------------------------------------------------------- samples
+
+def _chain(revision):
+    return [{"principle_id": "p1", "critique": "too plain", "revision": revision}]
+
+
+def test_sample_upsert_and_final_default(store, prompts):
+    cid = store.save_constitution("c", {}, "h")
+    sid = store.upsert_sample(prompts[0]["id"], cid, 0, prompted="Arr, boil it.", unprompted="Boil it.")
+    s = store.get_sample(sid)
+    assert s["final"] == "Arr, boil it." and s["status"] == "pending" and s["version"] == 1
+    assert s["prompt"] == prompts[0]["text"] and s["set_name"] == "demo"
+    assert store.upsert_sample(prompts[0]["id"], cid, 0, chain=_chain("Arr matey, boil it.")) == sid
+    s = store.get_sample(sid)
+    assert s["final"] == "Arr matey, boil it." and s["version"] == 2 and not s["edited"]
+    s = store.update_sample(sid, 2, final="My own words.")
+    assert s["edited"] and s["version"] == 3
+    store.upsert_sample(prompts[0]["id"], cid, 0, chain=_chain("Another revision"))
+    assert store.get_sample(sid)["final"] == "My own words."    # a pipeline write keeps the edit
+    with pytest.raises(StoreError):
+        store.upsert_sample(prompts[0]["id"], cid, 1, status="maybe")
+    with pytest.raises(StoreError):
+        store.upsert_sample(999, cid, 0, prompted="x")             # no such prompt
+
+
+def test_sample_optimistic_concurrency(store, prompts):
+    cid = store.save_constitution("c", {}, "h")
+    sid = store.upsert_sample(prompts[0]["id"], cid, 0, prompted="text")
+    seen_by_a = store.get_sample(sid)
+    seen_by_b = store.get_sample(sid)
+    a = store.update_sample(sid, seen_by_a["version"], status="accepted", reviewer="a")
+    with pytest.raises(ConflictError) as err:
+        store.update_sample(sid, seen_by_b["version"], status="rejected", note="meh", reviewer="b")
+    assert "changed elsewhere" in str(err.value)
+    assert err.value.current["status"] == "accepted" and err.value.current["version"] == a["version"]
+    b = store.update_sample(sid, err.value.current["version"], note="meh", reviewer="b")
+    assert b["status"] == "accepted" and b["note"] == "meh" and b["version"] == 3
+    with pytest.raises(NotFound):
+        store.update_sample(12345, 1, note="x")
+
+
+def test_sample_concurrent_threads_lose_nothing(store, prompts):
+    cid = store.save_constitution("c", {}, "h")
+    sid = store.upsert_sample(prompts[0]["id"], cid, 0, prompted="text")
+    conflicts = []
+
+    def reviewer(name):
+        for _ in range(20):
+            while True:
+                row = store.get_sample(sid)
+                try:
+                    store.update_sample(sid, row["version"], meta={**row["meta"], name: row["meta"].get(name, 0) + 1})
+                    break
+                except ConflictError:
+                    conflicts.append(name)
+
+    threads = [threading.Thread(target=reviewer, args=(n,)) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_sample(sid)["meta"] == {"a": 20, "b": 20, "c": 20}
+    assert store.get_sample(sid)["version"] == 61
+
+
+def test_sample_filters_and_counts(store, prompts):
+    c1 = store.save_constitution("c", {}, "h1")
+    c2 = store.save_constitution("c", {}, "h2")
+    p = [x["id"] for x in prompts]
+    store.upsert_sample(p[0], c1, 0, prompted="short", status="accepted")
+    store.upsert_sample(p[0], c1, 1, prompted="a much longer answer 100%", flags=["long", "odd"])
+    store.upsert_sample(p[1], c1, 0, prompted="ships sail", status="rejected", note="off_topic")
+    store.upsert_sample(p[2], c2, 0, prompted="iron oxide")
+    assert store.count_samples() == {"total": 4, "pending": 2, "accepted": 1, "rejected": 1}
+    assert store.count_samples(constitution_id=c1) == {"total": 3, "pending": 1, "accepted": 1,
+                                                       "rejected": 1}
+    assert len(store.list_samples(constitution_id=c1, status="pending")) == 1
+    assert [s["prompted"] for s in store.list_samples(search="SHIP")] == ["ships sail"]   # prompt text too
+    assert [s["prompted"] for s in store.list_samples(search="100%")] == ["a much longer answer 100%"]
+    assert store.list_samples(search="off_top")[0]["note"] == "off_topic"
+    assert store.list_samples(search="%") and not store.list_samples(search="zz%zz")
+    assert [s["prompted"] for s in store.list_samples(max_len=5)] == ["short"]
+    assert len(store.list_samples(min_len=10)) == 3 and len(store.list_samples(min_len=11)) == 1
+    assert [s["idx"] for s in store.list_samples(flag="odd")] == [1]
+    assert store.list_samples(flag="nope") == []
+    assert [s["prompt_id"] for s in store.list_samples(limit=2, offset=2)] == [p[1], p[2]]
+    assert store.count_samples(set_name="demo", flag="long")["total"] == 1
+    assert store.list_samples(owner="someone-else") == []
+
+
+# ---------------------------------------------------------------- jobs, metrics, evals
+
+def test_jobs_rows(store):
+    j = store.create_job("train", {"lr": 5e-4}, owner="me", heavy=True)
+    job = store.get_job(j)
+    assert job["state"] == "queued" and job["config"] == {"lr": 5e-4} and job["heavy"]
+    store.update_job(j, state="running", progress_done=3, progress_total=10, result={"ok": 1})
+    assert store.get_job(j)["result"] == {"ok": 1}
+    assert not store.update_job(j, if_state="queued", state="failed")
+    assert store.get_job(j)["state"] == "running"
+    with pytest.raises(StoreError):
+        store.update_job(j, colour="red")
+    with pytest.raises(NotFound):
+        store.update_job(999, message="x")
+    j2 = store.create_job("generate", {})
+    assert [x["id"] for x in store.list_jobs()] == [j2, j]
+    assert [x["id"] for x in store.list_jobs(owner="me")] == [j]
+    assert [x["id"] for x in store.list_jobs(state="queued")] == [j2]
+
+
+def test_claim_job_serialises_heavy_jobs(store):
+    a = store.create_job("train", {}, heavy=True)
+    b = store.create_job("train", {}, heavy=True)
+    light = store.create_job("export", {})
+    for j in (a, b, light):
+        store.update_job(j, pid=1)
+    assert store.claim_job(b, 2) == 1            # a is queued ahead of it
+    assert store.claim_job(light, 3) == 0        # light jobs never wait
+    assert store.claim_job(a, 4) == 0
+    assert store.claim_job(b, 2) == 1            # a is running
+    store.update_job(a, state="done")
+    assert store.claim_job(b, 2) == 0
+    assert store.claim_job(b, 2) == -1           # not queued any more
+    assert store.get_job(b)["attempts"] == 1
+
+
+def test_metrics(store):
+    j = store.create_job("train", {})
+    store.log_metrics(j, 0, {"loss": 2.0, "kl": 0.5})
+    store.log_metrics(j, 1, {"loss": 1.5})
+    store.log_metrics(j, 1, {"loss": 1.25})      # a repeated step replaces
+    assert [(m["step"], m["value"]) for m in store.get_metrics(j, "loss")] == [(0, 2.0), (1, 1.25)]
+    assert len(store.get_metrics(j)) == 3
+    with pytest.raises(StoreError):
+        store.log_metrics(j, 2, {"loss": "high"})
+
+
+def test_evals_and_votes(store, prompts):
+    cid = store.save_constitution("c", {}, "h")
+    e = store.save_eval(None, cid, [1, 2], {"kl_gap_closed": 0.86})
+    assert store.get_eval(e)["results"] == {"kl_gap_closed": 0.86}
+    assert [x["id"] for x in store.list_evals()] == [e]
+    v = store.add_vote(e, prompts[0]["id"], "a", a_is="teacher", reviewer="r1")
+    assert store.add_vote(e, prompts[0]["id"], "tie", a_is="teacher", reviewer="r1") == v
+    store.add_vote(e, prompts[1]["id"], "both_bad", a_is="student", reviewer="r1")
+    votes = store.list_votes(e)
+    assert [(x["choice"], x["a_is"]) for x in votes] == [("tie", "teacher"), ("both_bad", "student")]
+    with pytest.raises(StoreError):
+        store.add_vote(e, prompts[0]["id"], "c", a_is="teacher")
+    with pytest.raises(NotFound):
+        store.get_eval(999)
+
+
+def test_integrity_and_separate_connections(tmp_path):
+    a, b = Store(tmp_path), Store(tmp_path)
+    j = a.create_job("x", {})
+    b.update_job(j, message="from b")
+    assert a.get_job(j)["message"] == "from b"
+    assert a.integrity_ok() and b.integrity_ok()
+    a.close(), b.close()
+    with pytest.raises(StoreError):
+        a.get_job(j)
