@@ -272,6 +272,9 @@ def resume(store: Store, job_id: int) -> int:
 def refresh(store: Store) -> None:
     """Settle jobs whose worker is gone: mark them failed (or cancelled, if a
     cancel was asked for), and kill workers that outlived their cancel grace."""
+    for pid, proc in list(_CHILDREN.items()):   # reap finished workers: no zombies pile up
+        if proc.poll() is not None:
+            _CHILDREN.pop(pid, None)
     now = time.time()
     for job in store.list_jobs(state=("queued", "running"), limit=None):
         pid, job_id = job["pid"], job["id"]
@@ -332,7 +335,7 @@ def _pid_alive(pid: int) -> bool:
     if proc is not None:
         if proc.poll() is None:              # poll() also reaps our dead child
             return True
-        del _CHILDREN[pid]
+        _CHILDREN.pop(pid, None)
         return False
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
