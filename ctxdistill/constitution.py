@@ -1,0 +1,537 @@
+"""Constitutions: the principles a model should follow, as data.
+
+A constitution is a name, an optional preamble, a list of principles and
+optional few-shot example messages. It is stored as YAML (what people edit)
+or JSON (what programs exchange); `render` turns it into the exact system
+prompt the teacher sees.
+
+    c = load("assets/constitutions/pirate.yaml")
+    ensure_valid(c)
+    print(render(c))
+
+Parsing is deliberately separate from validation: `parse` accepts a draft
+with, say, an empty principle so that the editor can show it, and callers
+run `ensure_valid` before saving a version. Every error is a sentence a user
+can act on, collected into one `ConstitutionError`.
+
+Also reads the JSON used by the Hugging Face constitutional-AI recipe
+(`{"constitutions": [{"critic", "revision"}], "system_chat": [[...]]}`),
+see `from_hf_recipe`.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CHECK_KINDS = ("starts_with", "contains", "not_contains", "regex", "max_words")
+EXAMPLE_ROLES = ("user", "assistant")
+
+
+class ConstitutionError(ValueError):
+    """One or more problems with a constitution; `.errors` lists them as sentences."""
+
+    def __init__(self, errors):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__(" ".join(self.errors))
+
+
+@dataclass
+class Check:
+    """An automatic test of one principle on a response (used by evaluation)."""
+
+    kind: str
+    value: str
+
+    def passes(self, text: str) -> bool:
+        v = self.value
+        if self.kind == "starts_with":
+            return text.lstrip().lower().startswith(v.lower())
+        if self.kind == "contains":
+            return v.lower() in text.lower()
+        if self.kind == "not_contains":
+            return v.lower() not in text.lower()
+        if self.kind == "regex":
+            return re.search(v, text, re.I | re.S) is not None
+        if self.kind == "max_words":
+            return len(text.split()) <= int(v)
+        raise ValueError(f"Unknown check kind {self.kind!r}.")
+
+    def describe(self) -> str:
+        return {
+            "starts_with": f'starts with "{self.value}"',
+            "contains": f'contains "{self.value}"',
+            "not_contains": f'does not contain "{self.value}"',
+            "regex": f"matches /{self.value}/",
+            "max_words": f"at most {self.value} words",
+        }.get(self.kind, f"{self.kind} {self.value!r}")
+
+
+@dataclass
+class Principle:
+    id: str
+    text: str              # what the teacher reads, one item of the numbered list
+    critique: str = ""     # critique request for SL-CAI revision passes
+    revision: str = ""     # revision request that follows the critique
+    check: Check | None = None
+
+
+@dataclass
+class Constitution:
+    name: str
+    principles: list[Principle]
+    description: str = ""  # for people; never shown to the model
+    preamble: str = ""     # shown to the model before the numbered principles
+    examples: list[dict] = field(default_factory=list)  # few-shot chat messages
+
+
+# ---------------------------------------------------------------- rendering
+
+def render(c: Constitution) -> str:
+    """The system prompt exactly as the teacher sees it.
+
+    The preamble (if any), a blank line, then "1. <text>" per principle.
+    Texts are stripped of surrounding whitespace; nothing else is changed.
+    """
+    items = "\n".join(f"{i}. {p.text.strip()}" for i, p in enumerate(c.principles, 1))
+    preamble = c.preamble.strip()
+    return f"{preamble}\n\n{items}" if preamble else items
+
+
+def teacher_messages(c: Constitution, prompt: str) -> list[dict]:
+    """Chat messages for the teacher: system prompt, few-shot examples, user prompt."""
+    return [{"role": "system", "content": render(c)}, *c.examples,
+            {"role": "user", "content": prompt}]
+
+
+def to_markdown(c: Constitution) -> str:
+    """A readable Markdown view (export / display only; not parsed back)."""
+    out = [f"# {c.name}"]
+    if c.description.strip():
+        out += ["", c.description.strip()]
+    if c.preamble.strip():
+        out += ["", "> " + c.preamble.strip().replace("\n", "\n> ")]
+    out.append("")
+    for i, p in enumerate(c.principles, 1):
+        out.append(f"{i}. **{p.id}** — {p.text.strip()}")
+        if p.check:
+            out.append(f"   - check: {p.check.describe()}")
+        if p.critique.strip():
+            out.append(f"   - critique: {p.critique.strip()}")
+        if p.revision.strip():
+            out.append(f"   - revision: {p.revision.strip()}")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------- validation
+
+def _where(i: int, p: Principle) -> str:
+    return f"Principle {i} ({p.id})" if p.id.strip() else f"Principle {i}"
+
+
+def validate(c: Constitution) -> list[str]:
+    """Every problem with `c` as a sentence; [] when it is fine to save and use."""
+    errors = []
+    if not c.name.strip():
+        errors.append("The constitution needs a name.")
+    if not c.principles:
+        errors.append("The constitution is empty: add at least one principle.")
+    seen: dict[str, list[int]] = {}
+    for i, p in enumerate(c.principles, 1):
+        where = _where(i, p)
+        if not p.id.strip():
+            errors.append(f"Principle {i} has an empty id: give it a short name such as \"p{i}\".")
+        else:
+            seen.setdefault(p.id, []).append(i)
+        if not p.text.strip():
+            errors.append(f"{where} has no text: write what the model should do.")
+        if p.check is not None:
+            errors += _check_errors(where, p.check)
+    for pid, where in seen.items():
+        if len(where) > 1:
+            positions = ", ".join(map(str, where[:-1])) + f" and {where[-1]}"
+            errors.append(f"The id \"{pid}\" is used by more than one principle "
+                          f"(principles {positions}); ids must be unique.")
+    for j, m in enumerate(c.examples, 1):
+        if m.get("role") not in EXAMPLE_ROLES:
+            errors.append(f"Example message {j} has role {m.get('role')!r}; "
+                          f"use \"user\" or \"assistant\".")
+        if not str(m.get("content", "")).strip():
+            errors.append(f"Example message {j} has no content.")
+    return errors
+
+
+def _check_errors(where: str, check: Check) -> list[str]:
+    kind, value = check.kind, check.value
+    if kind not in CHECK_KINDS:
+        return [f"{where} has an unknown check kind \"{kind}\"; use one of: "
+                f"{', '.join(CHECK_KINDS)}."]
+    if kind == "regex":
+        try:
+            re.compile(value, re.I | re.S)
+        except re.error as e:
+            return [f"{where} has an invalid regex check /{value}/: {e}."]
+    elif kind == "max_words":
+        try:
+            ok = int(value) > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            return [f"{where} has a max_words check of \"{value}\"; "
+                    "it must be a positive whole number."]
+    elif not value.strip():
+        return [f"{where} has a {kind} check with an empty value."]
+    return []
+
+
+def ensure_valid(c: Constitution) -> Constitution:
+    errors = validate(c)
+    if errors:
+        raise ConstitutionError(errors)
+    return c
+
+
+# ------------------------------------------------------- dict conversion
+
+def to_dict(c: Constitution) -> dict:
+    """Plain data with every field present, keys in a fixed order."""
+    return {
+        "name": c.name,
+        "description": c.description,
+        "preamble": c.preamble,
+        "principles": [
+            {"id": p.id, "text": p.text, "critique": p.critique, "revision": p.revision,
+             "check": None if p.check is None else {"kind": p.check.kind, "value": p.check.value}}
+            for p in c.principles
+        ],
+        "examples": [dict(m) for m in c.examples],
+    }
+
+
+_TOP_KEYS = ("name", "description", "preamble", "principles", "examples")
+_PRINCIPLE_KEYS = ("id", "text", "critique", "revision", "check")
+
+
+def _type_name(x) -> str:
+    return {dict: "a mapping", list: "a list", bool: "true/false", int: "a number",
+            float: "a number", type(None): "nothing"}.get(type(x), type(x).__name__)
+
+
+def _text(x, what: str, errors: list, default: str | None = "", allow_number=False):
+    """Return x as str, or record an error. None means 'not given'."""
+    if x is None and default is not None:
+        return default
+    if isinstance(x, str):
+        return x
+    if allow_number and isinstance(x, (int, float)) and not isinstance(x, bool):
+        return str(x)
+    errors.append(f"{what} must be text, not {_type_name(x)}.")
+    return ""
+
+
+def _check_from(x, where: str, errors: list) -> Check | None:
+    if x is None:
+        return None
+    if not isinstance(x, dict):
+        errors.append(f"{where}: check must be a mapping like {{kind: starts_with, value: \"Arr!\"}}, "
+                      f"not {_type_name(x)}.")
+        return None
+    if "kind" in x:
+        extra = sorted(set(x) - {"kind", "value"})
+        if extra:
+            errors.append(f"{where}: check has unknown field(s) {', '.join(map(str, extra))}; "
+                          "use kind and value.")
+        kind = _text(x["kind"], f"{where}: check kind", errors, default=None)
+        value = _text(x.get("value"), f"{where}: check value", errors, allow_number=True)
+        return Check(kind, value)
+    if len(x) == 1:  # shorthand {starts_with: "Arr!"}
+        (kind, value), = x.items()
+        return Check(str(kind), _text(value, f"{where}: check value", errors, allow_number=True))
+    errors.append(f"{where}: check must have a kind and a value, "
+                  "or be a single pair such as {starts_with: \"Arr!\"}.")
+    return None
+
+
+def from_dict(d: dict) -> Constitution:
+    """Build a Constitution from plain data, collecting every structural error.
+
+    Principles may be mappings or bare strings (the text). Missing ids become
+    p1, p2, ... by position (skipping ids already taken).
+    """
+    if not isinstance(d, dict):
+        raise ConstitutionError(f"A constitution must be a mapping with a name and principles, "
+                                f"not {_type_name(d)}.")
+    errors: list[str] = []
+    unknown = [k for k in d if k not in _TOP_KEYS]
+    if unknown:
+        errors.append(f"Unknown field(s) {', '.join(map(str, unknown))}; "
+                      f"a constitution has: {', '.join(_TOP_KEYS)}.")
+    if "name" not in d:
+        errors.append("The constitution has no 'name' field.")
+    name = _text(d.get("name"), "The name", errors, allow_number=True)
+    description = _text(d.get("description"), "The description", errors)
+    preamble = _text(d.get("preamble"), "The preamble", errors)
+
+    raw = d.get("principles")
+    if "principles" not in d:
+        errors.append("The constitution has no 'principles' field.")
+        raw = []
+    elif raw is None:
+        raw = []
+    elif not isinstance(raw, list):
+        errors.append(f"'principles' must be a list, not {_type_name(raw)}.")
+        raw = []
+    taken = {str(p["id"]) for p in raw if isinstance(p, dict) and p.get("id") is not None}
+    principles = []
+    for i, p in enumerate(raw, 1):
+        where = f"Principle {i}"
+        if isinstance(p, str):
+            p = {"text": p}
+        if not isinstance(p, dict):
+            errors.append(f"{where} must be a mapping or text, not {_type_name(p)}.")
+            continue
+        bad = [k for k in p if k not in _PRINCIPLE_KEYS]
+        if bad:
+            errors.append(f"{where} has unknown field(s) {', '.join(map(str, bad))}; "
+                          f"a principle has: {', '.join(_PRINCIPLE_KEYS)}.")
+        if "text" not in p:
+            errors.append(f"{where} has no 'text' field.")
+        pid = p.get("id")
+        if pid is None:
+            n = i
+            while f"p{n}" in taken:
+                n += 1
+            pid = f"p{n}"
+            taken.add(pid)
+        principles.append(Principle(
+            id=_text(pid, f"{where}: id", errors, allow_number=True),
+            text=_text(p.get("text"), f"{where}: text", errors),
+            critique=_text(p.get("critique"), f"{where}: critique", errors),
+            revision=_text(p.get("revision"), f"{where}: revision", errors),
+            check=_check_from(p.get("check"), where, errors),
+        ))
+
+    examples = []
+    raw_ex = d.get("examples") or []
+    if not isinstance(raw_ex, list):
+        errors.append(f"'examples' must be a list of messages, not {_type_name(raw_ex)}.")
+        raw_ex = []
+    for j, m in enumerate(raw_ex, 1):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            errors.append(f"Example message {j} must be a mapping with exactly "
+                          "'role' and 'content'.")
+            continue
+        examples.append({"role": _text(m["role"], f"Example message {j}: role", errors),
+                         "content": _text(m["content"], f"Example message {j}: content", errors)})
+    if errors:
+        raise ConstitutionError(errors)
+    return Constitution(name=name, principles=principles, description=description,
+                        preamble=preamble, examples=examples)
+
+
+# ------------------------------------------------------ HF recipe import
+
+_VERB = {"said": "say", "says": "say", "say": "say", "include": "include",
+         "included": "include", "includes": "include", "provide": "provide",
+         "provided": "provide", "provides": "provide", "contain": "contain",
+         "contained": "contain", "contains": "contain"}
+
+
+def _statement_from_critic(critic: str) -> str:
+    """A short principle statement derived from a critique request.
+
+    Looks at the first sentence only and tries, in order:
+      "... the assistant's last response is/was/may be X"  -> "The assistant's response must not be X."
+      "... whether it is (in any way) X"                    -> same
+      "... the assistant('s response) said/included/provided anything X"
+                                                           -> "The assistant must not say/include/provide anything X."
+    Anything else becomes "The assistant's response should hold up to this
+    critique: <first sentence>", which still reads as a rule to the teacher.
+    """
+    text = " ".join(critic.replace("\u2019", "'").split())
+    m = re.match(r"(.+?[.?!])(\s|$)", text)
+    sentence = (m.group(1) if m else text).strip()
+    body = sentence.rstrip(".?!").strip()
+    m = re.search(r"(?:response|\bit)\s+(?:is|was|may be|might be|could be)\s+"
+                  r"(?:in (?:any|some) way\s+|at all\s+)?(?P<what>.+)", body, re.I)
+    if m and "assistant" in body.lower():
+        return f"The assistant's response must not be {m['what']}."
+    m = re.search(r"(?P<who>assistant(?:'s (?:\w+ )?response)?)\s+(?P<verb>\w+)\s+"
+                  r"(?P<what>(?:anything|any)\b.+)", body, re.I)
+    if m and m["verb"].lower() in _VERB:
+        who = "The assistant's response" if "response" in m["who"].lower() else "The assistant"
+        return f"{who} must not {_VERB[m['verb'].lower()]} {m['what']}."
+    return f"The assistant's response should hold up to this critique: {sentence}"
+
+
+def from_hf_recipe(obj: dict, name: str = "imported") -> Constitution:
+    """Convert the Hugging Face constitutional-AI recipe JSON.
+
+    Each {"critic", "revision"} pair becomes a principle p1..pn with those
+    strings as its critique/revision requests and a text derived from the
+    critic (see `_statement_from_critic`). The few-shot `system_chat`
+    conversations are flattened, in order, into `examples`.
+    """
+    errors = []
+    if not isinstance(obj, dict) or not isinstance(obj.get("constitutions"), list):
+        raise ConstitutionError("A constitutional-AI recipe file needs a 'constitutions' list "
+                                "of {\"critic\": ..., \"revision\": ...} pairs.")
+    principles = []
+    for i, pair in enumerate(obj["constitutions"], 1):
+        if not isinstance(pair, dict) or not isinstance(pair.get("critic"), str) \
+                or not isinstance(pair.get("revision"), str):
+            errors.append(f"Entry {i} of 'constitutions' must have text fields 'critic' "
+                          "and 'revision'.")
+            continue
+        principles.append(Principle(id=f"p{i}", text=_statement_from_critic(pair["critic"]),
+                                    critique=pair["critic"], revision=pair["revision"]))
+    chats = obj.get("system_chat") or []
+    if chats and isinstance(chats[0], dict):  # a single conversation, not a list of them
+        chats = [chats]
+    examples = []
+    for k, chat in enumerate(chats, 1):
+        for m in chat if isinstance(chat, list) else [None]:
+            if isinstance(m, dict) and isinstance(m.get("role"), str) \
+                    and isinstance(m.get("content"), str):
+                examples.append({"role": m["role"], "content": m["content"]})
+            else:
+                errors.append(f"Conversation {k} of 'system_chat' must be a list of "
+                              "{\"role\": ..., \"content\": ...} messages.")
+                break
+    if errors:
+        raise ConstitutionError(errors)
+    return Constitution(name=name, principles=principles,
+                        description="Imported from a constitutional-AI recipe file.",
+                        examples=examples)
+
+
+def _is_hf_recipe(obj) -> bool:
+    return isinstance(obj, dict) and "constitutions" in obj and "principles" not in obj
+
+
+# ---------------------------------------------------------- text formats
+
+def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitution:
+    """Parse YAML or JSON text (auto: JSON if it starts with { or [).
+
+    Structural problems raise ConstitutionError; semantic ones (empty
+    principle, bad regex, ...) are left for `validate`. A bare list is read
+    as the principles of a constitution named `name`; `name` also names
+    constitutions imported from the HF recipe format.
+    """
+    if fmt is None:
+        fmt = "json" if text.lstrip().startswith(("{", "[")) else "yaml"
+    fmt = fmt.lower()
+    if fmt == "json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConstitutionError(f"This is not valid JSON: {e.msg} at line {e.lineno}, "
+                                    f"column {e.colno}.") from None
+    elif fmt in ("yaml", "yml"):
+        try:
+            obj = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e)
+            raise ConstitutionError(f"This is not valid YAML: {problem}{where}.") from None
+    else:
+        raise ConstitutionError(f"Unknown format \"{fmt}\"; use yaml or json.")
+    if obj is None:
+        raise ConstitutionError("The text is empty: a constitution needs a name and principles.")
+    if isinstance(obj, list):
+        obj = {"name": name, "principles": obj}
+    if _is_hf_recipe(obj):
+        return from_hf_recipe(obj, name=name)
+    return from_dict(obj)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that writes multi-line strings as | blocks, for readable diffs."""
+
+
+def _str_representer(dumper, s):
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def _readable(c: Constitution) -> dict:
+    """to_dict without empty optional fields, so hand-written files stay short."""
+    d = to_dict(c)
+    for p in d["principles"]:
+        for k in ("critique", "revision", "check"):
+            if not p[k]:
+                del p[k]
+    return {k: v for k, v in d.items() if k in ("name", "principles") or v}
+
+
+def dumps(c: Constitution, fmt: str = "yaml") -> str:
+    fmt = fmt.lower()
+    if fmt == "json":
+        return json.dumps(to_dict(c), indent=2, ensure_ascii=False) + "\n"
+    if fmt in ("yaml", "yml"):
+        return yaml.dump(_readable(c), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
+                         default_flow_style=False, width=88)
+    raise ConstitutionError(f"Unknown format \"{fmt}\"; use yaml or json.")
+
+
+def _fmt_for(path: Path) -> str | None:
+    return {".yaml": "yaml", ".yml": "yaml", ".json": "json"}.get(path.suffix.lower())
+
+
+def load(path_or_bytes) -> Constitution:
+    """Read a constitution from a path (str/Path), bytes, or a binary file object."""
+    fmt, label, stem = None, "The uploaded file", "imported"
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        data = bytes(path_or_bytes)
+    elif hasattr(path_or_bytes, "read"):
+        data = path_or_bytes.read()
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+    else:
+        path = Path(path_or_bytes)
+        fmt, label, stem = _fmt_for(path), path.name, path.stem
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConstitutionError(f"Could not read {path}: {e.strerror or e}.") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConstitutionError(f"{label} is not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                                f"position {e.start}); save it as UTF-8 and try again.") from None
+    return parse(text, fmt, name=stem)
+
+
+def save(c: Constitution, path) -> None:
+    """Write YAML, or JSON when the path ends in .json; atomic replace."""
+    path = Path(path)
+    text = dumps(c, _fmt_for(path) or "yaml")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------ identity and diff
+
+def content_hash(c: Constitution) -> str:
+    """sha256 of canonical JSON of to_dict: equal content, equal hash."""
+    canon = json.dumps(to_dict(c), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def diff(a: Constitution, b: Constitution, a_label: str = "a", b_label: str = "b") -> str:
+    """Unified diff of the YAML of two versions; "" when they are the same."""
+    lines = difflib.unified_diff(dumps(a).splitlines(keepends=True),
+                                 dumps(b).splitlines(keepends=True),
+                                 fromfile=a_label, tofile=b_label)
+    return "".join(lines)
