@@ -187,7 +187,19 @@ def _m001_initial(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = [_m001_initial]
+def _m002_drafts(db: sqlite3.Connection) -> None:
+    # The constitution being edited, autosaved on every change so a reload loses nothing.
+    _run_script(db, """
+    CREATE TABLE drafts (
+        owner TEXT PRIMARY KEY,
+        content TEXT NOT NULL,
+        base_id INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
+        updated_at REAL NOT NULL
+    )
+    """)
+
+
+MIGRATIONS = [_m001_initial, _m002_drafts]
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -324,6 +336,19 @@ class Store:
         where, params = _where(("owner = ?", owner))
         rows = self._rows(f"SELECT DISTINCT name FROM constitutions {where} ORDER BY name", params)
         return [r["name"] for r in rows]
+
+    def save_draft(self, content: dict, base_id: int | None = None, owner: str = "") -> None:
+        """Autosave the constitution being edited (one draft per owner)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO drafts (owner, content, base_id, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(owner) DO UPDATE SET content = excluded.content, "
+                "base_id = excluded.base_id, updated_at = excluded.updated_at",
+                (owner, _json(content), base_id, time.time()))
+
+    def get_draft(self, owner: str = "") -> dict | None:
+        rows = self._rows("SELECT * FROM drafts WHERE owner = ?", (owner,))
+        return rows[0] if rows else None
 
     # ------------------------------------------------------------------ prompts
 

@@ -53,31 +53,31 @@ def test_new_migration_applies_once(tmp_path, monkeypatch):
     Store(tmp_path).close()
     calls = []
 
-    def _m002_extra(db):
+    def _m_extra(db):
         calls.append(1)
         db.execute("CREATE TABLE extra (x INTEGER)")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m002_extra])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m_extra])
     Store(tmp_path).close()
     Store(tmp_path).close()
     assert calls == [1]
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS) + 1
     db.close()
 
 
 def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     Store(tmp_path).close()
 
-    def _m002_broken(db):
+    def _m_broken(db):
         db.execute("CREATE TABLE half (x INTEGER)")
         raise RuntimeError("bad migration")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m002_broken])
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m_broken])
     with pytest.raises(RuntimeError):
         Store(tmp_path)
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
     assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall()
     db.close()
 
@@ -296,3 +296,13 @@ def test_integrity_and_separate_connections(tmp_path):
     a.close(), b.close()
     with pytest.raises(StoreError):
         a.get_job(j)
+
+
+def test_draft_autosave_keeps_one_per_owner(tmp_path):
+    store = Store(tmp_path)
+    assert store.get_draft() is None
+    store.save_draft({"name": "a"})
+    store.save_draft({"name": "b"})
+    store.save_draft({"name": "x"}, owner="alice")
+    assert store.get_draft()["content"] == {"name": "b"}
+    assert store.get_draft("alice")["content"] == {"name": "x"}
