@@ -62,7 +62,7 @@ def test_new_migration_applies_once(tmp_path, monkeypatch):
     Store(tmp_path).close()
     assert calls == [1]
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS) + 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
     db.close()
 
 
@@ -77,7 +77,7 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         Store(tmp_path)
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS) - 1
     assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall()
     db.close()
 
