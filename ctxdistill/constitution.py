@@ -219,7 +219,7 @@ _PRINCIPLE_KEYS = ("id", "text", "critique", "revision", "check")
 
 
 def _type_name(x) -> str:
-    return {dict: "a mapping", list: "a list", bool: "true/false", int: "a number",
+    return {str: "text", dict: "a mapping", list: "a list", bool: "true/false", int: "a number",
             float: "a number", type(None): "nothing"}.get(type(x), type(x).__name__)
 
 
