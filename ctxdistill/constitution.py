@@ -96,10 +96,11 @@ class Constitution:
 def render(c: Constitution) -> str:
     """The system prompt exactly as the teacher sees it.
 
-    The preamble (if any), a blank line, then "1. <text>" per principle.
-    Texts are stripped of surrounding whitespace; nothing else is changed.
+    The preamble (if any), a blank line, then one line per principle. Texts are stripped of
+    surrounding whitespace; nothing else is changed. No list numbering: small chat models copy
+    a numbered system prompt's format into their answers ("1. ...") instead of its content.
     """
-    items = "\n".join(f"{i}. {p.text.strip()}" for i, p in enumerate(c.principles, 1))
+    items = "\n".join(p.text.strip() for p in c.principles)
     preamble = c.preamble.strip()
     return f"{preamble}\n\n{items}" if preamble else items
 

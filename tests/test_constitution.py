@@ -82,16 +82,16 @@ def test_render_exact():
     assert C.render(make()) == (
         "You are helpful.\n"
         "\n"
-        "1. Be brief.\n"
-        "2. Say \"ünïcode ✓\" sometimes.\nAnd keep newlines.\n"
-        "3. No critique here."
+        "Be brief.\n"
+        "Say \"ünïcode ✓\" sometimes.\nAnd keep newlines.\n"
+        "No critique here."
     )
 
 
 def test_render_without_preamble_and_deterministic():
     c = make(preamble="  ")
     assert C.render(c) == C.render(c)
-    assert C.render(c).startswith("1. Be brief.")
+    assert C.render(c).startswith("Be brief.")
 
 
 def test_teacher_messages():
