@@ -153,6 +153,21 @@ def forward_suffixes(model, prefixes: Prefixes, groups: list[int], suffixes: lis
     Returns (logits (B, S, V), suffix mask (B, S), cache, full attention mask, next positions).
     """
     device = model.device
+    ids, mask, attention, positions = suffix_inputs(prefixes, groups, suffixes, pad_id)
+    cache = prefixes.cache_for(len(suffixes))
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        cache=cache,
+        use_cache=True,
+    )
+    return out.logits, mask, out.cache, attention, positions[:, -1] + 1
+
+
+def suffix_inputs(prefixes: Prefixes, groups: list[int], suffixes: list[list[int]], pad_id: int):
+    """Left-padded suffix ids after their cached prefixes, as CPU tensors:
+    (ids (B, S), suffix mask (B, S), attention mask over prefixes + suffix, position ids (B, S))."""
     width = max(len(s) for s in suffixes)
     ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(suffixes), width), dtype=torch.long)
@@ -163,15 +178,7 @@ def forward_suffixes(model, prefixes: Prefixes, groups: list[int], suffixes: lis
     starts = torch.tensor([prefixes.lengths[g] for g in groups])
     positions = (starts[:, None] + mask.cumsum(1) - 1).clamp(min=0)
     attention = torch.cat([prefixes.prefix_mask(groups), mask], dim=1)
-    cache = prefixes.cache_for(len(suffixes))
-    out = model(
-        input_ids=ids.to(device),
-        attention_mask=attention.to(device),
-        position_ids=positions.to(device),
-        cache=cache,
-        use_cache=True,
-    )
-    return out.logits, mask, out.cache, attention, positions[:, -1] + 1
+    return ids, mask, attention, positions
 
 
 def _pick(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator] | None) -> torch.Tensor:
