@@ -46,10 +46,13 @@ class SamplingConfig:
         return self
 
 
-def chat_ids(tokenizer, prompt: str, system: str | None = None, examples: list[dict] = ()) -> list[int]:
-    """Token ids of a one-turn chat ready for the answer; ``system=None`` keeps the template default."""
+def chat_ids(tokenizer, prompt: str | list[dict], system: str | None = None, examples: list[dict] = ()) -> list[int]:
+    """Token ids of a chat ready for the answer; ``system=None`` keeps the template default.
+
+    ``prompt`` is one user turn, or a list of messages ending with a user turn (a multi-turn
+    conversation, as critique and revision passes need)."""
     messages = ([{"role": "system", "content": system}] if system is not None else []) + list(examples)
-    messages.append({"role": "user", "content": prompt})
+    messages += list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):
         ids = ids["input_ids"]

@@ -32,7 +32,10 @@ from pathlib import Path
 from .store import TERMINAL_STATES, NotFound, Store, StoreError
 
 # kind -> "module:function". A kind that itself contains ":" is an import path.
-JOB_KINDS: dict[str, str] = {}
+JOB_KINDS: dict[str, str] = {
+    "generate": "ctxdistill.sampling:generate_job",
+    "revise": "ctxdistill.revise:revise_job",
+}
 
 # Kinds that load the model. A function reached through an import path is
 # heavy when it has a true `heavy` attribute.

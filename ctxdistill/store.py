@@ -280,6 +280,11 @@ class Store:
                 raise
             db.execute("COMMIT")
 
+    def transaction(self):
+        """Group several store writes into one all-or-nothing transaction:
+        `with store.transaction(): store.add_prompts(...); store.upsert_samples(...)`."""
+        return self._tx()
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("the store is closed")
@@ -456,13 +461,16 @@ class Store:
     def list_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
                      status: str | None = None, search: str | None = None,
                      min_len: int | None = None, max_len: int | None = None,
-                     flag: str | None = None, owner: str | None = "",
+                     flag: str | None = None, principle: str | None = None,
+                     split: str | None = None, owner: str | None = "",
                      limit: int | None = None, offset: int = 0) -> list[dict]:
         """Samples in prompt order. `search` matches the prompt, the answers and
         the note (case-insensitive); min_len/max_len bound len(final) in characters;
-        `flag` keeps samples carrying that flag."""
+        `flag` keeps samples carrying that flag; `principle` keeps samples whose
+        revision chain used that principle id or that carry the flag
+        "failed_check:<principle>"; `split` filters on the prompt's split."""
         where, params = _sample_filter(constitution_id, set_name, status, search,
-                                       min_len, max_len, flag, owner)
+                                       min_len, max_len, flag, owner, principle, split)
         sql = f"{_SAMPLE_SELECT} {where} ORDER BY s.prompt_id, s.constitution_id, s.idx"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
@@ -475,10 +483,11 @@ class Store:
     def count_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
                       status: str | None = None, search: str | None = None,
                       min_len: int | None = None, max_len: int | None = None,
-                      flag: str | None = None, owner: str | None = "", **_ignored) -> dict:
+                      flag: str | None = None, principle: str | None = None,
+                      split: str | None = None, owner: str | None = "", **_ignored) -> dict:
         """{total, pending, accepted, rejected} under the same filters as list_samples."""
         where, params = _sample_filter(constitution_id, set_name, status, search,
-                                       min_len, max_len, flag, owner)
+                                       min_len, max_len, flag, owner, principle, split)
         rows = self._rows(f"""
             SELECT s.status, COUNT(*) AS n FROM samples s
             JOIN prompts p ON p.id = s.prompt_id JOIN prompt_sets ps ON ps.id = p.set_id
@@ -524,6 +533,38 @@ class Store:
                        "WHERE id = ?", [*values, now, sample_id])
         except sqlite3.IntegrityError as e:
             raise StoreError(f"cannot update sample {sample_id}: {e}") from None
+
+    def upsert_samples(self, items: list[dict]) -> list[int]:
+        """Several upsert_sample calls in one transaction (all of a prompt's answers land
+        together, so a killed job never leaves a prompt half-written). Each item holds
+        prompt_id, constitution_id, idx and sample fields."""
+        with self._tx():
+            return [self.upsert_sample(**item) for item in items]
+
+    def set_sample_flags(self, flags_by_id: dict[int, list[str]]) -> int:
+        """Replace machine-computed flags without bumping `version`: recomputing flags
+        must not make a reviewer's open edit conflict. Returns how many rows changed."""
+        changed = 0
+        with self._tx() as db:
+            for sample_id, flags in flags_by_id.items():
+                _check_sample_fields({"flags": flags})
+                changed += db.execute("UPDATE samples SET flags = ? WHERE id = ? AND flags != ?",
+                                      (_json(flags), sample_id, _json(flags))).rowcount
+        return changed
+
+    def bulk_set_status(self, sample_ids: list[int], status: str, reviewer: str = "",
+                        from_status: str | None = "pending") -> int:
+        """Set the status of many samples at once (bumping each version); with
+        `from_status`, only those still in that status. Returns how many changed."""
+        _check_sample_fields({"status": status})
+        ids = [int(i) for i in sample_ids]
+        if not ids:
+            return 0
+        where, params = _where(("status = ?", from_status))
+        where += (" AND " if where else "WHERE ") + f"id IN ({','.join('?' * len(ids))})"
+        with self._tx() as db:
+            return db.execute(f"UPDATE samples SET status = ?, reviewer = ?, version = version + 1, "
+                              f"updated_at = ? {where}", [status, reviewer or "", time.time(), *params, *ids]).rowcount
 
     # ------------------------------------------------------------------ jobs
 
@@ -680,7 +721,7 @@ _SAMPLE_SELECT = """
 
 
 def _sample_filter(constitution_id, set_name, status, search, min_len, max_len, flag,
-                   owner) -> tuple[str, list]:
+                   owner, principle=None, split=None) -> tuple[str, list]:
     if status is not None and status not in SAMPLE_STATUSES:
         raise StoreError(f"bad sample status {status!r}")
     like = None
@@ -696,6 +737,10 @@ def _sample_filter(constitution_id, set_name, status, search, min_len, max_len, 
         ("length(s.final) >= ?", min_len),
         ("length(s.final) <= ?", max_len),
         ("EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = ?)", flag),
+        ("(EXISTS (SELECT 1 FROM json_each(s.chain) WHERE json_extract(json_each.value, '$.principle') = ?)"
+         " OR EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = 'failed_check:' || ?))",
+         principle),
+        ("p.split = ?", split),
     )
 
 

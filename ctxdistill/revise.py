@@ -1,0 +1,205 @@
+"""Critique -> revision chains (Bai et al. 2022, SL-CAI).
+
+    ctxdistill revise --constitution assets/constitutions/pirate.yaml --rounds 2
+
+For each sample, K rounds: pick a principle (each in turn, or at random), ask
+the model to critique the current answer with that principle's critique
+request, then to revise it with the revision request. The first answer is the
+unprompted one (as in SL-CAI) or the prompted one. Every round is one step of
+the sample's chain {principle, critique_request, critique, revision_request,
+revision, cut_off}; the last revision becomes the final text unless a
+reviewer edited it.
+
+Each round is a fresh conversation — user prompt, current answer, critique
+request (then the critique and the revision request) — so the context stays
+bounded however many rounds run. The model reads it with the constitution as
+its system prompt, after the constitution's few-shot examples (the HF recipe's
+system_chat), so both are one shared prefix whose key/value cache is computed
+once per run.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+from .constitution import Principle, render
+from .generate import Prefixes, SamplingConfig, generate_rows, split_rows
+from .store import SAMPLE_STATUSES, Store
+
+ORDERS = ("cycle", "random")
+STARTS = ("unprompted", "prompted")
+
+
+@dataclass
+class ReviseConfig:
+    """Which samples to revise and how."""
+
+    constitution_id: int = field(default=0, metadata={"help": "constitution version id"})
+    set_name: str = field(default="", metadata={"help": "only samples of this prompt set (empty: all)"})
+    rounds: int = field(default=1, metadata={"help": "critique/revision rounds per sample (1-8)"})
+    order: str = field(default="cycle", metadata={"help": "principle per round: cycle (each in turn) or random"})
+    start: str = field(default="unprompted", metadata={"help": "answer to start from: unprompted or prompted"})
+    status: str = field(default="pending", metadata={"help": "only samples with this status (empty: all)"})
+    batch_size: int = field(default=8, metadata={"help": "samples per batch"})
+    limit: int = field(default=0, metadata={"help": "revise at most this many samples (0 = all)"})
+    model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
+    quantize: str = field(default="none", metadata={"help": "none or 4bit"})
+    owner: str = field(default="", metadata={"help": "workspace owner"})
+    sampling: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReviseConfig":
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown revise option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def sampling_config(self) -> SamplingConfig:
+        return SamplingConfig(**self.sampling).validate()
+
+    def validate(self) -> "ReviseConfig":
+        errors = []
+        if not 1 <= self.rounds <= 8:
+            errors.append(f"rounds must be between 1 and 8, got {self.rounds}")
+        if self.order not in ORDERS:
+            errors.append(f"order must be cycle or random, not {self.order!r}")
+        if self.start not in STARTS:
+            errors.append(f"start must be unprompted or prompted, not {self.start!r}")
+        if self.status and self.status not in SAMPLE_STATUSES:
+            errors.append(f"status must be one of {', '.join(SAMPLE_STATUSES)} or empty, not {self.status!r}")
+        if self.batch_size < 1:
+            errors.append(f"batch size must be at least 1, got {self.batch_size}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        self.sampling_config()
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def critique_request(p: Principle) -> str:
+    return p.critique.strip() or (f"Identify specific ways in which the assistant's last response does not "
+                                  f"follow this principle: {p.text.strip()}")
+
+
+def revision_request(p: Principle) -> str:
+    return p.revision.strip() or (f"Please rewrite the assistant's response so that it follows this principle: "
+                                  f"{p.text.strip()}")
+
+
+def pick_principle(principles: list[Principle], order: str, seed: int, sample_id: int, round_: int) -> Principle:
+    """Round r uses principle r (mod P) in turn, or one drawn from a stream seeded by (seed, sample, round)."""
+    if order == "cycle":
+        return principles[round_ % len(principles)]
+    return random.Random(f"{seed}:{sample_id}:{round_}").choice(principles)
+
+
+def critique_messages(prompt: str, answer: str, principle: Principle) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer},
+            {"role": "user", "content": critique_request(principle)}]
+
+
+def revision_messages(prompt: str, answer: str, principle: Principle, critique: str) -> list[dict]:
+    return critique_messages(prompt, answer, principle) + [
+        {"role": "assistant", "content": critique}, {"role": "user", "content": revision_request(principle)}]
+
+
+def start_answer(sample: dict, start: str) -> str:
+    """The answer round 0 critiques: the chosen one, else the other when it is missing."""
+    first, other = (sample["unprompted"], sample["prompted"]) if start == "unprompted" else \
+        (sample["prompted"], sample["unprompted"])
+    return first or other
+
+
+def _never() -> bool:
+    return False
+
+
+def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=_never,
+               log=None) -> dict:
+    """Run the critique/revision rounds still missing from each selected sample; returns a summary.
+
+    A sample whose chain already has `rounds` steps is skipped, and each round of a batch
+    is written before the next starts, so a resumed job only does the rest."""
+    from . import curate
+    from .jobs import Cancelled
+    from .sampling import eta_text, stored_constitution
+
+    cfg.validate()
+    scfg = cfg.sampling_config()
+    constitution = stored_constitution(store, cfg.constitution_id)
+    if not constitution.principles:
+        raise ValueError("the constitution has no principles to critique with")
+    system, examples = render(constitution), constitution.examples
+    checks = curate.principle_checks(constitution)
+    samples = store.list_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
+                                 status=cfg.status or None, split="train", owner=cfg.owner)
+    samples = samples[: cfg.limit] if cfg.limit else samples
+    if not samples:
+        raise ValueError("no samples to revise: run generate first (or widen the status/set filter)")
+    total = len(samples) * cfg.rounds
+    done = sum(min(len(s["chain"]), cfg.rounds) for s in samples)
+    todo = [s for s in samples if len(s["chain"]) < cfg.rounds and start_answer(s, cfg.start)]
+    if log and done:
+        log.info("resuming: %d of %d rounds already done", done, total)
+    if progress:
+        progress(done, total, f"{done}/{total} rounds")
+    prefixes, started, new_tokens, steps = None, time.monotonic(), 0, 0
+
+    def generate(conversations: list[list[dict]], seeds: list[int]) -> list[list[int]]:
+        nonlocal prefixes, new_tokens
+        rows = [(system, c) for c in conversations]
+        prefix_ids = split_rows(tokenizer, rows, examples)[0]
+        if prefixes is None or prefixes.ids != prefix_ids:
+            prefixes = Prefixes(model, prefix_ids)
+        out = generate_rows(model, tokenizer, rows, scfg, sample_index=seeds, examples=examples, prefixes=prefixes)
+        new_tokens += sum(map(len, out))
+        return out
+
+    for b in range(0, len(todo), cfg.batch_size):
+        batch = todo[b : b + cfg.batch_size]
+        chains = {s["id"]: list(s["chain"]) for s in batch}
+        while active := [s for s in batch if len(chains[s["id"]]) < cfg.rounds]:
+            if should_stop():
+                raise Cancelled("cancelled by request")
+            picked, answers = [], []
+            for s in active:
+                chain = chains[s["id"]]
+                picked.append(pick_principle(constitution.principles, cfg.order, scfg.seed, s["id"], len(chain)))
+                answers.append(chain[-1]["revision"] if chain else start_answer(s, cfg.start))
+            seeds = [s["id"] * 64 + 2 * len(chains[s["id"]]) for s in active]
+            critiques = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generate(
+                [critique_messages(s["prompt"], a, p) for s, a, p in zip(active, answers, picked)], seeds)]
+            revised = generate([revision_messages(s["prompt"], a, p, c)
+                                for s, a, p, c in zip(active, answers, picked, critiques)], [k + 1 for k in seeds])
+            items = []
+            for s, p, critique, ids in zip(active, picked, critiques, revised):
+                chains[s["id"]].append({"principle": p.id, "critique_request": critique_request(p),
+                                        "critique": critique, "revision_request": revision_request(p),
+                                        "revision": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                                        "cut_off": len(ids) >= scfg.max_new_tokens})
+                items.append({"prompt_id": s["prompt_id"], "constitution_id": s["constitution_id"], "idx": s["idx"],
+                              "chain": chains[s["id"]], "meta": {**s["meta"], "revise_start": cfg.start}})
+            curate.flag_samples(store, store.upsert_samples(items), checks)
+            steps += len(active)
+            done += len(active)
+            elapsed = time.monotonic() - started
+            if progress:
+                eta = (total - done) * elapsed / steps
+                progress(done, total, f"{done}/{total} rounds · {new_tokens / elapsed:.0f} tokens/s · ETA {eta_text(eta)}")
+    flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
+    return {"samples": len(samples), "revised_now": len(todo), "rounds_done_now": steps, "new_tokens": new_tokens,
+            "flags": flags, "constitution_id": cfg.constitution_id}
+
+
+def revise_job(ctx, config: dict) -> None:
+    """Job kind "revise"."""
+    from .sampling import job_model
+
+    cfg = ReviseConfig.from_dict(config).validate()
+    model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize)
+    ctx.set_result(run_revise(ctx.store, cfg, model, tokenizer, progress=ctx.progress,
+                              should_stop=ctx.should_stop, log=ctx.log))
