@@ -176,6 +176,170 @@ def check_context(system: str, tokenizer, model, max_new_tokens: int) -> int:
     return used
 
 
+def constitution_version(store, spec: str, owner: str = "") -> int:
+    """A constitution version id from ``spec``: a version number, or a file saved as a new version."""
+    from ctxdistill.constitution import content_hash, to_dict
+    from ctxdistill.store import NotFound
+
+    if spec.isdigit():
+        try:
+            return store.get_constitution(int(spec))["id"]
+        except NotFound:
+            raise UserError(f"no constitution version {spec} in this workspace")
+    c = load_constitution_file(spec)
+    return store.save_constitution(c.name, to_dict(c), content_hash(c), message=f"from {spec}", owner=owner)
+
+
+def _import_flags(p):
+    p.add_argument("source", help="CSV, JSONL, JSON, TXT or Parquet file, a datasets directory, or a hub id")
+    p.add_argument("--set-name", "--set", required=True, help="prompt set to add to (created if new)")
+    p.add_argument("--column", help="column holding the prompt (default: text, prompt, instruction, question...)")
+    p.add_argument("--split-column", help="column holding train/heldout (default: a 'split' column if any)")
+    p.add_argument("--category-column", help="column holding a category")
+    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share held out when no split column (default 0.1)")
+    p.add_argument("--format", choices=("csv", "jsonl", "json", "txt", "parquet", "datasets"), help="override the file type")
+    p.add_argument("--recipe", action="store_true",
+                   help="a dataset with the HF constitutional-AI recipe columns (init_prompt, init_response, "
+                        "critic_*, revision_*): import its samples into the review queue")
+
+
+@command("import", "import a prompt set, or a recipe dataset's samples", _import_flags)
+def cmd_import(args) -> int:
+    from ctxdistill import curate, sampling
+
+    store = open_store(args)
+    try:
+        if args.recipe:
+            result = curate.import_recipe_dataset(store, args.source, args.set_name, fmt=args.format)
+            human = (f"imported {result['samples']} samples ({result['rounds']} revision rounds) into set "
+                     f"{result['set']!r} under constitution version {result['constitution_id']}")
+        else:
+            result = sampling.import_prompts(store, args.set_name, args.source, column=args.column,
+                                             split_column=args.split_column, category_column=args.category_column,
+                                             heldout_fraction=args.heldout_fraction, fmt=args.format)
+            human = (f"{result['added']} prompts added to {result['set']!r} ({result['duplicates']} duplicates, "
+                     f"{result['empty']} empty skipped); the set has {result['n_train']} train, "
+                     f"{result['n_heldout']} held-out")
+    except (sampling.ImportFileError, ValueError) as exc:
+        raise UserError(str(exc))
+    emit(args, result, human)
+    return 0
+
+
+def _job_flags(cls):
+    def configure(p):
+        from ctxdistill.generate import SamplingConfig
+
+        p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
+        add_dataclass_flags(p, cls, skip=("constitution_id", "model", "owner", "sampling"))
+        add_dataclass_flags(p, SamplingConfig, skip=("n",) if cls.__name__ == "ReviseConfig" else ())
+        p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
+    return configure
+
+
+def run_job(args, kind: str, config: dict, summary) -> int:
+    """Submit a job; unless --detach, follow its progress on stderr (Ctrl-C cancels it) and print its result."""
+    import time
+
+    from ctxdistill import jobs
+
+    store = open_store(args)
+    job_id = jobs.submit(store, kind, config)
+    if args.detach:
+        emit(args, {"job_id": job_id}, f"job {job_id} started; follow it in the web app or with the store")
+        return 0
+    last = None
+    try:
+        while (job := jobs.get(store, job_id))["state"] not in ("done", "failed", "cancelled"):
+            if job["message"] != last and not args.json:
+                print(f"job {job_id}: {job['message'] or job['state']}", file=sys.stderr)
+                last = job["message"]
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        jobs.cancel(store, job_id, grace_s=5)
+        jobs.wait(store, job_id, timeout=30)
+        raise
+    if job["state"] != "done":
+        raise UserError(f"job {job_id} {job['state']}: {job['error'] or job['message']} "
+                        f"(log: {store.runs_dir / str(job_id) / 'log.txt'}; resume it to finish the rest)")
+    emit(args, {"job_id": job_id, **job["result"]}, summary(job["result"]))
+    return 0
+
+
+def _config(cls, args, **overrides):
+    from ctxdistill.generate import SamplingConfig
+
+    sampling = {f.name: getattr(args, f.name) for f in fields(SamplingConfig) if getattr(args, f.name, None) is not None}
+    try:
+        return dataclass_from_args(cls, args, model=args.model or "", sampling=sampling, **overrides).validate()
+    except ValueError as exc:
+        raise UserError(str(exc))
+
+
+def _generate_flags(p):
+    from ctxdistill.sampling import GenerateConfig
+
+    _job_flags(GenerateConfig)(p)
+
+
+@command("generate", "sample the teacher's answers (and unprompted ones) for a prompt set", _generate_flags)
+def cmd_generate(args) -> int:
+    from ctxdistill.sampling import GenerateConfig, ensure_default_prompts, select_prompts
+
+    store = open_store(args)
+    ensure_default_prompts(store)
+    cfg = _config(GenerateConfig, args, constitution_id=constitution_version(store, args.constitution))
+    if not select_prompts(store, cfg.set_name, search=cfg.search, category=cfg.category, limit=cfg.limit):
+        raise UserError(f"prompt set {cfg.set_name!r} has no train prompts matching the filters "
+                        f"(sets: {', '.join(s['name'] for s in store.prompt_sets()) or 'none'})")
+    return run_job(args, "generate", cfg.to_dict(), lambda r: (
+        f"{r['prompts']} prompts ({r['answered_now']} answered now, {r['samples_written']} samples, "
+        f"{r['tokens_per_s']} tokens/s); flags: {r['flags']}"))
+
+
+def _revise_flags(p):
+    from ctxdistill.revise import ReviseConfig
+
+    _job_flags(ReviseConfig)(p)
+
+
+@command("revise", "critique and revise samples with the constitution's principles (SL-CAI)", _revise_flags)
+def cmd_revise(args) -> int:
+    from ctxdistill.revise import ReviseConfig
+
+    store = open_store(args)
+    cfg = _config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
+    return run_job(args, "revise", cfg.to_dict(), lambda r: (
+        f"{r['samples']} samples, {r['rounds_done_now']} rounds done now; flags: {r['flags']}"))
+
+
+def _export_flags(p):
+    from ctxdistill.curate import EXPORT_FORMATS
+
+    p.add_argument("--constitution", required=True, help="constitution version id (or file) whose samples to export")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="output form (default messages)")
+    p.add_argument("--out", required=True, help="output file (a directory for the datasets format)")
+    p.add_argument("--set-name", "--set", help="only samples of this prompt set")
+    p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
+
+
+@command("export", "export the accepted samples as JSONL, CSV or a datasets dataset", _export_flags)
+def cmd_export(args) -> int:
+    from ctxdistill.curate import export
+
+    store = open_store(args)
+    try:
+        result = export(store, constitution_version(store, args.constitution), args.format, args.out,
+                        set_name=args.set_name, hub_id=args.hub_id)
+    except ValueError as exc:
+        raise UserError(str(exc))
+    counts = result["counts"]
+    emit(args, result, f"{counts['exported']} accepted samples written to {result['path']} "
+                       f"({counts['pending']} pending, {counts['rejected']} rejected not exported); "
+                       f"manifest {result['manifest']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxdistill", description="Write a constitution and distil it into the weights.")
     sub = parser.add_subparsers(dest="command", required=True)
