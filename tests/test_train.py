@@ -1,0 +1,304 @@
+"""The distillation trainer: pure losses on toy tensors, the shared teacher/student model, the loop's
+checkpoints, resume and faults on the tiny model, and one short run on the embedded model."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from ctxdistill import train as T
+from ctxdistill.generate import kl_per_token
+
+SYSTEM = "Arr matey, answer like a pirate."
+PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "def add(a, b):", "Hi", "Is the sea wide?", "Say hello"]
+
+
+# --------------------------------------------------------------------------- pure losses
+
+def test_kl_of_identical_distributions_is_zero():
+    logits = torch.randn(3, 5, 11)
+    assert torch.allclose(T.token_losses("kl", logits, logits.clone())["loss"], torch.zeros(3, 5), atol=1e-6)
+
+
+def test_kl_matches_direct_computation():
+    t, s = torch.randn(4, 7), torch.randn(4, 7)
+    p, q = t.softmax(-1), s.softmax(-1)
+    direct = (p * (p.log() - q.log())).sum(-1)
+    assert torch.allclose(T.token_losses("kl", s, t)["loss"], direct, atol=1e-5)
+    assert (direct >= 0).all()
+
+
+def test_ce_and_mix():
+    s, t = torch.randn(6, 9), torch.randn(6, 9)
+    y = torch.randint(0, 9, (6,))
+    ce = -s.log_softmax(-1)[torch.arange(6), y]
+    terms = T.token_losses("mix", s, t, y, alpha=0.25)
+    assert torch.allclose(terms["ce"], ce, atol=1e-5)
+    assert torch.allclose(terms["loss"], 0.25 * ce + 0.75 * kl_per_token(t, s), atol=1e-5)
+    assert set(T.token_losses("sft", s, None, y)) == {"ce", "loss"}
+
+
+def test_answer_mask_excludes_prompt_and_padding():
+    mask = T.answer_mask([2, 4, 0], 4)
+    assert mask.tolist() == [[False, False, True, True], [True] * 4, [False] * 4]
+    values = torch.arange(12.0).view(3, 4)
+    assert T.masked_mean(values, mask) == pytest.approx((2 + 3 + 4 + 5 + 6 + 7) / 6)
+
+
+def test_chunked_loss_equals_unchunked_and_its_gradient():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13, bias=False).requires_grad_(False)
+    h = torch.randn(10, 8, requires_grad=True)
+    ht = torch.randn(10, 8)
+    y = torch.randint(0, 13, (10,))
+    full = T.token_losses("mix", head(h), head(ht), y, 0.3)["loss"].sum() / 10
+    full.backward()
+    expected = h.grad.clone()
+    h.grad = None
+    sums = T.chunked_loss(head, "mix", h, ht, y, alpha=0.3, chunk=3, backward_scale=1 / 10)
+    assert sums["loss"] / 10 == pytest.approx(full.item(), rel=1e-5)
+    assert sums["tokens"] == 10
+    assert torch.allclose(h.grad, expected, atol=1e-6)
+
+
+def test_length_grouped_batches_cover_everything_once():
+    lengths = [5, 40, 6, 38, 7, 41, 3, 39, 12, 30] * 4
+    batches = T.length_grouped_batches(lengths, 2, seed=1, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(40))
+    assert batches == T.length_grouped_batches(lengths, 2, seed=1, epoch=0)
+    assert batches != T.length_grouped_batches(lengths, 2, seed=1, epoch=1)
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches)
+    assert spread < 150  # pairs (random pairs: ~340) of similar length, not random pairs
+
+
+def test_warmup_then_cosine():
+    f = T.lr_lambda(T.TrainConfig(steps=10, warmup_steps=2))
+    values = [f(s) for s in range(10)]
+    assert values[0] < values[1] < values[2] == 1.0
+    assert values[-1] < 0.1 and all(a >= b for a, b in zip(values[2:], values[3:]))
+
+
+def test_config_validation_names_every_problem():
+    with pytest.raises(T.TrainError) as err:
+        T.TrainConfig(loss="dpo", steps=0, lr=-1, quantize="8bit").validate()
+    for word in ("loss", "steps", "learning rate", "quantize"):
+        assert word in str(err.value)
+    with pytest.raises(T.TrainError, match="unknown"):
+        T.TrainConfig.from_dict({"epochs": 3})
+
+
+# --------------------------------------------------------------------------- the model
+
+def peft_tiny(tiny_model, **overrides):
+    cfg = T.TrainConfig(lora_r=4, lora_alpha=8, **overrides)
+    return T._setup_model(cfg, copy.deepcopy(tiny_model), seed=0)
+
+
+def examples(model, tok, n=6, tokens=10):
+    d = T.Distiller(model, tok, SYSTEM)
+    return T.sample_answers(d, PROMPTS[:n], T.TrainConfig(sample_tokens=tokens), seed=0)
+
+
+def test_zero_initialised_adapter_student_with_constitution_equals_teacher(tiny_model, tiny_tokenizer):
+    from ctxdistill.generate import chat_ids
+
+    model = peft_tiny(tiny_model)
+    ids = torch.tensor([chat_ids(tiny_tokenizer, "Hi there", SYSTEM) + [5, 6, 7]])
+    student = model(input_ids=ids).logits
+    with model.disable_adapter():
+        teacher = model(input_ids=ids).logits
+    assert torch.allclose(student, teacher, atol=1e-6)
+    # and the teacher through the run's cached constitution prefix gives the same distribution
+    d = T.Distiller(model, tiny_tokenizer, SYSTEM)
+    ex = T.Example("Hi there", [5, 6, 7])
+    hs, ht, targets = d.hidden([ex])
+    assert targets.tolist() == [5, 6, 7]
+    assert torch.allclose(d.lm_head(ht), teacher[0, -4:-1], atol=1e-4)
+
+
+def test_teacher_and_student_see_different_contexts(tiny_model, tiny_tokenizer):
+    model = peft_tiny(tiny_model)
+    d = T.Distiller(model, tiny_tokenizer, SYSTEM)
+    exs = examples(model, tiny_tokenizer, n=3)
+    hs, ht, _ = d.hidden(exs)
+    assert hs.shape == ht.shape and hs.shape[0] == sum(len(e.answer) for e in exs)
+    assert not torch.allclose(hs, ht)
+
+
+def test_only_lora_parameters_change(tiny_model, tiny_tokenizer, tmp_path):
+    model = peft_tiny(tiny_model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    exs = examples(model, tiny_tokenizer)
+    T.train(T.TrainConfig(steps=2, batch_size=3, lr=1e-2, eval_every=0, checkpoint_every=0, warmup_steps=0, keep_best=False),
+            model, tiny_tokenizer, SYSTEM, exs, exs[:2], run_dir=tmp_path)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed)
+
+
+def run_tiny(tiny_model, tok, run_dir, steps, hooks=T.Hooks(), **cfg):
+    torch.manual_seed(123)
+    model = peft_tiny(tiny_model, lora_dropout=0.1)
+    exs = examples(model, tok)
+    config = T.TrainConfig(**{**dict(steps=steps, batch_size=2, grad_accum=2, lr=5e-3, warmup_steps=1, eval_every=2,
+                                     checkpoint_every=2, lora_r=4, lora_alpha=8, lora_dropout=0.1, keep_best=False), **cfg})
+    return model, T.train(config, model, tok, SYSTEM, exs, exs[:3], run_dir=run_dir, hooks=hooks)
+
+
+def lora_state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_resume_reaches_the_same_state(tiny_model, tiny_tokenizer, tmp_path):
+    straight, _ = run_tiny(tiny_model, tiny_tokenizer, tmp_path / "a", steps=6)
+    stop_after = iter([False] * 3 + [True] * 100)
+    _, result = run_tiny(tiny_model, tiny_tokenizer, tmp_path / "b", steps=6, hooks=T.Hooks(should_stop=lambda: next(stop_after)))
+    assert result["stopped"] and result["step"] == 3
+    assert T.latest_checkpoint(tmp_path / "b").name == "step-000003"
+    resumed, result = run_tiny(tiny_model, tiny_tokenizer, tmp_path / "b", steps=6)
+    assert result["step"] == 6 and not result["stopped"]
+    a, b = lora_state(straight), lora_state(resumed)
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+
+
+def test_metrics_have_fixed_names_and_held_out_goes_down(tiny_model, tiny_tokenizer, tmp_path):
+    logged = []
+    _, result = run_tiny(tiny_model, tiny_tokenizer, tmp_path, steps=6, hooks=T.Hooks(log=lambda v, s: logged.append((s, v))))
+    names = set().union(*(v for _, v in logged))
+    assert {"loss", "kl", "lr", "tokens_per_s", "peak_mem_mb", "heldout_kl"} <= names
+    assert result["heldout_kl_after"] < result["heldout_kl_before"]
+    assert 0 < result["gap_closed"] <= 1
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "gap closed" in card and "kl" in card
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = T.token_losses
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 5:  # 1 held-out evaluation, then 2 micro-batches per step: step 3 goes bad
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(T, "token_losses", poisoned)
+    with pytest.raises(T.TrainError, match="became nan.*step-000002"):
+        run_tiny(tiny_model, tiny_tokenizer, tmp_path, steps=6, eval_every=0)
+    state = torch.load(T.latest_checkpoint(tmp_path) / "state.pt", weights_only=False)
+    assert state["step"] == 2
+
+
+def test_out_of_memory_names_the_settings_to_lower(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    model = peft_tiny(tiny_model)
+    exs = examples(model, tiny_tokenizer, n=2)
+
+    def boom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(T, "chunked_loss", boom)
+    with pytest.raises(T.TrainError, match="batch-size.*kl-chunk"):
+        T.train(T.TrainConfig(steps=1, eval_every=0), model, tiny_tokenizer, SYSTEM, exs, [], run_dir=tmp_path)
+
+
+def test_corrupt_and_mismatched_adapters_are_refused(tiny_model, tiny_tokenizer, tmp_path):
+    from tests.conftest import make_tiny_model
+
+    model = peft_tiny(tiny_model)
+    T.save_adapter(model, tmp_path / "good", {"step": 1})
+    T.load_adapter(copy.deepcopy(tiny_model), tmp_path / "good")  # fits
+    corrupt = tmp_path / "corrupt"
+    T.save_adapter(model, corrupt, {})
+    (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(T.AdapterError, match="corrupt"):
+        T.load_adapter(copy.deepcopy(tiny_model), corrupt)
+    other = make_tiny_model(tiny_tokenizer)
+    other.config.hidden_size = 48
+    with pytest.raises(T.AdapterError, match="another base model"):
+        T.check_adapter(tmp_path / "good", other)
+    with pytest.raises(T.AdapterError, match="not an adapter"):
+        T.load_adapter(copy.deepcopy(tiny_model), tmp_path)
+
+
+def test_export_adapter_and_merged_model(tiny_model, tiny_tokenizer, tiny_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = peft_tiny(tiny_model)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    adapter = T.save_adapter(model, tmp_path / "adapter", {"constitution": "pirate", "loss": "kl", "gap_closed": 0.9})
+    out = T.export(adapter, tmp_path / "export")
+    assert (out / "adapter_model.safetensors").is_file() and "pirate" in (out / "README.md").read_text()
+    merged = T.export(adapter, tmp_path / "merged", merged=True, model_spec=str(tiny_checkpoint))
+    again = AutoModelForCausalLM.from_pretrained(merged)
+    assert again.dtype == torch.bfloat16
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        assert torch.allclose(again.float()(ids).logits, model(ids).logits, atol=0.05)
+    assert "library_name: transformers" in (merged / "README.md").read_text()
+
+
+def test_push_needs_a_token(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    with pytest.raises(T.TrainError, match="HF_TOKEN"):
+        T.push_to_hub(tmp_path, "me/pirate")
+
+
+def test_four_bit_path_runs_on_cpu(tiny_model, tiny_tokenizer, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from ctxdistill.models import load_model
+
+    # bitsandbytes quantises in blocks of 64: widen the tiny model to fit
+    config = copy.deepcopy(tiny_model.config)
+    config.hidden_size, config.intermediate_size, config.head_dim = 64, 128, 16
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "wide")
+    tiny_tokenizer.save_pretrained(tmp_path / "wide")
+    base, tok = load_model(str(tmp_path / "wide"), quantize="4bit", device="cpu")
+    assert any("4bit" in type(m).__name__ for m in base.modules())
+    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), base, seed=0)
+    exs = examples(model, tok, n=4)
+    before = lora_state(model)
+    result = T.train(T.TrainConfig(steps=2, batch_size=2, lr=1e-2, eval_every=0, warmup_steps=0), model, tok, SYSTEM,
+                     exs, exs[:2], run_dir=tmp_path / "run")
+    assert math.isfinite(result["heldout_kl_after"])
+    assert any(not torch.equal(p, before[n]) for n, p in lora_state(model).items())
+
+
+# --------------------------------------------------------------------------- the job, through the store
+
+def test_no_accepted_samples_is_a_clear_refusal(workspace):
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(workspace)
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    with pytest.raises(T.TrainError, match="no accepted samples"):
+        T.run(T.TrainConfig(constitution_id=cid, data="accepted"), store, workspace / "runs" / "1")
+
+
+@pytest.mark.integration
+def test_short_run_on_the_embedded_model_lowers_held_out_kl(workspace, tmp_path):
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(workspace)
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    logged = []
+    cfg = T.TrainConfig(constitution_id=cid, max_prompts=16, eval_prompts=6, sample_tokens=16, steps=6, batch_size=8,
+                        eval_every=3, checkpoint_every=0, quantize="none")
+    result = T.run(cfg, store, tmp_path / "run", T.Hooks(log=lambda v, s: logged.append((s, v))))
+    heldout = [v["heldout_kl"] for _, v in logged if "heldout_kl" in v]
+    assert len(heldout) == 3 and heldout[-1] < heldout[0] * 0.9
+    assert result["heldout_kl_after"] < result["heldout_kl_before"]
+    assert json.loads((tmp_path / "run" / "adapter" / T.RUN_FILE).read_text())["constitution_id"] == cid
