@@ -35,6 +35,7 @@ from .store import TERMINAL_STATES, NotFound, Store, StoreError
 JOB_KINDS: dict[str, str] = {
     "generate": "ctxdistill.sampling:generate_job",
     "revise": "ctxdistill.revise:revise_job",
+    "train": "ctxdistill.train:train_job",
 }
 
 # Kinds that load the model. A function reached through an import path is
