@@ -82,14 +82,9 @@ def load_model_or_fail(args, **kwargs):
 
 
 def _models_dir(args):
-    import os
-
     from ctxdistill.models import default_models_dir
-    from ctxdistill.store import workspace_home
 
-    if os.environ.get("CTXDISTILL_MODELS"):
-        return default_models_dir()
-    return workspace_home(args.workspace) / "models"
+    return default_models_dir(args.workspace)
 
 
 def open_store(args):
@@ -237,14 +232,18 @@ def _job_flags(cls):
     return configure
 
 
-def run_job(args, kind: str, config: dict, summary) -> int:
-    """Submit a job; unless --detach, follow its progress on stderr (Ctrl-C cancels it) and print its result."""
+def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -> int:
+    """Submit a job (or resume job ``resume``); unless --detach, follow its progress on stderr (Ctrl-C
+    cancels it) and print its result."""
     import time
 
     from ctxdistill import jobs
 
     store = open_store(args)
-    job_id = jobs.submit(store, kind, config)
+    try:
+        job_id = jobs.resume(store, resume) if resume is not None else jobs.submit(store, kind, config)
+    except jobs.StoreError as exc:
+        raise UserError(str(exc))
     if args.detach:
         emit(args, {"job_id": job_id}, f"job {job_id} started; follow it in the web app or with the store")
         return 0
@@ -337,6 +336,70 @@ def cmd_export(args) -> int:
     emit(args, result, f"{counts['exported']} accepted samples written to {result['path']} "
                        f"({counts['pending']} pending, {counts['rejected']} rejected not exported); "
                        f"manifest {result['manifest']}")
+    return 0
+
+
+def _train_flags(p):
+    from ctxdistill.train import TrainConfig
+
+    p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
+    add_dataclass_flags(p, TrainConfig, skip=("constitution_id", "model", "owner"))
+    p.add_argument("--resume", type=int, metavar="RUN", help="continue a stopped or failed run from its last checkpoint")
+    p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
+
+
+def _train_summary(r: dict) -> str:
+    return (f"run {r['run']}: held-out KL {r['heldout_kl_before']:.4f} -> {r['heldout_kl_after']:.4f} nats/token "
+            f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}")
+
+
+@command("train", "distil the constitution into a LoRA adapter (prints the run id and the held-out KL before and after)", _train_flags)
+def cmd_train(args) -> int:
+    from ctxdistill import train
+    from ctxdistill.store import StoreError
+
+    store = open_store(args)
+    if args.resume is not None:
+        try:
+            config = store.get_job(args.resume)["config"]
+        except StoreError as exc:
+            raise UserError(str(exc))
+    else:
+        try:
+            config = dataclass_from_args(train.TrainConfig, args, model=args.model or "",
+                                         constitution_id=constitution_version(store, args.constitution)).validate().to_dict()
+            if config["data"] == "accepted":
+                train.accepted_texts(store, train.TrainConfig.from_dict(config))
+        except train.TrainError as exc:
+            raise UserError(str(exc))
+    accelerator = train._setup_accelerator()
+    if accelerator.num_processes > 1:
+        return _train_distributed(args, store, accelerator, config)
+    return run_job(args, "train", config, _train_summary, resume=args.resume)
+
+
+def _train_distributed(args, store, accelerator, config: dict) -> int:
+    """Under ``accelerate launch``: the main process records the run as a job, every process trains its share."""
+    from accelerate.utils import broadcast_object_list
+
+    from ctxdistill import jobs, train
+
+    job_id = [args.resume or (store.create_job("train", config, heavy=True) if accelerator.is_main_process else None)]
+    job_id = broadcast_object_list(job_id)[0]
+    if accelerator.is_main_process:
+        if args.resume:
+            store.update_job(job_id, if_state=("failed", "cancelled"), state="queued", error=None, cancel_requested=False)
+        jobs.run_inline(store, job_id)
+        job = store.get_job(job_id)
+    else:
+        train.run(train.TrainConfig.from_dict(config), store, store.runs_dir / str(job_id), accelerator=accelerator)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return 0
+    if job["state"] != "done":
+        raise UserError(f"run {job_id} {job['state']}: {job['error'] or job['message']}")
+    emit(args, {"job_id": job_id, "processes": accelerator.num_processes, **job["result"]},
+         _train_summary(job["result"]) + f" ({accelerator.num_processes} processes)")
     return 0
 
 

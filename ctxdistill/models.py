@@ -40,9 +40,11 @@ def default_spec() -> str:
     return os.environ.get("CTXDISTILL_MODEL") or DEFAULT_MODEL
 
 
-def default_models_dir() -> Path:
-    """``$CTXDISTILL_MODELS``, else ``models/`` in the workspace (``$CTXDISTILL_HOME`` or ./workspace)."""
-    return Path(os.environ.get("CTXDISTILL_MODELS") or Path(os.environ.get("CTXDISTILL_HOME") or "workspace") / "models")
+def default_models_dir(home: str | os.PathLike | None = None) -> Path:
+    """``$CTXDISTILL_MODELS``, else ``models/`` in the workspace (``home``, ``$CTXDISTILL_HOME`` or ./workspace)."""
+    if os.environ.get("CTXDISTILL_MODELS"):
+        return Path(os.environ["CTXDISTILL_MODELS"])
+    return Path(home or os.environ.get("CTXDISTILL_HOME") or "workspace") / "models"
 
 
 def resolve_device(device: str | None = None) -> torch.device:

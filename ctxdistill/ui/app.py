@@ -1,0 +1,46 @@
+"""The web app: one Blocks with a tab per stage. Each tab module exposes ``build(ctx)``.
+
+    ctxdistill serve          # or: python app.py
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import gradio as gr
+
+from ctxdistill.ui.common import AppContext
+
+# (tab title, module): each module's build(ctx) is called inside its tab, in this order.
+TABS = [
+    ("Constitution", "ctxdistill.ui.constitution"),
+    ("Preview", "ctxdistill.ui.preview"),
+    ("Distill", "ctxdistill.ui.distill"),
+]
+
+CSS = """
+#divergence .textfield { line-height: 1.9; }
+.kbd { font-family: monospace; border: 1px solid #bbb; border-radius: 3px; padding: 0 4px; }
+"""
+
+
+def build_app(ctx: AppContext | None = None) -> gr.Blocks:
+    ctx = ctx or AppContext.from_env()
+    with gr.Blocks(title="ctxdistill") as blocks:
+        ctx.blocks = blocks
+        ctx.draft = gr.State({})
+        ctx.version = gr.State(None)
+        gr.Markdown("# ctxdistill\nWrite a constitution, see what it changes, curate, and bake it into the weights.")
+        with gr.Tabs():
+            for title, module in TABS:
+                with gr.Tab(title, id=title.lower()):
+                    importlib.import_module(module).build(ctx)
+    return blocks
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+    blocks = build_app()
+    blocks.queue(default_concurrency_limit=8).launch(
+        server_name=host, server_port=port, share=share, css=CSS, show_error=True,
+        max_file_size="20mb", allowed_paths=[],
+    )

@@ -1,0 +1,312 @@
+"""Constitution tab: edit principles or raw YAML, see the exact system prompt and its size,
+save immutable versions, browse history and diffs, restore, import and export."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ctxdistill import constitution as cmod
+from ctxdistill.ui.common import AppContext, draft_constitution, error_text
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "constitutions"
+PRINCIPLE_FIELDS = ("id", "text", "critique", "revision", "check_kind", "check_value")
+NO_CHECK = "(none)"
+
+
+def examples() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(EXAMPLES_DIR.glob("*.yaml"))}
+
+
+def _principles_table(draft: dict) -> pd.DataFrame:
+    rows = []
+    for i, p in enumerate(draft.get("principles") or []):
+        check = p.get("check") or {}
+        rows.append({"#": i + 1, "id": p.get("id", ""), "text": p.get("text", ""),
+                     "check": f"{check.get('kind')}: {check.get('value')}" if check else ""})
+    return pd.DataFrame(rows, columns=["#", "id", "text", "check"])
+
+
+def _choices(draft: dict) -> list[tuple[str, int]]:
+    return [(f"{i + 1}. {p.get('id') or '?'}", i) for i, p in enumerate(draft.get("principles") or [])]
+
+
+def _token_report(ctx: AppContext, rendered: str) -> str:
+    from ctxdistill.models import ModelError, context_window
+
+    try:
+        model, tokenizer = ctx.model()
+    except ModelError as exc:
+        return f"token count unavailable: {exc}"
+    used, limit = len(tokenizer.encode(rendered)), context_window(model)
+    warning = " — **too long for the model's context**" if used >= limit else ""
+    return f"**{used}** tokens of the model's {limit}-token context{warning}"
+
+
+def views(ctx: AppContext, draft: dict, selected: int | None):
+    """Everything shown from the draft except the fields being typed into."""
+    c = draft_constitution(draft)
+    rendered = cmod.render(c)
+    problems = cmod.validate(c)
+    status = "Valid: ready to save." if not problems else "Not saveable yet:\n" + "\n".join(f"- {e}" for e in problems)
+    choices = _choices(draft)
+    selected = selected if selected is not None and selected < len(choices) else (0 if choices else None)
+    return (
+        _principles_table(draft),
+        gr.update(choices=choices, value=selected),
+        cmod.dumps(c),
+        rendered,
+        _token_report(ctx, rendered),
+        status,
+    )
+
+
+def principle_fields(draft: dict, selected: int | None):
+    ps = draft.get("principles") or []
+    if selected is None or not 0 <= selected < len(ps):
+        return ("", "", "", "", NO_CHECK, "")
+    p = ps[selected]
+    check = p.get("check") or {}
+    return (p.get("id", ""), p.get("text", ""), p.get("critique", ""), p.get("revision", ""),
+            check.get("kind") or NO_CHECK, str(check.get("value", "")))
+
+
+def _history_choices(ctx: AppContext, owner: str, name: str | None):
+    versions = ctx.store.list_constitution_versions(name or None, owner=owner)
+    return [(f"v{v['id']} · {v['name']} · {v['message'] or 'saved'}", v["id"]) for v in versions]
+
+
+def build(ctx: AppContext) -> None:
+    gr.Markdown("Write the principles the model should follow. The right-hand side shows the exact system "
+                "prompt the teacher gets. Every edit is autosaved as a draft; **Save** makes a new version.")
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Row():
+                name = gr.Textbox(label="Name", elem_id="c-name", scale=1)
+                description = gr.Textbox(label="Description", elem_id="c-description", scale=2)
+            preamble = gr.Textbox(label="Preamble (optional, comes before the principles)", lines=2, elem_id="c-preamble")
+            table = gr.Dataframe(label="Principles", interactive=False, wrap=True, elem_id="principles")
+            with gr.Row(equal_height=True):
+                selector = gr.Dropdown(label="Edit principle", choices=[], elem_id="principle-select", scale=3)
+                add = gr.Button("Add", elem_id="add-principle", size="sm", min_width=60)
+                remove = gr.Button("Remove", elem_id="remove-principle", size="sm", min_width=60)
+                up = gr.Button("Move up", elem_id="principle-up", size="sm", min_width=60)
+                down = gr.Button("Move down", elem_id="principle-down", size="sm", min_width=60)
+            with gr.Group():
+                pid = gr.Textbox(label="Id", elem_id="principle-id")
+                text = gr.Textbox(label="Principle", lines=2, elem_id="principle-text")
+                critique = gr.Textbox(label="Critique request", lines=2, elem_id="principle-critique")
+                revision = gr.Textbox(label="Revision request", lines=2, elem_id="principle-revision")
+                with gr.Row():
+                    check_kind = gr.Dropdown(label="Automatic check", choices=[NO_CHECK, *cmod.CHECK_KINDS], value=NO_CHECK, elem_id="check-kind")
+                    check_value = gr.Textbox(label="Check value", elem_id="check-value")
+            with gr.Accordion("Raw YAML", open=False):
+                yaml_code = gr.Code(language="yaml", interactive=True, elem_id="yaml")
+                apply_yaml = gr.Button("Apply YAML", elem_id="apply-yaml", size="sm")
+        with gr.Column(scale=2):
+            rendered = gr.Textbox(label="System prompt the teacher sees", lines=10, interactive=False, elem_id="rendered")
+            tokens = gr.Markdown(elem_id="token-count")
+            status = gr.Markdown(elem_id="c-status")
+            message = gr.Textbox(label="Version note", placeholder="what changed", elem_id="save-message")
+            save = gr.Button("Save version", variant="primary", elem_id="save")
+            saved = gr.Markdown(elem_id="save-result")
+            with gr.Accordion("History and diff", open=True):
+                history = gr.Dropdown(label="Version", choices=[], elem_id="history")
+                compare = gr.Dropdown(label="Compare with", choices=[], elem_id="compare-to")
+                diff = gr.Code(language="markdown", label="Diff", interactive=False, elem_id="diff")
+                restore = gr.Button("Restore this version", elem_id="restore", size="sm")
+            with gr.Accordion("Examples, import, export", open=False):
+                example = gr.Dropdown(label="Example", choices=list(examples()), elem_id="example")
+                load_example = gr.Button("Load example", elem_id="load-example", size="sm")
+                upload = gr.File(label="Import YAML / JSON / HF recipe JSON", file_types=[".yaml", ".yml", ".json"], type="filepath", elem_id="import-file")
+                with gr.Row():
+                    export_yaml = gr.Button("Export YAML", size="sm", elem_id="export-yaml")
+                    export_json = gr.Button("Export JSON", size="sm", elem_id="export-json")
+                exported = gr.File(label="Exported file", interactive=False, elem_id="exported")
+
+    view_outputs = [table, selector, yaml_code, rendered, tokens, status]
+    field_outputs = [pid, text, critique, revision, check_kind, check_value]
+    top_outputs = [name, description, preamble]
+
+    def show_all(draft, selected, request: gr.Request, version=None):
+        sel = selected if isinstance(selected, int) else 0
+        choices = _history_choices(ctx, ctx.owner(request), None)
+        return (*views(ctx, draft, sel), *principle_fields(draft, sel), draft.get("name", ""),
+                draft.get("description", ""), draft.get("preamble", ""),
+                gr.update(choices=choices, value=version), gr.update(choices=choices))
+
+    everything = [*view_outputs, *field_outputs, *top_outputs, history, compare]
+
+    def autosave(draft, version, request):
+        ctx.store.save_draft(draft, version, owner=ctx.owner(request))
+
+    def set_top(field_name):
+        def fn(value, draft, version, selected, request: gr.Request):
+            draft = {**draft, field_name: value}
+            autosave(draft, version, request)
+            return draft, *views(ctx, draft, selected)
+        return fn
+
+    for box, field_name in ((name, "name"), (description, "description"), (preamble, "preamble")):
+        box.input(set_top(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
+                  trigger_mode="always_last")
+
+    def set_field(field_name):
+        def fn(value, draft, version, selected, request: gr.Request):
+            ps = [dict(p) for p in draft.get("principles") or []]
+            if selected is None or not 0 <= selected < len(ps):
+                return draft, *views(ctx, draft, selected)
+            p = ps[selected]
+            if field_name in ("check_kind", "check_value"):
+                check = dict(p.get("check") or {"kind": "contains", "value": ""})
+                check["kind" if field_name == "check_kind" else "value"] = value
+                if check["kind"] == NO_CHECK:
+                    p.pop("check", None)
+                else:
+                    p["check"] = check
+            else:
+                p[field_name] = value
+            draft = {**draft, "principles": ps}
+            autosave(draft, version, request)
+            return draft, *views(ctx, draft, selected)
+        return fn
+
+    for box, field_name in zip(field_outputs, PRINCIPLE_FIELDS):
+        box.input(set_field(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
+                  trigger_mode="always_last")
+
+    selector.input(lambda draft, sel: principle_fields(draft, sel), [ctx.draft, selector], field_outputs)
+
+    def reshape(action):
+        def fn(draft, version, selected, request: gr.Request):
+            ps = [dict(p) for p in draft.get("principles") or []]
+            sel = selected if isinstance(selected, int) and 0 <= selected < len(ps) else None
+            if action == "add":
+                taken = {p.get("id") for p in ps}
+                new_id = next(f"p{i}" for i in range(1, len(ps) + 2) if f"p{i}" not in taken)
+                ps.append({"id": new_id, "text": "", "critique": "", "revision": ""})
+                sel = len(ps) - 1
+            elif sel is not None and action == "remove":
+                ps.pop(sel)
+                sel = min(sel, len(ps) - 1) if ps else None
+            elif sel is not None and action in ("up", "down"):
+                j = sel - 1 if action == "up" else sel + 1
+                if 0 <= j < len(ps):
+                    ps[sel], ps[j] = ps[j], ps[sel]
+                    sel = j
+            draft = {**draft, "principles": ps}
+            autosave(draft, version, request)
+            return draft, *views(ctx, draft, sel), *principle_fields(draft, sel)
+        return fn
+
+    for button, action in ((add, "add"), (remove, "remove"), (up, "up"), (down, "down")):
+        button.click(reshape(action), [ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs, *field_outputs])
+
+    def replace_draft(new: cmod.Constitution, version, request, note=""):
+        draft = cmod.to_dict(new)
+        autosave(draft, version, request)
+        return (draft, version, *show_all(draft, 0, request, version), note)
+
+    def from_yaml(code, draft, version, request: gr.Request):
+        try:
+            return replace_draft(cmod.parse(code, "yaml"), version, request, "YAML applied.")
+        except cmod.ConstitutionError as exc:
+            return (draft, version, *[gr.update()] * len(everything), error_text(exc))
+
+    replace_outputs = [ctx.draft, ctx.version, *everything, saved]
+    apply_yaml.click(from_yaml, [yaml_code, ctx.draft, ctx.version], replace_outputs)
+
+    def from_example(which, draft, version, request: gr.Request):
+        if which not in examples():
+            return (draft, version, *[gr.update()] * len(everything), error_text("Pick an example first."))
+        return replace_draft(cmod.load(examples()[which]), version, request, f"Loaded example {which!r} (not saved yet).")
+
+    load_example.click(from_example, [example, ctx.draft, ctx.version], replace_outputs)
+
+    def from_upload(path, draft, version, request: gr.Request):
+        if not path:
+            return (draft, version, *[gr.update()] * len(everything), "")
+        try:
+            return replace_draft(cmod.load(path), version, request, f"Imported {Path(path).name} (not saved yet).")
+        except cmod.ConstitutionError as exc:
+            return (draft, version, *[gr.update()] * len(everything), error_text(exc))
+
+    upload.upload(from_upload, [upload, ctx.draft, ctx.version], replace_outputs)
+
+    def do_save(draft, version, note, request: gr.Request):
+        from ctxdistill.models import ModelError, context_window
+
+        c = draft_constitution(draft)
+        try:
+            cmod.ensure_valid(c)
+        except cmod.ConstitutionError as exc:
+            return version, error_text(exc), gr.update(), gr.update()
+        try:
+            model, tokenizer = ctx.model()
+            used, limit = len(tokenizer.encode(cmod.render(c))), context_window(model)
+            if used >= limit:
+                return version, error_text(f"The rendered prompt is {used} tokens; the model's context is {limit}. Shorten it."), gr.update(), gr.update()
+        except ModelError:
+            pass  # the size check needs the tokenizer; saving does not
+        owner = ctx.owner(request)
+        new_id = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), parent_id=version, message=note or "", owner=owner)
+        ctx.store.save_draft(cmod.to_dict(c), new_id, owner=owner)
+        choices = _history_choices(ctx, owner, None)
+        same = " (no changes since the last version)" if new_id == version else ""
+        return new_id, f"Saved as **v{new_id}**{same}.", gr.update(choices=choices, value=new_id), gr.update(choices=choices)
+
+    save.click(do_save, [ctx.draft, ctx.version, message], [ctx.version, saved, history, compare])
+
+    def show_diff(a, b):
+        if a is None:
+            return ""
+        va = ctx.store.get_constitution(a)
+        ca = cmod.from_dict(va["content"])
+        if b is None:
+            return cmod.dumps(ca)
+        vb = ctx.store.get_constitution(b)
+        return cmod.diff(cmod.from_dict(vb["content"]), ca, f"v{b}", f"v{a}") or "(identical)"
+
+    history.change(show_diff, [history, compare], diff)
+    compare.change(show_diff, [history, compare], diff)
+
+    def do_restore(which, draft, version, request: gr.Request):
+        if which is None:
+            return (draft, version, *[gr.update()] * len(everything), error_text("Pick a version to restore."))
+        row = ctx.store.get_constitution(which)
+        c = cmod.from_dict(row["content"])
+        owner = ctx.owner(request)
+        new_id = ctx.store.save_constitution(c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner)
+        return replace_draft(c, new_id, request, f"Restored v{which} as **v{new_id}**.")
+
+    restore.click(do_restore, [history, ctx.draft, ctx.version], replace_outputs)
+
+    def do_export(fmt):
+        def fn(draft):
+            c = draft_constitution(draft)
+            safe = "".join(ch for ch in c.name if ch.isalnum() or ch in "-_") or "constitution"
+            path = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / f"{safe}.{fmt}"
+            path.write_text(cmod.dumps(c, fmt), encoding="utf-8")
+            return str(path)
+        return fn
+
+    export_yaml.click(do_export("yaml"), ctx.draft, exported)
+    export_json.click(do_export("json"), ctx.draft, exported)
+
+    def on_load(request: gr.Request):
+        owner = ctx.owner(request)
+        row = ctx.store.get_draft(owner)
+        if row is not None:
+            draft, version = row["content"], row["base_id"]
+        else:
+            versions = ctx.store.list_constitution_versions(None, owner=owner)
+            if versions:
+                draft, version = versions[0]["content"], versions[0]["id"]
+            else:
+                draft, version = cmod.to_dict(cmod.load(examples()["pirate"])), None
+        return (draft, version, *show_all(draft, 0, request, version))
+
+    ctx.blocks.load(on_load, None, [ctx.draft, ctx.version, *everything])

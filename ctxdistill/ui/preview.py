@@ -1,0 +1,141 @@
+"""Preview tab: the same prompt with and without the constitution, streamed side by side, and
+what the constitution changes token by token (per-token KL along the teacher's answer)."""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ctxdistill import constitution as cmod
+from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, preview_stream
+from ctxdistill.models import ModelError, context_window
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
+
+SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
+
+
+def _join(samples: list[str]) -> str:
+    return "".join((SAMPLE_SEPARATOR.format(k=k + 1) if k else "") + s for k, s in enumerate(samples))
+
+
+def highlight(tokens: list[str], kls: list[float]) -> list[tuple[str, float | None]]:
+    """(token, score in 0..1) pairs for gr.HighlightedText, scaled to the largest KL in the answer."""
+    top = max(kls, default=0.0) or 1.0
+    return [(tok, round(min(kl / top, 1.0), 3)) for tok, kl in zip(tokens, kls)]
+
+
+def system_prompt(ctx: AppContext, draft_or_text, max_new_tokens: int) -> str:
+    """Validate the constitution and that it fits in the model's context; return its system prompt."""
+    c = cmod.parse(draft_or_text) if isinstance(draft_or_text, str) else draft_constitution(draft_or_text)
+    cmod.ensure_valid(c)
+    model, tokenizer = ctx.model()
+    rendered = cmod.render(c)
+    used, limit = len(tokenizer.encode(rendered)), context_window(model)
+    if used + max_new_tokens + 64 > limit:
+        raise ValueError(f"The rendered constitution is {used} tokens; with {max_new_tokens} new tokens "
+                         f"it does not fit the model's context of {limit} tokens.")
+    return rendered
+
+
+def run_preview(ctx: AppContext, constitution, prompts: list[str], cfg: SamplingConfig):
+    """Yield Preview snapshots; every user-fixable problem becomes a gr.Error with a clear message."""
+    try:
+        cfg.validate()
+        if not prompts or any(not (p or "").strip() for p in prompts):
+            raise ValueError("The prompt is empty: type a question or pick one from the prompt set.")
+        system = system_prompt(ctx, constitution, cfg.max_new_tokens)
+        model, tokenizer = ctx.model()
+        yield from preview_stream(model, tokenizer, system, prompts, cfg)
+    except (ValueError, ModelError) as exc:  # ConstitutionError is a ValueError
+        raise gr.Error(str(exc)) from exc
+
+
+def sampling_config(greedy, temperature, top_p, seed, max_new_tokens, samples) -> SamplingConfig:
+    return SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=0.0 if greedy else float(temperature),
+                          top_p=float(top_p), seed=int(seed), n=int(samples))
+
+
+def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> list[str]:
+    rows = []
+    for s in ctx.store.prompt_sets(owner=owner):
+        rows += ctx.store.get_prompts(s["name"], split=split, owner=owner)
+    return [r["text"] for r in rows]
+
+
+def build(ctx: AppContext) -> None:
+    gr.Markdown("Ask the model the same thing **with** the constitution in its prompt (the teacher) and "
+                "**without** it. The highlighted answer shows where the constitution changed the model's "
+                "next-token distribution most (per-token KL, nats).")
+    with gr.Row():
+        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", scale=3)
+        pick = gr.Dropdown(label="…or pick from the prompt set", choices=[], elem_id="prompt-pick", scale=2)
+    with gr.Accordion("Sampling", open=False):
+        with gr.Row():
+            greedy = gr.Checkbox(label="Greedy", value=True, elem_id="greedy")
+            temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="temperature")
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", elem_id="top-p")
+        with gr.Row():
+            seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
+            max_new = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=64, step=1, label="Max new tokens", elem_id="max-new-tokens")
+            samples = gr.Slider(1, 8, value=1, step=1, label="Samples per prompt", elem_id="samples")
+    run = gr.Button("Preview", variant="primary", elem_id="run-preview")
+    with gr.Row():
+        prompted = gr.Textbox(label="With the constitution (teacher)", lines=8, interactive=False, elem_id="prompted")
+        unprompted = gr.Textbox(label="Without it (base model)", lines=8, interactive=False, elem_id="unprompted")
+    divergence = gr.HighlightedText(label="What the constitution changes (darker = larger KL)", combine_adjacent=False,
+                                    show_legend=False, elem_id="divergence")
+    mean = gr.Markdown(elem_id="mean-kl")
+    with gr.Accordion("Batch preview", open=False):
+        with gr.Row():
+            n_batch = gr.Slider(1, 64, value=8, step=1, label="Prompts from the set", elem_id="batch-n")
+            split = gr.Radio(["train", "heldout"], value="heldout", label="Split", elem_id="batch-split")
+            run_batch = gr.Button("Preview batch", elem_id="run-batch")
+        table = gr.Dataframe(headers=["prompt", "with constitution", "without", "mean KL"], wrap=True,
+                             interactive=False, elem_id="batch-table")
+
+    settings = [greedy, temperature, top_p, seed, max_new, samples]
+    pick.input(lambda text: text, pick, prompt)
+
+    def single(draft, text, *values):
+        cfg = sampling_config(*values)
+        for result in run_preview(ctx, draft, [text], cfg):
+            pieces = highlight(result.tokens[0][0], result.kl[0][0]) if result.done else []
+            summary = (f"**Mean KL:** {result.mean_kl:.3f} nats/token over {sum(len(k) for k in result.kl[0])} "
+                       "tokens of the teacher's answer") if result.done else "generating…"
+            yield _join(result.prompted[0]), _join(result.unprompted[0]), pieces, summary
+
+    run.click(single, [ctx.draft, prompt, *settings], [prompted, unprompted, divergence, mean],
+              concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    prompt.submit(single, [ctx.draft, prompt, *settings], [prompted, unprompted, divergence, mean],
+                  concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+    def batch(draft, n, which_split, *values, request: gr.Request):
+        texts = prompt_choices(ctx, ctx.owner(request), which_split)[: int(n)]
+        if not texts:
+            raise gr.Error(f"The prompt set has no {which_split} prompts.")
+        cfg = sampling_config(*values)
+        for result in run_preview(ctx, draft, texts, cfg):
+            kl = [[sum(k) / len(k) if k else 0.0 for k in per] for per in result.kl] if result.done else None
+            yield pd.DataFrame({
+                "prompt": result.prompts,
+                "with constitution": [_join(a) for a in result.prompted],
+                "without": [_join(b) for b in result.unprompted],
+                "mean KL": [round(sum(k) / len(k), 3) for k in kl] if kl else [None] * len(texts),
+            })
+
+    run_batch.click(batch, [ctx.draft, n_batch, split, *settings], table, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+    def refresh_choices(request: gr.Request):
+        return gr.update(choices=prompt_choices(ctx, ctx.owner(request)))
+
+    ctx.blocks.load(refresh_choices, None, pick)
+
+    def preview_api(constitution: str, prompt: str, samples: int = 1, seed: int = 0,
+                    max_new_tokens: int = 64, temperature: float = 0.0) -> dict:
+        """Answers with and without a constitution (YAML or JSON text), and the mean per-token KL."""
+        cfg = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed), n=int(samples))
+        *_, result = run_preview(ctx, constitution, [prompt], cfg)
+        out = result.to_json()
+        return {"prompted": out["prompted"], "unprompted": out["unprompted"], "mean_kl": out["mean_kl"]}
+
+    gr.api(preview_api, api_name="preview", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
