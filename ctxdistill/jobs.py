@@ -29,6 +29,7 @@ import time
 import traceback
 from pathlib import Path
 
+from .safety import redact
 from .store import TERMINAL_STATES, NotFound, Store, StoreError
 
 # kind -> "module:function". A kind that itself contains ":" is an import path.
@@ -191,13 +192,13 @@ def _run(store: Store, job_id: int) -> None:
             ctx.log.info("cancelled")
     except BaseException as e:           # SystemExit / KeyboardInterrupt too: never leave 'running'
         cancelled = _safe(lambda: store.get_job(job_id)["cancel_requested"], False)
-        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        error = redact(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         if isinstance(e, SystemExit):
             error = f"interrupted: the worker was terminated (exit {e.code})"
         _safe(lambda: store.update_job(job_id, state="cancelled" if cancelled else "failed",
                                        finished_at=time.time(), error=None if cancelled else error))
         if ctx:
-            ctx.log.error("failed: %s\n%s", error, traceback.format_exc(limit=8))
+            ctx.log.error("failed: %s\n%s", error, redact(traceback.format_exc(limit=8)))
         else:
             traceback.print_exc()
         if not isinstance(e, Exception):
@@ -326,10 +327,10 @@ def list_jobs(store: Store, kind: str | None = None, owner: str | None = None,
     return store.list_jobs(kind=kind, owner=owner, limit=limit)
 
 
-def get(store: Store, job_id: int) -> dict:
-    """store.get_job after refresh()."""
+def get(store: Store, job_id: int, owner: str | None = None) -> dict:
+    """store.get_job after refresh(); with `owner`, NotFound unless the job is theirs."""
     refresh(store)
-    return store.get_job(job_id)
+    return store.get_job(job_id, owner=owner)
 
 
 # --------------------------------------------------------------------------- processes

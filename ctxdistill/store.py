@@ -327,8 +327,10 @@ class Store:
                 (name, _json(content), content_hash, parent_id, message or "", owner, time.time()))
             return cur.lastrowid
 
-    def get_constitution(self, version_id: int) -> dict:
-        return self._one("SELECT * FROM constitutions WHERE id = ?", (version_id,),
+    def get_constitution(self, version_id: int, owner: str | None = None) -> dict:
+        """One version; with `owner`, NotFound unless it belongs to that owner."""
+        where, params = _where(("id = ?", version_id), ("owner = ?", owner))
+        return self._one(f"SELECT * FROM constitutions {where}", params,
                          f"constitution version {version_id}")
 
     def list_constitution_versions(self, name: str | None = None,
@@ -454,9 +456,11 @@ class Store:
             self._write_sample(db, old["id"], changes, now)
             return old["id"]
 
-    def get_sample(self, sample_id: int) -> dict:
-        """The sample with its prompt's text, set, split and owner."""
-        return self._one(f"{_SAMPLE_SELECT} WHERE s.id = ?", (sample_id,), f"sample {sample_id}")
+    def get_sample(self, sample_id: int, owner: str | None = None) -> dict:
+        """The sample with its prompt's text, set, split and owner; with `owner`, NotFound
+        unless it belongs to that owner."""
+        where, params = _where(("s.id = ?", sample_id), ("ps.owner = ?", owner))
+        return self._one(f"{_SAMPLE_SELECT} {where}", params, f"sample {sample_id}")
 
     def list_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
                      status: str | None = None, search: str | None = None,
@@ -576,8 +580,10 @@ class Store:
                              (kind, _json(config or {}), int(bool(heavy)), owner, time.time()))
             return cur.lastrowid
 
-    def get_job(self, job_id: int) -> dict:
-        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,), f"job {job_id}")
+    def get_job(self, job_id: int, owner: str | None = None) -> dict:
+        """One job; with `owner`, NotFound unless it belongs to that owner."""
+        where, params = _where(("id = ?", job_id), ("owner = ?", owner))
+        return self._one(f"SELECT * FROM jobs {where}", params, f"job {job_id}")
 
     def list_jobs(self, kind: str | None = None, owner: str | None = None,
                   limit: int | None = 50, state: str | Iterable[str] | None = None) -> list[dict]:

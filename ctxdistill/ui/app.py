@@ -9,6 +9,7 @@ import importlib
 
 import gradio as gr
 
+from ctxdistill.ui import api, space
 from ctxdistill.ui.common import AppContext
 
 # (tab title, module): each module's build(ctx) is called inside its tab, in this order.
@@ -31,16 +32,19 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         ctx.draft = gr.State({})
         ctx.version = gr.State(None)
         gr.Markdown("# ctxdistill\nWrite a constitution, see what it changes, curate, and bake it into the weights.")
+        space.build(ctx)
         with gr.Tabs():
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower()):
                     importlib.import_module(module).build(ctx)
+        api.build(ctx)
     return blocks
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
-    blocks = build_app()
+    ctx = AppContext.from_env()
+    blocks = build_app(ctx)
     blocks.queue(default_concurrency_limit=8).launch(
         server_name=host, server_port=port, share=share, css=CSS, show_error=True,
-        max_file_size="20mb", allowed_paths=[],
+        max_file_size=ctx.upload_bytes, allowed_paths=[],
     )

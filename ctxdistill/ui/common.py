@@ -10,10 +10,14 @@ from pathlib import Path
 import gradio as gr
 
 from ctxdistill import constitution as cmod
-from ctxdistill.store import Store, workspace_home
+from ctxdistill import demo as demo_mode
+from ctxdistill.safety import UnsafeInput, check_upload, redact
+from ctxdistill.store import NotFound, Store, workspace_home
 
 # Model-heavy events share one queue slot: two visitors never load or run two models at once.
 MODEL_QUEUE = "model"
+# Uploads in local mode; demo mode uses its own cap (DemoCaps.upload_mb).
+LOCAL_UPLOAD_MB = 20
 
 
 @dataclass
@@ -28,17 +32,53 @@ class AppContext:
 
     def __post_init__(self):
         self.store = Store(self.home)
+        self.caps = demo_mode.caps() if self.demo else None
 
     @classmethod
     def from_env(cls, home=None) -> "AppContext":
         return cls(home=workspace_home(home), model_spec=os.environ.get("CTXDISTILL_MODEL") or None,
-                   demo=bool(os.environ.get("SPACE_ID")))
+                   demo=demo_mode.enabled())
 
     def owner(self, request: gr.Request | None) -> str:
         """The shared local workspace is owner "": demo visitors each get their own."""
         if self.demo and request is not None:
             return request.session_hash or ""
         return ""
+
+    def limit(self, **values) -> None:
+        """gr.Error when a requested size is above the demo caps (nothing to check locally)."""
+        if self.caps is not None:
+            try:
+                self.caps.check(**values)
+            except demo_mode.DemoLimit as exc:
+                raise gr.Error(str(exc)) from None
+
+    @property
+    def upload_bytes(self) -> int:
+        return self.caps.upload_bytes if self.caps is not None else LOCAL_UPLOAD_MB << 20
+
+    def upload(self, path, suffixes: tuple[str, ...]) -> str:
+        """The uploaded file's path once its type and size are checked; gr.Error otherwise."""
+        try:
+            return str(check_upload(path, suffixes, self.upload_bytes))
+        except UnsafeInput as exc:
+            raise gr.Error(str(exc)) from None
+
+    def job(self, job_id, request: gr.Request | None) -> dict:
+        """The visitor's own job (refreshed), or gr.Error: ids typed into the API are not trusted."""
+        from ctxdistill import jobs
+
+        try:
+            return jobs.get(self.store, int(job_id), owner=self.owner(request))
+        except (NotFound, TypeError, ValueError):
+            raise gr.Error(f"No run or job {job_id!r} here.") from None
+
+    def constitution(self, version_id, request: gr.Request | None) -> dict:
+        """The visitor's own constitution version, or gr.Error."""
+        try:
+            return self.store.get_constitution(int(version_id), owner=self.owner(request))
+        except (NotFound, TypeError, ValueError):
+            raise gr.Error(f"No constitution version {version_id!r} here.") from None
 
     def model(self):
         from ctxdistill.models import default_models_dir, get_model
@@ -52,4 +92,4 @@ def draft_constitution(draft: dict | None) -> cmod.Constitution:
 
 
 def error_text(exc: Exception) -> str:
-    return f"**Error:** {exc}"
+    return f"**Error:** {redact(str(exc))}"

@@ -15,6 +15,7 @@ from ctxdistill.ui.common import AppContext, draft_constitution, error_text
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "constitutions"
 PRINCIPLE_FIELDS = ("id", "text", "critique", "revision", "check_kind", "check_value")
 NO_CHECK = "(none)"
+IMPORT_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def examples() -> dict[str, Path]:
@@ -121,7 +122,7 @@ def build(ctx: AppContext) -> None:
             with gr.Accordion("Examples, import, export", open=False):
                 example = gr.Dropdown(label="Example", choices=list(examples()), elem_id="example")
                 load_example = gr.Button("Load example", elem_id="load-example", size="sm")
-                upload = gr.File(label="Import YAML / JSON / HF recipe JSON", file_types=[".yaml", ".yml", ".json"], type="filepath", elem_id="import-file")
+                upload = gr.File(label="Import YAML / JSON / HF recipe JSON", file_types=list(IMPORT_SUFFIXES), type="filepath", elem_id="import-file")
                 with gr.Row():
                     export_yaml = gr.Button("Export YAML", size="sm", elem_id="export-yaml")
                     export_json = gr.Button("Export JSON", size="sm", elem_id="export-json")
@@ -229,6 +230,7 @@ def build(ctx: AppContext) -> None:
     def from_upload(path, draft, version, request: gr.Request):
         if not path:
             return (draft, version, *[gr.update()] * len(everything), "")
+        path = ctx.upload(path, IMPORT_SUFFIXES)
         try:
             return replace_draft(cmod.load(path), version, request, f"Imported {Path(path).name} (not saved yet).")
         except cmod.ConstitutionError as exc:
@@ -260,14 +262,14 @@ def build(ctx: AppContext) -> None:
 
     save.click(do_save, [ctx.draft, ctx.version, message], [ctx.version, saved, history, compare])
 
-    def show_diff(a, b):
+    def show_diff(a, b, request: gr.Request):
         if a is None:
             return ""
-        va = ctx.store.get_constitution(a)
+        va = ctx.constitution(a, request)
         ca = cmod.from_dict(va["content"])
         if b is None:
             return cmod.dumps(ca)
-        vb = ctx.store.get_constitution(b)
+        vb = ctx.constitution(b, request)
         return cmod.diff(cmod.from_dict(vb["content"]), ca, f"v{b}", f"v{a}") or "(identical)"
 
     history.change(show_diff, [history, compare], diff)
@@ -276,7 +278,7 @@ def build(ctx: AppContext) -> None:
     def do_restore(which, draft, version, request: gr.Request):
         if which is None:
             return (draft, version, *[gr.update()] * len(everything), error_text("Pick a version to restore."))
-        row = ctx.store.get_constitution(which)
+        row = ctx.constitution(which, request)
         c = cmod.from_dict(row["content"])
         owner = ctx.owner(request)
         new_id = ctx.store.save_constitution(c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner)

@@ -7,8 +7,9 @@ import gradio as gr
 import pandas as pd
 
 from ctxdistill import constitution as cmod
+from ctxdistill.demo import gpu
 from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, preview_stream
-from ctxdistill.models import ModelError, context_window
+from ctxdistill.models import ModelError, context_window, default_models_dir, get_model
 from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
@@ -37,15 +38,22 @@ def system_prompt(ctx: AppContext, draft_or_text, max_new_tokens: int) -> str:
     return rendered
 
 
+@gpu
+def _stream(spec, models_dir, system: str, prompts: list[str], cfg: SamplingConfig):
+    """The model work alone, with picklable arguments, so ZeroGPU can run it on its GPU."""
+    model, tokenizer = get_model(spec, models_dir=models_dir)
+    yield from preview_stream(model, tokenizer, system, prompts, cfg)
+
+
 def run_preview(ctx: AppContext, constitution, prompts: list[str], cfg: SamplingConfig):
     """Yield Preview snapshots; every user-fixable problem becomes a gr.Error with a clear message."""
+    ctx.limit(max_new_tokens=cfg.max_new_tokens, samples=cfg.n, prompts=len(prompts))
     try:
         cfg.validate()
         if not prompts or any(not (p or "").strip() for p in prompts):
             raise ValueError("The prompt is empty: type a question or pick one from the prompt set.")
         system = system_prompt(ctx, constitution, cfg.max_new_tokens)
-        model, tokenizer = ctx.model()
-        yield from preview_stream(model, tokenizer, system, prompts, cfg)
+        yield from _stream(ctx.model_spec, default_models_dir(ctx.home), system, prompts, cfg)
     except (ValueError, ModelError) as exc:  # ConstitutionError is a ValueError
         raise gr.Error(str(exc)) from exc
 
@@ -63,6 +71,7 @@ def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> lis
 
 
 def build(ctx: AppContext) -> None:
+    caps = ctx.caps
     gr.Markdown("Ask the model the same thing **with** the constitution in its prompt (the teacher) and "
                 "**without** it. The highlighted answer shows where the constitution changed the model's "
                 "next-token distribution most (per-token KL, nats).")
@@ -76,8 +85,9 @@ def build(ctx: AppContext) -> None:
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", elem_id="top-p")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-            max_new = gr.Slider(1, MAX_NEW_TOKENS_LIMIT, value=64, step=1, label="Max new tokens", elem_id="max-new-tokens")
-            samples = gr.Slider(1, 8, value=1, step=1, label="Samples per prompt", elem_id="samples")
+            max_new = gr.Slider(1, caps.max_new_tokens if caps else MAX_NEW_TOKENS_LIMIT, value=64, step=1,
+                                label="Max new tokens", elem_id="max-new-tokens")
+            samples = gr.Slider(1, caps.samples if caps else 8, value=1, step=1, label="Samples per prompt", elem_id="samples")
     run = gr.Button("Preview", variant="primary", elem_id="run-preview")
     with gr.Row():
         prompted = gr.Textbox(label="With the constitution (teacher)", lines=8, interactive=False, elem_id="prompted")
@@ -87,7 +97,8 @@ def build(ctx: AppContext) -> None:
     mean = gr.Markdown(elem_id="mean-kl")
     with gr.Accordion("Batch preview", open=False):
         with gr.Row():
-            n_batch = gr.Slider(1, 64, value=8, step=1, label="Prompts from the set", elem_id="batch-n")
+            n_batch = gr.Slider(1, min(64, caps.prompts) if caps else 64, value=8, step=1, label="Prompts from the set",
+                                elem_id="batch-n")
             split = gr.Radio(["train", "heldout"], value="heldout", label="Split", elem_id="batch-split")
             run_batch = gr.Button("Preview batch", elem_id="run-batch")
         table = gr.Dataframe(headers=["prompt", "with constitution", "without", "mean KL"], wrap=True,

@@ -1,0 +1,81 @@
+"""Guards for what users send: names that become paths, uploaded files, and hub tokens.
+
+    path = safe_path(store.runs_dir, f"{run_id}/adapter")   # UnsafeInput if it leaves runs/
+    check_upload(path, (".yaml", ".json"), max_bytes=2 << 20)
+    text = redact(str(exc))                                  # no token ends up in the store or a log
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Uploads we read as text must be UTF-8 without NUL bytes; these formats are binary.
+BINARY_MAGIC = {".parquet": b"PAR1"}
+TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+
+
+class UnsafeInput(ValueError):
+    """A name or file refused for safety; the message says why."""
+
+
+def safe_path(root: str | os.PathLike, name: str | os.PathLike) -> Path:
+    """``root / name``, refusing any name that is absolute, climbs with ``..``, holds a NUL or a
+    backslash, or resolves (through symlinks) outside ``root``."""
+    text = str(name)
+    if not text.strip() or "\x00" in text or "\\" in text:
+        raise UnsafeInput(f"refused file name {text!r}")
+    rel = Path(text)
+    if rel.is_absolute() or ".." in rel.parts or text.startswith("~"):
+        raise UnsafeInput(f"refused file name {text!r}: it must stay inside the workspace")
+    base = Path(root).resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafeInput(f"refused file name {text!r}: it leads outside the workspace")
+    return target
+
+
+def check_upload(path: str | os.PathLike, suffixes: tuple[str, ...], max_bytes: int) -> Path:
+    """The uploaded file if its type and size are acceptable, else UnsafeInput.
+
+    The type is checked twice: the name's suffix, and the content (UTF-8 text, or a binary
+    format's magic bytes), so a renamed binary is not handed to a text parser."""
+    p = Path(path)
+    if not p.is_file():
+        raise UnsafeInput("the upload is missing or not a file")
+    suffix = p.suffix.lower()
+    if suffix not in suffixes:
+        raise UnsafeInput(f"{p.name}: file type {suffix or '(none)'} is not accepted; use {', '.join(suffixes)}")
+    size = p.stat().st_size
+    if size > max_bytes:
+        raise UnsafeInput(f"{p.name} is {size / 2**20:.1f} MB; uploads are limited to {max_bytes / 2**20:g} MB")
+    magic = BINARY_MAGIC.get(suffix)
+    with p.open("rb") as f:
+        head = f.read(min(size, 1 << 16))
+    if magic is not None:
+        if not head.startswith(magic):
+            raise UnsafeInput(f"{p.name} is not a {suffix} file")
+    elif b"\x00" in head or not _utf8_prefix(head):
+        raise UnsafeInput(f"{p.name} is not UTF-8 text")
+    return p
+
+
+def _utf8_prefix(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError as exc:   # a multi-byte character cut at the end of the read is fine
+        return exc.start >= len(data) - 3
+
+
+def secrets(env=None) -> list[str]:
+    """Hub tokens set in the environment (the only place they are read from)."""
+    env = os.environ if env is None else env
+    return [v for v in (env.get(k) for k in TOKEN_VARS) if v and len(v) >= 8]
+
+
+def redact(text: str, env=None) -> str:
+    """``text`` with every hub token from the environment replaced by ``***``."""
+    for secret in secrets(env):
+        text = text.replace(secret, "***")
+    return text
