@@ -37,6 +37,7 @@ JOB_KINDS: dict[str, str] = {
     "generate": "ctxdistill.sampling:generate_job",
     "revise": "ctxdistill.revise:revise_job",
     "train": "ctxdistill.train:train_job",
+    "evaluate": "ctxdistill.evaluate:evaluate_job",
 }
 
 # Kinds that load the model. A function reached through an import path is

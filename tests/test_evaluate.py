@@ -1,0 +1,228 @@
+"""Scoring the student: metric functions on toy numbers with known answers, an evaluation on the tiny
+model with saved adapters, principle influence, bad inputs, votes and reports."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctxdistill import evaluate as E
+from ctxdistill import jobs
+from ctxdistill import train as T
+from ctxdistill.constitution import Check, Constitution, Principle, content_hash, to_dict
+from ctxdistill.generate import kl_per_token
+from ctxdistill.store import Store
+
+PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "def add(a, b):", "Is the sea wide?",
+           "Say hello", "Write a short poem about the sun."]
+
+
+# --------------------------------------------------------------------------- metrics (pure)
+
+def test_kl_of_known_distributions():
+    p = torch.tensor([0.5, 0.5])
+    q = torch.tensor([0.25, 0.75])
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl_per_token(p.log(), q.log()).item() == pytest.approx(expected, abs=1e-6)
+    assert kl_per_token(p.log(), p.log()).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_token_weighted_kl_and_gap_closed_at_0_and_1():
+    base = [[0.4, 0.2, 0.3], [0.1], [0.5, 0.5]]
+    est = E.token_kl(base)
+    assert est["value"] == pytest.approx(2.0 / 6) and est["n"] == 3
+    assert est["ci"][0] <= est["value"] <= est["ci"][1]
+    same = E.gap_closed_estimate(base, base)
+    assert same["value"] == pytest.approx(0.0) and same["ci"] == pytest.approx([0.0, 0.0])
+    perfect = E.gap_closed_estimate([[0.0] * len(k) for k in base], base)
+    assert perfect["value"] == pytest.approx(1.0) and perfect["ci"] == pytest.approx([1.0, 1.0])
+    half = E.gap_closed_estimate([[v / 2 for v in k] for k in base], base)
+    assert half["value"] == pytest.approx(0.5)
+
+
+def test_bootstrap_interval_covers_the_true_value():
+    rng = np.random.default_rng(1)
+    covered = 0
+    for trial in range(40):
+        x = rng.normal(2.0, 1.0, size=64)
+        lo, hi = E.bootstrap_ci(E._mean, x, n_boot=500, seed=trial)
+        covered += lo <= 2.0 <= hi
+        assert hi - lo < 1.0
+    assert covered >= 34  # nominal 95%: 38 of 40; percentile intervals run a little short at n=64
+    assert E.estimate(E._mean, [])["n"] == 0 and math.isnan(E.bootstrap_ci(E._mean, [])[0])
+
+
+def test_retention_delta():
+    base = [[1.0, 1.0], [2.0]]
+    moved = [[1.5, 1.5], [2.5]]
+    r = E.retention(base, moved)
+    assert r["nll_base"]["value"] == pytest.approx(4 / 3)
+    assert r["delta"]["value"] == pytest.approx(0.5)
+    assert r["delta"]["ci"] == pytest.approx([0.5, 0.5])
+
+
+def test_checks_lengths_and_refusals():
+    c = Constitution("t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!")),
+                           Principle("free", "Be kind.")])
+    rates = E.check_rates(c, {"base": ["Hello", "Arr! hi"], "teacher": ["Arr! yes", "Arr!"]})
+    assert list(rates) == ["arr"]
+    assert rates["arr"]["base"]["value"] == 0.5 and rates["arr"]["teacher"]["value"] == 1.0
+    assert E.is_refusal("I'm sorry, but I can't help with that.") and E.is_refusal("I cannot assist with this")
+    assert not E.is_refusal("Paris is the capital of France.")
+    summary = E.text_summary(["one two three", "I cannot help with that request"], [3, 6])
+    assert summary["words"]["value"] == 4.5 and summary["refusal"]["value"] == 0.5
+
+
+def test_vote_tally_and_blind_sides():
+    votes = [{"choice": "a", "a_is": "teacher"}, {"choice": "b", "a_is": "teacher"},
+             {"choice": "a", "a_is": "run 2"}, {"choice": "tie", "a_is": "run 2"}, {"choice": "both_bad", "a_is": "teacher"}]
+    tally = E.vote_tally(votes)
+    assert tally["counts"] == {"student": 2, "teacher": 1, "tie": 1, "both_bad": 1}
+    assert tally["rates"]["student"]["value"] == pytest.approx(0.4)
+    assert tally["rates"]["student_or_tie"]["value"] == pytest.approx(0.6)
+    empty = E.vote_tally([])
+    assert empty["n"] == 0 and empty["counts"]["tie"] == 0
+    sides = [E.blind_sides(1, p, "") for p in range(200)]
+    assert sides == [E.blind_sides(1, p, "") for p in range(200)]
+    assert 70 < sum(sides) < 130
+
+
+# --------------------------------------------------------------------------- on the tiny model
+
+def _adapter(tiny_model, path, scale: float, seed: int = 0, **info):
+    """A LoRA adapter on the tiny model, saved as train.py saves one; scale 0 = an untrained adapter."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = get_peft_model(copy.deepcopy(tiny_model), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * scale)
+    T.save_adapter(model, path, {"quantize": "none", **info})
+
+
+@pytest.fixture
+def ws(workspace, tiny_checkpoint, tiny_model):
+    """A workspace with the pirate constitution, a prompt set and two finished runs (adapters)."""
+    from ctxdistill.constitution import load
+
+    store = Store(workspace)
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    store.add_prompts("toy", [{"text": p, "split": "heldout"} for p in PROMPTS] + [{"text": "train me", "split": "train"}])
+    store.add_prompts("trainonly", [{"text": "only train", "split": "train"}])
+    runs = []
+    for scale in (0.0, 0.5):
+        job = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3,
+                                         "quantize": "none"}, heavy=True)
+        store.update_job(job, state="done")
+        store.log_metrics(job, 1, {"loss": 0.5, "heldout_kl": 0.4})
+        _adapter(tiny_model, store.runs_dir / str(job) / "adapter", scale)
+        runs.append(job)
+    yield store, cid, runs, str(tiny_checkpoint)
+    store.close()
+
+
+def _cfg(cid, runs, model, **kw):
+    settings = dict(prompt_set="toy", sample_tokens=6, n_boot=200, influence_prompts=3, gen_batch=8, batch_size=4)
+    return E.EvalConfig(constitution_id=cid, runs=runs, model=model, **{**settings, **kw})
+
+
+def test_evaluation_on_tiny_model_with_adapters(ws):
+    store, cid, (untrained, trained), model = ws
+    results = E.run(_cfg(cid, [untrained, trained], model), store)
+    s = results["scores"]
+    assert results["conditions"] == ["base", "teacher", f"run {untrained}", f"run {trained}"]
+    assert results["n_prompts"] == len(PROMPTS)
+    assert s["kl"]["base"]["value"] > 0 and s["kl"]["base"]["n"] == len(PROMPTS)
+    # an adapter whose B matrices are zero is the base model: it closes nothing, KL equal to the base's
+    assert s["gap_closed"][f"run {untrained}"]["value"] == pytest.approx(0.0, abs=1e-4)
+    assert s["kl"][f"run {untrained}"]["value"] == pytest.approx(s["kl"]["base"]["value"], rel=1e-4)
+    assert s["kl"][f"run {trained}"]["value"] != pytest.approx(s["kl"]["base"]["value"], rel=1e-3)
+    assert s["retention"][f"run {untrained}"]["delta"]["value"] == pytest.approx(0.0, abs=1e-4)
+    assert s["retention"][f"run {trained}"]["delta"]["value"] != pytest.approx(0.0, abs=1e-4)
+    assert set(s["checks"]) == {"arr", "matey", "voice"}
+    assert set(s["checks"]["arr"]) >= {"base", "teacher", f"run {trained}"}
+    # the same random stream per prompt: an untrained student samples exactly what the base samples
+    assert all(p["answers"][f"run {untrained}"] == p["answers"]["base"] for p in results["prompts"])
+    p0 = results["prompts"][0]
+    assert len(p0["tokens"]) == len(p0["kl"]["base"]) == len(p0["kl"][f"run {trained}"])
+    assert [r["principle"] for r in results["influence"]] and len(results["influence"]) == 4  # preamble + 3
+    assert results["runs"][0]["training"]["heldout_kl"] == [[1, 0.4]]
+    head = E.headline(results, f"run {trained}")
+    assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(head)
+    json.dumps(results)  # every number is plain JSON
+    md, page = E.report(results, "md"), E.report(results, "html", E.vote_tally([]))
+    assert "data:image/png;base64," in md and "gap closed" in md and "No votes yet" in md
+    assert page.startswith("<!doctype html>") and "<img" in page
+    assert json.loads(E.report(results, "json"))["scores"]["kl"]["base"]["n"] == len(PROMPTS)
+
+
+def test_principle_influence_ranks_a_strong_principle_above_a_no_op(tiny_model, tiny_tokenizer):
+    strong = ("Arr matey, the sea is wide and the ship is fast. What is the capital of France? Paris is the capital. "
+              "Write a short poem about rain and the sun. def add(a, b): return a + b") * 2
+    c = Constitution("t", [Principle("noop", "."), Principle("strong", strong), Principle("kind", "Answer briefly and politely.")])
+    rows = E.influence(tiny_model, tiny_tokenizer, c, PROMPTS[:4], sample_tokens=8, n_boot=100)
+    order = [r["principle"] for r in rows]
+    assert order[0] == "strong" and order[-1] == "noop"
+    assert rows[0]["value"] > 3 * rows[-1]["value"]
+
+
+def test_evaluate_job_stores_one_eval(ws):
+    store, cid, (_, trained), model = ws
+    job = store.create_job("evaluate", _cfg(cid, [trained], model, influence_prompts=0).to_dict(), heavy=True)
+    jobs.run_inline(store, job)
+    done = store.get_job(job)
+    assert done["state"] == "done", done["error"]
+    (ev,) = store.list_evals()
+    assert done["result"]["eval_id"] == ev["id"] and ev["run_ids"] == [trained]
+    assert ev["results"]["scores"]["gap_closed"][f"run {trained}"]["n"] == len(PROMPTS)
+    assert (store.runs_dir / str(job) / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("case", ["deleted adapter", "other base model", "other architecture", "no held-out split",
+                                  "no such run", "not a training run"])
+def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
+    store, cid, (_, trained), model = ws
+    kw = {}
+    if case == "deleted adapter":
+        import shutil
+
+        shutil.rmtree(store.runs_dir / str(trained) / "adapter")
+        message = "deleted"
+    elif case == "other base model":
+        store.update_job(trained, config={**store.get_job(trained)["config"], "model": "HuggingFaceTB/SmolLM2-360M"})
+        message = "another base model"
+    elif case == "other architecture":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        other = LlamaForCausalLM(LlamaConfig(**{**tiny_model.config.to_dict(), "hidden_size": 48, "head_dim": 12}))
+        _adapter(other, store.runs_dir / str(trained) / "adapter", 0.1)
+        message = "another base model"
+    elif case == "no held-out split":
+        kw["prompt_set"] = "trainonly"
+        message = "no held-out prompts"
+    elif case == "no such run":
+        trained = 999
+        message = "no run 999"
+    else:
+        trained = store.create_job("generate", {})
+        message = "not a training run"
+    cfg = _cfg(cid, [trained], model, influence_prompts=0)
+    cfg = E.EvalConfig(**{**cfg.to_dict(), **kw})
+    with pytest.raises(E.EvalError, match=message):
+        E.run(cfg, store)
+    job = store.create_job("evaluate", cfg.to_dict(), heavy=True)
+    jobs.run_inline(store, job)
+    failed = store.get_job(job)
+    assert failed["state"] == "failed" and message in failed["error"]
+    assert store.list_evals() == []
+
+
+def test_write_report_refuses_unknown_format(tmp_path):
+    with pytest.raises(E.EvalError, match=r"\.md, \.html or \.json"):
+        E.write_report({}, tmp_path / "r.pdf")
