@@ -32,7 +32,7 @@ class AppContext:
 
     def __post_init__(self):
         self.store = Store(self.home)
-        self.caps = demo_mode.caps() if self.demo else None
+        self.caps = demo_mode.DemoCaps.from_env() if self.demo else None
 
     @classmethod
     def from_env(cls, home=None) -> "AppContext":

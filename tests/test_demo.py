@@ -1,0 +1,161 @@
+"""Demo mode: caps from the environment, and per-visitor isolation through the UI callbacks and
+the API (two visitors cannot see, edit or delete each other's constitutions, samples or runs)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from ctxdistill import constitution as cmod
+from ctxdistill import demo
+from ctxdistill.ui.app import build_app
+from ctxdistill.ui.common import AppContext
+
+PIRATE = Path(__file__).resolve().parents[1] / "assets" / "constitutions" / "pirate.yaml"
+A, B = SimpleNamespace(session_hash="visitor-a"), SimpleNamespace(session_hash="visitor-b")
+
+
+def callback(blocks, api_name: str):
+    return next(f.fn for f in blocks.fns.values() if f.api_name == api_name)
+
+
+def callbacks(blocks, api_name: str) -> list:
+    """Every callback whose api name is api_name, api_name_1, ... (tabs reuse function names)."""
+    return [f.fn for f in blocks.fns.values() if f.api_name == api_name or (f.api_name or "").startswith(api_name + "_")]
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    ctx = AppContext(home=tmp_path_factory.mktemp("demo-ws"), demo=True)
+    return ctx, build_app(ctx)
+
+
+def seed(ctx, owner: str) -> dict:
+    """A constitution version, a prompt set, a sample and a job belonging to `owner`."""
+    c = cmod.load(PIRATE)
+    cid = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), message=owner, owner=owner)
+    ctx.store.add_prompts(f"set-{owner}", [{"text": f"hello from {owner}"}], owner=owner)
+    pid = ctx.store.get_prompts(f"set-{owner}", owner=owner)[0]["id"]
+    sid = ctx.store.upsert_sample(pid, cid, 0, prompted="Arr", unprompted="Hi")
+    job = ctx.store.create_job("train", {"constitution_id": cid, "steps": 1}, owner=owner, heavy=True)
+    return {"constitution": cid, "sample": sid, "job": job}
+
+
+# --------------------------------------------------------------------------- caps
+
+def test_caps_come_from_the_environment_with_defaults():
+    assert demo.caps({}) is None                                   # local mode: no caps
+    assert demo.caps({"SPACE_ID": "me/app"}) == demo.DemoCaps()
+    caps = demo.DemoCaps.from_env({"CTXDISTILL_DEMO_STEPS": "7", "CTXDISTILL_DEMO_UPLOAD_MB": "0.5"})
+    assert (caps.steps, caps.upload_bytes, caps.max_new_tokens) == (7, 512 * 1024, demo.DemoCaps().max_new_tokens)
+    assert demo.enabled({"CTXDISTILL_DEMO": "1"}) and not demo.enabled({"SPACE_ID": "x", "CTXDISTILL_DEMO": "0"})
+    with pytest.raises(demo.DemoLimit, match="not a number"):
+        demo.DemoCaps.from_env({"CTXDISTILL_DEMO_STEPS": "many"})
+
+
+def test_caps_refuse_big_requests_with_a_pointer():
+    caps = demo.DemoCaps()
+    caps.check(steps=caps.steps, max_new_tokens=None)
+    with pytest.raises(demo.DemoLimit, match=r"steps 41 > 40.*Duplicate this Space"):
+        caps.check(steps=41)
+    assert demo.duplicate_url({"SPACE_ID": "me/app"}) == "https://huggingface.co/spaces/me/app?duplicate=true"
+
+
+def test_remote_code_never_in_demo_mode():
+    assert demo.trust_remote_code(False, {}) is False
+    assert demo.trust_remote_code(False, {"CTXDISTILL_TRUST_REMOTE_CODE": "1"}) is True
+    assert demo.trust_remote_code(True, {"SPACE_ID": "me/app", "CTXDISTILL_TRUST_REMOTE_CODE": "1"}) is False
+
+
+def test_gpu_wrapper_is_a_no_op_without_spaces():
+    def f(x):
+        return x + 1
+    assert demo.gpu(f) is f and demo.gpu(duration=5)(f) is f
+
+
+def test_preview_caps_apply_before_the_model_loads(app):
+    ctx, blocks = app
+    preview = callback(blocks, "preview")
+    with pytest.raises(gr.Error, match="max new tokens 500 > 64"):
+        preview(PIRATE.read_text(), "hi", 1, 0, 500, 0.0)
+    sliders = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None) in ("max-new-tokens", "samples")}
+    assert sliders["max-new-tokens"].maximum == ctx.caps.max_new_tokens and sliders["samples"].maximum == ctx.caps.samples
+
+
+# --------------------------------------------------------------------------- isolation
+
+def test_constitutions_are_private(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    versions = callback(blocks, "versions")
+    assert [v["id"] for v in versions(request=A)] == [a["constitution"]]
+    assert versions(request=B) == []
+    for diff in callbacks(blocks, "show_diff"):
+        assert "Arr" in diff(a["constitution"], None, request=A)
+        with pytest.raises(gr.Error, match="No constitution version"):
+            diff(a["constitution"], None, request=B)
+    restore = callback(blocks, "do_restore")
+    with pytest.raises(gr.Error):
+        restore(a["constitution"], {}, None, request=B)
+    assert ctx.store.list_constitution_versions(owner=B.session_hash) == []
+
+
+def test_samples_are_private(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    sample, review = callback(blocks, "sample"), callback(blocks, "review")
+    assert sample(a["sample"], request=A)["prompted"] == "Arr"
+    with pytest.raises(gr.Error, match="No sample"):
+        sample(a["sample"], request=B)
+    with pytest.raises(gr.Error, match="No sample"):
+        review(a["sample"], 1, "rejected", "mine now", request=B)
+    assert ctx.store.get_sample(a["sample"])["status"] == "pending"
+    row = ctx.store.get_sample(a["sample"])
+    assert review(a["sample"], row["version"], "accepted", "", request=A)["status"] == "accepted"
+    samples = callback(blocks, "samples")
+    assert samples(a["constitution"], "", 10, request=B) == []
+
+
+def test_runs_are_private(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    with pytest.raises(gr.Error, match="No run or job"):
+        ctx.job(a["job"], B)
+    assert ctx.job(a["job"], A)["id"] == a["job"]
+    with pytest.raises(gr.Error):
+        ctx.job("../../etc", A)
+
+
+def test_local_mode_shares_one_workspace(tmp_path):
+    ctx = AppContext(home=tmp_path, demo=False)
+    blocks = build_app(ctx)
+    seed(ctx, "")
+    versions = callback(blocks, "versions")
+    assert versions(request=A) == versions(request=B) != []
+
+
+def test_two_api_clients_are_two_visitors(app):
+    """The same through HTTP: each gradio_client session is its own visitor."""
+    from gradio_client import Client
+
+    ctx, blocks = app
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    blocks.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        a, b = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
+        made = a.predict(PIRATE.read_text(), "from a", api_name="/save_version")["id"]
+        assert made in [v["id"] for v in a.predict(api_name="/versions")]
+        assert made not in [v["id"] for v in b.predict(api_name="/versions")]
+        # refused by gradio's own choice check or, behind it, by the owner check
+        with pytest.raises(Exception, match="No constitution version|not in the list of choices"):
+            b.predict(made, None, api_name="/show_diff")
+        with pytest.raises(Exception, match="No sample"):
+            b.predict(1, api_name="/sample")
+    finally:
+        blocks.close()
