@@ -1,0 +1,252 @@
+"""Data tab: prompt sets (import with a column picker), the sampling job and the
+critique/revise job, each with a progress bar, cancel and resume.
+
+Jobs run in worker processes; the status box reads the store on a timer, so a reload (or
+another browser) re-attaches to whatever runs.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ctxdistill import curate, jobs
+from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
+from ctxdistill.sampling import (
+    GenerateConfig,
+    ImportFileError,
+    columns,
+    ensure_default_prompts,
+    guess_column,
+    import_prompts,
+    read_table,
+    select_prompts,
+)
+from ctxdistill.ui.common import AppContext
+
+POLL_S = 1.0
+NONE = "(none)"
+JOB_KINDS = ("generate", "revise")
+SET_COLUMNS = ["set", "train", "held-out", "source"]
+
+
+def sets_table(ctx: AppContext, owner: str) -> pd.DataFrame:
+    return pd.DataFrame([[s["name"], s["n_train"], s["n_heldout"], Path(s["source"]).name if s["source"] else ""]
+                         for s in ctx.store.prompt_sets(owner=owner)], columns=SET_COLUMNS)
+
+
+def versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+            for v in ctx.store.list_constitution_versions(owner=owner)]
+
+
+def job_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    rows = [j for j in jobs.list_jobs(ctx.store, owner=owner, limit=50) if j["kind"] in JOB_KINDS]
+    return [(f"job {j['id']} · {j['kind']} · {j['state']}", j["id"]) for j in rows]
+
+
+def job_html(job: dict | None) -> str:
+    if job is None:
+        return "<div id='data-job-text'>No sampling or revise job yet.</div>"
+    done, total = job["progress_done"], max(job["progress_total"], 1)
+    lines = [f"<b>Job {job['id']}</b> · {job['kind']} · <span class='job-state'>{job['state']}</span> · "
+             f"{job['progress_done']}/{job['progress_total'] or '?'}"]
+    if job["message"]:
+        lines.append(html.escape(job["message"]))
+    if job["error"]:
+        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span> — press Resume to finish the rest.")
+    if job["state"] == "done" and job["result"]:
+        r = job["result"]
+        flags = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in (r.get("flags") or {}).items() if v)
+        lines.append(f"Done. Flags: {flags or 'none'}. Review the samples in the Review tab.")
+    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
+    return f"<div id='data-job-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
+
+
+def _source(upload, dataset_path) -> str:
+    source = upload or (dataset_path or "").strip()
+    if not source:
+        raise gr.Error("Upload a file, or give a datasets directory or hub id.")
+    return source
+
+
+def build(ctx: AppContext) -> None:
+    ensure_default_prompts(ctx.store)
+    gr.Markdown("### Prompt sets\nThe shipped set `default` is there from the start. Held-out prompts are never "
+                "sampled for training: they measure the student.")
+    sets = gr.Dataframe(headers=SET_COLUMNS, interactive=False, elem_id="data-sets")
+    with gr.Accordion("Import prompts", open=False):
+        with gr.Row():
+            upload = gr.File(label="CSV, TSV, JSONL, JSON, TXT or Parquet", type="filepath",
+                             file_types=[".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".parquet"],
+                             elem_id="data-upload")
+            with gr.Column():
+                dataset_path = gr.Textbox(label="…or a datasets directory / hub id", elem_id="data-dataset-path")
+                set_name = gr.Textbox(label="Prompt set name", elem_id="data-set-name")
+                recipe = gr.Checkbox(label="HF constitutional-AI recipe dataset (init_prompt, init_response, critic_*, "
+                                           "revision_*): bring its samples into the review queue", elem_id="data-recipe")
+        with gr.Row():
+            column = gr.Dropdown(label="Prompt column", choices=[], elem_id="data-column")
+            split_column = gr.Dropdown(label="Split column (train / held-out)", choices=[NONE], value=NONE,
+                                       elem_id="data-split-column")
+            heldout = gr.Slider(0, 0.5, value=0.1, step=0.05, label="Held out when there is no split column",
+                                elem_id="data-heldout")
+        peek = gr.Dataframe(label="First rows", interactive=False, max_height=200, elem_id="data-peek")
+        do_import = gr.Button("Import", variant="primary", elem_id="data-import")
+        import_msg = gr.Markdown(elem_id="data-import-msg")
+
+    gr.Markdown("### Sample the teacher\nEvery train prompt of the set, answered with the constitution (n samples) "
+                "and once without it. Restarting a stopped job continues where it stopped.")
+    g = GenerateConfig()
+    with gr.Row():
+        version = gr.Dropdown(label="Constitution version", choices=[], elem_id="gen-version", scale=2)
+        prompt_set = gr.Dropdown(label="Prompt set", choices=[], elem_id="gen-set", scale=1)
+        search = gr.Textbox(label="Only prompts containing", elem_id="gen-search", scale=1)
+        limit = gr.Number(label="At most (0 = all)", value=0, precision=0, elem_id="gen-limit", scale=1)
+    with gr.Row():
+        n = gr.Number(label="Samples per prompt", value=1, precision=0, minimum=1, maximum=16, elem_id="gen-n")
+        max_new = gr.Number(label="Max new tokens", value=96, precision=0, elem_id="gen-max-new-tokens")
+        temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="gen-temperature")
+        top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", elem_id="gen-top-p")
+        batch = gr.Number(label="Prompts per batch", value=g.batch_size, precision=0, elem_id="gen-batch")
+    start_gen = gr.Button("Start sampling", variant="primary", elem_id="gen-start")
+
+    gr.Markdown("### Critique and revise (SL-CAI)\nEach round picks a principle, asks the model to critique the "
+                "current answer with its critique request, then to revise it. The whole chain is kept.")
+    with gr.Row():
+        rounds = gr.Number(label="Rounds", value=1, precision=0, minimum=1, maximum=8, elem_id="rev-rounds")
+        order = gr.Radio(list(ORDERS), value="cycle", label="Principle per round", elem_id="rev-order")
+        start_from = gr.Radio(list(STARTS), value="unprompted", label="Start from the answer", elem_id="rev-start")
+        rev_max_new = gr.Number(label="Max new tokens", value=96, precision=0, elem_id="rev-max-new-tokens")
+    start_rev = gr.Button("Start critique & revise", elem_id="rev-start-button")
+
+    gr.Markdown("### Jobs")
+    job = gr.Dropdown(label="Job", choices=[], elem_id="data-job")
+    status = gr.HTML(job_html(None), elem_id="data-job-status", js_on_load=None)
+    with gr.Row():
+        cancel = gr.Button("Cancel", variant="stop", elem_id="data-cancel")
+        resume = gr.Button("Resume", elem_id="data-resume")
+
+    # ------------------------------------------------------------------ callbacks
+
+    def refresh_lists(request: gr.Request, selected_job=None):
+        owner = ctx.owner(request)
+        ensure_default_prompts(ctx.store, owner)
+        vs = versions(ctx, owner)
+        names = [s["name"] for s in ctx.store.prompt_sets(owner=owner)]
+        jc = job_choices(ctx, owner)
+        ids = [c[1] for c in jc]
+        return (sets_table(ctx, owner), gr.update(choices=vs, value=vs[0][1] if vs else None),
+                gr.update(choices=names, value="default" if "default" in names else (names[0] if names else None)),
+                gr.update(choices=jc, value=selected_job if selected_job in ids else (ids[0] if ids else None)))
+
+    lists = [sets, version, prompt_set, job]
+    ctx.blocks.load(refresh_lists, None, lists)
+
+    def on_source(upload, dataset_path):
+        """Read the chosen file once to offer its columns and show its first rows."""
+        if not (upload or (dataset_path or "").strip()):
+            return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, ""
+        try:
+            records = read_table(_source(upload, dataset_path))
+        except ImportFileError as exc:
+            return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, f"**Error:** {exc}"
+        cols = columns(records)
+        return (gr.update(choices=cols, value=guess_column(cols)),
+                gr.update(choices=[NONE, *cols], value="split" if "split" in cols else NONE),
+                pd.DataFrame(records[:5]).astype(str), f"{len(records)} records; columns: {', '.join(cols)}")
+
+    source_outputs = [column, split_column, peek, import_msg]
+    upload.change(on_source, [upload, dataset_path], source_outputs)
+    dataset_path.submit(on_source, [upload, dataset_path], source_outputs)
+    upload.upload(lambda path: Path(path).stem if path else "", upload, set_name)
+
+    def on_import(upload, dataset_path, name, col, split_col, frac, as_recipe, request: gr.Request):
+        owner = ctx.owner(request)
+        source = _source(upload, dataset_path)
+        label = Path(str(source)).name
+        try:
+            if as_recipe:
+                r = curate.import_recipe_dataset(ctx.store, source, (name or "").strip() or Path(label).stem, owner=owner)
+                msg = (f"Imported **{r['samples']}** samples ({r['rounds']} revision rounds) into set `{r['set']}`, "
+                       f"constitution version v{r['constitution_id']}: review them in the Review tab.")
+            else:
+                r = import_prompts(ctx.store, name, source, column=col or None,
+                                   split_column=None if split_col in (None, NONE) else split_col,
+                                   heldout_fraction=float(frac), owner=owner)
+                msg = (f"Added **{r['added']}** prompts to `{r['set']}` ({r['duplicates']} duplicates and "
+                       f"{r['empty']} empty rows skipped). The set has {r['n_train']} train and "
+                       f"{r['n_heldout']} held-out prompts.")
+        except (ImportFileError, ValueError) as exc:
+            return f"**Not imported:** {exc}", *refresh_lists(request)[:3]
+        return msg, *refresh_lists(request)[:3]
+
+    do_import.click(on_import, [upload, dataset_path, set_name, column, split_column, heldout, recipe],
+                    [import_msg, sets, version, prompt_set])
+
+    def submit(kind: str, cfg, request: gr.Request):
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            raise gr.Error(str(exc))
+        job_id = jobs.submit(ctx.store, kind, cfg.to_dict(), owner=cfg.owner)
+        return refresh_lists(request, job_id)[3]
+
+    def on_generate(version_id, set_name_, search_, limit_, n_, max_new_, temp, top_p_, batch_, request: gr.Request):
+        owner = ctx.owner(request)
+        if not version_id:
+            raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+        cfg = GenerateConfig(set_name=set_name_ or "default", constitution_id=int(version_id), search=search_ or "",
+                             limit=int(limit_ or 0), batch_size=int(batch_ or 1), model=ctx.model_spec or "",
+                             owner=owner, sampling={"n": int(n_ or 1), "max_new_tokens": int(max_new_ or 0),
+                                                    "temperature": float(temp), "top_p": float(top_p_)})
+        if not select_prompts(ctx.store, cfg.set_name, search=cfg.search, limit=cfg.limit, owner=owner):
+            raise gr.Error(f"Prompt set {cfg.set_name!r} has no train prompts matching the filter.")
+        return submit("generate", cfg, request)
+
+    start_gen.click(on_generate, [version, prompt_set, search, limit, n, max_new, temperature, top_p, batch], job)
+
+    def on_revise(version_id, set_name_, rounds_, order_, start_, max_new_, temp, top_p_, request: gr.Request):
+        if not version_id:
+            raise gr.Error("Pick a saved constitution version first.")
+        cfg = ReviseConfig(constitution_id=int(version_id), set_name=set_name_ or "", rounds=int(rounds_ or 1),
+                           order=order_, start=start_, model=ctx.model_spec or "", owner=ctx.owner(request),
+                           sampling={"max_new_tokens": int(max_new_ or 0), "temperature": float(temp),
+                                     "top_p": float(top_p_)})
+        if not ctx.store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
+                                       status="pending", owner=cfg.owner)["total"]:
+            raise gr.Error("No pending samples for this version and set: start sampling first.")
+        return submit("revise", cfg, request)
+
+    start_rev.click(on_revise, [version, prompt_set, rounds, order, start_from, rev_max_new, temperature, top_p], job)
+
+    def poll(job_id):
+        if not job_id:
+            return job_html(None)
+        try:
+            return job_html(jobs.get(ctx.store, int(job_id)))
+        except jobs.StoreError:
+            return job_html(None)
+
+    gr.Timer(POLL_S).tick(poll, job, status, show_progress="hidden", queue=False)
+    job.change(poll, job, status, show_progress="hidden")
+
+    def on_cancel(job_id, request: gr.Request):
+        if job_id:
+            jobs.cancel(ctx.store, int(job_id))
+        return refresh_lists(request, job_id)[3]
+
+    def on_resume(job_id, request: gr.Request):
+        if not job_id:
+            raise gr.Error("Pick a job to resume.")
+        try:
+            jobs.resume(ctx.store, int(job_id))
+        except jobs.StoreError as exc:
+            raise gr.Error(str(exc))
+        return refresh_lists(request, job_id)[3]
+
+    cancel.click(on_cancel, job, job)
+    resume.click(on_resume, job, job)

@@ -1,0 +1,326 @@
+"""Review tab: the curation workbench.
+
+One sample at a time — prompt, unprompted answer, prompted answer, critique chain and the
+final text side by side. Accept, reject or edit; every action is written to the store at
+once, with the version this tab last read, so a second tab (or a job) that changed the
+sample first is reported instead of overwritten. Keyboard: a accept, r reject, e edit,
+Ctrl+Enter save the edit, Esc leave the text, j/→ next, k/← previous.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from ctxdistill import curate
+from ctxdistill.store import ConflictError, NotFound
+from ctxdistill.ui.common import AppContext
+
+ANY = "(any)"
+STATUSES = ("pending", "accepted", "rejected", "all")
+COUNTER_POLL_S = 2.0
+
+SHORTCUTS_HTML = """
+<div id="review-shortcuts">Keys: <span class="kbd">a</span> accept · <span class="kbd">r</span> reject ·
+<span class="kbd">e</span> edit the final text · <span class="kbd">Ctrl</span>+<span class="kbd">Enter</span> save the edit ·
+<span class="kbd">Esc</span> leave the text · <span class="kbd">j</span>/<span class="kbd">→</span> next ·
+<span class="kbd">k</span>/<span class="kbd">←</span> previous</div>
+"""
+
+# Keys click the buttons by elem_id, so a key does exactly what its button does. Installed once
+# per page; inactive while the Review tab is hidden or while typing (except Ctrl+Enter / Esc).
+SHORTCUTS_JS = """
+if (!window.ctxdistillReviewKeys) {
+  window.ctxdistillReviewKeys = true;
+  document.addEventListener('keydown', (ev) => {
+    const accept = document.querySelector('#review-accept');
+    if (!accept || accept.offsetParent === null) return;
+    const target = ev.target;
+    const click = (id) => { const b = document.querySelector('#' + id); if (b) { ev.preventDefault(); b.click(); } };
+    if (target && (target.tagName === 'TEXTAREA' || target.tagName === 'INPUT' || target.isContentEditable)) {
+      if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) click('review-save');
+      else if (ev.key === 'Escape') target.blur();
+      return;
+    }
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    if (ev.key === 'e') {
+      const box = document.querySelector('#review-final textarea');
+      if (box) { ev.preventDefault(); box.focus(); }
+      return;
+    }
+    const keys = {a: 'review-accept', r: 'review-reject', j: 'review-next', ArrowRight: 'review-next',
+                  k: 'review-prev', ArrowLeft: 'review-prev'};
+    if (keys[ev.key]) click(keys[ev.key]);
+  });
+}
+"""
+
+
+def filters_of(version_id, set_name, status, principle, flag, search, min_len, max_len) -> dict:
+    """Widget values -> store.list_samples / count_samples keyword arguments."""
+    return {"constitution_id": int(version_id) if version_id else None,
+            "set_name": None if set_name in (None, "", ANY) else set_name,
+            "status": None if status in (None, "all") else status,
+            "principle": None if principle in (None, "", ANY) else principle,
+            "flag": None if flag in (None, "", ANY) else flag,
+            "search": (search or "").strip() or None,
+            "min_len": int(min_len) if min_len else None,
+            "max_len": int(max_len) if max_len else None}
+
+
+def counters_html(counts: dict, flagged: int) -> str:
+    total, acc, rej = counts["total"], counts["accepted"], counts["rejected"]
+    reviewed = acc + rej
+    rate = f"{acc / reviewed:.0%}" if reviewed else "–"
+    return (f"<div id='review-counts'><progress value='{reviewed}' max='{max(total, 1)}' style='width:100%'></progress><br>"
+            f"reviewed <b class='reviewed'>{reviewed}</b> of <b class='total'>{total}</b> · "
+            f"accepted <b class='accepted'>{acc}</b> · rejected <b class='rejected'>{rej}</b> · "
+            f"pending <b class='pending'>{counts['pending']}</b> · acceptance rate <b class='rate'>{rate}</b> · "
+            f"flagged {flagged}</div>")
+
+
+def badges_html(sample: dict | None) -> str:
+    if not sample:
+        return ""
+    badges = []
+    for flag in sample["flags"]:
+        if flag in curate.FLAG_LABELS:
+            badges.append(curate.FLAG_LABELS[flag])
+        elif flag.startswith("failed_check:"):
+            badges.append(f"fails {flag.split(':', 1)[1]}")
+    colour = {"accepted": "#1a7f37", "rejected": "#b00", "pending": "#666"}[sample["status"]]
+    status = f"<span class='badge status' style='background:{colour}'>{sample['status']}</span>"
+    edited = "<span class='badge'>edited</span>" if sample["edited"] else ""
+    return ("<div id='review-badge-list'>" + status + edited +
+            "".join(f"<span class='badge flag'>{html.escape(b)}</span>" for b in badges) + "</div>")
+
+
+def chain_html(sample: dict | None) -> str:
+    if not sample or not sample["chain"]:
+        return "<div class='chain'><i>No critique/revision rounds (run Critique &amp; revise in the Data tab).</i></div>"
+    start = (sample["meta"] or {}).get("revise_start", "unprompted")
+    parts = [f"<div class='chain'><small>started from the {html.escape(start)} answer</small>"]
+    for i, step in enumerate(sample["chain"], 1):
+        e = lambda key: html.escape(str(step.get(key) or "")).replace("\n", "<br>")
+        parts.append(f"<p><b>Round {i} · {e('principle')}</b><br><i>Critique request:</i> {e('critique_request')}"
+                     f"<br><i>Critique:</i> {e('critique')}<br><i>Revision request:</i> {e('revision_request')}"
+                     f"<br><i>Revision:</i> {e('revision')}</p>")
+    return "".join(parts) + "</div>"
+
+
+def build(ctx: AppContext) -> None:
+    gr.Markdown("Review the samples: keep the answers you want the model to learn. Flags are hints, not verdicts.")
+    with gr.Row():
+        version = gr.Dropdown(label="Constitution version", choices=[], elem_id="review-version", scale=2)
+        prompt_set = gr.Dropdown(label="Prompt set", choices=[ANY], value=ANY, elem_id="review-set")
+        status = gr.Radio(list(STATUSES), value="pending", label="Status", elem_id="review-status")
+        principle = gr.Dropdown(label="Principle", choices=[ANY], value=ANY, elem_id="review-principle")
+        flag = gr.Dropdown(label="Flag", choices=[ANY, *curate.FLAGS], value=ANY, elem_id="review-flag")
+    with gr.Row():
+        search = gr.Textbox(label="Search prompt, answers and note", elem_id="review-search", scale=3)
+        min_len = gr.Number(label="Min length (chars, 0 = any)", value=0, precision=0, elem_id="review-min-len")
+        max_len = gr.Number(label="Max length (chars, 0 = any)", value=0, precision=0, elem_id="review-max-len")
+        reload = gr.Button("Reload", elem_id="review-reload", size="sm")
+    filters = [version, prompt_set, status, principle, flag, search, min_len, max_len]
+    counters = gr.HTML(elem_id="review-counters", js_on_load=None)
+    gr.HTML(SHORTCUTS_HTML, elem_id="review-keys", js_on_load=SHORTCUTS_JS)
+
+    position = gr.Markdown("No samples yet.", elem_id="review-position")
+    badges = gr.HTML(elem_id="review-badges", js_on_load=None)
+    prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="review-prompt")
+    with gr.Row():
+        unprompted = gr.Textbox(label="Unprompted answer", interactive=False, lines=8, elem_id="review-unprompted")
+        prompted = gr.Textbox(label="Prompted answer (teacher)", interactive=False, lines=8, elem_id="review-prompted")
+        with gr.Column():
+            gr.Markdown("**Critique chain**")
+            chain = gr.HTML(elem_id="review-chain", js_on_load=None)
+    final = gr.Textbox(label="Final text (what the student learns) — e to edit, Ctrl+Enter to save", lines=5,
+                       interactive=True, elem_id="review-final")
+    note = gr.Textbox(label="Note", lines=1, elem_id="review-note")
+    with gr.Row():
+        prev = gr.Button("← Previous (k)", elem_id="review-prev")
+        accept = gr.Button("Accept (a)", variant="primary", elem_id="review-accept")
+        reject = gr.Button("Reject (r)", variant="stop", elem_id="review-reject")
+        edit = gr.Button("Edit (e)", elem_id="review-edit")
+        save = gr.Button("Save edit (Ctrl+Enter)", elem_id="review-save")
+        nxt = gr.Button("Next (j) →", elem_id="review-next")
+    message = gr.Markdown(elem_id="review-msg")
+
+    with gr.Accordion("Bulk actions", open=False):
+        with gr.Row():
+            bulk_action = gr.Dropdown([(label, key) for key, label in curate.BULK_ACTIONS.items()],
+                                      value="reject_empty", label="Action", elem_id="review-bulk-action")
+            bulk = gr.Button("Apply", elem_id="review-bulk")
+            reflag = gr.Button("Recompute flags", elem_id="review-reflag")
+    with gr.Accordion("Export accepted samples", open=False):
+        with gr.Row():
+            export_fmt = gr.Radio(list(curate.EXPORT_FORMATS), value="messages", label="Format", elem_id="review-export-format")
+            export = gr.Button("Export", elem_id="review-export")
+        export_file = gr.File(label="Download", elem_id="review-export-file")
+        export_msg = gr.Markdown(elem_id="review-export-msg")
+
+    queue = gr.State([])        # sample ids under the current filters, in review order
+    pos = gr.State(0)
+    shown = gr.State(None)      # {"id", "version", "final", "note"} of the sample on screen
+
+    # ------------------------------------------------------------------ rendering
+
+    def counts_of(owner: str, *filter_values) -> str:
+        f = filters_of(*filter_values)
+        if f["constitution_id"] is None:
+            return counters_html({"total": 0, "accepted": 0, "rejected": 0, "pending": 0}, 0)
+        f.pop("status")           # counters show the whole selection, whatever status is being reviewed
+        counts = ctx.store.count_samples(owner=owner, **f)
+        flagged = counts["total"] - sum(1 for s in ctx.store.list_samples(owner=owner, **f) if not s["flags"])
+        return counters_html(counts, flagged)
+
+    def render(owner: str, ids: list[int], at: int, filter_values, msg: str = ""):
+        sample = None
+        if ids:
+            at = max(0, min(at, len(ids) - 1))
+            try:
+                sample = ctx.store.get_sample(ids[at])
+            except NotFound:
+                msg = msg or "This sample was deleted; press Reload."
+        if sample is None:
+            head = "No samples match these filters." if filter_values[0] else "Pick a constitution version."
+            return (head, "", "", "", "", chain_html(None), "", "", None, at, counts_of(owner, *filter_values), msg)
+        head = f"Sample **{at + 1}** of **{len(ids)}** · #{sample['id']} · set `{sample['set_name']}`"
+        state = {"id": sample["id"], "version": sample["version"], "final": sample["final"], "note": sample["note"]}
+        return (head, badges_html(sample), sample["prompt"], sample["unprompted"], sample["prompted"],
+                chain_html(sample), sample["final"], sample["note"], state, at, counts_of(owner, *filter_values), msg)
+
+    view = [position, badges, prompt, unprompted, prompted, chain, final, note, shown, pos, counters, message]
+    # Callbacks take gr.Request first: gradio injects it only into parameters before *args.
+
+    def load_queue(request: gr.Request, *filter_values):
+        owner = ctx.owner(request)
+        f = filters_of(*filter_values)
+        ids = [s["id"] for s in ctx.store.list_samples(owner=owner, **f)] if f["constitution_id"] else []
+        return ids, *render(owner, ids, 0, filter_values)
+
+    for widget in (version, prompt_set, status, principle, flag):
+        widget.input(load_queue, filters, [queue, *view], show_progress="hidden")
+    for widget in (search, min_len, max_len):
+        widget.submit(load_queue, filters, [queue, *view], show_progress="hidden")
+    reload.click(load_queue, filters, [queue, *view], show_progress="hidden")
+
+    def on_load(request: gr.Request):
+        owner = ctx.owner(request)
+        with_samples = {s["constitution_id"] for s in ctx.store.list_samples(owner=owner)}
+        versions = [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+                    for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
+        sets = [ANY, *[s["name"] for s in ctx.store.prompt_sets(owner=owner)]]
+        first = versions[0][1] if versions else None
+        values = (first, ANY, "pending", ANY, ANY, "", 0, 0)
+        return (gr.update(choices=versions, value=first), gr.update(choices=sets, value=ANY),
+                principle_choices(first), *load_queue(request, *values))
+
+    def principle_choices(version_id):
+        if not version_id:
+            return gr.update(choices=[ANY], value=ANY)
+        content = ctx.store.get_constitution(int(version_id))["content"]
+        return gr.update(choices=[ANY, *[p["id"] for p in content.get("principles", [])]], value=ANY)
+
+    ctx.blocks.load(on_load, None, [version, prompt_set, principle, queue, *view])
+    version.input(principle_choices, version, principle)
+
+    # ------------------------------------------------------------------ actions (written at once)
+
+    def act(owner: str, new_status, text, note_text, ids, at, state, *filter_values):
+        if not state:
+            return render(owner, ids, at, filter_values, "Nothing to review here.")
+        changes = {"status": new_status}
+        if text is not None and text != state["final"]:
+            changes["final"] = text
+        if note_text is not None and note_text != state["note"]:
+            changes["note"] = note_text
+        if not any(v is not None for v in changes.values()):
+            return render(owner, ids, at, filter_values, "Nothing changed.")
+        try:
+            row = curate.review(ctx.store, state["id"], state["version"], reviewer=owner, **changes)
+        except ConflictError:
+            return render(owner, ids, at, filter_values,
+                          "**Changed in another tab** (or by a job) since you opened it: reloaded the current "
+                          "version; your action was not applied.")
+        done = f"Saved #{row['id']} at {time.strftime('%H:%M:%S')}: " + (new_status or "edit")
+        return render(owner, ids, at + 1 if new_status else at, filter_values, done)
+
+    def action(new_status: str | None):
+        def run(request: gr.Request, text, note_text, ids, at, state, *filter_values):
+            return act(ctx.owner(request), new_status, text, note_text, ids, at, state, *filter_values)
+        return run
+
+    action_inputs = [final, note, queue, pos, shown, *filters]
+    accept.click(action("accepted"), action_inputs, view, show_progress="hidden")
+    reject.click(action("rejected"), action_inputs, view, show_progress="hidden")
+    save.click(action(None), action_inputs, view, show_progress="hidden")
+    edit.click(None, js="() => { document.querySelector('#review-final textarea')?.focus(); }")
+
+    def move(step: int):
+        def go(request: gr.Request, ids, at, *filter_values):
+            return render(ctx.owner(request), ids, at + step, filter_values)
+        return go
+
+    prev.click(move(-1), [queue, pos, *filters], view, show_progress="hidden")
+    nxt.click(move(1), [queue, pos, *filters], view, show_progress="hidden")
+
+    def poll_counts(request: gr.Request, *filter_values):
+        return counts_of(ctx.owner(request), *filter_values)
+
+    gr.Timer(COUNTER_POLL_S).tick(poll_counts, filters, counters, show_progress="hidden", queue=False)
+
+    # ------------------------------------------------------------------ bulk and export
+
+    def on_bulk(request: gr.Request, action, ids, at, *filter_values):
+        owner = ctx.owner(request)
+        f = filters_of(*filter_values)
+        if f["constitution_id"] is None:
+            raise gr.Error("Pick a constitution version first.")
+        n = curate.bulk(ctx.store, action, f["constitution_id"], set_name=f["set_name"], owner=owner, reviewer=owner)
+        return render(owner, ids, at, filter_values, f"{curate.BULK_ACTIONS[action].capitalize()}: {n} changed.")
+
+    bulk.click(on_bulk, [bulk_action, queue, pos, *filters], view)
+
+    def on_reflag(request: gr.Request, ids, at, *filter_values):
+        owner = ctx.owner(request)
+        f = filters_of(*filter_values)
+        if f["constitution_id"] is None:
+            raise gr.Error("Pick a constitution version first.")
+        counts = curate.refresh_flags(ctx.store, f["constitution_id"], owner=owner)
+        summary = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in counts.items())
+        return render(owner, ids, at, filter_values, f"Flags recomputed: {summary}.")
+
+    reflag.click(on_reflag, [queue, pos, *filters], view)
+
+    def on_export(request: gr.Request, fmt, *filter_values):
+        owner = ctx.owner(request)
+        f = filters_of(*filter_values)
+        if f["constitution_id"] is None:
+            raise gr.Error("Pick a constitution version first.")
+        suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
+        out = ctx.store.home / "exports" / f"v{f['constitution_id']}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+        try:
+            r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner)
+        except ValueError as exc:
+            return None, f"**Not exported:** {exc}"
+        # the download: the export and its manifest in one archive, from a temporary directory
+        bundle = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / out.name
+        bundle.mkdir()
+        for path in (out, Path(r["manifest"])):
+            if path.is_dir():
+                shutil.copytree(path, bundle / path.name, dirs_exist_ok=True)
+            elif path.exists():
+                shutil.copy(path, bundle / path.name)
+        archive = shutil.make_archive(str(bundle), "zip", bundle)
+        c = r["counts"]
+        return archive, (f"Exported **{c['exported']}** accepted samples of v{r['constitution_id']} "
+                         f"({r['constitution_name']}) as {fmt} to `{r['path']}`; {c['pending']} pending and "
+                         f"{c['rejected']} rejected left out.")
+
+    export.click(on_export, [export_fmt, *filters], [export_file, export_msg])

@@ -1,0 +1,110 @@
+"""The Review tab driven by the keyboard only: accept, reject, move, edit and save; the counters
+move and every action is in the store at once. A second tab's stale action is refused. The Data
+tab starts a sampling job (tiny model) and shows it finish."""
+
+import pytest
+
+from ctxdistill import curate
+from ctxdistill.constitution import content_hash, load, to_dict
+from ctxdistill.store import Store
+from tests.e2e.conftest import start_app, stop_app
+
+pytestmark = pytest.mark.e2e
+
+ANSWERS = ["Arr! Paris, matey.", "", "Hello. " * 12, "Arr! Boil it, matey.", "Plain answer.", "Arr! Aye, matey."]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    home = tmp_path_factory.mktemp("review-ws")
+    with Store(home) as store:
+        c = load("assets/constitutions/pirate.yaml")
+        cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+        store.add_prompts("review", [{"text": f"Question {i}?"} for i in range(len(ANSWERS))])
+        for p, text in zip(store.get_prompts("review"), ANSWERS):
+            store.upsert_sample(p["id"], cid, 0, prompted=text, unprompted="plain")
+        curate.refresh_flags(store, cid)
+    return home
+
+
+@pytest.fixture(scope="module")
+def app_url(workspace, tiny_checkpoint):
+    proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
+    yield url
+    stop_app(proc)
+
+
+def counters(page, **expected):
+    """Wait until every named counter shows its value (the counters also refresh on a timer)."""
+    checks = " && ".join(f"document.querySelector('#review-counters .{k}')?.innerText === '{v}'" for k, v in expected.items())
+    page.wait_for_function(checks, timeout=20_000)
+
+
+def wait_text(page, selector: str, text: str):
+    page.wait_for_selector(f"{selector} >> text={text}", timeout=20_000)
+
+
+def open_review(page, pending: int):
+    page.get_by_role("tab", name="Review", exact=True).click()
+    wait_text(page, "#review-position", f"Sample 1 of {pending}")
+    page.locator("#review-shortcuts").click()          # focus on the page, not in a text box
+
+
+def test_keyboard_review_moves_the_counters(page, workspace):
+    open_review(page, 6)
+    counters(page, reviewed=0, total=6)
+    assert "empty answer" not in page.locator("#review-badges").inner_text()
+    page.keyboard.press("a")
+    wait_text(page, "#review-position", "Sample 2 of 6")
+    counters(page, accepted=1, reviewed=1)
+    assert "empty answer" in page.locator("#review-badges").inner_text()
+    page.keyboard.press("r")
+    wait_text(page, "#review-position", "Sample 3 of 6")
+    counters(page, rejected=1, rate="50%")
+    page.keyboard.press("k")
+    wait_text(page, "#review-position", "Sample 2 of 6")
+    page.keyboard.press("ArrowRight")
+    wait_text(page, "#review-position", "Sample 3 of 6")
+
+    page.keyboard.press("e")                             # edit the final text in place
+    page.keyboard.press("Control+A")
+    page.keyboard.type("Arr! Edited by keyboard, matey.")
+    page.keyboard.press("Control+Enter")
+    wait_text(page, "#review-msg", "edit")
+    page.keyboard.press("Escape")
+    page.keyboard.press("a")
+    wait_text(page, "#review-position", "Sample 4 of 6")
+    counters(page, accepted=2, reviewed=3)
+
+    with Store(workspace) as store:
+        by_text = {s["prompt"]: s for s in store.list_samples()}
+    assert by_text["Question 0?"]["status"] == "accepted" and by_text["Question 1?"]["status"] == "rejected"
+    edited = by_text["Question 2?"]
+    assert edited["status"] == "accepted" and edited["edited"] and edited["final"] == "Arr! Edited by keyboard, matey."
+    assert "repetition" not in edited["flags"]           # flags follow the edit
+
+
+def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, workspace):
+    open_review(page, 3)                                 # pending samples only: starts at Question 3
+    other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    other.set_default_timeout(60_000)
+    other.goto(app_url)
+    open_review(other, 3)
+    page.keyboard.press("a")
+    wait_text(page, "#review-position", "Sample 2 of 3")
+    other.keyboard.press("r")                            # the same sample, at the version it read
+    wait_text(other, "#review-msg", "Changed in another tab")
+    assert "accepted" in other.locator("#review-badges").inner_text()   # reloaded as it is now
+    with Store(workspace) as store:
+        assert {s["prompt"]: s["status"] for s in store.list_samples()}["Question 3?"] == "accepted"
+    other.context.close()
+
+
+def test_data_tab_runs_a_sampling_job(page):
+    page.get_by_role("tab", name="Data", exact=True).click()
+    page.wait_for_function("document.querySelector('#data-sets')?.innerText.includes('default')")
+    page.locator("#gen-limit input").fill("3")
+    page.locator("#gen-max-new-tokens input").fill("4")
+    page.locator("#gen-start").click()
+    page.wait_for_selector("#data-job-status .job-state >> text=done", timeout=90_000)
+    assert "Done." in page.locator("#data-job-status").inner_text()
