@@ -16,12 +16,15 @@ from ctxdistill.ui.common import AppContext
 TABS = [
     ("Constitution", "ctxdistill.ui.constitution"),
     ("Preview", "ctxdistill.ui.preview"),
+    ("Data", "ctxdistill.ui.data"),
+    ("Review", "ctxdistill.ui.samples"),
     ("Distill", "ctxdistill.ui.distill"),
 ]
 
 CSS = """
 #divergence .textfield { line-height: 1.9; }
 .kbd { font-family: monospace; border: 1px solid #bbb; border-radius: 3px; padding: 0 4px; }
+.badge { display: inline-block; margin: 0 4px 2px 0; padding: 1px 8px; border-radius: 10px; background: #d4a017; color: #fff; font-size: 0.85em; }
 """
 
 
