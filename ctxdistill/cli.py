@@ -403,6 +403,74 @@ def _train_distributed(args, store, accelerator, config: dict) -> int:
     return 0
 
 
+def _eval_flags(p):
+    from ctxdistill.evaluate import EvalConfig
+
+    p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
+    p.add_argument("--run", type=int, action="append", required=True, help="training run (job id) to score; repeat for several")
+    p.add_argument("--prompts", default="default", help="prompt set whose held-out prompts are scored (default: default)")
+    add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "prompt_set", "model", "owner"))
+    p.add_argument("--report", help="also write the report: a .md, .html or .json file")
+    p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
+
+
+def _eval_summary(r: dict) -> str:
+    checks = "; ".join(f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items())
+    ret = r["retention"]
+    return (f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
+            f"KL(teacher‖base) {r['kl_base']:.4f} -> KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
+            f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
+            f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
+            f"{ret['nll_student']:.3f}; checks: {checks or 'none'}")
+
+
+@command("eval", "score trained runs against the teacher on held-out prompts (KL gap closed, checks, retention)", _eval_flags)
+def cmd_eval(args) -> int:
+    from ctxdistill import evaluate as E
+
+    store = open_store(args)
+    try:
+        cfg = dataclass_from_args(E.EvalConfig, args, constitution_id=constitution_version(store, args.constitution),
+                                  runs=args.run, prompt_set=args.prompts, model=args.model or "")
+        E.plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
+    except E.EvalError as exc:
+        raise UserError(str(exc))
+    if args.report and not args.report.endswith((".md", ".html", ".json")):
+        raise UserError(f"--report must name a .md, .html or .json file, not {args.report}")
+    code = run_job(args, "evaluate", cfg.to_dict(), _eval_summary)
+    if args.report and not args.detach:
+        ev = store.list_evals()[0]  # the one just stored
+        path = E.write_report(ev["results"], args.report, E.eval_tally(store, ev["id"]))
+        print(f"report written to {path}", file=sys.stderr)
+    return code
+
+
+def _influence_flags(p):
+    p.add_argument("--constitution", required=True, help="YAML or JSON constitution file")
+    p.add_argument("--prompts", default="default", help="prompt set whose held-out prompts are used (default: default)")
+    p.add_argument("--n", type=int, default=8, help="number of prompts (default 8)")
+    p.add_argument("--sample-tokens", type=int, default=40, help="tokens per teacher answer (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("influence", "how much each principle changes the teacher: KL with it vs without it", _influence_flags)
+def cmd_influence(args) -> int:
+    from ctxdistill import evaluate as E
+    from ctxdistill.sampling import ensure_default_prompts
+
+    constitution = load_constitution_file(args.constitution)
+    store = open_store(args)
+    ensure_default_prompts(store)
+    prompts = [p["text"] for p in store.get_prompts(args.prompts, split="heldout")][: max(1, args.n)]
+    if not prompts:
+        raise UserError(f"prompt set {args.prompts!r} has no held-out prompts")
+    model, tokenizer = load_model_or_fail(args)
+    rows = E.influence(model, tokenizer, constitution, prompts, sample_tokens=args.sample_tokens, seed=args.seed)
+    human = "\n".join(f"{r['value']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]  {r['principle']}" for r in rows)
+    emit(args, {"prompts": len(prompts), "influence": rows}, human + f"\n(KL nats/token over {len(prompts)} prompts)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxdistill", description="Write a constitution and distil it into the weights.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -192,7 +192,7 @@ class EvalConfig:
     retention_set: str = field(default="", metadata={"help": "prompt set whose held-out base answers measure retention (empty: the scored prompts)"})
     judge: bool = field(default=False, metadata={"help": "also ask a judge model whether each answer follows each principle"})
     judge_model: str = field(default="", metadata={"help": "judge model spec (empty: the evaluated base model)"})
-    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples for the 95% intervals"})
+    n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples behind each interval"})
     quantize: str = field(default="auto", metadata={"help": "auto (what the first run trained with), 4bit or none"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})

@@ -19,6 +19,7 @@ TABS = [
     ("Data", "ctxdistill.ui.data"),
     ("Review", "ctxdistill.ui.samples"),
     ("Distill", "ctxdistill.ui.distill"),
+    ("Compare", "ctxdistill.ui.compare"),
 ]
 
 CSS = """
@@ -36,7 +37,7 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         ctx.version = gr.State(None)
         gr.Markdown("# ctxdistill\nWrite a constitution, see what it changes, curate, and bake it into the weights.")
         space.build(ctx)
-        with gr.Tabs():
+        with gr.Tabs() as ctx.tabs:
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower()):
                     importlib.import_module(module).build(ctx)

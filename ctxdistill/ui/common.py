@@ -29,6 +29,8 @@ class AppContext:
     # set by app.build_app before the tabs are built
     draft: gr.State | None = None  # the constitution being edited, as a dict
     version: gr.State | None = None  # id of the saved version the draft started from
+    tabs: gr.Tabs | None = None  # to switch tabs from a button
+    influence_button: gr.Button | None = None  # the Constitution tab's link to principle influence (Compare tab)
 
     def __post_init__(self):
         self.store = Store(self.home)

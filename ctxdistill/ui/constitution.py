@@ -114,6 +114,9 @@ def build(ctx: AppContext) -> None:
             message = gr.Textbox(label="Version note", placeholder="what changed", elem_id="save-message")
             save = gr.Button("Save version", variant="primary", elem_id="save")
             saved = gr.Markdown(elem_id="save-result")
+            # wired in the Compare tab, which shows the result
+            ctx.influence_button = gr.Button("Which principles matter? Measure their influence →", size="sm",
+                                             elem_id="c-influence")
             with gr.Accordion("History and diff", open=True):
                 history = gr.Dropdown(label="Version", choices=[], elem_id="history")
                 compare = gr.Dropdown(label="Compare with", choices=[], elem_id="compare-to")

@@ -1,0 +1,338 @@
+"""Compare tab: score trained runs against the teacher on held-out prompts, look at the answers,
+review them blind, see which principles matter, and export a report.
+
+The evaluation runs as a job in a worker process (like training); this tab reads the store. The
+blind A/B review pits the teacher against the evaluation's first run: keys 1-4 vote, and each vote
+is written to the store when it is cast.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ctxdistill import constitution as cmod
+from ctxdistill import evaluate as E
+from ctxdistill import jobs
+from ctxdistill.models import ModelError
+from ctxdistill.store import NotFound
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
+from ctxdistill.ui.preview import highlight, prompt_choices
+
+POLL_S = 1.0
+CHOICES = {"1": "a", "2": "b", "3": "tie", "4": "both_bad"}
+KEYS_JS = """
+() => {
+  document.addEventListener('keydown', (e) => {
+    const tag = (e.target.tagName || '').toLowerCase();
+    if (['input', 'textarea', 'select'].includes(tag) || e.target.isContentEditable) return;
+    if (!['1', '2', '3', '4'].includes(e.key) || e.ctrlKey || e.metaKey || e.altKey) return;
+    const panel = document.getElementById('ab-panel');
+    const button = document.getElementById('ab-' + e.key);
+    if (panel && button && panel.offsetParent !== null) { e.preventDefault(); button.click(); }
+  });
+}
+"""
+
+
+def _eval(ctx: AppContext, eval_id, owner: str) -> dict | None:
+    if not eval_id:
+        return None
+    try:
+        ev = ctx.store.get_eval(int(eval_id))
+    except (NotFound, TypeError, ValueError):
+        return None
+    return ev if ev["owner"] == owner else None
+
+
+def eval_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    out = []
+    for ev in ctx.store.list_evals(owner=owner):
+        r = ev["results"]
+        runs = ", ".join(x["label"] for x in r.get("runs", [])) or "no runs"
+        out.append((f"eval {ev['id']} · {r['constitution']['name']} v{r['constitution']['id']} · {runs} · "
+                    f"{r['n_prompts']} prompts", ev["id"]))
+    return out
+
+
+def _runs(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    return [(f"run {j['id']} · v{j['config'].get('constitution_id')} · {j['config'].get('loss')}", j["id"])
+            for j in jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50) if j["state"] == "done"]
+
+
+def status_html(job: dict | None) -> str:
+    if job is None:
+        return "<div id='eval-status-text'>No evaluation running.</div>"
+    done, total = job["progress_done"], max(job["progress_total"], 1)
+    lines = [f"<b>Evaluation job {job['id']}</b> · {job['state']}"]
+    if job["message"]:
+        lines.append(job["message"])
+    if job["error"]:
+        lines.append(f"<span style='color:#b00'>{job['error']}</span>")
+    if job["result"]:
+        r = job["result"]
+        if r.get("gap_closed") is not None:
+            lines.append(f"KL {r['kl_base']:.4f} → {r['kl_student']:.4f} nats/token · gap closed {r['gap_closed']:.0%} "
+                         f"· {r['seconds']:.0f} s")
+    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
+    return f"<div id='eval-status-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
+
+
+def per_prompt_table(results: dict, student: str | None, other: str | None) -> pd.DataFrame:
+    """One row per prompt: mean KL(teacher‖x) for base and the picked runs, and the answers."""
+    cols = {"#": list(range(1, results["n_prompts"] + 1)), "prompt": [p["text"] for p in results["prompts"]]}
+    for cond in ("base", student, other):
+        if cond:
+            cols[f"KL {cond}"] = [round(v, 4) if math.isfinite(v) else None for v in E.per_prompt_kl(results, cond)]
+    for cond in ("base", "teacher", student, other):
+        if cond:
+            cols[cond] = [p["answers"][cond] for p in results["prompts"]]
+    frame = pd.DataFrame(cols)
+    key = f"KL {student}" if student else "KL base"
+    return frame.sort_values(key, ascending=False, na_position="last")
+
+
+def tally_markdown(tally: dict, student: str) -> str:
+    if not tally["n"]:
+        return "No votes yet: press **1**–**4** to vote."
+    names = {"student": f"{student} better", "teacher": "teacher better", "tie": "tie", "both_bad": "both bad"}
+    parts = [f"**{names[o]}** {tally['counts'][o]} ({E._fmt(tally['rates'][o], pct=True)})" for o in E.VOTE_OUTCOMES]
+    return (f"**{tally['n']} votes** · " + " · ".join(parts) +
+            f"  \nStudent as good as the teacher (win or tie): {E._fmt(tally['rates']['student_or_tie'], pct=True)}")
+
+
+def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | None, str, str, str, str]:
+    """(state, prompt, answer A, answer B, progress) of the first prompt this reviewer has not voted on."""
+    if ev is None or not ev["results"]["runs"]:
+        return None, "Pick an evaluation with at least one run to review it blind.", "", "", ""
+    results = ev["results"]
+    student = results["runs"][0]["label"]
+    voted = {v["prompt_id"] for v in ctx.store.list_votes(ev["id"]) if v["reviewer"] == reviewer}
+    todo = [p for p in results["prompts"] if p["id"] not in voted]
+    progress = f"{len(voted)} of {results['n_prompts']} reviewed (teacher vs {student}, sides hidden and shuffled)"
+    if not todo:
+        return None, "All prompts reviewed.", "", "", progress
+    p = todo[0]
+    teacher_is_a = E.blind_sides(ev["id"], p["id"], reviewer)
+    a, b = ("teacher", student) if teacher_is_a else (student, "teacher")
+    state = {"eval": ev["id"], "prompt": p["id"], "a_is": a}
+    return state, f"**Prompt:** {p['text']}", p["answers"][a], p["answers"][b], progress
+
+
+def build(ctx: AppContext) -> None:
+    gr.Markdown("Does the model **without** the constitution now answer as the teacher does, and what did it cost? "
+                "Scores are on held-out prompts, each with its sample size and a bootstrap 95% interval.")
+    with gr.Accordion("New evaluation", open=True):
+        with gr.Row():
+            version = gr.Dropdown(label="Constitution version", choices=[], elem_id="eval-version", scale=2)
+            runs = gr.Dropdown(label="Runs (students)", choices=[], multiselect=True, elem_id="eval-runs", scale=3)
+            prompt_set = gr.Textbox(label="Prompt set (held-out split)", value="default", elem_id="eval-prompt-set", scale=1)
+        with gr.Row():
+            max_prompts = gr.Number(label="Max prompts (0 = all)", value=0, precision=0, elem_id="eval-max-prompts")
+            sample_tokens = gr.Number(label="Tokens per answer", value=40, precision=0, elem_id="eval-sample-tokens")
+            influence_n = gr.Number(label="Prompts for principle influence", value=8, precision=0, elem_id="eval-influence-n")
+            use_judge = gr.Checkbox(label="Model-as-judge (slow; rough on a 135M model)", value=False, elem_id="eval-judge")
+        with gr.Row():
+            start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
+            stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
+        status = gr.HTML(status_html(None), elem_id="eval-status")
+    job_id = gr.State(None)
+    known = gr.State([])
+    with gr.Row():
+        pick = gr.Dropdown(label="Evaluation", choices=[], elem_id="eval-pick", scale=3)
+        student = gr.Dropdown(label="Student", choices=[], elem_id="eval-student", scale=1)
+        other = gr.Dropdown(label="Compare with", choices=[], elem_id="eval-other", scale=1)
+    board = gr.Dataframe(label="Scoreboard", interactive=False, wrap=True, elem_id="scoreboard")
+    scores_plot = gr.Plot(label="Scores with 95% intervals", elem_id="plot-scores")
+    with gr.Row():
+        dist_plot = gr.Plot(label="KL distribution", elem_id="plot-kl-dist")
+        train_plot = gr.Plot(label="Training curves", elem_id="plot-training")
+    with gr.Accordion("Per prompt (sorted by the student's KL; click a row)", open=False):
+        table = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="per-prompt")
+        with gr.Row():
+            base_text = gr.Textbox(label="Base (no constitution)", lines=6, interactive=False, elem_id="pp-base")
+            teacher_text = gr.Textbox(label="Teacher (with it)", lines=6, interactive=False, elem_id="pp-teacher")
+            student_text = gr.Textbox(label="Student (adapter, no constitution)", lines=6, interactive=False, elem_id="pp-student")
+        div_student = gr.HighlightedText(label="Teacher's answer: where the student still diverges (KL teacher‖student)",
+                                         combine_adjacent=False, show_legend=False, elem_id="pp-div-student")
+        div_base = gr.HighlightedText(label="…and where the base model diverged (KL teacher‖base)",
+                                      combine_adjacent=False, show_legend=False, elem_id="pp-div-base")
+    with gr.Group(elem_id="ab-panel"):
+        gr.Markdown("### Blind A/B review\nWhich answer is better? The teacher and the student are shown as A and B "
+                    "in a random order. Keys: <span class='kbd'>1</span> A better · <span class='kbd'>2</span> B better · "
+                    "<span class='kbd'>3</span> tie · <span class='kbd'>4</span> both bad.")
+        ab_state = gr.State(None)
+        ab_prompt = gr.Markdown(elem_id="ab-prompt")
+        with gr.Row():
+            ab_a = gr.Textbox(label="A", lines=6, interactive=False, elem_id="ab-a")
+            ab_b = gr.Textbox(label="B", lines=6, interactive=False, elem_id="ab-b")
+        with gr.Row():
+            buttons = [gr.Button(f"{k} · {text}", elem_id=f"ab-{k}", size="sm")
+                       for k, text in (("1", "A is better"), ("2", "B is better"), ("3", "Tie"), ("4", "Both bad"))]
+        ab_progress = gr.Markdown(elem_id="ab-progress")
+        ab_tally = gr.Markdown(elem_id="ab-tally")
+    with gr.Accordion("Principle influence", open=True, elem_id="influence-panel"):
+        gr.Markdown("KL between the teacher with the whole constitution and with one principle removed, along the "
+                    "teacher's answers: which principles change behaviour and which are dead weight.")
+        with gr.Row():
+            influence_n_now = gr.Slider(2, 32, value=8, step=1, label="Prompts", elem_id="influence-n")
+            influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
+        influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
+        influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
+    with gr.Row():
+        fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
+        export = gr.Button("Export report", elem_id="report-export")
+    report_file = gr.File(label="Report", elem_id="report-file")
+
+    # ---------------------------------------------------------------- loading and the job
+
+    def on_load(request: gr.Request):
+        owner = ctx.owner(request)
+        versions = [(f"v{v['id']} · {v['name']}", v["id"]) for v in ctx.store.list_constitution_versions(owner=owner)]
+        evals = eval_choices(ctx, owner)
+        latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=owner, limit=1)
+        return (gr.update(choices=versions, value=versions[0][1] if versions else None),
+                gr.update(choices=_runs(ctx, owner)), gr.update(choices=evals, value=evals[0][1] if evals else None),
+                [e[1] for e in evals], latest[0]["id"] if latest else None)
+
+    ctx.blocks.load(on_load, None, [version, runs, pick, known, job_id])
+    ctx.blocks.load(None, None, None, js=KEYS_JS)
+
+    def on_start(version_id, run_ids, set_name, n, tokens, n_influence, judge, request: gr.Request):
+        owner = ctx.owner(request)
+        if not version_id:
+            raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+        ctx.limit(prompts=int(n or 0) or None, max_new_tokens=int(tokens or 0))
+        cfg = E.EvalConfig(constitution_id=int(version_id), runs=[int(r) for r in run_ids or []],
+                           prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
+                           sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
+                           model=ctx.model_spec or "", owner=owner)
+        try:
+            E.plan(cfg, ctx.store)
+        except E.EvalError as exc:
+            raise gr.Error(str(exc)) from None
+        return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
+
+    start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge], job_id)
+    stop.click(lambda j: jobs.cancel(ctx.store, int(j), grace_s=10) if j else None, job_id, None)
+
+    def poll(job, seen, request: gr.Request):
+        owner = ctx.owner(request)
+        current = None
+        if job:
+            try:
+                current = jobs.get(ctx.store, int(job), owner=owner)
+            except NotFound:
+                current = None
+        evals = eval_choices(ctx, owner)
+        ids = [e[1] for e in evals]
+        if ids == seen:
+            return status_html(current), gr.skip(), seen
+        return status_html(current), gr.update(choices=evals, value=ids[0] if ids else None), ids
+
+    gr.Timer(POLL_S).tick(poll, [job_id, known], [status, pick, known], show_progress="hidden", queue=False)
+
+    # ---------------------------------------------------------------- views of one evaluation
+
+    def on_pick(eval_id, request: gr.Request):
+        ev = _eval(ctx, eval_id, ctx.owner(request))
+        labels = [r["label"] for r in ev["results"]["runs"]] if ev else []
+        return (gr.update(choices=labels, value=labels[0] if labels else None),
+                gr.update(choices=["(none)", *labels[1:]], value="(none)"))
+
+
+    def views(eval_id, stu, oth, request: gr.Request):
+        ev = _eval(ctx, eval_id, ctx.owner(request))
+        if ev is None:
+            return None, None, None, None, None, None, None
+        r = ev["results"]
+        stu = stu if stu in r["conditions"] else None
+        oth = oth if oth in r["conditions"] and oth != stu else None
+        picked = [x for x in (stu, oth) if x]
+        rows = [row for row in E.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
+        influence = r.get("influence") or []
+        return (pd.DataFrame(rows), E.fig_scores(r, picked), E.fig_kl_distribution(r, picked), E.fig_training(r, picked),
+                per_prompt_table(r, stu, oth), E.fig_influence(influence) if influence else None,
+                pd.DataFrame([{"principle": x["principle"], "KL without it": E._fmt(x), "n": x["n"], "text": x["text"]}
+                              for x in influence]))
+
+    view_outputs = [board, scores_plot, dist_plot, train_plot, table, influence_plot, influence_table]
+    pick.change(on_pick, pick, [student, other]).then(views, [pick, student, other], view_outputs)
+    for trigger in (student.input, other.input):
+        trigger(views, [pick, student, other], view_outputs)
+
+    def on_row(eval_id, stu, evt: gr.SelectData, request: gr.Request):
+        ev = _eval(ctx, eval_id, ctx.owner(request))
+        if ev is None or evt.row_value is None:
+            return "", "", "", [], []
+        p = ev["results"]["prompts"][int(evt.row_value[0]) - 1]
+        stu = stu if stu in p["answers"] else None
+        return (p["answers"]["base"], p["answers"]["teacher"], p["answers"].get(stu, "") if stu else "",
+                highlight(p["tokens"], p["kl"][stu]) if stu else [], highlight(p["tokens"], p["kl"]["base"]))
+
+    table.select(on_row, [pick, student], [base_text, teacher_text, student_text, div_student, div_base])
+
+    # ---------------------------------------------------------------- blind review
+
+    def show_blind(eval_id, request: gr.Request):
+        owner = ctx.owner(request)
+        ev = _eval(ctx, eval_id, owner)
+        state, prompt, a, b, progress = next_blind(ctx, ev, owner)
+        tally = tally_markdown(E.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"]) if ev and ev["results"]["runs"] else ""
+        return state, prompt, a, b, progress, tally
+
+    blind_outputs = [ab_state, ab_prompt, ab_a, ab_b, ab_progress, ab_tally]
+    pick.change(show_blind, pick, blind_outputs)
+
+    def vote(key: str):
+        def cast(state, request: gr.Request):
+            owner = ctx.owner(request)
+            if not state:
+                raise gr.Error("Nothing to vote on: pick an evaluation with a run, or all prompts are reviewed.")
+            ev = _eval(ctx, state["eval"], owner)
+            if ev is None:
+                raise gr.Error("That evaluation is gone.")
+            ctx.store.add_vote(ev["id"], state["prompt"], CHOICES[key], state["a_is"], reviewer=owner)
+            return show_blind(ev["id"], request)
+        return cast
+
+    for key, button in zip(CHOICES, buttons):
+        button.click(vote(key), ab_state, blind_outputs, show_progress="hidden")
+
+    # ---------------------------------------------------------------- principle influence of the draft
+
+    def measure(draft, n, request: gr.Request):
+        c = draft_constitution(draft)
+        try:
+            cmod.ensure_valid(c)
+            model, tokenizer = ctx.model()
+        except (ValueError, ModelError) as exc:
+            raise gr.Error(str(exc)) from None
+        prompts = prompt_choices(ctx, ctx.owner(request), "heldout")[: int(n)]
+        if not prompts:
+            raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
+        rows = E.influence(model, tokenizer, c, prompts, n_boot=500)
+        return E.fig_influence(rows), pd.DataFrame([{"principle": x["principle"], "KL without it": E._fmt(x), "n": x["n"],
+                                                     "text": x["text"]} for x in rows])
+
+    influence_run.click(measure, [ctx.draft, influence_n_now], [influence_plot, influence_table],
+                        concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    if ctx.influence_button is not None and ctx.tabs is not None:
+        ctx.influence_button.click(lambda: gr.Tabs(selected="compare"), None, ctx.tabs).then(
+            measure, [ctx.draft, influence_n_now], [influence_plot, influence_table],
+            concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+
+    # ---------------------------------------------------------------- report
+
+    def on_export(eval_id, kind, request: gr.Request):
+        ev = _eval(ctx, eval_id, ctx.owner(request))
+        if ev is None:
+            raise gr.Error("Pick an evaluation first.")
+        path = Path(tempfile.mkdtemp(prefix="ctxdistill-report-")) / f"eval-{ev['id']}.{kind}"
+        return str(E.write_report(ev["results"], path, E.eval_tally(ctx.store, ev["id"])))
+
+    export.click(on_export, [pick, fmt], report_file)

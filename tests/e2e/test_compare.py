@@ -1,0 +1,71 @@
+"""The Compare tab: an evaluation of two tiny-model runs is in the store; cast blind A/B votes with the
+keyboard, see the tally, reload and find the votes kept."""
+
+import pytest
+
+from tests.e2e.conftest import start_app, stop_app
+from tests.test_evaluate import PROMPTS, _adapter
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def compare_url(tmp_path_factory, tiny_checkpoint, tiny_model):
+    from ctxdistill import evaluate as E
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    workspace = tmp_path_factory.mktemp("e2e-compare")
+    with Store(workspace) as store:
+        c = load("assets/constitutions/pirate.yaml")
+        cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
+        store.add_prompts("toy", [{"text": p, "split": "heldout"} for p in PROMPTS])
+        run = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3},
+                               heavy=True)
+        store.update_job(run, state="done")
+        _adapter(tiny_model, store.runs_dir / str(run) / "adapter", 0.5)
+        cfg = E.EvalConfig(constitution_id=cid, runs=[run], prompt_set="toy", model=str(tiny_checkpoint), sample_tokens=6,
+                           n_boot=100, influence_prompts=2)
+        store.save_eval(None, cid, [run], E.run(cfg, store))
+    proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
+    yield url, workspace
+    stop_app(proc)
+
+
+def open_tab(page, url):
+    page.goto(url)
+    page.get_by_role("tab", name="Compare").click()
+    page.wait_for_function("document.querySelector('#eval-pick input')?.value.includes('eval 1')")
+    page.wait_for_selector("#ab-prompt >> text=Prompt:")
+
+
+def test_blind_votes_with_the_keyboard(browser, compare_url):
+    from ctxdistill.store import Store
+
+    url, workspace = compare_url
+    context = browser.new_context(viewport={"width": 1400, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    open_tab(page, url)
+    page.wait_for_selector("#ab-tally >> text=No votes yet")
+    page.wait_for_selector("#ab-progress >> text=0 of 6 reviewed")
+    page.wait_for_selector("#scoreboard >> text=run 1")
+    shown = []
+    for key, count in (("1", 1), ("2", 2), ("3", 3)):
+        shown.append(page.locator("#ab-prompt").inner_text())
+        page.locator("body").click(position={"x": 5, "y": 5})  # focus outside any text field
+        page.keyboard.press(key)
+        page.wait_for_selector(f"#ab-progress >> text={count} of 6 reviewed")
+    assert len(set(shown)) == 3  # each vote moves on to the next prompt
+    tally = page.locator("#ab-tally").inner_text()
+    assert "3 votes" in tally and "tie 1" in tally
+    with Store(workspace) as store:
+        votes = store.list_votes(1)
+    assert [v["choice"] for v in votes] == ["a", "b", "tie"]
+    assert {v["a_is"] for v in votes} <= {"teacher", "run 1"}
+
+    page.reload()
+    open_tab(page, url)
+    page.wait_for_selector("#ab-progress >> text=3 of 6 reviewed")
+    assert "3 votes" in page.locator("#ab-tally").inner_text()
+    context.close()
