@@ -515,7 +515,7 @@ def training_curves(store, run_id: int) -> dict[str, list[list[float]]]:
 def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict:
     """Sample, score and summarise; returns the results (every number) without storing anything."""
     from .constitution import content_hash, render
-    from .train import models_dir as default_models_dir
+    from .models import default_models_dir
 
     the_plan = plan(cfg, store)
     c, prompts = the_plan.constitution, the_plan.prompts
@@ -536,7 +536,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         hooks.progress(done[0], total, message)
 
     hooks.progress(0, total, "loading the model and the adapters")
-    model, tok, names, quantize = load_students(cfg, the_plan, models_dir or default_models_dir(store))
+    model, tok, names, quantize = load_students(cfg, the_plan, models_dir or default_models_dir(store.home))
     timing["load_s"] = time.perf_counter() - started
     system = render(c)
     labels = [label(r["run"]) for r in runs]
@@ -582,7 +582,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     if cfg.judge:
         t0 = time.perf_counter()
         hooks.progress(done[0], total, "asking the judge model")
-        judge_result = run_judge(cfg, c, texts, answers, model, tok, models_dir or default_models_dir(store))
+        judge_result = run_judge(cfg, c, texts, answers, model, tok, models_dir or default_models_dir(store.home))
         timing["judge_s"] = time.perf_counter() - t0
 
     b = cfg.n_boot
