@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .generate import SamplingConfig, generate_rows, kl_per_token, response_logits
-from .train import Distiller, Example, ce_per_token, gap_closed
+from .train import EVAL_FILE, Distiller, Example, ce_per_token, gap_closed
 
 CONDITIONS = ("base", "teacher")           # then one "run N" per student
 VOTE_OUTCOMES = ("student", "teacher", "tie", "both_bad")
@@ -652,6 +652,21 @@ def headline(results: dict, run_label: str | None = None) -> dict:
     return out
 
 
+def card_section(results: dict, run_label: str, eval_id: int) -> str:
+    """The evaluation figures of one run, as a Markdown section of its model card."""
+    s = results["scores"]
+    rows = [("KL(teacher‖base), nats/token", _fmt(s["kl"]["base"])), ("KL(teacher‖student), nats/token", _fmt(s["kl"][run_label])),
+            ("KL gap closed", _fmt(s["gap_closed"][run_label], pct=True)),
+            ("retention: Δ NLL of the base's answers", _fmt(s["retention"][run_label]["delta"]))]
+    rows += [(f"check {pid} ({row['check']}): base / teacher / student",
+              " / ".join(_fmt(row[c], pct=True) for c in ("base", "teacher", run_label))) for pid, row in s["checks"].items()]
+    c = results["constitution"]
+    return "\n".join([f"## Evaluation (ctxdistill eval {eval_id})", "",
+                      f"On {results['n_prompts']} held-out prompts of set {results['prompt_set']!r}, constitution "
+                      f"{c['name']} version {c['id']}; 95% bootstrap intervals in brackets.", "",
+                      "| | |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]])
+
+
 def evaluate_job(ctx, config: dict) -> None:
     """The "evaluate" job kind: score, then store the whole result as one eval row (nothing half)."""
     from .jobs import Cancelled
@@ -665,6 +680,9 @@ def evaluate_job(ctx, config: dict) -> None:
     (ctx.run_dir / "eval.json").write_text(json.dumps(results, indent=1))
     eval_id = ctx.store.save_eval(ctx.job_id, cfg.constitution_id, cfg.runs, results, owner=cfg.owner)
     ctx.log.info("eval %s stored in %.0f s", eval_id, results["timing"]["total_s"])
+    for r in results["runs"]:  # the model card of an exported adapter shows its latest evaluation
+        card = {"eval_id": eval_id, "markdown": card_section(results, r["label"], eval_id)}
+        (runs_adapter(ctx.store, r["run"]) / EVAL_FILE).write_text(json.dumps(card, indent=1))
     ctx.set_result({"eval_id": eval_id, **headline(results)})
 
 

@@ -42,6 +42,7 @@ DATA_SOURCES = ("prompts", "accepted")
 SCHEDULES = ("cosine", "linear", "constant")
 QUANTIZE = ("auto", "4bit", "none")
 RUN_FILE = "ctxdistill_run.json"      # written next to every saved adapter: what it was trained on
+EVAL_FILE = "ctxdistill_eval.json"    # written into a run's adapter by evaluate.py: its latest figures
 
 
 class TrainError(RuntimeError):
@@ -783,6 +784,7 @@ def write_model_card(path: Path, info: dict) -> Path:
         f"| held-out KL(teacher‖base) | {fmt(info.get('heldout_kl_before'))} nats/token |",
         f"| held-out KL(teacher‖student) | {fmt(info.get('heldout_kl_after'))} nats/token |",
         f"| KL gap closed | {fmt(info.get('gap_closed'))} (on {info.get('n_heldout', '?')} held-out answers) |",
+        *(["", info["evaluation"]] if info.get("evaluation") else []),
         "", "## Training settings", "", "```json", json.dumps(config, indent=2), "```", "",
     ]
     out = Path(path) / "README.md"
@@ -799,6 +801,8 @@ def export(adapter_dir, out_dir, *, merged: bool = False, model_spec: str | None
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise AdapterError(f"{adapter_dir} is not an adapter: adapter_model.safetensors is missing")
     info = json.loads((adapter_dir / RUN_FILE).read_text()) if (adapter_dir / RUN_FILE).is_file() else {}
+    if (adapter_dir / EVAL_FILE).is_file():
+        info["evaluation"] = json.loads((adapter_dir / EVAL_FILE).read_text()).get("markdown", "")
     if not merged:
         shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
         write_model_card(out_dir, info)

@@ -182,6 +182,8 @@ def test_evaluate_job_stores_one_eval(ws):
     assert done["result"]["eval_id"] == ev["id"] and ev["run_ids"] == [trained]
     assert ev["results"]["scores"]["gap_closed"][f"run {trained}"]["n"] == len(PROMPTS)
     assert (store.runs_dir / str(job) / "eval.json").is_file()
+    card = T.export(store.runs_dir / str(trained) / "adapter", store.home / "exported") / "README.md"
+    assert "## Evaluation (ctxdistill eval 1)" in card.read_text() and "KL gap closed" in card.read_text()
 
 
 @pytest.mark.parametrize("case", ["deleted adapter", "other base model", "other architecture", "no held-out split",
