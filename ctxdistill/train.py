@@ -510,7 +510,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     _load_adapter_weights(model, path)
     try:
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state.pop("optimizer"))
         scheduler.load_state_dict(state.pop("scheduler"))
     except Exception as exc:

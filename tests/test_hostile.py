@@ -1,0 +1,195 @@
+"""Hostile input: names that try to leave the workspace, uploads too big or of the wrong type,
+pickles, remote code, markup in text shown by the app, and hub tokens that must not be persisted.
+(The same markup through a real browser: tests/e2e/test_space.py.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+
+from ctxdistill import models
+from ctxdistill.safety import UnsafeInput, check_upload, redact, safe_path
+from ctxdistill.store import Store
+from ctxdistill.ui.app import build_app
+from ctxdistill.ui.common import AppContext
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=2">']
+TOKEN = "hf_NotARealTokenButSecret0123456789"
+
+
+# --------------------------------------------------------------------------- paths
+
+@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "~/x", "..", "a\\..\\..\\x", "x\x00y", "",
+                                  "runs/../../outside"])
+def test_names_cannot_leave_the_workspace(tmp_path, name):
+    with pytest.raises(UnsafeInput):
+        safe_path(tmp_path, name)
+
+
+def test_symlinks_out_of_the_workspace_are_refused(tmp_path):
+    root, outside = tmp_path / "ws", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(UnsafeInput, match="outside"):
+        safe_path(root, "link/adapter")
+    assert safe_path(root, "runs/3/adapter") == (root / "runs" / "3" / "adapter").resolve()
+
+
+def test_adapter_and_run_ids_from_the_api_are_not_paths(tmp_path):
+    ctx = AppContext(home=tmp_path, demo=True)
+    for bad in ("../../etc", "1/../../x", "/etc", "1; rm -rf /"):
+        with pytest.raises(gr.Error, match="No run or job"):
+            ctx.job(bad, SimpleNamespace(session_hash="v"))
+
+
+# --------------------------------------------------------------------------- uploads
+
+def test_uploads_are_size_capped_and_type_checked(tmp_path):
+    ok = tmp_path / "c.yaml"
+    ok.write_text("name: x\nprinciples: []\n")
+    assert check_upload(ok, (".yaml",), 1024) == ok
+    big = tmp_path / "big.yaml"
+    big.write_text("a: b\n" * 1000)
+    with pytest.raises(UnsafeInput, match="limited"):
+        check_upload(big, (".yaml",), 1024)
+    with pytest.raises(UnsafeInput, match="not accepted"):
+        check_upload(tmp_path / "c.yaml", (".json",), 1024)
+    exe = tmp_path / "evil.yaml"
+    exe.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    with pytest.raises(UnsafeInput, match="not UTF-8"):
+        check_upload(exe, (".yaml",), 1 << 20)
+    fake = tmp_path / "data.parquet"
+    fake.write_text("a,b\n1,2\n")
+    with pytest.raises(UnsafeInput, match="not a .parquet"):
+        check_upload(fake, (".parquet",), 1 << 20)
+
+
+def test_demo_upload_cap_in_the_constitution_import(tmp_path, monkeypatch):
+    monkeypatch.setenv("CTXDISTILL_DEMO_UPLOAD_MB", "0.001")
+    ctx = AppContext(home=tmp_path / "ws", demo=True)
+    blocks = build_app(ctx)
+    upload = next(f.fn for f in blocks.fns.values() if f.api_name == "from_upload")
+    big = tmp_path / "big.yaml"
+    big.write_text("name: big\n" + "# padding\n" * 500)
+    with pytest.raises(gr.Error, match="limited"):
+        upload(str(big), {}, None, request=SimpleNamespace(session_hash="v"))
+
+
+# --------------------------------------------------------------------------- no pickle, no remote code
+
+def test_no_pickle_loading_in_the_package():
+    offenders = []
+    for path in (REPO / "ctxdistill").rglob("*.py"):
+        text = path.read_text()
+        for pattern in (r"import pickle", r"pickle\.loads?\(", r"read_pickle", r"allow_pickle\s*=\s*True",
+                        r"weights_only\s*=\s*False", r"trust_remote_code\s*=\s*True"):
+            offenders += [f"{path.name}: {pattern}" for _ in re.finditer(pattern, text)]
+        offenders += [f"{path.name}: torch.load without weights_only=True"
+                      for call in re.findall(r"torch\.load\([^)]*\)", text) if "weights_only=True" not in call]
+    assert offenders == []
+
+
+def test_adapters_load_from_safetensors_only(tmp_path):
+    from ctxdistill.train import AdapterError, check_adapter
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(AdapterError, match="safetensors"):
+        check_adapter(tmp_path, model=None)
+
+
+@pytest.mark.parametrize("demo, env, expected", [(False, None, False), (False, "1", True), (True, "1", False)])
+def test_model_loading_uses_safetensors_and_remote_code_policy(tmp_path, monkeypatch, demo, env, expected):
+    import transformers
+
+    seen = {}
+
+    class Fake:
+        pad_token = "x"
+
+        @classmethod
+        def from_pretrained(cls, location, **kwargs):
+            seen.setdefault("calls", []).append(kwargs)
+            return cls()
+
+        def to(self, device):
+            return self
+
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(transformers, "AutoTokenizer", Fake)
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", Fake)
+    monkeypatch.setenv("CTXDISTILL_DEMO", "1" if demo else "0")
+    if env:
+        monkeypatch.setenv("CTXDISTILL_TRUST_REMOTE_CODE", env)
+    (tmp_path / "config.json").write_text("{}")
+    models.load_model(str(tmp_path))
+    tokenizer_kwargs, model_kwargs = seen["calls"]
+    assert model_kwargs["use_safetensors"] is True
+    assert tokenizer_kwargs["trust_remote_code"] is model_kwargs["trust_remote_code"] is expected
+
+
+# --------------------------------------------------------------------------- markup shown as text
+
+def test_every_view_shows_markup_as_text(tmp_path):
+    """Markdown is sanitised, tables hold plain strings, and raw HTML only comes from code that escapes."""
+    blocks = build_app(AppContext(home=tmp_path))
+    for block in blocks.blocks.values():
+        if isinstance(block, (gr.Markdown, gr.Chatbot)):
+            assert block.sanitize_html, f"{block.elem_id} renders unsanitised HTML"
+        if isinstance(block, gr.Dataframe):
+            types = block.datatype if isinstance(block.datatype, list) else [block.datatype]
+            assert not {"html", "markdown"} & set(types), f"{block.elem_id} renders cell markup"
+
+
+def test_html_views_escape_user_and_model_text(tmp_path):
+    from ctxdistill.ui import data, distill, samples
+
+    hostile = " ".join(XSS)
+    job = {"id": 1, "kind": "train", "state": "failed", "progress_done": 1, "progress_total": 2, "message": hostile,
+           "error": hostile, "result": None, "config": {"steps": 2}}
+    sample = {"flags": ["failed_check:" + hostile], "status": "pending", "edited": False, "meta": {"revise_start": hostile},
+              "chain": [{k: hostile for k in ("principle", "critique_request", "critique", "revision_request", "revision")}]}
+    for html in (data.job_html(job), distill.status_html(job), samples.chain_html(sample), samples.badges_html(sample)):
+        assert "<script" not in html and "<img" not in html, html
+
+
+# --------------------------------------------------------------------------- tokens
+
+def test_token_is_redacted(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert redact(f"401 for token {TOKEN}") == "401 for token ***"
+
+
+def leaky_job(ctx, config):
+    """A job whose library call fails with the token in its message (some HTTP errors do)."""
+    ctx.log.info("pushing")
+    raise RuntimeError("push refused for token " + os.environ["HF_TOKEN"])
+
+
+def test_token_never_reaches_the_workspace(tmp_path):
+    """With HF_TOKEN set, a job that fails with the token in its error leaves no trace of it in the
+    store, the job's logs or any other file of the workspace."""
+    env = {**os.environ, "HF_TOKEN": TOKEN, "CTXDISTILL_HOME": str(tmp_path)}
+    script = """
+from ctxdistill import jobs
+from ctxdistill.store import Store
+store = Store()
+job = jobs.submit(store, "tests.test_hostile:leaky_job", {})
+assert jobs.wait(store, job, timeout=90)["state"] == "failed"
+"""
+    subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, check=True, timeout=150)
+    store = Store(tmp_path)
+    assert "push refused for token ***" in store.list_jobs()[0]["error"]
+    store.close()
+    leaks = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    assert leaks == []
