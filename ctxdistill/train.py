@@ -454,13 +454,17 @@ def _in_features(model) -> set[int]:
     return {m.in_features for m in model.modules() if hasattr(m, "in_features")}
 
 
-def load_adapter(model, path, trainable: bool = False):
-    """Base model + a saved adapter (the student), after ``check_adapter``."""
+def load_adapter(model, path, trainable: bool = False, name: str = "default"):
+    """Base model + a saved adapter (the student), after ``check_adapter``. On a peft model
+    already holding adapters, adds this one under ``name``."""
     from peft import PeftModel
 
     check_adapter(path, model)
     try:
-        return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=trainable)
     except Exception as exc:  # shape mismatches and unknown modules surface here
         raise AdapterError(f"the adapter in {path} does not fit this model: {exc}") from exc
 
@@ -650,6 +654,8 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         save_checkpoint(run_dir, model, optimizer, scheduler, state)
     kept_step, kept_kl = state["step"], final
     if cfg.keep_best and state["best_kl"] < final:
+        if world > 1:
+            accelerator.wait_for_everyone()  # the main process wrote best/
         _load_adapter_weights(model, run_dir / "best")
         kept_step, kept_kl = state["best_step"], state["best_kl"]
         hooks.info(f"kept the adapter of step {kept_step} (held-out KL {kept_kl:.4f} < {final:.4f} at the end)")
@@ -723,10 +729,15 @@ def accepted_texts(store, cfg: TrainConfig) -> list[tuple[str, str]]:
     return rows[:cfg.max_prompts] if cfg.max_prompts else rows
 
 
+def models_dir(store) -> Path:
+    """Where converted checkpoints live: $CTXDISTILL_MODELS (shared), else the workspace's models/."""
+    return Path(os.environ.get("CTXDISTILL_MODELS") or store.models_dir)
+
+
 def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=None) -> dict:
     """Everything a training job does: load the constitution, the model and the data, train, export."""
     from .constitution import content_hash, from_dict, render
-    from .models import ModelError, default_models_dir, load_model
+    from .models import ModelError, load_model
 
     cfg.validate()
     run_dir = Path(run_dir)
@@ -740,7 +751,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     hooks.progress(0, cfg.steps, f"loading the model ({quantize})")
     try:
         base, tokenizer = load_model(cfg.model or None, quantize=quantize, device=str(accelerator.device),
-                                     models_dir=os.environ.get("CTXDISTILL_MODELS") or store.models_dir or default_models_dir())
+                                     models_dir=models_dir(store))
     except ModelError as exc:
         raise TrainError(str(exc)) from exc
     model = _setup_model(cfg, base, cfg.seed)
@@ -761,7 +772,7 @@ def train_job(ctx, config: dict) -> None:
     cfg = TrainConfig.from_dict(config)
     hooks = Hooks(log=lambda values, step: ctx.log_metrics(step, values), progress=ctx.progress,
                   should_stop=ctx.should_stop, info=ctx.log.info)
-    ctx.set_result(run(cfg, ctx.store, ctx.run_dir, hooks))
+    ctx.set_result({"run": ctx.job_id, **run(cfg, ctx.store, ctx.run_dir, hooks)})
 
 
 def write_model_card(path: Path, info: dict) -> Path:

@@ -302,3 +302,49 @@ def test_short_run_on_the_embedded_model_lowers_held_out_kl(workspace, tmp_path)
     assert len(heldout) == 3 and heldout[-1] < heldout[0] * 0.9
     assert result["heldout_kl_after"] < result["heldout_kl_before"]
     assert json.loads((tmp_path / "run" / "adapter" / T.RUN_FILE).read_text())["constitution_id"] == cid
+
+
+def _cli_env(workspace):
+    import os
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    return {**os.environ, "CTXDISTILL_HOME": str(workspace), "PYTHONPATH": str(repo)}, repo, sys.executable
+
+
+TINY_FLAGS = ["--quantize", "none", "--steps", "4", "--max-prompts", "8", "--sample-tokens", "6", "--eval-prompts", "4",
+              "--batch-size", "4", "--eval-every", "2", "--json"]
+
+
+def test_cli_train_prints_the_run_and_held_out_kl(workspace, tiny_checkpoint):
+    import subprocess
+
+    env, repo, python = _cli_env(workspace)
+    out = subprocess.run([python, "-m", "ctxdistill.cli", "train", "--constitution", "assets/constitutions/pirate.yaml",
+                          "--model", str(tiny_checkpoint), *TINY_FLAGS], env=env, cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["run"] == result["job_id"] and result["heldout_kl_after"] <= result["heldout_kl_before"]
+    bad = subprocess.run([python, "-m", "ctxdistill.cli", "train", "--constitution", "assets/constitutions/pirate.yaml",
+                          "--model", str(tiny_checkpoint), "--data", "accepted"], env=env, cwd=repo, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "no accepted samples" in bad.stderr
+
+
+def test_accelerate_launch_two_cpu_processes(workspace, tiny_checkpoint):
+    """Data-parallel on two CPU processes (gloo): both train their half, the gradients are averaged."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    env, repo, python = _cli_env(workspace)
+    launcher = Path(python).with_name("accelerate")
+    assert launcher.exists() or shutil.which("accelerate")
+    out = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdistill.cli", "train",
+                          "--constitution", "assets/constitutions/pirate.yaml", "--model", str(tiny_checkpoint), *TINY_FLAGS],
+                         env=env, cwd=repo, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["processes"] == 2 and math.isfinite(result["heldout_kl_after"])
