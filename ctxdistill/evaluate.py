@@ -688,13 +688,13 @@ def evaluate_job(ctx, config: dict) -> None:
 
 # --------------------------------------------------------------------------- plots and reports
 
-def _plt():
-    import matplotlib
+def _figure(ncols: int = 1, figsize=(6, 3.4)):
+    """A matplotlib figure outside pyplot's registry (nothing to close; no GUI backend needed)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
 
 
 def _bars(ax, names: list[str], ests: list[dict], title: str, color=None):
@@ -708,11 +708,10 @@ def _bars(ax, names: list[str], ests: list[dict], title: str, color=None):
 
 def fig_scores(results: dict, labels: list[str] | None = None):
     """Metric bars with 95% intervals: KL to the teacher, gap closed, retention, check pass rates."""
-    plt = _plt()
     s = results["scores"]
     labels = labels or [r["label"] for r in results["runs"]]
     checks = s["checks"]
-    fig, axes = plt.subplots(1, 3 + bool(checks), figsize=(4 * (3 + bool(checks)), 3.4))
+    fig, axes = _figure(3 + bool(checks), figsize=(4 * (3 + bool(checks)), 3.4))
     _bars(axes[0], ["base", *labels], [s["kl"][c] for c in ["base", *labels]], "KL(teacher‖x), nats/token")
     _bars(axes[1], labels, [s["gap_closed"][c] for c in labels], "KL gap closed", "tab:green")
     _bars(axes[2], ["teacher", *labels], [s["retention"][c]["delta"] for c in ["teacher", *labels]],
@@ -740,9 +739,8 @@ def per_prompt_kl(results: dict, cond: str) -> list[float]:
 
 def fig_kl_distribution(results: dict, labels: list[str] | None = None):
     """Histogram of the per-prompt mean KL(teacher‖x) for the base model and the students."""
-    plt = _plt()
     labels = labels or [r["label"] for r in results["runs"]]
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = _figure()
     values = {c: [v for v in per_prompt_kl(results, c) if math.isfinite(v)] for c in ["base", *labels]}
     top = max((max(v) for v in values.values() if v), default=1.0)
     bins = np.linspace(0, top or 1.0, 21)
@@ -758,8 +756,7 @@ def fig_kl_distribution(results: dict, labels: list[str] | None = None):
 
 def fig_training(results: dict, labels: list[str] | None = None):
     """Training loss and held-out KL of the compared runs, by step."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = _figure(2, figsize=(9, 3.2))
     for r in results["runs"]:
         if labels and r["label"] not in labels:
             continue
@@ -779,8 +776,7 @@ def fig_training(results: dict, labels: list[str] | None = None):
 
 def fig_influence(rows: list[dict]):
     """Principles sorted by how much removing them changes the teacher (KL, 95% interval)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
+    fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
     rows = list(reversed(rows))
     values = [r["value"] for r in rows]
     err = np.array([[r["value"] - r["ci"][0] for r in rows], [r["ci"][1] - r["value"] for r in rows]]) if rows else None
@@ -792,8 +788,7 @@ def fig_influence(rows: list[dict]):
 
 
 def fig_votes(tally: dict):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig, ax = _figure(figsize=(5, 3))
     _bars(ax, list(VOTE_OUTCOMES), [tally["rates"][o] for o in VOTE_OUTCOMES], f"Blind A/B ({tally['n']} votes)", "tab:gray")
     ax.set_ylim(0, 1.05)
     fig.tight_layout()
@@ -803,7 +798,6 @@ def fig_votes(tally: dict):
 def png_base64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
-    _plt().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
