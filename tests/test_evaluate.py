@@ -228,3 +228,18 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
 def test_write_report_refuses_unknown_format(tmp_path):
     with pytest.raises(E.EvalError, match=r"\.md, \.html or \.json"):
         E.write_report({}, tmp_path / "r.pdf")
+
+
+def test_cli_eval_prints_the_headline_and_refuses_bad_runs(ws, capsys, tmp_path):
+    from ctxdistill import cli
+
+    store, cid, (_, trained), model = ws
+    common = ["--workspace", str(store.home), "--constitution", str(cid), "--prompts", "toy", "--model", model,
+              "--sample-tokens", "6", "--influence-prompts", "0", "--n-boot", "100"]
+    assert cli.main(["eval", *common, "--run", "999"]) == 2
+    assert "no run 999" in capsys.readouterr().err
+    assert cli.main(["eval", *common, "--run", str(trained), "--json", "--report", str(tmp_path / "r.md")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(out)
+    assert out["kl_base"] > 0 and set(out["checks"]["arr"]) == {"base", "teacher", f"run {trained}"}
+    assert "## Scoreboard" in (tmp_path / "r.md").read_text()
