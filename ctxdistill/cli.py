@@ -66,8 +66,6 @@ def load_constitution_file(path: str):
 
     try:
         return ensure_valid(load(path))
-    except FileNotFoundError:
-        raise UserError(f"constitution file not found: {path}")
     except ConstitutionError as exc:
         raise UserError(f"{path}: {exc}")
 
