@@ -10,6 +10,7 @@ from ctxdistill import constitution as cmod
 from ctxdistill.demo import gpu
 from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, preview_stream
 from ctxdistill.models import ModelError, context_window, default_models_dir, get_model
+from ctxdistill.sampling import ensure_default_prompts
 from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
@@ -64,6 +65,7 @@ def sampling_config(greedy, temperature, top_p, seed, max_new_tokens, samples) -
 
 
 def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> list[str]:
+    ensure_default_prompts(ctx.store, owner)
     rows = []
     for s in ctx.store.prompt_sets(owner=owner):
         rows += ctx.store.get_prompts(s["name"], split=split, owner=owner)
