@@ -124,7 +124,9 @@ def build(ctx: AppContext) -> None:
     start_rev = gr.Button("Start critique & revise", elem_id="rev-start-button")
 
     gr.Markdown("### Jobs")
-    job = gr.Dropdown(label="Job", choices=[], elem_id="data-job")
+    with gr.Row():
+        job = gr.Dropdown(label="Job", choices=[], elem_id="data-job", scale=4)
+        refresh = gr.Button("Refresh lists", size="sm", elem_id="data-refresh", scale=1)
     status = gr.HTML(job_html(None), elem_id="data-job-status", js_on_load=None)
     with gr.Row():
         cancel = gr.Button("Cancel", variant="stop", elem_id="data-cancel")
@@ -145,6 +147,7 @@ def build(ctx: AppContext) -> None:
 
     lists = [sets, version, prompt_set, job]
     ctx.blocks.load(refresh_lists, None, lists)
+    refresh.click(refresh_lists, None, lists)     # e.g. a version saved in the Constitution tab since
 
     def on_source(upload, dataset_path):
         """Read the chosen file once to offer its columns and show its first rows."""

@@ -208,18 +208,20 @@ def build(ctx: AppContext) -> None:
         widget.input(load_queue, filters, [queue, *view], show_progress="hidden")
     for widget in (search, min_len, max_len):
         widget.submit(load_queue, filters, [queue, *view], show_progress="hidden")
-    reload.click(load_queue, filters, [queue, *view], show_progress="hidden")
-
     def on_load(request: gr.Request):
         owner = ctx.owner(request)
-        with_samples = {s["constitution_id"] for s in ctx.store.list_samples(owner=owner)}
-        versions = [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
-                    for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
+        versions = sampled_versions(owner)
         sets = [ANY, *[s["name"] for s in ctx.store.prompt_sets(owner=owner)]]
         first = versions[0][1] if versions else None
         values = (first, ANY, "pending", ANY, ANY, "", 0, 0)
         return (gr.update(choices=versions, value=first), gr.update(choices=sets, value=ANY),
                 principle_choices(first), *load_queue(request, *values))
+
+    def sampled_versions(owner: str) -> list[tuple[str, int]]:
+        """Constitution versions that have samples, newest first."""
+        with_samples = {s["constitution_id"] for s in ctx.store.list_samples(owner=owner)}
+        return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+                for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
 
     def principle_choices(version_id):
         if not version_id:
@@ -229,6 +231,15 @@ def build(ctx: AppContext) -> None:
 
     ctx.blocks.load(on_load, None, [version, prompt_set, principle, queue, *view])
     version.input(principle_choices, version, principle)
+
+    def version_choices(current, request: gr.Request):
+        """Reload also picks up versions that got samples since the page opened (a job finished)."""
+        versions = sampled_versions(ctx.owner(request))
+        ids = [v[1] for v in versions]
+        return gr.update(choices=versions, value=current if current in ids else (ids[0] if ids else None))
+
+    reload.click(version_choices, version, version, show_progress="hidden").then(
+        load_queue, filters, [queue, *view], show_progress="hidden")
 
     # ------------------------------------------------------------------ actions (written at once)
 

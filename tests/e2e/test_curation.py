@@ -108,3 +108,6 @@ def test_data_tab_runs_a_sampling_job(page):
     page.locator("#gen-start").click()
     page.wait_for_selector("#data-job-status .job-state >> text=done", timeout=90_000)
     assert "Done." in page.locator("#data-job-status").inner_text()
+    page.get_by_role("tab", name="Review", exact=True).click()
+    page.locator("#review-reload").click()               # the new samples join the queue
+    counters(page, total=9, pending=5)
