@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .constitution import Principle, render
 from .generate import Prefixes, SamplingConfig, generate_rows, split_rows
+from .sampling import eta_text, job_model, never, stored_constitution
 from .store import SAMPLE_STATUSES, Store
 
 ORDERS = ("cycle", "random")
@@ -114,11 +115,7 @@ def start_answer(sample: dict, start: str) -> str:
     return first or other
 
 
-def _never() -> bool:
-    return False
-
-
-def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=_never,
+def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=never,
                log=None) -> dict:
     """Run the critique/revision rounds still missing from each selected sample; returns a summary.
 
@@ -126,8 +123,6 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
     is written before the next starts, so a resumed job only does the rest."""
     from . import curate
     from .jobs import Cancelled
-    from .sampling import eta_text, stored_constitution
-
     cfg.validate()
     scfg = cfg.sampling_config()
     constitution = stored_constitution(store, cfg.constitution_id)
@@ -197,8 +192,6 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
 
 def revise_job(ctx, config: dict) -> None:
     """Job kind "revise"."""
-    from .sampling import job_model
-
     cfg = ReviseConfig.from_dict(config).validate()
     model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize)
     ctx.set_result(run_revise(ctx.store, cfg, model, tokenizer, progress=ctx.progress,

@@ -223,7 +223,7 @@ def prompt_rows(records: list[dict], column: str | None = None, *, split_column:
             split = "heldout" if raw in HELDOUT_NAMES else "train"
         else:
             split = split_of(text, heldout_fraction)
-        category = str(r.get(category_column or "category") or "") if (category_column or "category" in r) else ""
+        category = str(r.get(category_column or "category") or "")
         rows.append({"text": text, "split": split, "category": category})
     if not rows:
         raise ImportFileError(f"{name}: every {column!r} value is empty; nothing to import")
@@ -318,7 +318,7 @@ def job_model(store: Store, spec: str = "", quantize: str = "none"):
     return get_model(spec or None, quantize=quantize, models_dir=models_dir)
 
 
-def _never() -> bool:
+def never() -> bool:
     return False
 
 
@@ -328,7 +328,7 @@ def eta_text(seconds: float) -> str:
 
 
 def run_generate(store: Store, cfg: GenerateConfig, model, tokenizer, *, progress=None,
-                 should_stop=_never, log=None, job_id: int | None = None) -> dict:
+                 should_stop=never, log=None, job_id: int | None = None) -> dict:
     """Answer the selected prompts with and without the constitution; returns a summary.
 
     Answers already in the store are skipped; each batch is written before the next
