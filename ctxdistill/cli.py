@@ -306,6 +306,10 @@ def cmd_revise(args) -> int:
 
     store = open_store(args)
     cfg = _config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
+    if not store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
+                               status=cfg.status or None)["total"]:
+        raise UserError(f"constitution version {cfg.constitution_id} has no {cfg.status or ''} samples"
+                        f"{' in set ' + repr(cfg.set_name) if cfg.set_name else ''} to revise: run generate first")
     return run_job(args, "revise", cfg.to_dict(), lambda r: (
         f"{r['samples']} samples, {r['rounds_done_now']} rounds done now; flags: {r['flags']}"))
 
