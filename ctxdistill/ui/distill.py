@@ -1,0 +1,236 @@
+"""The Distill tab: start a training job, watch it (progress, loss and held-out KL plots, log tail),
+stop or resume it, list past runs and export a run's adapter.
+
+The job runs in a worker process; this tab only reads the store, on a timer, so a reload or a
+dropped connection re-attaches to whatever is running.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from ctxdistill import jobs
+from ctxdistill import train as T
+from ctxdistill.ui.common import AppContext, error_text
+
+POLL_S = 1.0
+# the form: TrainConfig fields shown as widgets, in this order
+FORM = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
+        "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
+CHOICES = {"data": T.DATA_SOURCES, "loss": T.LOSSES, "quantize": T.QUANTIZE}
+RUN_COLUMNS = ["run", "state", "constitution", "loss", "data", "steps", "held-out KL before", "after", "gap closed"]
+
+
+def _help(name: str) -> str:
+    return next(f.metadata.get("help", "") for f in fields(T.TrainConfig) if f.name == name)
+
+
+def _widget(name: str, default):
+    label = name.replace("_", " ").capitalize()
+    kw = dict(label=label, info=_help(name), elem_id=f"train-{name.replace('_', '-')}")
+    if name in CHOICES:
+        return gr.Radio(list(CHOICES[name]), value=default, **kw)
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, **kw)
+    if isinstance(default, int):
+        return gr.Number(value=default, precision=0, **kw)
+    return gr.Number(value=default, **kw)
+
+
+def _versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+            for v in ctx.store.list_constitution_versions(owner=owner)]
+
+
+def _runs(ctx: AppContext, owner: str) -> list[dict]:
+    return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
+
+
+def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
+    rows = []
+    for job in _runs(ctx, owner):
+        cfg, result = job["config"], job["result"] or {}
+        fmt = lambda key: round(result[key], 4) if isinstance(result.get(key), float) else None
+        rows.append([job["id"], job["state"], f"v{cfg.get('constitution_id')}", cfg.get("loss"), cfg.get("data"),
+                     f"{job['progress_done']}/{cfg.get('steps')}", fmt("heldout_kl_before"), fmt("heldout_kl_after"),
+                     fmt("gap_closed")])
+    return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training loss by step, held-out KL by step) for the plots."""
+    empty = pd.DataFrame({"step": [], "value": [], "metric": []})
+    if not job_id:
+        return empty, empty
+    rows = ctx.store.get_metrics(int(job_id))
+    frame = lambda names: pd.DataFrame([{"step": r["step"], "value": r["value"], "metric": r["name"]}
+                                        for r in rows if r["name"] in names and r["value"] is not None]) if rows else empty
+    loss, heldout = frame({"loss", "kl"}), frame({"heldout_kl"})
+    return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
+
+
+def status_html(job: dict | None) -> str:
+    if job is None:
+        return "<div id='train-status-text'>No run yet: pick a constitution version and press Start.</div>"
+    done, total = job["progress_done"], max(job["progress_total"] or job["config"].get("steps", 1), 1)
+    result = job["result"] or {}
+    lines = [f"<b>Run {job['id']}</b> · {job['state']} · step {done}/{total}"]
+    if job["message"]:
+        lines.append(html.escape(job["message"]))
+    if job["error"]:
+        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
+    if "heldout_kl_after" in result:
+        lines.append(f"held-out KL {result['heldout_kl_before']:.4f} → {result['heldout_kl_after']:.4f} nats/token · "
+                     f"gap closed {result['gap_closed']:.0%} (kept step {result['best_step']})")
+    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
+    return f"<div id='train-status-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
+
+
+def log_tail(ctx: AppContext, job_id: int | None, lines: int = 15) -> str:
+    if not job_id:
+        return ""
+    path = ctx.store.runs_dir / str(job_id) / "log.txt"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+def build(ctx: AppContext) -> None:
+    gr.Markdown("Train a LoRA adapter so that the model **without** the constitution answers as it does **with** it. "
+                "The defaults train the embedded model on the CPU in a few minutes. The held-out KL is the "
+                "distance between teacher and student on prompts the run never trains on; the run keeps its best step.")
+    defaults = T.TrainConfig()
+    with gr.Row():
+        version = gr.Dropdown(label="Constitution version", choices=[], elem_id="train-version", scale=2)
+        prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id="train-prompt-set", scale=1)
+    widgets = {}
+    with gr.Row():
+        for name in FORM[:4]:
+            widgets[name] = _widget(name, getattr(defaults, name))
+    with gr.Row():
+        for name in FORM[4:10]:
+            widgets[name] = _widget(name, getattr(defaults, name))
+    with gr.Accordion("More settings", open=False):
+        with gr.Row():
+            for name in FORM[10:]:
+                widgets[name] = _widget(name, getattr(defaults, name))
+    with gr.Row():
+        start = gr.Button("Start", variant="primary", elem_id="train-start")
+        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        resume = gr.Button("Resume", elem_id="train-resume")
+    run = gr.Dropdown(label="Run", choices=[], elem_id="train-run")
+    status = gr.HTML(status_html(None), elem_id="train-status")
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="step", y="value", color="metric", title="Training loss (nats/token)",
+                                elem_id="train-loss-plot", height=260)
+        heldout_plot = gr.LinePlot(x="step", y="value", color="metric", title="Held-out KL(teacher‖student)",
+                                   elem_id="train-heldout-plot", height=260)
+    log = gr.Textbox(label="Log", lines=6, max_lines=15, interactive=False, elem_id="train-log")
+    runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_id="train-runs")
+    with gr.Accordion("Export the run's adapter", open=False):
+        with gr.Row():
+            merged = gr.Checkbox(label="Merged 16-bit model instead of the adapter", value=False, elem_id="export-merged")
+            export = gr.Button("Export", elem_id="train-export")
+            hub_id = gr.Textbox(label="Hub repository (owner/name)", elem_id="train-hub-id")
+            push = gr.Button("Push to the Hub (needs HF_TOKEN)", elem_id="train-push")
+        files = gr.File(label="Download", elem_id="train-export-file")
+        export_msg = gr.Markdown(elem_id="train-export-msg")
+
+    def run_choices(owner: str, selected=None):
+        choices = [(f"run {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in _runs(ctx, owner)]
+        value = selected if selected in [c[1] for c in choices] else (choices[0][1] if choices else None)
+        return gr.update(choices=choices, value=value)
+
+    def on_load(request: gr.Request):
+        owner = ctx.owner(request)
+        versions = _versions(ctx, owner)
+        return gr.update(choices=versions, value=versions[0][1] if versions else None), run_choices(owner)
+
+    ctx.blocks.load(on_load, None, [version, run])
+
+    def poll(job_id, request: gr.Request):
+        owner = ctx.owner(request)
+        job = None
+        if job_id:
+            try:
+                job = jobs.get(ctx.store, int(job_id))
+            except jobs.StoreError:
+                job = None
+        loss, heldout = metrics_frames(ctx, job_id)
+        return status_html(job), loss, heldout, log_tail(ctx, job_id), runs_table(ctx, owner)
+
+    outputs = [status, loss_plot, heldout_plot, log, runs]
+    gr.Timer(POLL_S).tick(poll, run, outputs, show_progress="hidden", queue=False)
+    run.change(poll, run, outputs, show_progress="hidden")
+
+    def on_start(values: dict, request: gr.Request):
+        # a set of inputs arrives as one {component: value} dict
+        owner = ctx.owner(request)
+        version_id, set_name = values[version], values[prompt_set]
+        if not version_id:
+            raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+        form = {name: values[widget] for name, widget in widgets.items()}
+        form = {k: (int(v) if type(getattr(defaults, k)) is int and v is not None else v) for k, v in form.items()}
+        try:
+            cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
+                                model=ctx.model_spec or "", owner=owner, **form).validate()
+            if cfg.data == "accepted":
+                T.accepted_texts(ctx.store, cfg)
+        except (T.TrainError, TypeError, ValueError) as exc:
+            raise gr.Error(str(exc))
+        job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
+        return run_choices(owner, job_id)
+
+    start.click(on_start, {version, prompt_set, *widgets.values()}, run)
+
+    def on_stop(job_id):
+        if job_id:
+            jobs.cancel(ctx.store, int(job_id), grace_s=30)
+
+    stop.click(on_stop, run, None)
+
+    def on_resume(job_id, request: gr.Request):
+        if not job_id:
+            raise gr.Error("Pick a run to resume.")
+        try:
+            jobs.resume(ctx.store, int(job_id))
+        except jobs.StoreError as exc:
+            raise gr.Error(str(exc))
+        return run_choices(ctx.owner(request), int(job_id))
+
+    resume.click(on_resume, run, run)
+
+    def adapter_of(job_id) -> Path:
+        path = ctx.store.runs_dir / str(job_id) / "adapter" if job_id else None
+        if path is None or not path.is_dir():
+            raise gr.Error("This run has no finished adapter yet.")
+        return path
+
+    def on_export(job_id, as_merged):
+        adapter = adapter_of(job_id)
+        spec = ctx.store.get_job(int(job_id))["config"].get("model") or None
+        out = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
+        try:
+            T.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=T.models_dir(ctx.store))
+        except T.TrainError as exc:
+            return None, error_text(exc)
+        archive = shutil.make_archive(str(out), "zip", out)
+        return archive, f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}) with its model card."
+
+    export.click(on_export, [run, merged], [files, export_msg])
+
+    def on_push(job_id, repo):
+        adapter = adapter_of(job_id)
+        if not (repo or "").strip():
+            return error_text(ValueError("give a repository id, e.g. me/pirate-adapter"))
+        try:
+            return f"Pushed to {T.push_to_hub(adapter, repo.strip())}"
+        except Exception as exc:  # no token, network, permissions: shown, not raised
+            return error_text(exc)
+
+    push.click(on_push, [run, hub_id], export_msg)

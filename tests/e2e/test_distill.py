@@ -1,0 +1,53 @@
+"""Start a short training run from the browser, watch its progress and plots, reload the page and
+find the run again (the tab re-attaches from the store). Uses the tiny test model, so it is quick."""
+
+import pytest
+
+from tests.e2e.conftest import start_app, stop_app
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def distill_url(tmp_path_factory, tiny_checkpoint):
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    workspace = tmp_path_factory.mktemp("e2e-distill")
+    with Store(workspace) as store:
+        c = load("assets/constitutions/pirate.yaml")
+        store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
+    proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
+    yield url
+    stop_app(proc)
+
+
+def open_tab(page, url):
+    page.goto(url)
+    page.get_by_role("tab", name="Distill").click()
+    page.wait_for_function("document.querySelector('#train-version input')?.value.includes('pirate')")
+
+
+def test_start_watch_reload(browser, distill_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(90_000)
+    open_tab(page, distill_url)
+    for name, value in {"steps": "6", "sample-tokens": "8", "max-prompts": "12", "batch-size": "4"}.items():
+        page.locator(f"#train-{name} input").fill(value)
+    page.locator("#train-quantize").get_by_text("none", exact=True).click()
+    page.locator("#train-start").click()
+    page.wait_for_selector("#train-status >> text=Run 1")
+    page.wait_for_selector("#train-status >> text=done", timeout=180_000)
+    page.wait_for_selector("#train-status >> text=gap closed")
+    page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
+    page.wait_for_selector("#train-heldout-plot canvas, #train-heldout-plot svg")
+    assert "done" in page.locator("#train-runs").inner_text()
+
+    page.reload()
+    open_tab(page, distill_url)
+    page.wait_for_selector("#train-status >> text=Run 1")
+    page.wait_for_selector("#train-status >> text=gap closed")
+    page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
+    assert "step 6/6" in page.locator("#train-status").inner_text()
+    context.close()
