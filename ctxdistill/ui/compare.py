@@ -206,15 +206,18 @@ def build(ctx: AppContext) -> None:
         owner = ctx.owner(request)
         if not version_id:
             raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
-        ctx.limit(prompts=int(n or 0) or None, max_new_tokens=int(tokens or 0))
+        ctx.constitution(version_id, request)  # the visitor's own version and runs only
+        for run_id in run_ids or []:
+            ctx.job(run_id, request)
         cfg = E.EvalConfig(constitution_id=int(version_id), runs=[int(r) for r in run_ids or []],
                            prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
                            sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
                            model=ctx.model_spec or "", owner=owner)
         try:
-            E.plan(cfg, ctx.store)
+            the_plan = E.plan(cfg, ctx.store)
         except E.EvalError as exc:
             raise gr.Error(str(exc)) from None
+        ctx.limit(prompts=len(the_plan.prompts), max_new_tokens=cfg.sample_tokens)
         return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
     start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge], job_id)

@@ -69,3 +69,19 @@ def test_blind_votes_with_the_keyboard(browser, compare_url):
     page.wait_for_selector("#ab-progress >> text=3 of 6 reviewed")
     assert "3 votes" in page.locator("#ab-tally").inner_text()
     context.close()
+
+
+def test_principle_influence_from_the_constitution_tab(browser, compare_url):
+    url, _ = compare_url
+    context = browser.new_context(viewport={"width": 1400, "height": 1400})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#c-name textarea, #c-name input')?.value === 'pirate'")
+    page.locator("#c-influence").click()
+    page.wait_for_function("document.querySelector('#influence-table')?.innerText.includes('(preamble)')")
+    assert page.get_by_role("tab", name="Compare").get_attribute("aria-selected") == "true"
+    table = page.locator("#influence-table").inner_text()
+    assert all(name in table for name in ("arr", "voice", "(preamble)"))
+    page.wait_for_selector("#influence-plot img, #influence-plot canvas, #influence-plot svg")
+    context.close()
