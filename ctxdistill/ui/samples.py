@@ -160,6 +160,8 @@ def build(ctx: AppContext) -> None:
     with gr.Accordion("Export accepted samples", open=False):
         with gr.Row():
             export_fmt = gr.Radio(list(curate.EXPORT_FORMATS), value="messages", label="Format", elem_id="review-export-format")
+            hub_id = gr.Textbox(label="Also push to the Hub as (datasets format, needs HF_TOKEN)", placeholder="owner/name",
+                                elem_id="review-export-hub")
             export = gr.Button("Export", elem_id="review-export")
         export_file = gr.File(label="Download", elem_id="review-export-file")
         export_msg = gr.Markdown(elem_id="review-export-msg")
@@ -309,7 +311,7 @@ def build(ctx: AppContext) -> None:
 
     reflag.click(on_reflag, [queue, pos, *filters], view)
 
-    def on_export(request: gr.Request, fmt, *filter_values):
+    def on_export(request: gr.Request, fmt, hub, *filter_values):
         owner = ctx.owner(request)
         f = filters_of(*filter_values)
         if f["constitution_id"] is None:
@@ -317,8 +319,9 @@ def build(ctx: AppContext) -> None:
         suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
         out = ctx.store.home / "exports" / f"v{f['constitution_id']}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
         try:
-            r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner)
-        except ValueError as exc:
+            r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner,
+                              hub_id=(hub or "").strip() or None)
+        except Exception as exc:  # a bad format or filter, and from the hub: no token, network, permissions
             return None, f"**Not exported:** {exc}"
         # the download: the export and its manifest in one archive, from a temporary directory
         bundle = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / out.name
@@ -332,6 +335,6 @@ def build(ctx: AppContext) -> None:
         c = r["counts"]
         return archive, (f"Exported **{c['exported']}** accepted samples of v{r['constitution_id']} "
                          f"({r['constitution_name']}) as {fmt} to `{r['path']}`; {c['pending']} pending and "
-                         f"{c['rejected']} rejected left out.")
+                         f"{c['rejected']} rejected left out." + (f" Pushed to {r['hub_id']}." if "hub_id" in r else ""))
 
-    export.click(on_export, [export_fmt, *filters], [export_file, export_msg])
+    export.click(on_export, [export_fmt, hub_id, *filters], [export_file, export_msg])

@@ -99,6 +99,11 @@ def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, workspac
         assert {s["prompt"]: s["status"] for s in store.list_samples()}["Question 3?"] == "accepted"
     other.context.close()
 
+    page.get_by_text("Export accepted samples").click()
+    page.locator("#review-export").click()
+    wait_text(page, "#review-export-msg", "Exported 3 accepted samples")
+    page.wait_for_selector("#review-export-file a")     # the zip with the JSONL and its manifest
+
 
 def test_data_tab_runs_a_sampling_job(page):
     page.get_by_role("tab", name="Data", exact=True).click()
