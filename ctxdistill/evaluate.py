@@ -492,13 +492,29 @@ def judge(model, tokenizer, rules: list[str], prompts: list[str], answers: list[
     return out
 
 
+def rank_auc(scores, labels) -> float:
+    """P(score of a positive > score of a negative), ties counting half: 0.5 = no better than chance."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if not len(pos) or not len(neg):
+        return math.nan
+    diff = pos[:, None] - neg[None, :]
+    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
+
+
 def judge_report(constitution, answers: dict[str, list[str]], prompts: list[str], scores: dict, n_boot: int) -> dict:
-    """Adherence per principle and condition, and the judge's agreement with the automatic checks."""
+    """Adherence per principle and condition, and how well the judge matches the automatic checks:
+    agreement of its yes/no with them (against the base rate of always giving the commoner verdict)
+    and the rank AUC of its P(yes) between passing and failing answers."""
     adherence = {p.id: {cond: mean_estimate(scores[cond][p.id], n_boot) for cond in answers} for p in constitution.principles}
-    agree = [float((y > 0.5) == p.check.passes(t))
-             for p in constitution.principles if p.check
+    pairs = [(y, p.check.passes(t)) for p in constitution.principles if p.check
              for cond, texts in answers.items() for y, t in zip(scores[cond][p.id], texts)]
-    return {"adherence": adherence, "agreement_with_checks": mean_estimate(agree, n_boot)}
+    passed = [float(ok) for _, ok in pairs]
+    return {"adherence": adherence,
+            "agreement_with_checks": mean_estimate([float((y > 0.5) == ok) for y, ok in pairs], n_boot),
+            "majority_baseline": max(np.mean(passed), 1 - np.mean(passed)) if pairs else math.nan,
+            "auc_vs_checks": rank_auc([y for y, _ in pairs], [ok for _, ok in pairs]),
+            "yes_rate": float(np.mean([y > 0.5 for y, _ in pairs])) if pairs else math.nan}
 
 
 # --------------------------------------------------------------------------- the evaluation
@@ -867,7 +883,9 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         j = results["judge"]
         rows = [{"principle": pid, **{cond: _fmt(est, pct=True) for cond, est in row.items()}} for pid, row in j["adherence"].items()]
         sections.append(("Model-as-judge", f"Judge: {j['model']}. Agreement with the automatic checks: "
-                         f"{_fmt(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}).\n\n" + _table_md(rows), None))
+                         f"{_fmt(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
+                         f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
+                         f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + _table_md(rows), None))
     if tally and tally["n"]:
         rows = [{"outcome": o, "count": tally["counts"][o], "rate": _fmt(tally["rates"][o], pct=True)} for o in VOTE_OUTCOMES]
         sections.append(("Blind A/B review", _table_md(rows), fig_votes(tally)))

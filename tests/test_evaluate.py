@@ -134,7 +134,7 @@ def _cfg(cid, runs, model, **kw):
 
 def test_evaluation_on_tiny_model_with_adapters(ws):
     store, cid, (untrained, trained), model = ws
-    results = E.run(_cfg(cid, [untrained, trained], model), store)
+    results = E.run(_cfg(cid, [untrained, trained], model, judge=True), store)
     s = results["scores"]
     assert results["conditions"] == ["base", "teacher", f"run {untrained}", f"run {trained}"]
     assert results["n_prompts"] == len(PROMPTS)
@@ -153,6 +153,9 @@ def test_evaluation_on_tiny_model_with_adapters(ws):
     assert len(p0["tokens"]) == len(p0["kl"]["base"]) == len(p0["kl"][f"run {trained}"])
     assert [r["principle"] for r in results["influence"]] and len(results["influence"]) == 4  # preamble + 3
     assert results["runs"][0]["training"]["heldout_kl"] == [[1, 0.4]]
+    judged = results["judge"]
+    assert set(judged["adherence"]["arr"]) == set(results["conditions"]) and 0 <= judged["yes_rate"] <= 1
+    assert judged["agreement_with_checks"]["n"] == 3 * len(results["conditions"]) * len(PROMPTS)
     head = E.headline(results, f"run {trained}")
     assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(head)
     json.dumps(results)  # every number is plain JSON
@@ -243,3 +246,15 @@ def test_cli_eval_prints_the_headline_and_refuses_bad_runs(ws, capsys, tmp_path)
     assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(out)
     assert out["kl_base"] > 0 and set(out["checks"]["arr"]) == {"base", "teacher", f"run {trained}"}
     assert "## Scoreboard" in (tmp_path / "r.md").read_text()
+
+
+def test_judge_reliability_against_checks():
+    c = Constitution("t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!"))])
+    answers = {"base": ["Hello", "Arr! hi", "Hi"], "teacher": ["Arr! yes", "Arr!", "no"]}
+    perfect = {"base": {"arr": [0.1, 0.9, 0.2]}, "teacher": {"arr": [0.8, 0.7, 0.3]}}
+    report = E.judge_report(c, answers, ["q"] * 3, perfect, 100)
+    assert report["agreement_with_checks"]["value"] == 1.0 and report["auc_vs_checks"] == 1.0
+    always_no = {"base": {"arr": [0.2] * 3}, "teacher": {"arr": [0.2] * 3}}
+    report = E.judge_report(c, answers, ["q"] * 3, always_no, 100)
+    assert report["agreement_with_checks"]["value"] == pytest.approx(0.5) == report["majority_baseline"]
+    assert report["auc_vs_checks"] == 0.5 and report["yes_rate"] == 0.0
