@@ -279,14 +279,19 @@ def plan(cfg: EvalConfig, store) -> Plan:
             raise EvalError(f"job {run_id} is a {job['kind']} job, not a training run")
         adapter = runs_adapter(store, run_id)
         if not (adapter / "adapter_model.safetensors").is_file():
-            if job["state"] != "done":
+            if job["state"] in ("queued", "running"):
                 raise EvalError(f"run {run_id} has no adapter yet (it is {job['state']}); wait for it to finish")
+            if job["state"] != "done":
+                raise EvalError(f"run {run_id} ended {job['state']} without an adapter; resume it or train again")
             raise EvalError(f"the adapter of run {run_id} was deleted or is incomplete ({adapter}); train it again")
         model = job["config"].get("model") or ""
         if model != (cfg.model or ""):
             raise EvalError(f"run {run_id} was trained on another base model ({model or 'the default model'}), "
                             f"not {cfg.model or 'the default model'}: evaluate it with --model {model or 'embedded'}")
-        info = json.loads((adapter / RUN_FILE).read_text()) if (adapter / RUN_FILE).is_file() else {}
+        try:
+            info = json.loads((adapter / RUN_FILE).read_text()) if (adapter / RUN_FILE).is_file() else {}
+        except (OSError, ValueError) as exc:
+            raise EvalError(f"the adapter of run {run_id} is corrupt ({adapter / RUN_FILE}: {exc}); train it again") from None
         runs.append({"run": run_id, "adapter": adapter, "config": job["config"], "info": info})
     return Plan(from_dict(row["content"]), row, prompts, retention_prompts, runs)
 
@@ -308,7 +313,8 @@ class Stopped(Exception):
 
 
 def load_students(cfg: EvalConfig, the_plan: Plan, models_dir):
-    """(model, tokenizer, adapter names): the base model with every run's adapter under its own name."""
+    """(model, tokenizer, adapter name per run, quantization): the base model with every run's adapter
+    loaded under its own name; the teacher and the base are the same model with the adapters disabled."""
     from .models import ModelError, load_model
     from .train import AdapterError, check_adapter, load_adapter, resolve_quantize
 

@@ -189,8 +189,8 @@ def test_evaluate_job_stores_one_eval(ws):
     assert "## Evaluation (ctxdistill eval 1)" in card.read_text() and "KL gap closed" in card.read_text()
 
 
-@pytest.mark.parametrize("case", ["deleted adapter", "other base model", "other architecture", "no held-out split",
-                                  "no such run", "not a training run"])
+@pytest.mark.parametrize("case", ["deleted adapter", "failed run", "corrupt run file", "other base model",
+                                  "other architecture", "no held-out split", "no such run", "not a training run"])
 def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
     store, cid, (_, trained), model = ws
     kw = {}
@@ -199,6 +199,15 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
 
         shutil.rmtree(store.runs_dir / str(trained) / "adapter")
         message = "deleted"
+    elif case == "failed run":
+        import shutil
+
+        shutil.rmtree(store.runs_dir / str(trained) / "adapter")
+        store.update_job(trained, state="failed")
+        message = "ended failed without an adapter"
+    elif case == "corrupt run file":
+        (store.runs_dir / str(trained) / "adapter" / T.RUN_FILE).write_text("{not json")
+        message = "corrupt"
     elif case == "other base model":
         store.update_job(trained, config={**store.get_job(trained)["config"], "model": "HuggingFaceTB/SmolLM2-360M"})
         message = "another base model"
