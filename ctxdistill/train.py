@@ -469,6 +469,14 @@ def load_adapter(model, path, trainable: bool = False, name: str = "default"):
         raise AdapterError(f"the adapter in {path} does not fit this model: {exc}") from exc
 
 
+def merged_student(base, adapter_dir):
+    """The student for inference: a separate copy of ``base`` with the adapter merged in, so the
+    shared base model (teacher and unprompted base) stays untouched."""
+    import copy
+
+    return load_adapter(copy.deepcopy(base), adapter_dir).merge_and_unload().eval()
+
+
 def _load_adapter_weights(model, path: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file

@@ -53,6 +53,18 @@ def _runs(ctx: AppContext, owner: str) -> list[dict]:
     return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
 
 
+def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, str]]:
+    """(label, adapter directory) of the finished runs, newest first: the students one can talk to."""
+    out = []
+    for job in _runs(ctx, owner):
+        path = ctx.store.runs_dir / str(job["id"]) / "adapter"
+        if job["state"] == "done" and path.is_dir():
+            gap = (job["result"] or {}).get("gap_closed")
+            out.append((f"run {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
+                        str(path)))
+    return out
+
+
 def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
     rows = []
     for job in _runs(ctx, owner):
@@ -183,6 +195,9 @@ def build(ctx: AppContext) -> None:
                 T.accepted_texts(ctx.store, cfg)
         except (T.TrainError, TypeError, ValueError) as exc:
             raise gr.Error(str(exc))
+        if ctx.caps is not None and not cfg.max_prompts:
+            cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
+        ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts)
         job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
         return run_choices(owner, job_id)
 

@@ -3,15 +3,20 @@ what the constitution changes token by token (per-token KL along the teacher's a
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import gradio as gr
 import pandas as pd
 
 from ctxdistill import constitution as cmod
 from ctxdistill.demo import gpu
-from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, preview_stream
+from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, generate_rows, preview_stream
 from ctxdistill.models import ModelError, context_window, default_models_dir, get_model
 from ctxdistill.sampling import ensure_default_prompts
+from ctxdistill.train import AdapterError, merged_student
 from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
+from ctxdistill.ui.distill import adapter_choices
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
 
@@ -44,6 +49,22 @@ def _stream(spec, models_dir, system: str, prompts: list[str], cfg: SamplingConf
     """The model work alone, with picklable arguments, so ZeroGPU can run it on its GPU."""
     model, tokenizer = get_model(spec, models_dir=models_dir)
     yield from preview_stream(model, tokenizer, system, prompts, cfg)
+
+
+@functools.lru_cache(maxsize=1)
+def _merged(spec, models_dir, adapter: str, stamp: float):
+    model, _ = get_model(spec, models_dir=models_dir)
+    return merged_student(model, adapter)
+
+
+@gpu
+def _student(spec, models_dir, adapter: str, prompt: str, cfg: SamplingConfig) -> list[str]:
+    """The student's answers: base + the run's adapter, without the constitution."""
+    _, tokenizer = get_model(spec, models_dir=models_dir)
+    stamp = (Path(adapter) / "adapter_model.safetensors").stat().st_mtime if Path(adapter).is_dir() else 0.0
+    model = _merged(spec, str(models_dir), adapter, stamp)
+    ids = generate_rows(model, tokenizer, [(None, prompt)] * cfg.n, cfg, sample_index=list(range(cfg.n)))
+    return [tokenizer.decode(a, skip_special_tokens=True) for a in ids]
 
 
 def run_preview(ctx: AppContext, constitution, prompts: list[str], cfg: SamplingConfig):
@@ -94,6 +115,10 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         prompted = gr.Textbox(label="With the constitution (teacher)", lines=8, interactive=False, elem_id="prompted")
         unprompted = gr.Textbox(label="Without it (base model)", lines=8, interactive=False, elem_id="unprompted")
+        student = gr.Textbox(label="Student (base + adapter, no constitution)", lines=8, interactive=False,
+                             elem_id="student")
+    student_run = gr.Dropdown(label="Student: a finished training run's adapter (third column)", choices=[],
+                              elem_id="student-run")
     divergence = gr.HighlightedText(label="What the constitution changes (darker = larger KL)", combine_adjacent=False,
                                     show_legend=False, elem_id="divergence")
     mean = gr.Markdown(elem_id="mean-kl")
@@ -109,18 +134,25 @@ def build(ctx: AppContext) -> None:
     settings = [greedy, temperature, top_p, seed, max_new, samples]
     pick.input(lambda text: text, pick, prompt)
 
-    def single(draft, text, *values):
+    def single(draft, text, adapter, *values):
         cfg = sampling_config(*values)
         for result in run_preview(ctx, draft, [text], cfg):
             pieces = highlight(result.tokens[0][0], result.kl[0][0]) if result.done else []
             summary = (f"**Mean KL:** {result.mean_kl:.3f} nats/token over {sum(len(k) for k in result.kl[0])} "
                        "tokens of the teacher's answer") if result.done else "generating…"
-            yield _join(result.prompted[0]), _join(result.unprompted[0]), pieces, summary
+            waiting = "generating…" if adapter else "pick a training run to see its student"
+            yield _join(result.prompted[0]), _join(result.unprompted[0]), waiting, pieces, summary
+        if adapter:
+            try:
+                answers = _student(ctx.model_spec, default_models_dir(ctx.home), adapter, text, cfg)
+            except (ModelError, AdapterError) as exc:
+                raise gr.Error(str(exc)) from exc
+            yield _join(result.prompted[0]), _join(result.unprompted[0]), _join(answers), pieces, summary
 
-    run.click(single, [ctx.draft, prompt, *settings], [prompted, unprompted, divergence, mean],
-              concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-    prompt.submit(single, [ctx.draft, prompt, *settings], [prompted, unprompted, divergence, mean],
-                  concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    outputs = [prompted, unprompted, student, divergence, mean]
+    run.click(single, [ctx.draft, prompt, student_run, *settings], outputs, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    prompt.submit(single, [ctx.draft, prompt, student_run, *settings], outputs, concurrency_id=MODEL_QUEUE,
+                  concurrency_limit=1)
 
     def batch(draft, n, which_split, *values, request: gr.Request):
         texts = prompt_choices(ctx, ctx.owner(request), which_split)[: int(n)]
@@ -142,6 +174,11 @@ def build(ctx: AppContext) -> None:
         return gr.update(choices=prompt_choices(ctx, ctx.owner(request)))
 
     ctx.blocks.load(refresh_choices, None, pick)
+    # runs finish while the page is open: list them whenever the picker is opened
+    def refresh_students(request: gr.Request):
+        return gr.update(choices=adapter_choices(ctx, ctx.owner(request)))
+
+    student_run.focus(refresh_students, None, student_run)
 
     def preview_api(constitution: str, prompt: str, samples: int = 1, seed: int = 0,
                     max_new_tokens: int = 64, temperature: float = 0.0) -> dict:

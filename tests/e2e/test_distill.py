@@ -50,4 +50,13 @@ def test_start_watch_reload(browser, distill_url):
     page.wait_for_selector("#train-status >> text=gap closed")
     page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
     assert "step 6/6" in page.locator("#train-status").inner_text()
+
+    # the run's student answers in the Preview tab's third column
+    page.get_by_role("tab", name="Preview").click()
+    page.locator("#student-run input").click()
+    page.get_by_role("option", name="run 1").first.click()
+    page.locator("#prompt textarea").fill("How do I boil an egg?")
+    page.locator("#run-preview").click()
+    page.wait_for_function("(() => { const v = document.querySelector('#student textarea').value;"
+                           " return v && !v.startsWith('generating') && !v.startsWith('pick'); })()")
     context.close()
