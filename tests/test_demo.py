@@ -28,6 +28,16 @@ def callbacks(blocks, api_name: str) -> list:
     return [f.fn for f in blocks.fns.values() if f.api_name == api_name or (f.api_name or "").startswith(api_name + "_")]
 
 
+def tab_callback(blocks, module: str, name: str):
+    """The callback `name` defined in ctxdistill/ui/<module>.py (tabs reuse names like on_export)."""
+    return next(f.fn for f in blocks.fns.values()
+                if f.fn is not None and f.fn.__module__ == f"ctxdistill.ui.{module}" and f.fn.__name__ == name)
+
+
+def element(blocks, elem_id: str):
+    return next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     ctx = AppContext(home=tmp_path_factory.mktemp("demo-ws"), demo=True)
@@ -128,6 +138,24 @@ def test_runs_are_private(app):
     assert ctx.job(a["job"], A)["id"] == a["job"]
     with pytest.raises(gr.Error):
         ctx.job("../../etc", A)
+
+
+def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
+    """A Space's HF_TOKEN is its owner's: no visitor may push with it, whatever the browser sends."""
+    from ctxdistill import train as T
+
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    monkeypatch.setenv("HF_TOKEN", "hf_SpaceOwnersToken0123456789")
+    pushed = []
+    monkeypatch.setattr(T, "push_to_hub", lambda *args, **kw: pushed.append(args))
+    assert not any(element(blocks, e).visible for e in ("train-push", "train-hub-id", "review-export-hub"))
+    with pytest.raises(gr.Error, match="off in the public demo"):
+        tab_callback(blocks, "distill", "on_push")(a["job"], "me/stolen")
+    export = tab_callback(blocks, "samples", "on_export")
+    with pytest.raises(gr.Error, match="off in the public demo"):
+        export(A, "datasets", "me/stolen", a["constitution"], "(any)", "all", "(any)", "(any)", "", 0, 0)
+    assert pushed == []
 
 
 def test_local_mode_shares_one_workspace(tmp_path):

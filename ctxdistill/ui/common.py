@@ -55,6 +55,12 @@ class AppContext:
             except demo_mode.DemoLimit as exc:
                 raise gr.Error(str(exc)) from None
 
+    def local_only(self, what: str) -> None:
+        """gr.Error in demo mode: `what` would act with the Space owner's HF_TOKEN for any visitor."""
+        if self.demo:
+            raise gr.Error(f"{what} is off in the public demo (it would use the Space owner's token). "
+                           "Export and download instead, or duplicate this Space.")
+
     @property
     def upload_bytes(self) -> int:
         return self.caps.upload_bytes if self.caps is not None else LOCAL_UPLOAD_MB << 20

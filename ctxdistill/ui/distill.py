@@ -148,8 +148,9 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             merged = gr.Checkbox(label="Merged 16-bit model instead of the adapter", value=False, elem_id="export-merged")
             export = gr.Button("Export", elem_id="train-export")
-            hub_id = gr.Textbox(label="Hub repository (owner/name)", elem_id="train-hub-id")
-            push = gr.Button("Push to the Hub (needs HF_TOKEN)", elem_id="train-push")
+            # a Space's HF_TOKEN is its owner's: no visitor pushes with it
+            hub_id = gr.Textbox(label="Hub repository (owner/name)", elem_id="train-hub-id", visible=not ctx.demo)
+            push = gr.Button("Push to the Hub (needs HF_TOKEN)", elem_id="train-push", visible=not ctx.demo)
         files = gr.File(label="Download", elem_id="train-export-file")
         export_msg = gr.Markdown(elem_id="train-export-msg")
 
@@ -240,6 +241,7 @@ def build(ctx: AppContext) -> None:
     export.click(on_export, [run, merged], [files, export_msg])
 
     def on_push(job_id, repo):
+        ctx.local_only("Pushing to the Hub")
         adapter = adapter_of(job_id)
         if not (repo or "").strip():
             return error_text(ValueError("give a repository id, e.g. me/pirate-adapter"))

@@ -161,7 +161,7 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             export_fmt = gr.Radio(list(curate.EXPORT_FORMATS), value="messages", label="Format", elem_id="review-export-format")
             hub_id = gr.Textbox(label="Also push to the Hub as (datasets format, needs HF_TOKEN)", placeholder="owner/name",
-                                elem_id="review-export-hub")
+                                elem_id="review-export-hub", visible=not ctx.demo)
             export = gr.Button("Export", elem_id="review-export")
         export_file = gr.File(label="Download", elem_id="review-export-file")
         export_msg = gr.Markdown(elem_id="review-export-msg")
@@ -316,6 +316,8 @@ def build(ctx: AppContext) -> None:
         f = filters_of(*filter_values)
         if f["constitution_id"] is None:
             raise gr.Error("Pick a constitution version first.")
+        if (hub or "").strip():
+            ctx.local_only("Pushing to the Hub")
         suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
         out = ctx.store.home / "exports" / f"v{f['constitution_id']}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
         try:
