@@ -549,7 +549,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     total = n * (2 + len(runs)) + n + (0 if shared_retention else 2 * len(retention_texts)) + n_influence
     done = [0]
     timing: dict[str, float] = {}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
 
     def tick(k: int, message: str):
         if hooks.should_stop():
@@ -616,6 +616,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         "length": {cond: text_summary(answers[cond], [len(a) for a in ids[cond]], b) for cond in conditions},
     }
     timing["total_s"] = time.perf_counter() - started
+    timing["cpu_s"] = time.process_time() - cpu_started  # all threads: on a busy machine, the work itself
     return {
         "constitution": {"id": the_plan.constitution_row["id"], "name": c.name, "hash": content_hash(c),
                          "system_prompt": system},
