@@ -14,6 +14,7 @@ from ctxdistill import constitution as cmod
 from ctxdistill import demo
 from ctxdistill.ui.app import build_app
 from ctxdistill.ui.common import AppContext
+from ctxdistill.ui.distill import adapter_choices
 
 PIRATE = Path(__file__).resolve().parents[1] / "assets" / "constitutions" / "pirate.yaml"
 A, B = SimpleNamespace(session_hash="visitor-a"), SimpleNamespace(session_hash="visitor-b")
@@ -140,6 +141,58 @@ def test_runs_are_private(app):
         ctx.job("../../etc", A)
 
 
+def test_distill_callbacks_only_touch_the_visitors_runs(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    run_dir = ctx.store.runs_dir / str(a["job"])
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "log.txt").write_text("step 1: a's secret log line\n")
+    ctx.store.log_metrics(a["job"], 1, {"loss": 1.5})
+    poll = tab_callback(blocks, "distill", "poll")
+    status, loss, _, log, runs = poll(a["job"], request=B)
+    assert "No run yet" in status and loss.empty and log == "" and a["job"] not in list(runs["run"])
+    status, loss, _, log, runs = poll(a["job"], request=A)
+    assert f"Run {a['job']}" in status and list(loss["value"]) == [1.5] and "secret" in log
+    for name, args in (("on_stop", (a["job"],)), ("on_resume", (a["job"],)), ("on_export", (a["job"], False))):
+        with pytest.raises(gr.Error, match="No run or job"):
+            tab_callback(blocks, "distill", name)(*args, request=B)
+    assert not ctx.store.get_job(a["job"])["cancel_requested"]
+    assert [c[1] for c in adapter_choices(ctx, B.session_hash)] == []
+
+
+def start_values(blocks, **overrides) -> dict:
+    """The Distill form's {component: value} dict with some fields (by elem_id suffix) overridden."""
+    fn = next(f for f in blocks.fns.values() if f.fn is not None and f.fn.__name__ == "on_start"
+              and f.fn.__module__ == "ctxdistill.ui.distill")
+    values = {c: c.value for c in fn.inputs}
+    for key, value in overrides.items():
+        values[element(blocks, "train-" + key.replace("_", "-"))] = value
+    return values
+
+
+def test_distill_form_is_capped(app, monkeypatch):
+    from ctxdistill.ui import distill
+
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    submitted = []
+    monkeypatch.setattr(distill.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
+    start = tab_callback(blocks, "distill", "on_start")
+    assert element(blocks, "train-steps").maximum == ctx.caps.steps >= element(blocks, "train-steps").value
+    assert element(blocks, "train-sample-tokens").maximum == ctx.caps.max_new_tokens
+    with pytest.raises(gr.Error, match="No constitution version"):
+        start(start_values(blocks, version=a["constitution"]), request=B)
+    with pytest.raises(gr.Error, match="steps 41 > 40"):
+        start(start_values(blocks, version=a["constitution"], steps=41), request=A)
+    with pytest.raises(gr.Error, match="max new tokens 500 > 64"):
+        start(start_values(blocks, version=a["constitution"], sample_tokens=500), request=A)
+    with pytest.raises(gr.Error, match="prompts 1000 > 48"):
+        start(start_values(blocks, version=a["constitution"], max_prompts=1000), request=A)
+    assert submitted == []
+    start(start_values(blocks, version=a["constitution"]), request=A)   # the demo's own defaults fit its caps
+    assert submitted[0]["steps"] <= ctx.caps.steps and submitted[0]["max_prompts"] == ctx.caps.prompts
+
+
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
     """A Space's HF_TOKEN is its owner's: no visitor may push with it, whatever the browser sends."""
     from ctxdistill import train as T
@@ -151,7 +204,7 @@ def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
     monkeypatch.setattr(T, "push_to_hub", lambda *args, **kw: pushed.append(args))
     assert not any(element(blocks, e).visible for e in ("train-push", "train-hub-id", "review-export-hub"))
     with pytest.raises(gr.Error, match="off in the public demo"):
-        tab_callback(blocks, "distill", "on_push")(a["job"], "me/stolen")
+        tab_callback(blocks, "distill", "on_push")(a["job"], "me/stolen", request=A)
     export = tab_callback(blocks, "samples", "on_export")
     with pytest.raises(gr.Error, match="off in the public demo"):
         export(A, "datasets", "me/stolen", a["constitution"], "(any)", "all", "(any)", "(any)", "", 0, 0)

@@ -72,14 +72,21 @@ class AppContext:
         except UnsafeInput as exc:
             raise gr.Error(str(exc)) from None
 
-    def job(self, job_id, request: gr.Request | None) -> dict:
-        """The visitor's own job (refreshed), or gr.Error: ids typed into the API are not trusted."""
+    def find_job(self, job_id, request: gr.Request | None) -> dict | None:
+        """The visitor's own job (refreshed), or None: what a timer polls, quietly."""
         from ctxdistill import jobs
 
         try:
             return jobs.get(self.store, int(job_id), owner=self.owner(request))
         except (NotFound, TypeError, ValueError):
-            raise gr.Error(f"No run or job {job_id!r} here.") from None
+            return None
+
+    def job(self, job_id, request: gr.Request | None) -> dict:
+        """The visitor's own job (refreshed), or gr.Error: ids typed into the API are not trusted."""
+        job = self.find_job(job_id, request)
+        if job is None:
+            raise gr.Error(f"No run or job {job_id!r} here.")
+        return job
 
     def constitution(self, version_id, request: gr.Request | None) -> dict:
         """The visitor's own constitution version, or gr.Error."""

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ctxdistill import jobs
 from ctxdistill import train as T
+from ctxdistill.safety import safe_path
 from ctxdistill.ui.common import AppContext, error_text
 
 POLL_S = 1.0
@@ -32,7 +33,7 @@ def _help(name: str) -> str:
     return next(f.metadata.get("help", "") for f in fields(T.TrainConfig) if f.name == name)
 
 
-def _widget(name: str, default):
+def _widget(name: str, default, cap: int | None = None):
     label = name.replace("_", " ").capitalize()
     kw = dict(label=label, info=_help(name), elem_id=f"train-{name.replace('_', '-')}")
     if name in CHOICES:
@@ -40,7 +41,7 @@ def _widget(name: str, default):
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **kw)
     if isinstance(default, int):
-        return gr.Number(value=default, precision=0, **kw)
+        return gr.Number(value=default if cap is None else min(default, cap), precision=0, maximum=cap, **kw)
     return gr.Number(value=default, **kw)
 
 
@@ -53,11 +54,16 @@ def _runs(ctx: AppContext, owner: str) -> list[dict]:
     return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
 
 
+def adapter_dir(ctx: AppContext, job: dict) -> Path:
+    """Where a run's adapter lives (the job already checked to be the visitor's own)."""
+    return safe_path(ctx.store.runs_dir, f"{int(job['id'])}/adapter")
+
+
 def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, str]]:
     """(label, adapter directory) of the finished runs, newest first: the students one can talk to."""
     out = []
     for job in _runs(ctx, owner):
-        path = ctx.store.runs_dir / str(job["id"]) / "adapter"
+        path = adapter_dir(ctx, job)
         if job["state"] == "done" and path.is_dir():
             gap = (job["result"] or {}).get("gap_closed")
             out.append((f"run {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
@@ -108,7 +114,7 @@ def status_html(job: dict | None) -> str:
 def log_tail(ctx: AppContext, job_id: int | None, lines: int = 15) -> str:
     if not job_id:
         return ""
-    path = ctx.store.runs_dir / str(job_id) / "log.txt"
+    path = safe_path(ctx.store.runs_dir, f"{int(job_id)}/log.txt")
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
@@ -117,20 +123,23 @@ def build(ctx: AppContext) -> None:
                 "The defaults train the embedded model on the CPU in a few minutes. The held-out KL is the "
                 "distance between teacher and student on prompts the run never trains on; the run keeps its best step.")
     defaults = T.TrainConfig()
+    caps = ctx.caps
+    # demo caps bound the form itself (gradio refuses a number above its maximum) and on_start
+    form_caps = {"steps": caps.steps, "max_prompts": caps.prompts, "sample_tokens": caps.max_new_tokens} if caps else {}
     with gr.Row():
         version = gr.Dropdown(label="Constitution version", choices=[], elem_id="train-version", scale=2)
         prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id="train-prompt-set", scale=1)
     widgets = {}
     with gr.Row():
         for name in FORM[:4]:
-            widgets[name] = _widget(name, getattr(defaults, name))
+            widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
     with gr.Row():
         for name in FORM[4:10]:
-            widgets[name] = _widget(name, getattr(defaults, name))
+            widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             for name in FORM[10:]:
-                widgets[name] = _widget(name, getattr(defaults, name))
+                widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -168,14 +177,10 @@ def build(ctx: AppContext) -> None:
 
     def poll(job_id, request: gr.Request):
         owner = ctx.owner(request)
-        job = None
-        if job_id:
-            try:
-                job = jobs.get(ctx.store, int(job_id))
-            except jobs.StoreError:
-                job = None
-        loss, heldout = metrics_frames(ctx, job_id)
-        return status_html(job), loss, heldout, log_tail(ctx, job_id), runs_table(ctx, owner)
+        job = ctx.find_job(job_id, request) if job_id else None
+        run_id = job["id"] if job else None
+        loss, heldout = metrics_frames(ctx, run_id)
+        return status_html(job), loss, heldout, log_tail(ctx, run_id), runs_table(ctx, owner)
 
     outputs = [status, loss_plot, heldout_plot, log, runs]
     gr.Timer(POLL_S).tick(poll, run, outputs, show_progress="hidden", queue=False)
@@ -187,6 +192,7 @@ def build(ctx: AppContext) -> None:
         version_id, set_name = values[version], values[prompt_set]
         if not version_id:
             raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+        ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
         form = {name: values[widget] for name, widget in widgets.items()}
         form = {k: (int(v) if type(getattr(defaults, k)) is int and v is not None else v) for k, v in form.items()}
         try:
@@ -198,38 +204,44 @@ def build(ctx: AppContext) -> None:
             raise gr.Error(str(exc))
         if ctx.caps is not None and not cfg.max_prompts:
             cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
-        ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts)
+        ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts, max_new_tokens=cfg.sample_tokens,
+                  samples=cfg.samples_per_prompt)
         job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
         return run_choices(owner, job_id)
 
     start.click(on_start, {version, prompt_set, *widgets.values()}, run)
 
-    def on_stop(job_id):
+    def on_stop(job_id, request: gr.Request):
         if job_id:
-            jobs.cancel(ctx.store, int(job_id), grace_s=30)
+            jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=30)
 
     stop.click(on_stop, run, None)
 
     def on_resume(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("Pick a run to resume.")
+        job_id = ctx.job(job_id, request)["id"]
         try:
-            jobs.resume(ctx.store, int(job_id))
+            jobs.resume(ctx.store, job_id)
         except jobs.StoreError as exc:
             raise gr.Error(str(exc))
-        return run_choices(ctx.owner(request), int(job_id))
+        return run_choices(ctx.owner(request), job_id)
 
     resume.click(on_resume, run, run)
 
-    def adapter_of(job_id) -> Path:
-        path = ctx.store.runs_dir / str(job_id) / "adapter" if job_id else None
-        if path is None or not path.is_dir():
+    def adapter_of(job_id, request: gr.Request) -> tuple[dict, Path]:
+        """The visitor's own run and its finished adapter, or gr.Error."""
+        if not job_id:
+            raise gr.Error("Pick a run first.")
+        job = ctx.job(job_id, request)
+        path = adapter_dir(ctx, job)
+        if not path.is_dir():
             raise gr.Error("This run has no finished adapter yet.")
-        return path
+        return job, path
 
-    def on_export(job_id, as_merged):
-        adapter = adapter_of(job_id)
-        spec = ctx.store.get_job(int(job_id))["config"].get("model") or None
+    def on_export(job_id, as_merged, request: gr.Request):
+        job, adapter = adapter_of(job_id, request)
+        job_id, spec = job["id"], job["config"].get("model") or None
         out = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
         try:
             T.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=T.models_dir(ctx.store))
@@ -240,9 +252,9 @@ def build(ctx: AppContext) -> None:
 
     export.click(on_export, [run, merged], [files, export_msg])
 
-    def on_push(job_id, repo):
+    def on_push(job_id, repo, request: gr.Request):
         ctx.local_only("Pushing to the Hub")
-        adapter = adapter_of(job_id)
+        _, adapter = adapter_of(job_id, request)
         if not (repo or "").strip():
             return error_text(ValueError("give a repository id, e.g. me/pirate-adapter"))
         try:
