@@ -341,7 +341,8 @@ def test_accelerate_launch_two_cpu_processes(workspace, tiny_checkpoint):
     env, repo, python = _cli_env(workspace)
     launcher = Path(python).with_name("accelerate")
     assert launcher.exists() or shutil.which("accelerate")
-    out = subprocess.run([str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # --multi_gpu picks the torchrun launcher; without a GPU every process trains on the CPU over gloo
+    out = subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "ctxdistill.cli", "train",
                           "--constitution", "assets/constitutions/pirate.yaml", "--model", str(tiny_checkpoint), *TINY_FLAGS],
                          env=env, cwd=repo, capture_output=True, text=True, timeout=400)
