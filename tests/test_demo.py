@@ -3,6 +3,7 @@ the API (two visitors cannot see, edit or delete each other's constitutions, sam
 
 from __future__ import annotations
 
+import inspect
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -158,6 +159,25 @@ def test_distill_callbacks_only_touch_the_visitors_runs(app):
             tab_callback(blocks, "distill", name)(*args, request=B)
     assert not ctx.store.get_job(a["job"])["cancel_requested"]
     assert [c[1] for c in adapter_choices(ctx, B.session_hash)] == []
+
+
+def test_preview_student_is_the_visitors_own_run(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    single = tab_callback(blocks, "preview", "single")
+    with pytest.raises(gr.Error, match="No run or job"):
+        next(single({}, "hi", a["job"], B, True, 0.7, 0.95, 0, 8, 1))
+    with pytest.raises(gr.Error, match="No run or job"):
+        next(single({}, "hi", "../../etc", A, True, 0.7, 0.95, 0, 8, 1))
+
+
+def test_every_callback_is_given_the_request(app):
+    """gradio fills a gr.Request parameter only when it is positional: one after *args stays unset."""
+    _, blocks = app
+    missed = [f.fn.__qualname__ for f in blocks.fns.values() if f.fn is not None
+              for p in inspect.signature(f.fn).parameters.values()
+              if p.kind is p.KEYWORD_ONLY and "Request" in str(p.annotation)]
+    assert missed == []
 
 
 def start_values(blocks, **overrides) -> dict:

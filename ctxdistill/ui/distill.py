@@ -59,15 +59,15 @@ def adapter_dir(ctx: AppContext, job: dict) -> Path:
     return safe_path(ctx.store.runs_dir, f"{int(job['id'])}/adapter")
 
 
-def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, str]]:
-    """(label, adapter directory) of the finished runs, newest first: the students one can talk to."""
+def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    """(label, run id) of the finished runs with an adapter, newest first: the students one can talk to."""
     out = []
     for job in _runs(ctx, owner):
         path = adapter_dir(ctx, job)
         if job["state"] == "done" and path.is_dir():
             gap = (job["result"] or {}).get("gap_closed")
             out.append((f"run {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
-                        str(path)))
+                        job["id"]))
     return out
 
 

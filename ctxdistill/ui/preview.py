@@ -16,7 +16,7 @@ from ctxdistill.models import ModelError, context_window, default_models_dir, ge
 from ctxdistill.sampling import ensure_default_prompts
 from ctxdistill.train import AdapterError, merged_student
 from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
-from ctxdistill.ui.distill import adapter_choices
+from ctxdistill.ui.distill import adapter_choices, adapter_dir
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
 
@@ -134,7 +134,9 @@ def build(ctx: AppContext) -> None:
     settings = [greedy, temperature, top_p, seed, max_new, samples]
     pick.input(lambda text: text, pick, prompt)
 
-    def single(draft, text, adapter, *values):
+    def single(draft, text, run_id, request: gr.Request, *values):  # gradio injects a Request only before *args
+        # the browser sends a run id; the adapter directory comes from the visitor's own run
+        adapter = str(adapter_dir(ctx, ctx.job(run_id, request))) if run_id else None
         cfg = sampling_config(*values)
         for result in run_preview(ctx, draft, [text], cfg):
             pieces = highlight(result.tokens[0][0], result.kl[0][0]) if result.done else []
@@ -154,7 +156,7 @@ def build(ctx: AppContext) -> None:
     prompt.submit(single, [ctx.draft, prompt, student_run, *settings], outputs, concurrency_id=MODEL_QUEUE,
                   concurrency_limit=1)
 
-    def batch(draft, n, which_split, *values, request: gr.Request):
+    def batch(draft, n, which_split, request: gr.Request, *values):
         texts = prompt_choices(ctx, ctx.owner(request), which_split)[: int(n)]
         if not texts:
             raise gr.Error(f"The prompt set has no {which_split} prompts.")
