@@ -349,3 +349,37 @@ def test_accelerate_launch_two_cpu_processes(workspace, tiny_checkpoint):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
     assert result["processes"] == 2 and math.isfinite(result["heldout_kl_after"])
+
+
+def test_worker_killed_is_marked_failed_and_resumes_from_its_checkpoint(workspace, tiny_checkpoint):
+    import os
+    import signal
+    import time
+
+    from ctxdistill import jobs
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(workspace)
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cfg = T.TrainConfig(constitution_id=cid, model=str(tiny_checkpoint), quantize="none", steps=40, max_prompts=8,
+                        sample_tokens=6, eval_prompts=2, batch_size=2, eval_every=0, checkpoint_every=2)
+    job_id = jobs.submit(store, "train", cfg.to_dict())
+    run_dir = store.runs_dir / str(job_id)
+    deadline = time.time() + 180
+    while T.latest_checkpoint(run_dir) is None:
+        assert time.time() < deadline and store.get_job(job_id)["state"] in ("queued", "running"), store.get_job(job_id)
+        time.sleep(0.2)
+    os.kill(store.get_job(job_id)["pid"], signal.SIGKILL)
+    killed_at = time.time()
+    while jobs.get(store, job_id)["state"] == "running":
+        time.sleep(0.2)
+    assert jobs.get(store, job_id)["state"] == "failed" and time.time() - killed_at < 10
+    kept = int(T.latest_checkpoint(run_dir).name.split("-")[1])
+    jobs.resume(store, job_id)
+    job = jobs.wait(store, job_id, timeout=300)
+    assert job["state"] == "done", job["error"]
+    assert job["result"]["step"] == 40
+    log = (run_dir / "log.txt").read_text()
+    assert f"resumed from step-{kept:06d}" in log
