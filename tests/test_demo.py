@@ -213,6 +213,75 @@ def test_distill_form_is_capped(app, monkeypatch):
     assert submitted[0]["steps"] <= ctx.caps.steps and submitted[0]["max_prompts"] == ctx.caps.prompts
 
 
+def test_data_callbacks_only_touch_the_visitors_jobs_and_versions(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    data = lambda name: tab_callback(blocks, "data", name)
+    assert "No sampling or revise job" in data("poll")(a["job"], request=B)
+    assert f"Job {a['job']}" in data("poll")(a["job"], request=A)
+    for name in ("on_cancel", "on_resume"):
+        with pytest.raises(gr.Error, match="No run or job"):
+            data(name)(a["job"], request=B)
+    assert not ctx.store.get_job(a["job"])["cancel_requested"]
+    with pytest.raises(gr.Error, match="No constitution version"):
+        data("on_generate")(a["constitution"], "default", "", 0, 1, 32, 0.7, 0.95, 4, request=B)
+    with pytest.raises(gr.Error, match="No constitution version"):
+        data("on_revise")(a["constitution"], "", 1, "cycle", "unprompted", 32, 0.7, 0.95, request=B)
+
+
+def test_data_forms_are_capped(app, monkeypatch):
+    from ctxdistill.ui import data
+
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    generate = tab_callback(blocks, "data", "on_generate")
+    for args, message in (((0, 3, 32), "samples 3 > 2"), ((0, 1, 500), "max new tokens 500 > 64"),
+                          ((100, 1, 32), "prompts 100 > 48")):
+        limit, n, max_new = args
+        with pytest.raises(gr.Error, match=message):
+            generate(a["constitution"], "default", "", limit, n, max_new, 0.7, 0.95, 4, request=A)
+    with pytest.raises(gr.Error, match="max new tokens 500 > 64"):
+        tab_callback(blocks, "data", "on_revise")(a["constitution"], "", 1, "cycle", "unprompted", 500, 0.7, 0.95, request=A)
+    assert element(blocks, "gen-max-new-tokens").maximum == element(blocks, "rev-max-new-tokens").maximum == 64
+    assert element(blocks, "gen-n").maximum == ctx.caps.samples
+    submitted = []
+    monkeypatch.setattr(data.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
+    generate(a["constitution"], f"set-{A.session_hash}", "", 0, 1, element(blocks, "gen-max-new-tokens").value, 0.7, 0.95, 4,
+             request=A)
+    assert submitted[0]["limit"] == ctx.caps.prompts    # "all" is as many as the demo allows
+
+
+def test_data_import_takes_checked_uploads_only_in_demo_mode(app, tmp_path):
+    ctx, blocks = app
+    on_import, on_source = (tab_callback(blocks, "data", name) for name in ("on_import", "on_source"))
+    assert not element(blocks, "data-dataset-path").visible
+    secret = tmp_path / "server-side"
+    secret.mkdir()
+    (secret / "prompts.csv").write_text("prompt\nthe server's own file\n")
+    for path in (str(secret), str(secret / "prompts.csv"), "/etc", "someone/a-big-hub-dataset"):
+        with pytest.raises(gr.Error, match="uploaded files only"):
+            on_source(None, path)
+        with pytest.raises(gr.Error, match="uploaded files only"):
+            on_import(None, path, "stolen", None, "(none)", 0.1, False, request=A)
+    exe = tmp_path / "prompts.exe"
+    exe.write_bytes(b"MZ\x90\x00")
+    big = tmp_path / "big.csv"
+    big.write_text("prompt\n" + "a long prompt line\n" * 200_000)
+    many = tmp_path / "many.csv"
+    many.write_text("prompt\n" + "".join(f"prompt number {i}\n" for i in range(60)))
+    for path, message in ((exe, "not accepted"), (big, "limited")):
+        with pytest.raises(gr.Error, match=message):
+            on_import(str(path), "", "x", "prompt", "(none)", 0.1, False, request=A)
+    msg, *_ = on_import(str(many), "", "many", "prompt", "(none)", 0.1, False, request=A)
+    assert "Not imported" in msg and "prompts 60 > 48" in msg
+    assert "many" not in [s["name"] for s in ctx.store.prompt_sets(owner=A.session_hash)]
+    ok = tmp_path / "few.csv"
+    ok.write_text("prompt\nfirst\nsecond\nthird\n")
+    msg, *_ = on_import(str(ok), "", "few", "prompt", "(none)", 0.0, False, request=A)
+    assert "Added **3** prompts" in msg
+    assert [s["name"] for s in ctx.store.prompt_sets(owner=B.session_hash)] in ([], ["default"])
+
+
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
     """A Space's HF_TOKEN is its owner's: no visitor may push with it, whatever the browser sends."""
     from ctxdistill import train as T
@@ -237,6 +306,14 @@ def test_local_mode_shares_one_workspace(tmp_path):
     seed(ctx, "")
     versions = callback(blocks, "versions")
     assert versions(request=A) == versions(request=B) != []
+
+
+def test_local_mode_imports_from_a_server_path(tmp_path):
+    blocks = build_app(AppContext(home=tmp_path / "ws", demo=False))
+    (tmp_path / "prompts.csv").write_text("prompt\nfirst\nsecond\n")
+    assert element(blocks, "data-dataset-path").visible
+    column, *_, msg = tab_callback(blocks, "data", "on_source")(None, str(tmp_path / "prompts.csv"))
+    assert msg.startswith("2 records")
 
 
 def test_two_api_clients_are_two_visitors(app):

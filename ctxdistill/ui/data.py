@@ -31,6 +31,7 @@ POLL_S = 1.0
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
 SET_COLUMNS = ["set", "train", "held-out", "source"]
+UPLOAD_TYPES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".parquet")
 
 
 def sets_table(ctx: AppContext, owner: str) -> pd.DataFrame:
@@ -66,11 +67,17 @@ def job_html(job: dict | None) -> str:
     return f"<div id='data-job-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
 
 
-def _source(upload, dataset_path) -> str:
-    source = upload or (dataset_path or "").strip()
-    if not source:
+def _source(ctx: AppContext, upload, dataset_path) -> str:
+    """The upload once its type and size are checked or, locally, a datasets directory or hub id
+    (in demo mode a visitor may not read the server's files nor make it download a dataset)."""
+    if upload:
+        return ctx.upload(upload, UPLOAD_TYPES)
+    path = (dataset_path or "").strip()
+    if path and ctx.demo:
+        raise gr.Error("The public demo imports uploaded files only.")
+    if not path:
         raise gr.Error("Upload a file, or give a datasets directory or hub id.")
-    return source
+    return path
 
 
 def build(ctx: AppContext) -> None:
@@ -80,11 +87,11 @@ def build(ctx: AppContext) -> None:
     sets = gr.Dataframe(headers=SET_COLUMNS, interactive=False, elem_id="data-sets")
     with gr.Accordion("Import prompts", open=False):
         with gr.Row():
-            upload = gr.File(label="CSV, TSV, JSONL, JSON, TXT or Parquet", type="filepath",
-                             file_types=[".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".parquet"],
+            upload = gr.File(label="CSV, TSV, JSONL, JSON, TXT or Parquet", type="filepath", file_types=list(UPLOAD_TYPES),
                              elem_id="data-upload")
             with gr.Column():
-                dataset_path = gr.Textbox(label="…or a datasets directory / hub id", elem_id="data-dataset-path")
+                dataset_path = gr.Textbox(label="…or a datasets directory / hub id", elem_id="data-dataset-path",
+                                          visible=not ctx.demo)
                 set_name = gr.Textbox(label="Prompt set name", elem_id="data-set-name")
                 recipe = gr.Checkbox(label="HF constitutional-AI recipe dataset (init_prompt, init_response, critic_*, "
                                            "revision_*): bring its samples into the review queue", elem_id="data-recipe")
@@ -101,14 +108,18 @@ def build(ctx: AppContext) -> None:
     gr.Markdown("### Sample the teacher\nEvery train prompt of the set, answered with the constitution (n samples) "
                 "and once without it. Restarting a stopped job continues where it stopped.")
     g = GenerateConfig()
+    caps = ctx.caps  # in demo mode the fields stop at the caps (gradio refuses a number above its maximum)
+    tokens = {"value": min(96, caps.max_new_tokens), "maximum": caps.max_new_tokens} if caps else {"value": 96}
     with gr.Row():
         version = gr.Dropdown(label="Constitution version", choices=[], elem_id="gen-version", scale=2)
         prompt_set = gr.Dropdown(label="Prompt set", choices=[], elem_id="gen-set", scale=1)
         search = gr.Textbox(label="Only prompts containing", elem_id="gen-search", scale=1)
-        limit = gr.Number(label="At most (0 = all)", value=0, precision=0, elem_id="gen-limit", scale=1)
+        limit = gr.Number(label="At most (0 = all)", value=0, precision=0, maximum=caps.prompts if caps else None,
+                          elem_id="gen-limit", scale=1)
     with gr.Row():
-        n = gr.Number(label="Samples per prompt", value=1, precision=0, minimum=1, maximum=16, elem_id="gen-n")
-        max_new = gr.Number(label="Max new tokens", value=96, precision=0, elem_id="gen-max-new-tokens")
+        n = gr.Number(label="Samples per prompt", value=1, precision=0, minimum=1, maximum=caps.samples if caps else 16,
+                      elem_id="gen-n")
+        max_new = gr.Number(label="Max new tokens", precision=0, elem_id="gen-max-new-tokens", **tokens)
         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="gen-temperature")
         top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", elem_id="gen-top-p")
         batch = gr.Number(label="Prompts per batch", value=g.batch_size, precision=0, elem_id="gen-batch")
@@ -120,7 +131,7 @@ def build(ctx: AppContext) -> None:
         rounds = gr.Number(label="Rounds", value=1, precision=0, minimum=1, maximum=8, elem_id="rev-rounds")
         order = gr.Radio(list(ORDERS), value="cycle", label="Principle per round", elem_id="rev-order")
         start_from = gr.Radio(list(STARTS), value="unprompted", label="Start from the answer", elem_id="rev-start")
-        rev_max_new = gr.Number(label="Max new tokens", value=96, precision=0, elem_id="rev-max-new-tokens")
+        rev_max_new = gr.Number(label="Max new tokens", precision=0, elem_id="rev-max-new-tokens", **tokens)
     start_rev = gr.Button("Start critique & revise", elem_id="rev-start-button")
 
     gr.Markdown("### Jobs")
@@ -154,7 +165,7 @@ def build(ctx: AppContext) -> None:
         if not (upload or (dataset_path or "").strip()):
             return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, ""
         try:
-            records = read_table(_source(upload, dataset_path))
+            records = read_table(_source(ctx, upload, dataset_path))
         except ImportFileError as exc:
             return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, f"**Error:** {exc}"
         cols = columns(records)
@@ -169,9 +180,11 @@ def build(ctx: AppContext) -> None:
 
     def on_import(upload, dataset_path, name, col, split_col, frac, as_recipe, request: gr.Request):
         owner = ctx.owner(request)
-        source = _source(upload, dataset_path)
+        source = _source(ctx, upload, dataset_path)
         label = Path(str(source)).name
         try:
+            if ctx.caps is not None:
+                ctx.limit(prompts=len(read_table(source)))
             if as_recipe:
                 r = curate.import_recipe_dataset(ctx.store, source, (name or "").strip() or Path(label).stem, owner=owner)
                 msg = (f"Imported **{r['samples']}** samples ({r['rounds']} revision rounds) into set `{r['set']}`, "
@@ -202,10 +215,14 @@ def build(ctx: AppContext) -> None:
         owner = ctx.owner(request)
         if not version_id:
             raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+        ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
         cfg = GenerateConfig(set_name=set_name_ or "default", constitution_id=int(version_id), search=search_ or "",
                              limit=int(limit_ or 0), batch_size=int(batch_ or 1), model=ctx.model_spec or "",
                              owner=owner, sampling={"n": int(n_ or 1), "max_new_tokens": int(max_new_ or 0),
                                                     "temperature": float(temp), "top_p": float(top_p_)})
+        if ctx.caps is not None and not cfg.limit:
+            cfg.limit = ctx.caps.prompts  # "all" means "as many as the demo allows"
+        ctx.limit(prompts=cfg.limit, samples=cfg.sampling["n"], max_new_tokens=cfg.sampling["max_new_tokens"])
         if not select_prompts(ctx.store, cfg.set_name, search=cfg.search, limit=cfg.limit, owner=owner):
             raise gr.Error(f"Prompt set {cfg.set_name!r} has no train prompts matching the filter.")
         return submit("generate", cfg, request)
@@ -215,10 +232,12 @@ def build(ctx: AppContext) -> None:
     def on_revise(version_id, set_name_, rounds_, order_, start_, max_new_, temp, top_p_, request: gr.Request):
         if not version_id:
             raise gr.Error("Pick a saved constitution version first.")
+        ctx.constitution(version_id, request)
         cfg = ReviseConfig(constitution_id=int(version_id), set_name=set_name_ or "", rounds=int(rounds_ or 1),
                            order=order_, start=start_, model=ctx.model_spec or "", owner=ctx.owner(request),
                            sampling={"max_new_tokens": int(max_new_ or 0), "temperature": float(temp),
-                                     "top_p": float(top_p_)})
+                                     "top_p": float(top_p_)}, limit=ctx.caps.prompts if ctx.caps else 0)
+        ctx.limit(max_new_tokens=cfg.sampling["max_new_tokens"])
         if not ctx.store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
                                        status="pending", owner=cfg.owner)["total"]:
             raise gr.Error("No pending samples for this version and set: start sampling first.")
@@ -226,27 +245,24 @@ def build(ctx: AppContext) -> None:
 
     start_rev.click(on_revise, [version, prompt_set, rounds, order, start_from, rev_max_new, temperature, top_p], job)
 
-    def poll(job_id):
-        if not job_id:
-            return job_html(None)
-        try:
-            return job_html(jobs.get(ctx.store, int(job_id)))
-        except jobs.StoreError:
-            return job_html(None)
+    def poll(job_id, request: gr.Request):
+        return job_html(ctx.find_job(job_id, request))
 
     gr.Timer(POLL_S).tick(poll, job, status, show_progress="hidden", queue=False)
     job.change(poll, job, status, show_progress="hidden")
 
     def on_cancel(job_id, request: gr.Request):
         if job_id:
-            jobs.cancel(ctx.store, int(job_id))
+            job_id = ctx.job(job_id, request)["id"]
+            jobs.cancel(ctx.store, job_id)
         return refresh_lists(request, job_id)[3]
 
     def on_resume(job_id, request: gr.Request):
         if not job_id:
             raise gr.Error("Pick a job to resume.")
+        job_id = ctx.job(job_id, request)["id"]
         try:
-            jobs.resume(ctx.store, int(job_id))
+            jobs.resume(ctx.store, job_id)
         except jobs.StoreError as exc:
             raise gr.Error(str(exc))
         return refresh_lists(request, job_id)[3]

@@ -177,7 +177,7 @@ def build(ctx: AppContext) -> None:
 
     def poll(job_id, request: gr.Request):
         owner = ctx.owner(request)
-        job = ctx.find_job(job_id, request) if job_id else None
+        job = ctx.find_job(job_id, request)
         run_id = job["id"] if job else None
         loss, heldout = metrics_frames(ctx, run_id)
         return status_html(job), loss, heldout, log_tail(ctx, run_id), runs_table(ctx, owner)
