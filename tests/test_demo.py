@@ -282,6 +282,27 @@ def test_data_import_takes_checked_uploads_only_in_demo_mode(app, tmp_path):
     assert [s["name"] for s in ctx.store.prompt_sets(owner=B.session_hash)] in ([], ["default"])
 
 
+def test_review_callbacks_only_touch_the_visitors_samples(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    review = lambda name: tab_callback(blocks, "samples", name)
+    filters = (a["constitution"], "(any)", "all", "(any)", "(any)", "", 0, 0)
+    with pytest.raises(gr.Error, match="No constitution version"):
+        review("principle_choices")(a["constitution"], B)
+    assert review("principle_choices")(a["constitution"], A)["choices"][1:] != []
+    ids, head, _, prompt, *_ = review("load_queue")(B, *filters)
+    assert ids == [] and prompt == ""
+    head, _, prompt, *_ = review("go")(B, [a["sample"]], 0, *filters)     # A's id in B's queue shows nothing
+    assert "hello from" not in prompt
+    row = ctx.store.get_sample(a["sample"])
+    shown = {"id": a["sample"], "version": row["version"], "final": row["final"], "note": row["note"]}
+    *_, message = review("run")(B, "B's words", "", [a["sample"]], 0, shown, *filters)
+    assert "gone" in message and ctx.store.get_sample(a["sample"])["version"] == row["version"]
+    for name, args in (("on_bulk", ("accept_clean", [], 0)), ("on_reflag", ([], 0)), ("on_export", ("csv", ""))):
+        with pytest.raises(gr.Error, match="No constitution version"):
+            review(name)(B, *args, *filters)
+
+
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
     """A Space's HF_TOKEN is its owner's: no visitor may push with it, whatever the browser sends."""
     from ctxdistill import train as T

@@ -186,7 +186,7 @@ def build(ctx: AppContext) -> None:
         if ids:
             at = max(0, min(at, len(ids) - 1))
             try:
-                sample = ctx.store.get_sample(ids[at])
+                sample = ctx.store.get_sample(ids[at], owner=owner)
             except NotFound:
                 msg = msg or "This sample was deleted; press Reload."
         if sample is None:
@@ -217,7 +217,7 @@ def build(ctx: AppContext) -> None:
         first = versions[0][1] if versions else None
         values = (first, ANY, "pending", ANY, ANY, "", 0, 0)
         return (gr.update(choices=versions, value=first), gr.update(choices=sets, value=ANY),
-                principle_choices(first), *load_queue(request, *values))
+                principle_choices(first, request), *load_queue(request, *values))
 
     def sampled_versions(owner: str) -> list[tuple[str, int]]:
         """Constitution versions that have samples, newest first."""
@@ -225,10 +225,10 @@ def build(ctx: AppContext) -> None:
         return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
                 for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
 
-    def principle_choices(version_id):
+    def principle_choices(version_id, request: gr.Request):
         if not version_id:
             return gr.update(choices=[ANY], value=ANY)
-        content = ctx.store.get_constitution(int(version_id))["content"]
+        content = ctx.constitution(version_id, request)["content"]
         return gr.update(choices=[ANY, *[p["id"] for p in content.get("principles", [])]], value=ANY)
 
     ctx.blocks.load(on_load, None, [version, prompt_set, principle, queue, *view])
@@ -256,11 +256,14 @@ def build(ctx: AppContext) -> None:
         if not any(v is not None for v in changes.values()):
             return render(owner, ids, at, filter_values, "Nothing changed.")
         try:
+            ctx.store.get_sample(state["id"], owner=owner)  # the visitor's own sample only
             row = curate.review(ctx.store, state["id"], state["version"], reviewer=owner, **changes)
         except ConflictError:
             return render(owner, ids, at, filter_values,
                           "**Changed in another tab** (or by a job) since you opened it: reloaded the current "
                           "version; your action was not applied.")
+        except NotFound:
+            return render(owner, ids, at, filter_values, "This sample is gone; press Reload.")
         done = f"Saved #{row['id']} at {time.strftime('%H:%M:%S')}: " + (new_status or "edit")
         return render(owner, ids, at + 1 if new_status else at, filter_values, done)
 
@@ -290,11 +293,17 @@ def build(ctx: AppContext) -> None:
 
     # ------------------------------------------------------------------ bulk and export
 
-    def on_bulk(request: gr.Request, action, ids, at, *filter_values):
-        owner = ctx.owner(request)
+    def own_filters(request: gr.Request, filter_values) -> dict:
+        """The filters, once the picked version is checked to be the visitor's own."""
         f = filters_of(*filter_values)
         if f["constitution_id"] is None:
             raise gr.Error("Pick a constitution version first.")
+        ctx.constitution(f["constitution_id"], request)
+        return f
+
+    def on_bulk(request: gr.Request, action, ids, at, *filter_values):
+        owner = ctx.owner(request)
+        f = own_filters(request, filter_values)
         n = curate.bulk(ctx.store, action, f["constitution_id"], set_name=f["set_name"], owner=owner, reviewer=owner)
         return render(owner, ids, at, filter_values, f"{curate.BULK_ACTIONS[action].capitalize()}: {n} changed.")
 
@@ -302,9 +311,7 @@ def build(ctx: AppContext) -> None:
 
     def on_reflag(request: gr.Request, ids, at, *filter_values):
         owner = ctx.owner(request)
-        f = filters_of(*filter_values)
-        if f["constitution_id"] is None:
-            raise gr.Error("Pick a constitution version first.")
+        f = own_filters(request, filter_values)
         counts = curate.refresh_flags(ctx.store, f["constitution_id"], owner=owner)
         summary = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in counts.items())
         return render(owner, ids, at, filter_values, f"Flags recomputed: {summary}.")
@@ -313,9 +320,7 @@ def build(ctx: AppContext) -> None:
 
     def on_export(request: gr.Request, fmt, hub, *filter_values):
         owner = ctx.owner(request)
-        f = filters_of(*filter_values)
-        if f["constitution_id"] is None:
-            raise gr.Error("Pick a constitution version first.")
+        f = own_filters(request, filter_values)
         if (hub or "").strip():
             ctx.local_only("Pushing to the Hub")
         suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
