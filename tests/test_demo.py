@@ -303,6 +303,34 @@ def test_review_callbacks_only_touch_the_visitors_samples(app):
             review(name)(B, *args, *filters)
 
 
+def test_compare_callbacks_only_touch_the_visitors_evaluations_and_runs(app):
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    b = seed(ctx, B.session_hash)
+    results = {"constitution": {"name": "pirate", "id": a["constitution"]}, "runs": [{"label": f"run {a['job']}"}],
+               "n_prompts": 0, "prompts": [], "conditions": ["base", "teacher"]}
+    eval_id = ctx.store.save_eval(None, a["constitution"], [a["job"]], results, owner=A.session_hash)
+    compare = lambda name: tab_callback(blocks, "compare", name)
+    assert compare("on_pick")(eval_id, request=A)[0]["choices"] == [f"run {a['job']}"]
+    assert compare("on_pick")(eval_id, request=B)[0]["choices"] == []
+    assert compare("views")(eval_id, None, None, request=B) == (None,) * 7
+    assert compare("show_blind")(eval_id, request=B)[0] is None
+    with pytest.raises(gr.Error, match="gone"):
+        compare("cast")({"eval": eval_id, "prompt": 1, "a_is": "teacher"}, request=B)
+    assert ctx.store.list_votes(eval_id) == []
+    with pytest.raises(gr.Error, match="Pick an evaluation"):
+        compare("on_export")(eval_id, "md", request=B)
+    assert "No evaluation running" in compare("poll")(a["job"], [], request=B)[0]
+    with pytest.raises(gr.Error, match="No run or job"):
+        compare("on_stop")(a["job"], request=B)
+    assert not ctx.store.get_job(a["job"])["cancel_requested"]
+    start = compare("on_start")
+    with pytest.raises(gr.Error, match="No constitution version"):
+        start(a["constitution"], [], "default", 0, 40, 0, False, request=B)
+    with pytest.raises(gr.Error, match="No run or job"):
+        start(b["constitution"], [a["job"]], "default", 0, 40, 0, False, request=B)
+
+
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
     """A Space's HF_TOKEN is its owner's: no visitor may push with it, whatever the browser sends."""
     from ctxdistill import train as T

@@ -152,14 +152,15 @@ def test_every_view_shows_markup_as_text(tmp_path):
 
 
 def test_html_views_escape_user_and_model_text(tmp_path):
-    from ctxdistill.ui import data, distill, samples
+    from ctxdistill.ui import compare, data, distill, samples
 
     hostile = " ".join(XSS)
     job = {"id": 1, "kind": "train", "state": "failed", "progress_done": 1, "progress_total": 2, "message": hostile,
            "error": hostile, "result": None, "config": {"steps": 2}}
     sample = {"flags": ["failed_check:" + hostile], "status": "pending", "edited": False, "meta": {"revise_start": hostile},
               "chain": [{k: hostile for k in ("principle", "critique_request", "critique", "revision_request", "revision")}]}
-    for html in (data.job_html(job), distill.status_html(job), samples.chain_html(sample), samples.badges_html(sample)):
+    for html in (data.job_html(job), distill.status_html(job), compare.status_html(job), samples.chain_html(sample),
+                 samples.badges_html(sample)):
         assert "<script" not in html and "<img" not in html, html
 
 

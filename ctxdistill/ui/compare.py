@@ -8,6 +8,7 @@ is written to the store when it is cast.
 
 from __future__ import annotations
 
+import html
 import math
 import tempfile
 from pathlib import Path
@@ -70,9 +71,9 @@ def status_html(job: dict | None) -> str:
     done, total = job["progress_done"], max(job["progress_total"], 1)
     lines = [f"<b>Evaluation job {job['id']}</b> · {job['state']}"]
     if job["message"]:
-        lines.append(job["message"])
+        lines.append(html.escape(job["message"]))
     if job["error"]:
-        lines.append(f"<span style='color:#b00'>{job['error']}</span>")
+        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
     if job["result"]:
         r = job["result"]
         if r.get("gap_closed") is not None:
@@ -221,16 +222,16 @@ def build(ctx: AppContext) -> None:
         return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
     start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge], job_id)
-    stop.click(lambda j: jobs.cancel(ctx.store, int(j), grace_s=10) if j else None, job_id, None)
+
+    def on_stop(job, request: gr.Request):
+        if job:
+            jobs.cancel(ctx.store, ctx.job(job, request)["id"], grace_s=10)
+
+    stop.click(on_stop, job_id, None)
 
     def poll(job, seen, request: gr.Request):
         owner = ctx.owner(request)
-        current = None
-        if job:
-            try:
-                current = jobs.get(ctx.store, int(job), owner=owner)
-            except NotFound:
-                current = None
+        current = ctx.find_job(job, request)
         evals = eval_choices(ctx, owner)
         ids = [e[1] for e in evals]
         if ids == seen:
