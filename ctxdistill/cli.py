@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 
@@ -58,6 +59,8 @@ def emit(args, payload: dict, human: str) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", help="workspace directory (default $CTXDISTILL_HOME or ./workspace)")
     parser.add_argument("--model", help="hub id, local directory or .gguf file (default: the embedded SmolLM2-135M)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model repository's own Python code (off by default; refused in demo mode)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -473,6 +476,17 @@ def cmd_influence(args) -> int:
     return 0
 
 
+def allow_remote_code(requested: bool) -> None:
+    """--trust-remote-code: through the environment, so the job workers this command starts honour it too."""
+    from ctxdistill import demo
+
+    if not requested:
+        return
+    if demo.enabled():
+        raise UserError("--trust-remote-code is refused in demo mode")
+    os.environ["CTXDISTILL_TRUST_REMOTE_CODE"] = "1"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxdistill", description="Write a constitution and distil it into the weights.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -487,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        allow_remote_code(args.trust_remote_code)
         return args.func(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -45,9 +45,17 @@ def test_symlinks_out_of_the_workspace_are_refused(tmp_path):
 
 def test_adapter_and_run_ids_from_the_api_are_not_paths(tmp_path):
     ctx = AppContext(home=tmp_path, demo=True)
+    blocks = build_app(ctx)
+    distill = {f.fn.__name__: f.fn for f in blocks.fns.values()
+               if f.fn is not None and f.fn.__module__ == "ctxdistill.ui.distill"}
+    visitor = SimpleNamespace(session_hash="v")
     for bad in ("../../etc", "1/../../x", "/etc", "1; rm -rf /"):
         with pytest.raises(gr.Error, match="No run or job"):
-            ctx.job(bad, SimpleNamespace(session_hash="v"))
+            ctx.job(bad, visitor)
+        with pytest.raises(gr.Error, match="No run or job"):
+            distill["on_export"](bad, False, request=visitor)
+        status, _, _, log, _ = distill["poll"](bad, request=visitor)
+        assert "No run yet" in status and log == ""
 
 
 # --------------------------------------------------------------------------- uploads
@@ -136,6 +144,20 @@ def test_model_loading_uses_safetensors_and_remote_code_policy(tmp_path, monkeyp
     tokenizer_kwargs, model_kwargs = seen["calls"]
     assert model_kwargs["use_safetensors"] is True
     assert tokenizer_kwargs["trust_remote_code"] is model_kwargs["trust_remote_code"] is expected
+
+
+def test_cli_trust_remote_code_flag(monkeypatch, capsys, tmp_path):
+    from ctxdistill import cli, demo
+
+    monkeypatch.setenv("CTXDISTILL_TRUST_REMOTE_CODE", "0")
+    monkeypatch.setenv("CTXDISTILL_DEMO", "1")
+    assert cli.build_parser().parse_args(["train", "--constitution", "x"]).trust_remote_code is False
+    argv = ["export", "--trust-remote-code", "--workspace", str(tmp_path), "--constitution", "1", "--out", "x.jsonl"]
+    assert cli.main(argv) == 2
+    assert "refused in demo mode" in capsys.readouterr().err and not demo.trust_remote_code()
+    monkeypatch.setenv("CTXDISTILL_DEMO", "0")
+    cli.allow_remote_code(True)   # local: for this process and the job workers it starts
+    assert os.environ["CTXDISTILL_TRUST_REMOTE_CODE"] == "1" and demo.trust_remote_code()
 
 
 # --------------------------------------------------------------------------- markup shown as text
