@@ -640,7 +640,6 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         state["step"] = step + 1
         tokens_seen += step_tokens
         elapsed = time.perf_counter() - started
-        values.pop("ce", None) if cfg.loss == "sft" else None
         hooks.log({**{k: values[k] for k in ("loss", "kl") if k in values}, "lr": lr,
                    "tokens_per_s": step_tokens / max(time.perf_counter() - t0, 1e-9),
                    "peak_mem_mb": _peak_mem_mb(device)}, step + 1)
