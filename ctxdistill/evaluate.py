@@ -546,7 +546,8 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     shared_retention = the_plan.retention_prompts is prompts
     retention_texts = [p["text"] for p in the_plan.retention_prompts]
     n_influence = min(cfg.influence_prompts, n)
-    total = n * (2 + len(runs)) + n + (0 if shared_retention else 2 * len(retention_texts)) + n_influence
+    # progress units: sampled answers, then scored answers (KL, then retention), then influence prompts
+    total = n * (2 + len(runs)) + n + len(retention_texts) * (1 if shared_retention else 2) + n_influence
     done = [0]
     timing: dict[str, float] = {}
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -687,7 +688,7 @@ def card_section(results: dict, run_label: str, eval_id: int) -> str:
     return "\n".join([f"## Evaluation (ctxdistill eval {eval_id})", "",
                       f"On {results['n_prompts']} held-out prompts of set {results['prompt_set']!r}, constitution "
                       f"{c['name']} version {c['id']}; 95% bootstrap intervals in brackets.", "",
-                      "| | |", "|---|---|", *[f"| {a} | {b} |" for a, b in rows]])
+                      _table_md([{"figure": a, "value": b} for a, b in rows])])
 
 
 def evaluate_job(ctx, config: dict) -> None:

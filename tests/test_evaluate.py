@@ -134,7 +134,11 @@ def _cfg(cid, runs, model, **kw):
 
 def test_evaluation_on_tiny_model_with_adapters(ws):
     store, cid, (untrained, trained), model = ws
-    results = E.run(_cfg(cid, [untrained, trained], model, judge=True), store)
+    progress = []
+    results = E.run(_cfg(cid, [untrained, trained], model, judge=True), store,
+                    E.Hooks(progress=lambda done, total, message: progress.append((done, total))))
+    assert progress[-1][0] == progress[-1][1] == len(PROMPTS) * (4 + 1 + 1) + 3
+    assert all(done <= total for done, total in progress)
     s = results["scores"]
     assert results["conditions"] == ["base", "teacher", f"run {untrained}", f"run {trained}"]
     assert results["n_prompts"] == len(PROMPTS)
