@@ -12,8 +12,8 @@ tokens/s and <= 0.7x peak memory.
 sft: our loop vs TRL's SFTTrainer with the same model, LoRA and data (completion-only loss).
 
 Each measurement runs in its own process so that peak memories do not mix. Peak memory is the
-process's resident-set high-water mark during the steps minus its size before them (CPU), or
-torch's peak allocation (CUDA). tokens/s counts answer tokens (the positions that carry a loss).
+process's resident-set high-water mark during the steps minus its size before any model was loaded
+(CPU; so the naive loop's second model counts), or torch's peak allocation (CUDA). tokens/s counts answer tokens (the positions that carry a loss).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 class PeakRSS:
-    """Polls the resident set size while the steps run."""
+    """Polls the resident set size while the steps run; the peak counts from ``base`` (the process
+    before any model was loaded, so a second model copy counts too)."""
 
-    def __init__(self):
-        self.base = self._rss()
+    def __init__(self, base: int | None = None):
+        self.base = self._rss() if base is None else base
         self.peak = self.base
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
@@ -81,13 +82,15 @@ def setup(quantize: str, n: int, tokens: int):
 def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: int) -> dict:
     import torch
 
+    start = PeakRSS._rss()
+
     T, c, model, tok, d, data = setup(quantize, n, tokens)
     from ctxdistill.constitution import render
 
     cfg = T.TrainConfig(batch_size=batch)
     params, optimizer, _ = T._setup_optimizer(cfg, model)
     if kind == "trl":
-        return measure_trl(model, tok, data, steps, batch)
+        return measure_trl(model, tok, data, steps, batch, start)
     if kind == "naive":
         step_fn = naive_step(model, tok, render(c), data, batch, quantize)
     else:
@@ -106,7 +109,7 @@ def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: in
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     tokens_done = 0
-    with PeakRSS() as rss:
+    with PeakRSS(start) as rss:
         t0 = time.perf_counter()
         for i in range(1, steps + 1):
             tokens_done += step_fn(i)
@@ -157,7 +160,7 @@ def naive_step(model, tok, system, data, batch, quantize):
     return step
 
 
-def measure_trl(model, tok, data, steps, batch) -> dict:
+def measure_trl(model, tok, data, steps, batch, start: int) -> dict:
     """TRL's SFTTrainer on the same peft model and the same (prompt, answer) pairs."""
     import torch
     from datasets import Dataset
@@ -182,7 +185,7 @@ def measure_trl(model, tok, data, steps, batch) -> dict:
 
     trainer.add_callback(Clock())
     tokens_per_batch = sum(len(e.answer) for e in data[:batch])
-    with PeakRSS() as rss:
+    with PeakRSS(start) as rss:
         trainer.train()
     elapsed = sum(times[1:])  # the first step warms up
     return {"kind": "trl", "tokens_per_s": tokens_per_batch * (len(times) - 1) / elapsed, "peak_mb": rss.mb,
