@@ -32,12 +32,13 @@ import json
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import StageConfig
 from .generate import SamplingConfig, generate_rows, kl_per_token, response_logits
 from .train import EVAL_FILE, Distiller, Example, ce_per_token, gap_closed
 
@@ -176,8 +177,10 @@ def blind_sides(eval_id: int, prompt_id: int, reviewer: str) -> bool:
 # --------------------------------------------------------------------------- configuration
 
 @dataclass
-class EvalConfig:
+class EvalConfig(StageConfig):
     """One evaluation. Each field is also a ``ctxdistill eval`` flag."""
+    error = EvalError
+    what = "evaluation option"
 
     constitution_id: int = field(default=0, metadata={"help": "constitution version id (the CLI fills it from --constitution)"})
     runs: list = field(default_factory=list, metadata={"help": "training runs (job ids) to score as students"})
@@ -196,16 +199,6 @@ class EvalConfig:
     quantize: str = field(default="auto", metadata={"help": "auto (what the first run trained with), 4bit or none"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvalConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise EvalError(f"unknown evaluation option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def validate(self) -> "EvalConfig":
         errors = []

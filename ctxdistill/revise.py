@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from .config import StageConfig
 from .constitution import Principle, render
 from .generate import Prefixes, SamplingConfig, generate_rows, split_rows
 from .sampling import eta_text, job_model, never, stored_constitution
@@ -34,8 +35,9 @@ STARTS = ("unprompted", "prompted")
 
 
 @dataclass
-class ReviseConfig:
+class ReviseConfig(StageConfig):
     """Which samples to revise and how."""
+    what = "revise option"
 
     constitution_id: int = field(default=0, metadata={"help": "constitution version id"})
     set_name: str = field(default="", metadata={"help": "only samples of this prompt set (empty: all)"})
@@ -49,13 +51,6 @@ class ReviseConfig:
     quantize: str = field(default="none", metadata={"help": "none or 4bit"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
     sampling: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ReviseConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown revise option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
     def sampling_config(self) -> SamplingConfig:
         return SamplingConfig(**self.sampling).validate()

@@ -23,9 +23,10 @@ import csv
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .config import StageConfig
 from .constitution import Constitution, from_dict, render
 from .generate import Prefixes, SamplingConfig, generate_rows, split_rows
 from .store import Store
@@ -256,8 +257,9 @@ def ensure_default_prompts(store: Store, owner: str = "") -> int:
 # --------------------------------------------------------------------------- the sampling job
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(StageConfig):
     """Which prompts to answer and how to batch them (sampling itself: SamplingConfig)."""
+    what = "generate option"
 
     set_name: str = field(default=DEFAULT_SET, metadata={"help": "prompt set to answer (train split only)"})
     constitution_id: int = field(default=0, metadata={"help": "constitution version id"})
@@ -270,14 +272,6 @@ class GenerateConfig:
     quantize: str = field(default="none", metadata={"help": "none or 4bit"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
     sampling: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GenerateConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown generate option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
 
     def sampling_config(self) -> SamplingConfig:
         return SamplingConfig(**self.sampling).validate()

@@ -28,13 +28,14 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .config import StageConfig
 from .generate import Prefixes, SamplingConfig, generate_rows, kl_per_token, split_rows, suffix_inputs
 
 LOSSES = ("kl", "sft", "mix")
@@ -54,8 +55,10 @@ class AdapterError(TrainError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StageConfig):
     """One distillation run. Each field is also a ``ctxdistill train`` flag."""
+    error = TrainError
+    what = "training option"
 
     constitution_id: int = field(default=0, metadata={"help": "constitution version id in the workspace (the CLI fills it from --constitution)"})
     loss: str = field(default="kl", metadata={"help": "kl (match the teacher's whole next-token distribution), sft (cross-entropy on the texts) or mix"})
@@ -87,16 +90,6 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "random seed (data order, sampling, adapter init)"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise TrainError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def validate(self) -> "TrainConfig":
         errors = []

@@ -105,6 +105,21 @@ def smol():
 
 
 @pytest.fixture
+def store(tmp_path):
+    """A fresh workspace store; any job worker a test leaves running is cancelled and killed."""
+    from ctxdistill import jobs
+    from ctxdistill.store import Store
+
+    s = Store(tmp_path / "ws")
+    yield s
+    for job in s.list_jobs(state=("queued", "running"), limit=None):
+        jobs.cancel(s, job["id"], grace_s=0)
+        if job["pid"]:
+            jobs._kill_worker(job["pid"], job["id"])
+    s.close()
+
+
+@pytest.fixture
 def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("CTXDISTILL_HOME", str(tmp_path / "ws"))
     return tmp_path / "ws"

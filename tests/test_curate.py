@@ -11,12 +11,6 @@ from ctxdistill.sampling import ImportFileError
 from ctxdistill.store import ConflictError, Store
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "ws")
-    yield s
-    s.close()
-
 
 ANSWERS = {
     "empty": ("   ", {}),

@@ -7,21 +7,11 @@ import time
 import pytest
 
 from ctxdistill import jobs
-from ctxdistill.store import Store, StoreError
+from ctxdistill.store import StoreError
 
 COUNT = "tests.jobfixtures:count"
 HEAVY_COUNT = "tests.jobfixtures:heavy_count"
 
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "ws")
-    yield s
-    for job in s.list_jobs(state=("queued", "running"), limit=None):   # leave no worker behind
-        jobs.cancel(s, job["id"], grace_s=0)
-        if job["pid"]:
-            jobs._kill_worker(job["pid"], job["id"])
-    s.close()
 
 
 def _until(predicate, timeout=10.0, every=0.02):

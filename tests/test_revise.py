@@ -5,7 +5,6 @@ import pytest
 from ctxdistill import revise as rv
 from ctxdistill.constitution import Constitution, Principle, content_hash, to_dict
 from ctxdistill.revise import ReviseConfig, pick_principle, run_revise
-from ctxdistill.store import Store
 
 EXAMPLES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Arr, hi matey"}]
 
@@ -16,12 +15,6 @@ def constitution(examples=()):
         Principle("matey", "Call the user matey."),       # no requests: the defaults are used
     ])
 
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 def seeded(store, examples=(), n=3):

@@ -25,15 +25,6 @@ from ctxdistill.store import Store
 PIRATE = "assets/constitutions/pirate.yaml"
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "ws")
-    yield s
-    for job in s.list_jobs(state=("queued", "running"), limit=None):   # leave no worker behind
-        if job["pid"]:
-            jobs._kill_worker(job["pid"], job["id"])
-    s.close()
-
 
 def pirate_version(store) -> int:
     c = load(PIRATE)

@@ -7,12 +7,6 @@ from ctxdistill import store as store_mod
 from ctxdistill.store import ConflictError, NotFound, Store, StoreError, workspace_home
 
 
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "ws")
-    yield s
-    s.close()
-
 
 @pytest.fixture
 def prompts(store):

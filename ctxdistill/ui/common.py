@@ -88,6 +88,19 @@ class AppContext:
             raise gr.Error(f"No run or job {job_id!r} here.")
         return job
 
+    def resume_job(self, job_id, request: gr.Request | None, what: str = "job") -> int:
+        """Restart the visitor's own failed or cancelled job; gr.Error with the reason otherwise."""
+        from ctxdistill import jobs
+
+        if not job_id:
+            raise gr.Error(f"Pick a {what} to resume.")
+        job_id = self.job(job_id, request)["id"]
+        try:
+            jobs.resume(self.store, job_id)
+        except jobs.StoreError as exc:
+            raise gr.Error(str(exc))
+        return job_id
+
     def constitution(self, version_id, request: gr.Request | None) -> dict:
         """The visitor's own constitution version, or gr.Error."""
         try:

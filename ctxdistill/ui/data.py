@@ -258,14 +258,7 @@ def build(ctx: AppContext) -> None:
         return refresh_lists(request, job_id)[3]
 
     def on_resume(job_id, request: gr.Request):
-        if not job_id:
-            raise gr.Error("Pick a job to resume.")
-        job_id = ctx.job(job_id, request)["id"]
-        try:
-            jobs.resume(ctx.store, job_id)
-        except jobs.StoreError as exc:
-            raise gr.Error(str(exc))
-        return refresh_lists(request, job_id)[3]
+        return refresh_lists(request, ctx.resume_job(job_id, request))[3]
 
     cancel.click(on_cancel, job, job)
     resume.click(on_resume, job, job)

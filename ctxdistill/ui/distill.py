@@ -218,14 +218,7 @@ def build(ctx: AppContext) -> None:
     stop.click(on_stop, run, None)
 
     def on_resume(job_id, request: gr.Request):
-        if not job_id:
-            raise gr.Error("Pick a run to resume.")
-        job_id = ctx.job(job_id, request)["id"]
-        try:
-            jobs.resume(ctx.store, job_id)
-        except jobs.StoreError as exc:
-            raise gr.Error(str(exc))
-        return run_choices(ctx.owner(request), job_id)
+        return run_choices(ctx.owner(request), ctx.resume_job(job_id, request, "run"))
 
     resume.click(on_resume, run, run)
 
