@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 
 
 class StageConfig:
@@ -20,3 +20,18 @@ class StageConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class SamplingStageConfig(StageConfig):
+    """The stages that sample answers from a model (generate, revise): which model, and how."""
+
+    model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
+    quantize: str = field(default="none", metadata={"help": "none or 4bit"})
+    owner: str = field(default="", metadata={"help": "workspace owner"})
+    sampling: dict = field(default_factory=dict)
+
+    def sampling_config(self):
+        from .generate import SamplingConfig
+
+        return SamplingConfig(**self.sampling).validate()

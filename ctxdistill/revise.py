@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from .config import StageConfig
+from .config import SamplingStageConfig
 from .constitution import Principle, render
-from .generate import Prefixes, SamplingConfig, generate_rows, split_rows
+from .generate import Prefixes, generate_rows, split_rows
 from .sampling import eta_text, job_model, never, stored_constitution
 from .store import SAMPLE_STATUSES, Store
 
@@ -35,7 +35,7 @@ STARTS = ("unprompted", "prompted")
 
 
 @dataclass
-class ReviseConfig(StageConfig):
+class ReviseConfig(SamplingStageConfig):
     """Which samples to revise and how."""
     what = "revise option"
 
@@ -47,13 +47,6 @@ class ReviseConfig(StageConfig):
     status: str = field(default="pending", metadata={"help": "only samples with this status (empty: all)"})
     batch_size: int = field(default=8, metadata={"help": "samples per batch"})
     limit: int = field(default=0, metadata={"help": "revise at most this many samples (0 = all)"})
-    model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
-    quantize: str = field(default="none", metadata={"help": "none or 4bit"})
-    owner: str = field(default="", metadata={"help": "workspace owner"})
-    sampling: dict = field(default_factory=dict)
-
-    def sampling_config(self) -> SamplingConfig:
-        return SamplingConfig(**self.sampling).validate()
 
     def validate(self) -> "ReviseConfig":
         errors = []
@@ -71,9 +64,6 @@ class ReviseConfig(StageConfig):
             raise ValueError("; ".join(errors))
         self.sampling_config()
         return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def critique_request(p: Principle) -> str:

@@ -26,9 +26,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import StageConfig
+from .config import SamplingStageConfig
 from .constitution import Constitution, from_dict, render
-from .generate import Prefixes, SamplingConfig, generate_rows, split_rows
+from .generate import Prefixes, generate_rows, split_rows
 from .store import Store
 
 DEFAULT_SET = "default"
@@ -257,7 +257,7 @@ def ensure_default_prompts(store: Store, owner: str = "") -> int:
 # --------------------------------------------------------------------------- the sampling job
 
 @dataclass
-class GenerateConfig(StageConfig):
+class GenerateConfig(SamplingStageConfig):
     """Which prompts to answer and how to batch them (sampling itself: SamplingConfig)."""
     what = "generate option"
 
@@ -268,13 +268,6 @@ class GenerateConfig(StageConfig):
     search: str = field(default="", metadata={"help": "only prompts containing this text"})
     category: str = field(default="", metadata={"help": "only prompts of this category"})
     unprompted: bool = field(default=True, metadata={"help": "also sample the answer without the constitution"})
-    model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
-    quantize: str = field(default="none", metadata={"help": "none or 4bit"})
-    owner: str = field(default="", metadata={"help": "workspace owner"})
-    sampling: dict = field(default_factory=dict)
-
-    def sampling_config(self) -> SamplingConfig:
-        return SamplingConfig(**self.sampling).validate()
 
     def validate(self) -> "GenerateConfig":
         if self.batch_size < 1:
@@ -285,9 +278,6 @@ class GenerateConfig(StageConfig):
             raise ValueError(f"quantize must be none or 4bit, not {self.quantize!r}")
         self.sampling_config()
         return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def stored_constitution(store: Store, version_id: int) -> Constitution:
