@@ -353,7 +353,6 @@ def preview_stream(model, tokenizer, system: str, prompts: list[str], cfg: Sampl
     import threading
 
     cfg.validate()
-    prompts = [p for p in prompts]
     if not prompts or any(not p.strip() for p in prompts):
         raise ValueError("The prompt is empty: type a question or pick one from the prompt set.")
     rows, index = [], []
