@@ -499,9 +499,17 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, kee
     """checkpoints/step-N/: the adapter (safetensors) and state.pt (optimiser, scheduler, step, RNG, best)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    path = save_adapter(model, root / f"step-{state['step']:06d}", {"step": state["step"]})
+    # Written under a hidden name and renamed when complete: a worker killed mid-write leaves no
+    # half checkpoint for resume to pick up.
+    name = f"step-{state['step']:06d}"
+    partial = root / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_adapter(model, partial, {"step": state["step"]})
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
-               path / "state.pt")
+               partial / "state.pt")
+    path = root / name
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
     for old in sorted(root.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return path
