@@ -102,7 +102,7 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
                     rec["ack"] = {"version": got["id"], "description": description}
                 rec["ok"] = True
             except Exception as exc:
-                rec.update(ok=False, error=str(exc)[:200], conflict="Changed elsewhere" in str(exc))
+                rec.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:300], conflict="Changed elsewhere" in str(exc))
             rec["s"] = time.perf_counter() - start
             record(rec)
 

@@ -89,7 +89,9 @@ class Prefixes:
     positions ``0 .. lengths[g]-1``, as if it were alone.
     """
 
-    def __init__(self, model, prefix_ids: list[list[int]]):
+    def __init__(self, model, prefix_ids: list[list[int]], grad: bool = False):
+        """With ``grad`` the cache keeps its autograd graph: a batch that reads it back-propagates
+        into the weights that encoded the prefix once (a trained student's own constant prefix)."""
         from transformers import DynamicCache
 
         self.ids = [list(p) for p in prefix_ids]
@@ -98,7 +100,7 @@ class Prefixes:
         self.total = sum(self.lengths)
         device = model.device
         cache = DynamicCache(config=model.config)
-        with torch.no_grad():
+        with torch.set_grad_enabled(grad):
             for g, ids in enumerate(self.ids):
                 if not ids:
                     continue

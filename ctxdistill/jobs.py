@@ -47,6 +47,9 @@ HEAVY = {"generate", "revise", "train", "evaluate"}
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 15.0      # no heartbeat for this long: the worker is gone or hung
 QUEUE_POLL_S = 0.3
+# Workers run at a lower CPU priority than the app: on a machine with few cores, a training job
+# takes what the people clicking through the app leave, instead of slowing every click down.
+WORKER_NICE = int(os.environ.get("CTXDISTILL_WORKER_NICE", "10"))
 
 # Workers this process started, so refresh() can reap them (a dead child stays
 # a zombie, which os.kill(pid, 0) still reports as alive).
@@ -152,6 +155,8 @@ def spawn_worker(store: Store, job_id: int) -> int:
 
 def run_worker(home, job_id: int) -> None:
     """Entry point of the worker process."""
+    if WORKER_NICE:
+        os.nice(WORKER_NICE)
     store = Store(home)
 
     def on_sigterm(signum, frame):

@@ -223,7 +223,6 @@ class Distiller:
         # The teacher never changes during a run: its constitution prefix is encoded once, here.
         with self.teacher_mode():
             self.teacher_prefixes = Prefixes(model, [teacher_prefix])
-        self.no_prefix = Prefixes(model, [[]])
         self.lm_head = model.get_output_embeddings()
 
     def teacher_mode(self):
@@ -236,17 +235,21 @@ class Distiller:
             raise TrainError("the constitution prefix changed between prompts; the tokenizer merges across the system turn")
         student_prefix, student = _condition(self.tokenizer, None, (), prompts)
         answers = [ex.answer for ex in batch]
-        return ([t + a for t, a in zip(teacher, answers)], [student_prefix + s + a for s, a in zip(student, answers)], answers)
+        return [t + a for t, a in zip(teacher, answers)], student_prefix, [s + a for s, a in zip(student, answers)], answers
 
     def hidden(self, batch: list[Example], with_teacher: bool = True):
-        """(student hidden (N, H), teacher hidden (N, H) or None, targets (N,)) at the answer positions."""
-        teacher_seqs, student_seqs, answers = self._suffixes(batch)
+        """(student hidden (N, H), teacher hidden (N, H) or None, targets (N,)) at the answer positions.
+
+        The student's own constant prefix (the template's default system turn) is encoded once per
+        batch, with gradients, and shared by its rows instead of being re-encoded in each."""
+        teacher_seqs, student_prefix, student_seqs, answers = self._suffixes(batch)
         width = max(len(a) for a in answers)
         mask = answer_mask([len(a) for a in answers], width)
         targets = torch.zeros(len(batch), width, dtype=torch.long)
         for row, a in enumerate(answers):
             targets[row, width - len(a):] = torch.tensor(a, dtype=torch.long)
-        h_student = _hidden(self.model, self.no_prefix, student_seqs, self.pad_id, width)[mask.to(self.model.device)]
+        student_prefixes = Prefixes(self.model, [student_prefix], grad=torch.is_grad_enabled())
+        h_student = _hidden(self.model, student_prefixes, student_seqs, self.pad_id, width)[mask.to(self.model.device)]
         h_teacher = None
         if with_teacher:
             with torch.no_grad(), self.teacher_mode():

@@ -43,3 +43,10 @@ def stubborn(ctx, config):
     for i in range(int(config.get("n", 600))):
         ctx.progress(i, 600, "busy")
         time.sleep(0.1)
+
+
+def niceness(ctx, config):
+    """Reports the worker's CPU priority."""
+    import os
+
+    ctx.set_result({"nice": os.nice(0)})

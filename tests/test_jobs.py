@@ -37,6 +37,12 @@ def test_submit_runs_to_done_with_progress(store):
     assert (run_dir / "config.json").exists() and (run_dir / "worker.log").exists()
 
 
+def test_worker_runs_below_the_app_priority(store):
+    """A training job takes the CPU the people clicking through the app leave."""
+    job = jobs.wait(store, jobs.submit(store, "tests.jobfixtures:niceness", {}), timeout=20)
+    assert job["result"]["nice"] == min(19, os.nice(0) + jobs.WORKER_NICE) > os.nice(0)
+
+
 def test_unknown_kind_is_refused(store):
     with pytest.raises(StoreError):
         jobs.submit(store, "no-such-kind", {})

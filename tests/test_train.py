@@ -118,6 +118,33 @@ def test_zero_initialised_adapter_student_with_constitution_equals_teacher(tiny_
     assert torch.allclose(d.lm_head(ht), teacher[0, -4:-1], atol=1e-4)
 
 
+def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_model, tiny_tokenizer):
+    """The student's constant prefix is encoded once per batch and shared by its rows: its hidden
+    states and the adapter's gradients equal those of encoding every row whole."""
+    from ctxdistill.generate import chat_ids, system_prefix
+
+    model = peft_tiny(tiny_model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)            # a trained adapter, so the prefix itself depends on it
+    assert system_prefix(tiny_tokenizer, None), "the test needs a template with a constant student prefix"
+    exs = [T.Example("Hi there", [5, 6, 7]), T.Example("Write a poem about the sea.", [9, 4, 8, 2, 11])]
+    lora = [p for p in model.parameters() if p.requires_grad]
+    hs, _, targets = T.Distiller(model, tiny_tokenizer, SYSTEM).hidden(exs, with_teacher=False)
+    shared = torch.autograd.grad(hs.square().sum(), lora)
+    rows = []
+    for ex in exs:
+        ids = torch.tensor([chat_ids(tiny_tokenizer, ex.prompt) + ex.answer])
+        h = model.get_base_model().get_decoder()(input_ids=ids).last_hidden_state
+        rows.append(h[0, -len(ex.answer) - 1:-1])
+    whole = torch.cat(rows)
+    assert targets.tolist() == [5, 6, 7, 9, 4, 8, 2, 11]
+    assert torch.allclose(hs, whole, atol=1e-4)
+    for a, b in zip(shared, torch.autograd.grad(whole.square().sum(), lora)):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
 def test_teacher_and_student_see_different_contexts(tiny_model, tiny_tokenizer):
     model = peft_tiny(tiny_model)
     d = T.Distiller(model, tiny_tokenizer, SYSTEM)
