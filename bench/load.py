@@ -58,7 +58,12 @@ def seed_workspace(home: Path, n_samples: int = 150) -> int:
 
 def user(url: str, seconds: float, index: int, constitution_id: int, out: str, previews: bool) -> None:
     """One visitor until the deadline: previews one after another in a thread (as a preview streams
-    while they click around) and light calls in a loop; one JSON line per call in `out`."""
+    while they click around) and light calls in a loop; one JSON line per call in `out`.
+
+    The two threads use two clients: one gradio_client session shares a single event stream
+    between its calls, and when one call finishes just as another is submitted from a second
+    thread, the client can close that stream under the new call (it then fails with an empty
+    CancelledError, the server never having seen a problem)."""
     import threading
 
     from gradio_client import Client
@@ -73,7 +78,7 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
                 log.write(json.dumps(rec) + "\n")
 
         try:
-            client = Client(url, verbose=False)
+            client, preview_client = Client(url, verbose=False), Client(url, verbose=False)
         except Exception as exc:
             record({"kind": "connect", "ok": False, "error": str(exc)[:200], "s": 0.0})
             return
@@ -83,7 +88,7 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
             start = time.perf_counter()
             try:
                 if kind == "preview":
-                    client.submit(PIRATE.read_text(), rng.choice(["How do I boil an egg?", "Name a colour.", "Hi!"]),
+                    preview_client.submit(PIRATE.read_text(), rng.choice(["How do I boil an egg?", "Name a colour.", "Hi!"]),
                                   1, n, PREVIEW_TOKENS, 0.0, api_name="/preview").result(timeout=CALL_TIMEOUT_S)
                 elif kind == "samples":
                     client.predict(constitution_id, "", 20, api_name="/samples")

@@ -26,6 +26,7 @@ class DemoCaps:
     prompts: int = 48           # prompts per imported set, and per sampling or training job
     steps: int = 40             # training steps per run
     samples: int = 2            # samples per prompt (preview and sampling)
+    rounds: int = 2             # critique/revision rounds per sample
     max_new_tokens: int = 64    # new tokens per answer
     upload_mb: float = 2.0      # size of one uploaded file
 
@@ -56,7 +57,7 @@ class DemoCaps:
 
     def summary(self) -> str:
         return (f"at most {self.prompts} prompts per set or job, {self.steps} training steps, "
-                f"{self.samples} samples per prompt, {self.max_new_tokens} new tokens per answer, "
+                f"{self.samples} samples per prompt, {self.rounds} revision rounds, {self.max_new_tokens} new tokens per answer, "
                 f"{self.upload_mb:g} MB per upload")
 
 

@@ -240,8 +240,12 @@ def test_data_forms_are_capped(app, monkeypatch):
         limit, n, max_new = args
         with pytest.raises(gr.Error, match=message):
             generate(a["constitution"], "default", "", limit, n, max_new, 0.7, 0.95, 4, request=A)
+    revise = tab_callback(blocks, "data", "on_revise")
     with pytest.raises(gr.Error, match="max new tokens 500 > 64"):
-        tab_callback(blocks, "data", "on_revise")(a["constitution"], "", 1, "cycle", "unprompted", 500, 0.7, 0.95, request=A)
+        revise(a["constitution"], "", 1, "cycle", "unprompted", 500, 0.7, 0.95, request=A)
+    with pytest.raises(gr.Error, match="rounds 3 > 2"):
+        revise(a["constitution"], "", 3, "cycle", "unprompted", 32, 0.7, 0.95, request=A)
+    assert element(blocks, "rev-rounds").maximum == ctx.caps.rounds
     assert element(blocks, "gen-max-new-tokens").maximum == element(blocks, "rev-max-new-tokens").maximum == 64
     assert element(blocks, "gen-n").maximum == ctx.caps.samples
     submitted = []
@@ -279,6 +283,14 @@ def test_data_import_takes_checked_uploads_only_in_demo_mode(app, tmp_path):
     ok.write_text("prompt\nfirst\nsecond\nthird\n")
     msg, *_ = on_import(str(ok), "", "few", "prompt", "(none)", 0.0, False, request=A)
     assert "Added **3** prompts" in msg
+    # the cap is on the set: many small files do not add up past it
+    part = tmp_path / "part.csv"
+    part.write_text("prompt\n" + "".join(f"more prompt {i}\n" for i in range(45)))
+    msg, *_ = on_import(str(part), "", "few", "prompt", "(none)", 0.0, False, request=A)
+    assert "Added **45** prompts" in msg                 # 3 + 45: the set is at the cap
+    msg, *_ = on_import(str(ok), "", "few", "prompt", "(none)", 0.0, False, request=A)
+    assert "Not imported" in msg and "prompts 51 > 48" in msg
+    assert next(s["n_train"] for s in ctx.store.prompt_sets(owner=A.session_hash) if s["name"] == "few") == 48
     assert [s["name"] for s in ctx.store.prompt_sets(owner=B.session_hash)] in ([], ["default"])
 
 
@@ -329,6 +341,25 @@ def test_compare_callbacks_only_touch_the_visitors_evaluations_and_runs(app):
         start(a["constitution"], [], "default", 0, 40, 0, False, request=B)
     with pytest.raises(gr.Error, match="No run or job"):
         start(b["constitution"], [a["job"]], "default", 0, 40, 0, False, request=B)
+
+
+def test_compare_form_is_capped(app, monkeypatch):
+    from ctxdistill.ui import compare
+
+    ctx, blocks = app
+    a = seed(ctx, A.session_hash)
+    ctx.store.add_prompts("held", [{"text": f"held-out {i}", "split": "heldout"} for i in range(60)], owner=A.session_hash)
+    start = tab_callback(blocks, "compare", "on_start")
+    assert element(blocks, "eval-max-prompts").maximum == element(blocks, "eval-influence-n").maximum == ctx.caps.prompts
+    assert element(blocks, "eval-sample-tokens").maximum == ctx.caps.max_new_tokens
+    for args, message in (((60, 40, 0), "prompts 60 > 48"), ((0, 500, 0), "max new tokens 500 > 64"),
+                          ((4, 40, 100), "prompts 100 > 48")):
+        with pytest.raises(gr.Error, match=message):
+            start(a["constitution"], [], "held", *args, False, request=A)
+    submitted = []
+    monkeypatch.setattr(compare.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
+    start(a["constitution"], [], "held", 0, 40, 8, False, request=A)
+    assert submitted[0]["max_prompts"] == ctx.caps.prompts    # "all" is as many as the demo allows
 
 
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):

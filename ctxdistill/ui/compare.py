@@ -133,9 +133,13 @@ def build(ctx: AppContext) -> None:
             runs = gr.Dropdown(label="Runs (students)", choices=[], multiselect=True, elem_id="eval-runs", scale=3)
             prompt_set = gr.Textbox(label="Prompt set (held-out split)", value="default", elem_id="eval-prompt-set", scale=1)
         with gr.Row():
-            max_prompts = gr.Number(label="Max prompts (0 = all)", value=0, precision=0, elem_id="eval-max-prompts")
-            sample_tokens = gr.Number(label="Tokens per answer", value=40, precision=0, elem_id="eval-sample-tokens")
-            influence_n = gr.Number(label="Prompts for principle influence", value=8, precision=0, elem_id="eval-influence-n")
+            caps = ctx.caps  # in demo mode the fields stop at the caps (gradio refuses a number above its maximum)
+            max_prompts = gr.Number(label="Max prompts (0 = all)", value=0, precision=0, minimum=0,
+                                    maximum=caps.prompts if caps else None, elem_id="eval-max-prompts")
+            sample_tokens = gr.Number(label="Tokens per answer", value=40, precision=0, minimum=1,
+                                      maximum=caps.max_new_tokens if caps else None, elem_id="eval-sample-tokens")
+            influence_n = gr.Number(label="Prompts for principle influence", value=8, precision=0, minimum=0,
+                                    maximum=caps.prompts if caps else None, elem_id="eval-influence-n")
             use_judge = gr.Checkbox(label="Model-as-judge (slow; rough on a 135M model)", value=False, elem_id="eval-judge")
         with gr.Row():
             start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
@@ -214,11 +218,13 @@ def build(ctx: AppContext) -> None:
                            prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
                            sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
                            model=ctx.model_spec or "", owner=owner)
+        if ctx.caps is not None and not cfg.max_prompts:
+            cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
         try:
             the_plan = E.plan(cfg, ctx.store)
         except E.EvalError as exc:
             raise gr.Error(str(exc)) from None
-        ctx.limit(prompts=len(the_plan.prompts), max_new_tokens=cfg.sample_tokens)
+        ctx.limit(prompts=max(len(the_plan.prompts), cfg.influence_prompts), max_new_tokens=cfg.sample_tokens)
         return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
     start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge], job_id)

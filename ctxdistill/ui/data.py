@@ -128,7 +128,8 @@ def build(ctx: AppContext) -> None:
     gr.Markdown("### Critique and revise (SL-CAI)\nEach round picks a principle, asks the model to critique the "
                 "current answer with its critique request, then to revise it. The whole chain is kept.")
     with gr.Row():
-        rounds = gr.Number(label="Rounds", value=1, precision=0, minimum=1, maximum=8, elem_id="rev-rounds")
+        rounds = gr.Number(label="Rounds", value=1, precision=0, minimum=1, maximum=caps.rounds if caps else 8,
+                           elem_id="rev-rounds")
         order = gr.Radio(list(ORDERS), value="cycle", label="Principle per round", elem_id="rev-order")
         start_from = gr.Radio(list(STARTS), value="unprompted", label="Start from the answer", elem_id="rev-start")
         rev_max_new = gr.Number(label="Max new tokens", precision=0, elem_id="rev-max-new-tokens", **tokens)
@@ -183,8 +184,9 @@ def build(ctx: AppContext) -> None:
         source = _source(ctx, upload, dataset_path)
         label = Path(str(source)).name
         try:
-            if ctx.caps is not None:
-                ctx.limit(prompts=len(read_table(source)))
+            if ctx.caps is not None:  # the cap is on the set, however many files it is imported from
+                have = {s["name"]: s["n_train"] + s["n_heldout"] for s in ctx.store.prompt_sets(owner=owner)}
+                ctx.limit(prompts=have.get((name or "").strip() or Path(label).stem, 0) + len(read_table(source)))
             if as_recipe:
                 r = curate.import_recipe_dataset(ctx.store, source, (name or "").strip() or Path(label).stem, owner=owner)
                 msg = (f"Imported **{r['samples']}** samples ({r['rounds']} revision rounds) into set `{r['set']}`, "
@@ -237,7 +239,7 @@ def build(ctx: AppContext) -> None:
                            order=order_, start=start_, model=ctx.model_spec or "", owner=ctx.owner(request),
                            sampling={"max_new_tokens": int(max_new_ or 0), "temperature": float(temp),
                                      "top_p": float(top_p_)}, limit=ctx.caps.prompts if ctx.caps else 0)
-        ctx.limit(max_new_tokens=cfg.sampling["max_new_tokens"])
+        ctx.limit(rounds=cfg.rounds, max_new_tokens=cfg.sampling["max_new_tokens"])
         if not ctx.store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
                                        status="pending", owner=cfg.owner)["total"]:
             raise gr.Error("No pending samples for this version and set: start sampling first.")
