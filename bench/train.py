@@ -172,7 +172,7 @@ def measure_trl(model, tok, data, steps, batch, start: int) -> dict:
                      learning_rate=1e-3, logging_steps=1000, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
                      bf16=False, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    times, counts = [], []
+    times = []
 
     from transformers import TrainerCallback
 
