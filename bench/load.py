@@ -22,6 +22,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -56,14 +57,17 @@ def seed_workspace(home: Path, n_samples: int = 150) -> int:
     return cid
 
 
-def user(url: str, seconds: float, index: int, constitution_id: int, out: str, previews: bool) -> None:
+def user(url: str, seconds: float, index: int, constitution_id: int, out: str, previews: bool, start=None) -> None:
     """One visitor until the deadline: previews one after another in a thread (as a preview streams
     while they click around) and light calls in a loop; one JSON line per call in `out`.
 
     The two threads use two clients: one gradio_client session shares a single event stream
     between its calls, and when one call finishes just as another is submitted from a second
     thread, the client can close that stream under the new call (it then fails with an empty
-    CancelledError, the server never having seen a problem)."""
+    CancelledError, the server never having seen a problem).
+
+    With ``start`` (a barrier), the clock starts once every visitor has connected: the figures
+    are of the app in use, not of N clients downloading the app's config at the same moment."""
     import threading
 
     from gradio_client import Client
@@ -71,7 +75,6 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
     rng = random.Random(index)
     base = cmod.to_dict(cmod.load(PIRATE))
     lock = threading.Lock()
-    deadline = time.monotonic() + seconds
     with open(out, "a", buffering=1) as log:
         def record(rec: dict) -> None:
             with lock:
@@ -82,6 +85,10 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
         except Exception as exc:
             record({"kind": "connect", "ok": False, "error": str(exc)[:200], "s": 0.0})
             return
+        finally:
+            if start is not None:
+                start.wait()
+        deadline = time.monotonic() + seconds
 
         def call(kind: str, n: int) -> None:
             rec = {"kind": kind, "user": index}
@@ -127,13 +134,16 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
             time.sleep(LIGHT_PAUSE_S)
         if thread:
             thread.join(CALL_TIMEOUT_S)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        record({"kind": "cpu", "ok": True, "s": usage.ru_utime + usage.ru_stime})
 
 
 def run_users(url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True) -> list[dict]:
     """Start `users` processes, wait for them, return every call they made."""
     ctx = mp.get_context("spawn")
     files = [out_dir / f"user-{users}-{i}.jsonl" for i in range(users)]
-    procs = [ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews)) for i, f in enumerate(files)]
+    start = ctx.Barrier(users)
+    procs = [ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews, start)) for i, f in enumerate(files)]
     for p in procs:
         p.start()
     for p in procs:
@@ -141,6 +151,23 @@ def run_users(url: str, users: int, seconds: float, cid: int, out_dir: Path, pre
         if p.is_alive():
             p.kill()
     return [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line.strip()]
+
+
+def job_row(home: Path, job: int) -> dict:
+    store = Store(home)
+    try:
+        return store.get_job(job)
+    finally:
+        store.close()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a live process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -164,6 +191,7 @@ def summarise(calls: list[dict], seconds: float) -> dict:
         "conflicts": sum(1 for c in calls if not c["ok"] and c.get("conflict")),
         "errors": sum(1 for c in calls if not c["ok"] and not c.get("conflict")),
         "light_per_s": round(len(ok(light)) / seconds, 1), "previews_per_s": round(len(ok(previews)) / seconds, 2),
+        "clients_cpu_s": round(sum(c["s"] for c in calls if c["kind"] == "cpu"), 1),
     }
 
 
@@ -240,6 +268,7 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, action="append", help="concurrent users (repeat; default 1, 4, 16)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per N")
     parser.add_argument("--no-train", dest="train", action="store_false", help="no training job in the background")
+    parser.add_argument("--no-previews", dest="previews", action="store_false", help="light calls only")
     parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the kill-and-restart test")
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="ctxdistill-load-"))
@@ -260,24 +289,28 @@ def main(argv=None) -> int:
         if job:
             time.sleep(5)                           # let the worker start loading the model
         print(f"background job: {background}" + (f" (job {job})" if job else ""), flush=True)
+        cpu_line = []
         print("| users | light calls | light p50 ms | light p95 ms | previews | preview p50 ms | preview p95 ms "
               "| errors | review conflicts | light/s | previews/s | training state |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in args.users or [1, 4, 16]:
-            calls = run_users(url, n, args.seconds, cid, out_dir)
+            worker = job_row(home, job)["pid"] if job else None
+            before = time.perf_counter(), cpu_seconds(proc.pid), cpu_seconds(worker)
+            calls = run_users(url, n, args.seconds, cid, out_dir, previews=args.previews)
+            wall = time.perf_counter() - before[0]
+            cpu = {"app": cpu_seconds(proc.pid) - before[1], "training": cpu_seconds(worker) - before[2]}
             s = summarise(calls, args.seconds)
-            state = ""
-            if job:
-                store = Store(home)
-                row = store.get_job(job)
-                state = f"{row['state']} step {row['progress_done']}"
-                store.close()
+            row = job_row(home, job) if job else None
+            state = f"{row['state']} step {row['progress_done']}" if row else ""
             print(f"| {n} | {s['light_calls']} | {s['light_p50_ms']} | {s['light_p95_ms']} | {s['previews']} | "
                   f"{s['preview_p50_ms']} | {s['preview_p95_ms']} | {s['errors']} | {s['conflicts']} | "
                   f"{s['light_per_s']} | {s['previews_per_s']} | {state} |", flush=True)
+            cpu_line.append(f"N={n}: app {cpu['app']:.0f} s, training {cpu['training']:.0f} s, the {n} client processes "
+                            f"{s['clients_cpu_s']:.0f} s of the {wall * (os.cpu_count() or 1):.0f} CPU-s the machine had")
             errors = [c for c in calls if not c["ok"] and not c.get("conflict")]
             for c in errors[:3]:
                 print("   error:", c["kind"], c.get("error"), flush=True)
+        print("CPU time while each N ran (connecting included):\n  " + "\n  ".join(cpu_line))
     finally:
         stop_app(proc)
         if job:

@@ -47,9 +47,33 @@ HEAVY = {"generate", "revise", "train", "evaluate"}
 HEARTBEAT_S = 1.0
 STALE_AFTER_S = 15.0      # no heartbeat for this long: the worker is gone or hung
 QUEUE_POLL_S = 0.3
-# Workers run at a lower CPU priority than the app: on a machine with few cores, a training job
-# takes what the people clicking through the app leave, instead of slowing every click down.
-WORKER_NICE = int(os.environ.get("CTXDISTILL_WORKER_NICE", "10"))
+# A worker's compute runs below the app: on a machine with few cores a training job takes the CPU
+# the people clicking through the app leave, instead of slowing every click down. "idle" is
+# Linux's SCHED_IDLE (any waking app thread preempts it at once), "low" is nice 10, "normal" is
+# as the app. The worker's heartbeat keeps the normal priority, so a busy app never makes a
+# healthy job look dead. A worker runs in a session of its own (it outlives the app), and where
+# the kernel groups CPU time by session (autogroup) that group's weight is lowered as well:
+# otherwise the worker's session would get as much CPU as the app's, whatever its threads' policy.
+WORKER_PRIORITIES = ("idle", "low", "normal")
+AUTOGROUP_NICE = {"idle": 19, "low": 10}
+
+
+def lower_priority(mode: str | None = None) -> str:
+    """Lower this thread's CPU priority (threads it starts later inherit it); returns what was applied."""
+    mode = mode or os.environ.get("CTXDISTILL_WORKER_PRIORITY", "idle")
+    if mode not in WORKER_PRIORITIES:
+        raise StoreError(f"CTXDISTILL_WORKER_PRIORITY must be one of {', '.join(WORKER_PRIORITIES)}, not {mode!r}")
+    if mode == "normal":
+        return mode
+    try:
+        Path("/proc/self/autogroup").write_text(str(AUTOGROUP_NICE[mode]))
+    except OSError:
+        pass                             # not Linux, or autogroup off: the thread's priority is enough
+    if mode == "idle" and hasattr(os, "SCHED_IDLE"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return mode
+    os.nice(10)
+    return "low"
 
 # Workers this process started, so refresh() can reap them (a dead child stays
 # a zombie, which os.kill(pid, 0) still reports as alive).
@@ -155,15 +179,13 @@ def spawn_worker(store: Store, job_id: int) -> int:
 
 def run_worker(home, job_id: int) -> None:
     """Entry point of the worker process."""
-    if WORKER_NICE:
-        os.nice(WORKER_NICE)
     store = Store(home)
 
     def on_sigterm(signum, frame):
         raise SystemExit(128 + signum)
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        _run(store, job_id)
+        _run(store, job_id, background=True)
     finally:
         store.close()
 
@@ -173,13 +195,15 @@ def run_inline(store: Store, job_id: int) -> None:
     _run(store, job_id)
 
 
-def _run(store: Store, job_id: int) -> None:
+def _run(store: Store, job_id: int, background: bool = False) -> None:
     """Wait for a turn, run the job function, record how it ended. Every exit path sets a state."""
     job = store.get_job(job_id)
     heartbeat = _Heartbeat(store, job_id)
     heartbeat.start()
     ctx = None
     try:
+        if background:
+            lower_priority()             # after the heartbeat thread started, which keeps its priority
         if not _wait_for_turn(store, job_id):
             return                       # cancelled while queued; cancel() already set the state
         job = store.get_job(job_id)

@@ -230,7 +230,12 @@ def _migrate(db: sqlite3.Connection) -> None:
 # --------------------------------------------------------------------------- store
 
 class Store:
-    """A connection to one workspace database. Safe to share between threads."""
+    """A connection to one workspace database. Safe to share between threads.
+
+    Writes go through one connection, one transaction at a time. Reads outside a transaction use
+    a connection of the reading thread's own (WAL readers never block, nor wait for a writer), so
+    a write waiting for another process's lock does not hold up every page of the app.
+    """
 
     def __init__(self, home: str | os.PathLike | None = None):
         self.home = workspace_home(home)
@@ -238,11 +243,10 @@ class Store:
         self.models_dir = self.home / "models"
         self.path = self.home / DB_NAME
         self._lock = threading.RLock()
-        # isolation_level=None: no implicit transactions; _tx() opens them explicitly.
-        self._conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 10000")
+        self._local = threading.local()      # .reader: this thread's read connection; .depth: in _tx
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()   # never the write lock: a reader must not wait for it
+        self._conn = self._connect()
         self._conn.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL is still crash-safe; it only skips an fsync per commit.
         self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -250,11 +254,22 @@ class Store:
         with self._lock:
             _migrate(self._conn)
 
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; _tx() opens them explicitly.
+        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout = 10000")
+        return conn
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            with self._readers_lock:
+                for reader in self._readers:
+                    reader.close()
+                self._readers.clear()
 
     def __enter__(self) -> "Store":
         return self
@@ -272,13 +287,17 @@ class Store:
             if db.in_transaction:
                 yield db
                 return
-            db.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1            # this thread's reads see its own uncommitted writes
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                self._local.depth = 0
 
     def transaction(self):
         """Group several store writes into one all-or-nothing transaction:
@@ -290,9 +309,21 @@ class Store:
             raise StoreError("the store is closed")
         return self._conn
 
+    def _reader(self) -> sqlite3.Connection:
+        reader = getattr(self._local, "reader", None)
+        if reader is None or reader not in self._readers:   # new thread, or closed since
+            with self._readers_lock:
+                if self._conn is None:
+                    raise StoreError("the store is closed")
+                reader = self._local.reader = self._connect()
+                self._readers.append(reader)
+        return reader
+
     def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
-        with self._lock:
-            return [_decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
+        if getattr(self._local, "depth", 0):
+            with self._lock:
+                return [_decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
+        return [_decode(r) for r in self._reader().execute(sql, tuple(params)).fetchall()]
 
     def _one(self, sql: str, params: Iterable, what: str) -> dict:
         rows = self._rows(sql, params)

@@ -45,8 +45,12 @@ def stubborn(ctx, config):
         time.sleep(0.1)
 
 
-def niceness(ctx, config):
-    """Reports the worker's CPU priority."""
+def priority(ctx, config):
+    """Reports the CPU priority of the worker's compute thread."""
     import os
 
-    ctx.set_result({"nice": os.nice(0)})
+    from pathlib import Path
+
+    group = Path("/proc/self/autogroup")
+    ctx.set_result({"idle": os.sched_getscheduler(0) == os.SCHED_IDLE, "nice": os.nice(0),
+                    "group_nice": int(group.read_text().split()[-1]) if group.exists() else None})

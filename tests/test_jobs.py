@@ -37,10 +37,18 @@ def test_submit_runs_to_done_with_progress(store):
     assert (run_dir / "config.json").exists() and (run_dir / "worker.log").exists()
 
 
-def test_worker_runs_below_the_app_priority(store):
+@pytest.mark.parametrize("mode", ["idle", "low", "normal", "highest"])
+def test_worker_computes_below_the_app_priority(store, monkeypatch, mode):
     """A training job takes the CPU the people clicking through the app leave."""
-    job = jobs.wait(store, jobs.submit(store, "tests.jobfixtures:niceness", {}), timeout=20)
-    assert job["result"]["nice"] == min(19, os.nice(0) + jobs.WORKER_NICE) > os.nice(0)
+    monkeypatch.setenv("CTXDISTILL_WORKER_PRIORITY", mode)
+    job = jobs.wait(store, jobs.submit(store, "tests.jobfixtures:priority", {}), timeout=20)
+    if mode == "highest":
+        assert job["state"] == "failed" and "CTXDISTILL_WORKER_PRIORITY must be one of idle, low, normal" in job["error"]
+        return
+    result = job["result"]
+    assert (result["idle"], result["nice"]) == (mode == "idle", os.nice(0) + (10 if mode == "low" else 0))
+    if result["group_nice"] is not None:        # the worker's own session weighs less than the app's
+        assert result["group_nice"] == {"idle": 19, "low": 10, "normal": 0}[mode]
 
 
 def test_unknown_kind_is_refused(store):

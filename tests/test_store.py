@@ -193,6 +193,26 @@ def test_sample_concurrent_threads_lose_nothing(store, prompts):
     assert store.get_sample(sid)["version"] == 61
 
 
+def test_reads_do_not_wait_behind_a_blocked_write(store):
+    """Another process holds the write lock: this store's writer waits for it, its readers do not."""
+    import time
+
+    cid = store.save_constitution("c", {"name": "c", "principles": []}, "h0")
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")                 # a worker in the middle of a write
+    writer = threading.Thread(target=lambda: store.save_constitution("d", {"name": "d", "principles": []}, "h1"))
+    writer.start()
+    time.sleep(0.2)                                  # the writer is now waiting for the lock
+    start = time.perf_counter()
+    assert store.get_constitution(cid)["name"] == "c"
+    assert time.perf_counter() - start < 0.5
+    assert writer.is_alive()
+    other.execute("COMMIT")
+    writer.join(10)
+    assert [v["name"] for v in store.list_constitution_versions()] == ["d", "c"]
+    other.close()
+
+
 def test_sample_filters_and_counts(store, prompts):
     c1 = store.save_constitution("c", {}, "h1")
     c2 = store.save_constitution("c", {}, "h2")
