@@ -217,8 +217,24 @@ def load_model(
         raise ModelError(f"Could not load model {checkpoint!r}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if quantize == "4bit":
+        keep_4bit_differentiable(model)
     model.eval()
     return model, tokenizer
+
+
+def keep_4bit_differentiable(model) -> None:
+    """Keep bitsandbytes from repacking 4-bit layers for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16 a 4-bit layer that runs once in eval mode without gradients is
+    repacked in place, and from then on uses a kernel that has no backward: a model trained after
+    any such pass (teacher sampling, held-out KL) would silently lose the gradient through every
+    frozen 4-bit weight, so that nearly all of the adapter's gradient vanished (measured: relative
+    error 0.99, first layer's gradients 10^4 times too small). The repacked kernel was not faster
+    for these batched passes either (held-out KL of 32 answers: 7.0 s repacked, 2.6 s not)."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _in_hub_cache(repo_id: str) -> bool:

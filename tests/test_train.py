@@ -278,6 +278,37 @@ def test_push_needs_a_token(monkeypatch, tmp_path):
         T.push_to_hub(tmp_path, "me/pirate")
 
 
+def assert_four_bit_gradients_match_full_precision(model, tok, exs, config):
+    """The adapter's gradients through the 4-bit base equal those through a float32 copy of it
+    (the 4-bit weights dequantised), also after eval-mode passes over the 4-bit layers."""
+    import bitsandbytes as bnb
+    from transformers import LlamaForCausalLM
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    reference = LlamaForCausalLM(config)
+    weights = {}
+    for name, module in model.get_base_model().named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weights[name.replace(".base_layer", "") + ".weight"] = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state).float()
+    state = {k: v.float() for k, v in model.get_base_model().state_dict().items() if "lora_" not in k and "base_layer" not in k}
+    state.update(weights)
+    reference.load_state_dict({k: state[k] for k in reference.state_dict()}, strict=True)
+    reference = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), reference, seed=0)
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items() if "lora_" in k}, strict=False)
+
+    def grads(m):
+        hs, ht, y = T.Distiller(m, tok, SYSTEM).hidden(exs)
+        m.zero_grad(set_to_none=True)
+        T.chunked_loss(m.get_output_embeddings(), "kl", hs, ht, y, backward_scale=1 / len(y))
+        return torch.cat([p.grad.flatten() for n, p in sorted(m.named_parameters()) if p.requires_grad])
+
+    four_bit, full = grads(model), grads(reference)
+    assert (four_bit - full).norm() / full.norm() < 0.1      # bf16 compute in the 4-bit layers
+
+
 def test_four_bit_path_runs_on_cpu(tiny_model, tiny_tokenizer, tmp_path):
     from transformers import LlamaForCausalLM
 
@@ -292,9 +323,10 @@ def test_four_bit_path_runs_on_cpu(tiny_model, tiny_tokenizer, tmp_path):
     base, tok = load_model(str(tmp_path / "wide"), quantize="4bit", device="cpu")
     assert any("4bit" in type(m).__name__ for m in base.modules())
     model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), base, seed=0)
-    exs = examples(model, tok, n=4)
+    exs = examples(model, tok, n=4)          # teacher sampling: an eval-mode pass over every 4-bit layer
+    assert_four_bit_gradients_match_full_precision(model, tok, exs, config)
     before = lora_state(model)
-    result = T.train(T.TrainConfig(steps=2, batch_size=2, lr=1e-2, eval_every=0, warmup_steps=0), model, tok, SYSTEM,
+    result = T.train(T.TrainConfig(steps=2, batch_size=2, lr=1e-2, eval_every=0, warmup_steps=0, keep_best=False), model, tok, SYSTEM,
                      exs, exs[:2], run_dir=tmp_path / "run")
     assert math.isfinite(result["heldout_kl_after"])
     assert any(not torch.equal(p, before[n]) for n, p in lora_state(model).items())
