@@ -69,7 +69,7 @@ class TrainConfig(StageConfig):
     samples_per_prompt: int = field(default=1, metadata={"help": "teacher samples per train prompt (--data prompts)"})
     sample_tokens: int = field(default=40, metadata={"help": "tokens per teacher sample (train and held-out)"})
     temperature: float = field(default=1.0, metadata={"help": "teacher sampling temperature (1 = the teacher's own distribution)"})
-    steps: int = field(default=60, metadata={"help": "optimiser steps"})
+    steps: int = field(default=80, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=8, metadata={"help": "answers per micro-batch per process"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
