@@ -82,6 +82,11 @@ def eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def decoder_of(model):
+    """The transformer body of a causal LM (a peft model's too): hidden states, no output layer."""
+    return (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
+
+
 class Prefixes:
     """Key/value cache of one or more prompt prefixes, computed once and reused by every batch.
 
@@ -100,13 +105,14 @@ class Prefixes:
         self.total = sum(self.lengths)
         device = model.device
         cache = DynamicCache(config=model.config)
+        decoder = decoder_of(model)          # the prefix's keys and values are all we need: no logits
         with torch.set_grad_enabled(grad):
             for g, ids in enumerate(self.ids):
                 if not ids:
                     continue
                 seen = self.offsets[g]
                 mask = torch.cat([torch.zeros(seen, dtype=torch.long), torch.ones(len(ids), dtype=torch.long)])
-                model(
+                decoder(
                     input_ids=torch.tensor([ids], device=device),
                     attention_mask=mask[None].to(device),
                     position_ids=torch.arange(len(ids), device=device)[None],

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import StageConfig
-from .generate import Prefixes, SamplingConfig, generate_rows, kl_per_token, split_rows, suffix_inputs
+from .generate import Prefixes, SamplingConfig, decoder_of, generate_rows, kl_per_token, split_rows, suffix_inputs
 
 LOSSES = ("kl", "sft", "mix")
 DATA_SOURCES = ("prompts", "accepted")
@@ -87,6 +87,7 @@ class TrainConfig(StageConfig):
     keep_best: bool = field(default=True, metadata={"help": "end with the adapter of the step with the lowest held-out KL"})
     checkpoint_every: int = field(default=20, metadata={"help": "write a resumable checkpoint every N steps (0 = only when stopped)"})
     kl_chunk: int = field(default=256, metadata={"help": "answer positions per full-vocabulary chunk (bounds the memory of the logits)"})
+    teacher_cache_mb: int = field(default=512, metadata={"help": "memory for the teacher's final hidden states of each answer, computed once and reused in every later epoch and evaluation (0 = recompute every step)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, sampling, adapter init)"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
@@ -110,7 +111,7 @@ class TrainConfig(StageConfig):
         for name in ("steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "kl_chunk", "samples_per_prompt", "sample_tokens"):
             if getattr(self, name) < 1:
                 errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_prompts", "checkpoint_every", "max_prompts"):
+        for name in ("warmup_steps", "eval_every", "eval_prompts", "checkpoint_every", "max_prompts", "teacher_cache_mb"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         if errors:
@@ -207,17 +208,23 @@ def _hidden(model, prefixes: Prefixes, seqs: list[list[int]], pad_id: int, width
     each left-padded sequence, after the cached prefix."""
     ids, _, attention, positions = suffix_inputs(prefixes, [0] * len(seqs), seqs, pad_id)
     device = model.device
-    decoder = (model.get_base_model() if hasattr(model, "get_base_model") else model).get_decoder()
-    out = decoder(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+    out = decoder_of(model)(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                   cache=prefixes.cache_for(len(seqs)) if prefixes.total else None, use_cache=bool(prefixes.total))
     return out.last_hidden_state[:, -width - 1 : -1]
 
 
 class Distiller:
-    """The tensors of one batch of answers under both conditions, on one shared model."""
+    """The tensors of one batch of answers under both conditions, on one shared model.
 
-    def __init__(self, model, tokenizer, system: str, examples: list[dict] = ()):
+    The teacher (base weights, adapter off, constitution in context) does not change while the
+    adapter trains, so with ``teacher_cache_mb`` its final hidden states along each answer are
+    kept after their first computation (H numbers per token, not a vocabulary's worth of logits)
+    and later epochs and evaluations of the same answer skip the teacher's forward pass."""
+
+    def __init__(self, model, tokenizer, system: str, examples: list[dict] = (), teacher_cache_mb: float = 0):
         self.model, self.tokenizer, self.system, self.examples = model, tokenizer, system, list(examples)
+        self.teacher_cache: dict[tuple, torch.Tensor] = {}     # (prompt, answer ids) -> (len(answer), H)
+        self._cache_left = int(teacher_cache_mb * 2**20)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         teacher_prefix, _ = _condition(tokenizer, system, self.examples, ["a"])
         # The teacher never changes during a run: its constitution prefix is encoded once, here.
@@ -250,11 +257,26 @@ class Distiller:
             targets[row, width - len(a):] = torch.tensor(a, dtype=torch.long)
         student_prefixes = Prefixes(self.model, [student_prefix], grad=torch.is_grad_enabled())
         h_student = _hidden(self.model, student_prefixes, student_seqs, self.pad_id, width)[mask.to(self.model.device)]
-        h_teacher = None
-        if with_teacher:
-            with torch.no_grad(), self.teacher_mode():
-                h_teacher = _hidden(self.model, self.teacher_prefixes, teacher_seqs, self.pad_id, width)[mask.to(self.model.device)]
+        h_teacher = self._teacher_hidden(batch, teacher_seqs) if with_teacher else None
         return h_student, h_teacher, targets[mask].to(self.model.device)
+
+    def _teacher_hidden(self, batch: list[Example], teacher_seqs: list[list[int]]) -> torch.Tensor:
+        """The teacher's hidden states (N, H) at the answer positions, from the cache where it can."""
+        keys = [(ex.prompt, tuple(ex.answer)) for ex in batch]
+        todo = [row for row, key in enumerate(keys) if key not in self.teacher_cache]
+        fresh = {}
+        if todo:
+            lengths = [len(batch[row].answer) for row in todo]
+            width = max(lengths)
+            with torch.no_grad(), self.teacher_mode():
+                h = _hidden(self.model, self.teacher_prefixes, [teacher_seqs[row] for row in todo], self.pad_id, width)
+                h = h[answer_mask(lengths, width).to(self.model.device)]
+            for row, part in zip(todo, h.split(lengths)):
+                fresh[keys[row]] = part
+                if part.nbytes <= self._cache_left:
+                    self.teacher_cache[keys[row]] = part.clone()
+                    self._cache_left -= part.nbytes
+        return torch.cat([self.teacher_cache.get(key, fresh.get(key)) for key in keys])
 
 
 class _null:
@@ -575,7 +597,7 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     main = rank == 0
     device = model.device
-    distiller = Distiller(model, tokenizer, system, examples)
+    distiller = Distiller(model, tokenizer, system, examples, teacher_cache_mb=cfg.teacher_cache_mb)
     params, optimizer, scheduler = _setup_optimizer(cfg, model)
     schedule = Schedule([len(ex.answer) for ex in train_examples], cfg.batch_size, cfg.seed)
     state = {"step": 0, "best_step": 0, "best_kl": math.inf, "kl_before": None}

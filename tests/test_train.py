@@ -145,6 +145,25 @@ def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_m
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
+def test_teacher_cache_gives_the_same_states_without_a_second_teacher_pass(tiny_model, tiny_tokenizer, monkeypatch):
+    model = peft_tiny(tiny_model)
+    exs = examples(model, tiny_tokenizer, n=4)
+    plain = T.Distiller(model, tiny_tokenizer, SYSTEM)
+    _, expected, _ = plain.hidden(exs)
+    per_row = list(expected.split([len(e.answer) for e in exs]))
+    room = sum(p.nbytes for p in per_row[1:]) / 2**20            # room for the last 3 rows, not the first
+    cached = T.Distiller(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=room)
+    _, first, _ = cached.hidden(exs[::-1])                        # another order and padding: the same rows
+    assert torch.allclose(first, torch.cat(per_row[::-1]), atol=1e-5)
+    assert len(cached.teacher_cache) == 3 and plain.teacher_cache == {}
+    rows_encoded = []
+    real = T._hidden
+    monkeypatch.setattr(T, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
+    _, again, _ = cached.hidden(exs)
+    assert rows_encoded == [4, 1]           # the student's 4 rows, then the one teacher row not in the cache
+    assert torch.allclose(again, expected, atol=1e-5)
+
+
 def test_teacher_and_student_see_different_contexts(tiny_model, tiny_tokenizer):
     model = peft_tiny(tiny_model)
     d = T.Distiller(model, tiny_tokenizer, SYSTEM)
