@@ -54,26 +54,24 @@ QUEUE_POLL_S = 0.3
 # healthy job look dead. A worker runs in a session of its own (it outlives the app), and where
 # the kernel groups CPU time by session (autogroup) that group's weight is lowered as well:
 # otherwise the worker's session would get as much CPU as the app's, whatever its threads' policy.
-WORKER_PRIORITIES = ("idle", "low", "normal")
-AUTOGROUP_NICE = {"idle": 19, "low": 10}
+WORKER_NICE = {"idle": 19, "low": 10, "normal": 0}     # of the session's autogroup, and of the thread without SCHED_IDLE
 
 
-def lower_priority(mode: str | None = None) -> str:
-    """Lower this thread's CPU priority (threads it starts later inherit it); returns what was applied."""
-    mode = mode or os.environ.get("CTXDISTILL_WORKER_PRIORITY", "idle")
-    if mode not in WORKER_PRIORITIES:
-        raise StoreError(f"CTXDISTILL_WORKER_PRIORITY must be one of {', '.join(WORKER_PRIORITIES)}, not {mode!r}")
-    if mode == "normal":
-        return mode
+def lower_priority() -> None:
+    """Lower this thread's CPU priority (threads it starts later inherit it) and its session's."""
+    mode = os.environ.get("CTXDISTILL_WORKER_PRIORITY", "idle")
+    if mode not in WORKER_NICE:
+        raise StoreError(f"CTXDISTILL_WORKER_PRIORITY must be one of {', '.join(WORKER_NICE)}, not {mode!r}")
+    if not WORKER_NICE[mode]:
+        return
     try:
-        Path("/proc/self/autogroup").write_text(str(AUTOGROUP_NICE[mode]))
+        Path("/proc/self/autogroup").write_text(str(WORKER_NICE[mode]))
     except OSError:
         pass                             # not Linux, or autogroup off: the thread's priority is enough
     if mode == "idle" and hasattr(os, "SCHED_IDLE"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        return mode
-    os.nice(10)
-    return "low"
+    else:
+        os.nice(WORKER_NICE[mode])
 
 # Workers this process started, so refresh() can reap them (a dead child stays
 # a zombie, which os.kill(pid, 0) still reports as alive).

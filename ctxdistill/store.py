@@ -243,7 +243,7 @@ class Store:
         self.models_dir = self.home / "models"
         self.path = self.home / DB_NAME
         self._lock = threading.RLock()
-        self._local = threading.local()      # .reader: this thread's read connection; .depth: in _tx
+        self._local = threading.local()      # .reader: this thread's read connection; .in_tx
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()   # never the write lock: a reader must not wait for it
         self._conn = self._connect()
@@ -287,7 +287,7 @@ class Store:
             if db.in_transaction:
                 yield db
                 return
-            self._local.depth = 1            # this thread's reads see its own uncommitted writes
+            self._local.in_tx = True         # this thread's reads see its own uncommitted writes
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -297,7 +297,7 @@ class Store:
                     raise
                 db.execute("COMMIT")
             finally:
-                self._local.depth = 0
+                self._local.in_tx = False
 
     def transaction(self):
         """Group several store writes into one all-or-nothing transaction:
@@ -310,17 +310,16 @@ class Store:
         return self._conn
 
     def _reader(self) -> sqlite3.Connection:
+        self._db()                                   # StoreError once closed
         reader = getattr(self._local, "reader", None)
-        if reader is None or reader not in self._readers:   # new thread, or closed since
+        if reader is None:                           # this thread's first read
             with self._readers_lock:
-                if self._conn is None:
-                    raise StoreError("the store is closed")
                 reader = self._local.reader = self._connect()
                 self._readers.append(reader)
         return reader
 
     def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
-        if getattr(self._local, "depth", 0):
+        if getattr(self._local, "in_tx", False):
             with self._lock:
                 return [_decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
         return [_decode(r) for r in self._reader().execute(sql, tuple(params)).fetchall()]
