@@ -3,16 +3,17 @@
     .venv/bin/python bench/train.py                 # kl: ours vs a naive loop; sft: ours vs TRL SFTTrainer
     .venv/bin/python bench/train.py --steps 12 --quantize none
 
-kl: ours (one model, adapter disabled for the teacher, the constitution prefix's KV cache computed
-once, the student's default prefix once per batch, the teacher's hidden states along each answer
-kept after their first computation, length-grouped batches, loss on answer positions only,
-full-vocabulary logits in chunks) vs a naive loop (a separate teacher copy, the whole prompt with
-the constitution recomputed every step, randomly ordered right-padded batches, full logits at every
-position). Targets: >= 1.5x tokens/s and <= 0.7x peak memory.
+kl: ours (a run's training step: one model, adapter disabled for the teacher, the constitution
+prefix's KV cache computed once, the student's default prefix once per batch, the teacher's final
+hidden states along each answer kept from the sampling pass that wrote the answer, so no step runs
+the teacher, batches grouped by row length, loss on answer positions only, full-vocabulary logits
+in chunks, KL gradient in closed form) vs a naive loop (a separate teacher copy, the whole prompt
+with the constitution recomputed every step, randomly ordered right-padded batches, full logits at
+every position). Targets: >= 1.5x tokens/s and <= 0.7x peak memory. Both sample the teacher's
+answers the same way before the clock starts.
 
 The steps cover several epochs of the answers, as a run does (the default run: 80 steps of 8 over
-152 answers, 4.2 epochs; here 24 steps of 8 over 48, 4 epochs), and ours starts with an empty
-teacher cache, so filling it is in the time.
+152 answers, 4.2 epochs; here 24 steps of 8 over 48, 4 epochs).
 
 sft: our loop vs TRL's SFTTrainer with the same model, LoRA and data (completion-only loss).
 
@@ -28,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,30 +39,29 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 class PeakRSS:
-    """Polls the resident set size while the steps run; the peak counts from ``base`` (the process
-    before any model was loaded, so a second model copy counts too)."""
+    """The resident set's high-water mark over a block, counted from ``base`` (the process before
+    any model was loaded, so a second model copy counts too). The kernel keeps the mark (VmHWM);
+    it is reset on entry, so nothing polls while the steps run."""
 
     def __init__(self, base: int | None = None):
         self.base = self._rss() if base is None else base
         self.peak = self.base
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
 
     @staticmethod
     def _rss() -> int:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def _poll(self):
-        while not self._done.wait(0.005):
-            self.peak = max(self.peak, self._rss())
+    @staticmethod
+    def _high_water() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
     def __enter__(self):
-        self._thread.start()
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
         return self
 
     def __exit__(self, *exc):
-        self._done.set()
-        self._thread.join()
+        self.peak = self._high_water()
 
     @property
     def mb(self) -> float:
@@ -79,7 +78,7 @@ def setup(quantize: str, n: int, tokens: int):
     prompts = [r["text"] for r in read_table(DEFAULT_PROMPTS) if r.get("split") == "train"][:n]
     base, tok = load_model(quantize=quantize)
     model = T._setup_model(T.TrainConfig(), base, seed=0)
-    d = T.Distiller(model, tok, render(c))
+    d = T.Distiller(model, tok, render(c), teacher_cache_mb=T.TrainConfig().teacher_cache_mb)
     data = T.sample_answers(d, prompts, T.TrainConfig(sample_tokens=tokens), seed=0)
     return T, c, model, tok, d, data
 
@@ -95,23 +94,20 @@ def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: in
     cfg = T.TrainConfig(batch_size=batch)
     params, optimizer, _ = T._setup_optimizer(cfg, model)
     if kind == "trl":
-        return measure_trl(model, tok, data, steps, batch, start)
+        return measure_trl(model, tok, data, steps, batch, start, bf16=quantize == "4bit")
     if kind == "naive":
         step_fn = naive_step(model, tok, render(c), data, batch, quantize)
     else:
-        schedule = T.Schedule([len(e.answer) for e in data], batch, 0)
-        loss = "sft" if kind == "ours-sft" else "kl"
+        schedule = T.Schedule(d.row_lengths(data), batch, 0)
+        cfg.loss = "sft" if kind == "ours-sft" else "kl"
 
         def step_fn(i):
             part = [data[j] for j in schedule.micro_batch(i)]
-            hs, ht, y = d.hidden(part, with_teacher=loss == "kl")
             n_tok = sum(len(e.answer) for e in part)
-            T.chunked_loss(d.lm_head, loss, hs, ht, y, chunk=cfg.kl_chunk, backward_scale=1 / n_tok)
+            T.backward_batch(d, cfg, part, 1 / n_tok)
             return n_tok
 
     step_fn(0)  # warm-up: allocator, kernels
-    if kind == "ours-kl":  # a run's distiller (step_fn reads `d` when called), its teacher cache empty
-        d = T.Distiller(model, tok, render(c), teacher_cache_mb=cfg.teacher_cache_mb)
     optimizer.zero_grad(set_to_none=True)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -167,8 +163,9 @@ def naive_step(model, tok, system, data, batch, quantize):
     return step
 
 
-def measure_trl(model, tok, data, steps, batch, start: int) -> dict:
-    """TRL's SFTTrainer on the same peft model and the same (prompt, answer) pairs."""
+def measure_trl(model, tok, data, steps, batch, start: int, bf16: bool) -> dict:
+    """TRL's SFTTrainer on the same peft model and the same (prompt, answer) pairs; with ``bf16`` it
+    runs in bf16 autocast, as our loop does on the 4-bit model."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -177,7 +174,7 @@ def measure_trl(model, tok, data, steps, batch, start: int) -> dict:
              "completion": [{"role": "assistant", "content": tok.decode(e.answer, skip_special_tokens=True)}]} for e in data]
     args = SFTConfig(output_dir="/tmp/ctxdistill-bench-trl", per_device_train_batch_size=batch, max_steps=steps + 1,
                      learning_rate=1e-3, logging_steps=1000, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                     bf16=False, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
+                     bf16=bf16, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     times = []
 

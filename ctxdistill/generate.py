@@ -13,6 +13,7 @@ Position ids restart after each prefix, so a row sees exactly what it would see 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -94,9 +95,7 @@ class Prefixes:
     positions ``0 .. lengths[g]-1``, as if it were alone.
     """
 
-    def __init__(self, model, prefix_ids: list[list[int]], grad: bool = False):
-        """With ``grad`` the cache keeps its autograd graph: a batch that reads it back-propagates
-        into the weights that encoded the prefix once (a trained student's own constant prefix)."""
+    def __init__(self, model, prefix_ids: list[list[int]]):
         from transformers import DynamicCache
 
         self.ids = [list(p) for p in prefix_ids]
@@ -106,7 +105,7 @@ class Prefixes:
         device = model.device
         cache = DynamicCache(config=model.config)
         decoder = decoder_of(model)          # the prefix's keys and values are all we need: no logits
-        with torch.set_grad_enabled(grad):
+        with torch.no_grad():
             for g, ids in enumerate(self.ids):
                 if not ids:
                     continue
@@ -216,12 +215,15 @@ def generate_rows(
     examples: list[dict] = (),
     prefixes: Prefixes | None = None,
     on_token=None,
+    states: list | None = None,
 ) -> list[list[int]]:
     """Generate one answer per (system, prompt) row, all rows in one batch, one forward per step.
 
     ``sample_index[i]`` seeds row i's random stream (seed, k), so a sample does not depend on what
     else is in the batch. ``on_token(step, new_ids_per_row)`` is called after each step (streaming).
-    Returns the generated token ids per row, without the end-of-turn token.
+    Returns the generated token ids per row, without the end-of-turn token. A ``states`` list gets
+    one (picks, H) tensor per row: the decoder's final hidden states from which each of the row's
+    tokens was picked, its end-of-turn token included (what the output layer turned into logits).
     """
     cfg.validate()
     if not rows:
@@ -235,14 +237,38 @@ def generate_rows(
     if cfg.temperature > 0:
         sample_index = sample_index or [0] * len(rows)
         generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in sample_index]
+    with _last_states(model, states is not None) as steps:
+        out = _decode(model, prefixes, groups, suffixes, pad_id, stop, cfg, generators, on_token)
+    for row, ids in enumerate(out if states is not None else ()):
+        picks = len(ids) + 1 if len(ids) < cfg.max_new_tokens else len(ids)  # + the end-of-turn pick
+        states.append(torch.stack([steps[k][row] for k in range(picks)]))
+    return out
+
+
+@contextmanager
+def _last_states(model, record: bool):
+    """Yields a list that gets the decoder's last-position hidden states (B, H) of each forward
+    pass made inside the block (when ``record``)."""
+    steps: list[torch.Tensor] = []
+    hook = decoder_of(model).register_forward_hook(
+        lambda module, args, output: steps.append(output.last_hidden_state[:, -1])) if record else None
+    try:
+        yield steps
+    finally:
+        if hook is not None:
+            hook.remove()
+
+
+def _decode(model, prefixes, groups, suffixes, pad_id, stop, cfg: SamplingConfig, generators, on_token) -> list[list[int]]:
+    """The sampling loop of ``generate_rows``."""
     logits, _, cache, attention, positions = forward_suffixes(model, prefixes, groups, suffixes, pad_id)
     next_logits = logits[:, -1]
-    out: list[list[int]] = [[] for _ in rows]
-    done = torch.zeros(len(rows), dtype=torch.bool)
+    out: list[list[int]] = [[] for _ in suffixes]
+    done = torch.zeros(len(suffixes), dtype=torch.bool)
     device = model.device
     for step in range(cfg.max_new_tokens):
         token = _pick(next_logits, cfg, generators).cpu()
-        for row in range(len(rows)):
+        for row in range(len(suffixes)):
             if done[row]:
                 continue
             if int(token[row]) in stop:
@@ -266,11 +292,32 @@ def generate_rows(
     return out
 
 
+class _ForwardKL(torch.autograd.Function):
+    """KL(p || q) = sum p (log p - log q) per position, with its gradient in closed form:
+    d/d student_logits = q - p. Autograd through log_softmax would take five passes over the
+    (positions, vocabulary) tensors and three temporaries for the same result; this takes three
+    in place. The teacher gets no gradient (it is frozen)."""
+
+    @staticmethod
+    def forward(ctx, teacher_logits, student_logits):
+        log_p = F.log_softmax(teacher_logits.float(), dim=-1)
+        log_q = F.log_softmax(student_logits.float(), dim=-1)
+        p = log_p.exp()
+        kl = log_p.sub_(log_q).mul_(p).sum(-1)
+        ctx.save_for_backward(p, log_q)
+        ctx.student_dtype = student_logits.dtype
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, log_q = ctx.saved_tensors
+        return None, log_q.exp_().sub_(p).mul_(grad.unsqueeze(-1)).to(ctx.student_dtype)
+
+
 def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Forward KL(teacher || student) over the vocabulary at each position: (..., V) -> (...)."""
-    t = F.log_softmax(teacher_logits.float(), dim=-1)
-    s = F.log_softmax(student_logits.float(), dim=-1)
-    return (t.exp() * (t - s)).sum(-1)
+    """Forward KL(teacher || student) over the vocabulary at each position: (..., V) -> (...),
+    differentiable in the student's logits."""
+    return _ForwardKL.apply(teacher_logits, student_logits)
 
 
 @torch.no_grad()

@@ -213,6 +213,50 @@ def _hidden(model, prefixes: Prefixes, seqs: list[list[int]], pad_id: int, width
     return out.last_hidden_state[:, -width - 1 : -1]
 
 
+class _PrefixRow:
+    """Stands in for the key/value cache of a forward pass whose row 0 holds a prefix that the
+    other rows share: each layer's attention sees row 0's last ``length`` keys and values before
+    every row's own (the layers hand their keys and values to ``update`` as they would to a cache)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
+        def widen(t):
+            return torch.cat([t[:1, :, t.shape[2] - self.length:].expand(t.shape[0], -1, -1, -1), t], dim=2)
+        return widen(keys), widen(values)
+
+
+def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int) -> torch.Tensor:
+    """As ``_hidden``, for rows that all follow ``prefix``, which is encoded as an extra row of the
+    same forward pass: the rows attend to its keys and values, and gradients flow back into the
+    weights that encoded it. One pass instead of a prefix pass and a batch pass, which on the CPU
+    (per-operation overhead) costs the prefix's 24 tokens as much as the batch's hundreds."""
+    if not prefix:
+        return _hidden(model, Prefixes(model, [[]]), seqs, pad_id, width)
+    rows = [prefix] + seqs
+    span, cols = len(prefix), max(len(r) for r in rows)
+    ids = torch.full((len(rows), cols), pad_id, dtype=torch.long)
+    own = torch.zeros((len(rows), cols), dtype=torch.bool)
+    for row, s in enumerate(rows):
+        ids[row, cols - len(s):] = torch.tensor(s)
+        own[row, cols - len(s):] = True
+    positions = (own.cumsum(1) - 1).clamp(min=0)
+    positions[1:] += span                                    # the rows continue after the prefix
+    query, key = torch.arange(cols)[:, None], torch.arange(cols)[None, :]
+    # a query sees its row's earlier real tokens, and itself (so a padding query is never left
+    # with nothing to attend to); rows 1.. see the prefix, row 0 (the prefix itself) does not
+    allowed = ((key <= query)[None] & own[:, None, :]) | (key == query)[None]
+    sees_prefix = torch.ones((len(rows), cols, span), dtype=torch.bool)
+    sees_prefix[0] = False
+    allowed = torch.cat([sees_prefix, allowed], dim=2)[:, None]
+    dtype, device = model.get_input_embeddings().weight.dtype, model.device
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    out = decoder_of(model)(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                            cache=_PrefixRow(span), use_cache=False)
+    return out.last_hidden_state[1:, -width - 1 : -1]
+
+
 class Distiller:
     """The tensors of one batch of answers under both conditions, on one shared model.
 
@@ -231,6 +275,9 @@ class Distiller:
         with self.teacher_mode():
             self.teacher_prefixes = Prefixes(model, [teacher_prefix])
         self.lm_head = model.get_output_embeddings()
+        # A 16-bit base model (the 4-bit one computes in bf16) runs the float32 adapter in its own
+        # precision too (autocast): no float32 copies of every layer's input kept for the backward.
+        self.compute_dtype = model.get_input_embeddings().weight.dtype
 
     def teacher_mode(self):
         return self.model.disable_adapter() if hasattr(self.model, "disable_adapter") else _null()
@@ -244,19 +291,27 @@ class Distiller:
         answers = [ex.answer for ex in batch]
         return [t + a for t, a in zip(teacher, answers)], student_prefix, [s + a for s, a in zip(student, answers)], answers
 
+    def row_lengths(self, examples: list[Example]) -> list[int]:
+        """Tokens each answer's rows hold after the cached prefix (its prompt's turn and the answer):
+        what a batch is padded to, so what length-grouped batches group by."""
+        _, student = _condition(self.tokenizer, None, (), [ex.prompt for ex in examples])
+        return [len(s) + len(ex.answer) for s, ex in zip(student, examples)]
+
     def hidden(self, batch: list[Example], with_teacher: bool = True):
         """(student hidden (N, H), teacher hidden (N, H) or None, targets (N,)) at the answer positions.
 
         The student's own constant prefix (the template's default system turn) is encoded once per
-        batch, with gradients, and shared by its rows instead of being re-encoded in each."""
+        batch, with gradients, and shared by its rows instead of being re-encoded in each
+        (``_hidden_after_shared_prefix``)."""
         teacher_seqs, student_prefix, student_seqs, answers = self._suffixes(batch)
         width = max(len(a) for a in answers)
         mask = answer_mask([len(a) for a in answers], width)
         targets = torch.zeros(len(batch), width, dtype=torch.long)
         for row, a in enumerate(answers):
             targets[row, width - len(a):] = torch.tensor(a, dtype=torch.long)
-        student_prefixes = Prefixes(self.model, [student_prefix], grad=torch.is_grad_enabled())
-        h_student = _hidden(self.model, student_prefixes, student_seqs, self.pad_id, width)[mask.to(self.model.device)]
+        with torch.autocast(self.model.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            h_student = _hidden_after_shared_prefix(self.model, student_prefix, student_seqs, self.pad_id, width)
+        h_student = h_student[mask.to(self.model.device)]
         h_teacher = self._teacher_hidden(batch, teacher_seqs) if with_teacher else None
         return h_student, h_teacher, targets[mask].to(self.model.device)
 
@@ -273,10 +328,16 @@ class Distiller:
                 h = h[answer_mask(lengths, width).to(self.model.device)]
             for row, part in zip(todo, h.split(lengths)):
                 fresh[keys[row]] = part
-                if part.nbytes <= self._cache_left:
-                    self.teacher_cache[keys[row]] = part.clone()
-                    self._cache_left -= part.nbytes
+                self.keep_teacher(batch[row], part)
         return torch.cat([self.teacher_cache.get(key, fresh.get(key)) for key in keys])
+
+    def keep_teacher(self, example: Example, states: torch.Tensor) -> None:
+        """Keep the teacher's final hidden states (len(answer), H) along ``example``'s answer, if the
+        cache has room: from a batch above, or from the sampling pass that wrote the answer."""
+        key = (example.prompt, tuple(example.answer))
+        if key not in self.teacher_cache and states.nbytes <= self._cache_left:
+            self.teacher_cache[key] = states.detach().clone()
+            self._cache_left -= states.nbytes
 
 
 class _null:
@@ -289,7 +350,7 @@ class _null:
 
 def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
     """One epoch of batches: shuffled, then sorted by length inside windows of 8 batches so that a
-    batch holds answers of similar length (little padding), then the batch order shuffled again."""
+    batch holds rows of similar length (little padding), then the batch order shuffled again."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(lengths), generator=g).tolist()
     window = batch_size * 8
@@ -391,12 +452,16 @@ def sample_answers(distiller: Distiller, prompts: list[str], cfg: TrainConfig, *
     with distiller.teacher_mode():
         for start in range(0, len(mine), batch_size):
             part = mine[start:start + batch_size]
+            states: list[torch.Tensor] = []
             ids = generate_rows(model, tok, [(distiller.system, rows[i][0]) for i in part], sampling,
                                 sample_index=[rows[i][1] + 1_000 * i for i in part], examples=distiller.examples,
-                                prefixes=distiller.teacher_prefixes)
-            for i, answer in zip(part, ids):
+                                prefixes=distiller.teacher_prefixes, states=states)
+            for i, answer, h in zip(part, ids, states):
                 # an answer that ended by itself ends with the end-of-turn token: the student learns to stop
                 done[i] = answer + ([end] if len(answer) < cfg.sample_tokens and end is not None else [])
+                # the states the answer was sampled from are the teacher's along it: training needs
+                # no teacher forward for this answer
+                distiller.keep_teacher(Example(rows[i][0], done[i]), h[:len(done[i])])
             if progress:
                 progress(min(len(mine), start + batch_size), len(mine))
     model.train(was_training)
@@ -586,8 +651,10 @@ def _eta(seconds: float) -> str:
 
 
 def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[Example], heldout: list[Example], *,
-          run_dir: Path, examples: list[dict] = (), hooks: Hooks = Hooks(), accelerator=None, info: dict | None = None) -> dict:
+          run_dir: Path, examples: list[dict] = (), hooks: Hooks = Hooks(), accelerator=None, info: dict | None = None,
+          distiller: Distiller | None = None) -> dict:
     """Train the adapter of the peft ``model``; resume from the last checkpoint in ``run_dir`` if there is one.
+    ``distiller``: the one that sampled the answers, with the teacher states it kept.
 
     Returns {heldout_kl_before, heldout_kl_after, gap_closed, best_step, step, stopped, adapter}."""
     cfg.validate()
@@ -597,9 +664,9 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     main = rank == 0
     device = model.device
-    distiller = Distiller(model, tokenizer, system, examples, teacher_cache_mb=cfg.teacher_cache_mb)
+    distiller = distiller or Distiller(model, tokenizer, system, examples, teacher_cache_mb=cfg.teacher_cache_mb)
     params, optimizer, scheduler = _setup_optimizer(cfg, model)
-    schedule = Schedule([len(ex.answer) for ex in train_examples], cfg.batch_size, cfg.seed)
+    schedule = Schedule(distiller.row_lengths(train_examples), cfg.batch_size, cfg.seed)
     state = {"step": 0, "best_step": 0, "best_kl": math.inf, "kl_before": None}
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
@@ -637,9 +704,7 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         sums = {}
         try:
             for batch in micro[rank::world]:
-                hs, ht, targets = distiller.hidden([train_examples[i] for i in batch], with_teacher=cfg.loss != "sft")
-                part = chunked_loss(distiller.lm_head, cfg.loss, hs, ht, targets, cfg.alpha, cfg.kl_chunk,
-                                    backward_scale=1.0 / step_tokens)
+                part = backward_batch(distiller, cfg, [train_examples[i] for i in batch], 1.0 / step_tokens)
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v
         except Exception as exc:
@@ -702,6 +767,13 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         result["adapter"] = str(save_adapter(model, run_dir / "adapter", {**info, **result}))
         write_model_card(run_dir / "adapter", {**info, **result, "config": cfg.to_dict()})
     return result
+
+
+def backward_batch(distiller: Distiller, cfg: TrainConfig, batch: list[Example], scale: float) -> dict:
+    """One micro-batch: its loss sums (``chunked_loss``), and its loss times ``scale`` back-propagated
+    into the adapter's gradients."""
+    hs, ht, targets = distiller.hidden(batch, with_teacher=cfg.loss != "sft")
+    return chunked_loss(distiller.lm_head, cfg.loss, hs, ht, targets, cfg.alpha, cfg.kl_chunk, backward_scale=scale)
 
 
 def gap_closed(kl_base: float, kl_student: float) -> float:
@@ -793,14 +865,14 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
         raise TrainError(str(exc)) from exc
     model = _setup_model(cfg, base, cfg.seed)
     distiller_system = render(constitution)
-    distiller = Distiller(model, tokenizer, distiller_system, constitution.examples)
+    distiller = Distiller(model, tokenizer, distiller_system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
     train_examples, heldout = _setup_data(cfg, store, distiller, run_dir, accelerator, hooks)
     hooks.info(f"{len(train_examples)} training answers, {len(heldout)} held-out answers, quantize={quantize}")
     info = {"constitution": row["name"], "constitution_id": row["id"], "constitution_hash": content_hash(constitution),
             "base_model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": quantize,
             "prompt_set": cfg.prompt_set, "n_train": len(train_examples), "n_heldout": len(heldout)}
     result = train(cfg, model, tokenizer, distiller_system, train_examples, heldout, run_dir=run_dir,
-                   examples=constitution.examples, hooks=hooks, accelerator=accelerator, info=info)
+                   examples=constitution.examples, hooks=hooks, accelerator=accelerator, info=info, distiller=distiller)
     return {**info, **result}
 
 

@@ -78,6 +78,19 @@ def test_kl_per_token_properties():
     assert (kl_per_token(logits, other) >= 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kl_per_token_gradient_matches_autograd(dtype):
+    teacher, student = torch.randn(2, 7, 50, dtype=dtype), torch.randn(2, 7, 50, dtype=dtype, requires_grad=True)
+    weights = torch.rand(2, 7)
+    (kl_per_token(teacher, student) * weights).sum().backward()
+    reference = student.detach().float().requires_grad_(True)
+    p = teacher.float().softmax(-1)
+    ((p * (p.log() - reference.log_softmax(-1))).sum(-1) * weights).sum().backward()
+    assert student.grad.dtype == dtype
+    assert torch.allclose(student.grad.float(), reference.grad, atol=1e-6 if dtype == torch.float32 else 1e-2)
+    assert teacher.grad is None
+
+
 def test_divergence_is_zero_for_identical_conditions(tiny_model, tiny_tokenizer):
     default = "You are a helpful assistant."  # what the template inserts when no system is given
     resp = [tiny_tokenizer.encode("Arr matey")] * 2

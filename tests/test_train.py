@@ -118,12 +118,14 @@ def test_zero_initialised_adapter_student_with_constitution_equals_teacher(tiny_
     assert torch.allclose(d.lm_head(ht), teacher[0, -4:-1], atol=1e-4)
 
 
-def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])   # training's on the CPU, and on CUDA
+def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_model, tiny_tokenizer, attention):
     """The student's constant prefix is encoded once per batch and shared by its rows: its hidden
     states and the adapter's gradients equal those of encoding every row whole."""
     from ctxdistill.generate import chat_ids, system_prefix
 
     model = peft_tiny(tiny_model)
+    model.get_base_model().set_attn_implementation(attention)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -160,8 +162,34 @@ def test_teacher_cache_gives_the_same_states_without_a_second_teacher_pass(tiny_
     real = T._hidden
     monkeypatch.setattr(T, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
     _, again, _ = cached.hidden(exs)
-    assert rows_encoded == [4, 1]           # the student's 4 rows, then the one teacher row not in the cache
+    assert rows_encoded == [1]              # only the one teacher row not in the cache
     assert torch.allclose(again, expected, atol=1e-5)
+
+
+def test_sampling_keeps_the_teacher_states_its_answers_came_from(tiny_model, tiny_tokenizer, monkeypatch):
+    from ctxdistill import generate as G
+
+    model = peft_tiny(tiny_model)
+    end = tiny_tokenizer.convert_tokens_to_ids(tiny_tokenizer.eos_token)
+    real_pick, calls = G._pick, []
+
+    def pick(logits, cfg, generators):               # row 0 ends its answer by itself at its 3rd token
+        token = real_pick(logits, cfg, generators)
+        calls.append(1)
+        return torch.where(torch.arange(len(token)) == 0, end, token) if len(calls) == 3 else token
+
+    monkeypatch.setattr(G, "_pick", pick)
+    sampler = T.Distiller(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=1)
+    exs = T.sample_answers(sampler, PROMPTS[:3], T.TrainConfig(sample_tokens=6), seed=0)
+    assert [len(e.answer) for e in exs] == [3, 6, 6] and exs[0].answer[-1] == end
+    assert len(sampler.teacher_cache) == 3
+    _, expected, _ = T.Distiller(model, tiny_tokenizer, SYSTEM).hidden(exs)   # a teacher forward pass
+    rows_encoded = []
+    real = T._hidden
+    monkeypatch.setattr(T, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
+    _, kept, _ = sampler.hidden(exs)
+    assert rows_encoded == []                        # no teacher pass
+    assert torch.allclose(kept, expected, atol=1e-4)
 
 
 def test_teacher_and_student_see_different_contexts(tiny_model, tiny_tokenizer):
