@@ -87,7 +87,7 @@ class TrainConfig(StageConfig):
     keep_best: bool = field(default=True, metadata={"help": "end with the adapter of the step with the lowest held-out KL"})
     checkpoint_every: int = field(default=20, metadata={"help": "write a resumable checkpoint every N steps (0 = only when stopped)"})
     kl_chunk: int = field(default=256, metadata={"help": "answer positions per full-vocabulary chunk (bounds the memory of the logits)"})
-    teacher_cache_mb: int = field(default=512, metadata={"help": "memory for the teacher's final hidden states of each answer, computed once and reused in every later epoch and evaluation (0 = recompute every step)"})
+    teacher_cache_mb: int = field(default=512, metadata={"help": "memory for the teacher's final hidden states along each answer, kept from the sampling pass that wrote it (or its first computation) and reused by every step and evaluation (0 = recompute every step)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, sampling, adapter init)"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
@@ -262,8 +262,9 @@ class Distiller:
 
     The teacher (base weights, adapter off, constitution in context) does not change while the
     adapter trains, so with ``teacher_cache_mb`` its final hidden states along each answer are
-    kept after their first computation (H numbers per token, not a vocabulary's worth of logits)
-    and later epochs and evaluations of the same answer skip the teacher's forward pass."""
+    kept (H numbers per token, not a vocabulary's worth of logits): from the sampling pass that
+    wrote the answer (``sample_answers``), else from their first computation; steps and
+    evaluations of a kept answer skip the teacher's forward pass."""
 
     def __init__(self, model, tokenizer, system: str, examples: list[dict] = (), teacher_cache_mb: float = 0):
         self.model, self.tokenizer, self.system, self.examples = model, tokenizer, system, list(examples)
