@@ -230,8 +230,9 @@ class _PrefixRow:
 def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int) -> torch.Tensor:
     """As ``_hidden``, for rows that all follow ``prefix``, which is encoded as an extra row of the
     same forward pass: the rows attend to its keys and values, and gradients flow back into the
-    weights that encoded it. One pass instead of a prefix pass and a batch pass, which on the CPU
-    (per-operation overhead) costs the prefix's 24 tokens as much as the batch's hundreds."""
+    weights that encoded it. One pass instead of a prefix pass and a batch pass: on the CPU a pass
+    costs per operation as much as per token, and a pass of its own cost a 24-token prefix a third
+    of the time of a batch of eight rows."""
     if not prefix:
         return _hidden(model, Prefixes(model, [[]]), seqs, pad_id, width)
     rows = [prefix] + seqs

@@ -118,10 +118,14 @@ def test_zero_initialised_adapter_student_with_constitution_equals_teacher(tiny_
     assert torch.allclose(d.lm_head(ht), teacher[0, -4:-1], atol=1e-4)
 
 
-@pytest.mark.parametrize("attention", ["eager", "sdpa"])   # training's on the CPU, and on CUDA
-def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_model, tiny_tokenizer, attention):
+BARE_TEMPLATE = "{% for m in messages %}{{ m['content'] + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'A:' }}{% endif %}"
+
+
+@pytest.mark.parametrize("attention, template", [("eager", None), ("sdpa", None), ("eager", BARE_TEMPLATE)])
+def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_model, tiny_tokenizer, attention, template):
     """The student's constant prefix is encoded once per batch and shared by its rows: its hidden
-    states and the adapter's gradients equal those of encoding every row whole."""
+    states and the adapter's gradients equal those of encoding every row whole. Eager attention is
+    training's on the CPU, sdpa on CUDA; a template whose chats share no first tokens has no prefix."""
     from ctxdistill.generate import chat_ids, system_prefix
 
     model = peft_tiny(tiny_model)
@@ -130,7 +134,10 @@ def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_m
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.1)            # a trained adapter, so the prefix itself depends on it
-    assert system_prefix(tiny_tokenizer, None), "the test needs a template with a constant student prefix"
+    if template:
+        tiny_tokenizer = copy.deepcopy(tiny_tokenizer)
+        tiny_tokenizer.chat_template = template
+    assert bool(system_prefix(tiny_tokenizer, None)) == (template is None)
     exs = [T.Example("Hi there", [5, 6, 7]), T.Example("Write a poem about the sea.", [9, 4, 8, 2, 11])]
     lora = [p for p in model.parameters() if p.requires_grad]
     hs, _, targets = T.Distiller(model, tiny_tokenizer, SYSTEM).hidden(exs, with_teacher=False)
