@@ -178,17 +178,23 @@ def forward_suffixes(model, prefixes: Prefixes, groups: list[int], suffixes: lis
 def suffix_inputs(prefixes: Prefixes, groups: list[int], suffixes: list[list[int]], pad_id: int):
     """Left-padded suffix ids after their cached prefixes, as CPU tensors:
     (ids (B, S), suffix mask (B, S), attention mask over prefixes + suffix, position ids (B, S))."""
-    width = max(len(s) for s in suffixes)
-    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(suffixes), width), dtype=torch.long)
-    for row, s in enumerate(suffixes):
+    ids, mask, positions = left_padded(suffixes, pad_id, [prefixes.lengths[g] for g in groups])
+    attention = torch.cat([prefixes.prefix_mask(groups), mask], dim=1)
+    return ids, mask, attention, positions
+
+
+def left_padded(seqs: list[list[int]], pad_id: int, starts: list[int]):
+    """Rows of token ids padded on the left to one width, as CPU tensors: (ids (B, S), mask of the
+    real tokens (B, S), position ids (B, S) counting each row's real tokens from ``starts[row]``)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
         if s:
             ids[row, width - len(s) :] = torch.tensor(s)
             mask[row, width - len(s) :] = 1
-    starts = torch.tensor([prefixes.lengths[g] for g in groups])
-    positions = (starts[:, None] + mask.cumsum(1) - 1).clamp(min=0)
-    attention = torch.cat([prefixes.prefix_mask(groups), mask], dim=1)
-    return ids, mask, attention, positions
+    positions = (torch.tensor(starts)[:, None] + mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, positions
 
 
 def _pick(logits: torch.Tensor, cfg: SamplingConfig, generators: list[torch.Generator] | None) -> torch.Tensor:

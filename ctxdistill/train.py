@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import StageConfig
-from .generate import Prefixes, SamplingConfig, decoder_of, generate_rows, kl_per_token, split_rows, suffix_inputs
+from .generate import (Prefixes, SamplingConfig, decoder_of, generate_rows, kl_per_token, left_padded, split_rows,
+                       suffix_inputs)
 
 LOSSES = ("kl", "sft", "mix")
 DATA_SOURCES = ("prompts", "accepted")
@@ -235,20 +236,15 @@ def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]],
     of the time of a batch of eight rows."""
     if not prefix:
         return _hidden(model, Prefixes(model, [[]]), seqs, pad_id, width)
-    rows = [prefix] + seqs
-    span, cols = len(prefix), max(len(r) for r in rows)
-    ids = torch.full((len(rows), cols), pad_id, dtype=torch.long)
-    own = torch.zeros((len(rows), cols), dtype=torch.bool)
-    for row, s in enumerate(rows):
-        ids[row, cols - len(s):] = torch.tensor(s)
-        own[row, cols - len(s):] = True
-    positions = (own.cumsum(1) - 1).clamp(min=0)
-    positions[1:] += span                                    # the rows continue after the prefix
+    span = len(prefix)
+    # row 0 is the prefix, from position 0; the other rows continue after it
+    ids, own, positions = left_padded([prefix] + seqs, pad_id, [0] + [span] * len(seqs))
+    own, cols = own.bool(), ids.shape[1]
     query, key = torch.arange(cols)[:, None], torch.arange(cols)[None, :]
     # a query sees its row's earlier real tokens, and itself (so a padding query is never left
     # with nothing to attend to); rows 1.. see the prefix, row 0 (the prefix itself) does not
     allowed = ((key <= query)[None] & own[:, None, :]) | (key == query)[None]
-    sees_prefix = torch.ones((len(rows), cols, span), dtype=torch.bool)
+    sees_prefix = torch.ones((len(ids), cols, span), dtype=torch.bool)
     sees_prefix[0] = False
     allowed = torch.cat([sees_prefix, allowed], dim=2)[:, None]
     dtype, device = model.get_input_embeddings().weight.dtype, model.device
