@@ -28,10 +28,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex
 import yaml
 
 CHECK_KINDS = ("starts_with", "contains", "not_contains", "regex", "max_words")
 EXAMPLE_ROLES = ("user", "assistant")
+# Parsing is bounded whatever the text: a size limit, a nesting limit (a constitution is four levels
+# deep), and no YAML aliases (a few hundred bytes of nested aliases expand to gigabytes).
+MAX_TEXT_BYTES = 1 << 20
+MAX_DEPTH = 32
+# A user's regex check runs with a time limit (catastrophic backtracking), and releases the GIL
+# while it runs, so a slow pattern holds up only its own caller.
+REGEX_TIMEOUT_S = 0.05
 
 
 class ConstitutionError(ValueError):
@@ -58,7 +66,10 @@ class Check:
         if self.kind == "not_contains":
             return v.lower() not in text.lower()
         if self.kind == "regex":
-            return re.search(v, text, re.I | re.S) is not None
+            try:
+                return regex.search(v, text, regex.I | regex.S, timeout=REGEX_TIMEOUT_S, concurrent=True) is not None
+            except TimeoutError:
+                return False  # could not be shown to pass in time: counted as failed
         if self.kind == "max_words":
             return len(text.split()) <= int(v)
         raise ValueError(f"Unknown check kind {self.kind!r}.")
@@ -175,8 +186,8 @@ def _check_errors(where: str, check: Check) -> list[str]:
                 f"{', '.join(CHECK_KINDS)}."]
     if kind == "regex":
         try:
-            re.compile(value, re.I | re.S)
-        except re.error as e:
+            regex.compile(value, regex.I | regex.S)
+        except regex.error as e:
             return [f"{where} has an invalid regex check /{value}/: {e}."]
     elif kind == "max_words":
         try:
@@ -418,14 +429,38 @@ def _is_hf_recipe(obj) -> bool:
 
 # ---------------------------------------------------------- text formats
 
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases and nesting deeper than MAX_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
+                                              self.peek_event().start_mark)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"it is nested more than {MAX_DEPTH} levels deep",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitution:
     """Parse YAML or JSON text (auto: JSON if it starts with { or [).
 
     Structural problems raise ConstitutionError; semantic ones (empty
     principle, bad regex, ...) are left for `validate`. A bare list is read
     as the principles of a constitution named `name`; `name` also names
-    constitutions imported from the HF recipe format.
+    constitutions imported from the HF recipe format. Texts over MAX_TEXT_BYTES,
+    YAML aliases and nesting deeper than MAX_DEPTH are refused.
     """
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_TEXT_BYTES:
+        raise ConstitutionError(f"The text is {size / 2**20:.1f} MB; a constitution may be at most "
+                                f"{MAX_TEXT_BYTES / 2**20:g} MB.")
     if fmt is None:
         fmt = "json" if text.lstrip().startswith(("{", "[")) else "yaml"
     fmt = fmt.lower()
@@ -435,14 +470,20 @@ def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitu
         except json.JSONDecodeError as e:
             raise ConstitutionError(f"This is not valid JSON: {e.msg} at line {e.lineno}, "
                                     f"column {e.colno}.") from None
+        except RecursionError:  # the decoder's own nesting limit, well below what a stack holds
+            raise ConstitutionError("This JSON is nested too deeply to be a constitution.") from None
+        except ValueError as e:  # e.g. an integer of more digits than Python converts
+            raise ConstitutionError(f"This is not valid JSON: {e}.") from None
     elif fmt in ("yaml", "yml"):
         try:
-            obj = yaml.safe_load(text)
+            obj = yaml.load(text, Loader=_BoundedLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(e, "problem", None) or str(e)
             raise ConstitutionError(f"This is not valid YAML: {problem}{where}.") from None
+        except ValueError as e:
+            raise ConstitutionError(f"This is not valid YAML: {e}.") from None
     else:
         raise ConstitutionError(f"Unknown format \"{fmt}\"; use yaml or json.")
     if obj is None:

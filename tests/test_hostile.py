@@ -216,3 +216,76 @@ assert jobs.wait(store, job, timeout=90)["state"] == "failed"
     store.close()
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
     assert leaks == []
+
+
+# --------------------------------------------------------------------------- parsing and checks bounded in time and memory
+
+def alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes whose principle id expands to 9**levels strings."""
+    lines = ['l0: &l0 ["x","x","x","x","x","x","x","x","x"]']
+    lines += [f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + f"\nname: bomb\nprinciples:\n  - id: *l{levels - 1}\n    text: hi\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (alias_bomb(), "aliases"),
+    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+    ("name: " + "{a: " * 50_000 + "x" + "}" * 50_000, "nested more than"),
+    ("- " * 100_000 + "x", "nested more than"),
+    ("name: x\nprinciples: []\n#" + "x" * (2 << 20), "at most 1 MB"),
+    ("name: x\nprinciples:\n  - id: " + "1" * 5000 + "\n    text: y\n", "not valid YAML"),
+    ('{"name": ' + "1" * 5000 + ', "principles": []}', "not valid JSON"),
+])
+def test_hostile_constitution_texts_are_refused_at_once(text, message):
+    import time
+
+    from ctxdistill import constitution as cmod
+
+    start = time.perf_counter()
+    with pytest.raises(cmod.ConstitutionError, match=message) as raised:
+        cmod.parse(text)
+    assert time.perf_counter() - start < 0.5 and "\n" not in str(raised.value)
+
+
+def test_a_catastrophic_regex_check_is_cut_short():
+    import time
+
+    from ctxdistill.constitution import REGEX_TIMEOUT_S, Check
+    from ctxdistill.curate import sample_flags
+
+    check = Check("regex", "(a|aa)+$")
+    start = time.perf_counter()
+    assert check.passes("a" * 40 + "?") is False                 # timed out: not shown to pass
+    assert time.perf_counter() - start < REGEX_TIMEOUT_S + 0.2
+    assert check.passes("aaaa")
+    flags = sample_flags({"final": "a" * 40 + "?"}, [("p1", check)])
+    assert "failed_check:p1" in flags
+
+
+def test_a_catastrophic_regex_does_not_hold_other_visitors(tmp_path):
+    """One visitor saves an answer that their check backtracks on; another visitor's light calls go on."""
+    import threading
+    import time
+
+    from ctxdistill import constitution as cmod
+    from ctxdistill import curate
+
+    text = "name: slow\nprinciples:\n  - id: p1\n    text: say a\n    check: {kind: regex, value: '(a|aa)+$'}\n"
+    c = cmod.ensure_valid(cmod.parse(text))
+    store = Store(tmp_path)
+    cid = store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c))
+    store.add_prompts("s", [{"text": f"q{i}"} for i in range(20)])
+    ids = store.upsert_samples([{"prompt_id": p["id"], "constitution_id": cid, "prompted": "a" * 40 + "?"}
+                                for p in store.get_prompts("s")])
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (curate.refresh_flags(store, cid), done.set()))
+    worker.start()
+    waits = []
+    while not done.is_set():
+        start = time.perf_counter()
+        store.list_constitution_versions()
+        waits.append(time.perf_counter() - start)
+        time.sleep(0.01)
+    worker.join()
+    assert max(waits) < 0.5 and all("failed_check:p1" in store.get_sample(i)["flags"] for i in ids)
+    store.close()
