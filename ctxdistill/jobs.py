@@ -45,23 +45,36 @@ JOB_KINDS: dict[str, str] = {
 HEAVY = {"generate", "revise", "train", "evaluate"}
 
 HEARTBEAT_S = 1.0
-STALE_AFTER_S = 15.0      # no heartbeat for this long: the worker is gone or hung
+# A heartbeat older than this only says the worker is starved of CPU (or stopped): whether it is
+# dead is judged by its process (see worker_alive), since a busy machine, or a worker at idle
+# priority waiting for its main thread to let go of the GIL, can delay a heartbeat for minutes.
+STALE_AFTER_S = 15.0
 QUEUE_POLL_S = 0.3
-# A worker's compute runs below the app: on a machine with few cores a training job takes the CPU
-# the people clicking through the app leave, instead of slowing every click down. "idle" is
-# Linux's SCHED_IDLE (any waking app thread preempts it at once), "low" is nice 10, "normal" is
-# as the app. The worker's heartbeat keeps the normal priority, so a busy app never makes a
-# healthy job look dead. A worker runs in a session of its own (it outlives the app), and where
-# the kernel groups CPU time by session (autogroup) that group's weight is lowered as well:
-# otherwise the worker's session would get as much CPU as the app's, whatever its threads' policy.
+# A worker's compute runs below the app, so the people clicking through the app are not slowed
+# down by a training job. "idle" is Linux's SCHED_IDLE (any waking thread preempts it at once:
+# while anything else keeps the cores busy, the job makes no progress at all), "low" is nice 10
+# (about a tenth of a contended core: the job always advances), "normal" is as the app. Locally
+# the default is "low": what a user wants is a training run that finishes, even next to a busy
+# browser; a public demo (many visitors, one machine) defaults to "idle". A worker runs in a
+# session of its own (it outlives the app), and where the kernel groups CPU time by session
+# (autogroup) that group's weight is lowered as well: otherwise the worker's session would get as
+# much CPU as the app's, whatever its threads' policy.
 WORKER_NICE = {"idle": 19, "low": 10, "normal": 0}     # of the session's autogroup, and of the thread without SCHED_IDLE
+
+
+def worker_priority() -> str:
+    """CTXDISTILL_WORKER_PRIORITY, or the default: "idle" in demo mode, "low" otherwise."""
+    from . import demo
+
+    mode = os.environ.get("CTXDISTILL_WORKER_PRIORITY") or ("idle" if demo.enabled() else "low")
+    if mode not in WORKER_NICE:
+        raise StoreError(f"CTXDISTILL_WORKER_PRIORITY must be one of {', '.join(WORKER_NICE)}, not {mode!r}")
+    return mode
 
 
 def lower_priority() -> None:
     """Lower this thread's CPU priority (threads it starts later inherit it) and its session's."""
-    mode = os.environ.get("CTXDISTILL_WORKER_PRIORITY", "idle")
-    if mode not in WORKER_NICE:
-        raise StoreError(f"CTXDISTILL_WORKER_PRIORITY must be one of {', '.join(WORKER_NICE)}, not {mode!r}")
+    mode = worker_priority()
     if not WORKER_NICE[mode]:
         return
     try:
@@ -91,8 +104,7 @@ class JobContext:
         self.job_id = job_id
         self.config = config
         self.attempt = attempt          # 1 on the first run, 2 after one resume, ...
-        self.run_dir = store.runs_dir / str(job_id)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = store.run_dir(job_id)       # this job's own: never one another database left
         self.log = logging.getLogger(f"ctxdistill.job.{job_id}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
@@ -157,8 +169,7 @@ def submit(store: Store, kind: str, config: dict, owner: str = "") -> int:
 
 def spawn_worker(store: Store, job_id: int) -> int:
     """Start the worker process for a queued job; records and returns its pid."""
-    run_dir = store.runs_dir / str(job_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = store.run_dir(job_id)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -168,7 +179,7 @@ def spawn_worker(store: Store, job_id: int) -> int:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=env, start_new_session=True)
     _CHILDREN[proc.pid] = proc
-    # A fresh heartbeat now, so refresh() gives the worker time to start.
+    # The first heartbeat, from the instant the worker exists (its own thread takes over once it runs).
     store.update_job(job_id, pid=proc.pid, heartbeat_at=time.time())
     return proc.pid
 
@@ -255,7 +266,7 @@ def _wait_for_turn(store: Store, job_id: int) -> bool:
 
 
 class _Heartbeat(threading.Thread):
-    """Stamps heartbeat_at every second, so a hung or vanished worker is noticed."""
+    """Stamps heartbeat_at every second: its age says how much CPU the worker gets (see starved())."""
 
     def __init__(self, store: Store, job_id: int):
         super().__init__(name=f"heartbeat-{job_id}", daemon=True)
@@ -313,26 +324,32 @@ def refresh(store: Store) -> None:
         pid, job_id = job["pid"], job["id"]
         if pid is None:
             continue                         # not started by a worker (yet)
-        alive = pid == os.getpid() or _pid_alive(pid)
+        alive = worker_alive(pid, job_id)
         if alive and job["state"] == "running" and job["cancel_requested"] \
                 and job["kill_after"] is not None and now > job["kill_after"]:
             if _kill_worker(pid, job_id):
                 store.update_job(job_id, if_state="running", state="cancelled", finished_at=now,
                                  message="killed: it did not stop within the grace period")
             continue
-        beat = job["heartbeat_at"]
-        stale = beat is not None and now - beat > STALE_AFTER_S
-        if alive and not stale:
-            continue
-        why = f"pid {pid} is gone" if not alive else f"no heartbeat for {now - beat:.0f} s"
-        if alive and pid != os.getpid():
-            _kill_worker(pid, job_id)        # hung: stop it before anyone resumes the job
+        if alive:
+            continue                         # however long since its last heartbeat: see starved()
+        why = f"pid {pid} is gone" if not _pid_alive(pid) else f"pid {pid} now runs another program"
         if job["cancel_requested"]:
             store.update_job(job_id, if_state=("queued", "running"), state="cancelled",
                              finished_at=now, message=f"stopped ({why})")
         else:
             store.update_job(job_id, if_state=("queued", "running"), state="failed", finished_at=now,
                              error=f"interrupted: the worker process died ({why})")
+
+
+def starved(job: dict, now: float | None = None) -> float | None:
+    """Seconds since a live job's last heartbeat when that is long (its worker gets little CPU, or
+    is stopped), else None: for a status line, never a reason to fail the job."""
+    beat = job.get("heartbeat_at")
+    if job["state"] not in ("queued", "running") or beat is None:
+        return None
+    age = (now or time.time()) - beat
+    return age if age > STALE_AFTER_S else None
 
 
 def wait(store: Store, job_id: int, timeout: float) -> dict:
@@ -388,6 +405,25 @@ def _pid_alive(pid: int) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
         return True
+
+
+def worker_alive(pid: int, job_id: int) -> bool:
+    """Whether the process recorded for a job still runs it: the pid exists, is no zombie, and runs
+    this job's worker (or, for a job run in the foreground, a ctxdistill command). Judged by the
+    process, not by the heartbeat's age."""
+    if pid == os.getpid():
+        return True
+    if not _pid_alive(pid):
+        return False
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True                          # no /proc: the pid exists, which is all we can tell
+    if args == [b""]:
+        return True                          # starting (vfork, before exec) or exiting: no cmdline to read
+    if b"ctxdistill.jobs" in args:
+        return str(job_id).encode() in args
+    return any(b"ctxdistill" in a for a in args)
 
 
 def _kill_worker(pid: int, job_id: int) -> bool:

@@ -12,12 +12,22 @@ columns decoded and 0/1 flags turned into bools. Timestamps are Unix seconds
 
 `owner` separates visitors in the hosted demo; "" is the shared local
 workspace. List methods take `owner=` ("" by default; None means every owner).
+
+A run directory `runs/<job id>/` belongs to its job through a random key kept in
+both the job's row and the directory's `run_key` file: after the database was
+recreated (or restored from an older backup) job ids start again, and a
+directory left from another database is moved aside (`runs/<id>.orphan-<time>`),
+never resumed or overwritten. Opening the store checks the database and keeps a
+rolling backup of it in `backups/` (SQLite's online backup API, at most every
+BACKUP_EVERY_S, the last two kept); `restore_backup` (`ctxdistill doctor
+--restore`) puts the newest good one back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -26,6 +36,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 DB_NAME = "ctxdistill.db"
+BACKUP_DIR = "backups"
+BACKUP_EVERY_S = 600.0
+BACKUPS_KEPT = 2
+RUN_KEY_FILE = "run_key"
 SPLITS = ("train", "heldout")
 SAMPLE_STATUSES = ("pending", "accepted", "rejected")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -63,10 +77,15 @@ class ConflictError(StoreError):
 def workspace_home(path: str | os.PathLike | None = None) -> Path:
     """The workspace directory: `path`, else $CTXDISTILL_HOME, else ./workspace.
 
-    Creates it, with runs/ and models/, if missing."""
+    Creates it, with runs/ and models/, if missing; StoreError if it cannot."""
     home = Path(path or os.environ.get("CTXDISTILL_HOME") or "workspace").expanduser().resolve()
     for d in (home, home / "runs", home / "models"):
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot use {home} as the workspace: {e.strerror or e} ({d})") from None
+    if not os.access(home, os.W_OK):
+        raise StoreError(f"cannot use {home} as the workspace: it is not writable")
     return home
 
 
@@ -199,7 +218,13 @@ def _m002_drafts(db: sqlite3.Connection) -> None:
     """)
 
 
-MIGRATIONS = [_m001_initial, _m002_drafts]
+def _m003_run_keys(db: sqlite3.Connection) -> None:
+    # The key that binds runs/<id>/ to its job row (see the module docstring); NULL for older jobs,
+    # whose directories are taken as they are.
+    db.execute("ALTER TABLE jobs ADD COLUMN run_key TEXT")
+
+
+MIGRATIONS = [_m001_initial, _m002_drafts, _m003_run_keys]
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -223,8 +248,15 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute(f"PRAGMA user_version = {version + 1}")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    # SQLite rolls back by itself on some errors (a full disk, an I/O error); a second ROLLBACK
+    # would then raise "no transaction is active" and hide the error that matters.
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 # --------------------------------------------------------------------------- store
@@ -246,13 +278,25 @@ class Store:
         self._local = threading.local()      # .reader: this thread's read connection; .in_tx
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()   # never the write lock: a reader must not wait for it
-        self._conn = self._connect()
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        # In WAL mode NORMAL is still crash-safe; it only skips an fsync per commit.
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._lock:
-            _migrate(self._conn)
+        if self.path.is_file() and self.path.stat().st_size == 0 and backups(self.home):
+            # SQLite would take an empty file for a new database and job ids would start again
+            raise StoreError(f"{self.path} is empty (truncated?) and the workspace has a backup: run "
+                             "`ctxdistill doctor --restore` to put it back, or delete the file to start afresh")
+        try:
+            self._conn = self._connect()
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL is still crash-safe; it only skips an fsync per commit.
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            with self._lock:
+                _migrate(self._conn)
+            problem = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
+        except sqlite3.Error as e:
+            self._conn = None
+            raise StoreError(damaged_message(self.home, e)) from None
+        self.backup()
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions; _tx() opens them explicitly.
@@ -293,7 +337,7 @@ class Store:
                 try:
                     yield db
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _rollback(db)
                     raise
                 db.execute("COMMIT")
             finally:
@@ -605,10 +649,32 @@ class Store:
     def create_job(self, kind: str, config: dict, owner: str = "", heavy: bool = False) -> int:
         """A new job row in state 'queued'. `heavy` jobs (they load the model) run one at a time."""
         with self._tx() as db:
-            cur = db.execute("INSERT INTO jobs (kind, config, heavy, owner, created_at) "
-                             "VALUES (?, ?, ?, ?, ?)",
-                             (kind, _json(config or {}), int(bool(heavy)), owner, time.time()))
-            return cur.lastrowid
+            cur = db.execute("INSERT INTO jobs (kind, config, heavy, owner, created_at, run_key) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (kind, _json(config or {}), int(bool(heavy)), owner, time.time(),
+                              secrets.token_hex(16)))
+        self.run_dir(cur.lastrowid)
+        return cur.lastrowid
+
+    def run_dir(self, job_id: int) -> Path:
+        """runs/<job_id>/, made for this job: a directory there that another database's job left
+        (its run_key differs, or it has none) is moved aside first, so its checkpoints and data
+        are never taken for this job's."""
+        key = self.get_job(job_id)["run_key"]
+        path = self.runs_dir / str(int(job_id))
+        if key is None:                      # a job from before run keys
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        try:
+            if (path / RUN_KEY_FILE).read_text().strip() == key:
+                return path
+        except OSError:
+            pass
+        if path.exists():
+            path.rename(path.with_name(f"{path.name}.orphan-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"))
+        path.mkdir(parents=True)
+        (path / RUN_KEY_FILE).write_text(key + "\n")
+        return path
 
     def get_job(self, job_id: int, owner: str | None = None) -> dict:
         """One job; with `owner`, NotFound unless it belongs to that owner."""
@@ -747,6 +813,88 @@ class Store:
         with self._lock:
             rows = self._db().execute("PRAGMA integrity_check").fetchall()
         return len(rows) == 1 and rows[0][0] == "ok"
+
+    def backup(self, force: bool = False) -> Path | None:
+        """Copy the database to backups/ (SQLite's online backup: consistent while others write)
+        when the newest copy is older than BACKUP_EVERY_S (or `force`); the last BACKUPS_KEPT
+        are kept. Returns the new copy, or None when none was due."""
+        kept = backups(self.home)
+        if kept and not force and time.time() - kept[0].stat().st_mtime < BACKUP_EVERY_S:
+            return None
+        folder = self.home / BACKUP_DIR
+        folder.mkdir(exist_ok=True)
+        tmp = folder / f".{DB_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                with self._lock:
+                    self._db().backup(target)
+            finally:
+                target.close()
+            for n in range(BACKUPS_KEPT - 1, 0, -1):  # shift the older copies down
+                older = folder / f"{DB_NAME}.{n}"
+                if older.exists():
+                    os.replace(older, folder / f"{DB_NAME}.{n + 1}")
+            os.replace(tmp, folder / f"{DB_NAME}.1")
+        except (OSError, sqlite3.Error):
+            tmp.unlink(missing_ok=True)      # a full disk must not stop the workspace from opening
+            return None
+        return folder / f"{DB_NAME}.1"
+
+
+def backups(home: str | os.PathLike) -> list[Path]:
+    """The workspace's database backups, newest first."""
+    folder = Path(home) / BACKUP_DIR
+    found = [p for p in folder.glob(f"{DB_NAME}.*") if p.suffix[1:].isdigit()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.suffix[1:]))
+
+
+def damaged_message(home: Path, error: Exception) -> str:
+    tail = ("run `ctxdistill doctor --restore` to put the newest backup back" if backups(home)
+            else "there is no backup: move the file aside to start an empty workspace")
+    return f"the workspace database {home / DB_NAME} cannot be used ({error}); {tail}"
+
+
+def check_database(path: str | os.PathLike) -> str:
+    """"ok", or what SQLite's integrity check finds wrong with the database file at `path`."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        return str(e)
+    return "ok" if [tuple(r) for r in rows] == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+
+
+def restore_backup(home: str | os.PathLike) -> dict:
+    """Put the newest backup that passes an integrity check in place of the workspace database.
+
+    The current database (and its -wal/-shm files, which must not be applied to the copy) is
+    moved aside as ctxdistill.db.damaged-<time>. Nothing may have the workspace open meanwhile.
+    Returns {"restored": backup path, "saved_as": moved-aside path or None, "backup_time": mtime}."""
+    home = Path(home)
+    good = next((b for b in backups(home) if check_database(b) == "ok"), None)
+    if good is None:
+        raise StoreError(f"no usable backup in {home / BACKUP_DIR}")
+    db = home / DB_NAME
+    saved_as = None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        current = db.with_name(DB_NAME + suffix)
+        if current.exists():
+            aside = db.with_name(f"{DB_NAME}.damaged-{stamp}{suffix}")
+            os.replace(current, aside)
+            saved_as = saved_as or (aside if not suffix else None)
+    source, target = sqlite3.connect(f"file:{good}?mode=ro", uri=True), sqlite3.connect(db)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return {"restored": str(good), "saved_as": str(saved_as) if saved_as else None,
+            "backup_time": good.stat().st_mtime}
 
 
 # --------------------------------------------------------------------------- helpers

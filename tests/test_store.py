@@ -320,3 +320,109 @@ def test_draft_autosave_keeps_one_per_owner(tmp_path):
     store.save_draft({"name": "x"}, owner="alice")
     assert store.get_draft()["content"] == {"name": "b"}
     assert store.get_draft("alice")["content"] == {"name": "x"}
+
+
+# ---------------------------------------------------------------- run directories, damage and backups
+
+def test_a_recreated_database_never_reuses_old_run_directories(tmp_path):
+    """Truncate the database, keep runs/: job ids start again, and the old run's data and checkpoints
+    are moved aside, never taken for the new job's."""
+    s = Store(tmp_path)
+    old = s.create_job("train", {"constitution": "pirate"})
+    (s.runs_dir / str(old) / "data.json").write_text('{"old": true}')
+    (s.runs_dir / str(old) / "checkpoints" / "step-000020").mkdir(parents=True)
+    s.close()
+    (tmp_path / "backups").rename(tmp_path / "kept-backups")  # as if there were none: the file is just empty
+    (tmp_path / store_mod.DB_NAME).write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / (store_mod.DB_NAME + suffix)).unlink(missing_ok=True)
+    s = Store(tmp_path)
+    new = s.create_job("train", {"constitution": "concise"})
+    assert new == old
+    run = s.runs_dir / str(new)
+    assert sorted(p.name for p in run.iterdir()) == [store_mod.RUN_KEY_FILE]
+    aside = list(s.runs_dir.glob(f"{old}.orphan-*"))
+    assert len(aside) == 1 and (aside[0] / "data.json").read_text() == '{"old": true}'
+    assert s.run_dir(new) == run and (run / store_mod.RUN_KEY_FILE).is_file()   # its own: kept as it is
+    # a directory without a key (copied in by hand, or from another workspace) is not this job's either
+    (run / store_mod.RUN_KEY_FILE).unlink()
+    (run / "data.json").write_text("{}")
+    assert not (s.run_dir(new) / "data.json").exists()
+    s.close()
+
+
+def test_jobs_from_before_run_keys_keep_their_directories(tmp_path):
+    s = Store(tmp_path)
+    job = s.create_job("train", {})
+    s._conn.execute("UPDATE jobs SET run_key = NULL WHERE id = ?", (job,))   # as migrated from an older version
+    (s.runs_dir / str(job) / store_mod.RUN_KEY_FILE).unlink()
+    (s.runs_dir / str(job) / "data.json").write_text("{}")
+    assert (s.run_dir(job) / "data.json").exists()
+    s.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "half"])
+def test_a_damaged_database_is_reported_with_what_to_do(tmp_path, damage):
+    import os
+
+    s = Store(tmp_path)
+    for i in range(200):
+        s.save_constitution(f"c{i}", {"text": "x" * 400}, f"h{i}")
+    s.close()
+    db = tmp_path / store_mod.DB_NAME
+    data = db.read_bytes()
+    db.write_bytes(os.urandom(len(data)) if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(StoreError, match="cannot be used.*ctxdistill doctor --restore"):
+        Store(tmp_path)
+    (tmp_path / "backups").rename(tmp_path / "gone")
+    with pytest.raises(StoreError, match="no backup: move the file aside"):
+        Store(tmp_path)
+
+
+def test_an_emptied_database_with_a_backup_is_refused(tmp_path):
+    Store(tmp_path).close()
+    (tmp_path / store_mod.DB_NAME).write_bytes(b"")
+    with pytest.raises(StoreError, match="empty.*doctor --restore"):
+        Store(tmp_path)
+
+
+def test_rolling_backup_and_restore(tmp_path, monkeypatch):
+    s = Store(tmp_path)
+    first = store_mod.backups(tmp_path)
+    assert [p.name for p in first] == [f"{store_mod.DB_NAME}.1"]
+    assert s.backup() is None                       # not due yet
+    kept = s.save_constitution("kept", {"a": 1}, "h1")
+    monkeypatch.setattr(store_mod, "BACKUP_EVERY_S", 0.0)
+    s.backup()
+    s.backup()
+    s.backup()
+    assert [p.name for p in store_mod.backups(tmp_path)] == [f"{store_mod.DB_NAME}.{n}" for n in (1, 2)]
+    s.save_constitution("lost", {"a": 2}, "h2")
+    late = s.create_job("train", {})                # made after the backup: its directory is not the restored job's
+    (s.runs_dir / str(late) / "data.json").write_text("{}")
+    s.close()
+    (tmp_path / store_mod.DB_NAME).write_bytes(b"not a database at all" * 100)
+    result = store_mod.restore_backup(tmp_path)
+    assert result["saved_as"] and (tmp_path / result["saved_as"]).read_bytes().startswith(b"not a database")
+    s = Store(tmp_path)
+    assert s.constitution_names() == ["kept"] and s.get_constitution(kept)["name"] == "kept"
+    again = s.create_job("train", {})
+    assert again == late and not (s.runs_dir / str(again) / "data.json").exists()
+    s.close()
+
+
+def test_a_full_disk_reports_itself(tmp_path):
+    """SQLite rolls a transaction back by itself when the disk is full; rolling back again used to
+    replace that error by "cannot rollback - no transaction is active"."""
+    s = Store(tmp_path)
+    pages = s._conn.execute("PRAGMA page_count").fetchone()[0]
+    s._conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        s.save_constitution("big", {"x": "y" * 200_000}, "h")
+    s.close()
+
+
+def test_an_unusable_workspace_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError, match="cannot use .* as the workspace"):
+        Store(tmp_path / "file" / "ws")
