@@ -4,7 +4,8 @@
     ctxdistill preview --constitution assets/constitutions/pirate.yaml --prompt "Hi" --json
 
 Each sub-command is a function ``cmd_<name>(args) -> int`` registered with ``@command(name, help, flags)``;
-errors that a user can fix are raised as ``UserError`` and printed without a traceback.
+errors that a user can fix are raised as ``UserError``. Every failure, a bad flag included, is printed as
+one line ``error: ...`` (hub tokens redacted) with exit status 2, never as a traceback.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ _COMMANDS: list[tuple[str, str, object, object]] = []
 
 class UserError(Exception):
     """Bad input: printed as one clear line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line, like every other failure of the command."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def command(name: str, help: str, configure=None):
@@ -104,6 +113,8 @@ def _serve_flags(p):
 def cmd_serve(args) -> int:
     import os
 
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, not {args.port}")
     if args.workspace:
         os.environ["CTXDISTILL_HOME"] = args.workspace
     if args.model:
@@ -347,7 +358,7 @@ def cmd_export(args) -> int:
 def _train_flags(p):
     from ctxdistill.train import TrainConfig
 
-    p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
+    p.add_argument("--constitution", help="constitution file, or a version id in the workspace (not with --resume)")
     add_dataclass_flags(p, TrainConfig, skip=("constitution_id", "model", "owner"))
     p.add_argument("--resume", type=int, metavar="RUN", help="continue a stopped or failed run from its last checkpoint")
     p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
@@ -363,6 +374,8 @@ def cmd_train(args) -> int:
     from ctxdistill import train
     from ctxdistill.store import StoreError
 
+    if args.resume is None and not args.constitution:
+        raise UserError("--constitution is required (or --resume RUN to continue a run)")
     store = open_store(args)
     if args.resume is not None:
         try:
@@ -487,8 +500,41 @@ def allow_remote_code(requested: bool) -> None:
     os.environ["CTXDISTILL_TRUST_REMOTE_CODE"] = "1"
 
 
+def _doctor_flags(p):
+    p.add_argument("--restore", action="store_true",
+                   help="replace the workspace database by its newest good backup (stop the app and jobs first)")
+
+
+@command("doctor", "check the workspace database and its backups; --restore puts the newest good backup back", _doctor_flags)
+def cmd_doctor(args) -> int:
+    import time
+
+    from ctxdistill import store as S
+
+    home = S.workspace_home(args.workspace)
+    if args.restore:
+        result = S.restore_backup(home)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["backup_time"]))
+        emit(args, result, f"restored the backup of {when} ({result['restored']})"
+             + (f"; the previous database was moved to {result['saved_as']}" if result["saved_as"] else ""))
+        return 0
+    db = home / S.DB_NAME
+    status = S.check_database(db) if db.is_file() and db.stat().st_size else "missing or empty"
+    kept = [{"path": str(b), "time": b.stat().st_mtime, "check": S.check_database(b)} for b in S.backups(home)]
+    orphans = sorted(str(p) for p in (home / "runs").glob("*.orphan-*"))
+    lines = [f"database {db}: {status}"]
+    lines += [f"backup {b['path']} of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(b['time']))}: {b['check']}"
+              for b in kept] or ["no backup yet (one is made when the workspace is opened)"]
+    lines += [f"run directory left by another database: {o}" for o in orphans]
+    emit(args, {"database": str(db), "check": status, "backups": kept, "orphaned_runs": orphans}, "\n".join(lines))
+    if status != "ok":
+        raise UserError(f"the database is not usable ({status})" +
+                        ("; run `ctxdistill doctor --restore`" if any(b["check"] == "ok" for b in kept) else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctxdistill", description="Write a constitution and distil it into the weights.")
+    parser = _Parser(prog="ctxdistill", description="Write a constitution and distil it into the weights.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help, configure, fn in _COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
@@ -499,15 +545,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ctxdistill.safety import redact
+    from ctxdistill.store import StoreError
+
     args = build_parser().parse_args(argv)
     try:
         allow_remote_code(args.trust_remote_code)
         return args.func(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UserError, StoreError) as exc:
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # anything else (a full disk, a hub error) is still one line, not a traceback
+        print(f"error: {redact(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -107,6 +107,13 @@ class TrainConfig(StageConfig):
             errors.append(f"alpha must be between 0 and 1, got {self.alpha}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             errors.append(f"learning rate must be a positive number, got {self.lr}")
+        try:  # the teacher's sampling settings, checked as the sampling stage checks them
+            SamplingConfig(max_new_tokens=self.sample_tokens, temperature=self.temperature).validate()
+        except ValueError as exc:
+            errors.append(f"teacher sampling: {exc}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                errors.append(f"{name.replace('_', ' ')} must be a number of 0 or more, got {getattr(self, name)}")
         if not 0 <= self.lora_dropout < 1:
             errors.append(f"LoRA dropout must be in [0, 1), got {self.lora_dropout}")
         for name in ("steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "kl_chunk", "samples_per_prompt", "sample_tokens"):

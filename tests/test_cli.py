@@ -72,3 +72,58 @@ def test_bad_arguments(capsys, extra, message):
 def test_missing_constitution_file(capsys):
     code, _, err = run(capsys, "preview", "--constitution", "/no/such.yaml", "--prompt", "Hi")
     assert code == 2 and "No such file" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--constitution", PIRATE, "--temperature", "-1"], "temperature must be between 0 and 5"),
+    (["train", "--constitution", PIRATE, "--weight-decay", "nan"], "weight decay must be a number of 0 or more"),
+    (["train", "--constitution", PIRATE, "--max-grad-norm", "inf"], "max grad norm"),
+    (["train", "--constitution", PIRATE, "--sample-tokens", "5000"], "teacher sampling: max new tokens"),
+    (["train"], "--constitution is required (or --resume RUN"),
+    (["train", "--resume", "7"], "job 7 not found"),
+    (["train", "--steps", "many"], "invalid int value"),
+    (["serve", "--port", "99999"], "--port must be between 1 and 65535"),
+    (["serve", "--workspace", "/proc/self"], "as the workspace"),
+    (["doctor", "--restore"], "no usable backup"),
+])
+def test_every_failure_is_one_line_before_any_job(capsys, tmp_path, argv, message):
+    """Checked before a job is queued (none is), and said in one line, never a traceback."""
+    from ctxdistill.store import Store
+
+    argv = [*argv, "--workspace", str(tmp_path / "ws")] if "--workspace" not in argv else argv
+    try:
+        code, _, err = run(capsys, *argv)
+    except SystemExit as exc:      # argparse's own errors exit from parse_args
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: "), err
+    if (tmp_path / "ws" / "ctxdistill.db").exists():
+        assert Store(tmp_path / "ws").list_jobs() == []
+
+
+def test_resume_needs_no_constitution(capsys, tmp_path, monkeypatch):
+    from ctxdistill import cli, jobs
+    from ctxdistill.store import Store
+
+    store = Store(tmp_path)
+    job = store.create_job("train", {"constitution_id": 1}, heavy=True)
+    store.update_job(job, state="failed", error="killed")
+    resumed = []
+    monkeypatch.setattr(jobs, "resume", lambda store, job_id: resumed.append(job_id) or job_id)
+    code, out, _ = run(capsys, "train", "--resume", str(job), "--detach", "--workspace", str(tmp_path))
+    assert code == 0 and resumed == [job] and f"job {job} started" in out
+
+
+def test_doctor_reports_and_restores(capsys, tmp_path):
+    from ctxdistill.store import DB_NAME, Store
+
+    Store(tmp_path).close()
+    code, out, _ = run(capsys, "doctor", "--workspace", str(tmp_path))
+    assert code == 0 and ": ok" in out and "backup" in out
+    (tmp_path / DB_NAME).write_bytes(b"garbage" * 1000)
+    code, _, err = run(capsys, "eval", "--constitution", "1", "--run", "1", "--workspace", str(tmp_path))
+    assert code == 2 and "doctor --restore" in err and err.count("\n") == 1
+    code, out, err = run(capsys, "doctor", "--workspace", str(tmp_path))
+    assert code == 2 and "doctor --restore" in err
+    code, out, _ = run(capsys, "doctor", "--restore", "--workspace", str(tmp_path))
+    assert code == 0 and "restored the backup" in out
+    Store(tmp_path).close()
