@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from .constitution import Check, Constitution, content_hash, from_hf_recipe, to_dict
+from .safety import spreadsheet_cell
 from .store import Store
 
 FLAGS = ("empty", "cut_off", "repetition", "failed_check", "near_duplicate")
@@ -207,7 +208,7 @@ def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike
         with open(path, "w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(records)
+            writer.writerows({k: spreadsheet_cell(v) for k, v in r.items()} for r in records)
     manifest = {"format": fmt, "path": str(path), "constitution_id": constitution_id,
                 "constitution_name": version["name"], "constitution_hash": version["hash"],
                 "set": set_name, "counts": {**store.count_samples(constitution_id=constitution_id,

@@ -909,7 +909,7 @@ def report(results: dict, fmt: str = "md", tally: dict | None = None) -> str:
     if fmt == "html":
         import markdown_it  # gradio depends on it
 
-        md = markdown_it.MarkdownIt("commonmark").enable("table")
+        md = markdown_it.MarkdownIt("commonmark", {"html": False}).enable("table")  # user text stays text
         body = [f"<h1>{html.escape(title)}</h1>"]
         for heading, text, fig in sections:
             body += [f"<h2>{html.escape(heading)}</h2>", md.render(text)]

@@ -1,18 +1,27 @@
-"""Guards for what users send: names that become paths, uploaded files, and hub tokens.
+"""Guards for what users send: names that become paths, uploaded files, hub tokens, and cells
+that a spreadsheet would run as formulas.
 
     path = safe_path(store.runs_dir, f"{run_id}/adapter")   # UnsafeInput if it leaves runs/
     check_upload(path, (".yaml", ".json"), max_bytes=2 << 20)
-    text = redact(str(exc))                                  # no token ends up in the store or a log
+    text = redact(str(exc))                                  # no token ends up in the store, a log or a message
+    row = {k: spreadsheet_cell(v) for k, v in row.items()}   # "=HYPERLINK(...)" -> "'=HYPERLINK(...)"
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 # Uploads we read as text must be UTF-8 without NUL bytes; these formats are binary.
 BINARY_MAGIC = {".parquet": b"PAR1"}
 TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN")
+# Tokens that are not in the environment still look like this: a hub token, or whatever follows
+# "Bearer" or an Authorization header (a hub that echoes the request's headers in its error).
+TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{8,}|(?<=Bearer )[^\s'\",]+|(?<=Authorization: )[^\s'\",]+", re.I)
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP,
+# "CSV injection"); a leading quote makes it text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class UnsafeInput(ValueError):
@@ -75,7 +84,14 @@ def secrets(env=None) -> list[str]:
 
 
 def redact(text: str, env=None) -> str:
-    """``text`` with every hub token from the environment replaced by ``***``."""
+    """``text`` with every hub token from the environment, and anything shaped like a token or
+    following "Bearer" / "Authorization:", replaced by ``***``."""
     for secret in secrets(env):
         text = text.replace(secret, "***")
-    return text
+    return TOKEN_PATTERN.sub("***", text)
+
+
+def spreadsheet_cell(value):
+    """A CSV cell that spreadsheets show as text: strings starting with = + - @ tab or CR get a
+    leading single quote (OWASP's advice); anything else is returned as it is."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value

@@ -289,3 +289,80 @@ def test_a_catastrophic_regex_does_not_hold_other_visitors(tmp_path):
     worker.join()
     assert max(waits) < 0.5 and all("failed_check:p1" in store.get_sample(i)["flags"] for i in ids)
     store.close()
+
+
+# --------------------------------------------------------------------------- exports safe to open
+
+def test_html_report_shows_markup_as_text(monkeypatch):
+    from ctxdistill import evaluate as E
+
+    hostile = " ".join(XSS)
+    monkeypatch.setattr(E, "report_sections", lambda results, tally: [
+        ("Setup", f"Constitution **{hostile}** with preamble {hostile}", None),
+        ("Principle checks", E._table_md([{"principle": hostile, "check": "<b onmouseover=alert(1)>x</b>"}]), None)])
+    page = E.report({"constitution": {"name": hostile, "id": 1}}, "html")
+    assert "<script" not in page and "<img" not in page and "<b onmouseover" not in page
+    assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
+
+
+def test_csv_export_neutralises_formulas(store):
+    import csv
+
+    from ctxdistill import curate
+
+    cid = store.save_constitution("c", {"name": "c"}, "h")
+    texts = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "plain"]
+    store.add_prompts("s", [{"text": f"prompt {t}"} for t in texts] + [{"text": "=cmd|' /C calc'!A0"}])
+    prompts = store.get_prompts("s")
+    for p, t in zip(prompts, texts + ["fine"]):
+        store.update_sample(store.upsert_sample(p["id"], cid, prompted=t), 1, status="accepted")
+    out = store.home / "x.csv"
+    curate.export(store, cid, "csv", out)
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["completion"] for r in rows] == ["'" + t for t in texts[:-1]] + ["plain", "fine"]
+    assert rows[-1]["prompt"] == "'=cmd|' /C calc'!A0"
+
+
+# --------------------------------------------------------------------------- tokens in errors
+
+HUB_ECHO = f"403 Forbidden: request headers were {{'Authorization': 'Bearer {TOKEN}'}}"
+
+
+def test_hub_errors_are_redacted_even_when_the_token_is_not_in_the_environment(monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    assert TOKEN not in redact(HUB_ECHO) and "Bearer ***" in redact(HUB_ECHO)
+    assert redact("Authorization: token-from-a-cached-login") == "Authorization: ***"
+
+
+def test_review_export_error_hides_the_token(tmp_path, monkeypatch):
+    from ctxdistill import curate
+
+    ctx = AppContext(home=tmp_path, demo=False)
+    blocks = build_app(ctx)
+    cid = ctx.store.save_constitution("c", {"name": "c"}, "h")
+
+    def echoing_hub(*args, **kwargs):
+        raise RuntimeError(HUB_ECHO)
+
+    monkeypatch.setattr(curate, "export", echoing_hub)
+    export = next(f.fn for f in blocks.fns.values() if f.fn is not None and f.fn.__name__ == "on_export"
+                  and f.fn.__module__ == "ctxdistill.ui.samples")
+    _, message = export(SimpleNamespace(session_hash="v"), "datasets", "me/data", cid, "(any)", "all", "(any)", "(any)",
+                        "", 0, 0)
+    assert "Not exported" in message and TOKEN not in message
+
+
+def test_cli_hub_export_error_is_one_redacted_line(tmp_path, monkeypatch, capsys):
+    from ctxdistill import cli, curate
+
+    monkeypatch.setenv("HF_TOKEN", "hf_AnotherTokenInTheEnvironment99")
+    monkeypatch.setattr(curate, "export", lambda *a, **kw: (_ for _ in ()).throw(OSError(HUB_ECHO)))
+    store = Store(tmp_path)
+    store.save_constitution("c", {"name": "c"}, "h")
+    store.close()
+    code = cli.main(["export", "--workspace", str(tmp_path), "--constitution", "1", "--format", "datasets",
+                     "--out", str(tmp_path / "out"), "--hub-id", "me/data"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: OSError: 403") and err.count("\n") == 1
+    assert TOKEN not in err and "Traceback" not in err

@@ -19,6 +19,7 @@ import gradio as gr
 
 from ctxdistill import curate
 from ctxdistill.store import ConflictError, NotFound
+from ctxdistill.safety import redact
 from ctxdistill.ui.common import AppContext
 
 ANY = "(any)"
@@ -329,7 +330,7 @@ def build(ctx: AppContext) -> None:
             r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner,
                               hub_id=(hub or "").strip() or None)
         except Exception as exc:  # a bad format or filter, and from the hub: no token, network, permissions
-            return None, f"**Not exported:** {exc}"
+            return None, f"**Not exported:** {redact(str(exc))}"
         # the download: the export and its manifest in one archive, from a temporary directory
         bundle = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / out.name
         bundle.mkdir()
