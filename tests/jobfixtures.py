@@ -45,6 +45,19 @@ def stubborn(ctx, config):
         time.sleep(0.1)
 
 
+def spin(ctx, config):
+    """Burns `seconds` of CPU holding the GIL (a C loop, as in loading a model), with progress."""
+    import resource
+
+    cpu = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    start, total, shown = cpu(), float(config["seconds"]), -1
+    while (used := cpu() - start) < total:
+        sum(range(5_000_000))           # never lets go of the GIL: the heartbeat thread waits for it
+        if int(10 * used / total) != shown:
+            shown = int(10 * used / total)
+            ctx.progress(shown, 10, "spinning")
+
+
 def priority(ctx, config):
     """Reports the CPU priority of the worker's compute thread."""
     import os
