@@ -98,9 +98,12 @@ def _models_dir(args):
 
 
 def open_store(args):
+    from ctxdistill import jobs
     from ctxdistill.store import Store
 
-    return Store(args.workspace)
+    store = Store(args.workspace)
+    jobs.refresh(store)          # a worker killed while no page was open is settled by the next command
+    return store
 
 
 def _serve_flags(p):

@@ -217,3 +217,21 @@ def test_starved_worker_is_not_declared_dead(store, monkeypatch):
     assert starved > jobs.STALE_AFTER_S                # the heartbeat really went stale
     job = jobs.wait(store, job_id, timeout=60)
     assert job["state"] == "done", job
+
+
+def test_a_command_settles_a_worker_killed_while_no_page_was_open(store):
+    """Nothing polls: the next `ctxdistill` command (or app start) opening the store marks it failed."""
+    import argparse
+    import subprocess
+    import sys
+
+    from ctxdistill.cli import open_store
+
+    job_id = store.create_job("tests.jobfixtures:stubborn", {})
+    worker = subprocess.Popen([sys.executable, "-m", "ctxdistill.jobs", str(job_id), "--workspace", str(store.home)],
+                              start_new_session=True)      # a worker this process does not track
+    _until(lambda: store.get_job(job_id)["state"] == "running", timeout=30)
+    worker.kill()
+    worker.wait()
+    assert store.get_job(job_id)["state"] == "running"          # nobody has looked yet
+    assert open_store(argparse.Namespace(workspace=str(store.home))).get_job(job_id)["state"] == "failed"

@@ -34,6 +34,9 @@ class AppContext:
 
     def __post_init__(self):
         self.store = Store(self.home)
+        from ctxdistill import jobs
+
+        jobs.refresh(self.store)  # workers that died while the app was down are settled before any page opens
         self.caps = demo_mode.DemoCaps.from_env() if self.demo else None
 
     @classmethod
