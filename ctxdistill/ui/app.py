@@ -25,6 +25,9 @@ TABS = [
 CSS = """
 #divergence .textfield { line-height: 1.9; }
 .kbd { font-family: monospace; border: 1px solid #bbb; border-radius: 3px; padding: 0 4px; }
+.word-diff { white-space: pre-wrap; word-break: break-word; font-size: 0.9em; }
+#diff del { background: #fdd; color: #900; }
+#diff ins { background: #dfd; color: #060; }
 .badge { display: inline-block; margin: 0 4px 2px 0; padding: 1px 8px; border-radius: 10px; background: #d4a017; color: #fff; font-size: 0.85em; }
 """
 

@@ -3,6 +3,10 @@ save immutable versions, browse history and diffs, restore, import and export.""
 
 from __future__ import annotations
 
+import difflib
+import html
+import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ctxdistill import constitution as cmod
+from ctxdistill.demo import kb
 from ctxdistill.ui.common import AppContext, draft_constitution, error_text
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "constitutions"
@@ -29,6 +34,23 @@ def _principles_table(draft: dict) -> pd.DataFrame:
         rows.append({"#": i + 1, "id": p.get("id", ""), "text": p.get("text", ""),
                      "check": f"{check.get('kind')}: {check.get('value')}" if check else ""})
     return pd.DataFrame(rows, columns=["#", "id", "text", "check"])
+
+
+def word_diff_html(old: str, new: str, old_label: str, new_label: str) -> str:
+    """The newer text with the words taken out struck through and the words put in marked, wrapped
+    to the panel's width: a change deep in a long line stays in view."""
+    a, b = re.split(r"(\s+)", old), re.split(r"(\s+)", new)
+    out = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op in ("replace", "delete"):
+            out.append(f"<del>{html.escape(''.join(a[i1:i2]))}</del>")
+        if op in ("replace", "insert"):
+            out.append(f"<ins>{html.escape(''.join(b[j1:j2]))}</ins>")
+        if op == "equal":
+            out.append(html.escape("".join(a[i1:i2])))
+    head = (f"<div class='diff-head'><del>{html.escape(old_label)}</del> → <ins>{html.escape(new_label)}</ins></div>"
+            if old != new else f"<div class='diff-head'>{html.escape(old_label)} and {html.escape(new_label)} are identical</div>")
+    return f"<div id='diff-text'>{head}<pre class='word-diff'>{''.join(out)}</pre></div>"
 
 
 def _choices(draft: dict) -> list[tuple[str, int]]:
@@ -89,7 +111,8 @@ def build(ctx: AppContext) -> None:
                 name = gr.Textbox(label="Name", elem_id="c-name", scale=1)
                 description = gr.Textbox(label="Description", elem_id="c-description", scale=2)
             preamble = gr.Textbox(label="Preamble (optional, comes before the principles)", lines=2, elem_id="c-preamble")
-            table = gr.Dataframe(label="Principles", interactive=False, wrap=True, elem_id="principles")
+            table = gr.Dataframe(label="Principles", interactive=False, wrap=True, elem_id="principles",
+                                 column_widths=["6%", "14%", "55%", "25%"])
             with gr.Row(equal_height=True):
                 selector = gr.Dropdown(label="Edit principle", choices=[], elem_id="principle-select", scale=3)
                 add = gr.Button("Add", elem_id="add-principle", size="sm", min_width=60)
@@ -120,7 +143,8 @@ def build(ctx: AppContext) -> None:
             with gr.Accordion("History and diff", open=True):
                 history = gr.Dropdown(label="Version", choices=[], elem_id="history")
                 compare = gr.Dropdown(label="Compare with", choices=[], elem_id="compare-to")
-                diff = gr.Code(language="markdown", label="Diff", interactive=False, elem_id="diff")
+                diff = gr.HTML(label="Diff (words taken out struck through, words put in underlined)",
+                               elem_id="diff")
                 restore = gr.Button("Restore this version", elem_id="restore", size="sm")
             with gr.Accordion("Examples, import, export", open=False):
                 example = gr.Dropdown(label="Example", choices=list(examples()), elem_id="example")
@@ -145,26 +169,37 @@ def build(ctx: AppContext) -> None:
     everything = [*view_outputs, *field_outputs, *top_outputs, history, compare]
 
     def autosave(draft, version, request):
+        ctx.limit(text_kb=kb(json.dumps(draft, ensure_ascii=False)))  # every edit of the draft comes through here
         ctx.store.save_draft(draft, version, owner=ctx.owner(request))
+
+    # .change, not .input: gradio's Textbox fires "input" on key presses only, so a Backspace, a cut, a
+    # paste or an undo would never reach the draft. "change" fires on every edit, and also when a
+    # callback sets the field (loading, picking another principle): those change nothing and are skipped.
+    unchanged = (gr.skip(),) * (1 + len(view_outputs))
 
     def set_top(field_name):
         def fn(value, draft, version, selected, request: gr.Request):
+            if draft.get(field_name, "") == value:
+                return unchanged
             draft = {**draft, field_name: value}
             autosave(draft, version, request)
             return draft, *views(ctx, draft, selected)
         return fn
 
     for box, field_name in ((name, "name"), (description, "description"), (preamble, "preamble")):
-        box.input(set_top(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
-                  trigger_mode="always_last")
+        box.change(set_top(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
+                   trigger_mode="always_last", show_progress="hidden")
 
     def set_field(field_name):
         def fn(value, draft, version, selected, request: gr.Request):
             ps = [dict(p) for p in draft.get("principles") or []]
             if selected is None or not 0 <= selected < len(ps):
-                return draft, *views(ctx, draft, selected)
+                return unchanged
             p = ps[selected]
             if field_name in ("check_kind", "check_value"):
+                shown = principle_fields(draft, selected)[PRINCIPLE_FIELDS.index(field_name)]
+                if value == shown:           # as the field shows it (a number check's value as text)
+                    return unchanged
                 check = dict(p.get("check") or {"kind": "contains", "value": ""})
                 check["kind" if field_name == "check_kind" else "value"] = value
                 if check["kind"] == NO_CHECK:
@@ -173,14 +208,16 @@ def build(ctx: AppContext) -> None:
                     p["check"] = check
             else:
                 p[field_name] = value
+            if p == draft["principles"][selected]:
+                return unchanged
             draft = {**draft, "principles": ps}
             autosave(draft, version, request)
             return draft, *views(ctx, draft, selected)
         return fn
 
     for box, field_name in zip(field_outputs, PRINCIPLE_FIELDS):
-        box.input(set_field(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
-                  trigger_mode="always_last")
+        box.change(set_field(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
+                   trigger_mode="always_last", show_progress="hidden")
 
     selector.input(lambda draft, sel: principle_fields(draft, sel), [ctx.draft, selector], field_outputs)
 
@@ -215,6 +252,7 @@ def build(ctx: AppContext) -> None:
         return (draft, version, *show_all(draft, 0, request, version), note)
 
     def from_yaml(code, draft, version, request: gr.Request):
+        ctx.limit(text_kb=kb(code or ""))
         try:
             return replace_draft(cmod.parse(code, "yaml"), version, request, "YAML applied.")
         except cmod.ConstitutionError as exc:
@@ -268,12 +306,11 @@ def build(ctx: AppContext) -> None:
     def show_diff(a, b, request: gr.Request):
         if a is None:
             return ""
-        va = ctx.constitution(a, request)
-        ca = cmod.from_dict(va["content"])
+        text = cmod.dumps(cmod.from_dict(ctx.constitution(a, request)["content"]))
         if b is None:
-            return cmod.dumps(ca)
-        vb = ctx.constitution(b, request)
-        return cmod.diff(cmod.from_dict(vb["content"]), ca, f"v{b}", f"v{a}") or "(identical)"
+            return f"<pre class='word-diff'>{html.escape(text)}</pre>"
+        old = cmod.dumps(cmod.from_dict(ctx.constitution(b, request)["content"]))
+        return word_diff_html(old, text, f"v{b}", f"v{a}")
 
     history.change(show_diff, [history, compare], diff)
     compare.change(show_diff, [history, compare], diff)

@@ -46,3 +46,30 @@ def test_invalid_edit_is_refused_and_last_version_kept(page):
     page.get_by_role("tab", name="Preview").click()
     page.locator("#run-preview").click()  # empty prompt
     page.wait_for_selector("text=The prompt is empty")
+
+
+RENDERED = "document.querySelector('#rendered textarea').value"
+
+
+def test_every_edit_reaches_the_draft(page):
+    """Backspace, a paste (fill sends no key presses) and Delete all reach the draft, as typing does."""
+    page.wait_for_function(FILLED)
+    text = page.locator("#principle-text textarea")
+    text.click()
+    text.press("End")
+    text.type(" Ahoy!")
+    page.wait_for_function(f"{RENDERED}.includes('Ahoy!')")
+    for _ in range(len(" Ahoy!")):
+        text.press("Backspace")
+    page.wait_for_function(f"!{RENDERED}.includes('Ahoy')")
+    original = text.input_value()
+    text.fill(original + " Pasted words.")
+    page.wait_for_function(f"{RENDERED}.includes('Pasted words.')")
+    page.locator("#save").click()
+    page.wait_for_selector("#save-result >> text=Saved as")
+    assert "no changes" not in page.locator("#save-result").inner_text()
+    text.press("End")
+    text.press("Shift+Home")
+    text.press("Delete")
+    page.wait_for_function(f"!{RENDERED}.includes('Pasted words.')")
+    page.wait_for_selector("#principles >> text=Pasted words.", state="detached")
