@@ -2,8 +2,9 @@
 
 Spaces set ``SPACE_ID``; ``CTXDISTILL_DEMO=1`` turns the same mode on anywhere (``=0`` off).
 In demo mode every visitor gets their own rows in the one workspace (the store's ``owner``),
-the work one visitor can ask for is capped (``DemoCaps``: each cap overridable by an
-environment variable, e.g. ``CTXDISTILL_DEMO_STEPS=200`` on a duplicated Space with a GPU),
+the work one visitor can ask for is capped (``DemoCaps``, the one table of caps that every callback
+and API endpoint checks: each cap overridable by an environment variable, e.g.
+``CTXDISTILL_DEMO_STEPS=200`` on a duplicated Space with a GPU),
 ``trust_remote_code`` is never honoured, and model-heavy calls are wrapped for ZeroGPU.
 """
 
@@ -23,12 +24,22 @@ class DemoLimit(ValueError):
 class DemoCaps:
     """What one demo visitor may ask for at a time. Env: CTXDISTILL_DEMO_<NAME upper-cased>."""
 
-    prompts: int = 48           # prompts per imported set, and per sampling or training job
+    prompts: int = 48           # prompts per imported set, and per sampling, training or evaluation job
     steps: int = 40             # training steps per run
     samples: int = 2            # samples per prompt (preview and sampling)
     rounds: int = 2             # critique/revision rounds per sample
     max_new_tokens: int = 64    # new tokens per answer
+    batch_size: int = 8         # answers per training micro-batch, prompts per sampling batch
+    grad_accum: int = 4         # micro-batches per training step
+    lora_r: int = 32            # LoRA rank
+    text_kb: float = 64.0       # one constitution or draft, prompt, note or edited answer, as stored
     upload_mb: float = 2.0      # size of one uploaded file
+
+    def __post_init__(self):
+        bad = [f"{ENV_PREFIX}{f.name.upper()}={getattr(self, f.name)}" for f in fields(self)
+               if not getattr(self, f.name) > 0]
+        if bad:
+            raise DemoLimit(f"{', '.join(bad)}: every demo cap must be above 0")
 
     @classmethod
     def from_env(cls, env=None) -> "DemoCaps":
@@ -58,7 +69,13 @@ class DemoCaps:
     def summary(self) -> str:
         return (f"at most {self.prompts} prompts per set or job, {self.steps} training steps, "
                 f"{self.samples} samples per prompt, {self.rounds} revision rounds, {self.max_new_tokens} new tokens per answer, "
-                f"{self.upload_mb:g} MB per upload")
+                f"batches of {self.batch_size}, {self.grad_accum} accumulation steps, LoRA rank {self.lora_r}, "
+                f"{self.text_kb:g} KB per constitution or text, {self.upload_mb:g} MB per upload")
+
+
+def kb(*texts: str) -> float:
+    """The size of some texts in KB, as DemoCaps.text_kb counts it (UTF-8)."""
+    return round(sum(len(t.encode("utf-8", "surrogatepass")) for t in texts if t) / 1024, 1)
 
 
 def enabled(env=None) -> bool:

@@ -15,6 +15,7 @@ import gradio as gr
 
 from ctxdistill import constitution as cmod
 from ctxdistill import curate
+from ctxdistill.demo import kb
 from ctxdistill.store import ConflictError, NotFound, StoreError
 from ctxdistill.ui.common import AppContext
 
@@ -36,6 +37,7 @@ def build(ctx: AppContext) -> None:
 
     def save_version(constitution: str, message: str, request: gr.Request) -> dict:
         """Save a constitution (YAML or JSON text) as a new version; returns its id."""
+        ctx.limit(text_kb=max(kb(constitution or ""), kb(message or "")))
         try:
             c = cmod.ensure_valid(cmod.parse(constitution))
         except ValueError as exc:
@@ -64,6 +66,7 @@ def build(ctx: AppContext) -> None:
         """Accept or reject a sample (status "accepted"/"rejected"; "" keeps it) and/or set its note,
         as of the version read; a sample changed since then is reported, not overwritten."""
         owner = ctx.owner(request)
+        ctx.limit(text_kb=kb(note or ""))
         sample(sample_id, request)  # the visitor's own, or gr.Error
         try:
             row = curate.review(ctx.store, int(sample_id), int(version), status=status or None,

@@ -51,7 +51,8 @@ class AppContext:
         return ""
 
     def limit(self, **values) -> None:
-        """gr.Error when a requested size is above the demo caps (nothing to check locally)."""
+        """gr.Error when a requested size is above the demo caps (nothing to check locally).
+        Every callback that starts work or stores data calls it; `text_kb=demo.kb(text, ...)` for texts."""
         if self.caps is not None:
             try:
                 self.caps.check(**values)
@@ -115,6 +116,15 @@ class AppContext:
         from ctxdistill.models import default_models_dir, get_model
 
         return get_model(self.model_spec, models_dir=default_models_dir(self.home))
+
+
+def slider(minimum, maximum, value, **kwargs):
+    """gr.Slider, or a fixed number where a demo cap leaves a single value (gradio refuses a slider
+    whose minimum is not below its maximum)."""
+    if maximum > minimum:
+        return gr.Slider(minimum, maximum, value=min(value, maximum), **kwargs)
+    kwargs.pop("step", None)
+    return gr.Number(value=maximum, minimum=maximum, maximum=maximum, precision=0, interactive=False, **kwargs)
 
 
 def draft_constitution(draft: dict | None) -> cmod.Constitution:

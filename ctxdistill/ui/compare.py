@@ -21,10 +21,11 @@ from ctxdistill import evaluate as E
 from ctxdistill import jobs
 from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution, slider
 from ctxdistill.ui.preview import highlight, prompt_choices
 
 POLL_S = 1.0
+INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
 CHOICES = {"1": "a", "2": "b", "3": "tie", "4": "both_bad"}
 KEYS_JS = """
 () => {
@@ -184,7 +185,8 @@ def build(ctx: AppContext) -> None:
         gr.Markdown("KL between the teacher with the whole constitution and with one principle removed, along the "
                     "teacher's answers: which principles change behaviour and which are dead weight.")
         with gr.Row():
-            influence_n_now = gr.Slider(2, 32, value=8, step=1, label="Prompts", elem_id="influence-n")
+            influence_n_now = slider(min(2, caps.prompts) if caps else 2, min(32, caps.prompts) if caps else 32, value=8,
+                                     step=1, label="Prompts", elem_id="influence-n")
             influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
         influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
         influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
@@ -316,16 +318,18 @@ def build(ctx: AppContext) -> None:
     # ---------------------------------------------------------------- principle influence of the draft
 
     def measure(draft, n, request: gr.Request):
+        ctx.limit(prompts=int(n))
         c = draft_constitution(draft)
         try:
             cmod.ensure_valid(c)
             model, tokenizer = ctx.model()
         except (ValueError, ModelError) as exc:
             raise gr.Error(str(exc)) from None
+        tokens = min(INFLUENCE_TOKENS, ctx.caps.max_new_tokens) if ctx.caps else INFLUENCE_TOKENS
         prompts = prompt_choices(ctx, ctx.owner(request), "heldout")[: int(n)]
         if not prompts:
             raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
-        rows = E.influence(model, tokenizer, c, prompts, n_boot=500)
+        rows = E.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
         return E.fig_influence(rows), pd.DataFrame([{"principle": x["principle"], "KL without it": E._fmt(x), "n": x["n"],
                                                      "text": x["text"]} for x in rows])
 

@@ -122,7 +122,8 @@ def build(ctx: AppContext) -> None:
         max_new = gr.Number(label="Max new tokens", precision=0, elem_id="gen-max-new-tokens", **tokens)
         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="gen-temperature")
         top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", elem_id="gen-top-p")
-        batch = gr.Number(label="Prompts per batch", value=g.batch_size, precision=0, elem_id="gen-batch")
+        batch = gr.Number(label="Prompts per batch", value=min(g.batch_size, caps.batch_size) if caps else g.batch_size,
+                          precision=0, minimum=1, maximum=caps.batch_size if caps else None, elem_id="gen-batch")
     start_gen = gr.Button("Start sampling", variant="primary", elem_id="gen-start")
 
     gr.Markdown("### Critique and revise (SL-CAI)\nEach round picks a principle, asks the model to critique the "
@@ -224,7 +225,8 @@ def build(ctx: AppContext) -> None:
                                                     "temperature": float(temp), "top_p": float(top_p_)})
         if ctx.caps is not None and not cfg.limit:
             cfg.limit = ctx.caps.prompts  # "all" means "as many as the demo allows"
-        ctx.limit(prompts=cfg.limit, samples=cfg.sampling["n"], max_new_tokens=cfg.sampling["max_new_tokens"])
+        ctx.limit(prompts=cfg.limit, samples=cfg.sampling["n"], max_new_tokens=cfg.sampling["max_new_tokens"],
+                  batch_size=cfg.batch_size)
         if not select_prompts(ctx.store, cfg.set_name, search=cfg.search, limit=cfg.limit, owner=owner):
             raise gr.Error(f"Prompt set {cfg.set_name!r} has no train prompts matching the filter.")
         return submit("generate", cfg, request)

@@ -125,7 +125,8 @@ def build(ctx: AppContext) -> None:
     defaults = T.TrainConfig()
     caps = ctx.caps
     # demo caps bound the form itself (gradio refuses a number above its maximum) and on_start
-    form_caps = {"steps": caps.steps, "max_prompts": caps.prompts, "sample_tokens": caps.max_new_tokens} if caps else {}
+    form_caps = {"steps": caps.steps, "max_prompts": caps.prompts, "sample_tokens": caps.max_new_tokens,
+                 "batch_size": caps.batch_size, "grad_accum": caps.grad_accum, "lora_r": caps.lora_r} if caps else {}
     with gr.Row():
         version = gr.Dropdown(label="Constitution version", choices=[], elem_id="train-version", scale=2)
         prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id="train-prompt-set", scale=1)
@@ -205,7 +206,7 @@ def build(ctx: AppContext) -> None:
         if ctx.caps is not None and not cfg.max_prompts:
             cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
         ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts, max_new_tokens=cfg.sample_tokens,
-                  samples=cfg.samples_per_prompt)
+                  samples=cfg.samples_per_prompt, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r)
         job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
         return run_choices(owner, job_id)
 

@@ -4,18 +4,19 @@ what the constitution changes token by token (per-token KL along the teacher's a
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from ctxdistill import constitution as cmod
-from ctxdistill.demo import gpu
+from ctxdistill.demo import gpu, kb
 from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, generate_rows, preview_stream
 from ctxdistill.models import ModelError, context_window, default_models_dir, get_model
 from ctxdistill.sampling import ensure_default_prompts
 from ctxdistill.train import AdapterError, merged_student
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution, slider
 from ctxdistill.ui.distill import adapter_choices, adapter_dir
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
@@ -69,7 +70,9 @@ def _student(spec, models_dir, adapter: str, prompt: str, cfg: SamplingConfig) -
 
 def run_preview(ctx: AppContext, constitution, prompts: list[str], cfg: SamplingConfig):
     """Yield Preview snapshots; every user-fixable problem becomes a gr.Error with a clear message."""
-    ctx.limit(max_new_tokens=cfg.max_new_tokens, samples=cfg.n, prompts=len(prompts))
+    text = constitution if isinstance(constitution, str) else json.dumps(constitution or {})
+    ctx.limit(max_new_tokens=cfg.max_new_tokens, samples=cfg.n, prompts=len(prompts),
+              text_kb=max([kb(text), *(kb(p or "") for p in prompts)]))
     try:
         cfg.validate()
         if not prompts or any(not (p or "").strip() for p in prompts):
@@ -108,9 +111,9 @@ def build(ctx: AppContext) -> None:
             top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", elem_id="top-p")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
-            max_new = gr.Slider(1, caps.max_new_tokens if caps else MAX_NEW_TOKENS_LIMIT, value=64, step=1,
-                                label="Max new tokens", elem_id="max-new-tokens")
-            samples = gr.Slider(1, caps.samples if caps else 8, value=1, step=1, label="Samples per prompt", elem_id="samples")
+            max_new = slider(1, caps.max_new_tokens if caps else MAX_NEW_TOKENS_LIMIT, value=64, step=1,
+                             label="Max new tokens", elem_id="max-new-tokens")
+            samples = slider(1, caps.samples if caps else 8, value=1, step=1, label="Samples per prompt", elem_id="samples")
     run = gr.Button("Preview", variant="primary", elem_id="run-preview")
     with gr.Row():
         prompted = gr.Textbox(label="With the constitution (teacher)", lines=8, interactive=False, elem_id="prompted")
@@ -124,8 +127,8 @@ def build(ctx: AppContext) -> None:
     mean = gr.Markdown(elem_id="mean-kl")
     with gr.Accordion("Batch preview", open=False):
         with gr.Row():
-            n_batch = gr.Slider(1, min(64, caps.prompts) if caps else 64, value=8, step=1, label="Prompts from the set",
-                                elem_id="batch-n")
+            n_batch = slider(1, min(64, caps.prompts) if caps else 64, value=8, step=1, label="Prompts from the set",
+                             elem_id="batch-n")
             split = gr.Radio(["train", "heldout"], value="heldout", label="Split", elem_id="batch-split")
             run_batch = gr.Button("Preview batch", elem_id="run-batch")
         table = gr.Dataframe(headers=["prompt", "with constitution", "without", "mean KL"], wrap=True,

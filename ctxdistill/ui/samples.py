@@ -18,6 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from ctxdistill import curate
+from ctxdistill.demo import kb
 from ctxdistill.store import ConflictError, NotFound
 from ctxdistill.safety import redact
 from ctxdistill.ui.common import AppContext
@@ -249,6 +250,7 @@ def build(ctx: AppContext) -> None:
     def act(owner: str, new_status, text, note_text, ids, at, state, *filter_values):
         if not state:
             return render(owner, ids, at, filter_values, "Nothing to review here.")
+        ctx.limit(text_kb=max(kb(text or ""), kb(note_text or "")))
         changes = {"status": new_status}
         if text is not None and text != state["final"]:
             changes["final"] = text
