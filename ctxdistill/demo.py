@@ -6,14 +6,28 @@ the work one visitor can ask for is capped (``DemoCaps``, the one table of caps 
 and API endpoint checks: each cap overridable by an environment variable, e.g.
 ``CTXDISTILL_DEMO_STEPS=200`` on a duplicated Space with a GPU),
 ``trust_remote_code`` is never honoured, and model-heavy calls are wrapped for ZeroGPU.
+
+Who a visitor is comes from a signed cookie, not from gradio's session hash: the session hash is
+new at every page load (a reload would lose the visitor's runs) and is sent by the client, so a
+client that replays another visitor's hash would get their workspace. ``VisitorCookie`` gives each
+browser a random id signed with HMAC-SHA256 under a secret kept in the workspace (``visitor.key``);
+the cookie is HttpOnly (page scripts cannot read it), lasts 30 days, and over HTTPS is
+``SameSite=None; Secure; Partitioned`` so that it also works in the huggingface.co iframe of a
+Space. An id that does not carry the server's signature is refused, so no client can pick one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import secrets
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 ENV_PREFIX = "CTXDISTILL_DEMO_"
+VISITOR_COOKIE = "ctxdistill_visitor"
+VISITOR_MAX_AGE_S = 30 * 24 * 3600
 
 
 class DemoLimit(ValueError):
@@ -89,6 +103,62 @@ def enabled(env=None) -> bool:
 def caps(env=None) -> DemoCaps | None:
     """The caps in demo mode; None (no caps) in local mode."""
     return DemoCaps.from_env(env) if enabled(env) else None
+
+
+def visitor_secret(home: str | os.PathLike) -> bytes:
+    """The workspace's key for signing visitor cookies (made once, readable by its owner only)."""
+    path = Path(home) / "visitor.key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    path.touch(mode=0o600)
+    path.write_text(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def sign_visitor(secret: bytes, visitor: str) -> str:
+    """The cookie value of a visitor id: "<id>.<HMAC-SHA256 of the id>"."""
+    return f"{visitor}.{hmac.new(secret, visitor.encode(), hashlib.sha256).hexdigest()}"
+
+
+def visitor_of(secret: bytes, cookies) -> str | None:
+    """The visitor id in a correctly signed cookie, else None."""
+    visitor, _, _ = str((cookies or {}).get(VISITOR_COOKIE, "")).rpartition(".")
+    return visitor if visitor and hmac.compare_digest(sign_visitor(secret, visitor), cookies[VISITOR_COOKIE]) else None
+
+
+class VisitorCookie:
+    """ASGI middleware: every HTTP request reaches the app with a signed visitor cookie. A request
+    without one (a first visit, a new API client, a forged or stale cookie) gets a new id, which the
+    app sees at once and the response sets; gradio_client keeps it like a browser does."""
+
+    def __init__(self, app, secret: bytes):
+        self.app, self.secret = app, secret
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import cookie_parser
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        cookies = cookie_parser(headers.get(b"cookie", b"").decode("latin-1"))
+        if visitor_of(self.secret, cookies) is not None:
+            return await self.app(scope, receive, send)
+        value = sign_visitor(self.secret, secrets.token_urlsafe(16))
+        cookies[VISITOR_COOKIE] = value
+        header = "; ".join(f"{k}={v}" for k, v in cookies.items()).encode("latin-1")
+        scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k != b"cookie"] + [(b"cookie", header)]}
+        https = scope.get("scheme") == "https" or headers.get(b"x-forwarded-proto", b"").startswith(b"https")
+        flags = "; Secure; SameSite=None; Partitioned" if https else "; SameSite=Lax"
+        set_cookie = f"{VISITOR_COOKIE}={value}; Path=/; Max-Age={VISITOR_MAX_AGE_S}; HttpOnly{flags}".encode()
+
+        async def send_with_cookie(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", set_cookie)]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_cookie)
 
 
 def duplicate_url(env=None) -> str | None:

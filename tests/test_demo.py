@@ -21,6 +21,13 @@ PIRATE = Path(__file__).resolve().parents[1] / "assets" / "constitutions" / "pir
 A, B = SimpleNamespace(session_hash="visitor-a"), SimpleNamespace(session_hash="visitor-b")
 
 
+def visitor(ctx, name: str, request=None) -> SimpleNamespace:
+    """A request from visitor `name`: the signed cookie the app's middleware gives a browser."""
+    request = request or SimpleNamespace(session_hash=name)
+    request.cookies = {demo.VISITOR_COOKIE: demo.sign_visitor(ctx.secret, name)}
+    return request
+
+
 def callback(blocks, api_name: str):
     return next(f.fn for f in blocks.fns.values() if f.api_name == api_name)
 
@@ -43,6 +50,8 @@ def element(blocks, elem_id: str):
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     ctx = AppContext(home=tmp_path_factory.mktemp("demo-ws"), demo=True)
+    for request in (A, B):
+        visitor(ctx, request.session_hash, request)
     return ctx, build_app(ctx)
 
 
@@ -404,7 +413,7 @@ def test_two_api_clients_are_two_visitors(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    blocks.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    blocks.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True, **ctx.server_options())
     try:
         a, b = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
         made = a.predict(PIRATE.read_text(), "from a", api_name="/save_version")["id"]
@@ -415,5 +424,105 @@ def test_two_api_clients_are_two_visitors(app):
             b.predict(made, None, api_name="/show_diff")
         with pytest.raises(Exception, match="No sample"):
             b.predict(1, api_name="/sample")
+        # a reload is a new session of the same browser (its cookie): the visitor's work is still theirs
+        again = Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs={"cookies": dict(a.cookies)})
+        assert again.session_hash != a.session_hash and made in [v["id"] for v in again.predict(api_name="/versions")]
+        # replaying a's session hash, without a's cookie, gets a visitor of its own
+        thief = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        thief.session_hash = a.session_hash
+        assert made not in [v["id"] for v in thief.predict(api_name="/versions")]
+        forged = Client(f"http://127.0.0.1:{port}/", verbose=False,
+                        httpx_kwargs={"cookies": {demo.VISITOR_COOKIE: a.cookies[demo.VISITOR_COOKIE][:-4] + "beef"}})
+        assert made not in [v["id"] for v in forged.predict(api_name="/versions")]
     finally:
         blocks.close()
+
+
+# --------------------------------------------------------------------------- every endpoint against the one table of caps
+
+LOW_CAPS = {"PROMPTS": "4", "STEPS": "2", "SAMPLES": "1", "ROUNDS": "1", "MAX_NEW_TOKENS": "8", "BATCH_SIZE": "2",
+            "GRAD_ACCUM": "1", "LORA_R": "4", "TEXT_KB": "1", "UPLOAD_MB": "0.001"}
+# What the endpoints that take no size from the visitor do: a fixed-size write, or work bounded by data that
+# was capped when it was made.
+BOUNDED = {"compare:vote.cast", "constitution:do_save", "constitution:do_restore", "constitution:from_example",
+           "constitution:do_export.fn", "data:on_resume", "data:on_cancel", "distill:on_resume", "distill:on_stop",
+           "distill:on_export", "distill:on_push", "samples:on_bulk", "samples:on_reflag", "samples:on_export",
+           "compare:on_stop", "compare:on_export"}
+# Reads: they start no work and store nothing.
+READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
+         "show_blind", "views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
+         "load_queue", "move.go", "principle_choices", "version_choices"}
+
+
+def endpoint_key(fn) -> str:
+    return fn.__module__.rsplit(".", 1)[1] + ":" + fn.__qualname__.replace("build.<locals>.", "").replace(".<locals>", "")
+
+
+def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monkeypatch):
+    """With every cap lowered (a single sample allowed: no slider may break), each endpoint that
+    starts work or stores data is called just over a cap and refuses; every other endpoint is a read."""
+    for name, value in LOW_CAPS.items():
+        monkeypatch.setenv(demo.ENV_PREFIX + name, value)
+    ctx = AppContext(home=tmp_path / "ws", demo=True)
+    blocks = build_app(ctx)
+    a = visitor(ctx, "a")
+    own = seed(ctx, "a")
+    ctx.store.add_prompts("held", [{"text": f"held {i}", "split": "heldout"} for i in range(6)], owner="a")
+    fns = {}
+    for f in blocks.fns.values():
+        if f.fn is not None and f.api_name:
+            fns.setdefault(endpoint_key(f.fn), f.fn)
+    big_text = "x" * 2000                                      # 2 KB > TEXT_KB=1
+    big_upload = tmp_path / "big.yaml"
+    big_upload.write_text("name: big\n" + "# padding\n" * 200)
+    big_csv = tmp_path / "big.csv"
+    big_csv.write_text("prompt\n" + "a prompt line\n" * 200)
+    row = ctx.store.get_sample(own["sample"])
+    shown = {"id": row["id"], "version": row["version"], "final": row["final"], "note": row["note"]}
+    filters = (own["constitution"], "(any)", "all", "(any)", "(any)", "", 0, 0)
+    train = lambda **over: lambda fn: fn(start_values(blocks, version=own["constitution"], **over), request=a)
+    over_cap = {
+        "api:save_version": lambda fn: fn("name: x\nprinciples: [a]\n#" + big_text, "", request=a),
+        "api:review": lambda fn: fn(own["sample"], row["version"], "", big_text, request=a),
+        "compare:measure": lambda fn: fn({}, 5, request=a),
+        "compare:on_start": lambda fn: fn(own["constitution"], [], "held", 1, 9, 0, False, request=a),
+        "constitution:set_top.fn": lambda fn: fn(big_text, {}, None, None, request=a),
+        "constitution:set_field.fn": lambda fn: fn(big_text, {"principles": [{"id": "p1", "text": ""}]}, None, 0, request=a),
+        "constitution:reshape.fn": lambda fn: fn({"name": big_text, "principles": []}, None, None, request=a),
+        "constitution:from_yaml": lambda fn: fn("name: x\n#" + big_text, {}, None, request=a),
+        "constitution:from_upload": lambda fn: fn(str(big_upload), {}, None, request=a),
+        "data:on_import": lambda fn: fn(str(big_csv), "", "x", "prompt", "(none)", 0.1, False, request=a),
+        "data:on_generate": lambda fn: fn(own["constitution"], "default", "", 0, 1, 8, 0.7, 0.95, 3, request=a),
+        "data:on_revise": lambda fn: fn(own["constitution"], "", 2, "cycle", "unprompted", 8, 0.7, 0.95, request=a),
+        "distill:on_start": [train(grad_accum=2), train(batch_size=3), train(lora_r=8), train(steps=3)],
+        "preview:single": lambda fn: next(fn({}, big_text, None, a, True, 0.7, 0.95, 0, 8, 1)),
+        "preview:batch": lambda fn: next(fn({}, 5, "heldout", a, True, 0.7, 0.95, 0, 8, 1)),
+        "preview:preview_api": lambda fn: fn(PIRATE.read_text(), "hi", 2, 0, 8, 0.0),
+        "samples:action.run": lambda fn: fn(a, big_text, "", [own["sample"]], 0, shown, *filters),
+    }
+    unclassified = sorted(k for k in fns if k not in over_cap and k not in BOUNDED and k.split(":", 1)[1] not in READS)
+    assert unclassified == []
+    for key, calls in over_cap.items():
+        for call in calls if isinstance(calls, list) else [calls]:
+            with pytest.raises(gr.Error, match="Above the demo limits|uploads are limited"):
+                call(fns[key])
+    assert ctx.store.list_jobs(owner="a") == [ctx.store.get_job(own["job"])]          # no job was started
+    assert ctx.store.get_draft("a") is None and ctx.store.get_sample(own["sample"])["note"] == ""
+
+
+def test_demo_caps_must_be_positive():
+    with pytest.raises(demo.DemoLimit, match="above 0"):
+        demo.DemoCaps.from_env({"CTXDISTILL_DEMO_STEPS": "0"})
+
+
+# --------------------------------------------------------------------------- who a visitor is
+
+def test_a_visitor_is_their_signed_cookie_not_their_session_hash(app):
+    ctx, _ = app
+    assert ctx.owner(A) == "visitor-a"
+    for request in (SimpleNamespace(session_hash="visitor-a"),          # no cookie: the hash alone is nobody
+                    SimpleNamespace(session_hash="x", cookies={demo.VISITOR_COOKIE: "visitor-a.forged"}),
+                    SimpleNamespace(session_hash="x", cookies={demo.VISITOR_COOKIE: demo.sign_visitor(b"other", "visitor-a")})):
+        with pytest.raises(gr.Error, match="no valid visitor cookie"):
+            ctx.owner(request)
+    assert ctx.owner(SimpleNamespace(session_hash="a new page load", cookies=A.cookies)) == "visitor-a"

@@ -19,6 +19,7 @@ from ctxdistill.safety import UnsafeInput, check_upload, redact, safe_path
 from ctxdistill.store import Store
 from ctxdistill.ui.app import build_app
 from ctxdistill.ui.common import AppContext
+from tests.test_demo import visitor as demo_visitor
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=2">']
@@ -48,7 +49,7 @@ def test_adapter_and_run_ids_from_the_api_are_not_paths(tmp_path):
     blocks = build_app(ctx)
     distill = {f.fn.__name__: f.fn for f in blocks.fns.values()
                if f.fn is not None and f.fn.__module__ == "ctxdistill.ui.distill"}
-    visitor = SimpleNamespace(session_hash="v")
+    visitor = demo_visitor(ctx, "v")
     for bad in ("../../etc", "1/../../x", "/etc", "1; rm -rf /"):
         with pytest.raises(gr.Error, match="No run or job"):
             ctx.job(bad, visitor)
@@ -88,7 +89,7 @@ def test_demo_upload_cap_in_the_constitution_import(tmp_path, monkeypatch):
     big = tmp_path / "big.yaml"
     big.write_text("name: big\n" + "# padding\n" * 500)
     with pytest.raises(gr.Error, match="limited"):
-        upload(str(big), {}, None, request=SimpleNamespace(session_hash="v"))
+        upload(str(big), {}, None, request=demo_visitor(ctx, "v"))
 
 
 # --------------------------------------------------------------------------- no pickle, no remote code

@@ -53,5 +53,5 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> No
     blocks = build_app(ctx)
     blocks.queue(default_concurrency_limit=8).launch(
         server_name=host, server_port=port, share=share, css=CSS, show_error=True,
-        max_file_size=ctx.upload_bytes, allowed_paths=[],
+        max_file_size=ctx.upload_bytes, allowed_paths=[], **ctx.server_options(),
     )

@@ -38,6 +38,7 @@ class AppContext:
 
         jobs.refresh(self.store)  # workers that died while the app was down are settled before any page opens
         self.caps = demo_mode.DemoCaps.from_env() if self.demo else None
+        self.secret = demo_mode.visitor_secret(self.home) if self.demo else None
 
     @classmethod
     def from_env(cls, home=None) -> "AppContext":
@@ -45,10 +46,24 @@ class AppContext:
                    demo=demo_mode.enabled())
 
     def owner(self, request: gr.Request | None) -> str:
-        """The shared local workspace is owner "": demo visitors each get their own."""
+        """The shared local workspace is owner "": demo visitors each get their own, the id in their
+        signed cookie (see ctxdistill.demo: it survives a reload, and a session hash cannot claim it)."""
         if self.demo and request is not None:
-            return request.session_hash or ""
+            visitor = demo_mode.visitor_of(self.secret, getattr(request, "cookies", None))
+            if visitor is None:
+                raise gr.Error("This browser sent no valid visitor cookie: reload the page (the demo needs "
+                               "cookies to keep each visitor's work apart).")
+            return visitor
         return ""
+
+    def server_options(self) -> dict:
+        """Keyword arguments for Blocks.launch: in demo mode, the middleware that gives each visitor
+        a signed cookie."""
+        from starlette.middleware import Middleware
+
+        if not self.demo:
+            return {}
+        return {"app_kwargs": {"middleware": [Middleware(demo_mode.VisitorCookie, secret=self.secret)]}}
 
     def limit(self, **values) -> None:
         """gr.Error when a requested size is above the demo caps (nothing to check locally).
