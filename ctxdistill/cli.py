@@ -11,8 +11,10 @@ one line ``error: ...`` (hub tokens redacted) with exit status 2, never as a tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from dataclasses import fields
 
@@ -140,6 +142,74 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _info_flags(p):
+    p.add_argument("--no-measure", action="store_true", help="only the facts: skip the few seconds of calibration")
+    p.add_argument("--quantize", default="auto", help="calibrate with this quantization (auto, 4bit, none)")
+    p.add_argument("--precision", default="auto", help="calibrate with this compute dtype (auto, bf16, fp16, fp32)")
+
+
+@command("info", "this machine: device, CPU capability, versions, the precision policy's pick and why, "
+                 "and the default training run's predicted time", _info_flags)
+def cmd_info(args) -> int:
+    from ctxdistill import estimate
+    from ctxdistill.models import ModelError
+    from ctxdistill.precision import facts, policy
+
+    try:
+        chosen = policy(None, args.quantize, args.precision)
+    except ValueError as exc:
+        raise UserError(str(exc))
+    out = {**facts(), "precision": chosen.to_dict()}
+    if not args.no_measure:
+        try:
+            cal = estimate.calibrate(args.model, quantize=args.quantize, precision=args.precision,
+                                     models_dir=_models_dir(args))
+        except ModelError as exc:
+            raise UserError(str(exc))
+        out["calibration"] = cal.to_dict()
+        out["default_run"] = default_run_estimate(open_store(args), cal)
+    emit(args, out, info_text(out))
+    return 0
+
+
+def default_run_estimate(store, cal) -> dict:
+    """Predicted seconds per phase of ``ctxdistill train`` with its defaults on the shipped prompt set."""
+    from ctxdistill import estimate
+    from ctxdistill.sampling import ensure_default_prompts
+    from ctxdistill.train import TrainConfig
+
+    cfg = TrainConfig()
+    ensure_default_prompts(store)
+    n_train = len(store.get_prompts(cfg.prompt_set, split="train"))
+    n_heldout = len(store.get_prompts(cfg.prompt_set, split="heldout"))
+    return {"steps": cfg.steps, "n_train": n_train, "n_heldout": n_heldout,
+            "seconds": estimate.predict_train(cal, cfg, n_train, n_heldout)}
+
+
+def info_text(out: dict) -> str:
+    from ctxdistill.estimate import duration
+
+    v = out["versions"]
+    lines = [
+        f"device        {out['device']}" + (f" · {out['gpu']} ({out['gpu_memory_mb']} MB)" if out["gpu"] else ""),
+        f"CPU           {out['cpu_model']} · {out['cores']} cores, {out['torch_threads']} torch threads",
+        f"CPU ISA       ATen {out['cpu_capability']}" + (f" · oneDNN max {out['onednn_max_isa']}" if out["onednn_max_isa"] else "")
+        + f" · bf16 flags: {', '.join(out['cpu_bf16_flags']) or 'none'} · native bf16: {'yes' if out['native_bf16'] else 'no'}",
+        "versions      " + ", ".join(f"{k} {v[k] or '-'}" for k in v),
+        f"precision     {out['precision']['label']}: {out['precision']['reason']}",
+    ]
+    if "calibration" in out:
+        c, run = out["calibration"], out["default_run"]
+        sec = run["seconds"]
+        lines += [
+            f"measured      training step (8 answers x 40 tokens) {c['step_s']:.2f} s · scoring pass {c['score_s']:.2f} s"
+            f" · sampling step (64 rows) {c['decode_s'] * 1000:.0f} ms · model load {c['load_s']:.1f} s",
+            f"default run   ~{duration(sec['total'])} ({run['steps']} steps on {run['n_train']} train prompts): "
+            + ", ".join(f"{k} {duration(v)}" for k, v in sec.items() if k != "total"),
+        ]
+    return "\n".join(lines)
+
+
 def _preview_flags(p):
     from ctxdistill.generate import SamplingConfig
 
@@ -264,20 +334,59 @@ def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -
         return 0
     last = None
     try:
-        while (job := jobs.get(store, job_id))["state"] not in ("done", "failed", "cancelled"):
-            if job["message"] != last and not args.json:
-                print(f"job {job_id}: {job['message'] or job['state']}", file=sys.stderr)
-                last = job["message"]
-            time.sleep(0.5)
+        with _interrupted_by(signal.SIGTERM, signal.SIGHUP):
+            while (job := jobs.get(store, job_id))["state"] not in ("done", "failed", "cancelled"):
+                if job["message"] != last and not args.json:
+                    print(f"job {job_id}: {job['message'] or job['state']}", file=sys.stderr)
+                    last = job["message"]
+                time.sleep(0.5)
     except KeyboardInterrupt:
-        jobs.cancel(store, job_id, grace_s=5)
-        jobs.wait(store, job_id, timeout=30)
+        stop_job(store, job_id)
         raise
     if job["state"] != "done":
         raise UserError(f"job {job_id} {job['state']}: {job['error'] or job['message']} "
                         f"(log: {store.runs_dir / str(job_id) / 'log.txt'}; resume it to finish the rest)")
     emit(args, {"job_id": job_id, **job["result"]}, summary(job["result"]))
     return 0
+
+
+STOP_GRACE_S = 60.0  # a job checks for cancel between steps; a step of a slow CPU can take this long
+
+
+@contextlib.contextmanager
+def _interrupted_by(*signals):
+    """SIGTERM and SIGHUP to a foreground command (``timeout``, a closed terminal) do what Ctrl-C
+    does: the job is cancelled, what it finished is kept, and it can be resumed. Without this the
+    command would die and leave its worker running with nobody waiting for it (``--detach`` is the
+    way to leave a job running)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    old = {sig: signal.signal(sig, interrupt) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def stop_job(store, job_id: int) -> None:
+    """Cancel a followed job and wait until its worker stopped (killed after the grace period). A
+    second interrupt while waiting kills it at once; either way no worker is left behind."""
+    import time
+
+    from ctxdistill import jobs
+
+    print(f"stopping job {job_id} (it stops at its next step; interrupt again to kill it now)…", file=sys.stderr)
+    jobs.cancel(store, job_id, grace_s=STOP_GRACE_S)
+    try:
+        with _interrupted_by(signal.SIGTERM, signal.SIGHUP):
+            job = jobs.wait(store, job_id, timeout=STOP_GRACE_S + 10)
+    except (KeyboardInterrupt, TimeoutError):
+        jobs.cancel(store, job_id, grace_s=0)  # the grace is over: refresh kills the worker
+        time.sleep(0.01)
+        jobs.refresh(store)
+        job = store.get_job(job_id)
+    print(f"job {job_id} {job['state']}: {job['message']}; resume it to finish the rest", file=sys.stderr)
 
 
 def _config(cls, args, **overrides):

@@ -27,9 +27,18 @@ class SamplingStageConfig(StageConfig):
     """The stages that sample answers from a model (generate, revise): which model, and how."""
 
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
-    quantize: str = field(default="none", metadata={"help": "none or 4bit"})
+    quantize: str = field(default="none", metadata={"help": "none, 4bit or auto (the precision policy)"})
+    precision: str = field(default="auto", metadata={"help": "compute dtype: auto (the precision policy), bf16, fp16 or fp32"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
     sampling: dict = field(default_factory=dict)
+
+    def check_precision(self) -> None:
+        from .precision import PRECISIONS, QUANTIZE
+
+        if self.quantize not in QUANTIZE:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     def sampling_config(self):
         from .generate import SamplingConfig

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from .config import StageConfig
+from .precision import PRECISIONS, QUANTIZE
 from .generate import SamplingConfig, generate_rows, kl_per_token, response_logits
 from .train import EVAL_FILE, Distiller, Example, ce_per_token, gap_closed
 
@@ -197,6 +198,7 @@ class EvalConfig(StageConfig):
     judge_model: str = field(default="", metadata={"help": "judge model spec (empty: the evaluated base model)"})
     n_boot: int = field(default=1000, metadata={"help": "bootstrap resamples behind each interval"})
     quantize: str = field(default="auto", metadata={"help": "auto (what the first run trained with), 4bit or none"})
+    precision: str = field(default="auto", metadata={"help": "compute dtype: auto (what the first run trained with), bf16, fp16 or fp32"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
 
@@ -213,8 +215,10 @@ class EvalConfig(StageConfig):
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.temperature <= 5:
             errors.append(f"temperature must be between 0 and 5, got {self.temperature}")
-        if self.quantize not in ("auto", "4bit", "none"):
-            errors.append(f"quantize must be auto, 4bit or none, not {self.quantize!r}")
+        if self.quantize not in QUANTIZE:
+            errors.append(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+        if self.precision not in PRECISIONS:
+            errors.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if errors:
             raise EvalError("; ".join(errors))
         return self
@@ -306,17 +310,17 @@ class Stopped(Exception):
 
 
 def load_students(cfg: EvalConfig, the_plan: Plan, models_dir):
-    """(model, tokenizer, adapter name per run, quantization): the base model with every run's adapter
+    """(model, tokenizer, adapter name per run, the Precision it runs in): the base model with every run's adapter
     loaded under its own name; the teacher and the base are the same model with the adapters disabled."""
     from .models import ModelError, load_model
-    from .train import AdapterError, check_adapter, load_adapter, resolve_quantize
+    from .train import AdapterError, check_adapter, load_adapter
 
-    quantize = cfg.quantize
-    if quantize == "auto":
-        first = the_plan.runs[0]["info"].get("quantize") if the_plan.runs else None
-        quantize = first or (resolve_quantize(the_plan.runs[0]["config"].get("quantize", "auto")) if the_plan.runs else "none")
+    # a student is scored in the precision it was trained in, unless told otherwise
+    first = the_plan.runs[0]["info"] if the_plan.runs else {}
+    quantize = first.get("quantize", "auto") if cfg.quantize == "auto" else cfg.quantize
+    precision = first.get("precision", "auto") if cfg.precision == "auto" else cfg.precision
     try:
-        model, tokenizer = load_model(cfg.model or None, quantize=quantize, models_dir=models_dir)
+        model, tokenizer = load_model(cfg.model or None, quantize=quantize, precision=precision, models_dir=models_dir)
     except ModelError as exc:
         raise EvalError(str(exc)) from exc
     names = []
@@ -333,7 +337,7 @@ def load_students(cfg: EvalConfig, the_plan: Plan, models_dir):
     except AdapterError as exc:
         raise EvalError(f"run {run['run']}: {exc}") from exc
     model.eval()
-    return model, tokenizer, names, quantize
+    return model, tokenizer, names, model.get_base_model().ctxdistill_precision if names else model.ctxdistill_precision
 
 
 def _off(model):
@@ -552,7 +556,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         hooks.progress(done[0], total, message)
 
     hooks.progress(0, total, "loading the model and the adapters")
-    model, tok, names, quantize = load_students(cfg, the_plan, models_dir or default_models_dir(store.home))
+    model, tok, names, chosen = load_students(cfg, the_plan, models_dir or default_models_dir(store.home))
     timing["load_s"] = time.perf_counter() - started
     system = render(c)
     labels = [label(r["run"]) for r in runs]
@@ -615,7 +619,8 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         "constitution": {"id": the_plan.constitution_row["id"], "name": c.name, "hash": content_hash(c),
                          "system_prompt": system},
         "prompt_set": cfg.prompt_set, "retention_set": cfg.retention_set or cfg.prompt_set, "n_prompts": n,
-        "model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": quantize, "settings": cfg.to_dict(),
+        "model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": chosen.quantize,
+        "precision": chosen.compute, "settings": cfg.to_dict(),
         "runs": [{"run": r["run"], "label": lab, "constitution_id": r["config"].get("constitution_id"),
                   "loss": r["config"].get("loss"), "data": r["config"].get("data"), "steps": r["config"].get("steps"),
                   "trained_on_this_constitution": r["config"].get("constitution_id") == cfg.constitution_id,

@@ -58,15 +58,15 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def bnb_config():
-    """NF4 with double quantisation and bf16 compute: float32 compute is a silent slow path."""
+def bnb_config(compute_dtype: torch.dtype = torch.bfloat16):
+    """NF4 with double quantisation; the compute dtype comes from the precision policy."""
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=compute_dtype,
     )
 
 
@@ -178,20 +178,27 @@ def load_model(
     spec: str | None = None,
     *,
     quantize: str = "none",
+    precision: str = "auto",
     device: str | None = None,
     models_dir: str | os.PathLike | None = None,
     trust_remote_code: bool = False,
 ):
-    """Load ``(model, tokenizer)`` in eval mode. ``quantize`` is "none" or "4bit" (bitsandbytes NF4).
+    """Load ``(model, tokenizer)`` in eval mode, as the precision policy (``precision.choose``) says
+    for this device and the overrides ``quantize`` ("auto", "4bit" = bitsandbytes NF4, "none") and
+    ``precision`` ("auto", "bf16", "fp16", "fp32"). The choice is ``model.ctxdistill_precision``.
 
     Weights are read from safetensors only (never a pickle); a repository's own code runs only
     when the local user allows it (see ``demo.trust_remote_code``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .demo import trust_remote_code as allow_remote_code
+    from .precision import policy
 
-    if quantize not in ("none", "4bit"):
-        raise ModelError(f"quantize must be 'none' or '4bit', not {quantize!r}")
+    dev = resolve_device(device)
+    try:
+        chosen = policy(dev.type, quantize, precision)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
     checkpoint = local_checkpoint(spec, models_dir)
     # A hub id is tried from the local cache first; the network only when the hub answers.
     local_only = Path(checkpoint).is_dir() or not hub_reachable()
@@ -200,25 +207,26 @@ def load_model(
             f"Model {checkpoint!r} is not in the local cache and the hub cannot be reached; "
             "give a local directory or .gguf file, or connect to the network."
         )
-    dev = resolve_device(device)
     kwargs = dict(trust_remote_code=allow_remote_code(trust_remote_code), local_files_only=local_only)
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint, **kwargs)
         kwargs["use_safetensors"] = True
-        if quantize == "4bit":
+        if chosen.quantize == "4bit":
             model = AutoModelForCausalLM.from_pretrained(
-                checkpoint, quantization_config=bnb_config(), device_map={"": str(dev)}, dtype=torch.bfloat16, **kwargs
+                checkpoint, quantization_config=bnb_config(chosen.dtype), device_map={"": str(dev)}, dtype=chosen.dtype,
+                **kwargs
             )
         else:
-            model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32, **kwargs).to(dev)
+            model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=chosen.dtype, **kwargs).to(dev)
     except ModelError:
         raise
     except Exception as exc:  # network errors, missing repos, unsupported architectures
         raise ModelError(f"Could not load model {checkpoint!r}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if quantize == "4bit":
+    if chosen.quantize == "4bit":
         keep_4bit_differentiable(model)
+    model.ctxdistill_precision = chosen
     model.eval()
     return model, tokenizer
 
@@ -253,10 +261,11 @@ _loaded: dict[tuple, tuple] = {}
 _loaded_lock = threading.Lock()
 
 
-def get_model(spec: str | None = None, *, quantize: str = "none", device: str | None = None, models_dir=None):
+def get_model(spec: str | None = None, *, quantize: str = "none", precision: str = "auto", device: str | None = None,
+              models_dir=None):
     """Process-wide cache of loaded models, so the UI loads each model once."""
-    key = (spec or default_spec(), quantize, str(resolve_device(device)), str(models_dir))
+    key = (spec or default_spec(), quantize, precision, str(resolve_device(device)), str(models_dir))
     with _loaded_lock:
         if key not in _loaded:
-            _loaded[key] = load_model(spec, quantize=quantize, device=device, models_dir=models_dir)
+            _loaded[key] = load_model(spec, quantize=quantize, precision=precision, device=device, models_dir=models_dir)
         return _loaded[key]

@@ -62,6 +62,7 @@ class ReviseConfig(SamplingStageConfig):
             errors.append(f"batch size must be at least 1, got {self.batch_size}")
         if errors:
             raise ValueError("; ".join(errors))
+        self.check_precision()
         self.sampling_config()
         return self
 
@@ -178,6 +179,6 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
 def revise_job(ctx, config: dict) -> None:
     """Job kind "revise"."""
     cfg = ReviseConfig.from_dict(config).validate()
-    model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize)
+    model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize, cfg.precision)
     ctx.set_result(run_revise(ctx.store, cfg, model, tokenizer, progress=ctx.progress,
                               should_stop=ctx.should_stop, log=ctx.log))

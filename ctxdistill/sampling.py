@@ -256,6 +256,9 @@ def ensure_default_prompts(store: Store, owner: str = "") -> int:
 
 # --------------------------------------------------------------------------- the sampling job
 
+MAX_BATCH = 1024  # prompts per batch: more is a typo, and would not fit in memory anyway
+
+
 @dataclass
 class GenerateConfig(SamplingStageConfig):
     """Which prompts to answer and how to batch them (sampling itself: SamplingConfig)."""
@@ -270,12 +273,11 @@ class GenerateConfig(SamplingStageConfig):
     unprompted: bool = field(default=True, metadata={"help": "also sample the answer without the constitution"})
 
     def validate(self) -> "GenerateConfig":
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"batch size must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         if self.limit < 0:
             raise ValueError(f"limit must be 0 (all) or more, got {self.limit}")
-        if self.quantize not in ("none", "4bit"):
-            raise ValueError(f"quantize must be none or 4bit, not {self.quantize!r}")
+        self.check_precision()
         self.sampling_config()
         return self
 
@@ -292,14 +294,14 @@ def select_prompts(store: Store, set_name: str, *, search: str = "", category: s
     return prompts[:limit] if limit else prompts
 
 
-def job_model(store: Store, spec: str = "", quantize: str = "none"):
+def job_model(store: Store, spec: str = "", quantize: str = "none", precision: str = "auto"):
     """(model, tokenizer) for a job: converted checkpoints go to $CTXDISTILL_MODELS, else the workspace."""
     import os
 
     from .models import get_model
 
     models_dir = os.environ.get("CTXDISTILL_MODELS") or store.models_dir
-    return get_model(spec or None, quantize=quantize, models_dir=models_dir)
+    return get_model(spec or None, quantize=quantize, precision=precision, models_dir=models_dir)
 
 
 def never() -> bool:
@@ -386,6 +388,6 @@ def run_generate(store: Store, cfg: GenerateConfig, model, tokenizer, *, progres
 def generate_job(ctx, config: dict) -> None:
     """Job kind "generate"."""
     cfg = GenerateConfig.from_dict(config).validate()
-    model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize)
+    model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize, cfg.precision)
     ctx.set_result(run_generate(ctx.store, cfg, model, tokenizer, progress=ctx.progress,
                                 should_stop=ctx.should_stop, log=ctx.log, job_id=ctx.job_id))

@@ -36,13 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from .config import StageConfig
+from .precision import PRECISIONS, QUANTIZE
 from .generate import (Prefixes, SamplingConfig, decoder_of, generate_rows, kl_per_token, left_padded, split_rows,
                        suffix_inputs)
 
 LOSSES = ("kl", "sft", "mix")
 DATA_SOURCES = ("prompts", "accepted")
 SCHEDULES = ("cosine", "linear", "constant")
-QUANTIZE = ("auto", "4bit", "none")
 RUN_FILE = "ctxdistill_run.json"      # written next to every saved adapter: what it was trained on
 EVAL_FILE = "ctxdistill_eval.json"    # written into a run's adapter by evaluate.py: its latest figures
 
@@ -82,7 +82,8 @@ class TrainConfig(StageConfig):
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     target_modules: str = field(default="all-linear", metadata={"help": "comma-separated module names to adapt, or all-linear"})
-    quantize: str = field(default="auto", metadata={"help": "auto (4-bit NF4 when bitsandbytes works), 4bit or none (16/32-bit LoRA)"})
+    quantize: str = field(default="auto", metadata={"help": "auto (the precision policy: 4-bit NF4 where the device computes bf16 or fp16 natively, full weights on other CPUs), 4bit or none (16/32-bit LoRA)"})
+    precision: str = field(default="auto", metadata={"help": "compute dtype: auto (the precision policy: bf16 where native, fp16 on GPUs without bf16, else fp32), bf16, fp16 or fp32"})
     eval_every: int = field(default=10, metadata={"help": "measure held-out KL every N steps (0 = only at the start and the end)"})
     eval_prompts: int = field(default=24, metadata={"help": "held-out prompts used for evaluation (0 = all)"})
     keep_best: bool = field(default=True, metadata={"help": "end with the adapter of the step with the lowest held-out KL"})
@@ -103,6 +104,8 @@ class TrainConfig(StageConfig):
             errors.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.quantize not in QUANTIZE:
             errors.append(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+        if self.precision not in PRECISIONS:
+            errors.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0 <= self.alpha <= 1:
             errors.append(f"alpha must be between 0 and 1, got {self.alpha}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -122,9 +125,19 @@ class TrainConfig(StageConfig):
         for name in ("warmup_steps", "eval_every", "eval_prompts", "checkpoint_every", "max_prompts", "teacher_cache_mb"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
+        for name, most in TRAIN_MAXIMA.items():
+            if getattr(self, name) > most:
+                errors.append(f"{name.replace('_', ' ')} must be at most {most}, got {getattr(self, name)}")
         if errors:
             raise TrainError("; ".join(errors))
         return self
+
+
+# Above these a number is a slip of the keyboard (a batch of 10^8 answers), not a setting: refused
+# before a job is queued, and the Distill form's fields stop at them.
+TRAIN_MAXIMA = {"steps": 1_000_000, "batch_size": 1024, "grad_accum": 1024, "lora_r": 1024, "lora_alpha": 8192,
+                "kl_chunk": 1 << 16, "samples_per_prompt": 64, "warmup_steps": 1_000_000, "eval_every": 1_000_000,
+                "checkpoint_every": 1_000_000, "eval_prompts": 1_000_000, "max_prompts": 10_000_000}
 
 
 @dataclass
@@ -396,16 +409,6 @@ def lr_lambda(cfg: TrainConfig):
 
 # --------------------------------------------------------------------------- setup
 
-def resolve_quantize(quantize: str) -> str:
-    if quantize != "auto":
-        return quantize
-    try:
-        import bitsandbytes  # noqa: F401
-    except Exception:
-        return "none"
-    return "4bit"
-
-
 def _setup_accelerator(device: str | None = None):
     from accelerate import Accelerator
 
@@ -671,11 +674,16 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     device = model.device
     distiller = distiller or Distiller(model, tokenizer, system, examples, teacher_cache_mb=cfg.teacher_cache_mb)
     params, optimizer, scheduler = _setup_optimizer(cfg, model)
+    # fp16 compute (GPUs without bf16): gradients this small underflow in fp16, so the loss is
+    # scaled up for the backward and the gradients scaled back before the step (a no-op otherwise)
+    scaler = torch.amp.GradScaler(device.type, enabled=distiller.compute_dtype == torch.float16)
     schedule = Schedule(distiller.row_lengths(train_examples), cfg.batch_size, cfg.seed)
     state = {"step": 0, "best_step": 0, "best_kl": math.inf, "kl_before": None}
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        if "scaler" in state:
+            scaler.load_state_dict(state.pop("scaler"))
         hooks.info(f"resumed from {checkpoint.name}")
     else:
         torch.manual_seed(cfg.seed)
@@ -707,9 +715,10 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         # the loss is a token-weighted mean over the whole optimiser step, on every process
         step_tokens = sum(len(train_examples[i].answer) for batch in micro for i in batch)
         sums = {}
+        backward_scale = float(scaler.scale(torch.tensor(1.0 / step_tokens, device=device)))
         try:
             for batch in micro[rank::world]:
-                part = backward_batch(distiller, cfg, [train_examples[i] for i in batch], 1.0 / step_tokens)
+                part = backward_batch(distiller, cfg, [train_examples[i] for i in batch], backward_scale)
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v
         except Exception as exc:
@@ -731,13 +740,17 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
             raise TrainError(f"the loss became {values['loss']} at step {step + 1}; stopped without applying it. "
                              f"The last good checkpoint is {kept.name if kept else 'none (none was written yet)'}; "
                              "lower --lr or raise --warmup-steps and resume or start again")
+        scaler.unscale_(optimizer)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state["step"] = step + 1
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         tokens_seen += step_tokens
         elapsed = time.perf_counter() - started
         hooks.log({**{k: values[k] for k in ("loss", "kl") if k in values}, "lr": lr,
@@ -852,6 +865,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     """Everything a training job does: load the constitution, the model and the data, train, export."""
     from .constitution import content_hash, from_dict, render
     from .models import ModelError, load_model
+    from .precision import policy
 
     cfg.validate()
     run_dir = Path(run_dir)
@@ -861,20 +875,22 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     if cfg.data == "accepted":
         accepted_texts(store, cfg)  # refuse before loading the model
     accelerator = accelerator or _setup_accelerator()
-    quantize = resolve_quantize(cfg.quantize)
-    hooks.progress(0, cfg.steps, f"loading the model ({quantize})")
+    chosen = policy(accelerator.device.type, cfg.quantize, cfg.precision)
+    hooks.progress(0, cfg.steps, f"loading the model ({chosen.label})")
+    hooks.info(f"precision: {chosen.label} ({chosen.reason})")
     try:
-        base, tokenizer = load_model(cfg.model or None, quantize=quantize, device=str(accelerator.device),
-                                     models_dir=models_dir(store))
+        base, tokenizer = load_model(cfg.model or None, quantize=cfg.quantize, precision=cfg.precision,
+                                     device=str(accelerator.device), models_dir=models_dir(store))
     except ModelError as exc:
         raise TrainError(str(exc)) from exc
     model = _setup_model(cfg, base, cfg.seed)
     distiller_system = render(constitution)
     distiller = Distiller(model, tokenizer, distiller_system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
     train_examples, heldout = _setup_data(cfg, store, distiller, run_dir, accelerator, hooks)
-    hooks.info(f"{len(train_examples)} training answers, {len(heldout)} held-out answers, quantize={quantize}")
+    hooks.info(f"{len(train_examples)} training answers, {len(heldout)} held-out answers, {chosen.label}")
     info = {"constitution": row["name"], "constitution_id": row["id"], "constitution_hash": content_hash(constitution),
-            "base_model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": quantize,
+            "base_model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": chosen.quantize,
+            "precision": chosen.compute, "precision_reason": chosen.reason,
             "prompt_set": cfg.prompt_set, "n_train": len(train_examples), "n_heldout": len(heldout)}
     result = train(cfg, model, tokenizer, distiller_system, train_examples, heldout, run_dir=run_dir,
                    examples=constitution.examples, hooks=hooks, accelerator=accelerator, info=info, distiller=distiller)
@@ -901,7 +917,8 @@ def write_model_card(path: Path, info: dict) -> Path:
         "A LoRA adapter trained with ctxdistill so that the model answers *without* its constitution in the "
         "prompt as it does *with* it (context distillation).", "",
         "| | |", "|---|---|",
-        f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}) |",
+        f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}, {info.get('precision', '')} compute) |",
+        f"| precision | {info.get('precision_reason', '')} |",
         f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, sha256 {str(info.get('constitution_hash', ''))[:12]} |",
         f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set {info.get('prompt_set', '')!r} |",
         f"| loss | {info.get('loss', '')} |",

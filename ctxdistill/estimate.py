@@ -1,0 +1,124 @@
+"""How long a job will take on this machine, before it starts: a short calibration, then arithmetic.
+
+    ctxdistill info            # prints the calibration and the default run's predicted time
+
+``calibrate`` times the three kinds of work a job is made of, on the model as the job would load
+it (the precision policy's choice): one training step (student forward and backward of a batch
+of answers), one scoring pass (the held-out KL's forward), and one sampling step of a batch of
+rows (a decode step with the key/value cache). ``predict_train`` and ``predict_sampling`` turn a
+job's settings into seconds from those. Timings of the CPU differ by 6x between machines that
+look alike (native bf16 or not), which is why nothing here is a constant measured elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+CAL_BATCH = 8          # answers per calibrated training step (the default batch size)
+CAL_ANSWER = 40        # tokens per calibrated answer (the default sample length)
+CAL_ROWS = 64          # rows per calibrated sampling batch (what a run's teacher sampling uses)
+CAL_DECODE = 6         # decode steps timed
+SAMPLING_BATCH = 64    # rows per teacher-sampling batch in a run (train.sample_answers)
+EVAL_BATCH = 16        # answers per held-out scoring pass (train.heldout_kl)
+
+
+@dataclass
+class Calibration:
+    """Seconds per unit of work, measured on this machine with ``precision``."""
+
+    precision: str            # Precision.label
+    load_s: float             # loading the model
+    step_s: float             # one training step of CAL_BATCH answers of CAL_ANSWER tokens
+    score_s: float            # one scoring pass of EVAL_BATCH answers
+    decode_s: float           # one sampling step of CAL_ROWS rows
+    prefill_s: float          # encoding the prompts of CAL_ROWS rows
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str = "auto", models_dir=None) -> Calibration:
+    """Measure the units of ``Calibration`` (a few seconds), on the model loaded as a training run
+    would load it (its own copy: the adapter it adds for the step is thrown away with it)."""
+    from .generate import SamplingConfig, generate_rows
+    from .models import load_model
+    from .train import Distiller, Example, TrainConfig, _setup_model, backward_batch
+
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(spec, quantize=quantize, precision=precision, models_dir=models_dir)
+    load_s = time.perf_counter() - t0
+    chosen = model.ctxdistill_precision
+    cfg = TrainConfig()
+    student = _setup_model(cfg, model, seed=0)
+    distiller = Distiller(student, tokenizer, "You are a helpful assistant. Answer briefly.")
+    g = torch.Generator().manual_seed(0)
+    vocab = min(int(tokenizer.vocab_size), 30_000)
+
+    def answers(n):
+        return [Example(f"question {i}: how does this work?", torch.randint(100, vocab, (CAL_ANSWER,), generator=g).tolist())
+                for i in range(n)]
+
+    batch = answers(CAL_BATCH)
+    step_s = _best(lambda: backward_batch(distiller, cfg, batch, 1.0 / (CAL_BATCH * CAL_ANSWER)))
+    student.zero_grad(set_to_none=True)
+    student.eval()
+    scored = answers(EVAL_BATCH)
+    with torch.no_grad():
+        score_s = _best(lambda: distiller.hidden(scored, with_teacher=False))
+    rows = [(distiller.system, f"question {i}: how does this work?") for i in range(CAL_ROWS)]
+    marks = []
+    sampling = SamplingConfig(max_new_tokens=CAL_DECODE + 1, temperature=1.0)
+    with distiller.teacher_mode(), torch.no_grad():
+        start = time.perf_counter()
+        generate_rows(student, tokenizer, rows, sampling, on_token=lambda step, new: marks.append(time.perf_counter()))
+    decode_s = (marks[-1] - marks[0]) / max(1, len(marks) - 1) if len(marks) > 1 else marks[0] - start
+    prefill_s = max(0.0, (marks[0] - start) - decode_s) if marks else 0.0
+    return Calibration(chosen.label, load_s, step_s, score_s, decode_s, prefill_s)
+
+
+def _best(fn, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` runs after a warm-up: the machine's speed, not its noise."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def predict_sampling(cal: Calibration, rows: int, tokens: int, batch: int = SAMPLING_BATCH) -> float:
+    """Seconds to sample ``tokens`` tokens for each of ``rows`` rows in batches of ``batch``.
+    A decode step's cost grows with the batch but not in proportion on the CPU; this takes it as
+    proportional, which errs on the long side for small batches."""
+    per_row_step = cal.decode_s / CAL_ROWS
+    per_row_prefill = cal.prefill_s / CAL_ROWS
+    return rows * (tokens * per_row_step + per_row_prefill)
+
+
+def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
+    """Seconds for each phase of a training run with ``cfg`` (a TrainConfig) on ``n_train`` train
+    prompts (or answers, for curated data) and ``n_heldout`` held-out prompts."""
+    answer_scale = cfg.sample_tokens / CAL_ANSWER
+    sampled = n_train * cfg.samples_per_prompt if cfg.data == "prompts" else 0
+    heldout = min(n_heldout, cfg.eval_prompts) if cfg.eval_prompts else n_heldout
+    sampling = predict_sampling(cal, sampled + heldout, cfg.sample_tokens)
+    step = cal.step_s * (cfg.batch_size / CAL_BATCH) * answer_scale * cfg.grad_accum
+    evals = 2 + (cfg.steps - 1) // cfg.eval_every if cfg.eval_every else 2
+    scoring = evals * math.ceil(heldout / EVAL_BATCH) * cal.score_s * answer_scale
+    phases = {"load": cal.load_s, "sampling": sampling, "training": cfg.steps * step, "held-out": scoring}
+    return {**phases, "total": sum(phases.values())}
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: 45 s, 3 min 20 s, 1 h 05 min."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

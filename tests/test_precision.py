@@ -1,0 +1,175 @@
+"""The precision policy as a pure function of a described device, applied by every loader; the
+``info`` command; and a foreground CLI run stopped by SIGTERM."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ctxdistill.precision import Hardware, choose
+
+REPO = Path(__file__).resolve().parent.parent
+
+AMPERE = Hardware(device="cuda", gpu_name="A100", gpu_bf16=True)
+T4 = Hardware(device="cuda", gpu_name="Tesla T4", gpu_bf16=False)
+AMX = Hardware(cpu_capability="AVX512", cpu_flags=("amx_bf16", "avx512_bf16"))
+AVX512_BF16 = Hardware(cpu_capability="AVX512", cpu_flags=("avx512_bf16",))
+AVX512_ONLY = Hardware(cpu_capability="AVX512")
+AVX2 = Hardware(cpu_capability="AVX2")
+AMX_UNDER_AVX2_PROFILE = Hardware(cpu_capability="AVX2", cpu_flags=("amx_bf16", "avx512_bf16"), onednn_isa="AVX2")
+AMX_ONEDNN_CAPPED = Hardware(cpu_capability="AVX512", cpu_flags=("amx_bf16",), onednn_isa="avx512_core")
+ARM_BF16 = Hardware(cpu_capability="DEFAULT", cpu_flags=("bf16",))
+
+
+@pytest.mark.parametrize("hw, quantize, compute", [
+    (AMPERE, "4bit", "bf16"),
+    (T4, "4bit", "fp16"),
+    (AMX, "4bit", "bf16"),
+    (AVX512_BF16, "4bit", "bf16"),
+    (AVX512_ONLY, "none", "fp32"),
+    (AVX2, "none", "fp32"),
+    (AMX_UNDER_AVX2_PROFILE, "none", "fp32"),
+    (AMX_ONEDNN_CAPPED, "none", "fp32"),
+    (ARM_BF16, "4bit", "bf16"),
+])
+def test_policy_per_device(hw, quantize, compute):
+    p = choose(hw)
+    assert (p.quantize, p.compute) == (quantize, compute)
+    assert p.reason and p.grad_scaler == (compute == "fp16")
+
+
+def test_overrides_are_named_in_the_reason():
+    p = choose(AVX2, quantize="4bit")
+    assert (p.quantize, p.compute) == ("4bit", "fp32") and "--quantize 4bit" in p.reason and "no native bf16" in p.reason
+    p = choose(AMX, precision="fp32")
+    assert (p.quantize, p.compute) == ("4bit", "fp32") and "--precision fp32" in p.reason
+    assert choose(AMPERE, quantize="none", precision="fp16").dtype == torch.float16
+
+
+def test_no_bitsandbytes():
+    hw = Hardware(device="cuda", gpu_bf16=True, bitsandbytes=False)
+    assert choose(hw).quantize == "none" and "bitsandbytes" in choose(hw).reason
+    with pytest.raises(ValueError, match="bitsandbytes"):
+        choose(hw, quantize="4bit")
+
+
+@pytest.mark.parametrize("kwargs", [{"quantize": "8bit"}, {"precision": "fp8"}])
+def test_unknown_choices(kwargs):
+    with pytest.raises(ValueError, match="must be one of"):
+        choose(AVX2, **kwargs)
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_load_model_follows_the_policy(tiny_checkpoint, precision, dtype):
+    from ctxdistill.models import load_model
+
+    model, _ = load_model(str(tiny_checkpoint), quantize="none", precision=precision)
+    assert model.get_input_embeddings().weight.dtype == dtype
+    assert model.ctxdistill_precision.compute == precision
+
+
+def test_every_model_load_goes_through_the_policy():
+    """Only models.py calls from_pretrained for a causal LM (load_model, and the one-time GGUF
+    conversion); any other path would load a model around the precision policy."""
+    offenders = []
+    for path in (REPO / "ctxdistill").rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"AutoModel\w*\.from_pretrained|ForCausalLM\.from_pretrained", line):
+                offenders.append(f"{path.relative_to(REPO)}:{n}")
+    assert offenders and all(o.startswith("ctxdistill/models.py") for o in offenders), offenders
+
+
+def test_train_records_the_precision(tmp_path, tiny_checkpoint):
+    from ctxdistill import train as T
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(tmp_path / "ws")
+    c = load(REPO / "assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cfg = T.TrainConfig(constitution_id=cid, model=str(tiny_checkpoint), steps=2, batch_size=2, max_prompts=4,
+                        eval_prompts=2, sample_tokens=4, eval_every=0, precision="fp32", quantize="none")
+    result = T.run(cfg, store, tmp_path / "run")
+    assert result["precision"] == "fp32" and result["quantize"] == "none" and result["precision_reason"]
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert "fp32 compute" in card and "--precision fp32" in card
+
+
+def test_fp16_training_uses_a_grad_scaler(tmp_path, tiny_checkpoint):
+    """fp16 compute (GPUs without bf16) trains through a gradient scaler; on the CPU too."""
+    from ctxdistill import train as T
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(tmp_path / "ws")
+    c = load(REPO / "assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cfg = T.TrainConfig(constitution_id=cid, model=str(tiny_checkpoint), steps=3, batch_size=2, max_prompts=4,
+                        eval_prompts=2, sample_tokens=4, eval_every=0, precision="fp16", quantize="none",
+                        checkpoint_every=1)
+    result = T.run(cfg, store, tmp_path / "run")
+    assert result["precision"] == "fp16" and result["heldout_kl_after"] == result["heldout_kl_after"]
+    state = torch.load(T.latest_checkpoint(tmp_path / "run") / "state.pt", weights_only=True)
+    assert state["scaler"]["scale"] > 0
+
+
+def test_info_json(capsys, tmp_path, tiny_checkpoint):
+    from ctxdistill.cli import main
+
+    assert main(["info", "--json", "--workspace", str(tmp_path / "ws"), "--model", str(tiny_checkpoint)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"device", "cpu_capability", "cpu_bf16_flags", "native_bf16", "cores", "torch_threads", "versions",
+            "precision", "calibration", "default_run"} <= set(out)
+    assert {"torch", "transformers", "peft", "bitsandbytes", "gradio"} <= set(out["versions"])
+    assert out["precision"]["reason"] and out["calibration"]["step_s"] > 0
+    seconds = out["default_run"]["seconds"]
+    assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
+    assert out["default_run"]["n_train"] > 0 and seconds["training"] > 0
+
+
+def test_info_refuses_unknown_precision(capsys):
+    from ctxdistill.cli import main
+
+    assert main(["info", "--no-measure", "--precision", "fp8"]) == 2
+    assert "precision must be one of" in capsys.readouterr().err
+
+
+def test_sigterm_of_a_foreground_run_cancels_it(tmp_path, tiny_checkpoint):
+    """``timeout N ctxdistill train ...``: the job is cancelled and resumable, and no worker is left."""
+    from ctxdistill import jobs
+    from ctxdistill.store import Store
+
+    ws = tmp_path / "ws"
+    env = {**os.environ, "CTXDISTILL_WORKER_PRIORITY": "normal"}
+    cli = subprocess.Popen([sys.executable, "-m", "ctxdistill.cli", "train", "--workspace", str(ws),
+                            "--constitution", str(REPO / "assets/constitutions/pirate.yaml"), "--model", str(tiny_checkpoint),
+                            "--steps", "100000", "--batch-size", "2", "--max-prompts", "4", "--eval-prompts", "2",
+                            "--sample-tokens", "4", "--eval-every", "0", "--checkpoint-every", "0"],
+                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = Store(ws)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = store.list_jobs(limit=1)
+        if job and job[0]["state"] == "running" and job[0]["progress_done"] > 0:
+            break
+        time.sleep(0.2)
+    else:
+        cli.kill()
+        pytest.fail(f"the run did not start: {cli.communicate()}")
+    job_id, pid = job[0]["id"], job[0]["pid"]
+    cli.send_signal(signal.SIGTERM)
+    _, err = cli.communicate(timeout=90)
+    assert cli.returncode == 130, err
+    job = store.get_job(job_id)
+    assert job["state"] == "cancelled", job
+    assert not jobs.worker_alive(pid, job_id)
+    from ctxdistill.train import latest_checkpoint
+    assert latest_checkpoint(ws / "runs" / str(job_id)) is not None     # resumable from where it stopped
+    assert "resume" in err and "Traceback" not in err
