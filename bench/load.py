@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/load.py                         # N = 1, 4, 16, 20 s each, then the kill test
     .venv/bin/python bench/load.py --users 4 --seconds 10 --no-train
+    .venv/bin/python bench/load.py --users 4 --attack --no-kill    # one more visitor sends hostile constitutions
 
 Each user is its own process with its own gradio_client session. Until the time is up it
 runs previews back to back (`/preview`, the model queue: one at a time across all users) and,
@@ -9,6 +10,10 @@ meanwhile, light calls on the store every LIGHT_PAUSE_S — list samples, accept
 unique note, save a constitution version with a unique description. Every answered write is
 written down as acknowledged. The script prints p50/p95 latency of light calls and of previews, errors and
 throughput per N. Target: no errors, light p95 under 1 s with the training running.
+
+With --attack one more visitor sends, back to back, what issue 13 found freezing the app: a YAML
+alias bomb, 200k-deep JSON, a 2 MB constitution and one whose check is a catastrophic regex. The
+others' figures must not change: the attacker's calls are counted apart ("attacks refused").
 
 Then the fault test: users write while the app process is killed (SIGKILL) mid-write; the
 store must pass PRAGMA integrity_check and hold every acknowledged write, and the restarted
@@ -138,12 +143,44 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
         record({"kind": "cpu", "ok": True, "s": usage.ru_utime + usage.ru_stime})
 
 
-def run_users(url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True) -> list[dict]:
-    """Start `users` processes, wait for them, return every call they made."""
+def hostile_texts() -> list[str]:
+    from tests.test_hostile import alias_bomb
+
+    regex_check = ("name: slow\nprinciples:\n  - id: p1\n    text: say a\n"
+                   "    check: {kind: regex, value: '(a|aa)+$'}\n")
+    return [alias_bomb(), "[" * 200_000 + "]" * 200_000, "name: big\nprinciples: [x]\n#" + "x" * (2 << 20), regex_check]
+
+
+def attacker(url: str, seconds: float, out: str, start=None) -> None:
+    """One visitor sending hostile constitutions to /save_version until the deadline."""
+    from gradio_client import Client
+
+    client, texts, n = Client(url, verbose=False), hostile_texts(), 0
+    if start is not None:
+        start.wait()
+    deadline = time.monotonic() + seconds
+    with open(out, "a", buffering=1) as log:
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            try:
+                client.predict(texts[n % len(texts)], "attack", api_name="/save_version")
+                refused = False
+            except Exception:
+                refused = True
+            log.write(json.dumps({"kind": "attack", "ok": True, "refused": refused, "s": time.perf_counter() - t}) + "\n")
+            n += 1
+
+
+def run_users(url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True,
+              attack: bool = False) -> list[dict]:
+    """Start `users` processes (and, with `attack`, one attacker), wait for them, return every call they made."""
     ctx = mp.get_context("spawn")
     files = [out_dir / f"user-{users}-{i}.jsonl" for i in range(users)]
-    start = ctx.Barrier(users)
+    start = ctx.Barrier(users + attack)
     procs = [ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews, start)) for i, f in enumerate(files)]
+    if attack:
+        files.append(out_dir / f"attacker-{users}.jsonl")
+        procs.append(ctx.Process(target=attacker, args=(url, seconds, str(files[-1]), start)))
     for p in procs:
         p.start()
     for p in procs:
@@ -192,6 +229,9 @@ def summarise(calls: list[dict], seconds: float) -> dict:
         "errors": sum(1 for c in calls if not c["ok"] and not c.get("conflict")),
         "light_per_s": round(len(ok(light)) / seconds, 1), "previews_per_s": round(len(ok(previews)) / seconds, 2),
         "clients_cpu_s": round(sum(c["s"] for c in calls if c["kind"] == "cpu"), 1),
+        "attacks": sum(1 for c in calls if c["kind"] == "attack"),
+        "attacks_refused": sum(1 for c in calls if c["kind"] == "attack" and c["refused"]),
+        "attack_p95_ms": ms(percentile([c["s"] for c in calls if c["kind"] == "attack"], 95)),
     }
 
 
@@ -270,6 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", dest="train", action="store_false", help="no training job in the background")
     parser.add_argument("--no-previews", dest="previews", action="store_false", help="light calls only")
     parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the kill-and-restart test")
+    parser.add_argument("--attack", action="store_true", help="one more visitor sends hostile constitutions")
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="ctxdistill-load-"))
     out_dir = home / "bench"
@@ -296,7 +337,7 @@ def main(argv=None) -> int:
         for n in args.users or [1, 4, 16]:
             worker = job_row(home, job)["pid"] if job else None
             before = time.perf_counter(), cpu_seconds(proc.pid), cpu_seconds(worker)
-            calls = run_users(url, n, args.seconds, cid, out_dir, previews=args.previews)
+            calls = run_users(url, n, args.seconds, cid, out_dir, previews=args.previews, attack=args.attack)
             wall = time.perf_counter() - before[0]
             cpu = {"app": cpu_seconds(proc.pid) - before[1], "training": cpu_seconds(worker) - before[2]}
             s = summarise(calls, args.seconds)
@@ -310,6 +351,9 @@ def main(argv=None) -> int:
             errors = [c for c in calls if not c["ok"] and not c.get("conflict")]
             for c in errors[:3]:
                 print("   error:", c["kind"], c.get("error"), flush=True)
+            if args.attack:
+                print(f"   attacker: {s['attacks']} hostile constitutions sent, {s['attacks_refused']} refused, "
+                      f"p95 {s['attack_p95_ms']} ms", flush=True)
         print("CPU time while each N ran (connecting included):\n  " + "\n  ".join(cpu_line))
     finally:
         stop_app(proc)

@@ -16,7 +16,7 @@ def banner_text(ctx: AppContext) -> str:
     url = demo.duplicate_url()
     duplicate = (f"[**Duplicate this Space**]({url})" if url else "**Duplicate this Space**") + \
         " (or run it locally: `make run`) for bigger prompt sets, longer training and your own GPU."
-    lines = ["**Public demo.** What you make here is visible to this browser session only, and is lost "
+    lines = ["**Public demo.** What you make here is visible to this browser only (a signed cookie), and is lost "
              "when the Space restarts.",
              f"Limits: {caps.summary()}. {duplicate}"]
     problem = availability(ctx.model_spec)
