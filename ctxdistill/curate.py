@@ -160,17 +160,33 @@ BULK_ACTIONS = {
 }
 
 
-def bulk(store: Store, action: str, constitution_id: int, *, set_name: str | None = None,
-         owner: str = "", reviewer: str = "") -> int:
-    """Apply a bulk action to the pending samples of a version (and set); returns how many changed."""
+BULK_STATUS = {"reject_empty": "rejected", "reject_flagged": "rejected", "accept_clean": "accepted"}
+_BULK_PICK = {"reject_empty": lambda flags: "empty" in flags, "reject_flagged": bool, "accept_clean": lambda flags: not flags}
+
+
+def bulk_targets(store: Store, action: str, constitution_id: int, *, owner: str = "", **filters) -> list[int]:
+    """Ids of the pending samples of a version a bulk action would change. `filters` are
+    list_samples' (set_name, principle, flag, search, min_len, max_len): what the Review tab shows."""
     if action not in BULK_ACTIONS:
         raise ValueError(f"unknown bulk action {action!r}; use one of {', '.join(BULK_ACTIONS)}")
-    pending = store.list_samples(constitution_id=constitution_id, set_name=set_name, status="pending",
-                                 owner=owner)
-    pick = {"reject_empty": lambda f: "empty" in f, "reject_flagged": bool, "accept_clean": lambda f: not f}[action]
-    ids = [s["id"] for s in pending if pick(s["flags"])]
-    status = "accepted" if action == "accept_clean" else "rejected"
-    return store.bulk_set_status(ids, status, reviewer=reviewer)
+    filters = {**filters, "status": "pending"}
+    return [s["id"] for s in store.list_samples(constitution_id=constitution_id, owner=owner, **filters)
+            if _BULK_PICK[action](s["flags"])]
+
+
+def apply_bulk(store: Store, action: str, ids: list[int], reviewer: str = "") -> int:
+    """Give the samples `ids` (still pending) the action's status; returns how many changed."""
+    return store.bulk_set_status(ids, BULK_STATUS[action], reviewer=reviewer)
+
+
+def undo_bulk(store: Store, action: str, ids: list[int], reviewer: str = "") -> int:
+    """Put the samples a bulk action changed back to pending (those nobody changed again since)."""
+    return store.bulk_set_status(ids, "pending", reviewer=reviewer, from_status=BULK_STATUS[action])
+
+
+def bulk(store: Store, action: str, constitution_id: int, *, owner: str = "", reviewer: str = "", **filters) -> int:
+    """Apply a bulk action to the pending samples of a version under `filters`; returns how many changed."""
+    return apply_bulk(store, action, bulk_targets(store, action, constitution_id, owner=owner, **filters), reviewer)
 
 
 # --------------------------------------------------------------------------- export

@@ -165,3 +165,13 @@ def test_cli_import_and_export(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["counts"]["exported"] == len(out.read_text().splitlines()) > 0
     assert cli.main(["export", "--constitution", "99", "--out", str(out), "--workspace", ws]) == 2
     assert "no constitution version 99" in capsys.readouterr().err
+
+
+def test_bulk_action_changes_only_what_the_filter_shows_and_undoes(store):
+    cid, ids = crafted(store)
+    shown = curate.bulk_targets(store, "reject_flagged", cid, flag="empty")   # the Review tab's flag filter
+    assert shown == [ids["empty"]]
+    assert curate.apply_bulk(store, "reject_flagged", shown) == 1
+    assert store.count_samples(constitution_id=cid)["rejected"] == 1         # not every flagged sample
+    assert curate.undo_bulk(store, "reject_flagged", shown) == 1
+    assert store.get_sample(ids["empty"])["status"] == "pending"

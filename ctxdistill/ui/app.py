@@ -9,7 +9,7 @@ import importlib
 
 import gradio as gr
 
-from ctxdistill.ui import api, space
+from ctxdistill.ui import api, poll, space
 from ctxdistill.ui.common import AppContext
 
 # (tab title, module): each module's build(ctx) is called inside its tab, in this order.
@@ -40,10 +40,12 @@ def build_app(ctx: AppContext | None = None) -> gr.Blocks:
         ctx.version = gr.State(None)
         gr.Markdown("# ctxdistill\nWrite a constitution, see what it changes, curate, and bake it into the weights.")
         space.build(ctx)
+        poll.setup(ctx)
         with gr.Tabs() as ctx.tabs:
             for title, module in TABS:
                 with gr.Tab(title, id=title.lower()):
                     importlib.import_module(module).build(ctx)
+        poll.wire(ctx)
         api.build(ctx)
     return blocks
 

@@ -31,6 +31,12 @@ class AppContext:
     version: gr.State | None = None  # id of the saved version the draft started from
     tabs: gr.Tabs | None = None  # to switch tabs from a button
     influence_button: gr.Button | None = None  # the Constitution tab's link to principle influence (Compare tab)
+    # the page's one poll (ui/poll.py): a fingerprint of the store, the timer, and an event's arguments
+    # that poll at once (e.g. `.then(**ctx.poll_now)` after starting a job)
+    stamps: dict = field(default_factory=dict)
+    timer: gr.Timer | None = None
+    poll_now: dict = field(default_factory=dict)
+    watchers: list = field(default_factory=list)
 
     def __post_init__(self):
         self.store = Store(self.home)
@@ -64,6 +70,11 @@ class AppContext:
         if not self.demo:
             return {}
         return {"app_kwargs": {"middleware": [Middleware(demo_mode.VisitorCookie, secret=self.secret)]}}
+
+    def watch(self, fn, inputs, outputs, on: tuple[str, ...]) -> None:
+        """Run fn(inputs) -> outputs whenever the page's poll sees those parts of the store change
+        ("versions", "sets", "jobs"; see ui/poll.py)."""
+        self.watchers.append((fn, inputs, outputs, on))
 
     def limit(self, **values) -> None:
         """gr.Error when a requested size is above the demo caps (nothing to check locally).
@@ -145,6 +156,14 @@ def slider(minimum, maximum, value, **kwargs):
 def draft_constitution(draft: dict | None) -> cmod.Constitution:
     """The editor's dict as a Constitution (not validated: drafts may be incomplete)."""
     return cmod.from_dict(draft or {"name": "untitled", "principles": []})
+
+
+def starved_note(job: dict) -> str:
+    """A status line's hint that a live job's worker gets almost no CPU (it is not dead)."""
+    from ctxdistill import jobs
+
+    age = jobs.starved(job)
+    return f" · the worker is alive but has had almost no CPU for {age:.0f} s (the machine is busy)" if age else ""
 
 
 def error_text(exc: Exception) -> str:

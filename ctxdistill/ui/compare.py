@@ -21,10 +21,10 @@ from ctxdistill import evaluate as E
 from ctxdistill import jobs
 from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution, slider
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution, slider, starved_note
+from ctxdistill.ui.data import keep
 from ctxdistill.ui.preview import highlight, prompt_choices
 
-POLL_S = 1.0
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
 CHOICES = {"1": "a", "2": "b", "3": "tie", "4": "both_bad"}
 KEYS_JS = """
@@ -62,7 +62,7 @@ def eval_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
 
 
 def _runs(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
-    return [(f"run {j['id']} · v{j['config'].get('constitution_id')} · {j['config'].get('loss')}", j["id"])
+    return [(f"job {j['id']} · v{j['config'].get('constitution_id')} · {j['config'].get('loss')}", j["id"])
             for j in jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50) if j["state"] == "done"]
 
 
@@ -70,9 +70,9 @@ def status_html(job: dict | None) -> str:
     if job is None:
         return "<div id='eval-status-text'>No evaluation running.</div>"
     done, total = job["progress_done"], max(job["progress_total"], 1)
-    lines = [f"<b>Evaluation job {job['id']}</b> · {job['state']}"]
-    if job["message"]:
-        lines.append(html.escape(job["message"]))
+    lines = [f"<b>Job {job['id']}</b> · evaluate · <span class='job-state'>{job['state']}</span>"]
+    if job["message"] and job["state"] in ("queued", "running"):
+        lines.append(html.escape(job["message"]) + starved_note(job))
     if job["error"]:
         lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
     if job["result"]:
@@ -153,10 +153,11 @@ def build(ctx: AppContext) -> None:
         student = gr.Dropdown(label="Student", choices=[], elem_id="eval-student", scale=1)
         other = gr.Dropdown(label="Compare with", choices=[], elem_id="eval-other", scale=1)
     board = gr.Dataframe(label="Scoreboard", interactive=False, wrap=True, elem_id="scoreboard")
-    scores_plot = gr.Plot(label="Scores with 95% intervals", elem_id="plot-scores")
+    # the figures carry their own titles: a component label would sit on top of them
+    scores_plot = gr.Plot(label="Scores with 95% intervals", show_label=False, elem_id="plot-scores")
     with gr.Row():
-        dist_plot = gr.Plot(label="KL distribution", elem_id="plot-kl-dist")
-        train_plot = gr.Plot(label="Training curves", elem_id="plot-training")
+        dist_plot = gr.Plot(label="KL distribution", show_label=False, elem_id="plot-kl-dist")
+        train_plot = gr.Plot(label="Training curves", show_label=False, elem_id="plot-training")
     with gr.Accordion("Per prompt (sorted by the student's KL; click a row)", open=False):
         table = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="per-prompt")
         with gr.Row():
@@ -188,7 +189,7 @@ def build(ctx: AppContext) -> None:
             influence_n_now = slider(min(2, caps.prompts) if caps else 2, min(32, caps.prompts) if caps else 32, value=8,
                                      step=1, label="Prompts", elem_id="influence-n")
             influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
-        influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
+        influence_plot = gr.Plot(label="Principle influence", show_label=False, elem_id="influence-plot")
         influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
     with gr.Row():
         fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
@@ -206,8 +207,21 @@ def build(ctx: AppContext) -> None:
                 gr.update(choices=_runs(ctx, owner)), gr.update(choices=evals, value=evals[0][1] if evals else None),
                 [e[1] for e in evals], latest[0]["id"] if latest else None)
 
-    ctx.blocks.load(on_load, None, [version, runs, pick, known, job_id])
+    ctx.blocks.load(on_load, None, job_id)
     ctx.blocks.load(None, None, None, js=KEYS_JS)
+
+    # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
+    def version_list(current, request: gr.Request):
+        versions = [(f"v{v['id']} · {v['name']}", v["id"]) for v in ctx.store.list_constitution_versions(owner=ctx.owner(request))]
+        return keep(versions, current)
+
+    def run_list(current, request: gr.Request):
+        choices = _runs(ctx, ctx.owner(request))
+        ids = [c[1] for c in choices]
+        return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
+
+    ctx.watch(version_list, version, version, on=("versions",))
+    ctx.watch(run_list, runs, runs, on=("jobs",))
 
     def on_start(version_id, run_ids, set_name, n, tokens, n_influence, judge, request: gr.Request):
         owner = ctx.owner(request)
@@ -229,24 +243,27 @@ def build(ctx: AppContext) -> None:
         ctx.limit(prompts=max(len(the_plan.prompts), cfg.influence_prompts), max_new_tokens=cfg.sample_tokens)
         return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
-    start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge], job_id)
+    start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge],
+                job_id).then(**ctx.poll_now)
 
     def on_stop(job, request: gr.Request):
         if job:
             jobs.cancel(ctx.store, ctx.job(job, request)["id"], grace_s=10)
 
-    stop.click(on_stop, job_id, None)
+    stop.click(on_stop, job_id, None).then(**ctx.poll_now)
 
     def poll(job, seen, request: gr.Request):
+        """The job's status; the list of evaluations when one was added (the newest is then shown)."""
         owner = ctx.owner(request)
         current = ctx.find_job(job, request)
         evals = eval_choices(ctx, owner)
         ids = [e[1] for e in evals]
         if ids == seen:
-            return status_html(current), gr.skip(), seen
+            return status_html(current), gr.skip(), gr.skip()
         return status_html(current), gr.update(choices=evals, value=ids[0] if ids else None), ids
 
-    gr.Timer(POLL_S).tick(poll, [job_id, known], [status, pick, known], show_progress="hidden", queue=False)
+    ctx.watch(poll, [job_id, known], [status, pick, known], on=("jobs",))
+    job_id.change(poll, [job_id, known], [status, pick, known], show_progress="hidden")
 
     # ---------------------------------------------------------------- views of one evaluation
 
@@ -337,6 +354,8 @@ def build(ctx: AppContext) -> None:
                         concurrency_id=MODEL_QUEUE, concurrency_limit=1)
     if ctx.influence_button is not None and ctx.tabs is not None:
         ctx.influence_button.click(lambda: gr.Tabs(selected="compare"), None, ctx.tabs).then(
+            None, js="() => { setTimeout(() => document.getElementById('influence-panel')"
+                     "?.scrollIntoView({block: 'start'}), 300); }").then(
             measure, [ctx.draft, influence_n_now], [influence_plot, influence_table],
             concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 

@@ -301,7 +301,8 @@ def build(ctx: AppContext) -> None:
         same = " (no changes since the last version)" if new_id == version else ""
         return new_id, f"Saved as **v{new_id}**{same}.", gr.update(choices=choices, value=new_id), gr.update(choices=choices)
 
-    save.click(do_save, [ctx.draft, ctx.version, message], [ctx.version, saved, history, compare])
+    save.click(do_save, [ctx.draft, ctx.version, message], [ctx.version, saved, history, compare]).then(
+        **ctx.poll_now)     # the other tabs' version lists
 
     def show_diff(a, b, request: gr.Request):
         if a is None:
@@ -352,3 +353,12 @@ def build(ctx: AppContext) -> None:
         return (draft, version, *show_all(draft, 0, request, version))
 
     ctx.blocks.load(on_load, None, [ctx.draft, ctx.version, *everything])
+
+    def history_lists(picked, other, request: gr.Request):
+        """Versions saved elsewhere (another tab, browser or command) join the history lists."""
+        choices = _history_choices(ctx, ctx.owner(request), None)
+        ids = [c[1] for c in choices]
+        return (gr.update(choices=choices, value=picked if picked in ids else None),
+                gr.update(choices=choices, value=other if other in ids else None))
+
+    ctx.watch(history_lists, [history, compare], [history, compare], on=("versions",))

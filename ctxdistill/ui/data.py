@@ -16,6 +16,7 @@ import pandas as pd
 from ctxdistill import curate, jobs
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
 from ctxdistill.sampling import (
+    MAX_BATCH,
     GenerateConfig,
     ImportFileError,
     columns,
@@ -25,9 +26,8 @@ from ctxdistill.sampling import (
     read_table,
     select_prompts,
 )
-from ctxdistill.ui.common import AppContext
+from ctxdistill.ui.common import AppContext, starved_note
 
-POLL_S = 1.0
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
 SET_COLUMNS = ["set", "train", "held-out", "source"]
@@ -49,14 +49,21 @@ def job_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
     return [(f"job {j['id']} · {j['kind']} · {j['state']}", j["id"]) for j in rows]
 
 
+def keep(choices: list[tuple[str, int]], current, default=None):
+    """A dropdown's update to fresh choices: the current pick while it is still there."""
+    ids = [c[1] for c in choices]
+    return gr.update(choices=choices, value=current if current in ids else (default if default in ids else
+                                                                          (ids[0] if ids else None)))
+
+
 def job_html(job: dict | None) -> str:
     if job is None:
         return "<div id='data-job-text'>No sampling or revise job yet.</div>"
     done, total = job["progress_done"], max(job["progress_total"], 1)
     lines = [f"<b>Job {job['id']}</b> · {job['kind']} · <span class='job-state'>{job['state']}</span> · "
              f"{job['progress_done']}/{job['progress_total'] or '?'}"]
-    if job["message"]:
-        lines.append(html.escape(job["message"]))
+    if job["message"] and job["state"] in ("queued", "running"):
+        lines.append(html.escape(job["message"]) + starved_note(job))
     if job["error"]:
         lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span> — press Resume to finish the rest.")
     if job["state"] == "done" and job["result"]:
@@ -123,7 +130,7 @@ def build(ctx: AppContext) -> None:
         temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="gen-temperature")
         top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", elem_id="gen-top-p")
         batch = gr.Number(label="Prompts per batch", value=min(g.batch_size, caps.batch_size) if caps else g.batch_size,
-                          precision=0, minimum=1, maximum=caps.batch_size if caps else None, elem_id="gen-batch")
+                          precision=0, minimum=1, maximum=caps.batch_size if caps else MAX_BATCH, elem_id="gen-batch")
     start_gen = gr.Button("Start sampling", variant="primary", elem_id="gen-start")
 
     gr.Markdown("### Critique and revise (SL-CAI)\nEach round picks a principle, asks the model to critique the "
@@ -137,9 +144,7 @@ def build(ctx: AppContext) -> None:
     start_rev = gr.Button("Start critique & revise", elem_id="rev-start-button")
 
     gr.Markdown("### Jobs")
-    with gr.Row():
-        job = gr.Dropdown(label="Job", choices=[], elem_id="data-job", scale=4)
-        refresh = gr.Button("Refresh lists", size="sm", elem_id="data-refresh", scale=1)
+    job = gr.Dropdown(label="Job", choices=[], elem_id="data-job")
     status = gr.HTML(job_html(None), elem_id="data-job-status", js_on_load=None)
     with gr.Row():
         cancel = gr.Button("Cancel", variant="stop", elem_id="data-cancel")
@@ -147,20 +152,22 @@ def build(ctx: AppContext) -> None:
 
     # ------------------------------------------------------------------ callbacks
 
-    def refresh_lists(request: gr.Request, selected_job=None):
+    # The lists follow the store through the page's poll, each only when its part changed.
+    def version_list(current, request: gr.Request):
+        return keep(versions(ctx, ctx.owner(request)), current)
+
+    def set_lists(current, request: gr.Request):
         owner = ctx.owner(request)
         ensure_default_prompts(ctx.store, owner)
-        vs = versions(ctx, owner)
-        names = [s["name"] for s in ctx.store.prompt_sets(owner=owner)]
-        jc = job_choices(ctx, owner)
-        ids = [c[1] for c in jc]
-        return (sets_table(ctx, owner), gr.update(choices=vs, value=vs[0][1] if vs else None),
-                gr.update(choices=names, value="default" if "default" in names else (names[0] if names else None)),
-                gr.update(choices=jc, value=selected_job if selected_job in ids else (ids[0] if ids else None)))
+        names = [(s["name"], s["name"]) for s in ctx.store.prompt_sets(owner=owner)]
+        return sets_table(ctx, owner), keep(names, current, "default")
 
-    lists = [sets, version, prompt_set, job]
-    ctx.blocks.load(refresh_lists, None, lists)
-    refresh.click(refresh_lists, None, lists)     # e.g. a version saved in the Constitution tab since
+    def job_list(current, request: gr.Request):
+        return keep(job_choices(ctx, ctx.owner(request)), current)
+
+    ctx.watch(version_list, version, version, on=("versions",))
+    ctx.watch(set_lists, prompt_set, [sets, prompt_set], on=("sets",))
+    ctx.watch(job_list, job, job, on=("jobs",))
 
     def on_source(upload, dataset_path):
         """Read the chosen file once to offer its columns and show its first rows."""
@@ -200,11 +207,11 @@ def build(ctx: AppContext) -> None:
                        f"{r['empty']} empty rows skipped). The set has {r['n_train']} train and "
                        f"{r['n_heldout']} held-out prompts.")
         except (ImportFileError, ValueError) as exc:
-            return f"**Not imported:** {exc}", *refresh_lists(request)[:3]
-        return msg, *refresh_lists(request)[:3]
+            return f"**Not imported:** {exc}"
+        return msg
 
     do_import.click(on_import, [upload, dataset_path, set_name, column, split_column, heldout, recipe],
-                    [import_msg, sets, version, prompt_set])
+                    import_msg).then(**ctx.poll_now)
 
     def submit(kind: str, cfg, request: gr.Request):
         try:
@@ -212,7 +219,7 @@ def build(ctx: AppContext) -> None:
         except ValueError as exc:
             raise gr.Error(str(exc))
         job_id = jobs.submit(ctx.store, kind, cfg.to_dict(), owner=cfg.owner)
-        return refresh_lists(request, job_id)[3]
+        return keep(job_choices(ctx, cfg.owner), job_id)
 
     def on_generate(version_id, set_name_, search_, limit_, n_, max_new_, temp, top_p_, batch_, request: gr.Request):
         owner = ctx.owner(request)
@@ -231,7 +238,8 @@ def build(ctx: AppContext) -> None:
             raise gr.Error(f"Prompt set {cfg.set_name!r} has no train prompts matching the filter.")
         return submit("generate", cfg, request)
 
-    start_gen.click(on_generate, [version, prompt_set, search, limit, n, max_new, temperature, top_p, batch], job)
+    start_gen.click(on_generate, [version, prompt_set, search, limit, n, max_new, temperature, top_p, batch],
+                    job).then(**ctx.poll_now)
 
     def on_revise(version_id, set_name_, rounds_, order_, start_, max_new_, temp, top_p_, request: gr.Request):
         if not version_id:
@@ -247,22 +255,21 @@ def build(ctx: AppContext) -> None:
             raise gr.Error("No pending samples for this version and set: start sampling first.")
         return submit("revise", cfg, request)
 
-    start_rev.click(on_revise, [version, prompt_set, rounds, order, start_from, rev_max_new, temperature, top_p], job)
+    start_rev.click(on_revise, [version, prompt_set, rounds, order, start_from, rev_max_new, temperature, top_p],
+                    job).then(**ctx.poll_now)
 
-    def poll(job_id, request: gr.Request):
+    def show_job(job_id, request: gr.Request):
         return job_html(ctx.find_job(job_id, request))
 
-    gr.Timer(POLL_S).tick(poll, job, status, show_progress="hidden", queue=False)
-    job.change(poll, job, status, show_progress="hidden")
+    ctx.watch(show_job, job, status, on=("jobs",))
+    job.change(show_job, job, status, show_progress="hidden")
 
     def on_cancel(job_id, request: gr.Request):
         if job_id:
-            job_id = ctx.job(job_id, request)["id"]
-            jobs.cancel(ctx.store, job_id)
-        return refresh_lists(request, job_id)[3]
+            jobs.cancel(ctx.store, ctx.job(job_id, request)["id"])
 
     def on_resume(job_id, request: gr.Request):
-        return refresh_lists(request, ctx.resume_job(job_id, request))[3]
+        ctx.resume_job(job_id, request)
 
-    cancel.click(on_cancel, job, job)
-    resume.click(on_resume, job, job)
+    cancel.click(on_cancel, job, None).then(**ctx.poll_now)
+    resume.click(on_resume, job, None).then(**ctx.poll_now)

@@ -19,14 +19,14 @@ import pandas as pd
 from ctxdistill import jobs
 from ctxdistill import train as T
 from ctxdistill.safety import safe_path
-from ctxdistill.ui.common import AppContext, error_text
+from ctxdistill.ui.common import AppContext, error_text, starved_note
+from ctxdistill.ui.data import keep
 
-POLL_S = 1.0
 # the form: TrainConfig fields shown as widgets, in this order
 FORM = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
         "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
 CHOICES = {"data": T.DATA_SOURCES, "loss": T.LOSSES, "quantize": T.QUANTIZE}
-RUN_COLUMNS = ["run", "state", "constitution", "loss", "data", "steps", "held-out KL before", "after", "gap closed"]
+RUN_COLUMNS = ["job", "state", "constitution", "loss", "data", "steps", "held-out KL before", "after", "gap closed"]
 
 
 def _help(name: str) -> str:
@@ -40,8 +40,9 @@ def _widget(name: str, default, cap: int | None = None):
         return gr.Radio(list(CHOICES[name]), value=default, **kw)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **kw)
-    if isinstance(default, int):
-        return gr.Number(value=default if cap is None else min(default, cap), precision=0, maximum=cap, **kw)
+    if isinstance(default, int):  # the field stops where TrainConfig.validate would refuse (or at the demo's cap)
+        most = min((x for x in (cap, T.TRAIN_MAXIMA.get(name)) if x is not None), default=None)
+        return gr.Number(value=default if cap is None else min(default, cap), precision=0, minimum=0, maximum=most, **kw)
     return gr.Number(value=default, **kw)
 
 
@@ -66,7 +67,7 @@ def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
         path = adapter_dir(ctx, job)
         if job["state"] == "done" and path.is_dir():
             gap = (job["result"] or {}).get("gap_closed")
-            out.append((f"run {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
+            out.append((f"job {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
                         job["id"]))
     return out
 
@@ -84,7 +85,8 @@ def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
 
 def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training loss by step, held-out KL by step) for the plots."""
-    empty = pd.DataFrame({"step": [], "value": [], "metric": []})
+    # typed columns: an empty float "metric" column would make the plot's legend a -Infinity..Infinity scale
+    empty = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float), "metric": pd.Series(dtype=str)})
     if not job_id:
         return empty, empty
     rows = ctx.store.get_metrics(int(job_id))
@@ -99,9 +101,9 @@ def status_html(job: dict | None) -> str:
         return "<div id='train-status-text'>No run yet: pick a constitution version and press Start.</div>"
     done, total = job["progress_done"], max(job["progress_total"] or job["config"].get("steps", 1), 1)
     result = job["result"] or {}
-    lines = [f"<b>Run {job['id']}</b> · {job['state']} · step {done}/{total}"]
-    if job["message"]:
-        lines.append(html.escape(job["message"]))
+    lines = [f"<b>Job {job['id']}</b> · train · <span class='job-state'>{job['state']}</span> · step {done}/{total}"]
+    if job["message"] and job["state"] in ("queued", "running"):
+        lines.append(html.escape(job["message"]) + starved_note(job))
     if job["error"]:
         lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
     if "heldout_kl_after" in result:
@@ -164,28 +166,44 @@ def build(ctx: AppContext) -> None:
         files = gr.File(label="Download", elem_id="train-export-file")
         export_msg = gr.Markdown(elem_id="train-export-msg")
 
+    plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
+
     def run_choices(owner: str, selected=None):
-        choices = [(f"run {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in _runs(ctx, owner)]
-        value = selected if selected in [c[1] for c in choices] else (choices[0][1] if choices else None)
-        return gr.update(choices=choices, value=value)
+        return keep([(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in _runs(ctx, owner)],
+                    selected)
 
-    def on_load(request: gr.Request):
-        owner = ctx.owner(request)
-        versions = _versions(ctx, owner)
-        return gr.update(choices=versions, value=versions[0][1] if versions else None), run_choices(owner)
+    def version_list(current, request: gr.Request):
+        return keep(_versions(ctx, ctx.owner(request)), current)
 
-    ctx.blocks.load(on_load, None, [version, run])
+    def run_list(current, request: gr.Request):
+        return run_choices(ctx.owner(request), current)
 
-    def poll(job_id, request: gr.Request):
+    # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
+    ctx.watch(version_list, version, version, on=("versions",))
+    ctx.watch(run_list, run, run, on=("jobs",))
+
+    def poll(job_id, shown, request: gr.Request):
         owner = ctx.owner(request)
         job = ctx.find_job(job_id, request)
         run_id = job["id"] if job else None
-        loss, heldout = metrics_frames(ctx, run_id)
-        return status_html(job), loss, heldout, log_tail(ctx, run_id), runs_table(ctx, owner)
+        key = [run_id, job["progress_done"], job["state"]] if job else None
+        plots = metrics_frames(ctx, run_id) if key != shown else (gr.skip(), gr.skip())
+        return status_html(job), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
 
-    outputs = [status, loss_plot, heldout_plot, log, runs]
-    gr.Timer(POLL_S).tick(poll, run, outputs, show_progress="hidden", queue=False)
-    run.change(poll, run, outputs, show_progress="hidden")
+    outputs = [status, loss_plot, heldout_plot, log, runs, plotted]
+    ctx.watch(poll, [run, plotted], outputs, on=("jobs",))
+    run.change(poll, [run, plotted], outputs, show_progress="hidden")
+
+    def settings_of(job_id, request: gr.Request):
+        """A picked run's own settings in the form, so that what it ran is what one reads (and resumes)."""
+        job = ctx.find_job(job_id, request)
+        if job is None:
+            return (gr.skip(),) * (2 + len(widgets))
+        cfg = job["config"]
+        return (gr.update(value=cfg.get("constitution_id")), cfg.get("prompt_set", defaults.prompt_set),
+                *[cfg.get(name, getattr(defaults, name)) for name in widgets])
+
+    run.input(settings_of, run, [version, prompt_set, *widgets.values()], show_progress="hidden")
 
     def on_start(values: dict, request: gr.Request):
         # a set of inputs arrives as one {component: value} dict
@@ -210,18 +228,18 @@ def build(ctx: AppContext) -> None:
         job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
         return run_choices(owner, job_id)
 
-    start.click(on_start, {version, prompt_set, *widgets.values()}, run)
+    start.click(on_start, {version, prompt_set, *widgets.values()}, run).then(**ctx.poll_now)
 
     def on_stop(job_id, request: gr.Request):
         if job_id:
             jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=30)
 
-    stop.click(on_stop, run, None)
+    stop.click(on_stop, run, None).then(**ctx.poll_now)
 
     def on_resume(job_id, request: gr.Request):
         return run_choices(ctx.owner(request), ctx.resume_job(job_id, request, "run"))
 
-    resume.click(on_resume, run, run)
+    resume.click(on_resume, run, run).then(**ctx.poll_now)
 
     def adapter_of(job_id, request: gr.Request) -> tuple[dict, Path]:
         """The visitor's own run and its finished adapter, or gr.Error."""

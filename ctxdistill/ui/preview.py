@@ -178,12 +178,13 @@ def build(ctx: AppContext) -> None:
     def refresh_choices(request: gr.Request):
         return gr.update(choices=prompt_choices(ctx, ctx.owner(request)))
 
-    ctx.blocks.load(refresh_choices, None, pick)
-    # runs finish while the page is open: list them whenever the picker is opened
-    def refresh_students(request: gr.Request):
-        return gr.update(choices=adapter_choices(ctx, ctx.owner(request)))
+    # both lists follow the store through the page's poll (ui/poll.py): prompt sets, and runs that finish
+    def refresh_students(current, request: gr.Request):
+        choices = adapter_choices(ctx, ctx.owner(request))
+        return gr.update(choices=choices, value=current if current in [c[1] for c in choices] else None)
 
-    student_run.focus(refresh_students, None, student_run)
+    ctx.watch(refresh_choices, None, pick, on=("sets",))
+    ctx.watch(refresh_students, student_run, student_run, on=("jobs",))
 
     def preview_api(constitution: str, prompt: str, samples: int = 1, seed: int = 0,
                     max_new_tokens: int = 64, temperature: float = 0.0) -> dict:

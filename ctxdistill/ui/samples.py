@@ -25,7 +25,6 @@ from ctxdistill.ui.common import AppContext
 
 ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
-COUNTER_POLL_S = 2.0
 
 SHORTCUTS_HTML = """
 <div id="review-shortcuts">Keys: <span class="kbd">a</span> accept · <span class="kbd">r</span> reject ·
@@ -158,7 +157,10 @@ def build(ctx: AppContext) -> None:
             bulk_action = gr.Dropdown([(label, key) for key, label in curate.BULK_ACTIONS.items()],
                                       value="reject_empty", label="Action", elem_id="review-bulk-action")
             bulk = gr.Button("Apply", elem_id="review-bulk")
+            undo = gr.Button("Undo the last bulk action", elem_id="review-bulk-undo", visible=False)
             reflag = gr.Button("Recompute flags", elem_id="review-reflag")
+        bulk_preview = gr.Markdown(elem_id="review-bulk-preview")
+        bulk_msg = gr.Markdown(elem_id="review-bulk-msg")
     with gr.Accordion("Export accepted samples", open=False):
         with gr.Row():
             export_fmt = gr.Radio(list(curate.EXPORT_FORMATS), value="messages", label="Format", elem_id="review-export-format")
@@ -292,7 +294,9 @@ def build(ctx: AppContext) -> None:
     def poll_counts(request: gr.Request, *filter_values):
         return counts_of(ctx.owner(request), *filter_values)
 
-    gr.Timer(COUNTER_POLL_S).tick(poll_counts, filters, counters, show_progress="hidden", queue=False)
+    # a sampling or revise job adds samples: the counters and the version list follow it (the page's poll)
+    ctx.watch(poll_counts, filters, counters, on=("jobs",))
+    ctx.watch(version_choices, version, version, on=("versions", "jobs"))
 
     # ------------------------------------------------------------------ bulk and export
 
@@ -304,13 +308,40 @@ def build(ctx: AppContext) -> None:
         ctx.constitution(f["constitution_id"], request)
         return f
 
-    def on_bulk(request: gr.Request, action, ids, at, *filter_values):
-        owner = ctx.owner(request)
+    # Bulk actions change the pending samples the filters show (status aside: they act on pending
+    # ones only), say how many before Apply, and the last one can be undone.
+    def targets(request: gr.Request, action, filter_values) -> list[int]:
         f = own_filters(request, filter_values)
-        n = curate.bulk(ctx.store, action, f["constitution_id"], set_name=f["set_name"], owner=owner, reviewer=owner)
-        return render(owner, ids, at, filter_values, f"{curate.BULK_ACTIONS[action].capitalize()}: {n} changed.")
+        f.pop("status")
+        return curate.bulk_targets(ctx.store, action, f.pop("constitution_id"), owner=ctx.owner(request), **f)
 
-    bulk.click(on_bulk, [bulk_action, queue, pos, *filters], view)
+    def preview_bulk(request: gr.Request, action, *filter_values):
+        if not filters_of(*filter_values)["constitution_id"]:
+            return ""
+        n = len(targets(request, action, filter_values))
+        return f"Apply would change **{n}** pending sample{'s' if n != 1 else ''} of those the filters show."
+
+    for trigger in (bulk_action.change, queue.change):
+        trigger(preview_bulk, [bulk_action, *filters], bulk_preview, show_progress="hidden")
+
+    def on_bulk(request: gr.Request, action, *filter_values):
+        ids = targets(request, action, filter_values)
+        n = curate.apply_bulk(ctx.store, action, ids, reviewer=ctx.owner(request))
+        return ({"action": action, "ids": ids}, gr.update(visible=bool(n)),
+                f"{curate.BULK_ACTIONS[action].capitalize()} (of those shown): **{n}** changed.")
+
+    def on_undo(request: gr.Request, last):
+        if not last:
+            return None, gr.update(visible=False), "Nothing to undo."
+        # the ids come from this session's server-side state, never from the browser
+        n = curate.undo_bulk(ctx.store, last["action"], last["ids"], reviewer=ctx.owner(request))
+        return None, gr.update(visible=False), f"Undone: **{n}** sample{'s' if n != 1 else ''} back to pending."
+
+    last_bulk = gr.State(None)
+    bulk.click(on_bulk, [bulk_action, *filters], [last_bulk, undo, bulk_msg]).then(
+        load_queue, filters, [queue, *view], show_progress="hidden")
+    undo.click(on_undo, last_bulk, [last_bulk, undo, bulk_msg]).then(
+        load_queue, filters, [queue, *view], show_progress="hidden")
 
     def on_reflag(request: gr.Request, ids, at, *filter_values):
         owner = ctx.owner(request)

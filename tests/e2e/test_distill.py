@@ -37,7 +37,7 @@ def test_start_watch_reload(browser, distill_url):
         page.locator(f"#train-{name} input").fill(value)
     page.locator("#train-quantize").get_by_text("none", exact=True).click()
     page.locator("#train-start").click()
-    page.wait_for_selector("#train-status >> text=Run 1")
+    page.wait_for_selector("#train-status >> text=Job 1")
     page.wait_for_selector("#train-status >> text=done", timeout=180_000)
     page.wait_for_selector("#train-status >> text=gap closed")
     page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
@@ -46,7 +46,7 @@ def test_start_watch_reload(browser, distill_url):
 
     page.reload()
     open_tab(page, distill_url)
-    page.wait_for_selector("#train-status >> text=Run 1")
+    page.wait_for_selector("#train-status >> text=Job 1")
     page.wait_for_selector("#train-status >> text=gap closed")
     page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
     assert "step 6/6" in page.locator("#train-status").inner_text()
@@ -54,7 +54,7 @@ def test_start_watch_reload(browser, distill_url):
     # the run's student answers in the Preview tab's third column
     page.get_by_role("tab", name="Preview").click()
     page.locator("#student-run input").click()
-    page.get_by_role("option", name="run 1").first.click()
+    page.get_by_role("option", name="job 1").first.click()
     page.locator("#prompt textarea").fill("How do I boil an egg?")
     page.locator("#run-preview").click()
     page.wait_for_function("(() => { const v = document.querySelector('#student textarea').value;"
