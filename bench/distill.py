@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/distill.py               # default kl run, then sft at equal steps and equal wall time
     .venv/bin/python bench/distill.py --only kl
+    .venv/bin/python bench/distill.py --only kl --profile avx2   # as on a CPU without native bf16
 
 On the embedded SmolLM2-135M with assets/constitutions/pirate.yaml, trained on the default prompt
 set's train split with the default TrainConfig (teacher sampling included in the time), then
@@ -26,9 +27,13 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from ctxdistill import engine  # noqa: E402
+from ctxdistill.adapters import load_adapter  # noqa: E402
 from ctxdistill import train as T  # noqa: E402
 from ctxdistill.constitution import content_hash, load, render, to_dict  # noqa: E402
+from ctxdistill.precision import policy  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 
 def timed_run(store, cfg: T.TrainConfig, run_dir: Path) -> tuple[dict, dict]:
@@ -45,25 +50,25 @@ def timed_run(store, cfg: T.TrainConfig, run_dir: Path) -> tuple[dict, dict]:
     return result, {"total_s": marks["end"] - marks["start"], "setup_s": marks.get("trained", marks["end"]) - marks["start"]}
 
 
-def full_heldout(store, cid: int, adapters: dict[str, Path], quantize: str, tokens: int) -> dict:
+def full_heldout(store, cid: int, adapters: dict[str, Path], quantize: str, precision: str, tokens: int) -> dict:
     """KL(teacher || base) and KL(teacher || student) for each adapter, on every held-out prompt."""
     from ctxdistill.generate import SamplingConfig, generate_rows
     from ctxdistill.models import load_model
 
     c = load(REPO / "assets/constitutions/pirate.yaml")
     prompts = [p["text"] for p in store.get_prompts("default", split="heldout")]
-    base, tok = load_model(quantize=quantize)
+    base, tok = load_model(quantize=quantize, precision=precision)
     out = {}
     model = base
     for name, path in adapters.items():
-        model = T.load_adapter(model, path, name=name)
-    d = T.Distiller(model, tok, render(c), c.examples)
-    data = T.sample_answers(d, prompts, T.TrainConfig(sample_tokens=tokens), seed=12345)
+        model = load_adapter(model, path, name=name)
+    d = engine.TeacherStudent(model, tok, render(c), c.examples)
+    data = engine.sample_answers(d, prompts, T.TrainConfig(sample_tokens=tokens), seed=12345)
     with d.teacher_mode():
-        out["base"] = T.heldout_kl(d, data)
+        out["base"] = engine.heldout_kl(d, data)
     for name in adapters:
         model.set_adapter(name)
-        out[name] = T.heldout_kl(d, data)
+        out[name] = engine.heldout_kl(d, data)
     answers = {}
     for name in adapters:
         model.set_adapter(name)
@@ -76,7 +81,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["kl", "all"], default="all")
     p.add_argument("--keep", help="keep the workspace here instead of a temporary directory")
+    add_profile_flag(p)
     args = p.parse_args()
+    apply_profile(args)
     home = Path(args.keep or tempfile.mkdtemp(prefix="ctxdistill-bench-"))
     store = Store(home)
     c = load(REPO / "assets/constitutions/pirate.yaml")
@@ -84,7 +91,7 @@ def main():
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared)")
     cfg = T.TrainConfig(constitution_id=cid)
     print(f"kl run, default settings: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, r {cfg.lora_r}, "
-          f"{cfg.sample_tokens}-token samples, quantize {T.resolve_quantize(cfg.quantize)}")
+          f"{cfg.sample_tokens}-token samples, {policy(None, cfg.quantize, cfg.precision).label}")
     kl, kl_time = timed_run(store, cfg, home / "runs" / "kl")
     print(f"  wall {kl_time['total_s']:.0f} s (sampling + setup {kl_time['setup_s']:.0f} s); held-out ({kl['n_heldout']} prompts) "
           f"KL {kl['heldout_kl_before']:.4f} -> {kl['heldout_kl_after']:.4f}, gap closed {kl['gap_closed']:.3f}")
@@ -103,7 +110,7 @@ def main():
             rows.append((label, steps, t["total_s"] - t["setup_s"], r))
             adapters[label] = run_dir / "adapter"
     print("\nall held-out prompts, fresh teacher samples:")
-    full = full_heldout(store, cid, adapters, T.resolve_quantize(cfg.quantize), cfg.sample_tokens)
+    full = full_heldout(store, cid, adapters, kl["quantize"], kl["precision"], cfg.sample_tokens)
     base = full["kl"]["base"]
     print(f"  KL(teacher || base) = {base:.4f} nats/token over {full['n_prompts']} prompts")
     for label, steps, seconds, r in rows:

@@ -48,7 +48,7 @@ def rss_mb() -> float:
 
 
 def prompts(n: int) -> list[str]:
-    from ctxdistill.sampling import DEFAULT_PROMPTS
+    from ctxdistill.prompts import DEFAULT_PROMPTS
 
     rows = [json.loads(line) for line in DEFAULT_PROMPTS.read_text().splitlines() if line.strip()]
     return [r["text"] for r in rows if r.get("split", "train") == "train"][:n]

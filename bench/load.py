@@ -40,7 +40,7 @@ os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ctxdistill import constitution as cmod  # noqa: E402
-from ctxdistill.sampling import ensure_default_prompts  # noqa: E402
+from ctxdistill.prompts import ensure_default_prompts  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
 from tests.e2e.conftest import start_app, stop_app  # noqa: E402
 

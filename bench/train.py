@@ -69,17 +69,18 @@ class PeakRSS:
 
 
 def setup(quantize: str, n: int, tokens: int):
+    from ctxdistill import engine
     from ctxdistill import train as T
     from ctxdistill.constitution import load, render
     from ctxdistill.models import load_model
-    from ctxdistill.sampling import DEFAULT_PROMPTS, read_table
+    from ctxdistill.prompts import DEFAULT_PROMPTS, read_table
 
     c = load(REPO / "assets/constitutions/pirate.yaml")
     prompts = [r["text"] for r in read_table(DEFAULT_PROMPTS) if r.get("split") == "train"][:n]
     base, tok = load_model(quantize=quantize)
     model = T._setup_model(T.TrainConfig(), base, seed=0)
-    d = T.Distiller(model, tok, render(c), teacher_cache_mb=T.TrainConfig().teacher_cache_mb)
-    data = T.sample_answers(d, prompts, T.TrainConfig(sample_tokens=tokens), seed=0)
+    d = engine.TeacherStudent(model, tok, render(c), teacher_cache_mb=T.TrainConfig().teacher_cache_mb)
+    data = engine.sample_answers(d, prompts, T.TrainConfig(sample_tokens=tokens), seed=0)
     return T, c, model, tok, d, data
 
 
@@ -127,7 +128,8 @@ def naive_step(model, tok, system, data, batch, quantize):
     """The straightforward loop: a second model for the teacher, everything recomputed, padded batches."""
     import torch
 
-    from ctxdistill.generate import chat_ids, kl_per_token
+    from ctxdistill.generate import chat_ids
+    from ctxdistill.losses import kl_per_token
     from ctxdistill.models import load_model
 
     teacher, _ = load_model(quantize=quantize)

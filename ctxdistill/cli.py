@@ -6,6 +6,9 @@
 Each sub-command is a function ``cmd_<name>(args) -> int`` registered with ``@command(name, help, flags)``;
 errors that a user can fix are raised as ``UserError``. Every failure, a bad flag included, is printed as
 one line ``error: ...`` (hub tokens redacted) with exit status 2, never as a traceback.
+
+It runs over 450 lines because it is one short function per sub-command with its flags beside it;
+splitting it would part a command from its flags.
 """
 
 from __future__ import annotations
@@ -43,12 +46,20 @@ def command(name: str, help: str, configure=None):
     return wrap
 
 
+# One name for the prompt set on every command; the older spellings still work.
+PROMPT_SET_FLAGS = ("--prompt-set", "--set-name", "--set", "--prompts")
+
+
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
     """One ``--flag`` per dataclass field, its help text taken from the field's metadata."""
     for f in fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        if f.name in ("set_name", "prompt_set"):
+            parser.add_argument(*PROMPT_SET_FLAGS, dest=f.name, default=None,
+                                help=f"{f.metadata.get('help', '')} (default {f.default})")
+            continue
         kind = type(f.default) if f.default is not None and not callable(f.default) else str
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help", ""))
@@ -175,7 +186,7 @@ def cmd_info(args) -> int:
 def default_run_estimate(store, cal) -> dict:
     """Predicted seconds per phase of ``ctxdistill train`` with its defaults on the shipped prompt set."""
     from ctxdistill import estimate
-    from ctxdistill.sampling import ensure_default_prompts
+    from ctxdistill.prompts import ensure_default_prompts
     from ctxdistill.train import TrainConfig
 
     cfg = TrainConfig()
@@ -244,16 +255,12 @@ def cmd_preview(args) -> int:
 
 def check_context(system: str, tokenizer, model, max_new_tokens: int) -> int:
     """Raise UserError if the rendered constitution leaves no room for a prompt and an answer."""
-    from ctxdistill.models import context_window
+    from ctxdistill.models import ContextError, check_fits
 
-    used = len(tokenizer.encode(system))
-    limit = context_window(model)
-    if used + max_new_tokens + 64 > limit:
-        raise UserError(
-            f"the rendered constitution is {used} tokens; with {max_new_tokens} new tokens it exceeds "
-            f"the model's context window of {limit} tokens"
-        )
-    return used
+    try:
+        return check_fits(model, tokenizer, system, max_new_tokens)
+    except ContextError as exc:
+        raise UserError(str(exc))
 
 
 def constitution_version(store, spec: str, owner: str = "") -> int:
@@ -272,7 +279,7 @@ def constitution_version(store, spec: str, owner: str = "") -> int:
 
 def _import_flags(p):
     p.add_argument("source", help="CSV, JSONL, JSON, TXT or Parquet file, a datasets directory, or a hub id")
-    p.add_argument("--set-name", "--set", required=True, help="prompt set to add to (created if new)")
+    p.add_argument(*PROMPT_SET_FLAGS, dest="set_name", required=True, help="prompt set to add to (created if new)")
     p.add_argument("--column", help="column holding the prompt (default: text, prompt, instruction, question...)")
     p.add_argument("--split-column", help="column holding train/heldout (default: a 'split' column if any)")
     p.add_argument("--category-column", help="column holding a category")
@@ -285,7 +292,7 @@ def _import_flags(p):
 
 @command("import", "import a prompt set, or a recipe dataset's samples", _import_flags)
 def cmd_import(args) -> int:
-    from ctxdistill import curate, sampling
+    from ctxdistill import curate, prompts
 
     store = open_store(args)
     try:
@@ -294,13 +301,13 @@ def cmd_import(args) -> int:
             human = (f"imported {result['samples']} samples ({result['rounds']} revision rounds) into set "
                      f"{result['set']!r} under constitution version {result['constitution_id']}")
         else:
-            result = sampling.import_prompts(store, args.set_name, args.source, column=args.column,
+            result = prompts.import_prompts(store, args.set_name, args.source, column=args.column,
                                              split_column=args.split_column, category_column=args.category_column,
                                              heldout_fraction=args.heldout_fraction, fmt=args.format)
             human = (f"{result['added']} prompts added to {result['set']!r} ({result['duplicates']} duplicates, "
                      f"{result['empty']} empty skipped); the set has {result['n_train']} train, "
                      f"{result['n_heldout']} held-out")
-    except (sampling.ImportFileError, ValueError) as exc:
+    except (prompts.ImportFileError, ValueError) as exc:
         raise UserError(str(exc))
     emit(args, result, human)
     return 0
@@ -386,6 +393,12 @@ def stop_job(store, job_id: int) -> None:
         time.sleep(0.01)
         jobs.refresh(store)
         job = store.get_job(job_id)
+    # the worker marks its job before it exits: wait for the process too, so none is left behind
+    deadline = time.monotonic() + 10
+    while job["pid"] and jobs.worker_alive(job["pid"], job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if job["pid"] and jobs.worker_alive(job["pid"], job_id):
+        jobs.kill_worker(job["pid"], job_id)
     print(f"job {job_id} {job['state']}: {job['message']}; resume it to finish the rest", file=sys.stderr)
 
 
@@ -407,7 +420,8 @@ def _generate_flags(p):
 
 @command("generate", "sample the teacher's answers (and unprompted ones) for a prompt set", _generate_flags)
 def cmd_generate(args) -> int:
-    from ctxdistill.sampling import GenerateConfig, ensure_default_prompts, select_prompts
+    from ctxdistill.sampling import GenerateConfig
+    from ctxdistill.prompts import ensure_default_prompts, select_prompts
 
     store = open_store(args)
     ensure_default_prompts(store)
@@ -446,7 +460,7 @@ def _export_flags(p):
     p.add_argument("--constitution", required=True, help="constitution version id (or file) whose samples to export")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="output form (default messages)")
     p.add_argument("--out", required=True, help="output file (a directory for the datasets format)")
-    p.add_argument("--set-name", "--set", help="only samples of this prompt set")
+    p.add_argument(*PROMPT_SET_FLAGS, dest="set_name", help="only samples of this prompt set")
     p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
 
 
@@ -538,7 +552,7 @@ def _eval_flags(p):
 
     p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
     p.add_argument("--run", type=int, action="append", required=True, help="training run (job id) to score; repeat for several")
-    p.add_argument("--prompts", default="default", help="prompt set whose held-out prompts are scored (default: default)")
+    p.add_argument(*PROMPT_SET_FLAGS, dest="prompts", default="default", help="prompt set whose held-out prompts are scored (default: default)")
     add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "prompt_set", "model", "owner"))
     p.add_argument("--report", help="also write the report: a .md, .html or .json file")
     p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
@@ -557,6 +571,7 @@ def _eval_summary(r: dict) -> str:
 @command("eval", "score trained runs against the teacher on held-out prompts (KL gap closed, checks, retention)", _eval_flags)
 def cmd_eval(args) -> int:
     from ctxdistill import evaluate as E
+    from ctxdistill import report
 
     store = open_store(args)
     try:
@@ -570,14 +585,14 @@ def cmd_eval(args) -> int:
     code = run_job(args, "evaluate", cfg.to_dict(), _eval_summary)
     if args.report and not args.detach:
         ev = store.list_evals()[0]  # the one just stored
-        path = E.write_report(ev["results"], args.report, E.eval_tally(store, ev["id"]))
+        path = report.write_report(ev["results"], args.report, report.eval_tally(store, ev["id"]))
         print(f"report written to {path}", file=sys.stderr)
     return code
 
 
 def _influence_flags(p):
     p.add_argument("--constitution", required=True, help="YAML or JSON constitution file")
-    p.add_argument("--prompts", default="default", help="prompt set whose held-out prompts are used (default: default)")
+    p.add_argument(*PROMPT_SET_FLAGS, dest="prompts", default="default", help="prompt set whose held-out prompts are used (default: default)")
     p.add_argument("--n", type=int, default=8, help="number of prompts (default 8)")
     p.add_argument("--sample-tokens", type=int, default=40, help="tokens per teacher answer (default 40)")
     p.add_argument("--seed", type=int, default=0)
@@ -586,7 +601,7 @@ def _influence_flags(p):
 @command("influence", "how much each principle changes the teacher: KL with it vs without it", _influence_flags)
 def cmd_influence(args) -> int:
     from ctxdistill import evaluate as E
-    from ctxdistill.sampling import ensure_default_prompts
+    from ctxdistill.prompts import ensure_default_prompts
 
     constitution = load_constitution_file(args.constitution)
     store = open_store(args)

@@ -17,6 +17,9 @@ can act on, collected into one `ConstitutionError`.
 Also reads the JSON used by the Hugging Face constitutional-AI recipe
 (`{"constitutions": [{"critic", "revision"}], "system_chat": [[...]]}`),
 see `from_hf_recipe`.
+
+It runs over 450 lines because parsing, validation, rendering, the file formats and the
+principles' automatic checks all work on the same few dataclasses.
 """
 from __future__ import annotations
 
@@ -120,25 +123,6 @@ def teacher_messages(c: Constitution, prompt: str) -> list[dict]:
     """Chat messages for the teacher: system prompt, few-shot examples, user prompt."""
     return [{"role": "system", "content": render(c)}, *c.examples,
             {"role": "user", "content": prompt}]
-
-
-def to_markdown(c: Constitution) -> str:
-    """A readable Markdown view (export / display only; not parsed back)."""
-    out = [f"# {c.name}"]
-    if c.description.strip():
-        out += ["", c.description.strip()]
-    if c.preamble.strip():
-        out += ["", "> " + c.preamble.strip().replace("\n", "\n> ")]
-    out.append("")
-    for i, p in enumerate(c.principles, 1):
-        out.append(f"{i}. **{p.id}** — {p.text.strip()}")
-        if p.check:
-            out.append(f"   - check: {p.check.describe()}")
-        if p.critique.strip():
-            out.append(f"   - critique: {p.critique.strip()}")
-        if p.revision.strip():
-            out.append(f"   - revision: {p.revision.strip()}")
-    return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------- validation
@@ -353,6 +337,12 @@ _VERB = {"said": "say", "says": "say", "say": "say", "include": "include",
          "included": "include", "includes": "include", "provide": "provide",
          "provided": "provide", "provides": "provide", "contain": "contain",
          "contained": "contain", "contains": "contain"}
+
+
+
+def from_row(row: dict) -> Constitution:
+    """The Constitution of a stored version (a ``constitutions`` row of the workspace)."""
+    return from_dict(row["content"])
 
 
 def _statement_from_critic(critic: str) -> str:

@@ -27,8 +27,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .constitution import Check, Constitution, content_hash, from_hf_recipe, to_dict
-from .safety import spreadsheet_cell
+from .constitution import Check, Constitution, content_hash, from_hf_recipe, from_row, to_dict
+from .prompts import MAX_PROMPT_CHARS, ImportFileError, columns, read_table
+from .safety import hub_token, spreadsheet_cell
 from .store import Store
 
 FLAGS = ("empty", "cut_off", "repetition", "failed_check", "near_duplicate")
@@ -122,9 +123,7 @@ def flag_samples(store: Store, sample_ids: list[int], checks: list[tuple[str, Ch
 
 def refresh_flags(store: Store, constitution_id: int, owner: str | None = "") -> dict:
     """Recompute the flags of every sample of a constitution version; returns counts per flag."""
-    from .sampling import stored_constitution
-
-    checks = principle_checks(stored_constitution(store, constitution_id))
+    checks = principle_checks(from_row(store.get_constitution(constitution_id)))
     samples = store.list_samples(constitution_id=constitution_id, owner=owner)
     dup = near_duplicates([s["final"] for s in samples])
     new = {s["id"]: sample_flags(s, checks) + (["near_duplicate"] if i in dup else [])
@@ -140,14 +139,12 @@ def review(store: Store, sample_id: int, version: int, *, status: str | None = N
            final: str | None = None, note: str | None = None, reviewer: str = "") -> dict:
     """One reviewer action, written at once. Raises store.ConflictError when the sample
     changed since `version` was read (another tab, a revise job). Returns the new row."""
-    from .sampling import stored_constitution
-
     fields = {k: v for k, v in (("status", status), ("final", final), ("note", note)) if v is not None}
     if reviewer:
         fields["reviewer"] = reviewer
     if final is not None:
         current = store.get_sample(sample_id)
-        checks = principle_checks(stored_constitution(store, current["constitution_id"]))
+        checks = principle_checks(from_row(store.get_constitution(current["constitution_id"])))
         keep = ["near_duplicate"] if "near_duplicate" in current["flags"] else []
         fields["flags"] = sample_flags({**current, "final": final, "edited": True}, checks) + keep
     return store.update_sample(sample_id, version, **fields)
@@ -203,7 +200,7 @@ def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     if hub_id and fmt != "datasets":
         raise ValueError("push to the hub needs the datasets format")
-    if hub_id and not os.environ.get("HF_TOKEN"):
+    if hub_id and not hub_token():
         raise ValueError("set HF_TOKEN to push to the hub")
     version = store.get_constitution(constitution_id)
     samples = store.list_samples(constitution_id=constitution_id, set_name=set_name, status="accepted",
@@ -238,7 +235,7 @@ def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike
         ds.info.description = json.dumps({k: v for k, v in manifest.items() if k != "path"})
         ds.save_to_disk(str(path))
         if hub_id:
-            ds.push_to_hub(hub_id, token=os.environ["HF_TOKEN"])
+            ds.push_to_hub(hub_id, token=hub_token())
             manifest["hub_id"] = hub_id
     manifest_path = path / "ctxdistill_export.json" if fmt == "datasets" else path.with_name(path.name + ".manifest.json")
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -271,8 +268,6 @@ def import_recipe_dataset(store: Store, source: str | os.PathLike, set_name: str
     constitution version named `name` (default: the set name); init_response is the
     starting (unprompted) answer, each critique/revision round a chain step, and the
     last revision the final text. Prompts land in the train split."""
-    from .sampling import ImportFileError, MAX_PROMPT_CHARS, columns, read_table
-
     label = Path(str(source)).name
     records = read_table(source, fmt)
     if not records:

@@ -22,8 +22,8 @@ CAL_BATCH = 8          # answers per calibrated training step (the default batch
 CAL_ANSWER = 40        # tokens per calibrated answer (the default sample length)
 CAL_ROWS = 64          # rows per calibrated sampling batch (what a run's teacher sampling uses)
 CAL_DECODE = 6         # decode steps timed
-SAMPLING_BATCH = 64    # rows per teacher-sampling batch in a run (train.sample_answers)
-EVAL_BATCH = 16        # answers per held-out scoring pass (train.heldout_kl)
+SAMPLING_BATCH = 64    # rows per teacher-sampling batch in a run (engine.sample_answers)
+EVAL_BATCH = 16        # answers per held-out scoring pass (engine.heldout_kl)
 
 
 @dataclass
@@ -46,7 +46,8 @@ def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str
     would load it (its own copy: the adapter it adds for the step is thrown away with it)."""
     from .generate import SamplingConfig, generate_rows
     from .models import load_model
-    from .train import Distiller, Example, TrainConfig, _setup_model, backward_batch
+    from .engine import Example, TeacherStudent
+    from .train import TrainConfig, _setup_model, backward_batch
 
     t0 = time.perf_counter()
     model, tokenizer = load_model(spec, quantize=quantize, precision=precision, models_dir=models_dir)
@@ -54,7 +55,7 @@ def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str
     chosen = model.ctxdistill_precision
     cfg = TrainConfig()
     student = _setup_model(cfg, model, seed=0)
-    distiller = Distiller(student, tokenizer, "You are a helpful assistant. Answer briefly.")
+    pair = TeacherStudent(student, tokenizer, "You are a helpful assistant. Answer briefly.")
     g = torch.Generator().manual_seed(0)
     vocab = min(int(tokenizer.vocab_size), 30_000)
 
@@ -63,16 +64,16 @@ def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str
                 for i in range(n)]
 
     batch = answers(CAL_BATCH)
-    step_s = _best(lambda: backward_batch(distiller, cfg, batch, 1.0 / (CAL_BATCH * CAL_ANSWER)))
+    step_s = _best(lambda: backward_batch(pair, cfg, batch, 1.0 / (CAL_BATCH * CAL_ANSWER)))
     student.zero_grad(set_to_none=True)
     student.eval()
     scored = answers(EVAL_BATCH)
     with torch.no_grad():
-        score_s = _best(lambda: distiller.hidden(scored, with_teacher=False))
-    rows = [(distiller.system, f"question {i}: how does this work?") for i in range(CAL_ROWS)]
+        score_s = _best(lambda: pair.hidden(scored, with_teacher=False))
+    rows = [(pair.system, f"question {i}: how does this work?") for i in range(CAL_ROWS)]
     marks = []
     sampling = SamplingConfig(max_new_tokens=CAL_DECODE + 1, temperature=1.0)
-    with distiller.teacher_mode(), torch.no_grad():
+    with pair.teacher_mode(), torch.no_grad():
         start = time.perf_counter()
         generate_rows(student, tokenizer, rows, sampling, on_token=lambda step, new: marks.append(time.perf_counter()))
     decode_s = (marks[-1] - marks[0]) / max(1, len(marks) - 1) if len(marks) > 1 else marks[0] - start

@@ -20,17 +20,15 @@ Scores (each with its sample size and a percentile-bootstrap 95% interval over p
 * principle influence: KL between the teacher with the whole constitution and with one principle
   (or the preamble) removed, along the teacher's samples: which principles change behaviour.
 
-The pure functions come first (tested on toy numbers), then the model passes, then the job.
+The statistics are in stats.py (tested on toy numbers) and what the results look like in report.py;
+here are the model passes and the job. It runs over 450 lines because sampling, scoring, principle
+influence and the judge share one set of batching helpers and the one model the job loads.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,139 +38,19 @@ import torch
 
 from .config import StageConfig
 from .precision import PRECISIONS, QUANTIZE
-from .generate import SamplingConfig, generate_rows, kl_per_token, response_logits
-from .train import EVAL_FILE, Distiller, Example, ce_per_token, gap_closed
+from .adapters import EVAL_FILE
+from .engine import Example, TeacherStudent, adapters_off
+from .generate import SamplingConfig, generate_rows, response_logits
+from .losses import ce_per_token, kl_per_token
+from .report import fmt_estimate, markdown_table
+from .stats import (check_rates, gap_closed_estimate, mean_estimate, rank_auc, retention, text_summary,
+                    token_kl)
 
-CONDITIONS = ("base", "teacher")           # then one "run N" per student
-VOTE_OUTCOMES = ("student", "teacher", "tie", "both_bad")
-REFUSAL = re.compile(
-    r"\b(I\s*(can(no|')t|cannot|am\s+(not\s+able|unable)|'m\s+(not\s+able|unable)|won't|will\s+not)\s+"
-    r"(help|assist|provide|do|answer|comply|fulfil|fulfill|support)|I'm sorry,? but|I am sorry,? but|"
-    r"as an AI\b|I must (decline|refuse))", re.I)
 
 
 class EvalError(RuntimeError):
     """An evaluation that cannot start; the message says what to change."""
 
-
-# --------------------------------------------------------------------------- metrics (pure)
-
-def bootstrap_ci(stat, *arrays, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap interval of ``stat`` over items (prompts, votes).
-
-    The per-item ``arrays`` are resampled together; ``stat`` maps arrays of shape (B, n) to (B,)
-    so that all resamples are computed at once."""
-    arrays = [np.asarray(a, dtype=float) for a in arrays]
-    n = len(arrays[0]) if arrays else 0
-    if n == 0:
-        return (math.nan, math.nan)
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        values = np.asarray(stat(*[a[idx] for a in arrays]), dtype=float)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return (math.nan, math.nan)
-    lo, hi = np.quantile(values, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return (float(lo), float(hi))
-
-
-def estimate(stat, *arrays, n_boot: int = 1000, seed: int = 0) -> dict:
-    """{"value", "ci": [lo, hi], "n"}: ``stat`` on the data itself and its bootstrap interval."""
-    arrays = [np.asarray(a, dtype=float) for a in arrays]
-    n = len(arrays[0]) if arrays else 0
-    if n == 0:
-        return {"value": math.nan, "ci": [math.nan, math.nan], "n": 0}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        value = float(np.asarray(stat(*[a[None] for a in arrays]))[0])
-    return {"value": value, "ci": list(bootstrap_ci(stat, *arrays, n_boot=n_boot, seed=seed)), "n": n}
-
-
-def _mean(x):
-    return x.mean(1)
-
-
-def _ratio(num, den):
-    return num.sum(1) / den.sum(1)
-
-
-def _closed(student, base):
-    return 1 - student.sum(1) / base.sum(1)
-
-
-def _delta(a, b, tokens):
-    return (a.sum(1) - b.sum(1)) / tokens.sum(1)
-
-
-def mean_estimate(values, n_boot: int = 1000) -> dict:
-    """Mean of per-item values (a rate when they are 0/1)."""
-    return estimate(_mean, values, n_boot=n_boot)
-
-
-def token_kl(kls: list[list[float]], n_boot: int = 1000) -> dict:
-    """Token-weighted mean of per-token KLs (nats/token), resampled by prompt."""
-    return estimate(_ratio, [sum(k) for k in kls], [len(k) for k in kls], n_boot=n_boot)
-
-
-def gap_closed_estimate(kl_student: list[list[float]], kl_base: list[list[float]], n_boot: int = 1000) -> dict:
-    """1 - KL(teacher‖student) / KL(teacher‖base) along the same teacher tokens, resampled by prompt."""
-    out = estimate(_closed, [sum(k) for k in kl_student], [sum(k) for k in kl_base], n_boot=n_boot)
-    out["value"] = gap_closed(sum(map(sum, kl_base)), sum(map(sum, kl_student)))
-    return out
-
-
-def retention(nll_base: list[list[float]], nll_model: list[list[float]], n_boot: int = 1000) -> dict:
-    """NLL (nats/token) of the base model's own answers under the base and under another model (a
-    student, or the teacher), and the change (model - base): how far the base's behaviour moved."""
-    base, other, tokens = [sum(x) for x in nll_base], [sum(x) for x in nll_model], [len(x) for x in nll_base]
-    return {"nll_base": estimate(_ratio, base, tokens, n_boot=n_boot),
-            "nll": estimate(_ratio, other, tokens, n_boot=n_boot),
-            "delta": estimate(_delta, other, base, tokens, n_boot=n_boot)}
-
-
-def is_refusal(text: str) -> bool:
-    return REFUSAL.search(text or "") is not None
-
-
-def text_summary(texts: list[str], n_tokens: list[int], n_boot: int = 1000) -> dict:
-    """Length (words, tokens) and refusal rate of a set of answers."""
-    return {"words": mean_estimate([len(t.split()) for t in texts], n_boot),
-            "tokens": mean_estimate(n_tokens, n_boot),
-            "refusal": mean_estimate([float(is_refusal(t)) for t in texts], n_boot)}
-
-
-def check_rates(constitution, answers: dict[str, list[str]], n_boot: int = 1000) -> dict:
-    """{principle id: {"check": description, condition: rate estimate}} for principles with a check."""
-    out = {}
-    for p in constitution.principles:
-        if p.check is None:
-            continue
-        out[p.id] = {"check": p.check.describe(),
-                     **{cond: mean_estimate([float(p.check.passes(t)) for t in texts], n_boot) for cond, texts in answers.items()}}
-    return out
-
-
-def vote_outcome(vote: dict) -> str:
-    """A stored vote ("a"/"b"/"tie"/"both_bad", and which side A was) from the student's point of view."""
-    if vote["choice"] in ("tie", "both_bad"):
-        return vote["choice"]
-    a_is_teacher = vote["a_is"] == "teacher"
-    return "teacher" if (vote["choice"] == "a") == a_is_teacher else "student"
-
-
-def vote_tally(votes: list[dict], n_boot: int = 1000) -> dict:
-    """Counts and rates (with intervals) of student wins, teacher wins, ties and both-bad."""
-    outcomes = [vote_outcome(v) for v in votes]
-    tally = {"n": len(outcomes), "counts": {o: outcomes.count(o) for o in VOTE_OUTCOMES}}
-    tally["rates"] = {o: mean_estimate([float(x == o) for x in outcomes], n_boot) for o in VOTE_OUTCOMES}
-    # "as good as the teacher": student wins plus ties
-    tally["rates"]["student_or_tie"] = mean_estimate([float(x in ("student", "tie")) for x in outcomes], n_boot)
-    return tally
-
-
-def blind_sides(eval_id: int, prompt_id: int, reviewer: str) -> bool:
-    """True when the teacher is shown as A. Fixed per (eval, prompt, reviewer), so a reload shows the
-    same order, and balanced over prompts."""
-    return bool(np.random.default_rng([int(eval_id), int(prompt_id), sum(reviewer.encode())]).integers(2))
 
 
 # --------------------------------------------------------------------------- configuration
@@ -241,10 +119,10 @@ def runs_adapter(store, run_id: int) -> Path:
 
 def plan(cfg: EvalConfig, store) -> Plan:
     """Check the constitution, the prompts and the runs; raise EvalError with what to fix."""
-    from .constitution import from_dict
-    from .sampling import ensure_default_prompts
+    from .constitution import from_row
+    from .prompts import ensure_default_prompts
     from .store import NotFound
-    from .train import RUN_FILE
+    from .adapters import RUN_FILE
 
     cfg.validate()
     try:
@@ -290,7 +168,7 @@ def plan(cfg: EvalConfig, store) -> Plan:
         except (OSError, ValueError) as exc:
             raise EvalError(f"the adapter of run {run_id} is corrupt ({adapter / RUN_FILE}: {exc}); train it again") from None
         runs.append({"run": run_id, "adapter": adapter, "config": job["config"], "info": info})
-    return Plan(from_dict(row["content"]), row, prompts, retention_prompts, runs)
+    return Plan(from_row(row), row, prompts, retention_prompts, runs)
 
 
 def label(run_id: int) -> str:
@@ -313,7 +191,7 @@ def load_students(cfg: EvalConfig, the_plan: Plan, models_dir):
     """(model, tokenizer, adapter name per run, the Precision it runs in): the base model with every run's adapter
     loaded under its own name; the teacher and the base are the same model with the adapters disabled."""
     from .models import ModelError, load_model
-    from .train import AdapterError, check_adapter, load_adapter
+    from .adapters import AdapterError, check_adapter, load_adapter
 
     # a student is scored in the precision it was trained in, unless told otherwise
     first = the_plan.runs[0]["info"] if the_plan.runs else {}
@@ -338,19 +216,6 @@ def load_students(cfg: EvalConfig, the_plan: Plan, models_dir):
         raise EvalError(f"run {run['run']}: {exc}") from exc
     model.eval()
     return model, tokenizer, names, model.get_base_model().ctxdistill_precision if names else model.ctxdistill_precision
-
-
-def _off(model):
-    """The teacher's and the base model's weights: every adapter disabled."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else _Null()
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _chunks(n: int, size: int):
@@ -398,8 +263,8 @@ def score_along(model, tokenizer, system: str, examples, prompts: list[str], ans
 
     kind "kl": KL(teacher‖x) for x in base and the students (the answers are the teacher's).
     kind "nll": the negative log-likelihood of the answers under base, teacher and students."""
-    distiller = Distiller(model, tokenizer, system, examples)
-    head = distiller.lm_head
+    pair = TeacherStudent(model, tokenizer, system, examples)
+    head = pair.lm_head
     names = ["base"] + students + (["teacher"] if kind == "nll" else [])
     out: dict[str, list[list[float]]] = {n: [[] for _ in prompts] for n in names}
     rows = [i for i, a in enumerate(answers) if a]
@@ -407,12 +272,12 @@ def score_along(model, tokenizer, system: str, examples, prompts: list[str], ans
         idx = rows[part]
         batch = [Example(prompts[i], answers[i]) for i in idx]
         lengths = [len(answers[i]) for i in idx]
-        with _off(model):
-            h_base, h_teacher, targets = distiller.hidden(batch, with_teacher=True)
+        with adapters_off(model):
+            h_base, h_teacher, targets = pair.hidden(batch, with_teacher=True)
         hidden = {"base": h_base}
         for name in students:
             model.set_adapter(name)
-            hidden[name] = distiller.hidden(batch, with_teacher=False)[0]
+            hidden[name] = pair.hidden(batch, with_teacher=False)[0]
         if kind == "kl":
             values = {n: _positions(head, kl_per_token, h_teacher, h) for n, h in hidden.items()}
         else:
@@ -450,7 +315,7 @@ def principle_influence(model, tokenizer, constitution, prompts: list[str], answ
     items = ablations(constitution)
     kls: dict[str, list[list[float]]] = {name: [] for name, _, _ in items}
     pairs = [(p, a) for p, a in zip(prompts, answers) if a]
-    with _off(model):
+    with adapters_off(model):
         for part in _chunks(len(pairs), batch_size):
             chunk = pairs[part]
             teacher = response_logits(model, tokenizer, [(full, p, a) for p, a in chunk], constitution.examples)
@@ -469,7 +334,7 @@ def influence(model, tokenizer, constitution, prompts: list[str], sample_tokens:
     from .constitution import render
 
     cfg = EvalConfig(sample_tokens=sample_tokens, temperature=temperature, seed=seed)
-    with _off(model):
+    with adapters_off(model):
         answers = sample_answers(model, tokenizer, [(render(constitution), p, i) for i, p in enumerate(prompts)],
                                  cfg, constitution.examples)
     return principle_influence(model, tokenizer, constitution, prompts, _with_end(tokenizer, answers, sample_tokens),
@@ -485,24 +350,14 @@ def judge(model, tokenizer, rules: list[str], prompts: list[str], answers: list[
     """P(Yes) / (P(Yes) + P(No)) of the judge's first answer token, for each (rule, prompt, answer)."""
     yes = tokenizer.encode("Yes", add_special_tokens=False)[0]
     no = tokenizer.encode("No", add_special_tokens=False)[0]
-    distiller = Distiller(model, tokenizer, "")
+    pair = TeacherStudent(model, tokenizer, "")
     out = []
     for part in _chunks(len(rules), batch_size):
         batch = [Example(JUDGE_PROMPT.format(rule=r, prompt=p, answer=a), [yes])
                  for r, p, a in zip(rules[part], prompts[part], answers[part])]
-        h = distiller.hidden(batch, with_teacher=False)[0]
-        out += torch.softmax(distiller.lm_head(h)[:, [yes, no]].float(), -1)[:, 0].tolist()
+        h = pair.hidden(batch, with_teacher=False)[0]
+        out += torch.softmax(pair.lm_head(h)[:, [yes, no]].float(), -1)[:, 0].tolist()
     return out
-
-
-def rank_auc(scores, labels) -> float:
-    """P(score of a positive > score of a negative), ties counting half: 0.5 = no better than chance."""
-    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
-    pos, neg = scores[labels], scores[~labels]
-    if not len(pos) or not len(neg):
-        return math.nan
-    diff = pos[:, None] - neg[None, :]
-    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
 
 
 def judge_report(constitution, answers: dict[str, list[str]], prompts: list[str], scores: dict, n_boot: int) -> dict:
@@ -562,7 +417,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     labels = [label(r["run"]) for r in runs]
 
     t0 = time.perf_counter()
-    with _off(model):
+    with adapters_off(model):
         both = sample_answers(model, tok, [(system, p, i) for i, p in enumerate(texts)] + [(None, p, i) for i, p in enumerate(texts)],
                               cfg, c.examples, lambda k: tick(k, "sampling the teacher's and the base model's answers"))
     ids = {"teacher": both[:n], "base": both[n:]}
@@ -579,7 +434,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     if shared_retention:
         base_ids = _with_end(tok, ids["base"], cfg.sample_tokens)
     else:
-        with _off(model):
+        with adapters_off(model):
             base_ids = _with_end(tok, sample_answers(model, tok, [(None, p, i) for i, p in enumerate(retention_texts)], cfg,
                                                       tick=lambda k: tick(k, "sampling the base's reference answers")),
                                  cfg.sample_tokens)
@@ -647,7 +502,7 @@ def run_judge(cfg: EvalConfig, constitution, prompts: list[str], answers: dict[s
         except ModelError as exc:
             raise EvalError(f"judge model: {exc}") from exc
     scores = {}
-    with _off(model):
+    with adapters_off(model):
         for cond, texts in answers.items():
             scores[cond] = {}
             for p in constitution.principles:
@@ -677,16 +532,16 @@ def headline(results: dict, run_label: str | None = None) -> dict:
 def card_section(results: dict, run_label: str, eval_id: int) -> str:
     """The evaluation figures of one run, as a Markdown section of its model card."""
     s = results["scores"]
-    rows = [("KL(teacher‖base), nats/token", _fmt(s["kl"]["base"])), ("KL(teacher‖student), nats/token", _fmt(s["kl"][run_label])),
-            ("KL gap closed", _fmt(s["gap_closed"][run_label], pct=True)),
-            ("retention: Δ NLL of the base's answers", _fmt(s["retention"][run_label]["delta"]))]
+    rows = [("KL(teacher‖base), nats/token", fmt_estimate(s["kl"]["base"])), ("KL(teacher‖student), nats/token", fmt_estimate(s["kl"][run_label])),
+            ("KL gap closed", fmt_estimate(s["gap_closed"][run_label], pct=True)),
+            ("retention: Δ NLL of the base's answers", fmt_estimate(s["retention"][run_label]["delta"]))]
     rows += [(f"check {pid} ({row['check']}): base / teacher / student",
-              " / ".join(_fmt(row[c], pct=True) for c in ("base", "teacher", run_label))) for pid, row in s["checks"].items()]
+              " / ".join(fmt_estimate(row[c], pct=True) for c in ("base", "teacher", run_label))) for pid, row in s["checks"].items()]
     c = results["constitution"]
     return "\n".join([f"## Evaluation (ctxdistill eval {eval_id})", "",
                       f"On {results['n_prompts']} held-out prompts of set {results['prompt_set']!r}, constitution "
                       f"{c['name']} version {c['id']}; 95% bootstrap intervals in brackets.", "",
-                      _table_md([{"figure": a, "value": b} for a, b in rows])])
+                      markdown_table([{"figure": a, "value": b} for a, b in rows])])
 
 
 def evaluate_job(ctx, config: dict) -> None:
@@ -708,232 +563,3 @@ def evaluate_job(ctx, config: dict) -> None:
     ctx.set_result({"eval_id": eval_id, **headline(results)})
 
 
-# --------------------------------------------------------------------------- plots and reports
-
-def _figure(ncols: int = 1, figsize=(6, 3.4)):
-    """A matplotlib figure outside pyplot's registry (nothing to close; no GUI backend needed)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    axes = fig.subplots(1, ncols)
-    return fig, axes
-
-
-def _bars(ax, names: list[str], ests: list[dict], title: str, color=None):
-    values = [e["value"] for e in ests]
-    err = np.array([[max(0.0, e["value"] - e["ci"][0]) if math.isfinite(e["ci"][0]) else 0.0 for e in ests],
-                    [max(0.0, e["ci"][1] - e["value"]) if math.isfinite(e["ci"][1]) else 0.0 for e in ests]])
-    ax.bar(names, values, yerr=err, capsize=4, color=color)
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-
-
-def fig_scores(results: dict, labels: list[str] | None = None):
-    """Metric bars with 95% intervals: KL to the teacher, gap closed, retention, check pass rates."""
-    s = results["scores"]
-    labels = labels or [r["label"] for r in results["runs"]]
-    checks = s["checks"]
-    fig, axes = _figure(3 + bool(checks), figsize=(4 * (3 + bool(checks)), 3.4))
-    _bars(axes[0], ["base", *labels], [s["kl"][c] for c in ["base", *labels]], "KL(teacher‖x), nats/token")
-    _bars(axes[1], labels, [s["gap_closed"][c] for c in labels], "KL gap closed", "tab:green")
-    _bars(axes[2], ["teacher", *labels], [s["retention"][c]["delta"] for c in ["teacher", *labels]],
-          "Δ NLL of base answers (retention)", "tab:orange")
-    if checks:
-        conds = ["base", "teacher", *labels]
-        width = 0.8 / len(conds)
-        for k, cond in enumerate(conds):
-            ests = [row[cond] for row in checks.values()]
-            x = np.arange(len(checks)) + k * width
-            axes[3].bar(x, [e["value"] for e in ests], width, label=cond,
-                        yerr=np.array([[e["value"] - e["ci"][0] for e in ests], [e["ci"][1] - e["value"] for e in ests]]),
-                        capsize=2)
-        axes[3].set_xticks(np.arange(len(checks)) + 0.4 - width / 2, list(checks), fontsize=8)
-        axes[3].set_ylim(0, 1.05)
-        axes[3].set_title("check pass rate", fontsize=10)
-        axes[3].legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
-def per_prompt_kl(results: dict, cond: str) -> list[float]:
-    return [sum(p["kl"][cond]) / len(p["kl"][cond]) if p["kl"].get(cond) else math.nan for p in results["prompts"]]
-
-
-def fig_kl_distribution(results: dict, labels: list[str] | None = None):
-    """Histogram of the per-prompt mean KL(teacher‖x) for the base model and the students."""
-    labels = labels or [r["label"] for r in results["runs"]]
-    fig, ax = _figure()
-    values = {c: [v for v in per_prompt_kl(results, c) if math.isfinite(v)] for c in ["base", *labels]}
-    top = max((max(v) for v in values.values() if v), default=1.0)
-    bins = np.linspace(0, top or 1.0, 21)
-    for cond, v in values.items():
-        ax.hist(v, bins=bins, alpha=0.55, label=cond)
-    ax.set_xlabel("mean KL(teacher‖x) per prompt, nats/token")
-    ax.set_ylabel("prompts")
-    ax.set_title(f"Held-out KL distribution ({results['n_prompts']} prompts)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fig_training(results: dict, labels: list[str] | None = None):
-    """Training loss and held-out KL of the compared runs, by step."""
-    fig, axes = _figure(2, figsize=(9, 3.2))
-    for r in results["runs"]:
-        if labels and r["label"] not in labels:
-            continue
-        for ax, name in zip(axes, ("loss", "heldout_kl")):
-            points = r["training"].get(name) or []
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if name == "heldout_kl" else None,
-                        label=r["label"])
-    for ax, title in zip(axes, ("training loss", "held-out KL(teacher‖student)")):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fig_influence(rows: list[dict]):
-    """Principles sorted by how much removing them changes the teacher (KL, 95% interval)."""
-    fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
-    rows = list(reversed(rows))
-    values = [r["value"] for r in rows]
-    err = np.array([[r["value"] - r["ci"][0] for r in rows], [r["ci"][1] - r["value"] for r in rows]]) if rows else None
-    ax.barh([r["principle"] for r in rows], values, xerr=err, capsize=3, color="tab:purple")
-    ax.set_xlabel("KL(full constitution ‖ without it), nats/token")
-    ax.set_title("Principle influence", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def fig_votes(tally: dict):
-    fig, ax = _figure(figsize=(5, 3))
-    _bars(ax, list(VOTE_OUTCOMES), [tally["rates"][o] for o in VOTE_OUTCOMES], f"Blind A/B ({tally['n']} votes)", "tab:gray")
-    ax.set_ylim(0, 1.05)
-    fig.tight_layout()
-    return fig
-
-
-def png_base64(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _fmt(est: dict | None, pct: bool = False) -> str:
-    if not est or not math.isfinite(est.get("value", math.nan)):
-        return "–"
-    f = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:.4f}")
-    lo, hi = est["ci"]
-    ci = f" [{f(lo)}, {f(hi)}]" if math.isfinite(lo) else ""
-    return f"{f(est['value'])}{ci}"
-
-
-def scoreboard(results: dict) -> list[dict]:
-    """One row per condition: the headline figures with 95% intervals, as text."""
-    s = results["scores"]
-    rows = []
-    for cond in results["conditions"]:
-        checks = [row[cond]["value"] for row in s["checks"].values()]
-        rows.append({
-            "model": cond,
-            "n": results["n_prompts"],
-            "KL(teacher‖x)": "0 (reference)" if cond == "teacher" else _fmt(s["kl"].get(cond)),
-            "gap closed": _fmt(s["gap_closed"].get(cond), pct=True) if cond not in CONDITIONS else ("0%" if cond == "base" else "100%"),
-            "Δ NLL (retention)": _fmt(s["retention"][cond]["delta"]) if cond in s["retention"] else "0 (reference)",
-            "checks passed": f"{np.mean(checks):.0%}" if checks else "–",
-            "words": _fmt(s["length"][cond]["words"]).split(" [")[0],
-            "refusals": _fmt(s["length"][cond]["refusal"], pct=True),
-        })
-    return rows
-
-
-def _table_md(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    head = list(rows[0])
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                     ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in head) + " |" for r in rows])
-
-
-def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str, str, object]]:
-    """(heading, Markdown text, figure or None) in report order."""
-    s = results["scores"]
-    c = results["constitution"]
-    runs = ", ".join(f"{r['label']} ({r['loss']}, {r['steps']} steps, constitution v{r['constitution_id']})"
-                     for r in results["runs"]) or "none"
-    settings = results["settings"]
-    intro = (f"Constitution **{c['name']}** version {c['id']} (sha256 {c['hash'][:12]}); model {results['model']} "
-             f"({results['quantize']}); {results['n_prompts']} held-out prompts of set **{results['prompt_set']}**; "
-             f"runs: {runs}. Answers of {settings['sample_tokens']} tokens at temperature {settings['temperature']}, "
-             f"seed {settings['seed']}; 95% intervals from {settings['n_boot']} bootstrap resamples of the prompts; "
-             f"evaluated in {results['timing']['total_s']:.0f} s.")
-    sections = [("Setup", intro, None), ("Scoreboard", _table_md(scoreboard(results)), fig_scores(results))]
-    if s["checks"]:
-        rows = [{"principle": pid, "check": row["check"], **{cond: _fmt(row[cond], pct=True) for cond in results["conditions"]}}
-                for pid, row in s["checks"].items()]
-        sections.append(("Principle checks", _table_md(rows), None))
-    sections.append(("KL distribution", "Per-prompt mean KL(teacher‖x) along the teacher's answers.",
-                     fig_kl_distribution(results)))
-    if any(r["training"] for r in results["runs"]):
-        sections.append(("Training curves", "", fig_training(results)))
-    if results.get("influence"):
-        rows = [{"principle": r["principle"], "KL without it": _fmt(r), "text": r["text"]} for r in results["influence"]]
-        sections.append(("Principle influence", "KL between the teacher with the whole constitution and with one "
-                         "principle removed, along the teacher's answers; near zero = dead weight.\n\n" + _table_md(rows),
-                         fig_influence(results["influence"])))
-    if results.get("judge"):
-        j = results["judge"]
-        rows = [{"principle": pid, **{cond: _fmt(est, pct=True) for cond, est in row.items()}} for pid, row in j["adherence"].items()]
-        sections.append(("Model-as-judge", f"Judge: {j['model']}. Agreement with the automatic checks: "
-                         f"{_fmt(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
-                         f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
-                         f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + _table_md(rows), None))
-    if tally and tally["n"]:
-        rows = [{"outcome": o, "count": tally["counts"][o], "rate": _fmt(tally["rates"][o], pct=True)} for o in VOTE_OUTCOMES]
-        sections.append(("Blind A/B review", _table_md(rows), fig_votes(tally)))
-    else:
-        sections.append(("Blind A/B review", "No votes yet.", None))
-    return sections
-
-
-def report(results: dict, fmt: str = "md", tally: dict | None = None) -> str:
-    """A self-contained report: Markdown or HTML with the plots inline (base64 PNG), or JSON with every number."""
-    if fmt == "json":
-        return json.dumps({**results, "votes": tally}, indent=1, ensure_ascii=False)
-    title = f"Evaluation of {results['constitution']['name']} v{results['constitution']['id']}"
-    sections = report_sections(results, tally)
-    if fmt == "md":
-        parts = [f"# {title}"]
-        for heading, text, fig in sections:
-            parts += [f"## {heading}", text] + ([f"![{heading}](data:image/png;base64,{png_base64(fig)})"] if fig else [])
-        return "\n\n".join(p for p in parts if p) + "\n"
-    if fmt == "html":
-        import markdown_it  # gradio depends on it
-
-        md = markdown_it.MarkdownIt("commonmark", {"html": False}).enable("table")  # user text stays text
-        body = [f"<h1>{html.escape(title)}</h1>"]
-        for heading, text, fig in sections:
-            body += [f"<h2>{html.escape(heading)}</h2>", md.render(text)]
-            if fig:
-                body.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{png_base64(fig)}'>")
-        style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
-        return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
-    raise EvalError(f"report format must be md, html or json, not {fmt!r}")
-
-
-def write_report(results: dict, path, tally: dict | None = None) -> Path:
-    """Write the report in the format its suffix names (.md, .html or .json)."""
-    path = Path(path)
-    fmt = {".md": "md", ".html": "html", ".json": "json"}.get(path.suffix)
-    if fmt is None:
-        raise EvalError(f"report file must end in .md, .html or .json: {path}")
-    path.write_text(report(results, fmt, tally), encoding="utf-8")
-    return path
-
-
-def eval_tally(store, eval_id: int, n_boot: int = 1000) -> dict:
-    return vote_tally(store.list_votes(eval_id), n_boot)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+from .losses import kl_per_token
 
 MAX_NEW_TOKENS_LIMIT = 1024
 
@@ -296,34 +296,6 @@ def _decode(model, prefixes, groups, suffixes, pad_id, stop, cfg: SamplingConfig
         )
         cache, next_logits, positions = step_out.cache, step_out.logits[:, -1], positions + 1
     return out
-
-
-class _ForwardKL(torch.autograd.Function):
-    """KL(p || q) = sum p (log p - log q) per position, with its gradient in closed form:
-    d/d student_logits = q - p. Autograd through log_softmax would take five passes over the
-    (positions, vocabulary) tensors and three temporaries for the same result; this takes three
-    in place. The teacher gets no gradient (it is frozen)."""
-
-    @staticmethod
-    def forward(ctx, teacher_logits, student_logits):
-        log_p = F.log_softmax(teacher_logits.float(), dim=-1)
-        log_q = F.log_softmax(student_logits.float(), dim=-1)
-        p = log_p.exp()
-        kl = log_p.sub_(log_q).mul_(p).sum(-1)
-        ctx.save_for_backward(p, log_q)
-        ctx.student_dtype = student_logits.dtype
-        return kl
-
-    @staticmethod
-    def backward(ctx, grad):
-        p, log_q = ctx.saved_tensors
-        return None, log_q.exp_().sub_(p).mul_(grad.unsqueeze(-1)).to(ctx.student_dtype)
-
-
-def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
-    """Forward KL(teacher || student) over the vocabulary at each position: (..., V) -> (...),
-    differentiable in the student's logits."""
-    return _ForwardKL.apply(teacher_logits, student_logits)
 
 
 @torch.no_grad()

@@ -6,7 +6,9 @@
 A worker is `python -m ctxdistill.jobs JOB_ID --workspace HOME`, started in
 its own session with its output in runs/<id>/worker.log. It writes progress,
 metrics, heartbeats and its final state to the store; the UI only reads the
-store (and calls refresh()), so it can re-attach after a reload.
+store (and calls refresh()), so it can re-attach after a reload. It runs over 450 lines because
+the job's lifecycle (submit, worker, heartbeat, cancel, settle) and the process checks it rests
+on belong together.
 
 A job function is `fn(ctx: JobContext, config: dict)`. It calls ctx.progress()
 and checks ctx.should_stop() every step, and skips work already in the store,
@@ -93,7 +95,7 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class Cancelled(Exception):
-    """Raised by a job function (or ctx.check_cancel()) to stop early; the job ends 'cancelled'."""
+    """Raised by a job function  to stop early; the job ends 'cancelled'."""
 
 
 class JobContext:
@@ -304,7 +306,7 @@ def resume(store: Store, job_id: int) -> int:
     if job["state"] not in ("failed", "cancelled"):
         raise StoreError(f"job {job_id} is {job['state']}; only failed or cancelled jobs can be resumed")
     if job["pid"] and job["pid"] != os.getpid() and _pid_alive(job["pid"]):
-        _kill_worker(job["pid"], job_id)     # a hung worker declared dead must not write again
+        kill_worker(job["pid"], job_id)     # a hung worker declared dead must not write again
     if not store.update_job(job_id, if_state=("failed", "cancelled"), state="queued", error=None,
                             cancel_requested=False, kill_after=None, finished_at=None,
                             pid=None, heartbeat_at=None, message="resumed"):
@@ -327,7 +329,7 @@ def refresh(store: Store) -> None:
         alive = worker_alive(pid, job_id)
         if alive and job["state"] == "running" and job["cancel_requested"] \
                 and job["kill_after"] is not None and now > job["kill_after"]:
-            if _kill_worker(pid, job_id):
+            if kill_worker(pid, job_id):
                 store.update_job(job_id, if_state="running", state="cancelled", finished_at=now,
                                  message="killed: it did not stop within the grace period")
             continue
@@ -426,7 +428,7 @@ def worker_alive(pid: int, job_id: int) -> bool:
     return any(b"ctxdistill" in a for a in args)
 
 
-def _kill_worker(pid: int, job_id: int) -> bool:
+def kill_worker(pid: int, job_id: int) -> bool:
     """SIGKILL a worker's process group. Only when the pid still runs this job's
     worker: after a reboot the number may belong to an unrelated process."""
     if pid == os.getpid() or not _is_worker(pid, job_id):

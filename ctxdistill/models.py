@@ -257,6 +257,24 @@ def context_window(model) -> int:
     return int(getattr(config, "max_position_embeddings", 2048))
 
 
+PROMPT_ROOM = 64  # tokens kept free for the user's prompt and the chat template's turns
+
+
+class ContextError(ValueError):
+    """A constitution too long for the model's context."""
+
+
+def check_fits(model, tokenizer, system: str, max_new_tokens: int = 0) -> int:
+    """The system prompt's length in tokens; raises ContextError unless it, a prompt (PROMPT_ROOM)
+    and ``max_new_tokens`` of answer fit in the model's context. The one context check of every path."""
+    used, limit = len(tokenizer.encode(system)), context_window(model)
+    if used + max_new_tokens + PROMPT_ROOM > limit:
+        answer = f" with {max_new_tokens} new tokens" if max_new_tokens else ""
+        raise ContextError(f"The rendered constitution is {used} tokens;{answer} and room for a prompt it does not fit "
+                           f"the model's context of {limit} tokens. Shorten it.")
+    return used
+
+
 _loaded: dict[tuple, tuple] = {}
 _loaded_lock = threading.Lock()
 

@@ -25,9 +25,9 @@ import time
 from dataclasses import dataclass, field
 
 from .config import SamplingStageConfig
-from .constitution import Principle, render
+from .constitution import Principle, from_row, render
 from .generate import Prefixes, generate_rows, split_rows
-from .sampling import eta_text, job_model, never, stored_constitution
+from .sampling import eta_text, job_model, never
 from .store import SAMPLE_STATUSES, Store
 
 ORDERS = ("cycle", "random")
@@ -111,7 +111,7 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
     from .jobs import Cancelled
     cfg.validate()
     scfg = cfg.sampling_config()
-    constitution = stored_constitution(store, cfg.constitution_id)
+    constitution = from_row(store.get_constitution(cfg.constitution_id))
     if not constitution.principles:
         raise ValueError("the constitution has no principles to critique with")
     system, examples = render(constitution), constitution.examples

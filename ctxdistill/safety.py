@@ -83,6 +83,12 @@ def secrets(env=None) -> list[str]:
     return [v for v in (env.get(k) for k in TOKEN_VARS) if v and len(v) >= 8]
 
 
+def hub_token() -> str | None:
+    """The token to push to the Hub with: the first hub token set in the environment, if any."""
+    found = secrets()
+    return found[0] if found else None
+
+
 def redact(text: str, env=None) -> str:
     """``text`` with every hub token from the environment, and anything shaped like a token or
     following "Bearer" / "Authorization:", replaced by ``***``."""

@@ -1,260 +1,26 @@
-"""Prompt sets in, teacher samples out.
+"""The sampling job: teacher samples out of a prompt set.
 
-    ctxdistill import prompts.csv --set mine --column question
-    ctxdistill generate --set default --constitution assets/constitutions/pirate.yaml
+    ctxdistill generate --prompt-set default --constitution assets/constitutions/pirate.yaml
 
-Import reads CSV, JSONL (or a JSON list), plain text (one prompt per line),
-Parquet, or a `datasets` dataset (a save_to_disk directory, or a hub id when
-the hub answers). Tabular files have their prompt column picked by name
-(`columns()` lists them for the UI's picker). Every problem is one sentence
-and nothing is half-imported: the whole file goes in one transaction.
-
-The sampling job answers every train prompt of a set with the constitution
-in context (n samples each) and once without it, for contrast. It is
-batched, reuses the key/value cache of the two system prefixes for the whole
-run, writes each prompt's answers in one transaction and skips answers
-already in the store, so a resumed job only does the rest. Held-out prompts
-are never sampled here: they are for evaluation only.
+It answers every train prompt of a set (prompts.py) with the constitution in context (n samples
+each) and once without it, for contrast. It is batched, reuses the key/value cache of the two
+system prefixes for the whole run, writes each prompt's answers in one transaction and skips
+answers already in the store, so a resumed job only does the rest. Held-out prompts are never
+sampled here: they are for evaluation only.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+from . import curate
 from .config import SamplingStageConfig
-from .constitution import Constitution, from_dict, render
+from .constitution import from_row, render
 from .generate import Prefixes, generate_rows, split_rows
+from .prompts import DEFAULT_SET, select_prompts
 from .store import Store
 
-DEFAULT_SET = "default"
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "default.jsonl"
-MAX_PROMPT_CHARS = 8000          # about 2 000 tokens: leaves room for the constitution and the answer
-FORMATS = ("csv", "jsonl", "json", "txt", "parquet", "datasets")
-TEXT_COLUMNS = ("text", "prompt", "init_prompt", "instruction", "question", "query", "input")
-HELDOUT_NAMES = {"heldout", "held-out", "held_out", "test", "eval", "evaluation", "validation", "valid", "dev"}
-TRAIN_NAMES = {"train", "training", ""}
-
-
-class ImportFileError(ValueError):
-    """A file that cannot be imported; the message says what is wrong and where."""
-
-
-# --------------------------------------------------------------------------- reading files
-
-def detect_format(source: str | Path) -> str:
-    path = Path(source)
-    if path.is_dir():
-        return "datasets"
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix in ("csv", "tsv"):
-        return "csv"
-    if suffix in ("jsonl", "ndjson"):
-        return "jsonl"
-    if suffix in ("json", "txt", "parquet"):
-        return suffix
-    if not path.exists() and len(str(source).split("/")) == 2:
-        return "datasets"        # owner/name: a hub id
-    raise ImportFileError(f"{path.name}: unknown file type; use one of .csv, .jsonl, .json, .txt, "
-                          ".parquet or a datasets directory")
-
-
-def read_table(source: str | Path, fmt: str | None = None) -> list[dict]:
-    """The file's records as dicts (a text file gives {"text": line}). A `datasets`
-    DatasetDict gives every split, each record tagged with its split name in "split"."""
-    fmt = fmt or detect_format(source)
-    if fmt not in FORMATS:
-        raise ImportFileError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    path = Path(source)
-    if fmt == "datasets":
-        return _read_datasets(str(source))
-    if not path.is_file():
-        raise ImportFileError(f"file not found: {path}")
-    if fmt == "parquet":
-        return _read_parquet(path)
-    text = _read_text(path)
-    if not text.strip():
-        raise ImportFileError(f"{path.name} is empty")
-    if fmt == "txt":
-        return [{"text": line} for line in text.splitlines() if line.strip()]
-    if fmt == "csv":
-        dialect = "excel-tab" if path.suffix.lower() == ".tsv" else "excel"
-        try:
-            records = list(csv.DictReader(text.splitlines(), dialect=dialect))
-        except csv.Error as e:
-            raise ImportFileError(f"{path.name} is not valid CSV: {e}") from None
-        if any(None in r for r in records):
-            bad = next(i for i, r in enumerate(records, 2) if None in r)
-            raise ImportFileError(f"{path.name} line {bad}: more fields than the header has columns")
-        return records
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ImportFileError(f"{path.name} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        if not isinstance(data, list):
-            raise ImportFileError(f"{path.name}: a JSON file must hold a list of records or strings")
-        return [_record(x, path.name, i) for i, x in enumerate(data, 1)]
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(_record(json.loads(line), path.name, n))
-        except json.JSONDecodeError as e:
-            raise ImportFileError(f"{path.name} line {n} is not valid JSON: {e.msg}") from None
-    return records
-
-
-def _record(x, name: str, n: int) -> dict:
-    if isinstance(x, str):
-        return {"text": x}
-    if not isinstance(x, dict):
-        raise ImportFileError(f"{name} record {n} is {type(x).__name__}; expected an object or a string")
-    return x
-
-
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ImportFileError(f"{path.name} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
-                              "save it as UTF-8 and import again") from None
-
-
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise ImportFileError(f"{path.name} is not a readable Parquet file: {e}") from None
-
-
-def _read_datasets(source: str) -> list[dict]:
-    import datasets
-
-    from .models import hub_reachable
-
-    if Path(source).exists():
-        try:
-            ds = datasets.load_from_disk(source)
-        except (FileNotFoundError, ValueError, OSError) as e:
-            raise ImportFileError(f"{source} is not a dataset saved with save_to_disk: {e}") from None
-    elif not hub_reachable():
-        raise ImportFileError(f"{source} is not a local path and the Hugging Face hub cannot be reached")
-    else:
-        try:
-            ds = datasets.load_dataset(source)
-        except Exception as e:  # the hub raises many kinds: not found, gated, bad config
-            raise ImportFileError(f"cannot load dataset {source!r} from the hub: {e}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        return [{**row, "split": row.get("split", name)} for name, part in ds.items() for row in part]
-    return list(ds)
-
-
-def columns(records: list[dict]) -> list[str]:
-    """Column names in first-seen order, for the column picker."""
-    seen: dict[str, None] = {}
-    for r in records[:1000]:
-        seen.update(dict.fromkeys(r))
-    return list(seen)
-
-
-def guess_column(cols: list[str]) -> str | None:
-    lower = {c.lower(): c for c in cols}
-    return next((lower[c] for c in TEXT_COLUMNS if c in lower), cols[0] if len(cols) == 1 else None)
-
-
-# --------------------------------------------------------------------------- prompt sets
-
-def split_of(text: str, heldout_fraction: float) -> str:
-    """A stable split from the text itself, so re-importing a file gives the same split."""
-    h = int.from_bytes(hashlib.sha256(text.strip().encode()).digest()[:8], "big") / 2**64
-    return "heldout" if h < heldout_fraction else "train"
-
-
-def prompt_rows(records: list[dict], column: str | None = None, *, split_column: str | None = None,
-                category_column: str | None = None, heldout_fraction: float = 0.1,
-                name: str = "the file") -> tuple[list[dict], dict]:
-    """Records -> store rows {text, split, category} and counts {read, empty, duplicates}.
-
-    The split comes from `split_column` (or a column named "split") when there is one,
-    else from a hash of the text. Raises ImportFileError on a missing column, an
-    unknown split value or a prompt over MAX_PROMPT_CHARS."""
-    if not records:
-        raise ImportFileError(f"{name} holds no records")
-    cols = columns(records)
-    column = column or guess_column(cols)
-    if column is None:
-        raise ImportFileError(f"{name}: pick the prompt column; the columns are: {', '.join(cols)}")
-    for what, col in (("prompt", column), ("split", split_column), ("category", category_column)):
-        if col is not None and col not in cols:
-            raise ImportFileError(f"{name} has no {what} column {col!r}; the columns are: {', '.join(cols)}")
-    if split_column is None and "split" in cols:
-        split_column = "split"
-    if not 0 <= heldout_fraction < 1:
-        raise ImportFileError(f"the held-out fraction must be in [0, 1), got {heldout_fraction}")
-    rows, seen, counts = [], set(), {"read": len(records), "empty": 0, "duplicates": 0}
-    for n, r in enumerate(records, 1):
-        value = r.get(column)
-        text = "" if value is None else str(value).strip()
-        if not text:
-            counts["empty"] += 1
-            continue
-        if len(text) > MAX_PROMPT_CHARS:
-            raise ImportFileError(f"{name} record {n}: the prompt is {len(text):,} characters long; "
-                                  f"the limit is {MAX_PROMPT_CHARS:,}. Shorten or remove it and import again")
-        if text in seen:
-            counts["duplicates"] += 1
-            continue
-        seen.add(text)
-        if split_column:
-            raw = str(r.get(split_column) or "").strip().lower()
-            if raw not in HELDOUT_NAMES | TRAIN_NAMES:
-                raise ImportFileError(f"{name} record {n}: split {r.get(split_column)!r} is neither train "
-                                      "nor held-out (heldout, test, validation, eval)")
-            split = "heldout" if raw in HELDOUT_NAMES else "train"
-        else:
-            split = split_of(text, heldout_fraction)
-        category = str(r.get(category_column or "category") or "")
-        rows.append({"text": text, "split": split, "category": category})
-    if not rows:
-        raise ImportFileError(f"{name}: every {column!r} value is empty; nothing to import")
-    return rows, counts
-
-
-def import_prompts(store: Store, set_name: str, source: str | Path, *, column: str | None = None,
-                   split_column: str | None = None, category_column: str | None = None,
-                   heldout_fraction: float = 0.1, fmt: str | None = None, owner: str = "") -> dict:
-    """Import a prompt file into a set (created if new), all or nothing; returns a summary."""
-    if not (set_name or "").strip():
-        raise ImportFileError("give the prompt set a name")
-    records = read_table(source, fmt)
-    rows, counts = prompt_rows(records, column, split_column=split_column, category_column=category_column,
-                               heldout_fraction=heldout_fraction, name=Path(str(source)).name)
-    added = store.add_prompts(set_name, rows, source=str(source), owner=owner)
-    counts["duplicates"] += len(rows) - added
-    sets = {s["name"]: s for s in store.prompt_sets(owner=owner)}
-    s = sets[set_name.strip()]
-    return {"set": s["name"], **counts, "added": added, "n_train": s["n_train"], "n_heldout": s["n_heldout"]}
-
-
-def ensure_default_prompts(store: Store, owner: str = "") -> int:
-    """Seed the shipped prompt set into a workspace that lacks it; returns how many were added."""
-    if not DEFAULT_PROMPTS.is_file() or any(s["name"] == DEFAULT_SET for s in store.prompt_sets(owner=owner)):
-        return 0
-    return import_prompts(store, DEFAULT_SET, DEFAULT_PROMPTS, owner=owner)["added"]
-
-
-# --------------------------------------------------------------------------- the sampling job
 
 MAX_BATCH = 1024  # prompts per batch: more is a typo, and would not fit in memory anyway
 
@@ -282,18 +48,6 @@ class GenerateConfig(SamplingStageConfig):
         return self
 
 
-def stored_constitution(store: Store, version_id: int) -> Constitution:
-    return from_dict(store.get_constitution(version_id)["content"])
-
-
-def select_prompts(store: Store, set_name: str, *, search: str = "", category: str = "", limit: int = 0,
-                   owner: str = "") -> list[dict]:
-    """The set's train prompts matching the filters (held-out prompts are never sampled for training)."""
-    prompts = [p for p in store.get_prompts(set_name, split="train", owner=owner)
-               if (not search or search.lower() in p["text"].lower()) and (not category or p["category"] == category)]
-    return prompts[:limit] if limit else prompts
-
-
 def job_model(store: Store, spec: str = "", quantize: str = "none", precision: str = "auto"):
     """(model, tokenizer) for a job: converted checkpoints go to $CTXDISTILL_MODELS, else the workspace."""
     import os
@@ -319,12 +73,11 @@ def run_generate(store: Store, cfg: GenerateConfig, model, tokenizer, *, progres
 
     Answers already in the store are skipped; each batch is written before the next
     starts. Raises jobs.Cancelled when `should_stop()` turns true between batches."""
-    from . import curate
     from .jobs import Cancelled
 
     cfg.validate()
     scfg = cfg.sampling_config()
-    constitution = stored_constitution(store, cfg.constitution_id)
+    constitution = from_row(store.get_constitution(cfg.constitution_id))
     system, examples = render(constitution), constitution.examples
     checks = curate.principle_checks(constitution)
     prompts = select_prompts(store, cfg.set_name, search=cfg.search, category=cfg.category, limit=cfg.limit,

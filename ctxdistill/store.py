@@ -3,12 +3,15 @@
     store = Store("./workspace")          # or Store() -> $CTXDISTILL_HOME or ./workspace
     cid = store.save_constitution("pirate", c.to_dict(), c.content_hash())
 
-Every SQL statement of the project lives in this module. The database runs in
+Every SQL statement of the project lives in this module and migrations.py (the tables). The database runs in
 WAL mode so the web server (many threads, one connection guarded by a lock)
 and job worker processes (their own Store each) can read while one writes.
 Every write is a single transaction; rows come back as plain dicts with JSON
 columns decoded and 0/1 flags turned into bools. Timestamps are Unix seconds
 (floats).
+
+It runs over 450 lines because every SQL statement is here, one method each, so that no other
+module writes SQL; the tables themselves are in migrations.py.
 
 `owner` separates visitors in the hosted demo; "" is the shared local
 workspace. List methods take `owner=` ("" by default; None means every owner).
@@ -32,8 +35,11 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+
+from .migrations import migrate, rollback
 
 DB_NAME = "ctxdistill.db"
 BACKUP_DIR = "backups"
@@ -93,171 +99,6 @@ def workspace_home(path: str | os.PathLike | None = None) -> Path:
 # Append new migrations at the end; never edit one that has shipped. Each runs
 # inside its own transaction and bumps PRAGMA user_version by one.
 
-def _m001_initial(db: sqlite3.Connection) -> None:
-    _run_script(db, """
-    CREATE TABLE constitutions (
-        id          INTEGER PRIMARY KEY,
-        name        TEXT NOT NULL,
-        content     TEXT NOT NULL,
-        hash        TEXT NOT NULL,
-        parent_id   INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
-        message     TEXT NOT NULL DEFAULT '',
-        owner       TEXT NOT NULL DEFAULT '',
-        created_at  REAL NOT NULL
-    );
-    CREATE INDEX constitutions_by_name ON constitutions(owner, name, id);
-
-    CREATE TABLE prompt_sets (
-        id          INTEGER PRIMARY KEY,
-        name        TEXT NOT NULL,
-        source      TEXT NOT NULL DEFAULT '',
-        owner       TEXT NOT NULL DEFAULT '',
-        created_at  REAL NOT NULL,
-        UNIQUE (owner, name)
-    );
-
-    CREATE TABLE prompts (
-        id          INTEGER PRIMARY KEY,
-        set_id      INTEGER NOT NULL REFERENCES prompt_sets(id) ON DELETE CASCADE,
-        text        TEXT NOT NULL,
-        split       TEXT NOT NULL CHECK (split IN ('train', 'heldout')),
-        category    TEXT NOT NULL DEFAULT '',
-        source      TEXT NOT NULL DEFAULT '',
-        created_at  REAL NOT NULL,
-        UNIQUE (set_id, text)
-    );
-
-    CREATE TABLE samples (
-        id              INTEGER PRIMARY KEY,
-        prompt_id       INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
-        constitution_id INTEGER NOT NULL REFERENCES constitutions(id) ON DELETE CASCADE,
-        idx             INTEGER NOT NULL DEFAULT 0,
-        prompted        TEXT NOT NULL DEFAULT '',
-        unprompted      TEXT NOT NULL DEFAULT '',
-        chain           TEXT NOT NULL DEFAULT '[]',
-        final           TEXT NOT NULL DEFAULT '',
-        edited          INTEGER NOT NULL DEFAULT 0,
-        status          TEXT NOT NULL DEFAULT 'pending'
-                        CHECK (status IN ('pending', 'accepted', 'rejected')),
-        note            TEXT NOT NULL DEFAULT '',
-        reviewer        TEXT NOT NULL DEFAULT '',
-        flags           TEXT NOT NULL DEFAULT '[]',
-        meta            TEXT NOT NULL DEFAULT '{}',
-        version         INTEGER NOT NULL DEFAULT 1,
-        created_at      REAL NOT NULL,
-        updated_at      REAL NOT NULL,
-        UNIQUE (prompt_id, constitution_id, idx)
-    );
-    CREATE INDEX samples_by_constitution ON samples(constitution_id, status);
-
-    CREATE TABLE jobs (
-        id               INTEGER PRIMARY KEY,
-        kind             TEXT NOT NULL,
-        config           TEXT NOT NULL DEFAULT '{}',
-        state            TEXT NOT NULL DEFAULT 'queued'
-                         CHECK (state IN ('queued', 'running', 'done', 'failed', 'cancelled')),
-        heavy            INTEGER NOT NULL DEFAULT 0,
-        progress_done    INTEGER NOT NULL DEFAULT 0,
-        progress_total   INTEGER NOT NULL DEFAULT 0,
-        message          TEXT NOT NULL DEFAULT '',
-        pid              INTEGER,
-        error            TEXT,
-        cancel_requested INTEGER NOT NULL DEFAULT 0,
-        kill_after       REAL,
-        attempts         INTEGER NOT NULL DEFAULT 0,
-        heartbeat_at     REAL,
-        created_at       REAL NOT NULL,
-        started_at       REAL,
-        finished_at      REAL,
-        result           TEXT,
-        owner            TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX jobs_by_state ON jobs(state, heavy, id);
-
-    CREATE TABLE metrics (
-        job_id  INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
-        step    INTEGER NOT NULL,
-        name    TEXT NOT NULL,
-        value   REAL,
-        at      REAL NOT NULL,
-        PRIMARY KEY (job_id, name, step)
-    );
-
-    CREATE TABLE evals (
-        id              INTEGER PRIMARY KEY,
-        job_id          INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
-        constitution_id INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
-        run_ids         TEXT NOT NULL DEFAULT '[]',
-        results         TEXT NOT NULL DEFAULT '{}',
-        owner           TEXT NOT NULL DEFAULT '',
-        created_at      REAL NOT NULL
-    );
-
-    CREATE TABLE votes (
-        id          INTEGER PRIMARY KEY,
-        eval_id     INTEGER NOT NULL REFERENCES evals(id) ON DELETE CASCADE,
-        prompt_id   INTEGER NOT NULL REFERENCES prompts(id) ON DELETE CASCADE,
-        choice      TEXT NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),
-        a_is        TEXT NOT NULL,
-        reviewer    TEXT NOT NULL DEFAULT '',
-        created_at  REAL NOT NULL,
-        UNIQUE (eval_id, prompt_id, reviewer)
-    )
-    """)
-
-
-def _m002_drafts(db: sqlite3.Connection) -> None:
-    # The constitution being edited, autosaved on every change so a reload loses nothing.
-    _run_script(db, """
-    CREATE TABLE drafts (
-        owner TEXT PRIMARY KEY,
-        content TEXT NOT NULL,
-        base_id INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
-        updated_at REAL NOT NULL
-    )
-    """)
-
-
-def _m003_run_keys(db: sqlite3.Connection) -> None:
-    # The key that binds runs/<id>/ to its job row (see the module docstring); NULL for older jobs,
-    # whose directories are taken as they are.
-    db.execute("ALTER TABLE jobs ADD COLUMN run_key TEXT")
-
-
-MIGRATIONS = [_m001_initial, _m002_drafts, _m003_run_keys]
-
-
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    # executescript() would commit the surrounding transaction; run statements one by one.
-    for statement in script.split(";"):
-        if statement.strip():
-            db.execute(statement)
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock first, so two processes opening a
-    # fresh workspace at once cannot both run the same migration.
-    while True:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version >= len(MIGRATIONS):
-                db.execute("COMMIT")
-                return
-            MIGRATIONS[version](db)
-            db.execute(f"PRAGMA user_version = {version + 1}")
-            db.execute("COMMIT")
-        except BaseException:
-            _rollback(db)
-            raise
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    # SQLite rolls back by itself on some errors (a full disk, an I/O error); a second ROLLBACK
-    # would then raise "no transaction is active" and hide the error that matters.
-    if db.in_transaction:
-        db.execute("ROLLBACK")
-
 
 # --------------------------------------------------------------------------- store
 
@@ -289,7 +130,7 @@ class Store:
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
             with self._lock:
-                _migrate(self._conn)
+                migrate(self._conn)
             problem = self._conn.execute("PRAGMA quick_check").fetchone()[0]
             if problem != "ok":
                 raise sqlite3.DatabaseError(problem)
@@ -337,7 +178,7 @@ class Store:
                 try:
                     yield db
                 except BaseException:
-                    _rollback(db)
+                    rollback(db)
                     raise
                 db.execute("COMMIT")
             finally:
@@ -412,11 +253,6 @@ class Store:
         """Versions, newest first; all names unless `name` is given."""
         where, params = _where(("owner = ?", owner), ("name = ?", name))
         return self._rows(f"SELECT * FROM constitutions {where} ORDER BY id DESC", params)
-
-    def constitution_names(self, owner: str | None = "") -> list[str]:
-        where, params = _where(("owner = ?", owner))
-        rows = self._rows(f"SELECT DISTINCT name FROM constitutions {where} ORDER BY name", params)
-        return [r["name"] for r in rows]
 
     def save_draft(self, content: dict, base_id: int | None = None, owner: str = "") -> None:
         """Autosave the constitution being edited (one draft per owner)."""
@@ -536,20 +372,11 @@ class Store:
         where, params = _where(("s.id = ?", sample_id), ("ps.owner = ?", owner))
         return self._one(f"{_SAMPLE_SELECT} {where}", params, f"sample {sample_id}")
 
-    def list_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
-                     status: str | None = None, search: str | None = None,
-                     min_len: int | None = None, max_len: int | None = None,
-                     flag: str | None = None, principle: str | None = None,
-                     split: str | None = None, owner: str | None = "",
-                     limit: int | None = None, offset: int = 0) -> list[dict]:
-        """Samples in prompt order. `search` matches the prompt, the answers and
-        the note (case-insensitive); min_len/max_len bound len(final) in characters;
-        `flag` keeps samples carrying that flag; `principle` keeps samples whose
-        revision chain used that principle id or that carry the flag
-        "failed_check:<principle>"; `split` filters on the prompt's split."""
-        where, params = _sample_filter(constitution_id, set_name, status, search,
-                                       min_len, max_len, flag, owner, principle, split)
-        sql = f"{_SAMPLE_SELECT} {where} ORDER BY s.prompt_id, s.constitution_id, s.idx"
+    def list_samples(self, where: "SampleFilter | None" = None, *, limit: int | None = None, offset: int = 0,
+                     **filters) -> list[dict]:
+        """Samples in prompt order that pass ``where`` (or a SampleFilter of the keyword ``filters``)."""
+        clause, params = (where or SampleFilter(**filters)).sql()
+        sql = f"{_SAMPLE_SELECT} {clause} ORDER BY s.prompt_id, s.constitution_id, s.idx"
         if limit is not None:
             sql += " LIMIT ? OFFSET ?"
             params += [int(limit), int(offset)]
@@ -558,22 +385,19 @@ class Store:
             params.append(int(offset))
         return self._rows(sql, params)
 
-    def count_samples(self, *, constitution_id: int | None = None, set_name: str | None = None,
-                      status: str | None = None, search: str | None = None,
-                      min_len: int | None = None, max_len: int | None = None,
-                      flag: str | None = None, principle: str | None = None,
-                      split: str | None = None, owner: str | None = "", **_ignored) -> dict:
-        """{total, pending, accepted, rejected} under the same filters as list_samples."""
-        where, params = _sample_filter(constitution_id, set_name, status, search,
-                                       min_len, max_len, flag, owner, principle, split)
+    def count_samples(self, where: "SampleFilter | None" = None, **filters) -> dict:
+        """{total, pending, accepted, rejected, flagged} of the samples list_samples would return,
+        counted by SQLite (nothing is decoded)."""
+        clause, params = (where or SampleFilter(**filters)).sql()
         rows = self._rows(f"""
-            SELECT s.status, COUNT(*) AS n FROM samples s
+            SELECT s.status, COUNT(*) AS n, SUM(json_array_length(s.flags) > 0) AS flagged FROM samples s
             JOIN prompts p ON p.id = s.prompt_id JOIN prompt_sets ps ON ps.id = p.set_id
-            {where} GROUP BY s.status""", params)
-        counts = {"total": 0, **{s: 0 for s in SAMPLE_STATUSES}}
+            {clause} GROUP BY s.status""", params)
+        counts = {"total": 0, **{s: 0 for s in SAMPLE_STATUSES}, "flagged": 0}
         for r in rows:
             counts[r["status"]] = r["n"]
             counts["total"] += r["n"]
+            counts["flagged"] += r["flagged"] or 0
         return counts
 
     def update_sample(self, sample_id: int, expected_version: int, **fields) -> dict:
@@ -904,28 +728,46 @@ _SAMPLE_SELECT = """
     FROM samples s JOIN prompts p ON p.id = s.prompt_id JOIN prompt_sets ps ON ps.id = p.set_id"""
 
 
-def _sample_filter(constitution_id, set_name, status, search, min_len, max_len, flag,
-                   owner, principle=None, split=None) -> tuple[str, list]:
-    if status is not None and status not in SAMPLE_STATUSES:
-        raise StoreError(f"bad sample status {status!r}")
-    like = None
-    if search:
-        like = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return _where(
-        ("ps.owner = ?", owner),
-        ("s.constitution_id = ?", constitution_id),
-        ("ps.name = ?", set_name),
-        ("s.status = ?", status),
-        ("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
-                           ("p.text", "s.final", "s.prompted", "s.unprompted", "s.note")) + ")", like),
-        ("length(s.final) >= ?", min_len),
-        ("length(s.final) <= ?", max_len),
-        ("EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = ?)", flag),
-        ("(EXISTS (SELECT 1 FROM json_each(s.chain) WHERE json_extract(json_each.value, '$.principle') = ?)"
-         " OR EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = 'failed_check:' || ?))",
-         principle),
-        ("p.split = ?", split),
-    )
+@dataclass(frozen=True)
+class SampleFilter:
+    """Which samples a list, a count or a bulk action applies to; None (or "" for owner: the local
+    workspace) leaves a field unfiltered. ``search`` matches the prompt, the answers and the note
+    (case-insensitive); min_len/max_len bound len(final) in characters; ``flag`` keeps samples
+    carrying that flag; ``principle`` keeps samples whose revision chain used that principle id or
+    that carry the flag "failed_check:<principle>"; ``split`` filters on the prompt's split."""
+
+    constitution_id: int | None = None
+    set_name: str | None = None
+    status: str | None = None
+    search: str | None = None
+    min_len: int | None = None
+    max_len: int | None = None
+    flag: str | None = None
+    principle: str | None = None
+    split: str | None = None
+    owner: str | None = ""
+
+    def sql(self) -> tuple[str, list]:
+        if self.status is not None and self.status not in SAMPLE_STATUSES:
+            raise StoreError(f"bad sample status {self.status!r}")
+        like = None
+        if self.search:
+            like = "%" + self.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return _where(
+            ("ps.owner = ?", self.owner),
+            ("s.constitution_id = ?", self.constitution_id),
+            ("ps.name = ?", self.set_name),
+            ("s.status = ?", self.status),
+            ("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
+                               ("p.text", "s.final", "s.prompted", "s.unprompted", "s.note")) + ")", like),
+            ("length(s.final) >= ?", self.min_len),
+            ("length(s.final) <= ?", self.max_len),
+            ("EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = ?)", self.flag),
+            ("(EXISTS (SELECT 1 FROM json_each(s.chain) WHERE json_extract(json_each.value, '$.principle') = ?)"
+             " OR EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = 'failed_check:' || ?))",
+             self.principle),
+            ("p.split = ?", self.split),
+        )
 
 
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list]:

@@ -115,7 +115,7 @@ def store(tmp_path):
     for job in s.list_jobs(state=("queued", "running"), limit=None):
         jobs.cancel(s, job["id"], grace_s=0)
         if job["pid"]:
-            jobs._kill_worker(job["pid"], job["id"])
+            jobs.kill_worker(job["pid"], job["id"])
     s.close()
 
 

@@ -336,13 +336,6 @@ def test_check_describe_and_coverage():
         Check("nope", "x").passes("x")
 
 
-# ---------------------------------------------------------------- markdown
-
-def test_to_markdown():
-    md = C.to_markdown(make())
-    assert md.startswith("# demo\n") and "1. **a** — Be brief." in md and "at most 20 words" in md
-
-
 # ---------------------------------------------------------- shipped assets
 
 SHIPPED = sorted(CONST_DIR.glob("*.yaml"))

@@ -7,7 +7,7 @@ import pytest
 
 from ctxdistill import cli, curate
 from ctxdistill.constitution import load, content_hash, to_dict
-from ctxdistill.sampling import ImportFileError
+from ctxdistill.prompts import ImportFileError
 from ctxdistill.store import ConflictError, Store
 
 
@@ -71,7 +71,7 @@ def test_bulk_actions(store):
     assert store.get_sample(ids["empty"])["status"] == "rejected"
     assert curate.bulk(store, "accept_clean", cid) == 2              # good, good2
     assert curate.bulk(store, "reject_flagged", cid) == 5
-    assert store.count_samples(constitution_id=cid) == {"total": 8, "pending": 0, "accepted": 2, "rejected": 6}
+    assert store.count_samples(constitution_id=cid) == {"total": 8, "pending": 0, "accepted": 2, "rejected": 6, "flagged": 6}
     with pytest.raises(ValueError, match="unknown bulk action"):
         curate.bulk(store, "accept_everything", cid)
 
@@ -91,7 +91,7 @@ def test_export_round_trips(store, tmp_path, monkeypatch):
     assert all([x["role"] for x in m["messages"]] == ["user", "assistant"] for m in rows)   # no constitution
     manifest = json.loads((tmp_path / "m.jsonl.manifest.json").read_text())
     assert manifest["constitution_id"] == cid and manifest["constitution_name"] == "pirate"
-    assert manifest["counts"] == {"total": 8, "pending": 5, "accepted": 3, "rejected": 0, "exported": 3} == r["counts"]
+    assert manifest["counts"] == {"total": 8, "pending": 5, "accepted": 3, "rejected": 0, "flagged": 5, "exported": 3} == r["counts"]
 
     curate.export(store, cid, "prompt_completion", tmp_path / "pc.jsonl")
     rows = [json.loads(line) for line in open(tmp_path / "pc.jsonl", encoding="utf-8")]

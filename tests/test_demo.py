@@ -15,7 +15,7 @@ from ctxdistill import constitution as cmod
 from ctxdistill import demo
 from ctxdistill.ui.app import build_app
 from ctxdistill.ui.common import AppContext
-from ctxdistill.ui.distill import adapter_choices
+from ctxdistill.ui.common import adapter_choices
 
 PIRATE = Path(__file__).resolve().parents[1] / "assets" / "constitutions" / "pirate.yaml"
 A, B = SimpleNamespace(session_hash="visitor-a"), SimpleNamespace(session_hash="visitor-b")
@@ -373,13 +373,13 @@ def test_compare_form_is_capped(app, monkeypatch):
 
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):
     """A Space's HF_TOKEN is its owner's: no visitor may push with it, whatever the browser sends."""
-    from ctxdistill import train as T
+    from ctxdistill import adapters
 
     ctx, blocks = app
     a = seed(ctx, A.session_hash)
     monkeypatch.setenv("HF_TOKEN", "hf_SpaceOwnersToken0123456789")
     pushed = []
-    monkeypatch.setattr(T, "push_to_hub", lambda *args, **kw: pushed.append(args))
+    monkeypatch.setattr(adapters, "push_to_hub", lambda *args, **kw: pushed.append(args))
     assert not any(element(blocks, e).visible for e in ("train-push", "train-hub-id", "review-export-hub"))
     with pytest.raises(gr.Error, match="off in the public demo"):
         tab_callback(blocks, "distill", "on_push")(a["job"], "me/stolen", request=A)
@@ -447,11 +447,14 @@ LOW_CAPS = {"PROMPTS": "4", "STEPS": "2", "SAMPLES": "1", "ROUNDS": "1", "MAX_NE
 BOUNDED = {"compare:vote.cast", "constitution:do_save", "constitution:do_restore", "constitution:from_example",
            "constitution:do_export.fn", "data:on_resume", "data:on_cancel", "distill:on_resume", "distill:on_stop",
            "distill:on_export", "distill:on_push", "samples:on_bulk", "samples:on_reflag", "samples:on_export",
-           "compare:on_stop", "compare:on_export"}
+           "compare:on_stop", "compare:on_export",
+           # one calibration per (quantize, precision) pair for the whole process, then arithmetic
+           "distill:machine_panel.on_measure"}
 # Reads: they start no work and store nothing.
 READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
          "show_blind", "views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
-         "load_queue", "move.go", "principle_choices", "version_choices"}
+         "load_queue", "move.go", "principle_choices", "version_choices", "machine_panel.on_choice",
+         "machine_panel.on_form"}
 
 
 def endpoint_key(fn) -> str:

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from ctxdistill import evaluate as E
+from ctxdistill import report, stats
 from ctxdistill import jobs
-from ctxdistill import train as T
+from ctxdistill import adapters
 from ctxdistill.constitution import Check, Constitution, Principle, content_hash, to_dict
-from ctxdistill.generate import kl_per_token
+from ctxdistill.losses import kl_per_token
 from ctxdistill.store import Store
 
 PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "def add(a, b):", "Is the sea wide?",
@@ -32,14 +33,14 @@ def test_kl_of_known_distributions():
 
 def test_token_weighted_kl_and_gap_closed_at_0_and_1():
     base = [[0.4, 0.2, 0.3], [0.1], [0.5, 0.5]]
-    est = E.token_kl(base)
+    est = stats.token_kl(base)
     assert est["value"] == pytest.approx(2.0 / 6) and est["n"] == 3
     assert est["ci"][0] <= est["value"] <= est["ci"][1]
-    same = E.gap_closed_estimate(base, base)
+    same = stats.gap_closed_estimate(base, base)
     assert same["value"] == pytest.approx(0.0) and same["ci"] == pytest.approx([0.0, 0.0])
-    perfect = E.gap_closed_estimate([[0.0] * len(k) for k in base], base)
+    perfect = stats.gap_closed_estimate([[0.0] * len(k) for k in base], base)
     assert perfect["value"] == pytest.approx(1.0) and perfect["ci"] == pytest.approx([1.0, 1.0])
-    half = E.gap_closed_estimate([[v / 2 for v in k] for k in base], base)
+    half = stats.gap_closed_estimate([[v / 2 for v in k] for k in base], base)
     assert half["value"] == pytest.approx(0.5)
 
 
@@ -48,17 +49,17 @@ def test_bootstrap_interval_covers_the_true_value():
     covered = 0
     for trial in range(40):
         x = rng.normal(2.0, 1.0, size=64)
-        lo, hi = E.bootstrap_ci(E._mean, x, n_boot=500, seed=trial)
+        lo, hi = stats.bootstrap_ci(stats._mean, x, n_boot=500, seed=trial)
         covered += lo <= 2.0 <= hi
         assert hi - lo < 1.0
     assert covered >= 34  # nominal 95%: 38 of 40; percentile intervals run a little short at n=64
-    assert E.estimate(E._mean, [])["n"] == 0 and math.isnan(E.bootstrap_ci(E._mean, [])[0])
+    assert stats.estimate(stats._mean, [])["n"] == 0 and math.isnan(stats.bootstrap_ci(stats._mean, [])[0])
 
 
 def test_retention_delta():
     base = [[1.0, 1.0], [2.0]]
     moved = [[1.5, 1.5], [2.5]]
-    r = E.retention(base, moved)
+    r = stats.retention(base, moved)
     assert r["nll_base"]["value"] == pytest.approx(4 / 3)
     assert r["delta"]["value"] == pytest.approx(0.5)
     assert r["delta"]["ci"] == pytest.approx([0.5, 0.5])
@@ -67,26 +68,26 @@ def test_retention_delta():
 def test_checks_lengths_and_refusals():
     c = Constitution("t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!")),
                            Principle("free", "Be kind.")])
-    rates = E.check_rates(c, {"base": ["Hello", "Arr! hi"], "teacher": ["Arr! yes", "Arr!"]})
+    rates = stats.check_rates(c, {"base": ["Hello", "Arr! hi"], "teacher": ["Arr! yes", "Arr!"]})
     assert list(rates) == ["arr"]
     assert rates["arr"]["base"]["value"] == 0.5 and rates["arr"]["teacher"]["value"] == 1.0
-    assert E.is_refusal("I'm sorry, but I can't help with that.") and E.is_refusal("I cannot assist with this")
-    assert not E.is_refusal("Paris is the capital of France.")
-    summary = E.text_summary(["one two three", "I cannot help with that request"], [3, 6])
+    assert stats.is_refusal("I'm sorry, but I can't help with that.") and stats.is_refusal("I cannot assist with this")
+    assert not stats.is_refusal("Paris is the capital of France.")
+    summary = stats.text_summary(["one two three", "I cannot help with that request"], [3, 6])
     assert summary["words"]["value"] == 4.5 and summary["refusal"]["value"] == 0.5
 
 
 def test_vote_tally_and_blind_sides():
     votes = [{"choice": "a", "a_is": "teacher"}, {"choice": "b", "a_is": "teacher"},
              {"choice": "a", "a_is": "run 2"}, {"choice": "tie", "a_is": "run 2"}, {"choice": "both_bad", "a_is": "teacher"}]
-    tally = E.vote_tally(votes)
+    tally = stats.vote_tally(votes)
     assert tally["counts"] == {"student": 2, "teacher": 1, "tie": 1, "both_bad": 1}
     assert tally["rates"]["student"]["value"] == pytest.approx(0.4)
     assert tally["rates"]["student_or_tie"]["value"] == pytest.approx(0.6)
-    empty = E.vote_tally([])
+    empty = stats.vote_tally([])
     assert empty["n"] == 0 and empty["counts"]["tie"] == 0
-    sides = [E.blind_sides(1, p, "") for p in range(200)]
-    assert sides == [E.blind_sides(1, p, "") for p in range(200)]
+    sides = [stats.blind_sides(1, p, "") for p in range(200)]
+    assert sides == [stats.blind_sides(1, p, "") for p in range(200)]
     assert 70 < sum(sides) < 130
 
 
@@ -102,7 +103,7 @@ def _adapter(tiny_model, path, scale: float, seed: int = 0, **info):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn_like(p) * scale)
-    T.save_adapter(model, path, {"quantize": "none", **info})
+    adapters.save_adapter(model, path, {"quantize": "none", **info})
 
 
 @pytest.fixture
@@ -163,10 +164,10 @@ def test_evaluation_on_tiny_model_with_adapters(ws):
     head = E.headline(results, f"run {trained}")
     assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(head)
     json.dumps(results)  # every number is plain JSON
-    md, page = E.report(results, "md"), E.report(results, "html", E.vote_tally([]))
+    md, page = report.report(results, "md"), report.report(results, "html", stats.vote_tally([]))
     assert "data:image/png;base64," in md and "gap closed" in md and "No votes yet" in md
     assert page.startswith("<!doctype html>") and "<img" in page
-    assert json.loads(E.report(results, "json"))["scores"]["kl"]["base"]["n"] == len(PROMPTS)
+    assert json.loads(report.report(results, "json"))["scores"]["kl"]["base"]["n"] == len(PROMPTS)
 
 
 def test_principle_influence_ranks_a_strong_principle_above_a_no_op(tiny_model, tiny_tokenizer):
@@ -189,7 +190,7 @@ def test_evaluate_job_stores_one_eval(ws):
     assert done["result"]["eval_id"] == ev["id"] and ev["run_ids"] == [trained]
     assert ev["results"]["scores"]["gap_closed"][f"run {trained}"]["n"] == len(PROMPTS)
     assert (store.runs_dir / str(job) / "eval.json").is_file()
-    card = T.export(store.runs_dir / str(trained) / "adapter", store.home / "exported") / "README.md"
+    card = adapters.export(store.runs_dir / str(trained) / "adapter", store.home / "exported") / "README.md"
     assert "## Evaluation (ctxdistill eval 1)" in card.read_text() and "KL gap closed" in card.read_text()
 
 
@@ -210,7 +211,7 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
         store.update_job(trained, state="failed")
         message = "ended failed without an adapter"
     elif case == "corrupt run file":
-        (store.runs_dir / str(trained) / "adapter" / T.RUN_FILE).write_text("{not json")
+        (store.runs_dir / str(trained) / "adapter" / adapters.RUN_FILE).write_text("{not json")
         message = "corrupt"
     elif case == "other base model":
         store.update_job(trained, config={**store.get_job(trained)["config"], "model": "HuggingFaceTB/SmolLM2-360M"})
@@ -242,8 +243,8 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
 
 
 def test_write_report_refuses_unknown_format(tmp_path):
-    with pytest.raises(E.EvalError, match=r"\.md, \.html or \.json"):
-        E.write_report({}, tmp_path / "r.pdf")
+    with pytest.raises(report.ReportError, match=r"\.md, \.html or \.json"):
+        report.write_report({}, tmp_path / "r.pdf")
 
 
 def test_cli_eval_prints_the_headline_and_refuses_bad_runs(ws, capsys, tmp_path):
@@ -265,9 +266,9 @@ def test_judge_reliability_against_checks():
     c = Constitution("t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!"))])
     answers = {"base": ["Hello", "Arr! hi", "Hi"], "teacher": ["Arr! yes", "Arr!", "no"]}
     perfect = {"base": {"arr": [0.1, 0.9, 0.2]}, "teacher": {"arr": [0.8, 0.7, 0.3]}}
-    report = E.judge_report(c, answers, ["q"] * 3, perfect, 100)
-    assert report["agreement_with_checks"]["value"] == 1.0 and report["auc_vs_checks"] == 1.0
+    judged = E.judge_report(c, answers, ["q"] * 3, perfect, 100)
+    assert judged["agreement_with_checks"]["value"] == 1.0 and judged["auc_vs_checks"] == 1.0
     always_no = {"base": {"arr": [0.2] * 3}, "teacher": {"arr": [0.2] * 3}}
-    report = E.judge_report(c, answers, ["q"] * 3, always_no, 100)
-    assert report["agreement_with_checks"]["value"] == pytest.approx(0.5) == report["majority_baseline"]
-    assert report["auc_vs_checks"] == 0.5 and report["yes_rate"] == 0.0
+    judged = E.judge_report(c, answers, ["q"] * 3, always_no, 100)
+    assert judged["agreement_with_checks"]["value"] == pytest.approx(0.5) == judged["majority_baseline"]
+    assert judged["auc_vs_checks"] == 0.5 and judged["yes_rate"] == 0.0

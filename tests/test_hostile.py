@@ -107,7 +107,7 @@ def test_no_pickle_loading_in_the_package():
 
 
 def test_adapters_load_from_safetensors_only(tmp_path):
-    from ctxdistill.train import AdapterError, check_adapter
+    from ctxdistill.adapters import AdapterError, check_adapter
 
     (tmp_path / "adapter_config.json").write_text("{}")
     (tmp_path / "adapter_model.bin").write_bytes(b"not loaded")
@@ -295,13 +295,13 @@ def test_a_catastrophic_regex_does_not_hold_other_visitors(tmp_path):
 # --------------------------------------------------------------------------- exports safe to open
 
 def test_html_report_shows_markup_as_text(monkeypatch):
-    from ctxdistill import evaluate as E
+    from ctxdistill import report
 
     hostile = " ".join(XSS)
-    monkeypatch.setattr(E, "report_sections", lambda results, tally: [
+    monkeypatch.setattr(report, "report_sections", lambda results, tally: [
         ("Setup", f"Constitution **{hostile}** with preamble {hostile}", None),
-        ("Principle checks", E._table_md([{"principle": hostile, "check": "<b onmouseover=alert(1)>x</b>"}]), None)])
-    page = E.report({"constitution": {"name": hostile, "id": 1}}, "html")
+        ("Principle checks", report.markdown_table([{"principle": hostile, "check": "<b onmouseover=alert(1)>x</b>"}]), None)])
+    page = report.report({"constitution": {"name": hostile, "id": 1}}, "html")
     assert "<script" not in page and "<img" not in page and "<b onmouseover" not in page
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
 

@@ -116,7 +116,9 @@ def test_fp16_training_uses_a_grad_scaler(tmp_path, tiny_checkpoint):
                         checkpoint_every=1)
     result = T.run(cfg, store, tmp_path / "run")
     assert result["precision"] == "fp16" and result["heldout_kl_after"] == result["heldout_kl_after"]
-    state = torch.load(T.latest_checkpoint(tmp_path / "run") / "state.pt", weights_only=True)
+    from ctxdistill.adapters import latest_checkpoint
+
+    state = torch.load(latest_checkpoint(tmp_path / "run") / "state.pt", weights_only=True)
     assert state["scaler"]["scale"] > 0
 
 
@@ -170,6 +172,22 @@ def test_sigterm_of_a_foreground_run_cancels_it(tmp_path, tiny_checkpoint):
     job = store.get_job(job_id)
     assert job["state"] == "cancelled", job
     assert not jobs.worker_alive(pid, job_id)
-    from ctxdistill.train import latest_checkpoint
+    from ctxdistill.adapters import latest_checkpoint
     assert latest_checkpoint(ws / "runs" / str(job_id)) is not None     # resumable from where it stopped
     assert "resume" in err and "Traceback" not in err
+
+
+def test_distill_form_shows_the_precision_and_the_time(tmp_path, tiny_checkpoint):
+    from ctxdistill.train import TrainConfig
+    from ctxdistill.ui.common import AppContext
+    from ctxdistill.ui.distill import FORM, estimate_text, precision_text
+
+    assert "Precision on this machine" in precision_text("auto", "auto")
+    assert "fp16 compute" in precision_text("none", "fp16") and "--precision fp16" in precision_text("none", "fp16")
+    assert "must be one of" in precision_text("8bit", "auto")
+    ctx = AppContext(home=tmp_path / "ws", model_spec=str(tiny_checkpoint))
+    values = {name: getattr(TrainConfig(), name) for name in FORM}
+    assert "press *Estimate the time*" in estimate_text(ctx, values, "default", "", measure=False)
+    text = estimate_text(ctx, {**values, "steps": 40.0}, "default", "", measure=True)
+    assert "Time on this machine" in text and "training" in text and "40 steps" in text
+    assert "batch size must be" in estimate_text(ctx, {**values, "batch_size": 0}, "default", "", measure=False)

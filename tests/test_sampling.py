@@ -11,15 +11,8 @@ import pytest
 from ctxdistill import jobs
 from ctxdistill.constitution import content_hash, load, to_dict
 from ctxdistill.jobs import Cancelled
-from ctxdistill.sampling import (
-    MAX_PROMPT_CHARS,
-    GenerateConfig,
-    ImportFileError,
-    ensure_default_prompts,
-    import_prompts,
-    read_table,
-    run_generate,
-)
+from ctxdistill.sampling import GenerateConfig, run_generate
+from ctxdistill.prompts import MAX_PROMPT_CHARS, ImportFileError, ensure_default_prompts, import_prompts, read_table
 from ctxdistill.store import Store
 
 PIRATE = "assets/constitutions/pirate.yaml"

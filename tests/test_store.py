@@ -3,7 +3,9 @@ import threading
 
 import pytest
 
+from ctxdistill import migrations
 from ctxdistill import store as store_mod
+from ctxdistill.store import SampleFilter
 from ctxdistill.store import ConflictError, NotFound, Store, StoreError, workspace_home
 
 
@@ -34,7 +36,7 @@ def test_migrations_fresh_and_reopen(tmp_path):
     cid = s.save_constitution("c", {"principles": []}, "h")
     s.close()
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
     s = Store(tmp_path)      # already migrated: nothing re-run, data intact
@@ -51,12 +53,12 @@ def test_new_migration_applies_once(tmp_path, monkeypatch):
         calls.append(1)
         db.execute("CREATE TABLE extra (x INTEGER)")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m_extra])
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [_m_extra])
     Store(tmp_path).close()
     Store(tmp_path).close()
     assert calls == [1]
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS)
     db.close()
 
 
@@ -67,11 +69,11 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
         db.execute("CREATE TABLE half (x INTEGER)")
         raise RuntimeError("bad migration")
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + [_m_broken])
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS + [_m_broken])
     with pytest.raises(RuntimeError):
         Store(tmp_path)
     db = sqlite3.connect(tmp_path / "ctxdistill.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(store_mod.MIGRATIONS) - 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS) - 1
     assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'half'").fetchall()
     db.close()
 
@@ -88,7 +90,7 @@ def test_constitution_versions_and_dedupe(store):
     assert store.get_constitution(v1)["content"] == {"principles": ["arr"]}
     assert [v["id"] for v in store.list_constitution_versions("pirate")] == [v3, v2, v1]
     store.save_constitution("helper", {}, "h9")
-    assert store.constitution_names() == ["helper", "pirate"]
+    assert sorted({v["name"] for v in store.list_constitution_versions()}) == ["helper", "pirate"]
     with pytest.raises(NotFound):
         store.get_constitution(999)
 
@@ -96,9 +98,10 @@ def test_constitution_versions_and_dedupe(store):
 def test_owner_isolation(store):
     store.save_constitution("mine", {}, "h", owner="alice")
     store.save_constitution("shared", {}, "h")
-    assert store.constitution_names() == ["shared"]
-    assert store.constitution_names(owner="alice") == ["mine"]
-    assert store.constitution_names(owner=None) == ["mine", "shared"]
+    names = lambda owner="": sorted({v["name"] for v in store.list_constitution_versions(owner=owner)})
+    assert names() == ["shared"]
+    assert names("alice") == ["mine"]
+    assert names(None) == ["mine", "shared"]
     store.add_prompts("set", [{"text": "x"}], owner="alice")
     assert store.prompt_sets() == []
     assert store.prompt_sets(owner="alice")[0]["n_train"] == 1
@@ -221,9 +224,10 @@ def test_sample_filters_and_counts(store, prompts):
     store.upsert_sample(p[0], c1, 1, prompted="a much longer answer 100%", flags=["long", "odd"])
     store.upsert_sample(p[1], c1, 0, prompted="ships sail", status="rejected", note="off_topic")
     store.upsert_sample(p[2], c2, 0, prompted="iron oxide")
-    assert store.count_samples() == {"total": 4, "pending": 2, "accepted": 1, "rejected": 1}
+    assert store.count_samples() == {"total": 4, "pending": 2, "accepted": 1, "rejected": 1, "flagged": 1}
     assert store.count_samples(constitution_id=c1) == {"total": 3, "pending": 1, "accepted": 1,
-                                                       "rejected": 1}
+                                                       "rejected": 1, "flagged": 1}
+    assert store.count_samples(SampleFilter(constitution_id=c2))["flagged"] == 0
     assert len(store.list_samples(constitution_id=c1, status="pending")) == 1
     assert [s["prompted"] for s in store.list_samples(search="SHIP")] == ["ships sail"]   # prompt text too
     assert [s["prompted"] for s in store.list_samples(search="100%")] == ["a much longer answer 100%"]
@@ -405,7 +409,7 @@ def test_rolling_backup_and_restore(tmp_path, monkeypatch):
     result = store_mod.restore_backup(tmp_path)
     assert result["saved_as"] and (tmp_path / result["saved_as"]).read_bytes().startswith(b"not a database")
     s = Store(tmp_path)
-    assert s.constitution_names() == ["kept"] and s.get_constitution(kept)["name"] == "kept"
+    assert [v["name"] for v in s.list_constitution_versions()] == ["kept"] and s.get_constitution(kept)["name"] == "kept"
     again = s.create_job("train", {})
     assert again == late and not (s.runs_dir / str(again) / "data.json").exists()
     s.close()

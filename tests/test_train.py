@@ -1,4 +1,4 @@
-"""The distillation trainer: pure losses on toy tensors, the shared teacher/student model, the loop's
+"""The distillation trainer: the shared teacher/student model (engine.py), the loop's
 checkpoints, resume and faults on the tiny model, and one short run on the embedded model."""
 
 import copy
@@ -8,59 +8,11 @@ import math
 import pytest
 import torch
 
+from ctxdistill import adapters, engine, losses
 from ctxdistill import train as T
-from ctxdistill.generate import kl_per_token
 
 SYSTEM = "Arr matey, answer like a pirate."
 PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "def add(a, b):", "Hi", "Is the sea wide?", "Say hello"]
-
-
-# --------------------------------------------------------------------------- pure losses
-
-def test_kl_of_identical_distributions_is_zero():
-    logits = torch.randn(3, 5, 11)
-    assert torch.allclose(T.token_losses("kl", logits, logits.clone())["loss"], torch.zeros(3, 5), atol=1e-6)
-
-
-def test_kl_matches_direct_computation():
-    t, s = torch.randn(4, 7), torch.randn(4, 7)
-    p, q = t.softmax(-1), s.softmax(-1)
-    direct = (p * (p.log() - q.log())).sum(-1)
-    assert torch.allclose(T.token_losses("kl", s, t)["loss"], direct, atol=1e-5)
-    assert (direct >= 0).all()
-
-
-def test_ce_and_mix():
-    s, t = torch.randn(6, 9), torch.randn(6, 9)
-    y = torch.randint(0, 9, (6,))
-    ce = -s.log_softmax(-1)[torch.arange(6), y]
-    terms = T.token_losses("mix", s, t, y, alpha=0.25)
-    assert torch.allclose(terms["ce"], ce, atol=1e-5)
-    assert torch.allclose(terms["loss"], 0.25 * ce + 0.75 * kl_per_token(t, s), atol=1e-5)
-    assert set(T.token_losses("sft", s, None, y)) == {"ce", "loss"}
-
-
-def test_answer_mask_excludes_prompt_and_padding():
-    mask = T.answer_mask([2, 4, 0], 4)
-    assert mask.tolist() == [[False, False, True, True], [True] * 4, [False] * 4]
-    values = torch.arange(12.0).view(3, 4)
-    assert T.masked_mean(values, mask) == pytest.approx((2 + 3 + 4 + 5 + 6 + 7) / 6)
-
-
-def test_chunked_loss_equals_unchunked_and_its_gradient():
-    torch.manual_seed(0)
-    head = torch.nn.Linear(8, 13, bias=False).requires_grad_(False)
-    h = torch.randn(10, 8, requires_grad=True)
-    ht = torch.randn(10, 8)
-    y = torch.randint(0, 13, (10,))
-    full = T.token_losses("mix", head(h), head(ht), y, 0.3)["loss"].sum() / 10
-    full.backward()
-    expected = h.grad.clone()
-    h.grad = None
-    sums = T.chunked_loss(head, "mix", h, ht, y, alpha=0.3, chunk=3, backward_scale=1 / 10)
-    assert sums["loss"] / 10 == pytest.approx(full.item(), rel=1e-5)
-    assert sums["tokens"] == 10
-    assert torch.allclose(h.grad, expected, atol=1e-6)
 
 
 def test_length_grouped_batches_cover_everything_once():
@@ -97,8 +49,8 @@ def peft_tiny(tiny_model, **overrides):
 
 
 def examples(model, tok, n=6, tokens=10):
-    d = T.Distiller(model, tok, SYSTEM)
-    return T.sample_answers(d, PROMPTS[:n], T.TrainConfig(sample_tokens=tokens), seed=0)
+    d = engine.TeacherStudent(model, tok, SYSTEM)
+    return engine.sample_answers(d, PROMPTS[:n], T.TrainConfig(sample_tokens=tokens), seed=0)
 
 
 def test_zero_initialised_adapter_student_with_constitution_equals_teacher(tiny_model, tiny_tokenizer):
@@ -111,8 +63,8 @@ def test_zero_initialised_adapter_student_with_constitution_equals_teacher(tiny_
         teacher = model(input_ids=ids).logits
     assert torch.allclose(student, teacher, atol=1e-6)
     # and the teacher through the run's cached constitution prefix gives the same distribution
-    d = T.Distiller(model, tiny_tokenizer, SYSTEM)
-    ex = T.Example("Hi there", [5, 6, 7])
+    d = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM)
+    ex = engine.Example("Hi there", [5, 6, 7])
     hs, ht, targets = d.hidden([ex])
     assert targets.tolist() == [5, 6, 7]
     assert torch.allclose(d.lm_head(ht), teacher[0, -4:-1], atol=1e-4)
@@ -138,9 +90,9 @@ def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_m
         tiny_tokenizer = copy.deepcopy(tiny_tokenizer)
         tiny_tokenizer.chat_template = template
     assert bool(system_prefix(tiny_tokenizer, None)) == (template is None)
-    exs = [T.Example("Hi there", [5, 6, 7]), T.Example("Write a poem about the sea.", [9, 4, 8, 2, 11])]
+    exs = [engine.Example("Hi there", [5, 6, 7]), engine.Example("Write a poem about the sea.", [9, 4, 8, 2, 11])]
     lora = [p for p in model.parameters() if p.requires_grad]
-    hs, _, targets = T.Distiller(model, tiny_tokenizer, SYSTEM).hidden(exs, with_teacher=False)
+    hs, _, targets = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM).hidden(exs, with_teacher=False)
     shared = torch.autograd.grad(hs.square().sum(), lora)
     rows = []
     for ex in exs:
@@ -157,17 +109,17 @@ def test_student_shared_prefix_matches_full_sequences_and_their_gradients(tiny_m
 def test_teacher_cache_gives_the_same_states_without_a_second_teacher_pass(tiny_model, tiny_tokenizer, monkeypatch):
     model = peft_tiny(tiny_model)
     exs = examples(model, tiny_tokenizer, n=4)
-    plain = T.Distiller(model, tiny_tokenizer, SYSTEM)
+    plain = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM)
     _, expected, _ = plain.hidden(exs)
     per_row = list(expected.split([len(e.answer) for e in exs]))
     room = sum(p.nbytes for p in per_row[1:]) / 2**20            # room for the last 3 rows, not the first
-    cached = T.Distiller(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=room)
+    cached = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=room)
     _, first, _ = cached.hidden(exs[::-1])                        # another order and padding: the same rows
     assert torch.allclose(first, torch.cat(per_row[::-1]), atol=1e-5)
     assert len(cached.teacher_cache) == 3 and plain.teacher_cache == {}
     rows_encoded = []
-    real = T._hidden
-    monkeypatch.setattr(T, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
+    real = engine._hidden
+    monkeypatch.setattr(engine, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
     _, again, _ = cached.hidden(exs)
     assert rows_encoded == [1]              # only the one teacher row not in the cache
     assert torch.allclose(again, expected, atol=1e-5)
@@ -186,14 +138,14 @@ def test_sampling_keeps_the_teacher_states_its_answers_came_from(tiny_model, tin
         return torch.where(torch.arange(len(token)) == 0, end, token) if len(calls) == 3 else token
 
     monkeypatch.setattr(G, "_pick", pick)
-    sampler = T.Distiller(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=1)
-    exs = T.sample_answers(sampler, PROMPTS[:3], T.TrainConfig(sample_tokens=6), seed=0)
+    sampler = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=1)
+    exs = engine.sample_answers(sampler, PROMPTS[:3], T.TrainConfig(sample_tokens=6), seed=0)
     assert [len(e.answer) for e in exs] == [3, 6, 6] and exs[0].answer[-1] == end
     assert len(sampler.teacher_cache) == 3
-    _, expected, _ = T.Distiller(model, tiny_tokenizer, SYSTEM).hidden(exs)   # a teacher forward pass
+    _, expected, _ = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM).hidden(exs)   # a teacher forward pass
     rows_encoded = []
-    real = T._hidden
-    monkeypatch.setattr(T, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
+    real = engine._hidden
+    monkeypatch.setattr(engine, "_hidden", lambda m, prefixes, seqs, *a: rows_encoded.append(len(seqs)) or real(m, prefixes, seqs, *a))
     _, kept, _ = sampler.hidden(exs)
     assert rows_encoded == []                        # no teacher pass
     assert torch.allclose(kept, expected, atol=1e-4)
@@ -201,7 +153,7 @@ def test_sampling_keeps_the_teacher_states_its_answers_came_from(tiny_model, tin
 
 def test_teacher_and_student_see_different_contexts(tiny_model, tiny_tokenizer):
     model = peft_tiny(tiny_model)
-    d = T.Distiller(model, tiny_tokenizer, SYSTEM)
+    d = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM)
     exs = examples(model, tiny_tokenizer, n=3)
     hs, ht, _ = d.hidden(exs)
     assert hs.shape == ht.shape and hs.shape[0] == sum(len(e.answer) for e in exs)
@@ -237,7 +189,7 @@ def test_resume_reaches_the_same_state(tiny_model, tiny_tokenizer, tmp_path):
     stop_after = iter([False] * 3 + [True] * 100)
     _, result = run_tiny(tiny_model, tiny_tokenizer, tmp_path / "b", steps=6, hooks=T.Hooks(should_stop=lambda: next(stop_after)))
     assert result["stopped"] and result["step"] == 3
-    assert T.latest_checkpoint(tmp_path / "b").name == "step-000003"
+    assert adapters.latest_checkpoint(tmp_path / "b").name == "step-000003"
     resumed, result = run_tiny(tiny_model, tiny_tokenizer, tmp_path / "b", steps=6)
     assert result["step"] == 6 and not result["stopped"]
     a, b = lora_state(straight), lora_state(resumed)
@@ -258,7 +210,7 @@ def test_metrics_have_fixed_names_and_held_out_goes_down(tiny_model, tiny_tokeni
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = T.token_losses
+    real = losses.token_losses
 
     def poisoned(*args, **kwargs):
         out = real(*args, **kwargs)
@@ -267,10 +219,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_model, tiny_toke
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(T, "token_losses", poisoned)
+    monkeypatch.setattr(losses, "token_losses", poisoned)
     with pytest.raises(T.TrainError, match="became nan.*step-000002"):
         run_tiny(tiny_model, tiny_tokenizer, tmp_path, steps=6, eval_every=0)
-    state = torch.load(T.latest_checkpoint(tmp_path) / "state.pt", weights_only=False)
+    state = torch.load(adapters.latest_checkpoint(tmp_path) / "state.pt", weights_only=False)
     assert state["step"] == 2
 
 
@@ -290,19 +242,19 @@ def test_corrupt_and_mismatched_adapters_are_refused(tiny_model, tiny_tokenizer,
     from tests.conftest import make_tiny_model
 
     model = peft_tiny(tiny_model)
-    T.save_adapter(model, tmp_path / "good", {"step": 1})
-    T.load_adapter(copy.deepcopy(tiny_model), tmp_path / "good")  # fits
+    adapters.save_adapter(model, tmp_path / "good", {"step": 1})
+    adapters.load_adapter(copy.deepcopy(tiny_model), tmp_path / "good")  # fits
     corrupt = tmp_path / "corrupt"
-    T.save_adapter(model, corrupt, {})
+    adapters.save_adapter(model, corrupt, {})
     (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(T.AdapterError, match="corrupt"):
-        T.load_adapter(copy.deepcopy(tiny_model), corrupt)
+    with pytest.raises(adapters.AdapterError, match="corrupt"):
+        adapters.load_adapter(copy.deepcopy(tiny_model), corrupt)
     other = make_tiny_model(tiny_tokenizer)
     other.config.hidden_size = 48
-    with pytest.raises(T.AdapterError, match="another base model"):
-        T.check_adapter(tmp_path / "good", other)
-    with pytest.raises(T.AdapterError, match="not an adapter"):
-        T.load_adapter(copy.deepcopy(tiny_model), tmp_path)
+    with pytest.raises(adapters.AdapterError, match="another base model"):
+        adapters.check_adapter(tmp_path / "good", other)
+    with pytest.raises(adapters.AdapterError, match="not an adapter"):
+        adapters.load_adapter(copy.deepcopy(tiny_model), tmp_path)
 
 
 def test_export_adapter_and_merged_model(tiny_model, tiny_tokenizer, tiny_checkpoint, tmp_path):
@@ -313,10 +265,10 @@ def test_export_adapter_and_merged_model(tiny_model, tiny_tokenizer, tiny_checkp
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.05)
-    adapter = T.save_adapter(model, tmp_path / "adapter", {"constitution": "pirate", "loss": "kl", "gap_closed": 0.9})
-    out = T.export(adapter, tmp_path / "export")
+    adapter = adapters.save_adapter(model, tmp_path / "adapter", {"constitution": "pirate", "loss": "kl", "gap_closed": 0.9})
+    out = adapters.export(adapter, tmp_path / "export")
     assert (out / "adapter_model.safetensors").is_file() and "pirate" in (out / "README.md").read_text()
-    merged = T.export(adapter, tmp_path / "merged", merged=True, model_spec=str(tiny_checkpoint))
+    merged = adapters.export(adapter, tmp_path / "merged", merged=True, model_spec=str(tiny_checkpoint))
     again = AutoModelForCausalLM.from_pretrained(merged)
     assert again.dtype == torch.bfloat16
     ids = torch.tensor([[3, 4, 5, 6]])
@@ -328,8 +280,8 @@ def test_export_adapter_and_merged_model(tiny_model, tiny_tokenizer, tiny_checkp
 def test_push_needs_a_token(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    with pytest.raises(T.TrainError, match="HF_TOKEN"):
-        T.push_to_hub(tmp_path, "me/pirate")
+    with pytest.raises(adapters.AdapterError, match="HF_TOKEN"):
+        adapters.push_to_hub(tmp_path, "me/pirate")
 
 
 def assert_four_bit_gradients_match_full_precision(model, tok, exs, config):
@@ -354,9 +306,9 @@ def assert_four_bit_gradients_match_full_precision(model, tok, exs, config):
     reference.load_state_dict({k: v.float() for k, v in model.state_dict().items() if "lora_" in k}, strict=False)
 
     def grads(m):
-        hs, ht, y = T.Distiller(m, tok, SYSTEM).hidden(exs)
+        hs, ht, y = engine.TeacherStudent(m, tok, SYSTEM).hidden(exs)
         m.zero_grad(set_to_none=True)
-        T.chunked_loss(m.get_output_embeddings(), "kl", hs, ht, y, backward_scale=1 / len(y))
+        losses.chunked_loss(m.get_output_embeddings(), "kl", hs, ht, y, backward_scale=1 / len(y))
         return torch.cat([p.grad.flatten() for n, p in sorted(m.named_parameters()) if p.requires_grad])
 
     four_bit, full = grads(model), grads(reference)
@@ -414,7 +366,7 @@ def test_short_run_on_the_embedded_model_lowers_held_out_kl(workspace, tmp_path)
     heldout = [v["heldout_kl"] for _, v in logged if "heldout_kl" in v]
     assert len(heldout) == 3 and heldout[-1] < heldout[0] * 0.9
     assert result["heldout_kl_after"] < result["heldout_kl_before"]
-    assert json.loads((tmp_path / "run" / "adapter" / T.RUN_FILE).read_text())["constitution_id"] == cid
+    assert json.loads((tmp_path / "run" / "adapter" / adapters.RUN_FILE).read_text())["constitution_id"] == cid
 
 
 def _cli_env(workspace):
@@ -481,7 +433,7 @@ def test_worker_killed_is_marked_failed_and_resumes_from_its_checkpoint(workspac
     job_id = jobs.submit(store, "train", cfg.to_dict())
     run_dir = store.runs_dir / str(job_id)
     deadline = time.time() + 180
-    while T.latest_checkpoint(run_dir) is None:
+    while adapters.latest_checkpoint(run_dir) is None:
         assert time.time() < deadline and store.get_job(job_id)["state"] in ("queued", "running"), store.get_job(job_id)
         time.sleep(0.2)
     os.kill(store.get_job(job_id)["pid"], signal.SIGKILL)
@@ -489,10 +441,50 @@ def test_worker_killed_is_marked_failed_and_resumes_from_its_checkpoint(workspac
     while jobs.get(store, job_id)["state"] == "running":
         time.sleep(0.2)
     assert jobs.get(store, job_id)["state"] == "failed" and time.time() - killed_at < 10
-    kept = int(T.latest_checkpoint(run_dir).name.split("-")[1])
+    kept = int(adapters.latest_checkpoint(run_dir).name.split("-")[1])
     jobs.resume(store, job_id)
     job = jobs.wait(store, job_id, timeout=300)
     assert job["state"] == "done", job["error"]
     assert job["result"]["step"] == 40
     log = (run_dir / "log.txt").read_text()
     assert f"resumed from step-{kept:06d}" in log
+
+
+def test_stop_while_sampling_the_teacher_is_honoured_and_keeps_the_answers(workspace, tiny_checkpoint):
+    """Stop between two generation steps of teacher sampling: the job ends cancelled (not killed
+    after the grace period), the finished batches are kept, and a resume samples only the rest."""
+    import json
+    import time
+
+    from ctxdistill import jobs
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(workspace)
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    # 64 answers a batch: 160 prompts make three batches of 64-token answers
+    cfg = T.TrainConfig(constitution_id=cid, model=str(tiny_checkpoint), quantize="none", steps=2, max_prompts=160,
+                        sample_tokens=64, eval_prompts=2, batch_size=4, eval_every=0, checkpoint_every=0)
+    job_id = jobs.submit(store, "train", cfg.to_dict())
+    partial = store.runs_dir / str(job_id) / "data.partial.json"
+    deadline = time.time() + 240
+    while not partial.is_file():                            # the first batch is done and kept
+        job = store.get_job(job_id)
+        assert time.time() < deadline and job["state"] in ("queued", "running"), job
+        time.sleep(0.05)
+    assert "tokens" in store.get_job(job_id)["message"]     # the phase reports its own counter
+    jobs.cancel(store, job_id, grace_s=30)
+    asked = time.time()
+    job = jobs.wait(store, job_id, timeout=60)
+    assert job["state"] == "cancelled" and "killed" not in (job["message"] or ""), job
+    assert time.time() - asked < 20
+    kept = len(json.loads(partial.read_text())["train"]["done"])
+    assert 64 <= kept < 160
+    log = (store.runs_dir / str(job_id) / "log.txt").read_text()
+    assert "phase: sampling the teacher's training answers" in log and f"{kept} answers kept" in log
+    jobs.resume(store, job_id)
+    job = jobs.wait(store, job_id, timeout=300)
+    assert job["state"] == "done", job["error"]
+    assert f"{kept} train answers kept from the previous attempt" in (store.runs_dir / str(job_id) / "log.txt").read_text()
+    assert not partial.exists()

@@ -10,8 +10,10 @@ from pathlib import Path
 import gradio as gr
 
 from ctxdistill import constitution as cmod
+from ctxdistill import jobs
 from ctxdistill import demo as demo_mode
-from ctxdistill.safety import UnsafeInput, check_upload, redact
+from ctxdistill.prompts import ensure_default_prompts
+from ctxdistill.safety import UnsafeInput, check_upload, redact, safe_path
 from ctxdistill.store import NotFound, Store, workspace_home
 
 # Model-heavy events share one queue slot: two visitors never load or run two models at once.
@@ -73,7 +75,7 @@ class AppContext:
 
     def watch(self, fn, inputs, outputs, on: tuple[str, ...]) -> None:
         """Run fn(inputs) -> outputs whenever the page's poll sees those parts of the store change
-        ("versions", "sets", "jobs"; see ui/poll.py)."""
+        ("versions", "sets", "jobs", "progress"; see ui/poll.py)."""
         self.watchers.append((fn, inputs, outputs, on))
 
     def limit(self, **values) -> None:
@@ -168,3 +170,46 @@ def starved_note(job: dict) -> str:
 
 def error_text(exc: Exception) -> str:
     return f"**Error:** {redact(str(exc))}"
+
+
+def keep(choices: list[tuple[str, int]], current, default=None):
+    """A dropdown's update to fresh choices: the current pick while it is still there."""
+    ids = [c[1] for c in choices]
+    return gr.update(choices=choices, value=current if current in ids else (default if default in ids else
+                                                                          (ids[0] if ids else None)))
+
+
+def highlight(tokens: list[str], kls: list[float]) -> list[tuple[str, float | None]]:
+    """(token, score in 0..1) pairs for gr.HighlightedText, scaled to the largest KL in the answer."""
+    top = max(kls, default=0.0) or 1.0
+    return [(tok, round(min(kl / top, 1.0), 3)) for tok, kl in zip(tokens, kls)]
+
+
+def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> list[str]:
+    ensure_default_prompts(ctx.store, owner)
+    rows = []
+    for s in ctx.store.prompt_sets(owner=owner):
+        rows += ctx.store.get_prompts(s["name"], split=split, owner=owner)
+    return [r["text"] for r in rows]
+
+
+def train_runs(ctx: AppContext, owner: str) -> list[dict]:
+    """The visitor's training runs (jobs of kind train), newest first."""
+    return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
+
+
+def adapter_dir(ctx: AppContext, job: dict) -> Path:
+    """Where a run's adapter lives (the job already checked to be the visitor's own)."""
+    return safe_path(ctx.store.runs_dir, f"{int(job['id'])}/adapter")
+
+
+def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    """(label, run id) of the finished runs with an adapter, newest first: the students one can talk to."""
+    out = []
+    for job in train_runs(ctx, owner):
+        path = adapter_dir(ctx, job)
+        if job["state"] == "done" and path.is_dir():
+            gap = (job["result"] or {}).get("gap_closed")
+            out.append((f"job {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
+                        job["id"]))
+    return out

@@ -18,12 +18,12 @@ import pandas as pd
 
 from ctxdistill import constitution as cmod
 from ctxdistill import evaluate as E
+from ctxdistill import report, stats
 from ctxdistill import jobs
 from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution, slider, starved_note
-from ctxdistill.ui.data import keep
-from ctxdistill.ui.preview import highlight, prompt_choices
+from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, draft_constitution, highlight, keep, prompt_choices, slider,
+                                  starved_note)
 
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
 CHOICES = {"1": "a", "2": "b", "3": "tie", "4": "both_bad"}
@@ -89,7 +89,7 @@ def per_prompt_table(results: dict, student: str | None, other: str | None) -> p
     cols = {"#": list(range(1, results["n_prompts"] + 1)), "prompt": [p["text"] for p in results["prompts"]]}
     for cond in ("base", student, other):
         if cond:
-            cols[f"KL {cond}"] = [round(v, 4) if math.isfinite(v) else None for v in E.per_prompt_kl(results, cond)]
+            cols[f"KL {cond}"] = [round(v, 4) if math.isfinite(v) else None for v in report.per_prompt_kl(results, cond)]
     for cond in ("base", "teacher", student, other):
         if cond:
             cols[cond] = [p["answers"][cond] for p in results["prompts"]]
@@ -102,9 +102,9 @@ def tally_markdown(tally: dict, student: str) -> str:
     if not tally["n"]:
         return "No votes yet: press **1**–**4** to vote."
     names = {"student": f"{student} better", "teacher": "teacher better", "tie": "tie", "both_bad": "both bad"}
-    parts = [f"**{names[o]}** {tally['counts'][o]} ({E._fmt(tally['rates'][o], pct=True)})" for o in E.VOTE_OUTCOMES]
+    parts = [f"**{names[o]}** {tally['counts'][o]} ({report.fmt_estimate(tally['rates'][o], pct=True)})" for o in stats.VOTE_OUTCOMES]
     return (f"**{tally['n']} votes** · " + " · ".join(parts) +
-            f"  \nStudent as good as the teacher (win or tie): {E._fmt(tally['rates']['student_or_tie'], pct=True)}")
+            f"  \nStudent as good as the teacher (win or tie): {report.fmt_estimate(tally['rates']['student_or_tie'], pct=True)}")
 
 
 def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | None, str, str, str, str]:
@@ -119,7 +119,7 @@ def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | 
     if not todo:
         return None, "All prompts reviewed.", "", "", progress
     p = todo[0]
-    teacher_is_a = E.blind_sides(ev["id"], p["id"], reviewer)
+    teacher_is_a = stats.blind_sides(ev["id"], p["id"], reviewer)
     a, b = ("teacher", student) if teacher_is_a else (student, "teacher")
     state = {"eval": ev["id"], "prompt": p["id"], "a_is": a}
     return state, f"**Prompt:** {p['text']}", p["answers"][a], p["answers"][b], progress
@@ -199,13 +199,8 @@ def build(ctx: AppContext) -> None:
     # ---------------------------------------------------------------- loading and the job
 
     def on_load(request: gr.Request):
-        owner = ctx.owner(request)
-        versions = [(f"v{v['id']} · {v['name']}", v["id"]) for v in ctx.store.list_constitution_versions(owner=owner)]
-        evals = eval_choices(ctx, owner)
-        latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=owner, limit=1)
-        return (gr.update(choices=versions, value=versions[0][1] if versions else None),
-                gr.update(choices=_runs(ctx, owner)), gr.update(choices=evals, value=evals[0][1] if evals else None),
-                [e[1] for e in evals], latest[0]["id"] if latest else None)
+        latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=ctx.owner(request), limit=1)
+        return latest[0]["id"] if latest else None
 
     ctx.blocks.load(on_load, None, job_id)
     ctx.blocks.load(None, None, None, js=KEYS_JS)
@@ -262,7 +257,7 @@ def build(ctx: AppContext) -> None:
             return status_html(current), gr.skip(), gr.skip()
         return status_html(current), gr.update(choices=evals, value=ids[0] if ids else None), ids
 
-    ctx.watch(poll, [job_id, known], [status, pick, known], on=("jobs",))
+    ctx.watch(poll, [job_id, known], [status, pick, known], on=("jobs", "progress"))
     job_id.change(poll, [job_id, known], [status, pick, known], show_progress="hidden")
 
     # ---------------------------------------------------------------- views of one evaluation
@@ -282,11 +277,11 @@ def build(ctx: AppContext) -> None:
         stu = stu if stu in r["conditions"] else None
         oth = oth if oth in r["conditions"] and oth != stu else None
         picked = [x for x in (stu, oth) if x]
-        rows = [row for row in E.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
+        rows = [row for row in report.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
         influence = r.get("influence") or []
-        return (pd.DataFrame(rows), E.fig_scores(r, picked), E.fig_kl_distribution(r, picked), E.fig_training(r, picked),
-                per_prompt_table(r, stu, oth), E.fig_influence(influence) if influence else None,
-                pd.DataFrame([{"principle": x["principle"], "KL without it": E._fmt(x), "n": x["n"], "text": x["text"]}
+        return (pd.DataFrame(rows), report.fig_scores(r, picked), report.fig_kl_distribution(r, picked), report.fig_training(r, picked),
+                per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else None,
+                pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
                               for x in influence]))
 
     view_outputs = [board, scores_plot, dist_plot, train_plot, table, influence_plot, influence_table]
@@ -311,7 +306,7 @@ def build(ctx: AppContext) -> None:
         owner = ctx.owner(request)
         ev = _eval(ctx, eval_id, owner)
         state, prompt, a, b, progress = next_blind(ctx, ev, owner)
-        tally = tally_markdown(E.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"]) if ev and ev["results"]["runs"] else ""
+        tally = tally_markdown(report.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"]) if ev and ev["results"]["runs"] else ""
         return state, prompt, a, b, progress, tally
 
     blind_outputs = [ab_state, ab_prompt, ab_a, ab_b, ab_progress, ab_tally]
@@ -347,7 +342,7 @@ def build(ctx: AppContext) -> None:
         if not prompts:
             raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
         rows = E.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
-        return E.fig_influence(rows), pd.DataFrame([{"principle": x["principle"], "KL without it": E._fmt(x), "n": x["n"],
+        return report.fig_influence(rows), pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"],
                                                      "text": x["text"]} for x in rows])
 
     influence_run.click(measure, [ctx.draft, influence_n_now], [influence_plot, influence_table],
@@ -366,6 +361,6 @@ def build(ctx: AppContext) -> None:
         if ev is None:
             raise gr.Error("Pick an evaluation first.")
         path = Path(tempfile.mkdtemp(prefix="ctxdistill-report-")) / f"eval-{ev['id']}.{kind}"
-        return str(E.write_report(ev["results"], path, E.eval_tally(ctx.store, ev["id"])))
+        return str(report.write_report(ev["results"], path, report.eval_tally(ctx.store, ev["id"])))
 
     export.click(on_export, [pick, fmt], report_file)

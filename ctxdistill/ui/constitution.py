@@ -58,14 +58,18 @@ def _choices(draft: dict) -> list[tuple[str, int]]:
 
 
 def _token_report(ctx: AppContext, rendered: str) -> str:
-    from ctxdistill.models import ModelError, context_window
+    from ctxdistill.models import ContextError, ModelError, check_fits, context_window
 
     try:
         model, tokenizer = ctx.model()
     except ModelError as exc:
         return f"token count unavailable: {exc}"
     used, limit = len(tokenizer.encode(rendered)), context_window(model)
-    warning = " — **too long for the model's context**" if used >= limit else ""
+    try:
+        check_fits(model, tokenizer, rendered)
+        warning = ""
+    except ContextError:
+        warning = " — **too long for the model's context**"
     return f"**{used}** tokens of the model's {limit}-token context{warning}"
 
 
@@ -280,7 +284,7 @@ def build(ctx: AppContext) -> None:
     upload.upload(from_upload, [upload, ctx.draft, ctx.version], replace_outputs)
 
     def do_save(draft, version, note, request: gr.Request):
-        from ctxdistill.models import ModelError, context_window
+        from ctxdistill.models import ContextError, ModelError, check_fits
 
         c = draft_constitution(draft)
         try:
@@ -289,9 +293,9 @@ def build(ctx: AppContext) -> None:
             return version, error_text(exc), gr.update(), gr.update()
         try:
             model, tokenizer = ctx.model()
-            used, limit = len(tokenizer.encode(cmod.render(c))), context_window(model)
-            if used >= limit:
-                return version, error_text(f"The rendered prompt is {used} tokens; the model's context is {limit}. Shorten it."), gr.update(), gr.update()
+            check_fits(model, tokenizer, cmod.render(c))
+        except ContextError as exc:
+            return version, error_text(exc), gr.update(), gr.update()
         except ModelError:
             pass  # the size check needs the tokenizer; saving does not
         owner = ctx.owner(request)
@@ -307,10 +311,10 @@ def build(ctx: AppContext) -> None:
     def show_diff(a, b, request: gr.Request):
         if a is None:
             return ""
-        text = cmod.dumps(cmod.from_dict(ctx.constitution(a, request)["content"]))
+        text = cmod.dumps(cmod.from_row(ctx.constitution(a, request)))
         if b is None:
             return f"<pre class='word-diff'>{html.escape(text)}</pre>"
-        old = cmod.dumps(cmod.from_dict(ctx.constitution(b, request)["content"]))
+        old = cmod.dumps(cmod.from_row(ctx.constitution(b, request)))
         return word_diff_html(old, text, f"v{b}", f"v{a}")
 
     history.change(show_diff, [history, compare], diff)
@@ -320,7 +324,7 @@ def build(ctx: AppContext) -> None:
         if which is None:
             return (draft, version, *[gr.update()] * len(everything), error_text("Pick a version to restore."))
         row = ctx.constitution(which, request)
-        c = cmod.from_dict(row["content"])
+        c = cmod.from_row(row)
         owner = ctx.owner(request)
         new_id = ctx.store.save_constitution(c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner)
         return replace_draft(c, new_id, request, f"Restored v{which} as **v{new_id}**.")

@@ -15,18 +15,9 @@ import pandas as pd
 
 from ctxdistill import curate, jobs
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
-from ctxdistill.sampling import (
-    MAX_BATCH,
-    GenerateConfig,
-    ImportFileError,
-    columns,
-    ensure_default_prompts,
-    guess_column,
-    import_prompts,
-    read_table,
-    select_prompts,
-)
-from ctxdistill.ui.common import AppContext, starved_note
+from ctxdistill.sampling import MAX_BATCH, GenerateConfig
+from ctxdistill.prompts import ImportFileError, columns, ensure_default_prompts, guess_column, import_prompts, read_table, select_prompts
+from ctxdistill.ui.common import AppContext, keep, starved_note
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -47,13 +38,6 @@ def versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
 def job_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
     rows = [j for j in jobs.list_jobs(ctx.store, owner=owner, limit=50) if j["kind"] in JOB_KINDS]
     return [(f"job {j['id']} · {j['kind']} · {j['state']}", j["id"]) for j in rows]
-
-
-def keep(choices: list[tuple[str, int]], current, default=None):
-    """A dropdown's update to fresh choices: the current pick while it is still there."""
-    ids = [c[1] for c in choices]
-    return gr.update(choices=choices, value=current if current in ids else (default if default in ids else
-                                                                          (ids[0] if ids else None)))
 
 
 def job_html(job: dict | None) -> str:
@@ -261,7 +245,7 @@ def build(ctx: AppContext) -> None:
     def show_job(job_id, request: gr.Request):
         return job_html(ctx.find_job(job_id, request))
 
-    ctx.watch(show_job, job, status, on=("jobs",))
+    ctx.watch(show_job, job, status, on=("jobs", "progress"))
     job.change(show_job, job, status, show_progress="hidden")
 
     def on_cancel(job_id, request: gr.Request):

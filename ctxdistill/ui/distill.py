@@ -16,17 +16,22 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ctxdistill import jobs
+from ctxdistill import adapters, estimate, jobs
 from ctxdistill import train as T
+from ctxdistill import train_config as TC
+from ctxdistill.models import default_models_dir
+from ctxdistill.precision import PRECISIONS, QUANTIZE, policy
+from ctxdistill.precision import facts as precision_facts
+from ctxdistill.prompts import ensure_default_prompts
 from ctxdistill.safety import safe_path
-from ctxdistill.ui.common import AppContext, error_text, starved_note
-from ctxdistill.ui.data import keep
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, adapter_dir, error_text, keep, starved_note, train_runs
 
 # the form: TrainConfig fields shown as widgets, in this order
 FORM = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
-        "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
-CHOICES = {"data": T.DATA_SOURCES, "loss": T.LOSSES, "quantize": T.QUANTIZE}
-RUN_COLUMNS = ["job", "state", "constitution", "loss", "data", "steps", "held-out KL before", "after", "gap closed"]
+        "precision", "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
+CHOICES = {"data": TC.DATA_SOURCES, "loss": TC.LOSSES, "quantize": QUANTIZE, "precision": PRECISIONS}
+RUN_COLUMNS = ["job", "state", "constitution", "loss", "data", "steps", "precision", "held-out KL before", "after",
+               "gap closed"]
 
 
 def _help(name: str) -> str:
@@ -41,7 +46,7 @@ def _widget(name: str, default, cap: int | None = None):
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **kw)
     if isinstance(default, int):  # the field stops where TrainConfig.validate would refuse (or at the demo's cap)
-        most = min((x for x in (cap, T.TRAIN_MAXIMA.get(name)) if x is not None), default=None)
+        most = min((x for x in (cap, TC.TRAIN_MAXIMA.get(name)) if x is not None), default=None)
         return gr.Number(value=default if cap is None else min(default, cap), precision=0, minimum=0, maximum=most, **kw)
     return gr.Number(value=default, **kw)
 
@@ -51,34 +56,15 @@ def _versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
             for v in ctx.store.list_constitution_versions(owner=owner)]
 
 
-def _runs(ctx: AppContext, owner: str) -> list[dict]:
-    return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
-
-
-def adapter_dir(ctx: AppContext, job: dict) -> Path:
-    """Where a run's adapter lives (the job already checked to be the visitor's own)."""
-    return safe_path(ctx.store.runs_dir, f"{int(job['id'])}/adapter")
-
-
-def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
-    """(label, run id) of the finished runs with an adapter, newest first: the students one can talk to."""
-    out = []
-    for job in _runs(ctx, owner):
-        path = adapter_dir(ctx, job)
-        if job["state"] == "done" and path.is_dir():
-            gap = (job["result"] or {}).get("gap_closed")
-            out.append((f"job {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
-                        job["id"]))
-    return out
-
-
 def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
     rows = []
-    for job in _runs(ctx, owner):
+    for job in train_runs(ctx, owner):
         cfg, result = job["config"], job["result"] or {}
         fmt = lambda key: round(result[key], 4) if isinstance(result.get(key), float) else None
         rows.append([job["id"], job["state"], f"v{cfg.get('constitution_id')}", cfg.get("loss"), cfg.get("data"),
-                     f"{job['progress_done']}/{cfg.get('steps')}", fmt("heldout_kl_before"), fmt("heldout_kl_after"),
+                     f"{job['progress_done']}/{cfg.get('steps')}",
+                     f"{result['quantize']}, {result['precision']}" if "precision" in result else cfg.get("precision", "auto"),
+                     fmt("heldout_kl_before"), fmt("heldout_kl_after"),
                      fmt("gap_closed")])
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
@@ -120,6 +106,79 @@ def log_tail(ctx: AppContext, job_id: int | None, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
 
+def form_values(raw: dict) -> dict:
+    """The form's widget values as TrainConfig fields (gradio's numbers arrive as floats)."""
+    defaults = T.TrainConfig()
+    return {k: (int(v) if type(getattr(defaults, k)) is int and v is not None else v) for k, v in raw.items()}
+
+
+def precision_text(quantize: str, precision: str) -> str:
+    """What the precision policy picks on this machine for the form's choices, and why."""
+    try:
+        chosen = policy(None, quantize or "auto", precision or "auto")
+    except ValueError as exc:
+        return f"**Precision:** {exc}"
+    return f"**Precision on this machine:** {chosen.label} — {chosen.reason}."
+
+
+_calibrations: dict[tuple, object] = {}   # (model, quantize, precision) -> Calibration, once per process
+
+
+def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, measure: bool) -> str:
+    """The run's predicted time from a calibration on this machine (measured when asked, then reused)."""
+    try:
+        cfg = T.TrainConfig(**form_values(values)).validate()
+    except (T.TrainError, TypeError, ValueError) as exc:
+        return f"**Time:** {exc}"
+    key = (ctx.model_spec, cfg.quantize, cfg.precision)
+    if key not in _calibrations:
+        if not measure:
+            return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
+        _calibrations[key] = estimate.calibrate(ctx.model_spec, quantize=cfg.quantize, precision=cfg.precision,
+                                                models_dir=default_models_dir(ctx.store.home))
+    name = (set_name or "").strip() or "default"
+    ensure_default_prompts(ctx.store, owner)
+    n_train = len(ctx.store.get_prompts(name, split="train", owner=owner))
+    n_train = min(n_train, cfg.max_prompts) if cfg.max_prompts else n_train
+    n_heldout = len(ctx.store.get_prompts(name, split="heldout", owner=owner))
+    sec = estimate.predict_train(_calibrations[key], cfg, n_train, n_heldout)
+    return (f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
+            + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
+            + f" ({n_train} train prompts, {cfg.steps} steps; measured with {_calibrations[key].precision}).")
+
+
+def machine_panel(ctx: AppContext, widgets: dict, prompt_set) -> None:
+    """The precision the policy picks for the form and why, the run's predicted time, and this
+    machine's facts (what ``ctxdistill info`` prints)."""
+    with gr.Row():
+        chosen = gr.Markdown(precision_text("auto", "auto"), elem_id="train-precision")
+        guess = gr.Markdown(elem_id="train-estimate")
+        measure = gr.Button("Estimate the time", size="sm", elem_id="train-estimate-button", scale=0)
+    with gr.Accordion("This machine", open=False):
+        facts = gr.JSON(elem_id="train-machine")
+
+    def on_choice(quantize, precision):
+        return precision_text(quantize, precision)
+
+    for name in ("quantize", "precision"):
+        widgets[name].change(on_choice, [widgets["quantize"], widgets["precision"]], chosen, queue=False)
+
+    def form(values: dict) -> dict:   # a set of inputs arrives as one {component: value} dict
+        return {name: values[widget] for name, widget in widgets.items()}
+
+    def on_measure(values: dict, request: gr.Request):
+        return (estimate_text(ctx, form(values), values[prompt_set], ctx.owner(request), measure=True),
+                precision_facts())
+
+    measure.click(on_measure, {prompt_set, *widgets.values()}, [guess, facts], concurrency_id=MODEL_QUEUE)
+
+    def on_form(values: dict, request: gr.Request):
+        return estimate_text(ctx, form(values), values[prompt_set], ctx.owner(request), measure=False)
+
+    for widget in (*widgets.values(), prompt_set):
+        widget.change(on_form, {prompt_set, *widgets.values()}, guess, queue=False)
+
+
 def build(ctx: AppContext) -> None:
     gr.Markdown("Train a LoRA adapter so that the model **without** the constitution answers as it does **with** it. "
                 "The defaults train the embedded model on the CPU in a few minutes. The held-out KL is the "
@@ -143,6 +202,7 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             for name in FORM[10:]:
                 widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
+    machine_panel(ctx, widgets, prompt_set)
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -169,7 +229,7 @@ def build(ctx: AppContext) -> None:
     plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
 
     def run_choices(owner: str, selected=None):
-        return keep([(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in _runs(ctx, owner)],
+        return keep([(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in train_runs(ctx, owner)],
                     selected)
 
     def version_list(current, request: gr.Request):
@@ -191,7 +251,7 @@ def build(ctx: AppContext) -> None:
         return status_html(job), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
 
     outputs = [status, loss_plot, heldout_plot, log, runs, plotted]
-    ctx.watch(poll, [run, plotted], outputs, on=("jobs",))
+    ctx.watch(poll, [run, plotted], outputs, on=("jobs", "progress"))
     run.change(poll, [run, plotted], outputs, show_progress="hidden")
 
     def settings_of(job_id, request: gr.Request):
@@ -212,8 +272,7 @@ def build(ctx: AppContext) -> None:
         if not version_id:
             raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
         ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
-        form = {name: values[widget] for name, widget in widgets.items()}
-        form = {k: (int(v) if type(getattr(defaults, k)) is int and v is not None else v) for k, v in form.items()}
+        form = form_values({name: values[widget] for name, widget in widgets.items()})
         try:
             cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
                                 model=ctx.model_spec or "", owner=owner, **form).validate()
@@ -256,8 +315,8 @@ def build(ctx: AppContext) -> None:
         job_id, spec = job["id"], job["config"].get("model") or None
         out = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
         try:
-            T.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=T.models_dir(ctx.store))
-        except T.TrainError as exc:
+            adapters.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=default_models_dir(ctx.store.home))
+        except adapters.AdapterError as exc:
             return None, error_text(exc)
         archive = shutil.make_archive(str(out), "zip", out)
         return archive, f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}) with its model card."
@@ -270,7 +329,7 @@ def build(ctx: AppContext) -> None:
         if not (repo or "").strip():
             return error_text(ValueError("give a repository id, e.g. me/pirate-adapter"))
         try:
-            return f"Pushed to {T.push_to_hub(adapter, repo.strip())}"
+            return f"Pushed to {adapters.push_to_hub(adapter, repo.strip())}"
         except Exception as exc:  # no token, network, permissions: shown, not raised
             return error_text(exc)
 

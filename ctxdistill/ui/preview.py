@@ -13,11 +13,10 @@ import pandas as pd
 from ctxdistill import constitution as cmod
 from ctxdistill.demo import gpu, kb
 from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, generate_rows, preview_stream
-from ctxdistill.models import ModelError, context_window, default_models_dir, get_model
-from ctxdistill.sampling import ensure_default_prompts
-from ctxdistill.train import AdapterError, merged_student
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, draft_constitution, slider
-from ctxdistill.ui.distill import adapter_choices, adapter_dir
+from ctxdistill.models import ModelError, check_fits, default_models_dir, get_model
+from ctxdistill.adapters import AdapterError, merged_student
+from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_choices, adapter_dir, draft_constitution, highlight,
+                                  prompt_choices, slider)
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
 
@@ -26,22 +25,13 @@ def _join(samples: list[str]) -> str:
     return "".join((SAMPLE_SEPARATOR.format(k=k + 1) if k else "") + s for k, s in enumerate(samples))
 
 
-def highlight(tokens: list[str], kls: list[float]) -> list[tuple[str, float | None]]:
-    """(token, score in 0..1) pairs for gr.HighlightedText, scaled to the largest KL in the answer."""
-    top = max(kls, default=0.0) or 1.0
-    return [(tok, round(min(kl / top, 1.0), 3)) for tok, kl in zip(tokens, kls)]
-
-
 def system_prompt(ctx: AppContext, draft_or_text, max_new_tokens: int) -> str:
     """Validate the constitution and that it fits in the model's context; return its system prompt."""
     c = cmod.parse(draft_or_text) if isinstance(draft_or_text, str) else draft_constitution(draft_or_text)
     cmod.ensure_valid(c)
     model, tokenizer = ctx.model()
     rendered = cmod.render(c)
-    used, limit = len(tokenizer.encode(rendered)), context_window(model)
-    if used + max_new_tokens + 64 > limit:
-        raise ValueError(f"The rendered constitution is {used} tokens; with {max_new_tokens} new tokens "
-                         f"it does not fit the model's context of {limit} tokens.")
+    check_fits(model, tokenizer, rendered, max_new_tokens)
     return rendered
 
 
@@ -86,14 +76,6 @@ def run_preview(ctx: AppContext, constitution, prompts: list[str], cfg: Sampling
 def sampling_config(greedy, temperature, top_p, seed, max_new_tokens, samples) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=0.0 if greedy else float(temperature),
                           top_p=float(top_p), seed=int(seed), n=int(samples))
-
-
-def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> list[str]:
-    ensure_default_prompts(ctx.store, owner)
-    rows = []
-    for s in ctx.store.prompt_sets(owner=owner):
-        rows += ctx.store.get_prompts(s["name"], split=split, owner=owner)
-    return [r["text"] for r in rows]
 
 
 def build(ctx: AppContext) -> None:

@@ -182,8 +182,7 @@ def build(ctx: AppContext) -> None:
             return counters_html({"total": 0, "accepted": 0, "rejected": 0, "pending": 0}, 0)
         f.pop("status")           # counters show the whole selection, whatever status is being reviewed
         counts = ctx.store.count_samples(owner=owner, **f)
-        flagged = counts["total"] - sum(1 for s in ctx.store.list_samples(owner=owner, **f) if not s["flags"])
-        return counters_html(counts, flagged)
+        return counters_html(counts, counts["flagged"])
 
     def render(owner: str, ids: list[int], at: int, filter_values, msg: str = ""):
         sample = None
@@ -295,7 +294,7 @@ def build(ctx: AppContext) -> None:
         return counts_of(ctx.owner(request), *filter_values)
 
     # a sampling or revise job adds samples: the counters and the version list follow it (the page's poll)
-    ctx.watch(poll_counts, filters, counters, on=("jobs",))
+    ctx.watch(poll_counts, filters, counters, on=("progress",))
     ctx.watch(version_choices, version, version, on=("versions", "jobs"))
 
     # ------------------------------------------------------------------ bulk and export

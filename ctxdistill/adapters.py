@@ -1,0 +1,221 @@
+"""The files of a run: adapters (save, check, load, merge), resumable checkpoints, the model card,
+export (peft adapter or merged model) and the push to the Hub. The one owner of ``runs/<id>/``'s
+adapter files; the training loop (train.py) and the evaluation (evaluate.py) call it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+
+RUN_FILE = "ctxdistill_run.json"      # written next to every saved adapter: what it was trained on
+EVAL_FILE = "ctxdistill_eval.json"    # written into a run's adapter by evaluate.py: its latest figures
+
+
+class AdapterError(RuntimeError):
+    """An adapter that cannot be used with this model (corrupt files, another base model)."""
+
+
+def model_fingerprint(model) -> dict:
+    """What an adapter must agree with: the base model's architecture and vocabulary."""
+    config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    return {k: getattr(config, k, None) for k in keys}
+
+
+def save_adapter(model, path: Path, info: dict) -> Path:
+    """The adapter in peft format (adapter_model.safetensors + adapter_config.json) and what it was trained on."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    (tmp / RUN_FILE).write_text(json.dumps({**info, "base": model_fingerprint(model)}, indent=2))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def check_adapter(path, model) -> dict:
+    """Raise AdapterError unless ``path`` holds a readable adapter made for this base model; returns its run info."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    weights, config = path / "adapter_model.safetensors", path / "adapter_config.json"
+    if not weights.is_file() or not config.is_file():
+        raise AdapterError(f"{path} is not an adapter: adapter_model.safetensors or adapter_config.json is missing")
+    try:
+        info = json.loads((path / RUN_FILE).read_text()) if (path / RUN_FILE).is_file() else {}
+        json.loads(config.read_text())
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise AdapterError(f"the adapter in {path} is corrupt or unreadable: {exc}") from exc
+    want, have = info.get("base"), model_fingerprint(model)
+    if want and want != have:
+        diff = ", ".join(f"{k} {want.get(k)} vs {have.get(k)}" for k in have if want.get(k) != have.get(k))
+        raise AdapterError(f"the adapter in {path} was trained on another base model ({diff}); load the model it was made for")
+    hidden = have.get("hidden_size")
+    for name, shape in shapes.items():
+        if "lora_A" in name and hidden and shape[1] not in _in_features(model):
+            raise AdapterError(f"the adapter in {path} does not fit this model: {name} expects {shape[1]} inputs")
+    return info
+
+
+def _in_features(model) -> set[int]:
+    return {m.in_features for m in model.modules() if hasattr(m, "in_features")}
+
+
+def load_adapter(model, path, trainable: bool = False, name: str = "default"):
+    """Base model + a saved adapter (the student), after ``check_adapter``. On a peft model
+    already holding adapters, adds this one under ``name``."""
+    from peft import PeftModel
+
+    check_adapter(path, model)
+    try:
+        if isinstance(model, PeftModel):
+            model.load_adapter(str(path), adapter_name=name, is_trainable=trainable)
+            return model
+        return PeftModel.from_pretrained(model, str(path), adapter_name=name, is_trainable=trainable)
+    except Exception as exc:  # shape mismatches and unknown modules surface here
+        raise AdapterError(f"the adapter in {path} does not fit this model: {exc}") from exc
+
+
+def merged_student(base, adapter_dir):
+    """The student for inference: a separate copy of ``base`` with the adapter merged in, so the
+    shared base model (teacher and unprompted base) stays untouched."""
+    import copy
+
+    return load_adapter(copy.deepcopy(base), adapter_dir).merge_and_unload().eval()
+
+
+def load_adapter_weights(model, path: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    check_adapter(path, model)
+    try:
+        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=str(model.device)))
+    except Exception as exc:
+        raise AdapterError(f"the adapter in {path} does not fit this model: {exc}") from exc
+    if getattr(result, "unexpected_keys", None):
+        raise AdapterError(f"the adapter in {path} does not fit this model: unexpected {result.unexpected_keys[:3]}")
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
+    """checkpoints/step-N/: the adapter (safetensors) and state.pt (optimiser, scheduler, step, RNG, best)."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    # Written under a hidden name and renamed when complete: a worker killed mid-write leaves no
+    # half checkpoint for resume to pick up.
+    name = f"step-{state['step']:06d}"
+    partial = root / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    save_adapter(model, partial, {"step": state["step"]})
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
+               partial / "state.pt")
+    path = root / name
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+    for old in sorted(root.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = [p for p in sorted((Path(run_dir) / "checkpoints").glob("step-*")) if (p / "state.pt").is_file()]
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    load_adapter_weights(model, path)
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state.pop("optimizer"))
+        scheduler.load_state_dict(state.pop("scheduler"))
+    except Exception as exc:
+        raise AdapterError(f"the checkpoint {path} is corrupt or from another configuration: {exc}") from exc
+    _set_rng_state(state.pop("rng"))
+    return state
+
+
+def write_model_card(path: Path, info: dict) -> Path:
+    """README.md for an exported adapter or merged model: constitution version, data, loss, held-out figures."""
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    config = info.get("config", {})
+    lines = [
+        "---", "library_name: peft", "tags: [context-distillation, lora, ctxdistill]", "---", "",
+        f"# {info.get('constitution', 'constitution')} (context-distilled)", "",
+        "A LoRA adapter trained with ctxdistill so that the model answers *without* its constitution in the "
+        "prompt as it does *with* it (context distillation).", "",
+        "| | |", "|---|---|",
+        f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}, {info.get('precision', '')} compute) |",
+        f"| precision | {info.get('precision_reason', '')} |",
+        f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, sha256 {str(info.get('constitution_hash', ''))[:12]} |",
+        f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set {info.get('prompt_set', '')!r} |",
+        f"| loss | {info.get('loss', '')} |",
+        f"| steps | {info.get('step', '')} (kept step {info.get('best_step', '')}) |",
+        f"| held-out KL(teacher‖base) | {fmt(info.get('heldout_kl_before'))} nats/token |",
+        f"| held-out KL(teacher‖student) | {fmt(info.get('heldout_kl_after'))} nats/token |",
+        f"| KL gap closed | {fmt(info.get('gap_closed'))} (on {info.get('n_heldout', '?')} held-out answers) |",
+        *(["", info["evaluation"]] if info.get("evaluation") else []),
+        "", "## Training settings", "", "```json", json.dumps(config, indent=2), "```", "",
+    ]
+    out = Path(path) / "README.md"
+    out.write_text("\n".join(lines))
+    return out
+
+
+def export(adapter_dir, out_dir, *, merged: bool = False, model_spec: str | None = None, models_dir=None) -> Path:
+    """Copy the adapter (peft safetensors) with a model card to ``out_dir``; with ``merged``, write the
+    base model with the adapter merged into it, in bfloat16, instead."""
+    from .models import load_model
+
+    adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise AdapterError(f"{adapter_dir} is not an adapter: adapter_model.safetensors is missing")
+    info = json.loads((adapter_dir / RUN_FILE).read_text()) if (adapter_dir / RUN_FILE).is_file() else {}
+    if (adapter_dir / EVAL_FILE).is_file():
+        info["evaluation"] = json.loads((adapter_dir / EVAL_FILE).read_text()).get("markdown", "")
+    if not merged:
+        shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
+        write_model_card(out_dir, info)
+        return out_dir
+    base, tokenizer = load_model(model_spec, models_dir=models_dir)
+    model = load_adapter(base, adapter_dir).merge_and_unload()
+    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    card = write_model_card(out_dir, info)
+    card.write_text(card.read_text().replace("library_name: peft", "library_name: transformers"))
+    return out_dir
+
+
+def push_to_hub(folder, repo_id: str, private: bool = True) -> str:
+    """Upload an exported folder. The token comes from the environment (HF_TOKEN), never from a file we write."""
+    from .safety import hub_token
+
+    token = hub_token()
+    if not token:
+        raise AdapterError("no Hugging Face token configured: set HF_TOKEN in the environment to push")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    return f"https://huggingface.co/{repo_id}"

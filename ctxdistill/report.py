@@ -1,0 +1,249 @@
+"""What an evaluation shows: figures, the scoreboard, and the report (Markdown, HTML with the plots
+inline, or JSON with every number). ``fmt_estimate`` is the one formatter of an estimate, used by
+the Compare tab too. No model and no store writes here.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .stats import CONDITIONS, VOTE_OUTCOMES, vote_tally
+
+
+class ReportError(ValueError):
+    """A report format or file name that is not one of md, html, json."""
+
+def _figure(ncols: int = 1, figsize=(6, 3.4)):
+    """A matplotlib figure outside pyplot's registry (nothing to close; no GUI backend needed)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, ncols)
+    return fig, axes
+
+
+def _bars(ax, names: list[str], ests: list[dict], title: str, color=None):
+    values = [e["value"] for e in ests]
+    err = np.array([[max(0.0, e["value"] - e["ci"][0]) if math.isfinite(e["ci"][0]) else 0.0 for e in ests],
+                    [max(0.0, e["ci"][1] - e["value"]) if math.isfinite(e["ci"][1]) else 0.0 for e in ests]])
+    ax.bar(names, values, yerr=err, capsize=4, color=color)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+
+
+def fig_scores(results: dict, labels: list[str] | None = None):
+    """Metric bars with 95% intervals: KL to the teacher, gap closed, retention, check pass rates."""
+    s = results["scores"]
+    labels = labels or [r["label"] for r in results["runs"]]
+    checks = s["checks"]
+    fig, axes = _figure(3 + bool(checks), figsize=(4 * (3 + bool(checks)), 3.4))
+    _bars(axes[0], ["base", *labels], [s["kl"][c] for c in ["base", *labels]], "KL(teacher‖x), nats/token")
+    _bars(axes[1], labels, [s["gap_closed"][c] for c in labels], "KL gap closed", "tab:green")
+    _bars(axes[2], ["teacher", *labels], [s["retention"][c]["delta"] for c in ["teacher", *labels]],
+          "Δ NLL of base answers (retention)", "tab:orange")
+    if checks:
+        conds = ["base", "teacher", *labels]
+        width = 0.8 / len(conds)
+        for k, cond in enumerate(conds):
+            ests = [row[cond] for row in checks.values()]
+            x = np.arange(len(checks)) + k * width
+            axes[3].bar(x, [e["value"] for e in ests], width, label=cond,
+                        yerr=np.array([[e["value"] - e["ci"][0] for e in ests], [e["ci"][1] - e["value"] for e in ests]]),
+                        capsize=2)
+        axes[3].set_xticks(np.arange(len(checks)) + 0.4 - width / 2, list(checks), fontsize=8)
+        axes[3].set_ylim(0, 1.05)
+        axes[3].set_title("check pass rate", fontsize=10)
+        axes[3].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def per_prompt_kl(results: dict, cond: str) -> list[float]:
+    return [sum(p["kl"][cond]) / len(p["kl"][cond]) if p["kl"].get(cond) else math.nan for p in results["prompts"]]
+
+
+def fig_kl_distribution(results: dict, labels: list[str] | None = None):
+    """Histogram of the per-prompt mean KL(teacher‖x) for the base model and the students."""
+    labels = labels or [r["label"] for r in results["runs"]]
+    fig, ax = _figure()
+    values = {c: [v for v in per_prompt_kl(results, c) if math.isfinite(v)] for c in ["base", *labels]}
+    top = max((max(v) for v in values.values() if v), default=1.0)
+    bins = np.linspace(0, top or 1.0, 21)
+    for cond, v in values.items():
+        ax.hist(v, bins=bins, alpha=0.55, label=cond)
+    ax.set_xlabel("mean KL(teacher‖x) per prompt, nats/token")
+    ax.set_ylabel("prompts")
+    ax.set_title(f"Held-out KL distribution ({results['n_prompts']} prompts)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_training(results: dict, labels: list[str] | None = None):
+    """Training loss and held-out KL of the compared runs, by step."""
+    fig, axes = _figure(2, figsize=(9, 3.2))
+    for r in results["runs"]:
+        if labels and r["label"] not in labels:
+            continue
+        for ax, name in zip(axes, ("loss", "heldout_kl")):
+            points = r["training"].get(name) or []
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if name == "heldout_kl" else None,
+                        label=r["label"])
+    for ax, title in zip(axes, ("training loss", "held-out KL(teacher‖student)")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_influence(rows: list[dict]):
+    """Principles sorted by how much removing them changes the teacher (KL, 95% interval)."""
+    fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
+    rows = list(reversed(rows))
+    values = [r["value"] for r in rows]
+    err = np.array([[r["value"] - r["ci"][0] for r in rows], [r["ci"][1] - r["value"] for r in rows]]) if rows else None
+    ax.barh([r["principle"] for r in rows], values, xerr=err, capsize=3, color="tab:purple")
+    ax.set_xlabel("KL(full constitution ‖ without it), nats/token")
+    ax.set_title("Principle influence", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def fig_votes(tally: dict):
+    fig, ax = _figure(figsize=(5, 3))
+    _bars(ax, list(VOTE_OUTCOMES), [tally["rates"][o] for o in VOTE_OUTCOMES], f"Blind A/B ({tally['n']} votes)", "tab:gray")
+    ax.set_ylim(0, 1.05)
+    fig.tight_layout()
+    return fig
+
+
+def png_base64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def fmt_estimate(est: dict | None, pct: bool = False) -> str:
+    if not est or not math.isfinite(est.get("value", math.nan)):
+        return "–"
+    f = (lambda v: f"{v:.0%}") if pct else (lambda v: f"{v:.4f}")
+    lo, hi = est["ci"]
+    ci = f" [{f(lo)}, {f(hi)}]" if math.isfinite(lo) else ""
+    return f"{f(est['value'])}{ci}"
+
+
+def scoreboard(results: dict) -> list[dict]:
+    """One row per condition: the headline figures with 95% intervals, as text."""
+    s = results["scores"]
+    rows = []
+    for cond in results["conditions"]:
+        checks = [row[cond]["value"] for row in s["checks"].values()]
+        rows.append({
+            "model": cond,
+            "n": results["n_prompts"],
+            "KL(teacher‖x)": "0 (reference)" if cond == "teacher" else fmt_estimate(s["kl"].get(cond)),
+            "gap closed": fmt_estimate(s["gap_closed"].get(cond), pct=True) if cond not in CONDITIONS else ("0%" if cond == "base" else "100%"),
+            "Δ NLL (retention)": fmt_estimate(s["retention"][cond]["delta"]) if cond in s["retention"] else "0 (reference)",
+            "checks passed": f"{np.mean(checks):.0%}" if checks else "–",
+            "words": fmt_estimate(s["length"][cond]["words"]).split(" [")[0],
+            "refusals": fmt_estimate(s["length"][cond]["refusal"], pct=True),
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    head = list(rows[0])
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
+                     ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in head) + " |" for r in rows])
+
+
+def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str, str, object]]:
+    """(heading, Markdown text, figure or None) in report order."""
+    s = results["scores"]
+    c = results["constitution"]
+    runs = ", ".join(f"{r['label']} ({r['loss']}, {r['steps']} steps, constitution v{r['constitution_id']})"
+                     for r in results["runs"]) or "none"
+    settings = results["settings"]
+    intro = (f"Constitution **{c['name']}** version {c['id']} (sha256 {c['hash'][:12]}); model {results['model']} "
+             f"({results['quantize']}); {results['n_prompts']} held-out prompts of set **{results['prompt_set']}**; "
+             f"runs: {runs}. Answers of {settings['sample_tokens']} tokens at temperature {settings['temperature']}, "
+             f"seed {settings['seed']}; 95% intervals from {settings['n_boot']} bootstrap resamples of the prompts; "
+             f"evaluated in {results['timing']['total_s']:.0f} s.")
+    sections = [("Setup", intro, None), ("Scoreboard", markdown_table(scoreboard(results)), fig_scores(results))]
+    if s["checks"]:
+        rows = [{"principle": pid, "check": row["check"], **{cond: fmt_estimate(row[cond], pct=True) for cond in results["conditions"]}}
+                for pid, row in s["checks"].items()]
+        sections.append(("Principle checks", markdown_table(rows), None))
+    sections.append(("KL distribution", "Per-prompt mean KL(teacher‖x) along the teacher's answers.",
+                     fig_kl_distribution(results)))
+    if any(r["training"] for r in results["runs"]):
+        sections.append(("Training curves", "", fig_training(results)))
+    if results.get("influence"):
+        rows = [{"principle": r["principle"], "KL without it": fmt_estimate(r), "text": r["text"]} for r in results["influence"]]
+        sections.append(("Principle influence", "KL between the teacher with the whole constitution and with one "
+                         "principle removed, along the teacher's answers; near zero = dead weight.\n\n" + markdown_table(rows),
+                         fig_influence(results["influence"])))
+    if results.get("judge"):
+        j = results["judge"]
+        rows = [{"principle": pid, **{cond: fmt_estimate(est, pct=True) for cond, est in row.items()}} for pid, row in j["adherence"].items()]
+        sections.append(("Model-as-judge", f"Judge: {j['model']}. Agreement with the automatic checks: "
+                         f"{fmt_estimate(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
+                         f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
+                         f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + markdown_table(rows), None))
+    if tally and tally["n"]:
+        rows = [{"outcome": o, "count": tally["counts"][o], "rate": fmt_estimate(tally["rates"][o], pct=True)} for o in VOTE_OUTCOMES]
+        sections.append(("Blind A/B review", markdown_table(rows), fig_votes(tally)))
+    else:
+        sections.append(("Blind A/B review", "No votes yet.", None))
+    return sections
+
+
+def report(results: dict, fmt: str = "md", tally: dict | None = None) -> str:
+    """A self-contained report: Markdown or HTML with the plots inline (base64 PNG), or JSON with every number."""
+    if fmt == "json":
+        return json.dumps({**results, "votes": tally}, indent=1, ensure_ascii=False)
+    title = f"Evaluation of {results['constitution']['name']} v{results['constitution']['id']}"
+    sections = report_sections(results, tally)
+    if fmt == "md":
+        parts = [f"# {title}"]
+        for heading, text, fig in sections:
+            parts += [f"## {heading}", text] + ([f"![{heading}](data:image/png;base64,{png_base64(fig)})"] if fig else [])
+        return "\n\n".join(p for p in parts if p) + "\n"
+    if fmt == "html":
+        import markdown_it  # gradio depends on it
+
+        md = markdown_it.MarkdownIt("commonmark", {"html": False}).enable("table")  # user text stays text
+        body = [f"<h1>{html.escape(title)}</h1>"]
+        for heading, text, fig in sections:
+            body += [f"<h2>{html.escape(heading)}</h2>", md.render(text)]
+            if fig:
+                body.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{png_base64(fig)}'>")
+        style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+        return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+    raise ReportError(f"report format must be md, html or json, not {fmt!r}")
+
+
+def write_report(results: dict, path, tally: dict | None = None) -> Path:
+    """Write the report in the format its suffix names (.md, .html or .json)."""
+    path = Path(path)
+    fmt = {".md": "md", ".html": "html", ".json": "json"}.get(path.suffix)
+    if fmt is None:
+        raise ReportError(f"report file must end in .md, .html or .json: {path}")
+    path.write_text(report(results, fmt, tally), encoding="utf-8")
+    return path
+
+
+def eval_tally(store, eval_id: int, n_boot: int = 1000) -> dict:
+    return vote_tally(store.list_votes(eval_id), n_boot)
