@@ -81,6 +81,18 @@ def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str
     return Calibration(chosen.label, load_s, step_s, score_s, decode_s, prefill_s)
 
 
+_measured: dict[tuple, Calibration] = {}
+
+
+def cached(spec: str | None, quantize: str, precision: str, models_dir=None, measure: bool = False) -> Calibration | None:
+    """This process's calibration for (model, quantize, precision): measured once when ``measure``,
+    then reused by every form that predicts a time; None while it has not been measured."""
+    key = (spec, quantize, precision)
+    if key not in _measured and measure:
+        _measured[key] = calibrate(spec, quantize=quantize, precision=precision, models_dir=models_dir)
+    return _measured.get(key)
+
+
 def _best(fn, repeats: int = 3) -> float:
     """The fastest of ``repeats`` runs after a warm-up: the machine's speed, not its noise."""
     fn()

@@ -191,3 +191,13 @@ def test_distill_form_shows_the_precision_and_the_time(tmp_path, tiny_checkpoint
     text = estimate_text(ctx, {**values, "steps": 40.0}, "default", "", measure=True)
     assert "Time on this machine" in text and "training" in text and "40 steps" in text
     assert "batch size must be" in estimate_text(ctx, {**values, "batch_size": 0}, "default", "", measure=False)
+
+
+def test_data_form_predicts_the_sampling_time(tmp_path, tiny_checkpoint):
+    from ctxdistill.ui.common import AppContext
+    from ctxdistill.ui.data import sampling_estimate
+
+    ctx = AppContext(home=tmp_path / "ws", model_spec=str(tiny_checkpoint))
+    assert "press *Estimate the time*" in sampling_estimate(ctx, "", "default", "", 0, 1, 32, 8, measure=False)
+    text = sampling_estimate(ctx, "", "default", "", 10, 2, 32, 8, measure=True)
+    assert "Time on this machine" in text and "10 prompts" in text and "30 answers" in text

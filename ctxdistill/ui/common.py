@@ -75,7 +75,7 @@ class AppContext:
 
     def watch(self, fn, inputs, outputs, on: tuple[str, ...]) -> None:
         """Run fn(inputs) -> outputs whenever the page's poll sees those parts of the store change
-        ("versions", "sets", "jobs", "progress"; see ui/poll.py)."""
+        ("versions", "sets", "jobs", "progress:<kind>"; see ui/poll.py)."""
         self.watchers.append((fn, inputs, outputs, on))
 
     def limit(self, **values) -> None:

@@ -257,7 +257,7 @@ def build(ctx: AppContext) -> None:
             return status_html(current), gr.skip(), gr.skip()
         return status_html(current), gr.update(choices=evals, value=ids[0] if ids else None), ids
 
-    ctx.watch(poll, [job_id, known], [status, pick, known], on=("jobs", "progress"))
+    ctx.watch(poll, [job_id, known], [status, pick, known], on=("jobs", "progress:evaluate"))
     job_id.change(poll, [job_id, known], [status, pick, known], show_progress="hidden")
 
     # ---------------------------------------------------------------- views of one evaluation

@@ -13,11 +13,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ctxdistill import curate, jobs
+from ctxdistill import curate, estimate, jobs
+from ctxdistill.models import default_models_dir
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
 from ctxdistill.sampling import MAX_BATCH, GenerateConfig
 from ctxdistill.prompts import ImportFileError, columns, ensure_default_prompts, guess_column, import_prompts, read_table, select_prompts
-from ctxdistill.ui.common import AppContext, keep, starved_note
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, keep, starved_note
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -71,6 +72,20 @@ def _source(ctx: AppContext, upload, dataset_path) -> str:
     return path
 
 
+def sampling_estimate(ctx: AppContext, owner: str, set_name, search, limit, n, max_new, batch, measure: bool) -> str:
+    """The sampling job's predicted time on this machine, from the process's calibration (estimate.py)."""
+    g = GenerateConfig()
+    cal = estimate.cached(ctx.model_spec, g.quantize, g.precision, default_models_dir(ctx.store.home), measure)
+    if cal is None:
+        return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
+    ensure_default_prompts(ctx.store, owner)
+    prompts = select_prompts(ctx.store, set_name or "default", search=search or "", limit=int(limit or 0), owner=owner)
+    rows = len(prompts) * (int(n or 1) + (1 if g.unprompted else 0))
+    seconds = estimate.predict_sampling(cal, rows, int(max_new or 0), int(batch or 1))
+    return (f"**Time on this machine:** about {estimate.duration(seconds)} for {len(prompts)} prompts "
+            f"({rows} answers of up to {int(max_new or 0)} tokens; measured with {cal.precision}).")
+
+
 def build(ctx: AppContext) -> None:
     ensure_default_prompts(ctx.store)
     gr.Markdown("### Prompt sets\nThe shipped set `default` is there from the start. Held-out prompts are never "
@@ -115,6 +130,9 @@ def build(ctx: AppContext) -> None:
         top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p", elem_id="gen-top-p")
         batch = gr.Number(label="Prompts per batch", value=min(g.batch_size, caps.batch_size) if caps else g.batch_size,
                           precision=0, minimum=1, maximum=caps.batch_size if caps else MAX_BATCH, elem_id="gen-batch")
+    with gr.Row():
+        gen_time = gr.Markdown(elem_id="gen-estimate")
+        gen_measure = gr.Button("Estimate the time", size="sm", scale=0, elem_id="gen-estimate-button")
     start_gen = gr.Button("Start sampling", variant="primary", elem_id="gen-start")
 
     gr.Markdown("### Critique and revise (SL-CAI)\nEach round picks a principle, asks the model to critique the "
@@ -225,6 +243,17 @@ def build(ctx: AppContext) -> None:
     start_gen.click(on_generate, [version, prompt_set, search, limit, n, max_new, temperature, top_p, batch],
                     job).then(**ctx.poll_now)
 
+    def on_gen_measure(set_name_, search_, limit_, n_, max_new_, batch_, request: gr.Request):
+        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, batch_, measure=True)
+
+    def on_gen_form(set_name_, search_, limit_, n_, max_new_, batch_, request: gr.Request):
+        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, batch_, measure=False)
+
+    gen_fields = [prompt_set, search, limit, n, max_new, batch]
+    gen_measure.click(on_gen_measure, gen_fields, gen_time, concurrency_id=MODEL_QUEUE)
+    for field in gen_fields:
+        field.change(on_gen_form, gen_fields, gen_time, queue=False)
+
     def on_revise(version_id, set_name_, rounds_, order_, start_, max_new_, temp, top_p_, request: gr.Request):
         if not version_id:
             raise gr.Error("Pick a saved constitution version first.")
@@ -245,7 +274,7 @@ def build(ctx: AppContext) -> None:
     def show_job(job_id, request: gr.Request):
         return job_html(ctx.find_job(job_id, request))
 
-    ctx.watch(show_job, job, status, on=("jobs", "progress"))
+    ctx.watch(show_job, job, status, on=("jobs", "progress:generate", "progress:revise"))
     job.change(show_job, job, status, show_progress="hidden")
 
     def on_cancel(job_id, request: gr.Request):

@@ -121,30 +121,24 @@ def precision_text(quantize: str, precision: str) -> str:
     return f"**Precision on this machine:** {chosen.label} — {chosen.reason}."
 
 
-_calibrations: dict[tuple, object] = {}   # (model, quantize, precision) -> Calibration, once per process
-
-
 def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, measure: bool) -> str:
     """The run's predicted time from a calibration on this machine (measured when asked, then reused)."""
     try:
         cfg = T.TrainConfig(**form_values(values)).validate()
     except (T.TrainError, TypeError, ValueError) as exc:
         return f"**Time:** {exc}"
-    key = (ctx.model_spec, cfg.quantize, cfg.precision)
-    if key not in _calibrations:
-        if not measure:
-            return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
-        _calibrations[key] = estimate.calibrate(ctx.model_spec, quantize=cfg.quantize, precision=cfg.precision,
-                                                models_dir=default_models_dir(ctx.store.home))
+    cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision, default_models_dir(ctx.store.home), measure)
+    if cal is None:
+        return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
     name = (set_name or "").strip() or "default"
     ensure_default_prompts(ctx.store, owner)
     n_train = len(ctx.store.get_prompts(name, split="train", owner=owner))
     n_train = min(n_train, cfg.max_prompts) if cfg.max_prompts else n_train
     n_heldout = len(ctx.store.get_prompts(name, split="heldout", owner=owner))
-    sec = estimate.predict_train(_calibrations[key], cfg, n_train, n_heldout)
+    sec = estimate.predict_train(cal, cfg, n_train, n_heldout)
     return (f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
             + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
-            + f" ({n_train} train prompts, {cfg.steps} steps; measured with {_calibrations[key].precision}).")
+            + f" ({n_train} train prompts, {cfg.steps} steps; measured with {cal.precision}).")
 
 
 def machine_panel(ctx: AppContext, widgets: dict, prompt_set) -> None:
@@ -251,7 +245,7 @@ def build(ctx: AppContext) -> None:
         return status_html(job), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
 
     outputs = [status, loss_plot, heldout_plot, log, runs, plotted]
-    ctx.watch(poll, [run, plotted], outputs, on=("jobs", "progress"))
+    ctx.watch(poll, [run, plotted], outputs, on=("jobs", "progress:train"))
     run.change(poll, [run, plotted], outputs, show_progress="hidden")
 
     def settings_of(job_id, request: gr.Request):

@@ -3,7 +3,7 @@ with ``ctx.watch(fn, inputs, outputs, on=parts)``, and those callbacks run only 
 the store changed, and send only the outputs whose value changed.
 
 The parts (PARTS) are a small fingerprint of the visitor's store: the saved versions, the prompt
-sets, the list of jobs with their states, and the jobs' progress. Each is a gr.State of its own, so a
+sets, the list of jobs with their states, and the jobs' progress, by kind. Each is a gr.State of its own, so a
 job's progress re-renders its status line and not every list that names jobs. The page's one
 gr.Timer ticks every ACTIVE_S while a job is queued or running and is off otherwise: an idle page
 makes no requests. Page load, switching tabs and the buttons that save a version or start, stop or
@@ -23,7 +23,10 @@ from ctxdistill import jobs
 from ctxdistill.ui.common import AppContext
 
 ACTIVE_S = 1.0
-PARTS = ("versions", "sets", "jobs", "progress")
+# a job's progress is a part per kind: a training step re-renders the Distill tab's status, not the
+# Data tab's (each tab watches the kinds it shows)
+PROGRESS_KINDS = ("generate", "revise", "train", "evaluate")
+PARTS = ("versions", "sets", "jobs", *(f"progress:{kind}" for kind in PROGRESS_KINDS))
 _MEMO_SESSIONS = 1000          # per-session memory of what each watcher last sent
 
 
@@ -34,8 +37,9 @@ def fingerprint(ctx: AppContext, owner: str) -> dict:
         "versions": [(v["id"], v["message"]) for v in ctx.store.list_constitution_versions(owner=owner)],
         "sets": [(s["name"], s["n_train"], s["n_heldout"]) for s in ctx.store.prompt_sets(owner=owner)],
         "jobs": [(j["id"], j["kind"], j["state"]) for j in rows],
-        "progress": [(j["id"], j["progress_done"], j["progress_total"], j["message"], j["error"],
-                      jobs.starved(j) is not None) for j in rows],
+        **{f"progress:{kind}": [(j["id"], j["progress_done"], j["progress_total"], j["message"], j["error"],
+                                 jobs.starved(j) is not None) for j in rows if j["kind"] == kind]
+           for kind in PROGRESS_KINDS},
     }
 
 

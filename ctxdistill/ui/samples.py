@@ -294,7 +294,7 @@ def build(ctx: AppContext) -> None:
         return counts_of(ctx.owner(request), *filter_values)
 
     # a sampling or revise job adds samples: the counters and the version list follow it (the page's poll)
-    ctx.watch(poll_counts, filters, counters, on=("progress",))
+    ctx.watch(poll_counts, filters, counters, on=("progress:generate", "progress:revise"))
     ctx.watch(version_choices, version, version, on=("versions", "jobs"))
 
     # ------------------------------------------------------------------ bulk and export
