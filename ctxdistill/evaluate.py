@@ -41,6 +41,7 @@ from .precision import PRECISIONS, QUANTIZE
 from .adapters import EVAL_FILE
 from .engine import Example, TeacherStudent, adapters_off
 from .generate import SamplingConfig, generate_rows, response_logits
+from .jobs import Meter, eta_text
 from .losses import ce_per_token, kl_per_token
 from .report import fmt_estimate, markdown_table
 from .stats import (check_rates, gap_closed_estimate, mean_estimate, rank_auc, retention, text_summary,
@@ -404,11 +405,14 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     timing: dict[str, float] = {}
     started, cpu_started = time.perf_counter(), time.process_time()
 
+    meter = Meter(total, "units")
+
     def tick(k: int, message: str):
         if hooks.should_stop():
             raise Stopped("stopped by request")
         done[0] += k
-        hooks.progress(done[0], total, message)
+        eta = meter.eta(done[0])
+        hooks.progress(done[0], total, message + (f" · ETA {eta_text(eta)}" if eta is not None else ""))
 
     hooks.progress(0, total, "loading the model and the adapters")
     model, tok, names, chosen = load_students(cfg, the_plan, models_dir or default_models_dir(store.home))

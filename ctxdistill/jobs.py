@@ -94,6 +94,45 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def eta_text(seconds: float) -> str:
+    """Seconds left, as a progress line shows them: 45s, 3m 05s."""
+    seconds = int(max(0.0, seconds))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Meter:
+    """The counter, rate and ETA of one phase of a job: ``line(done)`` gives "12/40 prompts · 3.1
+    prompts/s · ETA 9s". Work already done when the phase started (a resumed job) counts for the
+    counter but not for the rate. ``due()`` limits updates to one a second."""
+
+    def __init__(self, total: int, unit: str, done: int = 0, name: str = ""):
+        self.total, self.unit, self.first, self.name = total, unit, done, name
+        self.started = self._last = time.monotonic()
+
+    def due(self, done: int) -> bool:
+        now = time.monotonic()
+        if now - self._last >= 1.0 or done >= self.total:
+            self._last = now
+            return True
+        return False
+
+    def rate(self, done: int) -> float:
+        return (done - self.first) / max(time.monotonic() - self.started, 1e-9)
+
+    def eta(self, done: int) -> float | None:
+        if done >= self.total:
+            return 0.0
+        rate = self.rate(done)
+        return (self.total - done) / rate if rate > 0 else None
+
+    def line(self, done: int, extra: str = "") -> str:
+        eta = self.eta(done)
+        parts = [f"{self.name + ': ' if self.name else ''}{done}/{self.total} {self.unit}",
+                 *([extra] if extra else []), f"{self.rate(done):.1f} {self.unit}/s" if done > self.first else "",
+                 f"ETA {eta_text(eta)}" if eta is not None else ""]
+        return " · ".join(p for p in parts if p)
+
+
 class Cancelled(Exception):
     """Raised by a job function  to stop early; the job ends 'cancelled'."""
 

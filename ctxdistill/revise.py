@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from .config import SamplingStageConfig
 from .constitution import Principle, from_row, render
 from .generate import Prefixes, generate_rows, split_rows
-from .sampling import eta_text, job_model, never
+from .jobs import Meter
+from .sampling import job_model, never
 from .store import SAMPLE_STATUSES, Store
 
 ORDERS = ("cycle", "random")
@@ -129,6 +130,7 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
     if progress:
         progress(done, total, f"{done}/{total} rounds")
     prefixes, started, new_tokens, steps = None, time.monotonic(), 0, 0
+    meter = Meter(total, "rounds", done)
 
     def generate(conversations: list[list[dict]], seeds: list[int]) -> list[list[int]]:
         nonlocal prefixes, new_tokens
@@ -169,8 +171,7 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
             done += len(active)
             elapsed = time.monotonic() - started
             if progress:
-                eta = (total - done) * elapsed / steps
-                progress(done, total, f"{done}/{total} rounds · {new_tokens / elapsed:.0f} tokens/s · ETA {eta_text(eta)}")
+                progress(done, total, meter.line(done, f"{new_tokens / elapsed:.0f} tokens/s"))
     flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
     return {"samples": len(samples), "revised_now": len(todo), "rounds_done_now": steps, "new_tokens": new_tokens,
             "flags": flags, "constitution_id": cfg.constitution_id}

@@ -18,6 +18,7 @@ from . import curate
 from .config import SamplingStageConfig
 from .constitution import from_row, render
 from .generate import Prefixes, generate_rows, split_rows
+from .jobs import Meter
 from .prompts import DEFAULT_SET, select_prompts
 from .store import Store
 
@@ -62,11 +63,6 @@ def never() -> bool:
     return False
 
 
-def eta_text(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def run_generate(store: Store, cfg: GenerateConfig, model, tokenizer, *, progress=None,
                  should_stop=never, log=None, job_id: int | None = None) -> dict:
     """Answer the selected prompts with and without the constitution; returns a summary.
@@ -94,6 +90,7 @@ def run_generate(store: Store, cfg: GenerateConfig, model, tokenizer, *, progres
     if progress:
         progress(done, total, f"{done}/{total} prompts")
     prefixes, started, new_tokens, written = None, time.monotonic(), 0, 0
+    meter = Meter(total, "prompts", done)
     for start in range(0, len(todo), cfg.batch_size):
         if should_stop():
             raise Cancelled("cancelled by request")
@@ -127,10 +124,8 @@ def run_generate(store: Store, cfg: GenerateConfig, model, tokenizer, *, progres
         written += len(items)
         done += len(batch)
         elapsed = time.monotonic() - started
-        rate = (start + len(batch)) / elapsed
         if progress:
-            progress(done, total, f"{done}/{total} prompts · {new_tokens / elapsed:.0f} tokens/s · "
-                                  f"ETA {eta_text((total - done) / rate)}")
+            progress(done, total, meter.line(done, f"{new_tokens / elapsed:.0f} tokens/s"))
     flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
     elapsed = time.monotonic() - started
     return {"prompts": total, "answered_now": len(todo), "samples_written": written, "new_tokens": new_tokens,

@@ -27,6 +27,7 @@ import torch
 from .adapters import (latest_checkpoint, load_adapter_weights, load_checkpoint, save_adapter,
                        save_checkpoint, write_model_card)
 from .engine import Example, SamplingStopped, TeacherStudent, heldout_kl, sample_answers
+from .jobs import Meter, eta_text
 from .losses import chunked_loss, gap_closed
 from .train_config import TrainConfig, TrainError
 
@@ -142,27 +143,19 @@ def _peak_mem_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
 
 
-def _eta(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
 def _phase(hooks: Hooks, step: int, steps: int, name: str, unit: str):
     """Progress of a phase between training steps (teacher sampling, the held-out KL): a log line when
     it starts, then ``report(done, total)`` puts its own counter, rate and ETA in the progress
     message, at most once a second."""
     hooks.info(f"phase: {name}")
     hooks.progress(step, steps, name)
-    started, last = time.perf_counter(), [0.0]
+    meters: list[Meter] = []
 
     def report(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - last[0] < 1.0 and done < total:
-            return
-        last[0] = now
-        rate = done / max(now - started, 1e-9)
-        eta = f" · ETA {_eta((total - done) / rate)}" if 0 < done < total else ""
-        hooks.progress(step, steps, f"{name}: {done}/{total} {unit} · {rate:.1f} {unit}/s{eta}")
+        if not meters:
+            meters.append(Meter(total, unit, name=name))
+        if meters[0].due(done):
+            hooks.progress(step, steps, meters[0].line(done))
     return report
 
 
@@ -266,7 +259,7 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
                    "peak_mem_mb": _peak_mem_mb(device)}, step + 1)
         eta = elapsed / (step + 1 - first_step) * (cfg.steps - step - 1)
         hooks.progress(step + 1, cfg.steps, f"step {step + 1}/{cfg.steps} · loss {values['loss']:.4f} · "
-                                            f"{tokens_seen / elapsed:.0f} tok/s · ETA {_eta(eta)}")
+                                            f"{tokens_seen / elapsed:.0f} tok/s · ETA {eta_text(eta)}")
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             evaluate(step + 1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and main:

@@ -235,3 +235,17 @@ def test_a_command_settles_a_worker_killed_while_no_page_was_open(store):
     worker.wait()
     assert store.get_job(job_id)["state"] == "running"          # nobody has looked yet
     assert open_store(argparse.Namespace(workspace=str(store.home))).get_job(job_id)["state"] == "failed"
+
+
+def test_meter_counts_this_runs_work_only(monkeypatch):
+    from ctxdistill.jobs import Meter, eta_text
+
+    now = [100.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: now[0])
+    meter = Meter(10, "prompts", done=4, name="sampling")      # resumed: 4 were done before
+    assert meter.line(4) == "sampling: 4/10 prompts"
+    now[0] += 2.0
+    assert meter.rate(6) == 1.0 and meter.eta(6) == 4.0
+    assert meter.line(6, "30 tokens/s") == "sampling: 6/10 prompts · 30 tokens/s · 1.0 prompts/s · ETA 4s"
+    assert meter.due(6) and not meter.due(7) and meter.due(10)
+    assert eta_text(185) == "3m 05s" and eta_text(-3) == "0s"
