@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -27,7 +28,8 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxdistill import engine  # noqa: E402
+from ctxdistill import engine, estimate  # noqa: E402
+from ctxdistill.prompts import ensure_default_prompts  # noqa: E402
 from ctxdistill.adapters import load_adapter  # noqa: E402
 from ctxdistill import train as T  # noqa: E402
 from ctxdistill.constitution import content_hash, load, render, to_dict  # noqa: E402
@@ -42,12 +44,21 @@ def timed_run(store, cfg: T.TrainConfig, run_dir: Path) -> tuple[dict, dict]:
     def progress(done, total, message):
         if done >= 1 and "trained" not in marks:
             marks["trained"] = time.perf_counter()  # first step done: sampling and setup are over
+        eta = re.search(r"step (\d+)/\d+ .*ETA (?:(\d+)m )?(\d+)s", message)
+        if eta and int(eta.group(1)) == max(1, cfg.steps // 8) and "eta" not in marks:   # the ETA an eighth in
+            marks["eta"] = (time.perf_counter(), 60 * int(eta.group(2) or 0) + int(eta.group(3)))
         print(f"\r  {message[:100]:100s}", end="", flush=True)
 
     result = T.run(cfg, store, run_dir, T.Hooks(progress=progress))
     marks["end"] = time.perf_counter()
     print()
-    return result, {"total_s": marks["end"] - marks["start"], "setup_s": marks.get("trained", marks["end"]) - marks["start"]}
+    times = {"total_s": marks["end"] - marks["start"], "setup_s": marks.get("trained", marks["end"]) - marks["start"]}
+    if "eta" in marks:
+        at, said = marks["eta"]
+        times["eta_ratio"] = said / max(marks["end"] - at, 1e-9)
+        print(f"  ETA shown at step {max(1, cfg.steps // 8)}: {said} s; the rest took {marks['end'] - at:.0f} s "
+              f"(ratio {times['eta_ratio']:.2f})")
+    return result, times
 
 
 def full_heldout(store, cid: int, adapters: dict[str, Path], quantize: str, precision: str, tokens: int) -> dict:
@@ -86,13 +97,20 @@ def main():
     apply_profile(args)
     home = Path(args.keep or tempfile.mkdtemp(prefix="ctxdistill-bench-"))
     store = Store(home)
+    ensure_default_prompts(store)
     c = load(REPO / "assets/constitutions/pirate.yaml")
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared)")
     cfg = T.TrainConfig(constitution_id=cid)
+    cal = estimate.calibrate(quantize=cfg.quantize, precision=cfg.precision)
+    n_train, n_heldout = (len(store.get_prompts("default", split=x)) for x in ("train", "heldout"))
+    predicted = estimate.predict_train(cal, cfg, n_train, n_heldout)
+    print("predicted before the run (calibration): " + ", ".join(f"{k} {v:.0f} s" for k, v in predicted.items()))
     print(f"kl run, default settings: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, r {cfg.lora_r}, "
           f"{cfg.sample_tokens}-token samples, {policy(None, cfg.quantize, cfg.precision).label}")
     kl, kl_time = timed_run(store, cfg, home / "runs" / "kl")
+    print(f"  predicted {predicted['total']:.0f} s, measured {kl_time['total_s']:.0f} s "
+          f"(ratio {predicted['total'] / kl_time['total_s']:.2f})")
     print(f"  wall {kl_time['total_s']:.0f} s (sampling + setup {kl_time['setup_s']:.0f} s); held-out ({kl['n_heldout']} prompts) "
           f"KL {kl['heldout_kl_before']:.4f} -> {kl['heldout_kl_after']:.4f}, gap closed {kl['gap_closed']:.3f}")
     adapters = {"kl": home / "runs" / "kl" / "adapter"}

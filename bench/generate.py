@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -115,7 +116,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per batch in the job")
     parser.add_argument("--side", choices=("job", "baseline"), help=argparse.SUPPRESS)
+    add_profile_flag(parser)
     args = parser.parse_args()
+    apply_profile(args)
     if args.side:
         return child(args)
     results = {}

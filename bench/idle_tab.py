@@ -25,6 +25,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 from ctxdistill.store import Store  # noqa: E402
 from tests.e2e.conftest import CHROMIUM, CHROMIUM_FLAGS, start_app, stop_app  # noqa: E402
@@ -76,7 +77,9 @@ def main() -> None:
     parser.add_argument("--tab", default="distill", help="the tab left open (its title, lower-cased)")
     parser.add_argument("--settle", type=float, default=10.0,
                         help="seconds between the page's first load (the model loaded) and the first window")
+    add_profile_flag(parser)
     args = parser.parse_args()
+    apply_profile(args)
     from playwright.sync_api import sync_playwright
 
     home = Path(tempfile.mkdtemp(prefix="ctxdistill-idle-"))

@@ -36,6 +36,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -311,7 +312,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-previews", dest="previews", action="store_false", help="light calls only")
     parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the kill-and-restart test")
     parser.add_argument("--attack", action="store_true", help="one more visitor sends hostile constitutions")
+    add_profile_flag(parser)
     args = parser.parse_args(argv)
+    apply_profile(args)
     home = Path(tempfile.mkdtemp(prefix="ctxdistill-load-"))
     out_dir = home / "bench"
     out_dir.mkdir()

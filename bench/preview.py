@@ -21,6 +21,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 os.environ.setdefault("CTXDISTILL_MODELS", str(ROOT / ".cache" / "models"))
 
 from ctxdistill import constitution as cmod  # noqa: E402
@@ -43,7 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    add_profile_flag(parser)
     args = parser.parse_args()
+    apply_profile(args)
     torch.manual_seed(0)
     model, tokenizer = load_model()
     system = cmod.render(cmod.load(ROOT / "assets" / "constitutions" / "pirate.yaml"))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 from ctxdistill import jobs  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
@@ -53,7 +54,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=["idle", "low", "normal"])
     parser.add_argument("--seconds", type=float, default=20.0)
+    add_profile_flag(parser)
     args = parser.parse_args()
+    apply_profile(args)
     from gradio_client import Client
 
     rows = []

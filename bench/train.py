@@ -34,6 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -95,7 +96,7 @@ def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: in
     cfg = T.TrainConfig(batch_size=batch)
     params, optimizer, _ = T._setup_optimizer(cfg, model)
     if kind == "trl":
-        return measure_trl(model, tok, data, steps, batch, start, bf16=quantize == "4bit")
+        return measure_trl(model, tok, data, steps, batch, start, bf16=d.compute_dtype == torch.bfloat16)
     if kind == "naive":
         step_fn = naive_step(model, tok, render(c), data, batch, quantize)
     else:
@@ -209,13 +210,16 @@ def child(kind: str, args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quantize", default="4bit", choices=["4bit", "none"])
+    p.add_argument("--quantize", default="auto", choices=["auto", "4bit", "none"],
+                   help="auto: the precision policy's pick for this CPU (4-bit where bf16 is native)")
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--tokens", type=int, default=40)
     p.add_argument("--child")
+    add_profile_flag(p)
     args = p.parse_args()
+    apply_profile(args)
     if args.child:
         print(json.dumps(measure(args.child, args.quantize, args.steps, args.batch, args.prompts, args.tokens)))
         return
