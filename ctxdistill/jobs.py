@@ -107,7 +107,8 @@ class Meter:
 
     def __init__(self, total: int, unit: str, done: int = 0, name: str = ""):
         self.total, self.unit, self.first, self.name = total, unit, done, name
-        self.started = self._last = time.monotonic()
+        self.started = time.monotonic()
+        self._last = float("-inf")   # the first update is always due
 
     def due(self, done: int) -> bool:
         now = time.monotonic()

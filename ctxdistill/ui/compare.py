@@ -271,8 +271,8 @@ def build(ctx: AppContext) -> None:
 
     def views(eval_id, stu, oth, request: gr.Request):
         ev = _eval(ctx, eval_id, ctx.owner(request))
-        if ev is None:
-            return None, None, None, None, None, None, None
+        if ev is None:  # the influence section keeps what "Measure the draft's principles now" showed
+            return None, None, None, None, None, gr.skip(), gr.skip()
         r = ev["results"]
         stu = stu if stu in r["conditions"] else None
         oth = oth if oth in r["conditions"] and oth != stu else None
@@ -280,9 +280,9 @@ def build(ctx: AppContext) -> None:
         rows = [row for row in report.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
         influence = r.get("influence") or []
         return (pd.DataFrame(rows), report.fig_scores(r, picked), report.fig_kl_distribution(r, picked), report.fig_training(r, picked),
-                per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else None,
+                per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else gr.skip(),
                 pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
-                              for x in influence]))
+                              for x in influence]) if influence else gr.skip())
 
     view_outputs = [board, scores_plot, dist_plot, train_plot, table, influence_plot, influence_table]
     pick.change(on_pick, pick, [student, other]).then(views, [pick, student, other], view_outputs)
