@@ -154,10 +154,10 @@ def build(ctx: AppContext) -> None:
         other = gr.Dropdown(label="Compare with", choices=[], elem_id="eval-other", scale=1)
     board = gr.Dataframe(label="Scoreboard", interactive=False, wrap=True, elem_id="scoreboard")
     # the figures carry their own titles: a component label would sit on top of them
-    scores_plot = gr.Plot(label="Scores with 95% intervals", show_label=False, elem_id="plot-scores")
+    scores_plot = gr.Plot(label="Scores with 95% intervals", elem_id="plot-scores")
     with gr.Row():
-        dist_plot = gr.Plot(label="KL distribution", show_label=False, elem_id="plot-kl-dist")
-        train_plot = gr.Plot(label="Training curves", show_label=False, elem_id="plot-training")
+        dist_plot = gr.Plot(label="KL distribution", elem_id="plot-kl-dist")
+        train_plot = gr.Plot(label="Training curves", elem_id="plot-training")
     with gr.Accordion("Per prompt (sorted by the student's KL; click a row)", open=False):
         table = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="per-prompt")
         with gr.Row():
@@ -189,7 +189,7 @@ def build(ctx: AppContext) -> None:
             influence_n_now = slider(min(2, caps.prompts) if caps else 2, min(32, caps.prompts) if caps else 32, value=8,
                                      step=1, label="Prompts", elem_id="influence-n")
             influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
-        influence_plot = gr.Plot(label="Principle influence", show_label=False, elem_id="influence-plot")
+        influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
         influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
     with gr.Row():
         fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
