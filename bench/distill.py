@@ -29,7 +29,6 @@ os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ctxdistill import engine, estimate  # noqa: E402
-from ctxdistill.prompts import ensure_default_prompts  # noqa: E402
 from ctxdistill.adapters import load_adapter  # noqa: E402
 from ctxdistill import train as T  # noqa: E402
 from ctxdistill.constitution import content_hash, load, render, to_dict  # noqa: E402
@@ -97,13 +96,12 @@ def main():
     apply_profile(args)
     home = Path(args.keep or tempfile.mkdtemp(prefix="ctxdistill-bench-"))
     store = Store(home)
-    ensure_default_prompts(store)
     c = load(REPO / "assets/constitutions/pirate.yaml")
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared)")
     cfg = T.TrainConfig(constitution_id=cid)
     cal = estimate.calibrate(quantize=cfg.quantize, precision=cfg.precision)
-    n_train, n_heldout = (len(store.get_prompts("default", split=x)) for x in ("train", "heldout"))
+    n_train, n_heldout = estimate.run_size(cfg, store)
     predicted = estimate.predict_train(cal, cfg, n_train, n_heldout)
     print("predicted before the run (calibration): " + ", ".join(f"{k} {v:.0f} s" for k, v in predicted.items()))
     print(f"kl run, default settings: {cfg.steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, r {cfg.lora_r}, "

@@ -58,10 +58,10 @@ def main() -> None:
     ratio = times["bf16"] / base
     from ctxdistill.precision import detect
 
-    if not detect().cpu_bf16 and ratio < 4:
+    if not detect().native_bf16 and ratio < 4:
         print(f"the profile does NOT reproduce a CPU without native bf16: bf16 is only {ratio:.1f}x float32")
     else:
-        print(f"bf16 / float32 = {ratio:.1f}x; policy's pick: {'bf16' if detect().cpu_bf16 else 'float32'}")
+        print(f"bf16 / float32 = {ratio:.1f}x; policy's pick: {'bf16' if detect().native_bf16 else 'float32'}")
 
 
 if __name__ == "__main__":

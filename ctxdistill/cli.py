@@ -186,13 +186,10 @@ def cmd_info(args) -> int:
 def default_run_estimate(store, cal) -> dict:
     """Predicted seconds per phase of ``ctxdistill train`` with its defaults on the shipped prompt set."""
     from ctxdistill import estimate
-    from ctxdistill.prompts import ensure_default_prompts
     from ctxdistill.train import TrainConfig
 
     cfg = TrainConfig()
-    ensure_default_prompts(store)
-    n_train = len(store.get_prompts(cfg.prompt_set, split="train"))
-    n_heldout = len(store.get_prompts(cfg.prompt_set, split="heldout"))
+    n_train, n_heldout = estimate.run_size(cfg, store)
     return {"steps": cfg.steps, "n_train": n_train, "n_heldout": n_heldout,
             "seconds": estimate.predict_train(cal, cfg, n_train, n_heldout)}
 

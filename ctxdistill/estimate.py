@@ -22,7 +22,6 @@ CAL_BATCH = 8          # answers per calibrated training step (the default batch
 CAL_ANSWER = 40        # tokens per calibrated answer (the default sample length)
 CAL_ROWS = 64          # rows per calibrated sampling batch (what a run's teacher sampling uses)
 CAL_DECODE = 6         # decode steps timed
-SAMPLING_BATCH = 64    # rows per teacher-sampling batch in a run (engine.sample_answers)
 EVAL_BATCH = 16        # answers per held-out scoring pass (engine.heldout_kl)
 
 
@@ -104,18 +103,29 @@ def _best(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def predict_sampling(cal: Calibration, rows: int, tokens: int, batch: int = SAMPLING_BATCH) -> float:
-    """Seconds to sample ``tokens`` tokens for each of ``rows`` rows in batches of ``batch``.
-    A decode step's cost grows with the batch but not in proportion on the CPU; this takes it as
-    proportional, which errs on the long side for small batches."""
+def predict_sampling(cal: Calibration, rows: int, tokens: int) -> float:
+    """Seconds to sample ``tokens`` tokens for each of ``rows`` rows. A decode step's cost is taken
+    as proportional to its rows (measured at CAL_ROWS, what a run's teacher sampling batches); on
+    the CPU it grows less than that, so small batches come out on the long side."""
     per_row_step = cal.decode_s / CAL_ROWS
     per_row_prefill = cal.prefill_s / CAL_ROWS
     return rows * (tokens * per_row_step + per_row_prefill)
 
 
+def run_size(cfg, store) -> tuple[int, int]:
+    """(train prompts, held-out prompts) a training run with ``cfg`` (a TrainConfig) uses, as it would
+    pick them from ``cfg.prompt_set`` in ``store`` (the shipped set is added first if missing)."""
+    from .prompts import ensure_default_prompts
+
+    ensure_default_prompts(store, cfg.owner)
+    n_train = len(store.get_prompts(cfg.prompt_set, split="train", owner=cfg.owner))
+    n_train = min(n_train, cfg.max_prompts) if cfg.max_prompts else n_train
+    return n_train, len(store.get_prompts(cfg.prompt_set, split="heldout", owner=cfg.owner))
+
+
 def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     """Seconds for each phase of a training run with ``cfg`` (a TrainConfig) on ``n_train`` train
-    prompts (or answers, for curated data) and ``n_heldout`` held-out prompts."""
+    prompts (or answers, for curated data) and ``n_heldout`` held-out prompts (``run_size``)."""
     answer_scale = cfg.sample_tokens / CAL_ANSWER
     sampled = n_train * cfg.samples_per_prompt if cfg.data == "prompts" else 0
     heldout = min(n_heldout, cfg.eval_prompts) if cfg.eval_prompts else n_heldout

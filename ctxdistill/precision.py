@@ -58,6 +58,11 @@ class Hardware:
     bitsandbytes: bool = True         # 4-bit NF4 can be loaded at all
 
     @property
+    def native_bf16(self) -> bool:
+        """The device this describes computes bf16 natively."""
+        return self.gpu_bf16 if self.device == "cuda" else self.cpu_bf16
+
+    @property
     def cpu_bf16(self) -> bool:
         """The CPU computes bf16 natively, and neither ATen nor oneDNN is held below the ISA that does."""
         if self.onednn_isa.upper() in _ONEDNN_NO_BF16:
@@ -178,7 +183,7 @@ def facts() -> dict:
         "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
         "cpu_capability": hw.cpu_capability, "cpu_bf16_flags": list(hw.cpu_flags), "onednn_max_isa": hw.onednn_isa or None,
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY") or None,
-        "native_bf16": hw.gpu_bf16 if hw.device == "cuda" else hw.cpu_bf16,
+        "native_bf16": hw.native_bf16,
         "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "versions": versions, "precision": policy().to_dict(),
     }
@@ -198,4 +203,4 @@ def profile_line() -> str:
     """One line for bench output: the CPU capability and the precision the policy runs with."""
     hw, p = detect(), policy()
     isa = f"ATen {hw.cpu_capability}" + (f", oneDNN max {hw.onednn_isa}" if hw.onednn_isa else "")
-    return f"device {hw.device}{' ' + hw.gpu_name if hw.gpu_name else ''} · CPU {isa} · native bf16 {'yes' if (hw.gpu_bf16 if hw.device == 'cuda' else hw.cpu_bf16) else 'no'} · policy: {p.label}"
+    return f"device {hw.device}{' ' + hw.gpu_name if hw.gpu_name else ''} · CPU {isa} · native bf16 {'yes' if hw.native_bf16 else 'no'} · policy: {p.label}"

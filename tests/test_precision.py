@@ -198,6 +198,6 @@ def test_data_form_predicts_the_sampling_time(tmp_path, tiny_checkpoint):
     from ctxdistill.ui.data import sampling_estimate
 
     ctx = AppContext(home=tmp_path / "ws", model_spec=str(tiny_checkpoint))
-    assert "press *Estimate the time*" in sampling_estimate(ctx, "", "default", "", 0, 1, 32, 8, measure=False)
-    text = sampling_estimate(ctx, "", "default", "", 10, 2, 32, 8, measure=True)
+    assert "press *Estimate the time*" in sampling_estimate(ctx, "", "default", "", 0, 1, 32, measure=False)
+    text = sampling_estimate(ctx, "", "default", "", 10, 2, 32, measure=True)
     assert "Time on this machine" in text and "10 prompts" in text and "30 answers" in text

@@ -72,7 +72,7 @@ def _source(ctx: AppContext, upload, dataset_path) -> str:
     return path
 
 
-def sampling_estimate(ctx: AppContext, owner: str, set_name, search, limit, n, max_new, batch, measure: bool) -> str:
+def sampling_estimate(ctx: AppContext, owner: str, set_name, search, limit, n, max_new, measure: bool) -> str:
     """The sampling job's predicted time on this machine, from the process's calibration (estimate.py)."""
     g = GenerateConfig()
     cal = estimate.cached(ctx.model_spec, g.quantize, g.precision, default_models_dir(ctx.store.home), measure)
@@ -81,7 +81,7 @@ def sampling_estimate(ctx: AppContext, owner: str, set_name, search, limit, n, m
     ensure_default_prompts(ctx.store, owner)
     prompts = select_prompts(ctx.store, set_name or "default", search=search or "", limit=int(limit or 0), owner=owner)
     rows = len(prompts) * (int(n or 1) + (1 if g.unprompted else 0))
-    seconds = estimate.predict_sampling(cal, rows, int(max_new or 0), int(batch or 1))
+    seconds = estimate.predict_sampling(cal, rows, int(max_new or 0))
     return (f"**Time on this machine:** about {estimate.duration(seconds)} for {len(prompts)} prompts "
             f"({rows} answers of up to {int(max_new or 0)} tokens; measured with {cal.precision}).")
 
@@ -243,13 +243,13 @@ def build(ctx: AppContext) -> None:
     start_gen.click(on_generate, [version, prompt_set, search, limit, n, max_new, temperature, top_p, batch],
                     job).then(**ctx.poll_now)
 
-    def on_gen_measure(set_name_, search_, limit_, n_, max_new_, batch_, request: gr.Request):
-        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, batch_, measure=True)
+    def on_gen_measure(set_name_, search_, limit_, n_, max_new_, request: gr.Request):
+        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, measure=True)
 
-    def on_gen_form(set_name_, search_, limit_, n_, max_new_, batch_, request: gr.Request):
-        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, batch_, measure=False)
+    def on_gen_form(set_name_, search_, limit_, n_, max_new_, request: gr.Request):
+        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, measure=False)
 
-    gen_fields = [prompt_set, search, limit, n, max_new, batch]
+    gen_fields = [prompt_set, search, limit, n, max_new]
     gen_measure.click(on_gen_measure, gen_fields, gen_time, concurrency_id=MODEL_QUEUE)
     for field in gen_fields:
         field.change(on_gen_form, gen_fields, gen_time, queue=False)

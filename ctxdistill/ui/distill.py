@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import shutil
 import tempfile
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import gradio as gr
@@ -22,7 +22,6 @@ from ctxdistill import train_config as TC
 from ctxdistill.models import default_models_dir
 from ctxdistill.precision import PRECISIONS, QUANTIZE, policy
 from ctxdistill.precision import facts as precision_facts
-from ctxdistill.prompts import ensure_default_prompts
 from ctxdistill.safety import safe_path
 from ctxdistill.ui.common import MODEL_QUEUE, AppContext, adapter_dir, error_text, keep, starved_note, train_runs
 
@@ -130,11 +129,8 @@ def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, meas
     cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision, default_models_dir(ctx.store.home), measure)
     if cal is None:
         return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
-    name = (set_name or "").strip() or "default"
-    ensure_default_prompts(ctx.store, owner)
-    n_train = len(ctx.store.get_prompts(name, split="train", owner=owner))
-    n_train = min(n_train, cfg.max_prompts) if cfg.max_prompts else n_train
-    n_heldout = len(ctx.store.get_prompts(name, split="heldout", owner=owner))
+    cfg = replace(cfg, prompt_set=(set_name or "").strip() or "default", owner=owner)
+    n_train, n_heldout = estimate.run_size(cfg, ctx.store)
     sec = estimate.predict_train(cal, cfg, n_train, n_heldout)
     return (f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
             + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
