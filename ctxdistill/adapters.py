@@ -1,6 +1,12 @@
 """The files of a run: adapters (save, check, load, merge), resumable checkpoints, the model card,
 export (peft adapter or merged model) and the push to the Hub. The one owner of ``runs/<id>/``'s
 adapter files; the training loop (train.py) and the evaluation (evaluate.py) call it.
+
+A student's *strength* scales its adapter's update: 0 is the base model, 1 the adapter as trained,
+up to 1.5 an exaggerated one. It is peft's LoRA scaling (``lora_alpha / r`` times the strength):
+``scaled`` sets it on a loaded model, an exported adapter records it in its adapter_config.json
+(``lora_alpha`` times the strength, so any peft loader gets that strength) and a merged export adds
+the update at that scale.
 """
 
 from __future__ import annotations
@@ -18,6 +24,28 @@ EVAL_FILE = "ctxdistill_eval.json"    # written into a run's adapter by evaluate
 
 class AdapterError(RuntimeError):
     """An adapter that cannot be used with this model (corrupt files, another base model)."""
+
+
+STRENGTH_RANGE = (0.0, 1.5)
+
+
+def check_strength(strength) -> float:
+    """The strength as a float, or AdapterError naming the range."""
+    low, high = STRENGTH_RANGE
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise AdapterError(f"strength must be a number from {low:g} to {high:g}, not {strength!r}") from None
+    if not low <= value <= high:
+        raise AdapterError(f"strength must be from {low:g} (the base model) to {high:g}; 1 is the adapter as trained. Got {value:g}")
+    return value
+
+
+def scaled(model, strength: float):
+    """A context in which every LoRA adapter of ``model`` acts at ``strength`` times its trained scale."""
+    from peft.helpers import rescale_adapter_scale
+
+    return rescale_adapter_scale(model, check_strength(strength))
 
 
 def model_fingerprint(model) -> dict:
@@ -83,12 +111,14 @@ def load_adapter(model, path, trainable: bool = False, name: str = "default"):
         raise AdapterError(f"the adapter in {path} does not fit this model: {exc}") from exc
 
 
-def merged_student(base, adapter_dir):
-    """The student for inference: a separate copy of ``base`` with the adapter merged in, so the
-    shared base model (teacher and unprompted base) stays untouched."""
+def merged_student(base, adapter_dir, strength: float = 1.0):
+    """The student for inference: a separate copy of ``base`` with the adapter merged in at ``strength``,
+    so the shared base model (teacher and unprompted base) stays untouched."""
     import copy
 
-    return load_adapter(copy.deepcopy(base), adapter_dir).merge_and_unload().eval()
+    model = load_adapter(copy.deepcopy(base), adapter_dir)
+    with scaled(model, strength):
+        return model.merge_and_unload().eval()
 
 
 def load_adapter_weights(model, path: Path) -> None:
@@ -170,6 +200,7 @@ def write_model_card(path: Path, info: dict) -> Path:
         f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, sha256 {str(info.get('constitution_hash', ''))[:12]} |",
         f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set {info.get('prompt_set', '')!r} |",
         f"| loss | {info.get('loss', '')} |",
+        f"| strength | {info.get('strength', 1.0):g} (the adapter's scale: 0 = the base model, 1 = as trained) |",
         f"| steps | {info.get('step', '')} (kept step {info.get('best_step', '')}) |",
         f"| held-out KL(teacher‖base) | {fmt(info.get('heldout_kl_before'))} nats/token |",
         f"| held-out KL(teacher‖student) | {fmt(info.get('heldout_kl_after'))} nats/token |",
@@ -182,28 +213,41 @@ def write_model_card(path: Path, info: dict) -> Path:
     return out
 
 
-def export(adapter_dir, out_dir, *, merged: bool = False, model_spec: str | None = None, models_dir=None) -> Path:
+def export(adapter_dir, out_dir, *, merged: bool = False, strength: float = 1.0, model_spec: str | None = None,
+           models_dir=None) -> Path:
     """Copy the adapter (peft safetensors) with a model card to ``out_dir``; with ``merged``, write the
-    base model with the adapter merged into it, in bfloat16, instead."""
+    base model with the adapter merged into it, in bfloat16, instead. Either acts at ``strength``."""
     from .models import load_model
 
+    strength = check_strength(strength)
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise AdapterError(f"{adapter_dir} is not an adapter: adapter_model.safetensors is missing")
     info = json.loads((adapter_dir / RUN_FILE).read_text()) if (adapter_dir / RUN_FILE).is_file() else {}
+    info["strength"] = strength
     if (adapter_dir / EVAL_FILE).is_file():
         info["evaluation"] = json.loads((adapter_dir / EVAL_FILE).read_text()).get("markdown", "")
-    if not merged:
+    if merged:
+        base, tokenizer = load_model(model_spec, models_dir=models_dir)
+        merged_student(base, adapter_dir, strength).to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
+    else:
         shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
-        write_model_card(out_dir, info)
-        return out_dir
-    base, tokenizer = load_model(model_spec, models_dir=models_dir)
-    model = load_adapter(base, adapter_dir).merge_and_unload()
-    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+        _scale_config(out_dir / "adapter_config.json", strength)
+    (out_dir / RUN_FILE).write_text(json.dumps({k: v for k, v in info.items() if k != "evaluation"}, indent=2))
     card = write_model_card(out_dir, info)
-    card.write_text(card.read_text().replace("library_name: peft", "library_name: transformers"))
+    if merged:
+        card.write_text(card.read_text().replace("library_name: peft", "library_name: transformers"))
     return out_dir
+
+
+def _scale_config(path: Path, strength: float) -> None:
+    """peft's scaling is lora_alpha / r: lora_alpha (and any per-module alpha) times the strength
+    makes any peft loader apply the adapter at that strength."""
+    config = json.loads(path.read_text())
+    config["lora_alpha"] = config["lora_alpha"] * strength
+    config["alpha_pattern"] = {k: v * strength for k, v in (config.get("alpha_pattern") or {}).items()}
+    path.write_text(json.dumps(config, indent=2))
 
 
 def push_to_hub(folder, repo_id: str, private: bool = True) -> str:

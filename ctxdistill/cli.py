@@ -454,18 +454,47 @@ def cmd_revise(args) -> int:
 def _export_flags(p):
     from ctxdistill.curate import EXPORT_FORMATS
 
-    p.add_argument("--constitution", required=True, help="constitution version id (or file) whose samples to export")
+    p.add_argument("--constitution", help="constitution version id (or file) whose samples to export")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="output form (default messages)")
-    p.add_argument("--out", required=True, help="output file (a directory for the datasets format)")
+    p.add_argument("--out", required=True, help="output file (a directory for the datasets format or a run)")
     p.add_argument(*PROMPT_SET_FLAGS, dest="set_name", help="only samples of this prompt set")
     p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
+    p.add_argument("--run", type=int, help="export this training run's adapter (with its model card) instead of samples")
+    p.add_argument("--merged", action="store_true", help="with --run: the base model with the adapter merged in (bfloat16)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="with --run: the adapter's scale, 0 (the base model) to 1.5; 1 = as trained (default)")
 
 
-@command("export", "export the accepted samples as JSONL, CSV or a datasets dataset", _export_flags)
+def _export_run(args, store) -> int:
+    from ctxdistill import adapters
+    from ctxdistill.store import StoreError
+
+    try:
+        job = store.get_job(args.run)
+    except StoreError as exc:
+        raise UserError(str(exc))
+    adapter = store.runs_dir / str(args.run) / "adapter"
+    if job["kind"] != "train" or not adapter.is_dir():
+        raise UserError(f"job {args.run} has no finished adapter to export (a {job['kind']} job, {job['state']})")
+    try:
+        out = adapters.export(adapter, args.out, merged=args.merged, strength=args.strength,
+                              model_spec=job["config"].get("model") or None, models_dir=_models_dir(args))
+    except adapters.AdapterError as exc:
+        raise UserError(str(exc))
+    emit(args, {"run": args.run, "path": str(out), "merged": args.merged, "strength": args.strength},
+         f"run {args.run} exported to {out} ({'merged model' if args.merged else 'peft adapter'}, strength {args.strength:g})")
+    return 0
+
+
+@command("export", "export the accepted samples as JSONL, CSV or a datasets dataset, or a run's adapter (--run)", _export_flags)
 def cmd_export(args) -> int:
     from ctxdistill.curate import export
 
     store = open_store(args)
+    if args.run is not None:
+        return _export_run(args, store)
+    if not args.constitution:
+        raise UserError("--constitution is required (or --run RUN to export a run's adapter)")
     try:
         result = export(store, constitution_version(store, args.constitution), args.format, args.out,
                         set_name=args.set_name, hub_id=args.hub_id)
