@@ -40,7 +40,7 @@ from .config import StageConfig
 from .precision import PRECISIONS, QUANTIZE
 from .adapters import EVAL_FILE
 from .engine import Example, TeacherStudent, adapters_off
-from .generate import SamplingConfig, generate_rows, response_logits
+from .generate import SamplingConfig, response_logits, sample_rows
 from .jobs import Meter, eta_text
 from .losses import ce_per_token, kl_per_token
 from .report import fmt_estimate, markdown_table
@@ -247,14 +247,7 @@ def sample_answers(model, tokenizer, rows: list[tuple[str | None, str, int]], cf
     """Answers for (system, prompt, prompt index) rows in batches; the prompt index seeds the row's random
     stream, so teacher, base and students draw the same random numbers for the same prompt."""
     sampling = SamplingConfig(max_new_tokens=cfg.sample_tokens, temperature=cfg.temperature, seed=cfg.seed)
-    out = []
-    for part in _chunks(len(rows), cfg.gen_batch):
-        chunk = rows[part]
-        out += generate_rows(model, tokenizer, [(s, p) for s, p, _ in chunk], sampling,
-                             sample_index=[i for _, _, i in chunk], examples=examples)
-        if tick:
-            tick(len(chunk))
-    return out
+    return sample_rows(model, tokenizer, rows, sampling, batch_size=cfg.gen_batch, examples=examples, tick=tick)
 
 
 @torch.no_grad()
