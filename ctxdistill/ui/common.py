@@ -3,7 +3,14 @@ constitution currently being edited. Tabs call the library through these and sta
 
 from __future__ import annotations
 
+import atexit
+import functools
+import inspect
 import os
+import shutil
+import tempfile
+import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +27,9 @@ from ctxdistill.store import NotFound, Store, workspace_home
 MODEL_QUEUE = "model"
 # Uploads in local mode; demo mode uses its own cap (DemoCaps.upload_mb).
 LOCAL_UPLOAD_MB = 20
+# gradio copies a file a callback returns into its own cache as the event ends: a download folder
+# is not read again after that, and goes at the next download this much later (or at exit)
+DOWNLOAD_KEEP_S = 600
 
 
 @dataclass
@@ -144,6 +154,51 @@ class AppContext:
         from ctxdistill.models import default_models_dir, get_model
 
         return get_model(self.model_spec, models_dir=default_models_dir(self.home))
+
+
+def bind(ctx: AppContext, fn):
+    """A tab's module-level handler fn(ctx, ...) as the event callback of its other arguments.
+
+    gradio reads a callback's signature and type hints (it passes gr.Request to the parameter annotated
+    so) and streams a generator's values: the callback keeps fn's signature less ctx, its hints resolved
+    in fn's module, its name (API names) and its kind. It does not point back to fn (no __wrapped__), so
+    inspect.unwrap past the page poll's memo (ui/poll.py) stops at a callback that needs no ctx."""
+    if inspect.isgeneratorfunction(fn):
+        def callback(*args, **kwargs):
+            yield from fn(ctx, *args, **kwargs)
+    else:
+        def callback(*args, **kwargs):
+            return fn(ctx, *args, **kwargs)
+    functools.update_wrapper(callback, fn)
+    del callback.__wrapped__
+    first, *params = inspect.signature(fn).parameters.values()
+    hints = typing.get_type_hints(fn)
+    hints.pop(first.name, None)
+    callback.__signature__ = inspect.Signature([p.replace(annotation=hints.get(p.name, p.empty)) for p in params],
+                                               return_annotation=hints.get("return", inspect.Signature.empty))
+    callback.__annotations__ = hints
+    return callback
+
+
+@functools.cache
+def _download_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="ctxdistill-downloads-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+def download_dir() -> Path:
+    """A fresh folder for a file to download, in the process's one download folder; the folders made
+    more than DOWNLOAD_KEEP_S ago are removed first, and the whole folder when the process exits."""
+    root, now = _download_root(), time.time()
+    for old in root.iterdir():
+        try:
+            stale = now - old.stat().st_mtime > DOWNLOAD_KEEP_S
+        except FileNotFoundError:  # another download's clean-up got there first
+            continue
+        if stale:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=root))
 
 
 def slider(minimum, maximum, value, **kwargs):

@@ -15,8 +15,8 @@ from ctxdistill.demo import gpu, kb
 from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, generate_rows, preview_stream
 from ctxdistill.models import ModelError, check_fits, default_models_dir, get_model
 from ctxdistill.adapters import AdapterError, merged_student
-from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_choices, adapter_dir, draft_constitution, highlight,
-                                  prompt_choices, slider)
+from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_choices, adapter_dir, bind, draft_constitution,
+                                  highlight, prompt_choices, slider)
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
 
@@ -78,7 +78,8 @@ def sampling_config(greedy, temperature, top_p, seed, max_new_tokens, samples) -
                           top_p=float(top_p), seed=int(seed), n=int(samples))
 
 
-def build(ctx: AppContext) -> None:
+def layout(ctx: AppContext) -> dict:
+    """The tab's components, by name."""
     caps = ctx.caps
     gr.Markdown("Ask the model the same thing **with** the constitution in its prompt (the teacher) and "
                 "**without** it. The highlighted answer shows where the constitution changed the model's "
@@ -115,65 +116,74 @@ def build(ctx: AppContext) -> None:
             run_batch = gr.Button("Preview batch", elem_id="run-batch")
         table = gr.Dataframe(headers=["prompt", "with constitution", "without", "mean KL"], wrap=True,
                              interactive=False, elem_id="batch-table")
+    return dict(prompt=prompt, pick=pick, settings=[greedy, temperature, top_p, seed, max_new, samples], run=run,
+                prompted=prompted, unprompted=unprompted, student=student, student_run=student_run,
+                divergence=divergence, mean=mean, n_batch=n_batch, split=split, run_batch=run_batch, table=table)
 
-    settings = [greedy, temperature, top_p, seed, max_new, samples]
-    pick.input(lambda text: text, pick, prompt)
 
-    def single(draft, text, run_id, request: gr.Request, *values):  # gradio injects a Request only before *args
-        # the browser sends a run id; the adapter directory comes from the visitor's own run
-        adapter = str(adapter_dir(ctx, ctx.job(run_id, request))) if run_id else None
-        cfg = sampling_config(*values)
-        for result in run_preview(ctx, draft, [text], cfg):
-            pieces = highlight(result.tokens[0][0], result.kl[0][0]) if result.done else []
-            summary = (f"**Mean KL:** {result.mean_kl:.3f} nats/token over {sum(len(k) for k in result.kl[0])} "
-                       "tokens of the teacher's answer") if result.done else "generating…"
-            waiting = "generating…" if adapter else "pick a training run to see its student"
-            yield _join(result.prompted[0]), _join(result.unprompted[0]), waiting, pieces, summary
-        if adapter:
-            try:
-                answers = _student(ctx.model_spec, default_models_dir(ctx.home), adapter, text, cfg)
-            except (ModelError, AdapterError) as exc:
-                raise gr.Error(str(exc)) from exc
-            yield _join(result.prompted[0]), _join(result.unprompted[0]), _join(answers), pieces, summary
+def single(ctx: AppContext, draft, text, run_id, request: gr.Request, *values):  # gradio injects a Request only before *args
+    """One prompt: both answers streamed, the KL highlight, then the picked run's student."""
+    # the browser sends a run id; the adapter directory comes from the visitor's own run
+    adapter = str(adapter_dir(ctx, ctx.job(run_id, request))) if run_id else None
+    cfg = sampling_config(*values)
+    for result in run_preview(ctx, draft, [text], cfg):
+        pieces = highlight(result.tokens[0][0], result.kl[0][0]) if result.done else []
+        summary = (f"**Mean KL:** {result.mean_kl:.3f} nats/token over {sum(len(k) for k in result.kl[0])} "
+                   "tokens of the teacher's answer") if result.done else "generating…"
+        waiting = "generating…" if adapter else "pick a training run to see its student"
+        yield _join(result.prompted[0]), _join(result.unprompted[0]), waiting, pieces, summary
+    if adapter:
+        try:
+            answers = _student(ctx.model_spec, default_models_dir(ctx.home), adapter, text, cfg)
+        except (ModelError, AdapterError) as exc:
+            raise gr.Error(str(exc)) from exc
+        yield _join(result.prompted[0]), _join(result.unprompted[0]), _join(answers), pieces, summary
 
-    outputs = [prompted, unprompted, student, divergence, mean]
-    run.click(single, [ctx.draft, prompt, student_run, *settings], outputs, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-    prompt.submit(single, [ctx.draft, prompt, student_run, *settings], outputs, concurrency_id=MODEL_QUEUE,
-                  concurrency_limit=1)
 
-    def batch(draft, n, which_split, request: gr.Request, *values):
-        texts = prompt_choices(ctx, ctx.owner(request), which_split)[: int(n)]
-        if not texts:
-            raise gr.Error(f"The prompt set has no {which_split} prompts.")
-        cfg = sampling_config(*values)
-        for result in run_preview(ctx, draft, texts, cfg):
-            kl = [[sum(k) / len(k) if k else 0.0 for k in per] for per in result.kl] if result.done else None
-            yield pd.DataFrame({
-                "prompt": result.prompts,
-                "with constitution": [_join(a) for a in result.prompted],
-                "without": [_join(b) for b in result.unprompted],
-                "mean KL": [round(sum(k) / len(k), 3) for k in kl] if kl else [None] * len(texts),
-            })
+def batch(ctx: AppContext, draft, n, which_split, request: gr.Request, *values):
+    """The first n prompts of a split, both answers and their mean KL, as a table."""
+    texts = prompt_choices(ctx, ctx.owner(request), which_split)[: int(n)]
+    if not texts:
+        raise gr.Error(f"The prompt set has no {which_split} prompts.")
+    cfg = sampling_config(*values)
+    for result in run_preview(ctx, draft, texts, cfg):
+        kl = [[sum(k) / len(k) if k else 0.0 for k in per] for per in result.kl] if result.done else None
+        yield pd.DataFrame({
+            "prompt": result.prompts,
+            "with constitution": [_join(a) for a in result.prompted],
+            "without": [_join(b) for b in result.unprompted],
+            "mean KL": [round(sum(k) / len(k), 3) for k in kl] if kl else [None] * len(texts),
+        })
 
-    run_batch.click(batch, [ctx.draft, n_batch, split, *settings], table, concurrency_id=MODEL_QUEUE, concurrency_limit=1)
 
-    def refresh_choices(request: gr.Request):
-        return gr.update(choices=prompt_choices(ctx, ctx.owner(request)))
+def refresh_choices(ctx: AppContext, request: gr.Request):
+    return gr.update(choices=prompt_choices(ctx, ctx.owner(request)))
 
+
+def refresh_students(ctx: AppContext, current, request: gr.Request):
+    choices = adapter_choices(ctx, ctx.owner(request))
+    return gr.update(choices=choices, value=current if current in [c[1] for c in choices] else None)
+
+
+def preview_api(ctx: AppContext, constitution: str, prompt: str, samples: int = 1, seed: int = 0,
+                max_new_tokens: int = 64, temperature: float = 0.0) -> dict:
+    """Answers with and without a constitution (YAML or JSON text), and the mean per-token KL."""
+    cfg = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed), n=int(samples))
+    *_, result = run_preview(ctx, constitution, [prompt], cfg)
+    out = result.to_json()
+    return {"prompted": out["prompted"], "unprompted": out["unprompted"], "mean_kl": out["mean_kl"]}
+
+
+def build(ctx: AppContext) -> None:
+    c = layout(ctx)
+    on = functools.partial(bind, ctx)
+    model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    c["pick"].input(lambda text: text, c["pick"], c["prompt"])
+    answers = [c["prompted"], c["unprompted"], c["student"], c["divergence"], c["mean"]]
+    for event in (c["run"].click, c["prompt"].submit):
+        event(on(single), [ctx.draft, c["prompt"], c["student_run"], *c["settings"]], answers, **model)
+    c["run_batch"].click(on(batch), [ctx.draft, c["n_batch"], c["split"], *c["settings"]], c["table"], **model)
     # both lists follow the store through the page's poll (ui/poll.py): prompt sets, and runs that finish
-    def refresh_students(current, request: gr.Request):
-        choices = adapter_choices(ctx, ctx.owner(request))
-        return gr.update(choices=choices, value=current if current in [c[1] for c in choices] else None)
-
-    ctx.watch(refresh_choices, None, pick, on=("sets",))
-    ctx.watch(refresh_students, student_run, student_run, on=("jobs",))
-
-    def preview_api(constitution: str, prompt: str, samples: int = 1, seed: int = 0,
-                    max_new_tokens: int = 64, temperature: float = 0.0) -> dict:
-        """Answers with and without a constitution (YAML or JSON text), and the mean per-token KL."""
-        cfg = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=int(seed), n=int(samples))
-        *_, result = run_preview(ctx, constitution, [prompt], cfg)
-        out = result.to_json()
-        return {"prompted": out["prompted"], "unprompted": out["unprompted"], "mean_kl": out["mean_kl"]}
-
-    gr.api(preview_api, api_name="preview", concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    ctx.watch(on(refresh_choices), None, c["pick"], on=("sets",))
+    ctx.watch(on(refresh_students), c["student_run"], c["student_run"], on=("jobs",))
+    gr.api(on(preview_api), api_name="preview", **model)

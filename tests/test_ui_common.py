@@ -1,0 +1,44 @@
+"""The pieces every tab shares (ui/common.py): module-level handlers bound to the app's context,
+and download folders that do not pile up."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+
+import gradio as gr
+from gradio.helpers import special_args
+
+from ctxdistill.ui import common
+
+
+def answer(ctx, text: str, request: gr.Request, *rest):
+    return ctx, text, request, rest
+
+
+def stream(ctx, n: int):
+    yield from (ctx * k for k in range(n))
+
+
+def test_a_bound_handler_is_called_without_its_context_as_gradio_reads_it():
+    fn = common.bind("ctx", answer)
+    assert fn.__name__ == "answer" and fn.__module__ == __name__
+    assert list(inspect.signature(fn).parameters) == ["text", "request", "rest"]
+    assert inspect.unwrap(fn) is fn                     # tests past the poll's memo call it without ctx
+    request = gr.Request()
+    args, *_ = special_args(fn, ["hi", 1], request)   # gradio fills the parameter annotated gr.Request
+    assert fn(*args) == ("ctx", "hi", request, (1,))
+    streamed = common.bind(2, stream)
+    assert inspect.isgeneratorfunction(streamed) and list(streamed(3)) == [0, 2, 4]
+
+
+def test_download_folders_older_than_the_keep_time_are_removed(monkeypatch):
+    first = common.download_dir()
+    (first / "export.zip").write_text("x")
+    second = common.download_dir()
+    assert first.is_dir() and second.is_dir() and first.parent == second.parent
+    old = time.time() - common.DOWNLOAD_KEEP_S - 1
+    os.utime(first, (old, old))
+    third = common.download_dir()
+    assert not first.exists() and second.is_dir() and third.is_dir()
