@@ -18,7 +18,9 @@ Scores (each with its sample size and a percentile-bootstrap 95% interval over p
 * optionally a model-as-judge adherence per principle (off by default) and how often it agrees
   with the automatic checks;
 * principle influence: KL between the teacher with the whole constitution and with one principle
-  (or the preamble) removed, along the teacher's samples: which principles change behaviour.
+  (or the preamble) removed, along the teacher's samples: which principles change behaviour;
+* which principles got baked: per principle and student, the share of its effect the student
+  reproduces, from the same teacher passes (baked.py defines and justifies the score).
 
 The statistics are in stats.py (tested on toy numbers) and what the results look like in report.py;
 here are the model passes and the job. It runs over 450 lines because sampling, scoring, principle
@@ -39,6 +41,7 @@ import torch
 from .config import StageConfig
 from .precision import PRECISIONS, QUANTIZE
 from .adapters import EVAL_FILE
+from .baked import Carried
 from .engine import Example, TeacherStudent, adapters_off
 from .generate import SamplingConfig, response_logits, sample_rows
 from .jobs import Meter, eta_text
@@ -300,24 +303,28 @@ def ablations(constitution) -> list[tuple[str, str, str]]:
 
 @torch.no_grad()
 def principle_influence(model, tokenizer, constitution, prompts: list[str], answers: list[list[int]],
-                        batch_size: int = 4, n_boot: int = 1000, tick=None) -> list[dict]:
+                        batch_size: int = 4, n_boot: int = 1000, tick=None, carried: Carried | None = None) -> list[dict]:
     """For each principle (and the preamble): KL(teacher with everything ‖ teacher without it) along the
-    teacher's answers, largest first. A principle near zero changes nothing the model does."""
+    teacher's answers, largest first. A principle near zero changes nothing the model does. With ``carried``,
+    the same teacher passes also score how much of each principle the students carry (baked.py)."""
     from .constitution import render
 
     full = render(constitution)
     items = ablations(constitution)
     kls: dict[str, list[list[float]]] = {name: [] for name, _, _ in items}
     pairs = [(p, a) for p, a in zip(prompts, answers) if a]
-    with adapters_off(model):
-        for part in _chunks(len(pairs), batch_size):
-            chunk = pairs[part]
+    for part in _chunks(len(pairs), batch_size):
+        chunk = pairs[part]
+        with adapters_off(model):
             teacher = response_logits(model, tokenizer, [(full, p, a) for p, a in chunk], constitution.examples)
-            for name, _, system in items:
-                other = response_logits(model, tokenizer, [(system, p, a) for p, a in chunk], constitution.examples)
-                kls[name] += [kl_per_token(t, o).cpu().tolist() for t, o in zip(teacher, other)]
-            if tick:
-                tick(len(chunk))
+            ablated = {name: response_logits(model, tokenizer, [(system, p, a) for p, a in chunk], constitution.examples)
+                       for name, _, system in items}
+        for name, other in ablated.items():
+            kls[name] += [kl_per_token(t, o).cpu().tolist() for t, o in zip(teacher, other)]
+        if carried is not None:
+            carried.add(model, tokenizer, [p for p, _ in chunk], [a for _, a in chunk], teacher, ablated)
+        if tick:
+            tick(len(chunk))
     rows = [{"principle": name, "text": text, **token_kl(kls[name], n_boot)} for name, text, _ in items]
     return sorted(rows, key=lambda r: -r["value"] if math.isfinite(r["value"]) else math.inf)
 
@@ -440,8 +447,10 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     timing["score_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    carried = Carried(dict(zip(labels, names)))
     influence_rows = principle_influence(model, tok, c, texts[:n_influence], teacher_ids[:n_influence], n_boot=cfg.n_boot,
-                                         tick=lambda k: tick(k, "measuring principle influence")) if n_influence else []
+                                         tick=lambda k: tick(k, "measuring principle influence and what got baked"),
+                                         carried=carried) if n_influence else []
     timing["influence_s"] = time.perf_counter() - t0
 
     conditions = ["base", "teacher", *labels]
@@ -484,6 +493,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
                      "tokens": [tok.decode([t]) for t in teacher_ids[i]],
                      "kl": {cond: kl[cond][i] for cond in kl}} for i, p in enumerate(prompts)],
         "influence": influence_rows,
+        "baked": carried.rows(influence_rows, scores["checks"], b) if n_influence else {},
         "judge": judge_result,
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
@@ -534,6 +544,8 @@ def card_section(results: dict, run_label: str, eval_id: int) -> str:
             ("retention: Δ NLL of the base's answers", fmt_estimate(s["retention"][run_label]["delta"]))]
     rows += [(f"check {pid} ({row['check']}): base / teacher / student",
               " / ".join(fmt_estimate(row[c], pct=True) for c in ("base", "teacher", run_label))) for pid, row in s["checks"].items()]
+    rows += [(f"baked {r['principle']}: share of its effect carried", fmt_estimate(r, pct=True))
+             for r in results.get("baked", {}).get(run_label, [])]
     c = results["constitution"]
     return "\n".join([f"## Evaluation (ctxdistill eval {eval_id})", "",
                       f"On {results['n_prompts']} held-out prompts of set {results['prompt_set']!r}, constitution "

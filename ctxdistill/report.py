@@ -29,11 +29,17 @@ def _figure(ncols: int = 1, figsize=(6, 3.4)):
     return fig, axes
 
 
+def _err(ests: list[dict]) -> np.ndarray:
+    """(2, n) error bars from the estimates' intervals; none where a value or interval is undefined."""
+    def side(e, i):
+        gap = (e["value"] - e["ci"][0]) if i == 0 else (e["ci"][1] - e["value"])
+        return max(0.0, gap) if math.isfinite(gap) else 0.0
+    return np.array([[side(e, 0) for e in ests], [side(e, 1) for e in ests]])
+
+
 def _bars(ax, names: list[str], ests: list[dict], title: str, color=None):
     values = [e["value"] for e in ests]
-    err = np.array([[max(0.0, e["value"] - e["ci"][0]) if math.isfinite(e["ci"][0]) else 0.0 for e in ests],
-                    [max(0.0, e["ci"][1] - e["value"]) if math.isfinite(e["ci"][1]) else 0.0 for e in ests]])
-    ax.bar(names, values, yerr=err, capsize=4, color=color)
+    ax.bar(names, values, yerr=_err(ests), capsize=4, color=color)
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
 
@@ -106,17 +112,38 @@ def fig_training(results: dict, labels: list[str] | None = None):
     return fig
 
 
-def fig_influence(rows: list[dict]):
-    """Principles sorted by how much removing them changes the teacher (KL, 95% interval)."""
+def _ranked(rows: list[dict], xlabel: str, title: str, color: str):
+    """Horizontal bars of estimates, the first row on top, with their 95% intervals; an undefined value has no bar."""
     fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
     rows = list(reversed(rows))
-    values = [r["value"] for r in rows]
-    err = np.array([[r["value"] - r["ci"][0] for r in rows], [r["ci"][1] - r["value"] for r in rows]]) if rows else None
-    ax.barh([r["principle"] for r in rows], values, xerr=err, capsize=3, color="tab:purple")
-    ax.set_xlabel("KL(full constitution ‖ without it), nats/token")
-    ax.set_title("Principle influence", fontsize=10)
+    ax.barh([r["principle"] for r in rows], [r["value"] if math.isfinite(r["value"]) else 0.0 for r in rows],
+            xerr=_err(rows) if rows else None, capsize=3, color=color)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def fig_influence(rows: list[dict]):
+    """Principles sorted by how much removing them changes the teacher (KL, 95% interval)."""
+    return _ranked(rows, "KL(full constitution ‖ without it), nats/token", "Principle influence", "tab:purple")
+
+
+def fig_baked(rows: list[dict], label: str):
+    """Principles sorted by the share of their effect a student carries (baked.py), 95% intervals."""
+    fig = _ranked(rows, "share of the principle's effect carried (0 = none, 1 = all)",
+                  f"Which principles got baked into {label}", "tab:green")
+    fig.axes[0].set_xlim(0, 1.05)
+    return fig
+
+
+def baked_table(rows: list[dict]) -> list[dict]:
+    """The baked scores of one student as text rows: share, influence, and check pass rates where a check exists."""
+    def check(r, who):
+        return fmt_estimate(r["checks"][who], pct=True) if r["checks"] else ""
+    return [{"principle": r["principle"], "baked": fmt_estimate(r, pct=True) if math.isfinite(r["value"]) else "no effect to carry",
+             "influence (nats/token)": f"{r['influence']:.4f}", "check: teacher": check(r, "teacher"),
+             "check: student": check(r, "student")} for r in rows]
 
 
 def fig_votes(tally: dict):
@@ -195,6 +222,12 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         sections.append(("Principle influence", "KL between the teacher with the whole constitution and with one "
                          "principle removed, along the teacher's answers; near zero = dead weight.\n\n" + markdown_table(rows),
                          fig_influence(results["influence"])))
+    for lab, rows in (results.get("baked") or {}).items():
+        sections.append((f"Which principles got baked into {lab}",
+                         "Per principle, the share of its effect on the teacher (the teacher without it as the reference "
+                         "point, along the teacher's answers) that the student reproduces without the constitution: "
+                         "1 = all of it, 0 = none; with the teacher's and the student's check pass rates where the "
+                         "principle has an automatic check.\n\n" + markdown_table(baked_table(rows)), fig_baked(rows, lab)))
     if results.get("judge"):
         j = results["judge"]
         rows = [{"principle": pid, **{cond: fmt_estimate(est, pct=True) for cond, est in row.items()}} for pid, row in j["adherence"].items()]

@@ -88,6 +88,14 @@ def gap_closed_estimate(kl_student: list[list[float]], kl_base: list[list[float]
     return out
 
 
+def share_estimate(num, den, n_boot: int = 1000) -> dict:
+    """Σ num / Σ den over items (a share of something), resampled by item, value and interval clipped to
+    [0, 1]; "raw" is the unclipped value."""
+    out = estimate(_ratio, num, den, n_boot=n_boot)
+    clip = lambda v: min(1.0, max(0.0, v)) if math.isfinite(v) else v
+    return {**out, "raw": out["value"], "value": clip(out["value"]), "ci": [clip(v) for v in out["ci"]]}
+
+
 def retention(nll_base: list[list[float]], nll_model: list[list[float]], n_boot: int = 1000) -> dict:
     """NLL (nats/token) of the base model's own answers under the base and under another model (a
     student, or the teacher), and the change (model - base): how far the base's behaviour moved."""

@@ -157,6 +157,12 @@ def test_evaluation_on_tiny_model_with_adapters(ws):
     p0 = results["prompts"][0]
     assert len(p0["tokens"]) == len(p0["kl"]["base"]) == len(p0["kl"][f"run {trained}"])
     assert [r["principle"] for r in results["influence"]] and len(results["influence"]) == 4  # preamble + 3
+    # which principles got baked, per student: every principle of the influence, checks side by side
+    baked = results["baked"][f"run {trained}"]
+    assert {r["principle"] for r in baked} == {r["principle"] for r in results["influence"]}
+    assert all(0 <= r["value"] <= 1 or math.isnan(r["value"]) for r in baked)
+    arr = next(r for r in baked if r["principle"] == "arr")
+    assert arr["checks"]["student"] == s["checks"]["arr"][f"run {trained}"] and arr["n"] == 3
     assert results["runs"][0]["training"]["heldout_kl"] == [[1, 0.4]]
     judged = results["judge"]
     assert set(judged["adherence"]["arr"]) == set(results["conditions"]) and 0 <= judged["yes_rate"] <= 1
@@ -166,6 +172,8 @@ def test_evaluation_on_tiny_model_with_adapters(ws):
     json.dumps(results)  # every number is plain JSON
     md, page = report.report(results, "md"), report.report(results, "html", stats.vote_tally([]))
     assert "data:image/png;base64," in md and "gap closed" in md and "No votes yet" in md
+    assert f"Which principles got baked into run {trained}" in md
+    assert "baked arr" in E.card_section(results, f"run {trained}", 1)
     assert page.startswith("<!doctype html>") and "<img" in page
     assert json.loads(report.report(results, "json"))["scores"]["kl"]["base"]["n"] == len(PROMPTS)
 

@@ -1,0 +1,75 @@
+"""Which principles got baked (baked.py): the score on crafted distributions with known shares, and on
+the tiny model a student that carries one principle and not another."""
+
+import math
+
+import pytest
+import torch
+
+from ctxdistill import evaluate as E
+from ctxdistill import stats
+from ctxdistill.baked import Carried, shares
+from ctxdistill.constitution import Constitution, Principle, render
+from ctxdistill.generate import response_logits
+from ctxdistill.losses import kl_per_token
+
+from tests.test_evaluate import PROMPTS
+
+
+def _score(teacher, ablated, student) -> float:
+    num, den = shares(teacher, ablated, student)
+    return float(num.sum() / den.sum())
+
+
+def test_the_score_is_the_share_of_each_principles_effect_the_student_reproduces():
+    torch.manual_seed(0)
+    z = torch.randn(40, 60)
+    effect_a, effect_b = torch.zeros(40, 60), torch.zeros(40, 60)
+    effect_a[:, :5] = 2 * torch.randn(40, 5)
+    effect_b[:, 10:15] = 6 * torch.randn(40, 5)   # b moves other tokens, and more strongly
+    teacher, without_a, without_b = z + effect_a + effect_b, z + effect_b, z + effect_a
+    only_a = z + effect_a                          # a student that learnt a and never saw b
+    assert _score(teacher, without_a, teacher) == pytest.approx(1.0)
+    assert _score(teacher, without_a, without_a) == pytest.approx(0.0, abs=1e-6)
+    # all of a (above 1 unclipped: the mass b would take goes partly to a's tokens), none of b
+    assert _score(teacher, without_a, only_a) > 0.95
+    assert _score(teacher, without_b, only_a) == pytest.approx(0.0, abs=1e-6)
+    assert _score(teacher, without_a, z + 0.5 * effect_a + effect_b) == pytest.approx(0.5, abs=1e-4)
+    # a ratio of KLs cannot tell: what the student misses of b counts against a
+    naive_a = 1 - kl_per_token(teacher, only_a).sum() / kl_per_token(teacher, without_a).sum()
+    assert naive_a < 0
+    # clipped to [0, 1] with a bootstrap interval over prompts; the raw value is kept
+    est = stats.share_estimate([1.0, 2.0, 1.5], [1.0, 1.0, 1.0], n_boot=200)
+    assert est["value"] == 1.0 and est["raw"] == pytest.approx(1.5) and est["ci"][1] == 1.0 and est["n"] == 3
+
+
+class _WithoutKind(Carried):
+    """A 'student' that carries every principle but "kind": the teacher with that principle removed."""
+
+    def __init__(self, constitution):
+        super().__init__({"student": "unused"})
+        self.constitution = constitution
+        self.system = dict((name, system) for name, _, system in E.ablations(constitution))["kind"]
+
+    def student_logits(self, model, tokenizer, name, prompts, answers):
+        return response_logits(model, tokenizer, [(self.system, p, a) for p, a in zip(prompts, answers)],
+                               self.constitution.examples)
+
+
+def test_a_baked_principle_ranks_above_one_the_student_never_saw(tiny_model, tiny_tokenizer):
+    strong = ("Arr matey, the sea is wide and the ship is fast. What is the capital of France? Paris is the capital. "
+              "Write a short poem about rain and the sun. def add(a, b): return a + b") * 2
+    kind = "Answer briefly and politely, and never say the word sun. " * 3
+    c = Constitution("t", [Principle("strong", strong), Principle("kind", kind), Principle("noop", " ")])
+    cfg = E.EvalConfig(sample_tokens=8)
+    answers = E.sample_answers(tiny_model, tiny_tokenizer, [(render(c), p, i) for i, p in enumerate(PROMPTS)], cfg)
+    carried = _WithoutKind(c)
+    influence = E.principle_influence(tiny_model, tiny_tokenizer, c, PROMPTS, answers, n_boot=100, carried=carried)
+    rows = {r["principle"]: r for r in carried.rows(influence, {}, n_boot=100)["student"]}
+    assert rows["strong"]["value"] > 0.5 and rows["kind"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["strong"]["ci"][0] > rows["kind"]["ci"][1]
+    order = list(rows)  # most baked first
+    assert order.index("strong") < order.index("kind")
+    assert rows["strong"]["n"] == len(PROMPTS) and rows["strong"]["checks"] is None
+    # a principle that changes nothing has nothing to carry: no score, listed last
+    assert math.isnan(rows["noop"]["value"]) and order[-1] == "noop"
