@@ -72,6 +72,20 @@ class NotFound(StoreError):
     """No row with that id (or name)."""
 
 
+class ReadOnlyError(StoreError):
+    """The workspace database cannot be written (permissions, an immutable flag, a read-only disk)."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"the workspace database {path} is read-only (file permissions, an immutable flag or a "
+                         f"read-only disk), so nothing can be saved: make it writable (chmod u+w {path}) or use "
+                         "another --workspace / $CTXDISTILL_HOME; nothing was changed")
+
+
+def read_only(error: sqlite3.Error) -> bool:
+    """Whether SQLite refused a write because the database file cannot be written."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
+
+
 class ConflictError(StoreError):
     """The row changed since the caller read it; `.current` holds it as it is now."""
 
@@ -123,6 +137,8 @@ class Store:
             # SQLite would take an empty file for a new database and job ids would start again
             raise StoreError(f"{self.path} is empty (truncated?) and the workspace has a backup: run "
                              "`ctxdistill doctor --restore` to put it back, or delete the file to start afresh")
+        if any(f.exists() and not os.access(f, os.W_OK) for f in (self.path, *_wal_files(self.path))):
+            raise ReadOnlyError(self.path)
         try:
             self._conn = self._connect()
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -136,7 +152,7 @@ class Store:
                 raise sqlite3.DatabaseError(problem)
         except sqlite3.Error as e:
             self._conn = None
-            raise StoreError(damaged_message(self.home, e)) from None
+            raise (ReadOnlyError(self.path) if read_only(e) else StoreError(damaged_message(self.home, e))) from None
         self.backup()
 
     def _connect(self) -> sqlite3.Connection:
@@ -181,6 +197,10 @@ class Store:
                     rollback(db)
                     raise
                 db.execute("COMMIT")
+            except sqlite3.OperationalError as e:   # the file turned read-only while the workspace was open
+                if not read_only(e):
+                    raise
+                raise ReadOnlyError(self.path) from None
             finally:
                 self._local.in_tx = False
 
@@ -664,6 +684,10 @@ class Store:
             tmp.unlink(missing_ok=True)      # a full disk must not stop the workspace from opening
             return None
         return folder / f"{DB_NAME}.1"
+
+
+def _wal_files(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
 
 
 def backups(home: str | os.PathLike) -> list[Path]:
