@@ -176,9 +176,11 @@ def test_preview_student_is_the_visitors_own_run(app):
     a = seed(ctx, A.session_hash)
     single = tab_callback(blocks, "preview", "single")
     with pytest.raises(gr.Error, match="No run or job"):
-        next(single({}, "hi", a["job"], B, True, 0.7, 0.95, 0, 8, 1))
+        next(single({}, "hi", a["job"], 1.0, B, True, 0.7, 0.95, 0, 8, 1))
     with pytest.raises(gr.Error, match="No run or job"):
-        next(single({}, "hi", "../../etc", A, True, 0.7, 0.95, 0, 8, 1))
+        next(single({}, "hi", "../../etc", 1.0, A, True, 0.7, 0.95, 0, 8, 1))
+    with pytest.raises(gr.Error, match="No run or job"):
+        tab_callback(blocks, "preview", "restrength")("hi", a["job"], 0.5, B, True, 0.7, 0.95, 0, 8, 1)
 
 
 def test_every_callback_is_given_the_request(app):
@@ -500,7 +502,8 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         "data:on_generate": lambda fn: fn(own["constitution"], "default", "", 0, 1, 8, 0.7, 0.95, 3, request=a),
         "data:on_revise": lambda fn: fn(own["constitution"], "", 2, "cycle", "unprompted", 8, 0.7, 0.95, request=a),
         "distill:on_start": [train(grad_accum=2), train(batch_size=3), train(lora_r=8), train(steps=3)],
-        "preview:single": lambda fn: next(fn({}, big_text, None, a, True, 0.7, 0.95, 0, 8, 1)),
+        "preview:single": lambda fn: next(fn({}, big_text, None, 1.0, a, True, 0.7, 0.95, 0, 8, 1)),
+        "preview:restrength": lambda fn: fn(big_text, own["job"], 1.0, a, True, 0.7, 0.95, 0, 8, 1),
         "preview:batch": lambda fn: next(fn({}, 5, "heldout", a, True, 0.7, 0.95, 0, 8, 1)),
         "preview:preview_api": lambda fn: fn(PIRATE.read_text(), "hi", 2, 0, 8, 0.0),
         "samples:action.run": lambda fn: fn(a, big_text, "", [own["sample"]], 0, shown, *filters),

@@ -3,6 +3,7 @@ for inference and at export, recorded in the exported adapter's config; bad stre
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -93,3 +94,20 @@ def test_cli_exports_a_run_at_a_strength_and_refuses_a_bad_one(capsys, tiny_mode
     assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == pytest.approx(4.0)
     assert main(["export", "--run", "999", "--out", str(tmp_path / "none")]) == 2
     assert "999" in capsys.readouterr().err
+
+
+def test_the_preview_dial_refuses_a_strength_outside_its_range(tmp_path):
+    import gradio as gr
+
+    from ctxdistill.ui.app import build_app
+    from ctxdistill.ui.common import AppContext
+    from tests.test_demo import tab_callback
+
+    ctx = AppContext(home=tmp_path / "ws")
+    blocks = build_app(ctx)
+    job = ctx.store.create_job("train", {"constitution_id": 1}, heavy=True)
+    request = SimpleNamespace(session_hash="x")
+    for name, call in (("single", lambda fn: next(fn({}, "hi", job, 1.6, request, True, 0.7, 0.95, 0, 8, 1))),
+                       ("restrength", lambda fn: fn("hi", job, -0.5, request, True, 0.7, 0.95, 0, 8, 1))):
+        with pytest.raises(gr.Error, match=r"strength must be from 0 \(the base model\) to 1\.5"):
+            call(tab_callback(blocks, "preview", name))

@@ -14,7 +14,7 @@ from ctxdistill import constitution as cmod
 from ctxdistill.demo import gpu, kb
 from ctxdistill.generate import MAX_NEW_TOKENS_LIMIT, SamplingConfig, generate_rows, preview_stream
 from ctxdistill.models import ModelError, check_fits, default_models_dir, get_model
-from ctxdistill.adapters import AdapterError, merged_student
+from ctxdistill.adapters import STRENGTH_RANGE, AdapterError, check_strength, merged_student
 from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_choices, adapter_dir, bind, draft_constitution,
                                   highlight, prompt_choices, slider)
 
@@ -43,17 +43,17 @@ def _stream(spec, models_dir, system: str, prompts: list[str], cfg: SamplingConf
 
 
 @functools.lru_cache(maxsize=1)
-def _merged(spec, models_dir, adapter: str, stamp: float):
+def _merged(spec, models_dir, adapter: str, stamp: float, strength: float):
     model, _ = get_model(spec, models_dir=models_dir)
-    return merged_student(model, adapter)
+    return merged_student(model, adapter, strength)
 
 
 @gpu
-def _student(spec, models_dir, adapter: str, prompt: str, cfg: SamplingConfig) -> list[str]:
-    """The student's answers: base + the run's adapter, without the constitution."""
+def _student(spec, models_dir, adapter: str, prompt: str, cfg: SamplingConfig, strength: float) -> list[str]:
+    """The student's answers: base + the run's adapter at ``strength``, without the constitution."""
     _, tokenizer = get_model(spec, models_dir=models_dir)
     stamp = (Path(adapter) / "adapter_model.safetensors").stat().st_mtime if Path(adapter).is_dir() else 0.0
-    model = _merged(spec, str(models_dir), adapter, stamp)
+    model = _merged(spec, str(models_dir), adapter, stamp, strength)
     ids = generate_rows(model, tokenizer, [(None, prompt)] * cfg.n, cfg, sample_index=list(range(cfg.n)))
     return [tokenizer.decode(a, skip_special_tokens=True) for a in ids]
 
@@ -103,8 +103,11 @@ def layout(ctx: AppContext) -> dict:
         unprompted = gr.Textbox(label="Without it (base model)", lines=8, interactive=False, elem_id="unprompted")
         student = gr.Textbox(label="Student (base + adapter, no constitution)", lines=8, interactive=False,
                              elem_id="student")
-    student_run = gr.Dropdown(label="Student: a finished training run's adapter (third column)", choices=[],
-                              elem_id="student-run")
+    with gr.Row():
+        student_run = gr.Dropdown(label="Student: a finished training run's adapter (third column)", choices=[],
+                                  elem_id="student-run", scale=2)
+        strength = gr.Slider(*STRENGTH_RANGE, value=1.0, step=0.05, label="Student strength (0 = base model, 1 = as trained)",
+                             elem_id="student-strength", scale=1)
     divergence = gr.HighlightedText(label="What the constitution changes (darker = larger KL)", combine_adjacent=False,
                                     show_legend=False, elem_id="divergence")
     mean = gr.Markdown(elem_id="mean-kl")
@@ -117,27 +120,50 @@ def layout(ctx: AppContext) -> dict:
         table = gr.Dataframe(headers=["prompt", "with constitution", "without", "mean KL"], wrap=True,
                              interactive=False, elem_id="batch-table")
     return dict(prompt=prompt, pick=pick, settings=[greedy, temperature, top_p, seed, max_new, samples], run=run,
-                prompted=prompted, unprompted=unprompted, student=student, student_run=student_run,
+                prompted=prompted, unprompted=unprompted, student=student, student_run=student_run, strength=strength,
                 divergence=divergence, mean=mean, n_batch=n_batch, split=split, run_batch=run_batch, table=table)
 
 
-def single(ctx: AppContext, draft, text, run_id, request: gr.Request, *values):  # gradio injects a Request only before *args
-    """One prompt: both answers streamed, the KL highlight, then the picked run's student."""
+def student_of(ctx: AppContext, run_id, strength, request: gr.Request) -> tuple[str, float]:
+    """(adapter directory, strength) of the picked run, or gr.Error: a strength outside its range."""
     # the browser sends a run id; the adapter directory comes from the visitor's own run
-    adapter = str(adapter_dir(ctx, ctx.job(run_id, request))) if run_id else None
+    adapter = str(adapter_dir(ctx, ctx.job(run_id, request)))
+    try:
+        return adapter, check_strength(strength)
+    except AdapterError as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def student_answers(ctx: AppContext, student: tuple[str, float], text: str, cfg: SamplingConfig) -> str:
+    """The student (``student_of``) answering ``text``, or gr.Error (bad sampling settings, an adapter that does not load)."""
+    try:
+        cfg.validate()
+        return _join(_student(ctx.model_spec, default_models_dir(ctx.home), student[0], text, cfg, student[1]))
+    except (ValueError, ModelError, AdapterError) as exc:
+        raise gr.Error(str(exc)) from exc
+
+
+def single(ctx: AppContext, draft, text, run_id, strength, request: gr.Request, *values):  # gradio injects a Request only before *args
+    """One prompt: both answers streamed, the KL highlight, then the picked run's student at the dial's strength."""
+    student = student_of(ctx, run_id, strength, request) if run_id else None
     cfg = sampling_config(*values)
     for result in run_preview(ctx, draft, [text], cfg):
         pieces = highlight(result.tokens[0][0], result.kl[0][0]) if result.done else []
         summary = (f"**Mean KL:** {result.mean_kl:.3f} nats/token over {sum(len(k) for k in result.kl[0])} "
                    "tokens of the teacher's answer") if result.done else "generating…"
-        waiting = "generating…" if adapter else "pick a training run to see its student"
+        waiting = "generating…" if student else "pick a training run to see its student"
         yield _join(result.prompted[0]), _join(result.unprompted[0]), waiting, pieces, summary
-    if adapter:
-        try:
-            answers = _student(ctx.model_spec, default_models_dir(ctx.home), adapter, text, cfg)
-        except (ModelError, AdapterError) as exc:
-            raise gr.Error(str(exc)) from exc
-        yield _join(result.prompted[0]), _join(result.unprompted[0]), _join(answers), pieces, summary
+    if student:
+        yield _join(result.prompted[0]), _join(result.unprompted[0]), student_answers(ctx, student, text, cfg), pieces, summary
+
+
+def restrength(ctx: AppContext, text, run_id, strength, request: gr.Request, *values):
+    """The dial moved: the student column again, at the new strength (the other columns stay)."""
+    if not run_id or not (text or "").strip():
+        return gr.skip()
+    cfg = sampling_config(*values)
+    ctx.limit(max_new_tokens=cfg.max_new_tokens, samples=cfg.n, text_kb=kb(text))
+    return student_answers(ctx, student_of(ctx, run_id, strength, request), text, cfg)
 
 
 def batch(ctx: AppContext, draft, n, which_split, request: gr.Request, *values):
@@ -181,7 +207,8 @@ def build(ctx: AppContext) -> None:
     c["pick"].input(lambda text: text, c["pick"], c["prompt"])
     answers = [c["prompted"], c["unprompted"], c["student"], c["divergence"], c["mean"]]
     for event in (c["run"].click, c["prompt"].submit):
-        event(on(single), [ctx.draft, c["prompt"], c["student_run"], *c["settings"]], answers, **model)
+        event(on(single), [ctx.draft, c["prompt"], c["student_run"], c["strength"], *c["settings"]], answers, **model)
+    c["strength"].release(on(restrength), [c["prompt"], c["student_run"], c["strength"], *c["settings"]], c["student"], **model)
     c["run_batch"].click(on(batch), [ctx.draft, c["n_batch"], c["split"], *c["settings"]], c["table"], **model)
     # both lists follow the store through the page's poll (ui/poll.py): prompt sets, and runs that finish
     ctx.watch(on(refresh_choices), None, c["pick"], on=("sets",))
