@@ -7,9 +7,9 @@ dropped connection re-attaches to whatever is running.
 
 from __future__ import annotations
 
+import functools
 import html
 import shutil
-import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from ctxdistill.models import default_models_dir
 from ctxdistill.precision import PRECISIONS, QUANTIZE, policy
 from ctxdistill.precision import facts as precision_facts
 from ctxdistill.safety import safe_path
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, adapter_dir, error_text, keep, starved_note, train_runs
+from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_dir, bind, download_dir, error_text, keep, starved_note,
+                                  train_runs)
 
 # the form: TrainConfig fields shown as widgets, in this order
 FORM = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
@@ -37,9 +38,18 @@ def _help(name: str) -> str:
     return next(f.metadata.get("help", "") for f in fields(T.TrainConfig) if f.name == name)
 
 
+def _elem_id(name: str) -> str:
+    return f"train-{name.replace('_', '-')}"
+
+
+def by_name(values: dict) -> dict:
+    """A set of inputs arrives as one {component: value} dict: its values by field name (from the elem_id)."""
+    return {c.elem_id.removeprefix("train-").replace("-", "_"): v for c, v in values.items()}
+
+
 def _widget(name: str, default, cap: int | None = None):
     label = name.replace("_", " ").capitalize()
-    kw = dict(label=label, info=_help(name), elem_id=f"train-{name.replace('_', '-')}")
+    kw = dict(label=label, info=_help(name), elem_id=_elem_id(name))
     if name in CHOICES:
         return gr.Radio(list(CHOICES[name]), value=default, **kw)
     if isinstance(default, bool):
@@ -137,39 +147,8 @@ def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, meas
             + f" ({n_train} train prompts, {cfg.steps} steps; measured with {cal.precision}).")
 
 
-def machine_panel(ctx: AppContext, widgets: dict, prompt_set) -> None:
-    """The precision the policy picks for the form and why, the run's predicted time, and this
-    machine's facts (what ``ctxdistill info`` prints)."""
-    with gr.Row():
-        chosen = gr.Markdown(precision_text("auto", "auto"), elem_id="train-precision")
-        guess = gr.Markdown(elem_id="train-estimate")
-        measure = gr.Button("Estimate the time", size="sm", elem_id="train-estimate-button", scale=0)
-    with gr.Accordion("This machine", open=False):
-        facts = gr.JSON(elem_id="train-machine")
-
-    def on_choice(quantize, precision):
-        return precision_text(quantize, precision)
-
-    for name in ("quantize", "precision"):
-        widgets[name].change(on_choice, [widgets["quantize"], widgets["precision"]], chosen, queue=False)
-
-    def form(values: dict) -> dict:   # a set of inputs arrives as one {component: value} dict
-        return {name: values[widget] for name, widget in widgets.items()}
-
-    def on_measure(values: dict, request: gr.Request):
-        return (estimate_text(ctx, form(values), values[prompt_set], ctx.owner(request), measure=True),
-                precision_facts())
-
-    measure.click(on_measure, {prompt_set, *widgets.values()}, [guess, facts], concurrency_id=MODEL_QUEUE)
-
-    def on_form(values: dict, request: gr.Request):
-        return estimate_text(ctx, form(values), values[prompt_set], ctx.owner(request), measure=False)
-
-    for widget in (*widgets.values(), prompt_set):
-        widget.change(on_form, {prompt_set, *widgets.values()}, guess, queue=False)
-
-
-def build(ctx: AppContext) -> None:
+def layout(ctx: AppContext) -> dict:
+    """The tab's components, by name; "widgets" are the form's TrainConfig fields, in FORM's order."""
     gr.Markdown("Train a LoRA adapter so that the model **without** the constitution answers as it does **with** it. "
                 "The defaults train the embedded model on the CPU in a few minutes. The held-out KL is the "
                 "distance between teacher and student on prompts the run never trains on; the run keeps its best step.")
@@ -179,8 +158,8 @@ def build(ctx: AppContext) -> None:
     form_caps = {"steps": caps.steps, "max_prompts": caps.prompts, "sample_tokens": caps.max_new_tokens,
                  "batch_size": caps.batch_size, "grad_accum": caps.grad_accum, "lora_r": caps.lora_r} if caps else {}
     with gr.Row():
-        version = gr.Dropdown(label="Constitution version", choices=[], elem_id="train-version", scale=2)
-        prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id="train-prompt-set", scale=1)
+        version = gr.Dropdown(label="Constitution version", choices=[], elem_id=_elem_id("version"), scale=2)
+        prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id=_elem_id("prompt_set"), scale=1)
     widgets = {}
     with gr.Row():
         for name in FORM[:4]:
@@ -192,7 +171,14 @@ def build(ctx: AppContext) -> None:
         with gr.Row():
             for name in FORM[10:]:
                 widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
-    machine_panel(ctx, widgets, prompt_set)
+    # the precision the policy picks for the form and why, the run's predicted time, and this
+    # machine's facts (what `ctxdistill info` prints)
+    with gr.Row():
+        chosen = gr.Markdown(precision_text("auto", "auto"), elem_id="train-precision")
+        guess = gr.Markdown(elem_id="train-estimate")
+        measure = gr.Button("Estimate the time", size="sm", elem_id="train-estimate-button", scale=0)
+    with gr.Accordion("This machine", open=False):
+        facts = gr.JSON(elem_id="train-machine")
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -215,112 +201,145 @@ def build(ctx: AppContext) -> None:
             push = gr.Button("Push to the Hub (needs HF_TOKEN)", elem_id="train-push", visible=not ctx.demo)
         files = gr.File(label="Download", elem_id="train-export-file")
         export_msg = gr.Markdown(elem_id="train-export-msg")
-
     plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
+    return dict(version=version, prompt_set=prompt_set, widgets=widgets, chosen=chosen, guess=guess, measure=measure,
+                facts=facts, start=start, stop=stop, resume=resume, run=run, status=status, loss_plot=loss_plot,
+                heldout_plot=heldout_plot, log=log, runs=runs, merged=merged, export=export, hub_id=hub_id, push=push,
+                files=files, export_msg=export_msg, plotted=plotted)
 
-    def run_choices(owner: str, selected=None):
-        return keep([(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in train_runs(ctx, owner)],
-                    selected)
 
-    def version_list(current, request: gr.Request):
-        return keep(_versions(ctx, ctx.owner(request)), current)
+def on_choice(quantize, precision):
+    return precision_text(quantize, precision)
 
-    def run_list(current, request: gr.Request):
-        return run_choices(ctx.owner(request), current)
 
+def on_measure(ctx: AppContext, values: dict, request: gr.Request):
+    form = by_name(values)
+    return estimate_text(ctx, form, form.pop("prompt_set"), ctx.owner(request), measure=True), precision_facts()
+
+
+def on_form(ctx: AppContext, values: dict, request: gr.Request):
+    form = by_name(values)
+    return estimate_text(ctx, form, form.pop("prompt_set"), ctx.owner(request), measure=False)
+
+
+def run_choices(ctx: AppContext, owner: str, selected=None):
+    return keep([(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in train_runs(ctx, owner)],
+                selected)
+
+
+def version_list(ctx: AppContext, current, request: gr.Request):
+    return keep(_versions(ctx, ctx.owner(request)), current)
+
+
+def run_list(ctx: AppContext, current, request: gr.Request):
+    return run_choices(ctx, ctx.owner(request), current)
+
+
+def poll(ctx: AppContext, job_id, shown, request: gr.Request):
+    """The run's status, plots (when its step or state moved), log tail and the runs table."""
+    owner = ctx.owner(request)
+    job = ctx.find_job(job_id, request)
+    run_id = job["id"] if job else None
+    key = [run_id, job["progress_done"], job["state"]] if job else None
+    plots = metrics_frames(ctx, run_id) if key != shown else (gr.skip(), gr.skip())
+    return status_html(job), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
+
+
+def settings_of(ctx: AppContext, job_id, request: gr.Request):
+    """A picked run's own settings in the form, so that what it ran is what one reads (and resumes)."""
+    job = ctx.find_job(job_id, request)
+    if job is None:
+        return (gr.skip(),) * (2 + len(FORM))
+    cfg, defaults = job["config"], T.TrainConfig()
+    return (gr.update(value=cfg.get("constitution_id")), cfg.get("prompt_set", defaults.prompt_set),
+            *[cfg.get(name, getattr(defaults, name)) for name in FORM])
+
+
+def on_start(ctx: AppContext, values: dict, request: gr.Request):
+    owner = ctx.owner(request)
+    form = by_name(values)
+    version_id, set_name = form.pop("version"), form.pop("prompt_set")
+    if not version_id:
+        raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+    ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
+    try:
+        cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
+                            model=ctx.model_spec or "", owner=owner, **form_values(form)).validate()
+        if cfg.data == "accepted":
+            T.accepted_texts(ctx.store, cfg)
+    except (T.TrainError, TypeError, ValueError) as exc:
+        raise gr.Error(str(exc))
+    if ctx.caps is not None and not cfg.max_prompts:
+        cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
+    ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts, max_new_tokens=cfg.sample_tokens,
+              samples=cfg.samples_per_prompt, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r)
+    job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
+    return run_choices(ctx, owner, job_id)
+
+
+def on_stop(ctx: AppContext, job_id, request: gr.Request):
+    if job_id:
+        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=30)
+
+
+def on_resume(ctx: AppContext, job_id, request: gr.Request):
+    return run_choices(ctx, ctx.owner(request), ctx.resume_job(job_id, request, "run"))
+
+
+def adapter_of(ctx: AppContext, job_id, request: gr.Request | None) -> tuple[dict, Path]:
+    """The visitor's own run and its finished adapter, or gr.Error."""
+    if not job_id:
+        raise gr.Error("Pick a run first.")
+    job = ctx.job(job_id, request)
+    path = adapter_dir(ctx, job)
+    if not path.is_dir():
+        raise gr.Error("This run has no finished adapter yet.")
+    return job, path
+
+
+def on_export(ctx: AppContext, job_id, as_merged, request: gr.Request):
+    job, adapter = adapter_of(ctx, job_id, request)
+    job_id, spec = job["id"], job["config"].get("model") or None
+    out = download_dir() / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
+    try:
+        adapters.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=default_models_dir(ctx.store.home))
+    except adapters.AdapterError as exc:
+        return None, error_text(exc)
+    archive = shutil.make_archive(str(out), "zip", out)
+    return archive, f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}) with its model card."
+
+
+def on_push(ctx: AppContext, job_id, repo, request: gr.Request):
+    ctx.local_only("Pushing to the Hub")
+    _, adapter = adapter_of(ctx, job_id, request)
+    if not (repo or "").strip():
+        return error_text(ValueError("give a repository id, e.g. me/pirate-adapter"))
+    try:
+        return f"Pushed to {adapters.push_to_hub(adapter, repo.strip())}"
+    except Exception as exc:  # no token, network, permissions: shown, not raised
+        return error_text(exc)
+
+
+def build(ctx: AppContext) -> None:
+    c = layout(ctx)
+    on = functools.partial(bind, ctx)
+    widgets, run = c["widgets"], c["run"]
+    fields = [*widgets.values(), c["prompt_set"]]
+    for name in ("quantize", "precision"):
+        widgets[name].change(on_choice, [widgets["quantize"], widgets["precision"]], c["chosen"], queue=False)
+    # a set of inputs: the handler gets one {component: value} dict (by_name)
+    c["measure"].click(on(on_measure), set(fields), [c["guess"], c["facts"]], concurrency_id=MODEL_QUEUE)
+    for widget in fields:
+        widget.change(on(on_form), set(fields), c["guess"], queue=False)
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
-    ctx.watch(version_list, version, version, on=("versions",))
-    ctx.watch(run_list, run, run, on=("jobs",))
-
-    def poll(job_id, shown, request: gr.Request):
-        owner = ctx.owner(request)
-        job = ctx.find_job(job_id, request)
-        run_id = job["id"] if job else None
-        key = [run_id, job["progress_done"], job["state"]] if job else None
-        plots = metrics_frames(ctx, run_id) if key != shown else (gr.skip(), gr.skip())
-        return status_html(job), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
-
-    outputs = [status, loss_plot, heldout_plot, log, runs, plotted]
-    ctx.watch(poll, [run, plotted], outputs, on=("jobs", "progress:train"))
-    run.change(poll, [run, plotted], outputs, show_progress="hidden")
-
-    def settings_of(job_id, request: gr.Request):
-        """A picked run's own settings in the form, so that what it ran is what one reads (and resumes)."""
-        job = ctx.find_job(job_id, request)
-        if job is None:
-            return (gr.skip(),) * (2 + len(widgets))
-        cfg = job["config"]
-        return (gr.update(value=cfg.get("constitution_id")), cfg.get("prompt_set", defaults.prompt_set),
-                *[cfg.get(name, getattr(defaults, name)) for name in widgets])
-
-    run.input(settings_of, run, [version, prompt_set, *widgets.values()], show_progress="hidden")
-
-    def on_start(values: dict, request: gr.Request):
-        # a set of inputs arrives as one {component: value} dict
-        owner = ctx.owner(request)
-        version_id, set_name = values[version], values[prompt_set]
-        if not version_id:
-            raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
-        ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
-        form = form_values({name: values[widget] for name, widget in widgets.items()})
-        try:
-            cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
-                                model=ctx.model_spec or "", owner=owner, **form).validate()
-            if cfg.data == "accepted":
-                T.accepted_texts(ctx.store, cfg)
-        except (T.TrainError, TypeError, ValueError) as exc:
-            raise gr.Error(str(exc))
-        if ctx.caps is not None and not cfg.max_prompts:
-            cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
-        ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts, max_new_tokens=cfg.sample_tokens,
-                  samples=cfg.samples_per_prompt, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r)
-        job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
-        return run_choices(owner, job_id)
-
-    start.click(on_start, {version, prompt_set, *widgets.values()}, run).then(**ctx.poll_now)
-
-    def on_stop(job_id, request: gr.Request):
-        if job_id:
-            jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=30)
-
-    stop.click(on_stop, run, None).then(**ctx.poll_now)
-
-    def on_resume(job_id, request: gr.Request):
-        return run_choices(ctx.owner(request), ctx.resume_job(job_id, request, "run"))
-
-    resume.click(on_resume, run, run).then(**ctx.poll_now)
-
-    def adapter_of(job_id, request: gr.Request) -> tuple[dict, Path]:
-        """The visitor's own run and its finished adapter, or gr.Error."""
-        if not job_id:
-            raise gr.Error("Pick a run first.")
-        job = ctx.job(job_id, request)
-        path = adapter_dir(ctx, job)
-        if not path.is_dir():
-            raise gr.Error("This run has no finished adapter yet.")
-        return job, path
-
-    def on_export(job_id, as_merged, request: gr.Request):
-        job, adapter = adapter_of(job_id, request)
-        job_id, spec = job["id"], job["config"].get("model") or None
-        out = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
-        try:
-            adapters.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=default_models_dir(ctx.store.home))
-        except adapters.AdapterError as exc:
-            return None, error_text(exc)
-        archive = shutil.make_archive(str(out), "zip", out)
-        return archive, f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}) with its model card."
-
-    export.click(on_export, [run, merged], [files, export_msg])
-
-    def on_push(job_id, repo, request: gr.Request):
-        ctx.local_only("Pushing to the Hub")
-        _, adapter = adapter_of(job_id, request)
-        if not (repo or "").strip():
-            return error_text(ValueError("give a repository id, e.g. me/pirate-adapter"))
-        try:
-            return f"Pushed to {adapters.push_to_hub(adapter, repo.strip())}"
-        except Exception as exc:  # no token, network, permissions: shown, not raised
-            return error_text(exc)
-
-    push.click(on_push, [run, hub_id], export_msg)
+    ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
+    ctx.watch(on(run_list), run, run, on=("jobs",))
+    shown = [c["status"], c["loss_plot"], c["heldout_plot"], c["log"], c["runs"], c["plotted"]]
+    ctx.watch(on(poll), [run, c["plotted"]], shown, on=("jobs", "progress:train"))
+    run.change(on(poll), [run, c["plotted"]], shown, show_progress="hidden")
+    run.input(on(settings_of), run, [c["version"], c["prompt_set"], *widgets.values()], show_progress="hidden")
+    c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
+    c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)
+    c["resume"].click(on(on_resume), run, run).then(**ctx.poll_now)
+    c["export"].click(on(on_export), [run, c["merged"]], [c["files"], c["export_msg"]])
+    c["push"].click(on(on_push), [run, c["hub_id"]], c["export_msg"])
