@@ -160,7 +160,8 @@ def score(model, tokenizer, items: list[Item], system: str | None = None, *, max
     """Greedy answers of the model as it is (the caller sets the adapter: off for base and teacher, on
     for a student) to every item, with ``system`` as system prompt (None: the template's default),
     in batches; True where the answer matches. ``tick(k)`` after each batch of k items."""
-    from .generate import SamplingConfig, sample_rows
+    from .engine import sample_rows
+    from .generate import SamplingConfig
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
     ids = sample_rows(model, tokenizer, [(system, it.prompt, i) for i, it in enumerate(items)], sampling,

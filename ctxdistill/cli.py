@@ -579,7 +579,8 @@ def _eval_flags(p):
     p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
     p.add_argument("--run", type=int, action="append", required=True, help="training run (job id) to score; repeat for several")
     p.add_argument(*PROMPT_SET_FLAGS, dest="prompts", default="default", help="prompt set whose held-out prompts are scored (default: default)")
-    add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "prompt_set", "model", "owner"))
+    p.add_argument("--category", action="append", dest="categories", help="score only the held-out prompts of this category; repeat for several")
+    add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "prompt_set", "categories", "model", "owner"))
     p.add_argument("--report", help="also write the report: a .md, .html or .json file")
     p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
 
@@ -587,14 +588,15 @@ def _eval_flags(p):
 def _eval_summary(r: dict) -> str:
     checks = "; ".join(f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items())
     ret = r["retention"]
+    capability = (" vs ".join(f"{c} {v:.0%}" for c, v in reversed(r["capability"].items())) + "; ") if r.get("capability") else ""
     return (f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
-            f"KL(teacher‖base) {r['kl_base']:.4f} -> KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
+            f"{'capability: ' if capability else ''}{capability}KL(teacher‖base) {r['kl_base']:.4f} -> KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
             f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
             f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
             f"{ret['nll_student']:.3f}; checks: {checks or 'none'}")
 
 
-@command("eval", "score trained runs against the teacher on held-out prompts (KL gap closed, checks, retention)", _eval_flags)
+@command("eval", "score trained runs against the teacher on held-out prompts (capability, KL gap closed, checks, retention, robustness)", _eval_flags)
 def cmd_eval(args) -> int:
     from ctxdistill import evaluate as E
     from ctxdistill import report
@@ -602,7 +604,7 @@ def cmd_eval(args) -> int:
     store = open_store(args)
     try:
         cfg = dataclass_from_args(E.EvalConfig, args, constitution_id=constitution_version(store, args.constitution),
-                                  runs=args.run, prompt_set=args.prompts, model=args.model or "")
+                                  runs=args.run, prompt_set=args.prompts, categories=args.categories or [], model=args.model or "")
         E.plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
     except E.EvalError as exc:
         raise UserError(str(exc))

@@ -177,6 +177,28 @@ class TeacherStudent:
             self._cache_left -= states.nbytes
 
 
+def sample_rows(model, tokenizer, rows: list[tuple], cfg: SamplingConfig, *, batch_size: int = 32,
+                examples: list[dict] = (), tick=None) -> list[list[int]]:
+    """``generate_rows`` over (system, prompt, sample index) rows, ``batch_size`` rows per batch;
+    ``tick(k)`` after each batch of k rows. The index seeds the row's random stream, so two
+    conditions that share it draw the same random numbers for the same prompt."""
+    out: list[list[int]] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        out += generate_rows(model, tokenizer, [(s, p) for s, p, _ in chunk], cfg, sample_index=[i for _, _, i in chunk],
+                             examples=examples)
+        if tick:
+            tick(len(chunk))
+    return out
+
+
+def with_end(tokenizer, answers: list[list[int]], max_tokens: int) -> list[list[int]]:
+    """An answer that stopped by itself ends with the end-of-turn token, so the stop decision is scored
+    too (as in training's held-out KL)."""
+    end = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
+    return [a + ([end] if len(a) < max_tokens and end is not None else []) for a in answers]
+
+
 class SamplingStopped(Exception):
     """should_stop() said so between two generation steps; `.done` holds the answers finished so far."""
 

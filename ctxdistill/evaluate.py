@@ -21,6 +21,9 @@ Scores (each with its sample size and a percentile-bootstrap 95% interval over p
   (or the preamble) removed, along the teacher's samples: which principles change behaviour;
 * which principles got baked: per principle and student, the share of its effect the student
   reproduces, from the same teacher passes (baked.py defines and justifies the score).
+* the robustness suite (robustness.py, on unless --no-robustness): capability on a set of short
+  verifiable questions, scores by prompt family, a second turn, injection attempts, a placebo
+  system prompt and the savings of dropping the constitution.
 
 The statistics are in stats.py (tested on toy numbers) and what the results look like in report.py;
 here are the model passes and the job. It runs over 450 lines because sampling, scoring, principle
@@ -42,11 +45,12 @@ from .config import StageConfig
 from .precision import PRECISIONS, QUANTIZE
 from .adapters import EVAL_FILE
 from .baked import Carried
-from .engine import Example, TeacherStudent, adapters_off
-from .generate import SamplingConfig, response_logits, sample_rows
+from .engine import Example, TeacherStudent, adapters_off, sample_rows, with_end
+from .generate import SamplingConfig, response_logits
 from .jobs import Meter, eta_text
 from .losses import ce_per_token, kl_per_token
 from .report import fmt_estimate, markdown_table
+from . import robustness as R
 from .stats import (check_rates, gap_closed_estimate, mean_estimate, rank_auc, retention, text_summary,
                     token_kl)
 
@@ -75,6 +79,12 @@ class EvalConfig(StageConfig):
     batch_size: int = field(default=16, metadata={"help": "answers per scoring forward pass"})
     gen_batch: int = field(default=32, metadata={"help": "rows per sampling batch"})
     influence_prompts: int = field(default=8, metadata={"help": "prompts for principle influence (0 = skip it)"})
+    categories: list = field(default_factory=list, metadata={"help": "score only the held-out prompts of these categories (empty: all)"})
+    robustness: bool = field(default=True, metadata={"help": "also run the robustness suite: capability, injection, second turn, placebo, savings (robustness.py)"})
+    suite_prompts: int = field(default=16, metadata={"help": "held-out prompts of the second turn, the attacks and the placebo, taken in turn from each category"})
+    attack_prompts: int = field(default=6, metadata={"help": "prompts each kind of attack is combined with"})
+    capability_set: str = field(default="", metadata={"help": "capability set file (JSON lines of prompt, answers; empty: the shipped set)"})
+    attack_set: str = field(default="", metadata={"help": "attack set file (JSON lines of kind, template with {prompt}; empty: the shipped set)"})
     retention_set: str = field(default="", metadata={"help": "prompt set whose held-out base answers measure retention (empty: the scored prompts)"})
     judge: bool = field(default=False, metadata={"help": "also ask a judge model whether each answer follows each principle"})
     judge_model: str = field(default="", metadata={"help": "judge model spec (empty: the evaluated base model)"})
@@ -89,7 +99,7 @@ class EvalConfig(StageConfig):
         self.runs = [int(r) for r in self.runs]
         if len(set(self.runs)) != len(self.runs):
             errors.append("a run is listed twice")
-        for name in ("sample_tokens", "batch_size", "gen_batch", "n_boot"):
+        for name in ("sample_tokens", "batch_size", "gen_batch", "n_boot", "suite_prompts", "attack_prompts"):
             if getattr(self, name) < 1:
                 errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         for name in ("max_prompts", "influence_prompts"):
@@ -115,6 +125,8 @@ class Plan:
     prompts: list[dict]
     retention_prompts: list[dict]
     runs: list[dict]       # {"run", "adapter" (path), "config", "info"}
+    capability: list = field(default_factory=list)   # capability.Item, when the robustness suite runs
+    attacks: list = field(default_factory=list)      # robustness.Attack
 
 
 def runs_adapter(store, run_id: int) -> Path:
@@ -146,6 +158,13 @@ def plan(cfg: EvalConfig, store) -> Plan:
         return rows
 
     prompts = heldout(cfg.prompt_set)
+    if cfg.categories:
+        have = sorted({p.get("category") or "" for p in prompts})
+        missing = [c for c in cfg.categories if c not in have]
+        if missing:
+            raise EvalError(f"prompt set {cfg.prompt_set!r} has no held-out prompts in categor{'y' if len(missing) == 1 else 'ies'} "
+                            f"{', '.join(map(repr, missing))} (categories with held-out prompts: {', '.join(have)})")
+        prompts = [p for p in prompts if p.get("category") in cfg.categories]
     prompts = prompts[:cfg.max_prompts] if cfg.max_prompts else prompts
     retention_prompts = heldout(cfg.retention_set) if cfg.retention_set else prompts
     runs = []
@@ -172,7 +191,15 @@ def plan(cfg: EvalConfig, store) -> Plan:
         except (OSError, ValueError) as exc:
             raise EvalError(f"the adapter of run {run_id} is corrupt ({adapter / RUN_FILE}: {exc}); train it again") from None
         runs.append({"run": run_id, "adapter": adapter, "config": job["config"], "info": info})
-    return Plan(from_row(row), row, prompts, retention_prompts, runs)
+    suite = {}
+    if cfg.robustness:
+        from .capability import CapabilityError, load_items
+
+        try:
+            suite = {"capability": load_items(cfg.capability_set or None), "attacks": R.load_attacks(cfg.attack_set or None)}
+        except (CapabilityError, R.RobustnessError) as exc:
+            raise EvalError(str(exc)) from None
+    return Plan(from_row(row), row, prompts, retention_prompts, runs, **suite)
 
 
 def label(run_id: int) -> str:
@@ -225,13 +252,6 @@ def load_students(cfg: EvalConfig, the_plan: Plan, models_dir):
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
-
-
-def _with_end(tokenizer, answers: list[list[int]], max_tokens: int) -> list[list[int]]:
-    """An answer that stopped by itself ends with the end-of-turn token, so the stop decision is scored
-    too (as in training's held-out KL)."""
-    end = tokenizer.convert_tokens_to_ids(tokenizer.eos_token) if tokenizer.eos_token else None
-    return [a + ([end] if len(a) < max_tokens and end is not None else []) for a in answers]
 
 
 def _per_row(values: torch.Tensor, lengths: list[int]) -> list[list[float]]:
@@ -338,7 +358,7 @@ def influence(model, tokenizer, constitution, prompts: list[str], sample_tokens:
     with adapters_off(model):
         answers = sample_answers(model, tokenizer, [(render(constitution), p, i) for i, p in enumerate(prompts)],
                                  cfg, constitution.examples)
-    return principle_influence(model, tokenizer, constitution, prompts, _with_end(tokenizer, answers, sample_tokens),
+    return principle_influence(model, tokenizer, constitution, prompts, with_end(tokenizer, answers, sample_tokens),
                                n_boot=n_boot)
 
 
@@ -401,6 +421,9 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     n_influence = min(cfg.influence_prompts, n)
     # progress units: sampled answers, then scored answers (KL, then retention), then influence prompts
     total = n * (2 + len(runs)) + n + len(retention_texts) * (1 if shared_retention else 2) + n_influence
+    if cfg.robustness:
+        suite_n = min(cfg.suite_prompts, n)
+        total += R.units(len(the_plan.capability), len(the_plan.attacks) * min(cfg.attack_prompts, suite_n), suite_n, len(runs))
     done = [0]
     timing: dict[str, float] = {}
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -432,14 +455,14 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     timing["sample_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    teacher_ids = _with_end(tok, ids["teacher"], cfg.sample_tokens)
+    teacher_ids = with_end(tok, ids["teacher"], cfg.sample_tokens)
     kl = score_along(model, tok, system, c.examples, texts, teacher_ids, names, cfg.batch_size, "kl",
                      lambda k: tick(k, "scoring KL(teacher‖x) along the teacher's answers"))
     if shared_retention:
-        base_ids = _with_end(tok, ids["base"], cfg.sample_tokens)
+        base_ids = with_end(tok, ids["base"], cfg.sample_tokens)
     else:
         with adapters_off(model):
-            base_ids = _with_end(tok, sample_answers(model, tok, [(None, p, i) for i, p in enumerate(retention_texts)], cfg,
+            base_ids = with_end(tok, sample_answers(model, tok, [(None, p, i) for i, p in enumerate(retention_texts)], cfg,
                                                       tick=lambda k: tick(k, "sampling the base's reference answers")),
                                  cfg.sample_tokens)
     nll = score_along(model, tok, system, c.examples, retention_texts, base_ids, names, cfg.batch_size, "nll",
@@ -474,9 +497,16 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         "checks": check_rates(c, answers, b),
         "length": {cond: text_summary(answers[cond], [len(a) for a in ids[cond]], b) for cond in conditions},
     }
+    scores["retention_vs_teacher"] = {lab: R.retention_vs_teacher(nll["base"], nll["teacher"], nll[lab], b) for lab in labels}
+    suite = None
+    if cfg.robustness:
+        t0 = time.perf_counter()
+        suite = R.run_suite(model, tok, c, system, dict(zip(labels, names)), texts, [p.get("category") or "uncategorised" for p in prompts],
+                            answers, teacher_ids, kl["base"], the_plan.capability, the_plan.attacks, cfg, tick)
+        timing["robustness_s"] = time.perf_counter() - t0
     timing["total_s"] = time.perf_counter() - started
     timing["cpu_s"] = time.process_time() - cpu_started  # all threads: on a busy machine, the work itself
-    return {
+    results = {
         "constitution": {"id": the_plan.constitution_row["id"], "name": c.name, "hash": content_hash(c),
                          "system_prompt": system},
         "prompt_set": cfg.prompt_set, "retention_set": cfg.retention_set or cfg.prompt_set, "n_prompts": n,
@@ -497,6 +527,10 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         "judge": judge_result,
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
+    if suite:
+        held_out = {lab: r["config"].get("holdout_categories") or [] for r, lab in zip(runs, labels)}
+        results["robustness"] = {**suite, "by_family": R.by_family(c, results["prompts"], labels, b, held_out)}
+    return results
 
 
 def run_judge(cfg: EvalConfig, constitution, prompts: list[str], answers: dict[str, list[str]], model, tokenizer, models_dir) -> dict:
@@ -533,6 +567,7 @@ def headline(results: dict, run_label: str | None = None) -> dict:
     out["intervals"] = {"kl_base": scores["kl"]["base"]["ci"],
                         **({"kl_student": scores["kl"][lab]["ci"], "gap_closed": scores["gap_closed"][lab]["ci"]} if lab else {})}
     out["seconds"] = results["timing"]["total_s"]
+    out.update(R.headline(results, lab))
     return out
 
 
@@ -546,6 +581,7 @@ def card_section(results: dict, run_label: str, eval_id: int) -> str:
               " / ".join(fmt_estimate(row[c], pct=True) for c in ("base", "teacher", run_label))) for pid, row in s["checks"].items()]
     rows += [(f"baked {r['principle']}: share of its effect carried", fmt_estimate(r, pct=True))
              for r in results.get("baked", {}).get(run_label, [])]
+    rows += R.card_rows(results, run_label)
     c = results["constitution"]
     return "\n".join([f"## Evaluation (ctxdistill eval {eval_id})", "",
                       f"On {results['n_prompts']} held-out prompts of set {results['prompt_set']!r}, constitution "

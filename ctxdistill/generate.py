@@ -251,21 +251,6 @@ def generate_rows(
     return out
 
 
-def sample_rows(model, tokenizer, rows: list[tuple], cfg: SamplingConfig, *, batch_size: int = 32,
-                examples: list[dict] = (), tick=None) -> list[list[int]]:
-    """``generate_rows`` over (system, prompt, sample index) rows, ``batch_size`` rows per batch;
-    ``tick(k)`` after each batch of k rows. The index seeds the row's random stream, so two
-    conditions that share it draw the same random numbers for the same prompt."""
-    out: list[list[int]] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        out += generate_rows(model, tokenizer, [(s, p) for s, p, _ in chunk], cfg, sample_index=[i for _, _, i in chunk],
-                             examples=examples)
-        if tick:
-            tick(len(chunk))
-    return out
-
-
 @contextmanager
 def _last_states(model, record: bool):
     """Yields a list that gets the decoder's last-position hidden states (B, H) of each forward

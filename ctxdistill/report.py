@@ -55,20 +55,113 @@ def fig_scores(results: dict, labels: list[str] | None = None):
     _bars(axes[2], ["teacher", *labels], [s["retention"][c]["delta"] for c in ["teacher", *labels]],
           "Δ NLL of base answers (retention)", "tab:orange")
     if checks:
-        conds = ["base", "teacher", *labels]
-        width = 0.8 / len(conds)
-        for k, cond in enumerate(conds):
-            ests = [row[cond] for row in checks.values()]
-            x = np.arange(len(checks)) + k * width
-            axes[3].bar(x, [e["value"] for e in ests], width, label=cond,
-                        yerr=np.array([[e["value"] - e["ci"][0] for e in ests], [e["ci"][1] - e["value"] for e in ests]]),
-                        capsize=2)
-        axes[3].set_xticks(np.arange(len(checks)) + 0.4 - width / 2, list(checks), fontsize=8)
-        axes[3].set_ylim(0, 1.05)
-        axes[3].set_title("check pass rate", fontsize=10)
-        axes[3].legend(fontsize=7)
+        _grouped(axes[3], list(checks), {cond: [row[cond] for row in checks.values()] for cond in ["base", "teacher", *labels]},
+                 "check pass rate")
     fig.tight_layout()
     return fig
+
+
+_NONE = {"value": math.nan, "ci": [math.nan, math.nan], "n": 0}
+
+
+def _grouped(ax, groups: list[str], series: dict[str, list[dict | None]], title: str, rate: bool = True):
+    """Bars of estimates per group, one bar per series, with their 95% intervals; an undefined one has no bar."""
+    width = 0.8 / max(1, len(series))
+    for k, (name, ests) in enumerate(series.items()):
+        ests = [e or _NONE for e in ests]
+        ax.bar(np.arange(len(groups)) + k * width, [e["value"] for e in ests], width, label=name, yerr=_err(ests), capsize=2)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=8, rotation=20 if len(groups) > 4 else 0,
+                  ha="right" if len(groups) > 4 else "center")
+    if rate:
+        ax.set_ylim(0, 1.05)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+
+
+def fig_capability(results: dict, labels: list[str] | None = None):
+    """Capability accuracy of base, teacher and students, overall and per kind of question."""
+    cap = results["robustness"]["capability"]
+    conds = ["base", "teacher", *(labels or [r["label"] for r in results["runs"]])]
+    groups = ["all", *cap["by_category"]]
+    fig, ax = _figure(figsize=(8, 3.4))
+    _grouped(ax, groups, {c: [cap["accuracy"][c], *(cap["by_category"][g][c] for g in groups[1:])] for c in conds},
+             f"capability: accuracy on {cap['n_items']} short questions")
+    fig.tight_layout()
+    return fig
+
+
+def fig_families(results: dict, labels: list[str] | None = None):
+    """Per prompt category: each student's KL gap closed, and the check pass rates."""
+    fam = results["robustness"]["by_family"]
+    labels = labels or [r["label"] for r in results["runs"]]
+    groups = list(fam)
+    fig, axes = _figure(2, figsize=(11, 3.4))
+    _grouped(axes[0], groups, {lab: [fam[g]["gap_closed"][lab] for g in groups] for lab in labels}, "KL gap closed per family",
+             rate=False)
+    _grouped(axes[1], groups, {c: [fam[g]["checks"][c] for g in groups] for c in ["base", "teacher", *labels]},
+             "checks passed per family")
+    fig.tight_layout()
+    return fig
+
+
+def fig_attacks(results: dict, labels: list[str] | None = None):
+    """Per kind of injection: the checks passed under attack (and without: "none"), and the KL from the
+    un-attacked teacher, for the teacher and the students."""
+    inj = results["robustness"]["injection"]
+    conds = ["teacher", *(labels or [r["label"] for r in results["runs"]])]
+    kinds = inj["kinds"]
+    fig, axes = _figure(2, figsize=(12, 3.6))
+    _grouped(axes[0], ["none", *kinds], {c: [inj["overall"][c]["clean"], *(inj["by_kind"][k][c]["attacked"] for k in kinds)]
+                                         for c in conds}, "checks passed under attack")
+    _grouped(axes[1], kinds, {c: [inj["by_kind"][k][c]["kl"] for k in kinds] for c in conds},
+             "KL(un-attacked teacher ‖ x under attack)", rate=False)
+    fig.tight_layout()
+    return fig
+
+
+def robustness_text(results: dict) -> str:
+    """The robustness suite in words and tables (Markdown)."""
+    r, s = results["robustness"], results["scores"]
+    labels = [x["label"] for x in results["runs"]]
+    conds = ["base", "teacher", *labels]
+    pct = lambda e: fmt_estimate(e, pct=True)
+    cap, inj, st, pl, sav = r["capability"], r["injection"], r["second_turn"], r["placebo"], r["savings"]
+    parts = ["**Capability: " + " vs ".join(f"{c} {pct(cap['accuracy'][c])}" for c in [*labels, "teacher", "base"]) +
+             f"** (greedy answers to {cap['n_items']} short questions with verifiable answers).",
+             markdown_table([{"questions": g, **{c: pct(row[c]) for c in conds}} for g, row in cap["by_category"].items()])]
+    if labels:
+        parts.append("Retention (the base's answers' NLL) relative to the teacher's own change: " +
+                     ", ".join(f"{lab} {fmt_estimate(s['retention_vs_teacher'][lab])} nats/token" for lab in labels) +
+                     " (≤ 0: the student forgets no more than the prompt itself costs).")
+    parts += ["**By family** (held-out prompt categories; * = held out in training):",
+              markdown_table([{"family": g + ("*" if row["held_out_in_training"] else ""), "n": row["n"],
+                               "KL(teacher‖base)": fmt_estimate(row["kl_base"]),
+                               **{f"gap closed {lab}": pct(row["gap_closed"][lab]) for lab in labels},
+                               **{f"checks {c}": pct(row["checks"][c]) for c in conds}} for g, row in r["by_family"].items()])]
+    parts += [f"**Second turn** ({st['n']} conversations: the first answer, then a follow-up): checks passed on the first / "
+              "second answer: " + "; ".join(f"{c} {pct(st['checks'][c]['first'])} / {pct(st['checks'][c]['second'])}" for c in conds) +
+              ". KL(teacher‖x) on the second answer: " + ", ".join(f"{c} {fmt_estimate(st['kl'][c])}" for c in st["kl"]) +
+              (("; gap closed " + ", ".join(f"{lab} {pct(st['gap_closed'][lab])}" for lab in labels)) if labels else "") + "."]
+    parts += [f"**Injection** ({len(inj['kinds'])} kinds of override attempt × {inj['per_kind']} prompts = {inj['n_attacks']} "
+              "attacks; the teacher has the constitution in its system prompt and the attack in the user turn):",
+              markdown_table([{"model": c, "checks passed without attack": pct(v["clean"]), "under attack": pct(v["attacked"]),
+                               "KL from the un-attacked teacher": fmt_estimate(v["kl"])} for c, v in inj["overall"].items()]),
+              f"For scale: KL(teacher‖base) on the same prompts {fmt_estimate(inj['kl_base'])}.",
+              markdown_table([{"attack": k, **{f"checks {c}": pct(v["attacked"]) for c, v in row.items()},
+                               **{f"KL {c}": fmt_estimate(v["kl"]) for c, v in row.items()}} for k, row in inj["by_kind"].items()])]
+    parts += [f"**Placebo**: the base with a neutral system prompt of {pl['tokens']} tokens (the constitution: "
+              f"{pl['constitution_tokens']}) has KL(placebo‖base) {fmt_estimate(pl['kl_placebo'])} vs KL(teacher‖base) "
+              f"{fmt_estimate(pl['kl_teacher'])}: any prompt of that size causes {pct(pl['share'])} of the constitution's "
+              f"effect; checks passed under the placebo {pct(pl['checks'])}."]
+    ratio = sav["ttft_ratio"]
+    parts += [f"**Savings** per request: {sav['tokens_saved']:.0f} prompt tokens ({sav['constitution_tokens']} of them the "
+              f"constitution's system turn), {sav['kv_bytes_saved'] / 2**10:.0f} KiB of key/value cache; time to first token "
+              f"teacher / student ×{ratio['batch_1']} at batch 1, ×{ratio['batch_' + str(sav['batch'])]} at batch "
+              f"{sav['batch']} (measured here, no prefix cache).",
+              markdown_table([{"model": c, "prompt tokens": f"{v['prompt_tokens']:.0f}", "KV cache": f"{v['kv_bytes'] / 2**10:.0f} KiB",
+                               **{f"prefill / first token, batch {k.split('_')[1]}": f"{1000 * m['prefill_s']:.0f} / {1000 * m['ttft_s']:.0f} ms"
+                                  for k, m in v.items() if k.startswith("batch_")}} for c, v in sav["conditions"].items()])]
+    return "\n\n".join(parts)
 
 
 def per_prompt_kl(results: dict, cond: str) -> list[float]:
@@ -235,6 +328,9 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
                          f"{fmt_estimate(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
                          f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
                          f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + markdown_table(rows), None))
+    if results.get("robustness"):
+        sections += [("Robustness", robustness_text(results), fig_capability(results)),
+                     ("Robustness by family", "", fig_families(results)), ("Robustness under attack", "", fig_attacks(results))]
     if tally and tally["n"]:
         rows = [{"outcome": o, "count": tally["counts"][o], "rate": fmt_estimate(tally["rates"][o], pct=True)} for o in VOTE_OUTCOMES]
         sections.append(("Blind A/B review", markdown_table(rows), fig_votes(tally)))

@@ -129,7 +129,7 @@ def ws(workspace, tiny_checkpoint, tiny_model):
 
 
 def _cfg(cid, runs, model, **kw):
-    settings = dict(prompt_set="toy", sample_tokens=6, n_boot=200, influence_prompts=3, gen_batch=8, batch_size=4)
+    settings = dict(prompt_set="toy", sample_tokens=6, n_boot=200, influence_prompts=3, gen_batch=8, batch_size=4, robustness=False)
     return E.EvalConfig(constitution_id=cid, runs=runs, model=model, **{**settings, **kw})
 
 
