@@ -1,0 +1,125 @@
+"""The robustness suite on real students: what baking bought and what it cost.
+
+    .venv/bin/python bench/robustness.py --profile avx2                     # pirate and concise, default runs
+    .venv/bin/python bench/robustness.py --keep /tmp/rb --only pirate      # keep the workspace; reuse its runs
+
+For each constitution (assets/constitutions), a student is trained with the default TrainConfig
+(``ctxdistill train``'s job; a finished run of that constitution in a kept workspace is reused), then
+``ctxdistill eval`` with the robustness suite scores it on 64 held-out prompts: capability accuracy
+(base / teacher / student), gap closed per prompt family, the second turn, injection pass rates
+teacher vs student, the placebo share and the savings. Prints the evaluation's wall and CPU time
+(the CPU time is the work itself on a shared machine; the target is the full suite under 10 minutes
+on a 2-core CPU without bf16: ``--profile avx2``). ``--steps`` and ``--train-prompts`` shrink the
+training run where the machine is too busy for the default one (the figures then say so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from ctxdistill import evaluate as E, jobs  # noqa: E402
+from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
+from ctxdistill.report import fmt_estimate  # noqa: E402
+from ctxdistill.store import Store  # noqa: E402
+from ctxdistill.train_config import TrainConfig  # noqa: E402
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
+
+
+def student(store: Store, cid: int, steps: int, prompts: int) -> int:
+    """A finished training run of constitution ``cid`` in the store, trained here if there is none."""
+    for job in store.list_jobs(limit=None):
+        if job["kind"] == "train" and job["state"] == "done" and job["config"].get("constitution_id") == cid:
+            print(f"  reusing run {job['id']}")
+            return job["id"]
+    cfg = TrainConfig(constitution_id=cid, **({"steps": steps} if steps else {}), **({"max_prompts": prompts} if prompts else {}))
+    print(f"  training: {cfg.steps} steps, {cfg.max_prompts or 'all'} train prompts (default TrainConfig otherwise)")
+    job = store.create_job("train", cfg.to_dict(), heavy=True)
+    start = time.perf_counter()
+    jobs.run_inline(store, job)
+    done = store.get_job(job)
+    if done["state"] != "done":
+        raise SystemExit(f"training failed: {done['error']}")
+    print(f"  trained in {time.perf_counter() - start:.0f} s: held-out gap closed {done['result'].get('gap_closed', float('nan')):.3f}")
+    return job
+
+
+def show(results: dict, label: str) -> None:
+    r, pct = results["robustness"], (lambda e: fmt_estimate(e, pct=True))
+    cap = r["capability"]["accuracy"]
+    t = results["timing"]
+    print(f"  eval wall {t['total_s']:.0f} s, CPU {t['cpu_s']:.0f} s (suite {t.get('robustness_s', 0):.0f} s wall: "
+          + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in r["timing"].items()) + ")")
+    print(f"  capability ({r['capability']['n_items']} items): student {pct(cap[label])}, teacher {pct(cap['teacher'])}, "
+          f"base {pct(cap['base'])}")
+    print(f"  retention vs the teacher's own change: {fmt_estimate(results['scores']['retention_vs_teacher'][label])} nats/token")
+    print(f"  gap closed overall {pct(results['scores']['gap_closed'][label])}; per family:")
+    for fam, row in r["by_family"].items():
+        print(f"    {fam:12s} n={row['n']:2d} gap closed {pct(row['gap_closed'][label]):16s} checks teacher "
+              f"{pct(row['checks']['teacher'])} student {pct(row['checks'][label])}")
+    st = r["second_turn"]
+    print(f"  second turn ({st['n']}): checks first/second teacher {pct(st['checks']['teacher']['first'])} / "
+          f"{pct(st['checks']['teacher']['second'])}, student {pct(st['checks'][label]['first'])} / "
+          f"{pct(st['checks'][label]['second'])}; gap closed {pct(st['gap_closed'][label])}")
+    inj = r["injection"]
+    print(f"  injection ({inj['n_attacks']} attacks, {len(inj['kinds'])} kinds): checks without / under attack: teacher "
+          f"{pct(inj['overall']['teacher']['clean'])} / {pct(inj['overall']['teacher']['attacked'])}, student "
+          f"{pct(inj['overall'][label]['clean'])} / {pct(inj['overall'][label]['attacked'])}; KL from the un-attacked teacher: "
+          f"teacher {fmt_estimate(inj['overall']['teacher']['kl'])}, student {fmt_estimate(inj['overall'][label]['kl'])} "
+          f"(KL(teacher‖base) {fmt_estimate(inj['kl_base'])})")
+    pl = r["placebo"]
+    print(f"  placebo ({pl['tokens']} tokens): KL(placebo‖base) {fmt_estimate(pl['kl_placebo'])} vs KL(teacher‖base) "
+          f"{fmt_estimate(pl['kl_teacher'])}: share {pct(pl['share'])}")
+    sav = r["savings"]
+    print(f"  savings: {sav['tokens_saved']:.0f} prompt tokens, {sav['kv_bytes_saved'] / 2**10:.0f} KiB KV cache per request; "
+          f"time to first token teacher/student ×{sav['ttft_ratio']['batch_1']} (batch 1), "
+          f"×{sav['ttft_ratio']['batch_' + str(sav['batch'])]} (batch {sav['batch']})")
+    for cond, row in sav["conditions"].items():
+        print(f"    {cond:18s} " + ", ".join(f"{k}: prefill {1000 * m['prefill_s']:.0f} ms, TTFT {1000 * m['ttft_s']:.0f} ms"
+                                             for k, m in row.items() if k.startswith("batch_")))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="+", default=["pirate", "concise"], help="constitutions of assets/constitutions")
+    p.add_argument("--keep", help="keep the workspace here (and reuse its finished runs)")
+    p.add_argument("--prompts", type=int, default=64, help="held-out prompts scored (default 64)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (0 = the default)")
+    p.add_argument("--train-prompts", type=int, default=0, help="train prompts (0 = all)")
+    add_profile_flag(p)
+    args = p.parse_args()
+    apply_profile(args)
+    home = Path(args.keep or tempfile.mkdtemp(prefix="ctxdistill-robustness-"))
+    store = Store(home)
+    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared); workspace {home}")
+    for name in args.only:
+        c = load(REPO / "assets" / "constitutions" / f"{name}.yaml")
+        cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+        print(f"\n{name} (constitution v{cid})")
+        run = student(store, cid, args.steps, args.train_prompts)
+        cfg = E.EvalConfig(constitution_id=cid, runs=[run], max_prompts=args.prompts)
+        last = [0.0]
+
+        def progress(done, total, message):
+            if time.perf_counter() - last[0] > 20:
+                last[0] = time.perf_counter()
+                print(f"    {done}/{total} {message[:90]}", flush=True)
+
+        results = E.run(cfg, store, E.Hooks(progress=progress))
+        print(f"  {results['n_prompts']} held-out prompts, {results['precision']} / {results['quantize']}")
+        show(results, E.label(run))
+    print("\nheld-out categories: per family only (training with categories held out is not part of this bench)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
