@@ -87,6 +87,17 @@ def full_heldout(store, cid: int, adapters: dict[str, Path], quantize: str, prec
     return {"kl": out, "n_prompts": len(prompts), "answers": answers, "prompts": prompts[:4]}
 
 
+def pirate_workspace(keep: str | None):
+    """(home, store, constitution, its version id): a workspace (temporary unless ``keep``) with the pirate
+    constitution saved; prints the machine's load."""
+    home = Path(keep or tempfile.mkdtemp(prefix="ctxdistill-bench-"))
+    store = Store(home)
+    c = load(REPO / "assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared)")
+    return home, store, c, cid
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=["kl", "all"], default="all")
@@ -94,11 +105,7 @@ def main():
     add_profile_flag(p)
     args = p.parse_args()
     apply_profile(args)
-    home = Path(args.keep or tempfile.mkdtemp(prefix="ctxdistill-bench-"))
-    store = Store(home)
-    c = load(REPO / "assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
-    print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared)")
+    home, store, c, cid = pirate_workspace(args.keep)
     cfg = T.TrainConfig(constitution_id=cid)
     cal = estimate.calibrate(quantize=cfg.quantize, precision=cfg.precision)
     n_train, n_heldout = estimate.run_size(cfg, store)

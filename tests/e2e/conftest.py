@@ -55,6 +55,21 @@ def stop_app(proc) -> None:
         proc.kill()
 
 
+def seed_run(store, tiny_checkpoint, tiny_model) -> tuple[int, int]:
+    """(version id, run id): the pirate constitution saved, and a finished training run of the tiny
+    model with an adapter (a random LoRA update) that the app lists as a student."""
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from tests.test_evaluate import _adapter
+
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
+    run = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3},
+                           heavy=True)
+    store.update_job(run, state="done")
+    _adapter(tiny_model, store.runs_dir / str(run) / "adapter", 0.5)
+    return cid, run
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     proc, url = start_app(tmp_path_factory.mktemp("e2e-workspace"))

@@ -3,8 +3,8 @@ keyboard, see the tally, reload and find the votes kept."""
 
 import pytest
 
-from tests.e2e.conftest import start_app, stop_app
-from tests.test_evaluate import PROMPTS, _adapter
+from tests.e2e.conftest import seed_run, start_app, stop_app
+from tests.test_evaluate import PROMPTS
 
 pytestmark = pytest.mark.e2e
 
@@ -12,18 +12,12 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def compare_url(tmp_path_factory, tiny_checkpoint, tiny_model):
     from ctxdistill import evaluate as E
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     workspace = tmp_path_factory.mktemp("e2e-compare")
     with Store(workspace) as store:
-        c = load("assets/constitutions/pirate.yaml")
-        cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
+        cid, run = seed_run(store, tiny_checkpoint, tiny_model)
         store.add_prompts("toy", [{"text": p, "split": "heldout"} for p in PROMPTS])
-        run = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3},
-                               heavy=True)
-        store.update_job(run, state="done")
-        _adapter(tiny_model, store.runs_dir / str(run) / "adapter", 0.5)
         cfg = E.EvalConfig(constitution_id=cid, runs=[run], prompt_set="toy", model=str(tiny_checkpoint), sample_tokens=6,
                            n_boot=100, influence_prompts=2)
         store.save_eval(None, cid, [run], E.run(cfg, store))

@@ -3,8 +3,7 @@ strength; at 0 the student is the base model. A finished run of the tiny model i
 
 import pytest
 
-from tests.e2e.conftest import start_app, stop_app
-from tests.test_evaluate import _adapter
+from tests.e2e.conftest import seed_run, start_app, stop_app
 
 pytestmark = pytest.mark.e2e
 
@@ -13,16 +12,11 @@ STUDENT = "document.querySelector('#student textarea').value"
 
 @pytest.fixture(scope="module")
 def preview_url(tmp_path_factory, tiny_checkpoint, tiny_model):
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     workspace = tmp_path_factory.mktemp("e2e-strength")
     with Store(workspace) as store:
-        c = load("assets/constitutions/pirate.yaml")
-        cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
-        job = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl"}, heavy=True)
-        store.update_job(job, state="done")
-        _adapter(tiny_model, store.runs_dir / str(job) / "adapter", 0.5)
+        seed_run(store, tiny_checkpoint, tiny_model)
     proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
     yield url
     stop_app(proc)
