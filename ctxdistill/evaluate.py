@@ -528,8 +528,10 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
     if suite:
-        held_out = {lab: r["config"].get("holdout_categories") or [] for r, lab in zip(runs, labels)}
-        results["robustness"] = {**suite, "by_family": R.by_family(c, results["prompts"], labels, b, held_out)}
+        held_out = {lab: [x.strip() for x in str(r["config"].get("heldout_categories") or "").split(",") if x.strip()]
+                    for r, lab in zip(runs, labels)}
+        results["robustness"] = {**suite, "by_family": R.by_family(c, results["prompts"], labels, b, held_out),
+                                 "held_out_categories": R.held_out_gap(results["prompts"], held_out, b)}
     return results
 
 

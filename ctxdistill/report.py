@@ -138,6 +138,9 @@ def robustness_text(results: dict) -> str:
                                "KL(teacher‖base)": fmt_estimate(row["kl_base"]),
                                **{f"gap closed {lab}": pct(row["gap_closed"][lab]) for lab in labels},
                                **{f"checks {c}": pct(row["checks"][c]) for c in conds}} for g, row in r["by_family"].items()])]
+    parts += [f"Trained with categories held out, {lab}: gap closed {pct(h['held_out'])} on prompts of "
+              f"{', '.join(h['categories'])} (never trained on) vs {pct(h['trained'])} on the others."
+              for lab, h in r.get("held_out_categories", {}).items()]
     parts += [f"**Second turn** ({st['n']} conversations: the first answer, then a follow-up): checks passed on the first / "
               "second answer: " + "; ".join(f"{c} {pct(st['checks'][c]['first'])} / {pct(st['checks'][c]['second'])}" for c in conds) +
               ". KL(teacher‖x) on the second answer: " + ", ".join(f"{c} {fmt_estimate(st['kl'][c])}" for c in st["kl"]) +

@@ -349,6 +349,20 @@ def by_family(constitution, prompts: list[dict], labels: list[str], n_boot: int,
     return out
 
 
+def held_out_gap(prompts: list[dict], held_out: dict[str, list[str]], n_boot: int) -> dict:
+    """Per student trained with categories held out: the gap closed on the prompts of those categories
+    (never trained on) and on the others."""
+    out = {}
+    for lab, cats in held_out.items():
+        if not cats:
+            continue
+        split = {"held_out": [p for p in prompts if p.get("category") in cats],
+                 "trained": [p for p in prompts if p.get("category") not in cats]}
+        out[lab] = {"categories": list(cats), **{k: gap_closed_estimate([p["kl"][lab] for p in rows], [p["kl"]["base"] for p in rows], n_boot)
+                                                 for k, rows in split.items()}}
+    return out
+
+
 def retention_vs_teacher(nll_base: list[list[float]], nll_teacher: list[list[float]], nll_student: list[list[float]],
                          n_boot: int) -> dict:
     """Δ NLL of the base's answers under the student minus that under the teacher (nats/token): how

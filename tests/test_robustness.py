@@ -256,3 +256,20 @@ def test_cli_eval_json_keeps_the_old_keys_and_adds_the_suite(ws, capsys, tmp_pat
     assert {"capability", "injection", "second_turn", "placebo_share", "tokens_saved", "kv_bytes_saved", "ttft_ratio"} <= set(out)
     assert cli.main(["eval", *common, "--no-robustness", "--json"]) == 0
     assert "capability" not in json.loads(capsys.readouterr().out)
+
+
+def test_by_family_and_held_out_categories_on_crafted_figures():
+    from ctxdistill.constitution import load
+
+    c = load("assets/constitutions/pirate.yaml")
+    prompts = [{"category": cat, "kl": {"base": [1.0, 1.0], "run 1": [k, k]},
+                "answers": {"base": "Hello.", "teacher": "Arr! Ahoy matey.", "run 1": "Arr! Hello matey."}}
+               for cat, k in [("code", 0.1), ("code", 0.1), ("poetry", 0.5), ("poetry", 0.5)]]
+    fam = R.by_family(c, prompts, ["run 1"], 100, {"run 1": ["poetry"]})
+    assert fam["code"]["gap_closed"]["run 1"]["value"] == pytest.approx(0.9)
+    assert fam["poetry"]["gap_closed"]["run 1"]["value"] == pytest.approx(0.5)
+    assert fam["poetry"]["held_out_in_training"] == ["run 1"] and fam["code"]["held_out_in_training"] == []
+    assert fam["code"]["checks"]["teacher"]["value"] == 1 and fam["code"]["checks"]["base"]["value"] == 0
+    split = R.held_out_gap(prompts, {"run 1": ["poetry"], "run 2": []}, 100)
+    assert set(split) == {"run 1"} and split["run 1"]["held_out"]["value"] == pytest.approx(0.5)
+    assert split["run 1"]["trained"]["value"] == pytest.approx(0.9)
