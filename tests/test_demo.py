@@ -340,7 +340,7 @@ def test_compare_callbacks_only_touch_the_visitors_evaluations_and_runs(app):
     assert compare("views")(eval_id, None, None, request=B) == (None,) * 5 + (gr.skip(), gr.skip())
     assert compare("show_blind")(eval_id, request=B)[0] is None
     with pytest.raises(gr.Error, match="gone"):
-        compare("cast")({"eval": eval_id, "prompt": 1, "a_is": "teacher"}, request=B)
+        compare("cast")({"eval": eval_id, "prompt": 1, "a_is": "teacher"}, "1 · A is better", request=B)
     assert ctx.store.list_votes(eval_id) == []
     with pytest.raises(gr.Error, match="Pick an evaluation"):
         compare("on_export")(eval_id, "md", request=B)
@@ -447,7 +447,7 @@ LOW_CAPS = {"PROMPTS": "4", "STEPS": "2", "SAMPLES": "1", "ROUNDS": "1", "MAX_NE
             "GRAD_ACCUM": "1", "LORA_R": "4", "TEXT_KB": "1", "UPLOAD_MB": "0.001"}
 # What the endpoints that take no size from the visitor do: a fixed-size write, or work bounded by data that
 # was capped when it was made.
-BOUNDED = {"compare:vote.cast", "constitution:do_save", "constitution:do_restore", "constitution:from_example",
+BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "constitution:from_example",
            "constitution:do_export.fn", "data:on_resume", "data:on_cancel", "distill:on_resume", "distill:on_stop",
            "distill:on_export", "distill:on_push", "samples:on_bulk", "samples:on_undo", "samples:on_reflag",
            "samples:on_export", "compare:on_stop", "compare:on_export",

@@ -8,10 +8,9 @@ is written to the store when it is cast.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
-import tempfile
-from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -22,11 +21,12 @@ from ctxdistill import report, stats
 from ctxdistill import jobs
 from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
-from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, draft_constitution, highlight, keep, prompt_choices, slider,
-                                  starved_note)
+from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, bind, download_dir, draft_constitution, highlight, keep,
+                                  prompt_choices, slider, starved_note)
 
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
-CHOICES = {"1": "a", "2": "b", "3": "tie", "4": "both_bad"}
+# the blind review's buttons: key, label, vote
+VOTES = (("1", "A is better", "a"), ("2", "B is better", "b"), ("3", "Tie", "tie"), ("4", "Both bad", "both_bad"))
 KEYS_JS = """
 () => {
   document.addEventListener('keydown', (e) => {
@@ -125,7 +125,8 @@ def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | 
     return state, f"**Prompt:** {p['text']}", p["answers"][a], p["answers"][b], progress
 
 
-def build(ctx: AppContext) -> None:
+def layout(ctx: AppContext) -> dict:
+    """The tab's components, by name."""
     gr.Markdown("Does the model **without** the constitution now answer as the teacher does, and what did it cost? "
                 "Scores are on held-out prompts, each with its sample size and a bootstrap 95% interval.")
     with gr.Accordion("New evaluation", open=True):
@@ -178,8 +179,7 @@ def build(ctx: AppContext) -> None:
             ab_a = gr.Textbox(label="A", lines=6, interactive=False, elem_id="ab-a")
             ab_b = gr.Textbox(label="B", lines=6, interactive=False, elem_id="ab-b")
         with gr.Row():
-            buttons = [gr.Button(f"{k} · {text}", elem_id=f"ab-{k}", size="sm")
-                       for k, text in (("1", "A is better"), ("2", "B is better"), ("3", "Tie"), ("4", "Both bad"))]
+            buttons = [gr.Button(f"{k} · {text}", elem_id=f"ab-{k}", size="sm") for k, text, _ in VOTES]
         ab_progress = gr.Markdown(elem_id="ab-progress")
         ab_tally = gr.Markdown(elem_id="ab-tally")
     with gr.Accordion("Principle influence", open=True, elem_id="influence-panel"):
@@ -195,172 +195,195 @@ def build(ctx: AppContext) -> None:
         fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
         export = gr.Button("Export report", elem_id="report-export")
     report_file = gr.File(label="Report", elem_id="report-file")
+    return dict(version=version, runs=runs, prompt_set=prompt_set, max_prompts=max_prompts, sample_tokens=sample_tokens,
+                influence_n=influence_n, use_judge=use_judge, start=start, stop=stop, status=status, job_id=job_id,
+                known=known, pick=pick, student=student, other=other, board=board, scores_plot=scores_plot,
+                dist_plot=dist_plot, train_plot=train_plot, table=table, base_text=base_text, teacher_text=teacher_text,
+                student_text=student_text, div_student=div_student, div_base=div_base, ab_state=ab_state,
+                ab_prompt=ab_prompt, ab_a=ab_a, ab_b=ab_b, buttons=buttons, ab_progress=ab_progress, ab_tally=ab_tally,
+                influence_n_now=influence_n_now, influence_run=influence_run, influence_plot=influence_plot,
+                influence_table=influence_table, fmt=fmt, export=export, report_file=report_file)
 
-    # ---------------------------------------------------------------- loading and the job
 
-    def on_load(request: gr.Request):
-        latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=ctx.owner(request), limit=1)
-        return latest[0]["id"] if latest else None
+# ---------------------------------------------------------------- loading and the job
 
-    ctx.blocks.load(on_load, None, job_id)
+def on_load(ctx: AppContext, request: gr.Request):
+    latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=ctx.owner(request), limit=1)
+    return latest[0]["id"] if latest else None
+
+
+def version_list(ctx: AppContext, current, request: gr.Request):
+    versions = [(f"v{v['id']} · {v['name']}", v["id"]) for v in ctx.store.list_constitution_versions(owner=ctx.owner(request))]
+    return keep(versions, current)
+
+
+def run_list(ctx: AppContext, current, request: gr.Request):
+    choices = _runs(ctx, ctx.owner(request))
+    ids = [c[1] for c in choices]
+    return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
+
+
+def on_start(ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influence, judge, request: gr.Request):
+    owner = ctx.owner(request)
+    if not version_id:
+        raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+    ctx.constitution(version_id, request)  # the visitor's own version and runs only
+    for run_id in run_ids or []:
+        ctx.job(run_id, request)
+    cfg = E.EvalConfig(constitution_id=int(version_id), runs=[int(r) for r in run_ids or []],
+                       prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
+                       sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
+                       model=ctx.model_spec or "", owner=owner)
+    if ctx.caps is not None and not cfg.max_prompts:
+        cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
+    try:
+        the_plan = E.plan(cfg, ctx.store)
+    except E.EvalError as exc:
+        raise gr.Error(str(exc)) from None
+    ctx.limit(prompts=max(len(the_plan.prompts), cfg.influence_prompts), max_new_tokens=cfg.sample_tokens)
+    return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
+
+
+def on_stop(ctx: AppContext, job, request: gr.Request):
+    if job:
+        jobs.cancel(ctx.store, ctx.job(job, request)["id"], grace_s=10)
+
+
+def poll(ctx: AppContext, job, seen, request: gr.Request):
+    """The job's status; the list of evaluations when one was added (the newest is then shown)."""
+    owner = ctx.owner(request)
+    current = ctx.find_job(job, request)
+    evals = eval_choices(ctx, owner)
+    ids = [e[1] for e in evals]
+    if ids == seen:
+        return status_html(current), gr.skip(), gr.skip()
+    return status_html(current), gr.update(choices=evals, value=ids[0] if ids else None), ids
+
+
+# ---------------------------------------------------------------- views of one evaluation
+
+def on_pick(ctx: AppContext, eval_id, request: gr.Request):
+    ev = _eval(ctx, eval_id, ctx.owner(request))
+    labels = [r["label"] for r in ev["results"]["runs"]] if ev else []
+    return (gr.update(choices=labels, value=labels[0] if labels else None),
+            gr.update(choices=["(none)", *labels[1:]], value="(none)"))
+
+
+def influence_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
+                         for x in rows])
+
+
+def views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
+    ev = _eval(ctx, eval_id, ctx.owner(request))
+    if ev is None:  # the influence section keeps what "Measure the draft's principles now" showed
+        return None, None, None, None, None, gr.skip(), gr.skip()
+    r = ev["results"]
+    stu = stu if stu in r["conditions"] else None
+    oth = oth if oth in r["conditions"] and oth != stu else None
+    picked = [x for x in (stu, oth) if x]
+    rows = [row for row in report.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
+    influence = r.get("influence") or []
+    return (pd.DataFrame(rows), report.fig_scores(r, picked), report.fig_kl_distribution(r, picked), report.fig_training(r, picked),
+            per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else gr.skip(),
+            influence_frame(influence) if influence else gr.skip())
+
+
+def on_row(ctx: AppContext, eval_id, stu, evt: gr.SelectData, request: gr.Request):
+    ev = _eval(ctx, eval_id, ctx.owner(request))
+    if ev is None or evt.row_value is None:
+        return "", "", "", [], []
+    p = ev["results"]["prompts"][int(evt.row_value[0]) - 1]
+    stu = stu if stu in p["answers"] else None
+    return (p["answers"]["base"], p["answers"]["teacher"], p["answers"].get(stu, "") if stu else "",
+            highlight(p["tokens"], p["kl"][stu]) if stu else [], highlight(p["tokens"], p["kl"]["base"]))
+
+
+# ---------------------------------------------------------------- blind review
+
+def show_blind(ctx: AppContext, eval_id, request: gr.Request):
+    owner = ctx.owner(request)
+    ev = _eval(ctx, eval_id, owner)
+    state, prompt, a, b, progress = next_blind(ctx, ev, owner)
+    tally = tally_markdown(report.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"]) if ev and ev["results"]["runs"] else ""
+    return state, prompt, a, b, progress, tally
+
+
+def cast(ctx: AppContext, state, button: str, request: gr.Request):
+    """A vote from the button pressed (its label starts with its key), then the next prompt."""
+    owner = ctx.owner(request)
+    if not state:
+        raise gr.Error("Nothing to vote on: pick an evaluation with a run, or all prompts are reviewed.")
+    ev = _eval(ctx, state["eval"], owner)
+    if ev is None:
+        raise gr.Error("That evaluation is gone.")
+    choice = next(vote for key, _, vote in VOTES if button.startswith(key + " "))
+    ctx.store.add_vote(ev["id"], state["prompt"], choice, state["a_is"], reviewer=owner)
+    return show_blind(ctx, ev["id"], request)
+
+
+# ---------------------------------------------------------------- principle influence of the draft
+
+def measure(ctx: AppContext, draft, n, request: gr.Request):
+    ctx.limit(prompts=int(n))
+    c = draft_constitution(draft)
+    try:
+        cmod.ensure_valid(c)
+        model, tokenizer = ctx.model()
+    except (ValueError, ModelError) as exc:
+        raise gr.Error(str(exc)) from None
+    tokens = min(INFLUENCE_TOKENS, ctx.caps.max_new_tokens) if ctx.caps else INFLUENCE_TOKENS
+    prompts = prompt_choices(ctx, ctx.owner(request), "heldout")[: int(n)]
+    if not prompts:
+        raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
+    rows = E.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
+    return report.fig_influence(rows), influence_frame(rows)
+
+
+# ---------------------------------------------------------------- report
+
+def on_export(ctx: AppContext, eval_id, kind, request: gr.Request):
+    ev = _eval(ctx, eval_id, ctx.owner(request))
+    if ev is None:
+        raise gr.Error("Pick an evaluation first.")
+    path = download_dir() / f"eval-{ev['id']}.{kind}"
+    return str(report.write_report(ev["results"], path, report.eval_tally(ctx.store, ev["id"])))
+
+
+def build(ctx: AppContext) -> None:
+    c = layout(ctx)
+    on = functools.partial(bind, ctx)
+    model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    ctx.blocks.load(on(on_load), None, c["job_id"])
     ctx.blocks.load(None, None, None, js=KEYS_JS)
-
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
-    def version_list(current, request: gr.Request):
-        versions = [(f"v{v['id']} · {v['name']}", v["id"]) for v in ctx.store.list_constitution_versions(owner=ctx.owner(request))]
-        return keep(versions, current)
+    ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
+    ctx.watch(on(run_list), c["runs"], c["runs"], on=("jobs",))
+    form = [c[name] for name in ("version", "runs", "prompt_set", "max_prompts", "sample_tokens", "influence_n", "use_judge")]
+    c["start"].click(on(on_start), form, c["job_id"]).then(**ctx.poll_now)
+    c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
+    state = [c["job_id"], c["known"]]
+    ctx.watch(on(poll), state, [c["status"], c["pick"], c["known"]], on=("jobs", "progress:evaluate"))
+    c["job_id"].change(on(poll), state, [c["status"], c["pick"], c["known"]], show_progress="hidden")
 
-    def run_list(current, request: gr.Request):
-        choices = _runs(ctx, ctx.owner(request))
-        ids = [c[1] for c in choices]
-        return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
+    picked = [c["pick"], c["student"], c["other"]]
+    shown = [c[name] for name in ("board", "scores_plot", "dist_plot", "train_plot", "table", "influence_plot",
+                                  "influence_table")]
+    c["pick"].change(on(on_pick), c["pick"], [c["student"], c["other"]]).then(on(views), picked, shown)
+    for trigger in (c["student"].input, c["other"].input):
+        trigger(on(views), picked, shown)
+    c["table"].select(on(on_row), [c["pick"], c["student"]],
+                      [c[name] for name in ("base_text", "teacher_text", "student_text", "div_student", "div_base")])
 
-    ctx.watch(version_list, version, version, on=("versions",))
-    ctx.watch(run_list, runs, runs, on=("jobs",))
+    blind = [c[name] for name in ("ab_state", "ab_prompt", "ab_a", "ab_b", "ab_progress", "ab_tally")]
+    c["pick"].change(on(show_blind), c["pick"], blind)
+    for button in c["buttons"]:
+        button.click(on(cast), [c["ab_state"], button], blind, show_progress="hidden")
 
-    def on_start(version_id, run_ids, set_name, n, tokens, n_influence, judge, request: gr.Request):
-        owner = ctx.owner(request)
-        if not version_id:
-            raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
-        ctx.constitution(version_id, request)  # the visitor's own version and runs only
-        for run_id in run_ids or []:
-            ctx.job(run_id, request)
-        cfg = E.EvalConfig(constitution_id=int(version_id), runs=[int(r) for r in run_ids or []],
-                           prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
-                           sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
-                           model=ctx.model_spec or "", owner=owner)
-        if ctx.caps is not None and not cfg.max_prompts:
-            cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
-        try:
-            the_plan = E.plan(cfg, ctx.store)
-        except E.EvalError as exc:
-            raise gr.Error(str(exc)) from None
-        ctx.limit(prompts=max(len(the_plan.prompts), cfg.influence_prompts), max_new_tokens=cfg.sample_tokens)
-        return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
-
-    start.click(on_start, [version, runs, prompt_set, max_prompts, sample_tokens, influence_n, use_judge],
-                job_id).then(**ctx.poll_now)
-
-    def on_stop(job, request: gr.Request):
-        if job:
-            jobs.cancel(ctx.store, ctx.job(job, request)["id"], grace_s=10)
-
-    stop.click(on_stop, job_id, None).then(**ctx.poll_now)
-
-    def poll(job, seen, request: gr.Request):
-        """The job's status; the list of evaluations when one was added (the newest is then shown)."""
-        owner = ctx.owner(request)
-        current = ctx.find_job(job, request)
-        evals = eval_choices(ctx, owner)
-        ids = [e[1] for e in evals]
-        if ids == seen:
-            return status_html(current), gr.skip(), gr.skip()
-        return status_html(current), gr.update(choices=evals, value=ids[0] if ids else None), ids
-
-    ctx.watch(poll, [job_id, known], [status, pick, known], on=("jobs", "progress:evaluate"))
-    job_id.change(poll, [job_id, known], [status, pick, known], show_progress="hidden")
-
-    # ---------------------------------------------------------------- views of one evaluation
-
-    def on_pick(eval_id, request: gr.Request):
-        ev = _eval(ctx, eval_id, ctx.owner(request))
-        labels = [r["label"] for r in ev["results"]["runs"]] if ev else []
-        return (gr.update(choices=labels, value=labels[0] if labels else None),
-                gr.update(choices=["(none)", *labels[1:]], value="(none)"))
-
-
-    def views(eval_id, stu, oth, request: gr.Request):
-        ev = _eval(ctx, eval_id, ctx.owner(request))
-        if ev is None:  # the influence section keeps what "Measure the draft's principles now" showed
-            return None, None, None, None, None, gr.skip(), gr.skip()
-        r = ev["results"]
-        stu = stu if stu in r["conditions"] else None
-        oth = oth if oth in r["conditions"] and oth != stu else None
-        picked = [x for x in (stu, oth) if x]
-        rows = [row for row in report.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
-        influence = r.get("influence") or []
-        return (pd.DataFrame(rows), report.fig_scores(r, picked), report.fig_kl_distribution(r, picked), report.fig_training(r, picked),
-                per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else gr.skip(),
-                pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
-                              for x in influence]) if influence else gr.skip())
-
-    view_outputs = [board, scores_plot, dist_plot, train_plot, table, influence_plot, influence_table]
-    pick.change(on_pick, pick, [student, other]).then(views, [pick, student, other], view_outputs)
-    for trigger in (student.input, other.input):
-        trigger(views, [pick, student, other], view_outputs)
-
-    def on_row(eval_id, stu, evt: gr.SelectData, request: gr.Request):
-        ev = _eval(ctx, eval_id, ctx.owner(request))
-        if ev is None or evt.row_value is None:
-            return "", "", "", [], []
-        p = ev["results"]["prompts"][int(evt.row_value[0]) - 1]
-        stu = stu if stu in p["answers"] else None
-        return (p["answers"]["base"], p["answers"]["teacher"], p["answers"].get(stu, "") if stu else "",
-                highlight(p["tokens"], p["kl"][stu]) if stu else [], highlight(p["tokens"], p["kl"]["base"]))
-
-    table.select(on_row, [pick, student], [base_text, teacher_text, student_text, div_student, div_base])
-
-    # ---------------------------------------------------------------- blind review
-
-    def show_blind(eval_id, request: gr.Request):
-        owner = ctx.owner(request)
-        ev = _eval(ctx, eval_id, owner)
-        state, prompt, a, b, progress = next_blind(ctx, ev, owner)
-        tally = tally_markdown(report.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"]) if ev and ev["results"]["runs"] else ""
-        return state, prompt, a, b, progress, tally
-
-    blind_outputs = [ab_state, ab_prompt, ab_a, ab_b, ab_progress, ab_tally]
-    pick.change(show_blind, pick, blind_outputs)
-
-    def vote(key: str):
-        def cast(state, request: gr.Request):
-            owner = ctx.owner(request)
-            if not state:
-                raise gr.Error("Nothing to vote on: pick an evaluation with a run, or all prompts are reviewed.")
-            ev = _eval(ctx, state["eval"], owner)
-            if ev is None:
-                raise gr.Error("That evaluation is gone.")
-            ctx.store.add_vote(ev["id"], state["prompt"], CHOICES[key], state["a_is"], reviewer=owner)
-            return show_blind(ev["id"], request)
-        return cast
-
-    for key, button in zip(CHOICES, buttons):
-        button.click(vote(key), ab_state, blind_outputs, show_progress="hidden")
-
-    # ---------------------------------------------------------------- principle influence of the draft
-
-    def measure(draft, n, request: gr.Request):
-        ctx.limit(prompts=int(n))
-        c = draft_constitution(draft)
-        try:
-            cmod.ensure_valid(c)
-            model, tokenizer = ctx.model()
-        except (ValueError, ModelError) as exc:
-            raise gr.Error(str(exc)) from None
-        tokens = min(INFLUENCE_TOKENS, ctx.caps.max_new_tokens) if ctx.caps else INFLUENCE_TOKENS
-        prompts = prompt_choices(ctx, ctx.owner(request), "heldout")[: int(n)]
-        if not prompts:
-            raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
-        rows = E.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
-        return report.fig_influence(rows), pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"],
-                                                     "text": x["text"]} for x in rows])
-
-    influence_run.click(measure, [ctx.draft, influence_n_now], [influence_plot, influence_table],
-                        concurrency_id=MODEL_QUEUE, concurrency_limit=1)
+    influence = ([ctx.draft, c["influence_n_now"]], [c["influence_plot"], c["influence_table"]])
+    c["influence_run"].click(on(measure), *influence, **model)
     if ctx.influence_button is not None and ctx.tabs is not None:
         ctx.influence_button.click(lambda: gr.Tabs(selected="compare"), None, ctx.tabs).then(
             None, js="() => { setTimeout(() => document.getElementById('influence-panel')"
-                     "?.scrollIntoView({block: 'start'}), 300); }").then(
-            measure, [ctx.draft, influence_n_now], [influence_plot, influence_table],
-            concurrency_id=MODEL_QUEUE, concurrency_limit=1)
-
-    # ---------------------------------------------------------------- report
-
-    def on_export(eval_id, kind, request: gr.Request):
-        ev = _eval(ctx, eval_id, ctx.owner(request))
-        if ev is None:
-            raise gr.Error("Pick an evaluation first.")
-        path = Path(tempfile.mkdtemp(prefix="ctxdistill-report-")) / f"eval-{ev['id']}.{kind}"
-        return str(report.write_report(ev["results"], path, report.eval_tally(ctx.store, ev["id"])))
-
-    export.click(on_export, [pick, fmt], report_file)
+                     "?.scrollIntoView({block: 'start'}), 300); }").then(on(measure), *influence, **model)
+    c["export"].click(on(on_export), [c["pick"], c["fmt"]], c["report_file"])
