@@ -96,7 +96,7 @@ def test_cli_exports_a_run_at_a_strength_and_refuses_a_bad_one(capsys, tiny_mode
     assert "999" in capsys.readouterr().err
 
 
-def test_the_preview_dial_refuses_a_strength_outside_its_range(tmp_path):
+def test_the_ui_refuses_a_strength_outside_its_range(tmp_path, tiny_model):
     import gradio as gr
 
     from ctxdistill.ui.app import build_app
@@ -106,8 +106,15 @@ def test_the_preview_dial_refuses_a_strength_outside_its_range(tmp_path):
     ctx = AppContext(home=tmp_path / "ws")
     blocks = build_app(ctx)
     job = ctx.store.create_job("train", {"constitution_id": 1}, heavy=True)
+    ctx.store.update_job(job, state="done")
+    _adapter(tiny_model, ctx.store.runs_dir / str(job) / "adapter", 0.5)
     request = SimpleNamespace(session_hash="x")
     for name, call in (("single", lambda fn: next(fn({}, "hi", job, 1.6, request, True, 0.7, 0.95, 0, 8, 1))),
                        ("restrength", lambda fn: fn("hi", job, -0.5, request, True, 0.7, 0.95, 0, 8, 1))):
         with pytest.raises(gr.Error, match=r"strength must be from 0 \(the base model\) to 1\.5"):
             call(tab_callback(blocks, "preview", name))
+    export = tab_callback(blocks, "distill", "on_export")
+    archive, message = export(job, False, 2.0, request)
+    assert archive is None and "strength must be from 0 (the base model) to 1.5" in message
+    archive, message = export(job, False, 0.5, request)
+    assert archive.endswith(".zip") and "strength 0.5" in message

@@ -195,6 +195,8 @@ def layout(ctx: AppContext) -> dict:
     with gr.Accordion("Export the run's adapter", open=False):
         with gr.Row():
             merged = gr.Checkbox(label="Merged 16-bit model instead of the adapter", value=False, elem_id="export-merged")
+            strength = gr.Slider(*adapters.STRENGTH_RANGE, value=1.0, step=0.05, label="Strength (0 = base model, 1 = as trained)",
+                                 elem_id="export-strength")
             export = gr.Button("Export", elem_id="train-export")
             # a Space's HF_TOKEN is its owner's: no visitor pushes with it
             hub_id = gr.Textbox(label="Hub repository (owner/name)", elem_id="train-hub-id", visible=not ctx.demo)
@@ -204,7 +206,7 @@ def layout(ctx: AppContext) -> dict:
     plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
     return dict(version=version, prompt_set=prompt_set, widgets=widgets, chosen=chosen, guess=guess, measure=measure,
                 facts=facts, start=start, stop=stop, resume=resume, run=run, status=status, loss_plot=loss_plot,
-                heldout_plot=heldout_plot, log=log, runs=runs, merged=merged, export=export, hub_id=hub_id, push=push,
+                heldout_plot=heldout_plot, log=log, runs=runs, merged=merged, strength=strength, export=export, hub_id=hub_id, push=push,
                 files=files, export_msg=export_msg, plotted=plotted)
 
 
@@ -297,16 +299,18 @@ def adapter_of(ctx: AppContext, job_id, request: gr.Request | None) -> tuple[dic
     return job, path
 
 
-def on_export(ctx: AppContext, job_id, as_merged, request: gr.Request):
+def on_export(ctx: AppContext, job_id, as_merged, strength, request: gr.Request):
     job, adapter = adapter_of(ctx, job_id, request)
     job_id, spec = job["id"], job["config"].get("model") or None
     out = download_dir() / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
     try:
-        adapters.export(adapter, out, merged=bool(as_merged), model_spec=spec, models_dir=default_models_dir(ctx.store.home))
-    except adapters.AdapterError as exc:
+        adapters.export(adapter, out, merged=bool(as_merged), strength=strength, model_spec=spec,
+                        models_dir=default_models_dir(ctx.store.home))
+    except adapters.AdapterError as exc:   # a strength outside its range included
         return None, error_text(exc)
     archive = shutil.make_archive(str(out), "zip", out)
-    return archive, f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}) with its model card."
+    return archive, (f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}, strength "
+                     f"{float(strength):g}) with its model card.")
 
 
 def on_push(ctx: AppContext, job_id, repo, request: gr.Request):
@@ -341,5 +345,5 @@ def build(ctx: AppContext) -> None:
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)
     c["resume"].click(on(on_resume), run, run).then(**ctx.poll_now)
-    c["export"].click(on(on_export), [run, c["merged"]], [c["files"], c["export_msg"]])
+    c["export"].click(on(on_export), [run, c["merged"], c["strength"]], [c["files"], c["export_msg"]])
     c["push"].click(on(on_push), [run, c["hub_id"]], c["export_msg"])
