@@ -28,10 +28,11 @@ os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ctxdistill import capability, engine  # noqa: E402
+from ctxdistill.engine import sample_rows  # noqa: E402
 from ctxdistill import train as T  # noqa: E402
 from ctxdistill.adapters import RUN_FILE, load_adapter, scaled  # noqa: E402
 from ctxdistill.constitution import render  # noqa: E402
-from ctxdistill.generate import SamplingConfig, sample_rows  # noqa: E402
+from ctxdistill.generate import SamplingConfig  # noqa: E402
 from ctxdistill.models import load_model  # noqa: E402
 from ctxdistill.prompts import ensure_default_prompts  # noqa: E402
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
