@@ -268,12 +268,14 @@ def fmt_estimate(est: dict | None, pct: bool = False) -> str:
 def scoreboard(results: dict) -> list[dict]:
     """One row per condition: the headline figures with 95% intervals, as text."""
     s = results["scores"]
+    capability = (results.get("robustness") or {}).get("capability", {}).get("accuracy", {})
     rows = []
     for cond in results["conditions"]:
         checks = [row[cond]["value"] for row in s["checks"].values()]
         rows.append({
             "model": cond,
             "n": results["n_prompts"],
+            "capability": fmt_estimate(capability.get(cond), pct=True),
             "KL(teacher‖x)": "0 (reference)" if cond == "teacher" else fmt_estimate(s["kl"].get(cond)),
             "gap closed": fmt_estimate(s["gap_closed"].get(cond), pct=True) if cond not in CONDITIONS else ("0%" if cond == "base" else "100%"),
             "Δ NLL (retention)": fmt_estimate(s["retention"][cond]["delta"]) if cond in s["retention"] else "0 (reference)",

@@ -143,6 +143,8 @@ def layout(ctx: AppContext) -> dict:
             influence_n = gr.Number(label="Prompts for principle influence", value=8, precision=0, minimum=0,
                                     maximum=caps.prompts if caps else None, elem_id="eval-influence-n")
             use_judge = gr.Checkbox(label="Model-as-judge (slow; rough on a 135M model)", value=False, elem_id="eval-judge")
+            use_robustness = gr.Checkbox(label="Robustness suite (capability, injection, second turn, placebo, savings)",
+                                         value=True, elem_id="eval-robustness")
         with gr.Row():
             start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
             stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -191,6 +193,8 @@ def layout(ctx: AppContext) -> dict:
             influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
         influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
         influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
+        baked = baked_layout()
+    suite = robustness_layout()
     with gr.Row():
         fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
         export = gr.Button("Export report", elem_id="report-export")
@@ -202,7 +206,30 @@ def layout(ctx: AppContext) -> dict:
                 student_text=student_text, div_student=div_student, div_base=div_base, ab_state=ab_state,
                 ab_prompt=ab_prompt, ab_a=ab_a, ab_b=ab_b, buttons=buttons, ab_progress=ab_progress, ab_tally=ab_tally,
                 influence_n_now=influence_n_now, influence_run=influence_run, influence_plot=influence_plot,
-                influence_table=influence_table, fmt=fmt, export=export, report_file=report_file)
+                influence_table=influence_table, fmt=fmt, export=export, report_file=report_file,
+                use_robustness=use_robustness, **suite, **baked)
+
+
+def baked_layout() -> dict:
+    """Which principles got baked into the picked student (baked.py), next to their influence."""
+    gr.Markdown("**Which principles got baked** into the picked student: the share of each principle's effect on "
+                "the teacher that the student reproduces without the constitution (1 = all of it, 0 = none), with the "
+                "teacher's and the student's check pass rates where the principle has an automatic check.")
+    note = gr.Markdown(elem_id="baked-note")
+    plot = gr.Plot(label="Which principles got baked", elem_id="baked-plot")
+    table = gr.Dataframe(interactive=False, wrap=True, elem_id="baked-table")
+    return dict(baked_note=note, baked_plot=plot, baked_table=table)
+
+
+def robustness_layout() -> dict:
+    """The Robustness section: what baking bought and what it cost (robustness.py)."""
+    with gr.Accordion("Robustness", open=True, elem_id="robustness-panel"):
+        text = gr.Markdown("Run an evaluation with the robustness suite to see capability, injection resistance, "
+                           "the second turn, the placebo and the savings here.", elem_id="robustness-text")
+        capability_plot = gr.Plot(label="Capability with 95% intervals", elem_id="plot-capability")
+        families_plot = gr.Plot(label="By prompt family", elem_id="plot-families")
+        attacks_plot = gr.Plot(label="By kind of injection", elem_id="plot-attacks")
+    return dict(robustness_text=text, capability_plot=capability_plot, families_plot=families_plot, attacks_plot=attacks_plot)
 
 
 # ---------------------------------------------------------------- loading and the job
@@ -223,7 +250,8 @@ def run_list(ctx: AppContext, current, request: gr.Request):
     return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
 
 
-def on_start(ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influence, judge, request: gr.Request):
+def on_start(ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influence, judge, robust=True,
+             request: gr.Request = None):
     owner = ctx.owner(request)
     if not version_id:
         raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
@@ -233,7 +261,7 @@ def on_start(ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influe
     cfg = E.EvalConfig(constitution_id=int(version_id), runs=[int(r) for r in run_ids or []],
                        prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
                        sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
-                       model=ctx.model_spec or "", owner=owner)
+                       robustness=bool(robust), model=ctx.model_spec or "", owner=owner)
     if ctx.caps is not None and not cfg.max_prompts:
         cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
     try:
@@ -287,6 +315,28 @@ def views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
     return (pd.DataFrame(rows), report.fig_scores(r, picked), report.fig_kl_distribution(r, picked), report.fig_training(r, picked),
             per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else gr.skip(),
             influence_frame(influence) if influence else gr.skip())
+
+
+def robustness_views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
+    """The Robustness section of the picked evaluation, for the picked students."""
+    ev = _eval(ctx, eval_id, ctx.owner(request))
+    if ev is None or not ev["results"].get("robustness"):
+        note = "This evaluation ran without the robustness suite." if ev else "Pick an evaluation."
+        return note, None, None, None
+    r = ev["results"]
+    picked = [x for x in (stu, oth) if x in r["conditions"] and x not in ("base", "teacher")]
+    return (report.robustness_text(r), report.fig_capability(r, picked), report.fig_families(r, picked),
+            report.fig_attacks(r, picked))
+
+
+def baked_views(ctx: AppContext, eval_id, stu, request: gr.Request):
+    """(note, sorted bars, table) of the principles baked into the picked student."""
+    ev = _eval(ctx, eval_id, ctx.owner(request))
+    rows = (ev["results"].get("baked") or {}).get(stu) if ev else None
+    if not rows:
+        return ("Evaluate a run with principle influence on (prompts for principle influence above 0) to see which "
+                "principles got baked."), None, None
+    return "", report.fig_baked(rows, stu), pd.DataFrame(report.baked_table(rows))
 
 
 def on_row(ctx: AppContext, eval_id, stu, evt: gr.SelectData, request: gr.Request):
@@ -359,7 +409,8 @@ def build(ctx: AppContext) -> None:
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
     ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
     ctx.watch(on(run_list), c["runs"], c["runs"], on=("jobs",))
-    form = [c[name] for name in ("version", "runs", "prompt_set", "max_prompts", "sample_tokens", "influence_n", "use_judge")]
+    form = [c[name] for name in ("version", "runs", "prompt_set", "max_prompts", "sample_tokens", "influence_n", "use_judge",
+                                 "use_robustness")]
     c["start"].click(on(on_start), form, c["job_id"]).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
     state = [c["job_id"], c["known"]]
@@ -372,6 +423,11 @@ def build(ctx: AppContext) -> None:
     c["pick"].change(on(on_pick), c["pick"], [c["student"], c["other"]]).then(on(views), picked, shown)
     for trigger in (c["student"].input, c["other"].input):
         trigger(on(views), picked, shown)
+    suite = [c[name] for name in ("robustness_text", "capability_plot", "families_plot", "attacks_plot")]
+    c["pick"].change(on(robustness_views), picked, suite)
+    for trigger in (c["student"].input, c["other"].input):
+        trigger(on(robustness_views), picked, suite)
+    c["student"].change(on(baked_views), [c["pick"], c["student"]], [c["baked_note"], c["baked_plot"], c["baked_table"]])
     c["table"].select(on(on_row), [c["pick"], c["student"]],
                       [c[name] for name in ("base_text", "teacher_text", "student_text", "div_student", "div_base")])
 
