@@ -199,6 +199,8 @@ def write_model_card(path: Path, info: dict) -> Path:
         f"| precision | {info.get('precision_reason', '')} |",
         f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, sha256 {str(info.get('constitution_hash', ''))[:12]} |",
         f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set {info.get('prompt_set', '')!r} |",
+        *([f"| held-out categories | {', '.join(info['heldout_categories'])} (never trained on) |"] if info.get("heldout_categories") else []),
+        *([f"| lineage | {info['lineage']['text']} |"] if info.get("lineage") else []),
         f"| loss | {info.get('loss', '')} |",
         f"| strength | {info.get('strength', 1.0):g} (the adapter's scale: 0 = the base model, 1 = as trained) |",
         f"| steps | {info.get('step', '')} (kept step {info.get('best_step', '')}) |",

@@ -518,7 +518,8 @@ def _train_flags(p):
 
 def _train_summary(r: dict) -> str:
     return (f"run {r['run']}: held-out KL {r['heldout_kl_before']:.4f} -> {r['heldout_kl_after']:.4f} nats/token "
-            f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}")
+            f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}"
+            + (f"; {r['lineage']['text']}" if r.get("lineage") else ""))
 
 
 @command("train", "distil the constitution into a LoRA adapter (prints the run id and the held-out KL before and after)", _train_flags)
@@ -536,10 +537,10 @@ def cmd_train(args) -> int:
             raise UserError(str(exc))
     else:
         try:
-            config = dataclass_from_args(train.TrainConfig, args, model=args.model or "",
-                                         constitution_id=constitution_version(store, args.constitution)).validate().to_dict()
-            if config["data"] == "accepted":
-                train.accepted_texts(store, train.TrainConfig.from_dict(config))
+            cfg = dataclass_from_args(train.TrainConfig, args, model=args.model or "",
+                                      constitution_id=constitution_version(store, args.constitution))
+            train.check_start(store, cfg)
+            config = cfg.to_dict()
         except train.TrainError as exc:
             raise UserError(str(exc))
     accelerator = train._setup_accelerator()

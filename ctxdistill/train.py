@@ -24,11 +24,13 @@ from typing import Callable
 
 import torch
 
-from .adapters import (latest_checkpoint, load_adapter_weights, load_checkpoint, save_adapter,
-                       save_checkpoint, write_model_card)
+from . import mix, rebake
+from .adapters import (AdapterError, latest_checkpoint, load_adapter, load_adapter_weights, load_checkpoint,
+                       save_adapter, save_checkpoint, scaled, write_model_card)
 from .engine import Example, SamplingStopped, TeacherStudent, heldout_kl, sample_answers
 from .jobs import Meter, eta_text
 from .losses import chunked_loss, gap_closed
+from .mix import accepted_texts
 from .train_config import TrainConfig, TrainError
 
 
@@ -95,8 +97,8 @@ def _setup_accelerator(device: str | None = None):
     return Accelerator(cpu=cpu)
 
 
-def _setup_model(cfg: TrainConfig, base, seed: int):
-    """Wrap the loaded base model with a fresh LoRA adapter; only the adapter trains."""
+def _setup_model(cfg: TrainConfig, base, seed: int, adapter: Path | None = None):
+    """Wrap the loaded base model with a fresh LoRA adapter (or, re-baking, the saved ``adapter``); only the adapter trains."""
     from peft import LoraConfig, get_peft_model
 
     targets = cfg.target_modules.strip()
@@ -109,9 +111,10 @@ def _setup_model(cfg: TrainConfig, base, seed: int):
         # a few dozen tokens plain attention makes a whole kl step 7% faster on the CPU.
         base.set_attn_implementation("eager")
     try:
-        model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                                target_modules=targets, task_type="CAUSAL_LM"))
-    except ValueError as exc:
+        model = load_adapter(base, adapter, trainable=True) if adapter else get_peft_model(
+            base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=targets, task_type="CAUSAL_LM"))
+    except (ValueError, AdapterError) as exc:
         raise TrainError(f"cannot add a LoRA adapter: {exc}") from exc
     model.train()
     return model
@@ -190,11 +193,16 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
     info = {**(info or {}), "loss": cfg.loss, "data": cfg.data}
+    gauge_items = mix.gauge_items(cfg.capability_gauge)
 
     def evaluate(step: int) -> float:
         report = _phase(hooks, step, cfg.steps, "measuring the held-out KL", "answers")
         value = heldout_kl(pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report)
-        hooks.log({"heldout_kl": value}, step)
+        gauge = {"capability": mix.gauge(pair, gauge_items)} if gauge_items else {}
+        if gauge_items and step == 0:
+            gauge["capability_teacher"] = mix.gauge(pair, gauge_items, teacher=True)
+        before = value if state["kl_before"] is None else state["kl_before"]
+        hooks.log({"heldout_kl": value, "gap_closed": gap_closed(before, value), **gauge}, step)
         if value < state["best_kl"]:
             state.update(best_kl=value, best_step=step)
             if main:
@@ -202,7 +210,11 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         return value
 
     if state["kl_before"] is None:
-        state["kl_before"] = evaluate(0)
+        if cfg.from_run:  # a re-bake starts from an adapter: its gap closed is still measured from the base model
+            with scaled(model, 0.0):
+                state["kl_before"] = heldout_kl(pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator)
+        start = evaluate(0)
+        state["kl_before"] = start if state["kl_before"] is None else state["kl_before"]
     started, tokens_seen = time.perf_counter(), 0
     first_step = state["step"]
     stopped = False
@@ -312,25 +324,20 @@ def _setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, ac
     if cache.is_file():
         data = json.loads(cache.read_text())
         return [Example(**e) for e in data["train"]], [Example(**e) for e in data["heldout"]]
-    from .prompts import ensure_default_prompts
-
-    ensure_default_prompts(store, owner=cfg.owner)
-    heldout_prompts = [p["text"] for p in store.get_prompts(cfg.prompt_set, split="heldout", owner=cfg.owner)]
-    if not heldout_prompts:
-        raise TrainError(f"prompt set {cfg.prompt_set!r} has no held-out prompts to measure the student on")
-    heldout_prompts = heldout_prompts[:cfg.eval_prompts] if cfg.eval_prompts else heldout_prompts
+    prompts, heldout_prompts = mix.split_prompts(store, cfg)
     tok = pair.tokenizer
     if cfg.data == "accepted":
         rows = accepted_texts(store, cfg)
         train_examples = [Example(p, tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids(tok.eos_token)])
                           for p, text in rows]
     else:
-        prompts = [p["text"] for p in store.get_prompts(cfg.prompt_set, split="train", owner=cfg.owner)]
-        if not prompts:
-            raise TrainError(f"prompt set {cfg.prompt_set!r} has no train prompts")
-        prompts = prompts[:cfg.max_prompts] if cfg.max_prompts else prompts
         train_examples = _sample_kept(pair, prompts, cfg, cfg.seed, "train", run_dir, accelerator, hooks,
                                       "sampling the teacher's training answers")
+        if cfg.from_run:
+            hooks.progress(0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student")
+            train_examples = mix.rebake_mix(train_examples, mix.disagreement(pair, train_examples, chunk=cfg.kl_chunk), cfg)
+        train_examples += _sample_kept(pair, mix.replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729,
+                                       "replay", run_dir, accelerator, hooks, "sampling the teacher's replay answers")
     # one teacher sample per held-out prompt, from its own random stream
     heldout = _sample_kept(pair, heldout_prompts, replace(cfg, samples_per_prompt=1), cfg.seed + 7919, "heldout",
                            run_dir, accelerator, hooks, "sampling the teacher's held-out answers")
@@ -369,14 +376,18 @@ def _sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, na
         raise Cancelled(str(stopped)) from None
 
 
-def accepted_texts(store, cfg: TrainConfig) -> list[tuple[str, str]]:
-    """(prompt, final text) of the accepted samples of the constitution version; refuses when there are none."""
-    samples = store.list_samples(constitution_id=cfg.constitution_id, status="accepted", owner=cfg.owner)
-    rows = [(s["prompt"], s["final"]) for s in samples if s["split"] == "train" and s["final"].strip()]
-    if not rows:
-        raise TrainError(f"constitution version {cfg.constitution_id} has no accepted samples with text: "
-                         "accept some in the Curate tab, or train on fresh teacher samples (--data prompts)")
-    return rows[:cfg.max_prompts] if cfg.max_prompts else rows
+def check_start(store, cfg: TrainConfig) -> dict | None:
+    """Every refusal a run can give before its model loads (asked again before a job is queued);
+    returns the source job of a re-bake."""
+    from .prompts import ensure_default_prompts
+
+    cfg.validate()
+    ensure_default_prompts(store, owner=cfg.owner)
+    prompts, _ = mix.split_prompts(store, cfg)
+    mix.replay_prompts(store, cfg, len(prompts))
+    if cfg.data == "accepted":
+        accepted_texts(store, cfg)
+    return rebake.source_run(store, cfg) if cfg.from_run else None
 
 
 def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=None) -> dict:
@@ -385,13 +396,11 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     from .models import ModelError, default_models_dir, load_model
     from .precision import policy
 
-    cfg.validate()
+    source = check_start(store, cfg)  # refuse before loading the model
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     row = store.get_constitution(cfg.constitution_id)
     constitution = from_row(row)
-    if cfg.data == "accepted":
-        accepted_texts(store, cfg)  # refuse before loading the model
     accelerator = accelerator or _setup_accelerator()
     chosen = policy(accelerator.device.type, cfg.quantize, cfg.precision)
     hooks.progress(0, cfg.steps, f"loading the model ({chosen.label})")
@@ -401,7 +410,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
                                      device=str(accelerator.device), models_dir=default_models_dir(store.home))
     except ModelError as exc:
         raise TrainError(str(exc)) from exc
-    model = _setup_model(cfg, base, cfg.seed)
+    model = _setup_model(cfg, base, cfg.seed, source and store.runs_dir / str(source["id"]) / "adapter")
     system = render(constitution)
     pair = TeacherStudent(model, tokenizer, system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
     train_examples, heldout = _setup_data(cfg, store, pair, run_dir, accelerator, hooks)
@@ -409,7 +418,9 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     info = {"constitution": row["name"], "constitution_id": row["id"], "constitution_hash": content_hash(constitution),
             "base_model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": chosen.quantize,
             "precision": chosen.compute, "precision_reason": chosen.reason,
-            "prompt_set": cfg.prompt_set, "n_train": len(train_examples), "n_heldout": len(heldout)}
+            "prompt_set": cfg.prompt_set, "n_train": len(train_examples), "n_heldout": len(heldout),
+            "heldout_categories": mix.categories(cfg.heldout_categories), "replay_fraction": cfg.replay_fraction,
+            **({"lineage": rebake.lineage(store, source, row)} if source else {})}
     result = train(cfg, model, tokenizer, system, train_examples, heldout, run_dir=run_dir,
                    examples=constitution.examples, hooks=hooks, accelerator=accelerator, info=info, pair=pair)
     return {**info, **result}

@@ -61,6 +61,13 @@ class TrainConfig(StageConfig):
     kl_chunk: int = field(default=256, metadata={"help": "answer positions per full-vocabulary chunk (bounds the memory of the logits)"})
     teacher_cache_mb: int = field(default=512, metadata={"help": "memory for the teacher's final hidden states along each answer, kept from the sampling pass that wrote it (or its first computation) and reused by every step and evaluation (0 = recompute every step)"})
     seed: int = field(default=0, metadata={"help": "random seed (data order, sampling, adapter init)"})
+    heldout_categories: str = field(default="", metadata={"help": "comma-separated prompt categories held out: never trained on, the held-out KL measured on their held-out prompts only (empty: train and score on every category)"})
+    replay_set: str = field(default="default", metadata={"help": "general prompt set whose train prompts --replay-fraction mixes in"})
+    replay_fraction: float = field(default=0.0, metadata={"help": "share of the training answers that are the teacher's answers to the replay set's prompts (0 = none)"})
+    capability_gauge: int = field(default=0, metadata={"help": "capability items (a fixed subset of the capability set) scored at every held-out KL measurement, student and teacher (0 = off)"})
+    from_run: int = field(default=0, metadata={"help": "re-bake: start from this finished run's adapter, with a newer constitution version (0 = a fresh adapter)"})
+    rebake_share: float = field(default=0.5, metadata={"help": "re-bake: share of the train prompts it trains on, those whose answers the new teacher and the old student disagree on most"})
+    rebake_replay: float = field(default=0.25, metadata={"help": "re-bake: share of the mix replayed from the other, less changed prompts (keeps unchanged behaviour)"})
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     owner: str = field(default="", metadata={"help": "workspace owner"})
 
@@ -78,6 +85,14 @@ class TrainConfig(StageConfig):
             errors.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         if not 0 <= self.alpha <= 1:
             errors.append(f"alpha must be between 0 and 1, got {self.alpha}")
+        if not 0 <= self.replay_fraction < 1:
+            errors.append(f"replay fraction must be in [0, 1), got {self.replay_fraction}")
+        if not 0 < self.rebake_share <= 1:
+            errors.append(f"re-bake share must be in (0, 1], got {self.rebake_share}")
+        if not 0 <= self.rebake_replay < 1:
+            errors.append(f"re-bake replay must be in [0, 1), got {self.rebake_replay}")
+        if self.data == "accepted" and (self.heldout_categories.strip() or self.replay_fraction or self.from_run):
+            errors.append("category hold-out, replay and re-bake train on fresh teacher samples: use data prompts")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             errors.append(f"learning rate must be a positive number, got {self.lr}")
         try:  # the teacher's sampling settings, checked as the sampling stage checks them
@@ -92,7 +107,8 @@ class TrainConfig(StageConfig):
         for name in ("steps", "batch_size", "grad_accum", "lora_r", "lora_alpha", "kl_chunk", "samples_per_prompt", "sample_tokens"):
             if getattr(self, name) < 1:
                 errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "eval_every", "eval_prompts", "checkpoint_every", "max_prompts", "teacher_cache_mb"):
+        for name in ("warmup_steps", "eval_every", "eval_prompts", "checkpoint_every", "max_prompts", "teacher_cache_mb",
+                     "capability_gauge", "from_run"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         for name, most in TRAIN_MAXIMA.items():

@@ -1,0 +1,87 @@
+"""Re-baking: a run that starts from an earlier run's adapter with a newer constitution version.
+
+* ``source_run`` — the earlier run, or TrainError when it cannot be continued from (not a finished
+  training run with an adapter, another visitor's, another base model or another LoRA shape);
+  checked before a job is queued and again when it starts.
+* ``principle_changes`` — which principles a newer version added, removed or edited (by id; the
+  preamble and the few-shot examples count as edits of their own).
+* ``lineage`` — what a re-baked run records in its run info and model card: run N → run M,
+  version a → b, and what changed.
+* ``stale_notice`` — the line the Distill and Compare tabs show when the constitution picked there
+  differs from the version a run was trained on.
+
+How the re-bake chooses what to train on is in mix.py (``disagreement``, ``rebake_mix``).
+"""
+
+from __future__ import annotations
+
+from .constitution import Constitution, from_row
+from .train_config import TrainConfig, TrainError
+
+LORA_SHAPE = ("lora_r", "lora_alpha", "target_modules")
+
+
+def source_run(store, cfg: TrainConfig) -> dict:
+    """The job ``cfg.from_run`` names, after every check a re-bake needs; TrainError otherwise."""
+    from .store import NotFound
+
+    n = cfg.from_run
+    try:
+        job = store.get_job(n, owner=cfg.owner)
+    except NotFound:
+        raise TrainError(f"run {n} not found among your runs: continue from a run of yours") from None
+    if job["kind"] != "train":
+        raise TrainError(f"job {n} is a {job['kind']} job, not a training run")
+    if job["state"] != "done" or not (store.runs_dir / str(n) / "adapter").is_dir():
+        raise TrainError(f"run {n} has no adapter to continue from (it is {job['state']}): pick a finished run")
+    old = job["config"]
+    if (old.get("model") or "") != (cfg.model or ""):
+        raise TrainError(f"run {n} was trained on another base model ({old.get('model') or 'the embedded default'}, "
+                         f"not {cfg.model or 'the embedded default'}): re-bake on the model it was made for")
+    shape = [f"{k.replace('_', ' ')} {old.get(k)} vs {getattr(cfg, k)}" for k in LORA_SHAPE if old.get(k) != getattr(cfg, k)]
+    if shape:
+        raise TrainError(f"run {n} has another LoRA shape ({', '.join(shape)}): use its settings to continue from it")
+    return job
+
+
+def principle_changes(old: Constitution, new: Constitution) -> dict:
+    """{"added", "removed", "edited"}: principle ids (plus "preamble" and "examples" when those changed)."""
+    before, after = {p.id: p for p in old.principles}, {p.id: p for p in new.principles}
+    edited = [i for i in after if i in before and after[i] != before[i]]
+    edited += [part for part in ("preamble", "examples") if getattr(old, part) != getattr(new, part)]
+    return {"added": [i for i in after if i not in before], "removed": [i for i in before if i not in after],
+            "edited": edited}
+
+
+def changes_text(changes: dict) -> str:
+    """"edited matey; added captain" or "no change"."""
+    parts = [f"{kind} {', '.join(ids)}" for kind, ids in changes.items() if ids]
+    return "; ".join(parts) or "no change"
+
+
+def n_changed(changes: dict) -> int:
+    return sum(len(ids) for ids in changes.values())
+
+
+def lineage(store, job: dict, row: dict) -> dict:
+    """The lineage of a run re-baked from ``job`` on constitution version ``row``."""
+    old_row = store.get_constitution(job["config"]["constitution_id"])
+    changes = principle_changes(from_row(old_row), from_row(row))
+    return {"from_run": job["id"], "from_version": old_row["id"], "to_version": row["id"], "changes": changes,
+            "text": f"re-baked from run {job['id']} (version {old_row['id']} → {row['id']}: {changes_text(changes)})"}
+
+
+def stale_notice(store, job: dict, constitution_id: int | None) -> str:
+    """"run 4 was trained on v3; v5 changed 2 principles (edited matey; added captain)" where the
+    version picked (``constitution_id``) is a later version of the same constitution with other
+    content than the run's; "" otherwise."""
+    trained = (job.get("config") or {}).get("constitution_id")
+    if not constitution_id or not trained or trained == constitution_id:
+        return ""
+    old, new = store.get_constitution(trained), store.get_constitution(constitution_id)
+    if old["name"] != new["name"] or old["hash"] == new["hash"]:
+        return ""
+    changes = principle_changes(from_row(old), from_row(new))
+    count = n_changed(changes)
+    return (f"run {job['id']} was trained on v{trained}; v{constitution_id} changed {count} "
+            f"{'principle' if count == 1 else 'principles'} ({changes_text(changes)})")

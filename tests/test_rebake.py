@@ -1,0 +1,179 @@
+"""Re-baking from an earlier run (rebake.py, mix.rebake_mix), the category hold-out and the
+replay share (mix.py), on the tiny model."""
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ctxdistill import adapters, engine, mix, rebake
+from ctxdistill import train as T
+from ctxdistill.constitution import content_hash, load, to_dict
+
+SYSTEM = "Arr matey, answer like a pirate."
+PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "def add(a, b):", "Hi", "Is the sea wide?", "Say hello"]
+TINY = dict(quantize="none", steps=2, max_prompts=6, sample_tokens=6, eval_prompts=4, batch_size=4, eval_every=1,
+            checkpoint_every=0, lora_r=4, lora_alpha=8)
+
+
+def save(store, c):
+    return store.save_constitution(c.name, to_dict(c), content_hash(c))
+
+
+def pirate_and_captain(store):
+    """Version 1: the shipped pirate; version 2: "matey" replaced by "captain"."""
+    c = load("assets/constitutions/pirate.yaml")
+    v1 = save(store, c)
+    c2 = copy.deepcopy(c)
+    matey = next(p for p in c2.principles if p.id == "matey")
+    matey.text = 'Ye always call the user "captain", arr!'
+    return v1, save(store, c2)
+
+
+def finished_run(store, cfg: T.TrainConfig) -> int:
+    """A training job recorded in the store as the job runner would, trained here."""
+    job = store.create_job("train", cfg.to_dict(), owner=cfg.owner, heavy=True)
+    result = T.run(cfg, store, store.run_dir(job))
+    store.update_job(job, state="done", result=result)
+    return job
+
+
+# --------------------------------------------------------------------------- ranking and the mix
+
+def test_the_prompt_whose_teacher_changed_ranks_first(tiny_model, tiny_tokenizer):
+    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), copy.deepcopy(tiny_model), seed=0)
+    pair = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM, teacher_cache_mb=64)
+    examples = engine.sample_answers(pair, PROMPTS, T.TrainConfig(sample_tokens=8), seed=0)
+    changed = examples[3]
+    # every other answer's teacher is the old student itself (it already agrees); only one teacher changed
+    for ex in examples:
+        if ex is not changed:
+            pair.teacher_cache[(ex.prompt, tuple(ex.answer))] = pair.hidden([ex], with_teacher=False)[0].detach()
+    scores = mix.disagreement(pair, examples, batch_size=4)
+    assert max(range(len(examples)), key=lambda i: scores[i]) == 3
+    assert all(abs(s) < scores[3] / 100 for i, s in enumerate(scores) if i != 3)
+    assert scores[3] == pytest.approx(engine.heldout_kl(pair, [changed]), rel=1e-4)   # the held-out KL, per answer
+    chosen = mix.rebake_mix(examples, scores, T.TrainConfig(rebake_share=0.2, rebake_replay=0.5))
+    assert chosen[0] is changed and len(chosen) == 2 and len({id(e) for e in chosen}) == 2
+
+
+def test_rebake_mix_takes_the_top_share_and_its_replay_share():
+    exs = [engine.Example(f"p{i}", [i]) for i in range(20)]
+    scores = [float(i) for i in range(20)]
+    chosen = mix.rebake_mix(exs, scores, T.TrainConfig(rebake_share=0.25, rebake_replay=0.5))
+    assert [e.prompt for e in chosen[:5]] == ["p19", "p18", "p17", "p16", "p15"]
+    assert len(chosen) == 10 and all(int(e.prompt[1:]) < 15 for e in chosen[5:])
+
+
+# --------------------------------------------------------------------------- lineage and refusals
+
+def test_rebake_records_its_lineage_in_the_run_card_and_notice(store, tiny_checkpoint):
+    v1, v2 = pirate_and_captain(store)
+    first = finished_run(store, T.TrainConfig(constitution_id=v1, model=str(tiny_checkpoint), **TINY))
+    job = store.get_job(first)
+    assert rebake.stale_notice(store, job, v2) == f"run {first} was trained on v{v1}; v{v2} changed 1 principle (edited matey)"
+    assert rebake.stale_notice(store, job, v1) == ""
+    logged = []
+    cfg = T.TrainConfig(constitution_id=v2, model=str(tiny_checkpoint), from_run=first, rebake_share=0.5, **TINY)
+    second = store.create_job("train", cfg.to_dict(), heavy=True)
+    result = T.run(cfg, store, store.run_dir(second), T.Hooks(log=lambda v, s: logged.append((s, v))))
+    assert result["lineage"] == {"from_run": first, "from_version": v1, "to_version": v2,
+                                 "changes": {"added": [], "removed": [], "edited": ["matey"]},
+                                 "text": f"re-baked from run {first} (version {v1} → {v2}: edited matey)"}
+    assert result["n_train"] == 4   # the most changed half of 6 prompts, and a quarter of the mix replayed: 3 + 1
+    card = (store.runs_dir / str(second) / "adapter" / "README.md").read_text()
+    assert f"| lineage | re-baked from run {first} (version {v1} → {v2}: edited matey) |" in card
+    run_file = json.loads((store.runs_dir / str(second) / "adapter" / adapters.RUN_FILE).read_text())
+    assert run_file["lineage"]["from_run"] == first
+    # it started from the old adapter: its first held-out KL is the old student's, below the base's
+    assert logged[0][1]["heldout_kl"] < result["heldout_kl_before"] and logged[0][1]["gap_closed"] > 0
+
+
+@pytest.mark.parametrize("change, refusal", [
+    ({"model": "other/model"}, "another base model"),
+    ({"lora_r": 8}, "another LoRA shape"),
+    ({"state": "failed"}, "no adapter to continue from"),
+    ({"owner": "visitor-b"}, "not found among your runs"),
+    ({"kind": "eval"}, "not a training run"),
+])
+def test_from_run_refusals_start_nothing(store, tmp_path, change, refusal):
+    v1, v2 = pirate_and_captain(store)
+    old = T.TrainConfig(constitution_id=v1, **TINY)
+    job = store.create_job(change.get("kind", "train"), old.to_dict(), owner="visitor-a")
+    (store.runs_dir / str(job) / "adapter").mkdir(parents=True)
+    store.update_job(job, state=change.get("state", "done"))
+    new = T.TrainConfig(constitution_id=v2, from_run=job, owner=change.get("owner", "visitor-a"),
+                        **{**TINY, **{k: v for k, v in change.items() if k in ("model", "lora_r")}})
+    with pytest.raises(T.TrainError, match=refusal):
+        T.run(new, store, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_from_run_of_a_failed_run_is_refused(workspace):
+    import os
+    import subprocess
+    import sys
+
+    from ctxdistill.store import Store
+
+    s = Store(workspace)
+    v1, _ = pirate_and_captain(s)
+    job = s.create_job("train", T.TrainConfig(constitution_id=v1).to_dict())
+    s.update_job(job, state="failed")
+    out = subprocess.run([sys.executable, "-m", "ctxdistill.cli", "train", "--constitution", str(v1), "--from-run", str(job)],
+                         env={**os.environ, "CTXDISTILL_HOME": str(workspace)}, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and f"run {job} has no adapter to continue from (it is failed)" in out.stderr
+    assert len(s.list_jobs(kind="train")) == 1
+
+
+# --------------------------------------------------------------------------- category hold-out and replay
+
+def test_category_holdout_never_trains_on_a_held_out_category(store):
+    from ctxdistill.prompts import ensure_default_prompts
+
+    ensure_default_prompts(store)
+    rows = store.get_prompts("default")
+    category = {r["text"]: r["category"] for r in rows}
+    cfg = T.TrainConfig(heldout_categories="code, history", eval_prompts=0)
+    train, heldout = mix.split_prompts(store, cfg)
+    assert train and not {category[p] for p in train} & {"code", "history"}
+    assert {category[p] for p in heldout} == {"code", "history"}
+    assert len(heldout) == sum(r["split"] == "heldout" and r["category"] in ("code", "history") for r in rows)
+    assert set(train) == {r["text"] for r in rows if r["split"] == "train" and r["category"] not in ("code", "history")}
+
+
+def test_a_category_without_held_out_prompts_is_named(store):
+    store.add_prompts("mine", [{"text": "a", "split": "train", "category": "maths"},
+                               {"text": "b", "split": "heldout", "category": "poems"},
+                               {"text": "c", "split": "train", "category": "poems"}])
+    with pytest.raises(T.TrainError, match="category 'maths' has no held-out prompts .* poems"):
+        mix.split_prompts(store, T.TrainConfig(prompt_set="mine", heldout_categories="maths"))
+    with pytest.raises(T.TrainError, match="category 'cooking' has no held-out prompts"):
+        mix.split_prompts(store, T.TrainConfig(prompt_set="mine", heldout_categories="cooking"))
+    assert mix.split_prompts(store, T.TrainConfig(prompt_set="mine", heldout_categories="poems")) == (["a"], ["b"])
+
+
+def test_replay_fraction_is_the_share_of_the_mix(store):
+    store.add_prompts("general", [{"text": f"g{i}", "split": "train"} for i in range(30)])
+    cfg = T.TrainConfig(replay_set="general", replay_fraction=0.2)
+    replay = mix.replay_prompts(store, cfg, 40)
+    assert len(replay) / (len(replay) + 40) == pytest.approx(0.2) and len(set(replay)) == 10
+    assert replay == mix.replay_prompts(store, cfg, 40)          # a fixed pick
+    assert mix.replay_prompts(store, dataclasses.replace(cfg, replay_fraction=0.0), 40) == []
+    with pytest.raises(T.TrainError, match="needs 40 prompts; replay set 'general' has 30"):
+        mix.replay_prompts(store, dataclasses.replace(cfg, replay_fraction=0.5), 40)
+    with pytest.raises(T.TrainError, match="replay fraction"):
+        T.TrainConfig(replay_fraction=1.0).validate()
+
+
+def test_replay_answers_join_the_training_mix(store, tiny_checkpoint):
+    store.add_prompts("general", [{"text": f"Tell me about {w}.", "split": "train"} for w in ("cats", "rain", "maps", "tea")])
+    v1, _ = pirate_and_captain(store)
+    cfg = T.TrainConfig(constitution_id=v1, model=str(tiny_checkpoint), replay_set="general", replay_fraction=0.25,
+                        **{**TINY, "steps": 1})
+    result = T.run(cfg, store, store.run_dir(store.create_job("train", cfg.to_dict())))
+    data = json.loads((store.runs_dir / "1" / "data.json").read_text())
+    assert result["n_train"] == 8 and sum(e["prompt"].startswith("Tell me about") for e in data["train"]) == 2
+    assert torch.isfinite(torch.tensor(result["gap_closed"]))
