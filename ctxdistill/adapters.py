@@ -146,8 +146,12 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
-    """checkpoints/step-N/: the adapter (safetensors) and state.pt (optimiser, scheduler, step, RNG, best)."""
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, keep: int = 2,
+                    progress=lambda done, total: None) -> Path:
+    """checkpoints/step-N/: the adapter (safetensors) and state.pt (optimiser, scheduler, step, RNG, best).
+
+    ``progress(done, 2)`` is called before and after each of the two files."""
+    progress(0, 2)
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     # Written under a hidden name and renamed when complete: a worker killed mid-write leaves no
@@ -156,8 +160,10 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, kee
     partial = root / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     save_adapter(model, partial, {"step": state["step"]})
+    progress(1, 2)
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
                partial / "state.pt")
+    progress(2, 2)
     path = root / name
     shutil.rmtree(path, ignore_errors=True)
     partial.rename(path)

@@ -183,6 +183,10 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     scaler = torch.amp.GradScaler(device.type, enabled=pair.compute_dtype == torch.float16)
     schedule = Schedule(pair.row_lengths(train_examples), cfg.batch_size, cfg.seed)
     state = {"step": 0, "best_step": 0, "best_kl": math.inf, "kl_before": None}
+
+    def checkpointing():
+        return _phase(hooks, state["step"], cfg.steps, f"writing checkpoint step-{state['step']:06d}", "files")
+
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
@@ -275,16 +279,16 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             evaluate(step + 1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and main:
-            save_checkpoint(run_dir, model, optimizer, scheduler, state)
+            save_checkpoint(run_dir, model, optimizer, scheduler, state, progress=checkpointing())
     if stopped:
         if main and state["step"] > 0 and (latest_checkpoint(run_dir) is None
                                            or latest_checkpoint(run_dir).name != f"step-{state['step']:06d}"):
-            save_checkpoint(run_dir, model, optimizer, scheduler, state)
+            save_checkpoint(run_dir, model, optimizer, scheduler, state, progress=checkpointing())
         hooks.info(f"stopped at step {state['step']}; resume continues from there")
         return {"stopped": True, "step": state["step"], "heldout_kl_before": state["kl_before"]}
     final = evaluate(state["step"]) if state["best_step"] != state["step"] or state["step"] == 0 else state["best_kl"]
     if main:
-        save_checkpoint(run_dir, model, optimizer, scheduler, state)
+        save_checkpoint(run_dir, model, optimizer, scheduler, state, progress=checkpointing())
     kept_step, kept_kl = state["step"], final
     if cfg.keep_best and state["best_kl"] < final:
         if world > 1:

@@ -196,6 +196,16 @@ def test_resume_reaches_the_same_state(tiny_model, tiny_tokenizer, tmp_path):
     assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
 
 
+def test_checkpoints_report_their_phase_and_progress(tiny_model, tiny_tokenizer, tmp_path):
+    said, shown = [], []
+    hooks = T.Hooks(info=said.append, progress=lambda done, total, message: shown.append((done, message)))
+    run_tiny(tiny_model, tiny_tokenizer, tmp_path, steps=4, hooks=hooks)
+    assert [m for m in said if "checkpoint" in m] == ["phase: writing checkpoint step-000002",
+                                                      "phase: writing checkpoint step-000004"]
+    assert (2, "writing checkpoint step-000002: 0/2 files") in shown
+    assert shown[-1][0] == 4 and shown[-1][1].startswith("writing checkpoint step-000004: 2/2 files")
+
+
 def test_metrics_have_fixed_names_and_held_out_goes_down(tiny_model, tiny_tokenizer, tmp_path):
     logged = []
     _, result = run_tiny(tiny_model, tiny_tokenizer, tmp_path, steps=6, hooks=T.Hooks(log=lambda v, s: logged.append((s, v))))
