@@ -448,7 +448,7 @@ LOW_CAPS = {"PROMPTS": "4", "STEPS": "2", "SAMPLES": "1", "ROUNDS": "1", "MAX_NE
 # What the endpoints that take no size from the visitor do: a fixed-size write, or work bounded by data that
 # was capped when it was made.
 BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "constitution:from_example",
-           "constitution:do_export.fn", "data:on_resume", "data:on_cancel", "distill:on_resume", "distill:on_stop",
+           "constitution:do_export", "data:on_resume", "data:on_cancel", "distill:on_resume", "distill:on_stop",
            "distill:on_export", "distill:on_push", "samples:on_bulk", "samples:on_undo", "samples:on_reflag",
            "samples:on_export", "compare:on_stop", "compare:on_export",
            # one calibration per (quantize, precision) pair for the whole process, then arithmetic
@@ -456,7 +456,7 @@ BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "c
 # Reads: they start no work and store nothing.
 READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
          "show_blind", "views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
-         "load_queue", "move.go", "principle_choices", "version_choices", "on_choice", "on_form",
+         "load_queue", "move.go", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
          "on_gen_form", "version_list", "run_list", "job_list", "set_lists", "history_lists",
          "show_job", "settings_of", "preview_bulk", "setup.tick"}
 
@@ -493,9 +493,9 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         "api:review": lambda fn: fn(own["sample"], row["version"], "", big_text, request=a),
         "compare:measure": lambda fn: fn({}, 5, request=a),
         "compare:on_start": lambda fn: fn(own["constitution"], [], "held", 1, 9, 0, False, request=a),
-        "constitution:set_top.fn": lambda fn: fn(big_text, {}, None, None, request=a),
-        "constitution:set_field.fn": lambda fn: fn(big_text, {"principles": [{"id": "p1", "text": ""}]}, None, 0, request=a),
-        "constitution:reshape.fn": lambda fn: fn({"name": big_text, "principles": []}, None, None, request=a),
+        "constitution:set_top": lambda fn: fn(big_text, {}, None, None, request=a),
+        "constitution:set_field": lambda fn: fn(big_text, {"principles": [{"id": "p1", "text": ""}]}, None, 0, request=a),
+        "constitution:reshape": lambda fn: fn({"name": big_text, "principles": []}, None, None, request=a),
         "constitution:from_yaml": lambda fn: fn("name: x\n#" + big_text, {}, None, request=a),
         "constitution:from_upload": lambda fn: fn(str(big_upload), {}, None, request=a),
         "data:on_import": lambda fn: fn(str(big_csv), "", "x", "prompt", "(none)", 0.1, False, request=a),

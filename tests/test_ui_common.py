@@ -17,8 +17,8 @@ def answer(ctx, text: str, request: gr.Request, *rest):
     return ctx, text, request, rest
 
 
-def stream(ctx, n: int):
-    yield from (ctx * k for k in range(n))
+def stream(ctx, step: int, n: int):
+    yield from (ctx * step * k for k in range(n))
 
 
 def test_a_bound_handler_is_called_without_its_context_as_gradio_reads_it():
@@ -29,8 +29,9 @@ def test_a_bound_handler_is_called_without_its_context_as_gradio_reads_it():
     request = gr.Request()
     args, *_ = special_args(fn, ["hi", 1], request)   # gradio fills the parameter annotated gr.Request
     assert fn(*args) == ("ctx", "hi", request, (1,))
-    streamed = common.bind(2, stream)
-    assert inspect.isgeneratorfunction(streamed) and list(streamed(3)) == [0, 2, 4]
+    streamed = common.bind(2, stream, 5)                   # ctx and a fixed first argument
+    assert list(inspect.signature(streamed).parameters) == ["n"]
+    assert inspect.isgeneratorfunction(streamed) and list(streamed(3)) == [0, 10, 20]
 
 
 def test_download_folders_older_than_the_keep_time_are_removed(monkeypatch):

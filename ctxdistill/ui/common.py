@@ -156,24 +156,26 @@ class AppContext:
         return get_model(self.model_spec, models_dir=default_models_dir(self.home))
 
 
-def bind(ctx: AppContext, fn):
-    """A tab's module-level handler fn(ctx, ...) as the event callback of its other arguments.
+def bind(ctx: AppContext, fn, *fixed):
+    """A tab's module-level handler fn(ctx, *fixed, ...) as the event callback of its other arguments
+    (fixed: what one handler serving several components is told apart by, e.g. the field it edits).
 
     gradio reads a callback's signature and type hints (it passes gr.Request to the parameter annotated
-    so) and streams a generator's values: the callback keeps fn's signature less ctx, its hints resolved
-    in fn's module, its name (API names) and its kind. It does not point back to fn (no __wrapped__), so
-    inspect.unwrap past the page poll's memo (ui/poll.py) stops at a callback that needs no ctx."""
+    so) and streams a generator's values: the callback keeps fn's signature less the bound parameters, its
+    hints resolved in fn's module, its name (API names) and its kind. It does not point back to fn (no
+    __wrapped__), so inspect.unwrap past the page poll's memo (ui/poll.py) stops at a callback that
+    needs no ctx."""
     if inspect.isgeneratorfunction(fn):
         def callback(*args, **kwargs):
-            yield from fn(ctx, *args, **kwargs)
+            yield from fn(ctx, *fixed, *args, **kwargs)
     else:
         def callback(*args, **kwargs):
-            return fn(ctx, *args, **kwargs)
+            return fn(ctx, *fixed, *args, **kwargs)
     functools.update_wrapper(callback, fn)
     del callback.__wrapped__
-    first, *params = inspect.signature(fn).parameters.values()
-    hints = typing.get_type_hints(fn)
-    hints.pop(first.name, None)
+    params = list(inspect.signature(fn).parameters.values())
+    bound, params = params[:1 + len(fixed)], params[1 + len(fixed):]
+    hints = {k: v for k, v in typing.get_type_hints(fn).items() if k not in {p.name for p in bound}}
     callback.__signature__ = inspect.Signature([p.replace(annotation=hints.get(p.name, p.empty)) for p in params],
                                                return_annotation=hints.get("return", inspect.Signature.empty))
     callback.__annotations__ = hints

@@ -4,10 +4,10 @@ save immutable versions, browse history and diffs, restore, import and export.""
 from __future__ import annotations
 
 import difflib
+import functools
 import html
 import json
 import re
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -15,12 +15,15 @@ import pandas as pd
 
 from ctxdistill import constitution as cmod
 from ctxdistill.demo import kb
-from ctxdistill.ui.common import AppContext, draft_constitution, error_text
+from ctxdistill.models import ContextError, ModelError, check_fits, context_window
+from ctxdistill.ui.common import AppContext, bind, download_dir, draft_constitution, error_text
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "constitutions"
 PRINCIPLE_FIELDS = ("id", "text", "critique", "revision", "check_kind", "check_value")
 NO_CHECK = "(none)"
 IMPORT_SUFFIXES = (".yaml", ".yml", ".json")
+# what views() and principle_fields() return, and all that a new draft re-renders (show_all)
+N_VIEWS, N_FIELDS, N_EVERYTHING = 6, len(PRINCIPLE_FIELDS), 6 + len(PRINCIPLE_FIELDS) + 3 + 2
 
 
 def examples() -> dict[str, Path]:
@@ -58,8 +61,6 @@ def _choices(draft: dict) -> list[tuple[str, int]]:
 
 
 def _token_report(ctx: AppContext, rendered: str) -> str:
-    from ctxdistill.models import ContextError, ModelError, check_fits, context_window
-
     try:
         model, tokenizer = ctx.model()
     except ModelError as exc:
@@ -106,7 +107,8 @@ def _history_choices(ctx: AppContext, owner: str, name: str | None):
     return [(f"v{v['id']} · {v['name']} · {v['message'] or 'saved'}", v["id"]) for v in versions]
 
 
-def build(ctx: AppContext) -> None:
+def layout(ctx: AppContext) -> dict:
+    """The tab's components, by name."""
     gr.Markdown("Write the principles the model should follow. The right-hand side shows the exact system "
                 "prompt the teacher gets. Every edit is autosaved as a draft; **Save** makes a new version.")
     with gr.Row():
@@ -141,7 +143,7 @@ def build(ctx: AppContext) -> None:
             message = gr.Textbox(label="Version note", placeholder="what changed", elem_id="save-message")
             save = gr.Button("Save version", variant="primary", elem_id="save")
             saved = gr.Markdown(elem_id="save-result")
-            # wired in the Compare tab, which shows the result
+            # wired in the Compare tab, which shows the result (built after this one)
             ctx.influence_button = gr.Button("Which principles matter? Measure their influence →", size="sm",
                                              elem_id="c-influence")
             with gr.Accordion("History and diff", open=True):
@@ -158,211 +160,226 @@ def build(ctx: AppContext) -> None:
                     export_yaml = gr.Button("Export YAML", size="sm", elem_id="export-yaml")
                     export_json = gr.Button("Export JSON", size="sm", elem_id="export-json")
                 exported = gr.File(label="Exported file", interactive=False, elem_id="exported")
+    return dict(name=name, description=description, preamble=preamble, table=table, selector=selector, add=add,
+                remove=remove, up=up, down=down, pid=pid, text=text, critique=critique, revision=revision,
+                check_kind=check_kind, check_value=check_value, yaml_code=yaml_code, apply_yaml=apply_yaml,
+                rendered=rendered, tokens=tokens, status=status, message=message, save=save, saved=saved,
+                history=history, compare=compare, diff=diff, restore=restore, example=example,
+                load_example=load_example, upload=upload, export_yaml=export_yaml, export_json=export_json,
+                exported=exported)
 
-    view_outputs = [table, selector, yaml_code, rendered, tokens, status]
-    field_outputs = [pid, text, critique, revision, check_kind, check_value]
-    top_outputs = [name, description, preamble]
 
-    def show_all(draft, selected, request: gr.Request, version=None):
-        sel = selected if isinstance(selected, int) else 0
-        choices = _history_choices(ctx, ctx.owner(request), None)
-        return (*views(ctx, draft, sel), *principle_fields(draft, sel), draft.get("name", ""),
-                draft.get("description", ""), draft.get("preamble", ""),
-                gr.update(choices=choices, value=version), gr.update(choices=choices))
+def show_all(ctx: AppContext, draft, selected, request: gr.Request, version=None):
+    """Everything a new draft re-renders (N_EVERYTHING values): views, the principle's fields, the
+    top fields and both history lists."""
+    sel = selected if isinstance(selected, int) else 0
+    choices = _history_choices(ctx, ctx.owner(request), None)
+    return (*views(ctx, draft, sel), *principle_fields(draft, sel), draft.get("name", ""),
+            draft.get("description", ""), draft.get("preamble", ""),
+            gr.update(choices=choices, value=version), gr.update(choices=choices))
 
-    everything = [*view_outputs, *field_outputs, *top_outputs, history, compare]
 
-    def autosave(draft, version, request):
-        ctx.limit(text_kb=kb(json.dumps(draft, ensure_ascii=False)))  # every edit of the draft comes through here
-        ctx.store.save_draft(draft, version, owner=ctx.owner(request))
+def autosave(ctx: AppContext, draft, version, request) -> None:
+    ctx.limit(text_kb=kb(json.dumps(draft, ensure_ascii=False)))  # every edit of the draft comes through here
+    ctx.store.save_draft(draft, version, owner=ctx.owner(request))
 
-    # .change, not .input: gradio's Textbox fires "input" on key presses only, so a Backspace, a cut, a
-    # paste or an undo would never reach the draft. "change" fires on every edit, and also when a
-    # callback sets the field (loading, picking another principle): those change nothing and are skipped.
-    unchanged = (gr.skip(),) * (1 + len(view_outputs))
 
-    def set_top(field_name):
-        def fn(value, draft, version, selected, request: gr.Request):
-            if draft.get(field_name, "") == value:
-                return unchanged
-            draft = {**draft, field_name: value}
-            autosave(draft, version, request)
-            return draft, *views(ctx, draft, selected)
-        return fn
+# .change, not .input: gradio's Textbox fires "input" on key presses only, so a Backspace, a cut, a
+# paste or an undo would never reach the draft. "change" fires on every edit, and also when a
+# callback sets the field (loading, picking another principle): those change nothing and are skipped.
+def unchanged() -> tuple:
+    return (gr.skip(),) * (1 + N_VIEWS)
 
-    for box, field_name in ((name, "name"), (description, "description"), (preamble, "preamble")):
-        box.change(set_top(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
-                   trigger_mode="always_last", show_progress="hidden")
 
-    def set_field(field_name):
-        def fn(value, draft, version, selected, request: gr.Request):
-            ps = [dict(p) for p in draft.get("principles") or []]
-            if selected is None or not 0 <= selected < len(ps):
-                return unchanged
-            p = ps[selected]
-            if field_name in ("check_kind", "check_value"):
-                shown = principle_fields(draft, selected)[PRINCIPLE_FIELDS.index(field_name)]
-                if value == shown:           # as the field shows it (a number check's value as text)
-                    return unchanged
-                check = dict(p.get("check") or {"kind": "contains", "value": ""})
-                check["kind" if field_name == "check_kind" else "value"] = value
-                if check["kind"] == NO_CHECK:
-                    p.pop("check", None)
-                else:
-                    p["check"] = check
-            else:
-                p[field_name] = value
-            if p == draft["principles"][selected]:
-                return unchanged
-            draft = {**draft, "principles": ps}
-            autosave(draft, version, request)
-            return draft, *views(ctx, draft, selected)
-        return fn
+def set_top(ctx: AppContext, field_name: str, value, draft, version, selected, request: gr.Request):
+    """An edit of the name, description or preamble."""
+    if draft.get(field_name, "") == value:
+        return unchanged()
+    draft = {**draft, field_name: value}
+    autosave(ctx, draft, version, request)
+    return draft, *views(ctx, draft, selected)
 
-    for box, field_name in zip(field_outputs, PRINCIPLE_FIELDS):
-        box.change(set_field(field_name), [box, ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs],
-                   trigger_mode="always_last", show_progress="hidden")
 
-    selector.input(lambda draft, sel: principle_fields(draft, sel), [ctx.draft, selector], field_outputs)
-
-    def reshape(action):
-        def fn(draft, version, selected, request: gr.Request):
-            ps = [dict(p) for p in draft.get("principles") or []]
-            sel = selected if isinstance(selected, int) and 0 <= selected < len(ps) else None
-            if action == "add":
-                taken = {p.get("id") for p in ps}
-                new_id = next(f"p{i}" for i in range(1, len(ps) + 2) if f"p{i}" not in taken)
-                ps.append({"id": new_id, "text": "", "critique": "", "revision": ""})
-                sel = len(ps) - 1
-            elif sel is not None and action == "remove":
-                ps.pop(sel)
-                sel = min(sel, len(ps) - 1) if ps else None
-            elif sel is not None and action in ("up", "down"):
-                j = sel - 1 if action == "up" else sel + 1
-                if 0 <= j < len(ps):
-                    ps[sel], ps[j] = ps[j], ps[sel]
-                    sel = j
-            draft = {**draft, "principles": ps}
-            autosave(draft, version, request)
-            return draft, *views(ctx, draft, sel), *principle_fields(draft, sel)
-        return fn
-
-    for button, action in ((add, "add"), (remove, "remove"), (up, "up"), (down, "down")):
-        button.click(reshape(action), [ctx.draft, ctx.version, selector], [ctx.draft, *view_outputs, *field_outputs])
-
-    def replace_draft(new: cmod.Constitution, version, request, note=""):
-        draft = cmod.to_dict(new)
-        autosave(draft, version, request)
-        return (draft, version, *show_all(draft, 0, request, version), note)
-
-    def from_yaml(code, draft, version, request: gr.Request):
-        ctx.limit(text_kb=kb(code or ""))
-        try:
-            return replace_draft(cmod.parse(code, "yaml"), version, request, "YAML applied.")
-        except cmod.ConstitutionError as exc:
-            return (draft, version, *[gr.update()] * len(everything), error_text(exc))
-
-    replace_outputs = [ctx.draft, ctx.version, *everything, saved]
-    apply_yaml.click(from_yaml, [yaml_code, ctx.draft, ctx.version], replace_outputs)
-
-    def from_example(which, draft, version, request: gr.Request):
-        if which not in examples():
-            return (draft, version, *[gr.update()] * len(everything), error_text("Pick an example first."))
-        return replace_draft(cmod.load(examples()[which]), version, request, f"Loaded example {which!r} (not saved yet).")
-
-    load_example.click(from_example, [example, ctx.draft, ctx.version], replace_outputs)
-
-    def from_upload(path, draft, version, request: gr.Request):
-        if not path:
-            return (draft, version, *[gr.update()] * len(everything), "")
-        path = ctx.upload(path, IMPORT_SUFFIXES)
-        try:
-            return replace_draft(cmod.load(path), version, request, f"Imported {Path(path).name} (not saved yet).")
-        except cmod.ConstitutionError as exc:
-            return (draft, version, *[gr.update()] * len(everything), error_text(exc))
-
-    upload.upload(from_upload, [upload, ctx.draft, ctx.version], replace_outputs)
-
-    def do_save(draft, version, note, request: gr.Request):
-        from ctxdistill.models import ContextError, ModelError, check_fits
-
-        c = draft_constitution(draft)
-        try:
-            cmod.ensure_valid(c)
-        except cmod.ConstitutionError as exc:
-            return version, error_text(exc), gr.update(), gr.update()
-        try:
-            model, tokenizer = ctx.model()
-            check_fits(model, tokenizer, cmod.render(c))
-        except ContextError as exc:
-            return version, error_text(exc), gr.update(), gr.update()
-        except ModelError:
-            pass  # the size check needs the tokenizer; saving does not
-        owner = ctx.owner(request)
-        new_id = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), parent_id=version, message=note or "", owner=owner)
-        ctx.store.save_draft(cmod.to_dict(c), new_id, owner=owner)
-        choices = _history_choices(ctx, owner, None)
-        same = " (no changes since the last version)" if new_id == version else ""
-        return new_id, f"Saved as **v{new_id}**{same}.", gr.update(choices=choices, value=new_id), gr.update(choices=choices)
-
-    save.click(do_save, [ctx.draft, ctx.version, message], [ctx.version, saved, history, compare]).then(
-        **ctx.poll_now)     # the other tabs' version lists
-
-    def show_diff(a, b, request: gr.Request):
-        if a is None:
-            return ""
-        text = cmod.dumps(cmod.from_row(ctx.constitution(a, request)))
-        if b is None:
-            return f"<pre class='word-diff'>{html.escape(text)}</pre>"
-        old = cmod.dumps(cmod.from_row(ctx.constitution(b, request)))
-        return word_diff_html(old, text, f"v{b}", f"v{a}")
-
-    history.change(show_diff, [history, compare], diff)
-    compare.change(show_diff, [history, compare], diff)
-
-    def do_restore(which, draft, version, request: gr.Request):
-        if which is None:
-            return (draft, version, *[gr.update()] * len(everything), error_text("Pick a version to restore."))
-        row = ctx.constitution(which, request)
-        c = cmod.from_row(row)
-        owner = ctx.owner(request)
-        new_id = ctx.store.save_constitution(c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner)
-        return replace_draft(c, new_id, request, f"Restored v{which} as **v{new_id}**.")
-
-    restore.click(do_restore, [history, ctx.draft, ctx.version], replace_outputs)
-
-    def do_export(fmt):
-        def fn(draft):
-            c = draft_constitution(draft)
-            safe = "".join(ch for ch in c.name if ch.isalnum() or ch in "-_") or "constitution"
-            path = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / f"{safe}.{fmt}"
-            path.write_text(cmod.dumps(c, fmt), encoding="utf-8")
-            return str(path)
-        return fn
-
-    export_yaml.click(do_export("yaml"), ctx.draft, exported)
-    export_json.click(do_export("json"), ctx.draft, exported)
-
-    def on_load(request: gr.Request):
-        owner = ctx.owner(request)
-        row = ctx.store.get_draft(owner)
-        if row is not None:
-            draft, version = row["content"], row["base_id"]
+def set_field(ctx: AppContext, field_name: str, value, draft, version, selected, request: gr.Request):
+    """An edit of one field of the selected principle."""
+    ps = [dict(p) for p in draft.get("principles") or []]
+    if selected is None or not 0 <= selected < len(ps):
+        return unchanged()
+    p = ps[selected]
+    if field_name in ("check_kind", "check_value"):
+        shown = principle_fields(draft, selected)[PRINCIPLE_FIELDS.index(field_name)]
+        if value == shown:           # as the field shows it (a number check's value as text)
+            return unchanged()
+        check = dict(p.get("check") or {"kind": "contains", "value": ""})
+        check["kind" if field_name == "check_kind" else "value"] = value
+        if check["kind"] == NO_CHECK:
+            p.pop("check", None)
         else:
-            versions = ctx.store.list_constitution_versions(None, owner=owner)
-            if versions:
-                draft, version = versions[0]["content"], versions[0]["id"]
-            else:
-                draft, version = cmod.to_dict(cmod.load(examples()["pirate"])), None
-        return (draft, version, *show_all(draft, 0, request, version))
+            p["check"] = check
+    else:
+        p[field_name] = value
+    if p == draft["principles"][selected]:
+        return unchanged()
+    draft = {**draft, "principles": ps}
+    autosave(ctx, draft, version, request)
+    return draft, *views(ctx, draft, selected)
 
-    ctx.blocks.load(on_load, None, [ctx.draft, ctx.version, *everything])
 
-    def history_lists(picked, other, request: gr.Request):
-        """Versions saved elsewhere (another tab, browser or command) join the history lists."""
-        choices = _history_choices(ctx, ctx.owner(request), None)
-        ids = [c[1] for c in choices]
-        return (gr.update(choices=choices, value=picked if picked in ids else None),
-                gr.update(choices=choices, value=other if other in ids else None))
+def reshape(ctx: AppContext, action: str, draft, version, selected, request: gr.Request):
+    """Add a principle, or remove or move the selected one."""
+    ps = [dict(p) for p in draft.get("principles") or []]
+    sel = selected if isinstance(selected, int) and 0 <= selected < len(ps) else None
+    if action == "add":
+        taken = {p.get("id") for p in ps}
+        new_id = next(f"p{i}" for i in range(1, len(ps) + 2) if f"p{i}" not in taken)
+        ps.append({"id": new_id, "text": "", "critique": "", "revision": ""})
+        sel = len(ps) - 1
+    elif sel is not None and action == "remove":
+        ps.pop(sel)
+        sel = min(sel, len(ps) - 1) if ps else None
+    elif sel is not None and action in ("up", "down"):
+        j = sel - 1 if action == "up" else sel + 1
+        if 0 <= j < len(ps):
+            ps[sel], ps[j] = ps[j], ps[sel]
+            sel = j
+    draft = {**draft, "principles": ps}
+    autosave(ctx, draft, version, request)
+    return draft, *views(ctx, draft, sel), *principle_fields(draft, sel)
 
-    ctx.watch(history_lists, [history, compare], [history, compare], on=("versions",))
+
+def replace_draft(ctx: AppContext, new: cmod.Constitution, version, request, note=""):
+    draft = cmod.to_dict(new)
+    autosave(ctx, draft, version, request)
+    return (draft, version, *show_all(ctx, draft, 0, request, version), note)
+
+
+def keep_draft(draft, version, note) -> tuple:
+    """What a refused replacement returns: the draft as it was, and why."""
+    return (draft, version, *[gr.update()] * N_EVERYTHING, note)
+
+
+def from_yaml(ctx: AppContext, code, draft, version, request: gr.Request):
+    ctx.limit(text_kb=kb(code or ""))
+    try:
+        return replace_draft(ctx, cmod.parse(code, "yaml"), version, request, "YAML applied.")
+    except cmod.ConstitutionError as exc:
+        return keep_draft(draft, version, error_text(exc))
+
+
+def from_example(ctx: AppContext, which, draft, version, request: gr.Request):
+    if which not in examples():
+        return keep_draft(draft, version, error_text("Pick an example first."))
+    return replace_draft(ctx, cmod.load(examples()[which]), version, request, f"Loaded example {which!r} (not saved yet).")
+
+
+def from_upload(ctx: AppContext, path, draft, version, request: gr.Request):
+    if not path:
+        return keep_draft(draft, version, "")
+    path = ctx.upload(path, IMPORT_SUFFIXES)
+    try:
+        return replace_draft(ctx, cmod.load(path), version, request, f"Imported {Path(path).name} (not saved yet).")
+    except cmod.ConstitutionError as exc:
+        return keep_draft(draft, version, error_text(exc))
+
+
+def do_save(ctx: AppContext, draft, version, note, request: gr.Request):
+    c = draft_constitution(draft)
+    try:
+        cmod.ensure_valid(c)
+    except cmod.ConstitutionError as exc:
+        return version, error_text(exc), gr.update(), gr.update()
+    try:
+        model, tokenizer = ctx.model()
+        check_fits(model, tokenizer, cmod.render(c))
+    except ContextError as exc:
+        return version, error_text(exc), gr.update(), gr.update()
+    except ModelError:
+        pass  # the size check needs the tokenizer; saving does not
+    owner = ctx.owner(request)
+    new_id = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), parent_id=version, message=note or "", owner=owner)
+    ctx.store.save_draft(cmod.to_dict(c), new_id, owner=owner)
+    choices = _history_choices(ctx, owner, None)
+    same = " (no changes since the last version)" if new_id == version else ""
+    return new_id, f"Saved as **v{new_id}**{same}.", gr.update(choices=choices, value=new_id), gr.update(choices=choices)
+
+
+def show_diff(ctx: AppContext, a, b, request: gr.Request):
+    if a is None:
+        return ""
+    text = cmod.dumps(cmod.from_row(ctx.constitution(a, request)))
+    if b is None:
+        return f"<pre class='word-diff'>{html.escape(text)}</pre>"
+    old = cmod.dumps(cmod.from_row(ctx.constitution(b, request)))
+    return word_diff_html(old, text, f"v{b}", f"v{a}")
+
+
+def do_restore(ctx: AppContext, which, draft, version, request: gr.Request):
+    if which is None:
+        return keep_draft(draft, version, error_text("Pick a version to restore."))
+    row = ctx.constitution(which, request)
+    c = cmod.from_row(row)
+    owner = ctx.owner(request)
+    new_id = ctx.store.save_constitution(c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner)
+    return replace_draft(ctx, c, new_id, request, f"Restored v{which} as **v{new_id}**.")
+
+
+def do_export(ctx: AppContext, fmt: str, draft):
+    c = draft_constitution(draft)
+    safe = "".join(ch for ch in c.name if ch.isalnum() or ch in "-_") or "constitution"
+    path = download_dir() / f"{safe}.{fmt}"
+    path.write_text(cmod.dumps(c, fmt), encoding="utf-8")
+    return str(path)
+
+
+def on_load(ctx: AppContext, request: gr.Request):
+    owner = ctx.owner(request)
+    row = ctx.store.get_draft(owner)
+    if row is not None:
+        draft, version = row["content"], row["base_id"]
+    else:
+        versions = ctx.store.list_constitution_versions(None, owner=owner)
+        if versions:
+            draft, version = versions[0]["content"], versions[0]["id"]
+        else:
+            draft, version = cmod.to_dict(cmod.load(examples()["pirate"])), None
+    return (draft, version, *show_all(ctx, draft, 0, request, version))
+
+
+def history_lists(ctx: AppContext, picked, other, request: gr.Request):
+    """Versions saved elsewhere (another tab, browser or command) join the history lists."""
+    choices = _history_choices(ctx, ctx.owner(request), None)
+    ids = [c[1] for c in choices]
+    return (gr.update(choices=choices, value=picked if picked in ids else None),
+            gr.update(choices=choices, value=other if other in ids else None))
+
+
+def build(ctx: AppContext) -> None:
+    c = layout(ctx)
+    on = functools.partial(bind, ctx)
+    views_out = [c[k] for k in ("table", "selector", "yaml_code", "rendered", "tokens", "status")]
+    fields_out = [c[k] for k in ("pid", "text", "critique", "revision", "check_kind", "check_value")]
+    everything = [*views_out, *fields_out, c["name"], c["description"], c["preamble"], c["history"], c["compare"]]
+    state = [ctx.draft, ctx.version]
+    for field_name in ("name", "description", "preamble"):
+        box = c[field_name]
+        box.change(on(set_top, field_name), [box, *state, c["selector"]], [ctx.draft, *views_out],
+                   trigger_mode="always_last", show_progress="hidden")
+    for box, field_name in zip(fields_out, PRINCIPLE_FIELDS):
+        box.change(on(set_field, field_name), [box, *state, c["selector"]], [ctx.draft, *views_out],
+                   trigger_mode="always_last", show_progress="hidden")
+    c["selector"].input(principle_fields, [ctx.draft, c["selector"]], fields_out)
+    for action in ("add", "remove", "up", "down"):
+        c[action].click(on(reshape, action), [*state, c["selector"]], [ctx.draft, *views_out, *fields_out])
+    replaced = [*state, *everything, c["saved"]]
+    c["apply_yaml"].click(on(from_yaml), [c["yaml_code"], *state], replaced)
+    c["load_example"].click(on(from_example), [c["example"], *state], replaced)
+    c["upload"].upload(on(from_upload), [c["upload"], *state], replaced)
+    c["save"].click(on(do_save), [*state, c["message"]], [ctx.version, c["saved"], c["history"], c["compare"]]).then(
+        **ctx.poll_now)     # the other tabs' version lists
+    for picker in (c["history"], c["compare"]):
+        picker.change(on(show_diff), [c["history"], c["compare"]], c["diff"])
+    c["restore"].click(on(do_restore), [c["history"], *state], replaced)
+    c["export_yaml"].click(on(do_export, "yaml"), ctx.draft, c["exported"])
+    c["export_json"].click(on(do_export, "json"), ctx.draft, c["exported"])
+    ctx.blocks.load(on(on_load), None, [*state, *everything])
+    ctx.watch(on(history_lists), [c["history"], c["compare"]], [c["history"], c["compare"]], on=("versions",))
