@@ -151,7 +151,7 @@ class Passes:
         each other condition its own prompts (an attacked one, a conversation of its own)."""
         out = {name: [[] for _ in answers] for name in others}
         rows = [i for i, a in enumerate(answers) if a]
-        size = max(1, self.cfg.batch_size // 2)
+        size = max(1, self.cfg.batch_size // 2)   # full-vocabulary logits of every position, for 2+ conditions at once
         for start in range(0, len(rows), size):
             idx = rows[start:start + size]
             ref_logits = self._logits(ref, [ref_prompts[i] for i in idx], [answers[i] for i in idx])
@@ -215,9 +215,9 @@ def run_suite(model, tokenizer, constitution, system: str, students: dict[str, s
     prompts = [texts[i] for i in suite]
 
     t0 = time.perf_counter()
-    follow = [[{"role": "user", "content": texts[i]}, {"role": "assistant", "content": answers[name][i]},
-               {"role": "user", "content": FOLLOW_UPS[k % len(FOLLOW_UPS)]}] for name in conds for k, i in enumerate(suite)]
-    convo = {name: follow[j * len(suite):(j + 1) * len(suite)] for j, name in enumerate(conds)}
+    convo = {name: [[{"role": "user", "content": texts[i]}, {"role": "assistant", "content": answers[name][i]},
+                     {"role": "user", "content": FOLLOW_UPS[k % len(FOLLOW_UPS)]}] for k, i in enumerate(suite)]
+             for name in conds}
     second = {name: passes.sample(cond, convo[name], suite, f"second turn: {name}") for name, cond in conds.items()}
     kl2 = passes.kl(teacher, convo["teacher"], {n: (conds[n], convo[n]) for n in ["base", *labels]}, second["teacher"],
                     "second turn: KL(teacher‖x)")
