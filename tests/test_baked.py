@@ -13,7 +13,7 @@ from ctxdistill.constitution import Constitution, Principle, render
 from ctxdistill.generate import response_logits
 from ctxdistill.losses import kl_per_token
 
-from tests.test_evaluate import PROMPTS
+from tests.test_evaluate import PROMPTS, ws  # noqa: F401 (a fixture)
 
 
 def _score(teacher, ablated, student) -> float:
@@ -73,3 +73,26 @@ def test_a_baked_principle_ranks_above_one_the_student_never_saw(tiny_model, tin
     assert rows["strong"]["n"] == len(PROMPTS) and rows["strong"]["checks"] is None
     # a principle that changes nothing has nothing to carry: no score, listed last
     assert math.isnan(rows["noop"]["value"]) and order[-1] == "noop"
+
+
+def test_compare_shows_the_baked_principles_of_the_picked_student(ws):
+    from types import SimpleNamespace
+
+    from ctxdistill.ui.app import build_app
+    from ctxdistill.ui.common import AppContext
+    from tests.test_demo import tab_callback
+
+    store, cid, (_, trained), model = ws
+    cfg = E.EvalConfig(constitution_id=cid, runs=[trained], model=model, prompt_set="toy", sample_tokens=6, n_boot=100,
+                       influence_prompts=2, gen_batch=8, batch_size=4, robustness=False)
+    eval_id = store.save_eval(None, cid, [trained], E.run(cfg, store))
+    ctx = AppContext(home=store.home)
+    views = tab_callback(build_app(ctx), "compare", "baked_views")
+    request = SimpleNamespace(session_hash="x")
+    note, fig, table = views(eval_id, f"run {trained}", request)
+    assert note == "" and fig.axes[0].get_title() == f"Which principles got baked into run {trained}"
+    assert set(table["principle"]) == {"(preamble)", "arr", "matey", "voice"}
+    checked = table.set_index("principle").loc["arr"]
+    assert checked["check: teacher"].endswith("]") and checked["check: student"].endswith("]")
+    note, fig, table = views(eval_id, "run 999", request)
+    assert "principle influence" in note and fig is None and table is None

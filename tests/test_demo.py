@@ -455,7 +455,7 @@ BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "c
            "distill:on_measure", "data:on_gen_measure"}
 # Reads: they start no work and store nothing.
 READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
-         "show_blind", "views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
+         "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
          "load_queue", "move.go", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
          "on_gen_form", "version_list", "run_list", "job_list", "set_lists", "history_lists",
          "show_job", "settings_of", "preview_bulk", "setup.tick"}
