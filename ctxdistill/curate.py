@@ -12,6 +12,8 @@ themselves. They are computed on the text that would be trained on (`final`):
 * repetition      — the same words or characters loop
 * failed_check    — a principle's automatic check fails (plus "failed_check:<id>")
 * near_duplicate  — almost the same text as an earlier sample of this version
+* worse           — a revision worse than the answer its chain started from (plus
+                    "worse:<reason>": loop, lost_content, check); see revision_worse
 
 Recomputing flags does not bump a sample's version, so it never makes a
 reviewer's open edit conflict.
@@ -32,9 +34,13 @@ from .prompts import MAX_PROMPT_CHARS, ImportFileError, columns, read_table
 from .safety import hub_token, spreadsheet_cell
 from .store import Store
 
-FLAGS = ("empty", "cut_off", "repetition", "failed_check", "near_duplicate")
+FLAGS = ("empty", "cut_off", "repetition", "failed_check", "near_duplicate", "worse")
 FLAG_LABELS = {"empty": "empty answer", "cut_off": "cut off at max tokens", "repetition": "repetition loop",
-               "failed_check": "failed principle check", "near_duplicate": "near-duplicate"}
+               "failed_check": "failed principle check", "near_duplicate": "near-duplicate",
+               "worse": "revision worse than its start"}
+WORSE_REASONS = {"loop": "loops where its start did not", "lost_content": "lost the start's content",
+                 "check": "fails a check its start passed"}
+STARTS = ("unprompted", "prompted")
 EXPORT_FORMATS = ("messages", "prompt_completion", "csv", "datasets")
 NEAR_DUPLICATE_JACCARD = 0.8
 
@@ -68,12 +74,71 @@ def principle_checks(constitution: Constitution) -> list[tuple[str, Check]]:
     return [(p.id, p.check) for p in constitution.principles if p.check is not None]
 
 
+def start_answer(sample: dict, start: str) -> str:
+    """The answer a revision chain starts from: the chosen one, else the other when it is missing."""
+    first, other = (sample["unprompted"], sample["prompted"]) if start == "unprompted" else \
+        (sample["prompted"], sample["unprompted"])
+    return first or other
+
+
+# Words that say nothing about what an answer is about (the loops of a small model are made of them).
+_GENERIC = frozenset("""about above after again also answer answers assistant because been before being below
+between both could does doing during each from further have having here into itself just more most once only other
+over please question questions response rewrite same should some such than that their them then there these they
+this those through under until very what when where which while will with would your yours""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """What a text is about, roughly: its words of four letters or more, generic ones left out,
+    cut to five letters so that "volcano" and "volcanoes" count as one."""
+    return {w[:5] for w in re.findall(r"[^\W\d_]{4,}", text.lower()) if w not in _GENERIC}
+
+
+def revision_worse(start: str, revision: str, checks: list[tuple[str, Check]]) -> list[str]:
+    """Why `revision` is worse than the answer `start` it revised ([] when it is not):
+
+    * loop         — it repeats itself (is_repetitive) and the start did not;
+    * lost_content — it keeps none of the start's content words (what the answer was about):
+                     "The answer to the question is:" for an answer about volcanoes;
+    * check        — a principle check that passes on the start fails on it."""
+    if not start.strip() or not revision.strip():
+        return []
+    reasons = []
+    if is_repetitive(revision) and not is_repetitive(start):
+        reasons.append("loop")
+    about = content_words(start)
+    if about and not about & content_words(revision):
+        reasons.append("lost_content")
+    if any(check.passes(start) and not check.passes(revision) for _, check in checks):
+        reasons.append("check")
+    return reasons
+
+
+def worse_flags(sample: dict, checks: list[tuple[str, Check]]) -> list[str]:
+    """["worse", "worse:<reason>"...] when the revision that became the final text is worse than
+    the answer its chain started from; [] for an edited, unrevised or kept-as-is sample."""
+    chain = sample.get("chain") or []
+    if sample.get("edited") or not chain or not chain[-1].get("revision"):
+        return []
+    start = start_answer(sample, (sample.get("meta") or {}).get("revise_start", "unprompted"))
+    reasons = revision_worse(start, sample.get("final") or "", checks)
+    return ["worse"] + [f"worse:{r}" for r in reasons] if reasons else []
+
+
+def flag_label(flag: str) -> str | None:
+    """The badge a flag shows in the review queue (None for one that needs none)."""
+    kind, _, detail = flag.partition(":")
+    if not detail:
+        return FLAG_LABELS.get(flag)
+    return f"fails {detail}" if kind == "failed_check" else WORSE_REASONS.get(detail) if kind == "worse" else None
+
+
 def sample_flags(sample: dict, checks: list[tuple[str, Check]]) -> list[str]:
     """Every flag but near_duplicate (which depends on the other samples)."""
     text = sample.get("final") or ""
     if not text.strip():
         return ["empty"]
-    flags = []
+    flags = worse_flags(sample, checks)
     if final_cut_off(sample):
         flags.append("cut_off")
     if is_repetitive(text):

@@ -10,6 +10,13 @@ the sample's chain {principle, critique_request, critique, revision_request,
 revision, cut_off}; the last revision becomes the final text unless a
 reviewer edited it.
 
+A revision worse than the answer it revised (curate.revision_worse: it loops, it
+lost what the answer was about, it fails a check the answer passed) is not taken
+with keep_if_worse (the default): the round keeps its answer and records the
+model's text as `discarded` with the reasons as `worse`. Small models often
+answer a critique request with a loop ("The answer to the question is: ..."),
+and without this the loop would become the text to train on.
+
 Each round is a fresh conversation — user prompt, current answer, critique
 request (then the critique and the revision request) — so the context stays
 bounded however many rounds run. The model reads it with the constitution as
@@ -24,15 +31,16 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from . import curate
 from .config import SamplingStageConfig
 from .constitution import Principle, from_row, render
+from .curate import STARTS, start_answer
 from .generate import Prefixes, generate_rows, split_rows
 from .jobs import Meter
 from .sampling import job_model, never
 from .store import SAMPLE_STATUSES, Store
 
 ORDERS = ("cycle", "random")
-STARTS = ("unprompted", "prompted")
 
 
 @dataclass
@@ -45,6 +53,9 @@ class ReviseConfig(SamplingStageConfig):
     rounds: int = field(default=1, metadata={"help": "critique/revision rounds per sample (1-8)"})
     order: str = field(default="cycle", metadata={"help": "principle per round: cycle (each in turn) or random"})
     start: str = field(default="unprompted", metadata={"help": "answer to start from: unprompted or prompted"})
+    keep_if_worse: bool = field(default=True, metadata={
+        "help": "keep the answer a round revised when its revision is worse (a loop, lost content, a check it "
+                "newly fails); the revision is kept in the chain as discarded"})
     status: str = field(default="pending", metadata={"help": "only samples with this status (empty: all)"})
     batch_size: int = field(default=8, metadata={"help": "samples per batch"})
     limit: int = field(default=0, metadata={"help": "revise at most this many samples (0 = all)"})
@@ -95,11 +106,12 @@ def revision_messages(prompt: str, answer: str, principle: Principle, critique: 
         {"role": "assistant", "content": critique}, {"role": "user", "content": revision_request(principle)}]
 
 
-def start_answer(sample: dict, start: str) -> str:
-    """The answer round 0 critiques: the chosen one, else the other when it is missing."""
-    first, other = (sample["unprompted"], sample["prompted"]) if start == "unprompted" else \
-        (sample["prompted"], sample["unprompted"])
-    return first or other
+def answer_cut_off(sample: dict, chain: list[dict], start: str) -> bool:
+    """Whether the answer the next round revises was cut off by the token limit."""
+    if chain:
+        return bool(chain[-1]["cut_off"])
+    unprompted = start == "unprompted" and sample["unprompted"] or not sample["prompted"]
+    return bool(sample["meta"].get("unprompted_cut_off" if unprompted else "cut_off"))
 
 
 def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=never,
@@ -108,7 +120,6 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
 
     A sample whose chain already has `rounds` steps is skipped, and each round of a batch
     is written before the next starts, so a resumed job only does the rest."""
-    from . import curate
     from .jobs import Cancelled
     cfg.validate()
     scfg = cfg.sampling_config()
@@ -159,11 +170,15 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
             revised = generate([revision_messages(s["prompt"], a, p, c)
                                 for s, a, p, c in zip(active, answers, picked, critiques)], [k + 1 for k in seeds])
             items = []
-            for s, p, critique, ids in zip(active, picked, critiques, revised):
-                chains[s["id"]].append({"principle": p.id, "critique_request": critique_request(p),
-                                        "critique": critique, "revision_request": revision_request(p),
-                                        "revision": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                        "cut_off": len(ids) >= scfg.max_new_tokens})
+            for s, a, p, critique, ids in zip(active, answers, picked, critiques, revised):
+                step = {"principle": p.id, "critique_request": critique_request(p), "critique": critique,
+                        "revision_request": revision_request(p),
+                        "revision": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                        "cut_off": len(ids) >= scfg.max_new_tokens}
+                if cfg.keep_if_worse and (worse := curate.revision_worse(a, step["revision"], checks)):
+                    step.update(revision=a, discarded=step["revision"], worse=worse,
+                                cut_off=answer_cut_off(s, chains[s["id"]], cfg.start))
+                chains[s["id"]].append(step)
                 items.append({"prompt_id": s["prompt_id"], "constitution_id": s["constitution_id"], "idx": s["idx"],
                               "chain": chains[s["id"]], "meta": {**s["meta"], "revise_start": cfg.start}})
             curate.flag_samples(store, store.upsert_samples(items), checks)

@@ -175,3 +175,48 @@ def test_bulk_action_changes_only_what_the_filter_shows_and_undoes(store):
     assert store.count_samples(constitution_id=cid)["rejected"] == 1         # not every flagged sample
     assert curate.undo_bulk(store, "reject_flagged", shown) == 1
     assert store.get_sample(ids["empty"])["status"] == "pending"
+
+
+START = "Arr! Ye see matey, volcanoes form when hot magma rises through cracks in the crust."
+
+
+@pytest.mark.parametrize("revision, reasons", [
+    ("The answer to the question is: " * 6, ["loop", "lost_content", "check"]),
+    ("The answer to the question is:", ["lost_content", "check"]),
+    ("Volcanoes form when magma rises through the crust, matey.", ["check"]),          # lost its "Arr!"
+    ("Arr! Ahoy matey, volcanoes be born where magma climbs through the crust.", []),
+    ("Arr! Ahoy matey, " + "the magma rises and " * 8, ["loop"]),
+])
+def test_revision_worse_than_its_start(revision, reasons):
+    checks = curate.principle_checks(load("assets/constitutions/pirate.yaml"))
+    assert curate.revision_worse(START, revision, checks) == reasons
+
+
+def test_a_shorter_revision_that_keeps_the_point_is_not_worse():
+    checks = curate.principle_checks(load("assets/constitutions/concise.yaml"))
+    start = "Great question! The capital of France is Paris, which is also its largest city and home to the Louvre."
+    assert curate.revision_worse(start, "Paris.", checks) == []
+    assert curate.revision_worse("Paris is the capital of France.", "- Paris\n- France", checks) == ["check"]
+
+
+def test_worse_revisions_are_flagged_shown_and_left_out_of_accept_all(store):
+    c = load("assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    store.add_prompts("s", [{"text": f"How do volcanoes form? ({i})"} for i in range(3)])
+    step = {"principle": "arr", "critique_request": "", "critique": "", "revision_request": "", "cut_off": False}
+    revisions = {"looped": "The answer to the question is: " * 6, "better": START,
+                 "edited": "The answer to the question is:"}
+    ids = {}
+    for p, (name, revision) in zip(store.get_prompts("s"), revisions.items()):
+        ids[name] = store.upsert_sample(p["id"], cid, 0, prompted=START, unprompted="Volcanoes form from magma.",
+                                        chain=[{**step, "revision": revision}], meta={"revise_start": "unprompted"})
+    s = store.get_sample(ids["edited"])
+    store.update_sample(s["id"], s["version"], final="Arr! Magma rises, matey, and ye get a volcano.")
+    counts = curate.refresh_flags(store, cid)
+    flags = {name: store.get_sample(i)["flags"] for name, i in ids.items()}
+    assert flags["looped"][:3] == ["worse", "worse:loop", "worse:lost_content"]
+    assert flags["better"] == [] and flags["edited"] == []     # a reviewer's edit is their call
+    assert counts["worse"] == 1 and store.count_samples(constitution_id=cid, flag="worse")["total"] == 1
+    assert [curate.flag_label(f) for f in flags["looped"][:3]] == [
+        "revision worse than its start", "loops where its start did not", "lost the start's content"]
+    assert set(curate.bulk_targets(store, "accept_clean", cid)) == {ids["better"], ids["edited"]}

@@ -93,3 +93,21 @@ def test_bad_configs_and_nothing_to_revise(store, tiny_model, tiny_tokenizer):
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
     with pytest.raises(ValueError, match="no samples to revise"):
         run_revise(store, ReviseConfig(constitution_id=cid), tiny_model, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_revision_worse_than_its_start_is_kept_out_of_the_final_text(store, tiny_model, tiny_tokenizer, monkeypatch,
+                                                                      keep):
+    cid = seeded(store, n=2)
+    loop = "the sun the sun " * 8
+    monkeypatch.setattr(rv, "generate_rows", lambda model, tok, rows, cfg, **kw: [tok.encode(loop)] * len(rows))
+    cfg = ReviseConfig(constitution_id=cid, keep_if_worse=keep, sampling={"max_new_tokens": 200})
+    run_revise(store, cfg, tiny_model, tiny_tokenizer)
+    for s in store.list_samples():
+        start, (step,) = rv.start_answer(s, cfg.start), s["chain"]
+        if keep:
+            assert step["revision"] == s["final"] == start and step["discarded"] == loop.strip()
+            assert step["worse"] == ["loop", "lost_content"] and "worse" not in s["flags"]
+        else:
+            assert s["final"] == loop.strip() and "discarded" not in step
+            assert s["flags"][:3] == ["worse", "worse:loop", "worse:lost_content"]
