@@ -53,8 +53,15 @@ def student(store: Store, cid: int, steps: int, prompts: int) -> int:
     return job
 
 
-def show(results: dict, label: str) -> None:
+def show(results: dict, label: str | None) -> None:
+    """The suite's figures; without a student (``label`` None), those of the teacher and the base."""
     r, pct = results["robustness"], (lambda e: fmt_estimate(e, pct=True))
+    if label is None:           # the teacher stands in for the student's columns: its rows print twice
+        label = "teacher"
+        results["scores"]["gap_closed"]["teacher"] = results["scores"]["retention_vs_teacher"]["teacher"] = None
+        r["second_turn"]["gap_closed"]["teacher"] = None
+        for row in r["by_family"].values():
+            row["gap_closed"]["teacher"] = None
     cap = r["capability"]["accuracy"]
     t = results["timing"]
     print(f"  eval wall {t['total_s']:.0f} s, CPU {t['cpu_s']:.0f} s (suite {t.get('robustness_s', 0):.0f} s wall: "
@@ -95,6 +102,7 @@ def main():
     p.add_argument("--prompts", type=int, default=64, help="held-out prompts scored (default 64)")
     p.add_argument("--steps", type=int, default=0, help="training steps (0 = the default)")
     p.add_argument("--train-prompts", type=int, default=0, help="train prompts (0 = all)")
+    p.add_argument("--no-student", action="store_true", help="no training: the suite on the teacher and the base only")
     add_profile_flag(p)
     args = p.parse_args()
     apply_profile(args)
@@ -105,8 +113,8 @@ def main():
         c = load(REPO / "assets" / "constitutions" / f"{name}.yaml")
         cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
         print(f"\n{name} (constitution v{cid})")
-        run = student(store, cid, args.steps, args.train_prompts)
-        cfg = E.EvalConfig(constitution_id=cid, runs=[run], max_prompts=args.prompts)
+        run = None if args.no_student else student(store, cid, args.steps, args.train_prompts)
+        cfg = E.EvalConfig(constitution_id=cid, runs=[run] if run else [], max_prompts=args.prompts)
         last = [0.0]
 
         def progress(done, total, message):
@@ -116,7 +124,7 @@ def main():
 
         results = E.run(cfg, store, E.Hooks(progress=progress))
         print(f"  {results['n_prompts']} held-out prompts, {results['precision']} / {results['quantize']}")
-        show(results, E.label(run))
+        show(results, E.label(run) if run else None)
     print("\nheld-out categories: per family only (training with categories held out is not part of this bench)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
