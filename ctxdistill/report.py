@@ -157,8 +157,8 @@ def robustness_text(results: dict) -> str:
               f"{fmt_estimate(pl['kl_teacher'])}: any prompt of that size causes {pct(pl['share'])} of the constitution's "
               f"effect; checks passed under the placebo {pct(pl['checks'])}."]
     ratio = sav["ttft_ratio"]
-    parts += [f"**Savings** per request: {sav['tokens_saved']:.0f} prompt tokens ({sav['constitution_tokens']} of them the "
-              f"constitution's system turn), {sav['kv_bytes_saved'] / 2**10:.0f} KiB of key/value cache; time to first token "
+    parts += [f"**Savings** per request: {sav['tokens_saved']:.0f} prompt tokens (the constitution's system turn), "
+              f"{sav['kv_bytes_saved'] / 2**10:.0f} KiB of key/value cache; time to first token "
               f"teacher / student ×{ratio['batch_1']} at batch 1, ×{ratio['batch_' + str(sav['batch'])]} at batch "
               f"{sav['batch']} (measured here, no prefix cache).",
               markdown_table([{"model": c, "prompt tokens": f"{v['prompt_tokens']:.0f}", "KV cache": f"{v['kv_bytes'] / 2**10:.0f} KiB",

@@ -409,5 +409,5 @@ def card_rows(results: dict, label: str) -> list[tuple[str, str]]:
               f"{fmt_estimate(inj['teacher']['kl'])} / {fmt_estimate(inj[label]['kl'])}"),
              ("placebo: share of KL(teacher‖base) a neutral prompt causes", pct(r["placebo"]["share"])),
              ("prompt tokens saved per request", f"{sav['tokens_saved']:.0f}"),
-             ("time to first token, teacher / student (batch 1)", f"×{sav['ttft_ratio']['batch_1']}")]
+             ("time to first token: the teacher's over the student's (batch 1)", f"×{sav['ttft_ratio']['batch_1']}")]
     return rows
