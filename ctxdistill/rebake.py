@@ -71,11 +71,21 @@ def lineage(store, job: dict, row: dict) -> dict:
             "text": f"re-baked from run {job['id']} (version {old_row['id']} → {row['id']}: {changes_text(changes)})"}
 
 
-def stale_notice(store, job: dict, constitution_id: int | None) -> str:
-    """"run 4 was trained on v3; v5 changed 2 principles (edited matey; added captain)" where the
-    version picked (``constitution_id``) is a later version of the same constitution with other
-    content than the run's; "" otherwise."""
+def latest_version(store, job: dict) -> int | None:
+    """The newest saved version of the constitution ``job`` was trained on (its owner's)."""
     trained = (job.get("config") or {}).get("constitution_id")
+    if not trained:
+        return None
+    versions = store.list_constitution_versions(name=store.get_constitution(trained)["name"], owner=job["owner"])
+    return versions[0]["id"] if versions else None
+
+
+def stale_notice(store, job: dict, constitution_id: int | None = None) -> str:
+    """"run 4 was trained on v3; v5 changed 2 principles (edited matey; added captain)" where
+    ``constitution_id`` (default: the newest version of the run's constitution) is another version of
+    the same constitution with other content than the run's; "" otherwise."""
+    trained = (job.get("config") or {}).get("constitution_id")
+    constitution_id = constitution_id or latest_version(store, job)
     if not constitution_id or not trained or trained == constitution_id:
         return ""
     old, new = store.get_constitution(trained), store.get_constitution(constitution_id)

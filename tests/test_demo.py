@@ -458,7 +458,7 @@ READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_
          "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
          "load_queue", "move.go", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
          "on_gen_form", "version_list", "run_list", "job_list", "set_lists", "history_lists",
-         "show_job", "settings_of", "preview_bulk", "setup.tick"}
+         "show_job", "settings_of", "preview_bulk", "setup.tick", "stale_view", "rebake_offer", "to_distill"}
 
 
 def endpoint_key(fn) -> str:

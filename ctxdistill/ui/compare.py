@@ -23,6 +23,7 @@ from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
 from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, bind, download_dir, draft_constitution, highlight, keep,
                                   prompt_choices, slider, starved_note)
+from ctxdistill.ui import stale as stale_notice
 
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
 # the blind review's buttons: key, label, vote
@@ -134,6 +135,7 @@ def layout(ctx: AppContext) -> dict:
             version = gr.Dropdown(label="Constitution version", choices=[], elem_id="eval-version", scale=2)
             runs = gr.Dropdown(label="Runs (students)", choices=[], multiselect=True, elem_id="eval-runs", scale=3)
             prompt_set = gr.Textbox(label="Prompt set (held-out split)", value="default", elem_id="eval-prompt-set", scale=1)
+        stale = stale_notice.layout("eval")
         with gr.Row():
             caps = ctx.caps  # in demo mode the fields stop at the caps (gradio refuses a number above its maximum)
             max_prompts = gr.Number(label="Max prompts (0 = all)", value=0, precision=0, minimum=0,
@@ -207,7 +209,8 @@ def layout(ctx: AppContext) -> dict:
                 ab_prompt=ab_prompt, ab_a=ab_a, ab_b=ab_b, buttons=buttons, ab_progress=ab_progress, ab_tally=ab_tally,
                 influence_n_now=influence_n_now, influence_run=influence_run, influence_plot=influence_plot,
                 influence_table=influence_table, fmt=fmt, export=export, report_file=report_file,
-                use_robustness=use_robustness, **suite, **baked)
+                use_robustness=use_robustness, **suite, **baked, **stale)
+
 
 
 def baked_layout() -> dict:
@@ -443,3 +446,4 @@ def build(ctx: AppContext) -> None:
             None, js="() => { setTimeout(() => document.getElementById('influence-panel')"
                      "?.scrollIntoView({block: 'start'}), 300); }").then(on(measure), *influence, **model)
     c["export"].click(on(on_export), [c["pick"], c["fmt"]], c["report_file"])
+    stale_notice.wire(ctx, c, c["runs"])

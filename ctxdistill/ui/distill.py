@@ -25,13 +25,20 @@ from ctxdistill.precision import facts as precision_facts
 from ctxdistill.safety import safe_path
 from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_dir, bind, download_dir, error_text, keep, starved_note,
                                   train_runs)
+from ctxdistill.ui import stale as stale_notice
 
 # the form: TrainConfig fields shown as widgets, in this order
-FORM = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
-        "precision", "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
+BASIC = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
+         "precision", "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
+# re-bake from an earlier run, category hold-out, general replay and the capability gauge
+MIXING = ("from_run", "rebake_share", "rebake_replay", "heldout_categories", "replay_set", "replay_fraction",
+          "capability_gauge")
+FORM = BASIC + MIXING
 CHOICES = {"data": TC.DATA_SOURCES, "loss": TC.LOSSES, "quantize": QUANTIZE, "precision": PRECISIONS}
+LABELS = {"from_run": "Continue from run (0 = a fresh adapter)"}
 RUN_COLUMNS = ["job", "state", "constitution", "loss", "data", "steps", "precision", "held-out KL before", "after",
-               "gap closed"]
+               "gap closed", "lineage"]
+GAUGE = {"capability": "capability (student)", "capability_teacher": "capability (teacher)"}
 
 
 def _help(name: str) -> str:
@@ -48,10 +55,12 @@ def by_name(values: dict) -> dict:
 
 
 def _widget(name: str, default, cap: int | None = None):
-    label = name.replace("_", " ").capitalize()
+    label = LABELS.get(name, name.replace("_", " ").capitalize())
     kw = dict(label=label, info=_help(name), elem_id=_elem_id(name))
     if name in CHOICES:
         return gr.Radio(list(CHOICES[name]), value=default, **kw)
+    if isinstance(default, str):
+        return gr.Textbox(value=default, **kw)
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **kw)
     if isinstance(default, int):  # the field stops where TrainConfig.validate would refuse (or at the demo's cap)
@@ -74,20 +83,20 @@ def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
                      f"{job['progress_done']}/{cfg.get('steps')}",
                      f"{result['quantize']}, {result['precision']}" if "precision" in result else cfg.get("precision", "auto"),
                      fmt("heldout_kl_before"), fmt("heldout_kl_after"),
-                     fmt("gap_closed")])
+                     fmt("gap_closed"), f"from run {cfg['from_run']}" if cfg.get("from_run") else ""])
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training loss by step, held-out KL by step) for the plots."""
+    """(training loss by step, held-out KL and the capability gauge by step) for the plots."""
     # typed columns: an empty float "metric" column would make the plot's legend a -Infinity..Infinity scale
     empty = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float), "metric": pd.Series(dtype=str)})
     if not job_id:
         return empty, empty
     rows = ctx.store.get_metrics(int(job_id))
-    frame = lambda names: pd.DataFrame([{"step": r["step"], "value": r["value"], "metric": r["name"]}
+    frame = lambda names: pd.DataFrame([{"step": r["step"], "value": r["value"], "metric": GAUGE.get(r["name"], r["name"])}
                                         for r in rows if r["name"] in names and r["value"] is not None]) if rows else empty
-    loss, heldout = frame({"loss", "kl"}), frame({"heldout_kl"})
+    loss, heldout = frame({"loss", "kl"}), frame({"heldout_kl", *GAUGE})
     return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
 
 
@@ -104,6 +113,8 @@ def status_html(job: dict | None) -> str:
     if "heldout_kl_after" in result:
         lines.append(f"held-out KL {result['heldout_kl_before']:.4f} → {result['heldout_kl_after']:.4f} nats/token · "
                      f"gap closed {result['gap_closed']:.0%} (kept step {result['best_step']})")
+    if result.get("lineage"):
+        lines.append(html.escape(result["lineage"]["text"]))
     bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
     return f"<div id='train-status-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
 
@@ -169,8 +180,13 @@ def layout(ctx: AppContext) -> dict:
             widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
     with gr.Accordion("More settings", open=False):
         with gr.Row():
-            for name in FORM[10:]:
+            for name in BASIC[10:]:
                 widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
+    with gr.Accordion("Re-bake, hold out categories, replay", open=False):
+        for row in (MIXING[:3], MIXING[3:]):
+            with gr.Row():
+                for name in row:
+                    widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
     # the precision the policy picks for the form and why, the run's predicted time, and this
     # machine's facts (what `ctxdistill info` prints)
     with gr.Row():
@@ -184,11 +200,13 @@ def layout(ctx: AppContext) -> dict:
         stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
         resume = gr.Button("Resume", elem_id="train-resume")
     run = gr.Dropdown(label="Run", choices=[], elem_id="train-run")
+    stale = stale_notice.layout("train")
     status = gr.HTML(status_html(None), elem_id="train-status")
     with gr.Row():
         loss_plot = gr.LinePlot(x="step", y="value", color="metric", title="Training loss (nats/token)",
                                 elem_id="train-loss-plot", height=260)
-        heldout_plot = gr.LinePlot(x="step", y="value", color="metric", title="Held-out KL(teacher‖student)",
+        heldout_plot = gr.LinePlot(x="step", y="value", color="metric",
+                                   title="Held-out KL(teacher‖student) and capability accuracy (gauge on)",
                                    elem_id="train-heldout-plot", height=260)
     log = gr.Textbox(label="Log", lines=6, max_lines=15, interactive=False, elem_id="train-log")
     runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_id="train-runs")
@@ -205,7 +223,7 @@ def layout(ctx: AppContext) -> dict:
         export_msg = gr.Markdown(elem_id="train-export-msg")
     plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
     return dict(version=version, prompt_set=prompt_set, widgets=widgets, chosen=chosen, guess=guess, measure=measure,
-                facts=facts, start=start, stop=stop, resume=resume, run=run, status=status, loss_plot=loss_plot,
+                facts=facts, start=start, stop=stop, resume=resume, run=run, **stale, status=status, loss_plot=loss_plot,
                 heldout_plot=heldout_plot, log=log, runs=runs, merged=merged, strength=strength, export=export, hub_id=hub_id, push=push,
                 files=files, export_msg=export_msg, plotted=plotted)
 
@@ -266,9 +284,8 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
     ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
     try:
         cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
-                            model=ctx.model_spec or "", owner=owner, **form_values(form)).validate()
-        if cfg.data == "accepted":
-            T.accepted_texts(ctx.store, cfg)
+                            model=ctx.model_spec or "", owner=owner, **form_values(form))
+        T.check_start(ctx.store, cfg)
     except (T.TrainError, TypeError, ValueError) as exc:
         raise gr.Error(str(exc))
     if ctx.caps is not None and not cfg.max_prompts:
@@ -342,6 +359,8 @@ def build(ctx: AppContext) -> None:
     ctx.watch(on(poll), [run, c["plotted"]], shown, on=("jobs", "progress:train"))
     run.change(on(poll), [run, c["plotted"]], shown, show_progress="hidden")
     run.input(on(settings_of), run, [c["version"], c["prompt_set"], *widgets.values()], show_progress="hidden")
+    ctx.rebake_form = (c["version"], widgets["from_run"])
+    stale_notice.wire(ctx, c, run)
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)
     c["resume"].click(on(on_resume), run, run).then(**ctx.poll_now)
