@@ -173,11 +173,18 @@ def test_replay_answers_join_the_training_mix(store, tiny_checkpoint):
     store.add_prompts("general", [{"text": f"Tell me about {w}.", "split": "train"} for w in ("cats", "rain", "maps", "tea")])
     v1, _ = pirate_and_captain(store)
     cfg = T.TrainConfig(constitution_id=v1, model=str(tiny_checkpoint), replay_set="general", replay_fraction=0.25,
-                        **{**TINY, "steps": 1})
-    result = T.run(cfg, store, store.run_dir(store.create_job("train", cfg.to_dict())))
+                        capability_gauge=3, **{**TINY, "steps": 1})
+    logged = []
+    result = T.run(cfg, store, store.run_dir(store.create_job("train", cfg.to_dict())),
+                   T.Hooks(log=lambda v, s: logged.append((s, v))))
     data = json.loads((store.runs_dir / "1" / "data.json").read_text())
     assert result["n_train"] == 8 and sum(e["prompt"].startswith("Tell me about") for e in data["train"]) == 2
     assert torch.isfinite(torch.tensor(result["gap_closed"]))
+    # the capability gauge: the student at every held-out measurement, the teacher once at the start
+    gauged = [(s, sorted(k for k in v if k.startswith("capability"))) for s, v in logged if "heldout_kl" in v]
+    assert gauged == [(0, ["capability", "capability_teacher"]), (1, ["capability"])]
+    assert all(0 <= v["capability"] <= 1 for _, v in logged if "capability" in v)
+    assert len(mix.gauge_items(3)) == 3 and len({i.category for i in mix.gauge_items(24)}) > 3
 
 
 def test_distill_and_compare_say_a_run_is_stale_and_fill_the_rebake(tmp_path):
