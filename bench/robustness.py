@@ -16,6 +16,7 @@ training run where the machine is too busy for the default one (the figures then
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -28,6 +29,8 @@ os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ctxdistill import evaluate as E, jobs  # noqa: E402
+from ctxdistill.capability import load_items  # noqa: E402
+from ctxdistill.robustness import suite_indices  # noqa: E402
 from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
 from ctxdistill.report import fmt_estimate  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
@@ -51,6 +54,18 @@ def student(store: Store, cid: int, steps: int, prompts: int) -> int:
         raise SystemExit(f"training failed: {done['error']}")
     print(f"  trained in {time.perf_counter() - start:.0f} s: held-out gap closed {done['result'].get('gap_closed', float('nan')):.3f}")
     return job
+
+
+def capability_subset(home: Path, n: int) -> str:
+    """A file of ``n`` shipped capability items taken in turn from each kind of question ("" = the whole set)."""
+    if not n:
+        return ""
+    items = load_items()
+    picked = [items[i] for i in suite_indices([it.category for it in items], n)]
+    path = home / f"capability-{n}.jsonl"
+    path.write_text("".join(json.dumps({"id": it.id, "category": it.category, "prompt": it.prompt,
+                                        "answers": list(it.answers)}) + "\n" for it in picked))
+    return str(path)
 
 
 def show(results: dict, label: str | None) -> None:
@@ -103,6 +118,10 @@ def main():
     p.add_argument("--steps", type=int, default=0, help="training steps (0 = the default)")
     p.add_argument("--train-prompts", type=int, default=0, help="train prompts (0 = all)")
     p.add_argument("--no-student", action="store_true", help="no training: the suite on the teacher and the base only")
+    p.add_argument("--suite-prompts", type=int, default=16, help="prompts of the second turn, attacks and placebo (default 16)")
+    p.add_argument("--attack-prompts", type=int, default=6, help="prompts per kind of attack (default 6)")
+    p.add_argument("--capability-items", type=int, default=0, help="a subset of the capability set, taken in turn from "
+                                                                   "each kind of question (0 = all)")
     add_profile_flag(p)
     args = p.parse_args()
     apply_profile(args)
@@ -114,7 +133,9 @@ def main():
         cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
         print(f"\n{name} (constitution v{cid})")
         run = None if args.no_student else student(store, cid, args.steps, args.train_prompts)
-        cfg = E.EvalConfig(constitution_id=cid, runs=[run] if run else [], max_prompts=args.prompts)
+        cfg = E.EvalConfig(constitution_id=cid, runs=[run] if run else [], max_prompts=args.prompts,
+                           suite_prompts=args.suite_prompts, attack_prompts=args.attack_prompts,
+                           capability_set=capability_subset(home, args.capability_items))
         last = [0.0]
 
         def progress(done, total, message):
@@ -123,7 +144,9 @@ def main():
                 print(f"    {done}/{total} {message[:90]}", flush=True)
 
         results = E.run(cfg, store, E.Hooks(progress=progress))
-        print(f"  {results['n_prompts']} held-out prompts, {results['precision']} / {results['quantize']}")
+        print(f"  {results['n_prompts']} held-out prompts, {results['precision']} / {results['quantize']}; suite: "
+              f"{results['robustness']['capability']['n_items']} capability items, {cfg.suite_prompts} suite prompts, "
+              f"{cfg.attack_prompts} per attack kind")
         show(results, E.label(run) if run else None)
     print("\nheld-out categories: per family only (training with categories held out is not part of this bench)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
