@@ -90,16 +90,20 @@ def main():
     print(f"teacher (constitution in the prompt): capability {teacher['capability']['value']:.3f} "
           f"[{teacher['capability']['ci'][0]:.3f}, {teacher['capability']['ci'][1]:.3f}], checks "
           + ", ".join(f"{k} {v:.0%}" for k, v in teacher["checks"].items()))
-    print("strength | KL(teacher || student) | gap closed | capability [95% CI] | checks | seconds (KL; capability and checks)")
+    # the KL column first for every strength (cheap), then the greedy answers (capability and checks)
+    print("strength | KL(teacher || student) | gap closed | seconds")
     for strength in STRENGTHS:
         with scaled(model, strength):
             t0 = time.perf_counter()
             kl = engine.heldout_kl(pair, data)
-            kl_s = time.perf_counter() - t0
+        print(f"{strength:4.2f} | {kl:.4f} | {1 - kl / kl_base:.3f} | {time.perf_counter() - t0:.0f}", flush=True)
+    print("strength | capability [95% CI] | checks | seconds")
+    for strength in STRENGTHS:
+        with scaled(model, strength):
             b = behaviour(model, tok, c, items, prompts[:args.check_prompts], None)
         acc = b["capability"]
-        print(f"{strength:4.2f} | {kl:.4f} | {1 - kl / kl_base:.3f} | {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] | "
-              + ", ".join(f"{k} {v:.0%}" for k, v in b["checks"].items()) + f" | {kl_s:.0f}; {b['seconds']:.0f}", flush=True)
+        print(f"{strength:4.2f} | {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] | "
+              + ", ".join(f"{k} {v:.0%}" for k, v in b["checks"].items()) + f" | {b['seconds']:.0f}", flush=True)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}; workspace {home}")
 
 
