@@ -84,12 +84,7 @@ def main():
     data = engine.sample_answers(pair, prompts, T.TrainConfig(sample_tokens=cfg.sample_tokens), seed=12345)
     with pair.teacher_mode():
         kl_base = engine.heldout_kl(pair, data)
-        items = capability.load_items()
-        teacher = behaviour(model, tok, c, items, prompts[:args.check_prompts], render(c))
-    print(f"{len(prompts)} held-out prompts, KL(teacher || base) {kl_base:.4f} nats/token; capability on {len(items)} items")
-    print(f"teacher (constitution in the prompt): capability {teacher['capability']['value']:.3f} "
-          f"[{teacher['capability']['ci'][0]:.3f}, {teacher['capability']['ci'][1]:.3f}], checks "
-          + ", ".join(f"{k} {v:.0%}" for k, v in teacher["checks"].items()))
+    print(f"{len(prompts)} held-out prompts, KL(teacher || base) {kl_base:.4f} nats/token")
     # the KL column first for every strength (cheap), then the greedy answers (capability and checks)
     print("strength | KL(teacher || student) | gap closed | seconds")
     for strength in STRENGTHS:
@@ -97,6 +92,12 @@ def main():
             t0 = time.perf_counter()
             kl = engine.heldout_kl(pair, data)
         print(f"{strength:4.2f} | {kl:.4f} | {1 - kl / kl_base:.3f} | {time.perf_counter() - t0:.0f}", flush=True)
+    items = capability.load_items()
+    with pair.teacher_mode():
+        teacher = behaviour(model, tok, c, items, prompts[:args.check_prompts], render(c))
+    print(f"teacher (constitution in the prompt), {len(items)} capability items: capability {teacher['capability']['value']:.3f} "
+          f"[{teacher['capability']['ci'][0]:.3f}, {teacher['capability']['ci'][1]:.3f}], checks "
+          + ", ".join(f"{k} {v:.0%}" for k, v in teacher["checks"].items()), flush=True)
     print("strength | capability [95% CI] | checks | seconds")
     for strength in STRENGTHS:
         with scaled(model, strength):
