@@ -3,6 +3,7 @@ strength of the adapter (0 = the base model, 1 = as trained, up to 1.5).
 
     .venv/bin/python bench/strength.py                       # a default kl run, then the sweep
     .venv/bin/python bench/strength.py --adapter DIR         # the sweep over an existing pirate run's adapter
+    .venv/bin/python bench/strength.py --adapter DIR --only gap --heldout 16   # gap closed alone, on 16 prompts
     .venv/bin/python bench/strength.py --profile avx2
 
 On the embedded SmolLM2-135M with assets/constitutions/pirate.yaml and the default TrainConfig
@@ -56,10 +57,29 @@ def behaviour(model, tok, constitution, items, prompts: list[str], system: str |
             "seconds": time.perf_counter() - t0}
 
 
+def behaviour_sweep(model, tok, c, pair, prompts: list[str]) -> None:
+    """Capability and checks of the teacher, then of the student at every strength."""
+    items = capability.load_items()
+    with pair.teacher_mode():
+        teacher = behaviour(model, tok, c, items, prompts, render(c))
+    print(f"teacher (constitution in the prompt), {len(items)} capability items: capability {teacher['capability']['value']:.3f} "
+          f"[{teacher['capability']['ci'][0]:.3f}, {teacher['capability']['ci'][1]:.3f}], checks "
+          + ", ".join(f"{k} {v:.0%}" for k, v in teacher["checks"].items()), flush=True)
+    print("strength | capability [95% CI] | checks | seconds")
+    for strength in STRENGTHS:
+        with scaled(model, strength):
+            b = behaviour(model, tok, c, items, prompts, None)
+        acc = b["capability"]
+        print(f"{strength:4.2f} | {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] | "
+              + ", ".join(f"{k} {v:.0%}" for k, v in b["checks"].items()) + f" | {b['seconds']:.0f}", flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--adapter", help="sweep this pirate run's adapter instead of training a default run")
     p.add_argument("--check-prompts", type=int, default=16, help="held-out prompts whose greedy answers are checked")
+    p.add_argument("--heldout", type=int, default=0, help="measure gap closed on the first N held-out prompts (0 = all)")
+    p.add_argument("--only", choices=("all", "gap"), default="all", help="gap: the gap-closed column alone")
     p.add_argument("--keep", help="keep the workspace here instead of a temporary directory")
     add_profile_flag(p)
     args = p.parse_args()
@@ -76,7 +96,7 @@ def main():
         print(f"  wall {times['total_s']:.0f} s; the run's own held-out gap closed {result['gap_closed']:.3f}")
         adapter, info = home / "runs" / "kl" / "adapter", result
     ensure_default_prompts(store)
-    prompts = [r["text"] for r in store.get_prompts("default", split="heldout")]
+    prompts = [r["text"] for r in store.get_prompts("default", split="heldout")][:args.heldout or None]
     model, tok = load_model(quantize=info.get("quantize", "auto"), precision=info.get("precision", "auto"))
     model = load_adapter(model, adapter)
     model.eval()
@@ -92,19 +112,8 @@ def main():
             t0 = time.perf_counter()
             kl = engine.heldout_kl(pair, data)
         print(f"{strength:4.2f} | {kl:.4f} | {1 - kl / kl_base:.3f} | {time.perf_counter() - t0:.0f}", flush=True)
-    items = capability.load_items()
-    with pair.teacher_mode():
-        teacher = behaviour(model, tok, c, items, prompts[:args.check_prompts], render(c))
-    print(f"teacher (constitution in the prompt), {len(items)} capability items: capability {teacher['capability']['value']:.3f} "
-          f"[{teacher['capability']['ci'][0]:.3f}, {teacher['capability']['ci'][1]:.3f}], checks "
-          + ", ".join(f"{k} {v:.0%}" for k, v in teacher["checks"].items()), flush=True)
-    print("strength | capability [95% CI] | checks | seconds")
-    for strength in STRENGTHS:
-        with scaled(model, strength):
-            b = behaviour(model, tok, c, items, prompts[:args.check_prompts], None)
-        acc = b["capability"]
-        print(f"{strength:4.2f} | {acc['value']:.3f} [{acc['ci'][0]:.3f}, {acc['ci'][1]:.3f}] | "
-              + ", ".join(f"{k} {v:.0%}" for k, v in b["checks"].items()) + f" | {b['seconds']:.0f}", flush=True)
+    if args.only == "all":
+        behaviour_sweep(model, tok, c, pair, prompts[:args.check_prompts])
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}; workspace {home}")
 
 
