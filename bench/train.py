@@ -223,6 +223,7 @@ def main():
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--tokens", type=int, default=40)
     p.add_argument("--child")
+    p.add_argument("--kl-only", action="store_true", help="measure our kl step alone (e.g. to compare --quantize choices)")
     add_profile_flag(p)
     args = p.parse_args()
     apply_profile(args)
@@ -230,10 +231,13 @@ def main():
         print(json.dumps(measure(args.child, args.quantize, args.steps, args.batch, args.prompts, args.tokens)))
         return
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
-    r = {k: child(k, args) for k in ("ours-kl", "naive", "ours-sft", "trl")}
+    r = {k: child(k, args) for k in (("ours-kl",) if args.kl_only else ("ours-kl", "naive", "ours-sft", "trl"))}
     for k, v in r.items():
         print(f"{k:9s} {v['tokens_per_s']:8.1f} answer tok/s  {v['tokens_per_cpu_s']:8.1f} per CPU-s  "
               f"{v['s_per_step']:6.2f} s/step  peak +{v['peak_mb']:7.1f} MB")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if args.kl_only:
+        return
 
     def ratio(a, b):
         return (f"{r[a]['tokens_per_s'] / r[b]['tokens_per_s']:.2f}x wall, "
@@ -242,7 +246,6 @@ def main():
     print(f"kl : tokens/s ratio {ratio('ours-kl', 'naive')} (target >= 1.5), "
           f"peak memory ratio {r['ours-kl']['peak_mb'] / r['naive']['peak_mb']:.2f}x (target <= 0.7)")
     print(f"sft: tokens/s ratio vs TRL SFTTrainer {ratio('ours-sft', 'trl')} (target >= 1)")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
