@@ -452,12 +452,12 @@ BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "c
            "distill:on_export", "distill:on_push", "samples:on_bulk", "samples:on_undo", "samples:on_reflag",
            "samples:on_export", "compare:on_stop", "compare:on_export",
            # one calibration per (quantize, precision) pair for the whole process, then arithmetic
-           "distill:on_measure", "data:on_gen_measure"}
+           "distill:on_measure", "data:gen_estimate"}
 # Reads: they start no work and store nothing.
 READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
          "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
          "load_queue", "move.go", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
-         "on_gen_form", "version_list", "run_list", "job_list", "set_lists", "history_lists",
+         "name_of_upload", "version_list", "run_list", "job_list", "set_lists", "history_lists",
          "show_job", "settings_of", "preview_bulk", "setup.tick", "stale_view", "rebake_offer", "to_distill"}
 
 

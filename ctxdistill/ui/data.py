@@ -7,6 +7,7 @@ another browser) re-attaches to whatever runs.
 
 from __future__ import annotations
 
+import functools
 import html
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ctxdistill.models import default_models_dir
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
 from ctxdistill.sampling import MAX_BATCH, GenerateConfig
 from ctxdistill.prompts import ImportFileError, columns, ensure_default_prompts, guess_column, import_prompts, read_table, select_prompts
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, keep, starved_note
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, bind, keep, starved_note
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -86,8 +87,8 @@ def sampling_estimate(ctx: AppContext, owner: str, set_name, search, limit, n, m
             f"({rows} answers of up to {int(max_new or 0)} tokens; measured with {cal.precision}).")
 
 
-def build(ctx: AppContext) -> None:
-    ensure_default_prompts(ctx.store)
+def layout(ctx: AppContext) -> dict:
+    """The tab's components, by name."""
     gr.Markdown("### Prompt sets\nThe shipped set `default` is there from the start. Held-out prompts are never "
                 "sampled for training: they measure the student.")
     sets = gr.Dataframe(headers=SET_COLUMNS, interactive=False, elem_id="data-sets")
@@ -151,138 +152,162 @@ def build(ctx: AppContext) -> None:
     with gr.Row():
         cancel = gr.Button("Cancel", variant="stop", elem_id="data-cancel")
         resume = gr.Button("Resume", elem_id="data-resume")
+    return dict(sets=sets, upload=upload, dataset_path=dataset_path, set_name=set_name, recipe=recipe, column=column,
+                split_column=split_column, heldout=heldout, peek=peek, do_import=do_import, import_msg=import_msg,
+                version=version, prompt_set=prompt_set, search=search, limit=limit, n=n, max_new=max_new,
+                temperature=temperature, top_p=top_p, batch=batch, gen_time=gen_time, gen_measure=gen_measure,
+                start_gen=start_gen, rounds=rounds, order=order, start_from=start_from, rev_max_new=rev_max_new,
+                start_rev=start_rev, job=job, status=status, cancel=cancel, resume=resume)
 
-    # ------------------------------------------------------------------ callbacks
 
-    # The lists follow the store through the page's poll, each only when its part changed.
-    def version_list(current, request: gr.Request):
-        return keep(versions(ctx, ctx.owner(request)), current)
+# The lists follow the store through the page's poll, each only when its part changed.
+def version_list(ctx: AppContext, current, request: gr.Request):
+    return keep(versions(ctx, ctx.owner(request)), current)
 
-    def set_lists(current, request: gr.Request):
-        owner = ctx.owner(request)
-        ensure_default_prompts(ctx.store, owner)
-        names = [(s["name"], s["name"]) for s in ctx.store.prompt_sets(owner=owner)]
-        return sets_table(ctx, owner), keep(names, current, "default")
 
-    def job_list(current, request: gr.Request):
-        return keep(job_choices(ctx, ctx.owner(request)), current)
+def set_lists(ctx: AppContext, current, request: gr.Request):
+    owner = ctx.owner(request)
+    ensure_default_prompts(ctx.store, owner)
+    names = [(s["name"], s["name"]) for s in ctx.store.prompt_sets(owner=owner)]
+    return sets_table(ctx, owner), keep(names, current, "default")
 
-    ctx.watch(version_list, version, version, on=("versions",))
-    ctx.watch(set_lists, prompt_set, [sets, prompt_set], on=("sets",))
-    ctx.watch(job_list, job, job, on=("jobs",))
 
-    def on_source(upload, dataset_path):
-        """Read the chosen file once to offer its columns and show its first rows."""
-        if not (upload or (dataset_path or "").strip()):
-            return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, ""
-        try:
-            records = read_table(_source(ctx, upload, dataset_path))
-        except ImportFileError as exc:
-            return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, f"**Error:** {exc}"
-        cols = columns(records)
-        return (gr.update(choices=cols, value=guess_column(cols)),
-                gr.update(choices=[NONE, *cols], value="split" if "split" in cols else NONE),
-                pd.DataFrame(records[:5]).astype(str), f"{len(records)} records; columns: {', '.join(cols)}")
+def job_list(ctx: AppContext, current, request: gr.Request):
+    return keep(job_choices(ctx, ctx.owner(request)), current)
 
-    source_outputs = [column, split_column, peek, import_msg]
-    upload.change(on_source, [upload, dataset_path], source_outputs)
-    dataset_path.submit(on_source, [upload, dataset_path], source_outputs)
-    upload.upload(lambda path: Path(path).stem if path else "", upload, set_name)
 
-    def on_import(upload, dataset_path, name, col, split_col, frac, as_recipe, request: gr.Request):
-        owner = ctx.owner(request)
-        source = _source(ctx, upload, dataset_path)
-        label = Path(str(source)).name
-        try:
-            if ctx.caps is not None:  # the cap is on the set, however many files it is imported from
-                have = {s["name"]: s["n_train"] + s["n_heldout"] for s in ctx.store.prompt_sets(owner=owner)}
-                ctx.limit(prompts=have.get((name or "").strip() or Path(label).stem, 0) + len(read_table(source)))
-            if as_recipe:
-                r = curate.import_recipe_dataset(ctx.store, source, (name or "").strip() or Path(label).stem, owner=owner)
-                msg = (f"Imported **{r['samples']}** samples ({r['rounds']} revision rounds) into set `{r['set']}`, "
-                       f"constitution version v{r['constitution_id']}: review them in the Review tab.")
-            else:
-                r = import_prompts(ctx.store, name, source, column=col or None,
-                                   split_column=None if split_col in (None, NONE) else split_col,
-                                   heldout_fraction=float(frac), owner=owner)
-                msg = (f"Added **{r['added']}** prompts to `{r['set']}` ({r['duplicates']} duplicates and "
-                       f"{r['empty']} empty rows skipped). The set has {r['n_train']} train and "
-                       f"{r['n_heldout']} held-out prompts.")
-        except (ImportFileError, ValueError) as exc:
-            return f"**Not imported:** {exc}"
-        return msg
+def on_source(ctx: AppContext, upload, dataset_path):
+    """Read the chosen file once to offer its columns and show its first rows."""
+    if not (upload or (dataset_path or "").strip()):
+        return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, ""
+    try:
+        records = read_table(_source(ctx, upload, dataset_path))
+    except ImportFileError as exc:
+        return gr.update(choices=[], value=None), gr.update(choices=[NONE], value=NONE), None, f"**Error:** {exc}"
+    cols = columns(records)
+    return (gr.update(choices=cols, value=guess_column(cols)),
+            gr.update(choices=[NONE, *cols], value="split" if "split" in cols else NONE),
+            pd.DataFrame(records[:5]).astype(str), f"{len(records)} records; columns: {', '.join(cols)}")
 
-    do_import.click(on_import, [upload, dataset_path, set_name, column, split_column, heldout, recipe],
-                    import_msg).then(**ctx.poll_now)
 
-    def submit(kind: str, cfg, request: gr.Request):
-        try:
-            cfg.validate()
-        except ValueError as exc:
-            raise gr.Error(str(exc))
-        job_id = jobs.submit(ctx.store, kind, cfg.to_dict(), owner=cfg.owner)
-        return keep(job_choices(ctx, cfg.owner), job_id)
+def name_of_upload(path) -> str:
+    """The set name a new upload suggests: its file name without the suffix."""
+    return Path(path).stem if path else ""
 
-    def on_generate(version_id, set_name_, search_, limit_, n_, max_new_, temp, top_p_, batch_, request: gr.Request):
-        owner = ctx.owner(request)
-        if not version_id:
-            raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
-        ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
-        cfg = GenerateConfig(set_name=set_name_ or "default", constitution_id=int(version_id), search=search_ or "",
-                             limit=int(limit_ or 0), batch_size=int(batch_ or 1), model=ctx.model_spec or "",
-                             owner=owner, sampling={"n": int(n_ or 1), "max_new_tokens": int(max_new_ or 0),
-                                                    "temperature": float(temp), "top_p": float(top_p_)})
-        if ctx.caps is not None and not cfg.limit:
-            cfg.limit = ctx.caps.prompts  # "all" means "as many as the demo allows"
-        ctx.limit(prompts=cfg.limit, samples=cfg.sampling["n"], max_new_tokens=cfg.sampling["max_new_tokens"],
-                  batch_size=cfg.batch_size)
-        if not select_prompts(ctx.store, cfg.set_name, search=cfg.search, limit=cfg.limit, owner=owner):
-            raise gr.Error(f"Prompt set {cfg.set_name!r} has no train prompts matching the filter.")
-        return submit("generate", cfg, request)
 
-    start_gen.click(on_generate, [version, prompt_set, search, limit, n, max_new, temperature, top_p, batch],
-                    job).then(**ctx.poll_now)
+def on_import(ctx: AppContext, upload, dataset_path, name, col, split_col, frac, as_recipe, request: gr.Request):
+    owner = ctx.owner(request)
+    source = _source(ctx, upload, dataset_path)
+    label = Path(str(source)).name
+    try:
+        if ctx.caps is not None:  # the cap is on the set, however many files it is imported from
+            have = {s["name"]: s["n_train"] + s["n_heldout"] for s in ctx.store.prompt_sets(owner=owner)}
+            ctx.limit(prompts=have.get((name or "").strip() or Path(label).stem, 0) + len(read_table(source)))
+        if as_recipe:
+            r = curate.import_recipe_dataset(ctx.store, source, (name or "").strip() or Path(label).stem, owner=owner)
+            msg = (f"Imported **{r['samples']}** samples ({r['rounds']} revision rounds) into set `{r['set']}`, "
+                   f"constitution version v{r['constitution_id']}: review them in the Review tab.")
+        else:
+            r = import_prompts(ctx.store, name, source, column=col or None,
+                               split_column=None if split_col in (None, NONE) else split_col,
+                               heldout_fraction=float(frac), owner=owner)
+            msg = (f"Added **{r['added']}** prompts to `{r['set']}` ({r['duplicates']} duplicates and "
+                   f"{r['empty']} empty rows skipped). The set has {r['n_train']} train and "
+                   f"{r['n_heldout']} held-out prompts.")
+    except (ImportFileError, ValueError) as exc:
+        return f"**Not imported:** {exc}"
+    return msg
 
-    def on_gen_measure(set_name_, search_, limit_, n_, max_new_, request: gr.Request):
-        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, measure=True)
 
-    def on_gen_form(set_name_, search_, limit_, n_, max_new_, request: gr.Request):
-        return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, measure=False)
+def submit(ctx: AppContext, kind: str, cfg):
+    try:
+        cfg.validate()
+    except ValueError as exc:
+        raise gr.Error(str(exc))
+    job_id = jobs.submit(ctx.store, kind, cfg.to_dict(), owner=cfg.owner)
+    return keep(job_choices(ctx, cfg.owner), job_id)
 
-    gen_fields = [prompt_set, search, limit, n, max_new]
-    gen_measure.click(on_gen_measure, gen_fields, gen_time, concurrency_id=MODEL_QUEUE)
+
+def on_generate(ctx: AppContext, version_id, set_name_, search_, limit_, n_, max_new_, temp, top_p_, batch_,
+                request: gr.Request):
+    owner = ctx.owner(request)
+    if not version_id:
+        raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+    ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
+    cfg = GenerateConfig(set_name=set_name_ or "default", constitution_id=int(version_id), search=search_ or "",
+                         limit=int(limit_ or 0), batch_size=int(batch_ or 1), model=ctx.model_spec or "",
+                         owner=owner, sampling={"n": int(n_ or 1), "max_new_tokens": int(max_new_ or 0),
+                                                "temperature": float(temp), "top_p": float(top_p_)})
+    if ctx.caps is not None and not cfg.limit:
+        cfg.limit = ctx.caps.prompts  # "all" means "as many as the demo allows"
+    ctx.limit(prompts=cfg.limit, samples=cfg.sampling["n"], max_new_tokens=cfg.sampling["max_new_tokens"],
+              batch_size=cfg.batch_size)
+    if not select_prompts(ctx.store, cfg.set_name, search=cfg.search, limit=cfg.limit, owner=owner):
+        raise gr.Error(f"Prompt set {cfg.set_name!r} has no train prompts matching the filter.")
+    return submit(ctx, "generate", cfg)
+
+
+def gen_estimate(ctx: AppContext, measure: bool, set_name_, search_, limit_, n_, max_new_, request: gr.Request):
+    """The sampling form's time estimate: measured on the button, from the calibration on a form change."""
+    return sampling_estimate(ctx, ctx.owner(request), set_name_, search_, limit_, n_, max_new_, measure=measure)
+
+
+def on_revise(ctx: AppContext, version_id, set_name_, rounds_, order_, start_, max_new_, temp, top_p_,
+              request: gr.Request):
+    if not version_id:
+        raise gr.Error("Pick a saved constitution version first.")
+    ctx.constitution(version_id, request)
+    cfg = ReviseConfig(constitution_id=int(version_id), set_name=set_name_ or "", rounds=int(rounds_ or 1),
+                       order=order_, start=start_, model=ctx.model_spec or "", owner=ctx.owner(request),
+                       sampling={"max_new_tokens": int(max_new_ or 0), "temperature": float(temp),
+                                 "top_p": float(top_p_)}, limit=ctx.caps.prompts if ctx.caps else 0)
+    ctx.limit(rounds=cfg.rounds, max_new_tokens=cfg.sampling["max_new_tokens"])
+    if not ctx.store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
+                                   status="pending", owner=cfg.owner)["total"]:
+        raise gr.Error("No pending samples for this version and set: start sampling first.")
+    return submit(ctx, "revise", cfg)
+
+
+def show_job(ctx: AppContext, job_id, request: gr.Request):
+    return job_html(ctx.find_job(job_id, request))
+
+
+def on_cancel(ctx: AppContext, job_id, request: gr.Request):
+    if job_id:
+        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"])
+
+
+def on_resume(ctx: AppContext, job_id, request: gr.Request):
+    ctx.resume_job(job_id, request)
+
+
+def build(ctx: AppContext) -> None:
+    ensure_default_prompts(ctx.store)
+    c = layout(ctx)
+    on = functools.partial(bind, ctx)
+    ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
+    ctx.watch(on(set_lists), c["prompt_set"], [c["sets"], c["prompt_set"]], on=("sets",))
+    ctx.watch(on(job_list), c["job"], c["job"], on=("jobs",))
+
+    source = [c["upload"], c["dataset_path"]]
+    read = [c["column"], c["split_column"], c["peek"], c["import_msg"]]
+    c["upload"].change(on(on_source), source, read)
+    c["dataset_path"].submit(on(on_source), source, read)
+    c["upload"].upload(name_of_upload, c["upload"], c["set_name"])
+    c["do_import"].click(on(on_import), [*source, *(c[k] for k in ("set_name", "column", "split_column", "heldout", "recipe"))],
+                         c["import_msg"]).then(**ctx.poll_now)
+
+    sampling = [c[k] for k in ("version", "prompt_set", "search", "limit", "n", "max_new", "temperature", "top_p", "batch")]
+    c["start_gen"].click(on(on_generate), sampling, c["job"]).then(**ctx.poll_now)
+    gen_fields = [c[k] for k in ("prompt_set", "search", "limit", "n", "max_new")]
+    c["gen_measure"].click(on(gen_estimate, True), gen_fields, c["gen_time"], concurrency_id=MODEL_QUEUE)
     for field in gen_fields:
-        field.change(on_gen_form, gen_fields, gen_time, queue=False)
+        field.change(on(gen_estimate, False), gen_fields, c["gen_time"], queue=False)
+    revising = [c[k] for k in ("version", "prompt_set", "rounds", "order", "start_from", "rev_max_new", "temperature",
+                               "top_p")]
+    c["start_rev"].click(on(on_revise), revising, c["job"]).then(**ctx.poll_now)
 
-    def on_revise(version_id, set_name_, rounds_, order_, start_, max_new_, temp, top_p_, request: gr.Request):
-        if not version_id:
-            raise gr.Error("Pick a saved constitution version first.")
-        ctx.constitution(version_id, request)
-        cfg = ReviseConfig(constitution_id=int(version_id), set_name=set_name_ or "", rounds=int(rounds_ or 1),
-                           order=order_, start=start_, model=ctx.model_spec or "", owner=ctx.owner(request),
-                           sampling={"max_new_tokens": int(max_new_ or 0), "temperature": float(temp),
-                                     "top_p": float(top_p_)}, limit=ctx.caps.prompts if ctx.caps else 0)
-        ctx.limit(rounds=cfg.rounds, max_new_tokens=cfg.sampling["max_new_tokens"])
-        if not ctx.store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
-                                       status="pending", owner=cfg.owner)["total"]:
-            raise gr.Error("No pending samples for this version and set: start sampling first.")
-        return submit("revise", cfg, request)
-
-    start_rev.click(on_revise, [version, prompt_set, rounds, order, start_from, rev_max_new, temperature, top_p],
-                    job).then(**ctx.poll_now)
-
-    def show_job(job_id, request: gr.Request):
-        return job_html(ctx.find_job(job_id, request))
-
-    ctx.watch(show_job, job, status, on=("jobs", "progress:generate", "progress:revise"))
-    job.change(show_job, job, status, show_progress="hidden")
-
-    def on_cancel(job_id, request: gr.Request):
-        if job_id:
-            jobs.cancel(ctx.store, ctx.job(job_id, request)["id"])
-
-    def on_resume(job_id, request: gr.Request):
-        ctx.resume_job(job_id, request)
-
-    cancel.click(on_cancel, job, None).then(**ctx.poll_now)
-    resume.click(on_resume, job, None).then(**ctx.poll_now)
+    ctx.watch(on(show_job), c["job"], c["status"], on=("jobs", "progress:generate", "progress:revise"))
+    c["job"].change(on(show_job), c["job"], c["status"], show_progress="hidden")
+    c["cancel"].click(on(on_cancel), c["job"], None).then(**ctx.poll_now)
+    c["resume"].click(on(on_resume), c["job"], None).then(**ctx.poll_now)
