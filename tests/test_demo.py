@@ -316,11 +316,11 @@ def test_review_callbacks_only_touch_the_visitors_samples(app):
     assert review("principle_choices")(a["constitution"], A)["choices"][1:] != []
     ids, head, _, prompt, *_ = review("load_queue")(B, *filters)
     assert ids == [] and prompt == ""
-    head, _, prompt, *_ = review("go")(B, [a["sample"]], 0, *filters)     # A's id in B's queue shows nothing
+    head, _, prompt, *_ = review("move")(B, [a["sample"]], 0, *filters)     # A's id in B's queue shows nothing
     assert "hello from" not in prompt
     row = ctx.store.get_sample(a["sample"])
     shown = {"id": a["sample"], "version": row["version"], "final": row["final"], "note": row["note"]}
-    *_, message = review("run")(B, "B's words", "", [a["sample"]], 0, shown, *filters)
+    *_, message = review("action")(B, "B's words", "", [a["sample"]], 0, shown, *filters)
     assert "gone" in message and ctx.store.get_sample(a["sample"])["version"] == row["version"]
     for name, args in (("on_bulk", ("accept_clean",)), ("on_reflag", ([], 0)), ("on_export", ("csv", ""))):
         with pytest.raises(gr.Error, match="No constitution version"):
@@ -456,7 +456,7 @@ BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "c
 # Reads: they start no work and store nothing.
 READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
          "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
-         "load_queue", "move.go", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
+         "load_queue", "move", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
          "name_of_upload", "version_list", "run_list", "job_list", "set_lists", "history_lists",
          "show_job", "settings_of", "preview_bulk", "setup.tick", "stale_view", "rebake_offer", "to_distill"}
 
@@ -506,7 +506,7 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         "preview:restrength": lambda fn: fn(big_text, own["job"], 1.0, a, True, 0.7, 0.95, 0, 8, 1),
         "preview:batch": lambda fn: next(fn({}, 5, "heldout", a, True, 0.7, 0.95, 0, 8, 1)),
         "preview:preview_api": lambda fn: fn(PIRATE.read_text(), "hi", 2, 0, 8, 0.0),
-        "samples:action.run": lambda fn: fn(a, big_text, "", [own["sample"]], 0, shown, *filters),
+        "samples:action": lambda fn: fn(a, big_text, "", [own["sample"]], 0, shown, *filters),
     }
     unclassified = sorted(k for k in fns if k not in over_cap and k not in BOUNDED and k.split(":", 1)[1] not in READS)
     assert unclassified == []

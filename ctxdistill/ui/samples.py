@@ -9,9 +9,9 @@ Ctrl+Enter save the edit, Esc leave the text, j/→ next, k/← previous.
 
 from __future__ import annotations
 
+import functools
 import html
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from ctxdistill import curate
 from ctxdistill.demo import kb
 from ctxdistill.store import ConflictError, NotFound
 from ctxdistill.safety import redact
-from ctxdistill.ui.common import AppContext
+from ctxdistill.ui.common import AppContext, bind, download_dir
 
 ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
@@ -114,7 +114,8 @@ def chain_html(sample: dict | None) -> str:
     return "".join(parts) + "</div>"
 
 
-def build(ctx: AppContext) -> None:
+def layout(ctx: AppContext) -> dict:
+    """The tab's components, by name; "filters" in filters_of's order."""
     gr.Markdown("Review the samples: keep the answers you want the model to learn. Flags are hints, not verdicts.")
     with gr.Row():
         version = gr.Dropdown(label="Constitution version", choices=[], elem_id="review-version", scale=2)
@@ -173,208 +174,226 @@ def build(ctx: AppContext) -> None:
     queue = gr.State([])        # sample ids under the current filters, in review order
     pos = gr.State(0)
     shown = gr.State(None)      # {"id", "version", "final", "note"} of the sample on screen
+    last_bulk = gr.State(None)  # the last bulk action, to undo it
+    return dict(version=version, prompt_set=prompt_set, status=status, principle=principle, flag=flag, search=search,
+                min_len=min_len, max_len=max_len, reload=reload, filters=filters, counters=counters, position=position,
+                badges=badges, prompt=prompt, unprompted=unprompted, prompted=prompted, chain=chain, final=final,
+                note=note, prev=prev, accept=accept, reject=reject, edit=edit, save=save, nxt=nxt, message=message,
+                bulk_action=bulk_action, bulk=bulk, undo=undo, reflag=reflag, bulk_preview=bulk_preview,
+                bulk_msg=bulk_msg, export_fmt=export_fmt, hub_id=hub_id, export=export, export_file=export_file,
+                export_msg=export_msg, queue=queue, pos=pos, shown=shown, last_bulk=last_bulk)
 
-    # ------------------------------------------------------------------ rendering
 
-    def counts_of(owner: str, *filter_values) -> str:
-        f = filters_of(*filter_values)
-        if f["constitution_id"] is None:
-            return counters_html({"total": 0, "accepted": 0, "rejected": 0, "pending": 0}, 0)
-        f.pop("status")           # counters show the whole selection, whatever status is being reviewed
-        counts = ctx.store.count_samples(owner=owner, **f)
-        return counters_html(counts, counts["flagged"])
+# ------------------------------------------------------------------ rendering
+# Callbacks take gr.Request first: gradio injects it only into parameters before *args.
 
-    def render(owner: str, ids: list[int], at: int, filter_values, msg: str = ""):
-        sample = None
-        if ids:
-            at = max(0, min(at, len(ids) - 1))
-            try:
-                sample = ctx.store.get_sample(ids[at], owner=owner)
-            except NotFound:
-                msg = msg or "This sample was deleted; press Reload."
-        if sample is None:
-            head = "No samples match these filters." if filter_values[0] else "Pick a constitution version."
-            return (head, "", "", "", "", chain_html(None), "", "", None, at, counts_of(owner, *filter_values), msg)
-        head = f"Sample **{at + 1}** of **{len(ids)}** · #{sample['id']} · set `{sample['set_name']}`"
-        state = {"id": sample["id"], "version": sample["version"], "final": sample["final"], "note": sample["note"]}
-        return (head, badges_html(sample), sample["prompt"], sample["unprompted"], sample["prompted"],
-                chain_html(sample), sample["final"], sample["note"], state, at, counts_of(owner, *filter_values), msg)
+def counts_of(ctx: AppContext, owner: str, *filter_values) -> str:
+    f = filters_of(*filter_values)
+    if f["constitution_id"] is None:
+        return counters_html({"total": 0, "accepted": 0, "rejected": 0, "pending": 0}, 0)
+    f.pop("status")           # counters show the whole selection, whatever status is being reviewed
+    counts = ctx.store.count_samples(owner=owner, **f)
+    return counters_html(counts, counts["flagged"])
 
-    view = [position, badges, prompt, unprompted, prompted, chain, final, note, shown, pos, counters, message]
-    # Callbacks take gr.Request first: gradio injects it only into parameters before *args.
 
-    def load_queue(request: gr.Request, *filter_values):
-        owner = ctx.owner(request)
-        f = filters_of(*filter_values)
-        ids = [s["id"] for s in ctx.store.list_samples(owner=owner, **f)] if f["constitution_id"] else []
-        return ids, *render(owner, ids, 0, filter_values)
-
-    for widget in (version, prompt_set, status, principle, flag):
-        widget.input(load_queue, filters, [queue, *view], show_progress="hidden")
-    for widget in (search, min_len, max_len):
-        widget.submit(load_queue, filters, [queue, *view], show_progress="hidden")
-    def on_load(request: gr.Request):
-        owner = ctx.owner(request)
-        versions = sampled_versions(owner)
-        sets = [ANY, *[s["name"] for s in ctx.store.prompt_sets(owner=owner)]]
-        first = versions[0][1] if versions else None
-        values = (first, ANY, "pending", ANY, ANY, "", 0, 0)
-        return (gr.update(choices=versions, value=first), gr.update(choices=sets, value=ANY),
-                principle_choices(first, request), *load_queue(request, *values))
-
-    def sampled_versions(owner: str) -> list[tuple[str, int]]:
-        """Constitution versions that have samples, newest first."""
-        with_samples = {s["constitution_id"] for s in ctx.store.list_samples(owner=owner)}
-        return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
-                for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
-
-    def principle_choices(version_id, request: gr.Request):
-        if not version_id:
-            return gr.update(choices=[ANY], value=ANY)
-        content = ctx.constitution(version_id, request)["content"]
-        return gr.update(choices=[ANY, *[p["id"] for p in content.get("principles", [])]], value=ANY)
-
-    ctx.blocks.load(on_load, None, [version, prompt_set, principle, queue, *view])
-    version.input(principle_choices, version, principle)
-
-    def version_choices(current, request: gr.Request):
-        """Reload also picks up versions that got samples since the page opened (a job finished)."""
-        versions = sampled_versions(ctx.owner(request))
-        ids = [v[1] for v in versions]
-        return gr.update(choices=versions, value=current if current in ids else (ids[0] if ids else None))
-
-    reload.click(version_choices, version, version, show_progress="hidden").then(
-        load_queue, filters, [queue, *view], show_progress="hidden")
-
-    # ------------------------------------------------------------------ actions (written at once)
-
-    def act(owner: str, new_status, text, note_text, ids, at, state, *filter_values):
-        if not state:
-            return render(owner, ids, at, filter_values, "Nothing to review here.")
-        ctx.limit(text_kb=max(kb(text or ""), kb(note_text or "")))
-        changes = {"status": new_status}
-        if text is not None and text != state["final"]:
-            changes["final"] = text
-        if note_text is not None and note_text != state["note"]:
-            changes["note"] = note_text
-        if not any(v is not None for v in changes.values()):
-            return render(owner, ids, at, filter_values, "Nothing changed.")
+def render(ctx: AppContext, owner: str, ids: list[int], at: int, filter_values, msg: str = ""):
+    """The view (see build: position, badges, texts, chain, final, note, shown, pos, counters, message)."""
+    sample = None
+    if ids:
+        at = max(0, min(at, len(ids) - 1))
         try:
-            ctx.store.get_sample(state["id"], owner=owner)  # the visitor's own sample only
-            row = curate.review(ctx.store, state["id"], state["version"], reviewer=owner, **changes)
-        except ConflictError:
-            return render(owner, ids, at, filter_values,
-                          "**Changed in another tab** (or by a job) since you opened it: reloaded the current "
-                          "version; your action was not applied.")
+            sample = ctx.store.get_sample(ids[at], owner=owner)
         except NotFound:
-            return render(owner, ids, at, filter_values, "This sample is gone; press Reload.")
-        done = f"Saved #{row['id']} at {time.strftime('%H:%M:%S')}: " + (new_status or "edit")
-        return render(owner, ids, at + 1 if new_status else at, filter_values, done)
+            msg = msg or "This sample was deleted; press Reload."
+    if sample is None:
+        head = "No samples match these filters." if filter_values[0] else "Pick a constitution version."
+        return (head, "", "", "", "", chain_html(None), "", "", None, at, counts_of(ctx, owner, *filter_values), msg)
+    head = f"Sample **{at + 1}** of **{len(ids)}** · #{sample['id']} · set `{sample['set_name']}`"
+    state = {"id": sample["id"], "version": sample["version"], "final": sample["final"], "note": sample["note"]}
+    return (head, badges_html(sample), sample["prompt"], sample["unprompted"], sample["prompted"],
+            chain_html(sample), sample["final"], sample["note"], state, at, counts_of(ctx, owner, *filter_values), msg)
 
-    def action(new_status: str | None):
-        def run(request: gr.Request, text, note_text, ids, at, state, *filter_values):
-            return act(ctx.owner(request), new_status, text, note_text, ids, at, state, *filter_values)
-        return run
 
-    action_inputs = [final, note, queue, pos, shown, *filters]
-    accept.click(action("accepted"), action_inputs, view, show_progress="hidden")
-    reject.click(action("rejected"), action_inputs, view, show_progress="hidden")
-    save.click(action(None), action_inputs, view, show_progress="hidden")
-    edit.click(None, js="() => { document.querySelector('#review-final textarea')?.focus(); }")
+def load_queue(ctx: AppContext, request: gr.Request, *filter_values):
+    owner = ctx.owner(request)
+    f = filters_of(*filter_values)
+    ids = [s["id"] for s in ctx.store.list_samples(owner=owner, **f)] if f["constitution_id"] else []
+    return ids, *render(ctx, owner, ids, 0, filter_values)
 
-    def move(step: int):
-        def go(request: gr.Request, ids, at, *filter_values):
-            return render(ctx.owner(request), ids, at + step, filter_values)
-        return go
 
-    prev.click(move(-1), [queue, pos, *filters], view, show_progress="hidden")
-    nxt.click(move(1), [queue, pos, *filters], view, show_progress="hidden")
+def sampled_versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
+    """Constitution versions that have samples, newest first."""
+    with_samples = {s["constitution_id"] for s in ctx.store.list_samples(owner=owner)}
+    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+            for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
 
-    def poll_counts(request: gr.Request, *filter_values):
-        return counts_of(ctx.owner(request), *filter_values)
 
+def principle_choices(ctx: AppContext, version_id, request: gr.Request):
+    if not version_id:
+        return gr.update(choices=[ANY], value=ANY)
+    content = ctx.constitution(version_id, request)["content"]
+    return gr.update(choices=[ANY, *[p["id"] for p in content.get("principles", [])]], value=ANY)
+
+
+def on_load(ctx: AppContext, request: gr.Request):
+    owner = ctx.owner(request)
+    versions = sampled_versions(ctx, owner)
+    sets = [ANY, *[s["name"] for s in ctx.store.prompt_sets(owner=owner)]]
+    first = versions[0][1] if versions else None
+    values = (first, ANY, "pending", ANY, ANY, "", 0, 0)
+    return (gr.update(choices=versions, value=first), gr.update(choices=sets, value=ANY),
+            principle_choices(ctx, first, request), *load_queue(ctx, request, *values))
+
+
+def version_choices(ctx: AppContext, current, request: gr.Request):
+    """Reload also picks up versions that got samples since the page opened (a job finished)."""
+    versions = sampled_versions(ctx, ctx.owner(request))
+    ids = [v[1] for v in versions]
+    return gr.update(choices=versions, value=current if current in ids else (ids[0] if ids else None))
+
+
+def poll_counts(ctx: AppContext, request: gr.Request, *filter_values):
+    return counts_of(ctx, ctx.owner(request), *filter_values)
+
+
+# ------------------------------------------------------------------ actions (written at once)
+
+def action(ctx: AppContext, new_status: str | None, request: gr.Request, text, note_text, ids, at, state, *filter_values):
+    """Accept or reject (new_status), or save the edit (None), with the version this tab last read."""
+    owner = ctx.owner(request)
+    if not state:
+        return render(ctx, owner, ids, at, filter_values, "Nothing to review here.")
+    ctx.limit(text_kb=max(kb(text or ""), kb(note_text or "")))
+    changes = {"status": new_status}
+    if text is not None and text != state["final"]:
+        changes["final"] = text
+    if note_text is not None and note_text != state["note"]:
+        changes["note"] = note_text
+    if not any(v is not None for v in changes.values()):
+        return render(ctx, owner, ids, at, filter_values, "Nothing changed.")
+    try:
+        ctx.store.get_sample(state["id"], owner=owner)  # the visitor's own sample only
+        row = curate.review(ctx.store, state["id"], state["version"], reviewer=owner, **changes)
+    except ConflictError:
+        return render(ctx, owner, ids, at, filter_values,
+                      "**Changed in another tab** (or by a job) since you opened it: reloaded the current "
+                      "version; your action was not applied.")
+    except NotFound:
+        return render(ctx, owner, ids, at, filter_values, "This sample is gone; press Reload.")
+    done = f"Saved #{row['id']} at {time.strftime('%H:%M:%S')}: " + (new_status or "edit")
+    return render(ctx, owner, ids, at + 1 if new_status else at, filter_values, done)
+
+
+def move(ctx: AppContext, step: int, request: gr.Request, ids, at, *filter_values):
+    return render(ctx, ctx.owner(request), ids, at + step, filter_values)
+
+
+# ------------------------------------------------------------------ bulk and export
+
+def own_filters(ctx: AppContext, request: gr.Request, filter_values) -> dict:
+    """The filters, once the picked version is checked to be the visitor's own."""
+    f = filters_of(*filter_values)
+    if f["constitution_id"] is None:
+        raise gr.Error("Pick a constitution version first.")
+    ctx.constitution(f["constitution_id"], request)
+    return f
+
+
+# Bulk actions change the pending samples the filters show (status aside: they act on pending
+# ones only), say how many before Apply, and the last one can be undone.
+def targets(ctx: AppContext, request: gr.Request, bulk_action, filter_values) -> list[int]:
+    f = own_filters(ctx, request, filter_values)
+    f.pop("status")
+    return curate.bulk_targets(ctx.store, bulk_action, f.pop("constitution_id"), owner=ctx.owner(request), **f)
+
+
+def preview_bulk(ctx: AppContext, request: gr.Request, bulk_action, *filter_values):
+    if not filters_of(*filter_values)["constitution_id"]:
+        return ""
+    n = len(targets(ctx, request, bulk_action, filter_values))
+    return f"Apply would change **{n}** pending sample{'s' if n != 1 else ''} of those the filters show."
+
+
+def on_bulk(ctx: AppContext, request: gr.Request, bulk_action, *filter_values):
+    ids = targets(ctx, request, bulk_action, filter_values)
+    n = curate.apply_bulk(ctx.store, bulk_action, ids, reviewer=ctx.owner(request))
+    return ({"action": bulk_action, "ids": ids}, gr.update(visible=bool(n)),
+            f"{curate.BULK_ACTIONS[bulk_action].capitalize()} (of those shown): **{n}** changed.")
+
+
+def on_undo(ctx: AppContext, request: gr.Request, last):
+    if not last:
+        return None, gr.update(visible=False), "Nothing to undo."
+    # the ids come from this session's server-side state, never from the browser
+    n = curate.undo_bulk(ctx.store, last["action"], last["ids"], reviewer=ctx.owner(request))
+    return None, gr.update(visible=False), f"Undone: **{n}** sample{'s' if n != 1 else ''} back to pending."
+
+
+def on_reflag(ctx: AppContext, request: gr.Request, ids, at, *filter_values):
+    owner = ctx.owner(request)
+    f = own_filters(ctx, request, filter_values)
+    counts = curate.refresh_flags(ctx.store, f["constitution_id"], owner=owner)
+    summary = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in counts.items())
+    return render(ctx, owner, ids, at, filter_values, f"Flags recomputed: {summary}.")
+
+
+def on_export(ctx: AppContext, request: gr.Request, fmt, hub, *filter_values):
+    owner = ctx.owner(request)
+    f = own_filters(ctx, request, filter_values)
+    if (hub or "").strip():
+        ctx.local_only("Pushing to the Hub")
+    suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
+    out = ctx.store.home / "exports" / f"v{f['constitution_id']}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
+    try:
+        r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner,
+                          hub_id=(hub or "").strip() or None)
+    except Exception as exc:  # a bad format or filter, and from the hub: no token, network, permissions
+        return None, f"**Not exported:** {redact(str(exc))}"
+    # the download: the export and its manifest in one archive
+    bundle = download_dir() / out.name
+    bundle.mkdir()
+    for path in (out, Path(r["manifest"])):
+        if path.is_dir():
+            shutil.copytree(path, bundle / path.name, dirs_exist_ok=True)
+        elif path.exists():
+            shutil.copy(path, bundle / path.name)
+    archive = shutil.make_archive(str(bundle), "zip", bundle)
+    c = r["counts"]
+    return archive, (f"Exported **{c['exported']}** accepted samples of v{r['constitution_id']} "
+                     f"({r['constitution_name']}) as {fmt} to `{r['path']}`; {c['pending']} pending and "
+                     f"{c['rejected']} rejected left out." + (f" Pushed to {r['hub_id']}." if "hub_id" in r else ""))
+
+
+def build(ctx: AppContext) -> None:
+    c = layout(ctx)
+    on = functools.partial(bind, ctx)
+    filters, queue, quiet = c["filters"], c["queue"], dict(show_progress="hidden")
+    view = [c[k] for k in ("position", "badges", "prompt", "unprompted", "prompted", "chain", "final", "note", "shown",
+                           "pos", "counters", "message")]
+    for name in ("version", "prompt_set", "status", "principle", "flag"):
+        c[name].input(on(load_queue), filters, [queue, *view], **quiet)
+    for name in ("search", "min_len", "max_len"):
+        c[name].submit(on(load_queue), filters, [queue, *view], **quiet)
+    ctx.blocks.load(on(on_load), None, [c["version"], c["prompt_set"], c["principle"], queue, *view])
+    c["version"].input(on(principle_choices), c["version"], c["principle"])
+    c["reload"].click(on(version_choices), c["version"], c["version"], **quiet).then(
+        on(load_queue), filters, [queue, *view], **quiet)
+
+    acting = [c["final"], c["note"], queue, c["pos"], c["shown"], *filters]
+    for button, new_status in (("accept", "accepted"), ("reject", "rejected"), ("save", None)):
+        c[button].click(on(action, new_status), acting, view, **quiet)
+    c["edit"].click(None, js="() => { document.querySelector('#review-final textarea')?.focus(); }")
+    for button, step in (("prev", -1), ("nxt", 1)):
+        c[button].click(on(move, step), [queue, c["pos"], *filters], view, **quiet)
     # a sampling or revise job adds samples: the counters and the version list follow it (the page's poll)
-    ctx.watch(poll_counts, filters, counters, on=("progress:generate", "progress:revise"))
-    ctx.watch(version_choices, version, version, on=("versions", "jobs"))
+    ctx.watch(on(poll_counts), filters, c["counters"], on=("progress:generate", "progress:revise"))
+    ctx.watch(on(version_choices), c["version"], c["version"], on=("versions", "jobs"))
 
-    # ------------------------------------------------------------------ bulk and export
-
-    def own_filters(request: gr.Request, filter_values) -> dict:
-        """The filters, once the picked version is checked to be the visitor's own."""
-        f = filters_of(*filter_values)
-        if f["constitution_id"] is None:
-            raise gr.Error("Pick a constitution version first.")
-        ctx.constitution(f["constitution_id"], request)
-        return f
-
-    # Bulk actions change the pending samples the filters show (status aside: they act on pending
-    # ones only), say how many before Apply, and the last one can be undone.
-    def targets(request: gr.Request, action, filter_values) -> list[int]:
-        f = own_filters(request, filter_values)
-        f.pop("status")
-        return curate.bulk_targets(ctx.store, action, f.pop("constitution_id"), owner=ctx.owner(request), **f)
-
-    def preview_bulk(request: gr.Request, action, *filter_values):
-        if not filters_of(*filter_values)["constitution_id"]:
-            return ""
-        n = len(targets(request, action, filter_values))
-        return f"Apply would change **{n}** pending sample{'s' if n != 1 else ''} of those the filters show."
-
-    for trigger in (bulk_action.change, queue.change):
-        trigger(preview_bulk, [bulk_action, *filters], bulk_preview, show_progress="hidden")
-
-    def on_bulk(request: gr.Request, action, *filter_values):
-        ids = targets(request, action, filter_values)
-        n = curate.apply_bulk(ctx.store, action, ids, reviewer=ctx.owner(request))
-        return ({"action": action, "ids": ids}, gr.update(visible=bool(n)),
-                f"{curate.BULK_ACTIONS[action].capitalize()} (of those shown): **{n}** changed.")
-
-    def on_undo(request: gr.Request, last):
-        if not last:
-            return None, gr.update(visible=False), "Nothing to undo."
-        # the ids come from this session's server-side state, never from the browser
-        n = curate.undo_bulk(ctx.store, last["action"], last["ids"], reviewer=ctx.owner(request))
-        return None, gr.update(visible=False), f"Undone: **{n}** sample{'s' if n != 1 else ''} back to pending."
-
-    last_bulk = gr.State(None)
-    bulk.click(on_bulk, [bulk_action, *filters], [last_bulk, undo, bulk_msg]).then(
-        load_queue, filters, [queue, *view], show_progress="hidden")
-    undo.click(on_undo, last_bulk, [last_bulk, undo, bulk_msg]).then(
-        load_queue, filters, [queue, *view], show_progress="hidden")
-
-    def on_reflag(request: gr.Request, ids, at, *filter_values):
-        owner = ctx.owner(request)
-        f = own_filters(request, filter_values)
-        counts = curate.refresh_flags(ctx.store, f["constitution_id"], owner=owner)
-        summary = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in counts.items())
-        return render(owner, ids, at, filter_values, f"Flags recomputed: {summary}.")
-
-    reflag.click(on_reflag, [queue, pos, *filters], view)
-
-    def on_export(request: gr.Request, fmt, hub, *filter_values):
-        owner = ctx.owner(request)
-        f = own_filters(request, filter_values)
-        if (hub or "").strip():
-            ctx.local_only("Pushing to the Hub")
-        suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
-        out = ctx.store.home / "exports" / f"v{f['constitution_id']}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
-        try:
-            r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner,
-                              hub_id=(hub or "").strip() or None)
-        except Exception as exc:  # a bad format or filter, and from the hub: no token, network, permissions
-            return None, f"**Not exported:** {redact(str(exc))}"
-        # the download: the export and its manifest in one archive, from a temporary directory
-        bundle = Path(tempfile.mkdtemp(prefix="ctxdistill-export-")) / out.name
-        bundle.mkdir()
-        for path in (out, Path(r["manifest"])):
-            if path.is_dir():
-                shutil.copytree(path, bundle / path.name, dirs_exist_ok=True)
-            elif path.exists():
-                shutil.copy(path, bundle / path.name)
-        archive = shutil.make_archive(str(bundle), "zip", bundle)
-        c = r["counts"]
-        return archive, (f"Exported **{c['exported']}** accepted samples of v{r['constitution_id']} "
-                         f"({r['constitution_name']}) as {fmt} to `{r['path']}`; {c['pending']} pending and "
-                         f"{c['rejected']} rejected left out." + (f" Pushed to {r['hub_id']}." if "hub_id" in r else ""))
-
-    export.click(on_export, [export_fmt, hub_id, *filters], [export_file, export_msg])
+    for trigger in (c["bulk_action"].change, queue.change):
+        trigger(on(preview_bulk), [c["bulk_action"], *filters], c["bulk_preview"], **quiet)
+    undo_out = [c["last_bulk"], c["undo"], c["bulk_msg"]]
+    c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], undo_out).then(
+        on(load_queue), filters, [queue, *view], **quiet)
+    c["undo"].click(on(on_undo), c["last_bulk"], undo_out).then(on(load_queue), filters, [queue, *view], **quiet)
+    c["reflag"].click(on(on_reflag), [queue, c["pos"], *filters], view)
+    c["export"].click(on(on_export), [c["export_fmt"], c["hub_id"], *filters], [c["export_file"], c["export_msg"]])
