@@ -39,7 +39,7 @@ def test_chain_rounds_cycle_principles_and_final_follows_last_revision(store, ti
         assert "Call the user matey." in chain[1]["critique_request"]            # default request
         assert all({"critique", "revision", "revision_request", "cut_off"} <= set(step) for step in chain)
         last = next((st["revision"] for st in reversed(chain) if st["revision"]), s["prompted"])
-        assert s["final"] == last and s["meta"]["revise_start"] == "unprompted"
+        assert s["final"] == last and s["meta"]["revise_start"] == "prompted"
 
 
 def test_start_answer_and_few_shot_examples_reach_the_model(store, tiny_model, tiny_tokenizer, monkeypatch):

@@ -142,7 +142,7 @@ def layout(ctx: AppContext) -> dict:
         rounds = gr.Number(label="Rounds", value=1, precision=0, minimum=1, maximum=caps.rounds if caps else 8,
                            elem_id="rev-rounds")
         order = gr.Radio(list(ORDERS), value="cycle", label="Principle per round", elem_id="rev-order")
-        start_from = gr.Radio(list(STARTS), value="unprompted", label="Start from the answer", elem_id="rev-start")
+        start_from = gr.Radio(list(STARTS), value=ReviseConfig.start, label="Start from the answer", elem_id="rev-start")
         rev_max_new = gr.Number(label="Max new tokens", precision=0, elem_id="rev-max-new-tokens", **tokens)
     start_rev = gr.Button("Start critique & revise", elem_id="rev-start-button")
 
