@@ -119,12 +119,6 @@ def render(c: Constitution) -> str:
     return f"{preamble}\n\n{items}" if preamble else items
 
 
-def teacher_messages(c: Constitution, prompt: str) -> list[dict]:
-    """Chat messages for the teacher: system prompt, few-shot examples, user prompt."""
-    return [{"role": "system", "content": render(c)}, *c.examples,
-            {"role": "user", "content": prompt}]
-
-
 # --------------------------------------------------------------- validation
 
 def _where(i: int, p: Principle) -> str:

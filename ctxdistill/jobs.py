@@ -165,10 +165,6 @@ class JobContext:
             self._stop = bool(self.store.get_job(self.job_id)["cancel_requested"])
         return self._stop
 
-    def check_cancel(self) -> None:
-        if self.should_stop():
-            raise Cancelled("cancelled by request")
-
     def log_metrics(self, step: int, values: dict) -> None:
         self.store.log_metrics(self.job_id, step, values)
 

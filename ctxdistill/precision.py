@@ -85,11 +85,6 @@ class Precision:
         return DTYPES[self.compute]
 
     @property
-    def grad_scaler(self) -> bool:
-        """fp16 compute needs loss scaling to train: small gradients underflow to zero in fp16."""
-        return self.compute == "fp16"
-
-    @property
     def label(self) -> str:
         return f"{'4-bit NF4' if self.quantize == '4bit' else 'full weights'}, {self.compute} compute"
 

@@ -94,13 +94,6 @@ def test_render_without_preamble_and_deterministic():
     assert C.render(c).startswith("Be brief.")
 
 
-def test_teacher_messages():
-    msgs = C.teacher_messages(make(), "Q?")
-    assert msgs[0] == {"role": "system", "content": C.render(make())}
-    assert msgs[1:3] == make().examples
-    assert msgs[-1] == {"role": "user", "content": "Q?"}
-
-
 # ---------------------------------------------------------------- validate
 
 def test_valid_constitution_has_no_errors():

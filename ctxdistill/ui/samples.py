@@ -88,12 +88,7 @@ def counters_html(counts: dict, flagged: int) -> str:
 def badges_html(sample: dict | None) -> str:
     if not sample:
         return ""
-    badges = []
-    for flag in sample["flags"]:
-        if flag in curate.FLAG_LABELS:
-            badges.append(curate.FLAG_LABELS[flag])
-        elif flag.startswith("failed_check:"):
-            badges.append(f"fails {flag.split(':', 1)[1]}")
+    badges = [label for label in map(curate.flag_label, sample["flags"]) if label]
     colour = {"accepted": "#1a7f37", "rejected": "#b00", "pending": "#666"}[sample["status"]]
     status = f"<span class='badge status' style='background:{colour}'>{sample['status']}</span>"
     edited = "<span class='badge'>edited</span>" if sample["edited"] else ""
@@ -208,10 +203,14 @@ def render(ctx: AppContext, owner: str, ids: list[int], at: int, filter_values, 
     if sample is None:
         head = "No samples match these filters." if filter_values[0] else "Pick a constitution version."
         return (head, "", "", "", "", chain_html(None), "", "", None, at, counts_of(ctx, owner, *filter_values), msg)
-    head = f"Sample **{at + 1}** of **{len(ids)}** · #{sample['id']} · set `{sample['set_name']}`"
+    head = position_text(sample, at, len(ids))
     state = {"id": sample["id"], "version": sample["version"], "final": sample["final"], "note": sample["note"]}
     return (head, badges_html(sample), sample["prompt"], sample["unprompted"], sample["prompted"],
             chain_html(sample), sample["final"], sample["note"], state, at, counts_of(ctx, owner, *filter_values), msg)
+
+
+def position_text(sample: dict, at: int, n: int) -> str:
+    return f"Sample **{at + 1}** of **{n}** · #{sample['id']} · set `{sample['set_name']}`"
 
 
 def load_queue(ctx: AppContext, request: gr.Request, *filter_values):
@@ -252,8 +251,31 @@ def version_choices(ctx: AppContext, current, request: gr.Request):
     return gr.update(choices=versions, value=current if current in ids else (ids[0] if ids else None))
 
 
-def poll_counts(ctx: AppContext, request: gr.Request, *filter_values):
-    return counts_of(ctx, ctx.owner(request), *filter_values)
+def follow(ctx: AppContext, request: gr.Request, ids, at, state, *filter_values):
+    """The page's poll (a job adds samples, another tab or a command reviews them): the version list,
+    the counters and the queue follow the store. Nothing is sent while the queue is as it was; when
+    it changed, the sample on screen stays, with any edit in progress, and only its position moves;
+    an empty view shows the first sample that arrived."""
+    owner = ctx.owner(request)
+    current = filter_values[0]
+    versions = sampled_versions(ctx, owner)
+    listed = [v[1] for v in versions]
+    version = current if current in listed else (listed[0] if listed else None)
+    values = (version, *filter_values[1:])
+    picked = gr.update(choices=versions, value=version)
+    if version != current:                    # the first samples of a version arrived (or it went away)
+        return picked, principle_choices(ctx, version, request), *load_queue(ctx, request, *values)
+    f = filters_of(*values)
+    now = [s["id"] for s in ctx.store.list_samples(owner=owner, **f)] if f["constitution_id"] else []
+    unchanged = [gr.skip()] * 12                 # the view's outputs, as render returns them
+    if now == ids:
+        return picked, gr.skip(), gr.skip(), *unchanged
+    if not state:
+        return picked, gr.skip(), now, *render(ctx, owner, now, 0, values)
+    at = now.index(state["id"]) if state["id"] in now else max(0, min(at, len(now) - 1))
+    sample = ctx.store.get_sample(state["id"], owner=owner)
+    unchanged[0], unchanged[9], unchanged[10] = position_text(sample, at, len(now)), at, counts_of(ctx, owner, *values)
+    return picked, gr.skip(), now, *unchanged
 
 
 # ------------------------------------------------------------------ actions (written at once)
@@ -385,9 +407,9 @@ def build(ctx: AppContext) -> None:
     c["edit"].click(None, js="() => { document.querySelector('#review-final textarea')?.focus(); }")
     for button, step in (("prev", -1), ("nxt", 1)):
         c[button].click(on(move, step), [queue, c["pos"], *filters], view, **quiet)
-    # a sampling or revise job adds samples: the counters and the version list follow it (the page's poll)
-    ctx.watch(on(poll_counts), filters, c["counters"], on=("progress:generate", "progress:revise"))
-    ctx.watch(on(version_choices), c["version"], c["version"], on=("versions", "jobs"))
+    # a sampling or revise job, an import or another tab changes the samples: the page's poll follows it
+    ctx.watch(on(follow), [queue, c["pos"], c["shown"], *filters], [c["version"], c["principle"], queue, *view],
+              on=("versions", "sets", "jobs", "progress:generate", "progress:revise"))
 
     for trigger in (c["bulk_action"].change, queue.change):
         trigger(on(preview_bulk), [c["bulk_action"], *filters], c["bulk_preview"], **quiet)
