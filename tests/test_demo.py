@@ -454,7 +454,7 @@ BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "c
            # one calibration per (quantize, precision) pair for the whole process, then arithmetic
            "distill:on_measure", "data:gen_estimate"}
 # Reads: they start no work and store nothing.
-READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "poll_counts",
+READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "follow",
          "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
          "load_queue", "move", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
          "name_of_upload", "version_list", "run_list", "job_list", "set_lists", "history_lists",

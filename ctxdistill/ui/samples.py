@@ -103,9 +103,13 @@ def chain_html(sample: dict | None) -> str:
     parts = [f"<div class='chain'><small>started from the {html.escape(start)} answer</small>"]
     for i, step in enumerate(sample["chain"], 1):
         e = lambda key: html.escape(str(step.get(key) or "")).replace("\n", "<br>")
+        why = ", ".join(curate.WORSE_REASONS.get(r, r) for r in step.get("worse") or [])
+        revision = (f"<br><i>Revision, discarded ({html.escape(why)}):</i> {e('discarded')}"
+                    f"<br><i>Kept:</i> the answer it revised" if "discarded" in step else
+                    f"<br><i>Revision:</i> {e('revision')}")
         parts.append(f"<p><b>Round {i} · {e('principle')}</b><br><i>Critique request:</i> {e('critique_request')}"
                      f"<br><i>Critique:</i> {e('critique')}<br><i>Revision request:</i> {e('revision_request')}"
-                     f"<br><i>Revision:</i> {e('revision')}</p>")
+                     f"{revision}</p>")
     return "".join(parts) + "</div>"
 
 

@@ -1,6 +1,10 @@
 """The Review tab driven by the keyboard only: accept, reject, move, edit and save; the counters
 move and every action is in the store at once. A second tab's stale action is refused. The Data
-tab starts a sampling job (tiny model) and shows it finish."""
+tab starts a sampling job (tiny model) and shows it finish. A job's new sample joins the open
+queue without a reload."""
+
+import re
+import time
 
 import pytest
 
@@ -123,3 +127,38 @@ def test_data_tab_imports_and_runs_a_sampling_job(page, tmp_path):
     page.get_by_role("tab", name="Review", exact=True).click()
     page.locator("#review-reload").click()               # the new samples join the queue
     counters(page, total=9)
+
+
+def test_review_queue_follows_a_job_without_reload(page, workspace):
+    """A job adds a sample while the Review tab is open: it joins the queue through the page's one
+    poll (no Reload), the sample on screen stays, and its revision, worse than its start, is flagged."""
+    page.get_by_role("tab", name="Review", exact=True).click()
+    page.wait_for_selector("#review-position >> text=Sample 1 of")
+    page.locator("#review-shortcuts").click()
+    n = int(re.search(r"of (\d+)", page.locator("#review-position").inner_text())[1])
+    shown = page.locator("#review-prompt textarea").input_value()
+    cid = int(re.search(r"v(\d+)", page.locator("#review-version input").input_value())[1])
+    with Store(workspace) as store:
+        store.add_prompts("follow", [{"text": "How do volcanoes form?"}])
+        job = store.create_job("revise", {"constitution_id": cid})
+        store.update_job(job, state="running")
+    page.get_by_role("tab", name="Data", exact=True).click()     # a job started elsewhere: seen on a tab switch
+    page.get_by_role("tab", name="Review", exact=True).click()
+    with Store(workspace) as store:
+        loop = {"principle": "arr", "critique_request": "", "critique": "", "revision_request": "",
+                "revision": "The answer to the question is: " * 6, "cut_off": False}
+        start = "Arr! Volcanoes form where magma rises through the crust, matey."
+        store.upsert_sample(store.get_prompts("follow")[0]["id"], cid, 0, prompted=start, unprompted="Magma.",
+                            chain=[loop], meta={"revise_start": "prompted"})
+        curate.refresh_flags(store, cid)
+        store.update_job(job, progress_done=1, progress_total=1, message="1/1 rounds")
+    wait_text(page, "#review-position", f"Sample 1 of {n + 1}")
+    assert page.locator("#review-prompt textarea").input_value() == shown      # the sample on screen stayed
+    with Store(workspace) as store:
+        store.update_job(job, state="done", finished_at=time.time(), message="done")
+    page.locator("#review-shortcuts").click()
+    for k in range(2, n + 2):
+        page.keyboard.press("j")
+        wait_text(page, "#review-position", f"Sample {k} of {n + 1}")
+    assert page.locator("#review-prompt textarea").input_value() == "How do volcanoes form?"
+    assert "revision worse than its start" in page.locator("#review-badges").inner_text()
