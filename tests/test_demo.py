@@ -456,7 +456,8 @@ BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "c
 # Reads: they start no work and store nothing.
 READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "follow",
          "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
-         "load_queue", "move", "principle_choices", "principle_fields", "version_choices", "on_choice", "on_form",
+         "load_queue", "move", "principle_choices", "principle_fields", "token_count", "version_choices",
+         "on_choice", "on_form",
          "name_of_upload", "version_list", "run_list", "job_list", "set_lists", "history_lists",
          "show_job", "settings_of", "preview_bulk", "setup.tick", "stale_view", "rebake_offer", "to_distill"}
 

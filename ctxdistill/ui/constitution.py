@@ -23,7 +23,7 @@ PRINCIPLE_FIELDS = ("id", "text", "critique", "revision", "check_kind", "check_v
 NO_CHECK = "(none)"
 IMPORT_SUFFIXES = (".yaml", ".yml", ".json")
 # what views() and principle_fields() return, and all that a new draft re-renders (show_all)
-N_VIEWS, N_FIELDS, N_EVERYTHING = 6, len(PRINCIPLE_FIELDS), 6 + len(PRINCIPLE_FIELDS) + 3 + 2
+N_VIEWS, N_EVERYTHING = 6, 6 + len(PRINCIPLE_FIELDS) + 3 + 2
 
 
 def examples() -> dict[str, Path]:
@@ -74,8 +74,13 @@ def _token_report(ctx: AppContext, rendered: str) -> str:
     return f"**{used}** tokens of the model's {limit}-token context{warning}"
 
 
-def views(ctx: AppContext, draft: dict, selected: int | None):
-    """Everything shown from the draft except the fields being typed into."""
+def token_count(ctx: AppContext, draft: dict) -> str:
+    return _token_report(ctx, cmod.render(draft_constitution(draft)))
+
+
+def views(ctx: AppContext, draft: dict, selected: int | None, count_tokens: bool = True):
+    """Everything shown from the draft except the fields being typed into (the token count, which
+    needs the model, follows page load: see build)."""
     c = draft_constitution(draft)
     rendered = cmod.render(c)
     problems = cmod.validate(c)
@@ -87,7 +92,7 @@ def views(ctx: AppContext, draft: dict, selected: int | None):
         gr.update(choices=choices, value=selected),
         cmod.dumps(c),
         rendered,
-        _token_report(ctx, rendered),
+        _token_report(ctx, rendered) if count_tokens else "counting tokens…",
         status,
     )
 
@@ -169,12 +174,12 @@ def layout(ctx: AppContext) -> dict:
                 exported=exported)
 
 
-def show_all(ctx: AppContext, draft, selected, request: gr.Request, version=None):
+def show_all(ctx: AppContext, draft, selected, request: gr.Request, version=None, count_tokens=True):
     """Everything a new draft re-renders (N_EVERYTHING values): views, the principle's fields, the
     top fields and both history lists."""
     sel = selected if isinstance(selected, int) else 0
     choices = _history_choices(ctx, ctx.owner(request), None)
-    return (*views(ctx, draft, sel), *principle_fields(draft, sel), draft.get("name", ""),
+    return (*views(ctx, draft, sel, count_tokens), *principle_fields(draft, sel), draft.get("name", ""),
             draft.get("description", ""), draft.get("preamble", ""),
             gr.update(choices=choices, value=version), gr.update(choices=choices))
 
@@ -342,7 +347,7 @@ def on_load(ctx: AppContext, request: gr.Request):
             draft, version = versions[0]["content"], versions[0]["id"]
         else:
             draft, version = cmod.to_dict(cmod.load(examples()["pirate"])), None
-    return (draft, version, *show_all(ctx, draft, 0, request, version))
+    return (draft, version, *show_all(ctx, draft, 0, request, version, count_tokens=False))
 
 
 def history_lists(ctx: AppContext, picked, other, request: gr.Request):
@@ -381,5 +386,8 @@ def build(ctx: AppContext) -> None:
     c["restore"].click(on(do_restore), [c["history"], *state], replaced)
     c["export_yaml"].click(on(do_export, "yaml"), ctx.draft, c["exported"])
     c["export_json"].click(on(do_export, "json"), ctx.draft, c["exported"])
-    ctx.blocks.load(on(on_load), None, [*state, *everything])
+    # the draft reaches the page at once, its token count when the model is there: the first load of the
+    # model can take minutes (a Space downloads it) or fail, and every tab (Preview too) uses the draft
+    ctx.blocks.load(on(on_load), None, [*state, *everything]).then(on(token_count), ctx.draft, c["tokens"],
+                                                                  show_progress="hidden")
     ctx.watch(on(history_lists), [c["history"], c["compare"]], [c["history"], c["compare"]], on=("versions",))
