@@ -26,10 +26,12 @@ def _join(samples: list[str]) -> str:
 
 
 def system_prompt(ctx: AppContext, draft_or_text, max_new_tokens: int) -> str:
-    """Validate the constitution and that it fits in the model's context; return its system prompt."""
+    """Validate the constitution and that it fits in the model's context; return its system prompt.
+    The model comes first: when it cannot be had (a Space whose hub is unreachable) that is what to say,
+    whatever the draft, which may not even have reached a page still loading."""
+    model, tokenizer = ctx.model()
     c = cmod.parse(draft_or_text) if isinstance(draft_or_text, str) else draft_constitution(draft_or_text)
     cmod.ensure_valid(c)
-    model, tokenizer = ctx.model()
     rendered = cmod.render(c)
     check_fits(model, tokenizer, rendered, max_new_tokens)
     return rendered
