@@ -76,13 +76,14 @@ class AppContext:
         return ""
 
     def server_options(self) -> dict:
-        """Keyword arguments for Blocks.launch: in demo mode, the middleware that gives each visitor
-        a signed cookie."""
+        """Keyword arguments for Blocks.launch: the page's early script (ui/page.py) and, in demo
+        mode, the middleware that gives each visitor a signed cookie."""
         from starlette.middleware import Middleware
 
-        if not self.demo:
-            return {}
-        return {"app_kwargs": {"middleware": [Middleware(demo_mode.VisitorCookie, secret=self.secret)]}}
+        from ctxdistill.ui.page import EarlyScript
+
+        visitors = [Middleware(demo_mode.VisitorCookie, secret=self.secret)] if self.demo else []
+        return {"app_kwargs": {"middleware": [Middleware(EarlyScript), *visitors]}}
 
     def watch(self, fn, inputs, outputs, on: tuple[str, ...]) -> None:
         """Run fn(inputs) -> outputs whenever the page's poll sees those parts of the store change
