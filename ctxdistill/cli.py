@@ -461,7 +461,7 @@ def _export_flags(p):
     p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
     p.add_argument("--run", type=int, help="export this training run's adapter (with its model card) instead of samples")
     p.add_argument("--merged", action="store_true", help="with --run: the base model with the adapter merged in (bfloat16)")
-    p.add_argument("--strength", type=float, default=1.0,
+    p.add_argument("--strength", type=float,
                    help="with --run: the adapter's scale, 0 (the base model) to 1.5; 1 = as trained (default)")
 
 
@@ -477,12 +477,13 @@ def _export_run(args, store) -> int:
     if job["kind"] != "train" or not adapter.is_dir():
         raise UserError(f"job {args.run} has no finished adapter to export (a {job['kind']} job, {job['state']})")
     try:
-        out = adapters.export(adapter, args.out, merged=args.merged, strength=args.strength,
+        strength = 1.0 if args.strength is None else args.strength
+        out = adapters.export(adapter, args.out, merged=args.merged, strength=strength,
                               model_spec=job["config"].get("model") or None, models_dir=_models_dir(args))
     except adapters.AdapterError as exc:
         raise UserError(str(exc))
-    emit(args, {"run": args.run, "path": str(out), "merged": args.merged, "strength": args.strength},
-         f"run {args.run} exported to {out} ({'merged model' if args.merged else 'peft adapter'}, strength {args.strength:g})")
+    emit(args, {"run": args.run, "path": str(out), "merged": args.merged, "strength": strength},
+         f"run {args.run} exported to {out} ({'merged model' if args.merged else 'peft adapter'}, strength {strength:g})")
     return 0
 
 
@@ -493,6 +494,8 @@ def cmd_export(args) -> int:
     store = open_store(args)
     if args.run is not None:
         return _export_run(args, store)
+    if args.merged or args.strength is not None:
+        raise UserError("--merged and --strength apply to a run's adapter: add --run RUN")
     if not args.constitution:
         raise UserError("--constitution is required (or --run RUN to export a run's adapter)")
     try:

@@ -94,6 +94,8 @@ def test_cli_exports_a_run_at_a_strength_and_refuses_a_bad_one(capsys, tiny_mode
     assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == pytest.approx(4.0)
     assert main(["export", "--run", "999", "--out", str(tmp_path / "none")]) == 2
     assert "999" in capsys.readouterr().err
+    assert main(["export", "--constitution", "1", "--out", str(tmp_path / "s.jsonl"), "--strength", "0.5"]) == 2
+    assert "add --run" in capsys.readouterr().err
 
 
 def test_the_ui_refuses_a_strength_outside_its_range(tmp_path, tiny_model):
