@@ -113,14 +113,15 @@ def predict_sampling(cal: Calibration, rows: int, tokens: int) -> float:
 
 
 def run_size(cfg, store) -> tuple[int, int]:
-    """(train prompts, held-out prompts) a training run with ``cfg`` (a TrainConfig) uses, as it would
-    pick them from ``cfg.prompt_set`` in ``store`` (the shipped set is added first if missing)."""
+    """(prompts the teacher answers for training, held-out prompts) of a training run with ``cfg``
+    (a TrainConfig), picked as the run picks them (``mix``: held-out categories, replay prompts; the
+    shipped set is added first if missing). Raises TrainError where the run itself would."""
+    from .mix import replay_prompts, split_prompts
     from .prompts import ensure_default_prompts
 
     ensure_default_prompts(store, cfg.owner)
-    n_train = len(store.get_prompts(cfg.prompt_set, split="train", owner=cfg.owner))
-    n_train = min(n_train, cfg.max_prompts) if cfg.max_prompts else n_train
-    return n_train, len(store.get_prompts(cfg.prompt_set, split="heldout", owner=cfg.owner))
+    train, heldout = split_prompts(store, cfg)
+    return len(train) + len(replay_prompts(store, cfg, len(train))), len(heldout)
 
 
 def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
@@ -134,6 +135,8 @@ def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     evals = 2 + (cfg.steps - 1) // cfg.eval_every if cfg.eval_every else 2
     scoring = evals * math.ceil(heldout / EVAL_BATCH) * cal.score_s * answer_scale
     phases = {"load": cal.load_s, "sampling": sampling, "training": cfg.steps * step, "held-out": scoring}
+    if cfg.from_run:  # a re-bake first scores every answer under the earlier run's student
+        phases["ranking"] = math.ceil(sampled / EVAL_BATCH) * cal.score_s * answer_scale
     return {**phases, "total": sum(phases.values())}
 
 

@@ -169,6 +169,27 @@ def test_replay_fraction_is_the_share_of_the_mix(store):
         T.TrainConfig(replay_fraction=1.0).validate()
 
 
+def test_the_time_estimate_counts_the_mix(store):
+    """The prediction before Start sizes the run as it will run: held-out categories, replay
+    prompts, and a re-bake's ranking pass."""
+    from ctxdistill import estimate
+
+    store.add_prompts("mine", [{"text": f"t{i}", "split": "train", "category": "a" if i % 2 else "b"} for i in range(20)]
+                      + [{"text": f"h{i}", "split": "heldout", "category": "a" if i % 2 else "b"} for i in range(6)])
+    store.add_prompts("general", [{"text": f"g{i}", "split": "train"} for i in range(30)])
+    cfg = T.TrainConfig(prompt_set="mine", eval_prompts=0)
+    assert estimate.run_size(cfg, store) == (20, 6)
+    assert estimate.run_size(dataclasses.replace(cfg, heldout_categories="a"), store) == (10, 3)
+    assert estimate.run_size(dataclasses.replace(cfg, replay_set="general", replay_fraction=0.2), store) == (25, 6)
+    with pytest.raises(T.TrainError, match="category 'c' has no held-out prompts"):
+        estimate.run_size(dataclasses.replace(cfg, heldout_categories="c"), store)
+    cal = estimate.Calibration(precision="fp32", load_s=1.0, step_s=1.0, score_s=1.0, decode_s=0.1, prefill_s=0.1)
+    fresh = estimate.predict_train(cal, cfg, 20, 6)
+    rebake_run = estimate.predict_train(cal, dataclasses.replace(cfg, from_run=1), 20, 6)
+    assert "ranking" not in fresh and rebake_run["ranking"] > 0
+    assert rebake_run["total"] == pytest.approx(fresh["total"] + rebake_run["ranking"])
+
+
 def test_replay_answers_join_the_training_mix(store, tiny_checkpoint):
     store.add_prompts("general", [{"text": f"Tell me about {w}.", "split": "train"} for w in ("cats", "rain", "maps", "tea")])
     v1, _ = pirate_and_captain(store)

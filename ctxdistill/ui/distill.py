@@ -151,7 +151,10 @@ def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, meas
     if cal is None:
         return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
     cfg = replace(cfg, prompt_set=(set_name or "").strip() or "default", owner=owner)
-    n_train, n_heldout = estimate.run_size(cfg, ctx.store)
+    try:
+        n_train, n_heldout = estimate.run_size(cfg, ctx.store)
+    except T.TrainError as exc:
+        return f"**Time:** {exc}"
     sec = estimate.predict_train(cal, cfg, n_train, n_heldout)
     return (f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
             + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
