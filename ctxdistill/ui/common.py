@@ -252,6 +252,12 @@ def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> lis
     return [r["text"] for r in rows]
 
 
+def version_options(ctx: AppContext, owner: str, only: set | None = None) -> list[tuple[str, int]]:
+    """(label, id) of the visitor's constitution versions, newest first; ``only``: just these ids."""
+    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+            for v in ctx.store.list_constitution_versions(owner=owner) if only is None or v["id"] in only]
+
+
 def train_runs(ctx: AppContext, owner: str) -> list[dict]:
     """The visitor's training runs (jobs of kind train), newest first."""
     return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)

@@ -22,7 +22,7 @@ from ctxdistill import jobs
 from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
 from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, bind, download_dir, draft_constitution, highlight, keep,
-                                  prompt_choices, slider, starved_note)
+                                  prompt_choices, slider, starved_note, version_options)
 from ctxdistill.ui import stale as stale_notice
 
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
@@ -243,8 +243,8 @@ def on_load(ctx: AppContext, request: gr.Request):
 
 
 def version_list(ctx: AppContext, current, request: gr.Request):
-    versions = [(f"v{v['id']} · {v['name']}", v["id"]) for v in ctx.store.list_constitution_versions(owner=ctx.owner(request))]
-    return keep(versions, current)
+    return keep(version_options(ctx, ctx.owner(request)), current)
+
 
 
 def run_list(ctx: AppContext, current, request: gr.Request):

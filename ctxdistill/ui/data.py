@@ -19,7 +19,7 @@ from ctxdistill.models import default_models_dir
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
 from ctxdistill.sampling import MAX_BATCH, GenerateConfig
 from ctxdistill.prompts import ImportFileError, columns, ensure_default_prompts, guess_column, import_prompts, read_table, select_prompts
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, bind, keep, starved_note
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, bind, keep, starved_note, version_options
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -30,11 +30,6 @@ UPLOAD_TYPES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt", ".parquet"
 def sets_table(ctx: AppContext, owner: str) -> pd.DataFrame:
     return pd.DataFrame([[s["name"], s["n_train"], s["n_heldout"], Path(s["source"]).name if s["source"] else ""]
                          for s in ctx.store.prompt_sets(owner=owner)], columns=SET_COLUMNS)
-
-
-def versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
-    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
-            for v in ctx.store.list_constitution_versions(owner=owner)]
 
 
 def job_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
@@ -162,7 +157,7 @@ def layout(ctx: AppContext) -> dict:
 
 # The lists follow the store through the page's poll, each only when its part changed.
 def version_list(ctx: AppContext, current, request: gr.Request):
-    return keep(versions(ctx, ctx.owner(request)), current)
+    return keep(version_options(ctx, ctx.owner(request)), current)
 
 
 def set_lists(ctx: AppContext, current, request: gr.Request):

@@ -24,7 +24,7 @@ from ctxdistill.precision import PRECISIONS, QUANTIZE, policy
 from ctxdistill.precision import facts as precision_facts
 from ctxdistill.safety import safe_path
 from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_dir, bind, download_dir, error_text, keep, starved_note,
-                                  train_runs)
+                                  train_runs, version_options)
 from ctxdistill.ui import stale as stale_notice
 
 # the form: TrainConfig fields shown as widgets, in this order
@@ -67,11 +67,6 @@ def _widget(name: str, default, cap: int | None = None):
         most = min((x for x in (cap, TC.TRAIN_MAXIMA.get(name)) if x is not None), default=None)
         return gr.Number(value=default if cap is None else min(default, cap), precision=0, minimum=0, maximum=most, **kw)
     return gr.Number(value=default, **kw)
-
-
-def _versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
-    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
-            for v in ctx.store.list_constitution_versions(owner=owner)]
 
 
 def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
@@ -251,7 +246,7 @@ def run_choices(ctx: AppContext, owner: str, selected=None):
 
 
 def version_list(ctx: AppContext, current, request: gr.Request):
-    return keep(_versions(ctx, ctx.owner(request)), current)
+    return keep(version_options(ctx, ctx.owner(request)), current)
 
 
 def run_list(ctx: AppContext, current, request: gr.Request):

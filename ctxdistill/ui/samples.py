@@ -21,7 +21,7 @@ from ctxdistill import curate
 from ctxdistill.demo import kb
 from ctxdistill.store import ConflictError, NotFound
 from ctxdistill.safety import redact
-from ctxdistill.ui.common import AppContext, bind, download_dir
+from ctxdistill.ui.common import AppContext, bind, download_dir, version_options
 
 ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
@@ -226,9 +226,7 @@ def load_queue(ctx: AppContext, request: gr.Request, *filter_values):
 
 def sampled_versions(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
     """Constitution versions that have samples, newest first."""
-    with_samples = {s["constitution_id"] for s in ctx.store.list_samples(owner=owner)}
-    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
-            for v in ctx.store.list_constitution_versions(owner=owner) if v["id"] in with_samples]
+    return version_options(ctx, owner, only={s["constitution_id"] for s in ctx.store.list_samples(owner=owner)})
 
 
 def principle_choices(ctx: AppContext, version_id, request: gr.Request):
