@@ -226,8 +226,8 @@ def test_distill_and_compare_say_a_run_is_stale_and_fill_the_rebake(tmp_path):
         assert note == f"**Stale:** run {job} was trained on v{v1}; v{v2} changed 1 principle (edited matey).  \n"
         assert button["visible"] is True
         assert stale.stale_view(ctx, [job], None) == (note, button)   # Compare: the picked runs
-        version, from_run = stale.rebake_offer(ctx, [job], None)
-        assert version["value"] == v2 and from_run == job
+        version, from_run, section = stale.rebake_offer(ctx, [job], None)
+        assert version["value"] == v2 and from_run == job and section.open is True
         assert ctx.rebake_form[1].elem_id == "train-from-run"
         fresh = ctx.store.create_job("train", T.TrainConfig(constitution_id=v2).to_dict())
         (ctx.store.runs_dir / str(fresh) / "adapter").mkdir(parents=True)

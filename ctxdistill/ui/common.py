@@ -43,7 +43,7 @@ class AppContext:
     version: gr.State | None = None  # id of the saved version the draft started from
     tabs: gr.Tabs | None = None  # to switch tabs from a button
     influence_button: gr.Button | None = None  # the Constitution tab's link to principle influence (Compare tab)
-    rebake_form: tuple | None = None  # the Distill form's (version, from-run) fields: Compare's re-bake offer fills them
+    rebake_form: tuple | None = None  # the Distill form's (version, from-run, their section): Compare's re-bake offer fills them
     # the page's one poll (ui/poll.py): a fingerprint of the store, the timer, and an event's arguments
     # that poll at once (e.g. `.then(**ctx.poll_now)` after starting a job)
     stamps: dict = field(default_factory=dict)

@@ -180,7 +180,7 @@ def layout(ctx: AppContext) -> dict:
         with gr.Row():
             for name in BASIC[10:]:
                 widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
-    with gr.Accordion("Re-bake, hold out categories, replay", open=False):
+    with gr.Accordion("Re-bake, hold out categories, replay", open=False) as mixing:
         for row in (MIXING[:3], MIXING[3:]):
             with gr.Row():
                 for name in row:
@@ -220,7 +220,7 @@ def layout(ctx: AppContext) -> dict:
         files = gr.File(label="Download", elem_id="train-export-file")
         export_msg = gr.Markdown(elem_id="train-export-msg")
     plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
-    return dict(version=version, prompt_set=prompt_set, widgets=widgets, chosen=chosen, guess=guess, measure=measure,
+    return dict(version=version, prompt_set=prompt_set, widgets=widgets, mixing=mixing, chosen=chosen, guess=guess, measure=measure,
                 facts=facts, start=start, stop=stop, resume=resume, run=run, **stale, status=status, loss_plot=loss_plot,
                 heldout_plot=heldout_plot, log=log, runs=runs, merged=merged, strength=strength, export=export, hub_id=hub_id, push=push,
                 files=files, export_msg=export_msg, plotted=plotted)
@@ -357,7 +357,7 @@ def build(ctx: AppContext) -> None:
     ctx.watch(on(poll), [run, c["plotted"]], shown, on=("jobs", "progress:train"))
     run.change(on(poll), [run, c["plotted"]], shown, show_progress="hidden")
     run.input(on(settings_of), run, [c["version"], c["prompt_set"], *widgets.values()], show_progress="hidden")
-    ctx.rebake_form = (c["version"], widgets["from_run"])
+    ctx.rebake_form = (c["version"], widgets["from_run"], c["mixing"])
     stale_notice.wire(ctx, c, run)
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)

@@ -1,7 +1,7 @@
 """The stale-run notice of the Distill and Compare tabs: a picked run was trained on an older version
 of its constitution ("run 4 was trained on v3; v5 changed 2 principles", rebake.stale_notice), with
-the offer to re-bake it, which fills the Distill form's version (the newest) and from-run fields
-(``ctx.rebake_form``, set by the Distill tab) and shows that tab.
+the offer to re-bake it, which fills the Distill form's version (the newest) and from-run fields,
+opens the section that holds the latter (``ctx.rebake_form``, set by the Distill tab) and shows that tab.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ def stale_view(ctx: AppContext, run_ids, request: gr.Request):
 
 
 def rebake_offer(ctx: AppContext, run_ids, request: gr.Request):
-    """The Distill form's (version, from-run) for the first stale run picked: its constitution's newest version."""
+    """The Distill form's (version, from-run, its section open) for the first stale run picked: its
+    constitution's newest version."""
     stale = stale_runs(ctx, run_ids, request)
     if not stale:
         raise gr.Error("None of the picked runs was trained on an older version of its constitution.")
     job = stale[0][0]
-    return gr.update(value=rebake.latest_version(ctx.store, job)), job["id"]
+    return gr.update(value=rebake.latest_version(ctx.store, job)), job["id"], gr.Accordion(open=True)
 
 
 def to_distill():
