@@ -16,7 +16,6 @@ training run where the machine is too busy for the default one (the figures then
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -29,8 +28,6 @@ os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from ctxdistill import evaluate as E, jobs  # noqa: E402
-from ctxdistill.capability import load_items  # noqa: E402
-from ctxdistill.robustness import suite_indices  # noqa: E402
 from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
 from ctxdistill.report import fmt_estimate  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
@@ -54,18 +51,6 @@ def student(store: Store, cid: int, steps: int, prompts: int) -> int:
         raise SystemExit(f"training failed: {done['error']}")
     print(f"  trained in {time.perf_counter() - start:.0f} s: held-out gap closed {done['result'].get('gap_closed', float('nan')):.3f}")
     return job
-
-
-def capability_subset(home: Path, n: int) -> str:
-    """A file of ``n`` shipped capability items taken in turn from each kind of question ("" = the whole set)."""
-    if not n:
-        return ""
-    items = load_items()
-    picked = [items[i] for i in suite_indices([it.category for it in items], n)]
-    path = home / f"capability-{n}.jsonl"
-    path.write_text("".join(json.dumps({"id": it.id, "category": it.category, "prompt": it.prompt,
-                                        "answers": list(it.answers)}) + "\n" for it in picked))
-    return str(path)
 
 
 def show(results: dict, label: str | None) -> None:
@@ -135,7 +120,7 @@ def main():
         run = None if args.no_student else student(store, cid, args.steps, args.train_prompts)
         cfg = E.EvalConfig(constitution_id=cid, runs=[run] if run else [], max_prompts=args.prompts,
                            suite_prompts=args.suite_prompts, attack_prompts=args.attack_prompts,
-                           capability_set=capability_subset(home, args.capability_items))
+                           capability_items=args.capability_items)
         last = [0.0]
 
         def progress(done, total, message):

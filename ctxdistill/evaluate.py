@@ -84,6 +84,7 @@ class EvalConfig(StageConfig):
     suite_prompts: int = field(default=16, metadata={"help": "held-out prompts of the second turn, the attacks and the placebo, taken in turn from each category"})
     attack_prompts: int = field(default=6, metadata={"help": "prompts each kind of attack is combined with"})
     capability_set: str = field(default="", metadata={"help": "capability set file (JSON lines of prompt, answers; empty: the shipped set)"})
+    capability_items: int = field(default=0, metadata={"help": "score this many capability items, taken in turn from each kind of question (0 = the whole set)"})
     attack_set: str = field(default="", metadata={"help": "attack set file (JSON lines of kind, template with {prompt}; empty: the shipped set)"})
     retention_set: str = field(default="", metadata={"help": "prompt set whose held-out base answers measure retention (empty: the scored prompts)"})
     judge: bool = field(default=False, metadata={"help": "also ask a judge model whether each answer follows each principle"})
@@ -102,7 +103,7 @@ class EvalConfig(StageConfig):
         for name in ("sample_tokens", "batch_size", "gen_batch", "n_boot", "suite_prompts", "attack_prompts"):
             if getattr(self, name) < 1:
                 errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_prompts", "influence_prompts"):
+        for name in ("max_prompts", "influence_prompts", "capability_items"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.temperature <= 5:
@@ -196,10 +197,31 @@ def plan(cfg: EvalConfig, store) -> Plan:
         from .capability import CapabilityError, load_items
 
         try:
-            suite = {"capability": load_items(cfg.capability_set or None), "attacks": R.load_attacks(cfg.attack_set or None)}
+            suite = {"capability": R.spread(load_items(cfg.capability_set or None), cfg.capability_items),
+                     "attacks": R.load_attacks(cfg.attack_set or None)}
         except (CapabilityError, R.RobustnessError) as exc:
             raise EvalError(str(exc)) from None
     return Plan(from_row(row), row, prompts, retention_prompts, runs, **suite)
+
+
+def fit_suite(cfg: EvalConfig, cap: int) -> EvalConfig:
+    """``cfg`` with the robustness suite's parts scaled to at most ``cap`` prompts each (a demo's cap):
+    capability items, suite prompts, and prompts per kind of attack (at least one)."""
+    if cfg.robustness:
+        try:
+            kinds = max(1, len(R.load_attacks(cfg.attack_set or None)))
+        except R.RobustnessError as exc:
+            raise EvalError(str(exc)) from None
+        cfg.capability_items = min(cfg.capability_items or cap, cap)
+        cfg.suite_prompts = min(cfg.suite_prompts, cap)
+        cfg.attack_prompts = max(1, min(cfg.attack_prompts, cap // kinds))
+    return cfg
+
+
+def largest_part(cfg: EvalConfig, the_plan: Plan) -> int:
+    """The most prompts one part of the evaluation answers: held-out, influence, capability, attacked."""
+    attacked = len(the_plan.attacks) * min(cfg.attack_prompts, cfg.suite_prompts)
+    return max(len(the_plan.prompts), cfg.influence_prompts, len(the_plan.capability), attacked)
 
 
 def label(run_id: int) -> str:

@@ -98,13 +98,13 @@ def rebake_mix(examples: list[Example], scores: list[float], cfg: TrainConfig) -
 
 
 def gauge_items(n: int) -> list:
-    """``n`` items of the capability set spread over it (every kind of question), the same every time."""
+    """``n`` items of the capability set taken in turn from each kind of question, the same every time."""
     if not n:
         return []
     from .capability import load_items
+    from .robustness import spread
 
-    items = load_items()
-    return items[::max(1, len(items) // n)][:n]
+    return spread(load_items(), n)
 
 
 def gauge(pair: TeacherStudent, items, teacher: bool = False) -> float:

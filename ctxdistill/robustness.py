@@ -112,6 +112,11 @@ def suite_indices(categories: list[str], n: int) -> list[int]:
     return out
 
 
+def spread(items: list, n: int) -> list:
+    """``n`` of ``items`` (capability items) taken in turn from each kind of question; all for 0."""
+    return [items[i] for i in suite_indices([it.category for it in items], n)] if n else list(items)
+
+
 @dataclass(frozen=True)
 class Condition:
     """A way to run the one model: system prompt (None: the template's default), few-shot examples, adapter (None: off)."""

@@ -220,6 +220,10 @@ def test_distill_form_is_capped(app, monkeypatch):
         start(start_values(blocks, version=a["constitution"], sample_tokens=500), request=A)
     with pytest.raises(gr.Error, match="prompts 1000 > 48"):
         start(start_values(blocks, version=a["constitution"], max_prompts=1000), request=A)
+    ctx.store.add_prompts("general", [{"text": f"general {i}", "split": "train"} for i in range(60)], owner=A.session_hash)
+    with pytest.raises(gr.Error, match="prompts 64 > 48"):   # replay prompts are answered too: 32 + 32
+        start(start_values(blocks, version=a["constitution"], max_prompts=32, replay_set="general", replay_fraction=0.5),
+              request=A)
     assert submitted == []
     start(start_values(blocks, version=a["constitution"]), request=A)   # the demo's own defaults fit its caps
     assert submitted[0]["steps"] <= ctx.caps.steps and submitted[0]["max_prompts"] == ctx.caps.prompts
@@ -372,6 +376,10 @@ def test_compare_form_is_capped(app, monkeypatch):
     monkeypatch.setattr(compare.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
     start(a["constitution"], [], "held", 0, 40, 8, False, request=A)
     assert submitted[0]["max_prompts"] == ctx.caps.prompts    # "all" is as many as the demo allows
+    # the robustness suite (on by default) is scaled to the caps: capability items, suite and attacks
+    suite = submitted[0]
+    assert suite["robustness"] and suite["capability_items"] == ctx.caps.prompts and suite["suite_prompts"] <= ctx.caps.prompts
+    assert 14 * suite["attack_prompts"] <= ctx.caps.prompts
 
 
 def test_hub_push_is_off_in_demo_mode(app, monkeypatch):

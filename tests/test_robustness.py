@@ -138,6 +138,19 @@ def test_attacked_rows_spread_kinds_over_prompts():
     assert R.suite_indices(["a", "a", "b", "c", "b"], 4) == [0, 2, 3, 1]
 
 
+def test_a_capability_subset_covers_every_kind_and_a_demo_scales_the_suite():
+    from ctxdistill import evaluate as E
+
+    items = C.load_items()
+    picked = R.spread(items, 12)
+    assert len(picked) == 12 and {i.category for i in picked} == {i.category for i in items}
+    assert R.spread(items, 0) == items
+    cfg = E.fit_suite(E.EvalConfig(), 48)
+    assert cfg.capability_items == 48 and cfg.suite_prompts == 16
+    assert cfg.attack_prompts * len(R.load_attacks()) <= 48 and cfg.attack_prompts >= 1
+    assert E.fit_suite(E.EvalConfig(robustness=False), 4).capability_items == 0
+
+
 @pytest.mark.parametrize("constitution", ["pirate", "concise", "careful"])
 def test_placebo_prompt_has_the_constitutions_token_length(tiny_tokenizer, constitution):
     from ctxdistill.constitution import load, render

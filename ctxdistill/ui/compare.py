@@ -268,10 +268,10 @@ def on_start(ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influe
     if ctx.caps is not None and not cfg.max_prompts:
         cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
     try:
-        the_plan = E.plan(cfg, ctx.store)
+        the_plan = E.plan(cfg if ctx.caps is None else E.fit_suite(cfg, ctx.caps.prompts), ctx.store)
     except E.EvalError as exc:
         raise gr.Error(str(exc)) from None
-    ctx.limit(prompts=max(len(the_plan.prompts), cfg.influence_prompts), max_new_tokens=cfg.sample_tokens)
+    ctx.limit(prompts=E.largest_part(cfg, the_plan), max_new_tokens=cfg.sample_tokens)
     return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
 

@@ -284,11 +284,12 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
         cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
                             model=ctx.model_spec or "", owner=owner, **form_values(form))
         T.check_start(ctx.store, cfg)
+        if ctx.caps is not None and not cfg.max_prompts:
+            cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
+        sampled = estimate.run_size(cfg, ctx.store)[0] if ctx.caps is not None else 0  # replay prompts count too
     except (T.TrainError, TypeError, ValueError) as exc:
         raise gr.Error(str(exc))
-    if ctx.caps is not None and not cfg.max_prompts:
-        cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
-    ctx.limit(steps=cfg.steps, prompts=cfg.max_prompts, max_new_tokens=cfg.sample_tokens,
+    ctx.limit(steps=cfg.steps, prompts=max(cfg.max_prompts, sampled, cfg.capability_gauge), max_new_tokens=cfg.sample_tokens,
               samples=cfg.samples_per_prompt, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r)
     job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
     return run_choices(ctx, owner, job_id)
