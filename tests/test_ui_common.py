@@ -43,3 +43,29 @@ def test_download_folders_older_than_the_keep_time_are_removed(monkeypatch):
     os.utime(first, (old, old))
     third = common.download_dir()
     assert not first.exists() and second.is_dir() and third.is_dir()
+
+
+def failing(ctx, kind: str):
+    if kind == "expected":
+        raise gr.Error("push refused: Bearer hf_abcdefghij1234567890")
+    raise RuntimeError("hub said 401 for hf_abcdefghij1234567890")
+
+
+def failing_stream(ctx):
+    yield "first"
+    raise OSError("Authorization: hf_abcdefghij1234567890 rejected")
+
+
+def test_whatever_a_handler_raises_reaches_the_page_without_a_token(capsys):
+    import pytest
+
+    for kind in ("expected", "unexpected"):
+        with pytest.raises(gr.Error) as caught:
+            common.bind("ctx", failing)(kind)
+        assert "hf_abcdefghij" not in caught.value.message and "***" in caught.value.message
+    assert "RuntimeError" in capsys.readouterr().err       # the traceback stays in the server's log
+    stream_fn = common.bind("ctx", failing_stream)()
+    assert next(stream_fn) == "first"
+    with pytest.raises(gr.Error) as caught:
+        next(stream_fn)
+    assert caught.value.message == "Authorization: *** rejected"

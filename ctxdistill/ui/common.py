@@ -4,12 +4,14 @@ constitution currently being edited. Tabs call the library through these and sta
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import inspect
 import os
 import shutil
 import tempfile
 import time
+import traceback
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,10 +171,12 @@ def bind(ctx: AppContext, fn, *fixed):
     needs no ctx."""
     if inspect.isgeneratorfunction(fn):
         def callback(*args, **kwargs):
-            yield from fn(ctx, *fixed, *args, **kwargs)
+            with shown_redacted():
+                yield from fn(ctx, *fixed, *args, **kwargs)
     else:
         def callback(*args, **kwargs):
-            return fn(ctx, *fixed, *args, **kwargs)
+            with shown_redacted():
+                return fn(ctx, *fixed, *args, **kwargs)
     functools.update_wrapper(callback, fn)
     del callback.__wrapped__
     params = list(inspect.signature(fn).parameters.values())
@@ -182,6 +186,20 @@ def bind(ctx: AppContext, fn, *fixed):
                                                return_annotation=hints.get("return", inspect.Signature.empty))
     callback.__annotations__ = hints
     return callback
+
+
+@contextlib.contextmanager
+def shown_redacted():
+    """Whatever a handler raises reaches the page with hub tokens redacted (safety.redact): its
+    gr.Error's message, or an unexpected exception's (whose traceback goes to the server's log)."""
+    try:
+        yield
+    except gr.Error as exc:
+        exc.message = redact(str(exc.message))
+        raise
+    except Exception as exc:
+        traceback.print_exc()
+        raise gr.Error(redact(str(exc)) or type(exc).__name__) from None
 
 
 @functools.cache
