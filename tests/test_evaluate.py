@@ -240,7 +240,11 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
         trained = store.create_job("generate", {})
         message = "not a training run"
     cfg = _cfg(cid, [trained], model, influence_prompts=0)
-    cfg = E.EvalConfig(**{**cfg.to_dict(), **kw})
+    assert_refused(store, E.EvalConfig(**{**cfg.to_dict(), **kw}), message)
+
+
+def assert_refused(store, cfg, message: str) -> None:
+    """The evaluation ``cfg`` is refused with ``message``, directly and as a job, and stores nothing."""
     with pytest.raises(E.EvalError, match=message):
         E.run(cfg, store)
     job = store.create_job("evaluate", cfg.to_dict(), heavy=True)

@@ -208,58 +208,58 @@ def test_replay_answers_join_the_training_mix(store, tiny_checkpoint):
     assert len(mix.gauge_items(3)) == 3 and len({i.category for i in mix.gauge_items(24)}) > 3
 
 
-def test_distill_and_compare_say_a_run_is_stale_and_fill_the_rebake(tmp_path):
-    import gradio as gr
-
-    from ctxdistill.ui import stale
+@pytest.fixture
+def app(tmp_path):
+    """(context, blocks) of the whole app on a fresh workspace."""
     from ctxdistill.ui.app import build_app
     from ctxdistill.ui.common import AppContext
 
     ctx = AppContext(home=tmp_path / "ws")
     blocks = build_app(ctx)
-    try:
-        v1, v2 = pirate_and_captain(ctx.store)
-        job = ctx.store.create_job("train", T.TrainConfig(constitution_id=v1).to_dict())
-        (ctx.store.runs_dir / str(job) / "adapter").mkdir(parents=True)
-        ctx.store.update_job(job, state="done")
-        note, button = stale.stale_view(ctx, job, None)            # Distill: one run
-        assert note == f"**Stale:** run {job} was trained on v{v1}; v{v2} changed 1 principle (edited matey).  \n"
-        assert button["visible"] is True
-        assert stale.stale_view(ctx, [job], None) == (note, button)   # Compare: the picked runs
-        version, from_run, section = stale.rebake_offer(ctx, [job], None)
-        assert version["value"] == v2 and from_run == job and section.open is True
-        assert ctx.rebake_form[1].elem_id == "train-from-run"
-        fresh = ctx.store.create_job("train", T.TrainConfig(constitution_id=v2).to_dict())
-        (ctx.store.runs_dir / str(fresh) / "adapter").mkdir(parents=True)
-        ctx.store.update_job(fresh, state="done")
-        assert stale.stale_view(ctx, fresh, None)[0] == ""
-        with pytest.raises(gr.Error, match="None of the picked runs"):
-            stale.rebake_offer(ctx, [fresh], None)
-    finally:
-        blocks.close()
+    yield ctx, blocks
+    blocks.close()
 
 
-def test_distill_form_refuses_a_run_it_cannot_continue_from(tmp_path):
+def test_distill_and_compare_say_a_run_is_stale_and_fill_the_rebake(app):
+    import gradio as gr
+
+    from ctxdistill.ui import stale
+
+    ctx, _ = app
+    v1, v2 = pirate_and_captain(ctx.store)
+    job = ctx.store.create_job("train", T.TrainConfig(constitution_id=v1).to_dict())
+    (ctx.store.runs_dir / str(job) / "adapter").mkdir(parents=True)
+    ctx.store.update_job(job, state="done")
+    note, button = stale.stale_view(ctx, job, None)            # Distill: one run
+    assert note == f"**Stale:** run {job} was trained on v{v1}; v{v2} changed 1 principle (edited matey).  \n"
+    assert button["visible"] is True
+    assert stale.stale_view(ctx, [job], None) == (note, button)   # Compare: the picked runs
+    version, from_run, section = stale.rebake_offer(ctx, [job], None)
+    assert version["value"] == v2 and from_run == job and section.open is True
+    assert ctx.rebake_form[1].elem_id == "train-from-run"
+    fresh = ctx.store.create_job("train", T.TrainConfig(constitution_id=v2).to_dict())
+    (ctx.store.runs_dir / str(fresh) / "adapter").mkdir(parents=True)
+    ctx.store.update_job(fresh, state="done")
+    assert stale.stale_view(ctx, fresh, None)[0] == ""
+    with pytest.raises(gr.Error, match="None of the picked runs"):
+        stale.rebake_offer(ctx, [fresh], None)
+
+
+def test_distill_form_refuses_a_run_it_cannot_continue_from(app):
     import inspect
 
     import gradio as gr
 
-    from ctxdistill.ui.app import build_app
-    from ctxdistill.ui.common import AppContext
     from tests.test_demo import start_values
 
-    ctx = AppContext(home=tmp_path / "ws")
-    blocks = build_app(ctx)
-    try:
-        v1, v2 = pirate_and_captain(ctx.store)
-        failed = ctx.store.create_job("train", T.TrainConfig(constitution_id=v1).to_dict())
-        ctx.store.update_job(failed, state="failed")
-        on_start = next(inspect.unwrap(f.fn) for f in blocks.fns.values()
-                        if f.fn is not None and f.fn.__name__ == "on_start" and f.fn.__module__ == "ctxdistill.ui.distill")
-        for over, refusal in (({"from_run": failed}, "no adapter to continue from"),
-                              ({"heldout_categories": "cooking"}, "category 'cooking' has no held-out prompts")):
-            with pytest.raises(gr.Error, match=refusal):
-                on_start(start_values(blocks, version=v2, **over), request=None)
-        assert [j["id"] for j in ctx.store.list_jobs(kind="train")] == [failed]        # nothing started
-    finally:
-        blocks.close()
+    ctx, blocks = app
+    v1, v2 = pirate_and_captain(ctx.store)
+    failed = ctx.store.create_job("train", T.TrainConfig(constitution_id=v1).to_dict())
+    ctx.store.update_job(failed, state="failed")
+    on_start = next(inspect.unwrap(f.fn) for f in blocks.fns.values()
+                    if f.fn is not None and f.fn.__name__ == "on_start" and f.fn.__module__ == "ctxdistill.ui.distill")
+    for over, refusal in (({"from_run": failed}, "no adapter to continue from"),
+                          ({"heldout_categories": "cooking"}, "category 'cooking' has no held-out prompts")):
+        with pytest.raises(gr.Error, match=refusal):
+            on_start(start_values(blocks, version=v2, **over), request=None)
+    assert [j["id"] for j in ctx.store.list_jobs(kind="train")] == [failed]        # nothing started

@@ -164,7 +164,7 @@ def test_placebo_prompt_has_the_constitutions_token_length(tiny_tokenizer, const
 
 # --------------------------------------------------------------------------- the suite in an evaluation
 
-from tests.test_evaluate import PROMPTS, _cfg, ws  # noqa: E402,F401  (the evaluation's workspace fixture)
+from tests.test_evaluate import PROMPTS, _cfg, assert_refused, ws  # noqa: E402,F401  (the evaluation's workspace fixture)
 
 
 def _suite_cfg(cid, runs, model, **kw):
@@ -219,8 +219,6 @@ def test_suite_end_to_end_on_the_tiny_model(ws, tmp_path):
 def test_bad_suite_inputs_fail_clearly_and_store_nothing(ws, tmp_path, case):
     import shutil
 
-    from ctxdistill import evaluate as E, jobs
-
     store, cid, (_, trained), model = ws
     kw, bad = {}, tmp_path / "bad.jsonl"
     if case == "capability without answers":
@@ -239,14 +237,8 @@ def test_bad_suite_inputs_fail_clearly_and_store_nothing(ws, tmp_path, case):
     else:
         shutil.rmtree(store.runs_dir / str(trained) / "adapter")
         message = "deleted or is incomplete"
-    cfg = _suite_cfg(cid, [trained], model, **kw)
-    with pytest.raises(E.EvalError, match=message):
-        E.run(cfg, store)
-    job = store.create_job("evaluate", cfg.to_dict(), heavy=True)
-    jobs.run_inline(store, job)
-    failed = store.get_job(job)
-    assert failed["state"] == "failed" and message in failed["error"]
-    assert store.list_evals() == [] and not (store.runs_dir / str(trained) / "adapter" / "ctxdistill_eval.json").exists()
+    assert_refused(store, _suite_cfg(cid, [trained], model, **kw), message)
+    assert not (store.runs_dir / str(trained) / "adapter" / "ctxdistill_eval.json").exists()
 
 
 def test_cli_eval_json_keeps_the_old_keys_and_adds_the_suite(ws, capsys, tmp_path):
