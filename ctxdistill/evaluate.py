@@ -47,6 +47,7 @@ from .adapters import EVAL_FILE
 from .baked import Carried
 from .engine import Example, TeacherStudent, adapters_off, sample_rows, with_end
 from .generate import SamplingConfig, response_logits
+from .mix import categories
 from .jobs import Meter, eta_text
 from .losses import ce_per_token, kl_per_token
 from .report import fmt_estimate, markdown_table
@@ -550,8 +551,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
         "timing": {k: round(v, 2) for k, v in timing.items()},
     }
     if suite:
-        held_out = {lab: [x.strip() for x in str(r["config"].get("heldout_categories") or "").split(",") if x.strip()]
-                    for r, lab in zip(runs, labels)}
+        held_out = {lab: categories(str(r["config"].get("heldout_categories") or "")) for r, lab in zip(runs, labels)}
         results["robustness"] = {**suite, "by_family": R.by_family(c, results["prompts"], labels, b, held_out),
                                  "held_out_categories": R.held_out_gap(results["prompts"], held_out, b)}
     return results

@@ -30,7 +30,6 @@ from .adapters import (AdapterError, latest_checkpoint, load_adapter, load_adapt
 from .engine import Example, SamplingStopped, TeacherStudent, heldout_kl, sample_answers
 from .jobs import Meter, eta_text
 from .losses import chunked_loss, gap_closed
-from .mix import accepted_texts
 from .train_config import TrainConfig, TrainError
 
 
@@ -335,7 +334,7 @@ def _setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, ac
     prompts, heldout_prompts = mix.split_prompts(store, cfg)
     tok = pair.tokenizer
     if cfg.data == "accepted":
-        rows = accepted_texts(store, cfg)
+        rows = mix.accepted_texts(store, cfg)
         train_examples = [Example(p, tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids(tok.eos_token)])
                           for p, text in rows]
     else:
@@ -394,7 +393,7 @@ def check_start(store, cfg: TrainConfig) -> dict | None:
     prompts, _ = mix.split_prompts(store, cfg)
     mix.replay_prompts(store, cfg, len(prompts))
     if cfg.data == "accepted":
-        accepted_texts(store, cfg)
+        mix.accepted_texts(store, cfg)
     return rebake.source_run(store, cfg) if cfg.from_run else None
 
 
