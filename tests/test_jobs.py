@@ -3,6 +3,7 @@
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,8 @@ def test_run_inline(store):
 def test_pid_taken_by_another_program_is_marked_failed(store):
     import subprocess
     bystander = subprocess.Popen(["sleep", "30"])            # alive, but not a worker of ours
+    # until it has exec'd, its cmdline is empty, which reads as a worker still starting
+    _until(lambda: Path(f"/proc/{bystander.pid}/cmdline").read_bytes().startswith(b"sleep"), timeout=5)
     try:
         job_id = store.create_job(COUNT, {})
         store.update_job(job_id, state="running", pid=bystander.pid, heartbeat_at=time.time() - 20)
