@@ -7,7 +7,8 @@
   teacher answers them), so that they make up ``replay_fraction`` of the mix.
 * ``disagreement`` / ``rebake_mix`` — a re-bake (``from_run``): each training answer of the *new*
   teacher scored by KL(new teacher ‖ old student) along it; the run trains on the most changed
-  share, plus a replay share of the rest so that unchanged behaviour stays.
+  share, most changed first, with a replay share of the rest spread through it so that unchanged
+  behaviour stays (``interleave``).
 * ``gauge`` — the capability accuracy of the student (or the teacher) on a small fixed subset of
   the capability set, measured next to the held-out KL while a run trains.
 * ``accepted_texts`` — the curated samples a ``--data accepted`` run trains on.
@@ -88,13 +89,21 @@ def disagreement(pair: TeacherStudent, examples: list[Example], batch_size: int 
 
 
 def rebake_mix(examples: list[Example], scores: list[float], cfg: TrainConfig) -> list[Example]:
-    """The most changed ``rebake_share`` of the examples (highest disagreement first), then a random
-    pick of the others making up ``rebake_replay`` of the mix."""
+    """The most changed ``rebake_share`` of the examples, highest disagreement first, with a random
+    pick of the others making up ``rebake_replay`` of the mix spread evenly through it (the run's
+    first epoch keeps this order: see train.Schedule)."""
     order = sorted(range(len(examples)), key=lambda i: -scores[i])
     n_changed = max(1, round(cfg.rebake_share * len(examples)))
     changed, rest = order[:n_changed], order[n_changed:]
     n_replay = min(len(rest), round(n_changed * cfg.rebake_replay / (1 - cfg.rebake_replay)))
-    return [examples[i] for i in changed + random.Random(cfg.seed).sample(rest, n_replay)]
+    return interleave([examples[i] for i in changed], [examples[i] for i in random.Random(cfg.seed).sample(rest, n_replay)])
+
+
+def interleave(first: list, second: list) -> list:
+    """Both lists in their own order, ``second`` spread evenly through ``first``."""
+    keyed = [((i + 0.5) / len(first), 0, x) for i, x in enumerate(first)] + \
+            [((j + 0.5) / len(second), 1, x) for j, x in enumerate(second)]
+    return [x for *_, x in sorted(keyed, key=lambda k: k[:2])]
 
 
 def gauge_items(n: int) -> list:

@@ -46,31 +46,34 @@ class Hooks:
 # --------------------------------------------------------------------------- batches
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
     """One epoch of batches: shuffled, then sorted by length inside windows of 8 batches so that a
-    batch holds rows of similar length (little padding), then the batch order shuffled again."""
+    batch holds rows of similar length (little padding), then the batch order shuffled again.
+    Without ``shuffle`` the rows keep their order but for the sort inside each window."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(len(lengths), generator=g).tolist()
+    order = torch.randperm(len(lengths), generator=g).tolist() if shuffle else list(range(len(lengths)))
     window = batch_size * 8
     batches = []
     for start in range(0, len(order), window):
         part = sorted(order[start:start + window], key=lambda i: -lengths[i])
         batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] if shuffle else batches
 
 
 class Schedule:
-    """Which examples micro-batch m of the whole run holds; the same on every process and after a resume."""
+    """Which examples micro-batch m of the whole run holds; the same on every process and after a resume.
+    ``ordered``: the first epoch takes the examples in their order (a re-bake's, most changed first)."""
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, ordered: bool = False):
+        self.lengths, self.batch_size, self.seed, self.ordered = lengths, batch_size, seed, ordered
         self._epochs: dict[int, list[list[int]]] = {}
 
     def micro_batch(self, m: int) -> list[int]:
         per_epoch = math.ceil(len(self.lengths) / self.batch_size)
         epoch = m // per_epoch
         if epoch not in self._epochs:
-            self._epochs = {epoch: length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)}
+            self._epochs = {epoch: length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch,
+                                                            shuffle=not (self.ordered and epoch == 0))}
         return self._epochs[epoch][m % per_epoch]
 
 
@@ -180,7 +183,7 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     # fp16 compute (GPUs without bf16): gradients this small underflow in fp16, so the loss is
     # scaled up for the backward and the gradients scaled back before the step (a no-op otherwise)
     scaler = torch.amp.GradScaler(device.type, enabled=pair.compute_dtype == torch.float16)
-    schedule = Schedule(pair.row_lengths(train_examples), cfg.batch_size, cfg.seed)
+    schedule = Schedule(pair.row_lengths(train_examples), cfg.batch_size, cfg.seed, ordered=bool(cfg.from_run))
     state = {"step": 0, "best_step": 0, "best_kl": math.inf, "kl_before": None}
 
     def checkpointing():
@@ -343,8 +346,9 @@ def _setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, ac
         if cfg.from_run:
             hooks.progress(0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student")
             train_examples = mix.rebake_mix(train_examples, mix.disagreement(pair, train_examples, chunk=cfg.kl_chunk), cfg)
-        train_examples += _sample_kept(pair, mix.replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729,
-                                       "replay", run_dir, accelerator, hooks, "sampling the teacher's replay answers")
+        replay = _sample_kept(pair, mix.replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729,
+                              "replay", run_dir, accelerator, hooks, "sampling the teacher's replay answers")
+        train_examples = mix.interleave(train_examples, replay)
     # one teacher sample per held-out prompt, from its own random stream
     heldout = _sample_kept(pair, heldout_prompts, replace(cfg, samples_per_prompt=1), cfg.seed + 7919, "heldout",
                            run_dir, accelerator, hooks, "sampling the teacher's held-out answers")

@@ -63,8 +63,17 @@ def test_rebake_mix_takes_the_top_share_and_its_replay_share():
     exs = [engine.Example(f"p{i}", [i]) for i in range(20)]
     scores = [float(i) for i in range(20)]
     chosen = mix.rebake_mix(exs, scores, T.TrainConfig(rebake_share=0.25, rebake_replay=0.5))
-    assert [e.prompt for e in chosen[:5]] == ["p19", "p18", "p17", "p16", "p15"]
-    assert len(chosen) == 10 and all(int(e.prompt[1:]) < 15 for e in chosen[5:])
+    assert [e.prompt for e in chosen[::2]] == ["p19", "p18", "p17", "p16", "p15"]   # most changed first
+    assert len(chosen) == 10 and all(int(e.prompt[1:]) < 15 for e in chosen[1::2])  # the replay spread through
+
+
+def test_a_rebake_trains_on_the_most_changed_first_then_shuffles():
+    lengths = [10] * 64
+    ordered = T.Schedule(lengths, 4, seed=0, ordered=True)
+    assert [ordered.micro_batch(m) for m in range(16)] == [list(range(i, i + 4)) for i in range(0, 64, 4)]
+    second = [ordered.micro_batch(m) for m in range(16, 32)]
+    assert second == [T.Schedule(lengths, 4, seed=0).micro_batch(m) for m in range(16, 32)] != [ordered.micro_batch(m) for m in range(16)]
+    assert mix.interleave([1, 2, 3, 4], ["a", "b"]) == [1, "a", 2, 3, "b", 4] and mix.interleave([1], []) == [1]
 
 
 # --------------------------------------------------------------------------- lineage and refusals
