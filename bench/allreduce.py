@@ -1,5 +1,6 @@
-"""Gradient reduction across processes: the training loop's one flat all-reduce per optimiser step
-against DDP with ``no_sync`` on the non-final micro-steps (what ``accelerator.no_sync`` does).
+"""Gradient reduction across processes: DDP with ``no_sync`` on the non-final micro-steps (the
+training loop's way, through ``accelerator.no_sync``) against one hand-written flat all-reduce of
+the adapter's gradients per optimiser step.
 
     .venv/bin/python bench/allreduce.py                  # 2 CPU processes (gloo), embedded model + LoRA
     .venv/bin/python bench/allreduce.py --profile avx2
@@ -32,7 +33,7 @@ def micro_batches(vocab: int, n: int, batch: int, tokens: int, seed: int):
 
 
 def step_flat(model, params, optimizer, batches):
-    """Backward on every micro-batch, then one all-reduce of the flattened gradients (train.py's way)."""
+    """Backward on every micro-batch, then one all-reduce of the flattened gradients (the hand-written alternative)."""
     import torch
     import torch.distributed as dist
 

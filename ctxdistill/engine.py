@@ -38,12 +38,13 @@ def _condition(tokenizer, system, examples, prompts: list[str]):
     return prefix_ids[0], suffixes
 
 
-def _hidden(model, prefixes: Prefixes, seqs: list[list[int]], pad_id: int, width: int) -> torch.Tensor:
+def _hidden(model, prefixes: Prefixes, seqs: list[list[int]], pad_id: int, width: int, body=None) -> torch.Tensor:
     """Final hidden states (B, width, H) at the positions that predict the last ``width`` tokens of
-    each left-padded sequence, after the cached prefix."""
+    each left-padded sequence, after the cached prefix; ``body``: the module that runs the
+    decoder (``decoder_of(model)`` or its data-parallel wrapper)."""
     ids, _, attention, positions = suffix_inputs(prefixes, [0] * len(seqs), seqs, pad_id)
     device = model.device
-    out = decoder_of(model)(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+    out = (decoder_of(model) if body is None else body)(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
                   cache=prefixes.cache_for(len(seqs)) if prefixes.total else None, use_cache=bool(prefixes.total))
     return out.last_hidden_state[:, -width - 1 : -1]
 
@@ -62,14 +63,15 @@ class _PrefixRow:
         return widen(keys), widen(values)
 
 
-def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int) -> torch.Tensor:
+def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int,
+                                body=None) -> torch.Tensor:
     """As ``_hidden``, for rows that all follow ``prefix``, which is encoded as an extra row of the
     same forward pass: the rows attend to its keys and values, and gradients flow back into the
     weights that encoded it. One pass instead of a prefix pass and a batch pass: on the CPU a pass
     costs per operation as much as per token, and a pass of its own cost a 24-token prefix a third
     of the time of a batch of eight rows."""
     if not prefix:
-        return _hidden(model, Prefixes(model, [[]]), seqs, pad_id, width)
+        return _hidden(model, Prefixes(model, [[]]), seqs, pad_id, width, body)
     span = len(prefix)
     # row 0 is the prefix, from position 0; the other rows continue after it
     ids, own, positions = left_padded([prefix] + seqs, pad_id, [0] + [span] * len(seqs))
@@ -83,8 +85,8 @@ def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]],
     allowed = torch.cat([sees_prefix, allowed], dim=2)[:, None]
     dtype, device = model.get_input_embeddings().weight.dtype, model.device
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    out = decoder_of(model)(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                            cache=_PrefixRow(span), use_cache=False)
+    out = (decoder_of(model) if body is None else body)(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      position_ids=positions.to(device), cache=_PrefixRow(span), use_cache=False)
     return out.last_hidden_state[1:, -width - 1 : -1]
 
 
@@ -112,6 +114,9 @@ class TeacherStudent:
         with self.teacher_mode():
             self.teacher_prefixes = Prefixes(model, [teacher_prefix])
         self.lm_head = model.get_output_embeddings()
+        # what runs the student's forward: the decoder, or in a data-parallel run its DDP wrapper
+        # (train.data_parallel), whose backward all-reduces the adapter's gradients
+        self.body = decoder_of(model)
         # A 16-bit base model (the 4-bit one computes in bf16) runs the float32 adapter in its own
         # precision too (autocast): no float32 copies of every layer's input kept for the backward.
         self.compute_dtype = model.get_input_embeddings().weight.dtype
@@ -147,7 +152,7 @@ class TeacherStudent:
         for row, a in enumerate(answers):
             targets[row, width - len(a):] = torch.tensor(a, dtype=torch.long)
         with torch.autocast(self.model.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-            h_student = _hidden_after_shared_prefix(self.model, student_prefix, student_seqs, self.pad_id, width)
+            h_student = _hidden_after_shared_prefix(self.model, student_prefix, student_seqs, self.pad_id, width, self.body)
         h_student = h_student[mask.to(self.model.device)]
         h_teacher = self._teacher_hidden(batch, teacher_seqs) if with_teacher else None
         return h_student, h_teacher, targets[mask].to(self.model.device)

@@ -14,6 +14,7 @@ written (adapters.py) so that a stopped, crashed or killed run resumes where it 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -122,6 +123,24 @@ def _setup_model(cfg: TrainConfig, base, seed: int, adapter: Path | None = None)
     return model
 
 
+def data_parallel(model, body):
+    """``body`` (the decoder the student's forward runs through) in DDP, so that a backward through it
+    all-reduces the adapter's gradients (in buckets, overlapping the backward). Every trainable
+    parameter must sit inside it: an adapter on the output layer would train apart on each process."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inside = {id(p) for p in body.parameters()}
+    outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
+    if outside:
+        raise TrainError(f"several processes train only adapters inside the decoder; {outside[0]} is outside it "
+                         "(drop lm_head from --target-modules, or train in one process)")
+    device = next(body.parameters()).device
+    # the buffers (rotary frequencies) are the same everywhere: not broadcast, so that a forward
+    # without gradients (the held-out KL, split unevenly between processes) needs no collective
+    return DistributedDataParallel(body, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
 def _setup_optimizer(cfg: TrainConfig, model):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -179,6 +198,8 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     main = rank == 0
     device = model.device
     pair = pair or TeacherStudent(model, tokenizer, system, examples, teacher_cache_mb=cfg.teacher_cache_mb)
+    if world > 1:
+        pair.body = data_parallel(model, pair.body)
     params, optimizer, scheduler = _setup_optimizer(cfg, model)
     # fp16 compute (GPUs without bf16): gradients this small underflow in fp16, so the loss is
     # scaled up for the backward and the gradients scaled back before the step (a no-op otherwise)
@@ -234,10 +255,14 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         # the loss is a token-weighted mean over the whole optimiser step, on every process
         step_tokens = sum(len(train_examples[i].answer) for batch in micro for i in batch)
         sums = {}
-        backward_scale = float(scaler.scale(torch.tensor(1.0 / step_tokens, device=device)))
+        # DDP averages the processes' gradients: scaled by the number of processes, that is their sum
+        backward_scale = float(scaler.scale(torch.tensor(world / step_tokens, device=device)))
+        mine = micro[rank::world]
         try:
-            for batch in micro[rank::world]:
-                part = backward_batch(pair, cfg, [train_examples[i] for i in batch], backward_scale)
+            for a, batch in enumerate(mine):
+                # gradients are all-reduced by the last micro-batch's backward only
+                with accelerator.no_sync(pair.body) if world > 1 and a < len(mine) - 1 else contextlib.nullcontext():
+                    part = backward_batch(pair, cfg, [train_examples[i] for i in batch], backward_scale)
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v
         except Exception as exc:
@@ -246,16 +271,6 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
             raise
         values = {k: v / step_tokens for k, v in sums.items() if k != "tokens"}
         if world > 1:
-            # one all-reduce of the adapter's flattened gradients per optimiser step: the same traffic
-            # as DDP under no_sync, without routing the student's forward through a DDP wrapper (the
-            # engine toggles the adapter on one shared model); bench/allreduce.py measures the two
-            # on 2 CPU processes at 1.07x (DDP ahead, within that machine's noise)
-            grads = torch.cat([p.grad.flatten() for p in params])
-            grads = accelerator.reduce(grads, "sum")
-            offset = 0
-            for p in params:
-                p.grad.copy_(grads[offset:offset + p.numel()].view_as(p))
-                offset += p.numel()
             totals = accelerator.reduce(torch.tensor([values.get("loss", 0.0), values.get("kl", 0.0)], device=device), "sum")
             values.update(loss=float(totals[0]), **({"kl": float(totals[1])} if "kl" in values else {}))
         if not all(math.isfinite(v) for v in values.values()):

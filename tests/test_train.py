@@ -498,3 +498,52 @@ def test_stop_while_sampling_the_teacher_is_honoured_and_keeps_the_answers(works
     assert job["state"] == "done", job["error"]
     assert f"{kept} train answers kept from the previous attempt" in (store.runs_dir / str(job_id) / "log.txt").read_text()
     assert not partial.exists()
+
+
+def _data_parallel_worker(rank: int, checkpoint: str, port: int, out: str) -> None:
+    """One of two gloo processes: the student's backward through ``data_parallel`` on this rank's own
+    batch; writes the adapter's gradients as they are after the backward."""
+    import os
+
+    import torch.distributed as dist
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    tok = AutoTokenizer.from_pretrained(checkpoint)
+    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), AutoModelForCausalLM.from_pretrained(checkpoint), seed=0)
+    pair = engine.TeacherStudent(model, tok, "Be brief.")
+    pair.body = T.data_parallel(model, pair.body)
+    batch = [engine.Example(PROMPTS[rank], tok.encode(" yes no maybe", add_special_tokens=False))]
+    T.backward_batch(pair, T.TrainConfig(loss="sft"), batch, scale=2.0)   # DDP averages: x2 makes a sum
+    torch.save({n: p.grad for n, p in model.named_parameters() if p.requires_grad}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_data_parallel_backward_sums_both_processes_gradients(tiny_checkpoint, tiny_tokenizer, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+    from transformers import AutoModelForCausalLM
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_data_parallel_worker, args=(str(tiny_checkpoint), port, str(tmp_path)), nprocs=2, join=True)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    # the same two batches in one process, one backward each, gradients accumulated
+    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), AutoModelForCausalLM.from_pretrained(tiny_checkpoint), seed=0)
+    pair = engine.TeacherStudent(model, tiny_tokenizer, "Be brief.")
+    for rank in range(2):
+        T.backward_batch(pair, T.TrainConfig(loss="sft"),
+                         [engine.Example(PROMPTS[rank], tiny_tokenizer.encode(" yes no maybe", add_special_tokens=False))], 1.0)
+    want = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert want and set(got[0]) == set(want)
+    for n, g in want.items():
+        assert torch.allclose(got[0][n], got[1][n]) and torch.allclose(got[0][n], g, atol=1e-6), n
+
+
+def test_data_parallel_refuses_an_adapter_outside_the_decoder(tiny_model):
+    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8, target_modules="q_proj,lm_head"), copy.deepcopy(tiny_model), seed=0)
+    with pytest.raises(T.TrainError, match="lm_head"):
+        T.data_parallel(model, engine.decoder_of(model))
