@@ -21,7 +21,8 @@ from .losses import answer_mask, chunked_loss
 
 
 class EngineError(RuntimeError):
-    """A batch the two conditions cannot be computed for (the tokenizer merged across the system turn)."""
+    """A batch the two conditions cannot be computed for (the tokenizer merged across the system turn),
+    or a model that cannot train data-parallel."""
 
 
 @dataclass
@@ -115,7 +116,7 @@ class TeacherStudent:
             self.teacher_prefixes = Prefixes(model, [teacher_prefix])
         self.lm_head = model.get_output_embeddings()
         # what runs the student's forward: the decoder, or in a data-parallel run its DDP wrapper
-        # (train.data_parallel), whose backward all-reduces the adapter's gradients
+        # (``data_parallel``), whose backward all-reduces the adapter's gradients
         self.body = decoder_of(model)
         # A 16-bit base model (the 4-bit one computes in bf16) runs the float32 adapter in its own
         # precision too (autocast): no float32 copies of every layer's input kept for the backward.
@@ -123,6 +124,23 @@ class TeacherStudent:
 
     def teacher_mode(self):
         return adapters_off(self.model)
+
+    def data_parallel(self) -> None:
+        """The student's forward through the decoder in DDP, so that a backward all-reduces the adapter's
+        gradients (in buckets, overlapping the backward). Every trainable parameter must sit inside
+        the decoder: an adapter on the output layer would train apart on each process."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        inside = {id(p) for p in self.body.parameters()}
+        outside = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in inside]
+        if outside:
+            raise EngineError(f"several processes train only adapters inside the decoder; {outside[0]} is outside it "
+                              "(drop lm_head from --target-modules, or train in one process)")
+        device = next(self.body.parameters()).device
+        # the buffers (rotary frequencies) are the same everywhere: not broadcast, so that a forward
+        # without gradients (the held-out KL, split unevenly between processes) needs no collective
+        self.body = DistributedDataParallel(self.body, device_ids=[device.index] if device.type == "cuda" else None,
+                                            broadcast_buffers=False)
 
     def _suffixes(self, batch: list[Example]):
         prompts = [ex.prompt for ex in batch]

@@ -28,7 +28,7 @@ import torch
 from . import mix, rebake
 from .adapters import (AdapterError, latest_checkpoint, load_adapter, load_adapter_weights, load_checkpoint,
                        save_adapter, save_checkpoint, scaled, write_model_card)
-from .engine import Example, SamplingStopped, TeacherStudent, heldout_kl, sample_answers
+from .engine import EngineError, Example, SamplingStopped, TeacherStudent, heldout_kl, sample_answers
 from .jobs import Meter, eta_text
 from .losses import chunked_loss, gap_closed
 from .train_config import TrainConfig, TrainError
@@ -123,24 +123,6 @@ def _setup_model(cfg: TrainConfig, base, seed: int, adapter: Path | None = None)
     return model
 
 
-def data_parallel(model, body):
-    """``body`` (the decoder the student's forward runs through) in DDP, so that a backward through it
-    all-reduces the adapter's gradients (in buckets, overlapping the backward). Every trainable
-    parameter must sit inside it: an adapter on the output layer would train apart on each process."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    inside = {id(p) for p in body.parameters()}
-    outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in inside]
-    if outside:
-        raise TrainError(f"several processes train only adapters inside the decoder; {outside[0]} is outside it "
-                         "(drop lm_head from --target-modules, or train in one process)")
-    device = next(body.parameters()).device
-    # the buffers (rotary frequencies) are the same everywhere: not broadcast, so that a forward
-    # without gradients (the held-out KL, split unevenly between processes) needs no collective
-    return DistributedDataParallel(body, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
-
-
 def _setup_optimizer(cfg: TrainConfig, model):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -199,7 +181,10 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     device = model.device
     pair = pair or TeacherStudent(model, tokenizer, system, examples, teacher_cache_mb=cfg.teacher_cache_mb)
     if world > 1:
-        pair.body = data_parallel(model, pair.body)
+        try:
+            pair.data_parallel()
+        except EngineError as exc:
+            raise TrainError(str(exc)) from exc
     params, optimizer, scheduler = _setup_optimizer(cfg, model)
     # fp16 compute (GPUs without bf16): gradients this small underflow in fp16, so the loss is
     # scaled up for the backward and the gradients scaled back before the step (a no-op otherwise)

@@ -513,7 +513,7 @@ def _data_parallel_worker(rank: int, checkpoint: str, port: int, out: str) -> No
     tok = AutoTokenizer.from_pretrained(checkpoint)
     model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), AutoModelForCausalLM.from_pretrained(checkpoint), seed=0)
     pair = engine.TeacherStudent(model, tok, "Be brief.")
-    pair.body = T.data_parallel(model, pair.body)
+    pair.data_parallel()
     batch = [engine.Example(PROMPTS[rank], tok.encode(" yes no maybe", add_special_tokens=False))]
     T.backward_batch(pair, T.TrainConfig(loss="sft"), batch, scale=2.0)   # DDP averages: x2 makes a sum
     torch.save({n: p.grad for n, p in model.named_parameters() if p.requires_grad}, f"{out}/rank{rank}.pt")
@@ -543,7 +543,7 @@ def test_data_parallel_backward_sums_both_processes_gradients(tiny_checkpoint, t
         assert torch.allclose(got[0][n], got[1][n]) and torch.allclose(got[0][n], g, atol=1e-6), n
 
 
-def test_data_parallel_refuses_an_adapter_outside_the_decoder(tiny_model):
+def test_data_parallel_refuses_an_adapter_outside_the_decoder(tiny_model, tiny_tokenizer):
     model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8, target_modules="q_proj,lm_head"), copy.deepcopy(tiny_model), seed=0)
-    with pytest.raises(T.TrainError, match="lm_head"):
-        T.data_parallel(model, engine.decoder_of(model))
+    with pytest.raises(engine.EngineError, match="lm_head"):
+        engine.TeacherStudent(model, tiny_tokenizer, "Be brief.").data_parallel()
