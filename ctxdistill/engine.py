@@ -45,8 +45,9 @@ def _hidden(model, prefixes: Prefixes, seqs: list[list[int]], pad_id: int, width
     decoder (``decoder_of(model)`` or its data-parallel wrapper)."""
     ids, _, attention, positions = suffix_inputs(prefixes, [0] * len(seqs), seqs, pad_id)
     device = model.device
-    out = (decoder_of(model) if body is None else body)(input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-                  cache=prefixes.cache_for(len(seqs)) if prefixes.total else None, use_cache=bool(prefixes.total))
+    out = (decoder_of(model) if body is None else body)(
+        input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
+        cache=prefixes.cache_for(len(seqs)) if prefixes.total else None, use_cache=bool(prefixes.total))
     return out.last_hidden_state[:, -width - 1 : -1]
 
 
