@@ -13,7 +13,8 @@ prompts (the run's own 24, measured every ``--eval-every`` steps; gap closed fro
 for both; also the CPU time of the process, which the load of a shared machine does not inflate; the
 scratch run stops there). Target: re-bake <= 40 % of scratch. Then the check pass rates of the principles that
 did not change (arr, voice), the first run's student vs the re-baked one on all 64 held-out
-prompts (sampled answers, as ``ctxdistill eval`` samples them): target within 5 points.
+prompts (sampled answers, as ``ctxdistill eval`` samples them): target within 5 points; next to
+them the version 2 teacher's, for the changed principle's check.
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def timed_run(store, cfg: T.TrainConfig, label: str, stop_at_target: bool = Fals
 
 
 def pass_rates(store, constitution, runs: dict[str, int], precision_of: dict) -> dict[str, dict[str, float]]:
-    """Check pass rate per principle of each run's student on all held-out prompts."""
+    """Check pass rate per principle of the teacher (``constitution`` in the system prompt) and of
+    each run's student, on all held-out prompts."""
     from ctxdistill.adapters import load_adapter
+    from ctxdistill.constitution import render
+    from ctxdistill.engine import adapters_off
     from ctxdistill.evaluate import EvalConfig, sample_answers
     from ctxdistill.models import load_model
 
@@ -78,12 +82,17 @@ def pass_rates(store, constitution, runs: dict[str, int], precision_of: dict) ->
     model, tok = load_model(quantize=precision_of["quantize"], precision=precision_of["precision"])
     for name, job in runs.items():
         model = load_adapter(model, store.runs_dir / str(job) / "adapter", name=name)
-    out = {}
+
+    def rates(system, examples=()):
+        ids = sample_answers(model, tok, [(system, p, i) for i, p in enumerate(prompts)], EvalConfig(), examples=examples)
+        texts = [tok.decode(a, skip_special_tokens=True) for a in ids]
+        return {p.id: sum(p.check.passes(t) for t in texts) / len(texts) for p in constitution.principles if p.check}
+
+    with adapters_off(model):
+        out = {"teacher": rates(render(constitution), constitution.examples)}
     for name in runs:
         model.set_adapter(name)
-        ids = sample_answers(model, tok, [(None, p, i) for i, p in enumerate(prompts)], EvalConfig())
-        texts = [tok.decode(a, skip_special_tokens=True) for a in ids]
-        out[name] = {p.id: sum(p.check.passes(t) for t in texts) / len(texts) for p in constitution.principles if p.check}
+        out[name] = rates(None)
     return out
 
 
@@ -125,7 +134,7 @@ def main():
                   f"{'met' if ratio <= 0.4 else 'not met'})")
     rates = pass_rates(store, c2, {"v1": first["job"], "rebake": rebaked["job"]}, first["result"])
     print(f"\ncheck pass rates of version 2's principles on {len(store.get_prompts('default', split='heldout'))} "
-          "held-out prompts")
+          "held-out prompts (the matey principle's check is \"captain\" now)")
     for name, row in rates.items():
         print(f"  {name:8s} " + ", ".join(f"{k} {v:.0%}" for k, v in row.items()))
     for pid in ("arr", "voice"):
