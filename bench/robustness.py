@@ -10,7 +10,7 @@ For each constitution (assets/constitutions), a student is trained with the defa
 teacher vs student, the placebo share and the savings. Prints the evaluation's wall and CPU time
 (the CPU time is the work itself on a shared machine; the target is the full suite under 10 minutes
 on a 2-core CPU without bf16: ``--profile avx2``). ``--heldout-categories`` trains without those prompt families and scores the gap closed on them
-(never trained on) against the others. ``--steps`` and ``--train-prompts`` shrink the
+(never trained on) against the others; ``--replay-fraction`` trains with the replay remedy. ``--steps`` and ``--train-prompts`` shrink the
 training run where the machine is too busy for the default one (the figures then say so).
 """
 
@@ -36,18 +36,20 @@ from ctxdistill.train_config import TrainConfig  # noqa: E402
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 
-def student(store: Store, cid: int, steps: int, prompts: int, heldout: str = "") -> int:
-    """A finished training run of constitution ``cid`` (with categories ``heldout`` held out of its
-    training) in the store, trained here if there is none."""
+def student(store: Store, cid: int, steps: int, prompts: int, **settings) -> int:
+    """A finished training run of constitution ``cid`` with these TrainConfig ``settings`` (held-out
+    categories, replay) in the store, trained here if there is none."""
+    defaults = TrainConfig().to_dict()
     for job in store.list_jobs(limit=None):
         if (job["kind"] == "train" and job["state"] == "done" and job["config"].get("constitution_id") == cid
-                and (job["config"].get("heldout_categories") or "") == heldout):
+                and all(job["config"].get(k, defaults[k]) == v for k, v in settings.items())):
             print(f"  reusing run {job['id']}")
             return job["id"]
-    cfg = TrainConfig(constitution_id=cid, heldout_categories=heldout, **({"steps": steps} if steps else {}),
+    cfg = TrainConfig(constitution_id=cid, **settings, **({"steps": steps} if steps else {}),
                       **({"max_prompts": prompts} if prompts else {}))
+    changed = ", ".join(f"{k} {v}" for k, v in settings.items() if v != defaults[k])
     print(f"  training: {cfg.steps} steps, {cfg.max_prompts or 'all'} train prompts"
-          + (f", categories {heldout} held out" if heldout else "") + " (default TrainConfig otherwise)")
+          + (f", {changed}" if changed else "") + " (default TrainConfig otherwise)")
     job = store.create_job("train", cfg.to_dict(), heavy=True)
     start = time.perf_counter()
     jobs.run_inline(store, job)
@@ -109,6 +111,10 @@ def main():
     p.add_argument("--train-prompts", type=int, default=0, help="train prompts (0 = all)")
     p.add_argument("--heldout-categories", default="", help="train without these prompt categories (comma-separated) "
                                                              "and score the gap closed on them against the others")
+    p.add_argument("--replay-fraction", type=float, default=0.0, help="share of the training answers that are the "
+                                                                       "teacher's answers to the replay set (the remedy)")
+    p.add_argument("--capability-gauge", type=int, default=0, help="capability items scored at every held-out "
+                                                                  "measurement while the student trains")
     p.add_argument("--no-student", action="store_true", help="no training: the suite on the teacher and the base only")
     p.add_argument("--suite-prompts", type=int, default=16, help="prompts of the second turn, attacks and placebo (default 16)")
     p.add_argument("--attack-prompts", type=int, default=6, help="prompts per kind of attack (default 6)")
@@ -124,7 +130,10 @@ def main():
         c = load(REPO / "assets" / "constitutions" / f"{name}.yaml")
         cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
         print(f"\n{name} (constitution v{cid})")
-        run = None if args.no_student else student(store, cid, args.steps, args.train_prompts, args.heldout_categories)
+        run = None if args.no_student else student(store, cid, args.steps, args.train_prompts,
+                                                          heldout_categories=args.heldout_categories,
+                                                          replay_fraction=args.replay_fraction,
+                                                          capability_gauge=args.capability_gauge)
         cfg = E.EvalConfig(constitution_id=cid, runs=[run] if run else [], max_prompts=args.prompts,
                            suite_prompts=args.suite_prompts, attack_prompts=args.attack_prompts,
                            capability_items=args.capability_items)
