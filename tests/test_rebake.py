@@ -280,31 +280,3 @@ def test_distill_form_refuses_a_run_it_cannot_continue_from(app):
         with pytest.raises(gr.Error, match=refusal):
             on_start(start_values(blocks, version=v2, **over), request=None)
     assert [j["id"] for j in ctx.store.list_jobs(kind="train")] == [failed]        # nothing started
-
-
-def test_a_rebake_samples_every_prompt_when_the_source_run_lacks_answers(store, monkeypatch):
-    run_dir = store.runs_dir / "7"
-    run_dir.mkdir(parents=True)
-    assert mix.source_answers(store, 7, ["a"]) is None                       # no data.json
-    (run_dir / "data.json").write_text("{not json")
-    assert mix.source_answers(store, 7, ["a"]) is None                       # unreadable
-    (run_dir / "data.json").write_text(json.dumps({"heldout": []}))
-    assert mix.source_answers(store, 7, ["a"]) is None                       # no train answers
-    (run_dir / "data.json").write_text(json.dumps({"train": [{"prompt": "a", "answer": [1, 2]}, {"prompt": "a", "answer": [3]},
-                                                             {"prompt": "c", "answer": [4]}], "heldout": []}))
-    assert mix.source_answers(store, 7, ["a", "b"]) is None                  # a prompt it never answered
-    assert mix.source_answers(store, 7, ["a", "c"]) == [engine.Example("a", [1, 2]), engine.Example("c", [4])]
-    monkeypatch.setattr(mix, "disagreement", lambda pair, examples, chunk=256: [float(len(e.answer)) for e in examples])
-    sampled = []
-
-    def sample(prompts):
-        sampled.append(prompts)
-        return [engine.Example(p, [9]) for p in prompts]
-
-    cfg = T.TrainConfig(from_run=7, rebake_share=0.5, rebake_replay=0.5)
-    got = mix.rebake_answers(None, store, cfg, ["a", "b"], sample, lambda message: None)
-    assert sampled == [["a", "b"]] and len(got) == 2                        # b never answered: the new teacher answers all
-    sampled.clear()
-    got = mix.rebake_answers(None, store, cfg, ["a", "c"], sample, lambda message: None)
-    assert sampled == [["a"]]                                                # only the most changed (the longer old answer)
-    assert got == [engine.Example("a", [9]), engine.Example("c", [4])]       # the replay is run 7's own answer
