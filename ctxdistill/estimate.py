@@ -129,9 +129,6 @@ def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     prompts (or answers, for curated data) and ``n_heldout`` held-out prompts (``run_size``)."""
     answer_scale = cfg.sample_tokens / CAL_ANSWER
     sampled = n_train * cfg.samples_per_prompt if cfg.data == "prompts" else 0
-    ranked = sampled
-    if cfg.from_run:  # the earlier run's answers are ranked; the new teacher answers the most changed share
-        sampled = max(1, round(cfg.rebake_share * sampled))
     heldout = min(n_heldout, cfg.eval_prompts) if cfg.eval_prompts else n_heldout
     sampling = predict_sampling(cal, sampled + heldout, cfg.sample_tokens)
     step = cal.step_s * (cfg.batch_size / CAL_BATCH) * answer_scale * cfg.grad_accum
@@ -139,7 +136,7 @@ def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     scoring = evals * math.ceil(heldout / EVAL_BATCH) * cal.score_s * answer_scale
     phases = {"load": cal.load_s, "sampling": sampling, "training": cfg.steps * step, "held-out": scoring}
     if cfg.from_run:  # a re-bake first scores every answer under the earlier run's student
-        phases["ranking"] = math.ceil(ranked / EVAL_BATCH) * cal.score_s * answer_scale
+        phases["ranking"] = math.ceil(sampled / EVAL_BATCH) * cal.score_s * answer_scale
     return {**phases, "total": sum(phases.values())}
 
 

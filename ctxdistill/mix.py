@@ -5,10 +5,10 @@
   ever trained on) and measures on the held-out prompts of the held-out categories.
 * ``replay_prompts`` — prompts of a general prompt set mixed into the training answers (the same
   teacher answers them), so that they make up ``replay_fraction`` of the mix.
-* ``rebake_answers`` — a re-bake (``from_run``): each train prompt scored by KL(new teacher ‖ old
-  student) along the source run's answer to it (``disagreement``); the new teacher answers the most
-  changed share, which the run trains on first, with a replay share of the rest spread through it
-  so that unchanged behaviour stays (``rebake_pick``, ``interleave``).
+* ``disagreement`` / ``rebake_mix`` — a re-bake (``from_run``): each training answer of the *new*
+  teacher scored by KL(new teacher ‖ old student) along it; the run trains on the most changed
+  share, most changed first, with a replay share of the rest spread through it so that unchanged
+  behaviour stays (``interleave``).
 * ``gauge`` — the capability accuracy of the student (or the teacher) on a small fixed subset of
   the capability set, measured next to the held-out KL while a run trains.
 * ``accepted_texts`` — the curated samples a ``--data accepted`` run trains on.
@@ -16,9 +16,7 @@
 
 from __future__ import annotations
 
-import json
 import random
-from typing import Callable
 
 import torch
 
@@ -90,50 +88,15 @@ def disagreement(pair: TeacherStudent, examples: list[Example], batch_size: int 
     return out
 
 
-def rebake_pick(examples: list[Example], scores: list[float], cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """(the most changed ``rebake_share`` of the examples, highest disagreement first; a random pick
-    of the others making up ``rebake_replay`` of the mix)."""
+def rebake_mix(examples: list[Example], scores: list[float], cfg: TrainConfig) -> list[Example]:
+    """The most changed ``rebake_share`` of the examples, highest disagreement first, with a random
+    pick of the others making up ``rebake_replay`` of the mix spread evenly through it (the run's
+    first epoch keeps this order: see train.Schedule)."""
     order = sorted(range(len(examples)), key=lambda i: -scores[i])
     n_changed = max(1, round(cfg.rebake_share * len(examples)))
     changed, rest = order[:n_changed], order[n_changed:]
     n_replay = min(len(rest), round(n_changed * cfg.rebake_replay / (1 - cfg.rebake_replay)))
-    return [examples[i] for i in changed], [examples[i] for i in random.Random(cfg.seed).sample(rest, n_replay)]
-
-
-def rebake_mix(examples: list[Example], scores: list[float], cfg: TrainConfig) -> list[Example]:
-    """``rebake_pick``'s two parts as one list, the replay spread evenly through the most changed (the
-    run's first epoch keeps this order: see train.Schedule)."""
-    return interleave(*rebake_pick(examples, scores, cfg))
-
-
-def source_answers(store, run: int, prompts: list[str]) -> list[Example] | None:
-    """Run ``run``'s teacher answer to each of ``prompts`` (from its runs/<id>/data.json), or None
-    where it lacks one."""
-    try:
-        rows = json.loads((store.runs_dir / str(run) / "data.json").read_text())["train"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    answers = {}
-    for row in rows:
-        answers.setdefault(row["prompt"], row["answer"])
-    return [Example(p, answers[p]) for p in prompts] if all(p in answers for p in prompts) else None
-
-
-def rebake_answers(pair: TeacherStudent, store, cfg: TrainConfig, prompts: list[str],
-                   sample: Callable[[list[str]], list[Example]], note: Callable[[str], None]) -> list[Example]:
-    """A re-bake's training answers, most changed first with the replay spread through them. Where the
-    source run kept an answer to every prompt, the prompts are ranked along those answers (the new
-    teacher against the old student) and the new teacher answers only the most changed; the replay
-    keeps the old answers, scored against the new teacher all the same. Otherwise the new teacher
-    answers every prompt and the ranking is along its answers."""
-    old = source_answers(store, cfg.from_run, prompts) if cfg.samples_per_prompt == 1 else None
-    if old is None:
-        examples = sample(prompts)
-        note("ranking the train prompts by how much the new teacher disagrees with the old student")
-        return rebake_mix(examples, disagreement(pair, examples, chunk=cfg.kl_chunk), cfg)
-    note(f"ranking the train prompts by how much the new teacher disagrees with the old student along run {cfg.from_run}'s answers")
-    changed, replay = rebake_pick(old, disagreement(pair, old, chunk=cfg.kl_chunk), cfg)
-    return interleave(sample([e.prompt for e in changed]), replay)
+    return interleave([examples[i] for i in changed], [examples[i] for i in random.Random(cfg.seed).sample(rest, n_replay)])
 
 
 def interleave(first: list, second: list) -> list:

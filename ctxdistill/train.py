@@ -341,11 +341,11 @@ def _setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, ac
         train_examples = [Example(p, tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids(tok.eos_token)])
                           for p, text in rows]
     else:
-        def sample(some):
-            return _sample_kept(pair, some, cfg, cfg.seed, "train", run_dir, accelerator, hooks,
-                                f"sampling the teacher's answers to {len(some)} train prompts")
-        train_examples = mix.rebake_answers(pair, store, cfg, prompts, sample, lambda m: hooks.progress(0, cfg.steps, m)) \
-            if cfg.from_run else sample(prompts)
+        train_examples = _sample_kept(pair, prompts, cfg, cfg.seed, "train", run_dir, accelerator, hooks,
+                                      "sampling the teacher's training answers")
+        if cfg.from_run:
+            hooks.progress(0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student")
+            train_examples = mix.rebake_mix(train_examples, mix.disagreement(pair, train_examples, chunk=cfg.kl_chunk), cfg)
         replay = _sample_kept(pair, mix.replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729,
                               "replay", run_dir, accelerator, hooks, "sampling the teacher's replay answers")
         train_examples = mix.interleave(train_examples, replay)

@@ -492,7 +492,7 @@ def test_stop_while_sampling_the_teacher_is_honoured_and_keeps_the_answers(works
     kept = len(json.loads(partial.read_text())["train"]["done"])
     assert 64 <= kept < 160
     log = (store.runs_dir / str(job_id) / "log.txt").read_text()
-    assert "phase: sampling the teacher's answers to" in log and f"{kept} answers kept" in log
+    assert "phase: sampling the teacher's training answers" in log and f"{kept} answers kept" in log
     jobs.resume(store, job_id)
     job = jobs.wait(store, job_id, timeout=300)
     assert job["state"] == "done", job["error"]
