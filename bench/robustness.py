@@ -9,9 +9,10 @@ For each constitution (assets/constitutions), a student is trained with the defa
 (base / teacher / student), gap closed per prompt family, the second turn, injection pass rates
 teacher vs student, the placebo share and the savings. Prints the evaluation's wall and CPU time
 (the CPU time is the work itself on a shared machine; the target is the full suite under 10 minutes
-on a 2-core CPU without bf16: ``--profile avx2``). ``--heldout-categories`` trains without those prompt families and scores the gap closed on them
-(never trained on) against the others; ``--replay-fraction`` trains with the replay remedy. ``--steps`` and ``--train-prompts`` shrink the
-training run where the machine is too busy for the default one (the figures then say so).
+on a 2-core CPU without bf16: ``--profile avx2``). ``--heldout-categories`` trains without those
+prompt families and scores the gap closed on them (never trained on) against the others;
+``--replay-fraction`` trains with the replay remedy. ``--steps`` and ``--train-prompts`` shrink
+the training run where the machine is too busy for the default one (the figures then say so).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def main():
         show(results, E.label(run) if run else None)
         for row in results["robustness"]["held_out_categories"].values():
             print(f"  categories never trained on ({', '.join(row['categories'])}): gap closed "
-                  f"{fmt_estimate(row['held_out'], pct=True)}; on the trained categories {fmt_estimate(row['trained'], pct=True)}")
+                  f"{fmt_estimate(row['held_out'], pct=True)}; on the trained categories "
+                  f"{fmt_estimate(row['trained'], pct=True)}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
