@@ -65,8 +65,7 @@ class _PrefixRow:
         return widen(keys), widen(values)
 
 
-def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int,
-                                body=None) -> torch.Tensor:
+def _hidden_after_shared_prefix(model, body, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int) -> torch.Tensor:
     """As ``_hidden``, for rows that all follow ``prefix``, which is encoded as an extra row of the
     same forward pass: the rows attend to its keys and values, and gradients flow back into the
     weights that encoded it. One pass instead of a prefix pass and a batch pass: on the CPU a pass
@@ -87,8 +86,8 @@ def _hidden_after_shared_prefix(model, prefix: list[int], seqs: list[list[int]],
     allowed = torch.cat([sees_prefix, allowed], dim=2)[:, None]
     dtype, device = model.get_input_embeddings().weight.dtype, model.device
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    out = (decoder_of(model) if body is None else body)(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      position_ids=positions.to(device), cache=_PrefixRow(span), use_cache=False)
+    out = body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+               cache=_PrefixRow(span), use_cache=False)
     return out.last_hidden_state[1:, -width - 1 : -1]
 
 
@@ -171,7 +170,7 @@ class TeacherStudent:
         for row, a in enumerate(answers):
             targets[row, width - len(a):] = torch.tensor(a, dtype=torch.long)
         with torch.autocast(self.model.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-            h_student = _hidden_after_shared_prefix(self.model, student_prefix, student_seqs, self.pad_id, width, self.body)
+            h_student = _hidden_after_shared_prefix(self.model, self.body, student_prefix, student_seqs, self.pad_id, width)
         h_student = h_student[mask.to(self.model.device)]
         h_teacher = self._teacher_hidden(batch, teacher_seqs) if with_teacher else None
         return h_student, h_teacher, targets[mask].to(self.model.device)
