@@ -3,18 +3,25 @@
     .venv/bin/python bench/rebake.py                    # native profile
     .venv/bin/python bench/rebake.py --profile avx2     # as on a CPU without native bf16
 
-On the embedded SmolLM2-135M with assets/constitutions/pirate.yaml (version 1), a default run from
-scratch (`--max-prompts` and `--steps` make every run smaller); then version 2 replaces one principle ("call the user matey" -> "call the user captain")
-and two runs train on it, measured the same way in the same process: a re-bake from the first run
-(``from_run``, ``--rebake-steps`` steps) and a default run from scratch. For each: the wall time
-from the start of ``train.run`` (model load, teacher sampling and, for the re-bake, the ranking
-pass included) to the first held-out measurement with gap closed >= 0.8 on version 2's held-out
-prompts (the run's own 24, measured every ``--eval-every`` steps; gap closed from the base model
-for both; also the CPU time of the process, which the load of a shared machine does not inflate; the
-scratch run stops there). Target: re-bake <= 40 % of scratch. Then the check pass rates of the principles that
-did not change (arr, voice), the first run's student vs the re-baked one on all 64 held-out
-prompts (sampled answers, as ``ctxdistill eval`` samples them): target within 5 points; next to
-them the version 2 teacher's, for the changed principle's check.
+On the embedded SmolLM2-135M with assets/constitutions/pirate.yaml (version 1), a default run
+from scratch (``--max-prompts`` and ``--steps`` make every run smaller); then version 2 replaces one
+principle ("call the user matey" -> "call the user captain") and two runs train on it, measured the
+same way in the same process: a re-bake from the first run (``from_run``, ``--rebake-steps``
+steps) and a default run from scratch. For each: the wall time from the start of ``train.run``
+(model load and teacher sampling included: a run measures its start after sampling the held-out
+answers, before the training answers and, for the re-bake, their ranking) to the first held-out
+measurement with gap closed >= 0.8 on version 2's held-out prompts (the run's own 24, measured
+every ``--eval-every`` steps; gap closed from the base model for both; also the CPU time of the
+process, which the load of a shared machine does not inflate; the scratch run stops there).
+Target: re-bake <= 40 % of scratch.
+
+Gap closed over the whole constitution moves little when one principle of three changed, so both
+version 2 runs also log the changed principle's baked share (``baked_gauge``, on by default for a
+re-bake): the bench prints how long the re-bake takes to carry as much of it as the run from scratch
+carries when it reaches 0.8. Then the check pass rates of the principles that did not change (arr,
+voice), the first run's student vs the re-baked one on all 64 held-out prompts (sampled answers, as
+``ctxdistill eval`` samples them): target within 5 points; next to them the version 2 teacher's, for
+the changed principle's check.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from ctxdistill.store import Store  # noqa: E402
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 TARGET = 0.8
+CHANGED = "baked:matey"   # the changed principle's baked share, logged by both version 2 runs
 
 
 def version_two(c):
@@ -59,14 +67,30 @@ def timed_run(store, cfg: T.TrainConfig, label: str, stop_at_target: bool = Fals
 
     def log(values, step):
         if "gap_closed" in values:
-            curve.append((time.perf_counter() - start, time.process_time() - cpu, step, values["gap_closed"]))
+            curve.append((time.perf_counter() - start, time.process_time() - cpu, step, values["gap_closed"],
+                          values.get(CHANGED)))
+            share = f", {CHANGED} {values[CHANGED]:.3f}" if CHANGED in values else ""
             print(f"  {label}: step {step:3d} at {curve[-1][0]:6.0f} s wall, {curve[-1][1]:6.0f} s CPU, "
-                  f"gap closed {values['gap_closed']:.3f}", flush=True)
+                  f"gap closed {values['gap_closed']:.3f}{share}", flush=True)
+
+    phases = []
+
+    def progress(done, total, message):  # the wall time at which each phase of the run began
+        phase = message.split(":")[0].split(" · ")[0].split(" (")[0]
+        if not phase.startswith("step ") and (not phases or phases[-1][1] != phase):
+            phases.append((time.perf_counter() - start, phase))
+            print(f"  {label}: {phases[-1][0]:6.1f} s  {phase}", flush=True)
 
     reached = lambda: next((point for point in curve if point[3] >= TARGET), None)
-    result = T.run(cfg, store, store.run_dir(job), T.Hooks(log=log, should_stop=lambda: stop_at_target and reached() is not None))
+    result = T.run(cfg, store, store.run_dir(job), T.Hooks(log=log, progress=progress,
+                                                           should_stop=lambda: stop_at_target and reached() is not None))
     store.update_job(job, state="cancelled" if result["stopped"] else "done", result=result)
     return {"job": job, "result": result, "total_s": time.perf_counter() - start, "curve": curve, "reached": reached()}
+
+
+def carried_as_much(run: dict, share: float):
+    """The first measurement of ``run`` whose changed-principle share is at least ``share``."""
+    return next((point for point in run["curve"] if point[4] is not None and point[4] >= share), None)
 
 
 def pass_rates(store, constitution, runs: dict[str, int], precision_of: dict) -> dict[str, dict[str, float]]:
@@ -120,8 +144,8 @@ def main():
                         "v2 re-bake")
     print(f"\nv2 re-bake: {rebaked['result']['lineage']['text']}; {rebaked['result']['n_train']} training answers")
     # stopped once it reaches the target: only its time to it is needed
-    scratch = timed_run(store, T.TrainConfig(constitution_id=v2, steps=args.steps, **common), "v2 from scratch",
-                        stop_at_target=True)
+    scratch = timed_run(store, T.TrainConfig(constitution_id=v2, steps=args.steps, baked_gauge="matey", **common),
+                        "v2 from scratch", stop_at_target=True)
     print()
     for label, r in (("re-bake", rebaked), ("scratch", scratch)):
         when = (f"{r['reached'][0]:.0f} s wall, {r['reached'][1]:.0f} s CPU (step {r['reached'][2]})" if r["reached"]
@@ -132,6 +156,17 @@ def main():
             ratio = rebaked["reached"][i] / scratch["reached"][i]
             print(f"  {kind} time to gap closed >= {TARGET}: re-bake / scratch = {ratio:.2f} (target <= 0.40: "
                   f"{'met' if ratio <= 0.4 else 'not met'})")
+    share = scratch["reached"][4] if scratch["reached"] else None
+    if share is not None:
+        when = carried_as_much(rebaked, share)
+        print(f"\n  the changed principle's baked share: scratch {share:.3f} when it reached {TARGET}; re-bake "
+              f"{rebaked['curve'][0][4]:.3f} at its start, {rebaked['curve'][-1][4]:.3f} at its end")
+        if when:
+            for i, kind in ((0, "wall"), (1, "CPU")):
+                print(f"  {kind} time to that share: re-bake {when[i]:.0f} s (step {when[2]}) / scratch "
+                      f"{scratch['reached'][i]:.0f} s = {when[i] / scratch['reached'][i]:.2f}")
+        else:
+            print(f"  the re-bake did not carry that share in {args.rebake_steps} steps")
     rates = pass_rates(store, c2, {"v1": first["job"], "rebake": rebaked["job"]}, first["result"])
     print(f"\ncheck pass rates of version 2's principles on {len(store.get_prompts('default', split='heldout'))} "
           "held-out prompts (the matey principle's check is \"captain\" now)")

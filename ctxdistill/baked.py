@@ -42,9 +42,11 @@ like every KL score here it is measured along the teacher's own answers.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
+from .constitution import render
 from .generate import response_logits
 from .stats import share_estimate
 
@@ -58,6 +60,70 @@ def shares(teacher: torch.Tensor, ablated: torch.Tensor, student: torch.Tensor) 
     delta, sigma = log_t - log_a, log_s - log_a
     mean_d, mean_s = (p * delta).sum(-1), (p * sigma).sum(-1)
     return (p * delta * sigma).sum(-1) - mean_d * mean_s, (p * delta * delta).sum(-1) - mean_d ** 2
+
+
+def ablations(constitution) -> list[tuple[str, str, str]]:
+    """(name, the removed text, the system prompt without it) for the preamble and each principle."""
+    items = []
+    if constitution.preamble.strip():
+        items.append(("(preamble)", constitution.preamble.strip(), render(replace(constitution, preamble=""))))
+    for p in constitution.principles:
+        rest = [q for q in constitution.principles if q is not p]
+        items.append((p.id, p.text.strip(), render(replace(constitution, principles=rest))))
+    return items
+
+
+def tracked(spec: str, constitution, changed: list[str] = ()) -> list[str]:
+    """The principles a run measures the score of while it trains (``TrainConfig.baked_gauge``):
+    "auto" the ``changed`` ones (a re-bake's edited and added principles; none for a fresh run),
+    "all", "none", or comma-separated ids; ValueError naming the known ids for an unknown one."""
+    known = [name for name, _, _ in ablations(constitution)]
+    spec = spec.strip()
+    if spec in ("", "none"):
+        return []
+    if spec == "auto":
+        return [name for name in known if name in changed or (name == "(preamble)" and "preamble" in changed)]
+    if spec == "all":
+        return known
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"baked gauge: no principle {', '.join(map(repr, unknown))} in this constitution "
+                         f"(its principles: {', '.join(known)}; or auto, all, none)")
+    return names
+
+
+class Gauge:
+    """The score along a run's held-out answers, for a few principles, at each held-out measurement:
+    ``observe`` is handed the held-out KL's student and teacher states batch by batch
+    (engine.heldout_kl), so the only extra forward is the teacher without each principle's, once
+    per answer (kept), and ``values`` ends a measurement: {"baked:<principle>": raw score}."""
+
+    def __init__(self, pair, systems: dict[str, str], chunk: int = 256):
+        from .engine import TeacherStudent
+
+        # the teacher without principle i, on the same model: its states along the held-out answers are
+        # computed at the first measurement and kept (a few MB: H numbers per answer token)
+        self.references = {name: TeacherStudent(pair.model, pair.tokenizer, system, pair.examples, teacher_cache_mb=1 << 12)
+                           for name, system in systems.items()}
+        self.lm_head, self.chunk = pair.lm_head, chunk
+        self.sums = torch.zeros(len(systems), 2, dtype=torch.float64)
+
+    @torch.no_grad()
+    def observe(self, batch, h_student: torch.Tensor, h_teacher: torch.Tensor) -> None:
+        for row, reference in enumerate(self.references.values()):
+            h_ablated = reference.teacher_hidden(batch)
+            for i in range(0, len(h_student), self.chunk):
+                part = slice(i, i + self.chunk)
+                num, den = shares(*(self.lm_head(h[part]) for h in (h_teacher, h_ablated, h_student)))
+                self.sums[row] += torch.tensor([float(num.sum()), float(den.sum())], dtype=torch.float64)
+
+    def values(self, accelerator=None) -> dict[str, float]:
+        sums, self.sums = self.sums, torch.zeros_like(self.sums)
+        if accelerator is not None and accelerator.num_processes > 1:
+            sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
+        return {f"baked:{name}": float(num / den) if den > 0 else math.nan
+                for name, (num, den) in zip(self.references, sums.tolist())}
 
 
 class Carried:

@@ -175,6 +175,10 @@ class TeacherStudent:
         h_teacher = self._teacher_hidden(batch, teacher_seqs) if with_teacher else None
         return h_student, h_teacher, targets[mask].to(self.model.device)
 
+    def teacher_hidden(self, batch: list[Example]) -> torch.Tensor:
+        """The teacher's hidden states (N, H) at the batch's answer positions (kept ones where there are)."""
+        return self._teacher_hidden(batch, self._suffixes(batch)[0])
+
     def _teacher_hidden(self, batch: list[Example], teacher_seqs: list[list[int]]) -> torch.Tensor:
         """The teacher's hidden states (N, H) at the answer positions, from the cache where it can."""
         keys = [(ex.prompt, tuple(ex.answer)) for ex in batch]
@@ -282,9 +286,10 @@ def sample_answers(pair: TeacherStudent, prompts: list[str], cfg, *, seed: int, 
 
 @torch.no_grad()
 def heldout_kl(pair: TeacherStudent, examples: list[Example], batch_size: int = 16, chunk: int = 256, accelerator=None,
-               progress=None) -> float:
+               progress=None, observe=None) -> float:
     """Token-weighted mean KL(teacher || student) along the held-out teacher samples (nats/token);
-    ``progress(answers, of)`` after every batch."""
+    ``progress(answers, of)`` after every batch; ``observe(batch, student states, teacher states)``
+    sees every batch's states (another measure along the same forward passes)."""
     model = pair.model
     was_training = model.training
     model.eval()
@@ -292,8 +297,11 @@ def heldout_kl(pair: TeacherStudent, examples: list[Example], batch_size: int = 
     mine = examples[rank::world]
     total = torch.zeros(2, dtype=torch.float64)
     for start in range(0, len(mine), batch_size):
-        hs, ht, targets = pair.hidden(mine[start:start + batch_size])
+        batch = mine[start:start + batch_size]
+        hs, ht, targets = pair.hidden(batch)
         sums = chunked_loss(pair.lm_head, "kl", hs, ht, targets, chunk=chunk)
+        if observe:
+            observe(batch, hs, ht)
         total += torch.tensor([sums["kl"], sums["tokens"]], dtype=torch.float64)
         if progress:
             progress(min(start + batch_size, len(mine)), len(mine))

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ import torch
 from .config import StageConfig
 from .precision import PRECISIONS, QUANTIZE
 from .adapters import EVAL_FILE
-from .baked import Carried
+from .baked import Carried, ablations
 from .engine import Example, TeacherStudent, adapters_off, sample_rows, with_end
 from .generate import SamplingConfig, response_logits
 from .mix import categories
@@ -329,19 +329,6 @@ def score_along(model, tokenizer, system: str, examples, prompts: list[str], ans
         if tick:
             tick(len(idx))
     return out
-
-
-def ablations(constitution) -> list[tuple[str, str, str]]:
-    """(name, the removed text, the system prompt without it) for the preamble and each principle."""
-    from .constitution import render
-
-    items = []
-    if constitution.preamble.strip():
-        items.append(("(preamble)", constitution.preamble.strip(), render(replace(constitution, preamble=""))))
-    for p in constitution.principles:
-        rest = [q for q in constitution.principles if q is not p]
-        items.append((p.id, p.text.strip(), render(replace(constitution, principles=rest))))
-    return items
 
 
 @torch.no_grad()

@@ -12,15 +12,19 @@
 * ``gauge`` — the capability accuracy of the student (or the teacher) on a small fixed subset of
   the capability set, measured next to the held-out KL while a run trains.
 * ``accepted_texts`` — the curated samples a ``--data accepted`` run trains on.
+* ``setup_data`` — a run's held-out and training answers, sampled once and kept for resumes.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import torch
 
-from .engine import Example, TeacherStudent
+from .engine import Example, SamplingStopped, TeacherStudent, sample_answers
 from .losses import kl_per_token
 from .train_config import TrainConfig, TrainError
 
@@ -140,3 +144,72 @@ def accepted_texts(store, cfg: TrainConfig) -> list[tuple[str, str]]:
         raise TrainError(f"constitution version {cfg.constitution_id} has no accepted samples with text: "
                          "accept some in the Curate tab, or train on fresh teacher samples (--data prompts)")
     return rows[:cfg.max_prompts] if cfg.max_prompts else rows
+
+
+# --------------------------------------------------------------------------- a run's data
+
+
+def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, accelerator, hooks, phase):
+    """(held-out answers, a function that returns the training answers): the teacher's, sampled once per
+    run and kept in run_dir/data.json for resumes. The held-out ones come first, so that a run measures
+    where it starts (a re-bake: the old student on the new version) before it samples what it trains
+    on. ``hooks``: train.Hooks; ``phase(name)``: the progress report of a sampling phase."""
+    cache = run_dir / "data.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        return [Example(**e) for e in data["heldout"]], lambda: [Example(**e) for e in data["train"]]
+    prompts, heldout_prompts = split_prompts(store, cfg)
+    kept = lambda prompts, cfg, seed, part, name: sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator,
+                                                              hooks, name, phase)
+    # one teacher sample per held-out prompt, from its own random stream
+    heldout = kept(heldout_prompts, replace(cfg, samples_per_prompt=1), cfg.seed + 7919, "heldout",
+                   "sampling the teacher's held-out answers")
+
+    def training() -> list[Example]:
+        tok = pair.tokenizer
+        if cfg.data == "accepted":
+            end = [tok.convert_tokens_to_ids(tok.eos_token)]
+            train = [Example(p, tok.encode(text, add_special_tokens=False) + end) for p, text in accepted_texts(store, cfg)]
+        else:
+            train = kept(prompts, cfg, cfg.seed, "train", "sampling the teacher's training answers")
+            if cfg.from_run:
+                hooks.progress(0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student")
+                train = rebake_mix(train, disagreement(pair, train, chunk=cfg.kl_chunk), cfg)
+            replay = kept(replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729, "replay",
+                          "sampling the teacher's replay answers")
+            train = interleave(train, replay)
+        if accelerator is None or accelerator.is_main_process:
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"train": [asdict(e) for e in train], "heldout": [asdict(e) for e in heldout]}))
+            tmp.replace(cache)
+            (run_dir / "data.partial.json").unlink(missing_ok=True)
+        return train
+
+    return heldout, training
+
+
+def sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, name, phase) -> list[Example]:
+    """sample_answers with its answers kept in run_dir/data.partial.json after every batch; Stop is
+    honoured between generation steps (one process), and a resume samples only the rest. ``name``:
+    the phase's, for ``phase(name)``, its progress report."""
+    from .jobs import Cancelled
+
+    partial = run_dir / "data.partial.json"
+    kept = json.loads(partial.read_text()) if partial.is_file() else {}
+    mine = kept.get(part) if (kept.get(part) or {}).get("prompts") == prompts else None   # same prompts, same rows
+    if mine:
+        hooks.info(f"{len(mine['done'])} {part} answers kept from the previous attempt")
+    single = accelerator is None or accelerator.num_processes == 1
+
+    def keep(done):
+        if single:
+            tmp = partial.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**kept, part: {"prompts": prompts, "done": done}}))
+            tmp.replace(partial)
+
+    try:
+        return sample_answers(pair, prompts, cfg, seed=seed, accelerator=accelerator, kept=mine and mine["done"],
+                              progress=phase(name), on_batch=keep, should_stop=hooks.should_stop if single else None)
+    except SamplingStopped as stopped:
+        hooks.info(f"stopped while {name}: {len(stopped.done)} answers kept; resume samples the rest")
+        raise Cancelled(str(stopped)) from None

@@ -15,20 +15,19 @@ written (adapters.py) so that a stopped, crashed or killed run resumes where it 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import mix, rebake
+from . import baked, mix, rebake
 from .adapters import (AdapterError, latest_checkpoint, load_adapter, load_adapter_weights, load_checkpoint,
                        save_adapter, save_checkpoint, scaled, write_model_card)
-from .engine import EngineError, Example, SamplingStopped, TeacherStudent, heldout_kl, sample_answers
+from .engine import EngineError, Example, TeacherStudent, heldout_kl
 from .jobs import Meter, eta_text
 from .losses import chunked_loss, gap_closed
 from .train_config import TrainConfig, TrainError
@@ -165,17 +164,17 @@ def _phase(hooks: Hooks, step: int, steps: int, name: str, unit: str):
     return report
 
 
-def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[Example], heldout: list[Example], *,
-          run_dir: Path, examples: list[dict] = (), hooks: Hooks = Hooks(), accelerator=None, info: dict | None = None,
-          pair: TeacherStudent | None = None) -> dict:
+def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[Example] | Callable[[], list[Example]],
+          heldout: list[Example], *, run_dir: Path, examples: list[dict] = (), hooks: Hooks = Hooks(), accelerator=None,
+          info: dict | None = None, pair: TeacherStudent | None = None, gauge: baked.Gauge | None = None) -> dict:
     """Train the adapter of the peft ``model``; resume from the last checkpoint in ``run_dir`` if there is one.
-    ``pair``: the one that sampled the answers, with the teacher states it kept.
+    ``pair``: the one that sampled the answers, with the teacher states it kept. ``train_examples``
+    may be a function, called after the first held-out measurement (mix.setup_data). ``gauge``: the
+    principles whose baked share each held-out measurement logs too (baked.Gauge).
 
     Returns {heldout_kl_before, heldout_kl_after, gap_closed, best_step, step, stopped, adapter}."""
     cfg.validate()
     run_dir = Path(run_dir)
-    if not train_examples:
-        raise TrainError("nothing to train on: no answers")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     main = rank == 0
     device = model.device
@@ -189,7 +188,6 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     # fp16 compute (GPUs without bf16): gradients this small underflow in fp16, so the loss is
     # scaled up for the backward and the gradients scaled back before the step (a no-op otherwise)
     scaler = torch.amp.GradScaler(device.type, enabled=pair.compute_dtype == torch.float16)
-    schedule = Schedule(pair.row_lengths(train_examples), cfg.batch_size, cfg.seed, ordered=bool(cfg.from_run))
     state = {"step": 0, "best_step": 0, "best_kl": math.inf, "kl_before": None}
 
     def checkpointing():
@@ -209,12 +207,15 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
 
     def evaluate(step: int) -> float:
         report = _phase(hooks, step, cfg.steps, "measuring the held-out KL", "answers")
-        value = heldout_kl(pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report)
-        gauge = {"capability": mix.gauge(pair, gauge_items)} if gauge_items else {}
+        value = heldout_kl(pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report,
+                           observe=gauge and gauge.observe)
+        extra = gauge.values(accelerator) if gauge else {}
+        if gauge_items:
+            extra["capability"] = mix.gauge(pair, gauge_items)
         if gauge_items and step == 0:
-            gauge["capability_teacher"] = mix.gauge(pair, gauge_items, teacher=True)
+            extra["capability_teacher"] = mix.gauge(pair, gauge_items, teacher=True)
         before = value if state["kl_before"] is None else state["kl_before"]
-        hooks.log({"heldout_kl": value, "gap_closed": gap_closed(before, value), **gauge}, step)
+        hooks.log({"heldout_kl": value, "gap_closed": gap_closed(before, value), **extra}, step)
         if value < state["best_kl"]:
             state.update(best_kl=value, best_step=step)
             if main:
@@ -227,6 +228,12 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
                 state["kl_before"] = heldout_kl(pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator)
         start = evaluate(0)
         state["kl_before"] = start if state["kl_before"] is None else state["kl_before"]
+    train_examples = train_examples() if callable(train_examples) else train_examples
+    if not train_examples:
+        raise TrainError("nothing to train on: no answers")
+    hooks.info(f"{len(train_examples)} training answers, {len(heldout)} held-out answers")
+    info["n_train"] = len(train_examples)
+    schedule = Schedule(pair.row_lengths(train_examples), cfg.batch_size, cfg.seed, ordered=bool(cfg.from_run))
     started, tokens_seen = time.perf_counter(), 0
     first_step = state["step"]
     stopped = False
@@ -302,7 +309,7 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         load_adapter_weights(model, run_dir / "best")
         kept_step, kept_kl = state["best_step"], state["best_kl"]
         hooks.info(f"kept the adapter of step {kept_step} (held-out KL {kept_kl:.4f} < {final:.4f} at the end)")
-    result = {"stopped": False, "step": state["step"], "best_step": kept_step, "heldout_kl_before": state["kl_before"],
+    result = {"stopped": False, "step": state["step"], "n_train": len(train_examples), "best_step": kept_step, "heldout_kl_before": state["kl_before"],
               "heldout_kl_last": final, "heldout_kl_after": kept_kl, "gap_closed": gap_closed(state["kl_before"], kept_kl)}
     if main:
         result["adapter"] = str(save_adapter(model, run_dir / "adapter", {**info, **result}))
@@ -328,68 +335,10 @@ def _stop_requested(hooks: Hooks, accelerator) -> bool:
 
 # --------------------------------------------------------------------------- runs (store, job, export)
 
-def _setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, accelerator, hooks: Hooks):
-    """Train and held-out answers, sampled once per run and kept in run_dir/data.json for resumes."""
-    cache = run_dir / "data.json"
-    if cache.is_file():
-        data = json.loads(cache.read_text())
-        return [Example(**e) for e in data["train"]], [Example(**e) for e in data["heldout"]]
-    prompts, heldout_prompts = mix.split_prompts(store, cfg)
-    tok = pair.tokenizer
-    if cfg.data == "accepted":
-        rows = mix.accepted_texts(store, cfg)
-        train_examples = [Example(p, tok.encode(text, add_special_tokens=False) + [tok.convert_tokens_to_ids(tok.eos_token)])
-                          for p, text in rows]
-    else:
-        train_examples = _sample_kept(pair, prompts, cfg, cfg.seed, "train", run_dir, accelerator, hooks,
-                                      "sampling the teacher's training answers")
-        if cfg.from_run:
-            hooks.progress(0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student")
-            train_examples = mix.rebake_mix(train_examples, mix.disagreement(pair, train_examples, chunk=cfg.kl_chunk), cfg)
-        replay = _sample_kept(pair, mix.replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729,
-                              "replay", run_dir, accelerator, hooks, "sampling the teacher's replay answers")
-        train_examples = mix.interleave(train_examples, replay)
-    # one teacher sample per held-out prompt, from its own random stream
-    heldout = _sample_kept(pair, heldout_prompts, replace(cfg, samples_per_prompt=1), cfg.seed + 7919, "heldout",
-                           run_dir, accelerator, hooks, "sampling the teacher's held-out answers")
-    if accelerator is None or accelerator.is_main_process:
-        tmp = cache.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"train": [asdict(e) for e in train_examples], "heldout": [asdict(e) for e in heldout]}))
-        tmp.replace(cache)
-        (run_dir / "data.partial.json").unlink(missing_ok=True)
-    return train_examples, heldout
-
-
-def _sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, name) -> list[Example]:
-    """sample_answers with its answers kept in run_dir/data.partial.json after every batch; Stop is
-    honoured between generation steps (one process), and a resume samples only the rest."""
-    from .jobs import Cancelled
-
-    partial = run_dir / "data.partial.json"
-    kept = json.loads(partial.read_text()) if partial.is_file() else {}
-    mine = kept.get(part) if (kept.get(part) or {}).get("prompts") == prompts else None   # same prompts, same rows
-    if mine:
-        hooks.info(f"{len(mine['done'])} {part} answers kept from the previous attempt")
-    single = accelerator is None or accelerator.num_processes == 1
-
-    def keep(done):
-        if single:
-            tmp = partial.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**kept, part: {"prompts": prompts, "done": done}}))
-            tmp.replace(partial)
-
-    try:
-        return sample_answers(pair, prompts, cfg, seed=seed, accelerator=accelerator, kept=mine and mine["done"],
-                              progress=_phase(hooks, 0, cfg.steps, name, "tokens"), on_batch=keep,
-                              should_stop=hooks.should_stop if single else None)
-    except SamplingStopped as stopped:
-        hooks.info(f"stopped while {name}: {len(stopped.done)} answers kept; resume samples the rest")
-        raise Cancelled(str(stopped)) from None
-
-
 def check_start(store, cfg: TrainConfig) -> dict | None:
     """Every refusal a run can give before its model loads (asked again before a job is queued);
     returns the source job of a re-bake."""
+    from .constitution import from_row
     from .prompts import ensure_default_prompts
 
     cfg.validate()
@@ -398,6 +347,10 @@ def check_start(store, cfg: TrainConfig) -> dict | None:
     mix.replay_prompts(store, cfg, len(prompts))
     if cfg.data == "accepted":
         mix.accepted_texts(store, cfg)
+    try:
+        baked.tracked(cfg.baked_gauge, from_row(store.get_constitution(cfg.constitution_id)))
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
     return rebake.source_run(store, cfg) if cfg.from_run else None
 
 
@@ -424,16 +377,20 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     model = _setup_model(cfg, base, cfg.seed, source and store.runs_dir / str(source["id"]) / "adapter")
     system = render(constitution)
     pair = TeacherStudent(model, tokenizer, system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
-    train_examples, heldout = _setup_data(cfg, store, pair, run_dir, accelerator, hooks)
-    hooks.info(f"{len(train_examples)} training answers, {len(heldout)} held-out answers, {chosen.label}")
+    heldout, train_examples = mix.setup_data(cfg, store, pair, run_dir, accelerator, hooks,
+                                             lambda name: _phase(hooks, 0, cfg.steps, name, "tokens"))
     info = {"constitution": row["name"], "constitution_id": row["id"], "constitution_hash": content_hash(constitution),
             "base_model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": chosen.quantize,
             "precision": chosen.compute, "precision_reason": chosen.reason,
-            "prompt_set": cfg.prompt_set, "n_train": len(train_examples), "n_heldout": len(heldout),
+            "prompt_set": cfg.prompt_set, "n_heldout": len(heldout),
             "heldout_categories": mix.categories(cfg.heldout_categories), "replay_fraction": cfg.replay_fraction,
             **({"lineage": rebake.lineage(store, source, row)} if source else {})}
-    result = train(cfg, model, tokenizer, system, train_examples, heldout, run_dir=run_dir,
-                   examples=constitution.examples, hooks=hooks, accelerator=accelerator, info=info, pair=pair)
+    tracked = baked.tracked(cfg.baked_gauge, constitution, [i for ids in info.get("lineage", {}).get("changes", {}).values()
+                                                             for i in ids])
+    gauge = baked.Gauge(pair, {name: text for name, _, text in baked.ablations(constitution) if name in tracked},
+                        cfg.kl_chunk) if tracked else None
+    result = train(cfg, model, tokenizer, system, train_examples, heldout, run_dir=run_dir, examples=constitution.examples,
+                   hooks=hooks, accelerator=accelerator, info=info, pair=pair, gauge=gauge)
     return {**info, **result}
 
 

@@ -65,6 +65,7 @@ class TrainConfig(StageConfig):
     replay_set: str = field(default="default", metadata={"help": "general prompt set whose train prompts --replay-fraction mixes in"})
     replay_fraction: float = field(default=0.0, metadata={"help": "share of the training answers that are the teacher's answers to the replay set's prompts (0 = none)"})
     capability_gauge: int = field(default=0, metadata={"help": "capability items (a fixed subset of the capability set) scored at every held-out KL measurement, student and teacher (0 = off)"})
+    baked_gauge: str = field(default="auto", metadata={"help": "principles whose baked share (the share of their effect the student carries, as in the evaluation) each held-out measurement logs: auto (a re-bake's changed principles; none for a fresh adapter), all, none, or comma-separated principle ids"})
     from_run: int = field(default=0, metadata={"help": "re-bake: start from this finished run's adapter, with a newer constitution version (0 = a fresh adapter)"})
     rebake_share: float = field(default=0.5, metadata={"help": "re-bake: share of the train prompts it trains on, those whose answers the new teacher and the old student disagree on most"})
     rebake_replay: float = field(default=0.25, metadata={"help": "re-bake: share of the mix replayed from the other, less changed prompts (keeps unchanged behaviour)"})

@@ -96,3 +96,49 @@ def test_compare_shows_the_baked_principles_of_the_picked_student(ws):
     assert checked["check: teacher"].endswith("]") and checked["check: student"].endswith("]")
     note, fig, table = views(eval_id, "run 999", request)
     assert "principle influence" in note and fig is None and table is None
+
+
+def test_the_live_gauge_gives_the_evaluations_score_along_the_held_out_answers(tiny_model, tiny_tokenizer):
+    """baked.Gauge, fed by the held-out KL's forward passes, against the score computed from the three
+    conditions' logits as the evaluation computes them."""
+    import copy
+
+    from ctxdistill import engine
+    from ctxdistill import train as T
+    from ctxdistill.baked import Gauge, ablations
+
+    c = Constitution("t", [Principle("pirate", "Arr matey, talk like a pirate. " * 3), Principle("brief", "Answer briefly.")])
+    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), copy.deepcopy(tiny_model), seed=0)
+    with torch.no_grad():   # a student that is not the base model: every LoRA B made non-zero
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    pair = engine.TeacherStudent(model, tiny_tokenizer, render(c), teacher_cache_mb=64)
+    heldout = engine.sample_answers(pair, PROMPTS, T.TrainConfig(sample_tokens=6), seed=0)
+    systems = {name: system for name, _, system in ablations(c)}
+    gauge = Gauge(pair, systems, chunk=5)
+    for _ in range(2):   # the second measurement starts from zero again
+        engine.heldout_kl(pair, heldout, batch_size=3, observe=gauge.observe)
+        live = gauge.values()
+    prompts, answers = [ex.prompt for ex in heldout], [ex.answer for ex in heldout]
+    logits = lambda system: response_logits(model, tiny_tokenizer, [(system, p, a) for p, a in zip(prompts, answers)])
+    with engine.adapters_off(model):
+        teacher = logits(render(c))
+        without = {name: logits(system) for name, system in systems.items()}
+    student = logits(None)
+    assert set(live) == {"baked:pirate", "baked:brief"}
+    for name in systems:
+        num = sum(float(shares(t, a, s)[0].sum()) for t, a, s in zip(teacher, without[name], student))
+        den = sum(float(shares(t, a, s)[1].sum()) for t, a, s in zip(teacher, without[name], student))
+        assert live[f"baked:{name}"] == pytest.approx(num / den, rel=2e-3, abs=2e-4)
+
+
+def test_which_principles_a_run_gauges():
+    from ctxdistill.baked import tracked
+
+    c = Constitution("t", [Principle("a", "A."), Principle("b", "B.")], preamble="Be a pirate.")
+    assert tracked("auto", c) == [] and tracked("none", c) == [] and tracked("", c) == []
+    assert tracked("auto", c, ["b", "preamble", "examples"]) == ["(preamble)", "b"]
+    assert tracked("all", c) == ["(preamble)", "a", "b"] and tracked(" b , a", c) == ["b", "a"]
+    with pytest.raises(ValueError, match=r"no principle 'zz' in this constitution \(its principles: \(preamble\), a, b"):
+        tracked("a,zz", c)

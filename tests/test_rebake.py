@@ -88,7 +88,8 @@ def test_rebake_records_its_lineage_in_the_run_card_and_notice(store, tiny_check
     logged = []
     cfg = T.TrainConfig(constitution_id=v2, model=str(tiny_checkpoint), from_run=first, rebake_share=0.5, **TINY)
     second = store.create_job("train", cfg.to_dict(), heavy=True)
-    result = T.run(cfg, store, store.run_dir(second), T.Hooks(log=lambda v, s: logged.append((s, v))))
+    result = T.run(cfg, store, store.run_dir(second), T.Hooks(log=lambda v, s: logged.append((s, v)),
+                                                              progress=lambda d, t, message: logged.append(message)))
     assert result["lineage"] == {"from_run": first, "from_version": v1, "to_version": v2,
                                  "changes": {"added": [], "removed": [], "edited": ["matey"]},
                                  "text": f"re-baked from run {first} (version {v1} → {v2}: edited matey)"}
@@ -97,8 +98,22 @@ def test_rebake_records_its_lineage_in_the_run_card_and_notice(store, tiny_check
     assert f"| lineage | re-baked from run {first} (version {v1} → {v2}: edited matey) |" in card
     run_file = json.loads((store.runs_dir / str(second) / "adapter" / adapters.RUN_FILE).read_text())
     assert run_file["lineage"]["from_run"] == first
-    # it started from the old adapter: its first held-out KL is the old student's, below the base's
-    assert logged[0][1]["heldout_kl"] < result["heldout_kl_before"] and logged[0][1]["gap_closed"] > 0
+    # it started from the old adapter: its first held-out KL is the old student's, below the base's, measured
+    # before the training answers are sampled; with the changed principle's baked share (the auto gauge)
+    first_log = next(i for i, entry in enumerate(logged) if isinstance(entry, tuple))
+    step, values = logged[first_log]
+    assert step == 0 and values["heldout_kl"] < result["heldout_kl_before"] and values["gap_closed"] > 0
+    assert logged.index("sampling the teacher's training answers") > first_log
+    assert logged.index("sampling the teacher's held-out answers") < first_log
+    measured = [v for entry in logged if isinstance(entry, tuple) for v in entry[1:] if "heldout_kl" in v]
+    assert [k for k in values if k.startswith("baked:")] == ["baked:matey"] and all("baked:matey" in v for v in measured)
+
+
+def test_an_unknown_principle_to_gauge_is_refused_before_the_model_loads(store, tmp_path):
+    v1, _ = pirate_and_captain(store)
+    with pytest.raises(T.TrainError, match="baked gauge: no principle 'captain' in this constitution"):
+        T.run(T.TrainConfig(constitution_id=v1, baked_gauge="arr,captain", **TINY), store, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("change, refusal", [

@@ -479,7 +479,8 @@ def test_stop_while_sampling_the_teacher_is_honoured_and_keeps_the_answers(works
     job_id = jobs.submit(store, "train", cfg.to_dict())
     partial = store.runs_dir / str(job_id) / "data.partial.json"
     deadline = time.time() + 240
-    while not partial.is_file():                            # the first batch is done and kept
+    # the held-out answers are sampled first; then the first batch of training answers is done and kept
+    while not (partial.is_file() and "train" in json.loads(partial.read_text())):
         job = store.get_job(job_id)
         assert time.time() < deadline and job["state"] in ("queued", "running"), job
         time.sleep(0.05)

@@ -32,13 +32,13 @@ BASIC = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample
          "precision", "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
 # re-bake from an earlier run, category hold-out, general replay and the capability gauge
 MIXING = ("from_run", "rebake_share", "rebake_replay", "heldout_categories", "replay_set", "replay_fraction",
-          "capability_gauge")
+          "capability_gauge", "baked_gauge")
 FORM = BASIC + MIXING
 CHOICES = {"data": TC.DATA_SOURCES, "loss": TC.LOSSES, "quantize": QUANTIZE, "precision": PRECISIONS}
 LABELS = {"from_run": "Continue from run (0 = a fresh adapter)"}
 RUN_COLUMNS = ["job", "state", "constitution", "loss", "data", "steps", "precision", "held-out KL before", "after",
                "gap closed", "lineage"]
-GAUGE = {"capability": "capability (student)", "capability_teacher": "capability (teacher)"}
+GAUGE = {"capability": "capability (student)", "capability_teacher": "capability (teacher)"}  # and "baked:<principle>"
 
 
 def _help(name: str) -> str:
@@ -89,9 +89,9 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
     if not job_id:
         return empty, empty
     rows = ctx.store.get_metrics(int(job_id))
-    frame = lambda names: pd.DataFrame([{"step": r["step"], "value": r["value"], "metric": GAUGE.get(r["name"], r["name"])}
+    frame = lambda names: pd.DataFrame([{"step": r["step"], "value": r["value"], "metric": GAUGE.get(r["name"], r["name"].replace("baked:", "baked share: "))}
                                         for r in rows if r["name"] in names and r["value"] is not None]) if rows else empty
-    loss, heldout = frame({"loss", "kl"}), frame({"heldout_kl", *GAUGE})
+    loss, heldout = frame({"loss", "kl"}), frame({"heldout_kl", *GAUGE, *(r["name"] for r in rows if r["name"].startswith("baked:"))})
     return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
 
 
@@ -204,7 +204,7 @@ def layout(ctx: AppContext) -> dict:
         loss_plot = gr.LinePlot(x="step", y="value", color="metric", title="Training loss (nats/token)",
                                 elem_id="train-loss-plot", height=260)
         heldout_plot = gr.LinePlot(x="step", y="value", color="metric",
-                                   title="Held-out KL(teacher‖student) and capability accuracy (gauge on)",
+                                   title="Held-out KL(teacher‖student), capability accuracy and baked shares (gauges on)",
                                    elem_id="train-heldout-plot", height=260)
     log = gr.Textbox(label="Log", lines=6, max_lines=15, interactive=False, elem_id="train-log")
     runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_id="train-runs")
