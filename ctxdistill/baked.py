@@ -75,14 +75,14 @@ def ablations(constitution) -> list[tuple[str, str, str]]:
 
 def tracked(spec: str, constitution, changed: list[str] = ()) -> list[str]:
     """The principles a run measures the score of while it trains (``TrainConfig.baked_gauge``):
-    "auto" the ``changed`` ones (a re-bake's edited and added principles; none for a fresh run),
-    "all", "none", or comma-separated ids; ValueError naming the known ids for an unknown one."""
+    "auto" the ``changed`` ones (a re-bake's: rebake.changed_names; none for a fresh run), "all",
+    "none", or comma-separated ids; ValueError naming the known ids for an unknown one."""
     known = [name for name, _, _ in ablations(constitution)]
     spec = spec.strip()
     if spec in ("", "none"):
         return []
     if spec == "auto":
-        return [name for name in known if name in changed or (name == "(preamble)" and "preamble" in changed)]
+        return list(changed)
     if spec == "all":
         return known
     names = [name.strip() for name in spec.split(",") if name.strip()]
@@ -94,7 +94,11 @@ def tracked(spec: str, constitution, changed: list[str] = ()) -> list[str]:
 
 
 class Gauge:
-    """The score along a run's held-out answers, for a few principles, at each held-out measurement:
+    """The score along a run's held-out answers, for a few principles, at each held-out measurement
+    (the reference point T−i: the teacher without principle i; for a principle a re-bake changed,
+    the teacher with that change undone, so that the score is the share of the *change* carried —
+    the old student, which follows the old text, scores near 0, not the share of the principle's
+    effect that both texts share):
     ``observe`` is handed the held-out KL's student and teacher states batch by batch
     (engine.heldout_kl), so the only extra forward is the teacher without each principle's, once
     per answer (kept), and ``values`` ends a measurement: {"baked:<principle>": raw score}."""

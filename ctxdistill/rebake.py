@@ -7,6 +7,8 @@
   preamble and the few-shot examples count as edits of their own).
 * ``lineage`` — what a re-baked run records in its run info and model card: run N → run M,
   version a → b, and what changed.
+* ``undone`` — the new version with one of its changes undone: the reference point from which a
+  re-bake's baked gauge measures how much of that change the student carries (baked.py).
 * ``stale_notice`` — the line the Distill and Compare tabs show when the constitution picked there
   differs from the version a run was trained on.
 
@@ -14,6 +16,8 @@ How the re-bake chooses what to train on is in mix.py (``disagreement``, ``rebak
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from .constitution import Constitution, from_row
 from .train_config import TrainConfig, TrainError
@@ -51,6 +55,26 @@ def principle_changes(old: Constitution, new: Constitution) -> dict:
     edited += [part for part in ("preamble", "examples") if getattr(old, part) != getattr(new, part)]
     return {"added": [i for i in after if i not in before], "removed": [i for i in before if i not in after],
             "edited": edited}
+
+
+def undone(old: Constitution, new: Constitution, name: str) -> Constitution:
+    """``new`` with its change to principle ``name`` (or "(preamble)") undone: an edited principle back to
+    its ``old`` text, an added one taken out, a removed one put back where it was."""
+    if name == "(preamble)":
+        return replace(new, preamble=old.preamble)
+    before = next((p for p in old.principles if p.id == name), None)
+    if before is None:                                   # added
+        return replace(new, principles=[p for p in new.principles if p.id != name])
+    if any(p.id == name for p in new.principles):        # edited
+        return replace(new, principles=[before if p.id == name else p for p in new.principles])
+    kept = [p.id for p in old.principles[:old.principles.index(before)]]   # removed: after the ones before it
+    at = max((i + 1 for i, p in enumerate(new.principles) if p.id in kept), default=0)
+    return replace(new, principles=new.principles[:at] + [before] + new.principles[at:])
+
+
+def changed_names(changes: dict) -> list[str]:
+    """The principle ids a version changed, with "(preamble)" (the names baked.tracked knows)."""
+    return [("(preamble)" if i == "preamble" else i) for ids in changes.values() for i in ids if i != "examples"]
 
 
 def changes_text(changes: dict) -> str:

@@ -385,10 +385,14 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
             "prompt_set": cfg.prompt_set, "n_heldout": len(heldout),
             "heldout_categories": mix.categories(cfg.heldout_categories), "replay_fraction": cfg.replay_fraction,
             **({"lineage": rebake.lineage(store, source, row)} if source else {})}
-    tracked = baked.tracked(cfg.baked_gauge, constitution, [i for ids in info.get("lineage", {}).get("changes", {}).values()
-                                                             for i in ids])
-    gauge = baked.Gauge(pair, {name: text for name, _, text in baked.ablations(constitution) if name in tracked},
-                        cfg.kl_chunk) if tracked else None
+    changes = info["lineage"]["changes"] if source else {}
+    tracked = baked.tracked(cfg.baked_gauge, constitution, rebake.changed_names(changes))
+    references = {name: text for name, _, text in baked.ablations(constitution) if name in tracked}
+    if source:  # a changed principle is seen from the teacher with the change undone
+        old = from_row(store.get_constitution(info["lineage"]["from_version"]))
+        references |= {name: render(rebake.undone(old, constitution, name)) for name in rebake.changed_names(changes)
+                       if name in tracked}
+    gauge = baked.Gauge(pair, references, cfg.kl_chunk) if tracked else None
     result = train(cfg, model, tokenizer, system, train_examples, heldout, run_dir=run_dir, examples=constitution.examples,
                    hooks=hooks, accelerator=accelerator, info=info, pair=pair, gauge=gauge)
     return {**info, **result}

@@ -76,6 +76,22 @@ def test_a_rebake_trains_on_the_most_changed_first_then_shuffles():
     assert mix.interleave([1, 2, 3, 4], ["a", "b"]) == [1, "a", 2, 3, "b", 4] and mix.interleave([1], []) == [1]
 
 
+def test_each_change_undone_is_the_reference_of_its_baked_share():
+    from ctxdistill.constitution import Constitution, Principle
+
+    a, b, c, d = (Principle(x, x.upper() + ".") for x in "abcd")
+    old = Constitution("t", [a, b, c], preamble="Old.")
+    new = Constitution("t", [dataclasses.replace(a, text="A2."), c, d], preamble="New.")
+    changes = rebake.principle_changes(old, new)
+    assert rebake.changed_names(changes) == ["d", "b", "a", "(preamble)"]
+    ids = lambda con: [(p.id, p.text) for p in con.principles]
+    assert ids(rebake.undone(old, new, "a")) == [("a", "A."), ("c", "C."), ("d", "D.")]     # edited: the old text
+    assert ids(rebake.undone(old, new, "d")) == [("a", "A2."), ("c", "C.")]                 # added: out
+    assert ids(rebake.undone(old, new, "b")) == [("a", "A2."), ("b", "B."), ("c", "C."), ("d", "D.")]   # removed: back
+    assert rebake.undone(old, new, "(preamble)").preamble == "Old." and new.preamble == "New."
+    assert rebake.changed_names(rebake.principle_changes(old, dataclasses.replace(old, examples=[{"role": "user"}]))) == []
+
+
 # --------------------------------------------------------------------------- lineage and refusals
 
 def test_rebake_records_its_lineage_in_the_run_card_and_notice(store, tiny_checkpoint):
@@ -287,3 +303,16 @@ def test_distill_form_refuses_a_run_it_cannot_continue_from(app):
         with pytest.raises(gr.Error, match=refusal):
             on_start(start_values(blocks, version=v2, **over), request=None)
     assert [j["id"] for j in ctx.store.list_jobs(kind="train")] == [failed]        # nothing started
+
+
+def test_distill_plots_the_changed_principles_baked_share_with_the_held_out_kl(app):
+    from ctxdistill.ui.distill import metrics_frames
+
+    ctx, _ = app
+    job = ctx.store.create_job("train", T.TrainConfig(constitution_id=1).to_dict())
+    for step, share in ((0, 0.1), (10, 0.6)):
+        ctx.store.log_metrics(job, step, {"heldout_kl": 0.5 - share / 2, "gap_closed": 0.8, "baked:matey": share, "loss": 1.0})
+    _, heldout = metrics_frames(ctx, job)
+    shares = heldout[heldout["metric"] == "baked share: matey"]
+    assert list(shares["step"]) == [0, 10] and list(shares["value"]) == pytest.approx([0.1, 0.6])
+    assert set(heldout["metric"]) == {"heldout_kl", "baked share: matey"}
