@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
     may be a function, called after the first held-out measurement (mix.setup_data). ``gauge``: the
     principles whose baked share each held-out measurement logs too (baked.Gauge).
 
-    Returns {heldout_kl_before, heldout_kl_after, gap_closed, best_step, step, stopped, adapter}."""
+    Returns {heldout_kl_before, heldout_kl_after, gap_closed, best_step, step, n_train, stopped, adapter}."""
     cfg.validate()
     run_dir = Path(run_dir)
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
