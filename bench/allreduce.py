@@ -43,7 +43,7 @@ def step_flat(model, params, optimizer, batches):
     dist.all_reduce(grads)
     offset = 0
     for p in params:
-        p.grad.copy_(grads[offset:offset + p.numel()].view_as(p))
+        p.grad.copy_(grads[offset : offset + p.numel()].view_as(p))
         offset += p.numel()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -79,7 +79,7 @@ def worker(rank: int, args) -> None:
     batches = micro_batches(base.config.vocab_size, args.grad_accum, args.batch, args.tokens, seed=rank)
     times = {"flat": [], "ddp": []}
     for r in range(args.rounds + 1):  # round 0 warms both up
-        for name in (("flat", "ddp") if r % 2 else ("ddp", "flat")):
+        for name in ("flat", "ddp") if r % 2 else ("ddp", "flat"):
             dist.barrier()
             t0 = time.perf_counter()
             step_flat(model, params, optimizer, batches) if name == "flat" else step_ddp(ddp, optimizer, batches)
@@ -88,8 +88,10 @@ def worker(rank: int, args) -> None:
                 times[name].append(time.perf_counter() - t0)
     if rank == 0:
         flat, ddp_s = (sum(times[k]) / len(times[k]) for k in ("flat", "ddp"))
-        print(f"{args.processes} processes, {args.grad_accum} micro-batches of {args.batch}x{args.tokens} tokens, "
-              f"{sum(p.numel() for p in params) / 1e6:.1f}M adapter parameters, {args.rounds} rounds")
+        print(
+            f"{args.processes} processes, {args.grad_accum} micro-batches of {args.batch}x{args.tokens} tokens, "
+            f"{sum(p.numel() for p in params) / 1e6:.1f}M adapter parameters, {args.rounds} rounds"
+        )
         print(f"flat all-reduce {flat:.2f} s/step · DDP no_sync {ddp_s:.2f} s/step · flat/DDP {flat / ddp_s:.2f}")
     dist.destroy_process_group()
 

@@ -15,8 +15,12 @@ AVX2_PROFILE = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 def add_profile_flag(parser) -> None:
-    parser.add_argument("--profile", choices=("native", "avx2"), default="native",
-                        help="avx2: hold ATen and oneDNN to AVX2, as on a CPU without native bf16")
+    parser.add_argument(
+        "--profile",
+        choices=("native", "avx2"),
+        default="native",
+        help="avx2: hold ATen and oneDNN to AVX2, as on a CPU without native bf16",
+    )
 
 
 def apply_profile(args) -> None:

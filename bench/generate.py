@@ -35,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
+
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,15 +58,19 @@ def prompts(n: int) -> list[str]:
 
 def run_job(model, tokenizer, texts, args) -> tuple[int, list[str]]:
     from ctxdistill.constitution import content_hash, load, to_dict
-    from ctxdistill.sampling import GenerateConfig, run_generate
+    from ctxdistill.generate import GenerateConfig, run_generate
     from ctxdistill.store import Store
 
     store = Store(tempfile.mkdtemp(prefix="bench-ws-"))
     c = load(PIRATE)
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
     store.add_prompts("bench", [{"text": t} for t in texts])
-    cfg = GenerateConfig(set_name="bench", constitution_id=cid, batch_size=args.batch_size,
-                         sampling={"max_new_tokens": args.max_new_tokens})
+    cfg = GenerateConfig(
+        set_name="bench",
+        constitution_id=cid,
+        batch_size=args.batch_size,
+        sampling={"max_new_tokens": args.max_new_tokens},
+    )
     result = run_generate(store, cfg, model, tokenizer)
     return result["new_tokens"], [s["prompted"] for s in store.list_samples()]
 
@@ -74,7 +79,7 @@ def run_loop(model, tokenizer, texts, args) -> tuple[int, list[str]]:
     import torch
 
     from ctxdistill.constitution import load, render
-    from ctxdistill.generate import chat_ids, eos_ids
+    from ctxdistill.sampling import chat_ids, eos_ids
 
     c = load(PIRATE)
     stop = sorted(eos_ids(model, tokenizer))
@@ -83,9 +88,15 @@ def run_loop(model, tokenizer, texts, args) -> tuple[int, list[str]]:
         for system, examples in ((render(c), c.examples), (None, ())):
             ids = torch.tensor([chat_ids(tokenizer, text, system, examples)])
             with torch.no_grad():
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.max_new_tokens,
-                                     do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
-            new = [t for t in out[0, ids.shape[1]:].tolist() if t not in stop]
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=args.max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=stop,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new = [t for t in out[0, ids.shape[1] :].tolist() if t not in stop]
             tokens += len(new)
             if system is not None:
                 answers.append(tokenizer.decode(new, skip_special_tokens=True).strip())
@@ -106,8 +117,18 @@ def child(args) -> None:
     tokens, answers = fn(model, tokenizer, texts, args)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak, "after_load_mb": after_load,
-                      "answers": answers}))
+    print(
+        json.dumps(
+            {
+                "tokens": tokens,
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "peak_rss_mb": peak,
+                "after_load_mb": after_load,
+                "answers": answers,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -123,17 +144,29 @@ def main() -> None:
         return child(args)
     results = {}
     for side in ("job", "baseline"):
-        cmd = [sys.executable, __file__, "--side", side, "--prompts", str(args.prompts),
-               "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--side",
+            side,
+            "--prompts",
+            str(args.prompts),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--batch-size",
+            str(args.batch_size),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[side] = json.loads(out.strip().splitlines()[-1])
     job, base = results["job"], results["baseline"]
     same = sum(a == b for a, b in zip(job["answers"], base["answers"]))
     print(f"{args.prompts} prompts x (with + without the constitution), greedy, <= {args.max_new_tokens} new tokens")
     for name, r in (("job (batched, prefix KV reused)", job), ("baseline (one at a time)", base)):
-        print(f"  {name:33s} {r['tokens']:6d} tokens in {r['seconds']:7.1f} s = {r['tokens'] / r['seconds']:7.1f} tok/s"
-              f" ({r['tokens'] / r['cpu_seconds']:.1f} per CPU-s)   peak RSS {r['peak_rss_mb']:6.0f} MB "
-              f"(+{r['peak_rss_mb'] - r['after_load_mb']:.0f} MB over the loaded model)")
+        print(
+            f"  {name:33s} {r['tokens']:6d} tokens in {r['seconds']:7.1f} s = {r['tokens'] / r['seconds']:7.1f} tok/s"
+            f" ({r['tokens'] / r['cpu_seconds']:.1f} per CPU-s)   peak RSS {r['peak_rss_mb']:6.0f} MB "
+            f"(+{r['peak_rss_mb'] - r['after_load_mb']:.0f} MB over the loaded model)"
+        )
     print(f"  identical prompted answers: {same}/{len(job['answers'])}")
     ratio = (job["tokens"] / job["seconds"]) / (base["tokens"] / base["seconds"])
     cpu_ratio = (job["tokens"] / job["cpu_seconds"]) / (base["tokens"] / base["cpu_seconds"])

@@ -29,12 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from ctxdistill import train as T  # noqa: E402
+from ctxdistill import train  # noqa: E402
 from ctxdistill.constitution import content_hash, load, render, to_dict  # noqa: E402
-from ctxdistill.generate import SamplingConfig, preview  # noqa: E402
 from ctxdistill.models import load_model  # noqa: E402
 from ctxdistill.precision import policy, profile_line  # noqa: E402
 from ctxdistill.prompts import ensure_default_prompts  # noqa: E402
+from ctxdistill.sampling import SamplingConfig, preview  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
 
 PIRATE = REPO / "assets/constitutions/pirate.yaml"
@@ -54,8 +54,11 @@ def check(device: str, home: Path) -> dict:
     t0 = time.perf_counter()
     shown = preview(model, tok, render(c), prompts, SamplingConfig(max_new_tokens=32))
     preview_s = time.perf_counter() - t0
-    print(f"  preview of {len(prompts)} prompts x 2 conditions, 32 tokens: {preview_s:.1f} s; "
-          f"first teacher answer: {shown.prompted[0][0][:80]!r}", flush=True)
+    print(
+        f"  preview of {len(prompts)} prompts x 2 conditions, 32 tokens: {preview_s:.1f} s; "
+        f"first teacher answer: {shown.prompted[0][0][:80]!r}",
+        flush=True,
+    )
     del model
     speeds, peaks = [], []
 
@@ -64,17 +67,28 @@ def check(device: str, home: Path) -> dict:
             speeds.append(values["tokens_per_s"])
             peaks.append(values["peak_mem_mb"])
 
-    cfg = T.TrainConfig(constitution_id=cid, steps=40, max_prompts=64, eval_prompts=16, eval_every=10)
+    cfg = train.TrainConfig(constitution_id=cid, steps=40, max_prompts=64, eval_prompts=16, eval_every=10)
     t0 = time.perf_counter()
-    result = T.run(cfg, store, home / device / "run", T.Hooks(log=log), accelerator=T._setup_accelerator(device))
+    result = train.run(
+        cfg, store, home / device / "run", train.Hooks(log=log), accelerator=train._setup_accelerator(device)
+    )
     wall = time.perf_counter() - t0
-    out = {"device": device, "precision": chosen.to_dict(), "preview_s": preview_s, "train_wall_s": wall,
-           "answer_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
-           "peak_mem_mb": max(peaks) if peaks else None, "gap_closed": result["gap_closed"],
-           "heldout_kl": [result["heldout_kl_before"], result["heldout_kl_after"]]}
-    print(f"  40 kl steps: {wall:.0f} s wall (sampling included), {out['answer_tokens_per_s']:.0f} answer tok/s (median step), "
-          f"peak {out['peak_mem_mb']:.0f} MB; held-out KL {result['heldout_kl_before']:.3f} -> "
-          f"{result['heldout_kl_after']:.3f} on 16 prompts: gap closed {result['gap_closed']:.2f}", flush=True)
+    out = {
+        "device": device,
+        "precision": chosen.to_dict(),
+        "preview_s": preview_s,
+        "train_wall_s": wall,
+        "answer_tokens_per_s": sorted(speeds)[len(speeds) // 2] if speeds else None,
+        "peak_mem_mb": max(peaks) if peaks else None,
+        "gap_closed": result["gap_closed"],
+        "heldout_kl": [result["heldout_kl_before"], result["heldout_kl_after"]],
+    }
+    print(
+        f"  40 kl steps: {wall:.0f} s wall (sampling included), {out['answer_tokens_per_s']:.0f} answer tok/s (median step), "
+        f"peak {out['peak_mem_mb']:.0f} MB; held-out KL {result['heldout_kl_before']:.3f} -> "
+        f"{result['heldout_kl_after']:.3f} on 16 prompts: gap closed {result['gap_closed']:.2f}",
+        flush=True,
+    )
     return out
 
 
@@ -89,14 +103,18 @@ def main() -> int:
         return 2
     if "cuda" in devices:
         props = torch.cuda.get_device_properties(0)
-        print(f"GPU: {props.name}, {props.total_memory // 2**20} MB, bf16 {torch.cuda.is_bf16_supported()}; "
-              f"torch {torch.__version__}, CUDA {torch.version.cuda}")
+        print(
+            f"GPU: {props.name}, {props.total_memory // 2**20} MB, bf16 {torch.cuda.is_bf16_supported()}; "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+        )
     with tempfile.TemporaryDirectory(prefix="ctxdistill-gpu-check-") as home:
         results = [check(d, Path(home)) for d in devices]
     if len(results) == 2:
         gpu, cpu = results
-        print(f"\nGPU vs CPU: {gpu['answer_tokens_per_s'] / cpu['answer_tokens_per_s']:.1f}x answer tok/s, "
-              f"preview {cpu['preview_s'] / gpu['preview_s']:.1f}x faster, gap closed {gpu['gap_closed']:.2f} vs {cpu['gap_closed']:.2f}")
+        print(
+            f"\nGPU vs CPU: {gpu['answer_tokens_per_s'] / cpu['answer_tokens_per_s']:.1f}x answer tok/s, "
+            f"preview {cpu['preview_s'] / gpu['preview_s']:.1f}x faster, gap closed {gpu['gap_closed']:.2f} vs {cpu['gap_closed']:.2f}"
+        )
     print(json.dumps(results))
     return 0
 

@@ -50,11 +50,13 @@ def tree(pid: int) -> list[psutil.Process]:
 def measure(server_pid: int, skip: set[int], seconds: float) -> tuple[float, float]:
     """(server, browser) CPU seconds over the window. The browser is every other process this
     script started (Playwright's driver and Chromium), except `skip` (job workers)."""
+
     def parties():
         server = tree(server_pid)
         ours = {p.pid for p in server} | skip
         browser = [p for p in psutil.Process().children(recursive=True) if p.pid not in ours]
         return server, browser
+
     server0, browser0 = (cpu_seconds(x) for x in parties())
     time.sleep(seconds)
     server1, browser1 = (cpu_seconds(x) for x in parties())
@@ -66,8 +68,12 @@ def fake_run(store: Store, job_id: int, steps: int) -> None:
     for step in range(1, steps + 1):
         time.sleep(1.0)
         store.log_metrics(job_id, step, {"loss": 1.0 / step, "kl": 1.0 / step})
-        store.update_job(job_id, progress_done=step, progress_total=steps,
-                         message=f"step {step}/{steps} · loss {1.0 / step:.4f} · 300 tok/s · ETA {steps - step}s")
+        store.update_job(
+            job_id,
+            progress_done=step,
+            progress_total=steps,
+            message=f"step {step}/{steps} · loss {1.0 / step:.4f} · 300 tok/s · ETA {steps - step}s",
+        )
     store.update_job(job_id, state="done", finished_at=time.time(), message="done")
 
 
@@ -75,8 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--tab", default="distill", help="the tab left open (its title, lower-cased)")
-    parser.add_argument("--settle", type=float, default=10.0,
-                        help="seconds between the page's first load (the model loaded) and the first window")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=10.0,
+        help="seconds between the page's first load (the model loaded) and the first window",
+    )
     add_profile_flag(parser)
     args = parser.parse_args()
     apply_profile(args)
@@ -91,7 +101,7 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(300_000)
             page.goto(url)
-            page.wait_for_selector("#token-count >> text=tokens of the model")   # the model is loaded
+            page.wait_for_selector("#token-count >> text=tokens of the model")  # the model is loaded
             page.get_by_role("tab", name=args.tab.capitalize()).click()
             time.sleep(args.settle)
             rows.append(("before any job", *measure(proc.pid, set(), args.seconds)))
@@ -115,8 +125,10 @@ def main() -> None:
     print(f"open tab: {args.tab}, {args.seconds:.0f} s windows (CPU seconds; % of one core)")
     for name, server, chrome in rows:
         s = args.seconds
-        print(f"  {name:18} server {server:6.2f} s ({server / s:4.0%})  browser {chrome:6.2f} s ({chrome / s:4.0%})"
-              f"  total {(server + chrome) / s:4.0%}")
+        print(
+            f"  {name:18} server {server:6.2f} s ({server / s:4.0%})  browser {chrome:6.2f} s ({chrome / s:4.0%})"
+            f"  total {(server + chrome) / s:4.0%}"
+        )
 
 
 if __name__ == "__main__":

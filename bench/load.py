@@ -37,6 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
+
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,7 +47,7 @@ from ctxdistill.store import Store  # noqa: E402
 from tests.e2e.conftest import start_app, stop_app  # noqa: E402
 
 PIRATE = REPO / "assets" / "constitutions" / "pirate.yaml"
-LIGHT_PAUSE_S = 0.2           # a person clicking through the review queue, fast
+LIGHT_PAUSE_S = 0.2  # a person clicking through the review queue, fast
 PREVIEW_TOKENS = 16
 CALL_TIMEOUT_S = 300
 
@@ -82,6 +83,7 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
     base = cmod.to_dict(cmod.load(PIRATE))
     lock = threading.Lock()
     with open(out, "a", buffering=1) as log:
+
         def record(rec: dict) -> None:
             with lock:
                 log.write(json.dumps(rec) + "\n")
@@ -101,26 +103,37 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
             start = time.perf_counter()
             try:
                 if kind == "preview":
-                    preview_client.submit(PIRATE.read_text(), rng.choice(["How do I boil an egg?", "Name a colour.", "Hi!"]),
-                                  1, n, PREVIEW_TOKENS, 0.0, api_name="/preview").result(timeout=CALL_TIMEOUT_S)
+                    preview_client.submit(
+                        PIRATE.read_text(),
+                        rng.choice(["How do I boil an egg?", "Name a colour.", "Hi!"]),
+                        1,
+                        n,
+                        PREVIEW_TOKENS,
+                        0.0,
+                        api_name="/preview",
+                    ).result(timeout=CALL_TIMEOUT_S)
                 elif kind == "samples":
                     client.predict(constitution_id, "", 20, api_name="/samples")
                 elif kind == "review":
                     rows = client.predict(constitution_id, "", 50, api_name="/samples")
                     s = rng.choice(rows)
                     note = f"u{index}-{n}-{rng.random():.6f}"
-                    start = time.perf_counter()          # the write alone is timed; the read was above
-                    got = client.predict(s["id"], s["version"], rng.choice(["accepted", "rejected"]), note,
-                                         api_name="/review")
+                    start = time.perf_counter()  # the write alone is timed; the read was above
+                    got = client.predict(
+                        s["id"], s["version"], rng.choice(["accepted", "rejected"]), note, api_name="/review"
+                    )
                     rec["ack"] = {"sample": s["id"], "note": note, "version": got["version"]}
                 else:
                     description = f"u{index}-{n}-{rng.random():.6f}"
-                    got = client.predict(json.dumps({**base, "description": description}), description,
-                                         api_name="/save_version")
+                    got = client.predict(
+                        json.dumps({**base, "description": description}), description, api_name="/save_version"
+                    )
                     rec["ack"] = {"version": got["id"], "description": description}
                 rec["ok"] = True
             except Exception as exc:
-                rec.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:300], conflict="Changed elsewhere" in str(exc))
+                rec.update(
+                    ok=False, error=f"{type(exc).__name__}: {exc}"[:300], conflict="Changed elsewhere" in str(exc)
+                )
             rec["s"] = time.perf_counter() - start
             record(rec)
 
@@ -147,8 +160,7 @@ def user(url: str, seconds: float, index: int, constitution_id: int, out: str, p
 def hostile_texts() -> list[str]:
     from tests.test_hostile import alias_bomb
 
-    regex_check = ("name: slow\nprinciples:\n  - id: p1\n    text: say a\n"
-                   "    check: {kind: regex, value: '(a|aa)+$'}\n")
+    regex_check = "name: slow\nprinciples:\n  - id: p1\n    text: say a\n    check: {kind: regex, value: '(a|aa)+$'}\n"
     return [alias_bomb(), "[" * 200_000 + "]" * 200_000, "name: big\nprinciples: [x]\n#" + "x" * (2 << 20), regex_check]
 
 
@@ -168,17 +180,22 @@ def attacker(url: str, seconds: float, out: str, start=None) -> None:
                 refused = False
             except Exception:
                 refused = True
-            log.write(json.dumps({"kind": "attack", "ok": True, "refused": refused, "s": time.perf_counter() - t}) + "\n")
+            log.write(
+                json.dumps({"kind": "attack", "ok": True, "refused": refused, "s": time.perf_counter() - t}) + "\n"
+            )
             n += 1
 
 
-def run_users(url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True,
-              attack: bool = False) -> list[dict]:
+def run_users(
+    url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True, attack: bool = False
+) -> list[dict]:
     """Start `users` processes (and, with `attack`, one attacker), wait for them, return every call they made."""
     ctx = mp.get_context("spawn")
     files = [out_dir / f"user-{users}-{i}.jsonl" for i in range(users)]
     start = ctx.Barrier(users + attack)
-    procs = [ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews, start)) for i, f in enumerate(files)]
+    procs = [
+        ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews, start)) for i, f in enumerate(files)
+    ]
     if attack:
         files.append(out_dir / f"attacker-{users}.jsonl")
         procs.append(ctx.Process(target=attacker, args=(url, seconds, str(files[-1]), start)))
@@ -222,13 +239,17 @@ def summarise(calls: list[dict], seconds: float) -> dict:
     ok = lambda cs: [c["s"] for c in cs if c["ok"]]
     ms = lambda v: None if v is None else round(v * 1000)
     return {
-        "light_calls": len(light), "light_p50_ms": ms(percentile(ok(light), 50)), "light_p95_ms": ms(percentile(ok(light), 95)),
-        "previews": len(previews), "preview_p50_ms": ms(percentile(ok(previews), 50)),
+        "light_calls": len(light),
+        "light_p50_ms": ms(percentile(ok(light), 50)),
+        "light_p95_ms": ms(percentile(ok(light), 95)),
+        "previews": len(previews),
+        "preview_p50_ms": ms(percentile(ok(previews), 50)),
         "preview_p95_ms": ms(percentile(ok(previews), 95)),
         # a review that lost a race with another user's review is the app working as designed
         "conflicts": sum(1 for c in calls if not c["ok"] and c.get("conflict")),
         "errors": sum(1 for c in calls if not c["ok"] and not c.get("conflict")),
-        "light_per_s": round(len(ok(light)) / seconds, 1), "previews_per_s": round(len(ok(previews)) / seconds, 2),
+        "light_per_s": round(len(ok(light)) / seconds, 1),
+        "previews_per_s": round(len(ok(previews)) / seconds, 2),
         "clients_cpu_s": round(sum(c["s"] for c in calls if c["kind"] == "cpu"), 1),
         "attacks": sum(1 for c in calls if c["kind"] == "attack"),
         "attacks_refused": sum(1 for c in calls if c["kind"] == "attack" and c["refused"]),
@@ -266,25 +287,28 @@ def kill_test(home: Path, cid: int, out_dir: Path, users: int = 4, min_acked: in
     procs = [ctx.Process(target=user, args=(url, 600, 100 + i, cid, str(f), False)) for i, f in enumerate(files)]
     for p in procs:
         p.start()
-    read = lambda: [json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line.strip()]
+    read = lambda: [
+        json.loads(line) for f in files if f.exists() for line in f.read_text().splitlines() if line.strip()
+    ]
     deadline = time.monotonic() + 300
     while sum(1 for c in read() if c.get("ok") and "ack" in c) < min_acked and time.monotonic() < deadline:
         time.sleep(0.2)
-    proc.kill()                                   # SIGKILL while the users keep writing: no shutdown handler runs
+    proc.kill()  # SIGKILL while the users keep writing: no shutdown handler runs
     proc.wait()
-    time.sleep(1.0)                               # the writes in flight fail; nothing more can be acknowledged
+    time.sleep(1.0)  # the writes in flight fail; nothing more can be acknowledged
     for p in procs:
         p.kill()
         p.join()
     calls = read()
     result = check_acknowledged(home, calls)
-    proc, url = start_app(home)                   # the restarted app serves what was acknowledged
+    proc, url = start_app(home)  # the restarted app serves what was acknowledged
     try:
         from gradio_client import Client
 
         served = {v["id"] for v in Client(url, verbose=False).predict(api_name="/versions")}
-        result["served_after_restart"] = all(c["ack"]["version"] in served for c in calls
-                                             if c.get("ok") and "description" in c.get("ack", {}))
+        result["served_after_restart"] = all(
+            c["ack"]["version"] in served for c in calls if c.get("ok") and "description" in c.get("ack", {})
+        )
     finally:
         stop_app(proc)
     result["failed_at_kill"] = sum(1 for c in calls if not c["ok"])
@@ -297,8 +321,16 @@ def start_training(home: Path, cid: int, train: bool) -> tuple[int, str]:
     from ctxdistill.train import TrainConfig
 
     store = Store(home)
-    cfg = TrainConfig(constitution_id=cid, steps=100_000, eval_every=0, checkpoint_every=0, max_prompts=16,
-                      batch_size=4, sample_tokens=24, eval_prompts=4)
+    cfg = TrainConfig(
+        constitution_id=cid,
+        steps=100_000,
+        eval_every=0,
+        checkpoint_every=0,
+        max_prompts=16,
+        batch_size=4,
+        sample_tokens=24,
+        eval_prompts=4,
+    )
     job = jobs.submit(store, "train", cfg.to_dict()) if train else None
     store.close()
     return job, "train" if train else "none"
@@ -331,11 +363,13 @@ def main(argv=None) -> int:
         print(f"warm-up preview (model load): {time.perf_counter() - t:.1f} s", flush=True)
         job, background = start_training(home, cid, args.train)
         if job:
-            time.sleep(5)                           # let the worker start loading the model
+            time.sleep(5)  # let the worker start loading the model
         print(f"background job: {background}" + (f" (job {job})" if job else ""), flush=True)
         cpu_line = []
-        print("| users | light calls | light p50 ms | light p95 ms | previews | preview p50 ms | preview p95 ms "
-              "| errors | review conflicts | light/s | previews/s | training state |")
+        print(
+            "| users | light calls | light p50 ms | light p95 ms | previews | preview p50 ms | preview p95 ms "
+            "| errors | review conflicts | light/s | previews/s | training state |"
+        )
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in args.users or [1, 4, 16]:
             worker = job_row(home, job)["pid"] if job else None
@@ -346,17 +380,25 @@ def main(argv=None) -> int:
             s = summarise(calls, args.seconds)
             row = job_row(home, job) if job else None
             state = f"{row['state']} step {row['progress_done']}" if row else ""
-            print(f"| {n} | {s['light_calls']} | {s['light_p50_ms']} | {s['light_p95_ms']} | {s['previews']} | "
-                  f"{s['preview_p50_ms']} | {s['preview_p95_ms']} | {s['errors']} | {s['conflicts']} | "
-                  f"{s['light_per_s']} | {s['previews_per_s']} | {state} |", flush=True)
-            cpu_line.append(f"N={n}: app {cpu['app']:.0f} s, training {cpu['training']:.0f} s, the {n} client processes "
-                            f"{s['clients_cpu_s']:.0f} s of the {wall * (os.cpu_count() or 1):.0f} CPU-s the machine had")
+            print(
+                f"| {n} | {s['light_calls']} | {s['light_p50_ms']} | {s['light_p95_ms']} | {s['previews']} | "
+                f"{s['preview_p50_ms']} | {s['preview_p95_ms']} | {s['errors']} | {s['conflicts']} | "
+                f"{s['light_per_s']} | {s['previews_per_s']} | {state} |",
+                flush=True,
+            )
+            cpu_line.append(
+                f"N={n}: app {cpu['app']:.0f} s, training {cpu['training']:.0f} s, the {n} client processes "
+                f"{s['clients_cpu_s']:.0f} s of the {wall * (os.cpu_count() or 1):.0f} CPU-s the machine had"
+            )
             errors = [c for c in calls if not c["ok"] and not c.get("conflict")]
             for c in errors[:3]:
                 print("   error:", c["kind"], c.get("error"), flush=True)
             if args.attack:
-                print(f"   attacker: {s['attacks']} hostile constitutions sent, {s['attacks_refused']} refused, "
-                      f"p95 {s['attack_p95_ms']} ms", flush=True)
+                print(
+                    f"   attacker: {s['attacks']} hostile constitutions sent, {s['attacks_refused']} refused, "
+                    f"p95 {s['attack_p95_ms']} ms",
+                    flush=True,
+                )
         print("CPU time while each N ran (connecting included):\n  " + "\n  ".join(cpu_line))
     finally:
         stop_app(proc)

@@ -24,8 +24,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
-MODES = (("float32", "none", "fp32"), ("bf16", "none", "bf16"), ("4-bit, bf16 compute", "4bit", "bf16"),
-         ("4-bit, fp32 compute", "4bit", "fp32"))
+MODES = (
+    ("float32", "none", "fp32"),
+    ("bf16", "none", "bf16"),
+    ("4-bit, bf16 compute", "4bit", "bf16"),
+    ("4-bit, fp32 compute", "4bit", "fp32"),
+)
 
 
 def forward_s(quantize: str, precision: str, batch: int, tokens: int) -> float:

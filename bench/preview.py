@@ -22,11 +22,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
+
 os.environ.setdefault("CTXDISTILL_MODELS", str(ROOT / ".cache" / "models"))
 
 from ctxdistill import constitution as cmod  # noqa: E402
-from ctxdistill.generate import SamplingConfig, chat_ids, eos_ids, generate_rows  # noqa: E402
 from ctxdistill.models import load_model  # noqa: E402
+from ctxdistill.sampling import SamplingConfig, chat_ids, eos_ids, generate_rows  # noqa: E402
 
 
 def one_at_a_time(model, tokenizer, rows, max_new_tokens):
@@ -34,8 +35,13 @@ def one_at_a_time(model, tokenizer, rows, max_new_tokens):
     out = []
     for system, prompt in rows:
         ids = torch.tensor([chat_ids(tokenizer, prompt, system)])
-        gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:].tolist()
+        gen = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )[0, ids.shape[1] :].tolist()
         out.append(gen[: next((i for i, t in enumerate(gen) if t in stop), len(gen))])
     return out
 
@@ -63,7 +69,9 @@ def main() -> None:
 
     same = sum(a == b for a, b in zip(baseline, batched))
     tokens = sum(len(b) for b in batched)
-    print(f"rows: {len(rows)} ({args.prompts} prompts x 2 conditions), {tokens} tokens generated, torch threads {torch.get_num_threads()}")
+    print(
+        f"rows: {len(rows)} ({args.prompts} prompts x 2 conditions), {tokens} tokens generated, torch threads {torch.get_num_threads()}"
+    )
     print(f"one at a time: {t_base:.1f} s   batched: {t_batch:.1f} s")
     print(f"token-identical greedy outputs: {same}/{len(rows)}")
     print(f"speed-up: {t_base / t_batch:.2f}x")

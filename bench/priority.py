@@ -70,7 +70,7 @@ def main() -> None:
             job_id = jobs.submit(store, "bench.priority:burn", {})
             while store.get_job(job_id)["progress_done"] == 0:
                 time.sleep(0.2)
-            time.sleep(2)                                   # torch's threads started
+            time.sleep(2)  # torch's threads started
             alone = work(store, job_id, args.seconds / 2)
             latencies, deadline = [], time.monotonic() + args.seconds
             while time.monotonic() < deadline:

@@ -39,13 +39,14 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ctxdistill import train as T  # noqa: E402
-from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
-from ctxdistill.store import Store  # noqa: E402
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
+from ctxdistill import train  # noqa: E402
+from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
+from ctxdistill.store import Store  # noqa: E402
+
 TARGET = 0.8
-CHANGED = "baked:matey"   # the changed principle's baked share, logged by both version 2 runs
+CHANGED = "baked:matey"  # the changed principle's baked share, logged by both version 2 runs
 
 
 def version_two(c):
@@ -59,7 +60,7 @@ def version_two(c):
     return c2
 
 
-def timed_run(store, cfg: T.TrainConfig, label: str, stop_at_target: bool = False) -> dict:
+def timed_run(store, cfg: train.TrainConfig, label: str, stop_at_target: bool = False) -> dict:
     """train.run as a job of the store; the wall and CPU time of each held-out measurement from the
     start (the CPU time of this process: on a shared machine it does not count the others' load)."""
     job = store.create_job("train", cfg.to_dict(), heavy=True)
@@ -67,11 +68,21 @@ def timed_run(store, cfg: T.TrainConfig, label: str, stop_at_target: bool = Fals
 
     def log(values, step):
         if "gap_closed" in values:
-            curve.append((time.perf_counter() - start, time.process_time() - cpu, step, values["gap_closed"],
-                          values.get(CHANGED)))
+            curve.append(
+                (
+                    time.perf_counter() - start,
+                    time.process_time() - cpu,
+                    step,
+                    values["gap_closed"],
+                    values.get(CHANGED),
+                )
+            )
             share = f", {CHANGED} {values[CHANGED]:.3f}" if CHANGED in values else ""
-            print(f"  {label}: step {step:3d} at {curve[-1][0]:6.0f} s wall, {curve[-1][1]:6.0f} s CPU, "
-                  f"gap closed {values['gap_closed']:.3f}{share}", flush=True)
+            print(
+                f"  {label}: step {step:3d} at {curve[-1][0]:6.0f} s wall, {curve[-1][1]:6.0f} s CPU, "
+                f"gap closed {values['gap_closed']:.3f}{share}",
+                flush=True,
+            )
 
     phases = []
 
@@ -82,8 +93,12 @@ def timed_run(store, cfg: T.TrainConfig, label: str, stop_at_target: bool = Fals
             print(f"  {label}: {phases[-1][0]:6.1f} s  {phase}", flush=True)
 
     reached = lambda: next((point for point in curve if point[3] >= TARGET), None)
-    result = T.run(cfg, store, store.run_dir(job), T.Hooks(log=log, progress=progress,
-                                                           should_stop=lambda: stop_at_target and reached() is not None))
+    result = train.run(
+        cfg,
+        store,
+        store.run_dir(job),
+        train.Hooks(log=log, progress=progress, should_stop=lambda: stop_at_target and reached() is not None),
+    )
     store.update_job(job, state="cancelled" if result["stopped"] else "done", result=result)
     return {"job": job, "result": result, "total_s": time.perf_counter() - start, "curve": curve, "reached": reached()}
 
@@ -108,7 +123,9 @@ def pass_rates(store, constitution, runs: dict[str, int], precision_of: dict) ->
         model = load_adapter(model, store.runs_dir / str(job) / "adapter", name=name)
 
     def rates(system, examples=()):
-        ids = sample_answers(model, tok, [(system, p, i) for i, p in enumerate(prompts)], EvalConfig(), examples=examples)
+        ids = sample_answers(
+            model, tok, [(system, p, i) for i, p in enumerate(prompts)], EvalConfig(), examples=examples
+        )
         texts = [tok.decode(a, skip_special_tokens=True) for a in ids]
         return {p.id: sum(p.check.passes(t) for t in texts) / len(texts) for p in constitution.principles if p.check}
 
@@ -125,7 +142,9 @@ def main():
     p.add_argument("--rebake-steps", type=int, default=30, help="optimiser steps of the re-bake (default 30)")
     p.add_argument("--eval-every", type=int, default=5, help="held-out measurement every N steps")
     p.add_argument("--max-prompts", type=int, default=0, help="train prompts of every run (default 0: all 192)")
-    p.add_argument("--steps", type=int, default=80, help="steps of the runs from scratch (default 80, the default run's)")
+    p.add_argument(
+        "--steps", type=int, default=80, help="steps of the runs from scratch (default 80, the default run's)"
+    )
     p.add_argument("--keep", help="keep the workspace here instead of a temporary directory")
     add_profile_flag(p)
     args = p.parse_args()
@@ -137,45 +156,67 @@ def main():
     v2 = store.save_constitution(c2.name, to_dict(c2), content_hash(c2), parent_id=v1)
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (the machine is shared)")
     common = dict(max_prompts=args.max_prompts, eval_every=args.eval_every)
-    first = timed_run(store, T.TrainConfig(constitution_id=v1, steps=args.steps, **common), "v1 from scratch")
-    print(f"\nv1 from scratch: {first['total_s']:.0f} s, gap closed {first['result']['gap_closed']:.3f} "
-          f"(kept step {first['result']['best_step']})")
-    rebaked = timed_run(store, T.TrainConfig(constitution_id=v2, from_run=first["job"], steps=args.rebake_steps, **common),
-                        "v2 re-bake")
+    first = timed_run(store, train.TrainConfig(constitution_id=v1, steps=args.steps, **common), "v1 from scratch")
+    print(
+        f"\nv1 from scratch: {first['total_s']:.0f} s, gap closed {first['result']['gap_closed']:.3f} "
+        f"(kept step {first['result']['best_step']})"
+    )
+    rebaked = timed_run(
+        store,
+        train.TrainConfig(constitution_id=v2, from_run=first["job"], steps=args.rebake_steps, **common),
+        "v2 re-bake",
+    )
     print(f"\nv2 re-bake: {rebaked['result']['lineage']['text']}; {rebaked['result']['n_train']} training answers")
     # stopped once it reaches the target: only its time to it is needed
-    scratch = timed_run(store, T.TrainConfig(constitution_id=v2, steps=args.steps, baked_gauge="matey", **common),
-                        "v2 from scratch", stop_at_target=True)
+    scratch = timed_run(
+        store,
+        train.TrainConfig(constitution_id=v2, steps=args.steps, baked_gauge="matey", **common),
+        "v2 from scratch",
+        stop_at_target=True,
+    )
     print()
     for label, r in (("re-bake", rebaked), ("scratch", scratch)):
-        when = (f"{r['reached'][0]:.0f} s wall, {r['reached'][1]:.0f} s CPU (step {r['reached'][2]})" if r["reached"]
-                else "not reached")
+        when = (
+            f"{r['reached'][0]:.0f} s wall, {r['reached'][1]:.0f} s CPU (step {r['reached'][2]})"
+            if r["reached"]
+            else "not reached"
+        )
         print(f"  {label:8s} gap closed >= {TARGET} at {when}; whole run {r['total_s']:.0f} s")
     if rebaked["reached"] and scratch["reached"]:
         for i, kind in ((0, "wall"), (1, "CPU")):
             ratio = rebaked["reached"][i] / scratch["reached"][i]
-            print(f"  {kind} time to gap closed >= {TARGET}: re-bake / scratch = {ratio:.2f} (target <= 0.40: "
-                  f"{'met' if ratio <= 0.4 else 'not met'})")
+            print(
+                f"  {kind} time to gap closed >= {TARGET}: re-bake / scratch = {ratio:.2f} (target <= 0.40: "
+                f"{'met' if ratio <= 0.4 else 'not met'})"
+            )
     share = scratch["reached"][4] if scratch["reached"] else None
     if share is not None:
         when = carried_as_much(rebaked, share)
-        print(f"\n  the changed principle's baked share: scratch {share:.3f} when it reached {TARGET}; re-bake "
-              f"{rebaked['curve'][0][4]:.3f} at its start, {rebaked['curve'][-1][4]:.3f} at its end")
+        print(
+            f"\n  the changed principle's baked share: scratch {share:.3f} when it reached {TARGET}; re-bake "
+            f"{rebaked['curve'][0][4]:.3f} at its start, {rebaked['curve'][-1][4]:.3f} at its end"
+        )
         if when:
             for i, kind in ((0, "wall"), (1, "CPU")):
-                print(f"  {kind} time to that share: re-bake {when[i]:.0f} s (step {when[2]}) / scratch "
-                      f"{scratch['reached'][i]:.0f} s = {when[i] / scratch['reached'][i]:.2f}")
+                print(
+                    f"  {kind} time to that share: re-bake {when[i]:.0f} s (step {when[2]}) / scratch "
+                    f"{scratch['reached'][i]:.0f} s = {when[i] / scratch['reached'][i]:.2f}"
+                )
         else:
             print(f"  the re-bake did not carry that share in {args.rebake_steps} steps")
     rates = pass_rates(store, c2, {"v1": first["job"], "rebake": rebaked["job"]}, first["result"])
-    print(f"\ncheck pass rates of version 2's principles on {len(store.get_prompts('default', split='heldout'))} "
-          "held-out prompts (the matey principle's check is \"captain\" now)")
+    print(
+        f"\ncheck pass rates of version 2's principles on {len(store.get_prompts('default', split='heldout'))} "
+        'held-out prompts (the matey principle\'s check is "captain" now)'
+    )
     for name, row in rates.items():
         print(f"  {name:8s} " + ", ".join(f"{k} {v:.0%}" for k, v in row.items()))
     for pid in ("arr", "voice"):
         delta = 100 * (rates["rebake"][pid] - rates["v1"][pid])
-        print(f"  unchanged principle {pid}: re-bake - v1 = {delta:+.0f} points (target within 5: "
-              f"{'met' if abs(delta) <= 5 else 'not met'})")
+        print(
+            f"  unchanged principle {pid}: re-bake - v1 = {delta:+.0f} points (target within 5: "
+            f"{'met' if abs(delta) <= 5 else 'not met'})"
+        )
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

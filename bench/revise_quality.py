@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
+
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,8 +47,8 @@ VARIANTS = {
 
 def sample(home: Path, n: int, max_new_tokens: int, model, tokenizer) -> dict[str, int]:
     from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.generate import GenerateConfig, run_generate
     from ctxdistill.prompts import ensure_default_prompts
-    from ctxdistill.sampling import GenerateConfig, run_generate
     from ctxdistill.store import Store
 
     with Store(home) as store:
@@ -56,8 +57,12 @@ def sample(home: Path, n: int, max_new_tokens: int, model, tokenizer) -> dict[st
         for name in CONSTITUTIONS:
             c = load(REPO / "assets" / "constitutions" / f"{name}.yaml")
             ids[name] = store.save_constitution(c.name, to_dict(c), content_hash(c))
-            run_generate(store, GenerateConfig(constitution_id=ids[name], limit=n,
-                                               sampling={"max_new_tokens": max_new_tokens}), model, tokenizer)
+            run_generate(
+                store,
+                GenerateConfig(constitution_id=ids[name], limit=n, sampling={"max_new_tokens": max_new_tokens}),
+                model,
+                tokenizer,
+            )
     return ids
 
 
@@ -94,9 +99,17 @@ def measure(home: Path, ids: dict[str, int], settings: dict, max_new_tokens: int
                 figures["clean"] += not s["flags"]
                 figures["pass"] += all(check.passes(s["final"]) for _, check in checks)
                 figures["samples"] += 1
-                chains.append({"constitution": name, "prompt": s["prompt"], "unprompted": s["unprompted"],
-                               "prompted": s["prompted"], "chain": s["chain"], "final": s["final"],
-                               "flags": s["flags"]})
+                chains.append(
+                    {
+                        "constitution": name,
+                        "prompt": s["prompt"],
+                        "unprompted": s["unprompted"],
+                        "prompted": s["prompted"],
+                        "chain": s["chain"],
+                        "final": s["final"],
+                        "flags": s["flags"],
+                    }
+                )
     return {**figures, "seconds": round(time.monotonic() - started), "chains": chains}
 
 
@@ -114,10 +127,13 @@ def main() -> None:
     model, tokenizer = load_model()
     root = Path(tempfile.mkdtemp(prefix="bench-revise-"))
     ids = sample(root / "sampled", args.prompts, args.max_new_tokens, model, tokenizer)
-    print(f"{args.prompts} prompts x {len(CONSTITUTIONS)} constitutions ({', '.join(CONSTITUTIONS)}), "
-          f"{args.max_new_tokens} new tokens, greedy")
-    print(f"{'variant':18} {'settings':44} {'worse revisions':>16} {'worse finals':>13} {'clean':>7} "
-          f"{'check pass':>11}")
+    print(
+        f"{args.prompts} prompts x {len(CONSTITUTIONS)} constitutions ({', '.join(CONSTITUTIONS)}), "
+        f"{args.max_new_tokens} new tokens, greedy"
+    )
+    print(
+        f"{'variant':18} {'settings':44} {'worse revisions':>16} {'worse finals':>13} {'clean':>7} {'check pass':>11}"
+    )
     out = {}
     for name in args.variants.split(","):
         home = root / name
@@ -125,8 +141,11 @@ def main() -> None:
         r = out[name] = measure(home, ids, VARIANTS[name], args.max_new_tokens, model, tokenizer)
         n = r["samples"]
         settings = " ".join(f"{k}={v}" for k, v in VARIANTS[name].items())
-        print(f"{name:18} {settings:44} {r['worse_rounds']:>4}/{r['rounds']:<3} {r['worse_rounds'] / r['rounds']:5.0%} "
-              f"{r['worse_finals'] / n:>13.0%} {r['clean'] / n:>7.0%} {r['pass'] / n:>11.0%}", flush=True)
+        print(
+            f"{name:18} {settings:44} {r['worse_rounds']:>4}/{r['rounds']:<3} {r['worse_rounds'] / r['rounds']:5.0%} "
+            f"{r['worse_finals'] / n:>13.0%} {r['clean'] / n:>7.0%} {r['pass'] / n:>11.0%}",
+            flush=True,
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, ensure_ascii=False), encoding="utf-8")
 

@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
+
 os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -73,8 +74,7 @@ class PeakRSS:
 
 
 def setup(quantize: str, n: int, tokens: int):
-    from ctxdistill import engine
-    from ctxdistill import train as T
+    from ctxdistill import engine, train
     from ctxdistill.constitution import load, render
     from ctxdistill.models import load_model
     from ctxdistill.prompts import DEFAULT_PROMPTS, read_table
@@ -82,10 +82,10 @@ def setup(quantize: str, n: int, tokens: int):
     c = load(REPO / "assets/constitutions/pirate.yaml")
     prompts = [r["text"] for r in read_table(DEFAULT_PROMPTS) if r.get("split") == "train"][:n]
     base, tok = load_model(quantize=quantize)
-    model = T._setup_model(T.TrainConfig(), base, seed=0)
-    d = engine.TeacherStudent(model, tok, render(c), teacher_cache_mb=T.TrainConfig().teacher_cache_mb)
-    data = engine.sample_answers(d, prompts, T.TrainConfig(sample_tokens=tokens), seed=0)
-    return T, c, model, tok, d, data
+    model = train._setup_model(train.TrainConfig(), base, seed=0)
+    d = engine.TeacherStudent(model, tok, render(c), teacher_cache_mb=train.TrainConfig().teacher_cache_mb)
+    data = engine.sample_answers(d, prompts, train.TrainConfig(sample_tokens=tokens), seed=0)
+    return c, model, tok, d, data
 
 
 def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: int) -> dict:
@@ -93,23 +93,24 @@ def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: in
 
     start = PeakRSS._rss()
 
-    T, c, model, tok, d, data = setup(quantize, n, tokens)
+    c, model, tok, d, data = setup(quantize, n, tokens)
+    from ctxdistill import train
     from ctxdistill.constitution import render
 
-    cfg = T.TrainConfig(batch_size=batch)
-    params, optimizer, _ = T._setup_optimizer(cfg, model)
+    cfg = train.TrainConfig(batch_size=batch)
+    params, optimizer, _ = train._setup_optimizer(cfg, model)
     if kind == "trl":
         return measure_trl(model, tok, data, steps, batch, start, bf16=d.compute_dtype == torch.bfloat16)
     if kind == "naive":
         step_fn = naive_step(model, tok, render(c), data, batch, quantize)
     else:
-        schedule = T.Schedule(d.row_lengths(data), batch, 0)
+        schedule = train.Schedule(d.row_lengths(data), batch, 0)
         cfg.loss = "sft" if kind == "ours-sft" else "kl"
 
         def step_fn(i):
             part = [data[j] for j in schedule.micro_batch(i)]
             n_tok = sum(len(e.answer) for e in part)
-            T.backward_batch(d, cfg, part, 1 / n_tok)
+            train.backward_batch(d, cfg, part, 1 / n_tok)
             return n_tok
 
     step_fn(0)  # warm-up: allocator, kernels
@@ -125,17 +126,22 @@ def measure(kind: str, quantize: str, steps: int, batch: int, n: int, tokens: in
             optimizer.zero_grad(set_to_none=True)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else rss.mb
-    return {"kind": kind, "tokens_per_s": tokens_done / elapsed, "tokens_per_cpu_s": tokens_done / cpu,
-            "peak_mb": peak, "s_per_step": elapsed / steps}
+    return {
+        "kind": kind,
+        "tokens_per_s": tokens_done / elapsed,
+        "tokens_per_cpu_s": tokens_done / cpu,
+        "peak_mb": peak,
+        "s_per_step": elapsed / steps,
+    }
 
 
 def naive_step(model, tok, system, data, batch, quantize):
     """The straightforward loop: a second model for the teacher, everything recomputed, padded batches."""
     import torch
 
-    from ctxdistill.generate import chat_ids
     from ctxdistill.losses import kl_per_token
     from ctxdistill.models import load_model
+    from ctxdistill.sampling import chat_ids
 
     teacher, _ = load_model(quantize=quantize)
     teacher.requires_grad_(False)
@@ -147,8 +153,8 @@ def naive_step(model, tok, system, data, batch, quantize):
         ids = torch.full((len(seqs), width), tok.pad_token_id)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
+            ids[r, : len(s)] = torch.tensor(s)
+            mask[r, : len(s)] = 1
         return ids, mask
 
     def step(i):
@@ -163,7 +169,7 @@ def naive_step(model, tok, system, data, batch, quantize):
         losses = []
         for r, e in enumerate(part):
             n, lt, ls = len(e.answer), len(t_seqs[r]), len(s_seqs[r])
-            losses.append(kl_per_token(t_logits[r, lt - n - 1:lt - 1], s_logits[r, ls - n - 1:ls - 1]))
+            losses.append(kl_per_token(t_logits[r, lt - n - 1 : lt - 1], s_logits[r, ls - n - 1 : ls - 1]))
         torch.cat(losses).mean().backward()
         return sum(len(e.answer) for e in part)
 
@@ -177,11 +183,28 @@ def measure_trl(model, tok, data, steps, batch, start: int, bf16: bool) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = [{"prompt": [{"role": "user", "content": e.prompt}],
-             "completion": [{"role": "assistant", "content": tok.decode(e.answer, skip_special_tokens=True)}]} for e in data]
-    args = SFTConfig(output_dir="/tmp/ctxdistill-bench-trl", per_device_train_batch_size=batch, max_steps=steps + 1,
-                     learning_rate=1e-3, logging_steps=1000, save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
-                     bf16=bf16, fp16=False, gradient_checkpointing=False, dataloader_num_workers=0, disable_tqdm=True)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": e.prompt}],
+            "completion": [{"role": "assistant", "content": tok.decode(e.answer, skip_special_tokens=True)}],
+        }
+        for e in data
+    ]
+    args = SFTConfig(
+        output_dir="/tmp/ctxdistill-bench-trl",
+        per_device_train_batch_size=batch,
+        max_steps=steps + 1,
+        learning_rate=1e-3,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=bf16,
+        fp16=False,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
     times, cpu_times = [], []
 
@@ -201,13 +224,32 @@ def measure_trl(model, tok, data, steps, batch, start: int, bf16: bool) -> dict:
         trainer.train()
     elapsed, cpu = sum(times[1:]), sum(cpu_times[1:])  # the first step warms up
     done = tokens_per_batch * (len(times) - 1)
-    return {"kind": "trl", "tokens_per_s": done / elapsed, "tokens_per_cpu_s": done / cpu, "peak_mb": rss.mb,
-            "s_per_step": elapsed / max(1, len(times) - 1)}
+    return {
+        "kind": "trl",
+        "tokens_per_s": done / elapsed,
+        "tokens_per_cpu_s": done / cpu,
+        "peak_mb": rss.mb,
+        "s_per_step": elapsed / max(1, len(times) - 1),
+    }
 
 
 def child(kind: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--quantize", args.quantize, "--steps", str(args.steps),
-           "--batch", str(args.batch), "--prompts", str(args.prompts), "--tokens", str(args.tokens)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--quantize",
+        args.quantize,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--prompts",
+        str(args.prompts),
+        "--tokens",
+        str(args.tokens),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if out.returncode:
         raise SystemExit(f"{kind} failed:\n{out.stderr[-3000:]}")
@@ -216,14 +258,20 @@ def child(kind: str, args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quantize", default="auto", choices=["auto", "4bit", "none"],
-                   help="auto: the precision policy's pick for this CPU (4-bit where bf16 is native)")
+    p.add_argument(
+        "--quantize",
+        default="auto",
+        choices=["auto", "4bit", "none"],
+        help="auto: the precision policy's pick for this CPU (4-bit where bf16 is native)",
+    )
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompts", type=int, default=48)
     p.add_argument("--tokens", type=int, default=40)
     p.add_argument("--child")
-    p.add_argument("--kl-only", action="store_true", help="measure our kl step alone (e.g. to compare --quantize choices)")
+    p.add_argument(
+        "--kl-only", action="store_true", help="measure our kl step alone (e.g. to compare --quantize choices)"
+    )
     add_profile_flag(p)
     args = p.parse_args()
     apply_profile(args)
@@ -233,18 +281,24 @@ def main():
     print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
     r = {k: child(k, args) for k in (("ours-kl",) if args.kl_only else ("ours-kl", "naive", "ours-sft", "trl"))}
     for k, v in r.items():
-        print(f"{k:9s} {v['tokens_per_s']:8.1f} answer tok/s  {v['tokens_per_cpu_s']:8.1f} per CPU-s  "
-              f"{v['s_per_step']:6.2f} s/step  peak +{v['peak_mb']:7.1f} MB")
+        print(
+            f"{k:9s} {v['tokens_per_s']:8.1f} answer tok/s  {v['tokens_per_cpu_s']:8.1f} per CPU-s  "
+            f"{v['s_per_step']:6.2f} s/step  peak +{v['peak_mb']:7.1f} MB"
+        )
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.kl_only:
         return
 
     def ratio(a, b):
-        return (f"{r[a]['tokens_per_s'] / r[b]['tokens_per_s']:.2f}x wall, "
-                f"{r[a]['tokens_per_cpu_s'] / r[b]['tokens_per_cpu_s']:.2f}x per CPU-second")
+        return (
+            f"{r[a]['tokens_per_s'] / r[b]['tokens_per_s']:.2f}x wall, "
+            f"{r[a]['tokens_per_cpu_s'] / r[b]['tokens_per_cpu_s']:.2f}x per CPU-second"
+        )
 
-    print(f"kl : tokens/s ratio {ratio('ours-kl', 'naive')} (target >= 1.5), "
-          f"peak memory ratio {r['ours-kl']['peak_mb'] / r['naive']['peak_mb']:.2f}x (target <= 0.7)")
+    print(
+        f"kl : tokens/s ratio {ratio('ours-kl', 'naive')} (target >= 1.5), "
+        f"peak memory ratio {r['ours-kl']['peak_mb'] / r['naive']['peak_mb']:.2f}x (target <= 0.7)"
+    )
     print(f"sft: tokens/s ratio vs TRL SFTTrainer {ratio('ours-sft', 'trl')} (target >= 1)")
 
 

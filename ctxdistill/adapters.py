@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-RUN_FILE = "ctxdistill_run.json"      # written next to every saved adapter: what it was trained on
-EVAL_FILE = "ctxdistill_eval.json"    # written into a run's adapter by evaluate.py: its latest figures
+RUN_FILE = "ctxdistill_run.json"  # written next to every saved adapter: what it was trained on
+EVAL_FILE = "ctxdistill_eval.json"  # written into a run's adapter by evaluate.py: its latest figures
 
 
 class AdapterError(RuntimeError):
@@ -37,7 +37,9 @@ def check_strength(strength) -> float:
     except (TypeError, ValueError):
         raise AdapterError(f"strength must be a number from {low:g} to {high:g}, not {strength!r}") from None
     if not low <= value <= high:
-        raise AdapterError(f"strength must be from {low:g} (the base model) to {high:g}; 1 is the adapter as trained. Got {value:g}")
+        raise AdapterError(
+            f"strength must be from {low:g} (the base model) to {high:g}; 1 is the adapter as trained. Got {value:g}"
+        )
     return value
 
 
@@ -84,7 +86,9 @@ def check_adapter(path, model) -> dict:
     want, have = info.get("base"), model_fingerprint(model)
     if want and want != have:
         diff = ", ".join(f"{k} {want.get(k)} vs {have.get(k)}" for k in have if want.get(k) != have.get(k))
-        raise AdapterError(f"the adapter in {path} was trained on another base model ({diff}); load the model it was made for")
+        raise AdapterError(
+            f"the adapter in {path} was trained on another base model ({diff}); load the model it was made for"
+        )
     hidden = have.get("hidden_size")
     for name, shape in shapes.items():
         if "lora_A" in name and hidden and shape[1] not in _in_features(model):
@@ -127,7 +131,9 @@ def load_adapter_weights(model, path: Path) -> None:
 
     check_adapter(path, model)
     try:
-        result = set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors"), device=str(model.device)))
+        result = set_peft_model_state_dict(
+            model, load_file(str(path / "adapter_model.safetensors"), device=str(model.device))
+        )
     except Exception as exc:
         raise AdapterError(f"the adapter in {path} does not fit this model: {exc}") from exc
     if getattr(result, "unexpected_keys", None):
@@ -135,8 +141,11 @@ def load_adapter_weights(model, path: Path) -> None:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def _set_rng_state(state: dict) -> None:
@@ -146,8 +155,9 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, keep: int = 2,
-                    progress=lambda done, total: None) -> Path:
+def save_checkpoint(
+    run_dir: Path, model, optimizer, scheduler, state: dict, keep: int = 2, progress=lambda done, total: None
+) -> Path:
     """checkpoints/step-N/: the adapter (safetensors) and state.pt (optimiser, scheduler, step, RNG, best).
 
     ``progress(done, 2)`` is called before and after each of the two files."""
@@ -161,8 +171,10 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, kee
     shutil.rmtree(partial, ignore_errors=True)
     save_adapter(model, partial, {"step": state["step"]})
     progress(1, 2)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
-               partial / "state.pt")
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(), **state},
+        partial / "state.pt",
+    )
     progress(2, 2)
     path = root / name
     shutil.rmtree(path, ignore_errors=True)
@@ -191,21 +203,33 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
 
 def write_model_card(path: Path, info: dict) -> Path:
     """README.md for an exported adapter or merged model: constitution version, data, loss, held-out figures."""
+
     def fmt(v):
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     config = info.get("config", {})
     lines = [
-        "---", "library_name: peft", "tags: [context-distillation, lora, ctxdistill]", "---", "",
-        f"# {info.get('constitution', 'constitution')} (context-distilled)", "",
+        "---",
+        "library_name: peft",
+        "tags: [context-distillation, lora, ctxdistill]",
+        "---",
+        "",
+        f"# {info.get('constitution', 'constitution')} (context-distilled)",
+        "",
         "A LoRA adapter trained with ctxdistill so that the model answers *without* its constitution in the "
-        "prompt as it does *with* it (context distillation).", "",
-        "| | |", "|---|---|",
+        "prompt as it does *with* it (context distillation).",
+        "",
+        "| | |",
+        "|---|---|",
         f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}, {info.get('precision', '')} compute) |",
         f"| precision | {info.get('precision_reason', '')} |",
         f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, sha256 {str(info.get('constitution_hash', ''))[:12]} |",
         f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set {info.get('prompt_set', '')!r} |",
-        *([f"| held-out categories | {', '.join(info['heldout_categories'])} (never trained on) |"] if info.get("heldout_categories") else []),
+        *(
+            [f"| held-out categories | {', '.join(info['heldout_categories'])} (never trained on) |"]
+            if info.get("heldout_categories")
+            else []
+        ),
         *([f"| lineage | {info['lineage']['text']} |"] if info.get("lineage") else []),
         f"| loss | {info.get('loss', '')} |",
         f"| strength | {info.get('strength', 1.0):g} (the adapter's scale: 0 = the base model, 1 = as trained) |",
@@ -214,15 +238,22 @@ def write_model_card(path: Path, info: dict) -> Path:
         f"| held-out KL(teacher‖student) | {fmt(info.get('heldout_kl_after'))} nats/token |",
         f"| KL gap closed | {fmt(info.get('gap_closed'))} (on {info.get('n_heldout', '?')} held-out answers) |",
         *(["", info["evaluation"]] if info.get("evaluation") else []),
-        "", "## Training settings", "", "```json", json.dumps(config, indent=2), "```", "",
+        "",
+        "## Training settings",
+        "",
+        "```json",
+        json.dumps(config, indent=2),
+        "```",
+        "",
     ]
     out = Path(path) / "README.md"
     out.write_text("\n".join(lines))
     return out
 
 
-def export(adapter_dir, out_dir, *, merged: bool = False, strength: float = 1.0, model_spec: str | None = None,
-           models_dir=None) -> Path:
+def export(
+    adapter_dir, out_dir, *, merged: bool = False, strength: float = 1.0, model_spec: str | None = None, models_dir=None
+) -> Path:
     """Copy the adapter (peft safetensors) with a model card to ``out_dir``; with ``merged``, write the
     base model with the adapter merged into it, in bfloat16, instead. Either acts at ``strength``."""
     from .models import load_model

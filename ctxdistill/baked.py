@@ -47,10 +47,10 @@ from dataclasses import replace
 import torch
 
 from .constitution import render
-from .generate import response_logits
+from .sampling import response_logits
 from .stats import share_estimate
 
-MIN_INFLUENCE = 0.01   # share of the largest influence under which a principle has no measurable effect to carry
+MIN_INFLUENCE = 0.01  # share of the largest influence under which a principle has no measurable effect to carry
 
 
 def shares(teacher: torch.Tensor, ablated: torch.Tensor, student: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +59,7 @@ def shares(teacher: torch.Tensor, ablated: torch.Tensor, student: torch.Tensor) 
     p = log_t.exp()
     delta, sigma = log_t - log_a, log_s - log_a
     mean_d, mean_s = (p * delta).sum(-1), (p * sigma).sum(-1)
-    return (p * delta * sigma).sum(-1) - mean_d * mean_s, (p * delta * delta).sum(-1) - mean_d ** 2
+    return (p * delta * sigma).sum(-1) - mean_d * mean_s, (p * delta * delta).sum(-1) - mean_d**2
 
 
 def ablations(constitution) -> list[tuple[str, str, str]]:
@@ -88,8 +88,10 @@ def tracked(spec: str, constitution, changed: list[str] = ()) -> list[str]:
     names = [name.strip() for name in spec.split(",") if name.strip()]
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ValueError(f"baked gauge: no principle {', '.join(map(repr, unknown))} in this constitution "
-                         f"(its principles: {', '.join(known)}; or auto, all, none)")
+        raise ValueError(
+            f"baked gauge: no principle {', '.join(map(repr, unknown))} in this constitution "
+            f"(its principles: {', '.join(known)}; or auto, all, none)"
+        )
     return names
 
 
@@ -108,8 +110,10 @@ class Gauge:
 
         # the teacher without principle i, on the same model: its states along the held-out answers are
         # computed at the first measurement and kept (a few MB: H numbers per answer token)
-        self.references = {name: TeacherStudent(pair.model, pair.tokenizer, system, pair.examples, teacher_cache_mb=1 << 12)
-                           for name, system in systems.items()}
+        self.references = {
+            name: TeacherStudent(pair.model, pair.tokenizer, system, pair.examples, teacher_cache_mb=1 << 12)
+            for name, system in systems.items()
+        }
         self.lm_head, self.chunk = pair.lm_head, chunk
         self.sums = torch.zeros(len(systems), 2, dtype=torch.float64)
 
@@ -126,8 +130,10 @@ class Gauge:
         sums, self.sums = self.sums, torch.zeros_like(self.sums)
         if accelerator is not None and accelerator.num_processes > 1:
             sums = accelerator.reduce(sums.to(accelerator.device), "sum").cpu()
-        return {f"baked:{name}": float(num / den) if den > 0 else math.nan
-                for name, (num, den) in zip(self.references, sums.tolist())}
+        return {
+            f"baked:{name}": float(num / den) if den > 0 else math.nan
+            for name, (num, den) in zip(self.references, sums.tolist())
+        }
 
 
 class Carried:
@@ -135,12 +141,19 @@ class Carried:
     filled by principle_influence as it computes the teacher with and without each principle."""
 
     def __init__(self, students: dict[str, str]):
-        self.students = students                     # {label: adapter name}
+        self.students = students  # {label: adapter name}
         self.terms: dict[str, dict[str, list[tuple[float, float]]]] = {label: {} for label in students}
 
     @torch.no_grad()
-    def add(self, model, tokenizer, prompts: list[str], answers: list[list[int]], teacher: list[torch.Tensor],
-            ablated: dict[str, list[torch.Tensor]]) -> None:
+    def add(
+        self,
+        model,
+        tokenizer,
+        prompts: list[str],
+        answers: list[list[int]],
+        teacher: list[torch.Tensor],
+        ablated: dict[str, list[torch.Tensor]],
+    ) -> None:
         """One batch: each student's logits along the answers (no constitution), scored against the teacher's
         (``teacher``) and the teacher's without each principle (``ablated``, by principle name)."""
         for label, name in self.students.items():
@@ -151,7 +164,9 @@ class Carried:
                     num, den = shares(t, o, s)
                     rows.append((float(num.sum()), float(den.sum())))
 
-    def student_logits(self, model, tokenizer, name: str, prompts: list[str], answers: list[list[int]]) -> list[torch.Tensor]:
+    def student_logits(
+        self, model, tokenizer, name: str, prompts: list[str], answers: list[list[int]]
+    ) -> list[torch.Tensor]:
         """Student ``name``'s logits along the answers: its adapter on, no constitution in the prompt."""
         model.set_adapter(name)
         return response_logits(model, tokenizer, [(None, p, a) for p, a in zip(prompts, answers)])
@@ -170,7 +185,13 @@ class Carried:
                 if not r["value"] > floor:
                     share.update(value=math.nan, ci=[math.nan, math.nan])
                 check = checks.get(r["principle"])
-                rows.append({"principle": r["principle"], **share, "influence": r["value"],
-                             "checks": {"teacher": check["teacher"], "student": check[label]} if check else None})
+                rows.append(
+                    {
+                        "principle": r["principle"],
+                        **share,
+                        "influence": r["value"],
+                        "checks": {"teacher": check["teacher"], "student": check[label]} if check else None,
+                    }
+                )
             out[label] = sorted(rows, key=lambda x: -x["value"] if math.isfinite(x["value"]) else math.inf)
         return out

@@ -27,7 +27,7 @@ import numpy as np
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CAPABILITY_FILE = DATA_DIR / "capability.jsonl"
-MAX_NEW_TOKENS = 24     # room for a styled short answer ("Arr! The capital be Paris, matey.")
+MAX_NEW_TOKENS = 24  # room for a styled short answer ("Arr! The capital be Paris, matey.")
 
 
 class CapabilityError(ValueError):
@@ -82,14 +82,21 @@ def load_items(path=None) -> list[Item]:
         if item_id in seen:
             raise CapabilityError(f"capability item {number}: the id {item_id!r} is used twice")
         seen.add(item_id)
-        items.append(Item(item_id, str(row.get("category") or "general"), str(row["prompt"]), tuple(str(a) for a in answers)))
+        items.append(
+            Item(item_id, str(row.get("category") or "general"), str(row["prompt"]), tuple(str(a) for a in answers))
+        )
     return items
 
 
 # --------------------------------------------------------------------------- answer matching
 
-_UNITS = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
-                                     "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_UNITS = {
+    w: i
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+        "fourteen fifteen sixteen seventeen eighteen nineteen".split()
+    )
+}
 _TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
 _SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000}
 
@@ -99,7 +106,7 @@ def _words_to_numbers(words: list[str]) -> list[str]:
     "one hundred and five" -> "105"; "seven eight" stays two numbers."""
     out: list[str] = []
     total = current = 0
-    last = ""          # "", "unit", "tens" or "scale": the kind of the run's last number word
+    last = ""  # "", "unit", "tens" or "scale": the kind of the run's last number word
 
     def flush():
         nonlocal total, current, last
@@ -135,10 +142,10 @@ def _words_to_numbers(words: list[str]) -> list[str]:
 def normalise(text: str) -> list[str]:
     """Lower-case words without punctuation, number words as digits, "1,000" as "1000"."""
     text = str(text).lower()
-    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)           # thousands separators
-    text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)           # "fifty-six"
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # thousands separators
+    text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # "fifty-six"
     words = re.findall(r"\d+(?:\.\d+)?|[^\W\d_]+", text)
-    words = [re.sub(r"\.0+$", "", w) for w in words]            # "56.0" is 56
+    words = [re.sub(r"\.0+$", "", w) for w in words]  # "56.0" is 56
     return _words_to_numbers(words)
 
 
@@ -148,24 +155,41 @@ def matches(answer_text: str, accepted) -> bool:
     words = normalise(answer_text)
     for option in [accepted] if isinstance(accepted, str) else accepted:
         target = normalise(str(option))
-        if target and any(words[i:i + len(target)] == target for i in range(len(words) - len(target) + 1)):
+        if target and any(words[i : i + len(target)] == target for i in range(len(words) - len(target) + 1)):
             return True
     return False
 
 
 # --------------------------------------------------------------------------- scoring
 
-def score(model, tokenizer, items: list[Item], system: str | None = None, *, max_new_tokens: int = MAX_NEW_TOKENS,
-          batch_size: int = 32, examples=(), tick=None) -> list[bool]:
+
+def score(
+    model,
+    tokenizer,
+    items: list[Item],
+    system: str | None = None,
+    *,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = 32,
+    examples=(),
+    tick=None,
+) -> list[bool]:
     """Greedy answers of the model as it is (the caller sets the adapter: off for base and teacher, on
     for a student) to every item, with ``system`` as system prompt (None: the template's default),
     in batches; True where the answer matches. ``tick(k)`` after each batch of k items."""
     from .engine import sample_rows
-    from .generate import SamplingConfig
+    from .sampling import SamplingConfig
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
-    ids = sample_rows(model, tokenizer, [(system, it.prompt, i) for i, it in enumerate(items)], sampling,
-                      batch_size=batch_size, examples=examples, tick=tick)
+    ids = sample_rows(
+        model,
+        tokenizer,
+        [(system, it.prompt, i) for i, it in enumerate(items)],
+        sampling,
+        batch_size=batch_size,
+        examples=examples,
+        tick=tick,
+    )
     return [matches(tokenizer.decode(a, skip_special_tokens=True), it.answers) for a, it in zip(ids, items)]
 
 

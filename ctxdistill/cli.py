@@ -57,14 +57,19 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, .
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.name in ("set_name", "prompt_set"):
-            parser.add_argument(*PROMPT_SET_FLAGS, dest=f.name, default=None,
-                                help=f"{f.metadata.get('help', '')} (default {f.default})")
+            parser.add_argument(
+                *PROMPT_SET_FLAGS, dest=f.name, default=None, help=f"{f.metadata.get('help', '')} (default {f.default})"
+            )
             continue
         kind = type(f.default) if f.default is not None and not callable(f.default) else str
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help", ""))
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help", "")
+            )
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"{f.metadata.get('help', '')} (default {f.default})")
+            parser.add_argument(
+                flag, type=kind, default=None, help=f"{f.metadata.get('help', '')} (default {f.default})"
+            )
 
 
 def dataclass_from_args(cls, args, **overrides):
@@ -81,8 +86,11 @@ def emit(args, payload: dict, human: str) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workspace", help="workspace directory (default $CTXDISTILL_HOME or ./workspace)")
     parser.add_argument("--model", help="hub id, local directory or .gguf file (default: the embedded SmolLM2-135M)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the model repository's own Python code (off by default; refused in demo mode)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model repository's own Python code (off by default; refused in demo mode)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -96,10 +104,10 @@ def load_constitution_file(path: str):
 
 
 def load_model_or_fail(args, **kwargs):
-    from ctxdistill.models import ModelError, get_model
+    from ctxdistill.models import ModelError, load_model_cached
 
     try:
-        return get_model(args.model, models_dir=_models_dir(args), **kwargs)
+        return load_model_cached(args.model, models_dir=_models_dir(args), **kwargs)
     except ModelError as exc:
         raise UserError(str(exc))
 
@@ -115,7 +123,7 @@ def open_store(args):
     from ctxdistill.store import Store
 
     store = Store(args.workspace)
-    jobs.refresh(store)          # a worker killed while no page was open is settled by the next command
+    jobs.refresh(store)  # a worker killed while no page was open is settled by the next command
     return store
 
 
@@ -159,8 +167,12 @@ def _info_flags(p):
     p.add_argument("--precision", default="auto", help="calibrate with this compute dtype (auto, bf16, fp16, fp32)")
 
 
-@command("info", "this machine: device, CPU capability, versions, the precision policy's pick and why, "
-                 "and the default training run's predicted time", _info_flags)
+@command(
+    "info",
+    "this machine: device, CPU capability, versions, the precision policy's pick and why, "
+    "and the default training run's predicted time",
+    _info_flags,
+)
 def cmd_info(args) -> int:
     from ctxdistill import estimate
     from ctxdistill.models import ModelError
@@ -173,8 +185,9 @@ def cmd_info(args) -> int:
     out = {**facts(), "precision": chosen.to_dict()}
     if not args.no_measure:
         try:
-            cal = estimate.calibrate(args.model, quantize=args.quantize, precision=args.precision,
-                                     models_dir=_models_dir(args))
+            cal = estimate.calibrate(
+                args.model, quantize=args.quantize, precision=args.precision, models_dir=_models_dir(args)
+            )
         except ModelError as exc:
             raise UserError(str(exc))
         out["calibration"] = cal.to_dict()
@@ -190,8 +203,12 @@ def default_run_estimate(store, cal) -> dict:
 
     cfg = TrainConfig()
     n_train, n_heldout = estimate.run_size(cfg, store)
-    return {"steps": cfg.steps, "n_train": n_train, "n_heldout": n_heldout,
-            "seconds": estimate.predict_train(cal, cfg, n_train, n_heldout)}
+    return {
+        "steps": cfg.steps,
+        "n_train": n_train,
+        "n_heldout": n_heldout,
+        "seconds": estimate.predict_train(cal, cfg, n_train, n_heldout),
+    }
 
 
 def info_text(out: dict) -> str:
@@ -201,7 +218,8 @@ def info_text(out: dict) -> str:
     lines = [
         f"device        {out['device']}" + (f" · {out['gpu']} ({out['gpu_memory_mb']} MB)" if out["gpu"] else ""),
         f"CPU           {out['cpu_model']} · {out['cores']} cores, {out['torch_threads']} torch threads",
-        f"CPU ISA       ATen {out['cpu_capability']}" + (f" · oneDNN max {out['onednn_max_isa']}" if out["onednn_max_isa"] else "")
+        f"CPU ISA       ATen {out['cpu_capability']}"
+        + (f" · oneDNN max {out['onednn_max_isa']}" if out["onednn_max_isa"] else "")
         + f" · bf16 flags: {', '.join(out['cpu_bf16_flags']) or 'none'} · native bf16: {'yes' if out['native_bf16'] else 'no'}",
         "versions      " + ", ".join(f"{k} {v[k] or '-'}" for k in v),
         f"precision     {out['precision']['label']}: {out['precision']['reason']}",
@@ -219,7 +237,7 @@ def info_text(out: dict) -> str:
 
 
 def _preview_flags(p):
-    from ctxdistill.generate import SamplingConfig
+    from ctxdistill.sampling import SamplingConfig
 
     p.add_argument("--constitution", required=True, help="YAML or JSON constitution file")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
@@ -230,7 +248,7 @@ def _preview_flags(p):
 @command("preview", "answers with and without the constitution, and the mean per-token KL between them", _preview_flags)
 def cmd_preview(args) -> int:
     from ctxdistill.constitution import render
-    from ctxdistill.generate import SamplingConfig, preview
+    from ctxdistill.sampling import SamplingConfig, preview
 
     constitution = load_constitution_file(args.constitution)
     try:
@@ -242,10 +260,13 @@ def cmd_preview(args) -> int:
     model, tokenizer = load_model_or_fail(args)
     check_context(render(constitution), tokenizer, model, cfg.max_new_tokens)
     result = preview(model, tokenizer, render(constitution), args.prompt, cfg)
-    human = "\n\n".join(
-        f"# {q}\n-- with the constitution --\n" + "\n".join(a) + "\n-- without --\n" + "\n".join(b)
-        for q, a, b in zip(result.prompts, result.prompted, result.unprompted)
-    ) + f"\n\nmean KL: {result.mean_kl:.3f} nats/token"
+    human = (
+        "\n\n".join(
+            f"# {q}\n-- with the constitution --\n" + "\n".join(a) + "\n-- without --\n" + "\n".join(b)
+            for q, a, b in zip(result.prompts, result.prompted, result.unprompted)
+        )
+        + f"\n\nmean KL: {result.mean_kl:.3f} nats/token"
+    )
     emit(args, result.to_json(), human)
     return 0
 
@@ -280,11 +301,18 @@ def _import_flags(p):
     p.add_argument("--column", help="column holding the prompt (default: text, prompt, instruction, question...)")
     p.add_argument("--split-column", help="column holding train/heldout (default: a 'split' column if any)")
     p.add_argument("--category-column", help="column holding a category")
-    p.add_argument("--heldout-fraction", type=float, default=0.1, help="share held out when no split column (default 0.1)")
-    p.add_argument("--format", choices=("csv", "jsonl", "json", "txt", "parquet", "datasets"), help="override the file type")
-    p.add_argument("--recipe", action="store_true",
-                   help="a dataset with the HF constitutional-AI recipe columns (init_prompt, init_response, "
-                        "critic_*, revision_*): import its samples into the review queue")
+    p.add_argument(
+        "--heldout-fraction", type=float, default=0.1, help="share held out when no split column (default 0.1)"
+    )
+    p.add_argument(
+        "--format", choices=("csv", "jsonl", "json", "txt", "parquet", "datasets"), help="override the file type"
+    )
+    p.add_argument(
+        "--recipe",
+        action="store_true",
+        help="a dataset with the HF constitutional-AI recipe columns (init_prompt, init_response, "
+        "critic_*, revision_*): import its samples into the review queue",
+    )
 
 
 @command("import", "import a prompt set, or a recipe dataset's samples", _import_flags)
@@ -295,15 +323,26 @@ def cmd_import(args) -> int:
     try:
         if args.recipe:
             result = curate.import_recipe_dataset(store, args.source, args.set_name, fmt=args.format)
-            human = (f"imported {result['samples']} samples ({result['rounds']} revision rounds) into set "
-                     f"{result['set']!r} under constitution version {result['constitution_id']}")
+            human = (
+                f"imported {result['samples']} samples ({result['rounds']} revision rounds) into set "
+                f"{result['set']!r} under constitution version {result['constitution_id']}"
+            )
         else:
-            result = prompts.import_prompts(store, args.set_name, args.source, column=args.column,
-                                             split_column=args.split_column, category_column=args.category_column,
-                                             heldout_fraction=args.heldout_fraction, fmt=args.format)
-            human = (f"{result['added']} prompts added to {result['set']!r} ({result['duplicates']} duplicates, "
-                     f"{result['empty']} empty skipped); the set has {result['n_train']} train, "
-                     f"{result['n_heldout']} held-out")
+            result = prompts.import_prompts(
+                store,
+                args.set_name,
+                args.source,
+                column=args.column,
+                split_column=args.split_column,
+                category_column=args.category_column,
+                heldout_fraction=args.heldout_fraction,
+                fmt=args.format,
+            )
+            human = (
+                f"{result['added']} prompts added to {result['set']!r} ({result['duplicates']} duplicates, "
+                f"{result['empty']} empty skipped); the set has {result['n_train']} train, "
+                f"{result['n_heldout']} held-out"
+            )
     except (prompts.ImportFileError, ValueError) as exc:
         raise UserError(str(exc))
     emit(args, result, human)
@@ -312,12 +351,13 @@ def cmd_import(args) -> int:
 
 def _job_flags(cls):
     def configure(p):
-        from ctxdistill.generate import SamplingConfig
+        from ctxdistill.sampling import SamplingConfig
 
         p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
         add_dataclass_flags(p, cls, skip=("constitution_id", "model", "owner", "sampling"))
         add_dataclass_flags(p, SamplingConfig, skip=("n",) if cls.__name__ == "ReviseConfig" else ())
         p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
+
     return configure
 
 
@@ -348,8 +388,10 @@ def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -
         stop_job(store, job_id)
         raise
     if job["state"] != "done":
-        raise UserError(f"job {job_id} {job['state']}: {job['error'] or job['message']} "
-                        f"(log: {store.runs_dir / str(job_id) / 'log.txt'}; resume it to finish the rest)")
+        raise UserError(
+            f"job {job_id} {job['state']}: {job['error'] or job['message']} "
+            f"(log: {store.runs_dir / str(job_id) / 'log.txt'}; resume it to finish the rest)"
+        )
     emit(args, {"job_id": job_id, **job["result"]}, summary(job["result"]))
     return 0
 
@@ -363,8 +405,10 @@ def _interrupted_by(*signals):
     does: the job is cancelled, what it finished is kept, and it can be resumed. Without this the
     command would die and leave its worker running with nobody waiting for it (``--detach`` is the
     way to leave a job running)."""
+
     def interrupt(signum, frame):
         raise KeyboardInterrupt
+
     old = {sig: signal.signal(sig, interrupt) for sig in signals}
     try:
         yield
@@ -400,9 +444,11 @@ def stop_job(store, job_id: int) -> None:
 
 
 def _config(cls, args, **overrides):
-    from ctxdistill.generate import SamplingConfig
+    from ctxdistill.sampling import SamplingConfig
 
-    sampling = {f.name: getattr(args, f.name) for f in fields(SamplingConfig) if getattr(args, f.name, None) is not None}
+    sampling = {
+        f.name: getattr(args, f.name) for f in fields(SamplingConfig) if getattr(args, f.name, None) is not None
+    }
     try:
         return dataclass_from_args(cls, args, model=args.model or "", sampling=sampling, **overrides).validate()
     except ValueError as exc:
@@ -410,25 +456,33 @@ def _config(cls, args, **overrides):
 
 
 def _generate_flags(p):
-    from ctxdistill.sampling import GenerateConfig
+    from ctxdistill.generate import GenerateConfig
 
     _job_flags(GenerateConfig)(p)
 
 
 @command("generate", "sample the teacher's answers (and unprompted ones) for a prompt set", _generate_flags)
 def cmd_generate(args) -> int:
-    from ctxdistill.sampling import GenerateConfig
+    from ctxdistill.generate import GenerateConfig
     from ctxdistill.prompts import ensure_default_prompts, select_prompts
 
     store = open_store(args)
     ensure_default_prompts(store)
     cfg = _config(GenerateConfig, args, constitution_id=constitution_version(store, args.constitution))
     if not select_prompts(store, cfg.set_name, search=cfg.search, category=cfg.category, limit=cfg.limit):
-        raise UserError(f"prompt set {cfg.set_name!r} has no train prompts matching the filters "
-                        f"(sets: {', '.join(s['name'] for s in store.prompt_sets()) or 'none'})")
-    return run_job(args, "generate", cfg.to_dict(), lambda r: (
-        f"{r['prompts']} prompts ({r['answered_now']} answered now, {r['samples_written']} samples, "
-        f"{r['tokens_per_s']} tokens/s); flags: {r['flags']}"))
+        raise UserError(
+            f"prompt set {cfg.set_name!r} has no train prompts matching the filters "
+            f"(sets: {', '.join(s['name'] for s in store.prompt_sets()) or 'none'})"
+        )
+    return run_job(
+        args,
+        "generate",
+        cfg.to_dict(),
+        lambda r: (
+            f"{r['prompts']} prompts ({r['answered_now']} answered now, {r['samples_written']} samples, "
+            f"{r['tokens_per_s']} tokens/s); flags: {r['flags']}"
+        ),
+    )
 
 
 def _revise_flags(p):
@@ -443,12 +497,19 @@ def cmd_revise(args) -> int:
 
     store = open_store(args)
     cfg = _config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
-    if not store.count_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
-                               status=cfg.status or None)["total"]:
-        raise UserError(f"constitution version {cfg.constitution_id} has no {cfg.status or ''} samples"
-                        f"{' in set ' + repr(cfg.set_name) if cfg.set_name else ''} to revise: run generate first")
-    return run_job(args, "revise", cfg.to_dict(), lambda r: (
-        f"{r['samples']} samples, {r['rounds_done_now']} rounds done now; flags: {r['flags']}"))
+    if not store.count_samples(
+        constitution_id=cfg.constitution_id, set_name=cfg.set_name or None, status=cfg.status or None
+    )["total"]:
+        raise UserError(
+            f"constitution version {cfg.constitution_id} has no {cfg.status or ''} samples"
+            f"{' in set ' + repr(cfg.set_name) if cfg.set_name else ''} to revise: run generate first"
+        )
+    return run_job(
+        args,
+        "revise",
+        cfg.to_dict(),
+        lambda r: f"{r['samples']} samples, {r['rounds_done_now']} rounds done now; flags: {r['flags']}",
+    )
 
 
 def _export_flags(p):
@@ -459,10 +520,17 @@ def _export_flags(p):
     p.add_argument("--out", required=True, help="output file (a directory for the datasets format or a run)")
     p.add_argument(*PROMPT_SET_FLAGS, dest="set_name", help="only samples of this prompt set")
     p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
-    p.add_argument("--run", type=int, help="export this training run's adapter (with its model card) instead of samples")
-    p.add_argument("--merged", action="store_true", help="with --run: the base model with the adapter merged in (bfloat16)")
-    p.add_argument("--strength", type=float,
-                   help="with --run: the adapter's scale, 0 (the base model) to 1.5; 1 = as trained (default)")
+    p.add_argument(
+        "--run", type=int, help="export this training run's adapter (with its model card) instead of samples"
+    )
+    p.add_argument(
+        "--merged", action="store_true", help="with --run: the base model with the adapter merged in (bfloat16)"
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        help="with --run: the adapter's scale, 0 (the base model) to 1.5; 1 = as trained (default)",
+    )
 
 
 def _export_run(args, store) -> int:
@@ -478,16 +546,29 @@ def _export_run(args, store) -> int:
         raise UserError(f"job {args.run} has no finished adapter to export (a {job['kind']} job, {job['state']})")
     try:
         strength = 1.0 if args.strength is None else args.strength
-        out = adapters.export(adapter, args.out, merged=args.merged, strength=strength,
-                              model_spec=job["config"].get("model") or None, models_dir=_models_dir(args))
+        out = adapters.export(
+            adapter,
+            args.out,
+            merged=args.merged,
+            strength=strength,
+            model_spec=job["config"].get("model") or None,
+            models_dir=_models_dir(args),
+        )
     except adapters.AdapterError as exc:
         raise UserError(str(exc))
-    emit(args, {"run": args.run, "path": str(out), "merged": args.merged, "strength": strength},
-         f"run {args.run} exported to {out} ({'merged model' if args.merged else 'peft adapter'}, strength {strength:g})")
+    emit(
+        args,
+        {"run": args.run, "path": str(out), "merged": args.merged, "strength": strength},
+        f"run {args.run} exported to {out} ({'merged model' if args.merged else 'peft adapter'}, strength {strength:g})",
+    )
     return 0
 
 
-@command("export", "export the accepted samples as JSONL, CSV or a datasets dataset, or a run's adapter (--run)", _export_flags)
+@command(
+    "export",
+    "export the accepted samples as JSONL, CSV or a datasets dataset, or a run's adapter (--run)",
+    _export_flags,
+)
 def cmd_export(args) -> int:
     from ctxdistill.curate import export
 
@@ -499,14 +580,24 @@ def cmd_export(args) -> int:
     if not args.constitution:
         raise UserError("--constitution is required (or --run RUN to export a run's adapter)")
     try:
-        result = export(store, constitution_version(store, args.constitution), args.format, args.out,
-                        set_name=args.set_name, hub_id=args.hub_id)
+        result = export(
+            store,
+            constitution_version(store, args.constitution),
+            args.format,
+            args.out,
+            set_name=args.set_name,
+            hub_id=args.hub_id,
+        )
     except ValueError as exc:
         raise UserError(str(exc))
     counts = result["counts"]
-    emit(args, result, f"{counts['exported']} accepted samples written to {result['path']} "
-                       f"({counts['pending']} pending, {counts['rejected']} rejected not exported); "
-                       f"manifest {result['manifest']}")
+    emit(
+        args,
+        result,
+        f"{counts['exported']} accepted samples written to {result['path']} "
+        f"({counts['pending']} pending, {counts['rejected']} rejected not exported); "
+        f"manifest {result['manifest']}",
+    )
     return 0
 
 
@@ -515,17 +606,25 @@ def _train_flags(p):
 
     p.add_argument("--constitution", help="constitution file, or a version id in the workspace (not with --resume)")
     add_dataclass_flags(p, TrainConfig, skip=("constitution_id", "model", "owner"))
-    p.add_argument("--resume", type=int, metavar="RUN", help="continue a stopped or failed run from its last checkpoint")
+    p.add_argument(
+        "--resume", type=int, metavar="RUN", help="continue a stopped or failed run from its last checkpoint"
+    )
     p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
 
 
 def _train_summary(r: dict) -> str:
-    return (f"run {r['run']}: held-out KL {r['heldout_kl_before']:.4f} -> {r['heldout_kl_after']:.4f} nats/token "
-            f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}"
-            + (f"; {r['lineage']['text']}" if r.get("lineage") else ""))
+    return (
+        f"run {r['run']}: held-out KL {r['heldout_kl_before']:.4f} -> {r['heldout_kl_after']:.4f} nats/token "
+        f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}"
+        + (f"; {r['lineage']['text']}" if r.get("lineage") else "")
+    )
 
 
-@command("train", "distil the constitution into a LoRA adapter (prints the run id and the held-out KL before and after)", _train_flags)
+@command(
+    "train",
+    "distil the constitution into a LoRA adapter (prints the run id and the held-out KL before and after)",
+    _train_flags,
+)
 def cmd_train(args) -> int:
     from ctxdistill import train
     from ctxdistill.store import StoreError
@@ -540,8 +639,12 @@ def cmd_train(args) -> int:
             raise UserError(str(exc))
     else:
         try:
-            cfg = dataclass_from_args(train.TrainConfig, args, model=args.model or "",
-                                      constitution_id=constitution_version(store, args.constitution))
+            cfg = dataclass_from_args(
+                train.TrainConfig,
+                args,
+                model=args.model or "",
+                constitution_id=constitution_version(store, args.constitution),
+            )
             train.check_start(store, cfg)
             config = cfg.to_dict()
         except train.TrainError as exc:
@@ -562,7 +665,9 @@ def _train_distributed(args, store, accelerator, config: dict) -> int:
     job_id = broadcast_object_list(job_id)[0]
     if accelerator.is_main_process:
         if args.resume:
-            store.update_job(job_id, if_state=("failed", "cancelled"), state="queued", error=None, cancel_requested=False)
+            store.update_job(
+                job_id, if_state=("failed", "cancelled"), state="queued", error=None, cancel_requested=False
+            )
         jobs.run_inline(store, job_id)
         job = store.get_job(job_id)
     else:
@@ -572,8 +677,11 @@ def _train_distributed(args, store, accelerator, config: dict) -> int:
         return 0
     if job["state"] != "done":
         raise UserError(f"run {job_id} {job['state']}: {job['error'] or job['message']}")
-    emit(args, {"job_id": job_id, "processes": accelerator.num_processes, **job["result"]},
-         _train_summary(job["result"]) + f" ({accelerator.num_processes} processes)")
+    emit(
+        args,
+        {"job_id": job_id, "processes": accelerator.num_processes, **job["result"]},
+        _train_summary(job["result"]) + f" ({accelerator.num_processes} processes)",
+    )
     return 0
 
 
@@ -581,36 +689,66 @@ def _eval_flags(p):
     from ctxdistill.evaluate import EvalConfig
 
     p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
-    p.add_argument("--run", type=int, action="append", required=True, help="training run (job id) to score; repeat for several")
-    p.add_argument(*PROMPT_SET_FLAGS, dest="prompts", default="default", help="prompt set whose held-out prompts are scored (default: default)")
-    p.add_argument("--category", action="append", dest="categories", help="score only the held-out prompts of this category; repeat for several")
+    p.add_argument(
+        "--run", type=int, action="append", required=True, help="training run (job id) to score; repeat for several"
+    )
+    p.add_argument(
+        *PROMPT_SET_FLAGS,
+        dest="prompts",
+        default="default",
+        help="prompt set whose held-out prompts are scored (default: default)",
+    )
+    p.add_argument(
+        "--category",
+        action="append",
+        dest="categories",
+        help="score only the held-out prompts of this category; repeat for several",
+    )
     add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "prompt_set", "categories", "model", "owner"))
     p.add_argument("--report", help="also write the report: a .md, .html or .json file")
     p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
 
 
 def _eval_summary(r: dict) -> str:
-    checks = "; ".join(f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items())
+    checks = "; ".join(
+        f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items()
+    )
     ret = r["retention"]
-    capability = (" vs ".join(f"{c} {v:.0%}" for c, v in reversed(r["capability"].items())) + "; ") if r.get("capability") else ""
-    return (f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
-            f"{'capability: ' if capability else ''}{capability}KL(teacher‖base) {r['kl_base']:.4f} -> KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
-            f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
-            f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
-            f"{ret['nll_student']:.3f}; checks: {checks or 'none'}")
+    capability = (
+        (" vs ".join(f"{c} {v:.0%}" for c, v in reversed(r["capability"].items())) + "; ")
+        if r.get("capability")
+        else ""
+    )
+    return (
+        f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
+        f"{'capability: ' if capability else ''}{capability}KL(teacher‖base) {r['kl_base']:.4f} -> KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
+        f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
+        f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
+        f"{ret['nll_student']:.3f}; checks: {checks or 'none'}"
+    )
 
 
-@command("eval", "score trained runs against the teacher on held-out prompts (capability, KL gap closed, checks, retention, robustness)", _eval_flags)
+@command(
+    "eval",
+    "score trained runs against the teacher on held-out prompts (capability, KL gap closed, checks, retention, robustness)",
+    _eval_flags,
+)
 def cmd_eval(args) -> int:
-    from ctxdistill import evaluate as E
-    from ctxdistill import report
+    from ctxdistill import evaluate, report
 
     store = open_store(args)
     try:
-        cfg = dataclass_from_args(E.EvalConfig, args, constitution_id=constitution_version(store, args.constitution),
-                                  runs=args.run, prompt_set=args.prompts, categories=args.categories or [], model=args.model or "")
-        E.plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
-    except E.EvalError as exc:
+        cfg = dataclass_from_args(
+            evaluate.EvalConfig,
+            args,
+            constitution_id=constitution_version(store, args.constitution),
+            runs=args.run,
+            prompt_set=args.prompts,
+            categories=args.categories or [],
+            model=args.model or "",
+        )
+        evaluate.plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
+    except evaluate.EvalError as exc:
         raise UserError(str(exc))
     if args.report and not args.report.endswith((".md", ".html", ".json")):
         raise UserError(f"--report must name a .md, .html or .json file, not {args.report}")
@@ -624,7 +762,12 @@ def cmd_eval(args) -> int:
 
 def _influence_flags(p):
     p.add_argument("--constitution", required=True, help="YAML or JSON constitution file")
-    p.add_argument(*PROMPT_SET_FLAGS, dest="prompts", default="default", help="prompt set whose held-out prompts are used (default: default)")
+    p.add_argument(
+        *PROMPT_SET_FLAGS,
+        dest="prompts",
+        default="default",
+        help="prompt set whose held-out prompts are used (default: default)",
+    )
     p.add_argument("--n", type=int, default=8, help="number of prompts (default 8)")
     p.add_argument("--sample-tokens", type=int, default=40, help="tokens per teacher answer (default 40)")
     p.add_argument("--seed", type=int, default=0)
@@ -632,7 +775,7 @@ def _influence_flags(p):
 
 @command("influence", "how much each principle changes the teacher: KL with it vs without it", _influence_flags)
 def cmd_influence(args) -> int:
-    from ctxdistill import evaluate as E
+    from ctxdistill import evaluate
     from ctxdistill.prompts import ensure_default_prompts
 
     constitution = load_constitution_file(args.constitution)
@@ -642,7 +785,7 @@ def cmd_influence(args) -> int:
     if not prompts:
         raise UserError(f"prompt set {args.prompts!r} has no held-out prompts")
     model, tokenizer = load_model_or_fail(args)
-    rows = E.influence(model, tokenizer, constitution, prompts, sample_tokens=args.sample_tokens, seed=args.seed)
+    rows = evaluate.influence(model, tokenizer, constitution, prompts, sample_tokens=args.sample_tokens, seed=args.seed)
     human = "\n".join(f"{r['value']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]  {r['principle']}" for r in rows)
     emit(args, {"prompts": len(prompts), "influence": rows}, human + f"\n(KL nats/token over {len(prompts)} prompts)")
     return 0
@@ -660,35 +803,48 @@ def allow_remote_code(requested: bool) -> None:
 
 
 def _doctor_flags(p):
-    p.add_argument("--restore", action="store_true",
-                   help="replace the workspace database by its newest good backup (stop the app and jobs first)")
+    p.add_argument(
+        "--restore",
+        action="store_true",
+        help="replace the workspace database by its newest good backup (stop the app and jobs first)",
+    )
 
 
-@command("doctor", "check the workspace database and its backups; --restore puts the newest good backup back", _doctor_flags)
+@command(
+    "doctor", "check the workspace database and its backups; --restore puts the newest good backup back", _doctor_flags
+)
 def cmd_doctor(args) -> int:
     import time
 
-    from ctxdistill import store as S
+    from ctxdistill import store
 
-    home = S.workspace_home(args.workspace)
+    home = store.workspace_home(args.workspace)
     if args.restore:
-        result = S.restore_backup(home)
+        result = store.restore_backup(home)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["backup_time"]))
-        emit(args, result, f"restored the backup of {when} ({result['restored']})"
-             + (f"; the previous database was moved to {result['saved_as']}" if result["saved_as"] else ""))
+        emit(
+            args,
+            result,
+            f"restored the backup of {when} ({result['restored']})"
+            + (f"; the previous database was moved to {result['saved_as']}" if result["saved_as"] else ""),
+        )
         return 0
-    db = home / S.DB_NAME
-    status = S.check_database(db) if db.is_file() and db.stat().st_size else "missing or empty"
-    kept = [{"path": str(b), "time": b.stat().st_mtime, "check": S.check_database(b)} for b in S.backups(home)]
+    db = home / store.DB_NAME
+    status = store.check_database(db) if db.is_file() and db.stat().st_size else "missing or empty"
+    kept = [{"path": str(b), "time": b.stat().st_mtime, "check": store.check_database(b)} for b in store.backups(home)]
     orphans = sorted(str(p) for p in (home / "runs").glob("*.orphan-*"))
     lines = [f"database {db}: {status}"]
-    lines += [f"backup {b['path']} of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(b['time']))}: {b['check']}"
-              for b in kept] or ["no backup yet (one is made when the workspace is opened)"]
+    lines += [
+        f"backup {b['path']} of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(b['time']))}: {b['check']}"
+        for b in kept
+    ] or ["no backup yet (one is made when the workspace is opened)"]
     lines += [f"run directory left by another database: {o}" for o in orphans]
     emit(args, {"database": str(db), "check": status, "backups": kept, "orphaned_runs": orphans}, "\n".join(lines))
     if status != "ok":
-        raise UserError(f"the database is not usable ({status})" +
-                        ("; run `ctxdistill doctor --restore`" if any(b["check"] == "ok" for b in kept) else ""))
+        raise UserError(
+            f"the database is not usable ({status})"
+            + ("; run `ctxdistill doctor --restore`" if any(b["check"] == "ok" for b in kept) else "")
+        )
     return 0
 
 

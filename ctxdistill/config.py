@@ -28,7 +28,9 @@ class SamplingStageConfig(StageConfig):
 
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
     quantize: str = field(default="none", metadata={"help": "none, 4bit or auto (the precision policy)"})
-    precision: str = field(default="auto", metadata={"help": "compute dtype: auto (the precision policy), bf16, fp16 or fp32"})
+    precision: str = field(
+        default="auto", metadata={"help": "compute dtype: auto (the precision policy), bf16, fp16 or fp32"}
+    )
     owner: str = field(default="", metadata={"help": "workspace owner"})
     sampling: dict = field(default_factory=dict)
 
@@ -41,6 +43,6 @@ class SamplingStageConfig(StageConfig):
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
 
     def sampling_config(self):
-        from .generate import SamplingConfig
+        from .sampling import SamplingConfig
 
         return SamplingConfig(**self.sampling).validate()

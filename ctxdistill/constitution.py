@@ -21,6 +21,7 @@ see `from_hf_recipe`.
 It runs over 450 lines because parsing, validation, rendering, the file formats and the
 principles' automatic checks all work on the same few dataclasses.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -90,9 +91,9 @@ class Check:
 @dataclass
 class Principle:
     id: str
-    text: str              # what the teacher reads, one item of the numbered list
-    critique: str = ""     # critique request for SL-CAI revision passes
-    revision: str = ""     # revision request that follows the critique
+    text: str  # what the teacher reads, one item of the numbered list
+    critique: str = ""  # critique request for SL-CAI revision passes
+    revision: str = ""  # revision request that follows the critique
     check: Check | None = None
 
 
@@ -101,11 +102,12 @@ class Constitution:
     name: str
     principles: list[Principle]
     description: str = ""  # for people; never shown to the model
-    preamble: str = ""     # shown to the model before the numbered principles
+    preamble: str = ""  # shown to the model before the numbered principles
     examples: list[dict] = field(default_factory=list)  # few-shot chat messages
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def render(c: Constitution) -> str:
     """The system prompt exactly as the teacher sees it.
@@ -120,6 +122,7 @@ def render(c: Constitution) -> str:
 
 
 # --------------------------------------------------------------- validation
+
 
 def _where(i: int, p: Principle) -> str:
     return f"Principle {i} ({p.id})" if p.id.strip() else f"Principle {i}"
@@ -136,7 +139,7 @@ def validate(c: Constitution) -> list[str]:
     for i, p in enumerate(c.principles, 1):
         where = _where(i, p)
         if not p.id.strip():
-            errors.append(f"Principle {i} has an empty id: give it a short name such as \"p{i}\".")
+            errors.append(f'Principle {i} has an empty id: give it a short name such as "p{i}".')
         else:
             seen.setdefault(p.id, []).append(i)
         if not p.text.strip():
@@ -146,12 +149,12 @@ def validate(c: Constitution) -> list[str]:
     for pid, where in seen.items():
         if len(where) > 1:
             positions = ", ".join(map(str, where[:-1])) + f" and {where[-1]}"
-            errors.append(f"The id \"{pid}\" is used by more than one principle "
-                          f"(principles {positions}); ids must be unique.")
+            errors.append(
+                f'The id "{pid}" is used by more than one principle (principles {positions}); ids must be unique.'
+            )
     for j, m in enumerate(c.examples, 1):
         if m.get("role") not in EXAMPLE_ROLES:
-            errors.append(f"Example message {j} has role {m.get('role')!r}; "
-                          f"use \"user\" or \"assistant\".")
+            errors.append(f'Example message {j} has role {m.get("role")!r}; use "user" or "assistant".')
         if not str(m.get("content", "")).strip():
             errors.append(f"Example message {j} has no content.")
     return errors
@@ -160,8 +163,7 @@ def validate(c: Constitution) -> list[str]:
 def _check_errors(where: str, check: Check) -> list[str]:
     kind, value = check.kind, check.value
     if kind not in CHECK_KINDS:
-        return [f"{where} has an unknown check kind \"{kind}\"; use one of: "
-                f"{', '.join(CHECK_KINDS)}."]
+        return [f'{where} has an unknown check kind "{kind}"; use one of: {", ".join(CHECK_KINDS)}.']
     if kind == "regex":
         try:
             regex.compile(value, regex.I | regex.S)
@@ -173,8 +175,7 @@ def _check_errors(where: str, check: Check) -> list[str]:
         except (TypeError, ValueError):
             ok = False
         if not ok:
-            return [f"{where} has a max_words check of \"{value}\"; "
-                    "it must be a positive whole number."]
+            return [f'{where} has a max_words check of "{value}"; it must be a positive whole number.']
     elif not value.strip():
         return [f"{where} has a {kind} check with an empty value."]
     return []
@@ -189,6 +190,7 @@ def ensure_valid(c: Constitution) -> Constitution:
 
 # ------------------------------------------------------- dict conversion
 
+
 def to_dict(c: Constitution) -> dict:
     """Plain data with every field present, keys in a fixed order."""
     return {
@@ -196,8 +198,13 @@ def to_dict(c: Constitution) -> dict:
         "description": c.description,
         "preamble": c.preamble,
         "principles": [
-            {"id": p.id, "text": p.text, "critique": p.critique, "revision": p.revision,
-             "check": None if p.check is None else {"kind": p.check.kind, "value": p.check.value}}
+            {
+                "id": p.id,
+                "text": p.text,
+                "critique": p.critique,
+                "revision": p.revision,
+                "check": None if p.check is None else {"kind": p.check.kind, "value": p.check.value},
+            }
             for p in c.principles
         ],
         "examples": [dict(m) for m in c.examples],
@@ -209,8 +216,15 @@ _PRINCIPLE_KEYS = ("id", "text", "critique", "revision", "check")
 
 
 def _type_name(x) -> str:
-    return {str: "text", dict: "a mapping", list: "a list", bool: "true/false", int: "a number",
-            float: "a number", type(None): "nothing"}.get(type(x), type(x).__name__)
+    return {
+        str: "text",
+        dict: "a mapping",
+        list: "a list",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        type(None): "nothing",
+    }.get(type(x), type(x).__name__)
 
 
 def _text(x, what: str, errors: list, default: str | None = "", allow_number=False):
@@ -229,22 +243,21 @@ def _check_from(x, where: str, errors: list) -> Check | None:
     if x is None:
         return None
     if not isinstance(x, dict):
-        errors.append(f"{where}: check must be a mapping like {{kind: starts_with, value: \"Arr!\"}}, "
-                      f"not {_type_name(x)}.")
+        errors.append(
+            f'{where}: check must be a mapping like {{kind: starts_with, value: "Arr!"}}, not {_type_name(x)}.'
+        )
         return None
     if "kind" in x:
         extra = sorted(set(x) - {"kind", "value"})
         if extra:
-            errors.append(f"{where}: check has unknown field(s) {', '.join(map(str, extra))}; "
-                          "use kind and value.")
+            errors.append(f"{where}: check has unknown field(s) {', '.join(map(str, extra))}; use kind and value.")
         kind = _text(x["kind"], f"{where}: check kind", errors, default=None)
         value = _text(x.get("value"), f"{where}: check value", errors, allow_number=True)
         return Check(kind, value)
     if len(x) == 1:  # shorthand {starts_with: "Arr!"}
-        (kind, value), = x.items()
+        ((kind, value),) = x.items()
         return Check(str(kind), _text(value, f"{where}: check value", errors, allow_number=True))
-    errors.append(f"{where}: check must have a kind and a value, "
-                  "or be a single pair such as {starts_with: \"Arr!\"}.")
+    errors.append(f'{where}: check must have a kind and a value, or be a single pair such as {{starts_with: "Arr!"}}.')
     return None
 
 
@@ -255,13 +268,11 @@ def from_dict(d: dict) -> Constitution:
     p1, p2, ... by position (skipping ids already taken).
     """
     if not isinstance(d, dict):
-        raise ConstitutionError(f"A constitution must be a mapping with a name and principles, "
-                                f"not {_type_name(d)}.")
+        raise ConstitutionError(f"A constitution must be a mapping with a name and principles, not {_type_name(d)}.")
     errors: list[str] = []
     unknown = [k for k in d if k not in _TOP_KEYS]
     if unknown:
-        errors.append(f"Unknown field(s) {', '.join(map(str, unknown))}; "
-                      f"a constitution has: {', '.join(_TOP_KEYS)}.")
+        errors.append(f"Unknown field(s) {', '.join(map(str, unknown))}; a constitution has: {', '.join(_TOP_KEYS)}.")
     if "name" not in d:
         errors.append("The constitution has no 'name' field.")
     name = _text(d.get("name"), "The name", errors, allow_number=True)
@@ -288,8 +299,10 @@ def from_dict(d: dict) -> Constitution:
             continue
         bad = [k for k in p if k not in _PRINCIPLE_KEYS]
         if bad:
-            errors.append(f"{where} has unknown field(s) {', '.join(map(str, bad))}; "
-                          f"a principle has: {', '.join(_PRINCIPLE_KEYS)}.")
+            errors.append(
+                f"{where} has unknown field(s) {', '.join(map(str, bad))}; "
+                f"a principle has: {', '.join(_PRINCIPLE_KEYS)}."
+            )
         if "text" not in p:
             errors.append(f"{where} has no 'text' field.")
         pid = p.get("id")
@@ -299,13 +312,15 @@ def from_dict(d: dict) -> Constitution:
                 n += 1
             pid = f"p{n}"
             taken.add(pid)
-        principles.append(Principle(
-            id=_text(pid, f"{where}: id", errors, allow_number=True),
-            text=_text(p.get("text"), f"{where}: text", errors),
-            critique=_text(p.get("critique"), f"{where}: critique", errors),
-            revision=_text(p.get("revision"), f"{where}: revision", errors),
-            check=_check_from(p.get("check"), where, errors),
-        ))
+        principles.append(
+            Principle(
+                id=_text(pid, f"{where}: id", errors, allow_number=True),
+                text=_text(p.get("text"), f"{where}: text", errors),
+                critique=_text(p.get("critique"), f"{where}: critique", errors),
+                revision=_text(p.get("revision"), f"{where}: revision", errors),
+                check=_check_from(p.get("check"), where, errors),
+            )
+        )
 
     examples = []
     raw_ex = d.get("examples") or []
@@ -314,24 +329,35 @@ def from_dict(d: dict) -> Constitution:
         raw_ex = []
     for j, m in enumerate(raw_ex, 1):
         if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            errors.append(f"Example message {j} must be a mapping with exactly "
-                          "'role' and 'content'.")
+            errors.append(f"Example message {j} must be a mapping with exactly 'role' and 'content'.")
             continue
-        examples.append({"role": _text(m["role"], f"Example message {j}: role", errors),
-                         "content": _text(m["content"], f"Example message {j}: content", errors)})
+        examples.append(
+            {
+                "role": _text(m["role"], f"Example message {j}: role", errors),
+                "content": _text(m["content"], f"Example message {j}: content", errors),
+            }
+        )
     if errors:
         raise ConstitutionError(errors)
-    return Constitution(name=name, principles=principles, description=description,
-                        preamble=preamble, examples=examples)
+    return Constitution(name=name, principles=principles, description=description, preamble=preamble, examples=examples)
 
 
 # ------------------------------------------------------ HF recipe import
 
-_VERB = {"said": "say", "says": "say", "say": "say", "include": "include",
-         "included": "include", "includes": "include", "provide": "provide",
-         "provided": "provide", "provides": "provide", "contain": "contain",
-         "contained": "contain", "contains": "contain"}
-
+_VERB = {
+    "said": "say",
+    "says": "say",
+    "say": "say",
+    "include": "include",
+    "included": "include",
+    "includes": "include",
+    "provide": "provide",
+    "provided": "provide",
+    "provides": "provide",
+    "contain": "contain",
+    "contained": "contain",
+    "contains": "contain",
+}
 
 
 def from_row(row: dict) -> Constitution:
@@ -354,12 +380,20 @@ def _statement_from_critic(critic: str) -> str:
     m = re.match(r"(.+?[.?!])(\s|$)", text)
     sentence = (m.group(1) if m else text).strip()
     body = sentence.rstrip(".?!").strip()
-    m = re.search(r"(?:response|\bit)\s+(?:is|was|may be|might be|could be)\s+"
-                  r"(?:in (?:any|some) way\s+|at all\s+)?(?P<what>.+)", body, re.I)
+    m = re.search(
+        r"(?:response|\bit)\s+(?:is|was|may be|might be|could be)\s+"
+        r"(?:in (?:any|some) way\s+|at all\s+)?(?P<what>.+)",
+        body,
+        re.I,
+    )
     if m and "assistant" in body.lower():
         return f"The assistant's response must not be {m['what']}."
-    m = re.search(r"(?P<who>assistant(?:'s (?:\w+ )?response)?)\s+(?P<verb>\w+)\s+"
-                  r"(?P<what>(?:anything|any)\b.+)", body, re.I)
+    m = re.search(
+        r"(?P<who>assistant(?:'s (?:\w+ )?response)?)\s+(?P<verb>\w+)\s+"
+        r"(?P<what>(?:anything|any)\b.+)",
+        body,
+        re.I,
+    )
     if m and m["verb"].lower() in _VERB:
         who = "The assistant's response" if "response" in m["who"].lower() else "The assistant"
         return f"{who} must not {_VERB[m['verb'].lower()]} {m['what']}."
@@ -376,35 +410,47 @@ def from_hf_recipe(obj: dict, name: str = "imported") -> Constitution:
     """
     errors = []
     if not isinstance(obj, dict) or not isinstance(obj.get("constitutions"), list):
-        raise ConstitutionError("A constitutional-AI recipe file needs a 'constitutions' list "
-                                "of {\"critic\": ..., \"revision\": ...} pairs.")
+        raise ConstitutionError(
+            'A constitutional-AI recipe file needs a \'constitutions\' list of {"critic": ..., "revision": ...} pairs.'
+        )
     principles = []
     for i, pair in enumerate(obj["constitutions"], 1):
-        if not isinstance(pair, dict) or not isinstance(pair.get("critic"), str) \
-                or not isinstance(pair.get("revision"), str):
-            errors.append(f"Entry {i} of 'constitutions' must have text fields 'critic' "
-                          "and 'revision'.")
+        if (
+            not isinstance(pair, dict)
+            or not isinstance(pair.get("critic"), str)
+            or not isinstance(pair.get("revision"), str)
+        ):
+            errors.append(f"Entry {i} of 'constitutions' must have text fields 'critic' and 'revision'.")
             continue
-        principles.append(Principle(id=f"p{i}", text=_statement_from_critic(pair["critic"]),
-                                    critique=pair["critic"], revision=pair["revision"]))
+        principles.append(
+            Principle(
+                id=f"p{i}",
+                text=_statement_from_critic(pair["critic"]),
+                critique=pair["critic"],
+                revision=pair["revision"],
+            )
+        )
     chats = obj.get("system_chat") or []
     if chats and isinstance(chats[0], dict):  # a single conversation, not a list of them
         chats = [chats]
     examples = []
     for k, chat in enumerate(chats, 1):
         for m in chat if isinstance(chat, list) else [None]:
-            if isinstance(m, dict) and isinstance(m.get("role"), str) \
-                    and isinstance(m.get("content"), str):
+            if isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str):
                 examples.append({"role": m["role"], "content": m["content"]})
             else:
-                errors.append(f"Conversation {k} of 'system_chat' must be a list of "
-                              "{\"role\": ..., \"content\": ...} messages.")
+                errors.append(
+                    f'Conversation {k} of \'system_chat\' must be a list of {{"role": ..., "content": ...}} messages.'
+                )
                 break
     if errors:
         raise ConstitutionError(errors)
-    return Constitution(name=name, principles=principles,
-                        description="Imported from a constitutional-AI recipe file.",
-                        examples=examples)
+    return Constitution(
+        name=name,
+        principles=principles,
+        description="Imported from a constitutional-AI recipe file.",
+        examples=examples,
+    )
 
 
 def _is_hf_recipe(obj) -> bool:
@@ -413,6 +459,7 @@ def _is_hf_recipe(obj) -> bool:
 
 # ---------------------------------------------------------- text formats
 
+
 class _BoundedLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses aliases and nesting deeper than MAX_DEPTH."""
 
@@ -420,11 +467,13 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
-            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
-                                              self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not accepted", self.peek_event().start_mark
+            )
         if self._depth >= MAX_DEPTH:
-            raise yaml.composer.ComposerError(None, None, f"it is nested more than {MAX_DEPTH} levels deep",
-                                              self.peek_event().start_mark)
+            raise yaml.composer.ComposerError(
+                None, None, f"it is nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark
+            )
         self._depth += 1
         try:
             return super().compose_node(parent, index)
@@ -443,8 +492,9 @@ def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitu
     """
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_TEXT_BYTES:
-        raise ConstitutionError(f"The text is {size / 2**20:.1f} MB; a constitution may be at most "
-                                f"{MAX_TEXT_BYTES / 2**20:g} MB.")
+        raise ConstitutionError(
+            f"The text is {size / 2**20:.1f} MB; a constitution may be at most {MAX_TEXT_BYTES / 2**20:g} MB."
+        )
     if fmt is None:
         fmt = "json" if text.lstrip().startswith(("{", "[")) else "yaml"
     fmt = fmt.lower()
@@ -452,8 +502,7 @@ def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitu
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConstitutionError(f"This is not valid JSON: {e.msg} at line {e.lineno}, "
-                                    f"column {e.colno}.") from None
+            raise ConstitutionError(f"This is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
         except RecursionError:  # the decoder's own nesting limit, well below what a stack holds
             raise ConstitutionError("This JSON is nested too deeply to be a constitution.") from None
         except ValueError as e:  # e.g. an integer of more digits than Python converts
@@ -469,7 +518,7 @@ def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitu
         except ValueError as e:
             raise ConstitutionError(f"This is not valid YAML: {e}.") from None
     else:
-        raise ConstitutionError(f"Unknown format \"{fmt}\"; use yaml or json.")
+        raise ConstitutionError(f'Unknown format "{fmt}"; use yaml or json.')
     if obj is None:
         raise ConstitutionError("The text is empty: a constitution needs a name and principles.")
     if isinstance(obj, list):
@@ -505,9 +554,10 @@ def dumps(c: Constitution, fmt: str = "yaml") -> str:
     if fmt == "json":
         return json.dumps(to_dict(c), indent=2, ensure_ascii=False) + "\n"
     if fmt in ("yaml", "yml"):
-        return yaml.dump(_readable(c), Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                         default_flow_style=False, width=88)
-    raise ConstitutionError(f"Unknown format \"{fmt}\"; use yaml or json.")
+        return yaml.dump(
+            _readable(c), Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=88
+        )
+    raise ConstitutionError(f'Unknown format "{fmt}"; use yaml or json.')
 
 
 def _fmt_for(path: Path) -> str | None:
@@ -533,8 +583,10 @@ def load(path_or_bytes) -> Constitution:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ConstitutionError(f"{label} is not UTF-8 text (byte 0x{data[e.start]:02x} at "
-                                f"position {e.start}); save it as UTF-8 and try again.") from None
+        raise ConstitutionError(
+            f"{label} is not UTF-8 text (byte 0x{data[e.start]:02x} at "
+            f"position {e.start}); save it as UTF-8 and try again."
+        ) from None
     return parse(text, fmt, name=stem)
 
 
@@ -549,6 +601,7 @@ def save(c: Constitution, path) -> None:
 
 # ------------------------------------------------------ identity and diff
 
+
 def content_hash(c: Constitution) -> str:
     """sha256 of canonical JSON of to_dict: equal content, equal hash."""
     canon = json.dumps(to_dict(c), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -557,7 +610,7 @@ def content_hash(c: Constitution) -> str:
 
 def diff(a: Constitution, b: Constitution, a_label: str = "a", b_label: str = "b") -> str:
     """Unified diff of the YAML of two versions; "" when they are the same."""
-    lines = difflib.unified_diff(dumps(a).splitlines(keepends=True),
-                                 dumps(b).splitlines(keepends=True),
-                                 fromfile=a_label, tofile=b_label)
+    lines = difflib.unified_diff(
+        dumps(a).splitlines(keepends=True), dumps(b).splitlines(keepends=True), fromfile=a_label, tofile=b_label
+    )
     return "".join(lines)

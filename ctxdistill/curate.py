@@ -35,17 +35,26 @@ from .safety import hub_token, spreadsheet_cell
 from .store import Store
 
 FLAGS = ("empty", "cut_off", "repetition", "failed_check", "near_duplicate", "worse")
-FLAG_LABELS = {"empty": "empty answer", "cut_off": "cut off at max tokens", "repetition": "repetition loop",
-               "failed_check": "failed principle check", "near_duplicate": "near-duplicate",
-               "worse": "revision worse than its start"}
-WORSE_REASONS = {"loop": "loops where its start did not", "lost_content": "lost the start's content",
-                 "check": "fails a check its start passed"}
+FLAG_LABELS = {
+    "empty": "empty answer",
+    "cut_off": "cut off at max tokens",
+    "repetition": "repetition loop",
+    "failed_check": "failed principle check",
+    "near_duplicate": "near-duplicate",
+    "worse": "revision worse than its start",
+}
+WORSE_REASONS = {
+    "loop": "loops where its start did not",
+    "lost_content": "lost the start's content",
+    "check": "fails a check its start passed",
+}
 STARTS = ("unprompted", "prompted")
 EXPORT_FORMATS = ("messages", "prompt_completion", "csv", "datasets")
 NEAR_DUPLICATE_JACCARD = 0.8
 
 
 # --------------------------------------------------------------------------- flags
+
 
 def is_repetitive(text: str) -> bool:
     """A generation loop: a short chunk repeated back to back many times, or a few
@@ -76,16 +85,21 @@ def principle_checks(constitution: Constitution) -> list[tuple[str, Check]]:
 
 def start_answer(sample: dict, start: str) -> str:
     """The answer a revision chain starts from: the chosen one, else the other when it is missing."""
-    first, other = (sample["unprompted"], sample["prompted"]) if start == "unprompted" else \
-        (sample["prompted"], sample["unprompted"])
+    first, other = (
+        (sample["unprompted"], sample["prompted"])
+        if start == "unprompted"
+        else (sample["prompted"], sample["unprompted"])
+    )
     return first or other
 
 
 # Words that say nothing about what an answer is about (the loops of a small model are made of them).
-_GENERIC = frozenset("""about above after again also answer answers assistant because been before being below
+_GENERIC = frozenset(
+    """about above after again also answer answers assistant because been before being below
 between both could does doing during each from further have having here into itself just more most once only other
 over please question questions response rewrite same should some such than that their them then there these they
-this those through under until very what when where which while will with would your yours""".split())
+this those through under until very what when where which while will with would your yours""".split()
+)
 
 
 def content_words(text: str) -> set[str]:
@@ -167,7 +181,7 @@ def near_duplicates(texts: list[str], threshold: float = NEAR_DUPLICATE_JACCARD)
     flagged = set()
     for a_pos, a in enumerate(order):
         sa = sets[a]
-        for b in order[a_pos + 1:]:
+        for b in order[a_pos + 1 :]:
             sb = sets[b]
             if len(sa) < threshold * len(sb):
                 break
@@ -191,8 +205,7 @@ def refresh_flags(store: Store, constitution_id: int, owner: str | None = "") ->
     checks = principle_checks(from_row(store.get_constitution(constitution_id)))
     samples = store.list_samples(constitution_id=constitution_id, owner=owner)
     dup = near_duplicates([s["final"] for s in samples])
-    new = {s["id"]: sample_flags(s, checks) + (["near_duplicate"] if i in dup else [])
-           for i, s in enumerate(samples)}
+    new = {s["id"]: sample_flags(s, checks) + (["near_duplicate"] if i in dup else []) for i, s in enumerate(samples)}
     store.set_sample_flags(new)
     counts = Counter(f for flags in new.values() for f in flags if f in FLAGS)
     return {f: counts.get(f, 0) for f in FLAGS}
@@ -200,8 +213,17 @@ def refresh_flags(store: Store, constitution_id: int, owner: str | None = "") ->
 
 # --------------------------------------------------------------------------- reviewing
 
-def review(store: Store, sample_id: int, version: int, *, status: str | None = None,
-           final: str | None = None, note: str | None = None, reviewer: str = "") -> dict:
+
+def review(
+    store: Store,
+    sample_id: int,
+    version: int,
+    *,
+    status: str | None = None,
+    final: str | None = None,
+    note: str | None = None,
+    reviewer: str = "",
+) -> dict:
     """One reviewer action, written at once. Raises store.ConflictError when the sample
     changed since `version` was read (another tab, a revise job). Returns the new row."""
     fields = {k: v for k, v in (("status", status), ("final", final), ("note", note)) if v is not None}
@@ -223,7 +245,11 @@ BULK_ACTIONS = {
 
 
 BULK_STATUS = {"reject_empty": "rejected", "reject_flagged": "rejected", "accept_clean": "accepted"}
-_BULK_PICK = {"reject_empty": lambda flags: "empty" in flags, "reject_flagged": bool, "accept_clean": lambda flags: not flags}
+_BULK_PICK = {
+    "reject_empty": lambda flags: "empty" in flags,
+    "reject_flagged": bool,
+    "accept_clean": lambda flags: not flags,
+}
 
 
 def bulk_targets(store: Store, action: str, constitution_id: int, *, owner: str = "", **filters) -> list[int]:
@@ -232,8 +258,11 @@ def bulk_targets(store: Store, action: str, constitution_id: int, *, owner: str 
     if action not in BULK_ACTIONS:
         raise ValueError(f"unknown bulk action {action!r}; use one of {', '.join(BULK_ACTIONS)}")
     filters = {**filters, "status": "pending"}
-    return [s["id"] for s in store.list_samples(constitution_id=constitution_id, owner=owner, **filters)
-            if _BULK_PICK[action](s["flags"])]
+    return [
+        s["id"]
+        for s in store.list_samples(constitution_id=constitution_id, owner=owner, **filters)
+        if _BULK_PICK[action](s["flags"])
+    ]
 
 
 def apply_bulk(store: Store, action: str, ids: list[int], reviewer: str = "") -> int:
@@ -253,8 +282,17 @@ def bulk(store: Store, action: str, constitution_id: int, *, owner: str = "", re
 
 # --------------------------------------------------------------------------- export
 
-def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike, *,
-           set_name: str | None = None, owner: str = "", hub_id: str | None = None) -> dict:
+
+def export(
+    store: Store,
+    constitution_id: int,
+    fmt: str,
+    path: str | os.PathLike,
+    *,
+    set_name: str | None = None,
+    owner: str = "",
+    hub_id: str | None = None,
+) -> dict:
     """Write the accepted samples of a version (train prompts only) and a manifest beside them.
 
     fmt: "messages" (JSONL chat messages), "prompt_completion" (JSONL), "csv", or
@@ -268,15 +306,25 @@ def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike
     if hub_id and not hub_token():
         raise ValueError("set HF_TOKEN to push to the hub")
     version = store.get_constitution(constitution_id)
-    samples = store.list_samples(constitution_id=constitution_id, set_name=set_name, status="accepted",
-                                 split="train", owner=owner)
+    samples = store.list_samples(
+        constitution_id=constitution_id, set_name=set_name, status="accepted", split="train", owner=owner
+    )
     if not samples:
         raise ValueError("no accepted samples to export: accept some in the review queue first")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = [{"sample_id": s["id"], "prompt_id": s["prompt_id"], "prompt": s["prompt"], "completion": s["final"],
-                "messages": [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["final"]}],
-                "edited": bool(s["edited"]), "set": s["set_name"]} for s in samples]
+    records = [
+        {
+            "sample_id": s["id"],
+            "prompt_id": s["prompt_id"],
+            "prompt": s["prompt"],
+            "completion": s["final"],
+            "messages": [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["final"]}],
+            "edited": bool(s["edited"]),
+            "set": s["set_name"],
+        }
+        for s in samples
+    ]
     if fmt == "messages":
         _write_jsonl(path, ({"messages": r["messages"]} for r in records))
     elif fmt == "prompt_completion":
@@ -287,12 +335,19 @@ def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike
             writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
             writer.writeheader()
             writer.writerows({k: spreadsheet_cell(v) for k, v in r.items()} for r in records)
-    manifest = {"format": fmt, "path": str(path), "constitution_id": constitution_id,
-                "constitution_name": version["name"], "constitution_hash": version["hash"],
-                "set": set_name, "counts": {**store.count_samples(constitution_id=constitution_id,
-                                                                  set_name=set_name, owner=owner),
-                                            "exported": len(records)},
-                "created_at": time.time()}
+    manifest = {
+        "format": fmt,
+        "path": str(path),
+        "constitution_id": constitution_id,
+        "constitution_name": version["name"],
+        "constitution_hash": version["hash"],
+        "set": set_name,
+        "counts": {
+            **store.count_samples(constitution_id=constitution_id, set_name=set_name, owner=owner),
+            "exported": len(records),
+        },
+        "created_at": time.time(),
+    }
     if fmt == "datasets":
         import datasets
 
@@ -302,7 +357,9 @@ def export(store: Store, constitution_id: int, fmt: str, path: str | os.PathLike
         if hub_id:
             ds.push_to_hub(hub_id, token=hub_token())
             manifest["hub_id"] = hub_id
-    manifest_path = path / "ctxdistill_export.json" if fmt == "datasets" else path.with_name(path.name + ".manifest.json")
+    manifest_path = (
+        path / "ctxdistill_export.json" if fmt == "datasets" else path.with_name(path.name + ".manifest.json")
+    )
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return {**manifest, "manifest": str(manifest_path)}
 
@@ -324,8 +381,15 @@ def recipe_rounds(cols: list[str]) -> list[str]:
     return [s for s in suffixes if {f"critic_response{s}", f"revision_response{s}"} <= set(cols)]
 
 
-def import_recipe_dataset(store: Store, source: str | os.PathLike, set_name: str, *, name: str | None = None,
-                          fmt: str | None = None, owner: str = "") -> dict:
+def import_recipe_dataset(
+    store: Store,
+    source: str | os.PathLike,
+    set_name: str,
+    *,
+    name: str | None = None,
+    fmt: str | None = None,
+    owner: str = "",
+) -> dict:
     """Bring a dataset with the HF constitutional-AI recipe's columns (init_prompt,
     init_response, critic_*, revision_*) into the workbench, all or nothing.
 
@@ -340,8 +404,10 @@ def import_recipe_dataset(store: Store, source: str | os.PathLike, set_name: str
     cols = columns(records)
     missing = [c for c in ("init_prompt", "init_response") if c not in cols]
     if missing:
-        raise ImportFileError(f"{label} has no {' or '.join(missing)} column; a recipe dataset has init_prompt, "
-                              f"init_response, critic_* and revision_* columns (it has: {', '.join(cols)})")
+        raise ImportFileError(
+            f"{label} has no {' or '.join(missing)} column; a recipe dataset has init_prompt, "
+            f"init_response, critic_* and revision_* columns (it has: {', '.join(cols)})"
+        )
     rounds = recipe_rounds(cols)
     pairs: dict[tuple[str, str], str] = {}
     rows = []
@@ -350,35 +416,64 @@ def import_recipe_dataset(store: Store, source: str | os.PathLike, set_name: str
         if not prompt:
             continue
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise ImportFileError(f"{label} record {n}: the prompt is {len(prompt):,} characters long; "
-                                  f"the limit is {MAX_PROMPT_CHARS:,}")
+            raise ImportFileError(
+                f"{label} record {n}: the prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}"
+            )
         chain = []
         for s in rounds:
             critic, revision = str(r.get(f"critic_prompt{s}") or ""), str(r.get(f"revision_prompt{s}") or "")
             pid = pairs.setdefault((critic, revision), f"p{len(pairs) + 1}")
-            chain.append({"principle": pid, "critique_request": critic, "critique": str(r.get(f"critic_response{s}") or ""),
-                          "revision_request": revision, "revision": str(r.get(f"revision_response{s}") or "")})
+            chain.append(
+                {
+                    "principle": pid,
+                    "critique_request": critic,
+                    "critique": str(r.get(f"critic_response{s}") or ""),
+                    "revision_request": revision,
+                    "revision": str(r.get(f"revision_response{s}") or ""),
+                }
+            )
         rows.append((prompt, str(r.get("init_response") or ""), chain))
     if not rows:
         raise ImportFileError(f"{label}: every init_prompt is empty; nothing to import")
-    recipe = {"constitutions": [{"critic": c, "revision": v} for c, v in pairs] or
-              [{"critic": "Imported without critique rounds.", "revision": ""}]}
+    recipe = {
+        "constitutions": [{"critic": c, "revision": v} for c, v in pairs]
+        or [{"critic": "Imported without critique rounds.", "revision": ""}]
+    }
     constitution = from_hf_recipe(recipe, name=name or set_name)
     with store.transaction():
-        store.add_prompts(set_name, [{"text": p, "split": "train"} for p, _, _ in rows], source=str(source),
-                          owner=owner)
-        cid = store.save_constitution(constitution.name, to_dict(constitution), content_hash(constitution),
-                                      message=f"imported from {label}",
-                                      owner=owner)
+        store.add_prompts(
+            set_name, [{"text": p, "split": "train"} for p, _, _ in rows], source=str(source), owner=owner
+        )
+        cid = store.save_constitution(
+            constitution.name,
+            to_dict(constitution),
+            content_hash(constitution),
+            message=f"imported from {label}",
+            owner=owner,
+        )
         ids = {p["text"]: p["id"] for p in store.get_prompts(set_name, owner=owner)}
         seen: Counter = Counter()
         items = []
         for prompt, init, chain in rows:
             pid = ids[prompt]
-            items.append({"prompt_id": pid, "constitution_id": cid, "idx": seen[pid], "unprompted": init,
-                          "chain": chain, "meta": {"source": str(source), "start": "unprompted"}})
+            items.append(
+                {
+                    "prompt_id": pid,
+                    "constitution_id": cid,
+                    "idx": seen[pid],
+                    "unprompted": init,
+                    "chain": chain,
+                    "meta": {"source": str(source), "start": "unprompted"},
+                }
+            )
             seen[pid] += 1
         store.upsert_samples(items)
     flags = refresh_flags(store, cid, owner=owner)
-    return {"set": set_name, "constitution_id": cid, "principles": len(constitution.principles),
-            "samples": len(items), "rounds": len(rounds), "flags": flags}
+    return {
+        "set": set_name,
+        "constitution_id": cid,
+        "principles": len(constitution.principles),
+        "samples": len(items),
+        "rounds": len(rounds),
+        "flags": flags,
+    }

@@ -38,20 +38,23 @@ class DemoLimit(ValueError):
 class DemoCaps:
     """What one demo visitor may ask for at a time. Env: CTXDISTILL_DEMO_<NAME upper-cased>."""
 
-    prompts: int = 48           # prompts per imported set, and per sampling, training or evaluation job
-    steps: int = 40             # training steps per run
-    samples: int = 2            # samples per prompt (preview and sampling)
-    rounds: int = 2             # critique/revision rounds per sample
-    max_new_tokens: int = 64    # new tokens per answer
-    batch_size: int = 8         # answers per training micro-batch, prompts per sampling batch
-    grad_accum: int = 4         # micro-batches per training step
-    lora_r: int = 32            # LoRA rank
-    text_kb: float = 64.0       # one constitution or draft, prompt, note or edited answer, as stored
-    upload_mb: float = 2.0      # size of one uploaded file
+    prompts: int = 48  # prompts per imported set, and per sampling, training or evaluation job
+    steps: int = 40  # training steps per run
+    samples: int = 2  # samples per prompt (preview and sampling)
+    rounds: int = 2  # critique/revision rounds per sample
+    max_new_tokens: int = 64  # new tokens per answer
+    batch_size: int = 8  # answers per training micro-batch, prompts per sampling batch
+    grad_accum: int = 4  # micro-batches per training step
+    lora_r: int = 32  # LoRA rank
+    text_kb: float = 64.0  # one constitution or draft, prompt, note or edited answer, as stored
+    upload_mb: float = 2.0  # size of one uploaded file
 
     def __post_init__(self):
-        bad = [f"{ENV_PREFIX}{f.name.upper()}={getattr(self, f.name)}" for f in fields(self)
-               if not getattr(self, f.name) > 0]
+        bad = [
+            f"{ENV_PREFIX}{f.name.upper()}={getattr(self, f.name)}"
+            for f in fields(self)
+            if not getattr(self, f.name) > 0
+        ]
         if bad:
             raise DemoLimit(f"{', '.join(bad)}: every demo cap must be above 0")
 
@@ -74,17 +77,24 @@ class DemoCaps:
 
     def check(self, **values) -> None:
         """Raise DemoLimit when any given value (by cap name) is above its cap; None is unchecked."""
-        over = [f"{name.replace('_', ' ')} {value} > {getattr(self, name)}"
-                for name, value in values.items() if value is not None and value > getattr(self, name)]
+        over = [
+            f"{name.replace('_', ' ')} {value} > {getattr(self, name)}"
+            for name, value in values.items()
+            if value is not None and value > getattr(self, name)
+        ]
         if over:
-            raise DemoLimit("Above the demo limits (" + "; ".join(over) + "). Duplicate this Space to run "
-                            "longer jobs on your own hardware.")
+            raise DemoLimit(
+                "Above the demo limits (" + "; ".join(over) + "). Duplicate this Space to run "
+                "longer jobs on your own hardware."
+            )
 
     def summary(self) -> str:
-        return (f"at most {self.prompts} prompts per set or job, {self.steps} training steps, "
-                f"{self.samples} samples per prompt, {self.rounds} revision rounds, {self.max_new_tokens} new tokens per answer, "
-                f"batches of {self.batch_size}, {self.grad_accum} accumulation steps, LoRA rank {self.lora_r}, "
-                f"{self.text_kb:g} KB per constitution or text, {self.upload_mb:g} MB per upload")
+        return (
+            f"at most {self.prompts} prompts per set or job, {self.steps} training steps, "
+            f"{self.samples} samples per prompt, {self.rounds} revision rounds, {self.max_new_tokens} new tokens per answer, "
+            f"batches of {self.batch_size}, {self.grad_accum} accumulation steps, LoRA rank {self.lora_r}, "
+            f"{self.text_kb:g} KB per constitution or text, {self.upload_mb:g} MB per upload"
+        )
 
 
 def kb(*texts: str) -> float:
@@ -181,6 +191,7 @@ def gpu(fn=None, *, duration: int = 60):
     """``spaces.GPU`` where the ``spaces`` package is installed (ZeroGPU Spaces); elsewhere the
     function itself. Use as ``@gpu`` or ``@gpu(duration=120)``. The wrapped function's arguments
     must be picklable: ZeroGPU runs it in a forked process."""
+
     def wrap(f):
         try:
             import spaces

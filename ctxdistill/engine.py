@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .generate import Prefixes, SamplingConfig, decoder_of, generate_rows, left_padded, split_rows, suffix_inputs
 from .losses import answer_mask, chunked_loss
+from .sampling import Prefixes, SamplingConfig, decoder_of, generate_rows, left_padded, split_rows, suffix_inputs
 
 
 class EngineError(RuntimeError):
@@ -46,8 +46,12 @@ def _hidden(model, prefixes: Prefixes, seqs: list[list[int]], pad_id: int, width
     ids, _, attention, positions = suffix_inputs(prefixes, [0] * len(seqs), seqs, pad_id)
     device = model.device
     out = (decoder_of(model) if body is None else body)(
-        input_ids=ids.to(device), attention_mask=attention.to(device), position_ids=positions.to(device),
-        cache=prefixes.cache_for(len(seqs)) if prefixes.total else None, use_cache=bool(prefixes.total))
+        input_ids=ids.to(device),
+        attention_mask=attention.to(device),
+        position_ids=positions.to(device),
+        cache=prefixes.cache_for(len(seqs)) if prefixes.total else None,
+        use_cache=bool(prefixes.total),
+    )
     return out.last_hidden_state[:, -width - 1 : -1]
 
 
@@ -61,11 +65,14 @@ class _PrefixRow:
 
     def update(self, keys: torch.Tensor, values: torch.Tensor, *args, **kwargs):
         def widen(t):
-            return torch.cat([t[:1, :, t.shape[2] - self.length:].expand(t.shape[0], -1, -1, -1), t], dim=2)
+            return torch.cat([t[:1, :, t.shape[2] - self.length :].expand(t.shape[0], -1, -1, -1), t], dim=2)
+
         return widen(keys), widen(values)
 
 
-def _hidden_after_shared_prefix(model, body, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int) -> torch.Tensor:
+def _hidden_after_shared_prefix(
+    model, body, prefix: list[int], seqs: list[list[int]], pad_id: int, width: int
+) -> torch.Tensor:
     """As ``_hidden``, for rows that all follow ``prefix``, which is encoded as an extra row of the
     same forward pass: the rows attend to its keys and values, and gradients flow back into the
     weights that encoded it. One pass instead of a prefix pass and a batch pass: on the CPU a pass
@@ -86,8 +93,13 @@ def _hidden_after_shared_prefix(model, body, prefix: list[int], seqs: list[list[
     allowed = torch.cat([sees_prefix, allowed], dim=2)[:, None]
     dtype, device = model.get_input_embeddings().weight.dtype, model.device
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
-    out = body(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-               cache=_PrefixRow(span), use_cache=False)
+    out = body(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        cache=_PrefixRow(span),
+        use_cache=False,
+    )
     return out.last_hidden_state[1:, -width - 1 : -1]
 
 
@@ -107,7 +119,7 @@ class TeacherStudent:
 
     def __init__(self, model, tokenizer, system: str, examples: list[dict] = (), teacher_cache_mb: float = 0):
         self.model, self.tokenizer, self.system, self.examples = model, tokenizer, system, list(examples)
-        self.teacher_cache: dict[tuple, torch.Tensor] = {}     # (prompt, answer ids) -> (len(answer), H)
+        self.teacher_cache: dict[tuple, torch.Tensor] = {}  # (prompt, answer ids) -> (len(answer), H)
         self._cache_left = int(teacher_cache_mb * 2**20)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         teacher_prefix, _ = _condition(tokenizer, system, self.examples, ["a"])
@@ -134,22 +146,32 @@ class TeacherStudent:
         inside = {id(p) for p in self.body.parameters()}
         outside = [n for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in inside]
         if outside:
-            raise EngineError(f"several processes train only adapters inside the decoder; {outside[0]} is outside it "
-                              "(drop lm_head from --target-modules, or train in one process)")
+            raise EngineError(
+                f"several processes train only adapters inside the decoder; {outside[0]} is outside it "
+                "(drop lm_head from --target-modules, or train in one process)"
+            )
         device = next(self.body.parameters()).device
         # the buffers (rotary frequencies) are the same everywhere: not broadcast, so that a forward
         # without gradients (the held-out KL, split unevenly between processes) needs no collective
-        self.body = DistributedDataParallel(self.body, device_ids=[device.index] if device.type == "cuda" else None,
-                                            broadcast_buffers=False)
+        self.body = DistributedDataParallel(
+            self.body, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
 
     def _suffixes(self, batch: list[Example]):
         prompts = [ex.prompt for ex in batch]
         prefix, teacher = _condition(self.tokenizer, self.system, self.examples, prompts)
         if prefix != self.teacher_prefixes.ids[0]:
-            raise EngineError("the constitution prefix changed between prompts; the tokenizer merges across the system turn")
+            raise EngineError(
+                "the constitution prefix changed between prompts; the tokenizer merges across the system turn"
+            )
         student_prefix, student = _condition(self.tokenizer, None, (), prompts)
         answers = [ex.answer for ex in batch]
-        return [t + a for t, a in zip(teacher, answers)], student_prefix, [s + a for s, a in zip(student, answers)], answers
+        return (
+            [t + a for t, a in zip(teacher, answers)],
+            student_prefix,
+            [s + a for s, a in zip(student, answers)],
+            answers,
+        )
 
     def row_lengths(self, examples: list[Example]) -> list[int]:
         """Tokens each answer's rows hold after the cached prefix (its prompt's turn and the answer):
@@ -168,9 +190,13 @@ class TeacherStudent:
         mask = answer_mask([len(a) for a in answers], width)
         targets = torch.zeros(len(batch), width, dtype=torch.long)
         for row, a in enumerate(answers):
-            targets[row, width - len(a):] = torch.tensor(a, dtype=torch.long)
-        with torch.autocast(self.model.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-            h_student = _hidden_after_shared_prefix(self.model, self.body, student_prefix, student_seqs, self.pad_id, width)
+            targets[row, width - len(a) :] = torch.tensor(a, dtype=torch.long)
+        with torch.autocast(
+            self.model.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32
+        ):
+            h_student = _hidden_after_shared_prefix(
+                self.model, self.body, student_prefix, student_seqs, self.pad_id, width
+            )
         h_student = h_student[mask.to(self.model.device)]
         h_teacher = self._teacher_hidden(batch, teacher_seqs) if with_teacher else None
         return h_student, h_teacher, targets[mask].to(self.model.device)
@@ -204,16 +230,30 @@ class TeacherStudent:
             self._cache_left -= states.nbytes
 
 
-def sample_rows(model, tokenizer, rows: list[tuple], cfg: SamplingConfig, *, batch_size: int = 32,
-                examples: list[dict] = (), tick=None) -> list[list[int]]:
+def sample_rows(
+    model,
+    tokenizer,
+    rows: list[tuple],
+    cfg: SamplingConfig,
+    *,
+    batch_size: int = 32,
+    examples: list[dict] = (),
+    tick=None,
+) -> list[list[int]]:
     """``generate_rows`` over (system, prompt, sample index) rows, ``batch_size`` rows per batch;
     ``tick(k)`` after each batch of k rows. The index seeds the row's random stream, so two
     conditions that share it draw the same random numbers for the same prompt."""
     out: list[list[int]] = []
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        out += generate_rows(model, tokenizer, [(s, p) for s, p, _ in chunk], cfg, sample_index=[i for _, _, i in chunk],
-                             examples=examples)
+        chunk = rows[start : start + batch_size]
+        out += generate_rows(
+            model,
+            tokenizer,
+            [(s, p) for s, p, _ in chunk],
+            cfg,
+            sample_index=[i for _, _, i in chunk],
+            examples=examples,
+        )
         if tick:
             tick(len(chunk))
     return out
@@ -234,8 +274,19 @@ class SamplingStopped(Exception):
         self.done = done
 
 
-def sample_answers(pair: TeacherStudent, prompts: list[str], cfg, *, seed: int, accelerator=None,
-                   batch_size: int = 64, progress=None, should_stop=None, kept=None, on_batch=None) -> list[Example]:
+def sample_answers(
+    pair: TeacherStudent,
+    prompts: list[str],
+    cfg,
+    *,
+    seed: int,
+    accelerator=None,
+    batch_size: int = 64,
+    progress=None,
+    should_stop=None,
+    kept=None,
+    on_batch=None,
+) -> list[Example]:
     """Teacher samples (adapter off, constitution in context), this process's share batched, then gathered.
 
     ``progress(tokens, of)`` after every generation step (the answers' token budget: an answer that
@@ -255,7 +306,7 @@ def sample_answers(pair: TeacherStudent, prompts: list[str], cfg, *, seed: int, 
     model.eval()
     with pair.teacher_mode():
         for start in range(0, len(mine), batch_size):
-            part = mine[start:start + batch_size]
+            part = mine[start : start + batch_size]
             before = cfg.sample_tokens * len(done)
 
             def on_token(step, out, part=part, before=before):
@@ -265,15 +316,23 @@ def sample_answers(pair: TeacherStudent, prompts: list[str], cfg, *, seed: int, 
                     raise SamplingStopped(dict(done))
 
             states: list[torch.Tensor] = []
-            ids = generate_rows(model, tok, [(pair.system, rows[i][0]) for i in part], sampling,
-                                sample_index=[rows[i][1] + 1_000 * i for i in part], examples=pair.examples,
-                                prefixes=pair.teacher_prefixes, states=states, on_token=on_token)
+            ids = generate_rows(
+                model,
+                tok,
+                [(pair.system, rows[i][0]) for i in part],
+                sampling,
+                sample_index=[rows[i][1] + 1_000 * i for i in part],
+                examples=pair.examples,
+                prefixes=pair.teacher_prefixes,
+                states=states,
+                on_token=on_token,
+            )
             for i, answer, h in zip(part, ids, states):
                 # an answer that ended by itself ends with the end-of-turn token: the student learns to stop
                 done[i] = answer + ([end] if len(answer) < cfg.sample_tokens and end is not None else [])
                 # the states the answer was sampled from are the teacher's along it: training needs
                 # no teacher forward for this answer
-                pair.keep_teacher(Example(rows[i][0], done[i]), h[:len(done[i])])
+                pair.keep_teacher(Example(rows[i][0], done[i]), h[: len(done[i])])
             if on_batch:
                 on_batch(dict(done))
     model.train(was_training)
@@ -285,8 +344,15 @@ def sample_answers(pair: TeacherStudent, prompts: list[str], cfg, *, seed: int, 
 
 
 @torch.no_grad()
-def heldout_kl(pair: TeacherStudent, examples: list[Example], batch_size: int = 16, chunk: int = 256, accelerator=None,
-               progress=None, observe=None) -> float:
+def heldout_kl(
+    pair: TeacherStudent,
+    examples: list[Example],
+    batch_size: int = 16,
+    chunk: int = 256,
+    accelerator=None,
+    progress=None,
+    observe=None,
+) -> float:
     """Token-weighted mean KL(teacher || student) along the held-out teacher samples (nats/token);
     ``progress(answers, of)`` after every batch; ``observe(batch, student states, teacher states)``
     sees every batch's states (another measure along the same forward passes)."""
@@ -297,7 +363,7 @@ def heldout_kl(pair: TeacherStudent, examples: list[Example], batch_size: int = 
     mine = examples[rank::world]
     total = torch.zeros(2, dtype=torch.float64)
     for start in range(0, len(mine), batch_size):
-        batch = mine[start:start + batch_size]
+        batch = mine[start : start + batch_size]
         hs, ht, targets = pair.hidden(batch)
         sums = chunked_loss(pair.lm_head, "kl", hs, ht, targets, chunk=chunk)
         if observe:

@@ -18,34 +18,36 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-CAL_BATCH = 8          # answers per calibrated training step (the default batch size)
-CAL_ANSWER = 40        # tokens per calibrated answer (the default sample length)
-CAL_ROWS = 64          # rows per calibrated sampling batch (what a run's teacher sampling uses)
-CAL_DECODE = 6         # decode steps timed
-EVAL_BATCH = 16        # answers per held-out scoring pass (engine.heldout_kl)
+CAL_BATCH = 8  # answers per calibrated training step (the default batch size)
+CAL_ANSWER = 40  # tokens per calibrated answer (the default sample length)
+CAL_ROWS = 64  # rows per calibrated sampling batch (what a run's teacher sampling uses)
+CAL_DECODE = 6  # decode steps timed
+EVAL_BATCH = 16  # answers per held-out scoring pass (engine.heldout_kl)
 
 
 @dataclass
 class Calibration:
     """Seconds per unit of work, measured on this machine with ``precision``."""
 
-    precision: str            # Precision.label
-    load_s: float             # loading the model
-    step_s: float             # one training step of CAL_BATCH answers of CAL_ANSWER tokens
-    score_s: float            # one scoring pass of EVAL_BATCH answers
-    decode_s: float           # one sampling step of CAL_ROWS rows
-    prefill_s: float          # encoding the prompts of CAL_ROWS rows
+    precision: str  # Precision.label
+    load_s: float  # loading the model
+    step_s: float  # one training step of CAL_BATCH answers of CAL_ANSWER tokens
+    score_s: float  # one scoring pass of EVAL_BATCH answers
+    decode_s: float  # one sampling step of CAL_ROWS rows
+    prefill_s: float  # encoding the prompts of CAL_ROWS rows
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str = "auto", models_dir=None) -> Calibration:
+def calibrate(
+    spec: str | None = None, *, quantize: str = "auto", precision: str = "auto", models_dir=None
+) -> Calibration:
     """Measure the units of ``Calibration`` (a few seconds), on the model loaded as a training run
     would load it (its own copy: the adapter it adds for the step is thrown away with it)."""
-    from .generate import SamplingConfig, generate_rows
-    from .models import load_model
     from .engine import Example, TeacherStudent
+    from .models import load_model
+    from .sampling import SamplingConfig, generate_rows
     from .train import TrainConfig, _setup_model, backward_batch
 
     t0 = time.perf_counter()
@@ -59,8 +61,12 @@ def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str
     vocab = min(int(tokenizer.vocab_size), 30_000)
 
     def answers(n):
-        return [Example(f"question {i}: how does this work?", torch.randint(100, vocab, (CAL_ANSWER,), generator=g).tolist())
-                for i in range(n)]
+        return [
+            Example(
+                f"question {i}: how does this work?", torch.randint(100, vocab, (CAL_ANSWER,), generator=g).tolist()
+            )
+            for i in range(n)
+        ]
 
     batch = answers(CAL_BATCH)
     step_s = _best(lambda: backward_batch(pair, cfg, batch, 1.0 / (CAL_BATCH * CAL_ANSWER)))
@@ -83,7 +89,9 @@ def calibrate(spec: str | None = None, *, quantize: str = "auto", precision: str
 _measured: dict[tuple, Calibration] = {}
 
 
-def cached(spec: str | None, quantize: str, precision: str, models_dir=None, measure: bool = False) -> Calibration | None:
+def cached(
+    spec: str | None, quantize: str, precision: str, models_dir=None, measure: bool = False
+) -> Calibration | None:
     """This process's calibration for (model, quantize, precision): measured once when ``measure``,
     then reused by every form that predicts a time; None while it has not been measured."""
     key = (spec, quantize, precision)

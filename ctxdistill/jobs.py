@@ -36,7 +36,7 @@ from .store import TERMINAL_STATES, NotFound, Store, StoreError
 
 # kind -> "module:function". A kind that itself contains ":" is an import path.
 JOB_KINDS: dict[str, str] = {
-    "generate": "ctxdistill.sampling:generate_job",
+    "generate": "ctxdistill.generate:generate_job",
     "revise": "ctxdistill.revise:revise_job",
     "train": "ctxdistill.train:train_job",
     "evaluate": "ctxdistill.evaluate:evaluate_job",
@@ -61,7 +61,7 @@ QUEUE_POLL_S = 0.3
 # session of its own (it outlives the app), and where the kernel groups CPU time by session
 # (autogroup) that group's weight is lowered as well: otherwise the worker's session would get as
 # much CPU as the app's, whatever its threads' policy.
-WORKER_NICE = {"idle": 19, "low": 10, "normal": 0}     # of the session's autogroup, and of the thread without SCHED_IDLE
+WORKER_NICE = {"idle": 19, "low": 10, "normal": 0}  # of the session's autogroup, and of the thread without SCHED_IDLE
 
 
 def worker_priority() -> str:
@@ -82,11 +82,12 @@ def lower_priority() -> None:
     try:
         Path("/proc/self/autogroup").write_text(str(WORKER_NICE[mode]))
     except OSError:
-        pass                             # not Linux, or autogroup off: the thread's priority is enough
+        pass  # not Linux, or autogroup off: the thread's priority is enough
     if mode == "idle" and hasattr(os, "SCHED_IDLE"):
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     else:
         os.nice(WORKER_NICE[mode])
+
 
 # Workers this process started, so refresh() can reap them (a dead child stays
 # a zombie, which os.kill(pid, 0) still reports as alive).
@@ -108,7 +109,7 @@ class Meter:
     def __init__(self, total: int, unit: str, done: int = 0, name: str = ""):
         self.total, self.unit, self.first, self.name = total, unit, done, name
         self.started = time.monotonic()
-        self._last = float("-inf")   # the first update is always due
+        self._last = float("-inf")  # the first update is always due
 
     def due(self, done: int) -> bool:
         now = time.monotonic()
@@ -128,9 +129,12 @@ class Meter:
 
     def line(self, done: int, extra: str = "") -> str:
         eta = self.eta(done)
-        parts = [f"{self.name + ': ' if self.name else ''}{done}/{self.total} {self.unit}",
-                 *([extra] if extra else []), f"{self.rate(done):.1f} {self.unit}/s" if done > self.first else "",
-                 f"ETA {eta_text(eta)}" if eta is not None else ""]
+        parts = [
+            f"{self.name + ': ' if self.name else ''}{done}/{self.total} {self.unit}",
+            *([extra] if extra else []),
+            f"{self.rate(done):.1f} {self.unit}/s" if done > self.first else "",
+            f"ETA {eta_text(eta)}" if eta is not None else "",
+        ]
         return " · ".join(p for p in parts if p)
 
 
@@ -145,8 +149,8 @@ class JobContext:
         self.store = store
         self.job_id = job_id
         self.config = config
-        self.attempt = attempt          # 1 on the first run, 2 after one resume, ...
-        self.run_dir = store.run_dir(job_id)       # this job's own: never one another database left
+        self.attempt = attempt  # 1 on the first run, 2 after one resume, ...
+        self.run_dir = store.run_dir(job_id)  # this job's own: never one another database left
         self.log = logging.getLogger(f"ctxdistill.job.{job_id}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
@@ -156,8 +160,7 @@ class JobContext:
         self._stop = False
 
     def progress(self, done: int, total: int, message: str = "") -> None:
-        self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total),
-                              message=message)
+        self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
 
     def should_stop(self) -> bool:
         """True once a cancel was requested. Cheap: one indexed read."""
@@ -177,6 +180,7 @@ class JobContext:
 
 
 # --------------------------------------------------------------------------- starting jobs
+
 
 def resolve(kind: str):
     """The job function for a kind."""
@@ -214,8 +218,9 @@ def spawn_worker(store: Store, job_id: int) -> int:
     cmd = [sys.executable, "-m", "ctxdistill.jobs", str(job_id), "--workspace", str(store.home)]
     # The log file, not a pipe: nobody reads the pipe, and a full one blocks the child.
     with open(run_dir / "worker.log", "ab") as out:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
     _CHILDREN[proc.pid] = proc
     # The first heartbeat, from the instant the worker exists (its own thread takes over once it runs).
     store.update_job(job_id, pid=proc.pid, heartbeat_at=time.time())
@@ -224,12 +229,14 @@ def spawn_worker(store: Store, job_id: int) -> int:
 
 # --------------------------------------------------------------------------- running jobs
 
+
 def run_worker(home, job_id: int) -> None:
     """Entry point of the worker process."""
     store = Store(home)
 
     def on_sigterm(signum, frame):
         raise SystemExit(128 + signum)
+
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         _run(store, job_id, background=True)
@@ -250,9 +257,9 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
     ctx = None
     try:
         if background:
-            lower_priority()             # after the heartbeat thread started, which keeps its priority
+            lower_priority()  # after the heartbeat thread started, which keeps its priority
         if not _wait_for_turn(store, job_id):
-            return                       # cancelled while queued; cancel() already set the state
+            return  # cancelled while queued; cancel() already set the state
         job = store.get_job(job_id)
         ctx = JobContext(store, job_id, job["config"], attempt=job["attempts"])
         (ctx.run_dir / "config.json").write_text(json.dumps(job["config"], indent=2))
@@ -267,13 +274,19 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
         store.update_job(job_id, state="cancelled", finished_at=time.time(), message="cancelled")
         if ctx:
             ctx.log.info("cancelled")
-    except BaseException as e:           # SystemExit / KeyboardInterrupt too: never leave 'running'
+    except BaseException as e:  # SystemExit / KeyboardInterrupt too: never leave 'running'
         cancelled = _safe(lambda: store.get_job(job_id)["cancel_requested"], False)
         error = redact(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         if isinstance(e, SystemExit):
             error = f"interrupted: the worker was terminated (exit {e.code})"
-        _safe(lambda: store.update_job(job_id, state="cancelled" if cancelled else "failed",
-                                       finished_at=time.time(), error=None if cancelled else error))
+        _safe(
+            lambda: store.update_job(
+                job_id,
+                state="cancelled" if cancelled else "failed",
+                finished_at=time.time(),
+                error=None if cancelled else error,
+            )
+        )
         if ctx:
             ctx.log.error("failed: %s\n%s", error, redact(traceback.format_exc(limit=8)))
         else:
@@ -296,10 +309,13 @@ def _wait_for_turn(store: Store, job_id: int) -> bool:
         if ahead < 0:
             return False
         if ahead != last:
-            store.update_job(job_id, if_state="queued",
-                             message=f"waiting: {ahead} model job{'s' if ahead > 1 else ''} ahead in the queue")
+            store.update_job(
+                job_id,
+                if_state="queued",
+                message=f"waiting: {ahead} model job{'s' if ahead > 1 else ''} ahead in the queue",
+            )
             last = ahead
-        refresh(store)                   # a dead job ahead must not block the queue forever
+        refresh(store)  # a dead job ahead must not block the queue forever
         time.sleep(QUEUE_POLL_S)
 
 
@@ -313,8 +329,7 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(HEARTBEAT_S):
-            _safe(lambda: self.store.update_job(self.job_id, if_state=("queued", "running"),
-                                                heartbeat_at=time.time()))
+            _safe(lambda: self.store.update_job(self.job_id, if_state=("queued", "running"), heartbeat_at=time.time()))
 
     def stop(self) -> None:
         self._done.set()
@@ -323,15 +338,21 @@ class _Heartbeat(threading.Thread):
 
 # --------------------------------------------------------------------------- control
 
+
 def cancel(store: Store, job_id: int, grace_s: float = 10.0) -> None:
     """Ask a job to stop. A queued job is cancelled at once; a running one stops at
     its next step, and is killed if still alive `grace_s` later (see refresh())."""
     now = time.time()
-    if store.update_job(job_id, if_state="queued", state="cancelled", cancel_requested=True,
-                        finished_at=now, message="cancelled before it started"):
+    if store.update_job(
+        job_id,
+        if_state="queued",
+        state="cancelled",
+        cancel_requested=True,
+        finished_at=now,
+        message="cancelled before it started",
+    ):
         return
-    store.update_job(job_id, if_state="running", cancel_requested=True, kill_after=now + grace_s,
-                     message="cancelling…")
+    store.update_job(job_id, if_state="running", cancel_requested=True, kill_after=now + grace_s, message="cancelling…")
 
 
 def resume(store: Store, job_id: int) -> int:
@@ -342,10 +363,19 @@ def resume(store: Store, job_id: int) -> int:
     if job["state"] not in ("failed", "cancelled"):
         raise StoreError(f"job {job_id} is {job['state']}; only failed or cancelled jobs can be resumed")
     if job["pid"] and job["pid"] != os.getpid() and _pid_alive(job["pid"]):
-        kill_worker(job["pid"], job_id)     # a hung worker declared dead must not write again
-    if not store.update_job(job_id, if_state=("failed", "cancelled"), state="queued", error=None,
-                            cancel_requested=False, kill_after=None, finished_at=None,
-                            pid=None, heartbeat_at=None, message="resumed"):
+        kill_worker(job["pid"], job_id)  # a hung worker declared dead must not write again
+    if not store.update_job(
+        job_id,
+        if_state=("failed", "cancelled"),
+        state="queued",
+        error=None,
+        cancel_requested=False,
+        kill_after=None,
+        finished_at=None,
+        pid=None,
+        heartbeat_at=None,
+        message="resumed",
+    ):
         raise StoreError(f"job {job_id} changed state; not resumed")
     spawn_worker(store, job_id)
     return job_id
@@ -354,30 +384,46 @@ def resume(store: Store, job_id: int) -> int:
 def refresh(store: Store) -> None:
     """Settle jobs whose worker is gone: mark them failed (or cancelled, if a
     cancel was asked for), and kill workers that outlived their cancel grace."""
-    for pid, proc in list(_CHILDREN.items()):   # reap finished workers: no zombies pile up
+    for pid, proc in list(_CHILDREN.items()):  # reap finished workers: no zombies pile up
         if proc.poll() is not None:
             _CHILDREN.pop(pid, None)
     now = time.time()
     for job in store.list_jobs(state=("queued", "running"), limit=None):
         pid, job_id = job["pid"], job["id"]
         if pid is None:
-            continue                         # not started by a worker (yet)
+            continue  # not started by a worker (yet)
         alive = worker_alive(pid, job_id)
-        if alive and job["state"] == "running" and job["cancel_requested"] \
-                and job["kill_after"] is not None and now > job["kill_after"]:
+        if (
+            alive
+            and job["state"] == "running"
+            and job["cancel_requested"]
+            and job["kill_after"] is not None
+            and now > job["kill_after"]
+        ):
             if kill_worker(pid, job_id):
-                store.update_job(job_id, if_state="running", state="cancelled", finished_at=now,
-                                 message="killed: it did not stop within the grace period")
+                store.update_job(
+                    job_id,
+                    if_state="running",
+                    state="cancelled",
+                    finished_at=now,
+                    message="killed: it did not stop within the grace period",
+                )
             continue
         if alive:
-            continue                         # however long since its last heartbeat: see starved()
+            continue  # however long since its last heartbeat: see starved()
         why = f"pid {pid} is gone" if not _pid_alive(pid) else f"pid {pid} now runs another program"
         if job["cancel_requested"]:
-            store.update_job(job_id, if_state=("queued", "running"), state="cancelled",
-                             finished_at=now, message=f"stopped ({why})")
+            store.update_job(
+                job_id, if_state=("queued", "running"), state="cancelled", finished_at=now, message=f"stopped ({why})"
+            )
         else:
-            store.update_job(job_id, if_state=("queued", "running"), state="failed", finished_at=now,
-                             error=f"interrupted: the worker process died ({why})")
+            store.update_job(
+                job_id,
+                if_state=("queued", "running"),
+                state="failed",
+                finished_at=now,
+                error=f"interrupted: the worker process died ({why})",
+            )
 
 
 def starved(job: dict, now: float | None = None) -> float | None:
@@ -403,8 +449,7 @@ def wait(store: Store, job_id: int, timeout: float) -> dict:
         time.sleep(0.1)
 
 
-def list_jobs(store: Store, kind: str | None = None, owner: str | None = None,
-              limit: int | None = 50) -> list[dict]:
+def list_jobs(store: Store, kind: str | None = None, owner: str | None = None, limit: int | None = 50) -> list[dict]:
     """store.list_jobs after refresh(), so no dead job shows as running."""
     refresh(store)
     return store.list_jobs(kind=kind, owner=owner, limit=limit)
@@ -418,18 +463,19 @@ def get(store: Store, job_id: int, owner: str | None = None) -> dict:
 
 # --------------------------------------------------------------------------- processes
 
+
 def _pid_alive(pid: int) -> bool:
     proc = _CHILDREN.get(pid)
     if proc is not None:
-        if proc.poll() is None:              # poll() also reaps our dead child
+        if proc.poll() is None:  # poll() also reaps our dead child
             return True
         _CHILDREN.pop(pid, None)
         return False
     try:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False                     # our child, just reaped
+            return False  # our child, just reaped
     except ChildProcessError:
-        pass                                 # not our child
+        pass  # not our child
     except OSError:
         pass
     try:
@@ -437,8 +483,8 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True                          # exists, owned by someone else
-    try:                                     # a zombie (someone else's dead child) is dead to us
+        return True  # exists, owned by someone else
+    try:  # a zombie (someone else's dead child) is dead to us
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
     except (OSError, IndexError):
@@ -456,9 +502,9 @@ def worker_alive(pid: int, job_id: int) -> bool:
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return True                          # no /proc: the pid exists, which is all we can tell
+        return True  # no /proc: the pid exists, which is all we can tell
     if args == [b""]:
-        return True                          # starting (vfork, before exec) or exiting: no cmdline to read
+        return True  # starting (vfork, before exec) or exiting: no cmdline to read
     if b"ctxdistill.jobs" in args:
         return str(job_id).encode() in args
     return any(b"ctxdistill" in a for a in args)
@@ -477,7 +523,7 @@ def kill_worker(pid: int, job_id: int) -> bool:
             os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    _pid_alive(pid)                          # reap it if it is our child
+    _pid_alive(pid)  # reap it if it is our child
     return True
 
 
@@ -485,7 +531,7 @@ def _is_worker(pid: int, job_id: int) -> bool:
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return pid in _CHILDREN              # no /proc: trust only processes we started
+        return pid in _CHILDREN  # no /proc: trust only processes we started
     return b"ctxdistill.jobs" in args and str(job_id).encode() in args
 
 
@@ -511,4 +557,5 @@ if __name__ == "__main__":
     # Run through the imported module, not this __main__ copy, so that
     # `ctxdistill.jobs.Cancelled` raised by job functions is the class caught here.
     from ctxdistill import jobs as _jobs
+
     _jobs.main()

@@ -50,7 +50,9 @@ def kl_per_token(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> 
 
 def ce_per_token(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each target token: (..., V), (...) -> (...)."""
-    return F.cross_entropy(student_logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(targets.shape)
+    return F.cross_entropy(student_logits.float().flatten(0, -2), targets.flatten(), reduction="none").view(
+        targets.shape
+    )
 
 
 def token_losses(loss: str, student_logits, teacher_logits=None, targets=None, alpha: float = 0.5) -> dict:
@@ -60,7 +62,11 @@ def token_losses(loss: str, student_logits, teacher_logits=None, targets=None, a
         out["kl"] = kl_per_token(teacher_logits, student_logits)
     if loss in ("sft", "mix"):
         out["ce"] = ce_per_token(student_logits, targets)
-    out["loss"] = {"kl": lambda: out["kl"], "sft": lambda: out["ce"], "mix": lambda: alpha * out["ce"] + (1 - alpha) * out["kl"]}[loss]()
+    out["loss"] = {
+        "kl": lambda: out["kl"],
+        "sft": lambda: out["ce"],
+        "mix": lambda: alpha * out["ce"] + (1 - alpha) * out["kl"],
+    }[loss]()
     return out
 
 
@@ -71,8 +77,16 @@ def answer_mask(lengths: list[int], width: int) -> torch.Tensor:
     return cols >= width - torch.tensor(lengths)[:, None]
 
 
-def chunked_loss(lm_head, loss: str, h_student: torch.Tensor, h_teacher: torch.Tensor | None, targets: torch.Tensor,
-                 alpha: float = 0.5, chunk: int = 256, backward_scale: float | None = None) -> dict:
+def chunked_loss(
+    lm_head,
+    loss: str,
+    h_student: torch.Tensor,
+    h_teacher: torch.Tensor | None,
+    targets: torch.Tensor,
+    alpha: float = 0.5,
+    chunk: int = 256,
+    backward_scale: float | None = None,
+) -> dict:
     """Sum of each loss term over N answer positions, from final hidden states (N, H).
 
     Full-vocabulary logits exist for at most ``chunk`` positions at a time. With ``backward_scale``

@@ -11,7 +11,9 @@ import sqlite3
 
 
 def _m001_initial(db: sqlite3.Connection) -> None:
-    _run_script(db, """
+    _run_script(
+        db,
+        """
     CREATE TABLE constitutions (
         id          INTEGER PRIMARY KEY,
         name        TEXT NOT NULL,
@@ -120,19 +122,23 @@ def _m001_initial(db: sqlite3.Connection) -> None:
         created_at  REAL NOT NULL,
         UNIQUE (eval_id, prompt_id, reviewer)
     )
-    """)
+    """,
+    )
 
 
 def _m002_drafts(db: sqlite3.Connection) -> None:
     # The constitution being edited, autosaved on every change so a reload loses nothing.
-    _run_script(db, """
+    _run_script(
+        db,
+        """
     CREATE TABLE drafts (
         owner TEXT PRIMARY KEY,
         content TEXT NOT NULL,
         base_id INTEGER REFERENCES constitutions(id) ON DELETE SET NULL,
         updated_at REAL NOT NULL
     )
-    """)
+    """,
+    )
 
 
 def _m003_run_keys(db: sqlite3.Connection) -> None:

@@ -42,8 +42,10 @@ def split_prompts(store, cfg: TrainConfig) -> tuple[list[str], list[str]]:
         known = sorted({r["category"] for r in rows if r["category"]})
         for c in held:
             if not any(r["category"] == c and r["split"] == "heldout" for r in rows):
-                raise TrainError(f"category {c!r} has no held-out prompts in prompt set {cfg.prompt_set!r} to score on"
-                                 f" (its categories: {', '.join(known) or 'none'})")
+                raise TrainError(
+                    f"category {c!r} has no held-out prompts in prompt set {cfg.prompt_set!r} to score on"
+                    f" (its categories: {', '.join(known) or 'none'})"
+                )
         train = [r["text"] for r in rows if r["split"] == "train" and r["category"] not in held]
         heldout = [r["text"] for r in rows if r["split"] == "heldout" and r["category"] in held]
         if not train:
@@ -55,8 +57,10 @@ def split_prompts(store, cfg: TrainConfig) -> tuple[list[str], list[str]]:
         raise TrainError(f"prompt set {cfg.prompt_set!r} has no held-out prompts to measure the student on")
     if not train and cfg.data == "prompts":
         raise TrainError(f"prompt set {cfg.prompt_set!r} has no train prompts")
-    return (train[:cfg.max_prompts] if cfg.max_prompts else train,
-            heldout[:cfg.eval_prompts] if cfg.eval_prompts else heldout)
+    return (
+        train[: cfg.max_prompts] if cfg.max_prompts else train,
+        heldout[: cfg.eval_prompts] if cfg.eval_prompts else heldout,
+    )
 
 
 def replay_prompts(store, cfg: TrainConfig, n_train: int) -> list[str]:
@@ -69,8 +73,10 @@ def replay_prompts(store, cfg: TrainConfig, n_train: int) -> list[str]:
         raise TrainError(f"replay prompt set {cfg.replay_set!r} has no train prompts")
     want = round(n_train * cfg.replay_fraction / (1 - cfg.replay_fraction))
     if want > len(rows):
-        raise TrainError(f"a replay fraction of {cfg.replay_fraction:g} next to {n_train} train prompts needs {want} "
-                         f"prompts; replay set {cfg.replay_set!r} has {len(rows)}: lower the fraction or --max-prompts")
+        raise TrainError(
+            f"a replay fraction of {cfg.replay_fraction:g} next to {n_train} train prompts needs {want} "
+            f"prompts; replay set {cfg.replay_set!r} has {len(rows)}: lower the fraction or --max-prompts"
+        )
     return random.Random(cfg.seed).sample(rows, want)
 
 
@@ -83,10 +89,14 @@ def disagreement(pair: TeacherStudent, examples: list[Example], batch_size: int 
     model.eval()
     out = []
     for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
+        batch = examples[start : start + batch_size]
         hs, ht, _ = pair.hidden(batch)
-        kl = torch.cat([kl_per_token(pair.lm_head(ht[i:i + chunk]), pair.lm_head(hs[i:i + chunk]))
-                        for i in range(0, len(hs), chunk)])
+        kl = torch.cat(
+            [
+                kl_per_token(pair.lm_head(ht[i : i + chunk]), pair.lm_head(hs[i : i + chunk]))
+                for i in range(0, len(hs), chunk)
+            ]
+        )
         out += [float(part.mean()) for part in kl.split([len(ex.answer) for ex in batch])]
     model.train(was_training)
     return out
@@ -100,13 +110,16 @@ def rebake_mix(examples: list[Example], scores: list[float], cfg: TrainConfig) -
     n_changed = max(1, round(cfg.rebake_share * len(examples)))
     changed, rest = order[:n_changed], order[n_changed:]
     n_replay = min(len(rest), round(n_changed * cfg.rebake_replay / (1 - cfg.rebake_replay)))
-    return interleave([examples[i] for i in changed], [examples[i] for i in random.Random(cfg.seed).sample(rest, n_replay)])
+    return interleave(
+        [examples[i] for i in changed], [examples[i] for i in random.Random(cfg.seed).sample(rest, n_replay)]
+    )
 
 
 def interleave(first: list, second: list) -> list:
     """Both lists in their own order, ``second`` spread evenly through ``first``."""
-    keyed = [((i + 0.5) / len(first), 0, x) for i, x in enumerate(first)] + \
-            [((j + 0.5) / len(second), 1, x) for j, x in enumerate(second)]
+    keyed = [((i + 0.5) / len(first), 0, x) for i, x in enumerate(first)] + [
+        ((j + 0.5) / len(second), 1, x) for j, x in enumerate(second)
+    ]
     return [x for *_, x in sorted(keyed, key=lambda k: k[:2])]
 
 
@@ -141,9 +154,11 @@ def accepted_texts(store, cfg: TrainConfig) -> list[tuple[str, str]]:
     samples = store.list_samples(constitution_id=cfg.constitution_id, status="accepted", owner=cfg.owner)
     rows = [(s["prompt"], s["final"]) for s in samples if s["split"] == "train" and s["final"].strip()]
     if not rows:
-        raise TrainError(f"constitution version {cfg.constitution_id} has no accepted samples with text: "
-                         "accept some in the Curate tab, or train on fresh teacher samples (--data prompts)")
-    return rows[:cfg.max_prompts] if cfg.max_prompts else rows
+        raise TrainError(
+            f"constitution version {cfg.constitution_id} has no accepted samples with text: "
+            "accept some in the Curate tab, or train on fresh teacher samples (--data prompts)"
+        )
+    return rows[: cfg.max_prompts] if cfg.max_prompts else rows
 
 
 # --------------------------------------------------------------------------- a run's data
@@ -159,24 +174,39 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
         data = json.loads(cache.read_text())
         return [Example(**e) for e in data["heldout"]], lambda: [Example(**e) for e in data["train"]]
     prompts, heldout_prompts = split_prompts(store, cfg)
-    kept = lambda prompts, cfg, seed, part, name: sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator,
-                                                              hooks, name, phase)
+    kept = lambda prompts, cfg, seed, part, name: sample_kept(
+        pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, name, phase
+    )
     # one teacher sample per held-out prompt, from its own random stream
-    heldout = kept(heldout_prompts, replace(cfg, samples_per_prompt=1), cfg.seed + 7919, "heldout",
-                   "sampling the teacher's held-out answers")
+    heldout = kept(
+        heldout_prompts,
+        replace(cfg, samples_per_prompt=1),
+        cfg.seed + 7919,
+        "heldout",
+        "sampling the teacher's held-out answers",
+    )
 
     def training() -> list[Example]:
         tok = pair.tokenizer
         if cfg.data == "accepted":
             end = [tok.convert_tokens_to_ids(tok.eos_token)]
-            train = [Example(p, tok.encode(text, add_special_tokens=False) + end) for p, text in accepted_texts(store, cfg)]
+            train = [
+                Example(p, tok.encode(text, add_special_tokens=False) + end) for p, text in accepted_texts(store, cfg)
+            ]
         else:
             train = kept(prompts, cfg, cfg.seed, "train", "sampling the teacher's training answers")
             if cfg.from_run:
-                hooks.progress(0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student")
+                hooks.progress(
+                    0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student"
+                )
                 train = rebake_mix(train, disagreement(pair, train, chunk=cfg.kl_chunk), cfg)
-            replay = kept(replay_prompts(store, cfg, len(prompts)), cfg, cfg.seed + 104729, "replay",
-                          "sampling the teacher's replay answers")
+            replay = kept(
+                replay_prompts(store, cfg, len(prompts)),
+                cfg,
+                cfg.seed + 104729,
+                "replay",
+                "sampling the teacher's replay answers",
+            )
             train = interleave(train, replay)
         if accelerator is None or accelerator.is_main_process:
             tmp = cache.with_suffix(".tmp")
@@ -196,7 +226,7 @@ def sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, nam
 
     partial = run_dir / "data.partial.json"
     kept = json.loads(partial.read_text()) if partial.is_file() else {}
-    mine = kept.get(part) if (kept.get(part) or {}).get("prompts") == prompts else None   # same prompts, same rows
+    mine = kept.get(part) if (kept.get(part) or {}).get("prompts") == prompts else None  # same prompts, same rows
     if mine:
         hooks.info(f"{len(mine['done'])} {part} answers kept from the previous attempt")
     single = accelerator is None or accelerator.num_processes == 1
@@ -208,8 +238,17 @@ def sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, nam
             tmp.replace(partial)
 
     try:
-        return sample_answers(pair, prompts, cfg, seed=seed, accelerator=accelerator, kept=mine and mine["done"],
-                              progress=phase(name), on_batch=keep, should_stop=hooks.should_stop if single else None)
+        return sample_answers(
+            pair,
+            prompts,
+            cfg,
+            seed=seed,
+            accelerator=accelerator,
+            kept=mine and mine["done"],
+            progress=phase(name),
+            on_batch=keep,
+            should_stop=hooks.should_stop if single else None,
+        )
     except SamplingStopped as stopped:
         hooks.info(f"stopped while {name}: {len(stopped.done)} answers kept; resume samples the rest")
         raise Cancelled(str(stopped)) from None

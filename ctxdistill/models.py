@@ -102,9 +102,11 @@ def availability(spec: str | None = None) -> str | None:
     except ModelError as exc:
         return str(exc)
     if gguf_file is None and not Path(location).is_dir() and not hub_reachable() and not _in_hub_cache(location):
-        return (f"The model {location!r} is not available: the Hugging Face hub cannot be reached from this "
-                "machine and the model is not in its cache. Previews, sampling and training need it; the "
-                "constitution editor works without it.")
+        return (
+            f"The model {location!r} is not available: the Hugging Face hub cannot be reached from this "
+            "machine and the model is not in its cache. Previews, sampling and training need it; the "
+            "constitution editor works without it."
+        )
     return None
 
 
@@ -213,8 +215,11 @@ def load_model(
         kwargs["use_safetensors"] = True
         if chosen.quantize == "4bit":
             model = AutoModelForCausalLM.from_pretrained(
-                checkpoint, quantization_config=bnb_config(chosen.dtype), device_map={"": str(dev)}, dtype=chosen.dtype,
-                **kwargs
+                checkpoint,
+                quantization_config=bnb_config(chosen.dtype),
+                device_map={"": str(dev)},
+                dtype=chosen.dtype,
+                **kwargs,
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=chosen.dtype, **kwargs).to(dev)
@@ -270,8 +275,10 @@ def check_fits(model, tokenizer, system: str, max_new_tokens: int = 0) -> int:
     used, limit = len(tokenizer.encode(system)), context_window(model)
     if used + max_new_tokens + PROMPT_ROOM > limit:
         answer = f" with {max_new_tokens} new tokens" if max_new_tokens else ""
-        raise ContextError(f"The rendered constitution is {used} tokens;{answer} and room for a prompt it does not fit "
-                           f"the model's context of {limit} tokens. Shorten it.")
+        raise ContextError(
+            f"The rendered constitution is {used} tokens;{answer} and room for a prompt it does not fit "
+            f"the model's context of {limit} tokens. Shorten it."
+        )
     return used
 
 
@@ -279,11 +286,19 @@ _loaded: dict[tuple, tuple] = {}
 _loaded_lock = threading.Lock()
 
 
-def get_model(spec: str | None = None, *, quantize: str = "none", precision: str = "auto", device: str | None = None,
-              models_dir=None):
+def load_model_cached(
+    spec: str | None = None,
+    *,
+    quantize: str = "none",
+    precision: str = "auto",
+    device: str | None = None,
+    models_dir=None,
+):
     """Process-wide cache of loaded models, so the UI loads each model once."""
     key = (spec or default_spec(), quantize, precision, str(resolve_device(device)), str(models_dir))
     with _loaded_lock:
         if key not in _loaded:
-            _loaded[key] = load_model(spec, quantize=quantize, precision=precision, device=device, models_dir=models_dir)
+            _loaded[key] = load_model(
+                spec, quantize=quantize, precision=precision, device=device, models_dir=models_dir
+            )
         return _loaded[key]

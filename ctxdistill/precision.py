@@ -48,14 +48,14 @@ _CPU_FP32 = "float32: this CPU has no native bf16 (no AMX or AVX512-BF16), where
 class Hardware:
     """What the policy needs to know about a device."""
 
-    device: str = "cpu"               # "cuda" or "cpu" (mps counts as a GPU without bf16)
+    device: str = "cpu"  # "cuda" or "cpu" (mps counts as a GPU without bf16)
     gpu_name: str = ""
-    gpu_bf16: bool = False            # torch.cuda.is_bf16_supported()
+    gpu_bf16: bool = False  # torch.cuda.is_bf16_supported()
     gpu_memory_mb: int = 0
-    cpu_capability: str = ""          # torch.backends.cpu.get_cpu_capability(): AVX512, AVX2, ...
-    cpu_flags: tuple[str, ...] = ()   # the bf16-relevant flags the CPU reports: amx_bf16, avx512_bf16, bf16
-    onednn_isa: str = ""              # $ONEDNN_MAX_CPU_ISA, if set
-    bitsandbytes: bool = True         # 4-bit NF4 can be loaded at all
+    cpu_capability: str = ""  # torch.backends.cpu.get_cpu_capability(): AVX512, AVX2, ...
+    cpu_flags: tuple[str, ...] = ()  # the bf16-relevant flags the CPU reports: amx_bf16, avx512_bf16, bf16
+    onednn_isa: str = ""  # $ONEDNN_MAX_CPU_ISA, if set
+    bitsandbytes: bool = True  # 4-bit NF4 can be loaded at all
 
     @property
     def native_bf16(self) -> bool:
@@ -69,15 +69,17 @@ class Hardware:
             return False
         if "bf16" in self.cpu_flags:  # aarch64's BF16 extension
             return True
-        return self.cpu_capability.upper().startswith("AVX512") and bool({"amx_bf16", "avx512_bf16"} & set(self.cpu_flags))
+        return self.cpu_capability.upper().startswith("AVX512") and bool(
+            {"amx_bf16", "avx512_bf16"} & set(self.cpu_flags)
+        )
 
 
 @dataclass(frozen=True)
 class Precision:
     """The policy's answer: how to load and run a model."""
 
-    quantize: str        # "4bit" or "none"
-    compute: str         # "bf16", "fp16" or "fp32"
+    quantize: str  # "4bit" or "none"
+    compute: str  # "bf16", "fp16" or "fp32"
     reason: str
 
     @property
@@ -116,13 +118,22 @@ def _bitsandbytes() -> bool:
 def detect(device: str | None = None) -> Hardware:
     """The Hardware of ``device`` ("cuda", "cpu", None = CUDA when present)."""
     cuda = torch.cuda.is_available() and (device in (None, "", "auto") or str(device).startswith("cuda"))
-    common = dict(cpu_capability=torch.backends.cpu.get_cpu_capability(), cpu_flags=_cpu_flags(),
-                  onednn_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""), bitsandbytes=_bitsandbytes())
+    common = dict(
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+        cpu_flags=_cpu_flags(),
+        onednn_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        bitsandbytes=_bitsandbytes(),
+    )
     if not cuda:
         return Hardware(device="cpu", **common)
     props = torch.cuda.get_device_properties(torch.device(device if device not in (None, "", "auto") else "cuda"))
-    return Hardware(device="cuda", gpu_name=props.name, gpu_bf16=torch.cuda.is_bf16_supported(),
-                    gpu_memory_mb=props.total_memory // 2**20, **common)
+    return Hardware(
+        device="cuda",
+        gpu_name=props.name,
+        gpu_bf16=torch.cuda.is_bf16_supported(),
+        gpu_memory_mb=props.total_memory // 2**20,
+        **common,
+    )
 
 
 def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Precision:
@@ -132,8 +143,15 @@ def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Pre
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if hw.device == "cuda":
-        auto = ("4bit", "bf16", f"{hw.gpu_name or 'this GPU'} computes bf16 natively") if hw.gpu_bf16 else \
-               ("4bit", "fp16", f"{hw.gpu_name or 'this GPU'} has no bf16 (before Ampere): fp16 with a gradient scaler")
+        auto = (
+            ("4bit", "bf16", f"{hw.gpu_name or 'this GPU'} computes bf16 natively")
+            if hw.gpu_bf16
+            else (
+                "4bit",
+                "fp16",
+                f"{hw.gpu_name or 'this GPU'} has no bf16 (before Ampere): fp16 with a gradient scaler",
+            )
+        )
     elif hw.cpu_bf16:
         auto = ("4bit", "bf16", f"this CPU computes bf16 natively ({', '.join(hw.cpu_flags)})")
     else:
@@ -148,8 +166,10 @@ def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Pre
         notes.append(f"--precision {precision}")
     if q == "4bit" and not hw.bitsandbytes:
         if quantize == "4bit":
-            raise ValueError("4-bit needs bitsandbytes, which cannot be imported here: pip install bitsandbytes, "
-                             "or use --quantize none")
+            raise ValueError(
+                "4-bit needs bitsandbytes, which cannot be imported here: pip install bitsandbytes, "
+                "or use --quantize none"
+            )
         q, reason = "none", "bitsandbytes cannot be imported here, so no 4-bit; " + reason
     if notes:
         reason = f"chosen by {' and '.join(notes)} (the policy's own pick: {'4-bit' if auto[0] == '4bit' else 'full weights'}, {auto[1]}: {auto[2]})"
@@ -173,14 +193,21 @@ def facts() -> dict:
         except md.PackageNotFoundError:
             versions[name] = None
     return {
-        "device": hw.device, "gpu": hw.gpu_name or None, "gpu_memory_mb": hw.gpu_memory_mb or None,
+        "device": hw.device,
+        "gpu": hw.gpu_name or None,
+        "gpu_memory_mb": hw.gpu_memory_mb or None,
         "gpu_bf16": hw.gpu_bf16 if hw.device == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
-        "cpu_capability": hw.cpu_capability, "cpu_bf16_flags": list(hw.cpu_flags), "onednn_max_isa": hw.onednn_isa or None,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cpu_capability": hw.cpu_capability,
+        "cpu_bf16_flags": list(hw.cpu_flags),
+        "onednn_max_isa": hw.onednn_isa or None,
         "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY") or None,
         "native_bf16": hw.native_bf16,
-        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "versions": versions, "precision": policy().to_dict(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+        "precision": policy().to_dict(),
     }
 
 

@@ -25,7 +25,7 @@ DEFAULT_SET = "default"
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "default.jsonl"
 
 
-MAX_PROMPT_CHARS = 8000          # about 2 000 tokens: leaves room for the constitution and the answer
+MAX_PROMPT_CHARS = 8000  # about 2 000 tokens: leaves room for the constitution and the answer
 
 
 FORMATS = ("csv", "jsonl", "json", "txt", "parquet", "datasets")
@@ -56,9 +56,10 @@ def detect_format(source: str | Path) -> str:
     if suffix in ("json", "txt", "parquet"):
         return suffix
     if not path.exists() and len(str(source).split("/")) == 2:
-        return "datasets"        # owner/name: a hub id
-    raise ImportFileError(f"{path.name}: unknown file type; use one of .csv, .jsonl, .json, .txt, "
-                          ".parquet or a datasets directory")
+        return "datasets"  # owner/name: a hub id
+    raise ImportFileError(
+        f"{path.name}: unknown file type; use one of .csv, .jsonl, .json, .txt, .parquet or a datasets directory"
+    )
 
 
 def read_table(source: str | Path, fmt: str | None = None) -> list[dict]:
@@ -122,8 +123,10 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise ImportFileError(f"{path.name} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
-                              "save it as UTF-8 and import again") from None
+        raise ImportFileError(
+            f"{path.name} is not UTF-8 text (byte 0x{data[e.start]:02x} on line {line}); "
+            "save it as UTF-8 and import again"
+        ) from None
 
 
 def _read_parquet(path: Path) -> list[dict]:
@@ -177,9 +180,15 @@ def split_of(text: str, heldout_fraction: float) -> str:
     return "heldout" if h < heldout_fraction else "train"
 
 
-def prompt_rows(records: list[dict], column: str | None = None, *, split_column: str | None = None,
-                category_column: str | None = None, heldout_fraction: float = 0.1,
-                name: str = "the file") -> tuple[list[dict], dict]:
+def prompt_rows(
+    records: list[dict],
+    column: str | None = None,
+    *,
+    split_column: str | None = None,
+    category_column: str | None = None,
+    heldout_fraction: float = 0.1,
+    name: str = "the file",
+) -> tuple[list[dict], dict]:
     """Records -> store rows {text, split, category} and counts {read, empty, duplicates}.
 
     The split comes from `split_column` (or a column named "split") when there is one,
@@ -206,8 +215,10 @@ def prompt_rows(records: list[dict], column: str | None = None, *, split_column:
             counts["empty"] += 1
             continue
         if len(text) > MAX_PROMPT_CHARS:
-            raise ImportFileError(f"{name} record {n}: the prompt is {len(text):,} characters long; "
-                                  f"the limit is {MAX_PROMPT_CHARS:,}. Shorten or remove it and import again")
+            raise ImportFileError(
+                f"{name} record {n}: the prompt is {len(text):,} characters long; "
+                f"the limit is {MAX_PROMPT_CHARS:,}. Shorten or remove it and import again"
+            )
         if text in seen:
             counts["duplicates"] += 1
             continue
@@ -215,8 +226,10 @@ def prompt_rows(records: list[dict], column: str | None = None, *, split_column:
         if split_column:
             raw = str(r.get(split_column) or "").strip().lower()
             if raw not in HELDOUT_NAMES | TRAIN_NAMES:
-                raise ImportFileError(f"{name} record {n}: split {r.get(split_column)!r} is neither train "
-                                      "nor held-out (heldout, test, validation, eval)")
+                raise ImportFileError(
+                    f"{name} record {n}: split {r.get(split_column)!r} is neither train "
+                    "nor held-out (heldout, test, validation, eval)"
+                )
             split = "heldout" if raw in HELDOUT_NAMES else "train"
         else:
             split = split_of(text, heldout_fraction)
@@ -227,15 +240,30 @@ def prompt_rows(records: list[dict], column: str | None = None, *, split_column:
     return rows, counts
 
 
-def import_prompts(store: Store, set_name: str, source: str | Path, *, column: str | None = None,
-                   split_column: str | None = None, category_column: str | None = None,
-                   heldout_fraction: float = 0.1, fmt: str | None = None, owner: str = "") -> dict:
+def import_prompts(
+    store: Store,
+    set_name: str,
+    source: str | Path,
+    *,
+    column: str | None = None,
+    split_column: str | None = None,
+    category_column: str | None = None,
+    heldout_fraction: float = 0.1,
+    fmt: str | None = None,
+    owner: str = "",
+) -> dict:
     """Import a prompt file into a set (created if new), all or nothing; returns a summary."""
     if not (set_name or "").strip():
         raise ImportFileError("give the prompt set a name")
     records = read_table(source, fmt)
-    rows, counts = prompt_rows(records, column, split_column=split_column, category_column=category_column,
-                               heldout_fraction=heldout_fraction, name=Path(str(source)).name)
+    rows, counts = prompt_rows(
+        records,
+        column,
+        split_column=split_column,
+        category_column=category_column,
+        heldout_fraction=heldout_fraction,
+        name=Path(str(source)).name,
+    )
     added = store.add_prompts(set_name, rows, source=str(source), owner=owner)
     counts["duplicates"] += len(rows) - added
     sets = {s["name"]: s for s in store.prompt_sets(owner=owner)}
@@ -250,9 +278,13 @@ def ensure_default_prompts(store: Store, owner: str = "") -> int:
     return import_prompts(store, DEFAULT_SET, DEFAULT_PROMPTS, owner=owner)["added"]
 
 
-def select_prompts(store: Store, set_name: str, *, search: str = "", category: str = "", limit: int = 0,
-                   owner: str = "") -> list[dict]:
+def select_prompts(
+    store: Store, set_name: str, *, search: str = "", category: str = "", limit: int = 0, owner: str = ""
+) -> list[dict]:
     """The set's train prompts matching the filters (held-out prompts are never sampled for training)."""
-    prompts = [p for p in store.get_prompts(set_name, split="train", owner=owner)
-               if (not search or search.lower() in p["text"].lower()) and (not category or p["category"] == category)]
+    prompts = [
+        p
+        for p in store.get_prompts(set_name, split="train", owner=owner)
+        if (not search or search.lower() in p["text"].lower()) and (not category or p["category"] == category)
+    ]
     return prompts[:limit] if limit else prompts

@@ -40,9 +40,13 @@ def source_run(store, cfg: TrainConfig) -> dict:
         raise TrainError(f"run {n} has no adapter to continue from (it is {job['state']}): pick a finished run")
     old = job["config"]
     if (old.get("model") or "") != (cfg.model or ""):
-        raise TrainError(f"run {n} was trained on another base model ({old.get('model') or 'the embedded default'}, "
-                         f"not {cfg.model or 'the embedded default'}): re-bake on the model it was made for")
-    shape = [f"{k.replace('_', ' ')} {old.get(k)} vs {getattr(cfg, k)}" for k in LORA_SHAPE if old.get(k) != getattr(cfg, k)]
+        raise TrainError(
+            f"run {n} was trained on another base model ({old.get('model') or 'the embedded default'}, "
+            f"not {cfg.model or 'the embedded default'}): re-bake on the model it was made for"
+        )
+    shape = [
+        f"{k.replace('_', ' ')} {old.get(k)} vs {getattr(cfg, k)}" for k in LORA_SHAPE if old.get(k) != getattr(cfg, k)
+    ]
     if shape:
         raise TrainError(f"run {n} has another LoRA shape ({', '.join(shape)}): use its settings to continue from it")
     return job
@@ -53,8 +57,11 @@ def principle_changes(old: Constitution, new: Constitution) -> dict:
     before, after = {p.id: p for p in old.principles}, {p.id: p for p in new.principles}
     edited = [i for i in after if i in before and after[i] != before[i]]
     edited += [part for part in ("preamble", "examples") if getattr(old, part) != getattr(new, part)]
-    return {"added": [i for i in after if i not in before], "removed": [i for i in before if i not in after],
-            "edited": edited}
+    return {
+        "added": [i for i in after if i not in before],
+        "removed": [i for i in before if i not in after],
+        "edited": edited,
+    }
 
 
 def undone(old: Constitution, new: Constitution, name: str) -> Constitution:
@@ -63,11 +70,11 @@ def undone(old: Constitution, new: Constitution, name: str) -> Constitution:
     if name == "(preamble)":
         return replace(new, preamble=old.preamble)
     before = next((p for p in old.principles if p.id == name), None)
-    if before is None:                                   # added
+    if before is None:  # added
         return replace(new, principles=[p for p in new.principles if p.id != name])
-    if any(p.id == name for p in new.principles):        # edited
+    if any(p.id == name for p in new.principles):  # edited
         return replace(new, principles=[before if p.id == name else p for p in new.principles])
-    kept = [p.id for p in old.principles[:old.principles.index(before)]]   # removed: after the ones before it
+    kept = [p.id for p in old.principles[: old.principles.index(before)]]  # removed: after the ones before it
     at = max((i + 1 for i, p in enumerate(new.principles) if p.id in kept), default=0)
     return replace(new, principles=new.principles[:at] + [before] + new.principles[at:])
 
@@ -78,7 +85,7 @@ def changed_names(changes: dict) -> list[str]:
 
 
 def changes_text(changes: dict) -> str:
-    """"edited matey; added captain" or "no change"."""
+    """ "edited matey; added captain" or "no change"."""
     parts = [f"{kind} {', '.join(ids)}" for kind, ids in changes.items() if ids]
     return "; ".join(parts) or "no change"
 
@@ -91,8 +98,13 @@ def lineage(store, job: dict, row: dict) -> dict:
     """The lineage of a run re-baked from ``job`` on constitution version ``row``."""
     old_row = store.get_constitution(job["config"]["constitution_id"])
     changes = principle_changes(from_row(old_row), from_row(row))
-    return {"from_run": job["id"], "from_version": old_row["id"], "to_version": row["id"], "changes": changes,
-            "text": f"re-baked from run {job['id']} (version {old_row['id']} → {row['id']}: {changes_text(changes)})"}
+    return {
+        "from_run": job["id"],
+        "from_version": old_row["id"],
+        "to_version": row["id"],
+        "changes": changes,
+        "text": f"re-baked from run {job['id']} (version {old_row['id']} → {row['id']}: {changes_text(changes)})",
+    }
 
 
 def latest_version(store, job: dict) -> int | None:
@@ -105,7 +117,7 @@ def latest_version(store, job: dict) -> int | None:
 
 
 def stale_notice(store, job: dict, constitution_id: int | None = None) -> str:
-    """"run 4 was trained on v3; v5 changed 2 principles (edited matey; added captain)" where
+    """ "run 4 was trained on v3; v5 changed 2 principles (edited matey; added captain)" where
     ``constitution_id`` (default: the newest version of the run's constitution) is another version of
     the same constitution with other content than the run's; "" otherwise."""
     trained = (job.get("config") or {}).get("constitution_id")
@@ -117,5 +129,7 @@ def stale_notice(store, job: dict, constitution_id: int | None = None) -> str:
         return ""
     changes = principle_changes(from_row(old), from_row(new))
     count = n_changed(changes)
-    return (f"run {job['id']} was trained on v{trained}; v{constitution_id} changed {count} "
-            f"{'principle' if count == 1 else 'principles'} ({changes_text(changes)})")
+    return (
+        f"run {job['id']} was trained on v{trained}; v{constitution_id} changed {count} "
+        f"{'principle' if count == 1 else 'principles'} ({changes_text(changes)})"
+    )

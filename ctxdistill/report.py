@@ -20,6 +20,7 @@ from .stats import CONDITIONS, VOTE_OUTCOMES, vote_tally
 class ReportError(ValueError):
     """A report format or file name that is not one of md, html, json."""
 
+
 def _figure(ncols: int = 1, figsize=(6, 3.4)):
     """A matplotlib figure outside pyplot's registry (nothing to close; no GUI backend needed)."""
     from matplotlib.figure import Figure
@@ -31,9 +32,11 @@ def _figure(ncols: int = 1, figsize=(6, 3.4)):
 
 def _err(ests: list[dict]) -> np.ndarray:
     """(2, n) error bars from the estimates' intervals; none where a value or interval is undefined."""
+
     def side(e, i):
         gap = (e["value"] - e["ci"][0]) if i == 0 else (e["ci"][1] - e["value"])
         return max(0.0, gap) if math.isfinite(gap) else 0.0
+
     return np.array([[side(e, 0) for e in ests], [side(e, 1) for e in ests]])
 
 
@@ -52,11 +55,20 @@ def fig_scores(results: dict, labels: list[str] | None = None):
     fig, axes = _figure(3 + bool(checks), figsize=(4 * (3 + bool(checks)), 3.4))
     _bars(axes[0], ["base", *labels], [s["kl"][c] for c in ["base", *labels]], "KL(teacher‖x), nats/token")
     _bars(axes[1], labels, [s["gap_closed"][c] for c in labels], "KL gap closed", "tab:green")
-    _bars(axes[2], ["teacher", *labels], [s["retention"][c]["delta"] for c in ["teacher", *labels]],
-          "Δ NLL of base answers (retention)", "tab:orange")
+    _bars(
+        axes[2],
+        ["teacher", *labels],
+        [s["retention"][c]["delta"] for c in ["teacher", *labels]],
+        "Δ NLL of base answers (retention)",
+        "tab:orange",
+    )
     if checks:
-        _grouped(axes[3], list(checks), {cond: [row[cond] for row in checks.values()] for cond in ["base", "teacher", *labels]},
-                 "check pass rate")
+        _grouped(
+            axes[3],
+            list(checks),
+            {cond: [row[cond] for row in checks.values()] for cond in ["base", "teacher", *labels]},
+            "check pass rate",
+        )
     fig.tight_layout()
     return fig
 
@@ -69,9 +81,21 @@ def _grouped(ax, groups: list[str], series: dict[str, list[dict | None]], title:
     width = 0.8 / max(1, len(series))
     for k, (name, ests) in enumerate(series.items()):
         ests = [e or _NONE for e in ests]
-        ax.bar(np.arange(len(groups)) + k * width, [e["value"] for e in ests], width, label=name, yerr=_err(ests), capsize=2)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=8, rotation=20 if len(groups) > 4 else 0,
-                  ha="right" if len(groups) > 4 else "center")
+        ax.bar(
+            np.arange(len(groups)) + k * width,
+            [e["value"] for e in ests],
+            width,
+            label=name,
+            yerr=_err(ests),
+            capsize=2,
+        )
+    ax.set_xticks(
+        np.arange(len(groups)) + 0.4 - width / 2,
+        groups,
+        fontsize=8,
+        rotation=20 if len(groups) > 4 else 0,
+        ha="right" if len(groups) > 4 else "center",
+    )
     if rate:
         ax.set_ylim(0, 1.05)
     ax.set_title(title, fontsize=10)
@@ -84,8 +108,12 @@ def fig_capability(results: dict, labels: list[str] | None = None):
     conds = ["base", "teacher", *(labels or [r["label"] for r in results["runs"]])]
     groups = ["all", *cap["by_category"]]
     fig, ax = _figure(figsize=(8, 3.4))
-    _grouped(ax, groups, {c: [cap["accuracy"][c], *(cap["by_category"][g][c] for g in groups[1:])] for c in conds},
-             f"capability: accuracy on {cap['n_items']} short questions")
+    _grouped(
+        ax,
+        groups,
+        {c: [cap["accuracy"][c], *(cap["by_category"][g][c] for g in groups[1:])] for c in conds},
+        f"capability: accuracy on {cap['n_items']} short questions",
+    )
     fig.tight_layout()
     return fig
 
@@ -96,10 +124,19 @@ def fig_families(results: dict, labels: list[str] | None = None):
     labels = labels or [r["label"] for r in results["runs"]]
     groups = list(fam)
     fig, axes = _figure(2, figsize=(11, 3.4))
-    _grouped(axes[0], groups, {lab: [fam[g]["gap_closed"][lab] for g in groups] for lab in labels}, "KL gap closed per family",
-             rate=False)
-    _grouped(axes[1], groups, {c: [fam[g]["checks"][c] for g in groups] for c in ["base", "teacher", *labels]},
-             "checks passed per family")
+    _grouped(
+        axes[0],
+        groups,
+        {lab: [fam[g]["gap_closed"][lab] for g in groups] for lab in labels},
+        "KL gap closed per family",
+        rate=False,
+    )
+    _grouped(
+        axes[1],
+        groups,
+        {c: [fam[g]["checks"][c] for g in groups] for c in ["base", "teacher", *labels]},
+        "checks passed per family",
+    )
     fig.tight_layout()
     return fig
 
@@ -111,10 +148,19 @@ def fig_attacks(results: dict, labels: list[str] | None = None):
     conds = ["teacher", *(labels or [r["label"] for r in results["runs"]])]
     kinds = inj["kinds"]
     fig, axes = _figure(2, figsize=(12, 3.6))
-    _grouped(axes[0], ["none", *kinds], {c: [inj["overall"][c]["clean"], *(inj["by_kind"][k][c]["attacked"] for k in kinds)]
-                                         for c in conds}, "checks passed under attack")
-    _grouped(axes[1], kinds, {c: [inj["by_kind"][k][c]["kl"] for k in kinds] for c in conds},
-             "KL(un-attacked teacher ‖ x under attack)", rate=False)
+    _grouped(
+        axes[0],
+        ["none", *kinds],
+        {c: [inj["overall"][c]["clean"], *(inj["by_kind"][k][c]["attacked"] for k in kinds)] for c in conds},
+        "checks passed under attack",
+    )
+    _grouped(
+        axes[1],
+        kinds,
+        {c: [inj["by_kind"][k][c]["kl"] for k in kinds] for c in conds},
+        "KL(un-attacked teacher ‖ x under attack)",
+        rate=False,
+    )
     fig.tight_layout()
     return fig
 
@@ -126,44 +172,101 @@ def robustness_text(results: dict) -> str:
     conds = ["base", "teacher", *labels]
     pct = lambda e: fmt_estimate(e, pct=True)
     cap, inj, st, pl, sav = r["capability"], r["injection"], r["second_turn"], r["placebo"], r["savings"]
-    parts = ["**Capability: " + " vs ".join(f"{c} {pct(cap['accuracy'][c])}" for c in [*labels, "teacher", "base"]) +
-             f"** (greedy answers to {cap['n_items']} short questions with verifiable answers).",
-             markdown_table([{"questions": g, **{c: pct(row[c]) for c in conds}} for g, row in cap["by_category"].items()])]
+    parts = [
+        "**Capability: "
+        + " vs ".join(f"{c} {pct(cap['accuracy'][c])}" for c in [*labels, "teacher", "base"])
+        + f"** (greedy answers to {cap['n_items']} short questions with verifiable answers).",
+        markdown_table([{"questions": g, **{c: pct(row[c]) for c in conds}} for g, row in cap["by_category"].items()]),
+    ]
     if labels:
-        parts.append("Retention (the base's answers' NLL) relative to the teacher's own change: " +
-                     ", ".join(f"{lab} {fmt_estimate(s['retention_vs_teacher'][lab])} nats/token" for lab in labels) +
-                     " (≤ 0: the student forgets no more than the prompt itself costs).")
-    parts += ["**By family** (held-out prompt categories; * = held out in training):",
-              markdown_table([{"family": g + ("*" if row["held_out_in_training"] else ""), "n": row["n"],
-                               "KL(teacher‖base)": fmt_estimate(row["kl_base"]),
-                               **{f"gap closed {lab}": pct(row["gap_closed"][lab]) for lab in labels},
-                               **{f"checks {c}": pct(row["checks"][c]) for c in conds}} for g, row in r["by_family"].items()])]
-    parts += [f"Trained with categories held out, {lab}: gap closed {pct(h['held_out'])} on prompts of "
-              f"{', '.join(h['categories'])} (never trained on) vs {pct(h['trained'])} on the others."
-              for lab, h in r.get("held_out_categories", {}).items()]
-    parts += [f"**Second turn** ({st['n']} conversations: the first answer, then a follow-up): checks passed on the first / "
-              "second answer: " + "; ".join(f"{c} {pct(st['checks'][c]['first'])} / {pct(st['checks'][c]['second'])}" for c in conds) +
-              ". KL(teacher‖x) on the second answer: " + ", ".join(f"{c} {fmt_estimate(st['kl'][c])}" for c in st["kl"]) +
-              (("; gap closed " + ", ".join(f"{lab} {pct(st['gap_closed'][lab])}" for lab in labels)) if labels else "") + "."]
-    parts += [f"**Injection** ({len(inj['kinds'])} kinds of override attempt × {inj['per_kind']} prompts = {inj['n_attacks']} "
-              "attacks; the teacher has the constitution in its system prompt and the attack in the user turn):",
-              markdown_table([{"model": c, "checks passed without attack": pct(v["clean"]), "under attack": pct(v["attacked"]),
-                               "KL from the un-attacked teacher": fmt_estimate(v["kl"])} for c, v in inj["overall"].items()]),
-              f"For scale: KL(teacher‖base) on the same prompts {fmt_estimate(inj['kl_base'])}.",
-              markdown_table([{"attack": k, **{f"checks {c}": pct(v["attacked"]) for c, v in row.items()},
-                               **{f"KL {c}": fmt_estimate(v["kl"]) for c, v in row.items()}} for k, row in inj["by_kind"].items()])]
-    parts += [f"**Placebo**: the base with a neutral system prompt of {pl['tokens']} tokens (the constitution: "
-              f"{pl['constitution_tokens']}) has KL(placebo‖base) {fmt_estimate(pl['kl_placebo'])} vs KL(teacher‖base) "
-              f"{fmt_estimate(pl['kl_teacher'])}: any prompt of that size causes {pct(pl['share'])} of the constitution's "
-              f"effect; checks passed under the placebo {pct(pl['checks'])}."]
+        parts.append(
+            "Retention (the base's answers' NLL) relative to the teacher's own change: "
+            + ", ".join(f"{lab} {fmt_estimate(s['retention_vs_teacher'][lab])} nats/token" for lab in labels)
+            + " (≤ 0: the student forgets no more than the prompt itself costs)."
+        )
+    parts += [
+        "**By family** (held-out prompt categories; * = held out in training):",
+        markdown_table(
+            [
+                {
+                    "family": g + ("*" if row["held_out_in_training"] else ""),
+                    "n": row["n"],
+                    "KL(teacher‖base)": fmt_estimate(row["kl_base"]),
+                    **{f"gap closed {lab}": pct(row["gap_closed"][lab]) for lab in labels},
+                    **{f"checks {c}": pct(row["checks"][c]) for c in conds},
+                }
+                for g, row in r["by_family"].items()
+            ]
+        ),
+    ]
+    parts += [
+        f"Trained with categories held out, {lab}: gap closed {pct(h['held_out'])} on prompts of "
+        f"{', '.join(h['categories'])} (never trained on) vs {pct(h['trained'])} on the others."
+        for lab, h in r.get("held_out_categories", {}).items()
+    ]
+    parts += [
+        f"**Second turn** ({st['n']} conversations: the first answer, then a follow-up): checks passed on the first / "
+        "second answer: "
+        + "; ".join(f"{c} {pct(st['checks'][c]['first'])} / {pct(st['checks'][c]['second'])}" for c in conds)
+        + ". KL(teacher‖x) on the second answer: "
+        + ", ".join(f"{c} {fmt_estimate(st['kl'][c])}" for c in st["kl"])
+        + (("; gap closed " + ", ".join(f"{lab} {pct(st['gap_closed'][lab])}" for lab in labels)) if labels else "")
+        + "."
+    ]
+    parts += [
+        f"**Injection** ({len(inj['kinds'])} kinds of override attempt × {inj['per_kind']} prompts = {inj['n_attacks']} "
+        "attacks; the teacher has the constitution in its system prompt and the attack in the user turn):",
+        markdown_table(
+            [
+                {
+                    "model": c,
+                    "checks passed without attack": pct(v["clean"]),
+                    "under attack": pct(v["attacked"]),
+                    "KL from the un-attacked teacher": fmt_estimate(v["kl"]),
+                }
+                for c, v in inj["overall"].items()
+            ]
+        ),
+        f"For scale: KL(teacher‖base) on the same prompts {fmt_estimate(inj['kl_base'])}.",
+        markdown_table(
+            [
+                {
+                    "attack": k,
+                    **{f"checks {c}": pct(v["attacked"]) for c, v in row.items()},
+                    **{f"KL {c}": fmt_estimate(v["kl"]) for c, v in row.items()},
+                }
+                for k, row in inj["by_kind"].items()
+            ]
+        ),
+    ]
+    parts += [
+        f"**Placebo**: the base with a neutral system prompt of {pl['tokens']} tokens (the constitution: "
+        f"{pl['constitution_tokens']}) has KL(placebo‖base) {fmt_estimate(pl['kl_placebo'])} vs KL(teacher‖base) "
+        f"{fmt_estimate(pl['kl_teacher'])}: any prompt of that size causes {pct(pl['share'])} of the constitution's "
+        f"effect; checks passed under the placebo {pct(pl['checks'])}."
+    ]
     ratio = sav["ttft_ratio"]
-    parts += [f"**Savings** per request: {sav['tokens_saved']:.0f} prompt tokens (the constitution's system turn), "
-              f"{sav['kv_bytes_saved'] / 2**10:.0f} KiB of key/value cache; time to first token "
-              f"teacher / student ×{ratio['batch_1']} at batch 1, ×{ratio['batch_' + str(sav['batch'])]} at batch "
-              f"{sav['batch']} (measured here, no prefix cache).",
-              markdown_table([{"model": c, "prompt tokens": f"{v['prompt_tokens']:.0f}", "KV cache": f"{v['kv_bytes'] / 2**10:.0f} KiB",
-                               **{f"prefill / first token, batch {k.split('_')[1]}": f"{1000 * m['prefill_s']:.0f} / {1000 * m['ttft_s']:.0f} ms"
-                                  for k, m in v.items() if k.startswith("batch_")}} for c, v in sav["conditions"].items()])]
+    parts += [
+        f"**Savings** per request: {sav['tokens_saved']:.0f} prompt tokens (the constitution's system turn), "
+        f"{sav['kv_bytes_saved'] / 2**10:.0f} KiB of key/value cache; time to first token "
+        f"teacher / student ×{ratio['batch_1']} at batch 1, ×{ratio['batch_' + str(sav['batch'])]} at batch "
+        f"{sav['batch']} (measured here, no prefix cache).",
+        markdown_table(
+            [
+                {
+                    "model": c,
+                    "prompt tokens": f"{v['prompt_tokens']:.0f}",
+                    "KV cache": f"{v['kv_bytes'] / 2**10:.0f} KiB",
+                    **{
+                        f"prefill / first token, batch {k.split('_')[1]}": f"{1000 * m['prefill_s']:.0f} / {1000 * m['ttft_s']:.0f} ms"
+                        for k, m in v.items()
+                        if k.startswith("batch_")
+                    },
+                }
+                for c, v in sav["conditions"].items()
+            ]
+        ),
+    ]
     return "\n\n".join(parts)
 
 
@@ -197,8 +300,12 @@ def fig_training(results: dict, labels: list[str] | None = None):
         for ax, name in zip(axes, ("loss", "heldout_kl")):
             points = r["training"].get(name) or []
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if name == "heldout_kl" else None,
-                        label=r["label"])
+                ax.plot(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    marker="." if name == "heldout_kl" else None,
+                    label=r["label"],
+                )
     for ax, title in zip(axes, ("training loss", "held-out KL(teacher‖student)")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
@@ -212,8 +319,13 @@ def _ranked(rows: list[dict], xlabel: str, title: str, color: str):
     """Horizontal bars of estimates, the first row on top, with their 95% intervals; an undefined value has no bar."""
     fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
     rows = list(reversed(rows))
-    ax.barh([r["principle"] for r in rows], [r["value"] if math.isfinite(r["value"]) else 0.0 for r in rows],
-            xerr=_err(rows) if rows else None, capsize=3, color=color)
+    ax.barh(
+        [r["principle"] for r in rows],
+        [r["value"] if math.isfinite(r["value"]) else 0.0 for r in rows],
+        xerr=_err(rows) if rows else None,
+        capsize=3,
+        color=color,
+    )
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -227,24 +339,43 @@ def fig_influence(rows: list[dict]):
 
 def fig_baked(rows: list[dict], label: str):
     """Principles sorted by the share of their effect a student carries (baked.py), 95% intervals."""
-    fig = _ranked(rows, "share of the principle's effect carried (0 = none, 1 = all)",
-                  f"Which principles got baked into {label}", "tab:green")
+    fig = _ranked(
+        rows,
+        "share of the principle's effect carried (0 = none, 1 = all)",
+        f"Which principles got baked into {label}",
+        "tab:green",
+    )
     fig.axes[0].set_xlim(0, 1.05)
     return fig
 
 
 def baked_table(rows: list[dict]) -> list[dict]:
     """The baked scores of one student as text rows: share, influence, and check pass rates where a check exists."""
+
     def check(r, who):
         return fmt_estimate(r["checks"][who], pct=True) if r["checks"] else ""
-    return [{"principle": r["principle"], "baked": fmt_estimate(r, pct=True) if math.isfinite(r["value"]) else "no effect to carry",
-             "influence (nats/token)": f"{r['influence']:.4f}", "check: teacher": check(r, "teacher"),
-             "check: student": check(r, "student")} for r in rows]
+
+    return [
+        {
+            "principle": r["principle"],
+            "baked": fmt_estimate(r, pct=True) if math.isfinite(r["value"]) else "no effect to carry",
+            "influence (nats/token)": f"{r['influence']:.4f}",
+            "check: teacher": check(r, "teacher"),
+            "check: student": check(r, "student"),
+        }
+        for r in rows
+    ]
 
 
 def fig_votes(tally: dict):
     fig, ax = _figure(figsize=(5, 3))
-    _bars(ax, list(VOTE_OUTCOMES), [tally["rates"][o] for o in VOTE_OUTCOMES], f"Blind A/B ({tally['n']} votes)", "tab:gray")
+    _bars(
+        ax,
+        list(VOTE_OUTCOMES),
+        [tally["rates"][o] for o in VOTE_OUTCOMES],
+        f"Blind A/B ({tally['n']} votes)",
+        "tab:gray",
+    )
     ax.set_ylim(0, 1.05)
     fig.tight_layout()
     return fig
@@ -272,17 +403,23 @@ def scoreboard(results: dict) -> list[dict]:
     rows = []
     for cond in results["conditions"]:
         checks = [row[cond]["value"] for row in s["checks"].values()]
-        rows.append({
-            "model": cond,
-            "n": results["n_prompts"],
-            "capability": fmt_estimate(capability.get(cond), pct=True),
-            "KL(teacher‖x)": "0 (reference)" if cond == "teacher" else fmt_estimate(s["kl"].get(cond)),
-            "gap closed": fmt_estimate(s["gap_closed"].get(cond), pct=True) if cond not in CONDITIONS else ("0%" if cond == "base" else "100%"),
-            "Δ NLL (retention)": fmt_estimate(s["retention"][cond]["delta"]) if cond in s["retention"] else "0 (reference)",
-            "checks passed": f"{np.mean(checks):.0%}" if checks else "–",
-            "words": fmt_estimate(s["length"][cond]["words"]).split(" [")[0],
-            "refusals": fmt_estimate(s["length"][cond]["refusal"], pct=True),
-        })
+        rows.append(
+            {
+                "model": cond,
+                "n": results["n_prompts"],
+                "capability": fmt_estimate(capability.get(cond), pct=True),
+                "KL(teacher‖x)": "0 (reference)" if cond == "teacher" else fmt_estimate(s["kl"].get(cond)),
+                "gap closed": fmt_estimate(s["gap_closed"].get(cond), pct=True)
+                if cond not in CONDITIONS
+                else ("0%" if cond == "base" else "100%"),
+                "Δ NLL (retention)": fmt_estimate(s["retention"][cond]["delta"])
+                if cond in s["retention"]
+                else "0 (reference)",
+                "checks passed": f"{np.mean(checks):.0%}" if checks else "–",
+                "words": fmt_estimate(s["length"][cond]["words"]).split(" [")[0],
+                "refusals": fmt_estimate(s["length"][cond]["refusal"], pct=True),
+            }
+        )
     return rows
 
 
@@ -290,54 +427,98 @@ def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     head = list(rows[0])
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] +
-                     ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in head) + " |" for r in rows])
+    return "\n".join(
+        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        + ["| " + " | ".join(str(r[h]).replace("|", "\\|") for h in head) + " |" for r in rows]
+    )
 
 
 def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str, str, object]]:
     """(heading, Markdown text, figure or None) in report order."""
     s = results["scores"]
     c = results["constitution"]
-    runs = ", ".join(f"{r['label']} ({r['loss']}, {r['steps']} steps, constitution v{r['constitution_id']})"
-                     for r in results["runs"]) or "none"
+    runs = (
+        ", ".join(
+            f"{r['label']} ({r['loss']}, {r['steps']} steps, constitution v{r['constitution_id']})"
+            for r in results["runs"]
+        )
+        or "none"
+    )
     settings = results["settings"]
-    intro = (f"Constitution **{c['name']}** version {c['id']} (sha256 {c['hash'][:12]}); model {results['model']} "
-             f"({results['quantize']}); {results['n_prompts']} held-out prompts of set **{results['prompt_set']}**; "
-             f"runs: {runs}. Answers of {settings['sample_tokens']} tokens at temperature {settings['temperature']}, "
-             f"seed {settings['seed']}; 95% intervals from {settings['n_boot']} bootstrap resamples of the prompts; "
-             f"evaluated in {results['timing']['total_s']:.0f} s.")
+    intro = (
+        f"Constitution **{c['name']}** version {c['id']} (sha256 {c['hash'][:12]}); model {results['model']} "
+        f"({results['quantize']}); {results['n_prompts']} held-out prompts of set **{results['prompt_set']}**; "
+        f"runs: {runs}. Answers of {settings['sample_tokens']} tokens at temperature {settings['temperature']}, "
+        f"seed {settings['seed']}; 95% intervals from {settings['n_boot']} bootstrap resamples of the prompts; "
+        f"evaluated in {results['timing']['total_s']:.0f} s."
+    )
     sections = [("Setup", intro, None), ("Scoreboard", markdown_table(scoreboard(results)), fig_scores(results))]
     if s["checks"]:
-        rows = [{"principle": pid, "check": row["check"], **{cond: fmt_estimate(row[cond], pct=True) for cond in results["conditions"]}}
-                for pid, row in s["checks"].items()]
+        rows = [
+            {
+                "principle": pid,
+                "check": row["check"],
+                **{cond: fmt_estimate(row[cond], pct=True) for cond in results["conditions"]},
+            }
+            for pid, row in s["checks"].items()
+        ]
         sections.append(("Principle checks", markdown_table(rows), None))
-    sections.append(("KL distribution", "Per-prompt mean KL(teacher‖x) along the teacher's answers.",
-                     fig_kl_distribution(results)))
+    sections.append(
+        ("KL distribution", "Per-prompt mean KL(teacher‖x) along the teacher's answers.", fig_kl_distribution(results))
+    )
     if any(r["training"] for r in results["runs"]):
         sections.append(("Training curves", "", fig_training(results)))
     if results.get("influence"):
-        rows = [{"principle": r["principle"], "KL without it": fmt_estimate(r), "text": r["text"]} for r in results["influence"]]
-        sections.append(("Principle influence", "KL between the teacher with the whole constitution and with one "
-                         "principle removed, along the teacher's answers; near zero = dead weight.\n\n" + markdown_table(rows),
-                         fig_influence(results["influence"])))
+        rows = [
+            {"principle": r["principle"], "KL without it": fmt_estimate(r), "text": r["text"]}
+            for r in results["influence"]
+        ]
+        sections.append(
+            (
+                "Principle influence",
+                "KL between the teacher with the whole constitution and with one "
+                "principle removed, along the teacher's answers; near zero = dead weight.\n\n" + markdown_table(rows),
+                fig_influence(results["influence"]),
+            )
+        )
     for lab, rows in (results.get("baked") or {}).items():
-        sections.append((f"Which principles got baked into {lab}",
-                         "Per principle, the share of its effect on the teacher (the teacher without it as the reference "
-                         "point, along the teacher's answers) that the student reproduces without the constitution: "
-                         "1 = all of it, 0 = none; with the teacher's and the student's check pass rates where the "
-                         "principle has an automatic check.\n\n" + markdown_table(baked_table(rows)), fig_baked(rows, lab)))
+        sections.append(
+            (
+                f"Which principles got baked into {lab}",
+                "Per principle, the share of its effect on the teacher (the teacher without it as the reference "
+                "point, along the teacher's answers) that the student reproduces without the constitution: "
+                "1 = all of it, 0 = none; with the teacher's and the student's check pass rates where the "
+                "principle has an automatic check.\n\n" + markdown_table(baked_table(rows)),
+                fig_baked(rows, lab),
+            )
+        )
     if results.get("judge"):
         j = results["judge"]
-        rows = [{"principle": pid, **{cond: fmt_estimate(est, pct=True) for cond, est in row.items()}} for pid, row in j["adherence"].items()]
-        sections.append(("Model-as-judge", f"Judge: {j['model']}. Agreement with the automatic checks: "
-                         f"{fmt_estimate(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
-                         f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
-                         f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + markdown_table(rows), None))
+        rows = [
+            {"principle": pid, **{cond: fmt_estimate(est, pct=True) for cond, est in row.items()}}
+            for pid, row in j["adherence"].items()
+        ]
+        sections.append(
+            (
+                "Model-as-judge",
+                f"Judge: {j['model']}. Agreement with the automatic checks: "
+                f"{fmt_estimate(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
+                f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
+                f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + markdown_table(rows),
+                None,
+            )
+        )
     if results.get("robustness"):
-        sections += [("Robustness", robustness_text(results), fig_capability(results)),
-                     ("Robustness by family", "", fig_families(results)), ("Robustness under attack", "", fig_attacks(results))]
+        sections += [
+            ("Robustness", robustness_text(results), fig_capability(results)),
+            ("Robustness by family", "", fig_families(results)),
+            ("Robustness under attack", "", fig_attacks(results)),
+        ]
     if tally and tally["n"]:
-        rows = [{"outcome": o, "count": tally["counts"][o], "rate": fmt_estimate(tally["rates"][o], pct=True)} for o in VOTE_OUTCOMES]
+        rows = [
+            {"outcome": o, "count": tally["counts"][o], "rate": fmt_estimate(tally["rates"][o], pct=True)}
+            for o in VOTE_OUTCOMES
+        ]
         sections.append(("Blind A/B review", markdown_table(rows), fig_votes(tally)))
     else:
         sections.append(("Blind A/B review", "No votes yet.", None))
@@ -353,7 +534,9 @@ def report(results: dict, fmt: str = "md", tally: dict | None = None) -> str:
     if fmt == "md":
         parts = [f"# {title}"]
         for heading, text, fig in sections:
-            parts += [f"## {heading}", text] + ([f"![{heading}](data:image/png;base64,{png_base64(fig)})"] if fig else [])
+            parts += [f"## {heading}", text] + (
+                [f"![{heading}](data:image/png;base64,{png_base64(fig)})"] if fig else []
+            )
         return "\n\n".join(p for p in parts if p) + "\n"
     if fmt == "html":
         import markdown_it  # gradio depends on it

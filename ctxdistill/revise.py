@@ -38,9 +38,9 @@ from . import curate
 from .config import SamplingStageConfig
 from .constitution import Principle, from_row, render
 from .curate import STARTS, start_answer
-from .generate import Prefixes, generate_rows, split_rows
+from .generate import job_model, never
 from .jobs import Meter
-from .sampling import job_model, never
+from .sampling import Prefixes, generate_rows, split_rows
 from .store import SAMPLE_STATUSES, Store
 
 ORDERS = ("cycle", "random")
@@ -49,17 +49,24 @@ ORDERS = ("cycle", "random")
 @dataclass
 class ReviseConfig(SamplingStageConfig):
     """Which samples to revise and how."""
+
     what = "revise option"
 
     constitution_id: int = field(default=0, metadata={"help": "constitution version id"})
     set_name: str = field(default="", metadata={"help": "only samples of this prompt set (empty: all)"})
     rounds: int = field(default=1, metadata={"help": "critique/revision rounds per sample (1-8)"})
     order: str = field(default="cycle", metadata={"help": "principle per round: cycle (each in turn) or random"})
-    start: str = field(default="prompted", metadata={
-        "help": "answer to start from: prompted (the teacher's) or unprompted (as in SL-CAI)"})
-    keep_if_worse: bool = field(default=True, metadata={
-        "help": "keep the answer a round revised when its revision is worse (a loop, lost content, a check it "
-                "newly fails); the revision is kept in the chain as discarded"})
+    start: str = field(
+        default="prompted",
+        metadata={"help": "answer to start from: prompted (the teacher's) or unprompted (as in SL-CAI)"},
+    )
+    keep_if_worse: bool = field(
+        default=True,
+        metadata={
+            "help": "keep the answer a round revised when its revision is worse (a loop, lost content, a check it "
+            "newly fails); the revision is kept in the chain as discarded"
+        },
+    )
     status: str = field(default="pending", metadata={"help": "only samples with this status (empty: all)"})
     batch_size: int = field(default=8, metadata={"help": "samples per batch"})
     limit: int = field(default=0, metadata={"help": "revise at most this many samples (0 = all)"})
@@ -84,13 +91,16 @@ class ReviseConfig(SamplingStageConfig):
 
 
 def critique_request(p: Principle) -> str:
-    return p.critique.strip() or (f"Identify specific ways in which the assistant's last response does not "
-                                  f"follow this principle: {p.text.strip()}")
+    return p.critique.strip() or (
+        f"Identify specific ways in which the assistant's last response does not "
+        f"follow this principle: {p.text.strip()}"
+    )
 
 
 def revision_request(p: Principle) -> str:
-    return p.revision.strip() or (f"Please rewrite the assistant's response so that it follows this principle: "
-                                  f"{p.text.strip()}")
+    return p.revision.strip() or (
+        f"Please rewrite the assistant's response so that it follows this principle: {p.text.strip()}"
+    )
 
 
 def pick_principle(principles: list[Principle], order: str, seed: int, sample_id: int, round_: int) -> Principle:
@@ -101,13 +111,18 @@ def pick_principle(principles: list[Principle], order: str, seed: int, sample_id
 
 
 def critique_messages(prompt: str, answer: str, principle: Principle) -> list[dict]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer},
-            {"role": "user", "content": critique_request(principle)}]
+    return [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": critique_request(principle)},
+    ]
 
 
 def revision_messages(prompt: str, answer: str, principle: Principle, critique: str) -> list[dict]:
     return critique_messages(prompt, answer, principle) + [
-        {"role": "assistant", "content": critique}, {"role": "user", "content": revision_request(principle)}]
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": revision_request(principle)},
+    ]
 
 
 def answer_cut_off(sample: dict, chain: list[dict], start: str) -> bool:
@@ -118,13 +133,15 @@ def answer_cut_off(sample: dict, chain: list[dict], start: str) -> bool:
     return bool(sample["meta"].get("unprompted_cut_off" if unprompted else "cut_off"))
 
 
-def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=never,
-               log=None) -> dict:
+def run_revise(
+    store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=never, log=None
+) -> dict:
     """Run the critique/revision rounds still missing from each selected sample; returns a summary.
 
     A sample whose chain already has `rounds` steps is skipped, and each round of a batch
     is written before the next starts, so a resumed job only does the rest."""
     from .jobs import Cancelled
+
     cfg.validate()
     scfg = cfg.sampling_config()
     constitution = from_row(store.get_constitution(cfg.constitution_id))
@@ -132,8 +149,13 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
         raise ValueError("the constitution has no principles to critique with")
     system, examples = render(constitution), constitution.examples
     checks = curate.principle_checks(constitution)
-    samples = store.list_samples(constitution_id=cfg.constitution_id, set_name=cfg.set_name or None,
-                                 status=cfg.status or None, split="train", owner=cfg.owner)
+    samples = store.list_samples(
+        constitution_id=cfg.constitution_id,
+        set_name=cfg.set_name or None,
+        status=cfg.status or None,
+        split="train",
+        owner=cfg.owner,
+    )
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:
         raise ValueError("no samples to revise: run generate first (or widen the status/set filter)")
@@ -169,22 +191,43 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
                 picked.append(pick_principle(constitution.principles, cfg.order, scfg.seed, s["id"], len(chain)))
                 answers.append(chain[-1]["revision"] if chain else start_answer(s, cfg.start))
             seeds = [s["id"] * 64 + 2 * len(chains[s["id"]]) for s in active]
-            critiques = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generate(
-                [critique_messages(s["prompt"], a, p) for s, a, p in zip(active, answers, picked)], seeds)]
-            revised = generate([revision_messages(s["prompt"], a, p, c)
-                                for s, a, p, c in zip(active, answers, picked, critiques)], [k + 1 for k in seeds])
+            critiques = [
+                tokenizer.decode(ids, skip_special_tokens=True).strip()
+                for ids in generate(
+                    [critique_messages(s["prompt"], a, p) for s, a, p in zip(active, answers, picked)], seeds
+                )
+            ]
+            revised = generate(
+                [revision_messages(s["prompt"], a, p, c) for s, a, p, c in zip(active, answers, picked, critiques)],
+                [k + 1 for k in seeds],
+            )
             items = []
             for s, a, p, critique, ids in zip(active, answers, picked, critiques, revised):
-                step = {"principle": p.id, "critique_request": critique_request(p), "critique": critique,
-                        "revision_request": revision_request(p),
-                        "revision": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                        "cut_off": len(ids) >= scfg.max_new_tokens}
+                step = {
+                    "principle": p.id,
+                    "critique_request": critique_request(p),
+                    "critique": critique,
+                    "revision_request": revision_request(p),
+                    "revision": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    "cut_off": len(ids) >= scfg.max_new_tokens,
+                }
                 if cfg.keep_if_worse and (worse := curate.revision_worse(a, step["revision"], checks)):
-                    step.update(revision=a, discarded=step["revision"], worse=worse,
-                                cut_off=answer_cut_off(s, chains[s["id"]], cfg.start))
+                    step.update(
+                        revision=a,
+                        discarded=step["revision"],
+                        worse=worse,
+                        cut_off=answer_cut_off(s, chains[s["id"]], cfg.start),
+                    )
                 chains[s["id"]].append(step)
-                items.append({"prompt_id": s["prompt_id"], "constitution_id": s["constitution_id"], "idx": s["idx"],
-                              "chain": chains[s["id"]], "meta": {**s["meta"], "revise_start": cfg.start}})
+                items.append(
+                    {
+                        "prompt_id": s["prompt_id"],
+                        "constitution_id": s["constitution_id"],
+                        "idx": s["idx"],
+                        "chain": chains[s["id"]],
+                        "meta": {**s["meta"], "revise_start": cfg.start},
+                    }
+                )
             curate.flag_samples(store, store.upsert_samples(items), checks)
             steps += len(active)
             done += len(active)
@@ -192,13 +235,20 @@ def run_revise(store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=No
             if progress:
                 progress(done, total, meter.line(done, f"{new_tokens / elapsed:.0f} tokens/s"))
     flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
-    return {"samples": len(samples), "revised_now": len(todo), "rounds_done_now": steps, "new_tokens": new_tokens,
-            "flags": flags, "constitution_id": cfg.constitution_id}
+    return {
+        "samples": len(samples),
+        "revised_now": len(todo),
+        "rounds_done_now": steps,
+        "new_tokens": new_tokens,
+        "flags": flags,
+        "constitution_id": cfg.constitution_id,
+    }
 
 
 def revise_job(ctx, config: dict) -> None:
     """Job kind "revise"."""
     cfg = ReviseConfig.from_dict(config).validate()
     model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize, cfg.precision)
-    ctx.set_result(run_revise(ctx.store, cfg, model, tokenizer, progress=ctx.progress,
-                              should_stop=ctx.should_stop, log=ctx.log))
+    ctx.set_result(
+        run_revise(ctx.store, cfg, model, tokenizer, progress=ctx.progress, should_stop=ctx.should_stop, log=ctx.log)
+    )

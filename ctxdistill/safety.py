@@ -73,7 +73,7 @@ def _utf8_prefix(data: bytes) -> bool:
     try:
         data.decode("utf-8")
         return True
-    except UnicodeDecodeError as exc:   # a multi-byte character cut at the end of the read is fine
+    except UnicodeDecodeError as exc:  # a multi-byte character cut at the end of the read is fine
         return exc.start >= len(data) - 3
 
 

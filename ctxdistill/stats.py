@@ -14,7 +14,7 @@ import numpy as np
 
 from .losses import gap_closed
 
-CONDITIONS = ("base", "teacher")           # then one "run N" per student
+CONDITIONS = ("base", "teacher")  # then one "run N" per student
 
 VOTE_OUTCOMES = ("student", "teacher", "tie", "both_bad")
 
@@ -22,7 +22,9 @@ VOTE_OUTCOMES = ("student", "teacher", "tie", "both_bad")
 REFUSAL = re.compile(
     r"\b(I\s*(can(no|')t|cannot|am\s+(not\s+able|unable)|'m\s+(not\s+able|unable)|won't|will\s+not)\s+"
     r"(help|assist|provide|do|answer|comply|fulfil|fulfill|support)|I'm sorry,? but|I am sorry,? but|"
-    r"as an AI\b|I must (decline|refuse))", re.I)
+    r"as an AI\b|I must (decline|refuse))",
+    re.I,
+)
 
 
 def bootstrap_ci(stat, *arrays, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
@@ -100,9 +102,11 @@ def retention(nll_base: list[list[float]], nll_model: list[list[float]], n_boot:
     """NLL (nats/token) of the base model's own answers under the base and under another model (a
     student, or the teacher), and the change (model - base): how far the base's behaviour moved."""
     base, other, tokens = [sum(x) for x in nll_base], [sum(x) for x in nll_model], [len(x) for x in nll_base]
-    return {"nll_base": estimate(_ratio, base, tokens, n_boot=n_boot),
-            "nll": estimate(_ratio, other, tokens, n_boot=n_boot),
-            "delta": estimate(_delta, other, base, tokens, n_boot=n_boot)}
+    return {
+        "nll_base": estimate(_ratio, base, tokens, n_boot=n_boot),
+        "nll": estimate(_ratio, other, tokens, n_boot=n_boot),
+        "delta": estimate(_delta, other, base, tokens, n_boot=n_boot),
+    }
 
 
 def is_refusal(text: str) -> bool:
@@ -111,9 +115,11 @@ def is_refusal(text: str) -> bool:
 
 def text_summary(texts: list[str], n_tokens: list[int], n_boot: int = 1000) -> dict:
     """Length (words, tokens) and refusal rate of a set of answers."""
-    return {"words": mean_estimate([len(t.split()) for t in texts], n_boot),
-            "tokens": mean_estimate(n_tokens, n_boot),
-            "refusal": mean_estimate([float(is_refusal(t)) for t in texts], n_boot)}
+    return {
+        "words": mean_estimate([len(t.split()) for t in texts], n_boot),
+        "tokens": mean_estimate(n_tokens, n_boot),
+        "refusal": mean_estimate([float(is_refusal(t)) for t in texts], n_boot),
+    }
 
 
 def check_rates(constitution, answers: dict[str, list[str]], n_boot: int = 1000) -> dict:
@@ -122,8 +128,13 @@ def check_rates(constitution, answers: dict[str, list[str]], n_boot: int = 1000)
     for p in constitution.principles:
         if p.check is None:
             continue
-        out[p.id] = {"check": p.check.describe(),
-                     **{cond: mean_estimate([float(p.check.passes(t)) for t in texts], n_boot) for cond, texts in answers.items()}}
+        out[p.id] = {
+            "check": p.check.describe(),
+            **{
+                cond: mean_estimate([float(p.check.passes(t)) for t in texts], n_boot)
+                for cond, texts in answers.items()
+            },
+        }
     return out
 
 

@@ -57,11 +57,26 @@ _JSON_COLUMNS = {"content", "chain", "flags", "meta", "config", "result", "run_i
 _BOOL_COLUMNS = {"edited", "cancel_requested", "heavy"}
 
 # What callers may write through upsert_sample / update_sample / update_job.
-_SAMPLE_FIELDS = ("prompted", "unprompted", "chain", "final", "edited", "status",
-                  "note", "reviewer", "flags", "meta")
-_JOB_FIELDS = ("kind", "config", "state", "progress_done", "progress_total", "message",
-               "pid", "error", "cancel_requested", "kill_after", "heartbeat_at",
-               "started_at", "finished_at", "result", "owner", "heavy", "attempts")
+_SAMPLE_FIELDS = ("prompted", "unprompted", "chain", "final", "edited", "status", "note", "reviewer", "flags", "meta")
+_JOB_FIELDS = (
+    "kind",
+    "config",
+    "state",
+    "progress_done",
+    "progress_total",
+    "message",
+    "pid",
+    "error",
+    "cancel_requested",
+    "kill_after",
+    "heartbeat_at",
+    "started_at",
+    "finished_at",
+    "result",
+    "owner",
+    "heavy",
+    "attempts",
+)
 
 
 class StoreError(Exception):
@@ -76,9 +91,11 @@ class ReadOnlyError(StoreError):
     """The workspace database cannot be written (permissions, an immutable flag, a read-only disk)."""
 
     def __init__(self, path: Path):
-        super().__init__(f"the workspace database {path} is read-only (file permissions, an immutable flag or a "
-                         f"read-only disk), so nothing can be saved: make it writable (chmod u+w {path}) or use "
-                         "another --workspace / $CTXDISTILL_HOME; nothing was changed")
+        super().__init__(
+            f"the workspace database {path} is read-only (file permissions, an immutable flag or a "
+            f"read-only disk), so nothing can be saved: make it writable (chmod u+w {path}) or use "
+            "another --workspace / $CTXDISTILL_HOME; nothing was changed"
+        )
 
 
 def read_only(error: sqlite3.Error) -> bool:
@@ -116,6 +133,7 @@ def workspace_home(path: str | os.PathLike | None = None) -> Path:
 
 # --------------------------------------------------------------------------- store
 
+
 class Store:
     """A connection to one workspace database. Safe to share between threads.
 
@@ -130,13 +148,15 @@ class Store:
         self.models_dir = self.home / "models"
         self.path = self.home / DB_NAME
         self._lock = threading.RLock()
-        self._local = threading.local()      # .reader: this thread's read connection; .in_tx
+        self._local = threading.local()  # .reader: this thread's read connection; .in_tx
         self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()   # never the write lock: a reader must not wait for it
+        self._readers_lock = threading.Lock()  # never the write lock: a reader must not wait for it
         if self.path.is_file() and self.path.stat().st_size == 0 and backups(self.home):
             # SQLite would take an empty file for a new database and job ids would start again
-            raise StoreError(f"{self.path} is empty (truncated?) and the workspace has a backup: run "
-                             "`ctxdistill doctor --restore` to put it back, or delete the file to start afresh")
+            raise StoreError(
+                f"{self.path} is empty (truncated?) and the workspace has a backup: run "
+                "`ctxdistill doctor --restore` to put it back, or delete the file to start afresh"
+            )
         if any(f.exists() and not os.access(f, os.W_OK) for f in (self.path, *_wal_files(self.path))):
             raise ReadOnlyError(self.path)
         try:
@@ -188,7 +208,7 @@ class Store:
             if db.in_transaction:
                 yield db
                 return
-            self._local.in_tx = True         # this thread's reads see its own uncommitted writes
+            self._local.in_tx = True  # this thread's reads see its own uncommitted writes
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
@@ -197,7 +217,7 @@ class Store:
                     rollback(db)
                     raise
                 db.execute("COMMIT")
-            except sqlite3.OperationalError as e:   # the file turned read-only while the workspace was open
+            except sqlite3.OperationalError as e:  # the file turned read-only while the workspace was open
                 if not read_only(e):
                     raise
                 raise ReadOnlyError(self.path) from None
@@ -215,9 +235,9 @@ class Store:
         return self._conn
 
     def _reader(self) -> sqlite3.Connection:
-        self._db()                                   # StoreError once closed
+        self._db()  # StoreError once closed
         reader = getattr(self._local, "reader", None)
-        if reader is None:                           # this thread's first read
+        if reader is None:  # this thread's first read
             with self._readers_lock:
                 reader = self._local.reader = self._connect()
                 self._readers.append(reader)
@@ -237,9 +257,15 @@ class Store:
 
     # ------------------------------------------------------------------ constitutions
 
-    def save_constitution(self, name: str, content: dict, content_hash: str,
-                          parent_id: int | None = None, message: str = "",
-                          owner: str = "") -> int:
+    def save_constitution(
+        self,
+        name: str,
+        content: dict,
+        content_hash: str,
+        parent_id: int | None = None,
+        message: str = "",
+        owner: str = "",
+    ) -> int:
         """Store a new immutable version of constitution `name`; returns its id.
 
         If the latest version of `name` already has this hash, nothing is written
@@ -250,8 +276,9 @@ class Store:
             raise StoreError("a constitution needs a name")
         with self._tx() as db:
             latest = db.execute(
-                "SELECT id, hash FROM constitutions WHERE owner = ? AND name = ? "
-                "ORDER BY id DESC LIMIT 1", (owner, name)).fetchone()
+                "SELECT id, hash FROM constitutions WHERE owner = ? AND name = ? ORDER BY id DESC LIMIT 1",
+                (owner, name),
+            ).fetchone()
             if latest is not None and latest["hash"] == content_hash:
                 return latest["id"]
             if parent_id is None and latest is not None:
@@ -259,17 +286,16 @@ class Store:
             cur = db.execute(
                 "INSERT INTO constitutions (name, content, hash, parent_id, message, owner, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, _json(content), content_hash, parent_id, message or "", owner, time.time()))
+                (name, _json(content), content_hash, parent_id, message or "", owner, time.time()),
+            )
             return cur.lastrowid
 
     def get_constitution(self, version_id: int, owner: str | None = None) -> dict:
         """One version; with `owner`, NotFound unless it belongs to that owner."""
         where, params = _where(("id = ?", version_id), ("owner = ?", owner))
-        return self._one(f"SELECT * FROM constitutions {where}", params,
-                         f"constitution version {version_id}")
+        return self._one(f"SELECT * FROM constitutions {where}", params, f"constitution version {version_id}")
 
-    def list_constitution_versions(self, name: str | None = None,
-                                   owner: str | None = "") -> list[dict]:
+    def list_constitution_versions(self, name: str | None = None, owner: str | None = "") -> list[dict]:
         """Versions, newest first; all names unless `name` is given."""
         where, params = _where(("owner = ?", owner), ("name = ?", name))
         return self._rows(f"SELECT * FROM constitutions {where} ORDER BY id DESC", params)
@@ -281,7 +307,8 @@ class Store:
                 "INSERT INTO drafts (owner, content, base_id, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(owner) DO UPDATE SET content = excluded.content, "
                 "base_id = excluded.base_id, updated_at = excluded.updated_at",
-                (owner, _json(content), base_id, time.time()))
+                (owner, _json(content), base_id, time.time()),
+            )
 
     def get_draft(self, owner: str = "") -> dict | None:
         rows = self._rows("SELECT * FROM drafts WHERE owner = ?", (owner,))
@@ -289,8 +316,7 @@ class Store:
 
     # ------------------------------------------------------------------ prompts
 
-    def add_prompts(self, set_name: str, rows: list[dict], source: str = "",
-                    owner: str = "") -> int:
+    def add_prompts(self, set_name: str, rows: list[dict], source: str = "", owner: str = "") -> int:
         """Add prompts to a set (created if new); returns how many were new.
 
         Each row is {text, split ('train' | 'heldout', default 'train'), category?}.
@@ -302,13 +328,18 @@ class Store:
             raise StoreError("a prompt set needs a name")
         now = time.time()
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO prompt_sets (name, source, owner, created_at) "
-                       "VALUES (?, ?, ?, ?)", (set_name, source or "", owner, now))
+            db.execute(
+                "INSERT OR IGNORE INTO prompt_sets (name, source, owner, created_at) VALUES (?, ?, ?, ?)",
+                (set_name, source or "", owner, now),
+            )
             if source:
-                db.execute("UPDATE prompt_sets SET source = ? WHERE owner = ? AND name = ? "
-                           "AND source = ''", (source, owner, set_name))
-            set_id = db.execute("SELECT id FROM prompt_sets WHERE owner = ? AND name = ?",
-                                (owner, set_name)).fetchone()["id"]
+                db.execute(
+                    "UPDATE prompt_sets SET source = ? WHERE owner = ? AND name = ? AND source = ''",
+                    (source, owner, set_name),
+                )
+            set_id = db.execute(
+                "SELECT id FROM prompt_sets WHERE owner = ? AND name = ?", (owner, set_name)
+            ).fetchone()["id"]
             added = 0
             for n, row in enumerate(rows, 1):
                 text = row.get("text") if isinstance(row, dict) else None
@@ -320,22 +351,27 @@ class Store:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO prompts (set_id, text, split, category, source, created_at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (set_id, text.strip(), split, str(row.get("category") or ""), source or "", now))
+                    (set_id, text.strip(), split, str(row.get("category") or ""), source or "", now),
+                )
                 added += cur.rowcount
             return added
 
     def prompt_sets(self, owner: str | None = "") -> list[dict]:
         """[{id, name, n_train, n_heldout, source, owner, created_at}] by name."""
         where, params = _where(("ps.owner = ?", owner))
-        return self._rows(f"""
+        return self._rows(
+            f"""
             SELECT ps.id, ps.name, ps.source, ps.owner, ps.created_at,
                    COALESCE(SUM(p.split = 'train'), 0)   AS n_train,
                    COALESCE(SUM(p.split = 'heldout'), 0) AS n_heldout
             FROM prompt_sets ps LEFT JOIN prompts p ON p.set_id = ps.id
-            {where} GROUP BY ps.id ORDER BY ps.name""", params)
+            {where} GROUP BY ps.id ORDER BY ps.name""",
+            params,
+        )
 
-    def get_prompts(self, set_name: str | None, split: str | None = None,
-                    ids: list[int] | None = None, owner: str | None = "") -> list[dict]:
+    def get_prompts(
+        self, set_name: str | None, split: str | None = None, ids: list[int] | None = None, owner: str | None = ""
+    ) -> list[dict]:
         """[{id, set_name, text, split, category, source, owner}] in insertion order."""
         conds = [("ps.owner = ?", owner), ("ps.name = ?", set_name), ("p.split = ?", split)]
         where, params = _where(*conds)
@@ -345,10 +381,13 @@ class Store:
                 return []
             where += (" AND " if where else "WHERE ") + f"p.id IN ({','.join('?' * len(ids))})"
             params += ids
-        return self._rows(f"""
+        return self._rows(
+            f"""
             SELECT p.id, ps.name AS set_name, p.text, p.split, p.category, p.source, ps.owner
             FROM prompts p JOIN prompt_sets ps ON ps.id = p.set_id
-            {where} ORDER BY p.id""", params)
+            {where} ORDER BY p.id""",
+            params,
+        )
 
     # ------------------------------------------------------------------ samples
 
@@ -361,21 +400,31 @@ class Store:
         _check_sample_fields(fields)
         now = time.time()
         with self._tx() as db:
-            old = db.execute("SELECT * FROM samples WHERE prompt_id = ? AND constitution_id = ? "
-                             "AND idx = ?", (prompt_id, constitution_id, idx)).fetchone()
+            old = db.execute(
+                "SELECT * FROM samples WHERE prompt_id = ? AND constitution_id = ? AND idx = ?",
+                (prompt_id, constitution_id, idx),
+            ).fetchone()
             if old is None:
-                row = {"prompted": "", "unprompted": "", "chain": [], "edited": False,
-                       "status": "pending", "note": "", "reviewer": "", "flags": [], "meta": {}}
+                row = {
+                    "prompted": "",
+                    "unprompted": "",
+                    "chain": [],
+                    "edited": False,
+                    "status": "pending",
+                    "note": "",
+                    "reviewer": "",
+                    "flags": [],
+                    "meta": {},
+                }
                 row.update(fields)
                 if "final" not in fields:
                     row["final"] = _default_final(row)
-                cols = ["prompt_id", "constitution_id", "idx", *_SAMPLE_FIELDS,
-                        "version", "created_at", "updated_at"]
-                values = [prompt_id, constitution_id, idx,
-                          *[_encode(c, row[c]) for c in _SAMPLE_FIELDS], 1, now, now]
+                cols = ["prompt_id", "constitution_id", "idx", *_SAMPLE_FIELDS, "version", "created_at", "updated_at"]
+                values = [prompt_id, constitution_id, idx, *[_encode(c, row[c]) for c in _SAMPLE_FIELDS], 1, now, now]
                 try:
-                    cur = db.execute(f"INSERT INTO samples ({', '.join(cols)}) "
-                                     f"VALUES ({', '.join('?' * len(cols))})", values)
+                    cur = db.execute(
+                        f"INSERT INTO samples ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values
+                    )
                 except sqlite3.IntegrityError as e:
                     raise StoreError(f"cannot add sample: {e}") from None
                 return cur.lastrowid
@@ -392,8 +441,9 @@ class Store:
         where, params = _where(("s.id = ?", sample_id), ("ps.owner = ?", owner))
         return self._one(f"{_SAMPLE_SELECT} {where}", params, f"sample {sample_id}")
 
-    def list_samples(self, where: "SampleFilter | None" = None, *, limit: int | None = None, offset: int = 0,
-                     **filters) -> list[dict]:
+    def list_samples(
+        self, where: "SampleFilter | None" = None, *, limit: int | None = None, offset: int = 0, **filters
+    ) -> list[dict]:
         """Samples in prompt order that pass ``where`` (or a SampleFilter of the keyword ``filters``)."""
         clause, params = (where or SampleFilter(**filters)).sql()
         sql = f"{_SAMPLE_SELECT} {clause} ORDER BY s.prompt_id, s.constitution_id, s.idx"
@@ -409,10 +459,13 @@ class Store:
         """{total, pending, accepted, rejected, flagged} of the samples list_samples would return,
         counted by SQLite (nothing is decoded)."""
         clause, params = (where or SampleFilter(**filters)).sql()
-        rows = self._rows(f"""
+        rows = self._rows(
+            f"""
             SELECT s.status, COUNT(*) AS n, SUM(json_array_length(s.flags) > 0) AS flagged FROM samples s
             JOIN prompts p ON p.id = s.prompt_id JOIN prompt_sets ps ON ps.id = p.set_id
-            {clause} GROUP BY s.status""", params)
+            {clause} GROUP BY s.status""",
+            params,
+        )
         counts = {"total": 0, **{s: 0 for s in SAMPLE_STATUSES}, "flagged": 0}
         for r in rows:
             counts[r["status"]] = r["n"]
@@ -436,7 +489,8 @@ class Store:
                 raise ConflictError(
                     f"sample {sample_id} was changed elsewhere (now version {old['version']}, "
                     f"you edited version {expected_version}); reload it and reapply your edit",
-                    current)
+                    current,
+                )
             changes = dict(fields)
             merged = {**_decode(old), **fields}
             if "final" in fields and "edited" not in fields:
@@ -446,13 +500,14 @@ class Store:
             self._write_sample(db, sample_id, changes, time.time())
             return self.get_sample(sample_id)
 
-    def _write_sample(self, db: sqlite3.Connection, sample_id: int, changes: dict,
-                      now: float) -> None:
+    def _write_sample(self, db: sqlite3.Connection, sample_id: int, changes: dict, now: float) -> None:
         sets = [f"{c} = ?" for c in changes]
         values = [_encode(c, v) for c, v in changes.items()]
         try:
-            db.execute(f"UPDATE samples SET {', '.join(sets + ['version = version + 1', 'updated_at = ?'])} "
-                       "WHERE id = ?", [*values, now, sample_id])
+            db.execute(
+                f"UPDATE samples SET {', '.join(sets + ['version = version + 1', 'updated_at = ?'])} WHERE id = ?",
+                [*values, now, sample_id],
+            )
         except sqlite3.IntegrityError as e:
             raise StoreError(f"cannot update sample {sample_id}: {e}") from None
 
@@ -470,12 +525,14 @@ class Store:
         with self._tx() as db:
             for sample_id, flags in flags_by_id.items():
                 _check_sample_fields({"flags": flags})
-                changed += db.execute("UPDATE samples SET flags = ? WHERE id = ? AND flags != ?",
-                                      (_json(flags), sample_id, _json(flags))).rowcount
+                changed += db.execute(
+                    "UPDATE samples SET flags = ? WHERE id = ? AND flags != ?", (_json(flags), sample_id, _json(flags))
+                ).rowcount
         return changed
 
-    def bulk_set_status(self, sample_ids: list[int], status: str, reviewer: str = "",
-                        from_status: str | None = "pending") -> int:
+    def bulk_set_status(
+        self, sample_ids: list[int], status: str, reviewer: str = "", from_status: str | None = "pending"
+    ) -> int:
         """Set the status of many samples at once (bumping each version); with
         `from_status`, only those still in that status. Returns how many changed."""
         _check_sample_fields({"status": status})
@@ -485,18 +542,20 @@ class Store:
         where, params = _where(("status = ?", from_status))
         where += (" AND " if where else "WHERE ") + f"id IN ({','.join('?' * len(ids))})"
         with self._tx() as db:
-            return db.execute(f"UPDATE samples SET status = ?, reviewer = ?, version = version + 1, "
-                              f"updated_at = ? {where}", [status, reviewer or "", time.time(), *params, *ids]).rowcount
+            return db.execute(
+                f"UPDATE samples SET status = ?, reviewer = ?, version = version + 1, updated_at = ? {where}",
+                [status, reviewer or "", time.time(), *params, *ids],
+            ).rowcount
 
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, kind: str, config: dict, owner: str = "", heavy: bool = False) -> int:
         """A new job row in state 'queued'. `heavy` jobs (they load the model) run one at a time."""
         with self._tx() as db:
-            cur = db.execute("INSERT INTO jobs (kind, config, heavy, owner, created_at, run_key) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             (kind, _json(config or {}), int(bool(heavy)), owner, time.time(),
-                              secrets.token_hex(16)))
+            cur = db.execute(
+                "INSERT INTO jobs (kind, config, heavy, owner, created_at, run_key) VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, _json(config or {}), int(bool(heavy)), owner, time.time(), secrets.token_hex(16)),
+            )
         self.run_dir(cur.lastrowid)
         return cur.lastrowid
 
@@ -506,7 +565,7 @@ class Store:
         are never taken for this job's."""
         key = self.get_job(job_id)["run_key"]
         path = self.runs_dir / str(int(job_id))
-        if key is None:                      # a job from before run keys
+        if key is None:  # a job from before run keys
             path.mkdir(parents=True, exist_ok=True)
             return path
         try:
@@ -525,8 +584,13 @@ class Store:
         where, params = _where(("id = ?", job_id), ("owner = ?", owner))
         return self._one(f"SELECT * FROM jobs {where}", params, f"job {job_id}")
 
-    def list_jobs(self, kind: str | None = None, owner: str | None = None,
-                  limit: int | None = 50, state: str | Iterable[str] | None = None) -> list[dict]:
+    def list_jobs(
+        self,
+        kind: str | None = None,
+        owner: str | None = None,
+        limit: int | None = 50,
+        state: str | Iterable[str] | None = None,
+    ) -> list[dict]:
         """Jobs, newest first. `owner=None` lists every owner; `state` may be one or several."""
         where, params = _where(("kind = ?", kind), ("owner = ?", owner))
         if state is not None:
@@ -578,12 +642,16 @@ class Store:
                 ahead = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE heavy = 1 AND id != ? AND "
                     "(state = 'running' OR (state = 'queued' AND id < ? AND pid IS NOT NULL))",
-                    (job_id, job_id)).fetchone()[0]
+                    (job_id, job_id),
+                ).fetchone()[0]
                 if ahead:
                     return ahead
             now = time.time()
-            db.execute("UPDATE jobs SET state = 'running', pid = ?, started_at = ?, heartbeat_at = ?, "
-                       "message = '', attempts = attempts + 1 WHERE id = ?", (pid, now, now, job_id))
+            db.execute(
+                "UPDATE jobs SET state = 'running', pid = ?, started_at = ?, heartbeat_at = ?, "
+                "message = '', attempts = attempts + 1 WHERE id = ?",
+                (pid, now, now, job_id),
+            )
             return 0
 
     # ------------------------------------------------------------------ metrics
@@ -593,29 +661,30 @@ class Store:
         so a resumed job may safely repeat a step."""
         now = time.time()
         try:
-            rows = [(job_id, int(step), str(k), None if v is None else float(v), now)
-                    for k, v in values.items()]
+            rows = [(job_id, int(step), str(k), None if v is None else float(v), now) for k, v in values.items()]
         except (TypeError, ValueError) as e:
             raise StoreError(f"metric values must be numbers: {e}") from None
         with self._tx() as db:
-            db.executemany("INSERT OR REPLACE INTO metrics (job_id, step, name, value, at) "
-                           "VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics (job_id, step, name, value, at) VALUES (?, ?, ?, ?, ?)", rows
+            )
 
     def get_metrics(self, job_id: int, name: str | None = None) -> list[dict]:
         """[{step, name, value, at}] ordered by step, then name."""
         where, params = _where(("job_id = ?", job_id), ("name = ?", name))
-        return self._rows(f"SELECT step, name, value, at FROM metrics {where} ORDER BY step, name",
-                          params)
+        return self._rows(f"SELECT step, name, value, at FROM metrics {where} ORDER BY step, name", params)
 
     # ------------------------------------------------------------------ evals and votes
 
-    def save_eval(self, job_id: int | None, constitution_id: int | None, run_ids: list,
-                  results: dict, owner: str = "") -> int:
+    def save_eval(
+        self, job_id: int | None, constitution_id: int | None, run_ids: list, results: dict, owner: str = ""
+    ) -> int:
         with self._tx() as db:
-            cur = db.execute("INSERT INTO evals (job_id, constitution_id, run_ids, results, owner, "
-                             "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                             (job_id, constitution_id, _json(list(run_ids or [])),
-                              _json(results or {}), owner, time.time()))
+            cur = db.execute(
+                "INSERT INTO evals (job_id, constitution_id, run_ids, results, owner, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (job_id, constitution_id, _json(list(run_ids or [])), _json(results or {}), owner, time.time()),
+            )
             return cur.lastrowid
 
     def get_eval(self, eval_id: int) -> dict:
@@ -626,8 +695,7 @@ class Store:
         where, params = _where(("owner = ?", owner))
         return self._rows(f"SELECT * FROM evals {where} ORDER BY id DESC", params)
 
-    def add_vote(self, eval_id: int, prompt_id: int, choice: str, a_is: str,
-                 reviewer: str = "") -> int:
+    def add_vote(self, eval_id: int, prompt_id: int, choice: str, a_is: str, reviewer: str = "") -> int:
         """A blind A/B vote; `a_is` names the system shown as A. A reviewer voting
         again on the same prompt of the same eval replaces their vote."""
         if choice not in VOTE_CHOICES:
@@ -636,17 +704,21 @@ class Store:
             raise StoreError("a vote must say which system was shown as A")
         with self._tx() as db:
             try:
-                db.execute("""
+                db.execute(
+                    """
                     INSERT INTO votes (eval_id, prompt_id, choice, a_is, reviewer, created_at)
                     VALUES (?, ?, ?, ?, ?, ?)
                     ON CONFLICT (eval_id, prompt_id, reviewer)
                     DO UPDATE SET choice = excluded.choice, a_is = excluded.a_is,
                                   created_at = excluded.created_at""",
-                           (eval_id, prompt_id, choice, a_is, reviewer or "", time.time()))
+                    (eval_id, prompt_id, choice, a_is, reviewer or "", time.time()),
+                )
             except sqlite3.IntegrityError as e:
                 raise StoreError(f"cannot record vote: {e}") from None
-            return db.execute("SELECT id FROM votes WHERE eval_id = ? AND prompt_id = ? AND reviewer = ?",
-                              (eval_id, prompt_id, reviewer or "")).fetchone()["id"]
+            return db.execute(
+                "SELECT id FROM votes WHERE eval_id = ? AND prompt_id = ? AND reviewer = ?",
+                (eval_id, prompt_id, reviewer or ""),
+            ).fetchone()["id"]
 
     def list_votes(self, eval_id: int) -> list[dict]:
         return self._rows("SELECT * FROM votes WHERE eval_id = ? ORDER BY id", (eval_id,))
@@ -681,7 +753,7 @@ class Store:
                     os.replace(older, folder / f"{DB_NAME}.{n + 1}")
             os.replace(tmp, folder / f"{DB_NAME}.1")
         except (OSError, sqlite3.Error):
-            tmp.unlink(missing_ok=True)      # a full disk must not stop the workspace from opening
+            tmp.unlink(missing_ok=True)  # a full disk must not stop the workspace from opening
             return None
         return folder / f"{DB_NAME}.1"
 
@@ -698,13 +770,16 @@ def backups(home: str | os.PathLike) -> list[Path]:
 
 
 def damaged_message(home: Path, error: Exception) -> str:
-    tail = ("run `ctxdistill doctor --restore` to put the newest backup back" if backups(home)
-            else "there is no backup: move the file aside to start an empty workspace")
+    tail = (
+        "run `ctxdistill doctor --restore` to put the newest backup back"
+        if backups(home)
+        else "there is no backup: move the file aside to start an empty workspace"
+    )
     return f"the workspace database {home / DB_NAME} cannot be used ({error}); {tail}"
 
 
 def check_database(path: str | os.PathLike) -> str:
-    """"ok", or what SQLite's integrity check finds wrong with the database file at `path`."""
+    """ "ok", or what SQLite's integrity check finds wrong with the database file at `path`."""
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
@@ -741,8 +816,7 @@ def restore_backup(home: str | os.PathLike) -> dict:
     finally:
         source.close()
         target.close()
-    return {"restored": str(good), "saved_as": str(saved_as) if saved_as else None,
-            "backup_time": good.stat().st_mtime}
+    return {"restored": str(good), "saved_as": str(saved_as) if saved_as else None, "backup_time": good.stat().st_mtime}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -782,14 +856,22 @@ class SampleFilter:
             ("s.constitution_id = ?", self.constitution_id),
             ("ps.name = ?", self.set_name),
             ("s.status = ?", self.status),
-            ("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
-                               ("p.text", "s.final", "s.prompted", "s.unprompted", "s.note")) + ")", like),
+            (
+                "("
+                + " OR ".join(
+                    f"{c} LIKE ? ESCAPE '\\'" for c in ("p.text", "s.final", "s.prompted", "s.unprompted", "s.note")
+                )
+                + ")",
+                like,
+            ),
             ("length(s.final) >= ?", self.min_len),
             ("length(s.final) <= ?", self.max_len),
             ("EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = ?)", self.flag),
-            ("(EXISTS (SELECT 1 FROM json_each(s.chain) WHERE json_extract(json_each.value, '$.principle') = ?)"
-             " OR EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = 'failed_check:' || ?))",
-             self.principle),
+            (
+                "(EXISTS (SELECT 1 FROM json_each(s.chain) WHERE json_extract(json_each.value, '$.principle') = ?)"
+                " OR EXISTS (SELECT 1 FROM json_each(s.flags) WHERE json_each.value = 'failed_check:' || ?))",
+                self.principle,
+            ),
             ("p.split = ?", self.split),
         )
 
@@ -811,8 +893,7 @@ def _check_sample_fields(fields: dict) -> None:
     if unknown:
         raise StoreError(f"unknown sample field(s): {', '.join(sorted(unknown))}")
     if "status" in fields and fields["status"] not in SAMPLE_STATUSES:
-        raise StoreError(f"sample status must be one of {', '.join(SAMPLE_STATUSES)}, "
-                         f"not {fields['status']!r}")
+        raise StoreError(f"sample status must be one of {', '.join(SAMPLE_STATUSES)}, not {fields['status']!r}")
     if "flags" in fields and not all(isinstance(f, str) for f in fields["flags"] or []):
         raise StoreError("sample flags must be a list of strings")
 

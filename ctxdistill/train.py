@@ -25,8 +25,17 @@ from typing import Callable
 import torch
 
 from . import baked, mix, rebake
-from .adapters import (AdapterError, latest_checkpoint, load_adapter, load_adapter_weights, load_checkpoint,
-                       save_adapter, save_checkpoint, scaled, write_model_card)
+from .adapters import (
+    AdapterError,
+    latest_checkpoint,
+    load_adapter,
+    load_adapter_weights,
+    load_checkpoint,
+    save_adapter,
+    save_checkpoint,
+    scaled,
+    write_model_card,
+)
 from .engine import EngineError, Example, TeacherStudent, heldout_kl
 from .jobs import Meter, eta_text
 from .losses import chunked_loss, gap_closed
@@ -46,7 +55,9 @@ class Hooks:
 # --------------------------------------------------------------------------- batches
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
     """One epoch of batches: shuffled, then sorted by length inside windows of 8 batches so that a
     batch holds rows of similar length (little padding), then the batch order shuffled again.
     Without ``shuffle`` the rows keep their order but for the sort inside each window."""
@@ -55,8 +66,8 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, epoch
     window = batch_size * 8
     batches = []
     for start in range(0, len(order), window):
-        part = sorted(order[start:start + window], key=lambda i: -lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] if shuffle else batches
 
 
@@ -72,8 +83,11 @@ class Schedule:
         per_epoch = math.ceil(len(self.lengths) / self.batch_size)
         epoch = m // per_epoch
         if epoch not in self._epochs:
-            self._epochs = {epoch: length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch,
-                                                            shuffle=not (self.ordered and epoch == 0))}
+            self._epochs = {
+                epoch: length_grouped_batches(
+                    self.lengths, self.batch_size, self.seed, epoch, shuffle=not (self.ordered and epoch == 0)
+                )
+            }
         return self._epochs[epoch][m % per_epoch]
 
 
@@ -87,10 +101,12 @@ def lr_lambda(cfg: TrainConfig):
         if cfg.schedule == "linear":
             return max(0.0, 1 - progress)
         return 1.0
+
     return factor
 
 
 # --------------------------------------------------------------------------- setup
+
 
 def _setup_accelerator(device: str | None = None):
     from accelerate import Accelerator
@@ -113,9 +129,20 @@ def _setup_model(cfg: TrainConfig, base, seed: int, adapter: Path | None = None)
         # a few dozen tokens plain attention makes a whole kl step 7% faster on the CPU.
         base.set_attn_implementation("eager")
     try:
-        model = load_adapter(base, adapter, trainable=True) if adapter else get_peft_model(
-            base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                             target_modules=targets, task_type="CAUSAL_LM"))
+        model = (
+            load_adapter(base, adapter, trainable=True)
+            if adapter
+            else get_peft_model(
+                base,
+                LoraConfig(
+                    r=cfg.lora_r,
+                    lora_alpha=cfg.lora_alpha,
+                    lora_dropout=cfg.lora_dropout,
+                    target_modules=targets,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        )
     except (ValueError, AdapterError) as exc:
         raise TrainError(f"cannot add a LoRA adapter: {exc}") from exc
     model.train()
@@ -131,8 +158,10 @@ def _setup_optimizer(cfg: TrainConfig, model):
 
 # --------------------------------------------------------------------------- the loop
 
-OOM_ADVICE = ("out of memory: lower --batch-size (and raise --grad-accum to keep the effective batch), "
-              "--kl-chunk, --sample-tokens or --lora-r, or use --quantize 4bit")
+OOM_ADVICE = (
+    "out of memory: lower --batch-size (and raise --grad-accum to keep the effective batch), "
+    "--kl-chunk, --sample-tokens or --lora-r, or use --quantize 4bit"
+)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -161,12 +190,26 @@ def _phase(hooks: Hooks, step: int, steps: int, name: str, unit: str):
             meters.append(Meter(total, unit, name=name))
         if meters[0].due(done):
             hooks.progress(step, steps, meters[0].line(done))
+
     return report
 
 
-def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[Example] | Callable[[], list[Example]],
-          heldout: list[Example], *, run_dir: Path, examples: list[dict] = (), hooks: Hooks = Hooks(), accelerator=None,
-          info: dict | None = None, pair: TeacherStudent | None = None, gauge: baked.Gauge | None = None) -> dict:
+def train(
+    cfg: TrainConfig,
+    model,
+    tokenizer,
+    system: str,
+    train_examples: list[Example] | Callable[[], list[Example]],
+    heldout: list[Example],
+    *,
+    run_dir: Path,
+    examples: list[dict] = (),
+    hooks: Hooks = Hooks(),
+    accelerator=None,
+    info: dict | None = None,
+    pair: TeacherStudent | None = None,
+    gauge: baked.Gauge | None = None,
+) -> dict:
     """Train the adapter of the peft ``model``; resume from the last checkpoint in ``run_dir`` if there is one.
     ``pair``: the one that sampled the answers, with the teacher states it kept. ``train_examples``
     may be a function, called after the first held-out measurement (mix.setup_data). ``gauge``: the
@@ -207,8 +250,9 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
 
     def evaluate(step: int) -> float:
         report = _phase(hooks, step, cfg.steps, "measuring the held-out KL", "answers")
-        value = heldout_kl(pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report,
-                           observe=gauge and gauge.observe)
+        value = heldout_kl(
+            pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report, observe=gauge and gauge.observe
+        )
         extra = gauge.values(accelerator) if gauge else {}
         if gauge_items:
             extra["capability"] = mix.gauge(pair, gauge_items)
@@ -242,8 +286,11 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
             stopped = True
             break
         t0 = time.perf_counter()
-        micro = [schedule.micro_batch((step * cfg.grad_accum + a) * world + r)
-                 for a in range(cfg.grad_accum) for r in range(world)]
+        micro = [
+            schedule.micro_batch((step * cfg.grad_accum + a) * world + r)
+            for a in range(cfg.grad_accum)
+            for r in range(world)
+        ]
         # the loss is a token-weighted mean over the whole optimiser step, on every process
         step_tokens = sum(len(train_examples[i].answer) for batch in micro for i in batch)
         sums = {}
@@ -263,13 +310,17 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
             raise
         values = {k: v / step_tokens for k, v in sums.items() if k != "tokens"}
         if world > 1:
-            totals = accelerator.reduce(torch.tensor([values.get("loss", 0.0), values.get("kl", 0.0)], device=device), "sum")
+            totals = accelerator.reduce(
+                torch.tensor([values.get("loss", 0.0), values.get("kl", 0.0)], device=device), "sum"
+            )
             values.update(loss=float(totals[0]), **({"kl": float(totals[1])} if "kl" in values else {}))
         if not all(math.isfinite(v) for v in values.values()):
             kept = latest_checkpoint(run_dir)
-            raise TrainError(f"the loss became {values['loss']} at step {step + 1}; stopped without applying it. "
-                             f"The last good checkpoint is {kept.name if kept else 'none (none was written yet)'}; "
-                             "lower --lr or raise --warmup-steps and resume or start again")
+            raise TrainError(
+                f"the loss became {values['loss']} at step {step + 1}; stopped without applying it. "
+                f"The last good checkpoint is {kept.name if kept else 'none (none was written yet)'}; "
+                "lower --lr or raise --warmup-steps and resume or start again"
+            )
         scaler.unscale_(optimizer)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -283,19 +334,32 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
             state["scaler"] = scaler.state_dict()
         tokens_seen += step_tokens
         elapsed = time.perf_counter() - started
-        hooks.log({**{k: values[k] for k in ("loss", "kl") if k in values}, "lr": lr,
-                   "tokens_per_s": step_tokens / max(time.perf_counter() - t0, 1e-9),
-                   "peak_mem_mb": _peak_mem_mb(device)}, step + 1)
+        hooks.log(
+            {
+                **{k: values[k] for k in ("loss", "kl") if k in values},
+                "lr": lr,
+                "tokens_per_s": step_tokens / max(time.perf_counter() - t0, 1e-9),
+                "peak_mem_mb": _peak_mem_mb(device),
+            },
+            step + 1,
+        )
         eta = elapsed / (step + 1 - first_step) * (cfg.steps - step - 1)
-        hooks.progress(step + 1, cfg.steps, f"step {step + 1}/{cfg.steps} · loss {values['loss']:.4f} · "
-                                            f"{tokens_seen / elapsed:.0f} tok/s · ETA {eta_text(eta)}")
+        hooks.progress(
+            step + 1,
+            cfg.steps,
+            f"step {step + 1}/{cfg.steps} · loss {values['loss']:.4f} · "
+            f"{tokens_seen / elapsed:.0f} tok/s · ETA {eta_text(eta)}",
+        )
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             evaluate(step + 1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and main:
             save_checkpoint(run_dir, model, optimizer, scheduler, state, progress=checkpointing())
     if stopped:
-        if main and state["step"] > 0 and (latest_checkpoint(run_dir) is None
-                                           or latest_checkpoint(run_dir).name != f"step-{state['step']:06d}"):
+        if (
+            main
+            and state["step"] > 0
+            and (latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step-{state['step']:06d}")
+        ):
             save_checkpoint(run_dir, model, optimizer, scheduler, state, progress=checkpointing())
         hooks.info(f"stopped at step {state['step']}; resume continues from there")
         return {"stopped": True, "step": state["step"], "heldout_kl_before": state["kl_before"]}
@@ -309,8 +373,16 @@ def train(cfg: TrainConfig, model, tokenizer, system: str, train_examples: list[
         load_adapter_weights(model, run_dir / "best")
         kept_step, kept_kl = state["best_step"], state["best_kl"]
         hooks.info(f"kept the adapter of step {kept_step} (held-out KL {kept_kl:.4f} < {final:.4f} at the end)")
-    result = {"stopped": False, "step": state["step"], "n_train": len(train_examples), "best_step": kept_step, "heldout_kl_before": state["kl_before"],
-              "heldout_kl_last": final, "heldout_kl_after": kept_kl, "gap_closed": gap_closed(state["kl_before"], kept_kl)}
+    result = {
+        "stopped": False,
+        "step": state["step"],
+        "n_train": len(train_examples),
+        "best_step": kept_step,
+        "heldout_kl_before": state["kl_before"],
+        "heldout_kl_last": final,
+        "heldout_kl_after": kept_kl,
+        "gap_closed": gap_closed(state["kl_before"], kept_kl),
+    }
     if main:
         result["adapter"] = str(save_adapter(model, run_dir / "adapter", {**info, **result}))
         write_model_card(run_dir / "adapter", {**info, **result, "config": cfg.to_dict()})
@@ -334,6 +406,7 @@ def _stop_requested(hooks: Hooks, accelerator) -> bool:
 
 
 # --------------------------------------------------------------------------- runs (store, job, export)
+
 
 def check_start(store, cfg: TrainConfig) -> dict | None:
     """Every refusal a run can give before its model loads (asked again before a job is queued);
@@ -370,38 +443,71 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     hooks.progress(0, cfg.steps, f"loading the model ({chosen.label})")
     hooks.info(f"precision: {chosen.label} ({chosen.reason})")
     try:
-        base, tokenizer = load_model(cfg.model or None, quantize=cfg.quantize, precision=cfg.precision,
-                                     device=str(accelerator.device), models_dir=default_models_dir(store.home))
+        base, tokenizer = load_model(
+            cfg.model or None,
+            quantize=cfg.quantize,
+            precision=cfg.precision,
+            device=str(accelerator.device),
+            models_dir=default_models_dir(store.home),
+        )
     except ModelError as exc:
         raise TrainError(str(exc)) from exc
     model = _setup_model(cfg, base, cfg.seed, source and store.runs_dir / str(source["id"]) / "adapter")
     system = render(constitution)
     pair = TeacherStudent(model, tokenizer, system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
-    heldout, train_examples = mix.setup_data(cfg, store, pair, run_dir, accelerator, hooks,
-                                             lambda name: _phase(hooks, 0, cfg.steps, name, "tokens"))
-    info = {"constitution": row["name"], "constitution_id": row["id"], "constitution_hash": content_hash(constitution),
-            "base_model": cfg.model or "embedded SmolLM2-135M-Instruct", "quantize": chosen.quantize,
-            "precision": chosen.compute, "precision_reason": chosen.reason,
-            "prompt_set": cfg.prompt_set, "n_heldout": len(heldout),
-            "heldout_categories": mix.categories(cfg.heldout_categories), "replay_fraction": cfg.replay_fraction,
-            **({"lineage": rebake.lineage(store, source, row)} if source else {})}
+    heldout, train_examples = mix.setup_data(
+        cfg, store, pair, run_dir, accelerator, hooks, lambda name: _phase(hooks, 0, cfg.steps, name, "tokens")
+    )
+    info = {
+        "constitution": row["name"],
+        "constitution_id": row["id"],
+        "constitution_hash": content_hash(constitution),
+        "base_model": cfg.model or "embedded SmolLM2-135M-Instruct",
+        "quantize": chosen.quantize,
+        "precision": chosen.compute,
+        "precision_reason": chosen.reason,
+        "prompt_set": cfg.prompt_set,
+        "n_heldout": len(heldout),
+        "heldout_categories": mix.categories(cfg.heldout_categories),
+        "replay_fraction": cfg.replay_fraction,
+        **({"lineage": rebake.lineage(store, source, row)} if source else {}),
+    }
     changes = info["lineage"]["changes"] if source else {}
     tracked = baked.tracked(cfg.baked_gauge, constitution, rebake.changed_names(changes))
     references = {name: text for name, _, text in baked.ablations(constitution) if name in tracked}
     if source:  # a changed principle is seen from the teacher with the change undone
         old = from_row(store.get_constitution(info["lineage"]["from_version"]))
-        references |= {name: render(rebake.undone(old, constitution, name)) for name in rebake.changed_names(changes)
-                       if name in tracked}
+        references |= {
+            name: render(rebake.undone(old, constitution, name))
+            for name in rebake.changed_names(changes)
+            if name in tracked
+        }
     gauge = baked.Gauge(pair, references, cfg.kl_chunk) if tracked else None
-    result = train(cfg, model, tokenizer, system, train_examples, heldout, run_dir=run_dir, examples=constitution.examples,
-                   hooks=hooks, accelerator=accelerator, info=info, pair=pair, gauge=gauge)
+    result = train(
+        cfg,
+        model,
+        tokenizer,
+        system,
+        train_examples,
+        heldout,
+        run_dir=run_dir,
+        examples=constitution.examples,
+        hooks=hooks,
+        accelerator=accelerator,
+        info=info,
+        pair=pair,
+        gauge=gauge,
+    )
     return {**info, **result}
 
 
 def train_job(ctx, config: dict) -> None:
     """The "train" job kind: ``fn(ctx, config)`` run by a worker process (see jobs.py)."""
     cfg = TrainConfig.from_dict(config)
-    hooks = Hooks(log=lambda values, step: ctx.log_metrics(step, values), progress=ctx.progress,
-                  should_stop=ctx.should_stop, info=ctx.log.info)
+    hooks = Hooks(
+        log=lambda values, step: ctx.log_metrics(step, values),
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        info=ctx.log.info,
+    )
     ctx.set_result({"run": ctx.job_id, **run(cfg, ctx.store, ctx.run_dir, hooks)})
-

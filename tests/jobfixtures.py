@@ -52,7 +52,7 @@ def spin(ctx, config):
     cpu = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_utime
     start, total, shown = cpu(), float(config["seconds"]), -1
     while (used := cpu() - start) < total:
-        sum(range(5_000_000))           # never lets go of the GIL: the heartbeat thread waits for it
+        sum(range(5_000_000))  # never lets go of the GIL: the heartbeat thread waits for it
         if int(10 * used / total) != shown:
             shown = int(10 * used / total)
             ctx.progress(shown, 10, "spinning")
@@ -61,9 +61,13 @@ def spin(ctx, config):
 def priority(ctx, config):
     """Reports the CPU priority of the worker's compute thread."""
     import os
-
     from pathlib import Path
 
     group = Path("/proc/self/autogroup")
-    ctx.set_result({"idle": os.sched_getscheduler(0) == os.SCHED_IDLE, "nice": os.nice(0),
-                    "group_nice": int(group.read_text().split()[-1]) if group.exists() else None})
+    ctx.set_result(
+        {
+            "idle": os.sched_getscheduler(0) == os.SCHED_IDLE,
+            "nice": os.nice(0),
+            "group_nice": int(group.read_text().split()[-1]) if group.exists() else None,
+        }
+    )

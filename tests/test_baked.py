@@ -6,13 +6,11 @@ import math
 import pytest
 import torch
 
-from ctxdistill import evaluate as E
-from ctxdistill import stats
+from ctxdistill import evaluate, stats
 from ctxdistill.baked import Carried, shares
 from ctxdistill.constitution import Constitution, Principle, render
-from ctxdistill.generate import response_logits
 from ctxdistill.losses import kl_per_token
-
+from ctxdistill.sampling import response_logits
 from tests.test_evaluate import PROMPTS, ws  # noqa: F401 (a fixture)
 
 
@@ -26,9 +24,9 @@ def test_the_score_is_the_share_of_each_principles_effect_the_student_reproduces
     z = torch.randn(40, 60)
     effect_a, effect_b = torch.zeros(40, 60), torch.zeros(40, 60)
     effect_a[:, :5] = 2 * torch.randn(40, 5)
-    effect_b[:, 10:15] = 6 * torch.randn(40, 5)   # b moves other tokens, and more strongly
+    effect_b[:, 10:15] = 6 * torch.randn(40, 5)  # b moves other tokens, and more strongly
     teacher, without_a, without_b = z + effect_a + effect_b, z + effect_b, z + effect_a
-    only_a = z + effect_a                          # a student that learnt a and never saw b
+    only_a = z + effect_a  # a student that learnt a and never saw b
     assert _score(teacher, without_a, teacher) == pytest.approx(1.0)
     assert _score(teacher, without_a, without_a) == pytest.approx(0.0, abs=1e-6)
     # all of a (above 1 unclipped: the mass b would take goes partly to a's tokens), none of b
@@ -49,22 +47,29 @@ class _WithoutKind(Carried):
     def __init__(self, constitution):
         super().__init__({"student": "unused"})
         self.constitution = constitution
-        self.system = dict((name, system) for name, _, system in E.ablations(constitution))["kind"]
+        self.system = dict((name, system) for name, _, system in evaluate.ablations(constitution))["kind"]
 
     def student_logits(self, model, tokenizer, name, prompts, answers):
-        return response_logits(model, tokenizer, [(self.system, p, a) for p, a in zip(prompts, answers)],
-                               self.constitution.examples)
+        return response_logits(
+            model, tokenizer, [(self.system, p, a) for p, a in zip(prompts, answers)], self.constitution.examples
+        )
 
 
 def test_a_baked_principle_ranks_above_one_the_student_never_saw(tiny_model, tiny_tokenizer):
-    strong = ("Arr matey, the sea is wide and the ship is fast. What is the capital of France? Paris is the capital. "
-              "Write a short poem about rain and the sun. def add(a, b): return a + b") * 2
+    strong = (
+        "Arr matey, the sea is wide and the ship is fast. What is the capital of France? Paris is the capital. "
+        "Write a short poem about rain and the sun. def add(a, b): return a + b"
+    ) * 2
     kind = "Answer briefly and politely, and never say the word sun. " * 3
     c = Constitution("t", [Principle("strong", strong), Principle("kind", kind), Principle("noop", " ")])
-    cfg = E.EvalConfig(sample_tokens=8)
-    answers = E.sample_answers(tiny_model, tiny_tokenizer, [(render(c), p, i) for i, p in enumerate(PROMPTS)], cfg)
+    cfg = evaluate.EvalConfig(sample_tokens=8)
+    answers = evaluate.sample_answers(
+        tiny_model, tiny_tokenizer, [(render(c), p, i) for i, p in enumerate(PROMPTS)], cfg
+    )
     carried = _WithoutKind(c)
-    influence = E.principle_influence(tiny_model, tiny_tokenizer, c, PROMPTS, answers, n_boot=100, carried=carried)
+    influence = evaluate.principle_influence(
+        tiny_model, tiny_tokenizer, c, PROMPTS, answers, n_boot=100, carried=carried
+    )
     rows = {r["principle"]: r for r in carried.rows(influence, {}, n_boot=100)["student"]}
     assert rows["strong"]["value"] > 0.5 and rows["kind"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert rows["strong"]["ci"][0] > rows["kind"]["ci"][1]
@@ -83,9 +88,19 @@ def test_compare_shows_the_baked_principles_of_the_picked_student(ws):
     from tests.test_demo import tab_callback
 
     store, cid, (_, trained), model = ws
-    cfg = E.EvalConfig(constitution_id=cid, runs=[trained], model=model, prompt_set="toy", sample_tokens=6, n_boot=100,
-                       influence_prompts=2, gen_batch=8, batch_size=4, robustness=False)
-    eval_id = store.save_eval(None, cid, [trained], E.run(cfg, store))
+    cfg = evaluate.EvalConfig(
+        constitution_id=cid,
+        runs=[trained],
+        model=model,
+        prompt_set="toy",
+        sample_tokens=6,
+        n_boot=100,
+        influence_prompts=2,
+        gen_batch=8,
+        batch_size=4,
+        robustness=False,
+    )
+    eval_id = store.save_eval(None, cid, [trained], evaluate.run(cfg, store))
     ctx = AppContext(home=store.home)
     views = tab_callback(build_app(ctx), "compare", "baked_views")
     request = SimpleNamespace(session_hash="x")
@@ -103,21 +118,22 @@ def test_the_live_gauge_gives_the_evaluations_score_along_the_held_out_answers(t
     conditions' logits as the evaluation computes them."""
     import copy
 
-    from ctxdistill import engine
-    from ctxdistill import train as T
+    from ctxdistill import engine, train
     from ctxdistill.baked import Gauge, ablations
 
-    c = Constitution("t", [Principle("pirate", "Arr matey, talk like a pirate. " * 3), Principle("brief", "Answer briefly.")])
-    model = T._setup_model(T.TrainConfig(lora_r=4, lora_alpha=8), copy.deepcopy(tiny_model), seed=0)
-    with torch.no_grad():   # a student that is not the base model: every LoRA B made non-zero
+    c = Constitution(
+        "t", [Principle("pirate", "Arr matey, talk like a pirate. " * 3), Principle("brief", "Answer briefly.")]
+    )
+    model = train._setup_model(train.TrainConfig(lora_r=4, lora_alpha=8), copy.deepcopy(tiny_model), seed=0)
+    with torch.no_grad():  # a student that is not the base model: every LoRA B made non-zero
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     pair = engine.TeacherStudent(model, tiny_tokenizer, render(c), teacher_cache_mb=64)
-    heldout = engine.sample_answers(pair, PROMPTS, T.TrainConfig(sample_tokens=6), seed=0)
+    heldout = engine.sample_answers(pair, PROMPTS, train.TrainConfig(sample_tokens=6), seed=0)
     systems = {name: system for name, _, system in ablations(c)}
     gauge = Gauge(pair, systems, chunk=5)
-    for _ in range(2):   # the second measurement starts from zero again
+    for _ in range(2):  # the second measurement starts from zero again
         engine.heldout_kl(pair, heldout, batch_size=3, observe=gauge.observe)
         live = gauge.values()
     prompts, answers = [ex.prompt for ex in heldout], [ex.answer for ex in heldout]
@@ -140,5 +156,7 @@ def test_which_principles_a_run_gauges():
     assert tracked("auto", c) == [] and tracked("none", c) == [] and tracked("", c) == []
     assert tracked("auto", c, ["b", "(preamble)"]) == ["b", "(preamble)"]
     assert tracked("all", c) == ["(preamble)", "a", "b"] and tracked(" b , a", c) == ["b", "a"]
-    with pytest.raises(ValueError, match=r"no principle 'zz' in this constitution \(its principles: \(preamble\), a, b"):
+    with pytest.raises(
+        ValueError, match=r"no principle 'zz' in this constitution \(its principles: \(preamble\), a, b"
+    ):
         tracked("a,zz", c)

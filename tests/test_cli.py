@@ -16,8 +16,25 @@ def run(capsys, *argv):
 
 
 def test_preview_json(capsys, tiny_checkpoint, workspace):
-    code, out, _ = run(capsys, "preview", "--constitution", PIRATE, "--prompt", "Hi there", "--samples", "2",
-                       "--seed", "3", "--max-new-tokens", "6", "--temperature", "1.0", "--model", str(tiny_checkpoint), "--json")
+    code, out, _ = run(
+        capsys,
+        "preview",
+        "--constitution",
+        PIRATE,
+        "--prompt",
+        "Hi there",
+        "--samples",
+        "2",
+        "--seed",
+        "3",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1.0",
+        "--model",
+        str(tiny_checkpoint),
+        "--json",
+    )
     assert code == 0
     result = json.loads(out)
     assert set(result) >= {"prompted", "unprompted", "mean_kl"}
@@ -74,18 +91,21 @@ def test_missing_constitution_file(capsys):
     assert code == 2 and "No such file" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--constitution", PIRATE, "--temperature", "-1"], "temperature must be between 0 and 5"),
-    (["train", "--constitution", PIRATE, "--weight-decay", "nan"], "weight decay must be a number of 0 or more"),
-    (["train", "--constitution", PIRATE, "--max-grad-norm", "inf"], "max grad norm"),
-    (["train", "--constitution", PIRATE, "--sample-tokens", "5000"], "teacher sampling: max new tokens"),
-    (["train"], "--constitution is required (or --resume RUN"),
-    (["train", "--resume", "7"], "job 7 not found"),
-    (["train", "--steps", "many"], "invalid int value"),
-    (["serve", "--port", "99999"], "--port must be between 1 and 65535"),
-    (["serve", "--workspace", "/proc/self"], "as the workspace"),
-    (["doctor", "--restore"], "no usable backup"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--constitution", PIRATE, "--temperature", "-1"], "temperature must be between 0 and 5"),
+        (["train", "--constitution", PIRATE, "--weight-decay", "nan"], "weight decay must be a number of 0 or more"),
+        (["train", "--constitution", PIRATE, "--max-grad-norm", "inf"], "max grad norm"),
+        (["train", "--constitution", PIRATE, "--sample-tokens", "5000"], "teacher sampling: max new tokens"),
+        (["train"], "--constitution is required (or --resume RUN"),
+        (["train", "--resume", "7"], "job 7 not found"),
+        (["train", "--steps", "many"], "invalid int value"),
+        (["serve", "--port", "99999"], "--port must be between 1 and 65535"),
+        (["serve", "--workspace", "/proc/self"], "as the workspace"),
+        (["doctor", "--restore"], "no usable backup"),
+    ],
+)
 def test_every_failure_is_one_line_before_any_job(capsys, tmp_path, argv, message):
     """Checked before a job is queued (none is), and said in one line, never a traceback."""
     from ctxdistill.store import Store
@@ -93,7 +113,7 @@ def test_every_failure_is_one_line_before_any_job(capsys, tmp_path, argv, messag
     argv = [*argv, "--workspace", str(tmp_path / "ws")] if "--workspace" not in argv else argv
     try:
         code, _, err = run(capsys, *argv)
-    except SystemExit as exc:      # argparse's own errors exit from parse_args
+    except SystemExit as exc:  # argparse's own errors exit from parse_args
         code, err = exc.code, capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("error: "), err
     if (tmp_path / "ws" / "ctxdistill.db").exists():
@@ -101,7 +121,7 @@ def test_every_failure_is_one_line_before_any_job(capsys, tmp_path, argv, messag
 
 
 def test_resume_needs_no_constitution(capsys, tmp_path, monkeypatch):
-    from ctxdistill import cli, jobs
+    from ctxdistill import jobs
     from ctxdistill.store import Store
 
     store = Store(tmp_path)

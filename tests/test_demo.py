@@ -14,8 +14,7 @@ import pytest
 from ctxdistill import constitution as cmod
 from ctxdistill import demo
 from ctxdistill.ui.app import build_app
-from ctxdistill.ui.common import AppContext
-from ctxdistill.ui.common import adapter_choices
+from ctxdistill.ui.common import AppContext, adapter_choices
 
 PIRATE = Path(__file__).resolve().parents[1] / "assets" / "constitutions" / "pirate.yaml"
 A, B = SimpleNamespace(session_hash="visitor-a"), SimpleNamespace(session_hash="visitor-b")
@@ -34,14 +33,19 @@ def callback(blocks, api_name: str):
 
 def callbacks(blocks, api_name: str) -> list:
     """Every callback whose api name is api_name, api_name_1, ... (tabs reuse function names)."""
-    return [f.fn for f in blocks.fns.values() if f.api_name == api_name or (f.api_name or "").startswith(api_name + "_")]
+    return [
+        f.fn for f in blocks.fns.values() if f.api_name == api_name or (f.api_name or "").startswith(api_name + "_")
+    ]
 
 
 def tab_callback(blocks, module: str, name: str):
     """The callback `name` defined in ctxdistill/ui/<module>.py (tabs reuse names like on_export)."""
     # unwrapped: the page poll's only-changed-outputs memo would turn repeated values into skips
-    return next(inspect.unwrap(f.fn) for f in blocks.fns.values()
-                if f.fn is not None and f.fn.__module__ == f"ctxdistill.ui.{module}" and f.fn.__name__ == name)
+    return next(
+        inspect.unwrap(f.fn)
+        for f in blocks.fns.values()
+        if f.fn is not None and f.fn.__module__ == f"ctxdistill.ui.{module}" and f.fn.__name__ == name
+    )
 
 
 def element(blocks, elem_id: str):
@@ -69,8 +73,9 @@ def seed(ctx, owner: str) -> dict:
 
 # --------------------------------------------------------------------------- caps
 
+
 def test_caps_come_from_the_environment_with_defaults():
-    assert demo.caps({}) is None                                   # local mode: no caps
+    assert demo.caps({}) is None  # local mode: no caps
     assert demo.caps({"SPACE_ID": "me/app"}) == demo.DemoCaps()
     caps = demo.DemoCaps.from_env({"CTXDISTILL_DEMO_STEPS": "7", "CTXDISTILL_DEMO_UPLOAD_MB": "0.5"})
     assert (caps.steps, caps.upload_bytes, caps.max_new_tokens) == (7, 512 * 1024, demo.DemoCaps().max_new_tokens)
@@ -96,6 +101,7 @@ def test_remote_code_never_in_demo_mode():
 def test_gpu_wrapper_is_a_no_op_without_spaces():
     def f(x):
         return x + 1
+
     assert demo.gpu(f) is f and demo.gpu(duration=5)(f) is f
 
 
@@ -104,11 +110,16 @@ def test_preview_caps_apply_before_the_model_loads(app):
     preview = callback(blocks, "preview")
     with pytest.raises(gr.Error, match="max new tokens 500 > 64"):
         preview(PIRATE.read_text(), "hi", 1, 0, 500, 0.0)
-    sliders = {b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None) in ("max-new-tokens", "samples")}
-    assert sliders["max-new-tokens"].maximum == ctx.caps.max_new_tokens and sliders["samples"].maximum == ctx.caps.samples
+    sliders = {
+        b.elem_id: b for b in blocks.blocks.values() if getattr(b, "elem_id", None) in ("max-new-tokens", "samples")
+    }
+    assert (
+        sliders["max-new-tokens"].maximum == ctx.caps.max_new_tokens and sliders["samples"].maximum == ctx.caps.samples
+    )
 
 
 # --------------------------------------------------------------------------- isolation
+
 
 def test_constitutions_are_private(app):
     ctx, blocks = app
@@ -186,16 +197,23 @@ def test_preview_student_is_the_visitors_own_run(app):
 def test_every_callback_is_given_the_request(app):
     """gradio fills a gr.Request parameter only when it is positional: one after *args stays unset."""
     _, blocks = app
-    missed = [f.fn.__qualname__ for f in blocks.fns.values() if f.fn is not None
-              for p in inspect.signature(f.fn).parameters.values()
-              if p.kind is p.KEYWORD_ONLY and "Request" in str(p.annotation)]
+    missed = [
+        f.fn.__qualname__
+        for f in blocks.fns.values()
+        if f.fn is not None
+        for p in inspect.signature(f.fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and "Request" in str(p.annotation)
+    ]
     assert missed == []
 
 
 def start_values(blocks, **overrides) -> dict:
     """The Distill form's {component: value} dict with some fields (by elem_id suffix) overridden."""
-    fn = next(f for f in blocks.fns.values() if f.fn is not None and f.fn.__name__ == "on_start"
-              and f.fn.__module__ == "ctxdistill.ui.distill")
+    fn = next(
+        f
+        for f in blocks.fns.values()
+        if f.fn is not None and f.fn.__name__ == "on_start" and f.fn.__module__ == "ctxdistill.ui.distill"
+    )
     values = {c: c.value for c in fn.inputs}
     for key, value in overrides.items():
         values[element(blocks, "train-" + key.replace("_", "-"))] = value
@@ -220,12 +238,16 @@ def test_distill_form_is_capped(app, monkeypatch):
         start(start_values(blocks, version=a["constitution"], sample_tokens=500), request=A)
     with pytest.raises(gr.Error, match="prompts 1000 > 48"):
         start(start_values(blocks, version=a["constitution"], max_prompts=1000), request=A)
-    ctx.store.add_prompts("general", [{"text": f"general {i}", "split": "train"} for i in range(60)], owner=A.session_hash)
-    with pytest.raises(gr.Error, match="prompts 64 > 48"):   # replay prompts are answered too: 32 + 32
-        start(start_values(blocks, version=a["constitution"], max_prompts=32, replay_set="general", replay_fraction=0.5),
-              request=A)
+    ctx.store.add_prompts(
+        "general", [{"text": f"general {i}", "split": "train"} for i in range(60)], owner=A.session_hash
+    )
+    with pytest.raises(gr.Error, match="prompts 64 > 48"):  # replay prompts are answered too: 32 + 32
+        start(
+            start_values(blocks, version=a["constitution"], max_prompts=32, replay_set="general", replay_fraction=0.5),
+            request=A,
+        )
     assert submitted == []
-    start(start_values(blocks, version=a["constitution"]), request=A)   # the demo's own defaults fit its caps
+    start(start_values(blocks, version=a["constitution"]), request=A)  # the demo's own defaults fit its caps
     assert submitted[0]["steps"] <= ctx.caps.steps and submitted[0]["max_prompts"] == ctx.caps.prompts
 
 
@@ -251,8 +273,11 @@ def test_data_forms_are_capped(app, monkeypatch):
     ctx, blocks = app
     a = seed(ctx, A.session_hash)
     generate = tab_callback(blocks, "data", "on_generate")
-    for args, message in (((0, 3, 32), "samples 3 > 2"), ((0, 1, 500), "max new tokens 500 > 64"),
-                          ((100, 1, 32), "prompts 100 > 48")):
+    for args, message in (
+        ((0, 3, 32), "samples 3 > 2"),
+        ((0, 1, 500), "max new tokens 500 > 64"),
+        ((100, 1, 32), "prompts 100 > 48"),
+    ):
         limit, n, max_new = args
         with pytest.raises(gr.Error, match=message):
             generate(a["constitution"], "default", "", limit, n, max_new, 0.7, 0.95, 4, request=A)
@@ -266,9 +291,19 @@ def test_data_forms_are_capped(app, monkeypatch):
     assert element(blocks, "gen-n").maximum == ctx.caps.samples
     submitted = []
     monkeypatch.setattr(data.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
-    generate(a["constitution"], f"set-{A.session_hash}", "", 0, 1, element(blocks, "gen-max-new-tokens").value, 0.7, 0.95, 4,
-             request=A)
-    assert submitted[0]["limit"] == ctx.caps.prompts    # "all" is as many as the demo allows
+    generate(
+        a["constitution"],
+        f"set-{A.session_hash}",
+        "",
+        0,
+        1,
+        element(blocks, "gen-max-new-tokens").value,
+        0.7,
+        0.95,
+        4,
+        request=A,
+    )
+    assert submitted[0]["limit"] == ctx.caps.prompts  # "all" is as many as the demo allows
 
 
 def test_data_import_takes_checked_uploads_only_in_demo_mode(app, tmp_path):
@@ -303,7 +338,7 @@ def test_data_import_takes_checked_uploads_only_in_demo_mode(app, tmp_path):
     part = tmp_path / "part.csv"
     part.write_text("prompt\n" + "".join(f"more prompt {i}\n" for i in range(45)))
     msg = on_import(str(part), "", "few", "prompt", "(none)", 0.0, False, request=A)
-    assert "Added **45** prompts" in msg                 # 3 + 45: the set is at the cap
+    assert "Added **45** prompts" in msg  # 3 + 45: the set is at the cap
     msg = on_import(str(ok), "", "few", "prompt", "(none)", 0.0, False, request=A)
     assert "Not imported" in msg and "prompts 51 > 48" in msg
     assert next(s["n_train"] for s in ctx.store.prompt_sets(owner=A.session_hash) if s["name"] == "few") == 48
@@ -320,7 +355,7 @@ def test_review_callbacks_only_touch_the_visitors_samples(app):
     assert review("principle_choices")(a["constitution"], A)["choices"][1:] != []
     ids, head, _, prompt, *_ = review("load_queue")(B, *filters)
     assert ids == [] and prompt == ""
-    head, _, prompt, *_ = review("move")(B, [a["sample"]], 0, *filters)     # A's id in B's queue shows nothing
+    head, _, prompt, *_ = review("move")(B, [a["sample"]], 0, *filters)  # A's id in B's queue shows nothing
     assert "hello from" not in prompt
     row = ctx.store.get_sample(a["sample"])
     shown = {"id": a["sample"], "version": row["version"], "final": row["final"], "note": row["note"]}
@@ -335,8 +370,13 @@ def test_compare_callbacks_only_touch_the_visitors_evaluations_and_runs(app):
     ctx, blocks = app
     a = seed(ctx, A.session_hash)
     b = seed(ctx, B.session_hash)
-    results = {"constitution": {"name": "pirate", "id": a["constitution"]}, "runs": [{"label": f"run {a['job']}"}],
-               "n_prompts": 0, "prompts": [], "conditions": ["base", "teacher"]}
+    results = {
+        "constitution": {"name": "pirate", "id": a["constitution"]},
+        "runs": [{"label": f"run {a['job']}"}],
+        "n_prompts": 0,
+        "prompts": [],
+        "conditions": ["base", "teacher"],
+    }
     eval_id = ctx.store.save_eval(None, a["constitution"], [a["job"]], results, owner=A.session_hash)
     compare = lambda name: tab_callback(blocks, "compare", name)
     assert compare("on_pick")(eval_id, request=A)[0]["choices"] == [f"run {a['job']}"]
@@ -364,21 +404,32 @@ def test_compare_form_is_capped(app, monkeypatch):
 
     ctx, blocks = app
     a = seed(ctx, A.session_hash)
-    ctx.store.add_prompts("held", [{"text": f"held-out {i}", "split": "heldout"} for i in range(60)], owner=A.session_hash)
+    ctx.store.add_prompts(
+        "held", [{"text": f"held-out {i}", "split": "heldout"} for i in range(60)], owner=A.session_hash
+    )
     start = tab_callback(blocks, "compare", "on_start")
-    assert element(blocks, "eval-max-prompts").maximum == element(blocks, "eval-influence-n").maximum == ctx.caps.prompts
+    assert (
+        element(blocks, "eval-max-prompts").maximum == element(blocks, "eval-influence-n").maximum == ctx.caps.prompts
+    )
     assert element(blocks, "eval-sample-tokens").maximum == ctx.caps.max_new_tokens
-    for args, message in (((60, 40, 0), "prompts 60 > 48"), ((0, 500, 0), "max new tokens 500 > 64"),
-                          ((4, 40, 100), "prompts 100 > 48")):
+    for args, message in (
+        ((60, 40, 0), "prompts 60 > 48"),
+        ((0, 500, 0), "max new tokens 500 > 64"),
+        ((4, 40, 100), "prompts 100 > 48"),
+    ):
         with pytest.raises(gr.Error, match=message):
             start(a["constitution"], [], "held", *args, False, request=A)
     submitted = []
     monkeypatch.setattr(compare.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
     start(a["constitution"], [], "held", 0, 40, 8, False, request=A)
-    assert submitted[0]["max_prompts"] == ctx.caps.prompts    # "all" is as many as the demo allows
+    assert submitted[0]["max_prompts"] == ctx.caps.prompts  # "all" is as many as the demo allows
     # the robustness suite (on by default) is scaled to the caps: capability items, suite and attacks
     suite = submitted[0]
-    assert suite["robustness"] and suite["capability_items"] == ctx.caps.prompts and suite["suite_prompts"] <= ctx.caps.prompts
+    assert (
+        suite["robustness"]
+        and suite["capability_items"] == ctx.caps.prompts
+        and suite["suite_prompts"] <= ctx.caps.prompts
+    )
     assert 14 * suite["attack_prompts"] <= ctx.caps.prompts
 
 
@@ -442,8 +493,11 @@ def test_two_api_clients_are_two_visitors(app):
         thief = Client(f"http://127.0.0.1:{port}/", verbose=False)
         thief.session_hash = a.session_hash
         assert made not in [v["id"] for v in thief.predict(api_name="/versions")]
-        forged = Client(f"http://127.0.0.1:{port}/", verbose=False,
-                        httpx_kwargs={"cookies": {demo.VISITOR_COOKIE: a.cookies[demo.VISITOR_COOKIE][:-4] + "beef"}})
+        forged = Client(
+            f"http://127.0.0.1:{port}/",
+            verbose=False,
+            httpx_kwargs={"cookies": {demo.VISITOR_COOKIE: a.cookies[demo.VISITOR_COOKIE][:-4] + "beef"}},
+        )
         assert made not in [v["id"] for v in forged.predict(api_name="/versions")]
     finally:
         blocks.close()
@@ -451,27 +505,90 @@ def test_two_api_clients_are_two_visitors(app):
 
 # --------------------------------------------------------------------------- every endpoint against the one table of caps
 
-LOW_CAPS = {"PROMPTS": "4", "STEPS": "2", "SAMPLES": "1", "ROUNDS": "1", "MAX_NEW_TOKENS": "8", "BATCH_SIZE": "2",
-            "GRAD_ACCUM": "1", "LORA_R": "4", "TEXT_KB": "1", "UPLOAD_MB": "0.001"}
+LOW_CAPS = {
+    "PROMPTS": "4",
+    "STEPS": "2",
+    "SAMPLES": "1",
+    "ROUNDS": "1",
+    "MAX_NEW_TOKENS": "8",
+    "BATCH_SIZE": "2",
+    "GRAD_ACCUM": "1",
+    "LORA_R": "4",
+    "TEXT_KB": "1",
+    "UPLOAD_MB": "0.001",
+}
 # What the endpoints that take no size from the visitor do: a fixed-size write, or work bounded by data that
 # was capped when it was made.
-BOUNDED = {"compare:cast", "constitution:do_save", "constitution:do_restore", "constitution:from_example",
-           "constitution:do_export", "data:on_resume", "data:on_cancel", "distill:on_resume", "distill:on_stop",
-           "distill:on_export", "distill:on_push", "samples:on_bulk", "samples:on_undo", "samples:on_reflag",
-           "samples:on_export", "compare:on_stop", "compare:on_export",
-           # one calibration per (quantize, precision) pair for the whole process, then arithmetic
-           "distill:on_measure", "data:gen_estimate"}
+BOUNDED = {
+    "compare:cast",
+    "constitution:do_save",
+    "constitution:do_restore",
+    "constitution:from_example",
+    "constitution:do_export",
+    "data:on_resume",
+    "data:on_cancel",
+    "distill:on_resume",
+    "distill:on_stop",
+    "distill:on_export",
+    "distill:on_push",
+    "samples:on_bulk",
+    "samples:on_undo",
+    "samples:on_reflag",
+    "samples:on_export",
+    "compare:on_stop",
+    "compare:on_export",
+    # one calibration per (quantize, precision) pair for the whole process, then arithmetic
+    "distill:on_measure",
+    "data:gen_estimate",
+}
 # Reads: they start no work and store nothing.
-READS = {"versions", "sample", "samples", "<lambda>", "on_load", "on_pick", "on_row", "poll", "follow",
-         "show_blind", "views", "baked_views", "robustness_views", "show_diff", "on_source", "refresh_lists", "refresh_choices", "refresh_students",
-         "load_queue", "move", "principle_choices", "principle_fields", "token_count", "version_choices",
-         "on_choice", "on_form",
-         "name_of_upload", "version_list", "run_list", "job_list", "set_lists", "history_lists",
-         "show_job", "settings_of", "preview_bulk", "setup.tick", "stale_view", "rebake_offer", "to_distill"}
+READS = {
+    "versions",
+    "sample",
+    "samples",
+    "<lambda>",
+    "on_load",
+    "on_pick",
+    "on_row",
+    "poll",
+    "follow",
+    "show_blind",
+    "views",
+    "baked_views",
+    "robustness_views",
+    "show_diff",
+    "on_source",
+    "refresh_lists",
+    "refresh_choices",
+    "refresh_students",
+    "load_queue",
+    "move",
+    "principle_choices",
+    "principle_fields",
+    "token_count",
+    "version_choices",
+    "on_choice",
+    "on_form",
+    "name_of_upload",
+    "version_list",
+    "run_list",
+    "job_list",
+    "set_lists",
+    "history_lists",
+    "show_job",
+    "settings_of",
+    "preview_bulk",
+    "setup.tick",
+    "stale_view",
+    "rebake_offer",
+    "to_distill",
+}
 
 
 def endpoint_key(fn) -> str:
-    return fn.__module__.rsplit(".", 1)[1] + ":" + fn.__qualname__.replace("build.<locals>.", "").replace(".<locals>", "")
+    return (
+        fn.__module__.rsplit(".", 1)[1] + ":" + fn.__qualname__.replace("build.<locals>.", "").replace(".<locals>", "")
+    )
 
 
 def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monkeypatch):
@@ -488,7 +605,7 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
     for f in blocks.fns.values():
         if f.fn is not None and f.api_name:
             fns.setdefault(endpoint_key(f.fn), f.fn)
-    big_text = "x" * 2000                                      # 2 KB > TEXT_KB=1
+    big_text = "x" * 2000  # 2 KB > TEXT_KB=1
     big_upload = tmp_path / "big.yaml"
     big_upload.write_text("name: big\n" + "# padding\n" * 200)
     big_csv = tmp_path / "big.csv"
@@ -503,7 +620,9 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         "compare:measure": lambda fn: fn({}, 5, request=a),
         "compare:on_start": lambda fn: fn(own["constitution"], [], "held", 1, 9, 0, False, request=a),
         "constitution:set_top": lambda fn: fn(big_text, {}, None, None, request=a),
-        "constitution:set_field": lambda fn: fn(big_text, {"principles": [{"id": "p1", "text": ""}]}, None, 0, request=a),
+        "constitution:set_field": lambda fn: fn(
+            big_text, {"principles": [{"id": "p1", "text": ""}]}, None, 0, request=a
+        ),
         "constitution:reshape": lambda fn: fn({"name": big_text, "principles": []}, None, None, request=a),
         "constitution:from_yaml": lambda fn: fn("name: x\n#" + big_text, {}, None, request=a),
         "constitution:from_upload": lambda fn: fn(str(big_upload), {}, None, request=a),
@@ -523,7 +642,7 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         for call in calls if isinstance(calls, list) else [calls]:
             with pytest.raises(gr.Error, match="Above the demo limits|uploads are limited"):
                 call(fns[key])
-    assert ctx.store.list_jobs(owner="a") == [ctx.store.get_job(own["job"])]          # no job was started
+    assert ctx.store.list_jobs(owner="a") == [ctx.store.get_job(own["job"])]  # no job was started
     assert ctx.store.get_draft("a") is None and ctx.store.get_sample(own["sample"])["note"] == ""
 
 
@@ -534,12 +653,15 @@ def test_demo_caps_must_be_positive():
 
 # --------------------------------------------------------------------------- who a visitor is
 
+
 def test_a_visitor_is_their_signed_cookie_not_their_session_hash(app):
     ctx, _ = app
     assert ctx.owner(A) == "visitor-a"
-    for request in (SimpleNamespace(session_hash="visitor-a"),          # no cookie: the hash alone is nobody
-                    SimpleNamespace(session_hash="x", cookies={demo.VISITOR_COOKIE: "visitor-a.forged"}),
-                    SimpleNamespace(session_hash="x", cookies={demo.VISITOR_COOKIE: demo.sign_visitor(b"other", "visitor-a")})):
+    for request in (
+        SimpleNamespace(session_hash="visitor-a"),  # no cookie: the hash alone is nobody
+        SimpleNamespace(session_hash="x", cookies={demo.VISITOR_COOKIE: "visitor-a.forged"}),
+        SimpleNamespace(session_hash="x", cookies={demo.VISITOR_COOKIE: demo.sign_visitor(b"other", "visitor-a")}),
+    ):
         with pytest.raises(gr.Error, match="no valid visitor cookie"):
             ctx.owner(request)
     assert ctx.owner(SimpleNamespace(session_hash="a new page load", cookies=A.cookies)) == "visitor-a"

@@ -9,19 +9,23 @@ import numpy as np
 import pytest
 import torch
 
-from ctxdistill import evaluate as E
-from ctxdistill import report, stats
-from ctxdistill import jobs
-from ctxdistill import adapters
+from ctxdistill import adapters, evaluate, jobs, report, stats
 from ctxdistill.constitution import Check, Constitution, Principle, content_hash, to_dict
 from ctxdistill.losses import kl_per_token
 from ctxdistill.store import Store
 
-PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "def add(a, b):", "Is the sea wide?",
-           "Say hello", "Write a short poem about the sun."]
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a poem about rain.",
+    "def add(a, b):",
+    "Is the sea wide?",
+    "Say hello",
+    "Write a short poem about the sun.",
+]
 
 
 # --------------------------------------------------------------------------- metrics (pure)
+
 
 def test_kl_of_known_distributions():
     p = torch.tensor([0.5, 0.5])
@@ -66,8 +70,9 @@ def test_retention_delta():
 
 
 def test_checks_lengths_and_refusals():
-    c = Constitution("t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!")),
-                           Principle("free", "Be kind.")])
+    c = Constitution(
+        "t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!")), Principle("free", "Be kind.")]
+    )
     rates = stats.check_rates(c, {"base": ["Hello", "Arr! hi"], "teacher": ["Arr! yes", "Arr!"]})
     assert list(rates) == ["arr"]
     assert rates["arr"]["base"]["value"] == 0.5 and rates["arr"]["teacher"]["value"] == 1.0
@@ -78,8 +83,13 @@ def test_checks_lengths_and_refusals():
 
 
 def test_vote_tally_and_blind_sides():
-    votes = [{"choice": "a", "a_is": "teacher"}, {"choice": "b", "a_is": "teacher"},
-             {"choice": "a", "a_is": "run 2"}, {"choice": "tie", "a_is": "run 2"}, {"choice": "both_bad", "a_is": "teacher"}]
+    votes = [
+        {"choice": "a", "a_is": "teacher"},
+        {"choice": "b", "a_is": "teacher"},
+        {"choice": "a", "a_is": "run 2"},
+        {"choice": "tie", "a_is": "run 2"},
+        {"choice": "both_bad", "a_is": "teacher"},
+    ]
     tally = stats.vote_tally(votes)
     assert tally["counts"] == {"student": 2, "teacher": 1, "tie": 1, "both_bad": 1}
     assert tally["rates"]["student"]["value"] == pytest.approx(0.4)
@@ -92,6 +102,7 @@ def test_vote_tally_and_blind_sides():
 
 
 # --------------------------------------------------------------------------- on the tiny model
+
 
 def _adapter(tiny_model, path, scale: float, seed: int = 0, **info):
     """A LoRA adapter on the tiny model, saved as train.py saves one; scale 0 = an untrained adapter."""
@@ -114,12 +125,17 @@ def ws(workspace, tiny_checkpoint, tiny_model):
     store = Store(workspace)
     c = load("assets/constitutions/pirate.yaml")
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
-    store.add_prompts("toy", [{"text": p, "split": "heldout"} for p in PROMPTS] + [{"text": "train me", "split": "train"}])
+    store.add_prompts(
+        "toy", [{"text": p, "split": "heldout"} for p in PROMPTS] + [{"text": "train me", "split": "train"}]
+    )
     store.add_prompts("trainonly", [{"text": "only train", "split": "train"}])
     runs = []
     for scale in (0.0, 0.5):
-        job = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3,
-                                         "quantize": "none"}, heavy=True)
+        job = store.create_job(
+            "train",
+            {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3, "quantize": "none"},
+            heavy=True,
+        )
         store.update_job(job, state="done")
         store.log_metrics(job, 1, {"loss": 0.5, "heldout_kl": 0.4})
         _adapter(tiny_model, store.runs_dir / str(job) / "adapter", scale)
@@ -129,15 +145,20 @@ def ws(workspace, tiny_checkpoint, tiny_model):
 
 
 def _cfg(cid, runs, model, **kw):
-    settings = dict(prompt_set="toy", sample_tokens=6, n_boot=200, influence_prompts=3, gen_batch=8, batch_size=4, robustness=False)
-    return E.EvalConfig(constitution_id=cid, runs=runs, model=model, **{**settings, **kw})
+    settings = dict(
+        prompt_set="toy", sample_tokens=6, n_boot=200, influence_prompts=3, gen_batch=8, batch_size=4, robustness=False
+    )
+    return evaluate.EvalConfig(constitution_id=cid, runs=runs, model=model, **{**settings, **kw})
 
 
 def test_evaluation_on_tiny_model_with_adapters(ws):
     store, cid, (untrained, trained), model = ws
     progress = []
-    results = E.run(_cfg(cid, [untrained, trained], model, judge=True), store,
-                    E.Hooks(progress=lambda done, total, message: progress.append((done, total))))
+    results = evaluate.run(
+        _cfg(cid, [untrained, trained], model, judge=True),
+        store,
+        evaluate.Hooks(progress=lambda done, total, message: progress.append((done, total))),
+    )
     assert progress[-1][0] == progress[-1][1] == len(PROMPTS) * (4 + 1 + 1) + 3
     assert all(done <= total for done, total in progress)
     s = results["scores"]
@@ -167,22 +188,26 @@ def test_evaluation_on_tiny_model_with_adapters(ws):
     judged = results["judge"]
     assert set(judged["adherence"]["arr"]) == set(results["conditions"]) and 0 <= judged["yes_rate"] <= 1
     assert judged["agreement_with_checks"]["n"] == 3 * len(results["conditions"]) * len(PROMPTS)
-    head = E.headline(results, f"run {trained}")
+    head = evaluate.headline(results, f"run {trained}")
     assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(head)
     json.dumps(results)  # every number is plain JSON
     md, page = report.report(results, "md"), report.report(results, "html", stats.vote_tally([]))
     assert "data:image/png;base64," in md and "gap closed" in md and "No votes yet" in md
     assert f"Which principles got baked into run {trained}" in md
-    assert "baked arr" in E.card_section(results, f"run {trained}", 1)
+    assert "baked arr" in evaluate.card_section(results, f"run {trained}", 1)
     assert page.startswith("<!doctype html>") and "<img" in page
     assert json.loads(report.report(results, "json"))["scores"]["kl"]["base"]["n"] == len(PROMPTS)
 
 
 def test_principle_influence_ranks_a_strong_principle_above_a_no_op(tiny_model, tiny_tokenizer):
-    strong = ("Arr matey, the sea is wide and the ship is fast. What is the capital of France? Paris is the capital. "
-              "Write a short poem about rain and the sun. def add(a, b): return a + b") * 2
-    c = Constitution("t", [Principle("noop", "."), Principle("strong", strong), Principle("kind", "Answer briefly and politely.")])
-    rows = E.influence(tiny_model, tiny_tokenizer, c, PROMPTS[:4], sample_tokens=8, n_boot=100)
+    strong = (
+        "Arr matey, the sea is wide and the ship is fast. What is the capital of France? Paris is the capital. "
+        "Write a short poem about rain and the sun. def add(a, b): return a + b"
+    ) * 2
+    c = Constitution(
+        "t", [Principle("noop", "."), Principle("strong", strong), Principle("kind", "Answer briefly and politely.")]
+    )
+    rows = evaluate.influence(tiny_model, tiny_tokenizer, c, PROMPTS[:4], sample_tokens=8, n_boot=100)
     order = [r["principle"] for r in rows]
     assert order[0] == "strong" and order[-1] == "noop"
     assert rows[0]["value"] > 3 * rows[-1]["value"]
@@ -202,8 +227,19 @@ def test_evaluate_job_stores_one_eval(ws):
     assert "## Evaluation (ctxdistill eval 1)" in card.read_text() and "KL gap closed" in card.read_text()
 
 
-@pytest.mark.parametrize("case", ["deleted adapter", "failed run", "corrupt run file", "other base model",
-                                  "other architecture", "no held-out split", "no such run", "not a training run"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "deleted adapter",
+        "failed run",
+        "corrupt run file",
+        "other base model",
+        "other architecture",
+        "no held-out split",
+        "no such run",
+        "not a training run",
+    ],
+)
 def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
     store, cid, (_, trained), model = ws
     kw = {}
@@ -240,13 +276,13 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
         trained = store.create_job("generate", {})
         message = "not a training run"
     cfg = _cfg(cid, [trained], model, influence_prompts=0)
-    assert_refused(store, E.EvalConfig(**{**cfg.to_dict(), **kw}), message)
+    assert_refused(store, evaluate.EvalConfig(**{**cfg.to_dict(), **kw}), message)
 
 
 def assert_refused(store, cfg, message: str) -> None:
     """The evaluation ``cfg`` is refused with ``message``, directly and as a job, and stores nothing."""
-    with pytest.raises(E.EvalError, match=message):
-        E.run(cfg, store)
+    with pytest.raises(evaluate.EvalError, match=message):
+        evaluate.run(cfg, store)
     job = store.create_job("evaluate", cfg.to_dict(), heavy=True)
     jobs.run_inline(store, job)
     failed = store.get_job(job)
@@ -263,8 +299,22 @@ def test_cli_eval_prints_the_headline_and_refuses_bad_runs(ws, capsys, tmp_path)
     from ctxdistill import cli
 
     store, cid, (_, trained), model = ws
-    common = ["--workspace", str(store.home), "--constitution", str(cid), "--prompts", "toy", "--model", model,
-              "--sample-tokens", "6", "--influence-prompts", "0", "--n-boot", "100"]
+    common = [
+        "--workspace",
+        str(store.home),
+        "--constitution",
+        str(cid),
+        "--prompts",
+        "toy",
+        "--model",
+        model,
+        "--sample-tokens",
+        "6",
+        "--influence-prompts",
+        "0",
+        "--n-boot",
+        "100",
+    ]
     assert cli.main(["eval", *common, "--run", "999"]) == 2
     assert "no run 999" in capsys.readouterr().err
     assert cli.main(["eval", *common, "--run", str(trained), "--json", "--report", str(tmp_path / "r.md")]) == 0
@@ -278,9 +328,9 @@ def test_judge_reliability_against_checks():
     c = Constitution("t", [Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!"))])
     answers = {"base": ["Hello", "Arr! hi", "Hi"], "teacher": ["Arr! yes", "Arr!", "no"]}
     perfect = {"base": {"arr": [0.1, 0.9, 0.2]}, "teacher": {"arr": [0.8, 0.7, 0.3]}}
-    judged = E.judge_report(c, answers, ["q"] * 3, perfect, 100)
+    judged = evaluate.judge_report(c, answers, ["q"] * 3, perfect, 100)
     assert judged["agreement_with_checks"]["value"] == 1.0 and judged["auc_vs_checks"] == 1.0
     always_no = {"base": {"arr": [0.2] * 3}, "teacher": {"arr": [0.2] * 3}}
-    judged = E.judge_report(c, answers, ["q"] * 3, always_no, 100)
+    judged = evaluate.judge_report(c, answers, ["q"] * 3, always_no, 100)
     assert judged["agreement_with_checks"]["value"] == pytest.approx(0.5) == judged["majority_baseline"]
     assert judged["auc_vs_checks"] == 0.5 and judged["yes_rate"] == 0.0

@@ -5,7 +5,6 @@ pickles, remote code, markup in text shown by the app, and hub tokens that must 
 from __future__ import annotations
 
 import inspect
-
 import os
 import re
 import subprocess
@@ -24,14 +23,16 @@ from ctxdistill.ui.common import AppContext
 from tests.test_demo import visitor as demo_visitor
 
 REPO = Path(__file__).resolve().parents[1]
-XSS = ['<script>window.__xss=1</script>', '<img src=x onerror="window.__xss=2">']
+XSS = ["<script>window.__xss=1</script>", '<img src=x onerror="window.__xss=2">']
 TOKEN = "hf_NotARealTokenButSecret0123456789"
 
 
 # --------------------------------------------------------------------------- paths
 
-@pytest.mark.parametrize("name", ["../x", "a/../../x", "/etc/passwd", "~/x", "..", "a\\..\\..\\x", "x\x00y", "",
-                                  "runs/../../outside"])
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/../../x", "/etc/passwd", "~/x", "..", "a\\..\\..\\x", "x\x00y", "", "runs/../../outside"]
+)
 def test_names_cannot_leave_the_workspace(tmp_path, name):
     with pytest.raises(UnsafeInput):
         safe_path(tmp_path, name)
@@ -49,8 +50,11 @@ def test_symlinks_out_of_the_workspace_are_refused(tmp_path):
 def test_adapter_and_run_ids_from_the_api_are_not_paths(tmp_path):
     ctx = AppContext(home=tmp_path, demo=True)
     blocks = build_app(ctx)
-    distill = {f.fn.__name__: inspect.unwrap(f.fn) for f in blocks.fns.values()   # past the poll's memo
-               if f.fn is not None and f.fn.__module__ == "ctxdistill.ui.distill"}
+    distill = {
+        f.fn.__name__: inspect.unwrap(f.fn)
+        for f in blocks.fns.values()  # past the poll's memo
+        if f.fn is not None and f.fn.__module__ == "ctxdistill.ui.distill"
+    }
     visitor = demo_visitor(ctx, "v")
     for bad in ("../../etc", "1/../../x", "/etc", "1; rm -rf /"):
         with pytest.raises(gr.Error, match="No run or job"):
@@ -62,6 +66,7 @@ def test_adapter_and_run_ids_from_the_api_are_not_paths(tmp_path):
 
 
 # --------------------------------------------------------------------------- uploads
+
 
 def test_uploads_are_size_capped_and_type_checked(tmp_path):
     ok = tmp_path / "c.yaml"
@@ -96,15 +101,25 @@ def test_demo_upload_cap_in_the_constitution_import(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- no pickle, no remote code
 
+
 def test_no_pickle_loading_in_the_package():
     offenders = []
     for path in (REPO / "ctxdistill").rglob("*.py"):
         text = path.read_text()
-        for pattern in (r"import pickle", r"pickle\.loads?\(", r"read_pickle", r"allow_pickle\s*=\s*True",
-                        r"weights_only\s*=\s*False", r"trust_remote_code\s*=\s*True"):
+        for pattern in (
+            r"import pickle",
+            r"pickle\.loads?\(",
+            r"read_pickle",
+            r"allow_pickle\s*=\s*True",
+            r"weights_only\s*=\s*False",
+            r"trust_remote_code\s*=\s*True",
+        ):
             offenders += [f"{path.name}: {pattern}" for _ in re.finditer(pattern, text)]
-        offenders += [f"{path.name}: torch.load without weights_only=True"
-                      for call in re.findall(r"torch\.load\([^)]*\)", text) if "weights_only=True" not in call]
+        offenders += [
+            f"{path.name}: torch.load without weights_only=True"
+            for call in re.findall(r"torch\.load\([^)]*\)", text)
+            if "weights_only=True" not in call
+        ]
     assert offenders == []
 
 
@@ -159,11 +174,12 @@ def test_cli_trust_remote_code_flag(monkeypatch, capsys, tmp_path):
     assert cli.main(argv) == 2
     assert "refused in demo mode" in capsys.readouterr().err and not demo.trust_remote_code()
     monkeypatch.setenv("CTXDISTILL_DEMO", "0")
-    cli.allow_remote_code(True)   # local: for this process and the job workers it starts
+    cli.allow_remote_code(True)  # local: for this process and the job workers it starts
     assert os.environ["CTXDISTILL_TRUST_REMOTE_CODE"] == "1" and demo.trust_remote_code()
 
 
 # --------------------------------------------------------------------------- markup shown as text
+
 
 def test_every_view_shows_markup_as_text(tmp_path):
     """Markdown is sanitised, tables hold plain strings, and raw HTML only comes from code that escapes."""
@@ -180,16 +196,36 @@ def test_html_views_escape_user_and_model_text(tmp_path):
     from ctxdistill.ui import compare, data, distill, samples
 
     hostile = " ".join(XSS)
-    job = {"id": 1, "kind": "train", "state": "failed", "progress_done": 1, "progress_total": 2, "message": hostile,
-           "error": hostile, "result": None, "config": {"steps": 2}}
-    sample = {"flags": ["failed_check:" + hostile], "status": "pending", "edited": False, "meta": {"revise_start": hostile},
-              "chain": [{k: hostile for k in ("principle", "critique_request", "critique", "revision_request", "revision")}]}
-    for html in (data.job_html(job), distill.status_html(job), compare.status_html(job), samples.chain_html(sample),
-                 samples.badges_html(sample)):
+    job = {
+        "id": 1,
+        "kind": "train",
+        "state": "failed",
+        "progress_done": 1,
+        "progress_total": 2,
+        "message": hostile,
+        "error": hostile,
+        "result": None,
+        "config": {"steps": 2},
+    }
+    sample = {
+        "flags": ["failed_check:" + hostile],
+        "status": "pending",
+        "edited": False,
+        "meta": {"revise_start": hostile},
+        "chain": [{k: hostile for k in ("principle", "critique_request", "critique", "revision_request", "revision")}],
+    }
+    for html in (
+        data.job_html(job),
+        distill.status_html(job),
+        compare.status_html(job),
+        samples.chain_html(sample),
+        samples.badges_html(sample),
+    ):
         assert "<script" not in html and "<img" not in html, html
 
 
 # --------------------------------------------------------------------------- tokens
+
 
 def test_token_is_redacted(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -223,6 +259,7 @@ assert jobs.wait(store, job, timeout=90)["state"] == "failed"
 
 # --------------------------------------------------------------------------- parsing and checks bounded in time and memory
 
+
 def alias_bomb(levels: int = 9) -> str:
     """A few hundred bytes whose principle id expands to 9**levels strings."""
     lines = ['l0: &l0 ["x","x","x","x","x","x","x","x","x"]']
@@ -230,15 +267,18 @@ def alias_bomb(levels: int = 9) -> str:
     return "\n".join(lines) + f"\nname: bomb\nprinciples:\n  - id: *l{levels - 1}\n    text: hi\n"
 
 
-@pytest.mark.parametrize("text, message", [
-    (alias_bomb(), "aliases"),
-    ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
-    ("name: " + "{a: " * 50_000 + "x" + "}" * 50_000, "nested more than"),
-    ("- " * 100_000 + "x", "nested more than"),
-    ("name: x\nprinciples: []\n#" + "x" * (2 << 20), "at most 1 MB"),
-    ("name: x\nprinciples:\n  - id: " + "1" * 5000 + "\n    text: y\n", "not valid YAML"),
-    ('{"name": ' + "1" * 5000 + ', "principles": []}', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (alias_bomb(), "aliases"),
+        ("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+        ("name: " + "{a: " * 50_000 + "x" + "}" * 50_000, "nested more than"),
+        ("- " * 100_000 + "x", "nested more than"),
+        ("name: x\nprinciples: []\n#" + "x" * (2 << 20), "at most 1 MB"),
+        ("name: x\nprinciples:\n  - id: " + "1" * 5000 + "\n    text: y\n", "not valid YAML"),
+        ('{"name": ' + "1" * 5000 + ', "principles": []}', "not valid JSON"),
+    ],
+)
 def test_hostile_constitution_texts_are_refused_at_once(text, message):
     import time
 
@@ -258,7 +298,7 @@ def test_a_catastrophic_regex_check_is_cut_short():
 
     check = Check("regex", "(a|aa)+$")
     start = time.perf_counter()
-    assert check.passes("a" * 40 + "?") is False                 # timed out: not shown to pass
+    assert check.passes("a" * 40 + "?") is False  # timed out: not shown to pass
     assert time.perf_counter() - start < REGEX_TIMEOUT_S + 0.2
     assert check.passes("aaaa")
     flags = sample_flags({"final": "a" * 40 + "?"}, [("p1", check)])
@@ -278,8 +318,9 @@ def test_a_catastrophic_regex_does_not_hold_other_visitors(tmp_path):
     store = Store(tmp_path)
     cid = store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c))
     store.add_prompts("s", [{"text": f"q{i}"} for i in range(20)])
-    ids = store.upsert_samples([{"prompt_id": p["id"], "constitution_id": cid, "prompted": "a" * 40 + "?"}
-                                for p in store.get_prompts("s")])
+    ids = store.upsert_samples(
+        [{"prompt_id": p["id"], "constitution_id": cid, "prompted": "a" * 40 + "?"} for p in store.get_prompts("s")]
+    )
     done = threading.Event()
     worker = threading.Thread(target=lambda: (curate.refresh_flags(store, cid), done.set()))
     worker.start()
@@ -296,13 +337,23 @@ def test_a_catastrophic_regex_does_not_hold_other_visitors(tmp_path):
 
 # --------------------------------------------------------------------------- exports safe to open
 
+
 def test_html_report_shows_markup_as_text(monkeypatch):
     from ctxdistill import report
 
     hostile = " ".join(XSS)
-    monkeypatch.setattr(report, "report_sections", lambda results, tally: [
-        ("Setup", f"Constitution **{hostile}** with preamble {hostile}", None),
-        ("Principle checks", report.markdown_table([{"principle": hostile, "check": "<b onmouseover=alert(1)>x</b>"}]), None)])
+    monkeypatch.setattr(
+        report,
+        "report_sections",
+        lambda results, tally: [
+            ("Setup", f"Constitution **{hostile}** with preamble {hostile}", None),
+            (
+                "Principle checks",
+                report.markdown_table([{"principle": hostile, "check": "<b onmouseover=alert(1)>x</b>"}]),
+                None,
+            ),
+        ],
+    )
     page = report.report({"constitution": {"name": hostile, "id": 1}}, "html")
     assert "<script" not in page and "<img" not in page and "<b onmouseover" not in page
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in page
@@ -314,7 +365,7 @@ def test_csv_export_neutralises_formulas(store):
     from ctxdistill import curate
 
     cid = store.save_constitution("c", {"name": "c"}, "h")
-    texts = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "plain"]
+    texts = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "plain"]
     store.add_prompts("s", [{"text": f"prompt {t}"} for t in texts] + [{"text": "=cmd|' /C calc'!A0"}])
     prompts = store.get_prompts("s")
     for p, t in zip(prompts, texts + ["fine"]):
@@ -349,10 +400,14 @@ def test_review_export_error_hides_the_token(tmp_path, monkeypatch):
         raise RuntimeError(HUB_ECHO)
 
     monkeypatch.setattr(curate, "export", echoing_hub)
-    export = next(f.fn for f in blocks.fns.values() if f.fn is not None and f.fn.__name__ == "on_export"
-                  and f.fn.__module__ == "ctxdistill.ui.samples")
-    _, message = export(SimpleNamespace(session_hash="v"), "datasets", "me/data", cid, "(any)", "all", "(any)", "(any)",
-                        "", 0, 0)
+    export = next(
+        f.fn
+        for f in blocks.fns.values()
+        if f.fn is not None and f.fn.__name__ == "on_export" and f.fn.__module__ == "ctxdistill.ui.samples"
+    )
+    _, message = export(
+        SimpleNamespace(session_hash="v"), "datasets", "me/data", cid, "(any)", "all", "(any)", "(any)", "", 0, 0
+    )
     assert "Not exported" in message and TOKEN not in message
 
 
@@ -364,8 +419,21 @@ def test_cli_hub_export_error_is_one_redacted_line(tmp_path, monkeypatch, capsys
     store = Store(tmp_path)
     store.save_constitution("c", {"name": "c"}, "h")
     store.close()
-    code = cli.main(["export", "--workspace", str(tmp_path), "--constitution", "1", "--format", "datasets",
-                     "--out", str(tmp_path / "out"), "--hub-id", "me/data"])
+    code = cli.main(
+        [
+            "export",
+            "--workspace",
+            str(tmp_path),
+            "--constitution",
+            "1",
+            "--format",
+            "datasets",
+            "--out",
+            str(tmp_path / "out"),
+            "--hub-id",
+            "me/data",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: OSError: 403") and err.count("\n") == 1
     assert TOKEN not in err and "Traceback" not in err

@@ -10,12 +10,16 @@ the two, and the test also asks for 3x the bland prompt's KL so that it cannot p
 import pytest
 
 from ctxdistill import constitution as cmod
-from ctxdistill.generate import SamplingConfig, preview
+from ctxdistill.sampling import SamplingConfig, preview
 
 pytestmark = pytest.mark.integration
 
-PROMPTS = ["How do I boil an egg?", "Give me tips for a job interview.", "Explain gravity to a child.",
-           "What should I pack for a weekend trip?"]
+PROMPTS = [
+    "How do I boil an egg?",
+    "Give me tips for a job interview.",
+    "Explain gravity to a child.",
+    "What should I pack for a weekend trip?",
+]
 
 
 def test_pirate_constitution_shifts_distribution_and_answers(smol):

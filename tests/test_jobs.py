@@ -14,7 +14,6 @@ COUNT = "tests.jobfixtures:count"
 HEAVY_COUNT = "tests.jobfixtures:heavy_count"
 
 
-
 def _until(predicate, timeout=10.0, every=0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,11 +43,13 @@ def test_worker_computes_below_the_app_priority(store, monkeypatch, mode):
     monkeypatch.setenv("CTXDISTILL_WORKER_PRIORITY", mode)
     job = jobs.wait(store, jobs.submit(store, "tests.jobfixtures:priority", {}), timeout=20)
     if mode == "highest":
-        assert job["state"] == "failed" and "CTXDISTILL_WORKER_PRIORITY must be one of idle, low, normal" in job["error"]
+        assert (
+            job["state"] == "failed" and "CTXDISTILL_WORKER_PRIORITY must be one of idle, low, normal" in job["error"]
+        )
         return
     result = job["result"]
     assert (result["idle"], result["nice"]) == (mode == "idle", os.nice(0) + (10 if mode == "low" else 0))
-    if result["group_nice"] is not None:        # the worker's own session weighs less than the app's
+    if result["group_nice"] is not None:  # the worker's own session weighs less than the app's
         assert result["group_nice"] == {"idle": 19, "low": 10, "normal": 0}[mode]
 
 
@@ -111,7 +112,7 @@ def test_killed_worker_is_marked_failed_then_resumes(store):
     assert job["state"] == "done" and job["attempts"] == 2 and job["error"] is None
     attempts = {m["step"]: m["value"] for m in store.get_metrics(job_id, "attempt")}
     assert sorted(attempts) == list(range(30))
-    assert all(attempts[s] == 1 for s in first_run)           # done steps were skipped
+    assert all(attempts[s] == 1 for s in first_run)  # done steps were skipped
     assert all(attempts[s] == 2 for s in set(attempts) - first_run)
 
 
@@ -178,7 +179,8 @@ def test_run_inline(store):
 
 def test_pid_taken_by_another_program_is_marked_failed(store):
     import subprocess
-    bystander = subprocess.Popen(["sleep", "30"])            # alive, but not a worker of ours
+
+    bystander = subprocess.Popen(["sleep", "30"])  # alive, but not a worker of ours
     # until it has exec'd, its cmdline is empty, which reads as a worker still starting
     _until(lambda: Path(f"/proc/{bystander.pid}/cmdline").read_bytes().startswith(b"sleep"), timeout=5)
     try:
@@ -187,7 +189,7 @@ def test_pid_taken_by_another_program_is_marked_failed(store):
         jobs.refresh(store)
         job = store.get_job(job_id)
         assert job["state"] == "failed" and "now runs another program" in job["error"]
-        assert bystander.poll() is None                        # a stranger's process is never killed
+        assert bystander.poll() is None  # a stranger's process is never killed
     finally:
         bystander.kill()
         bystander.wait()
@@ -201,7 +203,7 @@ def test_starved_worker_is_not_declared_dead(store, monkeypatch):
     import sys
 
     monkeypatch.setenv("CTXDISTILL_WORKER_PRIORITY", "idle")
-    monkeypatch.setattr(jobs, "STALE_AFTER_S", 3.0)     # what once declared a worker dead, reached sooner
+    monkeypatch.setattr(jobs, "STALE_AFTER_S", 3.0)  # what once declared a worker dead, reached sooner
     job_id = jobs.submit(store, "tests.jobfixtures:spin", {"seconds": 3.0})
     _until(lambda: store.get_job(job_id)["state"] == "running", timeout=30)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in os.sched_getaffinity(0)]
@@ -217,7 +219,7 @@ def test_starved_worker_is_not_declared_dead(store, monkeypatch):
         for hog in hogs:
             hog.kill()
             hog.wait()
-    assert starved > jobs.STALE_AFTER_S                # the heartbeat really went stale
+    assert starved > jobs.STALE_AFTER_S  # the heartbeat really went stale
     job = jobs.wait(store, job_id, timeout=60)
     assert job["state"] == "done", job
 
@@ -231,12 +233,13 @@ def test_a_command_settles_a_worker_killed_while_no_page_was_open(store):
     from ctxdistill.cli import open_store
 
     job_id = store.create_job("tests.jobfixtures:stubborn", {})
-    worker = subprocess.Popen([sys.executable, "-m", "ctxdistill.jobs", str(job_id), "--workspace", str(store.home)],
-                              start_new_session=True)      # a worker this process does not track
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ctxdistill.jobs", str(job_id), "--workspace", str(store.home)], start_new_session=True
+    )  # a worker this process does not track
     _until(lambda: store.get_job(job_id)["state"] == "running", timeout=30)
     worker.kill()
     worker.wait()
-    assert store.get_job(job_id)["state"] == "running"          # nobody has looked yet
+    assert store.get_job(job_id)["state"] == "running"  # nobody has looked yet
     assert open_store(argparse.Namespace(workspace=str(store.home))).get_job(job_id)["state"] == "failed"
 
 
@@ -245,7 +248,7 @@ def test_meter_counts_this_runs_work_only(monkeypatch):
 
     now = [100.0]
     monkeypatch.setattr(jobs.time, "monotonic", lambda: now[0])
-    meter = Meter(10, "prompts", done=4, name="sampling")      # resumed: 4 were done before
+    meter = Meter(10, "prompts", done=4, name="sampling")  # resumed: 4 were done before
     assert meter.line(4) == "sampling: 4/10 prompts"
     now[0] += 2.0
     assert meter.rate(6) == 1.0 and meter.eta(6) == 4.0

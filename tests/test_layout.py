@@ -26,7 +26,7 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
             if not base.startswith("ctxdistill"):
                 continue
             for a in node.names:  # "from . import curate" names a module; "from .x import f" names x
@@ -49,7 +49,7 @@ def test_no_import_circle():
         stack.append(m)
         for n in sorted(g.get(m, ())):
             if state.get(n) == 1:
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(n):] + [n]))
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(n) :] + [n]))
             if n not in state:
                 visit(n)
         stack.pop()

@@ -11,8 +11,12 @@ PAGE = '<!doctype html><html><head><script type="module" src="./assets/index.js"
 
 
 def test_the_script_comes_first_in_the_page_and_nowhere_else():
-    app = Starlette(routes=[Route("/", lambda request: HTMLResponse(PAGE)),
-                            Route("/config", lambda request: JSONResponse({"head": "<head>"}))])
+    app = Starlette(
+        routes=[
+            Route("/", lambda request: HTMLResponse(PAGE)),
+            Route("/config", lambda request: JSONResponse({"head": "<head>"})),
+        ]
+    )
     client = TestClient(EarlyScript(app))
     page = client.get("/")
     assert page.text.startswith("<!doctype html><html><head>" + SCRIPT.decode())

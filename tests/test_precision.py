@@ -28,17 +28,20 @@ AMX_ONEDNN_CAPPED = Hardware(cpu_capability="AVX512", cpu_flags=("amx_bf16",), o
 ARM_BF16 = Hardware(cpu_capability="DEFAULT", cpu_flags=("bf16",))
 
 
-@pytest.mark.parametrize("hw, quantize, compute", [
-    (AMPERE, "4bit", "bf16"),
-    (T4, "4bit", "fp16"),
-    (AMX, "4bit", "bf16"),
-    (AVX512_BF16, "4bit", "bf16"),
-    (AVX512_ONLY, "none", "fp32"),
-    (AVX2, "none", "fp32"),
-    (AMX_UNDER_AVX2_PROFILE, "none", "fp32"),
-    (AMX_ONEDNN_CAPPED, "none", "fp32"),
-    (ARM_BF16, "4bit", "bf16"),
-])
+@pytest.mark.parametrize(
+    "hw, quantize, compute",
+    [
+        (AMPERE, "4bit", "bf16"),
+        (T4, "4bit", "fp16"),
+        (AMX, "4bit", "bf16"),
+        (AVX512_BF16, "4bit", "bf16"),
+        (AVX512_ONLY, "none", "fp32"),
+        (AVX2, "none", "fp32"),
+        (AMX_UNDER_AVX2_PROFILE, "none", "fp32"),
+        (AMX_ONEDNN_CAPPED, "none", "fp32"),
+        (ARM_BF16, "4bit", "bf16"),
+    ],
+)
 def test_policy_per_device(hw, quantize, compute):
     p = choose(hw)
     assert (p.quantize, p.compute) == (quantize, compute)
@@ -47,7 +50,9 @@ def test_policy_per_device(hw, quantize, compute):
 
 def test_overrides_are_named_in_the_reason():
     p = choose(AVX2, quantize="4bit")
-    assert (p.quantize, p.compute) == ("4bit", "fp32") and "--quantize 4bit" in p.reason and "no native bf16" in p.reason
+    assert (
+        (p.quantize, p.compute) == ("4bit", "fp32") and "--quantize 4bit" in p.reason and "no native bf16" in p.reason
+    )
     p = choose(AMX, precision="fp32")
     assert (p.quantize, p.compute) == ("4bit", "fp32") and "--precision fp32" in p.reason
     assert choose(AMPERE, quantize="none", precision="fp16").dtype == torch.float16
@@ -87,16 +92,26 @@ def test_every_model_load_goes_through_the_policy():
 
 
 def test_train_records_the_precision(tmp_path, tiny_checkpoint):
-    from ctxdistill import train as T
+    from ctxdistill import train
     from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(tmp_path / "ws")
     c = load(REPO / "assets/constitutions/pirate.yaml")
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
-    cfg = T.TrainConfig(constitution_id=cid, model=str(tiny_checkpoint), steps=2, batch_size=2, max_prompts=4,
-                        eval_prompts=2, sample_tokens=4, eval_every=0, precision="fp32", quantize="none")
-    result = T.run(cfg, store, tmp_path / "run")
+    cfg = train.TrainConfig(
+        constitution_id=cid,
+        model=str(tiny_checkpoint),
+        steps=2,
+        batch_size=2,
+        max_prompts=4,
+        eval_prompts=2,
+        sample_tokens=4,
+        eval_every=0,
+        precision="fp32",
+        quantize="none",
+    )
+    result = train.run(cfg, store, tmp_path / "run")
     assert result["precision"] == "fp32" and result["quantize"] == "none" and result["precision_reason"]
     card = (tmp_path / "run" / "adapter" / "README.md").read_text()
     assert "fp32 compute" in card and "--precision fp32" in card
@@ -104,17 +119,27 @@ def test_train_records_the_precision(tmp_path, tiny_checkpoint):
 
 def test_fp16_training_uses_a_grad_scaler(tmp_path, tiny_checkpoint):
     """fp16 compute (GPUs without bf16) trains through a gradient scaler; on the CPU too."""
-    from ctxdistill import train as T
+    from ctxdistill import train
     from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(tmp_path / "ws")
     c = load(REPO / "assets/constitutions/pirate.yaml")
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
-    cfg = T.TrainConfig(constitution_id=cid, model=str(tiny_checkpoint), steps=3, batch_size=2, max_prompts=4,
-                        eval_prompts=2, sample_tokens=4, eval_every=0, precision="fp16", quantize="none",
-                        checkpoint_every=1)
-    result = T.run(cfg, store, tmp_path / "run")
+    cfg = train.TrainConfig(
+        constitution_id=cid,
+        model=str(tiny_checkpoint),
+        steps=3,
+        batch_size=2,
+        max_prompts=4,
+        eval_prompts=2,
+        sample_tokens=4,
+        eval_every=0,
+        precision="fp16",
+        quantize="none",
+        checkpoint_every=1,
+    )
+    result = train.run(cfg, store, tmp_path / "run")
     assert result["precision"] == "fp16" and result["heldout_kl_after"] == result["heldout_kl_after"]
     from ctxdistill.adapters import latest_checkpoint
 
@@ -127,8 +152,18 @@ def test_info_json(capsys, tmp_path, tiny_checkpoint):
 
     assert main(["info", "--json", "--workspace", str(tmp_path / "ws"), "--model", str(tiny_checkpoint)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {"device", "cpu_capability", "cpu_bf16_flags", "native_bf16", "cores", "torch_threads", "versions",
-            "precision", "calibration", "default_run"} <= set(out)
+    assert {
+        "device",
+        "cpu_capability",
+        "cpu_bf16_flags",
+        "native_bf16",
+        "cores",
+        "torch_threads",
+        "versions",
+        "precision",
+        "calibration",
+        "default_run",
+    } <= set(out)
     assert {"torch", "transformers", "peft", "bitsandbytes", "gradio"} <= set(out["versions"])
     assert out["precision"]["reason"] and out["calibration"]["step_s"] > 0
     seconds = out["default_run"]["seconds"]
@@ -150,11 +185,39 @@ def test_sigterm_of_a_foreground_run_cancels_it(tmp_path, tiny_checkpoint):
 
     ws = tmp_path / "ws"
     env = {**os.environ, "CTXDISTILL_WORKER_PRIORITY": "normal"}
-    cli = subprocess.Popen([sys.executable, "-m", "ctxdistill.cli", "train", "--workspace", str(ws),
-                            "--constitution", str(REPO / "assets/constitutions/pirate.yaml"), "--model", str(tiny_checkpoint),
-                            "--steps", "100000", "--batch-size", "2", "--max-prompts", "4", "--eval-prompts", "2",
-                            "--sample-tokens", "4", "--eval-every", "0", "--checkpoint-every", "0"],
-                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ctxdistill.cli",
+            "train",
+            "--workspace",
+            str(ws),
+            "--constitution",
+            str(REPO / "assets/constitutions/pirate.yaml"),
+            "--model",
+            str(tiny_checkpoint),
+            "--steps",
+            "100000",
+            "--batch-size",
+            "2",
+            "--max-prompts",
+            "4",
+            "--eval-prompts",
+            "2",
+            "--sample-tokens",
+            "4",
+            "--eval-every",
+            "0",
+            "--checkpoint-every",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     store = Store(ws)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -173,7 +236,8 @@ def test_sigterm_of_a_foreground_run_cancels_it(tmp_path, tiny_checkpoint):
     assert job["state"] == "cancelled", job
     assert not jobs.worker_alive(pid, job_id)
     from ctxdistill.adapters import latest_checkpoint
-    assert latest_checkpoint(ws / "runs" / str(job_id)) is not None     # resumable from where it stopped
+
+    assert latest_checkpoint(ws / "runs" / str(job_id)) is not None  # resumable from where it stopped
     assert "resume" in err and "Traceback" not in err
 
 

@@ -57,7 +57,7 @@ def test_cli_says_the_workspace_is_read_only_and_changes_nothing(tmp_path, immut
     assert err.count("\n") == 1 and "Traceback" not in err
     assert ("is read-only" in err and "chmod u+w" in err) if what == "database" else "it is not writable" in err
     port = str(_free_port())
-    assert cli.main(["serve", "--workspace", str(home), "--port", port]) == 2      # the app does not start
+    assert cli.main(["serve", "--workspace", str(home), "--port", port]) == 2  # the app does not start
     assert capsys.readouterr().err.startswith("error: ")
     assert digest(db) == before
 
@@ -84,14 +84,15 @@ def test_app_shows_the_read_only_message(tmp_path):
     ctx = AppContext(home=workspace_with_prompts(tmp_path))
     blocks = build_app(ctx)
     port = _free_port()
-    blocks.queue().launch(prevent_thread_lock=True, server_port=port, quiet=True, show_error=True,
-                          **ctx.server_options())
+    blocks.queue().launch(
+        prevent_thread_lock=True, server_port=port, quiet=True, show_error=True, **ctx.server_options()
+    )
     try:
         read_only_connection(ctx.store)
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         with pytest.raises(Exception, match="is read-only .* nothing was changed"):
             client.predict("name: x\nprinciples: [be kind]\n", "", api_name="/save_version")
-        assert client.predict(api_name="/versions") == []                 # reading still works
+        assert client.predict(api_name="/versions") == []  # reading still works
     finally:
         blocks.close()
 
@@ -99,8 +100,7 @@ def test_app_shows_the_read_only_message(tmp_path):
 def read_only_connection(store: Store) -> None:
     """Swap the store's write connection for one SQLite opened read-only."""
     store._conn.close()
-    store._conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, isolation_level=None,
-                                  check_same_thread=False)
+    store._conn = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
 
 
 def _free_port() -> int:

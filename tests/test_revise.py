@@ -10,11 +10,14 @@ EXAMPLES = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": 
 
 
 def constitution(examples=()):
-    return Constitution(name="pirate", examples=list(examples), principles=[
-        Principle("arr", "Begin with Arr!", critique="Does it begin with Arr?", revision="Make it begin with Arr!"),
-        Principle("matey", "Call the user matey."),       # no requests: the defaults are used
-    ])
-
+    return Constitution(
+        name="pirate",
+        examples=list(examples),
+        principles=[
+            Principle("arr", "Begin with Arr!", critique="Does it begin with Arr?", revision="Make it begin with Arr!"),
+            Principle("matey", "Call the user matey."),  # no requests: the defaults are used
+        ],
+    )
 
 
 def seeded(store, examples=(), n=3):
@@ -36,7 +39,7 @@ def test_chain_rounds_cycle_principles_and_final_follows_last_revision(store, ti
         chain = s["chain"]
         assert [step["principle"] for step in chain] == ["arr", "matey", "arr"]
         assert chain[0]["critique_request"] == "Does it begin with Arr?"
-        assert "Call the user matey." in chain[1]["critique_request"]            # default request
+        assert "Call the user matey." in chain[1]["critique_request"]  # default request
         assert all({"critique", "revision", "revision_request", "cut_off"} <= set(step) for step in chain)
         last = next((st["revision"] for st in reversed(chain) if st["revision"]), s["prompted"])
         assert s["final"] == last and s["meta"]["revise_start"] == "prompted"
@@ -60,7 +63,7 @@ def test_start_answer_and_few_shot_examples_reach_the_model(store, tiny_model, t
     assert conversation[1] == {"role": "assistant", "content": f"prompted {store.list_samples()[0]['prompt_id']}"}
     assert conversation[2]["content"] == "Does it begin with Arr?"
     assert revision_rows[0][1][-1]["content"] == "Make it begin with Arr!"
-    assert critique_rows[0][0].startswith("Begin with Arr!")               # the constitution is the system prompt
+    assert critique_rows[0][0].startswith("Begin with Arr!")  # the constitution is the system prompt
 
 
 def test_resume_adds_only_missing_rounds_and_keeps_edits(store, tiny_model, tiny_tokenizer):
@@ -75,7 +78,7 @@ def test_resume_adds_only_missing_rounds_and_keeps_edits(store, tiny_model, tiny
     assert result["rounds_done_now"] == 3
     for s in store.list_samples():
         assert len(s["chain"]) == 2 and s["chain"][0] == first[s["id"]]
-    assert store.list_samples()[0]["final"] == "My own words."             # a pipeline write keeps the edit
+    assert store.list_samples()[0]["final"] == "My own words."  # a pipeline write keeps the edit
     assert run_revise(store, cfg, tiny_model, tiny_tokenizer)["rounds_done_now"] == 0
 
 
@@ -96,8 +99,9 @@ def test_bad_configs_and_nothing_to_revise(store, tiny_model, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_a_revision_worse_than_its_start_is_kept_out_of_the_final_text(store, tiny_model, tiny_tokenizer, monkeypatch,
-                                                                      keep):
+def test_a_revision_worse_than_its_start_is_kept_out_of_the_final_text(
+    store, tiny_model, tiny_tokenizer, monkeypatch, keep
+):
     cid = seeded(store, n=2)
     loop = "the sun the sun " * 8
     monkeypatch.setattr(rv, "generate_rows", lambda model, tok, rows, cfg, **kw: [tok.encode(loop)] * len(rows))

@@ -5,20 +5,25 @@ import pytest
 
 from ctxdistill import migrations
 from ctxdistill import store as store_mod
-from ctxdistill.store import SampleFilter
-from ctxdistill.store import ConflictError, NotFound, Store, StoreError, workspace_home
-
+from ctxdistill.store import ConflictError, NotFound, SampleFilter, Store, StoreError, workspace_home
 
 
 @pytest.fixture
 def prompts(store):
-    store.add_prompts("demo", [{"text": "How do I boil an egg?", "category": "cooking"},
-                               {"text": "Tell me about ships."},
-                               {"text": "What is rust?", "split": "heldout"}], source="test")
+    store.add_prompts(
+        "demo",
+        [
+            {"text": "How do I boil an egg?", "category": "cooking"},
+            {"text": "Tell me about ships."},
+            {"text": "What is rust?", "split": "heldout"},
+        ],
+        source="test",
+    )
     return store.get_prompts("demo")
 
 
 # ---------------------------------------------------------------- workspace and migrations
+
 
 def test_workspace_home_layout(tmp_path, monkeypatch):
     home = workspace_home(tmp_path / "a")
@@ -39,7 +44,7 @@ def test_migrations_fresh_and_reopen(tmp_path):
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(migrations.MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
-    s = Store(tmp_path)      # already migrated: nothing re-run, data intact
+    s = Store(tmp_path)  # already migrated: nothing re-run, data intact
     assert s.get_constitution(cid)["name"] == "c"
     assert s.integrity_ok()
     s.close()
@@ -80,11 +85,12 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- constitutions
 
+
 def test_constitution_versions_and_dedupe(store):
     v1 = store.save_constitution("pirate", {"principles": ["arr"]}, "h1", message="first")
     assert store.save_constitution("pirate", {"principles": ["arr"]}, "h1") == v1
     v2 = store.save_constitution("pirate", {"principles": ["arr", "matey"]}, "h2")
-    v3 = store.save_constitution("pirate", {"principles": ["arr"]}, "h1")   # back to v1's text
+    v3 = store.save_constitution("pirate", {"principles": ["arr"]}, "h1")  # back to v1's text
     assert len({v1, v2, v3}) == 3
     assert store.get_constitution(v2)["parent_id"] == v1
     assert store.get_constitution(v1)["content"] == {"principles": ["arr"]}
@@ -109,14 +115,15 @@ def test_owner_isolation(store):
 
 # ---------------------------------------------------------------- prompts
 
+
 def test_prompt_import_dedupes(store, prompts):
     assert len(prompts) == 3 and prompts[0]["category"] == "cooking"
-    added = store.add_prompts("demo", [{"text": "Tell me about ships.  "},
-                                       {"text": "New one"}, {"text": "New one", "split": "heldout"}])
+    added = store.add_prompts(
+        "demo", [{"text": "Tell me about ships.  "}, {"text": "New one"}, {"text": "New one", "split": "heldout"}]
+    )
     assert added == 1
     sets = store.prompt_sets()
-    assert [(s["name"], s["n_train"], s["n_heldout"], s["source"]) for s in sets] == \
-        [("demo", 3, 1, "test")]
+    assert [(s["name"], s["n_train"], s["n_heldout"], s["source"]) for s in sets] == [("demo", 3, 1, "test")]
     assert [p["text"] for p in store.get_prompts("demo", split="heldout")] == ["What is rust?"]
     ids = [prompts[0]["id"], prompts[2]["id"]]
     assert [p["id"] for p in store.get_prompts("demo", ids=ids)] == ids
@@ -128,10 +135,11 @@ def test_prompt_import_is_one_transaction(store, prompts):
     with pytest.raises(StoreError):
         store.add_prompts("other", [{"text": "fine"}, {"text": "  "}])
     assert len(store.get_prompts("demo")) == 3
-    assert [s["name"] for s in store.prompt_sets()] == ["demo"]   # 'other' was rolled back too
+    assert [s["name"] for s in store.prompt_sets()] == ["demo"]  # 'other' was rolled back too
 
 
 # ---------------------------------------------------------------- samples
+
 
 def _chain(revision):
     return [{"principle_id": "p1", "critique": "too plain", "revision": revision}]
@@ -149,11 +157,11 @@ def test_sample_upsert_and_final_default(store, prompts):
     s = store.update_sample(sid, 2, final="My own words.")
     assert s["edited"] and s["version"] == 3
     store.upsert_sample(prompts[0]["id"], cid, 0, chain=_chain("Another revision"))
-    assert store.get_sample(sid)["final"] == "My own words."    # a pipeline write keeps the edit
+    assert store.get_sample(sid)["final"] == "My own words."  # a pipeline write keeps the edit
     with pytest.raises(StoreError):
         store.upsert_sample(prompts[0]["id"], cid, 1, status="maybe")
     with pytest.raises(StoreError):
-        store.upsert_sample(999, cid, 0, prompted="x")             # no such prompt
+        store.upsert_sample(999, cid, 0, prompted="x")  # no such prompt
 
 
 def test_sample_optimistic_concurrency(store, prompts):
@@ -202,10 +210,10 @@ def test_reads_do_not_wait_behind_a_blocked_write(store):
 
     cid = store.save_constitution("c", {"name": "c", "principles": []}, "h0")
     other = sqlite3.connect(store.path, isolation_level=None)
-    other.execute("BEGIN IMMEDIATE")                 # a worker in the middle of a write
+    other.execute("BEGIN IMMEDIATE")  # a worker in the middle of a write
     writer = threading.Thread(target=lambda: store.save_constitution("d", {"name": "d", "principles": []}, "h1"))
     writer.start()
-    time.sleep(0.2)                                  # the writer is now waiting for the lock
+    time.sleep(0.2)  # the writer is now waiting for the lock
     start = time.perf_counter()
     assert store.get_constitution(cid)["name"] == "c"
     assert time.perf_counter() - start < 0.5
@@ -225,11 +233,16 @@ def test_sample_filters_and_counts(store, prompts):
     store.upsert_sample(p[1], c1, 0, prompted="ships sail", status="rejected", note="off_topic")
     store.upsert_sample(p[2], c2, 0, prompted="iron oxide")
     assert store.count_samples() == {"total": 4, "pending": 2, "accepted": 1, "rejected": 1, "flagged": 1}
-    assert store.count_samples(constitution_id=c1) == {"total": 3, "pending": 1, "accepted": 1,
-                                                       "rejected": 1, "flagged": 1}
+    assert store.count_samples(constitution_id=c1) == {
+        "total": 3,
+        "pending": 1,
+        "accepted": 1,
+        "rejected": 1,
+        "flagged": 1,
+    }
     assert store.count_samples(SampleFilter(constitution_id=c2))["flagged"] == 0
     assert len(store.list_samples(constitution_id=c1, status="pending")) == 1
-    assert [s["prompted"] for s in store.list_samples(search="SHIP")] == ["ships sail"]   # prompt text too
+    assert [s["prompted"] for s in store.list_samples(search="SHIP")] == ["ships sail"]  # prompt text too
     assert [s["prompted"] for s in store.list_samples(search="100%")] == ["a much longer answer 100%"]
     assert store.list_samples(search="off_top")[0]["note"] == "off_topic"
     assert store.list_samples(search="%") and not store.list_samples(search="zz%zz")
@@ -243,6 +256,7 @@ def test_sample_filters_and_counts(store, prompts):
 
 
 # ---------------------------------------------------------------- jobs, metrics, evals
+
 
 def test_jobs_rows(store):
     j = store.create_job("train", {"lr": 5e-4}, owner="me", heavy=True)
@@ -268,13 +282,13 @@ def test_claim_job_serialises_heavy_jobs(store):
     light = store.create_job("export", {})
     for j in (a, b, light):
         store.update_job(j, pid=1)
-    assert store.claim_job(b, 2) == 1            # a is queued ahead of it
-    assert store.claim_job(light, 3) == 0        # light jobs never wait
+    assert store.claim_job(b, 2) == 1  # a is queued ahead of it
+    assert store.claim_job(light, 3) == 0  # light jobs never wait
     assert store.claim_job(a, 4) == 0
-    assert store.claim_job(b, 2) == 1            # a is running
+    assert store.claim_job(b, 2) == 1  # a is running
     store.update_job(a, state="done")
     assert store.claim_job(b, 2) == 0
-    assert store.claim_job(b, 2) == -1           # not queued any more
+    assert store.claim_job(b, 2) == -1  # not queued any more
     assert store.get_job(b)["attempts"] == 1
 
 
@@ -282,7 +296,7 @@ def test_metrics(store):
     j = store.create_job("train", {})
     store.log_metrics(j, 0, {"loss": 2.0, "kl": 0.5})
     store.log_metrics(j, 1, {"loss": 1.5})
-    store.log_metrics(j, 1, {"loss": 1.25})      # a repeated step replaces
+    store.log_metrics(j, 1, {"loss": 1.25})  # a repeated step replaces
     assert [(m["step"], m["value"]) for m in store.get_metrics(j, "loss")] == [(0, 2.0), (1, 1.25)]
     assert len(store.get_metrics(j)) == 3
     with pytest.raises(StoreError):
@@ -328,6 +342,7 @@ def test_draft_autosave_keeps_one_per_owner(tmp_path):
 
 # ---------------------------------------------------------------- run directories, damage and backups
 
+
 def test_a_recreated_database_never_reuses_old_run_directories(tmp_path):
     """Truncate the database, keep runs/: job ids start again, and the old run's data and checkpoints
     are moved aside, never taken for the new job's."""
@@ -347,7 +362,7 @@ def test_a_recreated_database_never_reuses_old_run_directories(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [store_mod.RUN_KEY_FILE]
     aside = list(s.runs_dir.glob(f"{old}.orphan-*"))
     assert len(aside) == 1 and (aside[0] / "data.json").read_text() == '{"old": true}'
-    assert s.run_dir(new) == run and (run / store_mod.RUN_KEY_FILE).is_file()   # its own: kept as it is
+    assert s.run_dir(new) == run and (run / store_mod.RUN_KEY_FILE).is_file()  # its own: kept as it is
     # a directory without a key (copied in by hand, or from another workspace) is not this job's either
     (run / store_mod.RUN_KEY_FILE).unlink()
     (run / "data.json").write_text("{}")
@@ -358,7 +373,7 @@ def test_a_recreated_database_never_reuses_old_run_directories(tmp_path):
 def test_jobs_from_before_run_keys_keep_their_directories(tmp_path):
     s = Store(tmp_path)
     job = s.create_job("train", {})
-    s._conn.execute("UPDATE jobs SET run_key = NULL WHERE id = ?", (job,))   # as migrated from an older version
+    s._conn.execute("UPDATE jobs SET run_key = NULL WHERE id = ?", (job,))  # as migrated from an older version
     (s.runs_dir / str(job) / store_mod.RUN_KEY_FILE).unlink()
     (s.runs_dir / str(job) / "data.json").write_text("{}")
     assert (s.run_dir(job) / "data.json").exists()
@@ -394,7 +409,7 @@ def test_rolling_backup_and_restore(tmp_path, monkeypatch):
     s = Store(tmp_path)
     first = store_mod.backups(tmp_path)
     assert [p.name for p in first] == [f"{store_mod.DB_NAME}.1"]
-    assert s.backup() is None                       # not due yet
+    assert s.backup() is None  # not due yet
     kept = s.save_constitution("kept", {"a": 1}, "h1")
     monkeypatch.setattr(store_mod, "BACKUP_EVERY_S", 0.0)
     s.backup()
@@ -402,14 +417,16 @@ def test_rolling_backup_and_restore(tmp_path, monkeypatch):
     s.backup()
     assert [p.name for p in store_mod.backups(tmp_path)] == [f"{store_mod.DB_NAME}.{n}" for n in (1, 2)]
     s.save_constitution("lost", {"a": 2}, "h2")
-    late = s.create_job("train", {})                # made after the backup: its directory is not the restored job's
+    late = s.create_job("train", {})  # made after the backup: its directory is not the restored job's
     (s.runs_dir / str(late) / "data.json").write_text("{}")
     s.close()
     (tmp_path / store_mod.DB_NAME).write_bytes(b"not a database at all" * 100)
     result = store_mod.restore_backup(tmp_path)
     assert result["saved_as"] and (tmp_path / result["saved_as"]).read_bytes().startswith(b"not a database")
     s = Store(tmp_path)
-    assert [v["name"] for v in s.list_constitution_versions()] == ["kept"] and s.get_constitution(kept)["name"] == "kept"
+    assert [v["name"] for v in s.list_constitution_versions()] == ["kept"] and s.get_constitution(kept)[
+        "name"
+    ] == "kept"
     again = s.create_job("train", {})
     assert again == late and not (s.runs_dir / str(again) / "data.json").exists()
     s.close()

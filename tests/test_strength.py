@@ -65,7 +65,9 @@ def test_export_at_a_strength_records_it_and_the_weights_match(tiny_model, tiny_
     loaded = PeftModel.from_pretrained(copy.deepcopy(tiny_model), str(out))
     assert torch.allclose(logits(loaded), expected, atol=1e-4)
 
-    merged = adapters.export(adapter, tmp_path / "merged-out", merged=True, strength=at, model_spec=str(tiny_checkpoint))
+    merged = adapters.export(
+        adapter, tmp_path / "merged-out", merged=True, strength=at, model_spec=str(tiny_checkpoint)
+    )
     again = AutoModelForCausalLM.from_pretrained(merged)
     reference = adapters.merged_student(tiny_model, adapter, at).state_dict()
     as_trained = adapters.merged_student(tiny_model, adapter, 1.0).state_dict()
@@ -79,7 +81,9 @@ def test_export_at_a_strength_records_it_and_the_weights_match(tiny_model, tiny_
     assert "| strength | 1.25 " in (merged / "README.md").read_text()
 
 
-def test_cli_exports_a_run_at_a_strength_and_refuses_a_bad_one(capsys, tiny_model, tiny_checkpoint, workspace, tmp_path):
+def test_cli_exports_a_run_at_a_strength_and_refuses_a_bad_one(
+    capsys, tiny_model, tiny_checkpoint, workspace, tmp_path
+):
     store = Store(workspace)
     job = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": 1}, heavy=True)
     store.update_job(job, state="done")
@@ -111,8 +115,10 @@ def test_the_ui_refuses_a_strength_outside_its_range(tmp_path, tiny_model):
     ctx.store.update_job(job, state="done")
     _adapter(tiny_model, ctx.store.runs_dir / str(job) / "adapter", 0.5)
     request = SimpleNamespace(session_hash="x")
-    for name, call in (("single", lambda fn: next(fn({}, "hi", job, 1.6, request, True, 0.7, 0.95, 0, 8, 1))),
-                       ("restrength", lambda fn: fn("hi", job, -0.5, request, True, 0.7, 0.95, 0, 8, 1))):
+    for name, call in (
+        ("single", lambda fn: next(fn({}, "hi", job, 1.6, request, True, 0.7, 0.95, 0, 8, 1))),
+        ("restrength", lambda fn: fn("hi", job, -0.5, request, True, 0.7, 0.95, 0, 8, 1)),
+    ):
         with pytest.raises(gr.Error, match=r"strength must be from 0 \(the base model\) to 1\.5"):
             call(tab_callback(blocks, "preview", name))
     export = tab_callback(blocks, "distill", "on_export")

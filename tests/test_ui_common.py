@@ -25,11 +25,11 @@ def test_a_bound_handler_is_called_without_its_context_as_gradio_reads_it():
     fn = common.bind("ctx", answer)
     assert fn.__name__ == "answer" and fn.__module__ == __name__
     assert list(inspect.signature(fn).parameters) == ["text", "request", "rest"]
-    assert inspect.unwrap(fn) is fn                     # tests past the poll's memo call it without ctx
+    assert inspect.unwrap(fn) is fn  # tests past the poll's memo call it without ctx
     request = gr.Request()
-    args, *_ = special_args(fn, ["hi", 1], request)   # gradio fills the parameter annotated gr.Request
+    args, *_ = special_args(fn, ["hi", 1], request)  # gradio fills the parameter annotated gr.Request
     assert fn(*args) == ("ctx", "hi", request, (1,))
-    streamed = common.bind(2, stream, 5)                   # ctx and a fixed first argument
+    streamed = common.bind(2, stream, 5)  # ctx and a fixed first argument
     assert list(inspect.signature(streamed).parameters) == ["n"]
     assert inspect.isgeneratorfunction(streamed) and list(streamed(3)) == [0, 10, 20]
 
@@ -63,7 +63,7 @@ def test_whatever_a_handler_raises_reaches_the_page_without_a_token(capsys):
         with pytest.raises(gr.Error) as caught:
             common.bind("ctx", failing)(kind)
         assert "hf_abcdefghij" not in caught.value.message and "***" in caught.value.message
-    assert "RuntimeError" in capsys.readouterr().err       # the traceback stays in the server's log
+    assert "RuntimeError" in capsys.readouterr().err  # the traceback stays in the server's log
     stream_fn = common.bind("ctx", failing_stream)()
     assert next(stream_fn) == "first"
     with pytest.raises(gr.Error) as caught:

@@ -24,16 +24,29 @@ LIGHT_CONCURRENCY = 16
 
 
 def _sample_view(row: dict) -> dict:
-    keys = ("id", "version", "status", "prompt", "prompted", "unprompted", "final", "note", "flags", "set_name",
-            "constitution_id")
+    keys = (
+        "id",
+        "version",
+        "status",
+        "prompt",
+        "prompted",
+        "unprompted",
+        "final",
+        "note",
+        "flags",
+        "set_name",
+        "constitution_id",
+    )
     return {k: row[k] for k in keys}
 
 
 def build(ctx: AppContext) -> None:
     def versions(request: gr.Request) -> list[dict]:
         """The visitor's constitution versions, newest first: id, name, message."""
-        return [{"id": v["id"], "name": v["name"], "message": v["message"]}
-                for v in ctx.store.list_constitution_versions(owner=ctx.owner(request))]
+        return [
+            {"id": v["id"], "name": v["name"], "message": v["message"]}
+            for v in ctx.store.list_constitution_versions(owner=ctx.owner(request))
+        ]
 
     def save_version(constitution: str, message: str, request: gr.Request) -> dict:
         """Save a constitution (YAML or JSON text) as a new version; returns its id."""
@@ -42,15 +55,20 @@ def build(ctx: AppContext) -> None:
             c = cmod.ensure_valid(cmod.parse(constitution))
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        new_id = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c),
-                                             message=message or "", owner=ctx.owner(request))
+        new_id = ctx.store.save_constitution(
+            c.name, cmod.to_dict(c), cmod.content_hash(c), message=message or "", owner=ctx.owner(request)
+        )
         return {"id": new_id}
 
     def samples(constitution_id: int, status: str, limit: int, request: gr.Request) -> list[dict]:
         """Up to `limit` of the visitor's samples of a version ("" status = any)."""
         try:
-            rows = ctx.store.list_samples(constitution_id=int(constitution_id), status=status or None,
-                                          owner=ctx.owner(request), limit=max(1, min(int(limit), 200)))
+            rows = ctx.store.list_samples(
+                constitution_id=int(constitution_id),
+                status=status or None,
+                owner=ctx.owner(request),
+                limit=max(1, min(int(limit), 200)),
+            )
         except StoreError as exc:
             raise gr.Error(str(exc)) from None
         return [_sample_view(r) for r in rows]
@@ -69,8 +87,14 @@ def build(ctx: AppContext) -> None:
         ctx.limit(text_kb=kb(note or ""))
         sample(sample_id, request)  # the visitor's own, or gr.Error
         try:
-            row = curate.review(ctx.store, int(sample_id), int(version), status=status or None,
-                                note=note if note else None, reviewer=owner)
+            row = curate.review(
+                ctx.store,
+                int(sample_id),
+                int(version),
+                status=status or None,
+                note=note if note else None,
+                reviewer=owner,
+            )
         except ConflictError as exc:
             raise gr.Error(f"Changed elsewhere since you read it: {exc}") from None
         except StoreError as exc:

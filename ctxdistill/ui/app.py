@@ -1,6 +1,6 @@
 """The web app: one Blocks with a tab per stage. Each tab module exposes ``build(ctx)``.
 
-    ctxdistill serve          # or: python app.py
+ctxdistill serve          # or: python app.py
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> No
     # (its own values on Windows, nearly) cost a queued event at most 20 ms.
     blocks._queue.sleep_when_free, blocks._queue.progress_update_sleep_when_free = 0.02, 0.1
     blocks.launch(
-        server_name=host, server_port=port, share=share, css=CSS, show_error=True,
-        max_file_size=ctx.upload_bytes, allowed_paths=[], **ctx.server_options(),
+        server_name=host,
+        server_port=port,
+        share=share,
+        css=CSS,
+        show_error=True,
+        max_file_size=ctx.upload_bytes,
+        allowed_paths=[],
+        **ctx.server_options(),
     )

@@ -19,8 +19,8 @@ from pathlib import Path
 import gradio as gr
 
 from ctxdistill import constitution as cmod
-from ctxdistill import jobs
 from ctxdistill import demo as demo_mode
+from ctxdistill import jobs
 from ctxdistill.prompts import ensure_default_prompts
 from ctxdistill.safety import UnsafeInput, check_upload, redact, safe_path
 from ctxdistill.store import NotFound, Store, workspace_home
@@ -45,7 +45,9 @@ class AppContext:
     version: gr.State | None = None  # id of the saved version the draft started from
     tabs: gr.Tabs | None = None  # to switch tabs from a button
     influence_button: gr.Button | None = None  # the Constitution tab's link to principle influence (Compare tab)
-    rebake_form: tuple | None = None  # the Distill form's (version, from-run, their section): Compare's re-bake offer fills them
+    rebake_form: tuple | None = (
+        None  # the Distill form's (version, from-run, their section): Compare's re-bake offer fills them
+    )
     # the page's one poll (ui/poll.py): a fingerprint of the store, the timer, and an event's arguments
     # that poll at once (e.g. `.then(**ctx.poll_now)` after starting a job)
     stamps: dict = field(default_factory=dict)
@@ -63,8 +65,9 @@ class AppContext:
 
     @classmethod
     def from_env(cls, home=None) -> "AppContext":
-        return cls(home=workspace_home(home), model_spec=os.environ.get("CTXDISTILL_MODEL") or None,
-                   demo=demo_mode.enabled())
+        return cls(
+            home=workspace_home(home), model_spec=os.environ.get("CTXDISTILL_MODEL") or None, demo=demo_mode.enabled()
+        )
 
     def owner(self, request: gr.Request | None) -> str:
         """The shared local workspace is owner "": demo visitors each get their own, the id in their
@@ -72,8 +75,10 @@ class AppContext:
         if self.demo and request is not None:
             visitor = demo_mode.visitor_of(self.secret, getattr(request, "cookies", None))
             if visitor is None:
-                raise gr.Error("This browser sent no valid visitor cookie: reload the page (the demo needs "
-                               "cookies to keep each visitor's work apart).")
+                raise gr.Error(
+                    "This browser sent no valid visitor cookie: reload the page (the demo needs "
+                    "cookies to keep each visitor's work apart)."
+                )
             return visitor
         return ""
 
@@ -104,8 +109,10 @@ class AppContext:
     def local_only(self, what: str) -> None:
         """gr.Error in demo mode: `what` would act with the Space owner's HF_TOKEN for any visitor."""
         if self.demo:
-            raise gr.Error(f"{what} is off in the public demo (it would use the Space owner's token). "
-                           "Export and download instead, or duplicate this Space.")
+            raise gr.Error(
+                f"{what} is off in the public demo (it would use the Space owner's token). "
+                "Export and download instead, or duplicate this Space."
+            )
 
     @property
     def upload_bytes(self) -> int:
@@ -155,9 +162,9 @@ class AppContext:
             raise gr.Error(f"No constitution version {version_id!r} here.") from None
 
     def model(self):
-        from ctxdistill.models import default_models_dir, get_model
+        from ctxdistill.models import default_models_dir, load_model_cached
 
-        return get_model(self.model_spec, models_dir=default_models_dir(self.home))
+        return load_model_cached(self.model_spec, models_dir=default_models_dir(self.home))
 
 
 def bind(ctx: AppContext, fn, *fixed):
@@ -170,20 +177,25 @@ def bind(ctx: AppContext, fn, *fixed):
     __wrapped__), so inspect.unwrap past the page poll's memo (ui/poll.py) stops at a callback that
     needs no ctx."""
     if inspect.isgeneratorfunction(fn):
+
         def callback(*args, **kwargs):
             with shown_redacted():
                 yield from fn(ctx, *fixed, *args, **kwargs)
     else:
+
         def callback(*args, **kwargs):
             with shown_redacted():
                 return fn(ctx, *fixed, *args, **kwargs)
+
     functools.update_wrapper(callback, fn)
     del callback.__wrapped__
     params = list(inspect.signature(fn).parameters.values())
-    bound, params = params[:1 + len(fixed)], params[1 + len(fixed):]
+    bound, params = params[: 1 + len(fixed)], params[1 + len(fixed) :]
     hints = {k: v for k, v in typing.get_type_hints(fn).items() if k not in {p.name for p in bound}}
-    callback.__signature__ = inspect.Signature([p.replace(annotation=hints.get(p.name, p.empty)) for p in params],
-                                               return_annotation=hints.get("return", inspect.Signature.empty))
+    callback.__signature__ = inspect.Signature(
+        [p.replace(annotation=hints.get(p.name, p.empty)) for p in params],
+        return_annotation=hints.get("return", inspect.Signature.empty),
+    )
     callback.__annotations__ = hints
     return callback
 
@@ -252,8 +264,9 @@ def error_text(exc: Exception) -> str:
 def keep(choices: list[tuple[str, int]], current, default=None):
     """A dropdown's update to fresh choices: the current pick while it is still there."""
     ids = [c[1] for c in choices]
-    return gr.update(choices=choices, value=current if current in ids else (default if default in ids else
-                                                                          (ids[0] if ids else None)))
+    return gr.update(
+        choices=choices, value=current if current in ids else (default if default in ids else (ids[0] if ids else None))
+    )
 
 
 def highlight(tokens: list[str], kls: list[float]) -> list[tuple[str, float | None]]:
@@ -272,8 +285,11 @@ def prompt_choices(ctx: AppContext, owner: str, split: str | None = None) -> lis
 
 def version_options(ctx: AppContext, owner: str, only: set | None = None) -> list[tuple[str, int]]:
     """(label, id) of the visitor's constitution versions, newest first; ``only``: just these ids."""
-    return [(f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
-            for v in ctx.store.list_constitution_versions(owner=owner) if only is None or v["id"] in only]
+    return [
+        (f"v{v['id']} · {v['name']}" + (f" · {v['message']}" if v["message"] else ""), v["id"])
+        for v in ctx.store.list_constitution_versions(owner=owner)
+        if only is None or v["id"] in only
+    ]
 
 
 def train_runs(ctx: AppContext, owner: str) -> list[dict]:
@@ -293,6 +309,11 @@ def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
         path = adapter_dir(ctx, job)
         if job["state"] == "done" and path.is_dir():
             gap = (job["result"] or {}).get("gap_closed")
-            out.append((f"job {job['id']} · {job['config'].get('loss')}" + (f" · gap closed {gap:.0%}" if gap is not None else ""),
-                        job["id"]))
+            out.append(
+                (
+                    f"job {job['id']} · {job['config'].get('loss')}"
+                    + (f" · gap closed {gap:.0%}" if gap is not None else ""),
+                    job["id"],
+                )
+            )
     return out

@@ -16,14 +16,23 @@ import gradio as gr
 import pandas as pd
 
 from ctxdistill import constitution as cmod
-from ctxdistill import evaluate as E
-from ctxdistill import report, stats
-from ctxdistill import jobs
+from ctxdistill import evaluate, jobs, report, stats
 from ctxdistill.models import ModelError
 from ctxdistill.store import NotFound
-from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, bind, download_dir, draft_constitution, highlight, keep,
-                                  prompt_choices, slider, starved_note, version_options)
 from ctxdistill.ui import stale as stale_notice
+from ctxdistill.ui.common import (
+    MODEL_QUEUE,
+    AppContext,
+    bind,
+    download_dir,
+    draft_constitution,
+    highlight,
+    keep,
+    prompt_choices,
+    slider,
+    starved_note,
+    version_options,
+)
 
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
 # the blind review's buttons: key, label, vote
@@ -57,14 +66,22 @@ def eval_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
     for ev in ctx.store.list_evals(owner=owner):
         r = ev["results"]
         runs = ", ".join(x["label"] for x in r.get("runs", [])) or "no runs"
-        out.append((f"eval {ev['id']} · {r['constitution']['name']} v{r['constitution']['id']} · {runs} · "
-                    f"{r['n_prompts']} prompts", ev["id"]))
+        out.append(
+            (
+                f"eval {ev['id']} · {r['constitution']['name']} v{r['constitution']['id']} · {runs} · "
+                f"{r['n_prompts']} prompts",
+                ev["id"],
+            )
+        )
     return out
 
 
 def _runs(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
-    return [(f"job {j['id']} · v{j['config'].get('constitution_id')} · {j['config'].get('loss')}", j["id"])
-            for j in jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50) if j["state"] == "done"]
+    return [
+        (f"job {j['id']} · v{j['config'].get('constitution_id')} · {j['config'].get('loss')}", j["id"])
+        for j in jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
+        if j["state"] == "done"
+    ]
 
 
 def status_html(job: dict | None) -> str:
@@ -79,8 +96,10 @@ def status_html(job: dict | None) -> str:
     if job["result"]:
         r = job["result"]
         if r.get("gap_closed") is not None:
-            lines.append(f"KL {r['kl_base']:.4f} → {r['kl_student']:.4f} nats/token · gap closed {r['gap_closed']:.0%} "
-                         f"· {r['seconds']:.0f} s")
+            lines.append(
+                f"KL {r['kl_base']:.4f} → {r['kl_student']:.4f} nats/token · gap closed {r['gap_closed']:.0%} "
+                f"· {r['seconds']:.0f} s"
+            )
     bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
     return f"<div id='eval-status-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
 
@@ -90,7 +109,9 @@ def per_prompt_table(results: dict, student: str | None, other: str | None) -> p
     cols = {"#": list(range(1, results["n_prompts"] + 1)), "prompt": [p["text"] for p in results["prompts"]]}
     for cond in ("base", student, other):
         if cond:
-            cols[f"KL {cond}"] = [round(v, 4) if math.isfinite(v) else None for v in report.per_prompt_kl(results, cond)]
+            cols[f"KL {cond}"] = [
+                round(v, 4) if math.isfinite(v) else None for v in report.per_prompt_kl(results, cond)
+            ]
     for cond in ("base", "teacher", student, other):
         if cond:
             cols[cond] = [p["answers"][cond] for p in results["prompts"]]
@@ -103,9 +124,15 @@ def tally_markdown(tally: dict, student: str) -> str:
     if not tally["n"]:
         return "No votes yet: press **1**–**4** to vote."
     names = {"student": f"{student} better", "teacher": "teacher better", "tie": "tie", "both_bad": "both bad"}
-    parts = [f"**{names[o]}** {tally['counts'][o]} ({report.fmt_estimate(tally['rates'][o], pct=True)})" for o in stats.VOTE_OUTCOMES]
-    return (f"**{tally['n']} votes** · " + " · ".join(parts) +
-            f"  \nStudent as good as the teacher (win or tie): {report.fmt_estimate(tally['rates']['student_or_tie'], pct=True)}")
+    parts = [
+        f"**{names[o]}** {tally['counts'][o]} ({report.fmt_estimate(tally['rates'][o], pct=True)})"
+        for o in stats.VOTE_OUTCOMES
+    ]
+    return (
+        f"**{tally['n']} votes** · "
+        + " · ".join(parts)
+        + f"  \nStudent as good as the teacher (win or tie): {report.fmt_estimate(tally['rates']['student_or_tie'], pct=True)}"
+    )
 
 
 def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | None, str, str, str, str]:
@@ -128,25 +155,52 @@ def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | 
 
 def layout(ctx: AppContext) -> dict:
     """The tab's components, by name."""
-    gr.Markdown("Does the model **without** the constitution now answer as the teacher does, and what did it cost? "
-                "Scores are on held-out prompts, each with its sample size and a bootstrap 95% interval.")
+    gr.Markdown(
+        "Does the model **without** the constitution now answer as the teacher does, and what did it cost? "
+        "Scores are on held-out prompts, each with its sample size and a bootstrap 95% interval."
+    )
     with gr.Accordion("New evaluation", open=True):
         with gr.Row():
             version = gr.Dropdown(label="Constitution version", choices=[], elem_id="eval-version", scale=2)
             runs = gr.Dropdown(label="Runs (students)", choices=[], multiselect=True, elem_id="eval-runs", scale=3)
-            prompt_set = gr.Textbox(label="Prompt set (held-out split)", value="default", elem_id="eval-prompt-set", scale=1)
+            prompt_set = gr.Textbox(
+                label="Prompt set (held-out split)", value="default", elem_id="eval-prompt-set", scale=1
+            )
         stale = stale_notice.layout("eval")
         with gr.Row():
             caps = ctx.caps  # in demo mode the fields stop at the caps (gradio refuses a number above its maximum)
-            max_prompts = gr.Number(label="Max prompts (0 = all)", value=0, precision=0, minimum=0,
-                                    maximum=caps.prompts if caps else None, elem_id="eval-max-prompts")
-            sample_tokens = gr.Number(label="Tokens per answer", value=40, precision=0, minimum=1,
-                                      maximum=caps.max_new_tokens if caps else None, elem_id="eval-sample-tokens")
-            influence_n = gr.Number(label="Prompts for principle influence", value=8, precision=0, minimum=0,
-                                    maximum=caps.prompts if caps else None, elem_id="eval-influence-n")
-            use_judge = gr.Checkbox(label="Model-as-judge (slow; rough on a 135M model)", value=False, elem_id="eval-judge")
-            use_robustness = gr.Checkbox(label="Robustness suite (capability, injection, second turn, placebo, savings)",
-                                         value=True, elem_id="eval-robustness")
+            max_prompts = gr.Number(
+                label="Max prompts (0 = all)",
+                value=0,
+                precision=0,
+                minimum=0,
+                maximum=caps.prompts if caps else None,
+                elem_id="eval-max-prompts",
+            )
+            sample_tokens = gr.Number(
+                label="Tokens per answer",
+                value=40,
+                precision=0,
+                minimum=1,
+                maximum=caps.max_new_tokens if caps else None,
+                elem_id="eval-sample-tokens",
+            )
+            influence_n = gr.Number(
+                label="Prompts for principle influence",
+                value=8,
+                precision=0,
+                minimum=0,
+                maximum=caps.prompts if caps else None,
+                elem_id="eval-influence-n",
+            )
+            use_judge = gr.Checkbox(
+                label="Model-as-judge (slow; rough on a 135M model)", value=False, elem_id="eval-judge"
+            )
+            use_robustness = gr.Checkbox(
+                label="Robustness suite (capability, injection, second turn, placebo, savings)",
+                value=True,
+                elem_id="eval-robustness",
+            )
         with gr.Row():
             start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
             stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -168,15 +222,27 @@ def layout(ctx: AppContext) -> dict:
         with gr.Row():
             base_text = gr.Textbox(label="Base (no constitution)", lines=6, interactive=False, elem_id="pp-base")
             teacher_text = gr.Textbox(label="Teacher (with it)", lines=6, interactive=False, elem_id="pp-teacher")
-            student_text = gr.Textbox(label="Student (adapter, no constitution)", lines=6, interactive=False, elem_id="pp-student")
-        div_student = gr.HighlightedText(label="Teacher's answer: where the student still diverges (KL teacher‖student)",
-                                         combine_adjacent=False, show_legend=False, elem_id="pp-div-student")
-        div_base = gr.HighlightedText(label="…and where the base model diverged (KL teacher‖base)",
-                                      combine_adjacent=False, show_legend=False, elem_id="pp-div-base")
+            student_text = gr.Textbox(
+                label="Student (adapter, no constitution)", lines=6, interactive=False, elem_id="pp-student"
+            )
+        div_student = gr.HighlightedText(
+            label="Teacher's answer: where the student still diverges (KL teacher‖student)",
+            combine_adjacent=False,
+            show_legend=False,
+            elem_id="pp-div-student",
+        )
+        div_base = gr.HighlightedText(
+            label="…and where the base model diverged (KL teacher‖base)",
+            combine_adjacent=False,
+            show_legend=False,
+            elem_id="pp-div-base",
+        )
     with gr.Group(elem_id="ab-panel"):
-        gr.Markdown("### Blind A/B review\nWhich answer is better? The teacher and the student are shown as A and B "
-                    "in a random order. Keys: <span class='kbd'>1</span> A better · <span class='kbd'>2</span> B better · "
-                    "<span class='kbd'>3</span> tie · <span class='kbd'>4</span> both bad.")
+        gr.Markdown(
+            "### Blind A/B review\nWhich answer is better? The teacher and the student are shown as A and B "
+            "in a random order. Keys: <span class='kbd'>1</span> A better · <span class='kbd'>2</span> B better · "
+            "<span class='kbd'>3</span> tie · <span class='kbd'>4</span> both bad."
+        )
         ab_state = gr.State(None)
         ab_prompt = gr.Markdown(elem_id="ab-prompt")
         with gr.Row():
@@ -187,11 +253,19 @@ def layout(ctx: AppContext) -> dict:
         ab_progress = gr.Markdown(elem_id="ab-progress")
         ab_tally = gr.Markdown(elem_id="ab-tally")
     with gr.Accordion("Principle influence", open=True, elem_id="influence-panel"):
-        gr.Markdown("KL between the teacher with the whole constitution and with one principle removed, along the "
-                    "teacher's answers: which principles change behaviour and which are dead weight.")
+        gr.Markdown(
+            "KL between the teacher with the whole constitution and with one principle removed, along the "
+            "teacher's answers: which principles change behaviour and which are dead weight."
+        )
         with gr.Row():
-            influence_n_now = slider(min(2, caps.prompts) if caps else 2, min(32, caps.prompts) if caps else 32, value=8,
-                                     step=1, label="Prompts", elem_id="influence-n")
+            influence_n_now = slider(
+                min(2, caps.prompts) if caps else 2,
+                min(32, caps.prompts) if caps else 32,
+                value=8,
+                step=1,
+                label="Prompts",
+                elem_id="influence-n",
+            )
             influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
         influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
         influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
@@ -201,23 +275,60 @@ def layout(ctx: AppContext) -> dict:
         fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
         export = gr.Button("Export report", elem_id="report-export")
     report_file = gr.File(label="Report", elem_id="report-file")
-    return dict(version=version, runs=runs, prompt_set=prompt_set, max_prompts=max_prompts, sample_tokens=sample_tokens,
-                influence_n=influence_n, use_judge=use_judge, start=start, stop=stop, status=status, job_id=job_id,
-                known=known, pick=pick, student=student, other=other, board=board, scores_plot=scores_plot,
-                dist_plot=dist_plot, train_plot=train_plot, table=table, base_text=base_text, teacher_text=teacher_text,
-                student_text=student_text, div_student=div_student, div_base=div_base, ab_state=ab_state,
-                ab_prompt=ab_prompt, ab_a=ab_a, ab_b=ab_b, buttons=buttons, ab_progress=ab_progress, ab_tally=ab_tally,
-                influence_n_now=influence_n_now, influence_run=influence_run, influence_plot=influence_plot,
-                influence_table=influence_table, fmt=fmt, export=export, report_file=report_file,
-                use_robustness=use_robustness, **suite, **baked, **stale)
-
+    return dict(
+        version=version,
+        runs=runs,
+        prompt_set=prompt_set,
+        max_prompts=max_prompts,
+        sample_tokens=sample_tokens,
+        influence_n=influence_n,
+        use_judge=use_judge,
+        start=start,
+        stop=stop,
+        status=status,
+        job_id=job_id,
+        known=known,
+        pick=pick,
+        student=student,
+        other=other,
+        board=board,
+        scores_plot=scores_plot,
+        dist_plot=dist_plot,
+        train_plot=train_plot,
+        table=table,
+        base_text=base_text,
+        teacher_text=teacher_text,
+        student_text=student_text,
+        div_student=div_student,
+        div_base=div_base,
+        ab_state=ab_state,
+        ab_prompt=ab_prompt,
+        ab_a=ab_a,
+        ab_b=ab_b,
+        buttons=buttons,
+        ab_progress=ab_progress,
+        ab_tally=ab_tally,
+        influence_n_now=influence_n_now,
+        influence_run=influence_run,
+        influence_plot=influence_plot,
+        influence_table=influence_table,
+        fmt=fmt,
+        export=export,
+        report_file=report_file,
+        use_robustness=use_robustness,
+        **suite,
+        **baked,
+        **stale,
+    )
 
 
 def baked_layout() -> dict:
     """Which principles got baked into the picked student (baked.py), next to their influence."""
-    gr.Markdown("**Which principles got baked** into the picked student: the share of each principle's effect on "
-                "the teacher that the student reproduces without the constitution (1 = all of it, 0 = none), with the "
-                "teacher's and the student's check pass rates where the principle has an automatic check.")
+    gr.Markdown(
+        "**Which principles got baked** into the picked student: the share of each principle's effect on "
+        "the teacher that the student reproduces without the constitution (1 = all of it, 0 = none), with the "
+        "teacher's and the student's check pass rates where the principle has an automatic check."
+    )
     note = gr.Markdown(elem_id="baked-note")
     plot = gr.Plot(label="Which principles got baked", elem_id="baked-plot")
     table = gr.Dataframe(interactive=False, wrap=True, elem_id="baked-table")
@@ -227,15 +338,21 @@ def baked_layout() -> dict:
 def robustness_layout() -> dict:
     """The Robustness section: what baking bought and what it cost (robustness.py)."""
     with gr.Accordion("Robustness", open=True, elem_id="robustness-panel"):
-        text = gr.Markdown("Run an evaluation with the robustness suite to see capability, injection resistance, "
-                           "the second turn, the placebo and the savings here.", elem_id="robustness-text")
+        text = gr.Markdown(
+            "Run an evaluation with the robustness suite to see capability, injection resistance, "
+            "the second turn, the placebo and the savings here.",
+            elem_id="robustness-text",
+        )
         capability_plot = gr.Plot(label="Capability with 95% intervals", elem_id="plot-capability")
         families_plot = gr.Plot(label="By prompt family", elem_id="plot-families")
         attacks_plot = gr.Plot(label="By kind of injection", elem_id="plot-attacks")
-    return dict(robustness_text=text, capability_plot=capability_plot, families_plot=families_plot, attacks_plot=attacks_plot)
+    return dict(
+        robustness_text=text, capability_plot=capability_plot, families_plot=families_plot, attacks_plot=attacks_plot
+    )
 
 
 # ---------------------------------------------------------------- loading and the job
+
 
 def on_load(ctx: AppContext, request: gr.Request):
     latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=ctx.owner(request), limit=1)
@@ -246,32 +363,49 @@ def version_list(ctx: AppContext, current, request: gr.Request):
     return keep(version_options(ctx, ctx.owner(request)), current)
 
 
-
 def run_list(ctx: AppContext, current, request: gr.Request):
     choices = _runs(ctx, ctx.owner(request))
     ids = [c[1] for c in choices]
     return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
 
 
-def on_start(ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influence, judge, robust=True,
-             request: gr.Request = None):
+def on_start(
+    ctx: AppContext,
+    version_id,
+    run_ids,
+    set_name,
+    n,
+    tokens,
+    n_influence,
+    judge,
+    robust=True,
+    request: gr.Request = None,
+):
     owner = ctx.owner(request)
     if not version_id:
         raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
     ctx.constitution(version_id, request)  # the visitor's own version and runs only
     for run_id in run_ids or []:
         ctx.job(run_id, request)
-    cfg = E.EvalConfig(constitution_id=int(version_id), runs=[int(r) for r in run_ids or []],
-                       prompt_set=(set_name or "").strip() or "default", max_prompts=int(n or 0),
-                       sample_tokens=int(tokens or 40), influence_prompts=int(n_influence or 0), judge=bool(judge),
-                       robustness=bool(robust), model=ctx.model_spec or "", owner=owner)
+    cfg = evaluate.EvalConfig(
+        constitution_id=int(version_id),
+        runs=[int(r) for r in run_ids or []],
+        prompt_set=(set_name or "").strip() or "default",
+        max_prompts=int(n or 0),
+        sample_tokens=int(tokens or 40),
+        influence_prompts=int(n_influence or 0),
+        judge=bool(judge),
+        robustness=bool(robust),
+        model=ctx.model_spec or "",
+        owner=owner,
+    )
     if ctx.caps is not None and not cfg.max_prompts:
         cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
     try:
-        the_plan = E.plan(cfg if ctx.caps is None else E.fit_suite(cfg, ctx.caps.prompts), ctx.store)
-    except E.EvalError as exc:
+        the_plan = evaluate.plan(cfg if ctx.caps is None else evaluate.fit_suite(cfg, ctx.caps.prompts), ctx.store)
+    except evaluate.EvalError as exc:
         raise gr.Error(str(exc)) from None
-    ctx.limit(prompts=E.largest_part(cfg, the_plan), max_new_tokens=cfg.sample_tokens)
+    ctx.limit(prompts=evaluate.largest_part(cfg, the_plan), max_new_tokens=cfg.sample_tokens)
     return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
 
@@ -293,16 +427,23 @@ def poll(ctx: AppContext, job, seen, request: gr.Request):
 
 # ---------------------------------------------------------------- views of one evaluation
 
+
 def on_pick(ctx: AppContext, eval_id, request: gr.Request):
     ev = _eval(ctx, eval_id, ctx.owner(request))
     labels = [r["label"] for r in ev["results"]["runs"]] if ev else []
-    return (gr.update(choices=labels, value=labels[0] if labels else None),
-            gr.update(choices=["(none)", *labels[1:]], value="(none)"))
+    return (
+        gr.update(choices=labels, value=labels[0] if labels else None),
+        gr.update(choices=["(none)", *labels[1:]], value="(none)"),
+    )
 
 
 def influence_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame([{"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
-                         for x in rows])
+    return pd.DataFrame(
+        [
+            {"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
+            for x in rows
+        ]
+    )
 
 
 def views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
@@ -315,9 +456,15 @@ def views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
     picked = [x for x in (stu, oth) if x]
     rows = [row for row in report.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
     influence = r.get("influence") or []
-    return (pd.DataFrame(rows), report.fig_scores(r, picked), report.fig_kl_distribution(r, picked), report.fig_training(r, picked),
-            per_prompt_table(r, stu, oth), report.fig_influence(influence) if influence else gr.skip(),
-            influence_frame(influence) if influence else gr.skip())
+    return (
+        pd.DataFrame(rows),
+        report.fig_scores(r, picked),
+        report.fig_kl_distribution(r, picked),
+        report.fig_training(r, picked),
+        per_prompt_table(r, stu, oth),
+        report.fig_influence(influence) if influence else gr.skip(),
+        influence_frame(influence) if influence else gr.skip(),
+    )
 
 
 def robustness_views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
@@ -328,8 +475,12 @@ def robustness_views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
         return note, None, None, None
     r = ev["results"]
     picked = [x for x in (stu, oth) if x in r["conditions"] and x not in ("base", "teacher")]
-    return (report.robustness_text(r), report.fig_capability(r, picked), report.fig_families(r, picked),
-            report.fig_attacks(r, picked))
+    return (
+        report.robustness_text(r),
+        report.fig_capability(r, picked),
+        report.fig_families(r, picked),
+        report.fig_attacks(r, picked),
+    )
 
 
 def baked_views(ctx: AppContext, eval_id, stu, request: gr.Request):
@@ -337,8 +488,14 @@ def baked_views(ctx: AppContext, eval_id, stu, request: gr.Request):
     ev = _eval(ctx, eval_id, ctx.owner(request))
     rows = (ev["results"].get("baked") or {}).get(stu) if ev else None
     if not rows:
-        return ("Evaluate a run with principle influence on (prompts for principle influence above 0) to see which "
-                "principles got baked."), None, None
+        return (
+            (
+                "Evaluate a run with principle influence on (prompts for principle influence above 0) to see which "
+                "principles got baked."
+            ),
+            None,
+            None,
+        )
     return "", report.fig_baked(rows, stu), pd.DataFrame(report.baked_table(rows))
 
 
@@ -348,17 +505,27 @@ def on_row(ctx: AppContext, eval_id, stu, evt: gr.SelectData, request: gr.Reques
         return "", "", "", [], []
     p = ev["results"]["prompts"][int(evt.row_value[0]) - 1]
     stu = stu if stu in p["answers"] else None
-    return (p["answers"]["base"], p["answers"]["teacher"], p["answers"].get(stu, "") if stu else "",
-            highlight(p["tokens"], p["kl"][stu]) if stu else [], highlight(p["tokens"], p["kl"]["base"]))
+    return (
+        p["answers"]["base"],
+        p["answers"]["teacher"],
+        p["answers"].get(stu, "") if stu else "",
+        highlight(p["tokens"], p["kl"][stu]) if stu else [],
+        highlight(p["tokens"], p["kl"]["base"]),
+    )
 
 
 # ---------------------------------------------------------------- blind review
+
 
 def show_blind(ctx: AppContext, eval_id, request: gr.Request):
     owner = ctx.owner(request)
     ev = _eval(ctx, eval_id, owner)
     state, prompt, a, b, progress = next_blind(ctx, ev, owner)
-    tally = tally_markdown(report.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"]) if ev and ev["results"]["runs"] else ""
+    tally = (
+        tally_markdown(report.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"])
+        if ev and ev["results"]["runs"]
+        else ""
+    )
     return state, prompt, a, b, progress, tally
 
 
@@ -377,6 +544,7 @@ def cast(ctx: AppContext, state, button: str, request: gr.Request):
 
 # ---------------------------------------------------------------- principle influence of the draft
 
+
 def measure(ctx: AppContext, draft, n, request: gr.Request):
     ctx.limit(prompts=int(n))
     c = draft_constitution(draft)
@@ -389,11 +557,12 @@ def measure(ctx: AppContext, draft, n, request: gr.Request):
     prompts = prompt_choices(ctx, ctx.owner(request), "heldout")[: int(n)]
     if not prompts:
         raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
-    rows = E.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
+    rows = evaluate.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
     return report.fig_influence(rows), influence_frame(rows)
 
 
 # ---------------------------------------------------------------- report
+
 
 def on_export(ctx: AppContext, eval_id, kind, request: gr.Request):
     ev = _eval(ctx, eval_id, ctx.owner(request))
@@ -412,8 +581,19 @@ def build(ctx: AppContext) -> None:
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
     ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
     ctx.watch(on(run_list), c["runs"], c["runs"], on=("jobs",))
-    form = [c[name] for name in ("version", "runs", "prompt_set", "max_prompts", "sample_tokens", "influence_n", "use_judge",
-                                 "use_robustness")]
+    form = [
+        c[name]
+        for name in (
+            "version",
+            "runs",
+            "prompt_set",
+            "max_prompts",
+            "sample_tokens",
+            "influence_n",
+            "use_judge",
+            "use_robustness",
+        )
+    ]
     c["start"].click(on(on_start), form, c["job_id"]).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
     state = [c["job_id"], c["known"]]
@@ -421,8 +601,10 @@ def build(ctx: AppContext) -> None:
     c["job_id"].change(on(poll), state, [c["status"], c["pick"], c["known"]], show_progress="hidden")
 
     picked = [c["pick"], c["student"], c["other"]]
-    shown = [c[name] for name in ("board", "scores_plot", "dist_plot", "train_plot", "table", "influence_plot",
-                                  "influence_table")]
+    shown = [
+        c[name]
+        for name in ("board", "scores_plot", "dist_plot", "train_plot", "table", "influence_plot", "influence_table")
+    ]
     c["pick"].change(on(on_pick), c["pick"], [c["student"], c["other"]]).then(on(views), picked, shown)
     for trigger in (c["student"].input, c["other"].input):
         trigger(on(views), picked, shown)
@@ -430,9 +612,14 @@ def build(ctx: AppContext) -> None:
     c["pick"].change(on(robustness_views), picked, suite)
     for trigger in (c["student"].input, c["other"].input):
         trigger(on(robustness_views), picked, suite)
-    c["student"].change(on(baked_views), [c["pick"], c["student"]], [c["baked_note"], c["baked_plot"], c["baked_table"]])
-    c["table"].select(on(on_row), [c["pick"], c["student"]],
-                      [c[name] for name in ("base_text", "teacher_text", "student_text", "div_student", "div_base")])
+    c["student"].change(
+        on(baked_views), [c["pick"], c["student"]], [c["baked_note"], c["baked_plot"], c["baked_table"]]
+    )
+    c["table"].select(
+        on(on_row),
+        [c["pick"], c["student"]],
+        [c[name] for name in ("base_text", "teacher_text", "student_text", "div_student", "div_base")],
+    )
 
     blind = [c[name] for name in ("ab_state", "ab_prompt", "ab_a", "ab_b", "ab_progress", "ab_tally")]
     c["pick"].change(on(show_blind), c["pick"], blind)
@@ -443,7 +630,9 @@ def build(ctx: AppContext) -> None:
     c["influence_run"].click(on(measure), *influence, **model)
     if ctx.influence_button is not None and ctx.tabs is not None:
         ctx.influence_button.click(lambda: gr.Tabs(selected="compare"), None, ctx.tabs).then(
-            None, js="() => { setTimeout(() => document.getElementById('influence-panel')"
-                     "?.scrollIntoView({block: 'start'}), 300); }").then(on(measure), *influence, **model)
+            None,
+            js="() => { setTimeout(() => document.getElementById('influence-panel')"
+            "?.scrollIntoView({block: 'start'}), 300); }",
+        ).then(on(measure), *influence, **model)
     c["export"].click(on(on_export), [c["pick"], c["fmt"]], c["report_file"])
     stale_notice.wire(ctx, c, c["runs"])

@@ -34,8 +34,14 @@ def _principles_table(draft: dict) -> pd.DataFrame:
     rows = []
     for i, p in enumerate(draft.get("principles") or []):
         check = p.get("check") or {}
-        rows.append({"#": i + 1, "id": p.get("id", ""), "text": p.get("text", ""),
-                     "check": f"{check.get('kind')}: {check.get('value')}" if check else ""})
+        rows.append(
+            {
+                "#": i + 1,
+                "id": p.get("id", ""),
+                "text": p.get("text", ""),
+                "check": f"{check.get('kind')}: {check.get('value')}" if check else "",
+            }
+        )
     return pd.DataFrame(rows, columns=["#", "id", "text", "check"])
 
 
@@ -51,8 +57,11 @@ def word_diff_html(old: str, new: str, old_label: str, new_label: str) -> str:
             out.append(f"<ins>{html.escape(''.join(b[j1:j2]))}</ins>")
         if op == "equal":
             out.append(html.escape("".join(a[i1:i2])))
-    head = (f"<div class='diff-head'><del>{html.escape(old_label)}</del> → <ins>{html.escape(new_label)}</ins></div>"
-            if old != new else f"<div class='diff-head'>{html.escape(old_label)} and {html.escape(new_label)} are identical</div>")
+    head = (
+        f"<div class='diff-head'><del>{html.escape(old_label)}</del> → <ins>{html.escape(new_label)}</ins></div>"
+        if old != new
+        else f"<div class='diff-head'>{html.escape(old_label)} and {html.escape(new_label)} are identical</div>"
+    )
     return f"<div id='diff-text'>{head}<pre class='word-diff'>{''.join(out)}</pre></div>"
 
 
@@ -103,8 +112,14 @@ def principle_fields(draft: dict, selected: int | None):
         return ("", "", "", "", NO_CHECK, "")
     p = ps[selected]
     check = p.get("check") or {}
-    return (p.get("id", ""), p.get("text", ""), p.get("critique", ""), p.get("revision", ""),
-            check.get("kind") or NO_CHECK, str(check.get("value", "")))
+    return (
+        p.get("id", ""),
+        p.get("text", ""),
+        p.get("critique", ""),
+        p.get("revision", ""),
+        check.get("kind") or NO_CHECK,
+        str(check.get("value", "")),
+    )
 
 
 def _history_choices(ctx: AppContext, owner: str, name: str | None):
@@ -114,16 +129,25 @@ def _history_choices(ctx: AppContext, owner: str, name: str | None):
 
 def layout(ctx: AppContext) -> dict:
     """The tab's components, by name."""
-    gr.Markdown("Write the principles the model should follow. The right-hand side shows the exact system "
-                "prompt the teacher gets. Every edit is autosaved as a draft; **Save** makes a new version.")
+    gr.Markdown(
+        "Write the principles the model should follow. The right-hand side shows the exact system "
+        "prompt the teacher gets. Every edit is autosaved as a draft; **Save** makes a new version."
+    )
     with gr.Row():
         with gr.Column(scale=3):
             with gr.Row():
                 name = gr.Textbox(label="Name", elem_id="c-name", scale=1)
                 description = gr.Textbox(label="Description", elem_id="c-description", scale=2)
-            preamble = gr.Textbox(label="Preamble (optional, comes before the principles)", lines=2, elem_id="c-preamble")
-            table = gr.Dataframe(label="Principles", interactive=False, wrap=True, elem_id="principles",
-                                 column_widths=["6%", "14%", "55%", "25%"])
+            preamble = gr.Textbox(
+                label="Preamble (optional, comes before the principles)", lines=2, elem_id="c-preamble"
+            )
+            table = gr.Dataframe(
+                label="Principles",
+                interactive=False,
+                wrap=True,
+                elem_id="principles",
+                column_widths=["6%", "14%", "55%", "25%"],
+            )
             with gr.Row(equal_height=True):
                 selector = gr.Dropdown(label="Edit principle", choices=[], elem_id="principle-select", scale=3)
                 add = gr.Button("Add", elem_id="add-principle", size="sm", min_width=60)
@@ -136,42 +160,82 @@ def layout(ctx: AppContext) -> dict:
                 critique = gr.Textbox(label="Critique request", lines=2, elem_id="principle-critique")
                 revision = gr.Textbox(label="Revision request", lines=2, elem_id="principle-revision")
                 with gr.Row():
-                    check_kind = gr.Dropdown(label="Automatic check", choices=[NO_CHECK, *cmod.CHECK_KINDS], value=NO_CHECK, elem_id="check-kind")
+                    check_kind = gr.Dropdown(
+                        label="Automatic check",
+                        choices=[NO_CHECK, *cmod.CHECK_KINDS],
+                        value=NO_CHECK,
+                        elem_id="check-kind",
+                    )
                     check_value = gr.Textbox(label="Check value", elem_id="check-value")
             with gr.Accordion("Raw YAML", open=False):
                 yaml_code = gr.Code(language="yaml", interactive=True, elem_id="yaml")
                 apply_yaml = gr.Button("Apply YAML", elem_id="apply-yaml", size="sm")
         with gr.Column(scale=2):
-            rendered = gr.Textbox(label="System prompt the teacher sees", lines=10, interactive=False, elem_id="rendered")
+            rendered = gr.Textbox(
+                label="System prompt the teacher sees", lines=10, interactive=False, elem_id="rendered"
+            )
             tokens = gr.Markdown(elem_id="token-count")
             status = gr.Markdown(elem_id="c-status")
             message = gr.Textbox(label="Version note", placeholder="what changed", elem_id="save-message")
             save = gr.Button("Save version", variant="primary", elem_id="save")
             saved = gr.Markdown(elem_id="save-result")
             # wired in the Compare tab, which shows the result (built after this one)
-            ctx.influence_button = gr.Button("Which principles matter? Measure their influence →", size="sm",
-                                             elem_id="c-influence")
+            ctx.influence_button = gr.Button(
+                "Which principles matter? Measure their influence →", size="sm", elem_id="c-influence"
+            )
             with gr.Accordion("History and diff", open=True):
                 history = gr.Dropdown(label="Version", choices=[], elem_id="history")
                 compare = gr.Dropdown(label="Compare with", choices=[], elem_id="compare-to")
-                diff = gr.HTML(label="Diff (words taken out struck through, words put in underlined)",
-                               elem_id="diff")
+                diff = gr.HTML(label="Diff (words taken out struck through, words put in underlined)", elem_id="diff")
                 restore = gr.Button("Restore this version", elem_id="restore", size="sm")
             with gr.Accordion("Examples, import, export", open=False):
                 example = gr.Dropdown(label="Example", choices=list(examples()), elem_id="example")
                 load_example = gr.Button("Load example", elem_id="load-example", size="sm")
-                upload = gr.File(label="Import YAML / JSON / HF recipe JSON", file_types=list(IMPORT_SUFFIXES), type="filepath", elem_id="import-file")
+                upload = gr.File(
+                    label="Import YAML / JSON / HF recipe JSON",
+                    file_types=list(IMPORT_SUFFIXES),
+                    type="filepath",
+                    elem_id="import-file",
+                )
                 with gr.Row():
                     export_yaml = gr.Button("Export YAML", size="sm", elem_id="export-yaml")
                     export_json = gr.Button("Export JSON", size="sm", elem_id="export-json")
                 exported = gr.File(label="Exported file", interactive=False, elem_id="exported")
-    return dict(name=name, description=description, preamble=preamble, table=table, selector=selector, add=add,
-                remove=remove, up=up, down=down, pid=pid, text=text, critique=critique, revision=revision,
-                check_kind=check_kind, check_value=check_value, yaml_code=yaml_code, apply_yaml=apply_yaml,
-                rendered=rendered, tokens=tokens, status=status, message=message, save=save, saved=saved,
-                history=history, compare=compare, diff=diff, restore=restore, example=example,
-                load_example=load_example, upload=upload, export_yaml=export_yaml, export_json=export_json,
-                exported=exported)
+    return dict(
+        name=name,
+        description=description,
+        preamble=preamble,
+        table=table,
+        selector=selector,
+        add=add,
+        remove=remove,
+        up=up,
+        down=down,
+        pid=pid,
+        text=text,
+        critique=critique,
+        revision=revision,
+        check_kind=check_kind,
+        check_value=check_value,
+        yaml_code=yaml_code,
+        apply_yaml=apply_yaml,
+        rendered=rendered,
+        tokens=tokens,
+        status=status,
+        message=message,
+        save=save,
+        saved=saved,
+        history=history,
+        compare=compare,
+        diff=diff,
+        restore=restore,
+        example=example,
+        load_example=load_example,
+        upload=upload,
+        export_yaml=export_yaml,
+        export_json=export_json,
+        exported=exported,
+    )
 
 
 def show_all(ctx: AppContext, draft, selected, request: gr.Request, version=None, count_tokens=True):
@@ -179,9 +243,15 @@ def show_all(ctx: AppContext, draft, selected, request: gr.Request, version=None
     top fields and both history lists."""
     sel = selected if isinstance(selected, int) else 0
     choices = _history_choices(ctx, ctx.owner(request), None)
-    return (*views(ctx, draft, sel, count_tokens), *principle_fields(draft, sel), draft.get("name", ""),
-            draft.get("description", ""), draft.get("preamble", ""),
-            gr.update(choices=choices, value=version), gr.update(choices=choices))
+    return (
+        *views(ctx, draft, sel, count_tokens),
+        *principle_fields(draft, sel),
+        draft.get("name", ""),
+        draft.get("description", ""),
+        draft.get("preamble", ""),
+        gr.update(choices=choices, value=version),
+        gr.update(choices=choices),
+    )
 
 
 def autosave(ctx: AppContext, draft, version, request) -> None:
@@ -213,7 +283,7 @@ def set_field(ctx: AppContext, field_name: str, value, draft, version, selected,
     p = ps[selected]
     if field_name in ("check_kind", "check_value"):
         shown = principle_fields(draft, selected)[PRINCIPLE_FIELDS.index(field_name)]
-        if value == shown:           # as the field shows it (a number check's value as text)
+        if value == shown:  # as the field shows it (a number check's value as text)
             return unchanged()
         check = dict(p.get("check") or {"kind": "contains", "value": ""})
         check["kind" if field_name == "check_kind" else "value"] = value
@@ -274,7 +344,9 @@ def from_yaml(ctx: AppContext, code, draft, version, request: gr.Request):
 def from_example(ctx: AppContext, which, draft, version, request: gr.Request):
     if which not in examples():
         return keep_draft(draft, version, error_text("Pick an example first."))
-    return replace_draft(ctx, cmod.load(examples()[which]), version, request, f"Loaded example {which!r} (not saved yet).")
+    return replace_draft(
+        ctx, cmod.load(examples()[which]), version, request, f"Loaded example {which!r} (not saved yet)."
+    )
 
 
 def from_upload(ctx: AppContext, path, draft, version, request: gr.Request):
@@ -301,11 +373,18 @@ def do_save(ctx: AppContext, draft, version, note, request: gr.Request):
     except ModelError:
         pass  # the size check needs the tokenizer; saving does not
     owner = ctx.owner(request)
-    new_id = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), parent_id=version, message=note or "", owner=owner)
+    new_id = ctx.store.save_constitution(
+        c.name, cmod.to_dict(c), cmod.content_hash(c), parent_id=version, message=note or "", owner=owner
+    )
     ctx.store.save_draft(cmod.to_dict(c), new_id, owner=owner)
     choices = _history_choices(ctx, owner, None)
     same = " (no changes since the last version)" if new_id == version else ""
-    return new_id, f"Saved as **v{new_id}**{same}.", gr.update(choices=choices, value=new_id), gr.update(choices=choices)
+    return (
+        new_id,
+        f"Saved as **v{new_id}**{same}.",
+        gr.update(choices=choices, value=new_id),
+        gr.update(choices=choices),
+    )
 
 
 def show_diff(ctx: AppContext, a, b, request: gr.Request):
@@ -324,7 +403,9 @@ def do_restore(ctx: AppContext, which, draft, version, request: gr.Request):
     row = ctx.constitution(which, request)
     c = cmod.from_row(row)
     owner = ctx.owner(request)
-    new_id = ctx.store.save_constitution(c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner)
+    new_id = ctx.store.save_constitution(
+        c.name, row["content"], row["hash"], parent_id=version, message=f"restored v{which}", owner=owner
+    )
     return replace_draft(ctx, c, new_id, request, f"Restored v{which} as **v{new_id}**.")
 
 
@@ -354,8 +435,10 @@ def history_lists(ctx: AppContext, picked, other, request: gr.Request):
     """Versions saved elsewhere (another tab, browser or command) join the history lists."""
     choices = _history_choices(ctx, ctx.owner(request), None)
     ids = [c[1] for c in choices]
-    return (gr.update(choices=choices, value=picked if picked in ids else None),
-            gr.update(choices=choices, value=other if other in ids else None))
+    return (
+        gr.update(choices=choices, value=picked if picked in ids else None),
+        gr.update(choices=choices, value=other if other in ids else None),
+    )
 
 
 def build(ctx: AppContext) -> None:
@@ -367,11 +450,21 @@ def build(ctx: AppContext) -> None:
     state = [ctx.draft, ctx.version]
     for field_name in ("name", "description", "preamble"):
         box = c[field_name]
-        box.change(on(set_top, field_name), [box, *state, c["selector"]], [ctx.draft, *views_out],
-                   trigger_mode="always_last", show_progress="hidden")
+        box.change(
+            on(set_top, field_name),
+            [box, *state, c["selector"]],
+            [ctx.draft, *views_out],
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
     for box, field_name in zip(fields_out, PRINCIPLE_FIELDS):
-        box.change(on(set_field, field_name), [box, *state, c["selector"]], [ctx.draft, *views_out],
-                   trigger_mode="always_last", show_progress="hidden")
+        box.change(
+            on(set_field, field_name),
+            [box, *state, c["selector"]],
+            [ctx.draft, *views_out],
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
     c["selector"].input(principle_fields, [ctx.draft, c["selector"]], fields_out)
     for action in ("add", "remove", "up", "down"):
         c[action].click(on(reshape, action), [*state, c["selector"]], [ctx.draft, *views_out, *fields_out])
@@ -380,7 +473,8 @@ def build(ctx: AppContext) -> None:
     c["load_example"].click(on(from_example), [c["example"], *state], replaced)
     c["upload"].upload(on(from_upload), [c["upload"], *state], replaced)
     c["save"].click(on(do_save), [*state, c["message"]], [ctx.version, c["saved"], c["history"], c["compare"]]).then(
-        **ctx.poll_now)     # the other tabs' version lists
+        **ctx.poll_now
+    )  # the other tabs' version lists
     for picker in (c["history"], c["compare"]):
         picker.change(on(show_diff), [c["history"], c["compare"]], c["diff"])
     c["restore"].click(on(do_restore), [c["history"], *state], replaced)
@@ -388,6 +482,7 @@ def build(ctx: AppContext) -> None:
     c["export_json"].click(on(do_export, "json"), ctx.draft, c["exported"])
     # the draft reaches the page at once, its token count when the model is there: the first load of the
     # model can take minutes (a Space downloads it) or fail, and every tab (Preview too) uses the draft
-    ctx.blocks.load(on(on_load), None, [*state, *everything]).then(on(token_count), ctx.draft, c["tokens"],
-                                                                  show_progress="hidden")
+    ctx.blocks.load(on(on_load), None, [*state, *everything]).then(
+        on(token_count), ctx.draft, c["tokens"], show_progress="hidden"
+    )
     ctx.watch(on(history_lists), [c["history"], c["compare"]], [c["history"], c["compare"]], on=("versions",))

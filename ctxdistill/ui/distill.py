@@ -16,33 +16,83 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ctxdistill import adapters, estimate, jobs
-from ctxdistill import train as T
-from ctxdistill import train_config as TC
+from ctxdistill import adapters, estimate, jobs, train, train_config
 from ctxdistill.models import default_models_dir
 from ctxdistill.precision import PRECISIONS, QUANTIZE, policy
 from ctxdistill.precision import facts as precision_facts
 from ctxdistill.safety import safe_path
-from ctxdistill.ui.common import (MODEL_QUEUE, AppContext, adapter_dir, bind, download_dir, error_text, keep, starved_note,
-                                  train_runs, version_options)
 from ctxdistill.ui import stale as stale_notice
+from ctxdistill.ui.common import (
+    MODEL_QUEUE,
+    AppContext,
+    adapter_dir,
+    bind,
+    download_dir,
+    error_text,
+    keep,
+    starved_note,
+    train_runs,
+    version_options,
+)
 
 # the form: TrainConfig fields shown as widgets, in this order
-BASIC = ("data", "loss", "alpha", "steps", "batch_size", "lr", "lora_r", "sample_tokens", "max_prompts", "quantize",
-         "precision", "eval_every", "checkpoint_every", "grad_accum", "warmup_steps", "lora_alpha", "lora_dropout", "seed")
+BASIC = (
+    "data",
+    "loss",
+    "alpha",
+    "steps",
+    "batch_size",
+    "lr",
+    "lora_r",
+    "sample_tokens",
+    "max_prompts",
+    "quantize",
+    "precision",
+    "eval_every",
+    "checkpoint_every",
+    "grad_accum",
+    "warmup_steps",
+    "lora_alpha",
+    "lora_dropout",
+    "seed",
+)
 # re-bake from an earlier run, category hold-out, general replay and the capability gauge
-MIXING = ("from_run", "rebake_share", "rebake_replay", "heldout_categories", "replay_set", "replay_fraction",
-          "capability_gauge", "baked_gauge")
+MIXING = (
+    "from_run",
+    "rebake_share",
+    "rebake_replay",
+    "heldout_categories",
+    "replay_set",
+    "replay_fraction",
+    "capability_gauge",
+    "baked_gauge",
+)
 FORM = BASIC + MIXING
-CHOICES = {"data": TC.DATA_SOURCES, "loss": TC.LOSSES, "quantize": QUANTIZE, "precision": PRECISIONS}
+CHOICES = {
+    "data": train_config.DATA_SOURCES,
+    "loss": train_config.LOSSES,
+    "quantize": QUANTIZE,
+    "precision": PRECISIONS,
+}
 LABELS = {"from_run": "Continue from run (0 = a fresh adapter)"}
-RUN_COLUMNS = ["job", "state", "constitution", "loss", "data", "steps", "precision", "held-out KL before", "after",
-               "gap closed", "lineage"]
+RUN_COLUMNS = [
+    "job",
+    "state",
+    "constitution",
+    "loss",
+    "data",
+    "steps",
+    "precision",
+    "held-out KL before",
+    "after",
+    "gap closed",
+    "lineage",
+]
 GAUGE = {"capability": "capability (student)", "capability_teacher": "capability (teacher)"}  # and "baked:<principle>"
 
 
 def _help(name: str) -> str:
-    return next(f.metadata.get("help", "") for f in fields(T.TrainConfig) if f.name == name)
+    return next(f.metadata.get("help", "") for f in fields(train.TrainConfig) if f.name == name)
 
 
 def _elem_id(name: str) -> str:
@@ -64,8 +114,10 @@ def _widget(name: str, default, cap: int | None = None):
     if isinstance(default, bool):
         return gr.Checkbox(value=default, **kw)
     if isinstance(default, int):  # the field stops where TrainConfig.validate would refuse (or at the demo's cap)
-        most = min((x for x in (cap, TC.TRAIN_MAXIMA.get(name)) if x is not None), default=None)
-        return gr.Number(value=default if cap is None else min(default, cap), precision=0, minimum=0, maximum=most, **kw)
+        most = min((x for x in (cap, train_config.TRAIN_MAXIMA.get(name)) if x is not None), default=None)
+        return gr.Number(
+            value=default if cap is None else min(default, cap), precision=0, minimum=0, maximum=most, **kw
+        )
     return gr.Number(value=default, **kw)
 
 
@@ -74,24 +126,54 @@ def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
     for job in train_runs(ctx, owner):
         cfg, result = job["config"], job["result"] or {}
         fmt = lambda key: round(result[key], 4) if isinstance(result.get(key), float) else None
-        rows.append([job["id"], job["state"], f"v{cfg.get('constitution_id')}", cfg.get("loss"), cfg.get("data"),
-                     f"{job['progress_done']}/{cfg.get('steps')}",
-                     f"{result['quantize']}, {result['precision']}" if "precision" in result else cfg.get("precision", "auto"),
-                     fmt("heldout_kl_before"), fmt("heldout_kl_after"),
-                     fmt("gap_closed"), f"from run {cfg['from_run']}" if cfg.get("from_run") else ""])
+        rows.append(
+            [
+                job["id"],
+                job["state"],
+                f"v{cfg.get('constitution_id')}",
+                cfg.get("loss"),
+                cfg.get("data"),
+                f"{job['progress_done']}/{cfg.get('steps')}",
+                f"{result['quantize']}, {result['precision']}"
+                if "precision" in result
+                else cfg.get("precision", "auto"),
+                fmt("heldout_kl_before"),
+                fmt("heldout_kl_after"),
+                fmt("gap_closed"),
+                f"from run {cfg['from_run']}" if cfg.get("from_run") else "",
+            ]
+        )
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
 def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training loss by step, held-out KL and the capability gauge by step) for the plots."""
     # typed columns: an empty float "metric" column would make the plot's legend a -Infinity..Infinity scale
-    empty = pd.DataFrame({"step": pd.Series(dtype=int), "value": pd.Series(dtype=float), "metric": pd.Series(dtype=str)})
+    empty = pd.DataFrame(
+        {"step": pd.Series(dtype=int), "value": pd.Series(dtype=float), "metric": pd.Series(dtype=str)}
+    )
     if not job_id:
         return empty, empty
     rows = ctx.store.get_metrics(int(job_id))
-    frame = lambda names: pd.DataFrame([{"step": r["step"], "value": r["value"], "metric": GAUGE.get(r["name"], r["name"].replace("baked:", "baked share: "))}
-                                        for r in rows if r["name"] in names and r["value"] is not None]) if rows else empty
-    loss, heldout = frame({"loss", "kl"}), frame({"heldout_kl", *GAUGE, *(r["name"] for r in rows if r["name"].startswith("baked:"))})
+    frame = lambda names: (
+        pd.DataFrame(
+            [
+                {
+                    "step": r["step"],
+                    "value": r["value"],
+                    "metric": GAUGE.get(r["name"], r["name"].replace("baked:", "baked share: ")),
+                }
+                for r in rows
+                if r["name"] in names and r["value"] is not None
+            ]
+        )
+        if rows
+        else empty
+    )
+    loss, heldout = (
+        frame({"loss", "kl"}),
+        frame({"heldout_kl", *GAUGE, *(r["name"] for r in rows if r["name"].startswith("baked:"))}),
+    )
     return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
 
 
@@ -106,8 +188,10 @@ def status_html(job: dict | None) -> str:
     if job["error"]:
         lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
     if "heldout_kl_after" in result:
-        lines.append(f"held-out KL {result['heldout_kl_before']:.4f} → {result['heldout_kl_after']:.4f} nats/token · "
-                     f"gap closed {result['gap_closed']:.0%} (kept step {result['best_step']})")
+        lines.append(
+            f"held-out KL {result['heldout_kl_before']:.4f} → {result['heldout_kl_after']:.4f} nats/token · "
+            f"gap closed {result['gap_closed']:.0%} (kept step {result['best_step']})"
+        )
     if result.get("lineage"):
         lines.append(html.escape(result["lineage"]["text"]))
     bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
@@ -123,7 +207,7 @@ def log_tail(ctx: AppContext, job_id: int | None, lines: int = 15) -> str:
 
 def form_values(raw: dict) -> dict:
     """The form's widget values as TrainConfig fields (gradio's numbers arrive as floats)."""
-    defaults = T.TrainConfig()
+    defaults = train.TrainConfig()
     return {k: (int(v) if type(getattr(defaults, k)) is int and v is not None else v) for k, v in raw.items()}
 
 
@@ -139,8 +223,8 @@ def precision_text(quantize: str, precision: str) -> str:
 def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, measure: bool) -> str:
     """The run's predicted time from a calibration on this machine (measured when asked, then reused)."""
     try:
-        cfg = T.TrainConfig(**form_values(values)).validate()
-    except (T.TrainError, TypeError, ValueError) as exc:
+        cfg = train.TrainConfig(**form_values(values)).validate()
+    except (train.TrainError, TypeError, ValueError) as exc:
         return f"**Time:** {exc}"
     cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision, default_models_dir(ctx.store.home), measure)
     if cal is None:
@@ -148,24 +232,38 @@ def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, meas
     cfg = replace(cfg, prompt_set=(set_name or "").strip() or "default", owner=owner)
     try:
         n_train, n_heldout = estimate.run_size(cfg, ctx.store)
-    except T.TrainError as exc:
+    except train.TrainError as exc:
         return f"**Time:** {exc}"
     sec = estimate.predict_train(cal, cfg, n_train, n_heldout)
-    return (f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
-            + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
-            + f" ({n_train} train prompts, {cfg.steps} steps; measured with {cal.precision}).")
+    return (
+        f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
+        + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
+        + f" ({n_train} train prompts, {cfg.steps} steps; measured with {cal.precision})."
+    )
 
 
 def layout(ctx: AppContext) -> dict:
     """The tab's components, by name; "widgets" are the form's TrainConfig fields, in FORM's order."""
-    gr.Markdown("Train a LoRA adapter so that the model **without** the constitution answers as it does **with** it. "
-                "The defaults train the embedded model on the CPU in a few minutes. The held-out KL is the "
-                "distance between teacher and student on prompts the run never trains on; the run keeps its best step.")
-    defaults = T.TrainConfig()
+    gr.Markdown(
+        "Train a LoRA adapter so that the model **without** the constitution answers as it does **with** it. "
+        "The defaults train the embedded model on the CPU in a few minutes. The held-out KL is the "
+        "distance between teacher and student on prompts the run never trains on; the run keeps its best step."
+    )
+    defaults = train.TrainConfig()
     caps = ctx.caps
     # demo caps bound the form itself (gradio refuses a number above its maximum) and on_start
-    form_caps = {"steps": caps.steps, "max_prompts": caps.prompts, "sample_tokens": caps.max_new_tokens,
-                 "batch_size": caps.batch_size, "grad_accum": caps.grad_accum, "lora_r": caps.lora_r} if caps else {}
+    form_caps = (
+        {
+            "steps": caps.steps,
+            "max_prompts": caps.prompts,
+            "sample_tokens": caps.max_new_tokens,
+            "batch_size": caps.batch_size,
+            "grad_accum": caps.grad_accum,
+            "lora_r": caps.lora_r,
+        }
+        if caps
+        else {}
+    )
     with gr.Row():
         version = gr.Dropdown(label="Constitution version", choices=[], elem_id=_elem_id("version"), scale=2)
         prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id=_elem_id("prompt_set"), scale=1)
@@ -201,29 +299,71 @@ def layout(ctx: AppContext) -> dict:
     stale = stale_notice.layout("train")
     status = gr.HTML(status_html(None), elem_id="train-status")
     with gr.Row():
-        loss_plot = gr.LinePlot(x="step", y="value", color="metric", title="Training loss (nats/token)",
-                                elem_id="train-loss-plot", height=260)
-        heldout_plot = gr.LinePlot(x="step", y="value", color="metric",
-                                   title="Held-out KL(teacher‖student), capability accuracy and baked shares (gauges on)",
-                                   elem_id="train-heldout-plot", height=260)
+        loss_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="metric",
+            title="Training loss (nats/token)",
+            elem_id="train-loss-plot",
+            height=260,
+        )
+        heldout_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="metric",
+            title="Held-out KL(teacher‖student), capability accuracy and baked shares (gauges on)",
+            elem_id="train-heldout-plot",
+            height=260,
+        )
     log = gr.Textbox(label="Log", lines=6, max_lines=15, interactive=False, elem_id="train-log")
     runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_id="train-runs")
     with gr.Accordion("Export the run's adapter", open=False):
         with gr.Row():
-            merged = gr.Checkbox(label="Merged 16-bit model instead of the adapter", value=False, elem_id="export-merged")
-            strength = gr.Slider(*adapters.STRENGTH_RANGE, value=1.0, step=0.05, label="Strength (0 = base model, 1 = as trained)",
-                                 elem_id="export-strength")
+            merged = gr.Checkbox(
+                label="Merged 16-bit model instead of the adapter", value=False, elem_id="export-merged"
+            )
+            strength = gr.Slider(
+                *adapters.STRENGTH_RANGE,
+                value=1.0,
+                step=0.05,
+                label="Strength (0 = base model, 1 = as trained)",
+                elem_id="export-strength",
+            )
             export = gr.Button("Export", elem_id="train-export")
             # a Space's HF_TOKEN is its owner's: no visitor pushes with it
             hub_id = gr.Textbox(label="Hub repository (owner/name)", elem_id="train-hub-id", visible=not ctx.demo)
             push = gr.Button("Push to the Hub (needs HF_TOKEN)", elem_id="train-push", visible=not ctx.demo)
         files = gr.File(label="Download", elem_id="train-export-file")
         export_msg = gr.Markdown(elem_id="train-export-msg")
-    plotted = gr.State(None)     # (job, step, state) the plots show: unchanged plots are not sent again
-    return dict(version=version, prompt_set=prompt_set, widgets=widgets, mixing=mixing, chosen=chosen, guess=guess, measure=measure,
-                facts=facts, start=start, stop=stop, resume=resume, run=run, **stale, status=status, loss_plot=loss_plot,
-                heldout_plot=heldout_plot, log=log, runs=runs, merged=merged, strength=strength, export=export, hub_id=hub_id, push=push,
-                files=files, export_msg=export_msg, plotted=plotted)
+    plotted = gr.State(None)  # (job, step, state) the plots show: unchanged plots are not sent again
+    return dict(
+        version=version,
+        prompt_set=prompt_set,
+        widgets=widgets,
+        mixing=mixing,
+        chosen=chosen,
+        guess=guess,
+        measure=measure,
+        facts=facts,
+        start=start,
+        stop=stop,
+        resume=resume,
+        run=run,
+        **stale,
+        status=status,
+        loss_plot=loss_plot,
+        heldout_plot=heldout_plot,
+        log=log,
+        runs=runs,
+        merged=merged,
+        strength=strength,
+        export=export,
+        hub_id=hub_id,
+        push=push,
+        files=files,
+        export_msg=export_msg,
+        plotted=plotted,
+    )
 
 
 def on_choice(quantize, precision):
@@ -241,8 +381,10 @@ def on_form(ctx: AppContext, values: dict, request: gr.Request):
 
 
 def run_choices(ctx: AppContext, owner: str, selected=None):
-    return keep([(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in train_runs(ctx, owner)],
-                selected)
+    return keep(
+        [(f"job {j['id']} · {j['state']} · {j['config'].get('loss')}", j["id"]) for j in train_runs(ctx, owner)],
+        selected,
+    )
 
 
 def version_list(ctx: AppContext, current, request: gr.Request):
@@ -268,9 +410,12 @@ def settings_of(ctx: AppContext, job_id, request: gr.Request):
     job = ctx.find_job(job_id, request)
     if job is None:
         return (gr.skip(),) * (2 + len(FORM))
-    cfg, defaults = job["config"], T.TrainConfig()
-    return (gr.update(value=cfg.get("constitution_id")), cfg.get("prompt_set", defaults.prompt_set),
-            *[cfg.get(name, getattr(defaults, name)) for name in FORM])
+    cfg, defaults = job["config"], train.TrainConfig()
+    return (
+        gr.update(value=cfg.get("constitution_id")),
+        cfg.get("prompt_set", defaults.prompt_set),
+        *[cfg.get(name, getattr(defaults, name)) for name in FORM],
+    )
 
 
 def on_start(ctx: AppContext, values: dict, request: gr.Request):
@@ -281,16 +426,28 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
         raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
     ctx.constitution(version_id, request)  # the visitor's own, or gr.Error
     try:
-        cfg = T.TrainConfig(constitution_id=int(version_id), prompt_set=(set_name or "").strip() or "default",
-                            model=ctx.model_spec or "", owner=owner, **form_values(form))
-        T.check_start(ctx.store, cfg)
+        cfg = train.TrainConfig(
+            constitution_id=int(version_id),
+            prompt_set=(set_name or "").strip() or "default",
+            model=ctx.model_spec or "",
+            owner=owner,
+            **form_values(form),
+        )
+        train.check_start(ctx.store, cfg)
         if ctx.caps is not None and not cfg.max_prompts:
             cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
         sampled = estimate.run_size(cfg, ctx.store)[0] if ctx.caps is not None else 0  # replay prompts count too
-    except (T.TrainError, TypeError, ValueError) as exc:
+    except (train.TrainError, TypeError, ValueError) as exc:
         raise gr.Error(str(exc))
-    ctx.limit(steps=cfg.steps, prompts=max(cfg.max_prompts, sampled, cfg.capability_gauge), max_new_tokens=cfg.sample_tokens,
-              samples=cfg.samples_per_prompt, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, lora_r=cfg.lora_r)
+    ctx.limit(
+        steps=cfg.steps,
+        prompts=max(cfg.max_prompts, sampled, cfg.capability_gauge),
+        max_new_tokens=cfg.sample_tokens,
+        samples=cfg.samples_per_prompt,
+        batch_size=cfg.batch_size,
+        grad_accum=cfg.grad_accum,
+        lora_r=cfg.lora_r,
+    )
     job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
     return run_choices(ctx, owner, job_id)
 
@@ -320,13 +477,21 @@ def on_export(ctx: AppContext, job_id, as_merged, strength, request: gr.Request)
     job_id, spec = job["id"], job["config"].get("model") or None
     out = download_dir() / f"run-{job_id}-{'merged' if as_merged else 'adapter'}"
     try:
-        adapters.export(adapter, out, merged=bool(as_merged), strength=strength, model_spec=spec,
-                        models_dir=default_models_dir(ctx.store.home))
-    except adapters.AdapterError as exc:   # a strength outside its range included
+        adapters.export(
+            adapter,
+            out,
+            merged=bool(as_merged),
+            strength=strength,
+            model_spec=spec,
+            models_dir=default_models_dir(ctx.store.home),
+        )
+    except adapters.AdapterError as exc:  # a strength outside its range included
         return None, error_text(exc)
     archive = shutil.make_archive(str(out), "zip", out)
-    return archive, (f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}, strength "
-                     f"{float(strength):g}) with its model card.")
+    return archive, (
+        f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}, strength "
+        f"{float(strength):g}) with its model card."
+    )
 
 
 def on_push(ctx: AppContext, job_id, repo, request: gr.Request):

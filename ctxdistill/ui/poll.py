@@ -27,7 +27,7 @@ ACTIVE_S = 1.0
 # Data tab's (each tab watches the kinds it shows)
 PROGRESS_KINDS = ("generate", "revise", "train", "evaluate")
 PARTS = ("versions", "sets", "jobs", *(f"progress:{kind}" for kind in PROGRESS_KINDS))
-_MEMO_SESSIONS = 1000          # per-session memory of what each watcher last sent
+_MEMO_SESSIONS = 1000  # per-session memory of what each watcher last sent
 
 
 def fingerprint(ctx: AppContext, owner: str) -> dict:
@@ -37,9 +37,21 @@ def fingerprint(ctx: AppContext, owner: str) -> dict:
         "versions": [(v["id"], v["message"]) for v in ctx.store.list_constitution_versions(owner=owner)],
         "sets": [(s["name"], s["n_train"], s["n_heldout"]) for s in ctx.store.prompt_sets(owner=owner)],
         "jobs": [(j["id"], j["kind"], j["state"]) for j in rows],
-        **{f"progress:{kind}": [(j["id"], j["progress_done"], j["progress_total"], j["message"], j["error"],
-                                 jobs.starved(j) is not None) for j in rows if j["kind"] == kind]
-           for kind in PROGRESS_KINDS},
+        **{
+            f"progress:{kind}": [
+                (
+                    j["id"],
+                    j["progress_done"],
+                    j["progress_total"],
+                    j["message"],
+                    j["error"],
+                    jobs.starved(j) is not None,
+                )
+                for j in rows
+                if j["kind"] == kind
+            ]
+            for kind in PROGRESS_KINDS
+        },
     }
 
 
@@ -89,7 +101,7 @@ def only_changed(fn, n_outputs: int):
     """fn, returning gr.skip() for each output whose value is what this session was last sent."""
     memo: OrderedDict = OrderedDict()
 
-    @functools.wraps(fn)             # gradio reads fn's signature and annotations: it passes gr.Request as to fn
+    @functools.wraps(fn)  # gradio reads fn's signature and annotations: it passes gr.Request as to fn
     def run(*args, **kwargs):
         values = fn(*args, **kwargs)
         values = list(values) if n_outputs > 1 else [values]

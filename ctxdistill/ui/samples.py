@@ -19,8 +19,8 @@ import gradio as gr
 
 from ctxdistill import curate
 from ctxdistill.demo import kb
-from ctxdistill.store import ConflictError, NotFound
 from ctxdistill.safety import redact
+from ctxdistill.store import ConflictError, NotFound
 from ctxdistill.ui.common import AppContext, bind, download_dir, version_options
 
 ANY = "(any)"
@@ -64,25 +64,29 @@ if (!window.ctxdistillReviewKeys) {
 
 def filters_of(version_id, set_name, status, principle, flag, search, min_len, max_len) -> dict:
     """Widget values -> store.list_samples / count_samples keyword arguments."""
-    return {"constitution_id": int(version_id) if version_id else None,
-            "set_name": None if set_name in (None, "", ANY) else set_name,
-            "status": None if status in (None, "all") else status,
-            "principle": None if principle in (None, "", ANY) else principle,
-            "flag": None if flag in (None, "", ANY) else flag,
-            "search": (search or "").strip() or None,
-            "min_len": int(min_len) if min_len else None,
-            "max_len": int(max_len) if max_len else None}
+    return {
+        "constitution_id": int(version_id) if version_id else None,
+        "set_name": None if set_name in (None, "", ANY) else set_name,
+        "status": None if status in (None, "all") else status,
+        "principle": None if principle in (None, "", ANY) else principle,
+        "flag": None if flag in (None, "", ANY) else flag,
+        "search": (search or "").strip() or None,
+        "min_len": int(min_len) if min_len else None,
+        "max_len": int(max_len) if max_len else None,
+    }
 
 
 def counters_html(counts: dict, flagged: int) -> str:
     total, acc, rej = counts["total"], counts["accepted"], counts["rejected"]
     reviewed = acc + rej
     rate = f"{acc / reviewed:.0%}" if reviewed else "–"
-    return (f"<div id='review-counts'><progress value='{reviewed}' max='{max(total, 1)}' style='width:100%'></progress><br>"
-            f"reviewed <b class='reviewed'>{reviewed}</b> of <b class='total'>{total}</b> · "
-            f"accepted <b class='accepted'>{acc}</b> · rejected <b class='rejected'>{rej}</b> · "
-            f"pending <b class='pending'>{counts['pending']}</b> · acceptance rate <b class='rate'>{rate}</b> · "
-            f"flagged {flagged}</div>")
+    return (
+        f"<div id='review-counts'><progress value='{reviewed}' max='{max(total, 1)}' style='width:100%'></progress><br>"
+        f"reviewed <b class='reviewed'>{reviewed}</b> of <b class='total'>{total}</b> · "
+        f"accepted <b class='accepted'>{acc}</b> · rejected <b class='rejected'>{rej}</b> · "
+        f"pending <b class='pending'>{counts['pending']}</b> · acceptance rate <b class='rate'>{rate}</b> · "
+        f"flagged {flagged}</div>"
+    )
 
 
 def badges_html(sample: dict | None) -> str:
@@ -92,24 +96,36 @@ def badges_html(sample: dict | None) -> str:
     colour = {"accepted": "#1a7f37", "rejected": "#b00", "pending": "#666"}[sample["status"]]
     status = f"<span class='badge status' style='background:{colour}'>{sample['status']}</span>"
     edited = "<span class='badge'>edited</span>" if sample["edited"] else ""
-    return ("<div id='review-badge-list'>" + status + edited +
-            "".join(f"<span class='badge flag'>{html.escape(b)}</span>" for b in badges) + "</div>")
+    return (
+        "<div id='review-badge-list'>"
+        + status
+        + edited
+        + "".join(f"<span class='badge flag'>{html.escape(b)}</span>" for b in badges)
+        + "</div>"
+    )
 
 
 def chain_html(sample: dict | None) -> str:
     if not sample or not sample["chain"]:
-        return "<div class='chain'><i>No critique/revision rounds (run Critique &amp; revise in the Data tab).</i></div>"
+        return (
+            "<div class='chain'><i>No critique/revision rounds (run Critique &amp; revise in the Data tab).</i></div>"
+        )
     start = (sample["meta"] or {}).get("revise_start", "unprompted")
     parts = [f"<div class='chain'><small>started from the {html.escape(start)} answer</small>"]
     for i, step in enumerate(sample["chain"], 1):
         e = lambda key: html.escape(str(step.get(key) or "")).replace("\n", "<br>")
         why = ", ".join(curate.WORSE_REASONS.get(r, r) for r in step.get("worse") or [])
-        revision = (f"<br><i>Revision, discarded ({html.escape(why)}):</i> {e('discarded')}"
-                    f"<br><i>Kept:</i> the answer it revised" if "discarded" in step else
-                    f"<br><i>Revision:</i> {e('revision')}")
-        parts.append(f"<p><b>Round {i} · {e('principle')}</b><br><i>Critique request:</i> {e('critique_request')}"
-                     f"<br><i>Critique:</i> {e('critique')}<br><i>Revision request:</i> {e('revision_request')}"
-                     f"{revision}</p>")
+        revision = (
+            f"<br><i>Revision, discarded ({html.escape(why)}):</i> {e('discarded')}"
+            f"<br><i>Kept:</i> the answer it revised"
+            if "discarded" in step
+            else f"<br><i>Revision:</i> {e('revision')}"
+        )
+        parts.append(
+            f"<p><b>Round {i} · {e('principle')}</b><br><i>Critique request:</i> {e('critique_request')}"
+            f"<br><i>Critique:</i> {e('critique')}<br><i>Revision request:</i> {e('revision_request')}"
+            f"{revision}</p>"
+        )
     return "".join(parts) + "</div>"
 
 
@@ -140,8 +156,12 @@ def layout(ctx: AppContext) -> dict:
         with gr.Column():
             gr.Markdown("**Critique chain**")
             chain = gr.HTML(elem_id="review-chain", js_on_load=None)
-    final = gr.Textbox(label="Final text (what the student learns) — e to edit, Ctrl+Enter to save", lines=5,
-                       interactive=True, elem_id="review-final")
+    final = gr.Textbox(
+        label="Final text (what the student learns) — e to edit, Ctrl+Enter to save",
+        lines=5,
+        interactive=True,
+        elem_id="review-final",
+    )
     note = gr.Textbox(label="Note", lines=1, elem_id="review-note")
     with gr.Row():
         prev = gr.Button("← Previous (k)", elem_id="review-prev")
@@ -154,8 +174,12 @@ def layout(ctx: AppContext) -> dict:
 
     with gr.Accordion("Bulk actions", open=False):
         with gr.Row():
-            bulk_action = gr.Dropdown([(label, key) for key, label in curate.BULK_ACTIONS.items()],
-                                      value="reject_empty", label="Action", elem_id="review-bulk-action")
+            bulk_action = gr.Dropdown(
+                [(label, key) for key, label in curate.BULK_ACTIONS.items()],
+                value="reject_empty",
+                label="Action",
+                elem_id="review-bulk-action",
+            )
             bulk = gr.Button("Apply", elem_id="review-bulk")
             undo = gr.Button("Undo the last bulk action", elem_id="review-bulk-undo", visible=False)
             reflag = gr.Button("Recompute flags", elem_id="review-reflag")
@@ -163,34 +187,77 @@ def layout(ctx: AppContext) -> dict:
         bulk_msg = gr.Markdown(elem_id="review-bulk-msg")
     with gr.Accordion("Export accepted samples", open=False):
         with gr.Row():
-            export_fmt = gr.Radio(list(curate.EXPORT_FORMATS), value="messages", label="Format", elem_id="review-export-format")
-            hub_id = gr.Textbox(label="Also push to the Hub as (datasets format, needs HF_TOKEN)", placeholder="owner/name",
-                                elem_id="review-export-hub", visible=not ctx.demo)
+            export_fmt = gr.Radio(
+                list(curate.EXPORT_FORMATS), value="messages", label="Format", elem_id="review-export-format"
+            )
+            hub_id = gr.Textbox(
+                label="Also push to the Hub as (datasets format, needs HF_TOKEN)",
+                placeholder="owner/name",
+                elem_id="review-export-hub",
+                visible=not ctx.demo,
+            )
             export = gr.Button("Export", elem_id="review-export")
         export_file = gr.File(label="Download", elem_id="review-export-file")
         export_msg = gr.Markdown(elem_id="review-export-msg")
 
-    queue = gr.State([])        # sample ids under the current filters, in review order
+    queue = gr.State([])  # sample ids under the current filters, in review order
     pos = gr.State(0)
-    shown = gr.State(None)      # {"id", "version", "final", "note"} of the sample on screen
+    shown = gr.State(None)  # {"id", "version", "final", "note"} of the sample on screen
     last_bulk = gr.State(None)  # the last bulk action, to undo it
-    return dict(version=version, prompt_set=prompt_set, status=status, principle=principle, flag=flag, search=search,
-                min_len=min_len, max_len=max_len, reload=reload, filters=filters, counters=counters, position=position,
-                badges=badges, prompt=prompt, unprompted=unprompted, prompted=prompted, chain=chain, final=final,
-                note=note, prev=prev, accept=accept, reject=reject, edit=edit, save=save, nxt=nxt, message=message,
-                bulk_action=bulk_action, bulk=bulk, undo=undo, reflag=reflag, bulk_preview=bulk_preview,
-                bulk_msg=bulk_msg, export_fmt=export_fmt, hub_id=hub_id, export=export, export_file=export_file,
-                export_msg=export_msg, queue=queue, pos=pos, shown=shown, last_bulk=last_bulk)
+    return dict(
+        version=version,
+        prompt_set=prompt_set,
+        status=status,
+        principle=principle,
+        flag=flag,
+        search=search,
+        min_len=min_len,
+        max_len=max_len,
+        reload=reload,
+        filters=filters,
+        counters=counters,
+        position=position,
+        badges=badges,
+        prompt=prompt,
+        unprompted=unprompted,
+        prompted=prompted,
+        chain=chain,
+        final=final,
+        note=note,
+        prev=prev,
+        accept=accept,
+        reject=reject,
+        edit=edit,
+        save=save,
+        nxt=nxt,
+        message=message,
+        bulk_action=bulk_action,
+        bulk=bulk,
+        undo=undo,
+        reflag=reflag,
+        bulk_preview=bulk_preview,
+        bulk_msg=bulk_msg,
+        export_fmt=export_fmt,
+        hub_id=hub_id,
+        export=export,
+        export_file=export_file,
+        export_msg=export_msg,
+        queue=queue,
+        pos=pos,
+        shown=shown,
+        last_bulk=last_bulk,
+    )
 
 
 # ------------------------------------------------------------------ rendering
 # Callbacks take gr.Request first: gradio injects it only into parameters before *args.
 
+
 def counts_of(ctx: AppContext, owner: str, *filter_values) -> str:
     f = filters_of(*filter_values)
     if f["constitution_id"] is None:
         return counters_html({"total": 0, "accepted": 0, "rejected": 0, "pending": 0}, 0)
-    f.pop("status")           # counters show the whole selection, whatever status is being reviewed
+    f.pop("status")  # counters show the whole selection, whatever status is being reviewed
     counts = ctx.store.count_samples(owner=owner, **f)
     return counters_html(counts, counts["flagged"])
 
@@ -209,8 +276,20 @@ def render(ctx: AppContext, owner: str, ids: list[int], at: int, filter_values, 
         return (head, "", "", "", "", chain_html(None), "", "", None, at, counts_of(ctx, owner, *filter_values), msg)
     head = position_text(sample, at, len(ids))
     state = {"id": sample["id"], "version": sample["version"], "final": sample["final"], "note": sample["note"]}
-    return (head, badges_html(sample), sample["prompt"], sample["unprompted"], sample["prompted"],
-            chain_html(sample), sample["final"], sample["note"], state, at, counts_of(ctx, owner, *filter_values), msg)
+    return (
+        head,
+        badges_html(sample),
+        sample["prompt"],
+        sample["unprompted"],
+        sample["prompted"],
+        chain_html(sample),
+        sample["final"],
+        sample["note"],
+        state,
+        at,
+        counts_of(ctx, owner, *filter_values),
+        msg,
+    )
 
 
 def position_text(sample: dict, at: int, n: int) -> str:
@@ -242,8 +321,12 @@ def on_load(ctx: AppContext, request: gr.Request):
     sets = [ANY, *[s["name"] for s in ctx.store.prompt_sets(owner=owner)]]
     first = versions[0][1] if versions else None
     values = (first, ANY, "pending", ANY, ANY, "", 0, 0)
-    return (gr.update(choices=versions, value=first), gr.update(choices=sets, value=ANY),
-            principle_choices(ctx, first, request), *load_queue(ctx, request, *values))
+    return (
+        gr.update(choices=versions, value=first),
+        gr.update(choices=sets, value=ANY),
+        principle_choices(ctx, first, request),
+        *load_queue(ctx, request, *values),
+    )
 
 
 def version_choices(ctx: AppContext, current, request: gr.Request):
@@ -265,11 +348,11 @@ def follow(ctx: AppContext, request: gr.Request, ids, at, state, *filter_values)
     version = current if current in listed else (listed[0] if listed else None)
     values = (version, *filter_values[1:])
     picked = gr.update(choices=versions, value=version)
-    if version != current:                    # the first samples of a version arrived (or it went away)
+    if version != current:  # the first samples of a version arrived (or it went away)
         return picked, principle_choices(ctx, version, request), *load_queue(ctx, request, *values)
     f = filters_of(*values)
     now = [s["id"] for s in ctx.store.list_samples(owner=owner, **f)] if f["constitution_id"] else []
-    unchanged = [gr.skip()] * 12                 # the view's outputs, as render returns them
+    unchanged = [gr.skip()] * 12  # the view's outputs, as render returns them
     if now == ids:
         return picked, gr.skip(), gr.skip(), *unchanged
     if not state:
@@ -282,7 +365,10 @@ def follow(ctx: AppContext, request: gr.Request, ids, at, state, *filter_values)
 
 # ------------------------------------------------------------------ actions (written at once)
 
-def action(ctx: AppContext, new_status: str | None, request: gr.Request, text, note_text, ids, at, state, *filter_values):
+
+def action(
+    ctx: AppContext, new_status: str | None, request: gr.Request, text, note_text, ids, at, state, *filter_values
+):
     """Accept or reject (new_status), or save the edit (None), with the version this tab last read."""
     owner = ctx.owner(request)
     if not state:
@@ -299,9 +385,15 @@ def action(ctx: AppContext, new_status: str | None, request: gr.Request, text, n
         ctx.store.get_sample(state["id"], owner=owner)  # the visitor's own sample only
         row = curate.review(ctx.store, state["id"], state["version"], reviewer=owner, **changes)
     except ConflictError:
-        return render(ctx, owner, ids, at, filter_values,
-                      "**Changed in another tab** (or by a job) since you opened it: reloaded the current "
-                      "version; your action was not applied.")
+        return render(
+            ctx,
+            owner,
+            ids,
+            at,
+            filter_values,
+            "**Changed in another tab** (or by a job) since you opened it: reloaded the current "
+            "version; your action was not applied.",
+        )
     except NotFound:
         return render(ctx, owner, ids, at, filter_values, "This sample is gone; press Reload.")
     done = f"Saved #{row['id']} at {time.strftime('%H:%M:%S')}: " + (new_status or "edit")
@@ -313,6 +405,7 @@ def move(ctx: AppContext, step: int, request: gr.Request, ids, at, *filter_value
 
 
 # ------------------------------------------------------------------ bulk and export
+
 
 def own_filters(ctx: AppContext, request: gr.Request, filter_values) -> dict:
     """The filters, once the picked version is checked to be the visitor's own."""
@@ -341,8 +434,11 @@ def preview_bulk(ctx: AppContext, request: gr.Request, bulk_action, *filter_valu
 def on_bulk(ctx: AppContext, request: gr.Request, bulk_action, *filter_values):
     ids = targets(ctx, request, bulk_action, filter_values)
     n = curate.apply_bulk(ctx.store, bulk_action, ids, reviewer=ctx.owner(request))
-    return ({"action": bulk_action, "ids": ids}, gr.update(visible=bool(n)),
-            f"{curate.BULK_ACTIONS[bulk_action].capitalize()} (of those shown): **{n}** changed.")
+    return (
+        {"action": bulk_action, "ids": ids},
+        gr.update(visible=bool(n)),
+        f"{curate.BULK_ACTIONS[bulk_action].capitalize()} (of those shown): **{n}** changed.",
+    )
 
 
 def on_undo(ctx: AppContext, request: gr.Request, last):
@@ -369,8 +465,15 @@ def on_export(ctx: AppContext, request: gr.Request, fmt, hub, *filter_values):
     suffix = {"messages": ".jsonl", "prompt_completion": ".jsonl", "csv": ".csv", "datasets": ""}[fmt]
     out = ctx.store.home / "exports" / f"v{f['constitution_id']}-{fmt}-{time.strftime('%Y%m%d-%H%M%S')}{suffix}"
     try:
-        r = curate.export(ctx.store, f["constitution_id"], fmt, out, set_name=f["set_name"], owner=owner,
-                          hub_id=(hub or "").strip() or None)
+        r = curate.export(
+            ctx.store,
+            f["constitution_id"],
+            fmt,
+            out,
+            set_name=f["set_name"],
+            owner=owner,
+            hub_id=(hub or "").strip() or None,
+        )
     except Exception as exc:  # a bad format or filter, and from the hub: no token, network, permissions
         return None, f"**Not exported:** {redact(str(exc))}"
     # the download: the export and its manifest in one archive
@@ -383,17 +486,34 @@ def on_export(ctx: AppContext, request: gr.Request, fmt, hub, *filter_values):
             shutil.copy(path, bundle / path.name)
     archive = shutil.make_archive(str(bundle), "zip", bundle)
     c = r["counts"]
-    return archive, (f"Exported **{c['exported']}** accepted samples of v{r['constitution_id']} "
-                     f"({r['constitution_name']}) as {fmt} to `{r['path']}`; {c['pending']} pending and "
-                     f"{c['rejected']} rejected left out." + (f" Pushed to {r['hub_id']}." if "hub_id" in r else ""))
+    return archive, (
+        f"Exported **{c['exported']}** accepted samples of v{r['constitution_id']} "
+        f"({r['constitution_name']}) as {fmt} to `{r['path']}`; {c['pending']} pending and "
+        f"{c['rejected']} rejected left out." + (f" Pushed to {r['hub_id']}." if "hub_id" in r else "")
+    )
 
 
 def build(ctx: AppContext) -> None:
     c = layout(ctx)
     on = functools.partial(bind, ctx)
     filters, queue, quiet = c["filters"], c["queue"], dict(show_progress="hidden")
-    view = [c[k] for k in ("position", "badges", "prompt", "unprompted", "prompted", "chain", "final", "note", "shown",
-                           "pos", "counters", "message")]
+    view = [
+        c[k]
+        for k in (
+            "position",
+            "badges",
+            "prompt",
+            "unprompted",
+            "prompted",
+            "chain",
+            "final",
+            "note",
+            "shown",
+            "pos",
+            "counters",
+            "message",
+        )
+    ]
     for name in ("version", "prompt_set", "status", "principle", "flag"):
         c[name].input(on(load_queue), filters, [queue, *view], **quiet)
     for name in ("search", "min_len", "max_len"):
@@ -401,7 +521,8 @@ def build(ctx: AppContext) -> None:
     ctx.blocks.load(on(on_load), None, [c["version"], c["prompt_set"], c["principle"], queue, *view])
     c["version"].input(on(principle_choices), c["version"], c["principle"])
     c["reload"].click(on(version_choices), c["version"], c["version"], **quiet).then(
-        on(load_queue), filters, [queue, *view], **quiet)
+        on(load_queue), filters, [queue, *view], **quiet
+    )
 
     acting = [c["final"], c["note"], queue, c["pos"], c["shown"], *filters]
     for button, new_status in (("accept", "accepted"), ("reject", "rejected"), ("save", None)):
@@ -410,14 +531,19 @@ def build(ctx: AppContext) -> None:
     for button, step in (("prev", -1), ("nxt", 1)):
         c[button].click(on(move, step), [queue, c["pos"], *filters], view, **quiet)
     # a sampling or revise job, an import or another tab changes the samples: the page's poll follows it
-    ctx.watch(on(follow), [queue, c["pos"], c["shown"], *filters], [c["version"], c["principle"], queue, *view],
-              on=("versions", "sets", "jobs", "progress:generate", "progress:revise"))
+    ctx.watch(
+        on(follow),
+        [queue, c["pos"], c["shown"], *filters],
+        [c["version"], c["principle"], queue, *view],
+        on=("versions", "sets", "jobs", "progress:generate", "progress:revise"),
+    )
 
     for trigger in (c["bulk_action"].change, queue.change):
         trigger(on(preview_bulk), [c["bulk_action"], *filters], c["bulk_preview"], **quiet)
     undo_out = [c["last_bulk"], c["undo"], c["bulk_msg"]]
     c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], undo_out).then(
-        on(load_queue), filters, [queue, *view], **quiet)
+        on(load_queue), filters, [queue, *view], **quiet
+    )
     c["undo"].click(on(on_undo), c["last_bulk"], undo_out).then(on(load_queue), filters, [queue, *view], **quiet)
     c["reflag"].click(on(on_reflag), [queue, c["pos"], *filters], view)
     c["export"].click(on(on_export), [c["export_fmt"], c["hub_id"], *filters], [c["export_file"], c["export_msg"]])

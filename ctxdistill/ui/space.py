@@ -14,11 +14,14 @@ from ctxdistill.ui.common import AppContext
 def banner_text(ctx: AppContext) -> str:
     caps = ctx.caps or demo.DemoCaps()
     url = demo.duplicate_url()
-    duplicate = (f"[**Duplicate this Space**]({url})" if url else "**Duplicate this Space**") + \
-        " (or run it locally: `make run`) for bigger prompt sets, longer training and your own GPU."
-    lines = ["**Public demo.** What you make here is visible to this browser only (a signed cookie), and is lost "
-             "when the Space restarts.",
-             f"Limits: {caps.summary()}. {duplicate}"]
+    duplicate = (
+        f"[**Duplicate this Space**]({url})" if url else "**Duplicate this Space**"
+    ) + " (or run it locally: `make run`) for bigger prompt sets, longer training and your own GPU."
+    lines = [
+        "**Public demo.** What you make here is visible to this browser only (a signed cookie), and is lost "
+        "when the Space restarts.",
+        f"Limits: {caps.summary()}. {duplicate}",
+    ]
     problem = availability(ctx.model_spec)
     if problem:
         lines.append(f"⚠️ {problem}")

@@ -24,14 +24,18 @@ def layout(prefix: str) -> dict:
 def stale_runs(ctx: AppContext, run_ids, request: gr.Request) -> list[tuple[dict, str]]:
     """(run, notice) of the picked finished runs (one id or a list) whose constitution has a newer version."""
     ids = run_ids if isinstance(run_ids, list) else [run_ids] if run_ids else []
-    picked = [job for r in ids if (job := ctx.find_job(r, request)) and job["kind"] == "train" and job["state"] == "done"]
+    picked = [
+        job for r in ids if (job := ctx.find_job(r, request)) and job["kind"] == "train" and job["state"] == "done"
+    ]
     return [(job, text) for job in picked if (text := rebake.stale_notice(ctx.store, job))]
 
 
 def stale_view(ctx: AppContext, run_ids, request: gr.Request):
     stale = stale_runs(ctx, run_ids, request)
-    return ("".join(f"**Stale:** {text}.  \n" for _, text in stale),
-            gr.update(visible=bool(stale) and ctx.rebake_form is not None))
+    return (
+        "".join(f"**Stale:** {text}.  \n" for _, text in stale),
+        gr.update(visible=bool(stale) and ctx.rebake_form is not None),
+    )
 
 
 def rebake_offer(ctx: AppContext, run_ids, request: gr.Request):

@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = os.environ.get("CTXDISTILL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 def free_port() -> int:
@@ -31,8 +39,13 @@ def start_app(workspace: Path, env: dict | None = None, timeout: float = 120.0):
     workspace.mkdir(parents=True, exist_ok=True)
     log = open(workspace / "server.log", "wb")
     full_env = {**os.environ, "CTXDISTILL_HOME": str(workspace), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "ctxdistill.cli", "serve", "--port", str(port)],
-                            env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctxdistill.cli", "serve", "--port", str(port)],
+        env=full_env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -63,8 +76,9 @@ def seed_run(store, tiny_checkpoint, tiny_model) -> tuple[int, int]:
 
     c = load("assets/constitutions/pirate.yaml")
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
-    run = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3},
-                           heavy=True)
+    run = store.create_job(
+        "train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3}, heavy=True
+    )
     store.update_job(run, state="done")
     _adapter(tiny_model, store.runs_dir / str(run) / "adapter", 0.5)
     return cid, run

@@ -11,16 +11,23 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def compare_url(tmp_path_factory, tiny_checkpoint, tiny_model):
-    from ctxdistill import evaluate as E
+    from ctxdistill import evaluate
     from ctxdistill.store import Store
 
     workspace = tmp_path_factory.mktemp("e2e-compare")
     with Store(workspace) as store:
         cid, run = seed_run(store, tiny_checkpoint, tiny_model)
         store.add_prompts("toy", [{"text": p, "split": "heldout"} for p in PROMPTS])
-        cfg = E.EvalConfig(constitution_id=cid, runs=[run], prompt_set="toy", model=str(tiny_checkpoint), sample_tokens=6,
-                           n_boot=100, influence_prompts=2)
-        store.save_eval(None, cid, [run], E.run(cfg, store))
+        cfg = evaluate.EvalConfig(
+            constitution_id=cid,
+            runs=[run],
+            prompt_set="toy",
+            model=str(tiny_checkpoint),
+            sample_tokens=6,
+            n_boot=100,
+            influence_prompts=2,
+        )
+        store.save_eval(None, cid, [run], evaluate.run(cfg, store))
     proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
     yield url, workspace
     stop_app(proc)

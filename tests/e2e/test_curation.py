@@ -40,7 +40,9 @@ def app_url(workspace, tiny_checkpoint):
 
 def counters(page, **expected):
     """Wait until every named counter shows its value (the counters also refresh on a timer)."""
-    checks = " && ".join(f"document.querySelector('#review-counters .{k}')?.innerText === '{v}'" for k, v in expected.items())
+    checks = " && ".join(
+        f"document.querySelector('#review-counters .{k}')?.innerText === '{v}'" for k, v in expected.items()
+    )
     page.wait_for_function(checks, timeout=20_000)
 
 
@@ -51,7 +53,7 @@ def wait_text(page, selector: str, text: str):
 def open_review(page, pending: int):
     page.get_by_role("tab", name="Review", exact=True).click()
     wait_text(page, "#review-position", f"Sample 1 of {pending}")
-    page.locator("#review-shortcuts").click()          # focus on the page, not in a text box
+    page.locator("#review-shortcuts").click()  # focus on the page, not in a text box
 
 
 def test_keyboard_review_moves_the_counters(page, workspace):
@@ -70,7 +72,7 @@ def test_keyboard_review_moves_the_counters(page, workspace):
     page.keyboard.press("ArrowRight")
     wait_text(page, "#review-position", "Sample 3 of 6")
 
-    page.keyboard.press("e")                             # edit the final text in place
+    page.keyboard.press("e")  # edit the final text in place
     page.keyboard.press("Control+A")
     page.keyboard.type("Arr! Edited by keyboard, matey.")
     page.keyboard.press("Control+Enter")
@@ -85,20 +87,20 @@ def test_keyboard_review_moves_the_counters(page, workspace):
     assert by_text["Question 0?"]["status"] == "accepted" and by_text["Question 1?"]["status"] == "rejected"
     edited = by_text["Question 2?"]
     assert edited["status"] == "accepted" and edited["edited"] and edited["final"] == "Arr! Edited by keyboard, matey."
-    assert "repetition" not in edited["flags"]           # flags follow the edit
+    assert "repetition" not in edited["flags"]  # flags follow the edit
 
 
 def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, workspace):
-    open_review(page, 3)                                 # pending samples only: starts at Question 3
+    open_review(page, 3)  # pending samples only: starts at Question 3
     other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     other.set_default_timeout(60_000)
     other.goto(app_url)
     open_review(other, 3)
     page.keyboard.press("a")
     wait_text(page, "#review-position", "Sample 2 of 3")
-    other.keyboard.press("r")                            # the same sample, at the version it read
+    other.keyboard.press("r")  # the same sample, at the version it read
     wait_text(other, "#review-msg", "Changed in another tab")
-    assert "accepted" in other.locator("#review-badges").inner_text()   # reloaded as it is now
+    assert "accepted" in other.locator("#review-badges").inner_text()  # reloaded as it is now
     with Store(workspace) as store:
         assert {s["prompt"]: s["status"] for s in store.list_samples()}["Question 3?"] == "accepted"
     other.context.close()
@@ -106,7 +108,7 @@ def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, workspac
     page.get_by_text("Export accepted samples").click()
     page.locator("#review-export").click()
     wait_text(page, "#review-export-msg", "Exported 3 accepted samples")
-    page.wait_for_selector("#review-export-file a")     # the zip with the JSONL and its manifest
+    page.wait_for_selector("#review-export-file a")  # the zip with the JSONL and its manifest
 
 
 def test_data_tab_imports_and_runs_a_sampling_job(page, tmp_path):
@@ -116,7 +118,7 @@ def test_data_tab_imports_and_runs_a_sampling_job(page, tmp_path):
     (tmp_path / "mine.csv").write_text("id,question\n1,Why is the sky blue?\n2,Why is the sky blue?\n3,What is rust?\n")
     page.locator("#data-upload input[type=file]").set_input_files(str(tmp_path / "mine.csv"))
     wait_text(page, "#data-import-msg", "3 records; columns: id, question")
-    page.wait_for_function("document.querySelector('#data-column input')?.value === 'question'")   # guessed
+    page.wait_for_function("document.querySelector('#data-column input')?.value === 'question'")  # guessed
     page.locator("#data-import").click()
     wait_text(page, "#data-import-msg", "Added 2 prompts to mine (1 duplicates")
     page.locator("#gen-limit input").fill("3")
@@ -125,7 +127,7 @@ def test_data_tab_imports_and_runs_a_sampling_job(page, tmp_path):
     page.wait_for_selector("#data-job-status .job-state >> text=done", timeout=90_000)
     assert "Done." in page.locator("#data-job-status").inner_text()
     page.get_by_role("tab", name="Review", exact=True).click()
-    page.locator("#review-reload").click()               # the new samples join the queue
+    page.locator("#review-reload").click()  # the new samples join the queue
     counters(page, total=9)
 
 
@@ -142,18 +144,31 @@ def test_review_queue_follows_a_job_without_reload(page, workspace):
         store.add_prompts("follow", [{"text": "How do volcanoes form?"}])
         job = store.create_job("revise", {"constitution_id": cid})
         store.update_job(job, state="running")
-    page.get_by_role("tab", name="Data", exact=True).click()     # a job started elsewhere: seen on a tab switch
+    page.get_by_role("tab", name="Data", exact=True).click()  # a job started elsewhere: seen on a tab switch
     page.get_by_role("tab", name="Review", exact=True).click()
     with Store(workspace) as store:
-        loop = {"principle": "arr", "critique_request": "", "critique": "", "revision_request": "",
-                "revision": "The answer to the question is: " * 6, "cut_off": False}
+        loop = {
+            "principle": "arr",
+            "critique_request": "",
+            "critique": "",
+            "revision_request": "",
+            "revision": "The answer to the question is: " * 6,
+            "cut_off": False,
+        }
         start = "Arr! Volcanoes form where magma rises through the crust, matey."
-        store.upsert_sample(store.get_prompts("follow")[0]["id"], cid, 0, prompted=start, unprompted="Magma.",
-                            chain=[loop], meta={"revise_start": "prompted"})
+        store.upsert_sample(
+            store.get_prompts("follow")[0]["id"],
+            cid,
+            0,
+            prompted=start,
+            unprompted="Magma.",
+            chain=[loop],
+            meta={"revise_start": "prompted"},
+        )
         curate.refresh_flags(store, cid)
         store.update_job(job, progress_done=1, progress_total=1, message="1/1 rounds")
     wait_text(page, "#review-position", f"Sample 1 of {n + 1}")
-    assert page.locator("#review-prompt textarea").input_value() == shown      # the sample on screen stayed
+    assert page.locator("#review-prompt textarea").input_value() == shown  # the sample on screen stayed
     with Store(workspace) as store:
         store.update_job(job, state="done", finished_at=time.time(), message="done")
     page.locator("#review-shortcuts").click()

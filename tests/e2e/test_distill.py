@@ -57,6 +57,8 @@ def test_start_watch_reload(browser, distill_url):
     page.get_by_role("option", name="job 1").first.click()
     page.locator("#prompt textarea").fill("How do I boil an egg?")
     page.locator("#run-preview").click()
-    page.wait_for_function("(() => { const v = document.querySelector('#student textarea').value;"
-                           " return v && !v.startsWith('generating') && !v.startsWith('pick'); })()")
+    page.wait_for_function(
+        "(() => { const v = document.querySelector('#student textarea').value;"
+        " return v && !v.startsWith('generating') && !v.startsWith('pick'); })()"
+    )
     context.close()

@@ -13,8 +13,16 @@ from tests.e2e.conftest import start_app, stop_app
 pytestmark = pytest.mark.e2e
 
 ANSWERS = ["Arr! Paris, matey.", "", "Hello. " * 12, "Arr! Boil it, matey.", "Plain answer."]
-FINISHED = {"constitution_id": 1, "prompt_set": "default", "loss": "kl", "data": "prompts", "steps": 40,
-            "batch_size": 4, "quantize": "none", "lr": 0.0005}
+FINISHED = {
+    "constitution_id": 1,
+    "prompt_set": "default",
+    "loss": "kl",
+    "data": "prompts",
+    "steps": 40,
+    "batch_size": 4,
+    "quantize": "none",
+    "lr": 0.0005,
+}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +75,12 @@ def test_new_version_appears_in_every_tab_without_reloading(page):
         page.get_by_role("option", name="v2 · pirate").wait_for()
         page.keyboard.press("Escape")
     page.reload()
-    for name, dropdown in (("Data", "#gen-version"), ("Distill", "#train-version"), ("Compare", "#eval-version"),
-                           ("Review", "#review-version")):
+    for name, dropdown in (
+        ("Data", "#gen-version"),
+        ("Distill", "#train-version"),
+        ("Compare", "#eval-version"),
+        ("Review", "#review-version"),
+    ):
         tab(page, name)
         page.wait_for_function(f"document.querySelector('{dropdown} input')?.value.startsWith('v')")
 
@@ -79,13 +91,13 @@ def test_labels_follow_the_job(page, home):
     store.update_job(job, state="running", progress_done=1, progress_total=4, message="step 1/4 · measuring")
     tab(page, "Distill")
     page.locator("#train-run input").click()
-    page.get_by_role("option", name=f"job {job} · running").click(timeout=30_000)   # listed by the page's poll
+    page.get_by_role("option", name=f"job {job} · running").click(timeout=30_000)  # listed by the page's poll
     page.wait_for_selector("#train-status >> text=step 1/4 · measuring")
     store.update_job(job, state="cancelled", message="cancelled")
     page.wait_for_selector("#train-status .job-state >> text=cancelled", timeout=15_000)
-    assert "measuring" not in page.locator("#train-status").inner_text()     # a finished job's message goes
+    assert "measuring" not in page.locator("#train-status").inner_text()  # a finished job's message goes
     assert f"job {job} · cancelled" in page.locator("#train-run input").input_value()
-    assert "Job" in page.locator("#train-status").inner_text()                # job ids are shared by all kinds
+    assert "Job" in page.locator("#train-status").inner_text()  # job ids are shared by all kinds
 
 
 def test_bulk_action_changes_what_the_filter_shows_and_undoes(page):
@@ -119,7 +131,7 @@ def test_distill_form_refuses_a_huge_batch_and_shows_a_picked_runs_settings(page
     page.locator("#train-start").click()
     page.wait_for_selector("text=/at most 1024|less than or equal to 1024|maximum/i", timeout=30_000)
     page.wait_for_timeout(2000)
-    assert len(Store(home).list_jobs()) == jobs_before                        # no run started
+    assert len(Store(home).list_jobs()) == jobs_before  # no run started
 
 
 def test_empty_plots_have_no_infinity_legend(page):

@@ -23,8 +23,10 @@ def preview_url(tmp_path_factory, tiny_checkpoint, tiny_model):
 
 
 def student_text(page, other_than: str) -> str:
-    page.wait_for_function(f"(() => {{ const v = {STUDENT}; return v && v !== {other_than!r}"
-                           " && !v.startsWith('generating') && !v.startsWith('pick'); })()")
+    page.wait_for_function(
+        f"(() => {{ const v = {STUDENT}; return v && v !== {other_than!r}"
+        " && !v.startsWith('generating') && !v.startsWith('pick'); })()"
+    )
     return page.evaluate(STUDENT)
 
 
@@ -43,7 +45,7 @@ def test_moving_the_dial_changes_the_student_column(browser, preview_url):
     assert as_trained != base
     dial = page.locator("#student-strength input[type=number]")
     dial.fill("0")
-    dial.press("Tab")                                   # the dial's release: the student column again
+    dial.press("Tab")  # the dial's release: the student column again
     at_zero = student_text(page, as_trained)
-    assert at_zero == base                              # strength 0 is the base model (greedy answers)
+    assert at_zero == base  # strength 0 is the base model (greedy answers)
     context.close()

@@ -16,8 +16,10 @@ def suite_url(tmp_path_factory, tiny_checkpoint, tiny_model):
     workspace = tmp_path_factory.mktemp("e2e-robustness")
     with Store(workspace) as store:
         _, run = seed_run(store, tiny_checkpoint, tiny_model)
-        store.add_prompts("toy", [{"text": p, "category": ("code", "science")[i % 2], "split": "heldout"}
-                                  for i, p in enumerate(PROMPTS)])
+        store.add_prompts(
+            "toy",
+            [{"text": p, "category": ("code", "science")[i % 2], "split": "heldout"} for i, p in enumerate(PROMPTS)],
+        )
     proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
     yield url, run
     stop_app(proc)
@@ -36,11 +38,12 @@ def test_the_suite_runs_from_the_compare_tab(browser, suite_url):
     page.locator("#eval-prompt-set textarea, #eval-prompt-set input").first.fill("toy")
     page.locator("#eval-sample-tokens input").fill("4")
     page.locator("#eval-influence-n input").fill("0")
-    assert page.locator("#eval-robustness input").is_checked()        # the suite is on by default
+    assert page.locator("#eval-robustness input").is_checked()  # the suite is on by default
     page.locator("#eval-start").click()
     # the finished evaluation is picked by the page's poll, and its Robustness section filled in
-    page.wait_for_function("document.querySelector('#robustness-text')?.innerText.includes('Capability:')",
-                           timeout=240_000)
+    page.wait_for_function(
+        "document.querySelector('#robustness-text')?.innerText.includes('Capability:')", timeout=240_000
+    )
     text = page.locator("#robustness-text").inner_text()
     for words in ("Capability:", "By family", "Second turn", "Injection", "Placebo", "Savings", "code", "science"):
         assert words in text, words
