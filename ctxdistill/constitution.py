@@ -17,9 +17,6 @@ can act on, collected into one `ConstitutionError`.
 Also reads the JSON used by the Hugging Face constitutional-AI recipe
 (`{"constitutions": [{"critic", "revision"}], "system_chat": [[...]]}`),
 see `from_hf_recipe`.
-
-It runs over 450 lines because parsing, validation, rendering, the file formats and the
-principles' automatic checks all work on the same few dataclasses.
 """
 
 from __future__ import annotations
@@ -28,12 +25,13 @@ import difflib
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import regex
 import yaml
+
+from . import hf_recipe
 
 CHECK_KINDS = ("starts_with", "contains", "not_contains", "regex", "max_words")
 EXAMPLE_ROLES = ("user", "assistant")
@@ -342,119 +340,22 @@ def from_dict(d: dict) -> Constitution:
     return Constitution(name=name, principles=principles, description=description, preamble=preamble, examples=examples)
 
 
-# ------------------------------------------------------ HF recipe import
-
-_VERB = {
-    "said": "say",
-    "says": "say",
-    "say": "say",
-    "include": "include",
-    "included": "include",
-    "includes": "include",
-    "provide": "provide",
-    "provided": "provide",
-    "provides": "provide",
-    "contain": "contain",
-    "contained": "contain",
-    "contains": "contain",
-}
-
-
 def from_row(row: dict) -> Constitution:
     """The Constitution of a stored version (a ``constitutions`` row of the workspace)."""
     return from_dict(row["content"])
 
 
-def _statement_from_critic(critic: str) -> str:
-    """A short principle statement derived from a critique request.
-
-    Looks at the first sentence only and tries, in order:
-      "... the assistant's last response is/was/may be X"  -> "The assistant's response must not be X."
-      "... whether it is (in any way) X"                    -> same
-      "... the assistant('s response) said/included/provided anything X"
-                                                           -> "The assistant must not say/include/provide anything X."
-    Anything else becomes "The assistant's response should hold up to this
-    critique: <first sentence>", which still reads as a rule to the teacher.
-    """
-    text = " ".join(critic.replace("\u2019", "'").split())
-    m = re.match(r"(.+?[.?!])(\s|$)", text)
-    sentence = (m.group(1) if m else text).strip()
-    body = sentence.rstrip(".?!").strip()
-    m = re.search(
-        r"(?:response|\bit)\s+(?:is|was|may be|might be|could be)\s+"
-        r"(?:in (?:any|some) way\s+|at all\s+)?(?P<what>.+)",
-        body,
-        re.I,
-    )
-    if m and "assistant" in body.lower():
-        return f"The assistant's response must not be {m['what']}."
-    m = re.search(
-        r"(?P<who>assistant(?:'s (?:\w+ )?response)?)\s+(?P<verb>\w+)\s+"
-        r"(?P<what>(?:anything|any)\b.+)",
-        body,
-        re.I,
-    )
-    if m and m["verb"].lower() in _VERB:
-        who = "The assistant's response" if "response" in m["who"].lower() else "The assistant"
-        return f"{who} must not {_VERB[m['verb'].lower()]} {m['what']}."
-    return f"The assistant's response should hold up to this critique: {sentence}"
-
-
 def from_hf_recipe(obj: dict, name: str = "imported") -> Constitution:
-    """Convert the Hugging Face constitutional-AI recipe JSON.
-
-    Each {"critic", "revision"} pair becomes a principle p1..pn with those
-    strings as its critique/revision requests and a text derived from the
-    critic (see `_statement_from_critic`). The few-shot `system_chat`
-    conversations are flattened, in order, into `examples`.
-    """
-    errors = []
-    if not isinstance(obj, dict) or not isinstance(obj.get("constitutions"), list):
-        raise ConstitutionError(
-            'A constitutional-AI recipe file needs a \'constitutions\' list of {"critic": ..., "revision": ...} pairs.'
-        )
-    principles = []
-    for i, pair in enumerate(obj["constitutions"], 1):
-        if (
-            not isinstance(pair, dict)
-            or not isinstance(pair.get("critic"), str)
-            or not isinstance(pair.get("revision"), str)
-        ):
-            errors.append(f"Entry {i} of 'constitutions' must have text fields 'critic' and 'revision'.")
-            continue
-        principles.append(
-            Principle(
-                id=f"p{i}",
-                text=_statement_from_critic(pair["critic"]),
-                critique=pair["critic"],
-                revision=pair["revision"],
-            )
-        )
-    chats = obj.get("system_chat") or []
-    if chats and isinstance(chats[0], dict):  # a single conversation, not a list of them
-        chats = [chats]
-    examples = []
-    for k, chat in enumerate(chats, 1):
-        for m in chat if isinstance(chat, list) else [None]:
-            if isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str):
-                examples.append({"role": m["role"], "content": m["content"]})
-            else:
-                errors.append(
-                    f'Conversation {k} of \'system_chat\' must be a list of {{"role": ..., "content": ...}} messages.'
-                )
-                break
+    """Convert the Hugging Face constitutional-AI recipe JSON (see hf_recipe.py)."""
+    principles, examples, errors = hf_recipe.read(obj)
     if errors:
         raise ConstitutionError(errors)
     return Constitution(
         name=name,
-        principles=principles,
+        principles=[Principle(**p) for p in principles],
         description="Imported from a constitutional-AI recipe file.",
         examples=examples,
     )
-
-
-def _is_hf_recipe(obj) -> bool:
-    return isinstance(obj, dict) and "constitutions" in obj and "principles" not in obj
 
 
 # ---------------------------------------------------------- text formats
@@ -523,7 +424,7 @@ def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitu
         raise ConstitutionError("The text is empty: a constitution needs a name and principles.")
     if isinstance(obj, list):
         obj = {"name": name, "principles": obj}
-    if _is_hf_recipe(obj):
+    if hf_recipe.is_recipe(obj):
         return from_hf_recipe(obj, name=name)
     return from_dict(obj)
 

@@ -1,12 +1,11 @@
 """Where code lives: no import circle inside the package (lazy imports included), no tab imports
-another tab, no gradio outside ui/, and no module longer than a sitting's reading unless its
-docstring says why."""
+another tab, no gradio outside ui/, and no module longer than a sitting's reading."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ctxdistill"
-MAX_LINES = 450
+MAX_LINES = 600
 TABS = ("constitution", "preview", "data", "samples", "distill", "compare")
 
 
@@ -74,8 +73,11 @@ def test_gradio_only_in_ui():
         assert not any(n == "gradio" or n.startswith("gradio.") for n in names), path.name
 
 
-def test_modules_are_short_or_say_why():
-    for path in PACKAGE.rglob("*.py"):
-        n = len(path.read_text().splitlines())
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-        assert n <= MAX_LINES or f"over {MAX_LINES} lines" in doc, f"{path.relative_to(PACKAGE)}: {n} lines"
+def test_modules_are_short():
+    """No exception by docstring: a module that outgrows a sitting is split along a concern."""
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, long
