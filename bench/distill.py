@@ -127,7 +127,8 @@ def main():
         f"(ratio {predicted['total'] / kl_time['total_s']:.2f})"
     )
     print(
-        f"  wall {kl_time['total_s']:.0f} s (sampling + setup {kl_time['setup_s']:.0f} s); held-out ({kl['n_heldout']} prompts) "
+        f"  wall {kl_time['total_s']:.0f} s (sampling + setup {kl_time['setup_s']:.0f} s); "
+        f"held-out ({kl['n_heldout']} prompts) "
         f"KL {kl['heldout_kl_before']:.4f} -> {kl['heldout_kl_after']:.4f}, gap closed {kl['gap_closed']:.3f}"
     )
     adapters = {"kl": home / "runs" / "kl" / "adapter"}
@@ -152,7 +153,8 @@ def main():
         student = full["kl"][label]
         print(
             f"  {label:16s} {steps:4d} steps {seconds:6.0f} s training: KL(teacher || student) {student:.4f}, "
-            f"gap closed {1 - student / base:.3f} (run's own held-out figure {r['gap_closed']:.3f}, kept step {r['best_step']})"
+            f"gap closed {1 - student / base:.3f} "
+            f"(run's own held-out figure {r['gap_closed']:.3f}, kept step {r['best_step']})"
         )
     print("\ngreedy answers without the constitution:")
     for i, prompt in enumerate(full["prompts"]):

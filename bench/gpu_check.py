@@ -84,7 +84,8 @@ def check(device: str, home: Path) -> dict:
         "heldout_kl": [result["heldout_kl_before"], result["heldout_kl_after"]],
     }
     print(
-        f"  40 kl steps: {wall:.0f} s wall (sampling included), {out['answer_tokens_per_s']:.0f} answer tok/s (median step), "
+        f"  40 kl steps: {wall:.0f} s wall (sampling included), "
+        f"{out['answer_tokens_per_s']:.0f} answer tok/s (median step), "
         f"peak {out['peak_mem_mb']:.0f} MB; held-out KL {result['heldout_kl_before']:.3f} -> "
         f"{result['heldout_kl_after']:.3f} on 16 prompts: gap closed {result['gap_closed']:.2f}",
         flush=True,
@@ -113,7 +114,8 @@ def main() -> int:
         gpu, cpu = results
         print(
             f"\nGPU vs CPU: {gpu['answer_tokens_per_s'] / cpu['answer_tokens_per_s']:.1f}x answer tok/s, "
-            f"preview {cpu['preview_s'] / gpu['preview_s']:.1f}x faster, gap closed {gpu['gap_closed']:.2f} vs {cpu['gap_closed']:.2f}"
+            f"preview {cpu['preview_s'] / gpu['preview_s']:.1f}x faster, "
+            f"gap closed {gpu['gap_closed']:.2f} vs {cpu['gap_closed']:.2f}"
         )
     print(json.dumps(results))
     return 0

@@ -70,7 +70,8 @@ def main() -> None:
     same = sum(a == b for a, b in zip(baseline, batched))
     tokens = sum(len(b) for b in batched)
     print(
-        f"rows: {len(rows)} ({args.prompts} prompts x 2 conditions), {tokens} tokens generated, torch threads {torch.get_num_threads()}"
+        f"rows: {len(rows)} ({args.prompts} prompts x 2 conditions), {tokens} tokens generated, "
+        f"torch threads {torch.get_num_threads()}"
     )
     print(f"one at a time: {t_base:.1f} s   batched: {t_batch:.1f} s")
     print(f"token-identical greedy outputs: {same}/{len(rows)}")

@@ -75,7 +75,8 @@ def behaviour_sweep(model, tok, c, pair, prompts: list[str]) -> None:
     with pair.teacher_mode():
         teacher = behaviour(model, tok, c, items, prompts, render(c))
     print(
-        f"teacher (constitution in the prompt), {len(items)} capability items: capability {teacher['capability']['value']:.3f} "
+        f"teacher (constitution in the prompt), {len(items)} capability items: "
+        f"capability {teacher['capability']['value']:.3f} "
         f"[{teacher['capability']['ci'][0]:.3f}, {teacher['capability']['ci'][1]:.3f}], checks "
         + ", ".join(f"{k} {v:.0%}" for k, v in teacher["checks"].items()),
         flush=True,

@@ -19,7 +19,8 @@ sft: our loop vs TRL's SFTTrainer with the same model, LoRA and data (completion
 
 Each measurement runs in its own process so that peak memories do not mix. Peak memory is the
 process's resident-set high-water mark during the steps minus its size before any model was loaded
-(CPU; so the naive loop's second model counts), or torch's peak allocation (CUDA). tokens/s counts answer tokens (the positions that carry a loss).
+(CPU; so the naive loop's second model counts), or torch's peak allocation (CUDA). tokens/s counts answer
+tokens (the positions that carry a loss).
 Each figure is given per second of wall time and per CPU-second of the measuring process (all its
 threads): on a machine that other programs also use, the second is the one that holds, since a
 measurement that waits for the CPU does not spend CPU time waiting.
