@@ -69,3 +69,40 @@ def test_whatever_a_handler_raises_reaches_the_page_without_a_token(capsys):
     with pytest.raises(gr.Error) as caught:
         next(stream_fn)
     assert caught.value.message == "Authorization: *** rejected"
+
+
+def test_a_version_menu_follows_the_newest_version_until_the_visitor_picks_one(tmp_path):
+    from ctxdistill.ui.common import AppContext
+
+    ctx = AppContext(home=tmp_path / "ws")
+    save = lambda name: ctx.store.save_constitution(name, {"name": name, "principles": ["p"]}, name, message="")
+    v1, v2 = save("a"), save("b")
+    fresh = common.version_list(ctx, v1, False, None)  # what the menu showed, never picked: a reload's v1
+    assert fresh["value"] == v2 and [c[1] for c in fresh["choices"]] == [v2, v1]
+    assert common.version_list(ctx, v1, True, None)["value"] == v1  # the visitor's pick stays
+    v3 = save("c")
+    assert common.version_list(ctx, v2, False, None)["value"] == v3
+    assert common.version_list(ctx, 999, True, None)["value"] == v3  # a pick that is gone
+
+
+def test_every_tab_writes_its_job_status_the_same_way():
+    job = {
+        "id": 7,
+        "kind": "generate",
+        "state": "running",
+        "progress_done": 3,
+        "progress_total": 12,
+        "message": "<b>12/40</b> tokens",
+        "error": None,
+        "result": None,
+        "config": {},
+        "heartbeat": None,
+        "pid": None,
+    }
+    text = common.job_status_html(job, "x-status", "nothing yet", "3/12", ("done <i>now</i>",))
+    assert text.startswith("<div id='x-status'><progress value='3' max='12'")
+    assert "<b>Job 7</b> · generate · <span class='job-state'>running</span> · 3/12" in text
+    assert "&lt;b&gt;12/40&lt;/b&gt; tokens" in text and "done <i>now</i>" in text
+    assert common.job_status_html(None, "x-status", "nothing yet") == "<div id='x-status'>nothing yet</div>"
+    failed = common.job_status_html({**job, "state": "failed", "error": "<oom>"}, "x-status", "")
+    assert "&lt;oom&gt;" in failed and "tokens" not in failed  # a stopped job shows its error, not its progress

@@ -28,7 +28,8 @@ CSS = """
 .word-diff { white-space: pre-wrap; word-break: break-word; font-size: 0.9em; }
 #diff del { background: #fdd; color: #900; }
 #diff ins { background: #dfd; color: #060; }
-.badge { display: inline-block; margin: 0 4px 2px 0; padding: 1px 8px; border-radius: 10px; background: #d4a017; color: #fff; font-size: 0.85em; }
+.badge { display: inline-block; margin: 0 4px 2px 0; padding: 1px 8px; border-radius: 10px; background: #d4a017;
+  color: #fff; font-size: 0.85em; }
 """
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import html
 import inspect
 import os
 import shutil
@@ -292,6 +293,45 @@ def version_options(ctx: AppContext, owner: str, only: set | None = None) -> lis
     ]
 
 
+def version_list(ctx: AppContext, current, picked, request: gr.Request):
+    """A version menu's fresh choices: the visitor's pick while it is still there, else the newest."""
+    return keep(version_options(ctx, ctx.owner(request)), current if picked else None)
+
+
+chosen = lambda: True  # a menu's .input: the visitor picked its value (a read: nothing is stored)
+
+
+def version_menu(ctx: AppContext, elem_id: str, **kwargs) -> tuple[gr.Dropdown, gr.State]:
+    """(menu, picked) of a tab's "Constitution version" dropdown: it follows the newest saved version
+    (after a reload too) until the visitor picks one there (``picked`` turns true); a handler that
+    fills the menu for the visitor (e.g. from a picked run) sets ``picked`` as well."""
+    menu = gr.Dropdown(label="Constitution version", choices=[], elem_id=elem_id, **kwargs)
+    picked = gr.State(False)
+    menu.input(chosen, None, picked, queue=False, show_progress="hidden")
+    ctx.watch(bind(ctx, version_list), [menu, picked], menu, on=("versions",))
+    return menu, picked
+
+
+def job_status_html(
+    job: dict | None, elem_id: str, empty: str, counter: str = "", notes: tuple[str, ...] = (), total: int = 0
+) -> str:
+    """A tab's job status: a progress bar, the job's id, kind, state and ``counter``, its live progress
+    message while it runs, its error, then ``notes`` (HTML the tab made safe). ``total``: the bar's end
+    where the job has not reported one yet."""
+    if job is None:
+        return f"<div id='{elem_id}'>{empty}</div>"
+    done, total = job["progress_done"], max(job["progress_total"] or total, 1)
+    head = f"<b>Job {job['id']}</b> · {job['kind']} · <span class='job-state'>{job['state']}</span>"
+    lines = [head + (f" · {counter}" if counter else "")]
+    if job["message"] and job["state"] in ("queued", "running"):
+        lines.append(html.escape(job["message"]) + starved_note(job))
+    if job["error"]:
+        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
+    lines += notes
+    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
+    return f"<div id='{elem_id}'>{bar}<br>" + "<br>".join(lines) + "</div>"
+
+
 def train_runs(ctx: AppContext, owner: str) -> list[dict]:
     """The visitor's training runs (jobs of kind train), newest first."""
     return jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
@@ -299,7 +339,9 @@ def train_runs(ctx: AppContext, owner: str) -> list[dict]:
 
 def adapter_dir(ctx: AppContext, job: dict) -> Path:
     """Where a run's adapter lives (the job already checked to be the visitor's own)."""
-    return safe_path(ctx.store.runs_dir, f"{int(job['id'])}/adapter")
+    from ctxdistill.adapters import run_adapter
+
+    return safe_path(ctx.store.runs_dir, run_adapter(ctx.store, job["id"]).relative_to(ctx.store.runs_dir))
 
 
 def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:

@@ -9,16 +9,13 @@ is written to the store when it is cast.
 from __future__ import annotations
 
 import functools
-import html
-import math
 
 import gradio as gr
-import pandas as pd
 
 from ctxdistill import constitution as cmod
-from ctxdistill import evaluate, jobs, report, stats
+from ctxdistill import eval_config, evaluate, jobs, report, stats
 from ctxdistill.models import ModelError
-from ctxdistill.store import NotFound
+from ctxdistill.ui import results
 from ctxdistill.ui import stale as stale_notice
 from ctxdistill.ui.common import (
     MODEL_QUEUE,
@@ -26,12 +23,10 @@ from ctxdistill.ui.common import (
     bind,
     download_dir,
     draft_constitution,
-    highlight,
-    keep,
+    job_status_html,
     prompt_choices,
     slider,
-    starved_note,
-    version_options,
+    version_menu,
 )
 
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
@@ -49,16 +44,6 @@ KEYS_JS = """
   });
 }
 """
-
-
-def _eval(ctx: AppContext, eval_id, owner: str) -> dict | None:
-    if not eval_id:
-        return None
-    try:
-        ev = ctx.store.get_eval(int(eval_id))
-    except (NotFound, TypeError, ValueError):
-        return None
-    return ev if ev["owner"] == owner else None
 
 
 def eval_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
@@ -85,39 +70,14 @@ def _runs(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
 
 
 def status_html(job: dict | None) -> str:
-    if job is None:
-        return "<div id='eval-status-text'>No evaluation running.</div>"
-    done, total = job["progress_done"], max(job["progress_total"], 1)
-    lines = [f"<b>Job {job['id']}</b> · evaluate · <span class='job-state'>{job['state']}</span>"]
-    if job["message"] and job["state"] in ("queued", "running"):
-        lines.append(html.escape(job["message"]) + starved_note(job))
-    if job["error"]:
-        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
-    if job["result"]:
-        r = job["result"]
-        if r.get("gap_closed") is not None:
-            lines.append(
-                f"KL {r['kl_base']:.4f} → {r['kl_student']:.4f} nats/token · gap closed {r['gap_closed']:.0%} "
-                f"· {r['seconds']:.0f} s"
-            )
-    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
-    return f"<div id='eval-status-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
-
-
-def per_prompt_table(results: dict, student: str | None, other: str | None) -> pd.DataFrame:
-    """One row per prompt: mean KL(teacher‖x) for base and the picked runs, and the answers."""
-    cols = {"#": list(range(1, results["n_prompts"] + 1)), "prompt": [p["text"] for p in results["prompts"]]}
-    for cond in ("base", student, other):
-        if cond:
-            cols[f"KL {cond}"] = [
-                round(v, 4) if math.isfinite(v) else None for v in report.per_prompt_kl(results, cond)
-            ]
-    for cond in ("base", "teacher", student, other):
-        if cond:
-            cols[cond] = [p["answers"][cond] for p in results["prompts"]]
-    frame = pd.DataFrame(cols)
-    key = f"KL {student}" if student else "KL base"
-    return frame.sort_values(key, ascending=False, na_position="last")
+    r = (job or {}).get("result") or {}
+    notes = []
+    if r.get("gap_closed") is not None:
+        notes.append(
+            f"KL {r['kl_base']:.4f} → {r['kl_student']:.4f} nats/token · gap closed {r['gap_closed']:.0%} "
+            f"· {r['seconds']:.0f} s"
+        )
+    return job_status_html(job, "eval-status-text", "No evaluation running.", notes=tuple(notes))
 
 
 def tally_markdown(tally: dict, student: str) -> str:
@@ -131,7 +91,8 @@ def tally_markdown(tally: dict, student: str) -> str:
     return (
         f"**{tally['n']} votes** · "
         + " · ".join(parts)
-        + f"  \nStudent as good as the teacher (win or tie): {report.fmt_estimate(tally['rates']['student_or_tie'], pct=True)}"
+        + "  \nStudent as good as the teacher (win or tie): "
+        + report.fmt_estimate(tally["rates"]["student_or_tie"], pct=True)
     )
 
 
@@ -139,11 +100,11 @@ def next_blind(ctx: AppContext, ev: dict | None, reviewer: str) -> tuple[dict | 
     """(state, prompt, answer A, answer B, progress) of the first prompt this reviewer has not voted on."""
     if ev is None or not ev["results"]["runs"]:
         return None, "Pick an evaluation with at least one run to review it blind.", "", "", ""
-    results = ev["results"]
-    student = results["runs"][0]["label"]
+    scored = ev["results"]
+    student = scored["runs"][0]["label"]
     voted = {v["prompt_id"] for v in ctx.store.list_votes(ev["id"]) if v["reviewer"] == reviewer}
-    todo = [p for p in results["prompts"] if p["id"] not in voted]
-    progress = f"{len(voted)} of {results['n_prompts']} reviewed (teacher vs {student}, sides hidden and shuffled)"
+    todo = [p for p in scored["prompts"] if p["id"] not in voted]
+    progress = f"{len(voted)} of {scored['n_prompts']} reviewed (teacher vs {student}, sides hidden and shuffled)"
     if not todo:
         return None, "All prompts reviewed.", "", "", progress
     p = todo[0]
@@ -161,7 +122,7 @@ def layout(ctx: AppContext) -> dict:
     )
     with gr.Accordion("New evaluation", open=True):
         with gr.Row():
-            version = gr.Dropdown(label="Constitution version", choices=[], elem_id="eval-version", scale=2)
+            version, _ = version_menu(ctx, "eval-version", scale=2)
             runs = gr.Dropdown(label="Runs (students)", choices=[], multiselect=True, elem_id="eval-runs", scale=3)
             prompt_set = gr.Textbox(
                 label="Prompt set (held-out split)", value="default", elem_id="eval-prompt-set", scale=1
@@ -207,36 +168,7 @@ def layout(ctx: AppContext) -> dict:
         status = gr.HTML(status_html(None), elem_id="eval-status")
     job_id = gr.State(None)
     known = gr.State([])
-    with gr.Row():
-        pick = gr.Dropdown(label="Evaluation", choices=[], elem_id="eval-pick", scale=3)
-        student = gr.Dropdown(label="Student", choices=[], elem_id="eval-student", scale=1)
-        other = gr.Dropdown(label="Compare with", choices=[], elem_id="eval-other", scale=1)
-    board = gr.Dataframe(label="Scoreboard", interactive=False, wrap=True, elem_id="scoreboard")
-    # the figures carry their own titles: a component label would sit on top of them
-    scores_plot = gr.Plot(label="Scores with 95% intervals", elem_id="plot-scores")
-    with gr.Row():
-        dist_plot = gr.Plot(label="KL distribution", elem_id="plot-kl-dist")
-        train_plot = gr.Plot(label="Training curves", elem_id="plot-training")
-    with gr.Accordion("Per prompt (sorted by the student's KL; click a row)", open=False):
-        table = gr.Dataframe(interactive=False, wrap=True, max_height=420, elem_id="per-prompt")
-        with gr.Row():
-            base_text = gr.Textbox(label="Base (no constitution)", lines=6, interactive=False, elem_id="pp-base")
-            teacher_text = gr.Textbox(label="Teacher (with it)", lines=6, interactive=False, elem_id="pp-teacher")
-            student_text = gr.Textbox(
-                label="Student (adapter, no constitution)", lines=6, interactive=False, elem_id="pp-student"
-            )
-        div_student = gr.HighlightedText(
-            label="Teacher's answer: where the student still diverges (KL teacher‖student)",
-            combine_adjacent=False,
-            show_legend=False,
-            elem_id="pp-div-student",
-        )
-        div_base = gr.HighlightedText(
-            label="…and where the base model diverged (KL teacher‖base)",
-            combine_adjacent=False,
-            show_legend=False,
-            elem_id="pp-div-base",
-        )
+    views = results.layout()
     with gr.Group(elem_id="ab-panel"):
         gr.Markdown(
             "### Blind A/B review\nWhich answer is better? The teacher and the student are shown as A and B "
@@ -269,8 +201,8 @@ def layout(ctx: AppContext) -> dict:
             influence_run = gr.Button("Measure the draft's principles now", elem_id="influence-run")
         influence_plot = gr.Plot(label="Principle influence", elem_id="influence-plot")
         influence_table = gr.Dataframe(interactive=False, wrap=True, elem_id="influence-table")
-        baked = baked_layout()
-    suite = robustness_layout()
+        baked = results.baked_layout()
+    suite = results.robustness_layout()
     with gr.Row():
         fmt = gr.Radio(["html", "md", "json"], value="html", label="Report format", elem_id="report-format")
         export = gr.Button("Export report", elem_id="report-export")
@@ -288,19 +220,6 @@ def layout(ctx: AppContext) -> dict:
         status=status,
         job_id=job_id,
         known=known,
-        pick=pick,
-        student=student,
-        other=other,
-        board=board,
-        scores_plot=scores_plot,
-        dist_plot=dist_plot,
-        train_plot=train_plot,
-        table=table,
-        base_text=base_text,
-        teacher_text=teacher_text,
-        student_text=student_text,
-        div_student=div_student,
-        div_base=div_base,
         ab_state=ab_state,
         ab_prompt=ab_prompt,
         ab_a=ab_a,
@@ -316,38 +235,10 @@ def layout(ctx: AppContext) -> dict:
         export=export,
         report_file=report_file,
         use_robustness=use_robustness,
+        **views,
         **suite,
         **baked,
         **stale,
-    )
-
-
-def baked_layout() -> dict:
-    """Which principles got baked into the picked student (baked.py), next to their influence."""
-    gr.Markdown(
-        "**Which principles got baked** into the picked student: the share of each principle's effect on "
-        "the teacher that the student reproduces without the constitution (1 = all of it, 0 = none), with the "
-        "teacher's and the student's check pass rates where the principle has an automatic check."
-    )
-    note = gr.Markdown(elem_id="baked-note")
-    plot = gr.Plot(label="Which principles got baked", elem_id="baked-plot")
-    table = gr.Dataframe(interactive=False, wrap=True, elem_id="baked-table")
-    return dict(baked_note=note, baked_plot=plot, baked_table=table)
-
-
-def robustness_layout() -> dict:
-    """The Robustness section: what baking bought and what it cost (robustness.py)."""
-    with gr.Accordion("Robustness", open=True, elem_id="robustness-panel"):
-        text = gr.Markdown(
-            "Run an evaluation with the robustness suite to see capability, injection resistance, "
-            "the second turn, the placebo and the savings here.",
-            elem_id="robustness-text",
-        )
-        capability_plot = gr.Plot(label="Capability with 95% intervals", elem_id="plot-capability")
-        families_plot = gr.Plot(label="By prompt family", elem_id="plot-families")
-        attacks_plot = gr.Plot(label="By kind of injection", elem_id="plot-attacks")
-    return dict(
-        robustness_text=text, capability_plot=capability_plot, families_plot=families_plot, attacks_plot=attacks_plot
     )
 
 
@@ -357,10 +248,6 @@ def robustness_layout() -> dict:
 def on_load(ctx: AppContext, request: gr.Request):
     latest = jobs.list_jobs(ctx.store, kind="evaluate", owner=ctx.owner(request), limit=1)
     return latest[0]["id"] if latest else None
-
-
-def version_list(ctx: AppContext, current, request: gr.Request):
-    return keep(version_options(ctx, ctx.owner(request)), current)
 
 
 def run_list(ctx: AppContext, current, request: gr.Request):
@@ -387,7 +274,7 @@ def on_start(
     ctx.constitution(version_id, request)  # the visitor's own version and runs only
     for run_id in run_ids or []:
         ctx.job(run_id, request)
-    cfg = evaluate.EvalConfig(
+    cfg = eval_config.EvalConfig(
         constitution_id=int(version_id),
         runs=[int(r) for r in run_ids or []],
         prompt_set=(set_name or "").strip() or "default",
@@ -402,10 +289,11 @@ def on_start(
     if ctx.caps is not None and not cfg.max_prompts:
         cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
     try:
-        the_plan = evaluate.plan(cfg if ctx.caps is None else evaluate.fit_suite(cfg, ctx.caps.prompts), ctx.store)
-    except evaluate.EvalError as exc:
+        fitted = cfg if ctx.caps is None else eval_config.fit_suite(cfg, ctx.caps.prompts)
+        the_plan = eval_config.plan(fitted, ctx.store)
+    except eval_config.EvalError as exc:
         raise gr.Error(str(exc)) from None
-    ctx.limit(prompts=evaluate.largest_part(cfg, the_plan), max_new_tokens=cfg.sample_tokens)
+    ctx.limit(prompts=eval_config.largest_part(cfg, the_plan), max_new_tokens=cfg.sample_tokens)
     return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
 
 
@@ -428,98 +316,12 @@ def poll(ctx: AppContext, job, seen, request: gr.Request):
 # ---------------------------------------------------------------- views of one evaluation
 
 
-def on_pick(ctx: AppContext, eval_id, request: gr.Request):
-    ev = _eval(ctx, eval_id, ctx.owner(request))
-    labels = [r["label"] for r in ev["results"]["runs"]] if ev else []
-    return (
-        gr.update(choices=labels, value=labels[0] if labels else None),
-        gr.update(choices=["(none)", *labels[1:]], value="(none)"),
-    )
-
-
-def influence_frame(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(
-        [
-            {"principle": x["principle"], "KL without it": report.fmt_estimate(x), "n": x["n"], "text": x["text"]}
-            for x in rows
-        ]
-    )
-
-
-def views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
-    ev = _eval(ctx, eval_id, ctx.owner(request))
-    if ev is None:  # the influence section keeps what "Measure the draft's principles now" showed
-        return None, None, None, None, None, gr.skip(), gr.skip()
-    r = ev["results"]
-    stu = stu if stu in r["conditions"] else None
-    oth = oth if oth in r["conditions"] and oth != stu else None
-    picked = [x for x in (stu, oth) if x]
-    rows = [row for row in report.scoreboard(r) if row["model"] in ("base", "teacher", *picked)]
-    influence = r.get("influence") or []
-    return (
-        pd.DataFrame(rows),
-        report.fig_scores(r, picked),
-        report.fig_kl_distribution(r, picked),
-        report.fig_training(r, picked),
-        per_prompt_table(r, stu, oth),
-        report.fig_influence(influence) if influence else gr.skip(),
-        influence_frame(influence) if influence else gr.skip(),
-    )
-
-
-def robustness_views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
-    """The Robustness section of the picked evaluation, for the picked students."""
-    ev = _eval(ctx, eval_id, ctx.owner(request))
-    if ev is None or not ev["results"].get("robustness"):
-        note = "This evaluation ran without the robustness suite." if ev else "Pick an evaluation."
-        return note, None, None, None
-    r = ev["results"]
-    picked = [x for x in (stu, oth) if x in r["conditions"] and x not in ("base", "teacher")]
-    return (
-        report.robustness_text(r),
-        report.fig_capability(r, picked),
-        report.fig_families(r, picked),
-        report.fig_attacks(r, picked),
-    )
-
-
-def baked_views(ctx: AppContext, eval_id, stu, request: gr.Request):
-    """(note, sorted bars, table) of the principles baked into the picked student."""
-    ev = _eval(ctx, eval_id, ctx.owner(request))
-    rows = (ev["results"].get("baked") or {}).get(stu) if ev else None
-    if not rows:
-        return (
-            (
-                "Evaluate a run with principle influence on (prompts for principle influence above 0) to see which "
-                "principles got baked."
-            ),
-            None,
-            None,
-        )
-    return "", report.fig_baked(rows, stu), pd.DataFrame(report.baked_table(rows))
-
-
-def on_row(ctx: AppContext, eval_id, stu, evt: gr.SelectData, request: gr.Request):
-    ev = _eval(ctx, eval_id, ctx.owner(request))
-    if ev is None or evt.row_value is None:
-        return "", "", "", [], []
-    p = ev["results"]["prompts"][int(evt.row_value[0]) - 1]
-    stu = stu if stu in p["answers"] else None
-    return (
-        p["answers"]["base"],
-        p["answers"]["teacher"],
-        p["answers"].get(stu, "") if stu else "",
-        highlight(p["tokens"], p["kl"][stu]) if stu else [],
-        highlight(p["tokens"], p["kl"]["base"]),
-    )
-
-
 # ---------------------------------------------------------------- blind review
 
 
 def show_blind(ctx: AppContext, eval_id, request: gr.Request):
     owner = ctx.owner(request)
-    ev = _eval(ctx, eval_id, owner)
+    ev = results.evaluation(ctx, eval_id, owner)
     state, prompt, a, b, progress = next_blind(ctx, ev, owner)
     tally = (
         tally_markdown(report.eval_tally(ctx.store, ev["id"]), ev["results"]["runs"][0]["label"])
@@ -534,7 +336,7 @@ def cast(ctx: AppContext, state, button: str, request: gr.Request):
     owner = ctx.owner(request)
     if not state:
         raise gr.Error("Nothing to vote on: pick an evaluation with a run, or all prompts are reviewed.")
-    ev = _eval(ctx, state["eval"], owner)
+    ev = results.evaluation(ctx, state["eval"], owner)
     if ev is None:
         raise gr.Error("That evaluation is gone.")
     choice = next(vote for key, _, vote in VOTES if button.startswith(key + " "))
@@ -558,14 +360,14 @@ def measure(ctx: AppContext, draft, n, request: gr.Request):
     if not prompts:
         raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
     rows = evaluate.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
-    return report.fig_influence(rows), influence_frame(rows)
+    return report.fig_influence(rows), results.influence_frame(rows)
 
 
 # ---------------------------------------------------------------- report
 
 
 def on_export(ctx: AppContext, eval_id, kind, request: gr.Request):
-    ev = _eval(ctx, eval_id, ctx.owner(request))
+    ev = results.evaluation(ctx, eval_id, ctx.owner(request))
     if ev is None:
         raise gr.Error("Pick an evaluation first.")
     path = download_dir() / f"eval-{ev['id']}.{kind}"
@@ -579,7 +381,6 @@ def build(ctx: AppContext) -> None:
     ctx.blocks.load(on(on_load), None, c["job_id"])
     ctx.blocks.load(None, None, None, js=KEYS_JS)
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
-    ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
     ctx.watch(on(run_list), c["runs"], c["runs"], on=("jobs",))
     form = [
         c[name]
@@ -600,26 +401,7 @@ def build(ctx: AppContext) -> None:
     ctx.watch(on(poll), state, [c["status"], c["pick"], c["known"]], on=("jobs", "progress:evaluate"))
     c["job_id"].change(on(poll), state, [c["status"], c["pick"], c["known"]], show_progress="hidden")
 
-    picked = [c["pick"], c["student"], c["other"]]
-    shown = [
-        c[name]
-        for name in ("board", "scores_plot", "dist_plot", "train_plot", "table", "influence_plot", "influence_table")
-    ]
-    c["pick"].change(on(on_pick), c["pick"], [c["student"], c["other"]]).then(on(views), picked, shown)
-    for trigger in (c["student"].input, c["other"].input):
-        trigger(on(views), picked, shown)
-    suite = [c[name] for name in ("robustness_text", "capability_plot", "families_plot", "attacks_plot")]
-    c["pick"].change(on(robustness_views), picked, suite)
-    for trigger in (c["student"].input, c["other"].input):
-        trigger(on(robustness_views), picked, suite)
-    c["student"].change(
-        on(baked_views), [c["pick"], c["student"]], [c["baked_note"], c["baked_plot"], c["baked_table"]]
-    )
-    c["table"].select(
-        on(on_row),
-        [c["pick"], c["student"]],
-        [c[name] for name in ("base_text", "teacher_text", "student_text", "div_student", "div_base")],
-    )
+    results.wire(ctx, c)
 
     blind = [c[name] for name in ("ab_state", "ab_prompt", "ab_a", "ab_b", "ab_progress", "ab_tally")]
     c["pick"].change(on(show_blind), c["pick"], blind)

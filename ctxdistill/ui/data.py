@@ -27,7 +27,7 @@ from ctxdistill.prompts import (
     select_prompts,
 )
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, bind, keep, starved_note, version_options
+from ctxdistill.ui.common import MODEL_QUEUE, AppContext, bind, job_status_html, keep, version_menu
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -51,23 +51,14 @@ def job_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
 
 
 def job_html(job: dict | None) -> str:
-    if job is None:
-        return "<div id='data-job-text'>No sampling or revise job yet.</div>"
-    done, total = job["progress_done"], max(job["progress_total"], 1)
-    lines = [
-        f"<b>Job {job['id']}</b> · {job['kind']} · <span class='job-state'>{job['state']}</span> · "
-        f"{job['progress_done']}/{job['progress_total'] or '?'}"
-    ]
-    if job["message"] and job["state"] in ("queued", "running"):
-        lines.append(html.escape(job["message"]) + starved_note(job))
-    if job["error"]:
-        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span> — press Resume to finish the rest.")
-    if job["state"] == "done" and job["result"]:
-        r = job["result"]
-        flags = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in (r.get("flags") or {}).items() if v)
-        lines.append(f"Done. Flags: {flags or 'none'}. Review the samples in the Review tab.")
-    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
-    return f"<div id='data-job-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
+    notes = []
+    if job and job["error"]:
+        notes.append("Press Resume to finish the rest.")
+    if job and job["state"] == "done" and job["result"]:
+        flags = ", ".join(f"{curate.FLAG_LABELS[k]} {v}" for k, v in (job["result"].get("flags") or {}).items() if v)
+        notes.append(f"Done. Flags: {html.escape(flags) or 'none'}. Review the samples in the Review tab.")
+    counter = f"{job['progress_done']}/{job['progress_total'] or '?'}" if job else ""
+    return job_status_html(job, "data-job-text", "No sampling or revise job yet.", counter, tuple(notes))
 
 
 def _source(ctx: AppContext, upload, dataset_path) -> str:
@@ -144,7 +135,7 @@ def layout(ctx: AppContext) -> dict:
     caps = ctx.caps  # in demo mode the fields stop at the caps (gradio refuses a number above its maximum)
     tokens = {"value": min(96, caps.max_new_tokens), "maximum": caps.max_new_tokens} if caps else {"value": 96}
     with gr.Row():
-        version = gr.Dropdown(label="Constitution version", choices=[], elem_id="gen-version", scale=2)
+        version, _ = version_menu(ctx, "gen-version", scale=2)
         prompt_set = gr.Dropdown(label="Prompt set", choices=[], elem_id="gen-set", scale=1)
         search = gr.Textbox(label="Only prompts containing", elem_id="gen-search", scale=1)
         limit = gr.Number(
@@ -238,10 +229,6 @@ def layout(ctx: AppContext) -> dict:
 
 
 # The lists follow the store through the page's poll, each only when its part changed.
-def version_list(ctx: AppContext, current, request: gr.Request):
-    return keep(version_options(ctx, ctx.owner(request)), current)
-
-
 def set_lists(ctx: AppContext, current, request: gr.Request):
     owner = ctx.owner(request)
     ensure_default_prompts(ctx.store, owner)
@@ -400,7 +387,6 @@ def build(ctx: AppContext) -> None:
     ensure_default_prompts(ctx.store)
     c = layout(ctx)
     on = functools.partial(bind, ctx)
-    ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
     ctx.watch(on(set_lists), c["prompt_set"], [c["sets"], c["prompt_set"]], on=("sets",))
     ctx.watch(on(job_list), c["job"], c["job"], on=("jobs",))
 

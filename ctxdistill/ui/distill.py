@@ -29,10 +29,10 @@ from ctxdistill.ui.common import (
     bind,
     download_dir,
     error_text,
+    job_status_html,
     keep,
-    starved_note,
     train_runs,
-    version_options,
+    version_menu,
 )
 
 # the form: TrainConfig fields shown as widgets, in this order
@@ -178,24 +178,19 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
 
 
 def status_html(job: dict | None) -> str:
-    if job is None:
-        return "<div id='train-status-text'>No run yet: pick a constitution version and press Start.</div>"
-    done, total = job["progress_done"], max(job["progress_total"] or job["config"].get("steps", 1), 1)
-    result = job["result"] or {}
-    lines = [f"<b>Job {job['id']}</b> · train · <span class='job-state'>{job['state']}</span> · step {done}/{total}"]
-    if job["message"] and job["state"] in ("queued", "running"):
-        lines.append(html.escape(job["message"]) + starved_note(job))
-    if job["error"]:
-        lines.append(f"<span style='color:#b00'>{html.escape(job['error'])}</span>")
+    result = (job or {}).get("result") or {}
+    notes = []
     if "heldout_kl_after" in result:
-        lines.append(
+        notes.append(
             f"held-out KL {result['heldout_kl_before']:.4f} → {result['heldout_kl_after']:.4f} nats/token · "
             f"gap closed {result['gap_closed']:.0%} (kept step {result['best_step']})"
         )
     if result.get("lineage"):
-        lines.append(html.escape(result["lineage"]["text"]))
-    bar = f"<progress value='{done}' max='{total}' style='width:100%'></progress>"
-    return f"<div id='train-status-text'>{bar}<br>" + "<br>".join(lines) + "</div>"
+        notes.append(html.escape(result["lineage"]["text"]))
+    steps = int(job["config"].get("steps", 1)) if job else 1
+    counter = f"step {job['progress_done']}/{job['progress_total'] or steps}" if job else ""
+    empty = "No run yet: pick a constitution version and press Start."
+    return job_status_html(job, "train-status-text", empty, counter, tuple(notes), total=steps)
 
 
 def log_tail(ctx: AppContext, job_id: int | None, lines: int = 15) -> str:
@@ -265,7 +260,7 @@ def layout(ctx: AppContext) -> dict:
         else {}
     )
     with gr.Row():
-        version = gr.Dropdown(label="Constitution version", choices=[], elem_id=_elem_id("version"), scale=2)
+        version, picked = version_menu(ctx, _elem_id("version"), scale=2)
         prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id=_elem_id("prompt_set"), scale=1)
     widgets = {}
     with gr.Row():
@@ -338,6 +333,7 @@ def layout(ctx: AppContext) -> dict:
     plotted = gr.State(None)  # (job, step, state) the plots show: unchanged plots are not sent again
     return dict(
         version=version,
+        picked=picked,
         prompt_set=prompt_set,
         widgets=widgets,
         mixing=mixing,
@@ -387,10 +383,6 @@ def run_choices(ctx: AppContext, owner: str, selected=None):
     )
 
 
-def version_list(ctx: AppContext, current, request: gr.Request):
-    return keep(version_options(ctx, ctx.owner(request)), current)
-
-
 def run_list(ctx: AppContext, current, request: gr.Request):
     return run_choices(ctx, ctx.owner(request), current)
 
@@ -409,10 +401,11 @@ def settings_of(ctx: AppContext, job_id, request: gr.Request):
     """A picked run's own settings in the form, so that what it ran is what one reads (and resumes)."""
     job = ctx.find_job(job_id, request)
     if job is None:
-        return (gr.skip(),) * (2 + len(FORM))
+        return (gr.skip(),) * (3 + len(FORM))
     cfg, defaults = job["config"], train.TrainConfig()
     return (
         gr.update(value=cfg.get("constitution_id")),
+        True,  # the run's version is the visitor's pick now
         cfg.get("prompt_set", defaults.prompt_set),
         *[cfg.get(name, getattr(defaults, name)) for name in FORM],
     )
@@ -517,12 +510,13 @@ def build(ctx: AppContext) -> None:
     for widget in fields:
         widget.change(on(on_form), set(fields), c["guess"], queue=False)
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
-    ctx.watch(on(version_list), c["version"], c["version"], on=("versions",))
     ctx.watch(on(run_list), run, run, on=("jobs",))
     shown = [c["status"], c["loss_plot"], c["heldout_plot"], c["log"], c["runs"], c["plotted"]]
     ctx.watch(on(poll), [run, c["plotted"]], shown, on=("jobs", "progress:train"))
     run.change(on(poll), [run, c["plotted"]], shown, show_progress="hidden")
-    run.input(on(settings_of), run, [c["version"], c["prompt_set"], *widgets.values()], show_progress="hidden")
+    run.input(
+        on(settings_of), run, [c["version"], c["picked"], c["prompt_set"], *widgets.values()], show_progress="hidden"
+    )
     ctx.rebake_form = (c["version"], widgets["from_run"], c["mixing"])
     stale_notice.wire(ctx, c, run)
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)

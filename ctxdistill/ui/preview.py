@@ -204,7 +204,8 @@ def student_of(ctx: AppContext, run_id, strength, request: gr.Request) -> tuple[
 
 
 def student_answers(ctx: AppContext, student: tuple[str, float], text: str, cfg: SamplingConfig) -> str:
-    """The student (``student_of``) answering ``text``, or gr.Error (bad sampling settings, an adapter that does not load)."""
+    """The student (``student_of``) answering ``text``, or gr.Error (bad sampling settings, an adapter
+    that does not load)."""
     try:
         cfg.validate()
         return _join(_student(ctx.model_spec, default_models_dir(ctx.home), student[0], text, cfg, student[1]))

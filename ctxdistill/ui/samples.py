@@ -28,7 +28,8 @@ STATUSES = ("pending", "accepted", "rejected", "all")
 
 SHORTCUTS_HTML = """
 <div id="review-shortcuts">Keys: <span class="kbd">a</span> accept · <span class="kbd">r</span> reject ·
-<span class="kbd">e</span> edit the final text · <span class="kbd">Ctrl</span>+<span class="kbd">Enter</span> save the edit ·
+<span class="kbd">e</span> edit the final text ·
+<span class="kbd">Ctrl</span>+<span class="kbd">Enter</span> save the edit ·
 <span class="kbd">Esc</span> leave the text · <span class="kbd">j</span>/<span class="kbd">→</span> next ·
 <span class="kbd">k</span>/<span class="kbd">←</span> previous</div>
 """
