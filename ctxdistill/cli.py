@@ -816,11 +816,11 @@ def _doctor_flags(p):
 def cmd_doctor(args) -> int:
     import time
 
-    from ctxdistill import store
+    from ctxdistill import workspace
 
-    home = store.workspace_home(args.workspace)
+    home = workspace.workspace_home(args.workspace)
     if args.restore:
-        result = store.restore_backup(home)
+        result = workspace.restore_backup(home)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["backup_time"]))
         emit(
             args,
@@ -829,9 +829,12 @@ def cmd_doctor(args) -> int:
             + (f"; the previous database was moved to {result['saved_as']}" if result["saved_as"] else ""),
         )
         return 0
-    db = home / store.DB_NAME
-    status = store.check_database(db) if db.is_file() and db.stat().st_size else "missing or empty"
-    kept = [{"path": str(b), "time": b.stat().st_mtime, "check": store.check_database(b)} for b in store.backups(home)]
+    db = home / workspace.DB_NAME
+    status = workspace.check_database(db) if db.is_file() and db.stat().st_size else "missing or empty"
+    kept = [
+        {"path": str(b), "time": b.stat().st_mtime, "check": workspace.check_database(b)}
+        for b in workspace.backups(home)
+    ]
     orphans = sorted(str(p) for p in (home / "runs").glob("*.orphan-*"))
     lines = [f"database {db}: {status}"]
     lines += [

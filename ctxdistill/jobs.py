@@ -6,9 +6,7 @@
 A worker is `python -m ctxdistill.jobs JOB_ID --workspace HOME`, started in
 its own session with its output in runs/<id>/worker.log. It writes progress,
 metrics, heartbeats and its final state to the store; the UI only reads the
-store (and calls refresh()), so it can re-attach after a reload. It runs over 450 lines because
-the job's lifecycle (submit, worker, heartbeat, cancel, settle) and the process checks it rests
-on belong together.
+store (and calls refresh()), so it can re-attach after a reload.
 
 A job function is `fn(ctx: JobContext, config: dict)`. It calls ctx.progress()
 and checks ctx.should_stop() every step, and skips work already in the store,
@@ -499,14 +497,11 @@ def worker_alive(pid: int, job_id: int) -> bool:
         return True
     if not _pid_alive(pid):
         return False
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc: the pid exists, which is all we can tell
-    if args == [b""]:
-        return True  # starting (vfork, before exec) or exiting: no cmdline to read
+    args = _cmdline(pid)
+    if args is None or args == [b""]:
+        return True  # no /proc (the pid exists, which is all we can tell), or starting (vfork, before exec)
     if b"ctxdistill.jobs" in args:
-        return str(job_id).encode() in args
+        return _runs_job(args, job_id)
     return any(b"ctxdistill" in a for a in args)
 
 
@@ -528,10 +523,19 @@ def kill_worker(pid: int, job_id: int) -> bool:
 
 
 def _is_worker(pid: int, job_id: int) -> bool:
+    args = _cmdline(pid)
+    return pid in _CHILDREN if args is None else _runs_job(args, job_id)  # no /proc: trust only our children
+
+
+def _cmdline(pid: int) -> list[bytes] | None:
+    """The arguments the process runs with ([b""] while it starts or exits); None without /proc."""
     try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return pid in _CHILDREN  # no /proc: trust only processes we started
+        return None
+
+
+def _runs_job(args: list[bytes], job_id: int) -> bool:
     return b"ctxdistill.jobs" in args and str(job_id).encode() in args
 
 

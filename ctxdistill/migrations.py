@@ -2,7 +2,7 @@
 
 ``migrate(db)`` applies those a database has not seen yet, one transaction each, and counts them
 in SQLite's ``user_version``. A new table or column is a new function at the end of
-``MIGRATIONS``; a released one is never edited. Used by store.py only.
+``MIGRATIONS``; a released one is never edited. Used by database.py only.
 """
 
 from __future__ import annotations

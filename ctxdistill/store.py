@@ -1,106 +1,45 @@
-"""The workspace store: one SQLite file holding everything a user makes.
+"""The workspace store: one SQLite file holding everything a user makes, and every query of it.
 
     store = Store("./workspace")          # or Store() -> $CTXDISTILL_HOME or ./workspace
     cid = store.save_constitution("pirate", c.to_dict(), c.content_hash())
+    job = store.create_job("train", cfg.to_dict(), heavy=True)
+    store.run_dir(job)                    # runs/<job>/, this job's own (workspace.claim_run_dir)
 
-Every SQL statement of the project lives in this module and migrations.py (the tables). The database runs in
-WAL mode so the web server (many threads, one connection guarded by a lock)
-and job worker processes (their own Store each) can read while one writes.
-Every write is a single transaction; rows come back as plain dicts with JSON
-columns decoded and 0/1 flags turned into bools. Timestamps are Unix seconds
-(floats).
+Every query of the project lives in this module, one method each; the tables are in migrations.py,
+the connection (WAL, transactions, a reader per thread, rows as dicts) in database.py, and the
+files around the database (the workspace directory, run directories, backups, restore) in
+workspace.py. The web server (many threads, one Store) and job worker processes (a Store each)
+read while one writes. Every write is a single transaction. Timestamps are Unix seconds (floats).
 
-It runs over 450 lines because every SQL statement is here, one method each, so that no other
-module writes SQL; the tables themselves are in migrations.py.
-
-`owner` separates visitors in the hosted demo; "" is the shared local
-workspace. List methods take `owner=` ("" by default; None means every owner).
-
-A run directory `runs/<job id>/` belongs to its job through a random key kept in
-both the job's row and the directory's `run_key` file: after the database was
-recreated (or restored from an older backup) job ids start again, and a
-directory left from another database is moved aside (`runs/<id>.orphan-<time>`),
-never resumed or overwritten. Opening the store checks the database and keeps a
-rolling backup of it in `backups/` (SQLite's online backup API, at most every
-BACKUP_EVERY_S, the last two kept); `restore_backup` (`ctxdistill doctor
---restore`) puts the newest good one back.
+`owner` separates visitors in the hosted demo; "" is the shared local workspace. List methods take
+`owner=` ("" by default; None means every owner).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import secrets
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from .migrations import migrate, rollback
+from .database import Database, NotFound, decode, encode, to_json
+from .pair_store import PairQueries
+from .workspace import DB_NAME, ReadOnlyError, StoreError, claim_run_dir, workspace_home  # noqa: F401  (re-exported)
 
-DB_NAME = "ctxdistill.db"
-BACKUP_DIR = "backups"
-BACKUP_EVERY_S = 600.0
-BACKUPS_KEPT = 2
-RUN_KEY_FILE = "run_key"
 SPLITS = ("train", "heldout")
 SAMPLE_STATUSES = ("pending", "accepted", "rejected")
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL_STATES = ("done", "failed", "cancelled")
 VOTE_CHOICES = ("a", "b", "tie", "both_bad")
 
-# Columns stored as JSON text and decoded on the way out, and 0/1 columns.
-_JSON_COLUMNS = {"content", "chain", "flags", "meta", "config", "result", "run_ids", "results"}
-_BOOL_COLUMNS = {"edited", "cancel_requested", "heavy"}
-
 # What callers may write through upsert_sample / update_sample / update_job.
 _SAMPLE_FIELDS = ("prompted", "unprompted", "chain", "final", "edited", "status", "note", "reviewer", "flags", "meta")
-_JOB_FIELDS = (
-    "kind",
-    "config",
-    "state",
-    "progress_done",
-    "progress_total",
-    "message",
-    "pid",
-    "error",
-    "cancel_requested",
-    "kill_after",
-    "heartbeat_at",
-    "started_at",
-    "finished_at",
-    "result",
-    "owner",
-    "heavy",
-    "attempts",
+_JOB_FIELDS = tuple(
+    "kind config state progress_done progress_total message pid error cancel_requested kill_after heartbeat_at "
+    "started_at finished_at result owner heavy attempts".split()
 )
-
-
-class StoreError(Exception):
-    """A request the store cannot honour (bad value, bad state)."""
-
-
-class NotFound(StoreError):
-    """No row with that id (or name)."""
-
-
-class ReadOnlyError(StoreError):
-    """The workspace database cannot be written (permissions, an immutable flag, a read-only disk)."""
-
-    def __init__(self, path: Path):
-        super().__init__(
-            f"the workspace database {path} is read-only (file permissions, an immutable flag or a "
-            f"read-only disk), so nothing can be saved: make it writable (chmod u+w {path}) or use "
-            "another --workspace / $CTXDISTILL_HOME; nothing was changed"
-        )
-
-
-def read_only(error: sqlite3.Error) -> bool:
-    """Whether SQLite refused a write because the database file cannot be written."""
-    return getattr(error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY
 
 
 class ConflictError(StoreError):
@@ -111,149 +50,9 @@ class ConflictError(StoreError):
         self.current = current
 
 
-def workspace_home(path: str | os.PathLike | None = None) -> Path:
-    """The workspace directory: `path`, else $CTXDISTILL_HOME, else ./workspace.
-
-    Creates it, with runs/ and models/, if missing; StoreError if it cannot."""
-    home = Path(path or os.environ.get("CTXDISTILL_HOME") or "workspace").expanduser().resolve()
-    for d in (home, home / "runs", home / "models"):
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot use {home} as the workspace: {e.strerror or e} ({d})") from None
-    if not os.access(home, os.W_OK):
-        raise StoreError(f"cannot use {home} as the workspace: it is not writable")
-    return home
-
-
-# --------------------------------------------------------------------------- migrations
-# Append new migrations at the end; never edit one that has shipped. Each runs
-# inside its own transaction and bumps PRAGMA user_version by one.
-
-
-# --------------------------------------------------------------------------- store
-
-
-class Store:
-    """A connection to one workspace database. Safe to share between threads.
-
-    Writes go through one connection, one transaction at a time. Reads outside a transaction use
-    a connection of the reading thread's own (WAL readers never block, nor wait for a writer), so
-    a write waiting for another process's lock does not hold up every page of the app.
-    """
-
-    def __init__(self, home: str | os.PathLike | None = None):
-        self.home = workspace_home(home)
-        self.runs_dir = self.home / "runs"
-        self.models_dir = self.home / "models"
-        self.path = self.home / DB_NAME
-        self._lock = threading.RLock()
-        self._local = threading.local()  # .reader: this thread's read connection; .in_tx
-        self._readers: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()  # never the write lock: a reader must not wait for it
-        if self.path.is_file() and self.path.stat().st_size == 0 and backups(self.home):
-            # SQLite would take an empty file for a new database and job ids would start again
-            raise StoreError(
-                f"{self.path} is empty (truncated?) and the workspace has a backup: run "
-                "`ctxdistill doctor --restore` to put it back, or delete the file to start afresh"
-            )
-        if any(f.exists() and not os.access(f, os.W_OK) for f in (self.path, *_wal_files(self.path))):
-            raise ReadOnlyError(self.path)
-        try:
-            self._conn = self._connect()
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            # In WAL mode NORMAL is still crash-safe; it only skips an fsync per commit.
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.execute("PRAGMA foreign_keys = ON")
-            with self._lock:
-                migrate(self._conn)
-            problem = self._conn.execute("PRAGMA quick_check").fetchone()[0]
-            if problem != "ok":
-                raise sqlite3.DatabaseError(problem)
-        except sqlite3.Error as e:
-            self._conn = None
-            raise (ReadOnlyError(self.path) if read_only(e) else StoreError(damaged_message(self.home, e))) from None
-        self.backup()
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: no implicit transactions; _tx() opens them explicitly.
-        conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA busy_timeout = 10000")
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            with self._readers_lock:
-                for reader in self._readers:
-                    reader.close()
-                self._readers.clear()
-
-    def __enter__(self) -> "Store":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ plumbing
-
-    @contextmanager
-    def _tx(self):
-        """One write transaction. Re-entrant: an inner _tx joins the outer one."""
-        with self._lock:
-            db = self._db()
-            if db.in_transaction:
-                yield db
-                return
-            self._local.in_tx = True  # this thread's reads see its own uncommitted writes
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    rollback(db)
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.OperationalError as e:  # the file turned read-only while the workspace was open
-                if not read_only(e):
-                    raise
-                raise ReadOnlyError(self.path) from None
-            finally:
-                self._local.in_tx = False
-
-    def transaction(self):
-        """Group several store writes into one all-or-nothing transaction:
-        `with store.transaction(): store.add_prompts(...); store.upsert_samples(...)`."""
-        return self._tx()
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError("the store is closed")
-        return self._conn
-
-    def _reader(self) -> sqlite3.Connection:
-        self._db()  # StoreError once closed
-        reader = getattr(self._local, "reader", None)
-        if reader is None:  # this thread's first read
-            with self._readers_lock:
-                reader = self._local.reader = self._connect()
-                self._readers.append(reader)
-        return reader
-
-    def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
-        if getattr(self._local, "in_tx", False):
-            with self._lock:
-                return [_decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
-        return [_decode(r) for r in self._reader().execute(sql, tuple(params)).fetchall()]
-
-    def _one(self, sql: str, params: Iterable, what: str) -> dict:
-        rows = self._rows(sql, params)
-        if not rows:
-            raise NotFound(f"{what} not found")
-        return rows[0]
+class Store(Database, PairQueries):
+    """A connection to one workspace database (database.Database), with one method per query. Safe to
+    share between threads."""
 
     # ------------------------------------------------------------------ constitutions
 
@@ -286,7 +85,7 @@ class Store:
             cur = db.execute(
                 "INSERT INTO constitutions (name, content, hash, parent_id, message, owner, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, _json(content), content_hash, parent_id, message or "", owner, time.time()),
+                (name, to_json(content), content_hash, parent_id, message or "", owner, time.time()),
             )
             return cur.lastrowid
 
@@ -307,7 +106,7 @@ class Store:
                 "INSERT INTO drafts (owner, content, base_id, updated_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(owner) DO UPDATE SET content = excluded.content, "
                 "base_id = excluded.base_id, updated_at = excluded.updated_at",
-                (owner, _json(content), base_id, time.time()),
+                (owner, to_json(content), base_id, time.time()),
             )
 
     def get_draft(self, owner: str = "") -> dict | None:
@@ -373,14 +172,12 @@ class Store:
         self, set_name: str | None, split: str | None = None, ids: list[int] | None = None, owner: str | None = ""
     ) -> list[dict]:
         """[{id, set_name, text, split, category, source, owner}] in insertion order."""
-        conds = [("ps.owner = ?", owner), ("ps.name = ?", set_name), ("p.split = ?", split)]
-        where, params = _where(*conds)
-        if ids is not None:
-            ids = [int(i) for i in ids]
-            if not ids:
-                return []
-            where += (" AND " if where else "WHERE ") + f"p.id IN ({','.join('?' * len(ids))})"
-            params += ids
+        ids = None if ids is None else [int(i) for i in ids]
+        if ids == []:
+            return []
+        where, params = _where(
+            ("ps.owner = ?", owner), ("ps.name = ?", set_name), ("p.split = ?", split), ("p.id IN ?", ids)
+        )
         return self._rows(
             f"""
             SELECT p.id, ps.name AS set_name, p.text, p.split, p.category, p.source, ps.owner
@@ -420,7 +217,7 @@ class Store:
                 if "final" not in fields:
                     row["final"] = _default_final(row)
                 cols = ["prompt_id", "constitution_id", "idx", *_SAMPLE_FIELDS, "version", "created_at", "updated_at"]
-                values = [prompt_id, constitution_id, idx, *[_encode(c, row[c]) for c in _SAMPLE_FIELDS], 1, now, now]
+                values = [prompt_id, constitution_id, idx, *[encode(c, row[c]) for c in _SAMPLE_FIELDS], 1, now, now]
                 try:
                     cur = db.execute(
                         f"INSERT INTO samples ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values
@@ -429,7 +226,7 @@ class Store:
                     raise StoreError(f"cannot add sample: {e}") from None
                 return cur.lastrowid
             changes = dict(fields)
-            merged = {**_decode(old), **fields}
+            merged = {**decode(old), **fields}
             if "final" not in fields and not merged["edited"]:
                 changes["final"] = _default_final(merged)
             self._write_sample(db, old["id"], changes, now)
@@ -492,7 +289,7 @@ class Store:
                     current,
                 )
             changes = dict(fields)
-            merged = {**_decode(old), **fields}
+            merged = {**decode(old), **fields}
             if "final" in fields and "edited" not in fields:
                 changes["edited"] = fields["final"] != _default_final(merged)
             elif "final" not in fields and not merged["edited"]:
@@ -502,7 +299,7 @@ class Store:
 
     def _write_sample(self, db: sqlite3.Connection, sample_id: int, changes: dict, now: float) -> None:
         sets = [f"{c} = ?" for c in changes]
-        values = [_encode(c, v) for c, v in changes.items()]
+        values = [encode(c, v) for c, v in changes.items()]
         try:
             db.execute(
                 f"UPDATE samples SET {', '.join(sets + ['version = version + 1', 'updated_at = ?'])} WHERE id = ?",
@@ -526,7 +323,8 @@ class Store:
             for sample_id, flags in flags_by_id.items():
                 _check_sample_fields({"flags": flags})
                 changed += db.execute(
-                    "UPDATE samples SET flags = ? WHERE id = ? AND flags != ?", (_json(flags), sample_id, _json(flags))
+                    "UPDATE samples SET flags = ? WHERE id = ? AND flags != ?",
+                    (to_json(flags), sample_id, to_json(flags)),
                 ).rowcount
         return changed
 
@@ -539,12 +337,11 @@ class Store:
         ids = [int(i) for i in sample_ids]
         if not ids:
             return 0
-        where, params = _where(("status = ?", from_status))
-        where += (" AND " if where else "WHERE ") + f"id IN ({','.join('?' * len(ids))})"
+        where, params = _where(("status = ?", from_status), ("id IN ?", ids))
         with self._tx() as db:
             return db.execute(
                 f"UPDATE samples SET status = ?, reviewer = ?, version = version + 1, updated_at = ? {where}",
-                [status, reviewer or "", time.time(), *params, *ids],
+                [status, reviewer or "", time.time(), *params],
             ).rowcount
 
     # ------------------------------------------------------------------ jobs
@@ -554,30 +351,14 @@ class Store:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO jobs (kind, config, heavy, owner, created_at, run_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, _json(config or {}), int(bool(heavy)), owner, time.time(), secrets.token_hex(16)),
+                (kind, to_json(config or {}), int(bool(heavy)), owner, time.time(), secrets.token_hex(16)),
             )
         self.run_dir(cur.lastrowid)
         return cur.lastrowid
 
     def run_dir(self, job_id: int) -> Path:
-        """runs/<job_id>/, made for this job: a directory there that another database's job left
-        (its run_key differs, or it has none) is moved aside first, so its checkpoints and data
-        are never taken for this job's."""
-        key = self.get_job(job_id)["run_key"]
-        path = self.runs_dir / str(int(job_id))
-        if key is None:  # a job from before run keys
-            path.mkdir(parents=True, exist_ok=True)
-            return path
-        try:
-            if (path / RUN_KEY_FILE).read_text().strip() == key:
-                return path
-        except OSError:
-            pass
-        if path.exists():
-            path.rename(path.with_name(f"{path.name}.orphan-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"))
-        path.mkdir(parents=True)
-        (path / RUN_KEY_FILE).write_text(key + "\n")
-        return path
+        """runs/<job_id>/, this job's own: one that another database's job left is moved aside first."""
+        return claim_run_dir(self.runs_dir, job_id, self.get_job(job_id)["run_key"])
 
     def get_job(self, job_id: int, owner: str | None = None) -> dict:
         """One job; with `owner`, NotFound unless it belongs to that owner."""
@@ -592,11 +373,7 @@ class Store:
         state: str | Iterable[str] | None = None,
     ) -> list[dict]:
         """Jobs, newest first. `owner=None` lists every owner; `state` may be one or several."""
-        where, params = _where(("kind = ?", kind), ("owner = ?", owner))
-        if state is not None:
-            states = [state] if isinstance(state, str) else list(state)
-            where += (" AND " if where else "WHERE ") + f"state IN ({','.join('?' * len(states))})"
-            params += states
+        where, params = _where(("kind = ?", kind), ("owner = ?", owner), ("state IN ?", _listed(state)))
         sql = f"SELECT * FROM jobs {where} ORDER BY id DESC"
         if limit is not None:
             sql += " LIMIT ?"
@@ -614,14 +391,12 @@ class Store:
             raise StoreError(f"bad job state {fields['state']!r}")
         if not fields:
             return False
-        sql = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in fields)} WHERE id = ?"
-        params = [_encode(c, v) for c, v in fields.items()] + [job_id]
-        if if_state is not None:
-            states = [if_state] if isinstance(if_state, str) else list(if_state)
-            sql += f" AND state IN ({','.join('?' * len(states))})"
-            params += states
+        where, params = _where(("id = ?", job_id), ("state IN ?", _listed(if_state)))
         with self._tx() as db:
-            changed = db.execute(sql, params).rowcount
+            changed = db.execute(
+                f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in fields)} {where}",
+                [encode(c, v) for c, v in fields.items()] + params,
+            ).rowcount
             if not changed and not db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone():
                 raise NotFound(f"job {job_id} not found")
             return bool(changed)
@@ -683,7 +458,7 @@ class Store:
             cur = db.execute(
                 "INSERT INTO evals (job_id, constitution_id, run_ids, results, owner, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, constitution_id, _json(list(run_ids or [])), _json(results or {}), owner, time.time()),
+                (job_id, constitution_id, to_json(list(run_ids or [])), to_json(results or {}), owner, time.time()),
             )
             return cur.lastrowid
 
@@ -722,101 +497,6 @@ class Store:
 
     def list_votes(self, eval_id: int) -> list[dict]:
         return self._rows("SELECT * FROM votes WHERE eval_id = ? ORDER BY id", (eval_id,))
-
-    # ------------------------------------------------------------------ health
-
-    def integrity_ok(self) -> bool:
-        with self._lock:
-            rows = self._db().execute("PRAGMA integrity_check").fetchall()
-        return len(rows) == 1 and rows[0][0] == "ok"
-
-    def backup(self, force: bool = False) -> Path | None:
-        """Copy the database to backups/ (SQLite's online backup: consistent while others write)
-        when the newest copy is older than BACKUP_EVERY_S (or `force`); the last BACKUPS_KEPT
-        are kept. Returns the new copy, or None when none was due."""
-        kept = backups(self.home)
-        if kept and not force and time.time() - kept[0].stat().st_mtime < BACKUP_EVERY_S:
-            return None
-        folder = self.home / BACKUP_DIR
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f".{DB_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            target = sqlite3.connect(tmp)
-            try:
-                with self._lock:
-                    self._db().backup(target)
-            finally:
-                target.close()
-            for n in range(BACKUPS_KEPT - 1, 0, -1):  # shift the older copies down
-                older = folder / f"{DB_NAME}.{n}"
-                if older.exists():
-                    os.replace(older, folder / f"{DB_NAME}.{n + 1}")
-            os.replace(tmp, folder / f"{DB_NAME}.1")
-        except (OSError, sqlite3.Error):
-            tmp.unlink(missing_ok=True)  # a full disk must not stop the workspace from opening
-            return None
-        return folder / f"{DB_NAME}.1"
-
-
-def _wal_files(path: Path) -> tuple[Path, Path]:
-    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
-
-
-def backups(home: str | os.PathLike) -> list[Path]:
-    """The workspace's database backups, newest first."""
-    folder = Path(home) / BACKUP_DIR
-    found = [p for p in folder.glob(f"{DB_NAME}.*") if p.suffix[1:].isdigit()] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.suffix[1:]))
-
-
-def damaged_message(home: Path, error: Exception) -> str:
-    tail = (
-        "run `ctxdistill doctor --restore` to put the newest backup back"
-        if backups(home)
-        else "there is no backup: move the file aside to start an empty workspace"
-    )
-    return f"the workspace database {home / DB_NAME} cannot be used ({error}); {tail}"
-
-
-def check_database(path: str | os.PathLike) -> str:
-    """ "ok", or what SQLite's integrity check finds wrong with the database file at `path`."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = conn.execute("PRAGMA integrity_check").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error as e:
-        return str(e)
-    return "ok" if [tuple(r) for r in rows] == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
-
-
-def restore_backup(home: str | os.PathLike) -> dict:
-    """Put the newest backup that passes an integrity check in place of the workspace database.
-
-    The current database (and its -wal/-shm files, which must not be applied to the copy) is
-    moved aside as ctxdistill.db.damaged-<time>. Nothing may have the workspace open meanwhile.
-    Returns {"restored": backup path, "saved_as": moved-aside path or None, "backup_time": mtime}."""
-    home = Path(home)
-    good = next((b for b in backups(home) if check_database(b) == "ok"), None)
-    if good is None:
-        raise StoreError(f"no usable backup in {home / BACKUP_DIR}")
-    db = home / DB_NAME
-    saved_as = None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
-        current = db.with_name(DB_NAME + suffix)
-        if current.exists():
-            aside = db.with_name(f"{DB_NAME}.damaged-{stamp}{suffix}")
-            os.replace(current, aside)
-            saved_as = saved_as or (aside if not suffix else None)
-    source, target = sqlite3.connect(f"file:{good}?mode=ro", uri=True), sqlite3.connect(db)
-    try:
-        source.backup(target)
-    finally:
-        source.close()
-        target.close()
-    return {"restored": str(good), "saved_as": str(saved_as) if saved_as else None, "backup_time": good.stat().st_mtime}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -879,13 +559,22 @@ class SampleFilter:
 def _where(*conditions: tuple[str, Any]) -> tuple[str, list]:
     """WHERE clause from (sql, value) pairs, skipping those whose value is None.
 
-    The value fills every ? of its condition."""
+    The value fills every ? of its condition; a list fills the one ? of "column IN ?" with as many
+    placeholders as it has items."""
     parts, params = [], []
     for sql, value in conditions:
-        if value is not None:
+        if isinstance(value, list):
+            parts.append(sql.replace("?", f"({','.join('?' * len(value))})"))
+            params += value
+        elif value is not None:
             parts.append(sql)
             params += [value] * sql.count("?")
     return ("WHERE " + " AND ".join(parts) if parts else ""), params
+
+
+def _listed(value: str | Iterable[str] | None) -> list[str] | None:
+    """One value or several as a list, for an "IN ?" condition of _where; None stays None."""
+    return None if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def _check_sample_fields(fields: dict) -> None:
@@ -904,27 +593,3 @@ def _default_final(row: dict) -> str:
         if isinstance(step, dict) and step.get("revision"):
             return step["revision"]
     return row.get("prompted") or ""
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _encode(column: str, value: Any) -> Any:
-    if column in _JSON_COLUMNS:
-        return None if value is None and column == "result" else _json(value)
-    if column in _BOOL_COLUMNS:
-        return int(bool(value))
-    return value
-
-
-def _decode(row: sqlite3.Row) -> dict:
-    out = {}
-    for key in row.keys():
-        value = row[key]
-        if key in _JSON_COLUMNS and isinstance(value, str):
-            value = json.loads(value)
-        elif key in _BOOL_COLUMNS and value is not None:
-            value = bool(value)
-        out[key] = value
-    return out

@@ -3,8 +3,7 @@ import threading
 
 import pytest
 
-from ctxdistill import migrations
-from ctxdistill import store as store_mod
+from ctxdistill import migrations, workspace
 from ctxdistill.store import ConflictError, NotFound, SampleFilter, Store, StoreError, workspace_home
 
 
@@ -352,19 +351,19 @@ def test_a_recreated_database_never_reuses_old_run_directories(tmp_path):
     (s.runs_dir / str(old) / "checkpoints" / "step-000020").mkdir(parents=True)
     s.close()
     (tmp_path / "backups").rename(tmp_path / "kept-backups")  # as if there were none: the file is just empty
-    (tmp_path / store_mod.DB_NAME).write_bytes(b"")
+    (tmp_path / workspace.DB_NAME).write_bytes(b"")
     for suffix in ("-wal", "-shm"):
-        (tmp_path / (store_mod.DB_NAME + suffix)).unlink(missing_ok=True)
+        (tmp_path / (workspace.DB_NAME + suffix)).unlink(missing_ok=True)
     s = Store(tmp_path)
     new = s.create_job("train", {"constitution": "concise"})
     assert new == old
     run = s.runs_dir / str(new)
-    assert sorted(p.name for p in run.iterdir()) == [store_mod.RUN_KEY_FILE]
+    assert sorted(p.name for p in run.iterdir()) == [workspace.RUN_KEY_FILE]
     aside = list(s.runs_dir.glob(f"{old}.orphan-*"))
     assert len(aside) == 1 and (aside[0] / "data.json").read_text() == '{"old": true}'
-    assert s.run_dir(new) == run and (run / store_mod.RUN_KEY_FILE).is_file()  # its own: kept as it is
+    assert s.run_dir(new) == run and (run / workspace.RUN_KEY_FILE).is_file()  # its own: kept as it is
     # a directory without a key (copied in by hand, or from another workspace) is not this job's either
-    (run / store_mod.RUN_KEY_FILE).unlink()
+    (run / workspace.RUN_KEY_FILE).unlink()
     (run / "data.json").write_text("{}")
     assert not (s.run_dir(new) / "data.json").exists()
     s.close()
@@ -374,7 +373,7 @@ def test_jobs_from_before_run_keys_keep_their_directories(tmp_path):
     s = Store(tmp_path)
     job = s.create_job("train", {})
     s._conn.execute("UPDATE jobs SET run_key = NULL WHERE id = ?", (job,))  # as migrated from an older version
-    (s.runs_dir / str(job) / store_mod.RUN_KEY_FILE).unlink()
+    (s.runs_dir / str(job) / workspace.RUN_KEY_FILE).unlink()
     (s.runs_dir / str(job) / "data.json").write_text("{}")
     assert (s.run_dir(job) / "data.json").exists()
     s.close()
@@ -388,7 +387,7 @@ def test_a_damaged_database_is_reported_with_what_to_do(tmp_path, damage):
     for i in range(200):
         s.save_constitution(f"c{i}", {"text": "x" * 400}, f"h{i}")
     s.close()
-    db = tmp_path / store_mod.DB_NAME
+    db = tmp_path / workspace.DB_NAME
     data = db.read_bytes()
     db.write_bytes(os.urandom(len(data)) if damage == "garbage" else data[: len(data) // 2])
     with pytest.raises(StoreError, match="cannot be used.*ctxdistill doctor --restore"):
@@ -400,28 +399,28 @@ def test_a_damaged_database_is_reported_with_what_to_do(tmp_path, damage):
 
 def test_an_emptied_database_with_a_backup_is_refused(tmp_path):
     Store(tmp_path).close()
-    (tmp_path / store_mod.DB_NAME).write_bytes(b"")
+    (tmp_path / workspace.DB_NAME).write_bytes(b"")
     with pytest.raises(StoreError, match="empty.*doctor --restore"):
         Store(tmp_path)
 
 
 def test_rolling_backup_and_restore(tmp_path, monkeypatch):
     s = Store(tmp_path)
-    first = store_mod.backups(tmp_path)
-    assert [p.name for p in first] == [f"{store_mod.DB_NAME}.1"]
+    first = workspace.backups(tmp_path)
+    assert [p.name for p in first] == [f"{workspace.DB_NAME}.1"]
     assert s.backup() is None  # not due yet
     kept = s.save_constitution("kept", {"a": 1}, "h1")
-    monkeypatch.setattr(store_mod, "BACKUP_EVERY_S", 0.0)
+    monkeypatch.setattr(workspace, "BACKUP_EVERY_S", 0.0)
     s.backup()
     s.backup()
     s.backup()
-    assert [p.name for p in store_mod.backups(tmp_path)] == [f"{store_mod.DB_NAME}.{n}" for n in (1, 2)]
+    assert [p.name for p in workspace.backups(tmp_path)] == [f"{workspace.DB_NAME}.{n}" for n in (1, 2)]
     s.save_constitution("lost", {"a": 2}, "h2")
     late = s.create_job("train", {})  # made after the backup: its directory is not the restored job's
     (s.runs_dir / str(late) / "data.json").write_text("{}")
     s.close()
-    (tmp_path / store_mod.DB_NAME).write_bytes(b"not a database at all" * 100)
-    result = store_mod.restore_backup(tmp_path)
+    (tmp_path / workspace.DB_NAME).write_bytes(b"not a database at all" * 100)
+    result = workspace.restore_backup(tmp_path)
     assert result["saved_as"] and (tmp_path / result["saved_as"]).read_bytes().startswith(b"not a database")
     s = Store(tmp_path)
     assert [v["name"] for v in s.list_constitution_versions()] == ["kept"] and s.get_constitution(kept)[
