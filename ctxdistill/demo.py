@@ -48,6 +48,7 @@ class DemoCaps:
     lora_r: int = 32  # LoRA rank
     text_kb: float = 64.0  # one constitution or draft, prompt, note or edited answer, as stored
     upload_mb: float = 2.0  # size of one uploaded file
+    pairs: int = 200  # preference pairs per pairs job, import or DPO run
 
     def __post_init__(self):
         bad = [
@@ -93,6 +94,7 @@ class DemoCaps:
             f"at most {self.prompts} prompts per set or job, {self.steps} training steps, "
             f"{self.samples} samples per prompt, {self.rounds} revision rounds, {self.max_new_tokens} new tokens per answer, "
             f"batches of {self.batch_size}, {self.grad_accum} accumulation steps, LoRA rank {self.lora_r}, "
+            f"{self.pairs} preference pairs per job, "
             f"{self.text_kb:g} KB per constitution or text, {self.upload_mb:g} MB per upload"
         )
 

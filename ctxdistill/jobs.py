@@ -38,11 +38,12 @@ JOB_KINDS: dict[str, str] = {
     "revise": "ctxdistill.revise:revise_job",
     "train": "ctxdistill.train:train_job",
     "evaluate": "ctxdistill.evaluate:evaluate_job",
+    "prefs": "ctxdistill.prefs:prefs_job",
 }
 
 # Kinds that load the model. A function reached through an import path is
 # heavy when it has a true `heavy` attribute.
-HEAVY = {"generate", "revise", "train", "evaluate"}
+HEAVY = {"generate", "revise", "train", "evaluate", "prefs"}
 
 HEARTBEAT_S = 1.0
 # A heartbeat older than this only says the worker is starved of CPU (or stopped): whether it is

@@ -147,7 +147,36 @@ def _m003_run_keys(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN run_key TEXT")
 
 
-MIGRATIONS = [_m001_initial, _m002_drafts, _m003_run_keys]
+def _m004_pairs(db: sqlite3.Connection) -> None:
+    # Preference pairs (prefs.py): two answers to one prompt, the preferred one first. `label` is the
+    # probability that `chosen` is the better one (1 for a check or a revision, the judge's soft
+    # label for AI feedback); `source` says where the pair came from.
+    _run_script(
+        db,
+        """
+    CREATE TABLE pairs (
+        id              INTEGER PRIMARY KEY,
+        constitution_id INTEGER REFERENCES constitutions(id) ON DELETE CASCADE,
+        prompt          TEXT NOT NULL,
+        chosen          TEXT NOT NULL,
+        rejected        TEXT NOT NULL,
+        source          TEXT NOT NULL CHECK (source IN ('feedback', 'revision', 'checks', 'import')),
+        label           REAL NOT NULL DEFAULT 1.0,
+        status          TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'accepted', 'rejected')),
+        reviewer        TEXT NOT NULL DEFAULT '',
+        meta            TEXT NOT NULL DEFAULT '{}',
+        job_id          INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+        owner           TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE UNIQUE INDEX pairs_unique ON pairs(owner, ifnull(constitution_id, 0), prompt, chosen, rejected);
+    CREATE INDEX pairs_by_constitution ON pairs(owner, constitution_id, status, source)
+    """,
+    )
+
+
+MIGRATIONS = [_m001_initial, _m002_drafts, _m003_run_keys, _m004_pairs]
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

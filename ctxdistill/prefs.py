@@ -1,0 +1,515 @@
+"""Preference pairs for the RL-CAI stage, from three sources; each pair records its source.
+
+    ctxdistill prefs --constitution 3 --from-run 12 --json          # the "prefs" job
+    ctxdistill prefs export pairs.jsonl --constitution 3            # prompt / chosen / rejected
+    ctxdistill prefs import pairs.jsonl --constitution 3
+
+* *checks* — the current policy (a run's student, or the teacher) answers each train prompt twice
+  or more; where a principle has an automatic check, an answer that passes a strict superset of
+  the checks the other passes is preferred to it (label 1).
+* *feedback* — AI feedback, as in the CAI paper: the base model, given the constitution (or one
+  principle) as its system prompt, reads the prompt and two of the policy's answers and is asked
+  which follows it better; the soft label is the probability of the choice token "A" normalised
+  over "A" and "B" at the answer position (``choice_probability``), averaged over both orders of
+  the answers (a small model prefers one letter whatever it reads). A pair whose label is within
+  ``threshold`` of 0.5 is dropped. Where a check also decides the pair, the judge's agreement
+  with it is counted: how far the judge can be trusted.
+* *revision* — a critique-and-revise chain's final revision, not flagged worse than its start
+  (curate.revision_worse), preferred to its start (label 1). No model needed.
+
+The job answers the prompts in batches, writes each batch's pairs in one transaction and keeps
+which prompts it finished in runs/<id>/prefs_state.json, so a resumed job does only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import curate
+from .config import SamplingStageConfig
+from .constitution import Check, from_row, render
+from .jobs import Cancelled, Meter
+from .pair_store import check_pair
+from .prompts import DEFAULT_SET, MAX_PROMPT_CHARS, ImportFileError, read_table, select_prompts
+from .sampling import generate_rows, response_logits
+from .stats import mean_estimate
+from .store import Store, StoreError
+
+SOURCES = ("checks", "feedback", "revision")
+JUDGES = ("constitution", "principle")
+ANSWER_PREFIX = "The better response is ("  # the judge's answer starts here; the next token is the choice
+CHOICES = ("A", "B")
+MAX_ANSWER_CHARS = 16_000  # one answer of an imported pair: a whole page; a 10 MB cell is a slip
+MAX_IMPORT_BYTES = 64 * 2**20
+HF_COLUMNS = ("prompt", "chosen", "rejected")
+
+
+class PrefsError(ValueError):
+    """Settings or a file that cannot make pairs; the message says what to change."""
+
+
+@dataclass
+class PrefsConfig(SamplingStageConfig):
+    """Which prompts, which policy answers them, and which sources make pairs. Each field is a
+    ``ctxdistill prefs`` flag."""
+
+    error = PrefsError
+    what = "prefs option"
+
+    constitution_id: int = field(default=0, metadata={"help": "constitution version id (its principles and checks)"})
+    set_name: str = field(default=DEFAULT_SET, metadata={"help": "prompt set whose train prompts are answered"})
+    from_run: int = field(
+        default=0, metadata={"help": "the policy: this training run's student answers (0 = the prompted teacher)"}
+    )
+    sources: str = field(
+        default="auto",
+        metadata={
+            "help": "comma-separated: checks, feedback, revision; auto = checks and revision where the "
+            "constitution has checks, else feedback and revision"
+        },
+    )
+    judge: str = field(
+        default="constitution",
+        metadata={"help": "AI feedback: the judge reads the whole constitution, or one principle per pair"},
+    )
+    threshold: float = field(
+        default=0.1, metadata={"help": "AI feedback: drop pairs whose soft label is within this of 0.5"}
+    )
+    answers: int = field(default=2, metadata={"help": "policy answers per prompt (2-8)"})
+    limit: int = field(default=0, metadata={"help": "answer at most this many prompts (0 = all)"})
+    batch_size: int = field(default=8, metadata={"help": "prompts per batch"})
+    sampling: dict = field(default_factory=lambda: {"temperature": 1.0, "max_new_tokens": 48})
+
+    def validate(self) -> "PrefsConfig":
+        errors = []
+        unknown = [s for s in self.source_names() if s not in (*SOURCES, "auto")]
+        if unknown or not self.source_names():
+            errors.append(f"sources must be auto or some of {', '.join(SOURCES)}, not {self.sources!r}")
+        if self.judge not in JUDGES:
+            errors.append(f"judge must be one of {', '.join(JUDGES)}, not {self.judge!r}")
+        if not (0 <= self.threshold < 0.5):
+            errors.append(f"threshold must be in [0, 0.5), got {self.threshold}")
+        if not 2 <= self.answers <= 8:
+            errors.append(f"answers per prompt must be between 2 and 8, got {self.answers}")
+        if not 1 <= self.batch_size <= 256:
+            errors.append(f"batch size must be between 1 and 256, got {self.batch_size}")
+        if self.limit < 0 or self.from_run < 0:
+            errors.append("limit and from-run must be 0 or more")
+        try:
+            self.check_precision()
+            self.sampling_config()
+        except ValueError as exc:
+            errors.append(str(exc))
+        if errors:
+            raise PrefsError("; ".join(errors))
+        return self
+
+    def source_names(self) -> list[str]:
+        return [s.strip() for s in self.sources.split(",") if s.strip()]
+
+
+def sources_for(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list[str]:
+    """The sources a job uses: as asked, or for auto checks + revision where there are checks (the
+    135M judge agrees with checks little better than chance: see bench/prefs.py), else feedback + revision."""
+    names = cfg.source_names()
+    if "auto" in names:
+        return ["checks", "revision"] if checks else ["feedback", "revision"]
+    return names
+
+
+# --------------------------------------------------------------------------- the three sources
+
+
+def check_verdict(a: str, b: str, checks: list[tuple[str, Check]]) -> tuple[int, list[str]]:
+    """(+1 when ``a`` passes a strict superset of the checks ``b`` passes, -1 the other way, else 0;
+    the principles that differ)."""
+    pass_a = {pid for pid, check in checks if check.passes(a)}
+    pass_b = {pid for pid, check in checks if check.passes(b)}
+    verdict = 1 if pass_a > pass_b else -1 if pass_b > pass_a else 0
+    return verdict, sorted(pass_a ^ pass_b)
+
+
+def checks_pair(prompt: str, answers: list[str], checks: list[tuple[str, Check]]) -> dict | None:
+    """The pair the checks make of a prompt's answers: the one passing the most checks preferred to
+    the one passing the fewest, when its passes are a strict superset of the other's; else None."""
+    texts = [a for a in dict.fromkeys(answers) if a.strip()]
+    if len(texts) < 2 or not checks:
+        return None
+    order = sorted(texts, key=lambda t: -sum(check.passes(t) for _, check in checks))
+    verdict, differ = check_verdict(order[0], order[-1], checks)
+    if verdict != 1:
+        return None
+    return {
+        "prompt": prompt,
+        "chosen": order[0],
+        "rejected": order[-1],
+        "source": "checks",
+        "label": 1.0,
+        "meta": {"principles": differ},
+    }
+
+
+def revision_pairs(store: Store, constitution_id: int, checks: list[tuple[str, Check]], owner: str = "") -> list[dict]:
+    """A revision preferred to the answer its chain started from, for every revised sample of the
+    version that a reviewer did not reject and that curate.revision_worse does not flag."""
+    out = []
+    for s in store.list_samples(constitution_id=constitution_id, owner=owner):
+        chain = s["chain"] or []
+        if s["status"] == "rejected" or s["edited"] or not chain or not chain[-1].get("revision"):
+            continue
+        start = curate.start_answer(s, (s["meta"] or {}).get("revise_start", "unprompted"))
+        final = s["final"] or ""
+        if not start.strip() or start.strip() == final.strip() or curate.revision_worse(start, final, checks):
+            continue
+        out.append(
+            {
+                "prompt": s["prompt"],
+                "chosen": final,
+                "rejected": start,
+                "source": "revision",
+                "label": 1.0,
+                "meta": {"sample": s["id"], "principles": [step.get("principle") for step in chain]},
+            }
+        )
+    return out
+
+
+def choice_ids(tokenizer) -> tuple[int, int]:
+    """The token ids of "A" and "B" right after ANSWER_PREFIX (each must be one token there)."""
+    prefix = tokenizer.encode(ANSWER_PREFIX, add_special_tokens=False)
+    out = []
+    for letter in CHOICES:
+        ids = tokenizer.encode(ANSWER_PREFIX + letter, add_special_tokens=False)
+        if ids[: len(prefix)] != prefix or len(ids) != len(prefix) + 1:
+            raise PrefsError(f"this tokenizer does not read {letter!r} as one token after {ANSWER_PREFIX!r}")
+        out.append(ids[-1])
+    return out[0], out[1]
+
+
+def judge_question(prompt: str, first: str, second: str, what: str = "the principles") -> str:
+    """The multiple-choice question the judge answers (the CAI paper's format, as a user turn)."""
+    return (
+        f"Consider this request and two responses to it.\n\nRequest: {prompt}\n\n"
+        f"(A) {first}\n\n(B) {second}\n\n"
+        f"Which response follows {what} better? Answer with A or B."
+    )
+
+
+@torch.no_grad()
+def choice_probability(model, tokenizer, rows: list[tuple[str, str]], batch_size: int = 8) -> list[float]:
+    """For (system, question) rows: P("A") / (P("A") + P("B")) of the judge's next token after
+    ANSWER_PREFIX in its answer, i.e. sigmoid(logit_A - logit_B)."""
+    a_id, b_id = choice_ids(tokenizer)
+    prefix = tokenizer.encode(ANSWER_PREFIX, add_special_tokens=False)
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        logits = response_logits(model, tokenizer, [(s, q, prefix + [a_id]) for s, q in chunk])
+        out += [float(torch.sigmoid(row[-1, a_id].float() - row[-1, b_id].float())) for row in logits]
+    return out
+
+
+def feedback_labels(model, tokenizer, items: list[tuple[str, str, str, str]], batch_size: int = 8) -> list[float]:
+    """P(first answer better) for (system, prompt, first, second) items: the mean of the judge's
+    choice probability with the answers as (A, B) and, flipped, as (B, A), so that a preference for
+    one letter cancels out."""
+    rows = []
+    for system, prompt, first, second in items:
+        rows += [(system, judge_question(prompt, first, second)), (system, judge_question(prompt, second, first))]
+    p = choice_probability(model, tokenizer, rows, batch_size)
+    return [(p[2 * i] + 1 - p[2 * i + 1]) / 2 for i in range(len(items))]
+
+
+def feedback_pair(prompt: str, first: str, second: str, label: float, threshold: float, meta: dict) -> dict | None:
+    """The pair a soft label makes (the preferred answer first, label >= 0.5), or None within the threshold."""
+    if abs(label - 0.5) < threshold or first.strip() == second.strip() or not (first.strip() and second.strip()):
+        return None
+    chosen, rejected = (first, second) if label >= 0.5 else (second, first)
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "source": "feedback",
+        "label": max(label, 1 - label),
+        "meta": meta,
+    }
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def check_start(store: Store, cfg: PrefsConfig) -> list[dict]:
+    """Every refusal before a model loads; returns the prompts to answer."""
+    from . import demo
+    from .prompts import ensure_default_prompts
+
+    cfg.validate()
+    try:
+        store.get_constitution(cfg.constitution_id, owner=cfg.owner)
+    except StoreError:
+        raise PrefsError(f"constitution version {cfg.constitution_id} not found") from None
+    if cfg.from_run:
+        policy_adapter(store, cfg)
+    ensure_default_prompts(store, owner=cfg.owner)
+    prompts = select_prompts(store, cfg.set_name, limit=cfg.limit, owner=cfg.owner)
+    if not prompts:
+        raise PrefsError(f"prompt set {cfg.set_name!r} has no train prompts")
+    caps = demo.caps()
+    if caps:
+        try:
+            caps.check(prompts=len(prompts), pairs=len(prompts), max_new_tokens=cfg.sampling_config().max_new_tokens)
+        except demo.DemoLimit as exc:
+            raise PrefsError(str(exc)) from None
+    return prompts
+
+
+def policy_adapter(store: Store, cfg: PrefsConfig) -> Path:
+    """The adapter of run ``cfg.from_run``, the policy whose answers are compared."""
+    from .adapters import run_adapter
+
+    try:
+        job = store.get_job(cfg.from_run, owner=cfg.owner)
+    except StoreError:
+        raise PrefsError(f"run {cfg.from_run} not found among your runs") from None
+    path = run_adapter(store, cfg.from_run)
+    if job["kind"] not in ("train", "dpo") or job["state"] != "done" or not path.is_dir():
+        raise PrefsError(f"run {cfg.from_run} has no finished adapter (it is a {job['state']} {job['kind']} job)")
+    if (job["config"].get("model") or "") != (cfg.model or ""):
+        raise PrefsError(
+            f"run {cfg.from_run} was trained on another base model; make pairs with the model it was made for"
+        )
+    return path
+
+
+def run_prefs(
+    store: Store,
+    cfg: PrefsConfig,
+    model,
+    tokenizer,
+    *,
+    state_file: Path | None = None,
+    progress=None,
+    should_stop=lambda: False,
+    log=None,
+    job_id: int | None = None,
+) -> dict:
+    """Make the pairs; returns counts by source and the judge's agreement with the checks.
+
+    ``model`` is the base model (the teacher and the judge; a run's student is a merged copy of it).
+    ``state_file`` keeps the prompts done, and the agreement tallies, between attempts."""
+    from .adapters import merged_student
+
+    prompts = check_start(store, cfg)
+    constitution = from_row(store.get_constitution(cfg.constitution_id))
+    checks = curate.principle_checks(constitution)
+    sources = sources_for(cfg, checks)
+    state = {"done": [], "agree": [], "compared": 0, "dropped": 0, "added": dict.fromkeys(SOURCES, 0)}
+    if state_file and state_file.is_file():
+        state = json.loads(state_file.read_text())
+
+    def save():
+        if state_file:
+            tmp = state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(state_file)
+
+    def add(items: list[dict]) -> None:
+        with store.transaction():
+            for source in SOURCES:
+                group = [
+                    {**i, "constitution_id": cfg.constitution_id, "job_id": job_id}
+                    for i in items
+                    if i["source"] == source
+                ]
+                state["added"][source] += store.add_pairs(group, owner=cfg.owner) if group else 0
+
+    if "revision" in sources and "revision_done" not in state:
+        add(revision_pairs(store, cfg.constitution_id, checks, owner=cfg.owner))
+        state["revision_done"] = True
+        save()
+    todo = [p for p in prompts if p["id"] not in set(state["done"])]
+    answering = [s for s in sources if s != "revision"]
+    total, done = len(prompts), len(prompts) - len(todo)
+    meter = Meter(total, "prompts", done)
+    if progress:
+        progress(done, total, f"{done}/{total} prompts")
+    if not answering:
+        todo = []
+    scfg = cfg.sampling_config()
+    teacher_system = render(constitution)
+    policy, system, examples = model, teacher_system, constitution.examples
+    if cfg.from_run and todo:
+        policy, system, examples = merged_student(model, policy_adapter(store, cfg)), None, ()
+    for start in range(0, len(todo), cfg.batch_size):
+        if should_stop():
+            raise Cancelled("cancelled by request")
+        batch = todo[start : start + cfg.batch_size]
+        rows = [(system, p["text"]) for p in batch for _ in range(cfg.answers)]
+        index = [p["id"] * 16 + k for p in batch for k in range(cfg.answers)]
+        ids = generate_rows(policy, tokenizer, rows, scfg, sample_index=index, examples=examples)
+        texts = [tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
+        items, judged = [], []
+        for n, p in enumerate(batch):
+            answers = texts[n * cfg.answers : (n + 1) * cfg.answers]
+            if "checks" in sources and (pair := checks_pair(p["text"], answers, checks)):
+                items.append(pair)
+            if "feedback" in sources and answers[0].strip() and answers[1].strip() and answers[0] != answers[1]:
+                principle = constitution.principles[p["id"] % len(constitution.principles)]
+                judge_system = principle.text if cfg.judge == "principle" else teacher_system
+                judged.append((p, answers[0], answers[1], judge_system, principle.id))
+        if judged:
+            labels = feedback_labels(model, tokenizer, [(s, p["text"], a, b) for p, a, b, s, _ in judged])
+            for (p, a, b, _, pid), label in zip(judged, labels):
+                state["compared"] += 1
+                verdict, _ = check_verdict(a, b, checks)
+                if verdict:
+                    state["agree"].append(float((label > 0.5) == (verdict > 0)))
+                meta = {"judge": cfg.judge, **({"principle": pid} if cfg.judge == "principle" else {})}
+                pair = feedback_pair(p["text"], a, b, label, cfg.threshold, meta)
+                if pair is None:
+                    state["dropped"] += 1
+                else:
+                    items.append(pair)
+        add(items)
+        state["done"] += [p["id"] for p in batch]
+        save()
+        done += len(batch)
+        if progress:
+            progress(done, total, meter.line(done, f"{sum(state['added'].values())} pairs"))
+    if log:
+        log.info("pairs added: %s", state["added"])
+    return summary(state, sources)
+
+
+def summary(state: dict, sources: list[str]) -> dict:
+    agreement = mean_estimate(state["agree"]) if state["agree"] else None
+    return {
+        "sources": sources,
+        "pairs": state["added"],
+        "prompts": len(state["done"]),
+        "compared": state["compared"],
+        "dropped_near_half": state["dropped"],
+        "agreement_with_checks": agreement,
+    }
+
+
+def prefs_job(ctx, config: dict) -> None:
+    """Job kind "prefs"."""
+    from .generate import job_model
+
+    cfg = PrefsConfig.from_dict(config).validate()
+    check_start(ctx.store, cfg)  # refuse before the model loads
+    model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize, cfg.precision)
+    ctx.set_result(
+        run_prefs(
+            ctx.store,
+            cfg,
+            model,
+            tokenizer,
+            state_file=ctx.run_dir / "prefs_state.json",
+            progress=ctx.progress,
+            should_stop=ctx.should_stop,
+            log=ctx.log,
+            job_id=ctx.job_id,
+        )
+    )
+
+
+# --------------------------------------------------------------------------- a Hugging Face preference dataset
+
+
+def export_pairs(store: Store, path, *, status: str | None = "accepted", owner: str = "", **filters) -> dict:
+    """Write pairs as a Hugging Face preference dataset (``prompt``, ``chosen``, ``rejected``, plus
+    ``source`` and ``label``): JSON lines for a .jsonl/.json path, else a ``datasets`` save_to_disk folder."""
+    pairs = store.list_pairs(status=status, owner=owner, **filters)
+    if not pairs:
+        raise PrefsError(f"no {status or ''} pairs to export".replace("  ", " "))
+    records = [{k: p[k] for k in (*HF_COLUMNS, "source", "label")} for p in pairs]
+    path = Path(path)
+    if path.suffix.lower() in (".jsonl", ".json"):
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        fmt = "jsonl"
+    else:
+        import datasets
+
+        datasets.Dataset.from_list(records).save_to_disk(str(path))
+        fmt = "datasets"
+    return {"path": str(path), "format": fmt, "pairs": len(records)}
+
+
+def _text(value, role: str):
+    """A cell as text: a string, or TRL's conversational form (a list of messages: the last of ``role``)."""
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        said = [m.get("content") for m in value if m.get("role") == role]
+        return said[-1] if said else None
+    return value
+
+
+def read_pairs(path) -> list[dict]:
+    """The pairs of a preference file (jsonl, json, csv, parquet or a ``datasets`` folder), every row
+    checked before any is stored: PrefsError naming the first bad row."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size > MAX_IMPORT_BYTES:
+        raise PrefsError(f"{path} is {path.stat().st_size / 2**20:.0f} MB: at most {MAX_IMPORT_BYTES >> 20} MB")
+    try:
+        records = read_table(path)
+    except (ImportFileError, OSError) as exc:
+        raise PrefsError(str(exc)) from None
+    if not records:
+        raise PrefsError(f"{path} holds no rows")
+    missing = [c for c in HF_COLUMNS if c not in records[0]]
+    if missing:
+        raise PrefsError(
+            f"{path} lacks the column(s) {', '.join(missing)}: a preference file has {', '.join(HF_COLUMNS)}"
+        )
+    out = []
+    for n, r in enumerate(records, 1):
+        row = {
+            "prompt": _text(r.get("prompt"), "user"),
+            "chosen": _text(r.get("chosen"), "assistant"),
+            "rejected": _text(r.get("rejected"), "assistant"),
+        }
+        for key, most in (("prompt", MAX_PROMPT_CHARS), ("chosen", MAX_ANSWER_CHARS), ("rejected", MAX_ANSWER_CHARS)):
+            value = row[key]
+            if not isinstance(value, str) or not value.strip():
+                raise PrefsError(f"row {n}: {key} is empty or not text")
+            if len(value) > most:
+                raise PrefsError(f"row {n}: {key} is {len(value):,} characters; at most {most:,}")
+        label = r.get("label", 1.0)
+        try:
+            label = float(1.0 if label is None else label)
+        except (TypeError, ValueError):
+            raise PrefsError(f"row {n}: label {label!r} is not a number") from None
+        if not (0 <= label <= 1) or math.isnan(label):
+            raise PrefsError(f"row {n}: label {label} is not a probability in [0, 1]")
+        try:
+            check_pair({**row, "source": "import", "label": label})
+        except StoreError as exc:
+            raise PrefsError(f"row {n}: {exc}") from None
+        out.append({**row, "source": "import", "label": label, "meta": {"file": os.path.basename(str(path))}})
+    return out
+
+
+def import_pairs(store: Store, path, constitution_id: int, owner: str = "", status: str = "pending") -> dict:
+    """Store the pairs of a preference file for a constitution version (all or none)."""
+    from . import demo
+
+    try:
+        store.get_constitution(constitution_id, owner=owner)
+    except StoreError:
+        raise PrefsError(f"constitution version {constitution_id} not found") from None
+    rows = read_pairs(path)
+    caps = demo.caps()
+    if caps:
+        try:
+            caps.check(pairs=len(rows))
+        except demo.DemoLimit as exc:
+            raise PrefsError(str(exc)) from None
+    added = store.add_pairs([{**r, "constitution_id": constitution_id, "status": status} for r in rows], owner=owner)
+    return {"rows": len(rows), "added": added, "constitution_id": constitution_id}

@@ -1,0 +1,219 @@
+"""Preference pairs (prefs.py, pair_store.py): AI-feedback labels from the two choice tokens, pairs
+from checks and revisions, the job and its resume, the store's review actions, export and import."""
+
+import json
+
+import pytest
+import torch
+
+from ctxdistill import prefs
+from ctxdistill.constitution import Check, from_dict
+from ctxdistill.sampling import chat_ids
+from ctxdistill.store import StoreError
+
+PIRATE = {
+    "name": "pirate",
+    "preamble": "You are a pirate.",
+    "principles": [
+        {"id": "arr", "text": "Begin with Arr!", "check": {"kind": "starts_with", "value": "Arr"}},
+        {"id": "short", "text": "Be brief.", "check": {"kind": "max_words", "value": "6"}},
+    ],
+}
+CHECKS = [("arr", Check("starts_with", "Arr")), ("short", Check("max_words", "6"))]
+
+
+def _version(store, content=PIRATE) -> int:
+    from ctxdistill.constitution import content_hash
+
+    return store.save_constitution(content["name"], content, content_hash(from_dict(content)))
+
+
+def test_choice_probability_is_the_two_choice_tokens_normalised(tiny_model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    a_id, b_id = prefs.choice_ids(tok)
+    question = prefs.judge_question("Say hi", "Arr matey", "Hello there")
+    ids = chat_ids(tok, question, "Talk like a pirate.") + tok.encode(prefs.ANSWER_PREFIX, add_special_tokens=False)
+    with torch.no_grad():
+        probs = tiny_model(torch.tensor([ids])).logits[0, -1].double().softmax(-1)
+    by_hand = float(probs[a_id] / (probs[a_id] + probs[b_id]))
+    got = prefs.choice_probability(tiny_model, tok, [("Talk like a pirate.", question)])[0]
+    assert got == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_feedback_label_averages_both_orders(tiny_model, tiny_tokenizer):
+    system, prompt, a, b = "Talk like a pirate.", "Say hi", "Arr matey", "Hello there"
+    ab, ba = prefs.choice_probability(
+        tiny_model,
+        tiny_tokenizer,
+        [(system, prefs.judge_question(prompt, a, b)), (system, prefs.judge_question(prompt, b, a))],
+    )
+    label = prefs.feedback_labels(tiny_model, tiny_tokenizer, [(system, prompt, a, b)])[0]
+    assert label == pytest.approx((ab + (1 - ba)) / 2, abs=1e-6)
+
+
+def test_feedback_pair_orients_and_drops_near_half():
+    pair = prefs.feedback_pair("p", "first", "second", 0.3, 0.1, {})
+    assert (pair["chosen"], pair["rejected"], pair["label"]) == ("second", "first", 0.7)
+    assert pair["source"] == "feedback"
+    assert prefs.feedback_pair("p", "first", "second", 0.55, 0.1, {}) is None
+    assert prefs.feedback_pair("p", "same", "same", 0.9, 0.1, {}) is None
+
+
+def test_checks_pair_prefers_the_passing_answer():
+    pair = prefs.checks_pair("p", ["Hello there, this is a long plain answer", "Arr, short one"], CHECKS)
+    assert pair["chosen"] == "Arr, short one" and pair["source"] == "checks" and pair["label"] == 1.0
+    assert pair["meta"]["principles"] == ["arr", "short"]
+    # each passes a check the other fails: no verdict
+    assert prefs.checks_pair("p", ["Arr, but this answer is far too long to pass", "Short plain one"], CHECKS) is None
+    assert prefs.checks_pair("p", ["Arr ok", "Arr ok"], CHECKS) is None
+    assert prefs.check_verdict("Arr yes", "no", CHECKS)[0] == 1
+
+
+def test_revision_pairs_skip_worse_and_rejected(store):
+    cid = _version(store)
+    store.add_prompts("default", [{"text": f"Tell me about volcano {i}", "split": "train"} for i in range(3)])
+    prompts = store.get_prompts("default")
+    start = "Volcanoes are mountains that erupt lava and ash"
+    good = [{"principle": "arr", "revision": "Arr, volcanoes be mountains that erupt lava and ash"}]
+    loop = [{"principle": "arr", "revision": "Arr arr arr arr arr arr arr arr arr arr arr arr"}]
+    for p, chain, status in zip(prompts, (good, loop, good), ("pending", "pending", "rejected")):
+        sid = store.upsert_sample(p["id"], cid, unprompted=start, prompted="x", chain=chain)
+        store.bulk_set_status([sid], status)
+    pairs = prefs.revision_pairs(store, cid, CHECKS)
+    assert len(pairs) == 1
+    assert pairs[0]["chosen"].startswith("Arr, volcanoes") and pairs[0]["rejected"] == start
+    assert pairs[0]["source"] == "revision"
+
+
+def test_prefs_job_makes_pairs_and_resumes(store, tiny_model, tiny_tokenizer, tmp_path):
+    cid = _version(store)
+    store.add_prompts("tiny", [{"text": f"Question number {i}?", "split": "train"} for i in range(4)])
+    cfg = prefs.PrefsConfig(
+        constitution_id=cid,
+        set_name="tiny",
+        sources="checks,feedback",
+        threshold=0.0,
+        batch_size=2,
+        sampling={"temperature": 1.0, "max_new_tokens": 8},
+    )
+    state = tmp_path / "state.json"
+    calls = []
+
+    def stop_after_one_batch():
+        calls.append(1)
+        return len(calls) > 1
+
+    from ctxdistill.jobs import Cancelled
+
+    with pytest.raises(Cancelled):
+        prefs.run_prefs(store, cfg, tiny_model, tiny_tokenizer, state_file=state, should_stop=stop_after_one_batch)
+    assert len(json.loads(state.read_text())["done"]) == 2
+    result = prefs.run_prefs(store, cfg, tiny_model, tiny_tokenizer, state_file=state)
+    assert result["prompts"] == 4 and result["compared"] == 4  # each prompt compared once, across both attempts
+    stored = store.list_pairs(constitution_id=cid)
+    assert sum(result["pairs"].values()) == len(stored) >= 4  # threshold 0 keeps every judged pair
+    for p in stored:
+        assert p["source"] in ("checks", "feedback") and p["chosen"] != p["rejected"] and p["label"] >= 0.5
+        if p["source"] == "checks":
+            assert prefs.check_verdict(p["chosen"], p["rejected"], CHECKS)[0] == 1
+
+
+def test_settings_refused_before_a_model_loads(store):
+    cid = _version(store)
+    for bad, words in (
+        ({"threshold": 0.5}, "threshold"),
+        ({"sources": "votes"}, "sources"),
+        ({"answers": 1}, "answers"),
+        ({"judge": "crowd"}, "judge"),
+    ):
+        with pytest.raises(prefs.PrefsError, match=words):
+            prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, **bad))
+    with pytest.raises(prefs.PrefsError, match="run 99 not found"):
+        prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, from_run=99))
+    assert prefs.sources_for(prefs.PrefsConfig(), CHECKS) == ["checks", "revision"]
+    assert prefs.sources_for(prefs.PrefsConfig(), []) == ["feedback", "revision"]
+
+
+def test_demo_caps_the_pairs(store, monkeypatch, tmp_path):
+    cid = _version(store)
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(5)))
+    monkeypatch.setenv("CTXDISTILL_DEMO", "1")
+    monkeypatch.setenv("CTXDISTILL_DEMO_PAIRS", "3")
+    with pytest.raises(prefs.PrefsError, match="pairs 5 > 3"):
+        prefs.import_pairs(store, path, cid)
+    assert store.count_pairs()["total"] == 0
+
+
+def test_review_actions_in_the_store(store):
+    cid = _version(store)
+    rows = [
+        {"constitution_id": cid, "prompt": "p", "chosen": "a", "rejected": "b", "source": "checks"},
+        {"constitution_id": cid, "prompt": "q", "chosen": "c", "rejected": "d", "source": "feedback", "label": 0.6},
+    ]
+    assert store.add_pairs(rows) == 2 and store.add_pairs(rows) == 0  # the same pairs again are skipped
+    assert [p["prompt"] for p in store.list_pairs(min_confidence=0.5)] == ["p"]
+    assert [p["prompt"] for p in store.list_pairs(source="feedback")] == ["q"]
+    flipped = store.flip_pair(store.list_pairs(source="feedback")[0]["id"])
+    assert (flipped["chosen"], flipped["rejected"], flipped["status"]) == ("d", "c", "accepted")
+    assert flipped["label"] == pytest.approx(0.4) and flipped["meta"]["flipped"] is True
+    assert store.set_pairs_status([p["id"] for p in store.list_pairs()], "rejected") == 2
+    assert store.count_pairs(constitution_id=cid) == {"total": 2, "pending": 0, "accepted": 0, "rejected": 2}
+    with pytest.raises(StoreError, match="identical"):
+        store.add_pairs([{"prompt": "p", "chosen": "same", "rejected": "same ", "source": "checks"}])
+
+
+def test_export_import_round_trip(store, tmp_path):
+    cid = _version(store)
+    store.add_pairs(
+        [
+            {"constitution_id": cid, "prompt": "p", "chosen": "a", "rejected": "b", "source": "checks"},
+            {"constitution_id": cid, "prompt": "q", "chosen": "c", "rejected": "d", "source": "revision"},
+        ]
+    )
+    store.set_pairs_status([p["id"] for p in store.list_pairs()], "accepted")
+    for name in ("pairs.jsonl", "pairs_ds"):
+        out = prefs.export_pairs(store, tmp_path / name, constitution_id=cid)
+        assert out["pairs"] == 2
+        other = _version(store, {**PIRATE, "name": f"copy-{name}"})
+        assert prefs.import_pairs(store, tmp_path / name, other)["added"] == 2
+        back = store.list_pairs(constitution_id=other)
+        assert [(p["prompt"], p["chosen"], p["rejected"], p["source"]) for p in back] == [
+            ("p", "a", "b", "import"),
+            ("q", "c", "d", "import"),
+        ]
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert set(rows[0]) >= {"prompt", "chosen", "rejected"}
+
+
+def test_import_accepts_the_conversational_form(store, tmp_path):
+    cid = _version(store)
+    path = tmp_path / "chat.jsonl"
+    row = {
+        "prompt": [{"role": "user", "content": "Hi"}],
+        "chosen": [{"role": "assistant", "content": "Arr, hi"}],
+        "rejected": [{"role": "assistant", "content": "Hello"}],
+    }
+    path.write_text(json.dumps(row) + "\n")
+    prefs.import_pairs(store, path, cid)
+    assert store.list_pairs()[0]["chosen"] == "Arr, hi"
+
+
+@pytest.mark.parametrize(
+    "rows, words",
+    [
+        ([{"prompt": "p", "chosen": "a"}], "lacks the column"),
+        ([{"prompt": "p", "chosen": " ", "rejected": "b"}], "row 1: chosen is empty"),
+        ([{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "", "chosen": "a", "rejected": "b"}], "row 2"),
+        ([{"prompt": "p", "chosen": "same", "rejected": "same"}], "identical"),
+        ([{"prompt": "p", "chosen": "a" * (10 * 2**20), "rejected": "b"}], "characters; at most"),
+        ([{"prompt": "p", "chosen": "a", "rejected": "b", "label": 1.5}], "probability"),
+    ],
+)
+def test_import_refusals_store_nothing(store, tmp_path, rows, words):
+    cid = _version(store)
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(prefs.PrefsError, match=words):
+        prefs.import_pairs(store, path, cid)
+    assert store.count_pairs()["total"] == 0
