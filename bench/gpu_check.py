@@ -70,7 +70,7 @@ def check(device: str, home: Path) -> dict:
     cfg = train.TrainConfig(constitution_id=cid, steps=40, max_prompts=64, eval_prompts=16, eval_every=10)
     t0 = time.perf_counter()
     result = train.run(
-        cfg, store, home / device / "run", train.Hooks(log=log), accelerator=train._setup_accelerator(device)
+        cfg, store, home / device / "run", train.Hooks(log=log), accelerator=train.setup_accelerator(device)
     )
     wall = time.perf_counter() - t0
     out = {

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import torch
 
+from .safety import quote
+
 RUN_FILE = "ctxdistill_run.json"  # written next to every saved adapter: what it was trained on
 EVAL_FILE = "ctxdistill_eval.json"  # written into a run's adapter by evaluate.py: its latest figures
 
 
 class AdapterError(RuntimeError):
     """An adapter that cannot be used with this model (corrupt files, another base model)."""
+
+
+def run_adapter(store, run_id: int) -> Path:
+    """Where training run ``run_id`` of the workspace keeps its adapter: ``runs/<id>/adapter``."""
+    return store.runs_dir / str(int(run_id)) / "adapter"
 
 
 STRENGTH_RANGE = (0.0, 1.5)
@@ -35,12 +42,12 @@ def check_strength(strength) -> float:
     try:
         value = float(strength)
     except (TypeError, ValueError):
-        raise AdapterError(f"strength must be a number from {low:g} to {high:g}, not {strength!r}") from None
+        raise AdapterError(f"strength must be a number from {low:g} to {high:g}, not {quote(strength)}") from None
     if not low <= value <= high:
         raise AdapterError(
             f"strength must be from {low:g} (the base model) to {high:g}; 1 is the adapter as trained. Got {value:g}"
         )
-    return value
+    return value + 0.0  # -0.0 is 0: no "strength -0" on a card, no lora_alpha -0.0 in an export
 
 
 def scaled(model, strength: float):
@@ -221,10 +228,13 @@ def write_model_card(path: Path, info: dict) -> Path:
         "",
         "| | |",
         "|---|---|",
-        f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}, {info.get('precision', '')} compute) |",
+        f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}, "
+        f"{info.get('precision', '')} compute) |",
         f"| precision | {info.get('precision_reason', '')} |",
-        f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, sha256 {str(info.get('constitution_hash', ''))[:12]} |",
-        f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set {info.get('prompt_set', '')!r} |",
+        f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, "
+        f"sha256 {str(info.get('constitution_hash', ''))[:12]} |",
+        f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set "
+        f"{info.get('prompt_set', '')!r} |",
         *(
             [f"| held-out categories | {', '.join(info['heldout_categories'])} (never trained on) |"]
             if info.get("heldout_categories")
@@ -278,6 +288,26 @@ def export(
     if merged:
         card.write_text(card.read_text().replace("library_name: peft", "library_name: transformers"))
     return out_dir
+
+
+def export_run(store, run_id: int, out_dir, *, merged: bool = False, strength: float = 1.0) -> dict:
+    """``export`` of training run ``run_id``'s adapter, with the model it was trained on; AdapterError
+    when the run has no finished adapter. Returns what was written: run, path, merged, strength."""
+    from .models import default_models_dir
+
+    job, adapter = store.get_job(run_id), run_adapter(store, run_id)
+    if job["kind"] != "train" or not adapter.is_dir():
+        raise AdapterError(f"job {run_id} has no finished adapter to export (a {job['kind']} job, {job['state']})")
+    strength = check_strength(strength)
+    out = export(
+        adapter,
+        out_dir,
+        merged=merged,
+        strength=strength,
+        model_spec=job["config"].get("model") or None,
+        models_dir=default_models_dir(store.home),
+    )
+    return {"run": run_id, "path": str(out), "merged": merged, "strength": strength}
 
 
 def _scale_config(path: Path, strength: float) -> None:

@@ -3,80 +3,59 @@
     ctxdistill serve                      # the web app on http://127.0.0.1:7860
     ctxdistill preview --constitution assets/constitutions/pirate.yaml --prompt "Hi" --json
 
-Each sub-command is a function ``cmd_<name>(args) -> int`` registered with ``@command(name, help, flags)``;
-errors that a user can fix are raised as ``UserError``. Every failure, a bad flag included, is printed as
-one line ``error: ...`` (hub tokens redacted) with exit status 2, never as a traceback.
+Each sub-command is a function ``cmd_<name>(args) -> int`` registered with ``@command(name, help, flags)``:
+it parses its flags, calls the library and prints. Failures are handled in one place, ``main``: the
+library's domain errors (``DOMAIN_ERRORS``: a bad constitution, config, run, model, adapter, import file
+or store request), the environment's (``OSError``: a full disk, the hub) and a bad flag are printed as one
+line ``error: ...`` (hub tokens redacted, user input quoted by a short prefix) with exit status 2. Anything
+else is a bug: its traceback is printed, then one line saying so.
 
-It runs over 450 lines because it is one short function per sub-command with its flags beside it;
-splitting it would part a command from its flags.
+Renamed flags (``RENAMED_FLAGS``) still work for now, with a warning on stderr; ``--help`` lists them.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import signal
 import sys
+import traceback
 from dataclasses import fields
 
-_COMMANDS: list[tuple[str, str, object, object]] = []
+from ctxdistill.adapters import AdapterError
+from ctxdistill.constitution import ConstitutionError
+from ctxdistill.evaluate import EvalConfig, EvalError
+from ctxdistill.flags import RENAMED_FLAGS, Parser, add_dataclass_flags, dataclass_from_args, whole_number
+from ctxdistill.generate import GenerateConfig
+from ctxdistill.models import ModelError, default_models_dir, hub_message
+from ctxdistill.revise import ReviseConfig
+from ctxdistill.safety import quote, redact
+from ctxdistill.sampling import SamplingConfig
+from ctxdistill.store import StoreError
+from ctxdistill.train_config import TrainConfig, TrainError
+
+_COMMANDS: list[tuple[str, str, object, object, bool]] = []
 
 
 class UserError(Exception):
-    """Bad input: printed as one clear line, exit status 2."""
+    """A flag or a combination of flags the command refuses: printed as one clear line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's errors as one line, like every other failure of the command."""
-
-    def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
+# Errors that say what is wrong with the user's input or workspace, in their own words: one line, exit 2.
+# ValueError is how every config's ``validate`` refuses a value (so are ConstitutionError, ImportFileError,
+# the models' ContextError, safety's UnsafeInput and demo's DemoLimit).
+DOMAIN_ERRORS = (UserError, StoreError, ConstitutionError, TrainError, EvalError, ModelError, AdapterError, ValueError)
 
 
-def command(name: str, help: str, configure=None):
-    """Register ``fn(args) -> int`` as a sub-command; ``configure(parser)`` adds its flags."""
+def command(name: str, help: str, configure=None, job: bool = False):
+    """Register ``fn(args) -> int`` as a sub-command; ``configure(parser)`` adds its flags; a ``job``
+    command also gets ``--detach``."""
 
     def wrap(fn):
-        _COMMANDS.append((name, help, configure or (lambda parser: None), fn))
+        _COMMANDS.append((name, help, configure or (lambda parser: None), fn, job))
         return fn
 
     return wrap
-
-
-# One name for the prompt set on every command; the older spellings still work.
-PROMPT_SET_FLAGS = ("--prompt-set", "--set-name", "--set", "--prompts")
-
-
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per dataclass field, its help text taken from the field's metadata."""
-    for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in ("set_name", "prompt_set"):
-            parser.add_argument(
-                *PROMPT_SET_FLAGS, dest=f.name, default=None, help=f"{f.metadata.get('help', '')} (default {f.default})"
-            )
-            continue
-        kind = type(f.default) if f.default is not None and not callable(f.default) else str
-        if kind is bool:
-            parser.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata.get("help", "")
-            )
-        else:
-            parser.add_argument(
-                flag, type=kind, default=None, help=f"{f.metadata.get('help', '')} (default {f.default})"
-            )
-
-
-def dataclass_from_args(cls, args, **overrides):
-    """Build ``cls`` from the flags that were given, leaving the others at their defaults."""
-    values = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
-    values.update(overrides)
-    return cls(**values)
 
 
 def emit(args, payload: dict, human: str) -> None:
@@ -95,27 +74,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def load_constitution_file(path: str):
-    from ctxdistill.constitution import ConstitutionError, ensure_valid, load
+    from ctxdistill.constitution import ensure_valid, load
 
-    try:
-        return ensure_valid(load(path))
-    except ConstitutionError as exc:
-        raise UserError(f"{path}: {exc}")
+    return ensure_valid(load(path))
 
 
-def load_model_or_fail(args, **kwargs):
-    from ctxdistill.models import ModelError, load_model_cached
+def load_model(args):
+    """The ``--model`` (cached for this process), converted checkpoints kept in the workspace's models dir."""
+    from ctxdistill.models import load_model_cached
 
-    try:
-        return load_model_cached(args.model, models_dir=_models_dir(args), **kwargs)
-    except ModelError as exc:
-        raise UserError(str(exc))
-
-
-def _models_dir(args):
-    from ctxdistill.models import default_models_dir
-
-    return default_models_dir(args.workspace)
+    return load_model_cached(args.model, models_dir=default_models_dir(args.workspace))
 
 
 def open_store(args):
@@ -129,14 +97,12 @@ def open_store(args):
 
 def _serve_flags(p):
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=whole_number, default=7860)
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
 
 
 @command("serve", "start the web app", _serve_flags)
 def cmd_serve(args) -> int:
-    import os
-
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be between 1 and 65535, not {args.port}")
     if args.workspace:
@@ -151,12 +117,9 @@ def cmd_serve(args) -> int:
 
 @command("prepare", "make the default model ready offline (convert the embedded GGUF once)")
 def cmd_prepare(args) -> int:
-    from ctxdistill.models import ModelError, local_checkpoint
+    from ctxdistill.models import local_checkpoint
 
-    try:
-        path = local_checkpoint(args.model, _models_dir(args))
-    except ModelError as exc:
-        raise UserError(str(exc))
+    path = local_checkpoint(args.model, default_models_dir(args.workspace))
     emit(args, {"checkpoint": path}, f"model ready: {path}")
     return 0
 
@@ -175,40 +138,17 @@ def _info_flags(p):
 )
 def cmd_info(args) -> int:
     from ctxdistill import estimate
-    from ctxdistill.models import ModelError
     from ctxdistill.precision import facts, policy
 
-    try:
-        chosen = policy(None, args.quantize, args.precision)
-    except ValueError as exc:
-        raise UserError(str(exc))
-    out = {**facts(), "precision": chosen.to_dict()}
+    out = {**facts(), "precision": policy(None, args.quantize, args.precision).to_dict()}
     if not args.no_measure:
-        try:
-            cal = estimate.calibrate(
-                args.model, quantize=args.quantize, precision=args.precision, models_dir=_models_dir(args)
-            )
-        except ModelError as exc:
-            raise UserError(str(exc))
+        cal = estimate.calibrate(
+            args.model, quantize=args.quantize, precision=args.precision, models_dir=default_models_dir(args.workspace)
+        )
         out["calibration"] = cal.to_dict()
-        out["default_run"] = default_run_estimate(open_store(args), cal)
+        out["default_run"] = estimate.default_run(open_store(args), cal)
     emit(args, out, info_text(out))
     return 0
-
-
-def default_run_estimate(store, cal) -> dict:
-    """Predicted seconds per phase of ``ctxdistill train`` with its defaults on the shipped prompt set."""
-    from ctxdistill import estimate
-    from ctxdistill.train import TrainConfig
-
-    cfg = TrainConfig()
-    n_train, n_heldout = estimate.run_size(cfg, store)
-    return {
-        "steps": cfg.steps,
-        "n_train": n_train,
-        "n_heldout": n_heldout,
-        "seconds": estimate.predict_train(cal, cfg, n_train, n_heldout),
-    }
 
 
 def info_text(out: dict) -> str:
@@ -220,7 +160,8 @@ def info_text(out: dict) -> str:
         f"CPU           {out['cpu_model']} · {out['cores']} cores, {out['torch_threads']} torch threads",
         f"CPU ISA       ATen {out['cpu_capability']}"
         + (f" · oneDNN max {out['onednn_max_isa']}" if out["onednn_max_isa"] else "")
-        + f" · bf16 flags: {', '.join(out['cpu_bf16_flags']) or 'none'} · native bf16: {'yes' if out['native_bf16'] else 'no'}",
+        + f" · bf16 flags: {', '.join(out['cpu_bf16_flags']) or 'none'}"
+        + f" · native bf16: {'yes' if out['native_bf16'] else 'no'}",
         "versions      " + ", ".join(f"{k} {v[k] or '-'}" for k in v),
         f"precision     {out['precision']['label']}: {out['precision']['reason']}",
     ]
@@ -228,7 +169,8 @@ def info_text(out: dict) -> str:
         c, run = out["calibration"], out["default_run"]
         sec = run["seconds"]
         lines += [
-            f"measured      training step (8 answers x 40 tokens) {c['step_s']:.2f} s · scoring pass {c['score_s']:.2f} s"
+            f"measured      training step (8 answers x 40 tokens) {c['step_s']:.2f} s"
+            f" · scoring pass {c['score_s']:.2f} s"
             f" · sampling step (64 rows) {c['decode_s'] * 1000:.0f} ms · model load {c['load_s']:.1f} s",
             f"default run   ~{duration(sec['total'])} ({run['steps']} steps on {run['n_train']} train prompts): "
             + ", ".join(f"{k} {duration(v)}" for k, v in sec.items() if k != "total"),
@@ -237,28 +179,24 @@ def info_text(out: dict) -> str:
 
 
 def _preview_flags(p):
-    from ctxdistill.sampling import SamplingConfig
-
     p.add_argument("--constitution", required=True, help="YAML or JSON constitution file")
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several)")
-    p.add_argument("--samples", type=int, default=1, help="samples per prompt")
+    p.add_argument("--samples", type=whole_number, default=1, help="samples per prompt")
     add_dataclass_flags(p, SamplingConfig, skip=("n",))
 
 
 @command("preview", "answers with and without the constitution, and the mean per-token KL between them", _preview_flags)
 def cmd_preview(args) -> int:
     from ctxdistill.constitution import render
-    from ctxdistill.sampling import SamplingConfig, preview
+    from ctxdistill.models import check_fits
+    from ctxdistill.sampling import preview
 
     constitution = load_constitution_file(args.constitution)
-    try:
-        cfg = dataclass_from_args(SamplingConfig, args, n=args.samples).validate()
-    except ValueError as exc:
-        raise UserError(str(exc))
+    cfg = dataclass_from_args(SamplingConfig, args, n=args.samples).validate()
     if any(not p.strip() for p in args.prompt):
         raise UserError("the prompt is empty")
-    model, tokenizer = load_model_or_fail(args)
-    check_context(render(constitution), tokenizer, model, cfg.max_new_tokens)
+    model, tokenizer = load_model(args)
+    check_fits(model, tokenizer, render(constitution), cfg.max_new_tokens)
     result = preview(model, tokenizer, render(constitution), args.prompt, cfg)
     human = (
         "\n\n".join(
@@ -271,33 +209,26 @@ def cmd_preview(args) -> int:
     return 0
 
 
-def check_context(system: str, tokenizer, model, max_new_tokens: int) -> int:
-    """Raise UserError if the rendered constitution leaves no room for a prompt and an answer."""
-    from ctxdistill.models import ContextError, check_fits
-
-    try:
-        return check_fits(model, tokenizer, system, max_new_tokens)
-    except ContextError as exc:
-        raise UserError(str(exc))
-
-
 def constitution_version(store, spec: str, owner: str = "") -> int:
     """A constitution version id from ``spec``: a version number, or a file saved as a new version."""
     from ctxdistill.constitution import content_hash, to_dict
     from ctxdistill.store import NotFound
 
     if spec.isdigit():
+        version = int(spec) if len(spec) <= 18 else 0  # a longer one is beyond SQLite's INTEGER: none
         try:
-            return store.get_constitution(int(spec))["id"]
+            return store.get_constitution(version)["id"]
         except NotFound:
-            raise UserError(f"no constitution version {spec} in this workspace")
+            raise UserError(
+                f"no constitution version {spec if version else quote(spec, 20)} in this workspace"
+            ) from None
     c = load_constitution_file(spec)
     return store.save_constitution(c.name, to_dict(c), content_hash(c), message=f"from {spec}", owner=owner)
 
 
 def _import_flags(p):
     p.add_argument("source", help="CSV, JSONL, JSON, TXT or Parquet file, a datasets directory, or a hub id")
-    p.add_argument(*PROMPT_SET_FLAGS, dest="set_name", required=True, help="prompt set to add to (created if new)")
+    p.add_argument("--prompt-set", required=True, help="prompt set to add to (created if new)")
     p.add_argument("--column", help="column holding the prompt (default: text, prompt, instruction, question...)")
     p.add_argument("--split-column", help="column holding train/heldout (default: a 'split' column if any)")
     p.add_argument("--category-column", help="column holding a category")
@@ -320,43 +251,40 @@ def cmd_import(args) -> int:
     from ctxdistill import curate, prompts
 
     store = open_store(args)
-    try:
-        if args.recipe:
-            result = curate.import_recipe_dataset(store, args.source, args.set_name, fmt=args.format)
-            human = (
-                f"imported {result['samples']} samples ({result['rounds']} revision rounds) into set "
-                f"{result['set']!r} under constitution version {result['constitution_id']}"
-            )
-        else:
-            result = prompts.import_prompts(
-                store,
-                args.set_name,
-                args.source,
-                column=args.column,
-                split_column=args.split_column,
-                category_column=args.category_column,
-                heldout_fraction=args.heldout_fraction,
-                fmt=args.format,
-            )
-            human = (
-                f"{result['added']} prompts added to {result['set']!r} ({result['duplicates']} duplicates, "
-                f"{result['empty']} empty skipped); the set has {result['n_train']} train, "
-                f"{result['n_heldout']} held-out"
-            )
-    except (prompts.ImportFileError, ValueError) as exc:
-        raise UserError(str(exc))
+    if args.recipe:
+        result = curate.import_recipe_dataset(store, args.source, args.prompt_set, fmt=args.format)
+        human = (
+            f"imported {result['samples']} samples ({result['rounds']} revision rounds) into set "
+            f"{result['set']!r} under constitution version {result['constitution_id']}"
+        )
+    else:
+        result = prompts.import_prompts(
+            store,
+            args.prompt_set,
+            args.source,
+            column=args.column,
+            split_column=args.split_column,
+            category_column=args.category_column,
+            heldout_fraction=args.heldout_fraction,
+            fmt=args.format,
+        )
+        human = (
+            f"{result['added']} prompts added to {result['set']!r} ({result['duplicates']} duplicates, "
+            f"{result['empty']} empty skipped); the set has {result['n_train']} train, "
+            f"{result['n_heldout']} held-out"
+        )
     emit(args, result, human)
     return 0
 
 
 def _job_flags(cls):
-    def configure(p):
-        from ctxdistill.sampling import SamplingConfig
+    """The flags of a sampling job: its constitution, its config's fields and the sampling settings it leaves
+    to the user."""
 
+    def configure(p):
         p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
         add_dataclass_flags(p, cls, skip=("constitution_id", "model", "owner", "sampling"))
-        add_dataclass_flags(p, SamplingConfig, skip=("n",) if cls.__name__ == "ReviseConfig" else ())
-        p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
+        add_dataclass_flags(p, SamplingConfig, skip=cls.fixed_sampling)
 
     return configure
 
@@ -364,29 +292,15 @@ def _job_flags(cls):
 def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -> int:
     """Submit a job (or resume job ``resume``); unless --detach, follow its progress on stderr (Ctrl-C
     cancels it) and print its result."""
-    import time
-
     from ctxdistill import jobs
+    from ctxdistill.foreground import follow
 
     store = open_store(args)
-    try:
-        job_id = jobs.resume(store, resume) if resume is not None else jobs.submit(store, kind, config)
-    except jobs.StoreError as exc:
-        raise UserError(str(exc))
+    job_id = jobs.resume(store, resume) if resume is not None else jobs.submit(store, kind, config)
     if args.detach:
         emit(args, {"job_id": job_id}, f"job {job_id} started; follow it in the web app or with the store")
         return 0
-    last = None
-    try:
-        with _interrupted_by(signal.SIGTERM, signal.SIGHUP):
-            while (job := jobs.get(store, job_id))["state"] not in ("done", "failed", "cancelled"):
-                if job["message"] != last and not args.json:
-                    print(f"job {job_id}: {job['message'] or job['state']}", file=sys.stderr)
-                    last = job["message"]
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        stop_job(store, job_id)
-        raise
+    job = follow(store, job_id, say=(lambda message: None) if args.json else lambda m: print(m, file=sys.stderr))
     if job["state"] != "done":
         raise UserError(
             f"job {job_id} {job['state']}: {job['error'] or job['message']} "
@@ -396,74 +310,21 @@ def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -
     return 0
 
 
-STOP_GRACE_S = 60.0  # a job checks for cancel between steps; a step of a slow CPU can take this long
-
-
-@contextlib.contextmanager
-def _interrupted_by(*signals):
-    """SIGTERM and SIGHUP to a foreground command (``timeout``, a closed terminal) do what Ctrl-C
-    does: the job is cancelled, what it finished is kept, and it can be resumed. Without this the
-    command would die and leave its worker running with nobody waiting for it (``--detach`` is the
-    way to leave a job running)."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, interrupt) for sig in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def stop_job(store, job_id: int) -> None:
-    """Cancel a followed job and wait until its worker stopped (killed after the grace period). A
-    second interrupt while waiting kills it at once; either way no worker is left behind."""
-    import time
-
-    from ctxdistill import jobs
-
-    print(f"stopping job {job_id} (it stops at its next step; interrupt again to kill it now)…", file=sys.stderr)
-    jobs.cancel(store, job_id, grace_s=STOP_GRACE_S)
-    try:
-        with _interrupted_by(signal.SIGTERM, signal.SIGHUP):
-            job = jobs.wait(store, job_id, timeout=STOP_GRACE_S + 10)
-    except (KeyboardInterrupt, TimeoutError):
-        jobs.cancel(store, job_id, grace_s=0)  # the grace is over: refresh kills the worker
-        time.sleep(0.01)
-        jobs.refresh(store)
-        job = store.get_job(job_id)
-    # the worker marks its job before it exits: wait for the process too, so none is left behind
-    deadline = time.monotonic() + 10
-    while job["pid"] and jobs.worker_alive(job["pid"], job_id) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if job["pid"] and jobs.worker_alive(job["pid"], job_id):
-        jobs.kill_worker(job["pid"], job_id)
-    print(f"job {job_id} {job['state']}: {job['message']}; resume it to finish the rest", file=sys.stderr)
-
-
 def _config(cls, args, **overrides):
-    from ctxdistill.sampling import SamplingConfig
-
+    """A sampling job's config from its flags, validated (ValueError names every problem)."""
     sampling = {
         f.name: getattr(args, f.name) for f in fields(SamplingConfig) if getattr(args, f.name, None) is not None
     }
-    try:
-        return dataclass_from_args(cls, args, model=args.model or "", sampling=sampling, **overrides).validate()
-    except ValueError as exc:
-        raise UserError(str(exc))
+    return dataclass_from_args(cls, args, model=args.model or "", sampling=sampling, **overrides).validate()
 
 
-def _generate_flags(p):
-    from ctxdistill.generate import GenerateConfig
-
-    _job_flags(GenerateConfig)(p)
-
-
-@command("generate", "sample the teacher's answers (and unprompted ones) for a prompt set", _generate_flags)
+@command(
+    "generate",
+    "sample the teacher's answers (and unprompted ones) for a prompt set",
+    _job_flags(GenerateConfig),
+    job=True,
+)
 def cmd_generate(args) -> int:
-    from ctxdistill.generate import GenerateConfig
     from ctxdistill.prompts import ensure_default_prompts, select_prompts
 
     store = open_store(args)
@@ -471,7 +332,7 @@ def cmd_generate(args) -> int:
     cfg = _config(GenerateConfig, args, constitution_id=constitution_version(store, args.constitution))
     if not select_prompts(store, cfg.set_name, search=cfg.search, category=cfg.category, limit=cfg.limit):
         raise UserError(
-            f"prompt set {cfg.set_name!r} has no train prompts matching the filters "
+            f"prompt set {quote(cfg.set_name)} has no train prompts matching the filters "
             f"(sets: {', '.join(s['name'] for s in store.prompt_sets()) or 'none'})"
         )
     return run_job(
@@ -485,16 +346,13 @@ def cmd_generate(args) -> int:
     )
 
 
-def _revise_flags(p):
-    from ctxdistill.revise import ReviseConfig
-
-    _job_flags(ReviseConfig)(p)
-
-
-@command("revise", "critique and revise samples with the constitution's principles (SL-CAI)", _revise_flags)
+@command(
+    "revise",
+    "critique and revise samples with the constitution's principles (SL-CAI)",
+    _job_flags(ReviseConfig),
+    job=True,
+)
 def cmd_revise(args) -> int:
-    from ctxdistill.revise import ReviseConfig
-
     store = open_store(args)
     cfg = _config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
     if not store.count_samples(
@@ -502,7 +360,7 @@ def cmd_revise(args) -> int:
     )["total"]:
         raise UserError(
             f"constitution version {cfg.constitution_id} has no {cfg.status or ''} samples"
-            f"{' in set ' + repr(cfg.set_name) if cfg.set_name else ''} to revise: run generate first"
+            f"{' in set ' + quote(cfg.set_name) if cfg.set_name else ''} to revise: run generate first"
         )
     return run_job(
         args,
@@ -518,10 +376,10 @@ def _export_flags(p):
     p.add_argument("--constitution", help="constitution version id (or file) whose samples to export")
     p.add_argument("--format", choices=EXPORT_FORMATS, default="messages", help="output form (default messages)")
     p.add_argument("--out", required=True, help="output file (a directory for the datasets format or a run)")
-    p.add_argument(*PROMPT_SET_FLAGS, dest="set_name", help="only samples of this prompt set")
+    p.add_argument("--prompt-set", help="only samples of this prompt set")
     p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
     p.add_argument(
-        "--run", type=int, help="export this training run's adapter (with its model card) instead of samples"
+        "--run", type=whole_number, help="export this training run's adapter (with its model card) instead of samples"
     )
     p.add_argument(
         "--merged", action="store_true", help="with --run: the base model with the adapter merged in (bfloat16)"
@@ -533,63 +391,28 @@ def _export_flags(p):
     )
 
 
-def _export_run(args, store) -> int:
-    from ctxdistill import adapters
-    from ctxdistill.store import StoreError
-
-    try:
-        job = store.get_job(args.run)
-    except StoreError as exc:
-        raise UserError(str(exc))
-    adapter = store.runs_dir / str(args.run) / "adapter"
-    if job["kind"] != "train" or not adapter.is_dir():
-        raise UserError(f"job {args.run} has no finished adapter to export (a {job['kind']} job, {job['state']})")
-    try:
-        strength = 1.0 if args.strength is None else args.strength
-        out = adapters.export(
-            adapter,
-            args.out,
-            merged=args.merged,
-            strength=strength,
-            model_spec=job["config"].get("model") or None,
-            models_dir=_models_dir(args),
-        )
-    except adapters.AdapterError as exc:
-        raise UserError(str(exc))
-    emit(
-        args,
-        {"run": args.run, "path": str(out), "merged": args.merged, "strength": strength},
-        f"run {args.run} exported to {out} ({'merged model' if args.merged else 'peft adapter'}, strength {strength:g})",
-    )
-    return 0
-
-
 @command(
     "export",
     "export the accepted samples as JSONL, CSV or a datasets dataset, or a run's adapter (--run)",
     _export_flags,
 )
 def cmd_export(args) -> int:
+    from ctxdistill import adapters
     from ctxdistill.curate import export
 
     store = open_store(args)
     if args.run is not None:
-        return _export_run(args, store)
+        strength = 1.0 if args.strength is None else args.strength
+        done = adapters.export_run(store, args.run, args.out, merged=args.merged, strength=strength)
+        kind = "merged model" if args.merged else "peft adapter"
+        emit(args, done, f"run {args.run} exported to {done['path']} ({kind}, strength {done['strength']:g})")
+        return 0
     if args.merged or args.strength is not None:
         raise UserError("--merged and --strength apply to a run's adapter: add --run RUN")
     if not args.constitution:
         raise UserError("--constitution is required (or --run RUN to export a run's adapter)")
-    try:
-        result = export(
-            store,
-            constitution_version(store, args.constitution),
-            args.format,
-            args.out,
-            set_name=args.set_name,
-            hub_id=args.hub_id,
-        )
-    except ValueError as exc:
-        raise UserError(str(exc))
+    cid = constitution_version(store, args.constitution)
+    result = export(store, cid, args.format, args.out, set_name=args.prompt_set, hub_id=args.hub_id)
     counts = result["counts"]
     emit(
         args,
@@ -602,14 +425,11 @@ def cmd_export(args) -> int:
 
 
 def _train_flags(p):
-    from ctxdistill.train import TrainConfig
-
     p.add_argument("--constitution", help="constitution file, or a version id in the workspace (not with --resume)")
     add_dataclass_flags(p, TrainConfig, skip=("constitution_id", "model", "owner"))
     p.add_argument(
-        "--resume", type=int, metavar="RUN", help="continue a stopped or failed run from its last checkpoint"
+        "--resume", type=whole_number, metavar="RUN", help="continue a stopped or failed run from its last checkpoint"
     )
-    p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
 
 
 def _train_summary(r: dict) -> str:
@@ -624,79 +444,42 @@ def _train_summary(r: dict) -> str:
     "train",
     "distil the constitution into a LoRA adapter (prints the run id and the held-out KL before and after)",
     _train_flags,
+    job=True,
 )
 def cmd_train(args) -> int:
     from ctxdistill import train
-    from ctxdistill.store import StoreError
 
     if args.resume is None and not args.constitution:
         raise UserError("--constitution is required (or --resume RUN to continue a run)")
     store = open_store(args)
     if args.resume is not None:
-        try:
-            config = store.get_job(args.resume)["config"]
-        except StoreError as exc:
-            raise UserError(str(exc))
+        config = store.get_job(args.resume)["config"]
     else:
-        try:
-            cfg = dataclass_from_args(
-                train.TrainConfig,
-                args,
-                model=args.model or "",
-                constitution_id=constitution_version(store, args.constitution),
-            )
-            train.check_start(store, cfg)
-            config = cfg.to_dict()
-        except train.TrainError as exc:
-            raise UserError(str(exc))
-    accelerator = train._setup_accelerator()
-    if accelerator.num_processes > 1:
-        return _train_distributed(args, store, accelerator, config)
-    return run_job(args, "train", config, _train_summary, resume=args.resume)
-
-
-def _train_distributed(args, store, accelerator, config: dict) -> int:
-    """Under ``accelerate launch``: the main process records the run as a job, every process trains its share."""
-    from accelerate.utils import broadcast_object_list
-
-    from ctxdistill import jobs, train
-
-    job_id = [args.resume or (store.create_job("train", config, heavy=True) if accelerator.is_main_process else None)]
-    job_id = broadcast_object_list(job_id)[0]
-    if accelerator.is_main_process:
-        if args.resume:
-            store.update_job(
-                job_id, if_state=("failed", "cancelled"), state="queued", error=None, cancel_requested=False
-            )
-        jobs.run_inline(store, job_id)
-        job = store.get_job(job_id)
-    else:
-        train.run(train.TrainConfig.from_dict(config), store, store.runs_dir / str(job_id), accelerator=accelerator)
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
+        cfg = dataclass_from_args(
+            TrainConfig, args, model=args.model or "", constitution_id=constitution_version(store, args.constitution)
+        )
+        train.check_start(store, cfg)
+        config = cfg.to_dict()
+    accelerator = train.setup_accelerator()
+    if accelerator.num_processes == 1:
+        return run_job(args, "train", config, _train_summary, resume=args.resume)
+    job = train.run_distributed(store, config, accelerator, resume=args.resume)
+    if job is None:  # not the main process: the main one reports
         return 0
     if job["state"] != "done":
-        raise UserError(f"run {job_id} {job['state']}: {job['error'] or job['message']}")
+        raise UserError(f"run {job['id']} {job['state']}: {job['error'] or job['message']}")
     emit(
         args,
-        {"job_id": job_id, "processes": accelerator.num_processes, **job["result"]},
+        {"job_id": job["id"], "processes": accelerator.num_processes, **job["result"]},
         _train_summary(job["result"]) + f" ({accelerator.num_processes} processes)",
     )
     return 0
 
 
 def _eval_flags(p):
-    from ctxdistill.evaluate import EvalConfig
-
     p.add_argument("--constitution", required=True, help="constitution file, or a version id in the workspace")
     p.add_argument(
-        "--run", type=int, action="append", required=True, help="training run (job id) to score; repeat for several"
-    )
-    p.add_argument(
-        *PROMPT_SET_FLAGS,
-        dest="prompts",
-        default="default",
-        help="prompt set whose held-out prompts are scored (default: default)",
+        "--run", type=whole_number, action="append", required=True, help="training run (job id) to score; repeat"
     )
     p.add_argument(
         "--category",
@@ -704,9 +487,8 @@ def _eval_flags(p):
         dest="categories",
         help="score only the held-out prompts of this category; repeat for several",
     )
-    add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "prompt_set", "categories", "model", "owner"))
+    add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "categories", "model", "owner"))
     p.add_argument("--report", help="also write the report: a .md, .html or .json file")
-    p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
 
 
 def _eval_summary(r: dict) -> str:
@@ -721,7 +503,8 @@ def _eval_summary(r: dict) -> str:
     )
     return (
         f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
-        f"{'capability: ' if capability else ''}{capability}KL(teacher‖base) {r['kl_base']:.4f} -> KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
+        f"{'capability: ' if capability else ''}{capability}KL(teacher‖base) {r['kl_base']:.4f} -> "
+        f"KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
         f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
         f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
         f"{ret['nll_student']:.3f}; checks: {checks or 'none'}"
@@ -730,28 +513,27 @@ def _eval_summary(r: dict) -> str:
 
 @command(
     "eval",
-    "score trained runs against the teacher on held-out prompts (capability, KL gap closed, checks, retention, robustness)",
+    "score trained runs against the teacher on held-out prompts (capability, KL gap closed, checks, retention, "
+    "robustness)",
     _eval_flags,
+    job=True,
 )
 def cmd_eval(args) -> int:
-    from ctxdistill import evaluate, report
+    from ctxdistill import report
+    from ctxdistill.evaluate import plan
 
     store = open_store(args)
-    try:
-        cfg = dataclass_from_args(
-            evaluate.EvalConfig,
-            args,
-            constitution_id=constitution_version(store, args.constitution),
-            runs=args.run,
-            prompt_set=args.prompts,
-            categories=args.categories or [],
-            model=args.model or "",
-        )
-        evaluate.plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
-    except evaluate.EvalError as exc:
-        raise UserError(str(exc))
+    cfg = dataclass_from_args(
+        EvalConfig,
+        args,
+        constitution_id=constitution_version(store, args.constitution),
+        runs=args.run,
+        categories=args.categories or [],
+        model=args.model or "",
+    )
+    plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
     if args.report and not args.report.endswith((".md", ".html", ".json")):
-        raise UserError(f"--report must name a .md, .html or .json file, not {args.report}")
+        raise UserError(f"--report must name a .md, .html or .json file, not {quote(args.report)}")
     code = run_job(args, "evaluate", cfg.to_dict(), _eval_summary)
     if args.report and not args.detach:
         ev = store.list_evals()[0]  # the one just stored
@@ -763,14 +545,11 @@ def cmd_eval(args) -> int:
 def _influence_flags(p):
     p.add_argument("--constitution", required=True, help="YAML or JSON constitution file")
     p.add_argument(
-        *PROMPT_SET_FLAGS,
-        dest="prompts",
-        default="default",
-        help="prompt set whose held-out prompts are used (default: default)",
+        "--prompt-set", default="default", help="prompt set whose held-out prompts are used (default: default)"
     )
-    p.add_argument("--n", type=int, default=8, help="number of prompts (default 8)")
-    p.add_argument("--sample-tokens", type=int, default=40, help="tokens per teacher answer (default 40)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=whole_number, default=8, help="number of prompts (default 8)")
+    p.add_argument("--sample-tokens", type=whole_number, default=40, help="tokens per teacher answer (default 40)")
+    p.add_argument("--seed", type=whole_number, default=0)
 
 
 @command("influence", "how much each principle changes the teacher: KL with it vs without it", _influence_flags)
@@ -781,10 +560,10 @@ def cmd_influence(args) -> int:
     constitution = load_constitution_file(args.constitution)
     store = open_store(args)
     ensure_default_prompts(store)
-    prompts = [p["text"] for p in store.get_prompts(args.prompts, split="heldout")][: max(1, args.n)]
+    prompts = [p["text"] for p in store.get_prompts(args.prompt_set, split="heldout")][: max(1, args.n)]
     if not prompts:
-        raise UserError(f"prompt set {args.prompts!r} has no held-out prompts")
-    model, tokenizer = load_model_or_fail(args)
+        raise UserError(f"prompt set {quote(args.prompt_set)} has no held-out prompts")
+    model, tokenizer = load_model(args)
     rows = evaluate.influence(model, tokenizer, constitution, prompts, sample_tokens=args.sample_tokens, seed=args.seed)
     human = "\n".join(f"{r['value']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]  {r['principle']}" for r in rows)
     emit(args, {"prompts": len(prompts), "influence": rows}, human + f"\n(KL nats/token over {len(prompts)} prompts)")
@@ -852,32 +631,47 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ctxdistill", description="Write a constitution and distil it into the weights.")
+    renames = ", ".join(f"{old} (now {new})" for old, new in RENAMED_FLAGS.items())
+    parser = Parser(
+        prog="ctxdistill",
+        description="Write a constitution and distil it into the weights.",
+        epilog=f"Renamed flags still accepted for now, with a warning: {renames}.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help, configure, fn in _COMMANDS:
+    for name, help, configure, fn, job in _COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
         _common(p)
         configure(p)
+        if job:
+            p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")
         p.set_defaults(func=fn)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ctxdistill.safety import redact
-    from ctxdistill.store import StoreError
+def failure(exc: BaseException) -> str:
+    """The one line a failure is told in: a domain error's own message, the hub's answer and what to do,
+    or an environment error (OSError) with its kind; hub tokens redacted."""
+    if isinstance(exc, DOMAIN_ERRORS):
+        text = str(exc)
+    else:
+        text = hub_message(exc) or f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()))
 
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         allow_remote_code(args.trust_remote_code)
         return args.func(args)
-    except (UserError, StoreError) as exc:
-        print(f"error: {redact(str(exc))}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # anything else (a full disk, a hub error) is still one line, not a traceback
-        print(f"error: {redact(f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
+    except (*DOMAIN_ERRORS, OSError) as exc:
+        print(f"error: {failure(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: its traceback is what a report of it needs
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        print(f"error: internal error ({failure(exc)}); please report it with the traceback above", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from .safety import quote
+
 
 class StageConfig:
     """Base for the per-stage config dataclasses (generate, revise, train, evaluate)."""
@@ -15,7 +17,7 @@ class StageConfig:
     def from_dict(cls, d: dict):
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise cls.error(f"unknown {cls.what}(s): {', '.join(sorted(unknown))}")
+            raise cls.error(f"unknown {cls.what}(s): {quote(', '.join(sorted(unknown)))}")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -33,14 +35,12 @@ class SamplingStageConfig(StageConfig):
     )
     owner: str = field(default="", metadata={"help": "workspace owner"})
     sampling: dict = field(default_factory=dict)
+    fixed_sampling = ()  # SamplingConfig fields the stage sets itself: not the user's to choose
 
     def check_precision(self) -> None:
-        from .precision import PRECISIONS, QUANTIZE
+        from .precision import check_choices
 
-        if self.quantize not in QUANTIZE:
-            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        check_choices(self.quantize, self.precision)
 
     def sampling_config(self):
         from .sampling import SamplingConfig

@@ -148,6 +148,20 @@ def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     return {**phases, "total": sum(phases.values())}
 
 
+def default_run(store, cal: Calibration) -> dict:
+    """Predicted seconds per phase of ``ctxdistill train`` with its defaults on the shipped prompt set."""
+    from .train_config import TrainConfig
+
+    cfg = TrainConfig()
+    n_train, n_heldout = run_size(cfg, store)
+    return {
+        "steps": cfg.steps,
+        "n_train": n_train,
+        "n_heldout": n_heldout,
+        "seconds": predict_train(cal, cfg, n_train, n_heldout),
+    }
+
+
 def duration(seconds: float) -> str:
     """Seconds as a person reads them: 45 s, 3 min 20 s, 1 h 05 min."""
     seconds = int(round(seconds))

