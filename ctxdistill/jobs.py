@@ -39,11 +39,12 @@ JOB_KINDS: dict[str, str] = {
     "train": "ctxdistill.train:train_job",
     "evaluate": "ctxdistill.evaluate:evaluate_job",
     "prefs": "ctxdistill.prefs:prefs_job",
+    "dpo": "ctxdistill.dpo:dpo_job",
 }
 
 # Kinds that load the model. A function reached through an import path is
 # heavy when it has a true `heavy` attribute.
-HEAVY = {"generate", "revise", "train", "evaluate", "prefs"}
+HEAVY = {"generate", "revise", "train", "evaluate", "prefs", "dpo"}
 
 HEARTBEAT_S = 1.0
 # A heartbeat older than this only says the worker is starved of CPU (or stopped): whether it is

@@ -1,0 +1,404 @@
+"""DPO on top of a distilled run: the RL-CAI stage's training (Rafailov et al. 2023, sigmoid loss).
+
+    ctxdistill dpo --from-run 12 --beta 0.1 --steps 40 --json
+
+The run starts from run N's adapter; the reference is that run's student (the policy before
+preference training). The reference is frozen, so its log-probabilities of every pair's two
+answers are computed once, at the start, with the starting adapter, and kept in
+runs/<id>/reference.json (a resumed run reads them back, never recomputes them from an adapter
+that has since trained). It trains the adapter on the accepted pairs of the constitution version
+with ``dpo_loss``, logs dpo_loss, reward_margin and accuracy every step and the held-out KL to the
+teacher (how far the student moves from the teacher) every ``eval_every`` steps through the same
+metrics store as distillation, and checkpoints and resumes as distillation does (adapters.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import StageConfig
+from .engine import Example, TeacherStudent, heldout_kl
+
+
+class DPOError(RuntimeError):
+    """A DPO run that cannot start or go on; the message says what to change."""
+
+
+@dataclass
+class DPOConfig(StageConfig):
+    """One DPO run. Each field is also a ``ctxdistill dpo`` flag."""
+
+    error = DPOError
+    what = "DPO option"
+
+    from_run: int = field(
+        default=0, metadata={"help": "the distilled run to start from (its student is the reference)"}
+    )
+    constitution_id: int = field(
+        default=0, metadata={"help": "train on this version's accepted pairs (0 = the start run's version)"}
+    )
+    beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
+    steps: int = field(default=40, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=4, metadata={"help": "pairs per step"})
+    lr: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=2, metadata={"help": "linear warm-up steps"})
+    schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
+    max_pairs: int = field(default=0, metadata={"help": "train on at most this many accepted pairs (0 = all)"})
+    max_tokens: int = field(default=64, metadata={"help": "answer tokens kept of each side of a pair"})
+    eval_every: int = field(default=10, metadata={"help": "measure the held-out KL to the teacher every N steps"})
+    eval_prompts: int = field(default=24, metadata={"help": "held-out answers for the KL (0 = all of the start run's)"})
+    checkpoint_every: int = field(default=20, metadata={"help": "write a resumable checkpoint every N steps"})
+    kl_chunk: int = field(default=256, metadata={"help": "answer positions per full-vocabulary chunk"})
+    seed: int = field(default=0, metadata={"help": "random seed (pair order)"})
+    model: str = field(default="", metadata={"help": "model spec (empty: the start run's)"})
+    owner: str = field(default="", metadata={"help": "workspace owner"})
+
+    def validate(self) -> "DPOConfig":
+        errors = []
+        if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta > 0):
+            errors.append(f"beta must be a positive number, got {self.beta}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            errors.append(f"learning rate must be a positive number, got {self.lr}")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            errors.append(f"schedule must be cosine, linear or constant, not {self.schedule!r}")
+        for name in ("from_run", "steps", "batch_size", "max_tokens", "kl_chunk"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
+        for name in ("constitution_id", "warmup_steps", "max_pairs", "eval_every", "eval_prompts", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
+        if not (self.weight_decay >= 0 and self.max_grad_norm >= 0):
+            errors.append("weight decay and max grad norm must be 0 or more")
+        if errors:
+            raise DPOError("; ".join(errors))
+        return self
+
+
+# --------------------------------------------------------------------------- the maths
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+    label: torch.Tensor | float = 1.0,
+) -> dict:
+    """Sigmoid DPO on sequence log-probabilities (B,): with the implicit rewards
+    r = beta * (log pi(y|x) - log pi_ref(y|x)), loss = -log sigmoid(r_chosen - r_rejected).
+    A soft ``label`` (the probability that chosen is better; 1 = plain DPO) weighs in the other
+    order too: -label * log sigmoid(m) - (1 - label) * log sigmoid(-m).
+
+    Returns {"loss" (B,), "chosen_reward" (B,), "rejected_reward" (B,)}; the rewards carry no gradient."""
+    chosen = beta * (policy_chosen - reference_chosen)
+    rejected = beta * (policy_rejected - reference_rejected)
+    margin = chosen - rejected
+    label = torch.as_tensor(label, dtype=margin.dtype, device=margin.device)
+    loss = -label * F.logsigmoid(margin) - (1 - label) * F.logsigmoid(-margin)
+    return {"loss": loss, "chosen_reward": chosen.detach(), "rejected_reward": rejected.detach()}
+
+
+def sequence_logps(pair: TeacherStudent, examples: list[Example]) -> torch.Tensor:
+    """log pi(answer | prompt) of the student (adapter on, no constitution) for each example: (B,),
+    differentiable in the adapter."""
+    hs, _, targets = pair.hidden(examples, with_teacher=False)
+    token_logps = -F.cross_entropy(pair.lm_head(hs).float(), targets, reduction="none")
+    return torch.stack([part.sum() for part in token_logps.split([len(ex.answer) for ex in examples])])
+
+
+# --------------------------------------------------------------------------- refusals before a model loads
+
+
+def source_run(store, cfg: DPOConfig) -> dict:
+    """The finished run the DPO starts from, after every check that needs no model."""
+    from .adapters import run_adapter
+    from .store import NotFound
+
+    try:
+        job = store.get_job(cfg.from_run, owner=cfg.owner)
+    except NotFound:
+        raise DPOError(f"run {cfg.from_run} not found among your runs: start from a distilled run of yours") from None
+    adapter = run_adapter(store, cfg.from_run)
+    if job["kind"] not in ("train", "dpo"):
+        raise DPOError(f"job {cfg.from_run} is a {job['kind']} job, not a training run")
+    if job["state"] != "done" or not adapter.is_dir():
+        raise DPOError(f"run {cfg.from_run} has no adapter to start from (it is {job['state']}): pick a finished run")
+    old = job["config"]
+    if cfg.model and cfg.model != (old.get("model") or ""):
+        raise DPOError(
+            f"run {cfg.from_run} was trained on another base model ({old.get('model') or 'the embedded default'}, "
+            f"not {cfg.model}): start from a run of this model"
+        )
+    try:
+        shape = json.loads((adapter / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        raise DPOError(f"run {cfg.from_run}'s adapter has no readable adapter_config.json") from None
+    if "lora_r" in old and (shape.get("r"), shape.get("lora_alpha")) != (old["lora_r"], old["lora_alpha"]):
+        raise DPOError(
+            f"run {cfg.from_run}'s adapter has another LoRA shape (r {shape.get('r')}, "
+            f"alpha {shape.get('lora_alpha')}) than its run recorded (r {old['lora_r']}, alpha {old['lora_alpha']})"
+        )
+    return job
+
+
+def check_start(store, cfg: DPOConfig) -> tuple[dict, list[dict]]:
+    """(the start run's job, the accepted pairs) or DPOError, before a model loads."""
+    from . import demo
+
+    cfg.validate()
+    job = source_run(store, cfg)
+    version = cfg.constitution_id or job["config"].get("constitution_id") or 0
+    pairs = store.list_pairs(constitution_id=version, status="accepted", owner=cfg.owner)
+    if not pairs:
+        counts = store.count_pairs(constitution_id=version, owner=cfg.owner)
+        raise DPOError(
+            f"constitution version {version} has no accepted pairs ({counts['pending']} pending): make pairs with "
+            "`ctxdistill prefs` and accept some in the Review tab"
+        )
+    same = next((p for p in pairs if p["chosen"].strip() == p["rejected"].strip()), None)
+    if same:
+        raise DPOError(f"pair {same['id']} has two identical answers: reject it")
+    pairs = pairs[: cfg.max_pairs] if cfg.max_pairs else pairs
+    caps = demo.caps()
+    if caps:
+        try:
+            caps.check(steps=cfg.steps, pairs=len(pairs), batch_size=cfg.batch_size)
+        except demo.DemoLimit as exc:
+            raise DPOError(str(exc)) from None
+    return job, pairs
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def encode_pairs(tokenizer, pairs: list[dict], max_tokens: int) -> list[tuple[Example, Example, float]]:
+    """(chosen, rejected, label) examples: each answer's tokens, cut at ``max_tokens``, with the
+    end-of-turn token when it was not cut."""
+    end = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+
+    def example(prompt: str, text: str) -> Example:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        return Example(prompt, ids[:max_tokens] if len(ids) >= max_tokens else ids + [end])
+
+    return [(example(p["prompt"], p["chosen"]), example(p["prompt"], p["rejected"]), p["label"]) for p in pairs]
+
+
+@torch.no_grad()
+def reference_logps(pair: TeacherStudent, data, batch_size: int) -> torch.Tensor:
+    """(N, 2): the starting student's log-probabilities of each pair's chosen and rejected answer."""
+    was_training = pair.model.training
+    pair.model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size]
+        out.append(sequence_logps(pair, [c for c, _, _ in batch] + [r for _, r, _ in batch]).view(2, -1).T)
+    pair.model.train(was_training)
+    return torch.cat(out).double()
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps([[asdict(c), asdict(r)] for c, r, _ in data]).encode()).hexdigest()
+
+
+def frozen_reference(pair: TeacherStudent, data, batch_size: int, path: Path) -> torch.Tensor:
+    """The reference log-probabilities: from ``path`` when it holds those of this very data (a
+    resumed run), else computed now (the start of the run) and written there."""
+    digest = _digest(data)
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept["data"] == digest:
+            return torch.tensor(kept["logps"], dtype=torch.float64)
+        raise DPOError(f"{path} holds the reference of other pairs: start a new run")
+    ref = reference_logps(pair, data, batch_size)
+    path.write_text(json.dumps({"data": digest, "logps": ref.tolist()}))
+    return ref
+
+
+def heldout_examples(store, job: dict, cfg: DPOConfig, pair: TeacherStudent) -> list[Example]:
+    """The teacher's held-out answers of the start run (its data.json), or sampled now when it kept none."""
+    from types import SimpleNamespace
+
+    from .engine import sample_answers
+
+    kept = store.runs_dir / str(job["id"]) / "data.json"
+    if kept.is_file():
+        heldout = [Example(**e) for e in json.loads(kept.read_text())["heldout"]]
+    else:
+        old = job["config"]
+        prompts = [
+            r["text"] for r in store.get_prompts(old.get("prompt_set", "default"), split="heldout", owner=cfg.owner)
+        ]
+        spec = SimpleNamespace(samples_per_prompt=1, sample_tokens=old.get("sample_tokens", 40), temperature=1.0)
+        heldout = sample_answers(pair, prompts[: cfg.eval_prompts or None], spec, seed=old.get("seed", 0) + 7919)
+    return heldout[: cfg.eval_prompts] if cfg.eval_prompts else heldout
+
+
+def train_dpo(
+    cfg: DPOConfig, pair: TeacherStudent, data, heldout: list[Example], run_dir: Path, hooks, info: dict
+) -> dict:
+    """The loop: ``cfg.steps`` steps of ``batch_size`` pairs on the peft model of ``pair``, resumed from
+    the last checkpoint in ``run_dir``. Returns the run's result."""
+    from .adapters import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint, write_model_card
+    from .jobs import eta_text
+    from .train import _setup_optimizer
+
+    model = pair.model
+    ref = frozen_reference(pair, data, cfg.batch_size, run_dir / "reference.json")
+    start_ref = ref.clone()
+    params, optimizer, scheduler = _setup_optimizer(cfg, model)
+    state = {"step": 0}
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        hooks.info(f"resumed from {checkpoint.name}")
+    model.train()
+
+    def evaluate(step: int) -> float:
+        value = heldout_kl(pair, heldout, chunk=cfg.kl_chunk) if heldout else math.nan
+        hooks.log({"heldout_kl": value}, step)
+        return value
+
+    if state["step"] == 0:
+        state["kl_start"] = evaluate(0)
+    order: list[int] = []
+    started, first = time.perf_counter(), state["step"]
+    last = {}
+    for step in range(state["step"], cfg.steps):
+        if hooks.should_stop():
+            if step > 0:
+                save_checkpoint(run_dir, model, optimizer, scheduler, state)
+            hooks.info(f"stopped at step {step}; resume continues from there")
+            return {"stopped": True, "step": step}
+        t0 = time.perf_counter()
+        epoch, at = divmod(step * cfg.batch_size, len(data))
+        order = list(range(len(data)))
+        random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+        idx = [order[(at + k) % len(data)] for k in range(min(cfg.batch_size, len(data)))]
+        batch = [data[i] for i in idx]
+        logps = sequence_logps(pair, [c for c, _, _ in batch] + [r for _, r, _ in batch]).view(2, -1)
+        refs = ref[idx].to(logps)
+        labels = torch.tensor([lab for _, _, lab in batch], dtype=logps.dtype, device=logps.device)
+        out = dpo_loss(logps[0], logps[1], refs[:, 0], refs[:, 1], cfg.beta, labels)
+        loss = out["loss"].mean()
+        if not math.isfinite(float(loss.detach())):
+            raise DPOError(f"the DPO loss became {float(loss.detach())} at step {step + 1}: lower --lr or --beta")
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] = step + 1
+        margin = out["chosen_reward"] - out["rejected_reward"]
+        tokens = sum(len(c.answer) + len(r.answer) for c, r, _ in batch)
+        last = {
+            "dpo_loss": float(loss.detach()),
+            "reward_margin": float(margin.mean()),
+            "accuracy": float((margin > 0).float().mean()),
+            "reward_chosen": float(out["chosen_reward"].mean()),
+            "reward_rejected": float(out["rejected_reward"].mean()),
+            "lr": lr,
+            "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+        }
+        hooks.log(last, step + 1)
+        eta = (time.perf_counter() - started) / (step + 1 - first) * (cfg.steps - step - 1)
+        hooks.progress(
+            step + 1,
+            cfg.steps,
+            f"step {step + 1}/{cfg.steps} · dpo loss {last['dpo_loss']:.4f} · margin {last['reward_margin']:.3f} "
+            f"· ETA {eta_text(eta)}",
+        )
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            evaluate(step + 1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            save_checkpoint(run_dir, model, optimizer, scheduler, state)
+    # the reference is frozen: nothing in the loop may have touched it
+    assert torch.equal(ref, start_ref), "the reference log-probabilities changed during the run"
+    kl_end = evaluate(state["step"])
+    save_checkpoint(run_dir, model, optimizer, scheduler, state)
+    result = {
+        "stopped": False,
+        "step": state["step"],
+        "n_pairs": len(data),
+        "beta": cfg.beta,
+        "heldout_kl_start": state.get("kl_start"),
+        "heldout_kl_after": kl_end,
+        **{k: last[k] for k in ("dpo_loss", "reward_margin", "accuracy") if k in last},
+    }
+    result["adapter"] = str(save_adapter(model, run_dir / "adapter", {**info, **result}))
+    write_model_card(run_dir / "adapter", {**info, **result, "loss": "dpo", "config": cfg.to_dict()})
+    return result
+
+
+def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
+    """Everything a DPO job does: check, load the model and the start adapter, the reference, train, save."""
+    from .adapters import load_adapter, run_adapter
+    from .constitution import from_row, render
+    from .models import ModelError, default_models_dir, load_model
+    from .train import Hooks
+
+    hooks = hooks or Hooks()
+    job, pairs = check_start(store, cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    old = job["config"]
+    version = cfg.constitution_id or old.get("constitution_id")
+    row = store.get_constitution(version)
+    constitution = from_row(row)
+    hooks.progress(0, cfg.steps, "loading the model")
+    torch.manual_seed(cfg.seed)
+    try:
+        base, tokenizer = load_model(
+            cfg.model or old.get("model") or None,
+            quantize=old.get("quantize", "auto"),
+            precision=old.get("precision", "auto"),
+            models_dir=default_models_dir(store.home),
+        )
+    except ModelError as exc:
+        raise DPOError(str(exc)) from exc
+    for p in base.parameters():
+        p.requires_grad_(False)
+    model = load_adapter(base, run_adapter(store, job["id"]), trainable=True)
+    pair = TeacherStudent(model, tokenizer, render(constitution), constitution.examples, teacher_cache_mb=256)
+    data = encode_pairs(tokenizer, pairs, cfg.max_tokens)
+    hooks.progress(0, cfg.steps, "the held-out answers and the reference log-probabilities")
+    heldout = heldout_examples(store, job, cfg, pair)
+    info = {
+        "constitution": row["name"],
+        "constitution_id": row["id"],
+        "base_model": cfg.model or old.get("model") or "embedded SmolLM2-135M-Instruct",
+        "data": "accepted preference pairs",
+        "n_train": len(pairs),
+        "n_heldout": len(heldout),
+        "pair_sources": sorted({p["source"] for p in pairs}),
+        "lineage": {"from_run": job["id"], "text": f"distilled run {job['id']} → preference run {run_dir.name}"},
+    }
+    result = train_dpo(cfg, pair, data, heldout, run_dir, hooks, info)
+    return {**info, **result}
+
+
+def dpo_job(ctx, config: dict) -> None:
+    """The "dpo" job kind."""
+    from .train import Hooks
+
+    cfg = DPOConfig.from_dict(config)
+    hooks = Hooks(
+        log=lambda values, step: ctx.log_metrics(step, values),
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        info=ctx.log.info,
+    )
+    ctx.set_result({"run": ctx.job_id, **run(cfg, ctx.store, ctx.run_dir, hooks)})
