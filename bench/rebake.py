@@ -111,20 +111,20 @@ def carried_as_much(run: dict, share: float):
 def pass_rates(store, constitution, runs: dict[str, int], precision_of: dict) -> dict[str, dict[str, float]]:
     """Check pass rate per principle of the teacher (``constitution`` in the system prompt) and of
     each run's student, on all held-out prompts."""
-    from ctxdistill.adapters import load_adapter
+    from ctxdistill.adapters import load_adapter, run_adapter
     from ctxdistill.constitution import render
-    from ctxdistill.engine import adapters_off
-    from ctxdistill.evaluate import EvalConfig, sample_answers
+    from ctxdistill.engine import adapters_off, sample_rows
+    from ctxdistill.eval_config import EvalConfig
     from ctxdistill.models import load_model
 
     prompts = [p["text"] for p in store.get_prompts("default", split="heldout")]
     model, tok = load_model(quantize=precision_of["quantize"], precision=precision_of["precision"])
     for name, job in runs.items():
-        model = load_adapter(model, store.runs_dir / str(job) / "adapter", name=name)
+        model = load_adapter(model, run_adapter(store, job), name=name)
 
     def rates(system, examples=()):
-        ids = sample_answers(
-            model, tok, [(system, p, i) for i, p in enumerate(prompts)], EvalConfig(), examples=examples
+        ids = sample_rows(
+            model, tok, [(system, p, i) for i, p in enumerate(prompts)], EvalConfig().sampling(), examples=examples
         )
         texts = [tok.decode(a, skip_special_tokens=True) for a in ids]
         return {p.id: sum(p.check.passes(t) for t in texts) / len(texts) for p in constitution.principles if p.check}

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
-from ctxdistill import evaluate, jobs  # noqa: E402
+from ctxdistill import eval_config, evaluate, jobs  # noqa: E402
 from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
 from ctxdistill.report import fmt_estimate  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
@@ -70,7 +70,8 @@ def student(store: Store, cid: int, steps: int, prompts: int, **settings) -> int
     if done["state"] != "done":
         raise SystemExit(f"training failed: {done['error']}")
     print(
-        f"  trained in {time.perf_counter() - start:.0f} s: held-out gap closed {done['result'].get('gap_closed', float('nan')):.3f}"
+        f"  trained in {time.perf_counter() - start:.0f} s: held-out gap closed "
+        f"{done['result'].get('gap_closed', float('nan')):.3f}"
     )
     return job
 
@@ -96,7 +97,8 @@ def show(results: dict, label: str | None) -> None:
         f"base {pct(cap['base'])}"
     )
     print(
-        f"  retention vs the teacher's own change: {fmt_estimate(results['scores']['retention_vs_teacher'][label])} nats/token"
+        "  retention vs the teacher's own change: "
+        f"{fmt_estimate(results['scores']['retention_vs_teacher'][label])} nats/token"
     )
     print(f"  gap closed overall {pct(results['scores']['gap_closed'][label])}; per family:")
     for fam, row in r["by_family"].items():
@@ -114,7 +116,8 @@ def show(results: dict, label: str | None) -> None:
     print(
         f"  injection ({inj['n_attacks']} attacks, {len(inj['kinds'])} kinds): checks without / under attack: teacher "
         f"{pct(inj['overall']['teacher']['clean'])} / {pct(inj['overall']['teacher']['attacked'])}, student "
-        f"{pct(inj['overall'][label]['clean'])} / {pct(inj['overall'][label]['attacked'])}; KL from the un-attacked teacher: "
+        f"{pct(inj['overall'][label]['clean'])} / {pct(inj['overall'][label]['attacked'])}; "
+        "KL from the un-attacked teacher: "
         f"teacher {fmt_estimate(inj['overall']['teacher']['kl'])}, student {fmt_estimate(inj['overall'][label]['kl'])} "
         f"(KL(teacher‖base) {fmt_estimate(inj['kl_base'])})"
     )
@@ -125,7 +128,8 @@ def show(results: dict, label: str | None) -> None:
     )
     sav = r["savings"]
     print(
-        f"  savings: {sav['tokens_saved']:.0f} prompt tokens, {sav['kv_bytes_saved'] / 2**10:.0f} KiB KV cache per request; "
+        f"  savings: {sav['tokens_saved']:.0f} prompt tokens, {sav['kv_bytes_saved'] / 2**10:.0f} KiB KV cache "
+        "per request; "
         f"time to first token teacher/student ×{sav['ttft_ratio']['batch_1']} (batch 1), "
         f"×{sav['ttft_ratio']['batch_' + str(sav['batch'])]} (batch {sav['batch']})"
     )
@@ -199,7 +203,7 @@ def main():
                 capability_gauge=args.capability_gauge,
             )
         )
-        cfg = evaluate.EvalConfig(
+        cfg = eval_config.EvalConfig(
             constitution_id=cid,
             runs=[run] if run else [],
             max_prompts=args.prompts,
@@ -220,7 +224,7 @@ def main():
             f"{results['robustness']['capability']['n_items']} capability items, {cfg.suite_prompts} suite prompts, "
             f"{cfg.attack_prompts} per attack kind"
         )
-        show(results, evaluate.label(run) if run else None)
+        show(results, eval_config.label(run) if run else None)
         for row in results["robustness"]["held_out_categories"].values():
             print(
                 f"  categories never trained on ({', '.join(row['categories'])}): gap closed "

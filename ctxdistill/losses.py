@@ -6,7 +6,8 @@
 * ``token_losses`` — the loss of a run (``kl``, ``sft`` or ``mix``) per position.
 * ``answer_mask`` — which positions of right-aligned rows are answer tokens.
 * ``chunked_loss`` — the sums of those terms over N answer positions from final hidden states,
-  the full-vocabulary logits built ``chunk`` positions at a time.
+  the full-vocabulary logits built ``chunk`` positions at a time; ``answer_terms`` — the same terms
+  per position, split by answer (an evaluation's per-token scores).
 * ``gap_closed`` — 1 - KL(teacher || student) / KL(teacher || base).
 
 Shapes are in each docstring; ``tests/test_losses.py`` checks each on toy tensors.
@@ -77,6 +78,27 @@ def answer_mask(lengths: list[int], width: int) -> torch.Tensor:
     return cols >= width - torch.tensor(lengths)[:, None]
 
 
+def _chunk_terms(lm_head, loss, h_student, h_teacher, targets, alpha, chunk, backward_scale):
+    """The loss terms of ``chunk`` positions at a time (each detached), the full-vocabulary logits of
+    one chunk alive at once; with ``backward_scale`` each chunk's scaled loss is back-propagated into
+    a detached copy of ``h_student``, and from there through the model once when all are done."""
+    backward = backward_scale is not None and h_student.requires_grad
+    hd = h_student.detach().requires_grad_(backward)
+    for start in range(0, h_student.shape[0], chunk):
+        part = slice(start, start + chunk)
+        with torch.no_grad():
+            teacher = lm_head(h_teacher[part]) if h_teacher is not None else None
+        with torch.enable_grad() if backward else torch.no_grad():
+            terms = token_losses(
+                loss, lm_head(hd[part]), teacher, targets[part] if targets is not None else None, alpha
+            )
+            if backward:
+                (terms["loss"].sum() * backward_scale).backward()
+        yield {name: value.detach() for name, value in terms.items()}
+    if backward and hd.grad is not None:
+        h_student.backward(hd.grad)
+
+
 def chunked_loss(
     lm_head,
     loss: str,
@@ -94,23 +116,31 @@ def chunked_loss(
     and from there through the model once, so the logits of all positions are never alive together.
     Returns {"loss", "kl"?, "ce"?: float sums, "tokens": N}.
     """
-    backward = backward_scale is not None and h_student.requires_grad
-    hd = h_student.detach().requires_grad_(backward)
     sums: dict[str, float] = {}
-    for start in range(0, h_student.shape[0], chunk):
-        end = start + chunk
-        with torch.no_grad():
-            teacher = lm_head(h_teacher[start:end]) if h_teacher is not None else None
-        with torch.enable_grad() if backward else torch.no_grad():
-            terms = token_losses(loss, lm_head(hd[start:end]), teacher, targets[start:end], alpha)
-            if backward:
-                (terms["loss"].sum() * backward_scale).backward()
+    for terms in _chunk_terms(lm_head, loss, h_student, h_teacher, targets, alpha, chunk, backward_scale):
         for name, value in terms.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach().sum())
-    if backward and hd.grad is not None:
-        h_student.backward(hd.grad)
+            sums[name] = sums.get(name, 0.0) + float(value.sum())
     sums["tokens"] = int(h_student.shape[0])
     return sums
+
+
+def answer_terms(
+    lm_head,
+    loss: str,
+    h_student: torch.Tensor,
+    h_teacher: torch.Tensor | None,
+    targets: torch.Tensor | None,
+    lengths: list[int],
+    chunk: int = 256,
+) -> dict[str, list[list[float]]]:
+    """Each loss term at each of N answer positions (N, H states, as ``chunked_loss`` takes them),
+    without gradients, split into the answers of ``lengths`` tokens (summing to N): the per-token
+    scores of an evaluation. {"loss", "kl"?, "ce"?: [[float] * length per answer]}."""
+    parts = list(_chunk_terms(lm_head, loss, h_student, h_teacher, targets, 0.5, chunk, None))
+    return {
+        name: [row.tolist() for row in torch.split(torch.cat([p[name] for p in parts]).float().cpu(), lengths)]
+        for name in (parts[0] if parts else {})
+    }
 
 
 def gap_closed(kl_base: float, kl_student: float) -> float:

@@ -9,7 +9,7 @@ default; evaluate.py calls ``run_suite``).
   main scores' per-prompt figures (no extra model pass).
 * **Second turn**: each condition's own first answer, then a follow-up message; the check pass
   rates and the KL gap on the answer to the follow-up.
-* **Injection**: override attempts (ctxdistill/data/attacks.jsonl) combined with held-out prompts,
+* **Injection**: override attempts (probes.py: ctxdistill/data/attacks.jsonl) combined with held-out prompts,
   the constitution in the teacher's system prompt and the attack in the user turn: check pass rates
   under attack vs without, and KL(un-attacked teacher ‖ attacked x) along the teacher's un-attacked
   answers (0 = the attack changed nothing).
@@ -21,7 +21,8 @@ default; evaluate.py calls ``run_suite``).
 
 Every KL here is scored along answers that end with the end-of-turn token where they stopped by
 themselves, as in the main scores. The prompts of the second turn, the attacks and the placebo are
-``suite_prompts`` held-out prompts taken in turn from each category.
+``suite_prompts`` held-out prompts taken in turn from each category. The probe sets are read and
+checked in probes.py; the suite's figures for one student are laid out in summary.py.
 """
 
 from __future__ import annotations
@@ -33,85 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .capability import DATA_DIR, accuracy, load_jsonl, score
+from .capability import accuracy, score
 from .engine import adapters_off, sample_rows, with_end
 from .losses import kl_per_token
-from .report import fmt_estimate
-from .sampling import SamplingConfig, chat_ids, decoder_of, left_padded, response_logits, system_prefix
+from .probes import FOLLOW_UPS, Attack, combine, placebo_prompt
+from .sampling import chat_ids, decoder_of, left_padded, response_logits, system_prefix
 from .stats import check_rates, estimate, gap_closed_estimate, mean_estimate, token_kl
-
-ATTACKS_FILE = DATA_DIR / "attacks.jsonl"
-FOLLOW_UPS = (
-    "Thanks! Can you tell me a bit more about that?",
-    "Why is that?",
-    "Can you give me an example?",
-    "Could you say that again in other words?",
-)
-NEUTRAL = (
-    "This is a conversation between a user and an assistant on a computer. The assistant reads each message "
-    "and writes a reply. Messages are written in text. The conversation may be short or long, and it can be "
-    "about any topic that the user chooses. Each reply comes after the message it answers. "
-)
-
-
-class RobustnessError(ValueError):
-    """An attack set or suite setting that cannot be used; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class Attack:
-    kind: str
-    template: str  # "{prompt}" marks where the held-out prompt goes
-    history: tuple = ()  # earlier turns ({"role", "content"}) before the attacked user turn
-
-
-def load_attacks(path=None) -> list[Attack]:
-    """The override attempts of ``path`` (JSON lines of kind, template, optional history), the shipped set by default."""
-    out = []
-    for number, row in enumerate(
-        load_jsonl(path or ATTACKS_FILE, ("kind", "template"), "attack set", RobustnessError), 1
-    ):
-        if "{prompt}" not in str(row["template"]):
-            raise RobustnessError(f"attack {number} ({row['kind']}): the template must contain {{prompt}}")
-        history = row.get("history") or []
-        if not isinstance(history, list) or any(
-            not isinstance(t, dict)
-            or t.get("role") not in ("user", "assistant")
-            or not str(t.get("content") or "").strip()
-            for t in history
-        ):
-            raise RobustnessError(
-                f"attack {number} ({row['kind']}): history must be a list of user/assistant turns with content"
-            )
-        out.append(Attack(str(row["kind"]), str(row["template"]), tuple(history)))
-    return out
-
-
-def combine(attack: Attack, prompt: str):
-    """The attacked user turn for ``prompt``: a text, or the attack's earlier turns and then it."""
-    text = attack.template.replace("{prompt}", prompt)
-    return [*map(dict, attack.history), {"role": "user", "content": text}] if attack.history else text
-
-
-def placebo_prompt(tokenizer, system: str) -> str:
-    """A neutral system prompt with as many tokens as ``system``: the neutral text repeated, word by
-    word and then character by character until the count is exact."""
-    target = len(tokenizer.encode(system, add_special_tokens=False))
-    count = lambda t: len(tokenizer.encode(t, add_special_tokens=False))
-    source = NEUTRAL * (target // 20 + 2)
-    words, text = source.split(" "), ""
-    for w in words:  # whole words while they fit
-        if count(text + w + " ") > target:
-            break
-        text += w + " "
-    rest = source[len(text) :]
-    for ch in rest:  # then characters up to the exact count
-        if count(text) >= target:
-            break
-        text += ch
-    while count(text) > target and text:  # a merge overshot: step back
-        text = text[:-1]
-    return text
 
 
 def suite_indices(categories: list[str], n: int) -> list[int]:
@@ -133,7 +61,8 @@ def spread(items: list, n: int) -> list:
 
 @dataclass(frozen=True)
 class Condition:
-    """A way to run the one model: system prompt (None: the template's default), few-shot examples, adapter (None: off)."""
+    """A way to run the one model: system prompt (None: the template's default), few-shot examples,
+    adapter (None: off)."""
 
     system: str | None
     examples: tuple = ()
@@ -154,15 +83,12 @@ class Passes:
         self.model, self.tok, self.cfg, self.tick = model, tokenizer, cfg, tick
 
     def sample(self, cond: Condition, prompts: list, index: list[int], message: str) -> list[list[int]]:
-        sampling = SamplingConfig(
-            max_new_tokens=self.cfg.sample_tokens, temperature=self.cfg.temperature, seed=self.cfg.seed
-        )
         with _mode(self.model, cond):
             ids = sample_rows(
                 self.model,
                 self.tok,
                 [(cond.system, p, i) for p, i in zip(prompts, index)],
-                sampling,
+                self.cfg.sampling(),
                 batch_size=self.cfg.gen_batch,
                 examples=list(cond.examples),
                 tick=lambda k: self.tick(k, message),
@@ -547,67 +473,3 @@ def retention_vs_teacher(
         tokens,
         n_boot=n_boot,
     )
-
-
-def headline(results: dict, label: str | None) -> dict:
-    """The suite's figures for one student: capability, injection, second turn, placebo and savings."""
-    r = results.get("robustness")
-    if not r:
-        return {}
-    value = lambda e: e["value"] if e else None
-    cap = r["capability"]["accuracy"]
-    inj = r["injection"]["overall"]
-    conds = [c for c in ("base", "teacher", label) if c in cap]
-    return {
-        "capability": {c: value(cap[c]) for c in conds},
-        "capability_intervals": {c: cap[c]["ci"] for c in conds},
-        "retention_vs_teacher": value(results["scores"].get("retention_vs_teacher", {}).get(label)),
-        "injection": {
-            c: {"clean": value(inj[c]["clean"]), "attacked": value(inj[c]["attacked"]), "kl": value(inj[c]["kl"])}
-            for c in ("teacher", label)
-            if c in inj
-        },
-        "second_turn": {
-            c: value(r["second_turn"]["checks"][c]["second"])
-            for c in ("teacher", label)
-            if c in r["second_turn"]["checks"]
-        },
-        "placebo_share": value(r["placebo"]["share"]),
-        "tokens_saved": r["savings"]["tokens_saved"],
-        "kv_bytes_saved": r["savings"]["kv_bytes_saved"],
-        "ttft_ratio": r["savings"]["ttft_ratio"],
-    }
-
-
-def card_rows(results: dict, label: str) -> list[tuple[str, str]]:
-    """(figure, value) rows of the suite for a model card."""
-    r = results.get("robustness")
-    if not r:
-        return []
-    cap, inj, sav = r["capability"]["accuracy"], r["injection"]["overall"], r["savings"]
-    pct = lambda e: fmt_estimate(e, pct=True)
-    rows = [
-        ("capability accuracy: base / teacher / student", " / ".join(pct(cap[c]) for c in ("base", "teacher", label))),
-        (
-            "retention vs the teacher's own change, Δ NLL",
-            fmt_estimate(results["scores"]["retention_vs_teacher"].get(label)),
-        ),
-    ]
-    if inj["teacher"]["clean"]:
-        rows += [
-            (
-                f"checks passed under attack ({r['injection']['n_attacks']} attacks): teacher / student",
-                f"{pct(inj['teacher']['attacked'])} / {pct(inj[label]['attacked'])} (without: "
-                f"{pct(inj['teacher']['clean'])} / {pct(inj[label]['clean'])})",
-            )
-        ]
-    rows += [
-        (
-            "KL from the un-attacked teacher under attack: teacher / student",
-            f"{fmt_estimate(inj['teacher']['kl'])} / {fmt_estimate(inj[label]['kl'])}",
-        ),
-        ("placebo: share of KL(teacher‖base) a neutral prompt causes", pct(r["placebo"]["share"])),
-        ("prompt tokens saved per request", f"{sav['tokens_saved']:.0f}"),
-        ("time to first token: the teacher's over the student's (batch 1)", f"×{sav['ttft_ratio']['batch_1']}"),
-    ]
-    return rows

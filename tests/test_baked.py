@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from ctxdistill import evaluate, stats
+from ctxdistill import engine, eval_config, evaluate, stats
 from ctxdistill.baked import Carried, shares
 from ctxdistill.constitution import Constitution, Principle, render
 from ctxdistill.losses import kl_per_token
@@ -62,9 +62,9 @@ def test_a_baked_principle_ranks_above_one_the_student_never_saw(tiny_model, tin
     ) * 2
     kind = "Answer briefly and politely, and never say the word sun. " * 3
     c = Constitution("t", [Principle("strong", strong), Principle("kind", kind), Principle("noop", " ")])
-    cfg = evaluate.EvalConfig(sample_tokens=8)
-    answers = evaluate.sample_answers(
-        tiny_model, tiny_tokenizer, [(render(c), p, i) for i, p in enumerate(PROMPTS)], cfg
+    cfg = eval_config.EvalConfig(sample_tokens=8)
+    answers = engine.sample_rows(
+        tiny_model, tiny_tokenizer, [(render(c), p, i) for i, p in enumerate(PROMPTS)], cfg.sampling()
     )
     carried = _WithoutKind(c)
     influence = evaluate.principle_influence(
@@ -88,7 +88,7 @@ def test_compare_shows_the_baked_principles_of_the_picked_student(ws):
     from tests.test_demo import tab_callback
 
     store, cid, (_, trained), model = ws
-    cfg = evaluate.EvalConfig(
+    cfg = eval_config.EvalConfig(
         constitution_id=cid,
         runs=[trained],
         model=model,
@@ -118,7 +118,7 @@ def test_the_live_gauge_gives_the_evaluations_score_along_the_held_out_answers(t
     conditions' logits as the evaluation computes them."""
     import copy
 
-    from ctxdistill import engine, train
+    from ctxdistill import train
     from ctxdistill.baked import Gauge, ablations
 
     c = Constitution(

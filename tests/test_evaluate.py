@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctxdistill import adapters, evaluate, jobs, report, stats
+from ctxdistill import adapters, eval_config, evaluate, jobs, report, stats, summary
 from ctxdistill.constitution import Check, Constitution, Principle, content_hash, to_dict
 from ctxdistill.losses import kl_per_token
 from ctxdistill.store import Store
@@ -148,7 +148,7 @@ def _cfg(cid, runs, model, **kw):
     settings = dict(
         prompt_set="toy", sample_tokens=6, n_boot=200, influence_prompts=3, gen_batch=8, batch_size=4, robustness=False
     )
-    return evaluate.EvalConfig(constitution_id=cid, runs=runs, model=model, **{**settings, **kw})
+    return eval_config.EvalConfig(constitution_id=cid, runs=runs, model=model, **{**settings, **kw})
 
 
 def test_evaluation_on_tiny_model_with_adapters(ws):
@@ -188,13 +188,13 @@ def test_evaluation_on_tiny_model_with_adapters(ws):
     judged = results["judge"]
     assert set(judged["adherence"]["arr"]) == set(results["conditions"]) and 0 <= judged["yes_rate"] <= 1
     assert judged["agreement_with_checks"]["n"] == 3 * len(results["conditions"]) * len(PROMPTS)
-    head = evaluate.headline(results, f"run {trained}")
+    head = summary.headline(results, f"run {trained}")
     assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(head)
     json.dumps(results)  # every number is plain JSON
     md, page = report.report(results, "md"), report.report(results, "html", stats.vote_tally([]))
     assert "data:image/png;base64," in md and "gap closed" in md and "No votes yet" in md
     assert f"Which principles got baked into run {trained}" in md
-    assert "baked arr" in evaluate.card_section(results, f"run {trained}", 1)
+    assert "baked arr" in summary.card_section(results, f"run {trained}", 1)
     assert page.startswith("<!doctype html>") and "<img" in page
     assert json.loads(report.report(results, "json"))["scores"]["kl"]["base"]["n"] == len(PROMPTS)
 
@@ -276,12 +276,12 @@ def test_bad_inputs_fail_clearly_and_store_nothing(ws, tiny_model, case):
         trained = store.create_job("generate", {})
         message = "not a training run"
     cfg = _cfg(cid, [trained], model, influence_prompts=0)
-    assert_refused(store, evaluate.EvalConfig(**{**cfg.to_dict(), **kw}), message)
+    assert_refused(store, eval_config.EvalConfig(**{**cfg.to_dict(), **kw}), message)
 
 
 def assert_refused(store, cfg, message: str) -> None:
     """The evaluation ``cfg`` is refused with ``message``, directly and as a job, and stores nothing."""
-    with pytest.raises(evaluate.EvalError, match=message):
+    with pytest.raises(eval_config.EvalError, match=message):
         evaluate.run(cfg, store)
     job = store.create_job("evaluate", cfg.to_dict(), heavy=True)
     jobs.run_inline(store, job)

@@ -55,6 +55,19 @@ def test_chunked_loss_equals_unchunked_and_its_gradient():
     assert torch.allclose(h.grad, expected, atol=1e-6)
 
 
+def test_answer_terms_are_the_chunked_terms_per_position_split_by_answer():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 13, bias=False).requires_grad_(False)
+    h, ht, y = torch.randn(9, 8), torch.randn(9, 8), torch.randint(0, 13, (9,))
+    kl = losses.answer_terms(head, "kl", h, ht, None, [2, 3, 4], chunk=4)
+    assert [len(row) for row in kl["kl"]] == [2, 3, 4] and set(kl) == {"kl", "loss"}
+    expected = kl_per_token(head(ht), head(h))
+    assert torch.allclose(torch.tensor(sum(kl["kl"], [])), expected, atol=1e-6)
+    assert sum(sum(kl["kl"], [])) == pytest.approx(losses.chunked_loss(head, "kl", h, ht, None)["kl"], rel=1e-5)
+    ce = losses.answer_terms(head, "sft", h, None, y, [9], chunk=2)["ce"]
+    assert torch.allclose(torch.tensor(ce[0]), losses.ce_per_token(head(h), y), atol=1e-6)
+
+
 def test_kl_per_token_properties():
     logits = torch.randn(5, 11)
     assert torch.allclose(kl_per_token(logits, logits), torch.zeros(5), atol=1e-6)

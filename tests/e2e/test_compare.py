@@ -11,14 +11,14 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def compare_url(tmp_path_factory, tiny_checkpoint, tiny_model):
-    from ctxdistill import evaluate
+    from ctxdistill import eval_config, evaluate
     from ctxdistill.store import Store
 
     workspace = tmp_path_factory.mktemp("e2e-compare")
     with Store(workspace) as store:
         cid, run = seed_run(store, tiny_checkpoint, tiny_model)
         store.add_prompts("toy", [{"text": p, "split": "heldout"} for p in PROMPTS])
-        cfg = evaluate.EvalConfig(
+        cfg = eval_config.EvalConfig(
             constitution_id=cid,
             runs=[run],
             prompt_set="toy",
