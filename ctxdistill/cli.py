@@ -24,7 +24,7 @@ from dataclasses import fields
 
 from ctxdistill.adapters import AdapterError
 from ctxdistill.constitution import ConstitutionError
-from ctxdistill.evaluate import EvalConfig, EvalError
+from ctxdistill.eval_config import EvalConfig, EvalError
 from ctxdistill.flags import RENAMED_FLAGS, Parser, add_dataclass_flags, dataclass_from_args, whole_number
 from ctxdistill.generate import GenerateConfig
 from ctxdistill.models import ModelError, default_models_dir, hub_message
@@ -520,7 +520,7 @@ def _eval_summary(r: dict) -> str:
 )
 def cmd_eval(args) -> int:
     from ctxdistill import report
-    from ctxdistill.evaluate import plan
+    from ctxdistill.eval_config import plan
 
     store = open_store(args)
     cfg = dataclass_from_args(

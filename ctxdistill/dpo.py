@@ -29,7 +29,7 @@ from .config import StageConfig
 from .engine import Example, TeacherStudent, heldout_kl
 
 
-class DPOError(RuntimeError):
+class DPOError(ValueError):
     """A DPO run that cannot start or go on; the message says what to change."""
 
 

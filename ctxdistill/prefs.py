@@ -48,6 +48,7 @@ CHOICES = ("A", "B")
 MAX_ANSWER_CHARS = 16_000  # one answer of an imported pair: a whole page; a 10 MB cell is a slip
 MAX_IMPORT_BYTES = 64 * 2**20
 HF_COLUMNS = ("prompt", "chosen", "rejected")
+POLICY_SAMPLING = {"temperature": 1.0, "max_new_tokens": 48}
 
 
 class PrefsError(ValueError):
@@ -84,7 +85,8 @@ class PrefsConfig(SamplingStageConfig):
     answers: int = field(default=2, metadata={"help": "policy answers per prompt (2-8)"})
     limit: int = field(default=0, metadata={"help": "answer at most this many prompts (0 = all)"})
     batch_size: int = field(default=8, metadata={"help": "prompts per batch"})
-    sampling: dict = field(default_factory=lambda: {"temperature": 1.0, "max_new_tokens": 48})
+
+    fixed_sampling = ("n",)  # the answers per prompt are ``answers``
 
     def validate(self) -> "PrefsConfig":
         errors = []
@@ -109,6 +111,12 @@ class PrefsConfig(SamplingStageConfig):
         if errors:
             raise PrefsError("; ".join(errors))
         return self
+
+    def sampling_config(self):
+        """The policy's sampling: at temperature 1 by default, so that a prompt's answers differ."""
+        from .sampling import SamplingConfig
+
+        return SamplingConfig(**{**POLICY_SAMPLING, **self.sampling}).validate()
 
     def source_names(self) -> list[str]:
         return [s.strip() for s in self.sources.split(",") if s.strip()]

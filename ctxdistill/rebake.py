@@ -27,6 +27,7 @@ LORA_SHAPE = ("lora_r", "lora_alpha", "target_modules")
 
 def source_run(store, cfg: TrainConfig) -> dict:
     """The job ``cfg.from_run`` names, after every check a re-bake needs; TrainError otherwise."""
+    from .adapters import run_adapter
     from .store import NotFound
 
     n = cfg.from_run
@@ -36,7 +37,7 @@ def source_run(store, cfg: TrainConfig) -> dict:
         raise TrainError(f"run {n} not found among your runs: continue from a run of yours") from None
     if job["kind"] != "train":
         raise TrainError(f"job {n} is a {job['kind']} job, not a training run")
-    if job["state"] != "done" or not (store.runs_dir / str(n) / "adapter").is_dir():
+    if job["state"] != "done" or not run_adapter(store, n).is_dir():
         raise TrainError(f"run {n} has no adapter to continue from (it is {job['state']}): pick a finished run")
     old = job["config"]
     if (old.get("model") or "") != (cfg.model or ""):

@@ -31,6 +31,7 @@ from .adapters import (
     load_adapter,
     load_adapter_weights,
     load_checkpoint,
+    run_adapter,
     save_adapter,
     save_checkpoint,
     scaled,
@@ -453,7 +454,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
         )
     except ModelError as exc:
         raise TrainError(str(exc)) from exc
-    model = _setup_model(cfg, base, cfg.seed, source and store.runs_dir / str(source["id"]) / "adapter")
+    model = _setup_model(cfg, base, cfg.seed, source and run_adapter(store, source["id"]))
     system = render(constitution)
     pair = TeacherStudent(model, tokenizer, system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
     heldout, train_examples = mix.setup_data(

@@ -217,3 +217,26 @@ def test_import_refusals_store_nothing(store, tmp_path, rows, words):
     with pytest.raises(prefs.PrefsError, match=words):
         prefs.import_pairs(store, path, cid)
     assert store.count_pairs()["total"] == 0
+
+
+def test_cli_import_accept_export_and_refusals(workspace, tmp_path, capsys):
+    from ctxdistill.cli import main
+
+    pirate = "assets/constitutions/pirate.yaml"
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"prompt": "Hi", "chosen": "Arr, hi matey", "rejected": "Hello"}) + "\n")
+    assert main(["prefs", "import", str(path), "--constitution", pirate, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["added"] == 1
+    assert main(["prefs", "accept", "--constitution", "1", "--source", "import", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["accepted"] == 1
+    assert main(["prefs", "export", str(tmp_path / "out.jsonl"), "--constitution", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] == 1
+    for argv, words in (
+        (["prefs", "export", "--constitution", "1"], "needs a FILE"),
+        (["prefs", "--constitution", "1", "--threshold", "0.5"], "threshold"),
+        (["dpo", "--from-run", "7", "--beta", "-1"], "beta must be a positive number"),
+        (["dpo", "--from-run", "7"], "run 7 not found"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1
