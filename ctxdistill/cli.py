@@ -130,12 +130,7 @@ def _info_flags(p):
     p.add_argument("--precision", default="auto", help="calibrate with this compute dtype (auto, bf16, fp16, fp32)")
 
 
-@command(
-    "info",
-    "this machine: device, CPU capability, versions, the precision policy's pick and why, "
-    "and the default training run's predicted time",
-    _info_flags,
-)
+@command("info", "this machine, the precision policy's pick and why, the default run's predicted time", _info_flags)
 def cmd_info(args) -> int:
     from ctxdistill import estimate
     from ctxdistill.precision import facts, policy
@@ -147,35 +142,8 @@ def cmd_info(args) -> int:
         )
         out["calibration"] = cal.to_dict()
         out["default_run"] = estimate.default_run(open_store(args), cal)
-    emit(args, out, info_text(out))
+    emit(args, out, estimate.info_text(out))
     return 0
-
-
-def info_text(out: dict) -> str:
-    from ctxdistill.estimate import duration
-
-    v = out["versions"]
-    lines = [
-        f"device        {out['device']}" + (f" · {out['gpu']} ({out['gpu_memory_mb']} MB)" if out["gpu"] else ""),
-        f"CPU           {out['cpu_model']} · {out['cores']} cores, {out['torch_threads']} torch threads",
-        f"CPU ISA       ATen {out['cpu_capability']}"
-        + (f" · oneDNN max {out['onednn_max_isa']}" if out["onednn_max_isa"] else "")
-        + f" · bf16 flags: {', '.join(out['cpu_bf16_flags']) or 'none'}"
-        + f" · native bf16: {'yes' if out['native_bf16'] else 'no'}",
-        "versions      " + ", ".join(f"{k} {v[k] or '-'}" for k in v),
-        f"precision     {out['precision']['label']}: {out['precision']['reason']}",
-    ]
-    if "calibration" in out:
-        c, run = out["calibration"], out["default_run"]
-        sec = run["seconds"]
-        lines += [
-            f"measured      training step (8 answers x 40 tokens) {c['step_s']:.2f} s"
-            f" · scoring pass {c['score_s']:.2f} s"
-            f" · sampling step (64 rows) {c['decode_s'] * 1000:.0f} ms · model load {c['load_s']:.1f} s",
-            f"default run   ~{duration(sec['total'])} ({run['steps']} steps on {run['n_train']} train prompts): "
-            + ", ".join(f"{k} {duration(v)}" for k, v in sec.items() if k != "total"),
-        ]
-    return "\n".join(lines)
 
 
 def _preview_flags(p):
@@ -232,18 +200,9 @@ def _import_flags(p):
     p.add_argument("--column", help="column holding the prompt (default: text, prompt, instruction, question...)")
     p.add_argument("--split-column", help="column holding train/heldout (default: a 'split' column if any)")
     p.add_argument("--category-column", help="column holding a category")
-    p.add_argument(
-        "--heldout-fraction", type=float, default=0.1, help="share held out when no split column (default 0.1)"
-    )
-    p.add_argument(
-        "--format", choices=("csv", "jsonl", "json", "txt", "parquet", "datasets"), help="override the file type"
-    )
-    p.add_argument(
-        "--recipe",
-        action="store_true",
-        help="a dataset with the HF constitutional-AI recipe columns (init_prompt, init_response, "
-        "critic_*, revision_*): import its samples into the review queue",
-    )
+    p.add_argument("--heldout-fraction", type=float, default=0.1, help="held-out share without a split column")
+    p.add_argument("--format", choices=("csv", "jsonl", "json", "txt", "parquet", "datasets"), help="the file type")
+    p.add_argument("--recipe", action="store_true", help="samples of a HF constitutional-AI recipe dataset, for review")
 
 
 @command("import", "import a prompt set, or a recipe dataset's samples", _import_flags)
@@ -319,10 +278,7 @@ def _config(cls, args, **overrides):
 
 
 @command(
-    "generate",
-    "sample the teacher's answers (and unprompted ones) for a prompt set",
-    _job_flags(GenerateConfig),
-    job=True,
+    "generate", "sample the teacher's (and unprompted) answers to a prompt set", _job_flags(GenerateConfig), job=True
 )
 def cmd_generate(args) -> int:
     from ctxdistill.prompts import ensure_default_prompts, select_prompts
@@ -346,12 +302,7 @@ def cmd_generate(args) -> int:
     )
 
 
-@command(
-    "revise",
-    "critique and revise samples with the constitution's principles (SL-CAI)",
-    _job_flags(ReviseConfig),
-    job=True,
-)
+@command("revise", "critique and revise samples with the constitution (SL-CAI)", _job_flags(ReviseConfig), job=True)
 def cmd_revise(args) -> int:
     store = open_store(args)
     cfg = _config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
@@ -378,24 +329,12 @@ def _export_flags(p):
     p.add_argument("--out", required=True, help="output file (a directory for the datasets format or a run)")
     p.add_argument("--prompt-set", help="only samples of this prompt set")
     p.add_argument("--hub-id", help="also push_to_hub under this id (datasets format; needs HF_TOKEN)")
-    p.add_argument(
-        "--run", type=whole_number, help="export this training run's adapter (with its model card) instead of samples"
-    )
-    p.add_argument(
-        "--merged", action="store_true", help="with --run: the base model with the adapter merged in (bfloat16)"
-    )
-    p.add_argument(
-        "--strength",
-        type=float,
-        help="with --run: the adapter's scale, 0 (the base model) to 1.5; 1 = as trained (default)",
-    )
+    p.add_argument("--run", type=whole_number, help="export this training run's adapter and model card instead")
+    p.add_argument("--merged", action="store_true", help="with --run: the base model with the adapter merged in")
+    p.add_argument("--strength", type=float, help="with --run: the adapter's scale, 0 (base) to 1.5; 1 = as trained")
 
 
-@command(
-    "export",
-    "export the accepted samples as JSONL, CSV or a datasets dataset, or a run's adapter (--run)",
-    _export_flags,
-)
+@command("export", "export the accepted samples (JSONL, CSV, datasets), or a run's adapter (--run)", _export_flags)
 def cmd_export(args) -> int:
     from ctxdistill import adapters
     from ctxdistill.curate import export
@@ -427,9 +366,7 @@ def cmd_export(args) -> int:
 def _train_flags(p):
     p.add_argument("--constitution", help="constitution file, or a version id in the workspace (not with --resume)")
     add_dataclass_flags(p, TrainConfig, skip=("constitution_id", "model", "owner"))
-    p.add_argument(
-        "--resume", type=whole_number, metavar="RUN", help="continue a stopped or failed run from its last checkpoint"
-    )
+    p.add_argument("--resume", type=whole_number, metavar="RUN", help="continue a stopped or failed run")
 
 
 def _train_summary(r: dict) -> str:
@@ -440,12 +377,7 @@ def _train_summary(r: dict) -> str:
     )
 
 
-@command(
-    "train",
-    "distil the constitution into a LoRA adapter (prints the run id and the held-out KL before and after)",
-    _train_flags,
-    job=True,
-)
+@command("train", "distil the constitution into a LoRA adapter (prints the held-out KL)", _train_flags, job=True)
 def cmd_train(args) -> int:
     from ctxdistill import train
 
@@ -481,12 +413,7 @@ def _eval_flags(p):
     p.add_argument(
         "--run", type=whole_number, action="append", required=True, help="training run (job id) to score; repeat"
     )
-    p.add_argument(
-        "--category",
-        action="append",
-        dest="categories",
-        help="score only the held-out prompts of this category; repeat for several",
-    )
+    p.add_argument("--category", action="append", dest="categories", help="score only this category; repeat")
     add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "categories", "model", "owner"))
     p.add_argument("--report", help="also write the report: a .md, .html or .json file")
 
@@ -496,14 +423,10 @@ def _eval_summary(r: dict) -> str:
         f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items()
     )
     ret = r["retention"]
-    capability = (
-        (" vs ".join(f"{c} {v:.0%}" for c, v in reversed(r["capability"].items())) + "; ")
-        if r.get("capability")
-        else ""
-    )
+    capability = " vs ".join(f"{c} {v:.0%}" for c, v in reversed((r.get("capability") or {}).items()))
     return (
         f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
-        f"{'capability: ' if capability else ''}{capability}KL(teacher‖base) {r['kl_base']:.4f} -> "
+        f"{f'capability: {capability}; ' if capability else ''}KL(teacher‖base) {r['kl_base']:.4f} -> "
         f"KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
         f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
         f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
@@ -511,13 +434,7 @@ def _eval_summary(r: dict) -> str:
     )
 
 
-@command(
-    "eval",
-    "score trained runs against the teacher on held-out prompts (capability, KL gap closed, checks, retention, "
-    "robustness)",
-    _eval_flags,
-    job=True,
-)
+@command("eval", "score trained runs against the teacher on held-out prompts", _eval_flags, job=True)
 def cmd_eval(args) -> int:
     from ctxdistill import report
     from ctxdistill.eval_config import plan
@@ -568,6 +485,86 @@ def cmd_influence(args) -> int:
     human = "\n".join(f"{r['value']:.4f} [{r['ci'][0]:.4f}, {r['ci'][1]:.4f}]  {r['principle']}" for r in rows)
     emit(args, {"prompts": len(prompts), "influence": rows}, human + f"\n(KL nats/token over {len(prompts)} prompts)")
     return 0
+
+
+PREFS_ACTIONS = ("make", "accept", "reject", "export", "import")
+
+
+def _prefs_flags(p):
+    from ctxdistill.prefs import PrefsConfig
+
+    p.add_argument("action", nargs="?", default="make", choices=PREFS_ACTIONS, help="what to do (default make)")
+    p.add_argument("file", nargs="?", help="export / import: the preference file (.jsonl, or a datasets folder)")
+    _job_flags(PrefsConfig)(p)
+    p.add_argument("--source", help="accept / reject / export: only pairs of this source")
+    p.add_argument("--min-confidence", type=float, help="accept / reject / export: only labels this far from 0.5 (0-1)")
+    p.add_argument("--status", help="accept / reject / export: only pairs in this status (export default: accepted)")
+
+
+def _prefs_summary(r: dict) -> str:
+    agreement = r["agreement_with_checks"]
+    return (
+        f"pairs made from {r['prompts']} prompts: "
+        + ", ".join(f"{n} {s}" for s, n in r["pairs"].items())
+        + (f"; AI feedback agreed with the checks on {agreement['value']:.0%} of {agreement['n']}" if agreement else "")
+    )
+
+
+@command(
+    "prefs", "preference pairs: make them (a job), accept or reject them, export or import them", _prefs_flags, job=True
+)
+def cmd_prefs(args) -> int:
+    from ctxdistill import prefs
+
+    store = open_store(args)
+    cid = constitution_version(store, args.constitution)
+    if args.action in ("export", "import") and not args.file:
+        raise UserError(f"prefs {args.action} needs a FILE")
+    filters = {"constitution_id": cid, "source": args.source, "min_confidence": args.min_confidence}
+    if args.action == "make":
+        cfg = _config(prefs.PrefsConfig, args, constitution_id=cid)
+        prefs.check_start(store, cfg)
+        return run_job(args, "prefs", cfg.to_dict(), _prefs_summary)
+    if args.action == "import":
+        out = prefs.import_pairs(store, args.file, cid)
+        human = f"imported {out['added']} new pairs of {out['rows']} rows (pending review)"
+    elif args.action == "export":
+        out = prefs.export_pairs(store, args.file, status=args.status or "accepted", **filters)
+        human = f"wrote {out['pairs']} pairs to {out['path']} ({out['format']})"
+    else:
+        ids = [p["id"] for p in store.list_pairs(status=args.status, **filters)]
+        status = "accepted" if args.action == "accept" else "rejected"
+        out = {"changed": store.set_pairs_status(ids, status), "status": status}
+        human = f"{out['changed']} pairs {status}"
+    emit(args, {**out, "counts": store.count_pairs(constitution_id=cid)}, human)
+    return 0
+
+
+def _dpo_flags(p):
+    from ctxdistill.dpo import DPOConfig
+
+    add_dataclass_flags(p, DPOConfig, skip=("model", "owner"))
+    p.add_argument("--resume", type=whole_number, metavar="RUN", help="continue a stopped or failed DPO run")
+
+
+def _dpo_summary(r: dict) -> str:
+    return (
+        f"run {r['run']}: {r['lineage']['text']}, {r['n_train']} pairs, {r['step']} steps; dpo loss "
+        f"{r.get('dpo_loss', float('nan')):.4f}, reward margin {r.get('reward_margin', float('nan')):.3f}; held-out KL "
+        f"to the teacher {r['heldout_kl_start']:.4f} -> {r['heldout_kl_after']:.4f}; adapter {r['adapter']}"
+    )
+
+
+@command("dpo", "train a distilled run's student on the accepted preference pairs (DPO)", _dpo_flags, job=True)
+def cmd_dpo(args) -> int:
+    from ctxdistill import dpo
+
+    store = open_store(args)
+    if args.resume is not None:
+        return run_job(args, "dpo", {}, _dpo_summary, resume=args.resume)
+    cfg = dataclass_from_args(dpo.DPOConfig, args, model=args.model or "")
+    dpo.check_start(store, cfg)
+    return run_job(args, "dpo", cfg.to_dict(), _dpo_summary)
 
 
 def allow_remote_code(requested: bool) -> None:

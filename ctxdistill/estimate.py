@@ -6,8 +6,9 @@
 it (the precision policy's choice): one training step (student forward and backward of a batch
 of answers), one scoring pass (the held-out KL's forward), and one sampling step of a batch of
 rows (a decode step with the key/value cache). ``predict_train`` and ``predict_sampling`` turn a
-job's settings into seconds from those. Timings of the CPU differ by 6x between machines that
-look alike (native bf16 or not), which is why nothing here is a constant measured elsewhere.
+job's settings into seconds from those; ``info_text`` is what ``ctxdistill info`` prints. Timings
+of the CPU differ by 6x between machines that look alike (native bf16 or not), which is why
+nothing here is a constant measured elsewhere.
 """
 
 from __future__ import annotations
@@ -170,3 +171,30 @@ def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def info_text(out: dict) -> str:
+    """What ``ctxdistill info`` prints: ``precision.facts()``, with the calibration and ``default_run``
+    when measured."""
+    v = out["versions"]
+    lines = [
+        f"device        {out['device']}" + (f" · {out['gpu']} ({out['gpu_memory_mb']} MB)" if out["gpu"] else ""),
+        f"CPU           {out['cpu_model']} · {out['cores']} cores, {out['torch_threads']} torch threads",
+        f"CPU ISA       ATen {out['cpu_capability']}"
+        + (f" · oneDNN max {out['onednn_max_isa']}" if out["onednn_max_isa"] else "")
+        + f" · bf16 flags: {', '.join(out['cpu_bf16_flags']) or 'none'}"
+        + f" · native bf16: {'yes' if out['native_bf16'] else 'no'}",
+        "versions      " + ", ".join(f"{k} {v[k] or '-'}" for k in v),
+        f"precision     {out['precision']['label']}: {out['precision']['reason']}",
+    ]
+    if "calibration" in out:
+        c, run = out["calibration"], out["default_run"]
+        sec = run["seconds"]
+        lines += [
+            f"measured      training step (8 answers x 40 tokens) {c['step_s']:.2f} s"
+            f" · scoring pass {c['score_s']:.2f} s"
+            f" · sampling step (64 rows) {c['decode_s'] * 1000:.0f} ms · model load {c['load_s']:.1f} s",
+            f"default run   ~{duration(sec['total'])} ({run['steps']} steps on {run['n_train']} train prompts): "
+            + ", ".join(f"{k} {duration(v)}" for k, v in sec.items() if k != "total"),
+        ]
+    return "\n".join(lines)
