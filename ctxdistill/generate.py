@@ -78,8 +78,9 @@ def run_generate(
 ) -> dict:
     """Answer the selected prompts with and without the constitution; returns a summary.
 
-    Answers already in the store are skipped; each batch is written before the next
-    starts. Raises jobs.Cancelled when `should_stop()` turns true between batches."""
+    Answers already in the store are skipped; each batch is written before the next starts.
+    Progress counts tokens, once a second. Raises jobs.Cancelled when `should_stop()` turns true:
+    between batches, or inside one after writing its prompts whose answers had all ended."""
     from .jobs import Cancelled
 
     cfg.validate()
@@ -98,13 +99,16 @@ def run_generate(
     }
     todo = [(p, [k for k in range(scfg.n) if (p["id"], k) not in have]) for p in prompts]
     todo = [(p, ks) for p, ks in todo if ks]
-    total, done = len(prompts), len(prompts) - len(todo)
-    if log and done:
-        log.info("resuming: %d of %d prompts already answered", done, total)
+    if log and len(todo) < len(prompts):
+        log.info("resuming: %d of %d prompts already answered", len(prompts) - len(todo), len(prompts))
+    # progress counts tokens (each row's budget: a decode step moves every row of a batch by one)
+    budget = lambda ks: (len(ks) + (1 if cfg.unprompted else 0)) * scfg.max_new_tokens
+    total = len(prompts) * budget(range(scfg.n))
+    done = total - sum(budget(ks) for _, ks in todo)
+    meter = Meter(total, "tokens", done)
     if progress:
-        progress(done, total, f"{done}/{total} prompts")
+        progress(done, total, meter.line(done))
     prefixes, started, new_tokens, written = None, time.monotonic(), 0, 0
-    meter = Meter(total, "prompts", done)
     for start in range(0, len(todo), cfg.batch_size):
         if should_stop():
             raise Cancelled("cancelled by request")
@@ -118,35 +122,38 @@ def run_generate(
         prefix_ids = split_rows(tokenizer, rows, examples)[0]
         if prefixes is None or prefixes.ids != prefix_ids:
             prefixes = Prefixes(model, prefix_ids)  # once per run, unless a tokenizer merges across it
-        out = generate_rows(model, tokenizer, rows, scfg, sample_index=index, examples=examples, prefixes=prefixes)
+        on_token = _on_token(done, len(rows), budget, batch, meter, progress, should_stop)
+        try:
+            out = generate_rows(
+                model,
+                tokenizer,
+                rows,
+                scfg,
+                sample_index=index,
+                examples=examples,
+                prefixes=prefixes,
+                on_token=on_token,
+            )
+        except _Stopped as stop:  # keep the prompts whose answers all ended, then stop
+            kept = _finished(batch, stop.out, stop.step, cfg.unprompted)
+            written += _write(
+                store,
+                cfg,
+                scfg,
+                tokenizer,
+                checks,
+                [batch[i] for i in kept],
+                _rows_of(batch, stop.out, kept, cfg.unprompted),
+                job_id,
+            )
+            if log:
+                log.info("stopped: kept the %d prompts of the batch whose answers had ended", len(kept))
+            raise Cancelled("cancelled by request") from None
         new_tokens += sum(map(len, out))
-        items, r = [], 0
-        plain = out[-len(batch) :] if cfg.unprompted else [[] for _ in batch]
-        for (p, ks), unprompted_ids in zip(batch, plain):
-            unprompted = tokenizer.decode(unprompted_ids, skip_special_tokens=True).strip()
-            for k in ks:
-                ids = out[r]
-                r += 1
-                meta = {
-                    "job": job_id,
-                    "max_new_tokens": scfg.max_new_tokens,
-                    "tokens": len(ids),
-                    "cut_off": len(ids) >= scfg.max_new_tokens,
-                    "unprompted_cut_off": len(unprompted_ids) >= scfg.max_new_tokens,
-                    "sampling": asdict(scfg),
-                }
-                sample = {
-                    "prompted": tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    "unprompted": unprompted,
-                    "meta": meta,
-                }
-                items.append({"prompt_id": p["id"], "constitution_id": cfg.constitution_id, "idx": k, **sample})
-        curate.flag_samples(store, store.upsert_samples(items), checks)
-        written += len(items)
-        done += len(batch)
-        elapsed = time.monotonic() - started
+        written += _write(store, cfg, scfg, tokenizer, checks, batch, out, job_id)
+        done += sum(budget(ks) for _, ks in batch)
         if progress:
-            progress(done, total, meter.line(done, f"{new_tokens / elapsed:.0f} tokens/s"))
+            progress(done, total, meter.line(done))
     flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
     elapsed = time.monotonic() - started
     return {
@@ -159,6 +166,75 @@ def run_generate(
         "constitution_id": cfg.constitution_id,
         "set": cfg.set_name,
     }
+
+
+class _Stopped(Exception):
+    """Raised inside a batch's decoding when a stop was asked for: the step and the answers so far."""
+
+    def __init__(self, step: int, out: list[list[int]]):
+        self.step, self.out = step, out
+
+
+def _on_token(done: int, n_rows: int, budget, batch, meter: Meter, progress, should_stop):
+    """generate_rows' on_token for one batch: the token counter at most once a second, and a stop
+    asked for between two of those (raises _Stopped)."""
+    end = done + sum(budget(ks) for _, ks in batch)
+
+    def on_token(step: int, out: list[list[int]]) -> None:
+        now = min(done + (step + 1) * n_rows, end)
+        if meter.due(now):
+            if should_stop():
+                raise _Stopped(step, out)
+            if progress:
+                progress(now, meter.total, meter.line(now))
+
+    return on_token
+
+
+def _finished(batch, out: list[list[int]], step: int, unprompted: bool) -> list[int]:
+    """Indices of the batch's prompts whose every row had ended (end-of-turn) by decode step ``step``."""
+    return [i for i in range(len(batch)) if all(len(out[r]) <= step for r in _row_ids(batch, i, unprompted))]
+
+
+def _row_ids(batch, i: int, unprompted: bool) -> list[int]:
+    """Rows of the batch's prompt i: its samples, then (at the end of the batch) its unprompted answer."""
+    first = sum(len(ks) for _, ks in batch[:i])
+    n_sampled = sum(len(ks) for _, ks in batch)
+    return list(range(first, first + len(batch[i][1]))) + ([n_sampled + i] if unprompted else [])
+
+
+def _rows_of(batch, out, kept: list[int], unprompted: bool) -> list[list[int]]:
+    """The answers of the kept prompts, laid out as a batch of those prompts only."""
+    sampled = [out[r] for i in kept for r in _row_ids(batch, i, False)]
+    return sampled + ([out[_row_ids(batch, i, True)[-1]] for i in kept] if unprompted else [])
+
+
+def _write(store: Store, cfg: GenerateConfig, scfg, tokenizer, checks, batch, out, job_id) -> int:
+    """Store a batch's answers (one transaction) and flag them; the number of samples written."""
+    items, r = [], 0
+    plain = out[-len(batch) :] if cfg.unprompted and batch else [[] for _ in batch]
+    for (p, ks), unprompted_ids in zip(batch, plain):
+        unprompted = tokenizer.decode(unprompted_ids, skip_special_tokens=True).strip()
+        for k in ks:
+            ids = out[r]
+            r += 1
+            meta = {
+                "job": job_id,
+                "max_new_tokens": scfg.max_new_tokens,
+                "tokens": len(ids),
+                "cut_off": len(ids) >= scfg.max_new_tokens,
+                "unprompted_cut_off": len(unprompted_ids) >= scfg.max_new_tokens,
+                "sampling": asdict(scfg),
+            }
+            sample = {
+                "prompted": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                "unprompted": unprompted,
+                "meta": meta,
+            }
+            items.append({"prompt_id": p["id"], "constitution_id": cfg.constitution_id, "idx": k, **sample})
+    if items:
+        curate.flag_samples(store, store.upsert_samples(items), checks)
+    return len(items)
 
 
 def generate_job(ctx, config: dict) -> None:

@@ -102,12 +102,18 @@ def eta_text(seconds: float) -> str:
 
 
 class Meter:
-    """The counter, rate and ETA of one phase of a job: ``line(done)`` gives "12/40 prompts · 3.1
-    prompts/s · ETA 9s". Work already done when the phase started (a resumed job) counts for the
-    counter but not for the rate. ``due()`` limits updates to one a second."""
+    """The counter, rate and ETA of one phase of a job: ``line(done)`` gives "1200/6080 tokens · 41.0
+    tokens/s · ETA 2m 01s". Work already done when the phase started (a resumed job) counts for the
+    counter but not for the rate, and there is no rate nor ETA until the phase has run MIN_S seconds
+    and done MIN_SHARE of what it had left (a phase's first moments measure nothing). ``after()``:
+    the seconds of work the job has after this phase, or None where it cannot say; with it the line
+    shows the whole job's ETA too. ``due()`` limits updates to one a second."""
 
-    def __init__(self, total: int, unit: str, done: int = 0, name: str = ""):
-        self.total, self.unit, self.first, self.name = total, unit, done, name
+    MIN_S = 3.0
+    MIN_SHARE = 0.02
+
+    def __init__(self, total: int, unit: str, done: int = 0, name: str = "", after=None):
+        self.total, self.unit, self.first, self.name, self.after = total, unit, done, name, after
         self.started = time.monotonic()
         self._last = float("-inf")  # the first update is always due
 
@@ -118,22 +124,31 @@ class Meter:
             return True
         return False
 
-    def rate(self, done: int) -> float:
-        return (done - self.first) / max(time.monotonic() - self.started, 1e-9)
+    def measured(self, done: int) -> bool:
+        """Whether enough of the phase ran for its rate to mean something."""
+        enough = max(1.0, self.MIN_SHARE * (self.total - self.first))
+        return time.monotonic() - self.started >= self.MIN_S and done - self.first >= enough
+
+    def rate(self, done: int) -> float | None:
+        if not self.measured(done):
+            return None
+        return (done - self.first) / (time.monotonic() - self.started)
 
     def eta(self, done: int) -> float | None:
         if done >= self.total:
             return 0.0
         rate = self.rate(done)
-        return (self.total - done) / rate if rate > 0 else None
+        return (self.total - done) / rate if rate else None
 
     def line(self, done: int, extra: str = "") -> str:
-        eta = self.eta(done)
+        eta, rate = self.eta(done), self.rate(done)
+        rest = self.after() if self.after is not None and eta is not None else None
         parts = [
             f"{self.name + ': ' if self.name else ''}{done}/{self.total} {self.unit}",
             *([extra] if extra else []),
-            f"{self.rate(done):.1f} {self.unit}/s" if done > self.first else "",
-            f"ETA {eta_text(eta)}" if eta is not None else "",
+            f"{rate:.1f} {self.unit}/s" if rate is not None else "",
+            f"ETA {eta_text(eta)}" if eta is not None and done < self.total else "",
+            f"job ETA {eta_text(eta + rest)}" if rest is not None else "",
         ]
         return " · ".join(p for p in parts if p)
 

@@ -148,8 +148,10 @@ def test_generate_writes_samples_skips_heldout_and_reports_progress(store, tiny_
     unprompted = {}
     for s in samples:  # one unprompted answer per prompt
         assert unprompted.setdefault(s["prompt_id"], s["unprompted"]) == s["unprompted"]
-    assert [d for d, _, _ in seen] == [0, 2, 4, 5] and all(t == 5 for _, t, _ in seen)
-    assert "ETA" in seen[-1][2] and "tokens/s" in seen[-1][2]
+    # progress counts tokens: 5 prompts x (2 samples + 1 unprompted) x 6, each decode step moving it
+    done = [d for d, _, _ in seen]
+    assert all(t == 90 for _, t, _ in seen) and done == sorted(done) and done[0] == 0 and done[-1] == 90
+    assert len(set(done)) > 4 and seen[-1][2].startswith("90/90 tokens")  # it moves inside a batch
     assert all("cut_off" in s["flags"] for s in samples if s["meta"]["cut_off"] and s["final"])
     again = run_generate(store, cfg, tiny_model, tiny_tokenizer)
     assert again["answered_now"] == 0 and len(store.list_samples(constitution_id=cid)) == 10
@@ -176,11 +178,41 @@ def test_cancel_between_batches_then_resume(store, tiny_model, tiny_tokenizer):
     cid = pirate_version(store)
     add_set(store, 6)
     cfg = GenerateConfig(set_name="s", constitution_id=cid, batch_size=2, sampling={"max_new_tokens": 4})
-    calls = iter([False, False, True])
     with pytest.raises(Cancelled):
-        run_generate(store, cfg, tiny_model, tiny_tokenizer, should_stop=lambda: next(calls))
+        run_generate(store, cfg, tiny_model, tiny_tokenizer, should_stop=lambda: len(store.list_samples()) >= 4)
     assert len(store.list_samples()) == 4
     assert run_generate(store, cfg, tiny_model, tiny_tokenizer)["answered_now"] == 2
+
+
+def test_a_stop_inside_a_batch_keeps_the_prompts_whose_answers_ended(store, monkeypatch):
+    """Stopped at decode step 3 of a batch of three prompts: the first's answers (sample and unprompted)
+    had ended, the second's unprompted one had not, the third's sample had not. Only the first is kept,
+    and a resume answers the other two."""
+    from ctxdistill import generate
+
+    cid = pirate_version(store)
+    add_set(store, 3)
+    calls = []
+
+    def fake_rows(model, tokenizer, rows, cfg, *, on_token=None, **kwargs):
+        calls.append([p for _, p in rows])
+        if len(calls) == 1:  # rows: 3 samples, then 3 unprompted answers; ended rows are shorter than 4
+            on_token(3, [[5, 6], [5, 6, 7, 8], [5, 6, 7, 8], [5], [5, 6, 7, 8], [5, 6]])
+        return [[5, 6] for _ in rows]
+
+    monkeypatch.setattr(generate, "generate_rows", fake_rows)
+    tokenizer = type("T", (), {"decode": lambda self, ids, skip_special_tokens: " ".join(map(str, ids))})()
+    monkeypatch.setattr(generate, "split_rows", lambda *a: (None,))
+    monkeypatch.setattr(generate, "Prefixes", lambda model, ids: type("P", (), {"ids": ids})())
+    cfg = GenerateConfig(set_name="s", constitution_id=cid, batch_size=8, sampling={"max_new_tokens": 8})
+    with pytest.raises(Cancelled):
+        run_generate(store, cfg, None, tokenizer, should_stop=lambda: len(calls) == 1)
+    kept = store.list_samples()
+    assert [(s["prompt"], s["prompted"], s["unprompted"]) for s in kept] == [
+        ("Question number 0: what is 0 plus 0?", "5 6", "5")
+    ]
+    assert run_generate(store, cfg, None, tokenizer)["answered_now"] == 2
+    assert len(calls[1]) == 4 and len(store.list_samples()) == 3
 
 
 def test_config_errors():
@@ -212,7 +244,7 @@ def test_worker_killed_mid_run_fails_fast_and_resume_does_only_the_rest(store, t
         set_name="s", constitution_id=cid, batch_size=1, model=str(tiny_checkpoint), sampling={"max_new_tokens": 48}
     )
     job_id = jobs.submit(store, "generate", cfg.to_dict())
-    _until(lambda: store.get_job(job_id)["progress_done"] >= 3, timeout=60)
+    _until(lambda: len(store.list_samples()) >= 3, timeout=60)
     os.killpg(store.get_job(job_id)["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
     job = _until(lambda: (j := jobs.get(store, job_id))["state"] != "running" and j, timeout=5)

@@ -250,8 +250,8 @@ def test_meter_counts_this_runs_work_only(monkeypatch):
     monkeypatch.setattr(jobs.time, "monotonic", lambda: now[0])
     meter = Meter(10, "prompts", done=4, name="sampling")  # resumed: 4 were done before
     assert meter.line(4) == "sampling: 4/10 prompts"
-    now[0] += 2.0
-    assert meter.rate(6) == 1.0 and meter.eta(6) == 4.0
-    assert meter.line(6, "30 tokens/s") == "sampling: 6/10 prompts · 30 tokens/s · 1.0 prompts/s · ETA 4s"
+    now[0] += 4.0
+    assert meter.rate(6) == 0.5 and meter.eta(6) == 8.0
+    assert meter.line(6, "30 tokens/s") == "sampling: 6/10 prompts · 30 tokens/s · 0.5 prompts/s · ETA 8s"
     assert meter.due(6) and not meter.due(7) and meter.due(10)
     assert eta_text(185) == "3m 05s" and eta_text(-3) == "0s"

@@ -1,0 +1,33 @@
+"""How a job's progress reads (jobs.Meter): no rate nor ETA before the phase has measured something,
+and the whole job's ETA beside the phase's where the job knows what comes after."""
+
+from __future__ import annotations
+
+from ctxdistill import jobs
+from ctxdistill.jobs import Meter
+
+
+def clock(monkeypatch) -> list[float]:
+    now = [100.0]
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_no_rate_nor_eta_until_the_phase_has_run_long_enough_and_done_enough(monkeypatch):
+    now = clock(monkeypatch)
+    meter = Meter(6080, "tokens", name="sampling")
+    now[0] += 0.001
+    assert meter.line(512) == "sampling: 512/6080 tokens"  # was "512000.0 tokens/s · ETA 0s"
+    now[0] += 5.0
+    assert meter.line(60) == "sampling: 60/6080 tokens"  # 5 s but under 2 % of the work: no rate yet
+    assert meter.line(608).startswith("sampling: 608/6080 tokens · 121.6 tokens/s · ETA 45s")
+
+
+def test_the_whole_jobs_eta_adds_what_comes_after_the_phase(monkeypatch):
+    now = clock(monkeypatch)
+    later = [None]
+    meter = Meter(100, "answers", name="held-out", after=lambda: later[0])
+    now[0] += 10.0
+    assert meter.line(50) == "held-out: 50/100 answers · 5.0 answers/s · ETA 10s"  # the job cannot say
+    later[0] = 170.0
+    assert meter.line(50) == "held-out: 50/100 answers · 5.0 answers/s · ETA 10s · job ETA 3m 00s"
