@@ -345,7 +345,7 @@ def train_dpo(
 
 def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     """Everything a DPO job does: check, load the model and the start adapter, the reference, train, save."""
-    from .adapters import load_adapter, run_adapter
+    from .adapters import RUN_FILE, load_adapter, run_adapter
     from .constitution import from_row, render
     from .models import ModelError, default_models_dir, load_model
     from .train import Hooks
@@ -376,7 +376,10 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     data = encode_pairs(tokenizer, pairs, cfg.max_tokens)
     hooks.progress(0, cfg.steps, "the held-out answers and the reference log-probabilities")
     heldout = heldout_examples(store, job, cfg, pair)
+    start_file = run_adapter(store, job["id"]) / RUN_FILE  # what the start run was trained in
+    start = json.loads(start_file.read_text()) if start_file.is_file() else {}
     info = {
+        **{k: start[k] for k in ("quantize", "precision", "precision_reason", "prompt_set") if k in start},
         "constitution": row["name"],
         "constitution_id": row["id"],
         "base_model": cfg.model or old.get("model") or "embedded SmolLM2-135M-Instruct",

@@ -174,7 +174,7 @@ def plan(cfg: EvalConfig, store) -> Plan:
             job = store.get_job(run_id)
         except NotFound:
             raise EvalError(f"there is no run {run_id} in this workspace") from None
-        if job["kind"] != "train":
+        if job["kind"] not in ("train", "dpo"):
             raise EvalError(f"job {run_id} is a {job['kind']} job, not a training run")
         adapter = run_adapter(store, run_id)
         if not (adapter / "adapter_model.safetensors").is_file():
