@@ -47,6 +47,7 @@ from dataclasses import replace
 import torch
 
 from .constitution import render
+from .safety import quote
 from .sampling import response_logits
 from .stats import share_estimate
 
@@ -89,7 +90,7 @@ def tracked(spec: str, constitution, changed: list[str] = ()) -> list[str]:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(
-            f"baked gauge: no principle {', '.join(map(repr, unknown))} in this constitution "
+            f"baked gauge: {len(unknown)} unknown principle id(s) {quote(', '.join(unknown))} in this constitution "
             f"(its principles: {', '.join(known)}; or auto, all, none)"
         )
     return names

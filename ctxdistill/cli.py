@@ -650,6 +650,8 @@ def failure(exc: BaseException) -> str:
     or an environment error (OSError) with its kind; hub tokens redacted."""
     if isinstance(exc, DOMAIN_ERRORS):
         text = str(exc)
+    elif isinstance(exc, OSError) and exc.filename is not None:  # the file name may be a flood of input
+        text = f"{type(exc).__name__}: {exc.strerror}: {quote(exc.filename)}"
     else:
         text = hub_message(exc) or f"{type(exc).__name__}: {exc}"
     return redact(" ".join(text.split()))

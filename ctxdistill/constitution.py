@@ -32,6 +32,7 @@ import regex
 import yaml
 
 from . import hf_recipe
+from .safety import quote
 
 CHECK_KINDS = ("starts_with", "contains", "not_contains", "regex", "max_words")
 EXAMPLE_ROLES = ("user", "assistant")
@@ -74,7 +75,7 @@ class Check:
                 return False  # could not be shown to pass in time: counted as failed
         if self.kind == "max_words":
             return len(text.split()) <= int(v)
-        raise ValueError(f"Unknown check kind {self.kind!r}.")
+        raise ValueError(f"Unknown check kind {quote(self.kind)}.")
 
     def describe(self) -> str:
         return {

@@ -26,6 +26,7 @@ import torch
 
 from .engine import Example, SamplingStopped, TeacherStudent, sample_answers
 from .losses import kl_per_token
+from .safety import quote
 from .train_config import TrainConfig, TrainError
 
 
@@ -43,20 +44,22 @@ def split_prompts(store, cfg: TrainConfig) -> tuple[list[str], list[str]]:
         for c in held:
             if not any(r["category"] == c and r["split"] == "heldout" for r in rows):
                 raise TrainError(
-                    f"category {c!r} has no held-out prompts in prompt set {cfg.prompt_set!r} to score on"
+                    f"category {quote(c)} has no held-out prompts in prompt set {quote(cfg.prompt_set)} to score on"
                     f" (its categories: {', '.join(known) or 'none'})"
                 )
         train = [r["text"] for r in rows if r["split"] == "train" and r["category"] not in held]
         heldout = [r["text"] for r in rows if r["split"] == "heldout" and r["category"] in held]
         if not train:
-            raise TrainError(f"holding out {', '.join(held)} leaves no train prompts in prompt set {cfg.prompt_set!r}")
+            raise TrainError(
+                f"holding out {quote(', '.join(held))} leaves no train prompts in prompt set {quote(cfg.prompt_set)}"
+            )
     else:
         train = [r["text"] for r in rows if r["split"] == "train"]
         heldout = [r["text"] for r in rows if r["split"] == "heldout"]
     if not heldout:
-        raise TrainError(f"prompt set {cfg.prompt_set!r} has no held-out prompts to measure the student on")
+        raise TrainError(f"prompt set {quote(cfg.prompt_set)} has no held-out prompts to measure the student on")
     if not train and cfg.data == "prompts":
-        raise TrainError(f"prompt set {cfg.prompt_set!r} has no train prompts")
+        raise TrainError(f"prompt set {quote(cfg.prompt_set)} has no train prompts")
     return (
         train[: cfg.max_prompts] if cfg.max_prompts else train,
         heldout[: cfg.eval_prompts] if cfg.eval_prompts else heldout,
@@ -70,12 +73,12 @@ def replay_prompts(store, cfg: TrainConfig, n_train: int) -> list[str]:
         return []
     rows = [r["text"] for r in store.get_prompts(cfg.replay_set, split="train", owner=cfg.owner)]
     if not rows:
-        raise TrainError(f"replay prompt set {cfg.replay_set!r} has no train prompts")
+        raise TrainError(f"replay prompt set {quote(cfg.replay_set)} has no train prompts")
     want = round(n_train * cfg.replay_fraction / (1 - cfg.replay_fraction))
     if want > len(rows):
         raise TrainError(
             f"a replay fraction of {cfg.replay_fraction:g} next to {n_train} train prompts needs {want} "
-            f"prompts; replay set {cfg.replay_set!r} has {len(rows)}: lower the fraction or --max-prompts"
+            f"prompts; replay set {quote(cfg.replay_set)} has {len(rows)}: lower the fraction or --max-prompts"
         )
     return random.Random(cfg.seed).sample(rows, want)
 

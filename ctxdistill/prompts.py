@@ -17,6 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .safety import quote
 from .store import Store
 
 DEFAULT_SET = "default"
@@ -67,7 +68,7 @@ def read_table(source: str | Path, fmt: str | None = None) -> list[dict]:
     DatasetDict gives every split, each record tagged with its split name in "split"."""
     fmt = fmt or detect_format(source)
     if fmt not in FORMATS:
-        raise ImportFileError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        raise ImportFileError(f"unknown format {quote(fmt)}; use one of {', '.join(FORMATS)}")
     path = Path(source)
     if fmt == "datasets":
         return _read_datasets(str(source))
@@ -155,7 +156,7 @@ def _read_datasets(source: str) -> list[dict]:
         try:
             ds = datasets.load_dataset(source)
         except Exception as e:  # the hub raises many kinds: not found, gated, bad config
-            raise ImportFileError(f"cannot load dataset {source!r} from the hub: {e}") from None
+            raise ImportFileError(f"cannot load dataset {quote(source)} from the hub: {e}") from None
     if isinstance(ds, datasets.DatasetDict):
         return [{**row, "split": row.get("split", name)} for name, part in ds.items() for row in part]
     return list(ds)
@@ -202,7 +203,7 @@ def prompt_rows(
         raise ImportFileError(f"{name}: pick the prompt column; the columns are: {', '.join(cols)}")
     for what, col in (("prompt", column), ("split", split_column), ("category", category_column)):
         if col is not None and col not in cols:
-            raise ImportFileError(f"{name} has no {what} column {col!r}; the columns are: {', '.join(cols)}")
+            raise ImportFileError(f"{name} has no {what} column {quote(col)}; the columns are: {', '.join(cols)}")
     if split_column is None and "split" in cols:
         split_column = "split"
     if not 0 <= heldout_fraction < 1:
@@ -227,7 +228,7 @@ def prompt_rows(
             raw = str(r.get(split_column) or "").strip().lower()
             if raw not in HELDOUT_NAMES | TRAIN_NAMES:
                 raise ImportFileError(
-                    f"{name} record {n}: split {r.get(split_column)!r} is neither train "
+                    f"{name} record {n}: split {quote(r.get(split_column))} is neither train "
                     "nor held-out (heldout, test, validation, eval)"
                 )
             split = "heldout" if raw in HELDOUT_NAMES else "train"
@@ -236,7 +237,7 @@ def prompt_rows(
         category = str(r.get(category_column or "category") or "")
         rows.append({"text": text, "split": split, "category": category})
     if not rows:
-        raise ImportFileError(f"{name}: every {column!r} value is empty; nothing to import")
+        raise ImportFileError(f"{name}: every {quote(column)} value is empty; nothing to import")
     return rows, counts
 
 
