@@ -122,7 +122,8 @@ def run_generate(
         prefix_ids = split_rows(tokenizer, rows, examples)[0]
         if prefixes is None or prefixes.ids != prefix_ids:
             prefixes = Prefixes(model, prefix_ids)  # once per run, unless a tokenizer merges across it
-        on_token = _on_token(done, len(rows), budget, batch, meter, progress, should_stop)
+        end = done + sum(budget(ks) for _, ks in batch)
+        on_token = token_progress(done, end, len(rows), meter, progress, should_stop)
         try:
             out = generate_rows(
                 model,
@@ -134,8 +135,8 @@ def run_generate(
                 prefixes=prefixes,
                 on_token=on_token,
             )
-        except _Stopped as stop:  # keep the prompts whose answers all ended, then stop
-            kept = _finished(batch, stop.out, stop.step, cfg.unprompted)
+        except Stopped as stop:  # keep the prompts whose answers all ended, then stop
+            kept = _finished(batch, stop, cfg.unprompted)
             written += _write(
                 store,
                 cfg,
@@ -151,7 +152,7 @@ def run_generate(
             raise Cancelled("cancelled by request") from None
         new_tokens += sum(map(len, out))
         written += _write(store, cfg, scfg, tokenizer, checks, batch, out, job_id)
-        done += sum(budget(ks) for _, ks in batch)
+        done = end
         if progress:
             progress(done, total, meter.line(done))
     flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
@@ -168,32 +169,37 @@ def run_generate(
     }
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """Raised inside a batch's decoding when a stop was asked for: the step and the answers so far."""
 
     def __init__(self, step: int, out: list[list[int]]):
         self.step, self.out = step, out
 
+    def ended(self) -> set[int]:
+        """The rows whose answer had ended (end-of-turn) by then: they are complete."""
+        return {r for r, ids in enumerate(self.out) if len(ids) <= self.step}
 
-def _on_token(done: int, n_rows: int, budget, batch, meter: Meter, progress, should_stop):
-    """generate_rows' on_token for one batch: the token counter at most once a second, and a stop
-    asked for between two of those (raises _Stopped)."""
-    end = done + sum(budget(ks) for _, ks in batch)
+
+def token_progress(start: int, end: int, n_rows: int, meter: Meter, progress, should_stop):
+    """generate_rows' on_token for one batch of ``n_rows`` rows whose token budget takes the job's
+    counter from ``start`` to ``end``: the counter at most once a second, and a stop asked for
+    between two of those (raises Stopped)."""
 
     def on_token(step: int, out: list[list[int]]) -> None:
-        now = min(done + (step + 1) * n_rows, end)
+        now = min(start + (step + 1) * n_rows, end)
         if meter.due(now):
             if should_stop():
-                raise _Stopped(step, out)
+                raise Stopped(step, out)
             if progress:
                 progress(now, meter.total, meter.line(now))
 
     return on_token
 
 
-def _finished(batch, out: list[list[int]], step: int, unprompted: bool) -> list[int]:
-    """Indices of the batch's prompts whose every row had ended (end-of-turn) by decode step ``step``."""
-    return [i for i in range(len(batch)) if all(len(out[r]) <= step for r in _row_ids(batch, i, unprompted))]
+def _finished(batch, stop: Stopped, unprompted: bool) -> list[int]:
+    """Indices of the batch's prompts whose every row had ended when it stopped."""
+    ended = stop.ended()
+    return [i for i in range(len(batch)) if all(r in ended for r in _row_ids(batch, i, unprompted))]
 
 
 def _row_ids(batch, i: int, unprompted: bool) -> list[int]:

@@ -31,14 +31,13 @@ once per run.
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass, field
 
 from . import curate
 from .config import SamplingStageConfig
 from .constitution import Principle, from_row, render
 from .curate import STARTS, start_answer
-from .generate import job_model, never
+from .generate import Stopped, job_model, never, token_progress
 from .jobs import Meter
 from .sampling import Prefixes, generate_rows, split_rows
 from .store import SAMPLE_STATUSES, Store
@@ -142,7 +141,8 @@ def run_revise(
     """Run the critique/revision rounds still missing from each selected sample; returns a summary.
 
     A sample whose chain already has `rounds` steps is skipped, and each round of a batch
-    is written before the next starts, so a resumed job only does the rest."""
+    is written before the next starts, so a resumed job only does the rest. Progress counts
+    tokens; a stop during a round's revisions keeps the samples whose revision had ended."""
     from .jobs import Cancelled
 
     cfg.validate()
@@ -162,23 +162,29 @@ def run_revise(
     samples = samples[: cfg.limit] if cfg.limit else samples
     if not samples:
         raise ValueError("no samples to revise: run generate first (or widen the status/set filter)")
-    total = len(samples) * cfg.rounds
-    done = sum(min(len(s["chain"]), cfg.rounds) for s in samples)
+    # progress counts tokens: a round's budget is a critique and a revision of up to max_new_tokens each
+    per_round = 2 * scfg.max_new_tokens
+    rounds_done = sum(min(len(s["chain"]), cfg.rounds) for s in samples)
+    total, done = len(samples) * cfg.rounds * per_round, rounds_done * per_round
     todo = [s for s in samples if len(s["chain"]) < cfg.rounds and start_answer(s, cfg.start)]
-    if log and done:
-        log.info("resuming: %d of %d rounds already done", done, total)
+    if log and rounds_done:
+        log.info("resuming: %d of %d rounds already done", rounds_done, len(samples) * cfg.rounds)
+    meter = Meter(total, "tokens", done)
     if progress:
-        progress(done, total, f"{done}/{total} rounds")
-    prefixes, started, new_tokens, steps = None, time.monotonic(), 0, 0
-    meter = Meter(total, "rounds", done)
+        progress(done, total, meter.line(done))
+    prefixes, new_tokens, steps = None, 0, 0
 
-    def generate(conversations: list[list[dict]], seeds: list[int]) -> list[list[int]]:
+    def generate(conversations: list[list[dict]], seeds: list[int], start: int) -> list[list[int]]:
         nonlocal prefixes, new_tokens
         rows = [(system, c) for c in conversations]
         prefix_ids = split_rows(tokenizer, rows, examples)[0]
         if prefixes is None or prefixes.ids != prefix_ids:
             prefixes = Prefixes(model, prefix_ids)
-        out = generate_rows(model, tokenizer, rows, scfg, sample_index=seeds, examples=examples, prefixes=prefixes)
+        end = start + len(rows) * scfg.max_new_tokens
+        on_token = token_progress(start, end, len(rows), meter, progress, should_stop)
+        out = generate_rows(
+            model, tokenizer, rows, scfg, sample_index=seeds, examples=examples, prefixes=prefixes, on_token=on_token
+        )
         new_tokens += sum(map(len, out))
         return out
 
@@ -194,18 +200,28 @@ def run_revise(
                 picked.append(pick_principle(constitution.principles, cfg.order, scfg.seed, s["id"], len(chain)))
                 answers.append(chain[-1]["revision"] if chain else start_answer(s, cfg.start))
             seeds = [s["id"] * 64 + 2 * len(chains[s["id"]]) for s in active]
-            critiques = [
-                tokenizer.decode(ids, skip_special_tokens=True).strip()
-                for ids in generate(
-                    [critique_messages(s["prompt"], a, p) for s, a, p in zip(active, answers, picked)], seeds
+            try:  # a stop during the critiques keeps nothing of this round: no revision is complete
+                critiques = [
+                    tokenizer.decode(ids, skip_special_tokens=True).strip()
+                    for ids in generate(
+                        [critique_messages(s["prompt"], a, p) for s, a, p in zip(active, answers, picked)], seeds, done
+                    )
+                ]
+            except Stopped:
+                raise Cancelled("cancelled by request") from None
+            stopped = None
+            try:
+                revised = generate(
+                    [revision_messages(s["prompt"], a, p, c) for s, a, p, c in zip(active, answers, picked, critiques)],
+                    [k + 1 for k in seeds],
+                    done + len(active) * scfg.max_new_tokens,
                 )
-            ]
-            revised = generate(
-                [revision_messages(s["prompt"], a, p, c) for s, a, p, c in zip(active, answers, picked, critiques)],
-                [k + 1 for k in seeds],
-            )
+            except Stopped as stop:  # the samples whose revision had ended keep their round
+                stopped, revised = stop, stop.out
             items = []
-            for s, a, p, critique, ids in zip(active, answers, picked, critiques, revised):
+            for row, (s, a, p, critique, ids) in enumerate(zip(active, answers, picked, critiques, revised)):
+                if stopped is not None and row not in stopped.ended():
+                    continue
                 step = {
                     "principle": p.id,
                     "critique_request": critique_request(p),
@@ -231,12 +247,16 @@ def run_revise(
                         "meta": {**s["meta"], "revise_start": cfg.start},
                     }
                 )
-            curate.flag_samples(store, store.upsert_samples(items), checks)
+            if items:
+                curate.flag_samples(store, store.upsert_samples(items), checks)
+            if stopped is not None:
+                if log:
+                    log.info("stopped: kept the %d revisions of the round that had ended", len(items))
+                raise Cancelled("cancelled by request")
             steps += len(active)
-            done += len(active)
-            elapsed = time.monotonic() - started
+            done += len(active) * per_round
             if progress:
-                progress(done, total, meter.line(done, f"{new_tokens / elapsed:.0f} tokens/s"))
+                progress(done, total, meter.line(done))
     flags = curate.refresh_flags(store, cfg.constitution_id, owner=cfg.owner)
     return {
         "samples": len(samples),

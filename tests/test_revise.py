@@ -34,7 +34,9 @@ def test_chain_rounds_cycle_principles_and_final_follows_last_revision(store, ti
     seen = []
     cfg = ReviseConfig(constitution_id=cid, rounds=3, batch_size=2, sampling={"max_new_tokens": 5})
     result = run_revise(store, cfg, tiny_model, tiny_tokenizer, progress=lambda *a: seen.append(a[:2]))
-    assert result["rounds_done_now"] == 9 and seen[0] == (0, 9) and seen[-1] == (9, 9)
+    # tokens: 3 samples x 3 rounds x (critique + revision) x 5, moving at each decode step
+    assert result["rounds_done_now"] == 9 and seen[0] == (0, 90) and seen[-1] == (90, 90)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen) and any(d % 10 for d, _ in seen)
     for s in store.list_samples(constitution_id=cid):
         chain = s["chain"]
         assert [step["principle"] for step in chain] == ["arr", "matey", "arr"]
@@ -80,6 +82,31 @@ def test_resume_adds_only_missing_rounds_and_keeps_edits(store, tiny_model, tiny
         assert len(s["chain"]) == 2 and s["chain"][0] == first[s["id"]]
     assert store.list_samples()[0]["final"] == "My own words."  # a pipeline write keeps the edit
     assert run_revise(store, cfg, tiny_model, tiny_tokenizer)["rounds_done_now"] == 0
+
+
+def test_a_stop_during_the_revisions_keeps_the_rounds_that_ended(store, tiny_tokenizer, monkeypatch):
+    """Stopped while revising three samples: the first's revision had ended, the others' had not.
+    The first keeps its round; a resume revises the other two only."""
+    from ctxdistill.jobs import Cancelled
+
+    cid = seeded(store)
+    calls = []
+
+    def fake_rows(model, tok, rows, cfg, *, on_token=None, **kw):
+        calls.append(len(rows))
+        if len(calls) == 2:  # the first round's revisions: row 0 ended at 2 tokens, the others run on
+            on_token(3, [[5, 6], [5, 6, 7, 8], [5, 6, 7, 8]])
+        return [[5, 6] for _ in rows]
+
+    monkeypatch.setattr(rv, "generate_rows", fake_rows)
+    monkeypatch.setattr(rv, "split_rows", lambda *a: (None,))
+    monkeypatch.setattr(rv, "Prefixes", lambda model, ids: type("P", (), {"ids": ids})())
+    cfg = ReviseConfig(constitution_id=cid, rounds=1, keep_if_worse=False, sampling={"max_new_tokens": 8})
+    with pytest.raises(Cancelled):
+        run_revise(store, cfg, None, tiny_tokenizer, should_stop=lambda: len(calls) == 2)
+    assert [len(s["chain"]) for s in store.list_samples()] == [1, 0, 0]
+    assert run_revise(store, cfg, None, tiny_tokenizer)["revised_now"] == 2 and calls[2:] == [2, 2]
+    assert [len(s["chain"]) for s in store.list_samples()] == [1, 1, 1]
 
 
 def test_random_order_is_reproducible():
