@@ -14,6 +14,7 @@ nothing here is a constant measured elsewhere.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -161,6 +162,36 @@ def default_run(store, cal: Calibration) -> dict:
         "n_heldout": n_heldout,
         "seconds": predict_train(cal, cfg, n_train, n_heldout),
     }
+
+
+def predict_eval(cal: Calibration, units: int, tokens: int) -> float:
+    """Seconds of an evaluation of ``units`` progress units (evaluate.units: answers sampled, then
+    scored) of up to ``tokens`` tokens each. A unit is costed as a sampled answer, the dearer of the
+    two (a scoring pass is one forward of a batch, a sampled answer one per token)."""
+    return predict_sampling(cal, units, tokens)
+
+
+def busy() -> tuple[float, int] | None:
+    """(load, cores) when the last minute's load average is above the machine's cores, else None:
+    jobs then get a share of the CPU that nothing here can predict (they run at a low priority)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        return None
+    cores = os.cpu_count() or 1
+    return (load, cores) if load > cores else None
+
+
+def load_note() -> str:
+    """What a predicted time adds on a busy machine (``busy``): that it cannot say how much longer."""
+    load = busy()
+    if load is None:
+        return ""
+    return (
+        f" The machine is busy (load {load[0]:.1f} on {load[1]} cores): the job gets what the other programs "
+        "leave, so it can take several times longer, and how much longer cannot be said in advance; the job's "
+        "progress shows its measured ETA."
+    )
 
 
 def duration(seconds: float) -> str:

@@ -379,9 +379,10 @@ def test_compare_callbacks_only_touch_the_visitors_evaluations_and_runs(app):
     }
     eval_id = ctx.store.save_eval(None, a["constitution"], [a["job"]], results, owner=A.session_hash)
     compare = lambda name: tab_callback(blocks, "compare", name)
-    assert compare("on_pick")(eval_id, request=A)[0]["choices"] == [f"run {a['job']}"]
-    assert compare("on_pick")(eval_id, request=B)[0]["choices"] == []
-    assert compare("views")(eval_id, None, None, request=B) == (None,) * 5 + (gr.skip(), gr.skip())
+    shown = lambda name: tab_callback(blocks, "results", name)  # the Compare tab's results (ui/results.py)
+    assert shown("on_pick")(eval_id, request=A)[0]["choices"] == [f"run {a['job']}"]
+    assert shown("on_pick")(eval_id, request=B)[0]["choices"] == []
+    assert shown("views")(eval_id, None, None, request=B) == (None,) * 5 + (gr.skip(), gr.skip())
     assert compare("show_blind")(eval_id, request=B)[0] is None
     with pytest.raises(gr.Error, match="gone"):
         compare("cast")({"eval": eval_id, "prompt": 1, "a_is": "teacher"}, "1 · A is better", request=B)
@@ -421,9 +422,9 @@ def test_compare_form_is_capped(app, monkeypatch):
             start(a["constitution"], [], "held", *args, False, request=A)
     submitted = []
     monkeypatch.setattr(compare.jobs, "submit", lambda store, kind, cfg, owner: submitted.append(cfg) or a["job"])
-    start(a["constitution"], [], "held", 0, 40, 8, False, request=A)
+    start(a["constitution"], [], "held", 0, 40, 8, False, True, "full", request=A)
     assert submitted[0]["max_prompts"] == ctx.caps.prompts  # "all" is as many as the demo allows
-    # the robustness suite (on by default) is scaled to the caps: capability items, suite and attacks
+    # the full robustness suite is scaled to the caps: capability items, suite and attacks
     suite = submitted[0]
     assert (
         suite["robustness"]
@@ -540,6 +541,7 @@ BOUNDED = {
     # one calibration per (quantize, precision) pair for the whole process, then arithmetic
     "distill:on_measure",
     "data:gen_estimate",
+    "compare:eval_estimate",
 }
 # Reads: they start no work and store nothing.
 READS = {

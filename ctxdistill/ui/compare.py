@@ -13,8 +13,8 @@ import functools
 import gradio as gr
 
 from ctxdistill import constitution as cmod
-from ctxdistill import eval_config, evaluate, jobs, report, stats
-from ctxdistill.models import ModelError
+from ctxdistill import estimate, eval_config, evaluate, jobs, report, stats
+from ctxdistill.models import ModelError, default_models_dir
 from ctxdistill.ui import results
 from ctxdistill.ui import stale as stale_notice
 from ctxdistill.ui.common import (
@@ -29,6 +29,8 @@ from ctxdistill.ui.common import (
     version_menu,
 )
 
+SUITE_SIZES = ("quick", "full")
+QUICK_SUITE = 6  # items per part of the quick robustness suite (its attacks: one prompt per kind)
 INFLUENCE_TOKENS = 40  # tokens per teacher answer when measuring the draft's principles (at most the demo cap)
 # the blind review's buttons: key, label, vote
 VOTES = (("1", "A is better", "a"), ("2", "B is better", "b"), ("3", "Tie", "tie"), ("4", "Both bad", "both_bad"))
@@ -162,6 +164,16 @@ def layout(ctx: AppContext) -> dict:
                 value=True,
                 elem_id="eval-robustness",
             )
+            suite_size = gr.Radio(
+                list(SUITE_SIZES),
+                value="quick",
+                label="Suite size",
+                info=f"quick: {QUICK_SUITE} items per part; full: the whole suite (bounded by Max prompts when set)",
+                elem_id="eval-suite-size",
+            )
+        with gr.Row():
+            guess = gr.Markdown(elem_id="eval-estimate")
+            measure_time = gr.Button("Estimate the time", size="sm", scale=0, elem_id="eval-estimate-button")
         with gr.Row():
             start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
             stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
@@ -235,6 +247,9 @@ def layout(ctx: AppContext) -> dict:
         export=export,
         report_file=report_file,
         use_robustness=use_robustness,
+        suite_size=suite_size,
+        guess=guess,
+        measure_time=measure_time,
         **views,
         **suite,
         **baked,
@@ -256,24 +271,11 @@ def run_list(ctx: AppContext, current, request: gr.Request):
     return gr.update(choices=choices, value=[r for r in current or [] if r in ids])
 
 
-def on_start(
-    ctx: AppContext,
-    version_id,
-    run_ids,
-    set_name,
-    n,
-    tokens,
-    n_influence,
-    judge,
-    robust=True,
-    request: gr.Request = None,
-):
-    owner = ctx.owner(request)
-    if not version_id:
-        raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
-    ctx.constitution(version_id, request)  # the visitor's own version and runs only
-    for run_id in run_ids or []:
-        ctx.job(run_id, request)
+def form_config(
+    ctx: AppContext, version_id, run_ids, set_name, n, tokens, n_influence, judge, robust, size, owner: str
+) -> eval_config.EvalConfig:
+    """The form as an EvalConfig, its robustness suite scaled to the form: each part at most Max prompts
+    (when set), QUICK_SUITE for the quick suite, and the demo's cap."""
     cfg = eval_config.EvalConfig(
         constitution_id=int(version_id),
         runs=[int(r) for r in run_ids or []],
@@ -288,13 +290,102 @@ def on_start(
     )
     if ctx.caps is not None and not cfg.max_prompts:
         cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
+    caps = [c for c in (cfg.max_prompts, QUICK_SUITE if size != "full" else 0) if c]
     try:
-        fitted = cfg if ctx.caps is None else eval_config.fit_suite(cfg, ctx.caps.prompts)
-        the_plan = eval_config.plan(fitted, ctx.store)
+        return eval_config.fit_suite(cfg, min(caps)) if caps else cfg
+    except eval_config.EvalError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def on_start(
+    ctx: AppContext,
+    version_id,
+    run_ids,
+    set_name,
+    n,
+    tokens,
+    n_influence,
+    judge,
+    robust=True,
+    size="quick",
+    request: gr.Request = None,
+):
+    owner = ctx.owner(request)
+    if not version_id:
+        raise gr.Error("Pick a saved constitution version first (save one in the Constitution tab).")
+    ctx.constitution(version_id, request)  # the visitor's own version and runs only
+    for run_id in run_ids or []:
+        ctx.job(run_id, request)
+    cfg = form_config(ctx, version_id, run_ids, set_name, n, tokens, n_influence, judge, robust, size, owner)
+    try:
+        the_plan = eval_config.plan(cfg, ctx.store)
     except eval_config.EvalError as exc:
         raise gr.Error(str(exc)) from None
     ctx.limit(prompts=eval_config.largest_part(cfg, the_plan), max_new_tokens=cfg.sample_tokens)
     return jobs.submit(ctx.store, "evaluate", cfg.to_dict(), owner=owner)
+
+
+def eval_estimate(
+    ctx: AppContext,
+    measure: bool,
+    version_id,
+    run_ids,
+    set_name,
+    n,
+    tokens,
+    n_influence,
+    judge,
+    robust,
+    size,
+    request: gr.Request,
+):
+    """What the form's evaluation will do (the suite's parts, runs trained on another version) and its
+    predicted time on this machine (estimate.py) once measured; a note where it cannot be planned."""
+    if not version_id:
+        return "Pick a constitution version to see what the evaluation does and how long it takes."
+    form = (version_id, run_ids, set_name, n, tokens, n_influence, judge, robust, size)
+    try:
+        ctx.constitution(version_id, request)
+        for run_id in run_ids or []:
+            ctx.job(run_id, request)
+        cfg = form_config(ctx, *form, ctx.owner(request))
+        the_plan = eval_config.plan(cfg, ctx.store)
+    except gr.Error as exc:
+        return f"**Cannot start:** {exc.message}"
+    except (eval_config.EvalError, ValueError, TypeError) as exc:
+        return f"**Cannot start:** {exc}"
+    lines = [
+        f"**{len(the_plan.prompts)} held-out prompts** × {len(the_plan.runs)} student(s)"
+        + (
+            f"; robustness suite: {len(the_plan.capability)} capability items, {len(the_plan.benign)} benign "
+            f"instructions, {len(the_plan.attacks)} kinds of injection × {min(cfg.attack_prompts, cfg.suite_prompts)} "
+            f"prompt(s), {min(cfg.suite_prompts, len(the_plan.prompts))} second-turn and placebo prompts"
+            if cfg.robustness
+            else "; no robustness suite"
+        )
+        + "."
+    ]
+    for run in the_plan.runs:
+        trained = run["config"].get("constitution_id")
+        if trained is not None and int(trained) != int(version_id):
+            lines.append(
+                f"**Other version:** run {run['run']} was trained on v{trained}; it will be scored against the "
+                f"teacher of v{int(version_id)}."
+            )
+    cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision, default_models_dir(ctx.store.home), measure)
+    units = evaluate.units(cfg, the_plan)
+    if cal is None:
+        lines.append(
+            "**Time:** press *Estimate the time* to measure this machine (it loads the model and times a few "
+            "steps: about a minute on a 2-core CPU)."
+        )
+    else:
+        seconds = estimate.predict_eval(cal, units, cfg.sample_tokens) + cal.load_s
+        lines.append(
+            f"**Time on this machine:** about {estimate.duration(seconds)} ({units} answers of up to "
+            f"{cfg.sample_tokens} tokens; measured with {cal.precision}).{estimate.load_note()}"
+        )
+    return "  \n".join(lines)
 
 
 def on_stop(ctx: AppContext, job, request: gr.Request):
@@ -393,9 +484,13 @@ def build(ctx: AppContext) -> None:
             "influence_n",
             "use_judge",
             "use_robustness",
+            "suite_size",
         )
     ]
     c["start"].click(on(on_start), form, c["job_id"]).then(**ctx.poll_now)
+    c["measure_time"].click(on(eval_estimate, True), form, c["guess"], concurrency_id=MODEL_QUEUE)
+    for field in form:
+        field.change(on(eval_estimate, False), form, c["guess"], queue=False, show_progress="hidden")
     c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
     state = [c["job_id"], c["known"]]
     ctx.watch(on(poll), state, [c["status"], c["pick"], c["known"]], on=("jobs", "progress:evaluate"))
