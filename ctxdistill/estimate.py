@@ -45,8 +45,8 @@ class Calibration:
 def calibrate(
     spec: str | None = None, *, quantize: str = "auto", precision: str = "auto", models_dir=None
 ) -> Calibration:
-    """Measure the units of ``Calibration`` (a few seconds), on the model loaded as a training run
-    would load it (its own copy: the adapter it adds for the step is thrown away with it)."""
+    """Measure the units of ``Calibration`` (the model's load, then a few seconds), on the model loaded
+    as a training run would load it (its own copy: the adapter it adds for the step is thrown away with it)."""
     from .engine import Example, TeacherStudent
     from .models import load_model
     from .sampling import SamplingConfig, generate_rows

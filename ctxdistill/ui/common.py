@@ -30,6 +30,12 @@ from ctxdistill.store import NotFound, Store, workspace_home
 MODEL_QUEUE = "model"
 # Uploads in local mode; demo mode uses its own cap (DemoCaps.upload_mb).
 LOCAL_UPLOAD_MB = 20
+# what a form's predicted time says before this machine was measured (estimate.calibrate loads the
+# model and times a few steps of each kind of work)
+UNMEASURED = (
+    "**Time:** press *Estimate the time* to measure this machine (it loads the model and times a few "
+    "steps: about a minute on a 2-core CPU, more when the machine is busy)."
+)
 # gradio copies a file a callback returns into its own cache as the event ends: a download folder
 # is not read again after that, and goes at the next download this much later (or at exit)
 DOWNLOAD_KEEP_S = 600

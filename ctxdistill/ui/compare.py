@@ -19,6 +19,7 @@ from ctxdistill.ui import results
 from ctxdistill.ui import stale as stale_notice
 from ctxdistill.ui.common import (
     MODEL_QUEUE,
+    UNMEASURED,
     AppContext,
     bind,
     download_dir,
@@ -375,10 +376,7 @@ def eval_estimate(
     cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision, default_models_dir(ctx.store.home), measure)
     units = evaluate.units(cfg, the_plan)
     if cal is None:
-        lines.append(
-            "**Time:** press *Estimate the time* to measure this machine (it loads the model and times a few "
-            "steps: about a minute on a 2-core CPU)."
-        )
+        lines.append(UNMEASURED)
     else:
         seconds = estimate.predict_eval(cal, units, cfg.sample_tokens) + cal.load_s
         lines.append(

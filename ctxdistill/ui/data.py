@@ -27,7 +27,7 @@ from ctxdistill.prompts import (
     select_prompts,
 )
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
-from ctxdistill.ui.common import MODEL_QUEUE, AppContext, bind, job_status_html, keep, version_menu
+from ctxdistill.ui.common import MODEL_QUEUE, UNMEASURED, AppContext, bind, job_status_html, keep, version_menu
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -79,14 +79,14 @@ def sampling_estimate(ctx: AppContext, owner: str, set_name, search, limit, n, m
     g = GenerateConfig()
     cal = estimate.cached(ctx.model_spec, g.quantize, g.precision, default_models_dir(ctx.store.home), measure)
     if cal is None:
-        return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
+        return UNMEASURED
     ensure_default_prompts(ctx.store, owner)
     prompts = select_prompts(ctx.store, set_name or "default", search=search or "", limit=int(limit or 0), owner=owner)
     rows = len(prompts) * (int(n or 1) + (1 if g.unprompted else 0))
     seconds = estimate.predict_sampling(cal, rows, int(max_new or 0))
     return (
         f"**Time on this machine:** about {estimate.duration(seconds)} for {len(prompts)} prompts "
-        f"({rows} answers of up to {int(max_new or 0)} tokens; measured with {cal.precision})."
+        f"({rows} answers of up to {int(max_new or 0)} tokens; measured with {cal.precision})." + estimate.load_note()
     )
 
 

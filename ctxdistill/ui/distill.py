@@ -24,6 +24,7 @@ from ctxdistill.safety import safe_path
 from ctxdistill.ui import stale as stale_notice
 from ctxdistill.ui.common import (
     MODEL_QUEUE,
+    UNMEASURED,
     AppContext,
     adapter_dir,
     bind,
@@ -223,7 +224,7 @@ def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, meas
         return f"**Time:** {exc}"
     cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision, default_models_dir(ctx.store.home), measure)
     if cal is None:
-        return "**Time:** press *Estimate the time* to measure this machine (a few seconds)."
+        return UNMEASURED
     cfg = replace(cfg, prompt_set=(set_name or "").strip() or "default", owner=owner)
     try:
         n_train, n_heldout = estimate.run_size(cfg, ctx.store)
@@ -234,6 +235,7 @@ def estimate_text(ctx: AppContext, values: dict, set_name: str, owner: str, meas
         f"**Time on this machine:** about {estimate.duration(sec['total'])} — "
         + ", ".join(f"{k} {estimate.duration(v)}" for k, v in sec.items() if k != "total")
         + f" ({n_train} train prompts, {cfg.steps} steps; measured with {cal.precision})."
+        + estimate.load_note()
     )
 
 
