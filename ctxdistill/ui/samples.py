@@ -548,3 +548,7 @@ def build(ctx: AppContext) -> None:
     c["undo"].click(on(on_undo), c["last_bulk"], undo_out).then(on(load_queue), filters, [queue, *view], **quiet)
     c["reflag"].click(on(on_reflag), [queue, c["pos"], *filters], view)
     c["export"].click(on(on_export), [c["export_fmt"], c["hub_id"], *filters], [c["export_file"], c["export_msg"]])
+    from ctxdistill.ui import pairs  # the preference pairs, a sub-view of this tab
+
+    with gr.Accordion("Preference pairs", open=False, elem_id="review-pairs"):
+        pairs.build(ctx)

@@ -1,0 +1,268 @@
+"""Preference pairs, a sub-view of the Review tab: make them (the "prefs" job), review them, train on them.
+
+One pair at a time: the prompt, the preferred answer and the other side by side, with the pair's
+source and label. Accept, flip (the other answer is the better one: the pair is swapped and
+accepted) or reject; every action is written to the store at once. Filters by version, status,
+source and label confidence; a bulk action applies to every pair the filters show. Keys (while the
+view is open, not typing): y accept, f flip, x reject, n next, p previous. Export the accepted
+pairs as a Hugging Face preference file, import one, and start a DPO run on the accepted pairs.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from ctxdistill import dpo, jobs, prefs
+from ctxdistill.pair_store import PAIR_SOURCES
+from ctxdistill.ui.common import AppContext, bind, download_dir, job_status_html, version_options
+
+ANY = "(any)"
+STATUSES = ("pending", "accepted", "rejected", "all")
+BULK = ("accept", "reject", "set pending")
+
+KEYS_HTML = """<div id="pairs-keys">Keys: <span class="kbd">y</span> accept · <span class="kbd">f</span> flip
+(the other answer is better) · <span class="kbd">x</span> reject · <span class="kbd">n</span> next ·
+<span class="kbd">p</span> previous</div>"""
+
+KEYS_JS = """
+if (!window.ctxdistillPairKeys) {
+  window.ctxdistillPairKeys = true;
+  document.addEventListener('keydown', (ev) => {
+    const accept = document.querySelector('#pairs-accept');
+    if (!accept || accept.offsetParent === null) return;
+    const t = ev.target;
+    if (t && (t.tagName === 'TEXTAREA' || t.tagName === 'INPUT' || t.isContentEditable)) return;
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    const id = {y: 'pairs-accept', f: 'pairs-flip', x: 'pairs-reject', n: 'pairs-next', p: 'pairs-prev'}[ev.key];
+    const b = id && document.querySelector('#' + id);
+    if (b) { ev.preventDefault(); b.click(); }
+  });
+}
+"""
+
+
+def filters_of(version_id, status, source, min_confidence) -> dict:
+    return {
+        "constitution_id": int(version_id) if version_id else None,
+        "status": None if status == "all" else status,
+        "source": None if source in (None, ANY) else source,
+        "min_confidence": float(min_confidence or 0) or None,
+    }
+
+
+def layout() -> dict:
+    gr.Markdown(
+        "Preference pairs for the preference stage: two answers to one prompt, the better one first. "
+        "AI-feedback labels are the judge's probability that the first is better; checks and revisions are certain."
+    )
+    with gr.Row():
+        version = gr.Dropdown(label="Constitution version", choices=[], elem_id="pairs-version", scale=2)
+        status = gr.Radio(list(STATUSES), value="pending", label="Status", elem_id="pairs-status")
+        source = gr.Dropdown([ANY, *PAIR_SOURCES], value=ANY, label="Source", elem_id="pairs-source")
+        confidence = gr.Slider(0, 1, value=0, step=0.05, label="Min label confidence", elem_id="pairs-confidence")
+        reload = gr.Button("Reload", size="sm", elem_id="pairs-reload")
+    filters = [version, status, source, confidence]
+    gr.HTML(KEYS_HTML, js_on_load=KEYS_JS)
+    position = gr.Markdown("No pairs yet.", elem_id="pairs-position")
+    badge = gr.HTML(elem_id="pairs-badge")
+    prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, elem_id="pairs-prompt")
+    with gr.Row():
+        chosen = gr.Textbox(label="Preferred answer", interactive=False, lines=8, elem_id="pairs-chosen")
+        rejected = gr.Textbox(label="Other answer", interactive=False, lines=8, elem_id="pairs-rejected")
+    with gr.Row():
+        prev = gr.Button("← Previous (p)", elem_id="pairs-prev")
+        accept = gr.Button("Accept (y)", variant="primary", elem_id="pairs-accept")
+        flip = gr.Button("Flip (f)", elem_id="pairs-flip")
+        reject = gr.Button("Reject (x)", variant="stop", elem_id="pairs-reject")
+        nxt = gr.Button("Next (n) →", elem_id="pairs-next")
+    message = gr.Markdown(elem_id="pairs-msg")
+    with gr.Row():
+        bulk_action = gr.Dropdown(list(BULK), value="accept", label="Bulk action", elem_id="pairs-bulk-action")
+        bulk = gr.Button("Apply to every pair the filters show", elem_id="pairs-bulk")
+    with gr.Accordion("Make pairs", open=False):
+        with gr.Row():
+            from_run = gr.Number(label="Policy: run id (0 = the teacher)", value=0, precision=0, elem_id="pairs-run")
+            sources = gr.Textbox(
+                value="auto", label="Sources (checks, feedback, revision or auto)", elem_id="pairs-sources"
+            )
+            threshold = gr.Number(value=0.1, label="Drop labels within this of 0.5", elem_id="pairs-threshold")
+            limit = gr.Number(value=32, precision=0, label="Prompts (0 = all)", elem_id="pairs-limit")
+        make = gr.Button("Make pairs", elem_id="pairs-make")
+    with gr.Accordion("Train on the accepted pairs (DPO)", open=False):
+        with gr.Row():
+            dpo_run = gr.Number(label="Start from distilled run", value=0, precision=0, elem_id="dpo-run")
+            beta = gr.Number(value=0.1, label="beta", elem_id="dpo-beta")
+            steps = gr.Number(value=40, precision=0, label="Steps", elem_id="dpo-steps")
+        train = gr.Button("Start DPO run", variant="primary", elem_id="dpo-start")
+    job_status = gr.HTML(elem_id="pairs-job")
+    with gr.Accordion("Export / import", open=False):
+        with gr.Row():
+            export = gr.Button("Export accepted pairs (.jsonl)", elem_id="pairs-export")
+            export_file = gr.File(label="Preference file", interactive=False, elem_id="pairs-export-file")
+            upload = gr.File(label="Import a preference file", file_types=[".jsonl", ".json", ".csv", ".parquet"])
+    return {k: v for k, v in locals().items() if isinstance(v, (gr.components.Component, list))} | {
+        "queue": gr.State([]),
+        "pos": gr.State(0),
+    }
+
+
+def badge_html(pair: dict | None) -> str:
+    if pair is None:
+        return ""
+    meta = pair.get("meta") or {}
+    bits = [f"source: {pair['source']}", f"label {pair['label']:.2f}", f"confidence {pair['confidence']:.2f}"]
+    bits += [f"principle {p}" for p in ([meta["principle"]] if meta.get("principle") else meta.get("principles", []))]
+    bits += ["flipped by a reviewer"] if meta.get("flipped") else []
+    return " ".join(f"<span class='badge'>{html.escape(str(b))}</span>" for b in [pair["status"], *bits])
+
+
+def render(ctx: AppContext, owner: str, ids: list[int], at: int, msg: str = ""):
+    at = max(0, min(at, len(ids) - 1)) if ids else 0
+    pair = ctx.store.get_pair(ids[at], owner=owner) if ids else None
+    where = f"Pair {at + 1} of {len(ids)} (#{pair['id']})" if pair else "No pairs match the filters."
+    if pair is None:
+        return ids, at, where, "", "", "", "", msg
+    return ids, at, where, badge_html(pair), pair["prompt"], pair["chosen"], pair["rejected"], msg
+
+
+def load_queue(ctx: AppContext, request: gr.Request, *filter_values):
+    owner = ctx.owner(request)
+    f = filters_of(*filter_values)
+    ids = [p["id"] for p in ctx.store.list_pairs(owner=owner, **f)] if f["constitution_id"] else []
+    counts = (
+        ctx.store.count_pairs(owner=owner, constitution_id=f["constitution_id"]) if ids or f["constitution_id"] else {}
+    )
+    msg = " · ".join(f"{k} {v}" for k, v in counts.items())
+    return render(ctx, owner, ids, 0, msg)
+
+
+def on_load(ctx: AppContext, request: gr.Request, current):
+    owner = ctx.owner(request)
+    versions = version_options(ctx, owner)
+    having = {p["constitution_id"] for p in ctx.store.list_pairs(owner=owner)}
+    ids = [v[1] for v in versions]
+    pick = current if current in ids else next((i for i in ids if i in having), ids[0] if ids else None)
+    return gr.update(choices=versions, value=pick)
+
+
+def act(ctx: AppContext, what: str, request: gr.Request, ids, at, *filter_values):
+    owner = ctx.owner(request)
+    if not ids:
+        return render(ctx, owner, ids, at, "Nothing to act on.")
+    pair_id = ids[min(at, len(ids) - 1)]
+    if what == "flip":
+        try:
+            ctx.store.flip_pair(pair_id, owner=owner)
+        except prefs.StoreError as exc:
+            raise gr.Error(str(exc)) from None
+    else:
+        ctx.store.set_pairs_status([pair_id], what, owner=owner)
+    return render(ctx, owner, ids, at + 1, f"Pair #{pair_id} {'flipped and accepted' if what == 'flip' else what}.")
+
+
+def move(ctx: AppContext, step: int, request: gr.Request, ids, at):
+    return render(ctx, ctx.owner(request), ids, at + step)
+
+
+def on_bulk(ctx: AppContext, request: gr.Request, action, *filter_values):
+    owner = ctx.owner(request)
+    f = filters_of(*filter_values)
+    if not f["constitution_id"]:
+        raise gr.Error("Pick a constitution version first.")
+    status = {"accept": "accepted", "reject": "rejected", "set pending": "pending"}[action]
+    n = ctx.store.set_pairs_status([p["id"] for p in ctx.store.list_pairs(owner=owner, **f)], status, owner=owner)
+    gr.Info(f"{n} pairs set to {status}.")
+
+
+def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources, threshold, limit):
+    owner = ctx.owner(request)
+    if not version_id:
+        raise gr.Error("Pick a constitution version first.")
+    cfg = prefs.PrefsConfig(
+        constitution_id=int(version_id),
+        from_run=int(from_run or 0),
+        sources=str(sources or "auto"),
+        threshold=float(threshold if threshold is not None else 0.1),
+        limit=int(limit or 0),
+        owner=owner,
+        model=ctx.model_spec or "",
+    )
+    try:
+        prompts = prefs.check_start(ctx.store, cfg)
+    except (ValueError, prefs.StoreError) as exc:
+        raise gr.Error(str(exc)) from None
+    ctx.limit(prompts=len(prompts), pairs=len(prompts))
+    return job_status_html(
+        ctx.store.get_job(jobs.submit(ctx.store, "prefs", cfg.to_dict(), owner=owner)), "pairs-job-state", ""
+    )
+
+
+def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps):
+    owner = ctx.owner(request)
+    try:
+        cfg = dpo.DPOConfig(
+            from_run=int(from_run or 0),
+            constitution_id=int(version_id or 0),
+            beta=float("nan") if beta is None else float(beta),
+            steps=int(steps or 0),
+            owner=owner,
+            model=ctx.model_spec or "",
+        )
+        dpo.check_start(ctx.store, cfg)
+    except (ValueError, prefs.StoreError) as exc:
+        raise gr.Error(str(exc)) from None
+    ctx.limit(steps=cfg.steps)
+    return job_status_html(
+        ctx.store.get_job(jobs.submit(ctx.store, "dpo", cfg.to_dict(), owner=owner)), "pairs-job-state", ""
+    )
+
+
+def on_export(ctx: AppContext, request: gr.Request, version_id):
+    if not version_id:
+        raise gr.Error("Pick a constitution version first.")
+    path = download_dir() / f"pairs-v{int(version_id)}.jsonl"
+    try:
+        prefs.export_pairs(ctx.store, path, constitution_id=int(version_id), owner=ctx.owner(request))
+    except prefs.PrefsError as exc:
+        raise gr.Error(str(exc)) from None
+    return str(path)
+
+
+def on_import(ctx: AppContext, request: gr.Request, version_id, file):
+    if not version_id or not file:
+        raise gr.Error("Pick a constitution version and a preference file.")
+    path = Path(file if isinstance(file, str) else file.name)
+    ctx.limit(upload_mb=path.stat().st_size / 2**20)
+    try:
+        out = prefs.import_pairs(ctx.store, path, int(version_id), owner=ctx.owner(request))
+    except prefs.PrefsError as exc:
+        raise gr.Error(str(exc)) from None
+    gr.Info(f"Imported {out['added']} new pairs of {out['rows']} rows, pending review.")
+
+
+def build(ctx: AppContext) -> None:
+    """The pairs view, built where it is called (inside the Review tab)."""
+    c = layout()
+    on = functools.partial(bind, ctx)
+    quiet = dict(show_progress="hidden")
+    filters, state = c["filters"], [c["queue"], c["pos"]]
+    view = [*state, c["position"], c["badge"], c["prompt"], c["chosen"], c["rejected"], c["message"]]
+    ctx.blocks.load(on(on_load), c["version"], c["version"]).then(on(load_queue), filters, view, **quiet)
+    for name in ("version", "status", "source", "confidence"):
+        c[name].input(on(load_queue), filters, view, **quiet)
+    c["reload"].click(on(on_load), c["version"], c["version"], **quiet).then(on(load_queue), filters, view, **quiet)
+    for name, what in (("accept", "accepted"), ("reject", "rejected"), ("flip", "flip")):
+        c[name].click(on(act, what), [*state, *filters], view, **quiet)
+    for name, step in (("prev", -1), ("nxt", 1)):
+        c[name].click(on(move, step), state, view, **quiet)
+    c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], None).then(on(load_queue), filters, view, **quiet)
+    make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"]]
+    c["make"].click(on(on_make), make_in, c["job_status"])
+    c["train"].click(on(on_train), [c["version"], c["dpo_run"], c["beta"], c["steps"]], c["job_status"])
+    c["export"].click(on(on_export), c["version"], c["export_file"])
+    c["upload"].upload(on(on_import), [c["version"], c["upload"]], None).then(on(load_queue), filters, view, **quiet)
+    ctx.watch(on(load_queue), filters, view, on=("jobs",))  # a pairs job that ends brings its pairs

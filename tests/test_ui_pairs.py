@@ -1,0 +1,71 @@
+"""The pairs view of the Review tab (ui/pairs.py), its handlers called as the page calls them."""
+
+import json
+
+import gradio as gr
+import pytest
+
+from ctxdistill.constitution import content_hash, from_dict
+from ctxdistill.ui import pairs
+from ctxdistill.ui.common import AppContext
+
+CONTENT = {
+    "name": "c",
+    "principles": [{"id": "arr", "text": "Say Arr.", "check": {"kind": "contains", "value": "Arr"}}],
+}
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    ctx = AppContext(home=tmp_path / "ws")
+    cid = ctx.store.save_constitution("c", CONTENT, content_hash(from_dict(CONTENT)))
+    ctx.store.add_pairs(
+        [
+            {"constitution_id": cid, "prompt": "p1", "chosen": "Arr one", "rejected": "one", "source": "checks"},
+            {
+                "constitution_id": cid,
+                "prompt": "p2",
+                "chosen": "two",
+                "rejected": "Arr two",
+                "source": "feedback",
+                "label": 0.55,
+            },
+        ]
+    )
+    yield ctx, cid
+    ctx.store.close()
+
+
+def test_review_accept_flip_bulk_and_filters(ctx):
+    ctx, cid = ctx
+    ids, at, where, badge, prompt, chosen, rejected, msg = pairs.load_queue(ctx, None, cid, "pending", pairs.ANY, 0)
+    assert (len(ids), prompt, chosen, rejected) == (2, "p1", "Arr one", "one")
+    assert "checks" in badge and "pending 2" in msg
+    assert pairs.load_queue(ctx, None, cid, "pending", "feedback", 0)[4] == "p2"
+    assert pairs.load_queue(ctx, None, cid, "pending", pairs.ANY, 0.5)[0] == [ids[0]]  # 0.55 is a coin toss
+    out = pairs.act(ctx, "accepted", None, ids, 0, cid, "pending", pairs.ANY, 0)
+    assert out[1] == 1 and "accepted" in out[-1]
+    flipped = pairs.act(ctx, "flip", None, ids, 1, cid, "pending", pairs.ANY, 0)
+    assert "flipped" in flipped[-1]
+    second = ctx.store.get_pair(ids[1])
+    assert (second["chosen"], second["status"]) == ("Arr two", "accepted")
+    pairs.on_bulk(ctx, None, "reject", cid, "all", pairs.ANY, 0)
+    assert ctx.store.count_pairs(constitution_id=cid)["rejected"] == 2
+
+
+def test_export_import_and_refusals(ctx, tmp_path):
+    ctx, cid = ctx
+    ctx.store.set_pairs_status([p["id"] for p in ctx.store.list_pairs()], "accepted")
+    path = pairs.on_export(ctx, None, cid)
+    assert len(open(path).read().splitlines()) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "a"}) + "\n")
+    with pytest.raises(gr.Error, match="lacks the column"):
+        pairs.on_import(ctx, None, cid, str(bad))
+    with pytest.raises(gr.Error, match="beta must be a positive number"):
+        pairs.on_train(ctx, None, cid, 1, 0, 10)
+    with pytest.raises(gr.Error, match="run 9 not found"):
+        pairs.on_train(ctx, None, cid, 9, 0.1, 10)
+    with pytest.raises(gr.Error, match="threshold"):
+        pairs.on_make(ctx, None, cid, 0, "auto", 0.6, 4)
+    assert ctx.store.count_pairs()["total"] == 2
