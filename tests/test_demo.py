@@ -584,6 +584,8 @@ READS = {
     "stale_view",
     "rebake_offer",
     "to_distill",
+    "offer",
+    "offer_note",
 }
 
 

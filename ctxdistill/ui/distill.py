@@ -21,6 +21,7 @@ from ctxdistill.models import default_models_dir
 from ctxdistill.precision import PRECISIONS, QUANTIZE, policy
 from ctxdistill.precision import facts as precision_facts
 from ctxdistill.safety import safe_path
+from ctxdistill.ui import curated
 from ctxdistill.ui import stale as stale_notice
 from ctxdistill.ui.common import (
     MODEL_QUEUE,
@@ -264,6 +265,7 @@ def layout(ctx: AppContext) -> dict:
     with gr.Row():
         version, picked = version_menu(ctx, _elem_id("version"), scale=2)
         prompt_set = gr.Textbox(label="Prompt set", value=defaults.prompt_set, elem_id=_elem_id("prompt_set"), scale=1)
+    offer = curated.layout()
     widgets = {}
     with gr.Row():
         for name in FORM[:4]:
@@ -348,6 +350,7 @@ def layout(ctx: AppContext) -> dict:
         resume=resume,
         run=run,
         **stale,
+        **offer,
         status=status,
         loss_plot=loss_plot,
         heldout_plot=heldout_plot,
@@ -521,6 +524,7 @@ def build(ctx: AppContext) -> None:
     )
     ctx.rebake_form = (c["version"], widgets["from_run"], c["mixing"])
     stale_notice.wire(ctx, c, run)
+    curated.wire(ctx, c["version"], run, widgets["data"], c["curation"])
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)
     c["resume"].click(on(on_resume), run, run).then(**ctx.poll_now)

@@ -1,0 +1,28 @@
+"""The Distill form offers the curation (ui/curated.py): with accepted samples for the picked version
+the run trains on them by default, and the form says how many."""
+
+from __future__ import annotations
+
+from ctxdistill import constitution as cmod
+from ctxdistill.ui import curated
+from ctxdistill.ui.common import AppContext
+
+
+def test_the_form_offers_the_accepted_samples_of_the_version(tmp_path):
+    ctx = AppContext(home=tmp_path / "ws")
+    c = cmod.parse("name: haiku\nprinciples:\n  - Answer in three short lines.\n")
+    v1 = ctx.store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c))
+    v2 = ctx.store.save_constitution("other", {"name": "other", "principles": ["Be brief."]}, "h2")
+    ctx.store.add_prompts("s", [{"text": f"Question {i}?"} for i in range(4)])
+    for i, p in enumerate(ctx.store.get_prompts("s")):
+        sid = ctx.store.upsert_sample(p["id"], v1, 0, prompted=f"answer {i}", unprompted="plain")
+        if i < 3:
+            ctx.store.update_sample(sid, ctx.store.get_sample(sid)["version"], status="accepted")
+    note, data = curated.offer(ctx, v1, None, None)
+    assert data == "accepted" and "has 3 accepted samples" in note
+    note, data = curated.offer(ctx, v2, None, None)
+    assert data == "prompts" and "no accepted samples" in note
+    run = ctx.store.create_job("train", {"constitution_id": v1, "data": "prompts"})
+    note, data = curated.offer(ctx, v1, run, None)  # the picked run's own settings stay in the form
+    assert data == {"__type__": "update"} and "3 accepted" in note
+    assert curated.offer(ctx, None, None, None)[0] == ""
