@@ -69,3 +69,12 @@ def test_export_import_and_refusals(ctx, tmp_path):
     with pytest.raises(gr.Error, match="threshold"):
         pairs.on_make(ctx, None, cid, 0, "auto", 0.6, 4)
     assert ctx.store.count_pairs()["total"] == 2
+
+
+def test_compare_lists_a_dpo_run_with_its_lineage(ctx):
+    from ctxdistill.ui import compare
+
+    ctx, _ = ctx
+    job = ctx.store.create_job("dpo", {"from_run": 3, "beta": 0.1}, heavy=True)
+    ctx.store.update_job(job, state="done")
+    assert (f"job {job} · DPO from run 3 · beta 0.1", job) in compare._runs(ctx, "")

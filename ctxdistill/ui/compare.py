@@ -69,6 +69,10 @@ def _runs(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
         (f"job {j['id']} · v{j['config'].get('constitution_id')} · {j['config'].get('loss')}", j["id"])
         for j in jobs.list_jobs(ctx.store, kind="train", owner=owner, limit=50)
         if j["state"] == "done"
+    ] + [  # preference runs, with their lineage
+        (f"job {j['id']} · DPO from run {j['config'].get('from_run')} · beta {j['config'].get('beta')}", j["id"])
+        for j in jobs.list_jobs(ctx.store, kind="dpo", owner=owner, limit=50)
+        if j["state"] == "done"
     ]
 
 
