@@ -1,0 +1,294 @@
+"""The RL-CAI stage end to end on the embedded model, and our DPO loop against TRL's DPOTrainer.
+
+    nice .venv/bin/python bench/prefs.py                          # pirate, concise and plain
+    nice .venv/bin/python bench/prefs.py --constitution pirate --json
+
+Per constitution, in a fresh workspace, with default settings: a distillation run; the pairs job
+from its student (checks and AI feedback, so that the judge's agreement with the checks is
+measured); the default source's pairs accepted (checks where the constitution has checks: see
+prefs.sources_for); a DPO run from the distilled run; then one evaluation (the one the Compare tab
+runs) of the teacher, the distilled student and the preference-trained student on held-out prompts.
+It prints the issue's targets: checks passed (every check of the constitution on one answer) by the
+DPO student minus the teacher's, in points with a paired bootstrap interval (target >= +10),
+capability (target within 2 points of the teacher's), benign instructions followed where the
+evaluation has them (target >= the teacher's - 5), the judge's agreement with the checks with its
+interval (0.5 = chance), and the time of pairs + DPO (target <= 10 minutes on 2 cores). Then the
+same pairs, the same start adapter and the same number of steps through TRL's DPOTrainer (the
+PeftModel with its start adapter: TRL copies it as the "ref" adapter, one model in memory), and
+the ratio of the seconds per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CTXDISTILL_MODELS", str(ROOT / ".cache" / "models"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+PLAIN = {
+    "name": "plain",
+    "description": "Calm, short answers: no exclamation marks, at most 30 words.",
+    "preamble": "You are a calm assistant.",
+    "principles": [
+        {"id": "calm", "text": "Never use exclamation marks.", "check": {"kind": "not_contains", "value": "!"}},
+        {"id": "brief", "text": "Answer in at most 30 words.", "check": {"kind": "max_words", "value": "30"}},
+    ],
+}
+
+
+def constitution(name: str) -> dict:
+    from ctxdistill.constitution import load, to_dict
+
+    return PLAIN if name == "plain" else to_dict(load(ROOT / "assets" / "constitutions" / f"{name}.yaml"))
+
+
+def run_job(store, kind: str, config: dict) -> tuple[dict, float]:
+    from ctxdistill import jobs
+
+    job_id = store.create_job(kind, config, heavy=True)
+    t0 = time.perf_counter()
+    jobs.run_inline(store, job_id)
+    job = store.get_job(job_id)
+    if job["state"] != "done":
+        raise SystemExit(f"{kind} job {job_id} {job['state']}: {job['error']}")
+    return {"id": job_id, **job["result"]}, time.perf_counter() - t0
+
+
+def all_checks(constitution_obj, text: str) -> float:
+    return float(all(p.check.passes(text) for p in constitution_obj.principles if p.check))
+
+
+def paired_points(a: list[float], b: list[float], n_boot: int = 2000) -> dict:
+    """mean(a) - mean(b) in points, with a bootstrap interval over prompts (paired)."""
+    a, b = np.asarray(a), np.asarray(b)
+    idx = np.random.default_rng(0).integers(0, len(a), size=(n_boot, len(a)))
+    diffs = (a[idx].mean(1) - b[idx].mean(1)) * 100
+    return {"value": float((a.mean() - b.mean()) * 100), "ci": [float(x) for x in np.quantile(diffs, [0.025, 0.975])]}
+
+
+def stage(name: str, args, trl: bool) -> dict:
+    from ctxdistill import prefs, stats
+    from ctxdistill.constitution import content_hash, from_dict
+    from ctxdistill.eval_config import EvalConfig
+    from ctxdistill.evaluate import run as evaluate
+    from ctxdistill.prompts import ensure_default_prompts
+    from ctxdistill.store import Store
+    from ctxdistill.train_config import TrainConfig
+
+    home = Path(tempfile.mkdtemp(prefix=f"bench-prefs-{name}-"))
+    store = Store(home)
+    ensure_default_prompts(store)
+    content = constitution(name)
+    c = from_dict(content)
+    cid = store.save_constitution(content["name"], content, content_hash(c))
+    distilled, distill_s = run_job(
+        store, "train", TrainConfig(constitution_id=cid, steps=args.train_steps, max_prompts=args.prompts).to_dict()
+    )
+    print(f"[{name}] distilled run {distilled['id']}: gap closed {distilled['gap_closed']:.2f} in {distill_s:.0f} s")
+    pairs_cfg = prefs.PrefsConfig(
+        constitution_id=cid, from_run=distilled["id"], sources="checks,feedback", limit=args.prompts
+    )
+    made, prefs_s = run_job(store, "prefs", pairs_cfg.to_dict())
+    default = prefs.sources_for(prefs.PrefsConfig(), prefs.curate.principle_checks(c))
+    accepted = [p["id"] for p in store.list_pairs(constitution_id=cid) if p["source"] in default]
+    store.set_pairs_status(accepted, "accepted")
+    print(f"[{name}] pairs {made['pairs']} in {prefs_s:.0f} s; accepted {len(accepted)} ({', '.join(default)})")
+    tuned, dpo_s = run_job(store, "dpo", {"from_run": distilled["id"], "steps": args.dpo_steps})
+    print(
+        f"[{name}] DPO run {tuned['id']}: {tuned['step']} steps in {dpo_s:.0f} s, margin {tuned['reward_margin']:.3f}"
+    )
+    t0 = time.perf_counter()
+    results = evaluate(
+        EvalConfig(
+            constitution_id=cid,
+            runs=[distilled["id"], tuned["id"]],
+            influence_prompts=0,
+            max_prompts=args.eval_prompts,
+            robustness=args.robustness,
+        ),
+        store,
+    )
+    eval_s = time.perf_counter() - t0
+    labels = [r["label"] for r in results["runs"]]
+    passed = {cond: [all_checks(c, p["answers"][cond]) for p in results["prompts"]] for cond in ["teacher", *labels]}
+    suite = results.get("robustness") or {}
+    capability = (suite.get("capability") or {}).get("accuracy", {})
+    benign = suite.get("benign") or {}
+    out = {
+        "constitution": name,
+        "n_heldout": len(results["prompts"]),
+        "checks_passed": {cond: stats.mean_estimate(v) for cond, v in passed.items()},
+        "dpo_minus_teacher_points": paired_points(passed[labels[1]], passed["teacher"]),
+        "distilled_minus_teacher_points": paired_points(passed[labels[0]], passed["teacher"]),
+        "capability": {k: v for k, v in capability.items() if k in ("teacher", *labels)},
+        "benign": {k: v for k, v in (benign.get("followed") or {}).items() if k in ("teacher", *labels)},
+        "gap_closed": {lab: results["scores"]["gap_closed"][lab]["value"] for lab in labels},
+        "agreement_with_checks": made["agreement_with_checks"],
+        "pairs": made["pairs"],
+        "accepted": len(accepted),
+        "seconds": {
+            "distill": distill_s,
+            "pairs": prefs_s,
+            "dpo": dpo_s,
+            "pairs_plus_dpo": prefs_s + dpo_s,
+            "eval": eval_s,
+        },
+        "runs": {"distilled": distilled["id"], "dpo": tuned["id"]},
+        "labels": labels,
+        "workspace": str(home),
+    }
+    if trl:
+        out["trl"] = against_trl(store, distilled["id"], cid, args.trl_steps)
+    store.close()
+    return out
+
+
+def against_trl(store, run_id: int, cid: int, steps: int) -> dict:
+    """Seconds per DPO step, ours (the reference computed once, included) vs TRL's DPOTrainer, on the same
+    accepted pairs from the same start adapter, batch 4, beta 0.1, lr 2e-4, fp32 on the CPU."""
+    import torch
+    from datasets import Dataset
+    from trl import DPOConfig as TRLConfig
+    from trl import DPOTrainer
+
+    from ctxdistill import dpo
+    from ctxdistill.adapters import load_adapter, run_adapter
+    from ctxdistill.engine import TeacherStudent
+    from ctxdistill.models import load_model
+    from ctxdistill.train import Hooks
+
+    pairs = store.list_pairs(constitution_id=cid, status="accepted")
+    cfg = dpo.DPOConfig(from_run=run_id, steps=steps, eval_every=0, checkpoint_every=0)
+    times = {}
+    base, tok = load_model(quantize="none", precision="fp32")
+    for p in base.parameters():
+        p.requires_grad_(False)
+    model = load_adapter(base, run_adapter(store, run_id), trainable=True)
+    pair = TeacherStudent(model, tok, "")
+    data = dpo.encode_pairs(tok, pairs, cfg.max_tokens)
+    t0 = time.perf_counter()
+    dpo.train_dpo(cfg, pair, data, [], Path(tempfile.mkdtemp()), Hooks(), {})
+    times["ours_s_per_step"] = (time.perf_counter() - t0) / steps
+
+    base, tok = load_model(quantize="none", precision="fp32")
+    model = load_adapter(base, run_adapter(store, run_id), trainable=True)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p["prompt"]}],
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]
+    args = TRLConfig(
+        output_dir=tempfile.mkdtemp(),
+        beta=cfg.beta,
+        learning_rate=cfg.lr,
+        max_steps=steps,
+        per_device_train_batch_size=cfg.batch_size,
+        max_length=256,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        dataloader_num_workers=0,
+    )
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    trainer.train()
+    times["trl_s_per_step"] = (time.perf_counter() - t0) / steps
+    times["trl_over_ours"] = times["trl_s_per_step"] / times["ours_s_per_step"]
+    times["steps"] = steps
+    return times
+
+
+def pct(est) -> str:
+    return f"{est['value']:.0%} [{est['ci'][0]:.0%}, {est['ci'][1]:.0%}]" if est else "n/a"
+
+
+def report(r: dict) -> str:
+    d, (dist, tuned) = r["dpo_minus_teacher_points"], r["labels"]
+    agreement = r["agreement_with_checks"]
+    lines = [
+        f"== {r['constitution']} ({r['n_heldout']} held-out prompts)",
+        f"checks passed: teacher {pct(r['checks_passed']['teacher'])}, distilled {pct(r['checks_passed'][dist])}, "
+        f"DPO {pct(r['checks_passed'][tuned])}",
+        f"beyond the teacher: checks {d['value']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] "
+        f"(target >= +10: {'met' if d['value'] >= 10 else 'NOT met'})",
+    ]
+    cap = r["capability"]
+    if cap:
+        gap = (cap[tuned]["value"] - cap["teacher"]["value"]) * 100
+        lines.append(
+            f"capability: teacher {pct(cap['teacher'])}, DPO {pct(cap[tuned])} ({gap:+.1f} points; target within 2: "
+            f"{'met' if abs(gap) <= 2 or gap > 0 else 'NOT met'})"
+        )
+    ben = r["benign"]
+    if ben:
+        gap = (ben[tuned]["value"] - ben["teacher"]["value"]) * 100
+        lines.append(
+            f"benign instructions followed: teacher {pct(ben['teacher'])}, DPO {pct(ben[tuned])} ({gap:+.1f} points; "
+            f"target >= -5: {'met' if gap >= -5 else 'NOT met'})"
+        )
+    else:
+        lines.append("benign instructions: not measured (--no-robustness)")
+    if agreement:
+        lines.append(
+            f"AI feedback agrees with the checks on {pct(agreement)} of {agreement['n']} pairs both judged"
+            + (" (no better than chance)" if agreement["ci"][0] <= 0.5 else "")
+        )
+    else:
+        lines.append("AI feedback: no pair judged by both the model and a check")
+    s = r["seconds"]
+    lines.append(
+        f"pairs {s['pairs']:.0f} s + DPO {s['dpo']:.0f} s = {s['pairs_plus_dpo'] / 60:.1f} min "
+        f"(target <= 10 min: {'met' if s['pairs_plus_dpo'] <= 600 else 'NOT met'}); pairs {r['pairs']}, accepted "
+        f"{r['accepted']}; gap closed distilled {r['gap_closed'][dist]:.2f}, DPO {r['gap_closed'][tuned]:.2f}"
+    )
+    if "trl" in r:
+        t = r["trl"]
+        lines.append(
+            f"DPO step: ours {t['ours_s_per_step']:.2f} s, TRL DPOTrainer {t['trl_s_per_step']:.2f} s "
+            f"(TRL / ours = {t['trl_over_ours']:.2f}, {t['steps']} steps)"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--constitution", action="append", choices=("pirate", "concise", "plain"))
+    parser.add_argument("--train-steps", type=int, default=80, help="distillation steps (the default run's)")
+    parser.add_argument("--dpo-steps", type=int, default=40, help="DPO steps (the default run's)")
+    parser.add_argument("--prompts", type=int, default=0, help="train prompts for distillation and pairs (0 = all)")
+    parser.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts scored (0 = all)")
+    parser.add_argument(
+        "--robustness", action=argparse.BooleanOptionalAction, default=True, help="the suite: capability, benign"
+    )
+    parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True, help="time TRL's DPOTrainer too")
+    parser.add_argument("--trl-steps", type=int, default=8)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    import torch
+
+    print(f"CPU: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}", flush=True)
+    out = []
+    for name in args.constitution or ["pirate", "concise", "plain"]:
+        r = stage(name, args, trl=args.trl and not out)  # TRL timed once
+        out.append(r)
+        print(json.dumps(r) if args.json else report(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()
