@@ -4,13 +4,9 @@
     ctxdistill preview --constitution assets/constitutions/pirate.yaml --prompt "Hi" --json
 
 Each sub-command is a function ``cmd_<name>(args) -> int`` registered with ``@command(name, help, flags)``:
-it parses its flags, calls the library and prints. Failures are handled in one place, ``main``: the
-library's domain errors (``DOMAIN_ERRORS``: a bad constitution, config, run, model, adapter, import file
-or store request), the environment's (``OSError``: a full disk, the hub) and a bad flag are printed as one
-line ``error: ...`` (hub tokens redacted, user input quoted by a short prefix) with exit status 2. Anything
-else is a bug: its traceback is printed, then one line saying so.
-
-Renamed flags (``RENAMED_FLAGS``) still work for now, with a warning on stderr; ``--help`` lists them.
+it parses its flags (flags.py), calls the library and prints. Failures are handled in one place, ``main``:
+the library's domain errors (``DOMAIN_ERRORS``), the environment's (``OSError``: a full disk, the hub) and a
+bad flag are one line ``error: ...`` with exit status 2; anything else is a bug, shown with its traceback.
 """
 
 from __future__ import annotations
@@ -20,12 +16,13 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import fields
 
+from ctxdistill import flags
 from ctxdistill.adapters import AdapterError
 from ctxdistill.constitution import ConstitutionError
 from ctxdistill.eval_config import EvalConfig, EvalError
-from ctxdistill.flags import RENAMED_FLAGS, Parser, add_dataclass_flags, dataclass_from_args, whole_number
+from ctxdistill.flags import add_dataclass_flags, dataclass_from_args, stage_config, whole_number
+from ctxdistill.foreground import follow, summary
 from ctxdistill.generate import GenerateConfig
 from ctxdistill.models import ModelError, default_models_dir, hub_message
 from ctxdistill.revise import ReviseConfig
@@ -60,17 +57,6 @@ def command(name: str, help: str, configure=None, job: bool = False):
 
 def emit(args, payload: dict, human: str) -> None:
     print(json.dumps(payload, ensure_ascii=False) if getattr(args, "json", False) else human)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workspace", help="workspace directory (default $CTXDISTILL_HOME or ./workspace)")
-    parser.add_argument("--model", help="hub id, local directory or .gguf file (default: the embedded SmolLM2-135M)")
-    parser.add_argument(
-        "--trust-remote-code",
-        action="store_true",
-        help="run the model repository's own Python code (off by default; refused in demo mode)",
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def load_constitution_file(path: str):
@@ -248,11 +234,10 @@ def _job_flags(cls):
     return configure
 
 
-def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -> int:
+def run_job(args, kind: str, config: dict, resume: int | None = None) -> int:
     """Submit a job (or resume job ``resume``); unless --detach, follow its progress on stderr (Ctrl-C
     cancels it) and print its result."""
     from ctxdistill import jobs
-    from ctxdistill.foreground import follow
 
     store = open_store(args)
     job_id = jobs.resume(store, resume) if resume is not None else jobs.submit(store, kind, config)
@@ -265,60 +250,32 @@ def run_job(args, kind: str, config: dict, summary, resume: int | None = None) -
             f"job {job_id} {job['state']}: {job['error'] or job['message']} "
             f"(log: {store.runs_dir / str(job_id) / 'log.txt'}; resume it to finish the rest)"
         )
-    emit(args, {"job_id": job_id, **job["result"]}, summary(job["result"]))
+    emit(args, {"job_id": job_id, **job["result"]}, summary(kind, job["result"]))
     return 0
-
-
-def _config(cls, args, **overrides):
-    """A sampling job's config from its flags, validated (ValueError names every problem)."""
-    sampling = {
-        f.name: getattr(args, f.name) for f in fields(SamplingConfig) if getattr(args, f.name, None) is not None
-    }
-    return dataclass_from_args(cls, args, model=args.model or "", sampling=sampling, **overrides).validate()
 
 
 @command(
     "generate", "sample the teacher's (and unprompted) answers to a prompt set", _job_flags(GenerateConfig), job=True
 )
 def cmd_generate(args) -> int:
-    from ctxdistill.prompts import ensure_default_prompts, select_prompts
+    from ctxdistill import generate
+    from ctxdistill.prompts import ensure_default_prompts
 
     store = open_store(args)
     ensure_default_prompts(store)
-    cfg = _config(GenerateConfig, args, constitution_id=constitution_version(store, args.constitution))
-    if not select_prompts(store, cfg.set_name, search=cfg.search, category=cfg.category, limit=cfg.limit):
-        raise UserError(
-            f"prompt set {quote(cfg.set_name)} has no train prompts matching the filters "
-            f"(sets: {', '.join(s['name'] for s in store.prompt_sets()) or 'none'})"
-        )
-    return run_job(
-        args,
-        "generate",
-        cfg.to_dict(),
-        lambda r: (
-            f"{r['prompts']} prompts ({r['answered_now']} answered now, {r['samples_written']} samples, "
-            f"{r['tokens_per_s']} tokens/s); flags: {r['flags']}"
-        ),
-    )
+    cfg = stage_config(GenerateConfig, args, constitution_id=constitution_version(store, args.constitution))
+    generate.check_start(store, cfg)
+    return run_job(args, "generate", cfg.to_dict())
 
 
 @command("revise", "critique and revise samples with the constitution (SL-CAI)", _job_flags(ReviseConfig), job=True)
 def cmd_revise(args) -> int:
+    from ctxdistill import revise
+
     store = open_store(args)
-    cfg = _config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
-    if not store.count_samples(
-        constitution_id=cfg.constitution_id, set_name=cfg.set_name or None, status=cfg.status or None
-    )["total"]:
-        raise UserError(
-            f"constitution version {cfg.constitution_id} has no {cfg.status or ''} samples"
-            f"{' in set ' + quote(cfg.set_name) if cfg.set_name else ''} to revise: run generate first"
-        )
-    return run_job(
-        args,
-        "revise",
-        cfg.to_dict(),
-        lambda r: f"{r['samples']} samples, {r['rounds_done_now']} rounds done now; flags: {r['flags']}",
-    )
+    cfg = stage_config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
+    revise.check_start(store, cfg)
+    return run_job(args, "revise", cfg.to_dict())
 
 
 def _export_flags(p):
@@ -369,14 +326,6 @@ def _train_flags(p):
     p.add_argument("--resume", type=whole_number, metavar="RUN", help="continue a stopped or failed run")
 
 
-def _train_summary(r: dict) -> str:
-    return (
-        f"run {r['run']}: held-out KL {r['heldout_kl_before']:.4f} -> {r['heldout_kl_after']:.4f} nats/token "
-        f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}"
-        + (f"; {r['lineage']['text']}" if r.get("lineage") else "")
-    )
-
-
 @command("train", "distil the constitution into a LoRA adapter (prints the held-out KL)", _train_flags, job=True)
 def cmd_train(args) -> int:
     from ctxdistill import train
@@ -394,7 +343,7 @@ def cmd_train(args) -> int:
         config = cfg.to_dict()
     accelerator = train.setup_accelerator()
     if accelerator.num_processes == 1:
-        return run_job(args, "train", config, _train_summary, resume=args.resume)
+        return run_job(args, "train", config, resume=args.resume)
     job = train.run_distributed(store, config, accelerator, resume=args.resume)
     if job is None:  # not the main process: the main one reports
         return 0
@@ -403,7 +352,7 @@ def cmd_train(args) -> int:
     emit(
         args,
         {"job_id": job["id"], "processes": accelerator.num_processes, **job["result"]},
-        _train_summary(job["result"]) + f" ({accelerator.num_processes} processes)",
+        summary("train", job["result"]) + f" ({accelerator.num_processes} processes)",
     )
     return 0
 
@@ -416,22 +365,6 @@ def _eval_flags(p):
     p.add_argument("--category", action="append", dest="categories", help="score only this category; repeat")
     add_dataclass_flags(p, EvalConfig, skip=("constitution_id", "runs", "categories", "model", "owner"))
     p.add_argument("--report", help="also write the report: a .md, .html or .json file")
-
-
-def _eval_summary(r: dict) -> str:
-    checks = "; ".join(
-        f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items()
-    )
-    ret = r["retention"]
-    capability = " vs ".join(f"{c} {v:.0%}" for c, v in reversed((r.get("capability") or {}).items()))
-    return (
-        f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
-        f"{f'capability: {capability}; ' if capability else ''}KL(teacher‖base) {r['kl_base']:.4f} -> "
-        f"KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
-        f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
-        f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
-        f"{ret['nll_student']:.3f}; checks: {checks or 'none'}"
-    )
 
 
 @command("eval", "score trained runs against the teacher on held-out prompts", _eval_flags, job=True)
@@ -451,7 +384,7 @@ def cmd_eval(args) -> int:
     plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
     if args.report and not args.report.endswith((".md", ".html", ".json")):
         raise UserError(f"--report must name a .md, .html or .json file, not {quote(args.report)}")
-    code = run_job(args, "evaluate", cfg.to_dict(), _eval_summary)
+    code = run_job(args, "evaluate", cfg.to_dict())
     if args.report and not args.detach:
         ev = store.list_evals()[0]  # the one just stored
         path = report.write_report(ev["results"], args.report, report.eval_tally(store, ev["id"]))
@@ -501,15 +434,6 @@ def _prefs_flags(p):
     p.add_argument("--status", help="accept / reject / export: only pairs in this status (export default: accepted)")
 
 
-def _prefs_summary(r: dict) -> str:
-    agreement = r["agreement_with_checks"]
-    return (
-        f"pairs made from {r['prompts']} prompts: "
-        + ", ".join(f"{n} {s}" for s, n in r["pairs"].items())
-        + (f"; AI feedback agreed with the checks on {agreement['value']:.0%} of {agreement['n']}" if agreement else "")
-    )
-
-
 @command(
     "prefs", "preference pairs: make them (a job), accept or reject them, export or import them", _prefs_flags, job=True
 )
@@ -522,9 +446,9 @@ def cmd_prefs(args) -> int:
         raise UserError(f"prefs {args.action} needs a FILE")
     filters = {"constitution_id": cid, "source": args.source, "min_confidence": args.min_confidence}
     if args.action == "make":
-        cfg = _config(prefs.PrefsConfig, args, constitution_id=cid)
+        cfg = stage_config(prefs.PrefsConfig, args, constitution_id=cid)
         prefs.check_start(store, cfg)
-        return run_job(args, "prefs", cfg.to_dict(), _prefs_summary)
+        return run_job(args, "prefs", cfg.to_dict())
     if args.action == "import":
         out = prefs.import_pairs(store, args.file, cid)
         human = f"imported {out['added']} new pairs of {out['rows']} rows (pending review)"
@@ -547,24 +471,16 @@ def _dpo_flags(p):
     p.add_argument("--resume", type=whole_number, metavar="RUN", help="continue a stopped or failed DPO run")
 
 
-def _dpo_summary(r: dict) -> str:
-    return (
-        f"run {r['run']}: {r['lineage']['text']}, {r['n_train']} pairs, {r['step']} steps; dpo loss "
-        f"{r.get('dpo_loss', float('nan')):.4f}, reward margin {r.get('reward_margin', float('nan')):.3f}; held-out KL "
-        f"to the teacher {r['heldout_kl_start']:.4f} -> {r['heldout_kl_after']:.4f}; adapter {r['adapter']}"
-    )
-
-
 @command("dpo", "train a distilled run's student on the accepted preference pairs (DPO)", _dpo_flags, job=True)
 def cmd_dpo(args) -> int:
     from ctxdistill import dpo
 
     store = open_store(args)
     if args.resume is not None:
-        return run_job(args, "dpo", {}, _dpo_summary, resume=args.resume)
+        return run_job(args, "dpo", {}, resume=args.resume)
     cfg = dataclass_from_args(dpo.DPOConfig, args, model=args.model or "")
     dpo.check_start(store, cfg)
-    return run_job(args, "dpo", cfg.to_dict(), _dpo_summary)
+    return run_job(args, "dpo", cfg.to_dict())
 
 
 def allow_remote_code(requested: bool) -> None:
@@ -628,8 +544,8 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    renames = ", ".join(f"{old} (now {new})" for old, new in RENAMED_FLAGS.items())
-    parser = Parser(
+    renames = ", ".join(f"{old} (now {new})" for old, new in flags.RENAMED_FLAGS.items())
+    parser = flags.Parser(
         prog="ctxdistill",
         description="Write a constitution and distil it into the weights.",
         epilog=f"Renamed flags still accepted for now, with a warning: {renames}.",
@@ -637,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help, configure, fn, job in _COMMANDS:
         p = sub.add_parser(name, help=help, description=help)
-        _common(p)
+        flags.add_common_flags(p)
         configure(p)
         if job:
             p.add_argument("--detach", action="store_true", help="start the job in the background and print its id")

@@ -82,3 +82,26 @@ def dataclass_from_args(cls, args, **overrides):
     values = {f.name: getattr(args, _dest(f)) for f in fields(cls) if getattr(args, _dest(f), None) is not None}
     values.update(overrides)
     return cls(**values)
+
+
+def add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every command takes: where the workspace is, which model, and how to print."""
+    parser.add_argument("--workspace", help="workspace directory (default $CTXDISTILL_HOME or ./workspace)")
+    parser.add_argument("--model", help="hub id, local directory or .gguf file (default: the embedded SmolLM2-135M)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model repository's own Python code (off by default; refused in demo mode)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def stage_config(cls, args, **overrides):
+    """A sampling stage's config (``config.SamplingStageConfig``) from the flags given: its own fields and
+    its ``sampling`` settings, validated (ValueError names every problem)."""
+    from .sampling import SamplingConfig
+
+    sampling = {
+        f.name: getattr(args, f.name) for f in fields(SamplingConfig) if getattr(args, f.name, None) is not None
+    }
+    return dataclass_from_args(cls, args, model=args.model or "", sampling=sampling, **overrides).validate()

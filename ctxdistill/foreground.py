@@ -1,6 +1,8 @@
-"""A job followed in a terminal: its progress as it goes, and a clean stop when the terminal goes.
+"""A job followed in a terminal: its progress as it goes, a clean stop when the terminal goes, and
+its result in one line.
 
     job = follow(store, job_id, say=print)   # returns the job once it is done, failed or cancelled
+    print(summary(job["kind"], job["result"]))  # its result in one line
 
 Ctrl-C, SIGTERM (``timeout``) and SIGHUP (a closed terminal) cancel the followed job: what it
 finished is kept, it can be resumed, and its worker is gone when ``follow`` raises
@@ -73,3 +75,70 @@ def stop(store, job_id: int) -> None:
     if job["pid"] and jobs.worker_alive(job["pid"], job_id):
         jobs.kill_worker(job["pid"], job_id)
     print(f"job {job_id} {job['state']}: {job['message']}; resume it to finish the rest", file=sys.stderr)
+
+
+def summary(kind: str, result: dict) -> str:
+    """A finished job's result in one line, as the command that followed it prints it."""
+    return SUMMARIES[kind](result)
+
+
+def _generate(r: dict) -> str:
+    return (
+        f"{r['prompts']} prompts ({r['answered_now']} answered now, {r['samples_written']} samples, "
+        f"{r['tokens_per_s']} tokens/s); flags: {r['flags']}"
+    )
+
+
+def _revise(r: dict) -> str:
+    return f"{r['samples']} samples, {r['rounds_done_now']} rounds done now; flags: {r['flags']}"
+
+
+def _train(r: dict) -> str:
+    return (
+        f"run {r['run']}: held-out KL {r['heldout_kl_before']:.4f} -> {r['heldout_kl_after']:.4f} nats/token "
+        f"(gap closed {r['gap_closed']:.0%}, kept step {r['best_step']}); adapter {r['adapter']}"
+        + (f"; {r['lineage']['text']}" if r.get("lineage") else "")
+    )
+
+
+def _evaluate(r: dict) -> str:
+    checks = "; ".join(
+        f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items()
+    )
+    ret = r["retention"]
+    capability = " vs ".join(f"{c} {v:.0%}" for c, v in reversed((r.get("capability") or {}).items()))
+    return (
+        f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
+        f"{f'capability: {capability}; ' if capability else ''}KL(teacher‖base) {r['kl_base']:.4f} -> "
+        f"KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
+        f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
+        f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
+        f"{ret['nll_student']:.3f}; checks: {checks or 'none'}"
+    )
+
+
+def _prefs(r: dict) -> str:
+    agreement = r["agreement_with_checks"]
+    return (
+        f"pairs made from {r['prompts']} prompts: "
+        + ", ".join(f"{n} {s}" for s, n in r["pairs"].items())
+        + (f"; AI feedback agreed with the checks on {agreement['value']:.0%} of {agreement['n']}" if agreement else "")
+    )
+
+
+def _dpo(r: dict) -> str:
+    return (
+        f"run {r['run']}: {r['lineage']['text']}, {r['n_train']} pairs, {r['step']} steps; dpo loss "
+        f"{r.get('dpo_loss', float('nan')):.4f}, reward margin {r.get('reward_margin', float('nan')):.3f}; held-out KL "
+        f"to the teacher {r['heldout_kl_start']:.4f} -> {r['heldout_kl_after']:.4f}; adapter {r['adapter']}"
+    )
+
+
+SUMMARIES = {
+    "generate": _generate,
+    "revise": _revise,
+    "train": _train,
+    "evaluate": _evaluate,
+    "prefs": _prefs,
+    "dpo": _dpo,
+}

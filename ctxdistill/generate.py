@@ -65,6 +65,17 @@ def never() -> bool:
     return False
 
 
+def check_start(store: Store, cfg: GenerateConfig) -> None:
+    """Refuse, before a job is queued, settings that leave no train prompt to answer."""
+    from .safety import quote
+
+    if not select_prompts(
+        store, cfg.set_name, search=cfg.search, category=cfg.category, limit=cfg.limit, owner=cfg.owner
+    ):
+        sets = ", ".join(s["name"] for s in store.prompt_sets(owner=cfg.owner)) or "none"
+        raise ValueError(f"prompt set {quote(cfg.set_name)} has no train prompts matching the filters (sets: {sets})")
+
+
 def run_generate(
     store: Store,
     cfg: GenerateConfig,

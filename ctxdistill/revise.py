@@ -135,6 +135,23 @@ def answer_cut_off(sample: dict, chain: list[dict], start: str) -> bool:
     return bool(sample["meta"].get("unprompted_cut_off" if unprompted else "cut_off"))
 
 
+def check_start(store: Store, cfg: ReviseConfig) -> None:
+    """Refuse, before a job is queued, filters that leave no sample to revise."""
+    from .safety import quote
+
+    if not store.count_samples(
+        constitution_id=cfg.constitution_id,
+        set_name=cfg.set_name or None,
+        status=cfg.status or None,
+        split="train",
+        owner=cfg.owner,
+    )["total"]:
+        raise ValueError(
+            f"constitution version {cfg.constitution_id} has no {cfg.status or ''} samples"
+            f"{' in set ' + quote(cfg.set_name) if cfg.set_name else ''} to revise: run generate first"
+        )
+
+
 def run_revise(
     store: Store, cfg: ReviseConfig, model, tokenizer, *, progress=None, should_stop=never, log=None
 ) -> dict:
