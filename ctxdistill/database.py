@@ -33,6 +33,8 @@ from .workspace import (
 # Columns stored as JSON text and decoded on the way out, and 0/1 columns.
 _JSON_COLUMNS = {"content", "chain", "flags", "meta", "config", "result", "run_ids", "results"}
 _BOOL_COLUMNS = {"edited", "cancel_requested", "heavy"}
+MAX_INTEGER = 2**63 - 1  # SQLite's INTEGER
+OUT_OF_RANGE = f"a number is out of range: ids and counts go up to {MAX_INTEGER}"
 
 
 class NotFound(StoreError):
@@ -124,6 +126,8 @@ class Database:
                 if not read_only(e):
                     raise
                 raise ReadOnlyError(self.path) from None
+            except OverflowError:  # an id or count beyond SQLite's INTEGER, from a form or a flag
+                raise StoreError(OUT_OF_RANGE) from None
             finally:
                 self._local.in_tx = False
 
@@ -147,12 +151,18 @@ class Database:
         return reader
 
     def _rows(self, sql: str, params: Iterable = ()) -> list[dict]:
-        if getattr(self._local, "in_tx", False):
-            with self._lock:
-                return [decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
-        return [decode(r) for r in self._reader().execute(sql, tuple(params)).fetchall()]
+        try:
+            if getattr(self._local, "in_tx", False):
+                with self._lock:
+                    return [decode(r) for r in self._db().execute(sql, tuple(params)).fetchall()]
+            return [decode(r) for r in self._reader().execute(sql, tuple(params)).fetchall()]
+        except OverflowError:  # an id or count beyond SQLite's INTEGER, from a form or a flag
+            raise StoreError(OUT_OF_RANGE) from None
 
     def _one(self, sql: str, params: Iterable, what: str) -> dict:
+        params = tuple(params)
+        if any(isinstance(p, int) and abs(p) > MAX_INTEGER for p in params):  # no row has such an id
+            raise NotFound(f"{what} not found")
         rows = self._rows(sql, params)
         if not rows:
             raise NotFound(f"{what} not found")
