@@ -586,6 +586,7 @@ READS = {
     "to_distill",
     "offer",
     "offer_note",
+    "sampling_active",
 }
 
 

@@ -24,6 +24,8 @@ TABS = [
 
 CSS = """
 #divergence .textfield { line-height: 1.9; }
+/* KL-coloured tokens read as text: no gaps between the pieces of a word ("fore" "caster") */
+.kl-tokens .token.highlighted { margin: 0 !important; padding: 2px 0 !important; border-radius: 0 !important; }
 .kbd { font-family: monospace; border: 1px solid #bbb; border-radius: 3px; padding: 0 4px; }
 .word-diff { white-space: pre-wrap; word-break: break-word; font-size: 0.9em; }
 #diff del { background: #fdd; color: #900; }

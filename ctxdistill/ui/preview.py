@@ -28,6 +28,16 @@ from ctxdistill.ui.common import (
 )
 
 SAMPLE_SEPARATOR = "\n\n— sample {k} —\n"
+EMPTY_PROMPT = "**Type a prompt** (or pick one from the prompt set), then press Preview."
+# the strength dial's number box sends its value on blur: Enter there leaves the box, so the student
+# answers again as it does when the dial is dragged
+ENTER_JS = """
+() => {
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && e.target.type === 'number' && e.target.closest('#student-strength')) e.target.blur();
+  });
+}
+"""
 
 
 def _join(samples: list[str]) -> str:
@@ -98,6 +108,11 @@ def sampling_config(greedy, temperature, top_p, seed, max_new_tokens, samples) -
     )
 
 
+def sampling_active(greedy: bool):
+    """Temperature and Top-p take effect only when Greedy is off."""
+    return gr.Slider(interactive=not greedy), gr.Slider(interactive=not greedy)
+
+
 def layout(ctx: AppContext) -> dict:
     """The tab's components, by name."""
     caps = ctx.caps
@@ -112,8 +127,11 @@ def layout(ctx: AppContext) -> dict:
     with gr.Accordion("Sampling", open=False):
         with gr.Row():
             greedy = gr.Checkbox(label="Greedy", value=True, elem_id="greedy")
-            temperature = gr.Slider(0.05, 2.0, value=0.7, step=0.05, label="Temperature", elem_id="temperature")
-            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", elem_id="top-p")
+            # greedy decoding ignores both: they take effect when Greedy is off
+            temperature = gr.Slider(
+                0.05, 2.0, value=0.7, step=0.05, label="Temperature", interactive=False, elem_id="temperature"
+            )
+            top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p", interactive=False, elem_id="top-p")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, label="Seed", elem_id="seed")
             max_new = slider(
@@ -154,6 +172,7 @@ def layout(ctx: AppContext) -> dict:
         combine_adjacent=False,
         show_legend=False,
         elem_id="divergence",
+        elem_classes=["kl-tokens"],
     )
     mean = gr.Markdown(elem_id="mean-kl")
     with gr.Accordion("Batch preview", open=False):
@@ -217,6 +236,9 @@ def single(
     ctx: AppContext, draft, text, run_id, strength, request: gr.Request, *values
 ):  # gradio injects a Request only before *args
     """One prompt: both answers streamed, the KL highlight, then the picked run's student at the dial's strength."""
+    if not (text or "").strip():  # one message where the answers go, not an error on every output
+        yield "", "", "", [], EMPTY_PROMPT
+        return
     student = student_of(ctx, run_id, strength, request) if run_id else None
     cfg = sampling_config(*values)
     for result in run_preview(ctx, draft, [text], cfg):
@@ -300,6 +322,9 @@ def build(ctx: AppContext) -> None:
     on = functools.partial(bind, ctx)
     model = dict(concurrency_id=MODEL_QUEUE, concurrency_limit=1)
     c["pick"].input(lambda text: text, c["pick"], c["prompt"])
+    greedy, temperature, top_p = c["settings"][:3]
+    greedy.change(sampling_active, greedy, [temperature, top_p], queue=False, show_progress="hidden")
+    ctx.blocks.load(None, None, None, js=ENTER_JS)
     answers = [c["prompted"], c["unprompted"], c["student"], c["divergence"], c["mean"]]
     for event in (c["run"].click, c["prompt"].submit):
         event(on(single), [ctx.draft, c["prompt"], c["student_run"], c["strength"], *c["settings"]], answers, **model)

@@ -90,12 +90,14 @@ def layout() -> dict:
                 combine_adjacent=False,
                 show_legend=False,
                 elem_id="pp-div-student",
+                elem_classes=["kl-tokens"],
             )
             div_base = gr.HighlightedText(
                 label="…and where the base model diverged (KL teacher‖base)",
                 combine_adjacent=False,
                 show_legend=False,
                 elem_id="pp-div-base",
+                elem_classes=["kl-tokens"],
             )
     return dict(
         pick=pick,
