@@ -431,11 +431,13 @@ def parse(text: str, fmt: str | None = None, name: str = "imported") -> Constitu
 
 
 class _Dumper(yaml.SafeDumper):
-    """SafeDumper that writes multi-line strings as | blocks, for readable diffs."""
+    """SafeDumper that writes multi-line strings as | blocks, for readable diffs, and a line with an
+    apostrophe in double quotes (valid plain, but editors' YAML colouring takes it for a quote)."""
 
 
 def _str_representer(dumper, s):
-    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style="|" if "\n" in s else None)
+    style = "|" if "\n" in s else '"' if "'" in s else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style=style)
 
 
 _Dumper.add_representer(str, _str_representer)

@@ -525,6 +525,7 @@ BOUNDED = {
     "constitution:do_save",
     "constitution:do_restore",
     "constitution:from_example",
+    "constitution:new_draft",
     "constitution:do_export",
     "data:on_resume",
     "data:on_cancel",

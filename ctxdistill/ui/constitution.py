@@ -191,6 +191,7 @@ def layout(ctx: AppContext) -> dict:
             with gr.Accordion("Examples, import, export", open=False):
                 example = gr.Dropdown(label="Example", choices=list(examples()), elem_id="example")
                 load_example = gr.Button("Load example", elem_id="load-example", size="sm")
+                new = gr.Button("New constitution", elem_id="new-constitution", size="sm")
                 upload = gr.File(
                     label="Import YAML / JSON / HF recipe JSON",
                     file_types=list(IMPORT_SUFFIXES),
@@ -218,6 +219,7 @@ def layout(ctx: AppContext) -> dict:
         check_kind=check_kind,
         check_value=check_value,
         yaml_code=yaml_code,
+        new=new,
         apply_yaml=apply_yaml,
         rendered=rendered,
         tokens=tokens,
@@ -349,6 +351,12 @@ def from_example(ctx: AppContext, which, draft, version, request: gr.Request):
     )
 
 
+def new_draft(ctx: AppContext, draft, version, request: gr.Request):
+    """A fresh constitution to write: a name and one empty principle, starting no version's lineage."""
+    fresh = cmod.Constitution(name="my-constitution", principles=[cmod.Principle("p1", "")])
+    return replace_draft(ctx, fresh, None, request, "A new constitution: name it, write its principles, then save.")
+
+
 def from_upload(ctx: AppContext, path, draft, version, request: gr.Request):
     if not path:
         return keep_draft(draft, version, "")
@@ -364,12 +372,12 @@ def do_save(ctx: AppContext, draft, version, note, request: gr.Request):
     try:
         cmod.ensure_valid(c)
     except cmod.ConstitutionError as exc:
-        return version, error_text(exc), gr.update(), gr.update()
+        return version, error_text(exc), gr.update(), gr.update(), gr.update()
     try:
         model, tokenizer = ctx.model()
         check_fits(model, tokenizer, cmod.render(c))
     except ContextError as exc:
-        return version, error_text(exc), gr.update(), gr.update()
+        return version, error_text(exc), gr.update(), gr.update(), gr.update()
     except ModelError:
         pass  # the size check needs the tokenizer; saving does not
     owner = ctx.owner(request)
@@ -384,6 +392,7 @@ def do_save(ctx: AppContext, draft, version, note, request: gr.Request):
         f"Saved as **v{new_id}**{same}.",
         gr.update(choices=choices, value=new_id),
         gr.update(choices=choices),
+        "",  # the note was this version's: the next one gets its own
     )
 
 
@@ -472,9 +481,9 @@ def build(ctx: AppContext) -> None:
     c["apply_yaml"].click(on(from_yaml), [c["yaml_code"], *state], replaced)
     c["load_example"].click(on(from_example), [c["example"], *state], replaced)
     c["upload"].upload(on(from_upload), [c["upload"], *state], replaced)
-    c["save"].click(on(do_save), [*state, c["message"]], [ctx.version, c["saved"], c["history"], c["compare"]]).then(
-        **ctx.poll_now
-    )  # the other tabs' version lists
+    saved = [ctx.version, c["saved"], c["history"], c["compare"], c["message"]]
+    c["save"].click(on(do_save), [*state, c["message"]], saved).then(**ctx.poll_now)  # the other tabs' version lists
+    c["new"].click(on(new_draft), state, replaced)
     for picker in (c["history"], c["compare"]):
         picker.change(on(show_diff), [c["history"], c["compare"]], c["diff"])
     c["restore"].click(on(do_restore), [c["history"], *state], replaced)
