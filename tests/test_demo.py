@@ -588,6 +588,7 @@ READS = {
     "offer",
     "offer_note",
     "sampling_active",
+    "job_buttons",
 }
 
 

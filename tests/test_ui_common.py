@@ -106,3 +106,16 @@ def test_every_tab_writes_its_job_status_the_same_way():
     assert common.job_status_html(None, "x-status", "nothing yet") == "<div id='x-status'>nothing yet</div>"
     failed = common.job_status_html({**job, "state": "failed", "error": "<oom>"}, "x-status", "")
     assert "&lt;oom&gt;" in failed and "tokens" not in failed  # a stopped job shows its error, not its progress
+
+
+def test_stop_is_live_only_while_the_shown_job_runs_and_start_only_when_it_does_not(tmp_path):
+    from ctxdistill.ui.common import AppContext
+
+    ctx = AppContext(home=tmp_path / "ws")
+    job = ctx.store.create_job("generate", {})
+    state = lambda *buttons: [(b["interactive"], b.get("variant")) for b in buttons]
+    assert state(*common.job_buttons(ctx, 2, None, None)) == [(True, None), (True, None), (False, "secondary")]
+    ctx.store.update_job(job, state="running")
+    assert state(*common.job_buttons(ctx, 1, job, None)) == [(False, None), (True, "stop")]
+    ctx.store.update_job(job, state="done")
+    assert state(*common.job_buttons(ctx, 1, job, None)) == [(True, None), (False, "secondary")]

@@ -318,6 +318,22 @@ def version_menu(ctx: AppContext, elem_id: str, **kwargs) -> tuple[gr.Dropdown, 
     return menu, picked
 
 
+def job_buttons(ctx: AppContext, n_starts: int, job_id, request: gr.Request):
+    """A job form's buttons for the job it shows: its ``n_starts`` start buttons idle while the job is
+    queued or running, its stop button (red) live only then."""
+    job = ctx.find_job(job_id, request)
+    live = job is not None and job["state"] in ("queued", "running")
+    stop = gr.update(interactive=live, variant="stop" if live else "secondary")
+    return (*[gr.update(interactive=not live)] * n_starts, stop)
+
+
+def wire_job_buttons(ctx: AppContext, job, starts: list, stop) -> None:
+    """``job_buttons`` follows the job a tab shows (``job``: its component) and the store's jobs."""
+    buttons = bind(ctx, job_buttons, len(starts))
+    ctx.watch(buttons, job, [*starts, stop], on=("jobs",))
+    job.change(buttons, job, [*starts, stop], show_progress="hidden")
+
+
 def job_status_html(
     job: dict | None, elem_id: str, empty: str, counter: str = "", notes: tuple[str, ...] = (), total: int = 0
 ) -> str:

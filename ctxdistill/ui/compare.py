@@ -28,6 +28,7 @@ from ctxdistill.ui.common import (
     prompt_choices,
     slider,
     version_menu,
+    wire_job_buttons,
 )
 
 SUITE_SIZES = ("quick", "full")
@@ -181,7 +182,7 @@ def layout(ctx: AppContext) -> dict:
             measure_time = gr.Button("Estimate the time", size="sm", scale=0, elem_id="eval-estimate-button")
         with gr.Row():
             start = gr.Button("Evaluate", variant="primary", elem_id="eval-start")
-            stop = gr.Button("Stop", variant="stop", elem_id="eval-stop")
+            stop = gr.Button("Stop", variant="secondary", interactive=False, elem_id="eval-stop")
         status = gr.HTML(status_html(None), elem_id="eval-status")
     job_id = gr.State(None)
     known = gr.State([])
@@ -494,6 +495,7 @@ def build(ctx: AppContext) -> None:
     for field in form:
         field.change(on(eval_estimate, False), form, c["guess"], queue=False, show_progress="hidden")
     c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
+    wire_job_buttons(ctx, c["job_id"], [c["start"]], c["stop"])
     state = [c["job_id"], c["known"]]
     ctx.watch(on(poll), state, [c["status"], c["pick"], c["known"]], on=("jobs", "progress:evaluate"))
     c["job_id"].change(on(poll), state, [c["status"], c["pick"], c["known"]], show_progress="hidden")

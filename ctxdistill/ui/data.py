@@ -27,7 +27,16 @@ from ctxdistill.prompts import (
     select_prompts,
 )
 from ctxdistill.revise import ORDERS, STARTS, ReviseConfig
-from ctxdistill.ui.common import MODEL_QUEUE, UNMEASURED, AppContext, bind, job_status_html, keep, version_menu
+from ctxdistill.ui.common import (
+    MODEL_QUEUE,
+    UNMEASURED,
+    AppContext,
+    bind,
+    job_status_html,
+    keep,
+    version_menu,
+    wire_job_buttons,
+)
 
 NONE = "(none)"
 JOB_KINDS = ("generate", "revise")
@@ -190,7 +199,7 @@ def layout(ctx: AppContext) -> dict:
     job = gr.Dropdown(label="Job", choices=[], elem_id="data-job")
     status = gr.HTML(job_html(None), elem_id="data-job-status", js_on_load=None)
     with gr.Row():
-        cancel = gr.Button("Cancel", variant="stop", elem_id="data-cancel")
+        cancel = gr.Button("Cancel", variant="secondary", interactive=False, elem_id="data-cancel")
         resume = gr.Button("Resume", elem_id="data-resume")
     return dict(
         sets=sets,
@@ -417,4 +426,5 @@ def build(ctx: AppContext) -> None:
     ctx.watch(on(show_job), c["job"], c["status"], on=("jobs", "progress:generate", "progress:revise"))
     c["job"].change(on(show_job), c["job"], c["status"], show_progress="hidden")
     c["cancel"].click(on(on_cancel), c["job"], None).then(**ctx.poll_now)
+    wire_job_buttons(ctx, c["job"], [c["start_gen"], c["start_rev"]], c["cancel"])
     c["resume"].click(on(on_resume), c["job"], None).then(**ctx.poll_now)

@@ -35,6 +35,7 @@ from ctxdistill.ui.common import (
     keep,
     train_runs,
     version_menu,
+    wire_job_buttons,
 )
 
 # the form: TrainConfig fields shown as widgets, in this order
@@ -292,7 +293,7 @@ def layout(ctx: AppContext) -> dict:
         facts = gr.JSON(elem_id="train-machine")
     with gr.Row():
         start = gr.Button("Start", variant="primary", elem_id="train-start")
-        stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+        stop = gr.Button("Stop", variant="secondary", interactive=False, elem_id="train-stop")
         resume = gr.Button("Resume", elem_id="train-resume")
     run = gr.Dropdown(label="Run", choices=[], elem_id="train-run")
     stale = stale_notice.layout("train")
@@ -527,6 +528,7 @@ def build(ctx: AppContext) -> None:
     curated.wire(ctx, c["version"], run, widgets["data"], c["curation"])
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
     c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)
+    wire_job_buttons(ctx, run, [c["start"]], c["stop"])
     c["resume"].click(on(on_resume), run, run).then(**ctx.poll_now)
     c["export"].click(on(on_export), [run, c["merged"], c["strength"]], [c["files"], c["export_msg"]])
     c["push"].click(on(on_push), [run, c["hub_id"]], c["export_msg"])
