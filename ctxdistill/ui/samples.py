@@ -180,6 +180,8 @@ def layout(ctx: AppContext) -> dict:
                 value="reject_empty",
                 label="Action",
                 elem_id="review-bulk-action",
+                scale=3,
+                min_width=480,  # the longest action's label (62 characters) shows whole
             )
             bulk = gr.Button("Apply", elem_id="review-bulk")
             undo = gr.Button("Undo the last bulk action", elem_id="review-bulk-undo", visible=False)
@@ -263,6 +265,17 @@ def counts_of(ctx: AppContext, owner: str, *filter_values) -> str:
     return counters_html(counts, counts["flagged"])
 
 
+def empty_text(filter_values) -> str:
+    """What the review shows when nothing matches: with a status filter, that no sample has that status
+    (the counters beside it count the whole selection, whatever the status)."""
+    if not filter_values[0]:
+        return "Pick a constitution version."
+    status = filter_values[2]
+    if status not in (None, "all"):
+        return f"No {status} samples in this selection (the counters count all of its samples)."
+    return "No samples match these filters."
+
+
 def render(ctx: AppContext, owner: str, ids: list[int], at: int, filter_values, msg: str = ""):
     """The view (see build: position, badges, texts, chain, final, note, shown, pos, counters, message)."""
     sample = None
@@ -273,7 +286,7 @@ def render(ctx: AppContext, owner: str, ids: list[int], at: int, filter_values, 
         except NotFound:
             msg = msg or "This sample was deleted; press Reload."
     if sample is None:
-        head = "No samples match these filters." if filter_values[0] else "Pick a constitution version."
+        head = empty_text(filter_values)
         return (head, "", "", "", "", chain_html(None), "", "", None, at, counts_of(ctx, owner, *filter_values), msg)
     head = position_text(sample, at, len(ids))
     state = {"id": sample["id"], "version": sample["version"], "final": sample["final"], "note": sample["note"]}
