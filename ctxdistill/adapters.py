@@ -228,9 +228,11 @@ def write_model_card(path: Path, info: dict) -> Path:
         "",
         "| | |",
         "|---|---|",
-        f"| base model | {info.get('base_model', '')} ({info.get('quantize', '')}, "
-        f"{info.get('precision', '')} compute) |",
-        f"| precision | {info.get('precision_reason', '')} |",
+        f"| base model | {info.get('base_model', '')} |",
+        f"| precision | {info.get('precision', '')} compute"
+        + (" on 4-bit NF4 weights" if info.get("quantize") == "4bit" else "")
+        + (f": {info['precision_reason']}" if info.get("precision_reason") else "")
+        + " |",
         f"| constitution | {info.get('constitution', '')}, version {info.get('constitution_id', '')}, "
         f"sha256 {str(info.get('constitution_hash', ''))[:12]} |",
         f"| data | {info.get('data', '')}: {info.get('n_train', '?')} answers from prompt set "
@@ -262,11 +264,20 @@ def write_model_card(path: Path, info: dict) -> Path:
 
 
 def export(
-    adapter_dir, out_dir, *, merged: bool = False, strength: float = 1.0, model_spec: str | None = None, models_dir=None
+    adapter_dir,
+    out_dir,
+    *,
+    merged: bool = False,
+    strength: float = 1.0,
+    model_spec: str | None = None,
+    models_dir=None,
+    settings: dict | None = None,
 ) -> Path:
     """Copy the adapter (peft safetensors) with a model card to ``out_dir``; with ``merged``, write the
-    base model with the adapter merged into it, in bfloat16, instead. Either acts at ``strength``."""
-    from .models import load_model
+    base model with the adapter merged into it, in bfloat16, instead. Either acts at ``strength``. The
+    adapter names its base model by its hub id (models.hub_name) where it has one, so that a peft
+    loader on another machine finds it; the card lists the run's ``settings``."""
+    from .models import hub_name, load_model
 
     strength = check_strength(strength)
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -274,6 +285,8 @@ def export(
         raise AdapterError(f"{adapter_dir} is not an adapter: adapter_model.safetensors is missing")
     info = json.loads((adapter_dir / RUN_FILE).read_text()) if (adapter_dir / RUN_FILE).is_file() else {}
     info["strength"] = strength
+    info["base_model"] = hub_name(model_spec) or info.get("base_model", "")
+    info["config"] = {k: v for k, v in (settings or info.get("config") or {}).items() if k != "owner"}
     if (adapter_dir / EVAL_FILE).is_file():
         info["evaluation"] = json.loads((adapter_dir / EVAL_FILE).read_text()).get("markdown", "")
     if merged:
@@ -282,7 +295,7 @@ def export(
         tokenizer.save_pretrained(out_dir)
     else:
         shutil.copytree(adapter_dir, out_dir, dirs_exist_ok=True)
-        _scale_config(out_dir / "adapter_config.json", strength)
+        _scale_config(out_dir / "adapter_config.json", strength, hub_name(model_spec))
     (out_dir / RUN_FILE).write_text(json.dumps({k: v for k, v in info.items() if k != "evaluation"}, indent=2))
     card = write_model_card(out_dir, info)
     if merged:
@@ -306,14 +319,18 @@ def export_run(store, run_id: int, out_dir, *, merged: bool = False, strength: f
         strength=strength,
         model_spec=job["config"].get("model") or None,
         models_dir=default_models_dir(store.home),
+        settings=job["config"],
     )
     return {"run": run_id, "path": str(out), "merged": merged, "strength": strength}
 
 
-def _scale_config(path: Path, strength: float) -> None:
+def _scale_config(path: Path, strength: float, base: str | None = None) -> None:
     """peft's scaling is lora_alpha / r: lora_alpha (and any per-module alpha) times the strength
-    makes any peft loader apply the adapter at that strength."""
+    makes any peft loader apply the adapter at that strength. ``base``: the base model's portable
+    name, instead of the path it was loaded from here."""
     config = json.loads(path.read_text())
+    if base:
+        config["base_model_name_or_path"] = base
     config["lora_alpha"] = config["lora_alpha"] * strength
     config["alpha_pattern"] = {k: v * strength for k, v in (config.get("alpha_pattern") or {}).items()}
     path.write_text(json.dumps(config, indent=2))

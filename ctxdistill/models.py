@@ -72,6 +72,15 @@ def bnb_config(compute_dtype: torch.dtype = torch.bfloat16):
     )
 
 
+def hub_name(spec: str | None = None) -> str | None:
+    """The name another machine finds the model by: the embedded model's hub id, or a hub id as given;
+    None for a local directory or file, which has no name outside this machine."""
+    spec = (spec or default_spec()).strip()
+    if spec == DEFAULT_MODEL:
+        return HUB_FALLBACK
+    return spec if _looks_like_hub_id(spec) and not Path(spec).expanduser().exists() else None
+
+
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
