@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .safety import UnsafeInput, check_set, longest_row
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 CAPABILITY_FILE = DATA_DIR / "capability.jsonl"
 MAX_NEW_TOKENS = 24  # room for a styled short answer ("Arr! The capital be Paris, matey.")
@@ -47,7 +49,11 @@ def load_jsonl(path, required: tuple[str, ...], what: str, error=CapabilityError
     first bad line (blank lines are skipped)."""
     path = Path(path)
     try:
+        check_set(f"the {what} {path.name}", size=path.stat().st_size)  # before reading it: a 200 MB set is refused
         lines = path.read_text(encoding="utf-8").splitlines()
+        check_set(f"the {what} {path.name}", rows=len(lines), longest=longest_row(lines))
+    except UnsafeInput as exc:
+        raise error(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"cannot read the {what} {path}: {exc}") from None
     rows = []
@@ -59,7 +65,8 @@ def load_jsonl(path, required: tuple[str, ...], what: str, error=CapabilityError
         except ValueError as exc:
             raise error(f"{path} line {number}: not JSON ({exc})") from None
         if not isinstance(row, dict):
-            raise error(f"{path} line {number}: expected an object with {', '.join(required)}")
+            fields = f" with {', '.join(required)}" if required else ""
+            raise error(f"{path} line {number}: expected a JSON object{fields}")
         for name in required:
             value = row.get(name)
             if value is None or value == "" or value == []:

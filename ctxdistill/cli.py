@@ -498,7 +498,12 @@ def _doctor_flags(p):
     p.add_argument(
         "--restore",
         action="store_true",
-        help="replace the workspace database by its newest good backup (stop the app and jobs first)",
+        help="replace the workspace database by its newest good backup (refused while the app or a job runs)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --restore: replace a database that passes its integrity check too (what is newer is lost)",
     )
 
 
@@ -512,14 +517,15 @@ def cmd_doctor(args) -> int:
 
     home = workspace.workspace_home(args.workspace)
     if args.restore:
-        result = workspace.restore_backup(home)
+        result = workspace.restore_backup(home, force=args.force)
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(result["backup_time"]))
-        emit(
-            args,
-            result,
+        lines = [f"skipped the damaged backup {b['path']} ({b['problem']})" for b in result["skipped"]]
+        lines.append(
             f"restored the backup of {when} ({result['restored']})"
-            + (f"; the previous database was moved to {result['saved_as']}" if result["saved_as"] else ""),
+            + (f"; the previous database was moved to {result['saved_as']}" if result["saved_as"] else "")
+            + ("; lost: " + ", ".join(f"{n} {what}" for what, n in result["lost"].items()) if result["lost"] else "")
         )
+        emit(args, result, "\n".join(lines))
         return 0
     db = home / workspace.DB_NAME
     status = workspace.check_database(db) if db.is_file() and db.stat().st_size else "missing or empty"

@@ -26,6 +26,7 @@ from .workspace import (
     StoreError,
     check_openable,
     damaged_message,
+    hold_shared,
     rotate_backup,
     workspace_home,
 )
@@ -64,6 +65,8 @@ class Database:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()  # never the write lock: a reader must not wait for it
         check_openable(self.path)
+        self._conn = None
+        self._held = hold_shared(self.home)  # the workspace lock, shared: no restore while this is open
         try:
             self._conn = self._connect()
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -76,7 +79,7 @@ class Database:
             if problem != "ok":
                 raise sqlite3.DatabaseError(problem)
         except sqlite3.Error as e:
-            self._conn = None
+            self.close()
             raise (ReadOnlyError(self.path) if read_only(e) else StoreError(damaged_message(self.home, e))) from None
         self.backup()
 
@@ -96,6 +99,9 @@ class Database:
                 for reader in self._readers:
                     reader.close()
                 self._readers.clear()
+            if self._held is not None:
+                os.close(self._held)
+                self._held = None
 
     def __enter__(self) -> "Database":
         return self

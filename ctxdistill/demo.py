@@ -4,7 +4,8 @@ Spaces set ``SPACE_ID``; ``CTXDISTILL_DEMO=1`` turns the same mode on anywhere (
 In demo mode every visitor gets their own rows in the one workspace (the store's ``owner``),
 the work one visitor can ask for is capped (``DemoCaps``, the one table of caps that every callback
 and API endpoint checks: each cap overridable by an environment variable, e.g.
-``CTXDISTILL_DEMO_STEPS=200`` on a duplicated Space with a GPU),
+``CTXDISTILL_DEMO_STEPS=200`` on a duplicated Space with a GPU; the few caps that hold locally too,
+more generous, carry their local value: ``limit(name)`` gives the one in effect),
 ``trust_remote_code`` is never honoured, and model-heavy calls are wrapped for ZeroGPU.
 
 Who a visitor is comes from a signed cookie, not from gradio's session hash: the session hash is
@@ -22,7 +23,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ENV_PREFIX = "CTXDISTILL_DEMO_"
@@ -48,6 +49,13 @@ class DemoCaps:
     lora_r: int = 32  # LoRA rank
     text_kb: float = 64.0  # one constitution or draft, prompt, note or edited answer, as stored
     upload_mb: float = 2.0  # size of one uploaded file
+    jobs_running: int = 1  # jobs of one visitor running at once
+    jobs_queued: int = 1  # jobs of one visitor waiting for their turn
+    # A prompt, capability or attack set a user gives (checked before it is read into anything): its file
+    # size, its lines or records, and its longest line (one prompt, item or template).
+    set_mb: float = field(default=2.0, metadata={"local": 64.0})
+    set_items: int = field(default=500, metadata={"local": 50_000})
+    item_kb: float = field(default=64.0, metadata={"local": 256.0})
     pairs: int = 200  # preference pairs per pairs job, import or DPO run
 
     def __post_init__(self):
@@ -89,14 +97,38 @@ class DemoCaps:
                 "longer jobs on your own hardware."
             )
 
+    def check_jobs(self, waiting: int, running: int) -> None:
+        """DemoLimit when a visitor who has ``waiting`` jobs queued and ``running`` running may queue no more."""
+        if waiting >= self.jobs_queued:
+            raise DemoLimit(
+                f"You have {running} job{'s' if running != 1 else ''} running and {waiting} waiting: one visitor may "
+                f"have {self.jobs_running} running and {self.jobs_queued} waiting in this demo. Wait for one to "
+                "finish or cancel one, then start this again (or duplicate this Space to run more at once)."
+            )
+
     def summary(self) -> str:
         return (
             f"at most {self.prompts} prompts per set or job, {self.steps} training steps, "
-            f"{self.samples} samples per prompt, {self.rounds} revision rounds, {self.max_new_tokens} new tokens per answer, "
+            f"{self.samples} samples per prompt, {self.rounds} revision rounds, "
+            f"{self.max_new_tokens} new tokens per answer, "
             f"batches of {self.batch_size}, {self.grad_accum} accumulation steps, LoRA rank {self.lora_r}, "
             f"{self.pairs} preference pairs per job, "
-            f"{self.text_kb:g} KB per constitution or text, {self.upload_mb:g} MB per upload"
+            f"{self.text_kb:g} KB per constitution or text, {self.upload_mb:g} MB per upload, "
+            f"{self.jobs_running} job running and {self.jobs_queued} waiting per visitor, sets of at most "
+            f"{self.set_mb:g} MB and {self.set_items} items of {self.item_kb:g} KB"
         )
+
+
+def limit(name: str, env=None) -> float | None:
+    """The cap ``name`` in effect: its demo value in demo mode, else its local value (None: no cap locally)."""
+    if enabled(env):
+        return getattr(DemoCaps.from_env(env), name)
+    return next(f for f in fields(DemoCaps) if f.name == name).metadata.get("local")
+
+
+def limit_hint(env=None) -> str:
+    """What a message about a limit of ``limit()`` adds: how to get past it."""
+    return "duplicate this Space to lift the demo's limits" if enabled(env) else "split it into smaller ones"
 
 
 def kb(*texts: str) -> float:

@@ -29,6 +29,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import demo
 from .safety import redact
 from .store import TERMINAL_STATES, NotFound, Store, StoreError
 
@@ -66,8 +67,6 @@ WORKER_NICE = {"idle": 19, "low": 10, "normal": 0}  # of the session's autogroup
 
 def worker_priority() -> str:
     """CTXDISTILL_WORKER_PRIORITY, or the default: "idle" in demo mode, "low" otherwise."""
-    from . import demo
-
     mode = os.environ.get("CTXDISTILL_WORKER_PRIORITY") or ("idle" if demo.enabled() else "low")
     if mode not in WORKER_NICE:
         raise StoreError(f"CTXDISTILL_WORKER_PRIORITY must be one of {', '.join(WORKER_NICE)}, not {mode!r}")
@@ -92,6 +91,7 @@ def lower_priority() -> None:
 # Workers this process started, so refresh() can reap them (a dead child stays
 # a zombie, which os.kill(pid, 0) still reports as alive).
 _CHILDREN: dict[int, subprocess.Popen] = {}
+_QUEUEING = threading.Lock()
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -219,9 +219,20 @@ def submit(store: Store, kind: str, config: dict, owner: str = "") -> int:
     if kind not in JOB_KINDS and ":" not in kind:
         raise StoreError(f"unknown job kind {kind!r} (known: {', '.join(sorted(JOB_KINDS)) or 'none'})")
     json.dumps(config)  # fail here, not in the worker, on a config that cannot be stored
-    job_id = store.create_job(kind, config, owner=owner, heavy=is_heavy(kind))
+    with _QUEUEING:  # a visitor's calls at the same moment are counted one after the other
+        check_visitor(store, owner)
+        job_id = store.create_job(kind, config, owner=owner, heavy=is_heavy(kind))
     spawn_worker(store, job_id)
     return job_id
+
+
+def check_visitor(store: Store, owner: str) -> None:
+    """demo.DemoLimit when the demo visitor `owner` (every owner but the local "" is one) already has as
+    many jobs waiting as one visitor may (DemoCaps.check_jobs): nobody fills the queue or the machine."""
+    if owner:
+        refresh(store)  # a dead job is not waiting
+        mine = [j["state"] for j in store.list_jobs(owner=owner, state=("queued", "running"), limit=None)]
+        demo.DemoCaps.from_env().check_jobs(waiting=mine.count("queued"), running=mine.count("running"))
 
 
 def spawn_worker(store: Store, job_id: int) -> int:
@@ -294,6 +305,10 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
         error = redact(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
         if isinstance(e, SystemExit):
             error = f"interrupted: the worker was terminated (exit {e.code})"
+        if ctx:  # the log first: a job whose row says failed has its traceback written
+            ctx.log.error("failed: %s\n%s", error, redact(traceback.format_exc(limit=8)))
+        else:
+            traceback.print_exc()
         _safe(
             lambda: store.update_job(
                 job_id,
@@ -302,10 +317,6 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
                 error=None if cancelled else error,
             )
         )
-        if ctx:
-            ctx.log.error("failed: %s\n%s", error, redact(traceback.format_exc(limit=8)))
-        else:
-            traceback.print_exc()
         if not isinstance(e, Exception):
             raise
     finally:
@@ -318,7 +329,7 @@ def _wait_for_turn(store: Store, job_id: int) -> bool:
     """Claim the job; while a heavy job runs or an earlier one waits, stay queued."""
     last = None
     while True:
-        ahead = store.claim_job(job_id, os.getpid())
+        ahead = store.claim_job(job_id, os.getpid(), per_owner=demo.DemoCaps.from_env().jobs_running)
         if ahead == 0:
             return True
         if ahead < 0:
@@ -377,6 +388,7 @@ def resume(store: Store, job_id: int) -> int:
     job = store.get_job(job_id)
     if job["state"] not in ("failed", "cancelled"):
         raise StoreError(f"job {job_id} is {job['state']}; only failed or cancelled jobs can be resumed")
+    check_visitor(store, job["owner"])
     if job["pid"] and job["pid"] != os.getpid() and _pid_alive(job["pid"]):
         kill_worker(job["pid"], job_id)  # a hung worker declared dead must not write again
     if not store.update_job(

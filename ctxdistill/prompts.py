@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .safety import quote
+from .safety import UnsafeInput, check_set, quote
 from .store import Store
 
 DEFAULT_SET = "default"
@@ -65,15 +65,29 @@ def detect_format(source: str | Path) -> str:
 
 def read_table(source: str | Path, fmt: str | None = None) -> list[dict]:
     """The file's records as dicts (a text file gives {"text": line}). A `datasets`
-    DatasetDict gives every split, each record tagged with its split name in "split"."""
+    DatasetDict gives every split, each record tagged with its split name in "split".
+    A file above the set limits (safety.check_set: its size, then its records) is refused."""
     fmt = fmt or detect_format(source)
     if fmt not in FORMATS:
         raise ImportFileError(f"unknown format {quote(fmt)}; use one of {', '.join(FORMATS)}")
     path = Path(source)
-    if fmt == "datasets":
-        return _read_datasets(str(source))
-    if not path.is_file():
-        raise ImportFileError(f"file not found: {path}")
+    if fmt != "datasets":
+        if not path.is_file():
+            raise ImportFileError(f"file not found: {path}")
+        _check_set(path.name, size=path.stat().st_size)
+    records = _read_datasets(str(source)) if fmt == "datasets" else _read_file(path, fmt)
+    _check_set(path.name, rows=len(records))
+    return records
+
+
+def _check_set(name: str, **measures) -> None:
+    try:
+        check_set(f"the prompt file {name}", **measures)
+    except UnsafeInput as e:
+        raise ImportFileError(str(e)) from None
+
+
+def _read_file(path: Path, fmt: str) -> list[dict]:
     if fmt == "parquet":
         return _read_parquet(path)
     text = _read_text(path)

@@ -6,6 +6,7 @@ that a spreadsheet would run as formulas.
     text = redact(str(exc))                                  # no token ends up in the store, a log or a message
     row = {k: spreadsheet_cell(v) for k, v in row.items()}   # "=HYPERLINK(...)" -> "'=HYPERLINK(...)"
     raise ValueError(f"no prompt set {quote(name)}")       # a 1 MB name is quoted by its first 60 characters
+    check_set("the capability set x.jsonl", size=path.stat().st_size, rows=len(lines), longest=...)
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+
+from . import demo
 
 # Uploads we read as text must be UTF-8 without NUL bytes; these formats are binary.
 BINARY_MAGIC = {".parquet": b"PAR1"}
@@ -68,6 +71,33 @@ def check_upload(path: str | os.PathLike, suffixes: tuple[str, ...], max_bytes: 
     elif b"\x00" in head or not _utf8_prefix(head):
         raise UnsafeInput(f"{p.name} is not UTF-8 text")
     return p
+
+
+def check_set(what: str, *, size: int | None = None, rows: int | None = None, longest=None) -> None:
+    """UnsafeInput, naming the limit, when a set a user gives (prompts, capability items, attacks) is above
+    the limits in effect (demo.limit: set_mb for its size in bytes, set_items for its rows, item_kb for
+    its longest row, given as (row number, bytes)). Checked before the set is read into anything."""
+
+    def over(name: str, value: float) -> float | None:
+        cap = demo.limit(name)
+        return cap if cap is not None and value > cap else None
+
+    if size is not None and (cap := over("set_mb", size / 2**20)):
+        problem = f"is {size / 2**20:.1f} MB; a set may be at most {cap:g} MB"
+    elif rows is not None and (cap := over("set_items", rows)):
+        problem = f"has {rows:,} rows; a set may hold at most {cap:,}"
+    elif longest is not None and (cap := over("item_kb", longest[1] / 1024)):
+        problem = f"row {longest[0]} is {longest[1] / 1024:,.0f} KB; one row may be at most {cap:g} KB"
+    else:
+        return
+    raise UnsafeInput(f"{what} {problem}: {demo.limit_hint()}; nothing was stored")
+
+
+def longest_row(lines: list[str]) -> tuple[int, int]:
+    """(1-based number, UTF-8 bytes) of the longest of ``lines``, for check_set."""
+    sizes = [len(line.encode("utf-8", "surrogatepass")) for line in lines] or [0]
+    n = max(range(len(sizes)), key=sizes.__getitem__)
+    return n + 1, sizes[n]
 
 
 def _utf8_prefix(data: bytes) -> bool:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import workspace
 from .database import Database, NotFound, decode, encode, to_json
 from .pair_store import PairQueries
-from .workspace import DB_NAME, ReadOnlyError, StoreError, claim_run_dir, workspace_home  # noqa: F401  (re-exported)
+from .workspace import DB_NAME, ReadOnlyError, StoreError, workspace_home  # noqa: F401  (re-exported)
 
 SPLITS = ("train", "heldout")
 SAMPLE_STATUSES = ("pending", "accepted", "rejected")
@@ -36,6 +37,9 @@ VOTE_CHOICES = ("a", "b", "tie", "both_bad")
 
 # What callers may write through upsert_sample / update_sample / update_job.
 _SAMPLE_FIELDS = ("prompted", "unprompted", "chain", "final", "edited", "status", "note", "reviewer", "flags", "meta")
+# A new sample's fields where the pipeline gives none ("final" follows the answers: _default_final).
+_NEW_SAMPLE = {"prompted": "", "unprompted": "", "chain": [], "edited": False, "status": "pending", "note": ""}
+_NEW_SAMPLE |= {"reviewer": "", "flags": [], "meta": {}}
 _JOB_FIELDS = tuple(
     "kind config state progress_done progress_total message pid error cancel_requested kill_after heartbeat_at "
     "started_at finished_at result owner heavy attempts".split()
@@ -202,18 +206,7 @@ class Store(Database, PairQueries):
                 (prompt_id, constitution_id, idx),
             ).fetchone()
             if old is None:
-                row = {
-                    "prompted": "",
-                    "unprompted": "",
-                    "chain": [],
-                    "edited": False,
-                    "status": "pending",
-                    "note": "",
-                    "reviewer": "",
-                    "flags": [],
-                    "meta": {},
-                }
-                row.update(fields)
+                row = {**_NEW_SAMPLE, **fields}
                 if "final" not in fields:
                     row["final"] = _default_final(row)
                 cols = ["prompt_id", "constitution_id", "idx", *_SAMPLE_FIELDS, "version", "created_at", "updated_at"]
@@ -347,18 +340,22 @@ class Store(Database, PairQueries):
     # ------------------------------------------------------------------ jobs
 
     def create_job(self, kind: str, config: dict, owner: str = "", heavy: bool = False) -> int:
-        """A new job row in state 'queued'. `heavy` jobs (they load the model) run one at a time."""
+        """A new queued job and its run directory; `heavy` jobs (they load the model) run one at a time. Its id
+        is above any the workspace ever issued (workspace.highest_job_id), even after a restore."""
+        key, now = secrets.token_hex(16), time.time()
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT INTO jobs (kind, config, heavy, owner, created_at, run_key) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, to_json(config or {}), int(bool(heavy)), owner, time.time(), secrets.token_hex(16)),
-            )
-        self.run_dir(cur.lastrowid)
-        return cur.lastrowid
+            job_id = db.execute(
+                "INSERT INTO jobs (id, kind, config, heavy, owner, created_at, run_key) "
+                "VALUES ((SELECT MAX(IFNULL(MAX(id), 0), ?) + 1 FROM jobs), ?, ?, ?, ?, ?, ?)",
+                (workspace.highest_job_id(self.home), kind, to_json(config or {}), int(heavy), owner, now, key),
+            ).lastrowid
+            workspace.note_job_id(self.home, job_id)
+        workspace.claim_run_dir(self.runs_dir, job_id, key)
+        return job_id
 
     def run_dir(self, job_id: int) -> Path:
-        """runs/<job_id>/, this job's own: one that another database's job left is moved aside first."""
-        return claim_run_dir(self.runs_dir, job_id, self.get_job(job_id)["run_key"])
+        """runs/<job_id>/, made if missing; StoreError if the directory there is another job's (its run key)."""
+        return workspace.claim_run_dir(self.runs_dir, job_id, self.get_job(job_id)["run_key"])
 
     def get_job(self, job_id: int, owner: str | None = None) -> dict:
         """One job; with `owner`, NotFound unless it belongs to that owner."""
@@ -401,18 +398,24 @@ class Store(Database, PairQueries):
                 raise NotFound(f"job {job_id} not found")
             return bool(changed)
 
-    def claim_job(self, job_id: int, pid: int) -> int:
+    def claim_job(self, job_id: int, pid: int, per_owner: int | None = None) -> int:
         """Atomically move a queued job to 'running' if it may start now.
 
-        Returns 0 when claimed, the number of heavy jobs ahead of it when it must
-        wait (one running, or queued with a smaller id), or -1 when the job is no
-        longer queued (e.g. cancelled while waiting)."""
+        Returns 0 when claimed, the number of jobs ahead when it must wait (for a heavy job, heavy ones running
+        or queued before it; with `per_owner`, that many of its owner's running), or -1 when no longer queued."""
         with self._tx() as db:
-            job = db.execute("SELECT state, heavy FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            job = db.execute("SELECT state, heavy, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if job is None:
                 raise NotFound(f"job {job_id} not found")
             if job["state"] != "queued":
                 return -1
+            if per_owner is not None and job["owner"]:
+                mine = db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'running' AND id != ?",
+                    (job["owner"], job_id),
+                ).fetchone()[0]
+                if mine >= per_owner:
+                    return mine
             if job["heavy"]:
                 ahead = db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE heavy = 1 AND id != ? AND "

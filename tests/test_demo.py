@@ -92,6 +92,38 @@ def test_caps_refuse_big_requests_with_a_pointer():
     assert demo.duplicate_url({"SPACE_ID": "me/app"}) == "https://huggingface.co/spaces/me/app?duplicate=true"
 
 
+def test_one_visitor_cannot_flood_the_queue(store):
+    """Eight jobs in a second from one visitor used to start eight workers; now one runs, one waits, the
+    rest are refused with how many they have and what to do, and other visitors are not held up."""
+    from ctxdistill import jobs
+
+    work = {"n": 200, "sleep": 0.05}
+    first = jobs.submit(store, "tests.jobfixtures:count", work, owner="flooder")
+    until(lambda: store.get_job(first)["state"] == "running")
+    second = jobs.submit(store, "tests.jobfixtures:count", work, owner="flooder")
+    refused = []
+    for _ in range(6):
+        with pytest.raises(demo.DemoLimit) as exc:
+            jobs.submit(store, "tests.jobfixtures:count", work, owner="flooder")
+        refused.append(str(exc.value))
+    assert refused[0].startswith("You have 1 job running and 1 waiting") and "cancel one" in refused[0]
+    assert [j["id"] for j in store.list_jobs(owner="flooder")] == [second, first]
+    other = jobs.submit(store, "tests.jobfixtures:count", {"n": 1}, owner="someone else")
+    assert jobs.wait(store, other, timeout=60)["state"] == "done"  # a light job: not behind the flooder's
+    assert store.get_job(second)["state"] == "queued"  # a visitor's second job waits for their first
+    jobs.cancel(store, first, grace_s=0)
+    until(lambda: store.get_job(second)["state"] in ("running", "done"))
+
+
+def until(predicate, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
 def test_remote_code_never_in_demo_mode():
     assert demo.trust_remote_code(False, {}) is False
     assert demo.trust_remote_code(False, {"CTXDISTILL_TRUST_REMOTE_CODE": "1"}) is True
@@ -504,7 +536,7 @@ def test_two_api_clients_are_two_visitors(app):
         blocks.close()
 
 
-# --------------------------------------------------------------------------- every endpoint against the one table of caps
+# ------------------------------------------------------------------ every endpoint against the one table of caps
 
 LOW_CAPS = {
     "PROMPTS": "4",

@@ -5,6 +5,7 @@ pickles, remote code, markup in text shown by the app, and hub tokens that must 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -97,6 +98,80 @@ def test_demo_upload_cap_in_the_constitution_import(tmp_path, monkeypatch):
     big.write_text("name: big\n" + "# padding\n" * 500)
     with pytest.raises(gr.Error, match="limited"):
         upload(str(big), {}, None, request=demo_visitor(ctx, "v"))
+
+
+# --------------------------------------------------------------------------- oversized sets (issue 24)
+
+
+def jsonl(path: Path, line: str, n: int = 1) -> Path:
+    path.write_text((line + "\n") * n)
+    return path
+
+
+@pytest.mark.parametrize(
+    "what, make, message",
+    [
+        (
+            "a 200 MB capability set",
+            lambda p: os.truncate(jsonl(p, ""), 200 * 2**20),
+            r"is 200\.0 MB; a set may be at most 64 MB",
+        ),
+        (
+            "100,000 capability items",
+            lambda p: jsonl(p, '{"prompt": "2+2?", "answers": ["4"]}', 100_000),
+            r"has 100,000 rows; a set may hold at most 50,000",
+        ),
+        (
+            "a 50 MB prompt",
+            lambda p: jsonl(p, '{"prompt": "' + "x" * (50 * 2**20) + '", "answers": ["4"]}'),
+            r"row 1 is 51,200 KB; one row may be at most 256 KB",
+        ),
+    ],
+)
+def test_oversized_capability_sets_are_refused_with_the_limit(tmp_path, what, make, message):
+    from ctxdistill.capability import CapabilityError, load_items
+
+    make(tmp_path / "set.jsonl")
+    with pytest.raises(CapabilityError, match=message + ".*split it into smaller ones"):
+        load_items(tmp_path / "set.jsonl")
+
+
+def test_an_oversized_attack_template_is_refused(tmp_path):
+    from ctxdistill.probes import RobustnessError, load_attacks
+
+    path = jsonl(tmp_path / "attacks.jsonl", json.dumps({"kind": "big", "template": "x" * 2**20 + " {prompt}"}))
+    with pytest.raises(RobustnessError, match=r"the attack set attacks.jsonl row 1 is 1,024 KB; .* at most 256 KB"):
+        load_attacks(path)
+
+
+def test_demo_set_limits_are_tight_and_shipped_sets_pass(tmp_path, monkeypatch):
+    from ctxdistill.capability import CapabilityError, load_items
+    from ctxdistill.probes import load_attacks
+
+    monkeypatch.setenv("CTXDISTILL_DEMO", "1")
+    assert load_items() and load_attacks()  # the shipped sets are within the demo's limits
+    path = jsonl(tmp_path / "set.jsonl", '{"prompt": "2+2?", "answers": ["4"]}', 501)
+    with pytest.raises(CapabilityError, match="has 501 rows; a set may hold at most 500: duplicate this Space"):
+        load_items(path)
+
+
+def test_an_oversized_prompt_file_is_refused_before_anything_is_stored(tmp_path, capsys, monkeypatch):
+    from ctxdistill import cli
+
+    home = tmp_path / "ws"
+    many = tmp_path / "many.txt"
+    many.write_text("".join(f"prompt {i}?\n" for i in range(100_000)))
+    argv = ["import", str(many), "--prompt-set", "many", "--workspace", str(home)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the prompt file many.txt has 100,000 rows; a set may hold at most 50,000" in err
+    monkeypatch.setenv("CTXDISTILL_DEMO", "1")
+    big = tmp_path / "big.txt"
+    os.truncate(jsonl(big, ""), 3 * 2**20)
+    assert cli.main(["import", str(big), "--prompt-set", "big", "--workspace", str(home)]) == 2
+    assert "is 3.0 MB; a set may be at most 2 MB: duplicate this Space" in capsys.readouterr().err
+    with Store(home) as store:
+        assert store.prompt_sets() == []  # nothing stored
 
 
 # --------------------------------------------------------------------------- no pickle, no remote code
@@ -257,7 +332,7 @@ assert jobs.wait(store, job, timeout=90)["state"] == "failed"
     assert leaks == []
 
 
-# --------------------------------------------------------------------------- parsing and checks bounded in time and memory
+# ------------------------------------------------------------------ parsing and checks bounded in time and memory
 
 
 def alias_bomb(levels: int = 9) -> str:

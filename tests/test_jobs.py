@@ -255,3 +255,46 @@ def test_meter_counts_this_runs_work_only(monkeypatch):
     assert meter.line(6, "30 tokens/s") == "sampling: 6/10 prompts · 30 tokens/s · 0.5 prompts/s · ETA 8s"
     assert meter.due(6) and not meter.due(7) and meter.due(10)
     assert eta_text(185) == "3m 05s" and eta_text(-3) == "0s"
+
+
+# --------------------------------------------------------------------------- a restore beside a job (issue 24)
+
+
+def test_a_restore_while_a_job_runs_is_refused_and_no_job_id_is_issued_twice(tmp_path, capsys):
+    """`train --detach`, `doctor --restore`, `train --detach` used to give two workers for one job id,
+    their files crossed. The running worker holds the workspace lock: the restore is refused."""
+    from ctxdistill import cli
+    from ctxdistill.store import Store
+
+    home = tmp_path / "ws"
+    with Store(home) as s:
+        s.backup(force=True)
+        first = jobs.submit(s, COUNT, {"n": 40, "sleep": 0.1})
+        _until(lambda: s.get_job(first)["state"] == "running", timeout=30)
+    restore = ["doctor", "--restore", "--force", "--workspace", str(home)]
+    assert cli.main(restore) == 2  # only the worker has the workspace open now
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is in use" in err and "nothing was changed" in err
+    with Store(home) as s:
+        job = jobs.wait(s, first, timeout=60)
+    assert job["state"] == "done"
+    jobs._CHILDREN[job["pid"]].wait(timeout=30)  # the worker lets go of the workspace as it exits
+    assert cli.main(restore) == 0  # nobody has it open: the backup from before the job is back
+    assert "lost: 1 jobs" in capsys.readouterr().out
+    with Store(home) as s:
+        second = jobs.submit(s, COUNT, {"n": 1})
+        assert second > first and jobs.wait(s, second, timeout=30)["state"] == "done"
+        assert "done" in (s.runs_dir / str(first) / "log.txt").read_text()  # the first run's files are its own
+        assert (s.runs_dir / str(second) / "log.txt").is_file()
+
+
+def test_a_worker_never_writes_into_another_jobs_directory(store):
+    job_id = store.create_job(COUNT, {"n": 1})
+    run = store.runs_dir / str(job_id)
+    (run / "run_key").write_text("the key of a job of another database\n")
+    with pytest.raises(StoreError, match=f"is not job {job_id}'s"):
+        jobs.spawn_worker(store, job_id)
+    jobs.run_inline(store, job_id)  # the worker's own check, in this process
+    job = store.get_job(job_id)
+    assert job["state"] == "failed" and f"is not job {job_id}'s" in job["error"]
+    assert sorted(p.name for p in run.iterdir()) == ["run_key"]  # nothing written into it

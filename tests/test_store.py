@@ -1,5 +1,11 @@
+import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -342,30 +348,40 @@ def test_draft_autosave_keeps_one_per_owner(tmp_path):
 # ---------------------------------------------------------------- run directories, damage and backups
 
 
-def test_a_recreated_database_never_reuses_old_run_directories(tmp_path):
-    """Truncate the database, keep runs/: job ids start again, and the old run's data and checkpoints
-    are moved aside, never taken for the new job's."""
+def test_a_recreated_database_never_reuses_a_job_id(tmp_path):
+    """Truncate the database, keep runs/: job ids go on above the highest the workspace issued (its
+    last_job_id file, else its run directories), so the old run's data and checkpoints are never taken
+    for a new job's; a directory at a job's id that is not the job's is refused, never written into."""
     s = Store(tmp_path)
     old = s.create_job("train", {"constitution": "pirate"})
     (s.runs_dir / str(old) / "data.json").write_text('{"old": true}')
     (s.runs_dir / str(old) / "checkpoints" / "step-000020").mkdir(parents=True)
     s.close()
-    (tmp_path / "backups").rename(tmp_path / "kept-backups")  # as if there were none: the file is just empty
-    (tmp_path / workspace.DB_NAME).write_bytes(b"")
-    for suffix in ("-wal", "-shm"):
-        (tmp_path / (workspace.DB_NAME + suffix)).unlink(missing_ok=True)
+    first = old
+    for recreate in ("with the id file", "from the run directories alone"):
+        shutil.rmtree(tmp_path / "backups")  # as if there were none: the file is just empty
+        (tmp_path / workspace.DB_NAME).write_bytes(b"")
+        for suffix in ("-wal", "-shm"):
+            (tmp_path / (workspace.DB_NAME + suffix)).unlink(missing_ok=True)
+        if recreate == "from the run directories alone":
+            (tmp_path / workspace.JOB_IDS_FILE).unlink()
+        s = Store(tmp_path)
+        new = s.create_job("train", {"constitution": "concise"})
+        assert new > old, recreate
+        assert sorted(p.name for p in (s.runs_dir / str(new)).iterdir()) == [workspace.RUN_KEY_FILE]
+        assert (s.runs_dir / str(first) / "data.json").read_text() == '{"old": true}'  # left as it was
+        assert s.run_dir(new) == s.runs_dir / str(new)  # its own: kept as it is
+        old = new
+        s.close()
+    # a directory without the job's key (copied in by hand, or from another workspace) is not the job's
     s = Store(tmp_path)
-    new = s.create_job("train", {"constitution": "concise"})
-    assert new == old
     run = s.runs_dir / str(new)
-    assert sorted(p.name for p in run.iterdir()) == [workspace.RUN_KEY_FILE]
-    aside = list(s.runs_dir.glob(f"{old}.orphan-*"))
-    assert len(aside) == 1 and (aside[0] / "data.json").read_text() == '{"old": true}'
-    assert s.run_dir(new) == run and (run / workspace.RUN_KEY_FILE).is_file()  # its own: kept as it is
-    # a directory without a key (copied in by hand, or from another workspace) is not this job's either
+    (run / workspace.RUN_KEY_FILE).write_text("another job's key\n")
+    with pytest.raises(StoreError, match=f"is not job {new}'s"):
+        s.run_dir(new)
     (run / workspace.RUN_KEY_FILE).unlink()
-    (run / "data.json").write_text("{}")
-    assert not (s.run_dir(new) / "data.json").exists()
+    with pytest.raises(StoreError, match="will not write into it"):
+        s.run_dir(new)
     s.close()
 
 
@@ -427,8 +443,92 @@ def test_rolling_backup_and_restore(tmp_path, monkeypatch):
         "name"
     ] == "kept"
     again = s.create_job("train", {})
-    assert again == late and not (s.runs_dir / str(again) / "data.json").exists()
+    assert again > late and not (s.runs_dir / str(again) / "data.json").exists()  # ids are never issued twice
     s.close()
+
+
+def backed_up_workspace(home, monkeypatch) -> dict:
+    """A workspace with a backup, then more made after it: 2 jobs, 1 constitution version, 1 sample."""
+    s = Store(home)
+    s.save_constitution("kept", {"a": 1}, "h1")
+    first = s.create_job("train", {})
+    monkeypatch.setattr(workspace, "BACKUP_EVERY_S", 0.0)
+    s.backup()
+    time.sleep(0.05)  # the rows below are newer than the backup file
+    cid = s.save_constitution("new", {"a": 2}, "h2")
+    s.add_prompts("p", [{"text": "hi"}])
+    s.upsert_sample(s.get_prompts("p")[0]["id"], cid, prompted="Arr")
+    later = [s.create_job("train", {}), s.create_job("train", {})]
+    s.close()
+    return {"first": first, "later": later}
+
+
+def test_restoring_a_sound_database_needs_force_and_says_what_it_loses(tmp_path, monkeypatch):
+    made = backed_up_workspace(tmp_path, monkeypatch)
+    db = tmp_path / workspace.DB_NAME
+    before = db.read_bytes()
+    with pytest.raises(
+        StoreError, match=r"passes its integrity check.*\(2 jobs, 1 constitution versions, 1 samples\).*--force"
+    ):
+        workspace.restore_backup(tmp_path)
+    assert db.read_bytes() == before and not list(tmp_path.glob("*.replaced-*"))  # nothing was changed
+    result = workspace.restore_backup(tmp_path, force=True)
+    assert result["lost"] == {"jobs": 2, "constitution versions": 1, "samples": 1}
+    assert ".replaced-" in result["saved_as"] and not list(tmp_path.glob("*.damaged-*"))  # it was not damaged
+    with Store(tmp_path) as s:
+        assert [v["name"] for v in s.list_constitution_versions()] == ["kept"]
+        assert s.create_job("train", {}) > max(made["later"])  # a restore never issues an id twice
+
+
+def test_a_damaged_backup_is_skipped_and_none_good_is_refused(tmp_path, monkeypatch):
+    backed_up_workspace(tmp_path, monkeypatch)
+    with Store(tmp_path) as s:
+        s.backup()  # .1 is now the newest, .2 the older
+    newest = tmp_path / workspace.BACKUP_DIR / f"{workspace.DB_NAME}.1"
+    newest.write_bytes(b"garbage" * 1000)
+    result = workspace.restore_backup(tmp_path, force=True)
+    assert [b["path"] for b in result["skipped"]] == [str(newest)] and result["restored"].endswith(".2")
+    (tmp_path / workspace.BACKUP_DIR / f"{workspace.DB_NAME}.2").write_bytes(b"")
+    (tmp_path / workspace.BACKUP_DIR / f"{workspace.DB_NAME}.2").write_bytes(b"\0" * 4096)
+    with pytest.raises(StoreError, match=r"no usable backup .*ctxdistill.db.1 is damaged .*ctxdistill.db.2 is damaged"):
+        workspace.restore_backup(tmp_path, force=True)
+
+
+def test_a_restore_never_runs_beside_an_open_workspace_or_another_restore(tmp_path, monkeypatch):
+    backed_up_workspace(tmp_path, monkeypatch)
+    s = Store(tmp_path)  # the app, a command or a job's worker
+    with pytest.raises(workspace.WorkspaceBusy, match="is in use.*nothing was changed"):
+        workspace.restore_backup(tmp_path, force=True)
+    s.close()
+    with workspace.alone(tmp_path):  # a restore under way
+        with pytest.raises(workspace.WorkspaceBusy, match="is in use"):
+            workspace.restore_backup(tmp_path, force=True)
+        monkeypatch.setattr(workspace, "LOCK_WAIT_S", 0.3)
+        with pytest.raises(workspace.WorkspaceBusy, match="is being restored"):
+            Store(tmp_path)  # a command started meanwhile waits, then says why
+    assert workspace.restore_backup(tmp_path, force=True)["restored"]
+
+
+def test_a_crashed_process_does_not_keep_the_workspace_locked(tmp_path, monkeypatch):
+    backed_up_workspace(tmp_path, monkeypatch)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from ctxdistill.store import Store; s = Store({str(tmp_path)!r}); print(1, flush=True); "
+            "import time; time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"1"
+        with pytest.raises(workspace.WorkspaceBusy):
+            workspace.restore_backup(tmp_path, force=True)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert workspace.restore_backup(tmp_path, force=True)["restored"]
 
 
 def test_a_full_disk_reports_itself(tmp_path):
