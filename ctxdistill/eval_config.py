@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from . import probes, robustness
 from .adapters import RUN_FILE, run_adapter
 from .config import StageConfig
-from .precision import PRECISIONS, QUANTIZE
+from .precision import choice_errors
+from .safety import quote
 from .sampling import SamplingConfig
 
 
@@ -102,10 +103,7 @@ class EvalConfig(StageConfig):
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.temperature <= 5:
             errors.append(f"temperature must be between 0 and 5, got {self.temperature}")
-        if self.quantize not in QUANTIZE:
-            errors.append(f"quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
-        if self.precision not in PRECISIONS:
-            errors.append(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        errors += choice_errors(self.quantize, self.precision)
         if errors:
             raise EvalError("; ".join(errors))
         return self
@@ -144,13 +142,13 @@ def plan(cfg: EvalConfig, store) -> Plan:
     def heldout(set_name: str) -> list[dict]:
         if not any(s["name"] == set_name for s in store.prompt_sets(owner=cfg.owner)):
             raise EvalError(
-                f"there is no prompt set {set_name!r} (sets: "
+                f"there is no prompt set {quote(set_name)} (sets: "
                 f"{', '.join(s['name'] for s in store.prompt_sets(owner=cfg.owner)) or 'none'})"
             )
         rows = store.get_prompts(set_name, split="heldout", owner=cfg.owner)
         if not rows:
             raise EvalError(
-                f"prompt set {set_name!r} has no held-out prompts: the student must be scored on prompts "
+                f"prompt set {quote(set_name)} has no held-out prompts: the student must be scored on prompts "
                 "it never trained on. Re-import the set with a held-out fraction or a split column"
             )
         return rows
@@ -161,7 +159,7 @@ def plan(cfg: EvalConfig, store) -> Plan:
         missing = [c for c in cfg.categories if c not in have]
         if missing:
             raise EvalError(
-                f"prompt set {cfg.prompt_set!r} has no held-out prompts in "
+                f"prompt set {quote(cfg.prompt_set)} has no held-out prompts in "
                 f"categor{'y' if len(missing) == 1 else 'ies'} "
                 f"{', '.join(map(repr, missing))} (categories with held-out prompts: {', '.join(have)})"
             )
