@@ -489,7 +489,7 @@ def on_export(ctx: AppContext, job_id, as_merged, strength, request: gr.Request)
     archive = shutil.make_archive(str(out), "zip", out)
     return archive, (
         f"Exported run {job_id} ({'merged bfloat16 model' if as_merged else 'peft adapter'}, strength "
-        f"{float(strength):g}) with its model card."
+        f"{adapters.check_strength(strength):g}) with its model card."
     )
 
 
