@@ -53,11 +53,9 @@ class GenerateConfig(SamplingStageConfig):
 
 def job_model(store: Store, spec: str = "", quantize: str = "none", precision: str = "auto"):
     """(model, tokenizer) for a job: converted checkpoints go to $CTXDISTILL_MODELS, else the workspace."""
-    import os
+    from .models import default_models_dir, load_model_cached
 
-    from .models import load_model_cached
-
-    models_dir = os.environ.get("CTXDISTILL_MODELS") or store.models_dir
+    models_dir = default_models_dir(store.home)
     return load_model_cached(spec or None, quantize=quantize, precision=precision, models_dir=models_dir)
 
 
