@@ -58,7 +58,6 @@ class Database:
     def __init__(self, home: str | os.PathLike | None = None):
         self.home = workspace_home(home)
         self.runs_dir = self.home / "runs"
-        self.models_dir = self.home / "models"
         self.path = self.home / DB_NAME
         self._lock = threading.RLock()
         self._local = threading.local()  # .reader: this thread's read connection; .in_tx
