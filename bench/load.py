@@ -12,8 +12,11 @@ written down as acknowledged. The script prints p50/p95 latency of light calls a
 throughput per N. Target: no errors, light p95 under 1 s with the training running.
 
 With --attack one more visitor sends, back to back, what issue 13 found freezing the app: a YAML
-alias bomb, 200k-deep JSON, a 2 MB constitution and one whose check is a catastrophic regex. The
-others' figures must not change: the attacker's calls are counted apart ("attacks refused").
+alias bomb, 200k-deep JSON, a 2 MB constitution and one whose check is a catastrophic regex; and
+another floods the queue with training jobs (issue 24: eight in a second used to start eight
+workers), through jobs.submit as the Distill tab calls it, as demo visitor "flooder". The others'
+figures must not change: the attackers' calls are counted apart ("attacks refused", "jobs refused",
+and the worker processes the flood started).
 
 Then the fault test: users write while the app process is killed (SIGKILL) mid-write; the
 store must pass PRAGMA integrity_check and hold every acknowledged write, and the restarted
@@ -186,19 +189,50 @@ def attacker(url: str, seconds: float, out: str, start=None) -> None:
             n += 1
 
 
+def flooder(home: str, seconds: float, out: str, cid: int, start=None) -> None:
+    """One demo visitor submitting training jobs back to back until the deadline; the per-visitor
+    limits (DemoCaps.jobs_queued / jobs_running) must refuse all but the first ones. Its jobs are
+    cancelled at the end."""
+    from ctxdistill import jobs
+
+    store = Store(home)
+    if start is not None:
+        start.wait()
+    deadline, accepted = time.monotonic() + seconds, []
+    with open(out, "a", buffering=1) as log:
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            try:
+                accepted.append(jobs.submit(store, "train", train_config(cid).to_dict(), owner="flooder"))
+                refused = False
+            except ValueError:  # demo.DemoLimit
+                refused = True
+            log.write(json.dumps({"kind": "flood", "ok": True, "refused": refused, "s": time.perf_counter() - t}))
+            log.write("\n")
+            time.sleep(0.1)
+        workers = len({store.get_job(j)["pid"] for j in accepted})
+        log.write(json.dumps({"kind": "flood_workers", "ok": True, "n": workers, "s": 0.0}) + "\n")
+    for j in accepted:
+        jobs.cancel(store, j, grace_s=0)
+    store.close()
+
+
 def run_users(
     url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True, attack: bool = False
 ) -> list[dict]:
-    """Start `users` processes (and, with `attack`, one attacker), wait for them, return every call they made."""
+    """Start `users` processes (and, with `attack`, the two attackers), wait for them, return every call they made."""
     ctx = mp.get_context("spawn")
     files = [out_dir / f"user-{users}-{i}.jsonl" for i in range(users)]
-    start = ctx.Barrier(users + attack)
+    start = ctx.Barrier(users + 2 * attack)
     procs = [
         ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews, start)) for i, f in enumerate(files)
     ]
     if attack:
         files.append(out_dir / f"attacker-{users}.jsonl")
         procs.append(ctx.Process(target=attacker, args=(url, seconds, str(files[-1]), start)))
+        files.append(out_dir / f"flooder-{users}.jsonl")
+        home = str(out_dir.parent)  # the workspace the app serves (out_dir is its bench/)
+        procs.append(ctx.Process(target=flooder, args=(home, seconds, str(files[-1]), cid, start)))
     for p in procs:
         p.start()
     for p in procs:
@@ -254,6 +288,9 @@ def summarise(calls: list[dict], seconds: float) -> dict:
         "attacks": sum(1 for c in calls if c["kind"] == "attack"),
         "attacks_refused": sum(1 for c in calls if c["kind"] == "attack" and c["refused"]),
         "attack_p95_ms": ms(percentile([c["s"] for c in calls if c["kind"] == "attack"], 95)),
+        "jobs_sent": sum(1 for c in calls if c["kind"] == "flood"),
+        "jobs_refused": sum(1 for c in calls if c["kind"] == "flood" and c["refused"]),
+        "flood_workers": sum(c["n"] for c in calls if c["kind"] == "flood_workers"),
     }
 
 
@@ -318,10 +355,17 @@ def kill_test(home: Path, cid: int, out_dir: Path, users: int = 4, min_acked: in
 def start_training(home: Path, cid: int, train: bool) -> tuple[int, str]:
     """A training run in a worker process (as the Distill tab starts it), long enough to outlast the bench."""
     from ctxdistill import jobs
-    from ctxdistill.train import TrainConfig
 
     store = Store(home)
-    cfg = TrainConfig(
+    job = jobs.submit(store, "train", train_config(cid).to_dict()) if train else None
+    store.close()
+    return job, "train" if train else "none"
+
+
+def train_config(cid: int):
+    from ctxdistill.train import TrainConfig
+
+    return TrainConfig(
         constitution_id=cid,
         steps=100_000,
         eval_every=0,
@@ -331,9 +375,6 @@ def start_training(home: Path, cid: int, train: bool) -> tuple[int, str]:
         sample_tokens=24,
         eval_prompts=4,
     )
-    job = jobs.submit(store, "train", cfg.to_dict()) if train else None
-    store.close()
-    return job, "train" if train else "none"
 
 
 def main(argv=None) -> int:
@@ -396,7 +437,8 @@ def main(argv=None) -> int:
             if args.attack:
                 print(
                     f"   attacker: {s['attacks']} hostile constitutions sent, {s['attacks_refused']} refused, "
-                    f"p95 {s['attack_p95_ms']} ms",
+                    f"p95 {s['attack_p95_ms']} ms; flooder: {s['jobs_sent']} training jobs sent, "
+                    f"{s['jobs_refused']} refused, {s['flood_workers']} worker processes started",
                     flush=True,
                 )
         print("CPU time while each N ran (connecting included):\n  " + "\n  ".join(cpu_line))
