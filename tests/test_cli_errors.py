@@ -196,3 +196,32 @@ def test_minus_zero_strength_exports_as_zero(capsys, tiny_model, tiny_checkpoint
         and "-0" not in (out / adapters.RUN_FILE).read_text()
     )
     assert "| strength | 0 " in (out / "README.md").read_text()
+
+
+def test_a_hub_refusal_of_a_model_is_one_line_naming_it_and_what_to_do(monkeypatch, capsys, ws):
+    import httpx2
+    import transformers
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from ctxdistill import models
+
+    def refused(*args, **kwargs):
+        url = "https://huggingface.co/nobody/private/resolve/main/config.json"
+        response = httpx2.Response(401, request=httpx2.Request("GET", url))
+        try:
+            raise RepositoryNotFoundError(
+                f"401 Client Error.\n\nRepository Not Found for url: {url}.", response=response
+            )
+        except RepositoryNotFoundError as exc:
+            raise OSError(
+                "nobody/private is not a local folder and is not a valid model identifier\n"
+                "If this is a private repository, make sure to pass a token"
+            ) from exc
+
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", refused)
+    code, _, err = run(
+        capsys, "preview", "--constitution", PIRATE, "--prompt", "Hi", "--model", "nobody/private", "--workspace", ws
+    )
+    assert code == 2 and one_line(err), err
+    assert "'nobody/private'" in err and "answered 401" in err and "HF_TOKEN" in err and "HfHubHTTPError" not in err
