@@ -223,13 +223,18 @@ def choice_probability(model, tokenizer, rows: list[tuple[str, str]], batch_size
     return out
 
 
-def feedback_labels(model, tokenizer, items: list[tuple[str, str, str, str]], batch_size: int = 8) -> list[float]:
+def feedback_labels(
+    model, tokenizer, items: list[tuple[str, str, str, str]], batch_size: int = 8, what: str = "the principles"
+) -> list[float]:
     """P(first answer better) for (system, prompt, first, second) items: the mean of the judge's
     choice probability with the answers as (A, B) and, flipped, as (B, A), so that a preference for
     one letter cancels out."""
     rows = []
     for system, prompt, first, second in items:
-        rows += [(system, judge_question(prompt, first, second)), (system, judge_question(prompt, second, first))]
+        rows += [
+            (system, judge_question(prompt, first, second, what)),
+            (system, judge_question(prompt, second, first, what)),
+        ]
     p = choice_probability(model, tokenizer, rows, batch_size)
     return [(p[2 * i] + 1 - p[2 * i + 1]) / 2 for i in range(len(items))]
 
@@ -372,7 +377,8 @@ def run_prefs(
                 judge_system = principle.text if cfg.judge == "principle" else teacher_system
                 judged.append((p, answers[0], answers[1], judge_system, principle.id))
         if judged:
-            labels = feedback_labels(model, tokenizer, [(s, p["text"], a, b) for p, a, b, s, _ in judged])
+            what = "the principle" if cfg.judge == "principle" else "the principles"
+            labels = feedback_labels(model, tokenizer, [(s, p["text"], a, b) for p, a, b, s, _ in judged], what=what)
             for (p, a, b, _, pid), label in zip(judged, labels):
                 state["compared"] += 1
                 verdict, _ = check_verdict(a, b, checks)

@@ -91,7 +91,7 @@ def layout() -> dict:
             )
             threshold = gr.Number(value=0.1, label="Drop labels within this of 0.5", elem_id="pairs-threshold")
             limit = gr.Number(value=32, precision=0, label="Prompts (0 = all)", elem_id="pairs-limit")
-        make = gr.Button("Make pairs", elem_id="pairs-make")
+        make = gr.Button("Start the pairs job", elem_id="pairs-make")
     with gr.Accordion("Train on the accepted pairs (DPO)", open=False):
         with gr.Row():
             dpo_run = gr.Number(label="Start from distilled run", value=0, precision=0, elem_id="dpo-run")
@@ -104,7 +104,14 @@ def layout() -> dict:
             export = gr.Button("Export accepted pairs (.jsonl)", elem_id="pairs-export")
             export_file = gr.File(label="Preference file", interactive=False, elem_id="pairs-export-file")
             upload = gr.File(label="Import a preference file", file_types=[".jsonl", ".json", ".csv", ".parquet"])
-    return {k: v for k, v in locals().items() if isinstance(v, (gr.components.Component, list))} | {
+    named = (
+        "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
+        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps train job_status export "
+        "export_file upload"
+    )
+    here = locals()
+    return {name: here[name] for name in named.split()} | {
+        "filters": filters,
         "queue": gr.State([]),
         "pos": gr.State(0),
     }
