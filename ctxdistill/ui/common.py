@@ -99,10 +99,12 @@ class AppContext:
         visitors = [Middleware(demo_mode.VisitorCookie, secret=self.secret)] if self.demo else []
         return {"app_kwargs": {"middleware": [Middleware(EarlyScript), *visitors]}}
 
-    def watch(self, fn, inputs, outputs, on: tuple[str, ...]) -> None:
+    def watch(self, fn, inputs, outputs, on: tuple[str, ...], every: bool = False) -> None:
         """Run fn(inputs) -> outputs whenever the page's poll sees those parts of the store change
-        ("versions", "sets", "jobs", "progress:<kind>"; see ui/poll.py)."""
-        self.watchers.append((fn, inputs, outputs, on))
+        ("versions", "sets", "jobs", "progress:<kind>"; see ui/poll.py). The poll sends only the outputs
+        whose value changed since it last sent them, unless ``every``: for outputs that another event
+        sets too (the poll would not know their value changed there)."""
+        self.watchers.append((fn, inputs, outputs, on, every))
 
     def limit(self, **values) -> None:
         """gr.Error when a requested size is above the demo caps (nothing to check locally).
@@ -330,7 +332,7 @@ def job_buttons(ctx: AppContext, n_starts: int, job_id, request: gr.Request):
 def wire_job_buttons(ctx: AppContext, job, starts: list, stop) -> None:
     """``job_buttons`` follows the job a tab shows (``job``: its component) and the store's jobs."""
     buttons = bind(ctx, job_buttons, len(starts))
-    ctx.watch(buttons, job, [*starts, stop], on=("jobs",))
+    ctx.watch(buttons, job, [*starts, stop], on=("jobs",), every=True)
     job.change(buttons, job, [*starts, stop], show_progress="hidden")
 
 

@@ -83,8 +83,8 @@ def wire(ctx: AppContext) -> None:
     ctx.blocks.load(**ctx.poll_now)
     if ctx.tabs is not None:
         ctx.tabs.select(**ctx.poll_now)
-    for fn, inputs, outputs, parts in ctx.watchers:
-        sends = only_changed(fn, len(outputs) if isinstance(outputs, (list, tuple)) else 1)
+    for fn, inputs, outputs, parts, every in ctx.watchers:
+        sends = fn if every else only_changed(fn, len(outputs) if isinstance(outputs, (list, tuple)) else 1)
         for part in parts:
             ctx.stamps[part].change(sends, inputs, outputs, show_progress="hidden", queue=False)
 

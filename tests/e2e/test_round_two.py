@@ -1,0 +1,122 @@
+"""What a newcomer hit, round two (issue 25), in the browser: version menus that follow the newest
+version unless picked, job buttons that follow the job, the curation offered to Distill, Preview's
+empty prompt and greedy settings, and an empty Compare page. The store is written directly (no
+worker runs); the constitution is written here."""
+
+import pytest
+
+from ctxdistill import constitution as cmod
+from ctxdistill.store import Store
+from tests.e2e.conftest import start_app, stop_app
+
+pytestmark = pytest.mark.e2e
+
+HAIKU = """name: haiku
+principles:
+  - id: lines
+    text: Answer in three short lines.
+  - id: nature
+    text: Mention something from nature.
+"""
+
+
+def save(store, message: str) -> int:
+    c = cmod.parse(HAIKU.replace("nature.", f"nature ({message})."), "yaml")
+    return store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), message=message)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("round-two-ws")
+    with Store(home) as store:
+        v1 = save(store, "first")
+        store.add_prompts("mine", [{"text": f"Question {i}?"} for i in range(3)])
+        for i, p in enumerate(store.get_prompts("mine")):
+            sid = store.upsert_sample(p["id"], v1, 0, prompted=f"Leaves fall {i}", unprompted="plain")
+            store.update_sample(sid, store.get_sample(sid)["version"], status="accepted")
+        save(store, "second")
+    return home
+
+
+@pytest.fixture(scope="module")
+def url(home, tiny_checkpoint):
+    proc, url = start_app(home, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
+    yield url
+    stop_app(proc)
+
+
+@pytest.fixture
+def page(browser, url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    p.goto(url)
+    p.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
+    yield p
+    context.close()
+
+
+def tab(page, name):
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def menu(page, elem_id: str, startswith: str):
+    page.wait_for_function(f"document.querySelector('#{elem_id} input')?.value.startsWith('{startswith}')")
+
+
+def test_version_menus_follow_the_newest_version_unless_picked(page, home):
+    for name, elem_id in (("Data", "gen-version"), ("Distill", "train-version"), ("Compare", "eval-version")):
+        tab(page, name)
+        menu(page, elem_id, "v2 ")
+    tab(page, "Distill")
+    page.locator("#train-version input").click()  # Distill: the visitor picks v1
+    page.get_by_role("option", name="v1 · haiku · first").click()
+    page.wait_for_selector("#train-curation >> text=has 3 accepted samples")  # the review is offered
+    assert page.locator("#train-data input[value=accepted]").is_checked()
+    save(Store(home), "third")
+    tab(page, "Data")  # a tab switch polls the store
+    menu(page, "gen-version", "v3 ")
+    tab(page, "Distill")
+    page.wait_for_timeout(1500)
+    menu(page, "train-version", "v1 ")  # the pick stays
+    page.reload()
+    tab(page, "Distill")
+    menu(page, "train-version", "v3 ")  # a reload shows the newest again
+    page.wait_for_selector("#train-curation >> text=no accepted samples")
+    assert page.locator("#train-data input[value=prompts]").is_checked()
+
+
+def test_stop_is_idle_without_a_job_and_start_while_one_runs(page, home):
+    tab(page, "Distill")
+    assert page.locator("#train-stop").is_disabled() and page.locator("#train-start").is_enabled()
+    store = Store(home)
+    job = store.create_job("train", {"constitution_id": 1, "steps": 4, "loss": "kl"})
+    store.update_job(job, state="running", progress_done=1, progress_total=4, message="step 1/4")
+    tab(page, "Preview")
+    tab(page, "Distill")  # a tab switch polls the store: the run is listed
+    page.locator("#train-run input").click()
+    page.get_by_role("option", name=f"job {job} · running").click(timeout=30_000)
+    page.wait_for_function("!document.querySelector('#train-stop').disabled")
+    assert page.locator("#train-start").is_disabled()
+    store.update_job(job, state="cancelled", message="cancelled")
+    page.wait_for_function("document.querySelector('#train-stop').disabled", timeout=15_000)
+    assert page.locator("#train-start").is_enabled()
+
+
+def test_preview_empty_prompt_and_greedy(page):
+    tab(page, "Preview")
+    page.get_by_text("Sampling", exact=True).click()
+    assert page.locator("#temperature input[type=number]").is_disabled()  # Greedy is on
+    page.locator("#greedy input").uncheck()
+    page.wait_for_function("!document.querySelector('#temperature input[type=number]').disabled")
+    page.locator("#run-preview").click()
+    page.wait_for_selector("#mean-kl >> text=Type a prompt")
+    assert page.locator(".error").count() == 0  # no red badge on the outputs
+
+
+def test_an_empty_compare_page_shows_no_empty_plots(page):
+    tab(page, "Compare")
+    page.wait_for_selector("#eval-estimate >> text=held-out prompts")  # the suite's size, before Start
+    assert "capability items" in page.locator("#eval-estimate").inner_text()
+    assert not page.locator("#plot-scores").is_visible() and not page.locator("#scoreboard").is_visible()
+    assert page.locator("#eval-stop").is_disabled()
