@@ -11,6 +11,7 @@ training loop (train.py) and by the evaluation (evaluate.py) for base, teacher a
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from dataclasses import dataclass
 
@@ -27,10 +28,28 @@ class EngineError(RuntimeError):
 
 @dataclass
 class Example:
-    """One answer to train or evaluate on: the prompt and the answer's token ids."""
+    """One answer to train or evaluate on: the prompt and the answer's token ids.
 
-    prompt: str
+    ``prompt`` is what the teacher sees after the constitution: one user turn, or a conversation
+    (user/assistant turns ending with a user turn) whose last answer is ``answer``. ``seen`` is what
+    the student sees instead, where that differs (the prompt wrapped in an override attempt): the
+    target stays the teacher's distribution on ``prompt``. ``own``: the answer is the student's own
+    sample (on-policy), so the teacher's states along it are not kept."""
+
+    prompt: str | list[dict]
     answer: list[int]
+    seen: str | list[dict] | None = None
+    own: bool = False
+
+    @property
+    def student_input(self) -> str | list[dict]:
+        return self.prompt if self.seen is None else self.seen
+
+    @property
+    def key(self) -> tuple:
+        """The teacher cache's key: the teacher's input and the answer."""
+        prompt = self.prompt if isinstance(self.prompt, str) else json.dumps(self.prompt, sort_keys=True)
+        return prompt, tuple(self.answer)
 
 
 def _condition(tokenizer, system, examples, prompts: list[str]):
@@ -119,7 +138,7 @@ class TeacherStudent:
 
     def __init__(self, model, tokenizer, system: str, examples: list[dict] = (), teacher_cache_mb: float = 0):
         self.model, self.tokenizer, self.system, self.examples = model, tokenizer, system, list(examples)
-        self.teacher_cache: dict[tuple, torch.Tensor] = {}  # (prompt, answer ids) -> (len(answer), H)
+        self.teacher_cache: dict[tuple, torch.Tensor] = {}  # Example.key -> (len(answer), H)
         self._cache_left = int(teacher_cache_mb * 2**20)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         teacher_prefix, _ = _condition(tokenizer, system, self.examples, ["a"])
@@ -158,13 +177,12 @@ class TeacherStudent:
         )
 
     def _suffixes(self, batch: list[Example]):
-        prompts = [ex.prompt for ex in batch]
-        prefix, teacher = _condition(self.tokenizer, self.system, self.examples, prompts)
+        prefix, teacher = _condition(self.tokenizer, self.system, self.examples, [ex.prompt for ex in batch])
         if prefix != self.teacher_prefixes.ids[0]:
             raise EngineError(
                 "the constitution prefix changed between prompts; the tokenizer merges across the system turn"
             )
-        student_prefix, student = _condition(self.tokenizer, None, (), prompts)
+        student_prefix, student = _condition(self.tokenizer, None, (), [ex.student_input for ex in batch])
         answers = [ex.answer for ex in batch]
         return (
             [t + a for t, a in zip(teacher, answers)],
@@ -176,7 +194,7 @@ class TeacherStudent:
     def row_lengths(self, examples: list[Example]) -> list[int]:
         """Tokens each answer's rows hold after the cached prefix (its prompt's turn and the answer):
         what a batch is padded to, so what length-grouped batches group by."""
-        _, student = _condition(self.tokenizer, None, (), [ex.prompt for ex in examples])
+        _, student = _condition(self.tokenizer, None, (), [ex.student_input for ex in examples])
         return [len(s) + len(ex.answer) for s, ex in zip(student, examples)]
 
     def hidden(self, batch: list[Example], with_teacher: bool = True):
@@ -207,7 +225,7 @@ class TeacherStudent:
 
     def _teacher_hidden(self, batch: list[Example], teacher_seqs: list[list[int]]) -> torch.Tensor:
         """The teacher's hidden states (N, H) at the answer positions, from the cache where it can."""
-        keys = [(ex.prompt, tuple(ex.answer)) for ex in batch]
+        keys = [ex.key for ex in batch]
         todo = [row for row, key in enumerate(keys) if key not in self.teacher_cache]
         fresh = {}
         if todo:
@@ -218,13 +236,14 @@ class TeacherStudent:
                 h = h[answer_mask(lengths, width).to(self.model.device)]
             for row, part in zip(todo, h.split(lengths)):
                 fresh[keys[row]] = part
-                self.keep_teacher(batch[row], part)
+                if not batch[row].own:  # the student's own samples change every step: not worth keeping
+                    self.keep_teacher(batch[row], part)
         return torch.cat([self.teacher_cache.get(key, fresh.get(key)) for key in keys])
 
     def keep_teacher(self, example: Example, states: torch.Tensor) -> None:
         """Keep the teacher's final hidden states (len(answer), H) along ``example``'s answer, if the
         cache has room: from a batch above, or from the sampling pass that wrote the answer."""
-        key = (example.prompt, tuple(example.answer))
+        key = example.key
         if key not in self.teacher_cache and states.nbytes <= self._cache_left:
             self.teacher_cache[key] = states.detach().clone()
             self._cache_left -= states.nbytes

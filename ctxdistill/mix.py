@@ -12,7 +12,8 @@
 * ``gauge`` — the capability accuracy of the student (or the teacher) on a small fixed subset of
   the capability set, measured next to the held-out KL while a run trains.
 * ``accepted_texts`` — the curated samples a ``--data accepted`` run trains on.
-* ``setup_data`` — a run's held-out and training answers, sampled once and kept for resumes.
+* ``setup_data`` — a run's held-out and training answers (with the teacher's answers to follow-ups of
+  a multi-turn run, hold.py), sampled once and kept for resumes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import hold
 from .engine import Example, SamplingStopped, TeacherStudent, sample_answers
 from .losses import kl_per_token
 from .safety import quote
@@ -167,27 +169,42 @@ def accepted_texts(store, cfg: TrainConfig) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- a run's data
 
 
+# held-out conversations the second-turn held-out KL of a multi-turn run is measured on
+SECOND_TURN_PROBES = 12
+
+
 def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, accelerator, hooks, phase):
-    """(held-out answers, a function that returns the training answers): the teacher's, sampled once per
-    run and kept in run_dir/data.json for resumes. The held-out ones come first, so that a run measures
-    where it starts (a re-bake: the old student on the new version) before it samples what it trains
-    on. ``hooks``: train.Hooks; ``phase(name)``: the progress report of a sampling phase."""
+    """(held-out answers, a function that returns the training answers, held-out probe sets by name):
+    the teacher's, sampled once per run and kept in run_dir/data.json for resumes. The held-out ones
+    come first, so that a run measures where it starts (a re-bake: the old student on the new version)
+    before it samples what it trains on. The probes (hold.py) are the held-out answers under a training
+    attack and the teacher's answers to a follow-up of held-out conversations. ``hooks``: train.Hooks;
+    ``phase(name)``: the progress report of a sampling phase."""
     cache = run_dir / "data.json"
+    once = replace(cfg, samples_per_prompt=1)
     if cache.is_file():
         data = json.loads(cache.read_text())
-        return [Example(**e) for e in data["heldout"]], lambda: [Example(**e) for e in data["train"]]
+        heldout = [Example(**e) for e in data["heldout"]]
+        probes = {"attacked": hold.attacked_probes(cfg, heldout)}
+        probes["second_turn"] = [Example(**e) for e in data.get("second_turn", [])]
+        return heldout, lambda: [Example(**e) for e in data["train"]], probes
     prompts, heldout_prompts = split_prompts(store, cfg)
-    kept = lambda prompts, cfg, seed, part, name: sample_kept(
-        pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, name, phase
+    kept = lambda prompts, cfg, seed, part, name: (
+        sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, name, phase) if prompts else []
     )
     # one teacher sample per held-out prompt, from its own random stream
-    heldout = kept(
-        heldout_prompts,
-        replace(cfg, samples_per_prompt=1),
-        cfg.seed + 7919,
-        "heldout",
-        "sampling the teacher's held-out answers",
-    )
+    heldout = kept(heldout_prompts, once, cfg.seed + 7919, "heldout", "sampling the teacher's held-out answers")
+    follow_ups = hold.train_follow_ups(cfg.followup_set) if cfg.multiturn_share else []
+    probes = {
+        "attacked": hold.attacked_probes(cfg, heldout),
+        "second_turn": kept(
+            hold.conversations(pair.tokenizer, heldout[:SECOND_TURN_PROBES], follow_ups, 1.0, cfg.seed + 13),
+            once,
+            cfg.seed + 7927,
+            "heldout_second_turn",
+            "sampling the teacher's held-out second turns",
+        ),
+    }
 
     def training() -> list[Example]:
         tok = pair.tokenizer
@@ -197,7 +214,7 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
                 Example(p, tok.encode(text, add_special_tokens=False) + end) for p, text in accepted_texts(store, cfg)
             ]
         else:
-            train = kept(prompts, cfg, cfg.seed, "train", "sampling the teacher's training answers")
+            train = first = kept(prompts, cfg, cfg.seed, "train", "sampling the teacher's training answers")
             if cfg.from_run:
                 hooks.progress(
                     0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student"
@@ -210,15 +227,31 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
                 "replay",
                 "sampling the teacher's replay answers",
             )
-            train = interleave(train, replay)
+            # the teacher's answers to a follow-up of a share of its own first answers (before the mix)
+            second = kept(
+                hold.conversations(tok, first, follow_ups, cfg.multiturn_share, cfg.seed + 17),
+                once,
+                cfg.seed + 7933,
+                "second_turn",
+                "sampling the teacher's answers to follow-ups",
+            )
+            train = interleave(interleave(train, replay), second)
         if accelerator is None or accelerator.is_main_process:
             tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"train": [asdict(e) for e in train], "heldout": [asdict(e) for e in heldout]}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "train": [asdict(e) for e in train],
+                        "heldout": [asdict(e) for e in heldout],
+                        "second_turn": [asdict(e) for e in probes["second_turn"]],
+                    }
+                )
+            )
             tmp.replace(cache)
             (run_dir / "data.partial.json").unlink(missing_ok=True)
         return train
 
-    return heldout, training
+    return heldout, training, probes
 
 
 def sample_kept(pair, prompts, cfg, seed, part, run_dir, accelerator, hooks, name, phase) -> list[Example]:

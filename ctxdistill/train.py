@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from . import baked, mix, rebake
+from . import baked, hold, mix, rebake
 from .adapters import (
     AdapterError,
     latest_checkpoint,
@@ -118,7 +118,8 @@ def setup_accelerator(device: str | None = None):
 
 
 def _setup_model(cfg: TrainConfig, base, seed: int, adapter: Path | None = None):
-    """Wrap the loaded base model with a fresh LoRA adapter (or, re-baking, the saved ``adapter``); only the adapter trains."""
+    """Wrap the loaded base model with a fresh LoRA adapter (or, re-baking, the saved ``adapter``); only the
+    adapter trains."""
     from peft import LoraConfig, get_peft_model
 
     targets = cfg.target_modules.strip()
@@ -211,11 +212,13 @@ def train(
     info: dict | None = None,
     pair: TeacherStudent | None = None,
     gauge: baked.Gauge | None = None,
+    probes: dict[str, list[Example]] | None = None,
 ) -> dict:
     """Train the adapter of the peft ``model``; resume from the last checkpoint in ``run_dir`` if there is one.
     ``pair``: the one that sampled the answers, with the teacher states it kept. ``train_examples``
     may be a function, called after the first held-out measurement (mix.setup_data). ``gauge``: the
-    principles whose baked share each held-out measurement logs too (baked.Gauge).
+    principles whose baked share each held-out measurement logs too (baked.Gauge). ``probes``: held-out
+    sets by name whose KL each measurement logs too (hold.probe_names: attacked, second turn).
 
     Returns {heldout_kl_before, heldout_kl_after, gap_closed, best_step, step, n_train, stopped, adapter}."""
     cfg.validate()
@@ -249,6 +252,8 @@ def train(
         random.seed(cfg.seed)
     info = {**(info or {}), "loss": cfg.loss, "data": cfg.data}
     gauge_items = mix.gauge_items(cfg.capability_gauge)
+    augment = hold.Augment(cfg)
+    probe_sets = {hold.probe_names(cfg)[name]: rows for name, rows in (probes or {}).items() if rows}
 
     def evaluate(step: int) -> float:
         report = _phase(hooks, step, cfg.steps, "measuring the held-out KL", "answers")
@@ -256,6 +261,8 @@ def train(
             pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report, observe=gauge and gauge.observe
         )
         extra = gauge.values(accelerator) if gauge else {}
+        for name, rows in probe_sets.items():
+            extra[name] = heldout_kl(pair, rows, chunk=cfg.kl_chunk, accelerator=accelerator)
         if gauge_items:
             extra["capability"] = mix.gauge(pair, gauge_items)
         if gauge_items and step == 0:
@@ -279,6 +286,9 @@ def train(
         raise TrainError("nothing to train on: no answers")
     hooks.info(f"{len(train_examples)} training answers, {len(heldout)} held-out answers")
     info["n_train"] = len(train_examples)
+    info["augmentations"] = hold.summary(cfg, train_examples)
+    if augment.active or cfg.multiturn_share:
+        hooks.info("make it hold: " + hold.describe(info["augmentations"]))
     schedule = Schedule(pair.row_lengths(train_examples), cfg.batch_size, cfg.seed, ordered=bool(cfg.from_run))
     started, tokens_seen = time.perf_counter(), 0
     first_step = state["step"]
@@ -288,22 +298,24 @@ def train(
             stopped = True
             break
         t0 = time.perf_counter()
-        micro = [
-            schedule.micro_batch((step * cfg.grad_accum + a) * world + r)
-            for a in range(cfg.grad_accum)
-            for r in range(world)
-        ]
-        # the loss is a token-weighted mean over the whole optimiser step, on every process
-        step_tokens = sum(len(train_examples[i].answer) for batch in micro for i in batch)
-        sums = {}
-        # DDP averages the processes' gradients: scaled by the number of processes, that is their sum
-        backward_scale = float(scaler.scale(torch.tensor(world / step_tokens, device=device)))
-        mine = micro[rank::world]
+        draws = [(step * cfg.grad_accum + a) * world + r for a in range(cfg.grad_accum) for r in range(world)]
         try:
+            # this process's micro-batches as the student sees them (attacked, on-policy: hold.Augment)
+            mine = [
+                augment.batch(pair, [(i, train_examples[i]) for i in schedule.micro_batch(m)], m)
+                for m in draws[rank::world]
+            ]
+            # the loss is a token-weighted mean over the whole optimiser step, on every process
+            step_tokens = sum(len(ex.answer) for batch in mine for ex in batch)
+            if world > 1:
+                step_tokens = int(accelerator.reduce(torch.tensor([step_tokens], device=device), "sum").item())
+            sums = {}
+            # DDP averages the processes' gradients: scaled by the number of processes, that is their sum
+            backward_scale = float(scaler.scale(torch.tensor(world / step_tokens, device=device)))
             for a, batch in enumerate(mine):
                 # gradients are all-reduced by the last micro-batch's backward only
                 with accelerator.no_sync(pair.body) if world > 1 and a < len(mine) - 1 else contextlib.nullcontext():
-                    part = backward_batch(pair, cfg, [train_examples[i] for i in batch], backward_scale)
+                    part = backward_batch(pair, cfg, batch, backward_scale)
                 for k, v in part.items():
                     sums[k] = sums.get(k, 0.0) + v
         except Exception as exc:
@@ -342,6 +354,7 @@ def train(
                 "lr": lr,
                 "tokens_per_s": step_tokens / max(time.perf_counter() - t0, 1e-9),
                 "peak_mem_mb": _peak_mem_mb(device),
+                **(hold.shares(sum(mine, [])) if augment.active or cfg.multiturn_share else {}),
             },
             step + 1,
         )
@@ -384,6 +397,7 @@ def train(
         "heldout_kl_last": final,
         "heldout_kl_after": kept_kl,
         "gap_closed": gap_closed(state["kl_before"], kept_kl),
+        "augmentations": info["augmentations"],
     }
     if main:
         result["adapter"] = str(save_adapter(model, run_dir / "adapter", {**info, **result}))
@@ -393,9 +407,18 @@ def train(
 
 def backward_batch(pair: TeacherStudent, cfg: TrainConfig, batch: list[Example], scale: float) -> dict:
     """One micro-batch: its loss sums (``chunked_loss``), and its loss times ``scale`` back-propagated
-    into the adapter's gradients."""
-    hs, ht, targets = pair.hidden(batch, with_teacher=cfg.loss != "sft")
-    return chunked_loss(pair.lm_head, cfg.loss, hs, ht, targets, cfg.alpha, cfg.kl_chunk, backward_scale=scale)
+    into the adapter's gradients. The student's own answers (on-policy rows) take the KL term only."""
+    sums: dict = {}
+    for own in (False, True):
+        rows = [ex for ex in batch if ex.own == own]
+        if not rows:
+            continue
+        loss = "kl" if own else cfg.loss
+        hs, ht, targets = pair.hidden(rows, with_teacher=loss != "sft")
+        part = chunked_loss(pair.lm_head, loss, hs, ht, targets, cfg.alpha, cfg.kl_chunk, backward_scale=scale)
+        for k, v in part.items():
+            sums[k] = sums.get(k, 0.0) + v
+    return sums
 
 
 def _stop_requested(hooks: Hooks, accelerator) -> bool:
@@ -420,6 +443,7 @@ def check_start(store, cfg: TrainConfig) -> dict | None:
     ensure_default_prompts(store, owner=cfg.owner)
     prompts, _ = mix.split_prompts(store, cfg)
     mix.replay_prompts(store, cfg, len(prompts))
+    hold.check(cfg)
     if cfg.data == "accepted":
         mix.accepted_texts(store, cfg)
     try:
@@ -457,7 +481,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     model = _setup_model(cfg, base, cfg.seed, source and run_adapter(store, source["id"]))
     system = render(constitution)
     pair = TeacherStudent(model, tokenizer, system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)
-    heldout, train_examples = mix.setup_data(
+    heldout, train_examples, probes = mix.setup_data(
         cfg, store, pair, run_dir, accelerator, hooks, lambda name: _phase(hooks, 0, cfg.steps, name, "tokens")
     )
     info = {
@@ -499,6 +523,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
         info=info,
         pair=pair,
         gauge=gauge,
+        probes=probes,
     )
     return {**info, **result}
 

@@ -48,7 +48,10 @@ class TrainConfig(StageConfig):
     data: str = field(
         default="prompts",
         metadata={
-            "help": "prompts (fresh teacher samples of the prompt set's train split) or accepted (curated samples' final texts)"
+            "help": (
+                "prompts (fresh teacher samples of the prompt set's train split) or accepted (curated samples' final "
+                "texts)"
+            )
         },
     )
     prompt_set: str = field(
@@ -80,13 +83,19 @@ class TrainConfig(StageConfig):
     quantize: str = field(
         default="auto",
         metadata={
-            "help": "auto (the precision policy: 4-bit NF4 where the device computes bf16 or fp16 natively, full weights on other CPUs), 4bit or none (16/32-bit LoRA)"
+            "help": (
+                "auto (the precision policy: 4-bit NF4 where the device computes bf16 or fp16 natively, full weights "
+                "on other CPUs), 4bit or none (16/32-bit LoRA)"
+            )
         },
     )
     precision: str = field(
         default="auto",
         metadata={
-            "help": "compute dtype: auto (the precision policy: bf16 where native, fp16 on GPUs without bf16, else fp32), bf16, fp16 or fp32"
+            "help": (
+                "compute dtype: auto (the precision policy: bf16 where native, fp16 on GPUs without bf16, else fp32), "
+                "bf16, fp16 or fp32"
+            )
         },
     )
     eval_every: int = field(
@@ -105,14 +114,21 @@ class TrainConfig(StageConfig):
     teacher_cache_mb: int = field(
         default=512,
         metadata={
-            "help": "memory for the teacher's final hidden states along each answer, kept from the sampling pass that wrote it (or its first computation) and reused by every step and evaluation (0 = recompute every step)"
+            "help": (
+                "memory for the teacher's final hidden states along each answer, kept from the sampling pass that "
+                "wrote it (or its first computation) and reused by every step and evaluation (0 = recompute every "
+                "step)"
+            )
         },
     )
     seed: int = field(default=0, metadata={"help": "random seed (data order, sampling, adapter init)"})
     heldout_categories: str = field(
         default="",
         metadata={
-            "help": "comma-separated prompt categories held out: never trained on, the held-out KL measured on their held-out prompts only (empty: train and score on every category)"
+            "help": (
+                "comma-separated prompt categories held out: never trained on, the held-out KL measured on their "
+                "held-out prompts only (empty: train and score on every category)"
+            )
         },
     )
     replay_set: str = field(
@@ -121,37 +137,99 @@ class TrainConfig(StageConfig):
     replay_fraction: float = field(
         default=0.0,
         metadata={
-            "help": "share of the training answers that are the teacher's answers to the replay set's prompts (0 = none)"
+            "help": (
+                "share of the training answers that are the teacher's answers to the replay set's prompts (0 = none)"
+            )
         },
     )
     capability_gauge: int = field(
         default=0,
         metadata={
-            "help": "capability items (a fixed subset of the capability set) scored at every held-out KL measurement, student and teacher (0 = off)"
+            "help": (
+                "capability items (a fixed subset of the capability set) scored at every held-out KL measurement, "
+                "student and teacher (0 = off)"
+            )
         },
     )
     baked_gauge: str = field(
         default="auto",
         metadata={
-            "help": "principles whose baked share (the share of their effect the student carries, as in the evaluation) each held-out measurement logs: auto (a re-bake's changed principles; none for a fresh adapter), all, none, or comma-separated principle ids"
+            "help": (
+                "principles whose baked share (the share of their effect the student carries, as in the evaluation) "
+                "each held-out measurement logs: auto (a re-bake's changed principles; none for a fresh adapter), all,"
+                " none, or comma-separated principle ids"
+            )
         },
     )
     from_run: int = field(
         default=0,
         metadata={
-            "help": "re-bake: start from this finished run's adapter, with a newer constitution version (0 = a fresh adapter)"
+            "help": (
+                "re-bake: start from this finished run's adapter, with a newer constitution version (0 = a fresh "
+                "adapter)"
+            )
         },
     )
     rebake_share: float = field(
         default=0.5,
         metadata={
-            "help": "re-bake: share of the train prompts it trains on, those whose answers the new teacher and the old student disagree on most"
+            "help": (
+                "re-bake: share of the train prompts it trains on, those whose answers the new teacher and the old "
+                "student disagree on most"
+            )
         },
     )
     rebake_replay: float = field(
         default=0.25,
         metadata={
-            "help": "re-bake: share of the mix replayed from the other, less changed prompts (keeps unchanged behaviour)"
+            "help": (
+                "re-bake: share of the mix replayed from the other, less changed prompts (keeps unchanged behaviour)"
+            )
+        },
+    )
+    attack_share: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "make it hold: share of the training answers the student sees with its prompt wrapped in an override "
+                "attempt, trained towards the teacher's answer to the clean prompt (0 = off)"
+            )
+        },
+    )
+    attack_set: str = field(
+        default="",
+        metadata={
+            "help": (
+                "override attempts to train on: a JSON lines file of kind, template with {prompt}, optional history "
+                "(empty: the shipped training set, which shares no template with the evaluation's)"
+            )
+        },
+    )
+    multiturn_share: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "make it hold: share of the train prompts that also become a conversation (the prompt, the teacher's "
+                "answer, a follow-up) trained on the teacher's answer to the follow-up (0 = off)"
+            )
+        },
+    )
+    followup_set: str = field(
+        default="",
+        metadata={
+            "help": (
+                "follow-up messages for the conversations: a JSON lines file with a text field per line (empty: the "
+                "shipped training follow-ups, apart from the evaluation's)"
+            )
+        },
+    )
+    on_policy_share: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "make it hold: share of the training answers that are the student's own samples at that step, scored "
+                "by the teacher token by token (kl or mix; 0 = off)"
+            )
         },
     )
     model: str = field(default="", metadata={"help": "model spec (empty: the workspace default)"})
@@ -174,6 +252,16 @@ class TrainConfig(StageConfig):
             errors.append(f"re-bake share must be in (0, 1], got {self.rebake_share}")
         if not 0 <= self.rebake_replay < 1:
             errors.append(f"re-bake replay must be in [0, 1), got {self.rebake_replay}")
+        for name in ("attack_share", "multiturn_share", "on_policy_share"):
+            if not 0 <= getattr(self, name) <= 1:  # NaN included
+                errors.append(f"{name.replace('_', ' ')} must be in [0, 1], got {getattr(self, name)}")
+        if self.on_policy_share and self.loss == "sft":
+            errors.append(
+                "on-policy share needs the teacher's distribution to score the student's own answers: "
+                "with loss sft there is none (use kl or mix)"
+            )
+        if self.data == "accepted" and self.multiturn_share:
+            errors.append("multi-turn augmentation samples the teacher's answers to follow-ups: use data prompts")
         if self.data == "accepted" and (self.heldout_categories.strip() or self.replay_fraction or self.from_run):
             errors.append("category hold-out, replay and re-bake train on fresh teacher samples: use data prompts")
         if not (self.lr > 0 and math.isfinite(self.lr)):

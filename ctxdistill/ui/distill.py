@@ -70,14 +70,26 @@ MIXING = (
     "capability_gauge",
     "baked_gauge",
 )
-FORM = BASIC + MIXING
+# make it hold (hold.py): override attempts, conversations and on-policy answers in training
+HOLD = ("attack_share", "attack_set", "multiturn_share", "followup_set", "on_policy_share")
+HOLD_SHARES = {
+    "share_attacked": "share attacked",
+    "share_second_turn": "share second turn",
+    "share_on_policy": "share on-policy",
+}
+HOLD_KL = {"heldout_kl_attacked": "held-out KL under attack", "heldout_kl_second_turn": "held-out KL, second turn"}
+FORM = BASIC + MIXING + HOLD
 CHOICES = {
     "data": train_config.DATA_SOURCES,
     "loss": train_config.LOSSES,
     "quantize": QUANTIZE,
     "precision": PRECISIONS,
 }
-LABELS = {"from_run": "Continue from run (0 = a fresh adapter)"}
+LABELS = {
+    "from_run": "Continue from run (0 = a fresh adapter)",
+    "attack_set": "Attack set (a JSON lines file; empty = the shipped training set)",
+    "followup_set": "Follow-up set (a JSON lines file; empty = the shipped training set)",
+}
 RUN_COLUMNS = [
     "job",
     "state",
@@ -164,7 +176,9 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
                 {
                     "step": r["step"],
                     "value": r["value"],
-                    "metric": GAUGE.get(r["name"], r["name"].replace("baked:", "baked share: ")),
+                    "metric": {**GAUGE, **HOLD_SHARES, **HOLD_KL}.get(
+                        r["name"], r["name"].replace("baked:", "baked share: ")
+                    ),
                 }
                 for r in rows
                 if r["name"] in names and r["value"] is not None
@@ -174,8 +188,8 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
         else empty
     )
     loss, heldout = (
-        frame({"loss", "kl"}),
-        frame({"heldout_kl", *GAUGE, *(r["name"] for r in rows if r["name"].startswith("baked:"))}),
+        frame({"loss", "kl", *HOLD_SHARES}),
+        frame({"heldout_kl", *GAUGE, *HOLD_KL, *(r["name"] for r in rows if r["name"].startswith("baked:"))}),
     )
     return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
 
@@ -300,6 +314,20 @@ def layout(ctx: AppContext) -> dict:
     status = gr.HTML(status_html(None), elem_id="train-status")
     with gr.Row():
         loss_plot = gr.LinePlot(
+    with gr.Accordion("Make it hold: override attempts, conversations, the student's own answers", open=False):
+        gr.Markdown(
+            "Baked behaviour that is not talked out of the model and does not fade in a conversation: the "
+            "student also trains on prompts wrapped in override attempts (towards the teacher's answer to "
+            "the clean prompt), on the teacher's answers to follow-up messages, and along its own answers."
+        )
+        with gr.Row():
+            for name in HOLD:
+                if name.endswith("_share"):
+                    label = name.replace("_", " ").capitalize()
+                    kw = dict(label=label, info=_help(name), elem_id=_elem_id(name))
+                    widgets[name] = gr.Slider(0, 1, value=getattr(defaults, name), step=0.05, **kw)
+                else:
+                    widgets[name] = _widget(name, getattr(defaults, name))
             x="step",
             y="value",
             color="metric",
@@ -449,6 +477,10 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
     )
     job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
     return run_choices(ctx, owner, job_id)
+        if ctx.caps is not None and (cfg.attack_set.strip() or cfg.followup_set.strip()):
+            raise gr.Error(
+                "In the public demo a run trains on the shipped attack and follow-up sets: leave both empty."
+            )
 
 
 def on_stop(ctx: AppContext, job_id, request: gr.Request):
