@@ -164,6 +164,25 @@ def default_run(store, cal: Calibration) -> dict:
     }
 
 
+def run_left(steps: int, done: int, metrics: list[dict], cal: Calibration | None = None, cfg=None) -> float | None:
+    """Seconds a training run still needs, for the whole run's ETA: from the times its steps were
+    logged (``metrics``: store.get_metrics rows), so the machine's load as the run sees it counts,
+    held-out measurements included; before two steps were logged, the prediction of its training
+    and held-out phases from this process's calibration (``cal`` with its TrainConfig ``cfg``), or
+    None where there is neither."""
+    logged = sorted((m["step"], m["at"]) for m in metrics if m["name"] == "loss")
+    if len(logged) >= 2 and logged[-1][0] > logged[0][0]:
+        per_step = (logged[-1][1] - logged[0][1]) / (logged[-1][0] - logged[0][0])  # evaluations included
+        gaps = sorted(b[1] - a[1] for a, b in zip(logged, logged[1:]) if b[0] == a[0] + 1)
+        # the final held-out measurement: as long as the longest step less a plain one (a step that measured)
+        final = gaps[-1] - gaps[len(gaps) // 2] if len(gaps) >= 3 else 0.0
+        return max(0, steps - done) * per_step + final
+    if cal is None or cfg is None:
+        return None
+    phases = predict_train(cal, cfg, 0, cfg.eval_prompts or 0)
+    return phases["training"] + phases["held-out"]
+
+
 def predict_eval(cal: Calibration, units: int, tokens: int) -> float:
     """Seconds of an evaluation of ``units`` progress units (evaluate.units: answers sampled, then
     scored) of up to ``tokens`` tokens each. A unit is costed as a sampled answer, the dearer of the

@@ -31,3 +31,20 @@ def test_the_whole_jobs_eta_adds_what_comes_after_the_phase(monkeypatch):
     assert meter.line(50) == "held-out: 50/100 answers · 5.0 answers/s · ETA 10s"  # the job cannot say
     later[0] = 170.0
     assert meter.line(50) == "held-out: 50/100 answers · 5.0 answers/s · ETA 10s · job ETA 3m 00s"
+
+
+def test_a_training_runs_time_left_comes_from_its_timed_steps_or_its_prediction():
+    from ctxdistill import estimate
+    from ctxdistill.train import TrainConfig
+
+    # steps 1-5 logged every 2 s, but step 3 also measured the held-out KL (5 s more)
+    at = {1: 100.0, 2: 102.0, 3: 104.0, 4: 111.0, 5: 113.0}
+    metrics = [{"step": s, "name": "loss", "value": 1.0, "at": t} for s, t in at.items()]
+    metrics.append({"step": 3, "name": "heldout_kl", "value": 0.3, "at": 109.0})
+    left = estimate.run_left(10, 5, metrics)
+    assert left == 5 * (13.0 / 4) + 5.0  # the rest at the measured pace, and the final measurement
+    assert estimate.run_left(10, 0, []) is None  # nothing timed, nothing measured: it cannot say
+    cal = estimate.Calibration("fp32", load_s=2.0, step_s=1.0, score_s=0.5, decode_s=0.64, prefill_s=0.64)
+    cfg = TrainConfig(steps=10, eval_every=5)
+    predicted = estimate.predict_train(cal, cfg, 0, cfg.eval_prompts)
+    assert estimate.run_left(10, 0, [], cal, cfg) == predicted["training"] + predicted["held-out"]
