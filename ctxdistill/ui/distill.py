@@ -194,9 +194,26 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
     return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
 
 
-def status_html(job: dict | None) -> str:
+def run_eta(ctx: AppContext, job: dict | None) -> str:
+    """The whole run's time left beside its phase's ETA, while it runs (estimate.run_left)."""
+    if job is None or job["state"] != "running":
+        return ""
+    try:
+        cfg = train.TrainConfig.from_dict(job["config"])
+    except (train.TrainError, TypeError, ValueError):
+        return ""
+    cal = estimate.cached(ctx.model_spec, cfg.quantize, cfg.precision)
+    left = estimate.run_left(cfg.steps, job["progress_done"], ctx.store.get_metrics(job["id"]), cal, cfg)
+    if left is None:
+        return "Whole run: its time left shows once its first training steps are timed."
+    if job["progress_done"] == 0:  # before training: the prediction of what follows the current phase
+        return f"Whole run: this phase, then about {estimate.duration(left)} of training and measuring."
+    return f"Whole run: about {estimate.duration(left)} left."
+
+
+def status_html(job: dict | None, eta: str = "") -> str:
     result = (job or {}).get("result") or {}
-    notes = []
+    notes = [eta] if eta else []
     if "heldout_kl_after" in result:
         notes.append(
             f"held-out KL {result['heldout_kl_before']:.4f} → {result['heldout_kl_after']:.4f} nats/token · "
@@ -297,6 +314,20 @@ def layout(ctx: AppContext) -> dict:
             with gr.Row():
                 for name in row:
                     widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
+    with gr.Accordion("Make it hold: override attempts, conversations, the student's own answers", open=False):
+        gr.Markdown(
+            "Baked behaviour that is not talked out of the model and does not fade in a conversation: the "
+            "student also trains on prompts wrapped in override attempts (towards the teacher's answer to "
+            "the clean prompt), on the teacher's answers to follow-up messages, and along its own answers."
+        )
+        with gr.Row():
+            for name in HOLD:
+                if name.endswith("_share"):
+                    label = name.replace("_", " ").capitalize()
+                    kw = dict(label=label, info=_help(name), elem_id=_elem_id(name))
+                    widgets[name] = gr.Slider(0, 1, value=getattr(defaults, name), step=0.05, **kw)
+                else:
+                    widgets[name] = _widget(name, getattr(defaults, name))
     # the precision the policy picks for the form and why, the run's predicted time, and this
     # machine's facts (what `ctxdistill info` prints)
     with gr.Row():
@@ -314,20 +345,6 @@ def layout(ctx: AppContext) -> dict:
     status = gr.HTML(status_html(None), elem_id="train-status")
     with gr.Row():
         loss_plot = gr.LinePlot(
-    with gr.Accordion("Make it hold: override attempts, conversations, the student's own answers", open=False):
-        gr.Markdown(
-            "Baked behaviour that is not talked out of the model and does not fade in a conversation: the "
-            "student also trains on prompts wrapped in override attempts (towards the teacher's answer to "
-            "the clean prompt), on the teacher's answers to follow-up messages, and along its own answers."
-        )
-        with gr.Row():
-            for name in HOLD:
-                if name.endswith("_share"):
-                    label = name.replace("_", " ").capitalize()
-                    kw = dict(label=label, info=_help(name), elem_id=_elem_id(name))
-                    widgets[name] = gr.Slider(0, 1, value=getattr(defaults, name), step=0.05, **kw)
-                else:
-                    widgets[name] = _widget(name, getattr(defaults, name))
             x="step",
             y="value",
             color="metric",
@@ -428,7 +445,7 @@ def poll(ctx: AppContext, job_id, shown, request: gr.Request):
     run_id = job["id"] if job else None
     key = [run_id, job["progress_done"], job["state"]] if job else None
     plots = metrics_frames(ctx, run_id) if key != shown else (gr.skip(), gr.skip())
-    return status_html(job), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
+    return status_html(job, run_eta(ctx, job)), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
 
 
 def settings_of(ctx: AppContext, job_id, request: gr.Request):
@@ -460,6 +477,10 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
             owner=owner,
             **form_values(form),
         )
+        if ctx.caps is not None and (cfg.attack_set.strip() or cfg.followup_set.strip()):
+            raise gr.Error(
+                "In the public demo a run trains on the shipped attack and follow-up sets: leave both empty."
+            )
         train.check_start(ctx.store, cfg)
         if ctx.caps is not None and not cfg.max_prompts:
             cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
@@ -477,10 +498,6 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
     )
     job_id = jobs.submit(ctx.store, "train", cfg.to_dict(), owner=owner)
     return run_choices(ctx, owner, job_id)
-        if ctx.caps is not None and (cfg.attack_set.strip() or cfg.followup_set.strip()):
-            raise gr.Error(
-                "In the public demo a run trains on the shipped attack and follow-up sets: leave both empty."
-            )
 
 
 def on_stop(ctx: AppContext, job_id, request: gr.Request):
