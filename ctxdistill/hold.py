@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .capability import DATA_DIR
 from .engine import Example, with_end
-from .probes import Attack, RobustnessError, combine, load_attacks, load_follow_ups, user_set
+from .probes import Attack, RobustnessError, combine, load_attacks, load_follow_ups
 from .sampling import SamplingConfig, generate_rows
 from .train_config import TrainConfig, TrainError
 
@@ -37,11 +37,12 @@ TRAIN_ATTACKS_FILE = DATA_DIR / "attacks_train.jsonl"
 TRAIN_FOLLOW_UPS_FILE = DATA_DIR / "followups_train.jsonl"
 
 
-def _read(load, path: str, shipped: Path, what: str) -> list:
-    """A training set: the user's file, refused as the evaluation refuses its own (probes.user_set:
-    not a file, too big, too many lines, a bad line), or the shipped training set."""
+def _read(load, path: str, shipped: Path) -> list:
+    """A training set: the user's file, refused as the evaluation refuses its own (a bad line, or over
+    the size and row limits of the one caps table that every set a user gives is held to), or the
+    shipped training set."""
     try:
-        return user_set(load, path, what) if path.strip() else load(shipped)
+        return load(path.strip() or shipped)
     except RobustnessError as exc:
         raise TrainError(str(exc)) from None
 
@@ -49,13 +50,13 @@ def _read(load, path: str, shipped: Path, what: str) -> list:
 def train_attacks(path: str = "") -> list[Attack]:
     """The override attempts a run trains on (JSON lines of kind, template with {prompt}, optional
     history): the user's file, or the shipped training set."""
-    return _read(load_attacks, path, TRAIN_ATTACKS_FILE, "attack set")
+    return _read(load_attacks, path, TRAIN_ATTACKS_FILE)
 
 
 def train_follow_ups(path: str = "") -> list[str]:
     """The follow-up messages a run's conversations use (JSON lines with a text field): the user's
     file, or the shipped training set."""
-    return _read(load_follow_ups, path, TRAIN_FOLLOW_UPS_FILE, "follow-up set")
+    return _read(load_follow_ups, path, TRAIN_FOLLOW_UPS_FILE)
 
 
 def check(cfg: TrainConfig) -> None:

@@ -201,12 +201,20 @@ def test_bad_sets_and_shares_are_refused_before_a_model_loads(saved, tmp_path, m
     )
     _refused(saved, tmp_path, "user/assistant turns", attack_share=0.3, attack_set=bad_history)
     _refused(saved, tmp_path, "is empty", multiturn_share=0.3, followup_set=write("f.jsonl", []))
-    _refused(saved, tmp_path, "not a file", multiturn_share=0.3, followup_set=str(tmp_path / "missing.jsonl"))
+    _refused(saved, tmp_path, "cannot read", multiturn_share=0.3, followup_set=str(tmp_path / "missing.jsonl"))
     many = write("m.jsonl", [{"kind": f"k{i}", "template": "{prompt}"} for i in range(30)])
-    monkeypatch.setattr(probes, "MAX_ROWS", 20)
-    _refused(saved, tmp_path, "30 lines: at most 20", attack_share=0.3, attack_set=many)
-    monkeypatch.setattr(probes, "MAX_BYTES", 100)
-    _refused(saved, tmp_path, "MiB: at most", multiturn_share=0.3, followup_set=write("f.jsonl", [{"text": "x" * 200}]))
+    monkeypatch.setenv("CTXDISTILL_DEMO", "1")  # the one caps table's limits for a set a user gives
+    monkeypatch.setenv("CTXDISTILL_DEMO_SET_ITEMS", "20")
+    _refused(saved, tmp_path, "30 rows; a set may hold at most 20", attack_share=0.3, attack_set=many)
+    monkeypatch.setenv("CTXDISTILL_DEMO_SET_MB", "0.0001")
+    _refused(
+        saved,
+        tmp_path,
+        "a set may be at most",
+        multiturn_share=0.3,
+        followup_set=write("f.jsonl", [{"text": "x" * 200}]),
+    )
+    monkeypatch.delenv("CTXDISTILL_DEMO")
     for name in ("attack_share", "multiturn_share", "on_policy_share"):
         for value in (-0.1, 1.5, math.nan):
             _refused(saved, tmp_path, f"{name.replace('_', ' ')} must be in", **{name: value})
