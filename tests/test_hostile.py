@@ -62,7 +62,7 @@ def test_adapter_and_run_ids_from_the_api_are_not_paths(tmp_path):
             ctx.job(bad, visitor)
         with pytest.raises(gr.Error, match="No run or job"):
             distill["on_export"](bad, False, 1.0, request=visitor)
-        status, _, _, log, _, _ = distill["poll"](bad, "nothing shown yet", request=visitor)
+        status, _, _, _, log, _, _ = distill["poll"](bad, "nothing shown yet", request=visitor)
         assert "No run yet" in status and log == ""
 
 

@@ -26,3 +26,18 @@ def test_the_form_offers_the_accepted_samples_of_the_version(tmp_path):
     note, data = curated.offer(ctx, v1, run, None)  # the picked run's own settings stay in the form
     assert data == {"__type__": "update"} and "3 accepted" in note
     assert curated.offer(ctx, None, None, None)[0] == ""
+
+
+def test_shares_have_their_own_plot_shown_only_for_a_run_that_tracks_them(tmp_path):
+    from ctxdistill.ui import distill
+
+    ctx = AppContext(home=tmp_path / "ws")
+    fresh = ctx.store.create_job("train", {"constitution_id": 1})
+    ctx.store.log_metrics(fresh, 0, {"heldout_kl": 0.4, "loss": 1.0})
+    loss, heldout, gauges = distill.plot_updates(distill.metrics_frames(ctx, fresh))
+    assert set(heldout["metric"]) == {"heldout_kl"} and gauges["visible"] is False and not len(gauges["value"])
+    gauged = ctx.store.create_job("train", {"constitution_id": 1})
+    ctx.store.log_metrics(gauged, 0, {"heldout_kl": 0.4, "baked:matey": 0.2, "capability": 0.5})
+    _, heldout, gauges = distill.plot_updates(distill.metrics_frames(ctx, gauged))
+    assert set(heldout["metric"]) == {"heldout_kl"} and gauges["visible"] is True
+    assert set(gauges["value"]["metric"]) == {"baked share: matey", "capability (student)"}

@@ -161,14 +161,15 @@ def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
 
-def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(training loss by step, held-out KL and the capability gauge by step) for the plots."""
+def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(training loss, held-out KLs, the gauges' shares in 0..1: capability and baked shares) by step,
+    for the plots: KLs and shares on axes of their own."""
     # typed columns: an empty float "metric" column would make the plot's legend a -Infinity..Infinity scale
     empty = pd.DataFrame(
         {"step": pd.Series(dtype=int), "value": pd.Series(dtype=float), "metric": pd.Series(dtype=str)}
     )
     if not job_id:
-        return empty, empty
+        return empty, empty, empty
     rows = ctx.store.get_metrics(int(job_id))
     frame = lambda names: (
         pd.DataFrame(
@@ -187,11 +188,19 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
         if rows
         else empty
     )
-    loss, heldout = (
+    frames = (
         frame({"loss", "kl", *HOLD_SHARES}),
-        frame({"heldout_kl", *GAUGE, *HOLD_KL, *(r["name"] for r in rows if r["name"].startswith("baked:"))}),
+        frame({"heldout_kl", *HOLD_KL}),
+        frame({*GAUGE, *(r["name"] for r in rows if r["name"].startswith("baked:"))}),
     )
-    return (loss if len(loss) else empty), (heldout if len(heldout) else empty)
+    return tuple(f if len(f) else empty for f in frames)
+
+
+def plot_updates(frames: tuple) -> tuple:
+    """The plots' updates: the gauges' plot shows only for a run that measures them (its legend names
+    only what the run tracks)."""
+    loss, heldout, gauges = frames
+    return loss, heldout, gr.update(value=gauges, visible=bool(len(gauges)))
 
 
 def run_eta(ctx: AppContext, job: dict | None) -> str:
@@ -356,9 +365,18 @@ def layout(ctx: AppContext) -> dict:
             x="step",
             y="value",
             color="metric",
-            title="Held-out KL(teacher‖student), capability accuracy and baked shares (gauges on)",
+            title="Held-out KL(teacher‖student), nats/token",
             elem_id="train-heldout-plot",
             height=260,
+        )
+        gauge_plot = gr.LinePlot(
+            x="step",
+            y="value",
+            color="metric",
+            title="Capability accuracy and baked shares (0–1; gauges on)",
+            elem_id="train-gauge-plot",
+            height=260,
+            visible=False,
         )
     log = gr.Textbox(label="Log", lines=6, max_lines=15, interactive=False, elem_id="train-log")
     runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_id="train-runs")
@@ -400,6 +418,7 @@ def layout(ctx: AppContext) -> dict:
         status=status,
         loss_plot=loss_plot,
         heldout_plot=heldout_plot,
+        gauge_plot=gauge_plot,
         log=log,
         runs=runs,
         merged=merged,
@@ -444,7 +463,7 @@ def poll(ctx: AppContext, job_id, shown, request: gr.Request):
     job = ctx.find_job(job_id, request)
     run_id = job["id"] if job else None
     key = [run_id, job["progress_done"], job["state"]] if job else None
-    plots = metrics_frames(ctx, run_id) if key != shown else (gr.skip(), gr.skip())
+    plots = plot_updates(metrics_frames(ctx, run_id)) if key != shown else (gr.skip(),) * 3
     return status_html(job, run_eta(ctx, job)), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
 
 
@@ -566,7 +585,7 @@ def build(ctx: AppContext) -> None:
         widget.change(on(on_form), set(fields), c["guess"], queue=False)
     # the lists follow the store through the page's poll (ui/poll.py), each when its part changed
     ctx.watch(on(run_list), run, run, on=("jobs",))
-    shown = [c["status"], c["loss_plot"], c["heldout_plot"], c["log"], c["runs"], c["plotted"]]
+    shown = [c["status"], c["loss_plot"], c["heldout_plot"], c["gauge_plot"], c["log"], c["runs"], c["plotted"]]
     ctx.watch(on(poll), [run, c["plotted"]], shown, on=("jobs", "progress:train"))
     run.change(on(poll), [run, c["plotted"]], shown, show_progress="hidden")
     run.input(
