@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/load.py                         # N = 1, 4, 16, 20 s each, then the kill test
     .venv/bin/python bench/load.py --users 4 --seconds 10 --no-train
-    .venv/bin/python bench/load.py --users 4 --attack --no-kill    # one more visitor sends hostile constitutions
+    .venv/bin/python bench/load.py --users 4 --attack --no-kill    # hostile constitutions and a job flood
+    .venv/bin/python bench/load.py --users 4 --attack jobs --no-kill   # the job flood alone
 
 Each user is its own process with its own gradio_client session. Until the time is up it
 runs previews back to back (`/preview`, the model queue: one at a time across all users) and,
@@ -14,9 +15,10 @@ throughput per N. Target: no errors, light p95 under 1 s with the training runni
 With --attack one more visitor sends, back to back, what issue 13 found freezing the app: a YAML
 alias bomb, 200k-deep JSON, a 2 MB constitution and one whose check is a catastrophic regex; and
 another floods the queue with training jobs (issue 24: eight in a second used to start eight
-workers), through jobs.submit as the Distill tab calls it, as demo visitor "flooder". The others'
-figures must not change: the attackers' calls are counted apart ("attacks refused", "jobs refused",
-and the worker processes the flood started).
+workers), through jobs.submit as the Distill tab calls it, as demo visitor "flooder" (--attack
+constitutions or --attack jobs runs one of the two alone). The others' figures must not change: the
+attackers' calls are counted apart ("attacks refused", "jobs refused", and the worker processes the
+flood started).
 
 Then the fault test: users write while the app process is killed (SIGKILL) mid-write; the
 store must pass PRAGMA integrity_check and hold every acknowledged write, and the restarted
@@ -218,18 +220,21 @@ def flooder(home: str, seconds: float, out: str, cid: int, start=None) -> None:
 
 
 def run_users(
-    url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True, attack: bool = False
+    url: str, users: int, seconds: float, cid: int, out_dir: Path, previews: bool = True, attack: str | None = None
 ) -> list[dict]:
-    """Start `users` processes (and, with `attack`, the two attackers), wait for them, return every call they made."""
+    """Start `users` processes and the `attack` ("constitutions", "jobs" or both), wait for them, return every
+    call they made."""
     ctx = mp.get_context("spawn")
     files = [out_dir / f"user-{users}-{i}.jsonl" for i in range(users)]
-    start = ctx.Barrier(users + 2 * attack)
+    attackers = [a for a in ("constitutions", "jobs") if attack in (a, "both")]
+    start = ctx.Barrier(users + len(attackers))
     procs = [
         ctx.Process(target=user, args=(url, seconds, i, cid, str(f), previews, start)) for i, f in enumerate(files)
     ]
-    if attack:
+    if "constitutions" in attackers:
         files.append(out_dir / f"attacker-{users}.jsonl")
         procs.append(ctx.Process(target=attacker, args=(url, seconds, str(files[-1]), start)))
+    if "jobs" in attackers:
         files.append(out_dir / f"flooder-{users}.jsonl")
         home = str(out_dir.parent)  # the workspace the app serves (out_dir is its bench/)
         procs.append(ctx.Process(target=flooder, args=(home, seconds, str(files[-1]), cid, start)))
@@ -384,7 +389,13 @@ def main(argv=None) -> int:
     parser.add_argument("--no-train", dest="train", action="store_false", help="no training job in the background")
     parser.add_argument("--no-previews", dest="previews", action="store_false", help="light calls only")
     parser.add_argument("--no-kill", dest="kill", action="store_false", help="skip the kill-and-restart test")
-    parser.add_argument("--attack", action="store_true", help="one more visitor sends hostile constitutions")
+    parser.add_argument(
+        "--attack",
+        nargs="?",
+        const="both",
+        choices=("both", "constitutions", "jobs"),
+        help="hostile visitors: one sends hostile constitutions, one floods the queue with jobs (default both)",
+    )
     add_profile_flag(parser)
     args = parser.parse_args(argv)
     apply_profile(args)
