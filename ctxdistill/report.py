@@ -416,11 +416,16 @@ def scoreboard(results: dict) -> list[dict]:
                 if cond in s["retention"]
                 else "0 (reference)",
                 "checks passed": f"{np.mean(checks):.0%}" if checks else "–",
-                "words": fmt_estimate(s["length"][cond]["words"]).split(" [")[0],
+                "words": words(s["length"][cond]["words"]),
                 "refusals": fmt_estimate(s["length"][cond]["refusal"], pct=True),
             }
         )
     return rows
+
+
+def words(est: dict | None) -> str:
+    """A mean answer length in words, as one reads it: 17.9, not 17.8750."""
+    return f"{est['value']:.1f}" if est and math.isfinite(est.get("value", math.nan)) else "–"
 
 
 def markdown_table(rows: list[dict]) -> str:

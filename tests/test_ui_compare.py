@@ -63,3 +63,10 @@ def test_a_run_scored_against_another_version_is_named_in_the_results():
     }
     text = results.mismatch_text(scored)
     assert "run 7 was trained on v4" in text and "v3" in text and "run 8" not in text
+
+
+def test_the_scoreboard_reads_words_with_one_decimal():
+    from ctxdistill import report
+
+    assert report.words({"value": 17.875, "ci": [15.0, 20.0]}) == "17.9"
+    assert report.words(None) == report.words({"value": float("nan")}) == "–"
