@@ -2,6 +2,7 @@
 
     .venv/bin/python docs/screenshots.py            # about 5 minutes on 2 CPU cores
     .venv/bin/python docs/screenshots.py --keep     # and print the workspace it made, to look around
+    .venv/bin/python docs/screenshots.py --workspace DIR   # shoot a workspace made before, as it is
 
 It fills a temporary workspace with the command line (the pirate constitution, teacher answers to a few
 default prompts, one critique-and-revise round, a short training run and its evaluation), starts
@@ -70,19 +71,25 @@ def shoot(url: str, out: Path) -> list[Path]:
             saved.append(path)
             print("saved", path, flush=True)
 
+        def shows(selector: str, text: str) -> None:
+            page.wait_for_function(f"document.querySelector('{selector}')?.innerText.includes('{text}')")
+
         def tab(name: str) -> None:
             page.get_by_role("tab", name=name, exact=True).click()
 
-        save("constitution")
-
-        tab("Preview")
+        tab("Preview")  # first: it loads the model, which the Constitution tab's token count needs too
         page.locator("#prompt textarea").fill(PROMPT)
         page.locator("#run-preview").click()
-        page.wait_for_selector("#mean-kl >> text=Mean KL")
+        page.wait_for_selector("#mean-kl >> text=Mean KL", timeout=900_000)
         save("preview")
 
+        page.reload()
+        page.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
+        shows("#token-count", "context")
+        save("constitution")
+
         tab("Data")
-        page.wait_for_selector("#data-sets >> text=default")
+        shows("#data-sets", "default")
         save("data")
 
         tab("Review")
@@ -91,12 +98,12 @@ def shoot(url: str, out: Path) -> list[Path]:
 
         tab("Distill")
         page.wait_for_function("document.querySelector('#train-run input')?.value.length > 0")
-        page.wait_for_selector("#train-heldout-plot canvas, #train-heldout-plot svg")
+        page.wait_for_function("document.querySelector('#train-heldout-plot canvas, #train-heldout-plot svg')")
         save("distill")
 
         tab("Compare")
         page.wait_for_function("document.querySelector('#eval-pick input')?.value.length > 0")
-        page.wait_for_selector("#scoreboard >> text=gap")
+        shows("#scoreboard", "gap closed")
         page.locator("#scoreboard").scroll_into_view_if_needed()
         save("compare")
         browser.close()
@@ -107,12 +114,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs (default docs/img)")
     parser.add_argument("--keep", action="store_true", help="keep the workspace and print where it is")
+    parser.add_argument("--workspace", type=Path, help="a workspace made before: shoot it without seeding it")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"error: Chromium not found at {CHROMIUM} (make browser)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix="ctxdistill-shots-"))
+    workspace = args.workspace or Path(tempfile.mkdtemp(prefix="ctxdistill-shots-"))
     env = {
         **os.environ,
         "CTXDISTILL_MODELS": os.environ.get("CTXDISTILL_MODELS", str(REPO / ".cache" / "models")),
@@ -121,14 +129,15 @@ def main() -> int:
     }
     os.environ.update(env)
     try:
-        seed(workspace, env)
+        if not args.workspace:
+            seed(workspace, env)
         proc, url = start_app(workspace)
         try:
             shoot(url, args.out)
         finally:
             stop_app(proc)
     finally:
-        if args.keep:
+        if args.keep or args.workspace:
             print("workspace:", workspace)
         else:
             shutil.rmtree(workspace, ignore_errors=True)
