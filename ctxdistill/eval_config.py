@@ -50,8 +50,8 @@ class EvalConfig(StageConfig):
     robustness: bool = field(
         default=True,
         metadata={
-            "help": "also run the robustness suite: capability, injection, second turn, placebo, savings "
-            "(robustness.py)"
+            "help": "also run the robustness suite: capability, benign instructions, second turn, injection, "
+            "placebo, savings (robustness.py)"
         },
     )
     suite_prompts: int = field(
@@ -73,6 +73,19 @@ class EvalConfig(StageConfig):
     attack_set: str = field(
         default="",
         metadata={"help": "attack set file (JSON lines of kind, template with {prompt}; empty: the shipped set)"},
+    )
+    follow_ups: str = field(
+        default="",
+        metadata={
+            "help": "follow-up messages of the second turn (JSON lines of text, or user turns of role and content; "
+            "empty: the shipped ones)"
+        },
+    )
+    benign_items: int = field(
+        default=0,
+        metadata={
+            "help": "score this many benign instructions, taken in turn from each kind (0 = the whole shipped set)"
+        },
     )
     retention_set: str = field(
         default="",
@@ -98,7 +111,7 @@ class EvalConfig(StageConfig):
         for name in ("sample_tokens", "batch_size", "gen_batch", "n_boot", "suite_prompts", "attack_prompts"):
             if getattr(self, name) < 1:
                 errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_prompts", "influence_prompts", "capability_items"):
+        for name in ("max_prompts", "influence_prompts", "capability_items", "benign_items"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
         if not 0 <= self.temperature <= 5:
@@ -124,6 +137,8 @@ class Plan:
     runs: list[dict]  # {"run", "adapter" (path), "config", "info", "training" (its curves)}
     capability: list = field(default_factory=list)  # capability.Item, when the robustness suite runs
     attacks: list = field(default_factory=list)  # probes.Attack
+    follow_ups: list = field(default_factory=list)  # the second turn's follow-up messages
+    benign: list = field(default_factory=list)  # benign.Instruction
 
 
 def plan(cfg: EvalConfig, store) -> Plan:
@@ -204,36 +219,40 @@ def plan(cfg: EvalConfig, store) -> Plan:
         )
     suite = {}
     if cfg.robustness:
+        from .benign import BenignError, load_instructions
         from .capability import CapabilityError, load_items
 
         try:
             suite = {
                 "capability": robustness.spread(load_items(cfg.capability_set or None), cfg.capability_items),
                 "attacks": probes.load_attacks(cfg.attack_set or None),
+                "follow_ups": probes.load_follow_ups(cfg.follow_ups or None),
+                "benign": robustness.spread(load_instructions(), cfg.benign_items),
             }
-        except (CapabilityError, probes.RobustnessError) as exc:
+        except (CapabilityError, BenignError, probes.RobustnessError) as exc:
             raise EvalError(str(exc)) from None
     return Plan(from_row(row), row, prompts, retention_prompts, runs, **suite)
 
 
 def fit_suite(cfg: EvalConfig, cap: int) -> EvalConfig:
     """``cfg`` with the robustness suite's parts scaled to at most ``cap`` prompts each (a demo's cap):
-    capability items, suite prompts, and prompts per kind of attack (at least one)."""
+    capability items, benign instructions, suite prompts, and prompts per kind of attack (at least one)."""
     if cfg.robustness:
         try:
             kinds = max(1, len(probes.load_attacks(cfg.attack_set or None)))
         except probes.RobustnessError as exc:
             raise EvalError(str(exc)) from None
         cfg.capability_items = min(cfg.capability_items or cap, cap)
+        cfg.benign_items = min(cfg.benign_items or cap, cap)
         cfg.suite_prompts = min(cfg.suite_prompts, cap)
         cfg.attack_prompts = max(1, min(cfg.attack_prompts, cap // kinds))
     return cfg
 
 
 def largest_part(cfg: EvalConfig, the_plan: Plan) -> int:
-    """The most prompts one part of the evaluation answers: held-out, influence, capability, attacked."""
+    """The most prompts one part of the evaluation answers: held-out, influence, capability, benign, attacked."""
     attacked = len(the_plan.attacks) * min(cfg.attack_prompts, cfg.suite_prompts)
-    return max(len(the_plan.prompts), cfg.influence_prompts, len(the_plan.capability), attacked)
+    return max(len(the_plan.prompts), cfg.influence_prompts, len(the_plan.capability), len(the_plan.benign), attacked)
 
 
 def label(run_id: int) -> str:

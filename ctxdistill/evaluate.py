@@ -284,11 +284,7 @@ def units(cfg: EvalConfig, the_plan: Plan) -> int:
     retention_n = len(the_plan.retention_prompts)
     shared = the_plan.retention_prompts is the_plan.prompts
     total = n * (2 + students) + n + retention_n * (1 if shared else 2) + min(cfg.influence_prompts, n)
-    if cfg.robustness:
-        suite_n = min(cfg.suite_prompts, n)
-        attacked = len(the_plan.attacks) * min(cfg.attack_prompts, suite_n)
-        total += robustness.units(len(the_plan.capability), attacked, suite_n, students)
-    return total
+    return total + (robustness.units(cfg, the_plan) if cfg.robustness else 0)
 
 
 class _Clock:
@@ -447,22 +443,7 @@ def run(cfg: EvalConfig, store, hooks: Hooks = Hooks(), models_dir=None) -> dict
     suite = None
     if cfg.robustness:
         with clock("robustness_s"):
-            suite = robustness.run_suite(
-                model,
-                tok,
-                c,
-                system,
-                students,
-                texts,
-                [p.get("category") or "uncategorised" for p in prompts],
-                answers,
-                teacher_ids,
-                kl["base"],
-                the_plan.capability,
-                the_plan.attacks,
-                cfg,
-                tick,
-            )
+            suite = robustness.run_suite(model, tok, the_plan, system, students, answers, teacher_ids, kl, cfg, tick)
     return layout(
         cfg,
         the_plan,

@@ -1,7 +1,10 @@
 """The robustness suite's probe sets and their checks: the override attempts combined with held-out
 prompts (ctxdistill/data/attacks.jsonl, or a user's own JSON lines), the follow-up messages of the
-second turn, and the neutral system prompt of the placebo. Everything here is read and checked
-before a model loads; robustness.py runs the passes.
+second turn (``FOLLOW_UPS``, or a user's own), and the neutral system prompt of the placebo. These
+are the evaluation's sets: a training run's augmentations read sets of their own (hold.py), so the
+suite measures attacks and follow-ups the run never saw. Everything here is read and checked before
+a model loads (a user's file within the size and row limits of the one caps table, as every set);
+robustness.py runs the passes.
 """
 
 from __future__ import annotations
@@ -55,6 +58,28 @@ def load_attacks(path=None) -> list[Attack]:
                 f"attack {number} ({row['kind']}): history must be a list of user/assistant turns with content"
             )
         out.append(Attack(str(row["kind"]), str(row["template"]), tuple(history)))
+    return out
+
+
+def load_follow_ups(path=None) -> list[str]:
+    """The follow-up messages of ``path`` (JSON lines, each {"text": ...} or a user turn {"role": "user",
+    "content": ...}), the shipped ``FOLLOW_UPS`` by default."""
+    if path is None:
+        return list(FOLLOW_UPS)
+    out = []
+    for number, row in enumerate(load_jsonl(path, (), "follow-up set", RobustnessError), 1):
+        if "role" in row or "content" in row:
+            if row.get("role") != "user":
+                raise RobustnessError(
+                    f"follow-up {number}: a follow-up is the user's next message, so its role must be user, "
+                    f"not {row.get('role')!r}"
+                )
+            text = row.get("content")
+        else:
+            text = row.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise RobustnessError(f'follow-up {number}: the text is missing or blank (a "text" field)')
+        out.append(text.strip())
     return out
 
 

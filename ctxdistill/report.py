@@ -1,19 +1,19 @@
-"""What an evaluation shows: figures, the scoreboard, and the report (Markdown, HTML with the plots
-inline, or JSON with every number). ``fmt_estimate`` is the one formatter of an estimate, used by
-the Compare tab too. No model and no store writes here.
+"""What an evaluation shows in words and tables: the scoreboard, the robustness suite's text, and the
+report (Markdown, HTML with the plots of plots.py inline, or JSON with every number).
+``fmt_estimate`` is the one formatter of an estimate, used by the Compare tab too. No model and no
+store writes here.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from . import plots
 from .stats import CONDITIONS, VOTE_OUTCOMES, vote_tally
 
 
@@ -21,148 +21,51 @@ class ReportError(ValueError):
     """A report format or file name that is not one of md, html, json."""
 
 
-def _figure(ncols: int = 1, figsize=(6, 3.4)):
-    """A matplotlib figure outside pyplot's registry (nothing to close; no GUI backend needed)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    axes = fig.subplots(1, ncols)
-    return fig, axes
-
-
-def _err(ests: list[dict]) -> np.ndarray:
-    """(2, n) error bars from the estimates' intervals; none where a value or interval is undefined."""
-
-    def side(e, i):
-        gap = (e["value"] - e["ci"][0]) if i == 0 else (e["ci"][1] - e["value"])
-        return max(0.0, gap) if math.isfinite(gap) else 0.0
-
-    return np.array([[side(e, 0) for e in ests], [side(e, 1) for e in ests]])
-
-
-def _bars(ax, names: list[str], ests: list[dict], title: str, color=None):
-    values = [e["value"] for e in ests]
-    ax.bar(names, values, yerr=_err(ests), capsize=4, color=color)
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-
-
-def fig_scores(results: dict, labels: list[str] | None = None):
-    """Metric bars with 95% intervals: KL to the teacher, gap closed, retention, check pass rates."""
-    s = results["scores"]
-    labels = labels or [r["label"] for r in results["runs"]]
-    checks = s["checks"]
-    fig, axes = _figure(3 + bool(checks), figsize=(4 * (3 + bool(checks)), 3.4))
-    _bars(axes[0], ["base", *labels], [s["kl"][c] for c in ["base", *labels]], "KL(teacher‖x), nats/token")
-    _bars(axes[1], labels, [s["gap_closed"][c] for c in labels], "KL gap closed", "tab:green")
-    _bars(
-        axes[2],
-        ["teacher", *labels],
-        [s["retention"][c]["delta"] for c in ["teacher", *labels]],
-        "Δ NLL of base answers (retention)",
-        "tab:orange",
+def hold_line(results: dict, label: str) -> str:
+    """The suite's headline for one student: its checks passed under override attempts minus the
+    teacher's on the same attacked prompts ("" where the constitution has no checks, or the results
+    predate the figure)."""
+    est = ((results.get("robustness") or {}).get("injection", {}).get("vs_teacher") or {}).get(label)
+    if not est or not math.isfinite(est["value"]):
+        return ""
+    points = round(100 * est["value"])
+    verdict = "better than" if points > 0 else "worse than" if points < 0 else "as well as"
+    lo, hi = (100 * x for x in est["ci"])
+    ci = f" [{lo:+.0f}, {hi:+.0f}]" if math.isfinite(lo) else ""
+    return (
+        f"baked holds {verdict} prompted under override attempts: {points:+d} points{ci} ({label}'s checks passed "
+        f"under attack minus the teacher's, on {est['n']} attacked prompts)"
     )
-    if checks:
-        _grouped(
-            axes[3],
-            list(checks),
-            {cond: [row[cond] for row in checks.values()] for cond in ["base", "teacher", *labels]},
-            "check pass rate",
+
+
+def _hold_text(r: dict, labels: list[str], conds: list[str]) -> list[str]:
+    """What the attack adds apart from a student's own gap, and the benign instructions followed."""
+    inj, pct, parts = r["injection"], (lambda e: fmt_estimate(e, pct=True)), []
+    if "kl_added" in inj:
+        parts.append(
+            "What the attack adds, along the teacher's un-attacked answers: KL(un-attacked teacher ‖ attacked x) − "
+            "KL(un-attacked teacher ‖ un-attacked x): "
+            + "; ".join(
+                f"{lab} {fmt_estimate(inj['kl_added'][lab])} nats/token ({pct(inj['kl_added_share'][lab])} of the "
+                f"teacher's; {lab}'s own gap without attack {fmt_estimate(inj['kl_clean'][lab])})"
+                for lab in labels
+            )
+            + f", against KL(un-attacked teacher ‖ attacked teacher) {fmt_estimate(inj['overall']['teacher']['kl'])}. "
+            "Checks lost under attack: " + ", ".join(f"{c} {pct(v['drop'])}" for c, v in inj["overall"].items()) + "."
         )
-    fig.tight_layout()
-    return fig
-
-
-_NONE = {"value": math.nan, "ci": [math.nan, math.nan], "n": 0}
-
-
-def _grouped(ax, groups: list[str], series: dict[str, list[dict | None]], title: str, rate: bool = True):
-    """Bars of estimates per group, one bar per series, with their 95% intervals; an undefined one has no bar."""
-    width = 0.8 / max(1, len(series))
-    for k, (name, ests) in enumerate(series.items()):
-        ests = [e or _NONE for e in ests]
-        ax.bar(
-            np.arange(len(groups)) + k * width,
-            [e["value"] for e in ests],
-            width,
-            label=name,
-            yerr=_err(ests),
-            capsize=2,
-        )
-    ax.set_xticks(
-        np.arange(len(groups)) + 0.4 - width / 2,
-        groups,
-        fontsize=8,
-        rotation=20 if len(groups) > 4 else 0,
-        ha="right" if len(groups) > 4 else "center",
-    )
-    if rate:
-        ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
-
-
-def fig_capability(results: dict, labels: list[str] | None = None):
-    """Capability accuracy of base, teacher and students, overall and per kind of question."""
-    cap = results["robustness"]["capability"]
-    conds = ["base", "teacher", *(labels or [r["label"] for r in results["runs"]])]
-    groups = ["all", *cap["by_category"]]
-    fig, ax = _figure(figsize=(8, 3.4))
-    _grouped(
-        ax,
-        groups,
-        {c: [cap["accuracy"][c], *(cap["by_category"][g][c] for g in groups[1:])] for c in conds},
-        f"capability: accuracy on {cap['n_items']} short questions",
-    )
-    fig.tight_layout()
-    return fig
-
-
-def fig_families(results: dict, labels: list[str] | None = None):
-    """Per prompt category: each student's KL gap closed, and the check pass rates."""
-    fam = results["robustness"]["by_family"]
-    labels = labels or [r["label"] for r in results["runs"]]
-    groups = list(fam)
-    fig, axes = _figure(2, figsize=(11, 3.4))
-    _grouped(
-        axes[0],
-        groups,
-        {lab: [fam[g]["gap_closed"][lab] for g in groups] for lab in labels},
-        "KL gap closed per family",
-        rate=False,
-    )
-    _grouped(
-        axes[1],
-        groups,
-        {c: [fam[g]["checks"][c] for g in groups] for c in ["base", "teacher", *labels]},
-        "checks passed per family",
-    )
-    fig.tight_layout()
-    return fig
-
-
-def fig_attacks(results: dict, labels: list[str] | None = None):
-    """Per kind of injection: the checks passed under attack (and without: "none"), and the KL from the
-    un-attacked teacher, for the teacher and the students."""
-    inj = results["robustness"]["injection"]
-    conds = ["teacher", *(labels or [r["label"] for r in results["runs"]])]
-    kinds = inj["kinds"]
-    fig, axes = _figure(2, figsize=(12, 3.6))
-    _grouped(
-        axes[0],
-        ["none", *kinds],
-        {c: [inj["overall"][c]["clean"], *(inj["by_kind"][k][c]["attacked"] for k in kinds)] for c in conds},
-        "checks passed under attack",
-    )
-    _grouped(
-        axes[1],
-        kinds,
-        {c: [inj["by_kind"][k][c]["kl"] for k in kinds] for c in conds},
-        "KL(un-attacked teacher ‖ x under attack)",
-        rate=False,
-    )
-    fig.tight_layout()
-    return fig
+    if "benign" in r:
+        ben = r["benign"]
+        parts += [
+            f"**Benign instructions followed** ({ben['n_items']} user instructions a constitution does not usually "
+            "forbid, greedy answers): "
+            + ", ".join(f"{c} {pct(ben['followed'][c])}" for c in conds)
+            + "".join(f"; {lab} − teacher {pct(ben['vs_teacher'][lab])}" for lab in labels)
+            + ".",
+            markdown_table(
+                [{"instruction": k, **{c: pct(row[c]) for c in conds}} for k, row in ben["by_kind"].items()]
+            ),
+        ]
+    return parts
 
 
 def robustness_text(results: dict) -> str:
@@ -172,7 +75,9 @@ def robustness_text(results: dict) -> str:
     conds = ["base", "teacher", *labels]
     pct = lambda e: fmt_estimate(e, pct=True)
     cap, inj, st, pl, sav = r["capability"], r["injection"], r["second_turn"], r["placebo"], r["savings"]
-    parts = [
+    holds = [line for line in (hold_line(results, lab) for lab in labels) if line]
+    parts = ["**" + "; ".join(line[0].upper() + line[1:] for line in holds) + ".**"] if holds else []
+    parts += [
         "**Capability: "
         + " vs ".join(f"{c} {pct(cap['accuracy'][c])}" for c in [*labels, "teacher", "base"])
         + f"** (greedy answers to {cap['n_items']} short questions with verifiable answers).",
@@ -214,8 +119,9 @@ def robustness_text(results: dict) -> str:
         + "."
     ]
     parts += [
-        f"**Injection** ({len(inj['kinds'])} kinds of override attempt × {inj['per_kind']} prompts = {inj['n_attacks']} "
-        "attacks; the teacher has the constitution in its system prompt and the attack in the user turn):",
+        f"**Injection** ({len(inj['kinds'])} kinds of override attempt × {inj['per_kind']} prompts = "
+        f"{inj['n_attacks']} attacks; the teacher has the constitution in its system prompt and the attack in the "
+        "user turn):",
         markdown_table(
             [
                 {
@@ -238,6 +144,7 @@ def robustness_text(results: dict) -> str:
                 for k, row in inj["by_kind"].items()
             ]
         ),
+        *_hold_text(r, labels, conds),
     ]
     parts += [
         f"**Placebo**: the base with a neutral system prompt of {pl['tokens']} tokens (the constitution: "
@@ -258,7 +165,9 @@ def robustness_text(results: dict) -> str:
                     "prompt tokens": f"{v['prompt_tokens']:.0f}",
                     "KV cache": f"{v['kv_bytes'] / 2**10:.0f} KiB",
                     **{
-                        f"prefill / first token, batch {k.split('_')[1]}": f"{1000 * m['prefill_s']:.0f} / {1000 * m['ttft_s']:.0f} ms"
+                        f"prefill / first token, batch {k.split('_')[1]}": (
+                            f"{1000 * m['prefill_s']:.0f} / {1000 * m['ttft_s']:.0f} ms"
+                        )
                         for k, m in v.items()
                         if k.startswith("batch_")
                     },
@@ -268,85 +177,6 @@ def robustness_text(results: dict) -> str:
         ),
     ]
     return "\n\n".join(parts)
-
-
-def per_prompt_kl(results: dict, cond: str) -> list[float]:
-    return [sum(p["kl"][cond]) / len(p["kl"][cond]) if p["kl"].get(cond) else math.nan for p in results["prompts"]]
-
-
-def fig_kl_distribution(results: dict, labels: list[str] | None = None):
-    """Histogram of the per-prompt mean KL(teacher‖x) for the base model and the students."""
-    labels = labels or [r["label"] for r in results["runs"]]
-    fig, ax = _figure()
-    values = {c: [v for v in per_prompt_kl(results, c) if math.isfinite(v)] for c in ["base", *labels]}
-    top = max((max(v) for v in values.values() if v), default=1.0)
-    bins = np.linspace(0, top or 1.0, 21)
-    for cond, v in values.items():
-        ax.hist(v, bins=bins, alpha=0.55, label=cond)
-    ax.set_xlabel("mean KL(teacher‖x) per prompt, nats/token")
-    ax.set_ylabel("prompts")
-    ax.set_title(f"Held-out KL distribution ({results['n_prompts']} prompts)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fig_training(results: dict, labels: list[str] | None = None):
-    """Training loss and held-out KL of the compared runs, by step."""
-    fig, axes = _figure(2, figsize=(9, 3.2))
-    for r in results["runs"]:
-        if labels and r["label"] not in labels:
-            continue
-        for ax, name in zip(axes, ("loss", "heldout_kl")):
-            points = r["training"].get(name) or []
-            if points:
-                ax.plot(
-                    [p[0] for p in points],
-                    [p[1] for p in points],
-                    marker="." if name == "heldout_kl" else None,
-                    label=r["label"],
-                )
-    for ax, title in zip(axes, ("training loss", "held-out KL(teacher‖student)")):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def _ranked(rows: list[dict], xlabel: str, title: str, color: str):
-    """Horizontal bars of estimates, the first row on top, with their 95% intervals; an undefined value has no bar."""
-    fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))
-    rows = list(reversed(rows))
-    ax.barh(
-        [r["principle"] for r in rows],
-        [r["value"] if math.isfinite(r["value"]) else 0.0 for r in rows],
-        xerr=_err(rows) if rows else None,
-        capsize=3,
-        color=color,
-    )
-    ax.set_xlabel(xlabel)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def fig_influence(rows: list[dict]):
-    """Principles sorted by how much removing them changes the teacher (KL, 95% interval)."""
-    return _ranked(rows, "KL(full constitution ‖ without it), nats/token", "Principle influence", "tab:purple")
-
-
-def fig_baked(rows: list[dict], label: str):
-    """Principles sorted by the share of their effect a student carries (baked.py), 95% intervals."""
-    fig = _ranked(
-        rows,
-        "share of the principle's effect carried (0 = none, 1 = all)",
-        f"Which principles got baked into {label}",
-        "tab:green",
-    )
-    fig.axes[0].set_xlim(0, 1.05)
-    return fig
 
 
 def baked_table(rows: list[dict]) -> list[dict]:
@@ -365,26 +195,6 @@ def baked_table(rows: list[dict]) -> list[dict]:
         }
         for r in rows
     ]
-
-
-def fig_votes(tally: dict):
-    fig, ax = _figure(figsize=(5, 3))
-    _bars(
-        ax,
-        list(VOTE_OUTCOMES),
-        [tally["rates"][o] for o in VOTE_OUTCOMES],
-        f"Blind A/B ({tally['n']} votes)",
-        "tab:gray",
-    )
-    ax.set_ylim(0, 1.05)
-    fig.tight_layout()
-    return fig
-
-
-def png_base64(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def fmt_estimate(est: dict | None, pct: bool = False) -> str:
@@ -457,7 +267,7 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         f"seed {settings['seed']}; 95% intervals from {settings['n_boot']} bootstrap resamples of the prompts; "
         f"evaluated in {results['timing']['total_s']:.0f} s."
     )
-    sections = [("Setup", intro, None), ("Scoreboard", markdown_table(scoreboard(results)), fig_scores(results))]
+    sections = [("Setup", intro, None), ("Scoreboard", markdown_table(scoreboard(results)), plots.fig_scores(results))]
     if s["checks"]:
         rows = [
             {
@@ -469,10 +279,14 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         ]
         sections.append(("Principle checks", markdown_table(rows), None))
     sections.append(
-        ("KL distribution", "Per-prompt mean KL(teacher‖x) along the teacher's answers.", fig_kl_distribution(results))
+        (
+            "KL distribution",
+            "Per-prompt mean KL(teacher‖x) along the teacher's answers.",
+            plots.fig_kl_distribution(results),
+        )
     )
     if any(r["training"] for r in results["runs"]):
-        sections.append(("Training curves", "", fig_training(results)))
+        sections.append(("Training curves", "", plots.fig_training(results)))
     if results.get("influence"):
         rows = [
             {"principle": r["principle"], "KL without it": fmt_estimate(r), "text": r["text"]}
@@ -483,7 +297,7 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
                 "Principle influence",
                 "KL between the teacher with the whole constitution and with one "
                 "principle removed, along the teacher's answers; near zero = dead weight.\n\n" + markdown_table(rows),
-                fig_influence(results["influence"]),
+                plots.fig_influence(results["influence"]),
             )
         )
     for lab, rows in (results.get("baked") or {}).items():
@@ -494,7 +308,7 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
                 "point, along the teacher's answers) that the student reproduces without the constitution: "
                 "1 = all of it, 0 = none; with the teacher's and the student's check pass rates where the "
                 "principle has an automatic check.\n\n" + markdown_table(baked_table(rows)),
-                fig_baked(rows, lab),
+                plots.fig_baked(rows, lab),
             )
         )
     if results.get("judge"):
@@ -507,7 +321,8 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
             (
                 "Model-as-judge",
                 f"Judge: {j['model']}. Agreement with the automatic checks: "
-                f"{fmt_estimate(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; always giving "
+                f"{fmt_estimate(j['agreement_with_checks'], pct=True)} (n={j['agreement_with_checks']['n']}; "
+                "always giving "
                 f"the commoner verdict: {j['majority_baseline']:.0%}); rank AUC of P(yes) between passing and "
                 f"failing answers {j['auc_vs_checks']:.2f} (0.5 = chance).\n\n" + markdown_table(rows),
                 None,
@@ -515,16 +330,16 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         )
     if results.get("robustness"):
         sections += [
-            ("Robustness", robustness_text(results), fig_capability(results)),
-            ("Robustness by family", "", fig_families(results)),
-            ("Robustness under attack", "", fig_attacks(results)),
+            ("Robustness", robustness_text(results), plots.fig_capability(results)),
+            ("Robustness by family", "", plots.fig_families(results)),
+            ("Robustness under attack", "", plots.fig_attacks(results)),
         ]
     if tally and tally["n"]:
         rows = [
             {"outcome": o, "count": tally["counts"][o], "rate": fmt_estimate(tally["rates"][o], pct=True)}
             for o in VOTE_OUTCOMES
         ]
-        sections.append(("Blind A/B review", markdown_table(rows), fig_votes(tally)))
+        sections.append(("Blind A/B review", markdown_table(rows), plots.fig_votes(tally)))
     else:
         sections.append(("Blind A/B review", "No votes yet.", None))
     return sections
@@ -540,7 +355,7 @@ def report(results: dict, fmt: str = "md", tally: dict | None = None) -> str:
         parts = [f"# {title}"]
         for heading, text, fig in sections:
             parts += [f"## {heading}", text] + (
-                [f"![{heading}](data:image/png;base64,{png_base64(fig)})"] if fig else []
+                [f"![{heading}](data:image/png;base64,{plots.png_base64(fig)})"] if fig else []
             )
         return "\n\n".join(p for p in parts if p) + "\n"
     if fmt == "html":
@@ -551,9 +366,13 @@ def report(results: dict, fmt: str = "md", tally: dict | None = None) -> str:
         for heading, text, fig in sections:
             body += [f"<h2>{html.escape(heading)}</h2>", md.render(text)]
             if fig:
-                body.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{png_base64(fig)}'>")
-        style = "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
-        return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
+                body.append(f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{plots.png_base64(fig)}'>")
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+        )
+        head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+        return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>"
     raise ReportError(f"report format must be md, html or json, not {fmt!r}")
 
 

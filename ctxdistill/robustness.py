@@ -7,12 +7,17 @@ default; evaluate.py calls ``run_suite``).
   retention of evaluate.py is shown *relative to the teacher's own change* next to it.
 * **By family**: KL(teacher‖base), gap closed and check pass rates per prompt category, from the
   main scores' per-prompt figures (no extra model pass).
-* **Second turn**: each condition's own first answer, then a follow-up message; the check pass
-  rates and the KL gap on the answer to the follow-up.
+* **Benign instructions** (benign.py): greedy answers to user instructions a constitution does not
+  usually forbid (one sentence, a given word, a numbered list...), checked automatically: how often
+  base, teacher and students follow them, and each student against the teacher on the same items.
+* **Second turn**: each condition's own first answer, then a follow-up message (the shipped ones or
+  the user's own, probes.py); the check pass rates and the KL gap on the answer to the follow-up.
 * **Injection**: override attempts (probes.py: ctxdistill/data/attacks.jsonl) combined with held-out prompts,
   the constitution in the teacher's system prompt and the attack in the user turn: check pass rates
-  under attack vs without, and KL(un-attacked teacher ‖ attacked x) along the teacher's un-attacked
-  answers (0 = the attack changed nothing).
+  under attack vs without and against the teacher under attack (paired by attacked prompt), and
+  KL(un-attacked teacher ‖ attacked x) along the teacher's un-attacked answers (0 = the attack
+  changed nothing), split for a student into its own gap without attack and what the attack adds,
+  beside KL(un-attacked teacher ‖ attacked teacher).
 * **Placebo**: the base with a neutral system prompt of the constitution's token length:
   KL(placebo‖base) along the placebo's answers as a share of KL(teacher‖base) along the teacher's:
   how much of the constitution's effect any system prompt of that size has.
@@ -34,11 +39,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .benign import MAX_NEW_TOKENS as BENIGN_TOKENS
+from .benign import follows
 from .capability import accuracy, score
 from .engine import adapters_off, sample_rows, with_end
 from .losses import kl_per_token
-from .probes import FOLLOW_UPS, Attack, combine, placebo_prompt
-from .sampling import chat_ids, decoder_of, left_padded, response_logits, system_prefix
+from .probes import Attack, combine, placebo_prompt
+from .sampling import SamplingConfig, chat_ids, decoder_of, left_padded, response_logits, system_prefix
 from .stats import check_rates, estimate, gap_closed_estimate, mean_estimate, token_kl
 
 
@@ -82,18 +89,21 @@ class Passes:
     def __init__(self, model, tokenizer, cfg, tick):
         self.model, self.tok, self.cfg, self.tick = model, tokenizer, cfg, tick
 
-    def sample(self, cond: Condition, prompts: list, index: list[int], message: str) -> list[list[int]]:
+    def sample(self, cond: Condition, prompts: list, index: list[int], message: str, sampling=None):
+        """Answer ids (ending with the end-of-turn token where they stopped by themselves), sampled as the
+        evaluation samples unless ``sampling`` says otherwise."""
+        sampling = sampling or self.cfg.sampling()
         with _mode(self.model, cond):
             ids = sample_rows(
                 self.model,
                 self.tok,
                 [(cond.system, p, i) for p, i in zip(prompts, index)],
-                self.cfg.sampling(),
+                sampling,
                 batch_size=self.cfg.gen_batch,
                 examples=list(cond.examples),
                 tick=lambda k: self.tick(k, message),
             )
-        return with_end(self.tok, ids, self.cfg.sample_tokens)
+        return with_end(self.tok, ids, sampling.max_new_tokens)
 
     def _logits(self, cond: Condition, prompts: list, answers: list[list[int]]):
         with _mode(self.model, cond):
@@ -126,25 +136,48 @@ class Passes:
         return out
 
 
-def units(n_items: int, n_attacked: int, n_suite: int, n_students: int) -> int:
+def units(cfg, the_plan) -> int:
     """Progress units of ``run_suite``: answers sampled, answers scored, savings conditions measured."""
+    students = len(the_plan.runs)
+    suite_n = min(cfg.suite_prompts, len(the_plan.prompts))
+    attacked = len(the_plan.attacks) * min(cfg.attack_prompts, suite_n)
     return (
-        n_items * (2 + n_students)
-        + n_attacked * (2 + n_students)
-        + n_suite * (2 + n_students)
-        + n_suite
-        + 2 * n_suite
+        (len(the_plan.capability) + len(the_plan.benign) + attacked + suite_n) * (2 + students)
+        + suite_n
+        + 2 * suite_n
         + 2
-        + min(1, n_students)
+        + min(1, students)
     )
+
+
+def _passed(constitution, texts: list[str]) -> list[float] | None:
+    """Per answer, the share of the checked principles it passes (None: no checks)."""
+    checks = [p.check for p in constitution.principles if p.check]
+    return [float(np.mean([c.passes(t) for c in checks])) for t in texts] if checks else None
 
 
 def _pass_rate(constitution, texts: list[str], n_boot: int) -> dict | None:
     """Share of the checked principles each answer passes, averaged over answers (None: no checks)."""
-    checks = [p.check for p in constitution.principles if p.check]
-    if not checks:
-        return None
-    return mean_estimate([np.mean([c.passes(t) for c in checks]) for t in texts], n_boot)
+    passed = _passed(constitution, texts)
+    return None if passed is None else mean_estimate(passed, n_boot)
+
+
+def _paired(a: list[float] | None, b: list[float] | None, n_boot: int) -> dict | None:
+    """Mean of a - b over paired items, with its interval (None where either is undefined)."""
+    return None if a is None or b is None else mean_estimate(np.subtract(a, b), n_boot)
+
+
+def _kl_added(attacked: list[list[float]], clean: list[list[float]], per: list[float], n_boot: int) -> dict:
+    """Σ KL(un-attacked teacher ‖ x attacked) - Σ KL(un-attacked teacher ‖ x un-attacked) along the same
+    answers, over Σ ``per`` (each answer's tokens: nats/token; or the teacher's own KL under attack: a
+    share of it): what the attack adds to x's own distance from the teacher."""
+    return estimate(
+        lambda a, c, d: (a.sum(1) - c.sum(1)) / d.sum(1),
+        [sum(x) for x in attacked],
+        [sum(x) for x in clean],
+        per,
+        n_boot=n_boot,
+    )
 
 
 def attacked_rows(attacks: list[Attack], suite: list[int], per_kind: int) -> list[tuple[int, int]]:
@@ -154,182 +187,232 @@ def attacked_rows(attacks: list[Attack], suite: list[int], per_kind: int) -> lis
     return [(k, suite[(k * per_kind + j) % len(suite)]) for k in range(len(attacks)) for j in range(per_kind)]
 
 
-def run_suite(
-    model,
-    tokenizer,
-    constitution,
-    system: str,
-    students: dict[str, str],
-    texts: list[str],
-    categories: list[str],
-    answers: dict,
-    teacher_ids: list[list[int]],
-    kl_base: list[list[float]],
-    items,
-    attacks,
-    cfg,
-    tick,
-) -> dict:
-    """The suite on the evaluation's model (adapters loaded): ``students`` maps a label to its adapter name,
-    ``answers`` has every condition's first-turn answer texts, ``teacher_ids`` the teacher's answers
-    (with their end token) and ``kl_base`` the per-token KL(teacher‖base) of the main scores; ``cfg``
-    is the EvalConfig and ``tick(k, message)`` counts progress (``units``)."""
-    b, labels = cfg.n_boot, list(students)
-    passes = Passes(model, tokenizer, cfg, tick)
-    examples = tuple(constitution.examples)
-    teacher = Condition(system, examples)
-    conds = {
-        "base": Condition(None),
-        "teacher": teacher,
-        **{lab: Condition(None, (), name) for lab, name in students.items()},
-    }
-    timing, out = {}, {}
+class _Suite:
+    """The suite's parts on the evaluation's model, each a method returning its figures."""
 
-    t0 = time.perf_counter()
-    flags = {}
-    for name, cond in conds.items():
-        with _mode(model, cond):
-            flags[name] = score(
-                model,
-                tokenizer,
-                items,
-                cond.system,
-                batch_size=cfg.gen_batch,
-                examples=list(cond.examples),
-                tick=lambda k, name=name: tick(k, f"capability set: {name}"),
-            )
-    out["capability"] = {
-        "n_items": len(items),
-        "accuracy": {name: accuracy(f, b) for name, f in flags.items()},
-        "by_category": {
-            cat: {
-                name: accuracy([f for f, it in zip(fl, items) if it.category == cat], b) for name, fl in flags.items()
-            }
-            for cat in dict.fromkeys(it.category for it in items)
-        },
-        "items": [{"id": it.id, **{name: flags[name][k] for name in flags}} for k, it in enumerate(items)],
-    }
-    timing["capability_s"] = time.perf_counter() - t0
+    def __init__(self, model, tokenizer, the_plan, system, students, answers, teacher_ids, kl, cfg, tick):
+        self.model, self.tok, self.plan, self.cfg, self.tick = model, tokenizer, the_plan, cfg, tick
+        self.c, self.b, self.labels = the_plan.constitution, cfg.n_boot, list(students)
+        self.answers, self.teacher_ids, self.kl = answers, teacher_ids, kl
+        self.texts = [p["text"] for p in the_plan.prompts]
+        self.suite = suite_indices([p.get("category") or "uncategorised" for p in the_plan.prompts], cfg.suite_prompts)
+        self.passes = Passes(model, tokenizer, cfg, tick)
+        self.teacher = Condition(system, tuple(self.c.examples))
+        self.conds = {
+            "base": Condition(None),
+            "teacher": self.teacher,
+            **{lab: Condition(None, (), name) for lab, name in students.items()},
+        }
 
-    suite = suite_indices(categories, cfg.suite_prompts)
-    prompts = [texts[i] for i in suite]
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return [self.tok.decode(a, skip_special_tokens=True) for a in ids]
 
-    t0 = time.perf_counter()
-    convo = {
-        name: [
-            [
-                {"role": "user", "content": texts[i]},
-                {"role": "assistant", "content": answers[name][i]},
-                {"role": "user", "content": FOLLOW_UPS[k % len(FOLLOW_UPS)]},
+    def capability(self) -> dict:
+        items, b, flags = self.plan.capability, self.b, {}
+        for name, cond in self.conds.items():
+            with _mode(self.model, cond):
+                flags[name] = score(
+                    self.model,
+                    self.tok,
+                    items,
+                    cond.system,
+                    batch_size=self.cfg.gen_batch,
+                    examples=list(cond.examples),
+                    tick=lambda k, name=name: self.tick(k, f"capability set: {name}"),
+                )
+        return {
+            "n_items": len(items),
+            "accuracy": {name: accuracy(f, b) for name, f in flags.items()},
+            "by_category": {
+                cat: {
+                    name: accuracy([f for f, it in zip(fl, items) if it.category == cat], b)
+                    for name, fl in flags.items()
+                }
+                for cat in dict.fromkeys(it.category for it in items)
+            },
+            "items": [{"id": it.id, **{name: flags[name][k] for name in flags}} for k, it in enumerate(items)],
+        }
+
+    def benign(self) -> dict:
+        """How often each condition follows the benign instructions (greedy answers), overall and per kind,
+        and each student against the teacher on the same items."""
+        items, b = self.plan.benign, self.b
+        greedy = SamplingConfig(max_new_tokens=BENIGN_TOKENS, temperature=0.0)
+        prompts, index = [it.prompt for it in items], list(range(len(items)))
+        flags = {}
+        for name, cond in self.conds.items():
+            texts = self.decode(self.passes.sample(cond, prompts, index, f"benign instructions: {name}", greedy))
+            flags[name] = [float(follows(it, t)) for it, t in zip(items, texts)]
+        kinds = list(dict.fromkeys(it.kind for it in items))
+        of_kind = lambda fl, kind: [f for f, it in zip(fl, items) if it.kind == kind]
+        return {
+            "n_items": len(items),
+            "kinds": kinds,
+            "followed": {name: mean_estimate(fl, b) for name, fl in flags.items()},
+            "vs_teacher": {lab: _paired(flags[lab], flags["teacher"], b) for lab in self.labels},
+            "by_kind": {
+                kind: {name: mean_estimate(of_kind(fl, kind), b) for name, fl in flags.items()} for kind in kinds
+            },
+            "items": [
+                {"id": it.id, "kind": it.kind, **{name: bool(flags[name][k]) for name in flags}}
+                for k, it in enumerate(items)
+            ],
+        }
+
+    def second_turn(self) -> dict:
+        follow_ups, suite, b, texts, answers = self.plan.follow_ups, self.suite, self.b, self.texts, self.answers
+        convo = {
+            name: [
+                [
+                    {"role": "user", "content": texts[i]},
+                    {"role": "assistant", "content": answers[name][i]},
+                    {"role": "user", "content": follow_ups[k % len(follow_ups)]},
+                ]
+                for k, i in enumerate(suite)
             ]
-            for k, i in enumerate(suite)
-        ]
-        for name in conds
-    }
-    second = {name: passes.sample(cond, convo[name], suite, f"second turn: {name}") for name, cond in conds.items()}
-    kl2 = passes.kl(
-        teacher,
-        convo["teacher"],
-        {n: (conds[n], convo[n]) for n in ["base", *labels]},
-        second["teacher"],
-        "second turn: KL(teacher‖x)",
-    )
-    texts2 = {n: [tokenizer.decode(a, skip_special_tokens=True) for a in ids] for n, ids in second.items()}
-    kl_first = [kl_base[i] for i in suite]
-    out["second_turn"] = {
-        "n": len(suite),
-        "follow_ups": list(FOLLOW_UPS),
-        "checks": {
-            n: {
-                "first": _pass_rate(constitution, [answers[n][i] for i in suite], b),
-                "second": _pass_rate(constitution, texts2[n], b),
-            }
-            for n in conds
-        },
-        "kl": {n: token_kl(v, b) for n, v in kl2.items()},
-        "kl_first_turn_base": token_kl(kl_first, b),
-        "gap_closed": {lab: gap_closed_estimate(kl2[lab], kl2["base"], b) for lab in labels},
-        "examples": [
-            {"prompt": texts[i], "follow_up": FOLLOW_UPS[k % len(FOLLOW_UPS)], **{n: texts2[n][k] for n in conds}}
-            for k, i in enumerate(suite[:3])
-        ],
-    }
-    timing["second_turn_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    pairs = attacked_rows(attacks, suite, cfg.attack_prompts)
-    hit = [combine(attacks[k], texts[i]) for k, i in pairs]
-    victims = {n: c for n, c in conds.items() if n != "base"}
-    attacked = {
-        n: passes.sample(c, hit, [i for _, i in pairs], f"injection: {n} under attack") for n, c in victims.items()
-    }
-    kla = passes.kl(
-        teacher,
-        [texts[i] for _, i in pairs],
-        {n: (c, hit) for n, c in victims.items()},
-        [teacher_ids[i] for _, i in pairs],
-        "injection: KL from the un-attacked teacher",
-    )
-    texts_a = {n: [tokenizer.decode(a, skip_special_tokens=True) for a in ids] for n, ids in attacked.items()}
-    clean_idx = [i for _, i in pairs]
-    kinds = [a.kind for a in attacks]
-    out["injection"] = {
-        "n_attacks": len(pairs),
-        "kinds": kinds,
-        "per_kind": min(cfg.attack_prompts, len(suite)),
-        "overall": {
-            n: {
-                "clean": _pass_rate(constitution, [answers[n][i] for i in clean_idx], b),
-                "attacked": _pass_rate(constitution, texts_a[n], b),
-                "kl": token_kl(kla[n], b),
-            }
-            for n in victims
-        },
-        "kl_base": token_kl([kl_base[i] for i in clean_idx], b),
-        "by_kind": {
-            kind: {
+            for name in self.conds
+        }
+        second = {
+            name: self.passes.sample(cond, convo[name], suite, f"second turn: {name}")
+            for name, cond in self.conds.items()
+        }
+        kl2 = self.passes.kl(
+            self.teacher,
+            convo["teacher"],
+            {n: (self.conds[n], convo[n]) for n in ["base", *self.labels]},
+            second["teacher"],
+            "second turn: KL(teacher‖x)",
+        )
+        texts2 = {n: self.decode(ids) for n, ids in second.items()}
+        return {
+            "n": len(suite),
+            "follow_ups": list(follow_ups),
+            "checks": {
                 n: {
-                    "attacked": _pass_rate(constitution, [t for (k, _), t in zip(pairs, texts_a[n]) if k == j], b),
-                    "kl": token_kl([v for (k, _), v in zip(pairs, kla[n]) if k == j], b),
+                    "first": _pass_rate(self.c, [answers[n][i] for i in suite], b),
+                    "second": _pass_rate(self.c, texts2[n], b),
+                }
+                for n in self.conds
+            },
+            "kl": {n: token_kl(v, b) for n, v in kl2.items()},
+            "kl_first_turn_base": token_kl([self.kl["base"][i] for i in suite], b),
+            "gap_closed": {lab: gap_closed_estimate(kl2[lab], kl2["base"], b) for lab in self.labels},
+            "examples": [
+                {
+                    "prompt": texts[i],
+                    "follow_up": follow_ups[k % len(follow_ups)],
+                    **{n: texts2[n][k] for n in self.conds},
+                }
+                for k, i in enumerate(suite[:3])
+            ],
+        }
+
+    def injection(self) -> dict:
+        """Checks passed under attack vs without, and against the teacher under attack; KL from the
+        un-attacked teacher, and for each student the part of it the attack adds."""
+        attacks, c, b, texts = self.plan.attacks, self.c, self.b, self.texts
+        pairs = attacked_rows(attacks, self.suite, self.cfg.attack_prompts)
+        hit = [combine(attacks[k], texts[i]) for k, i in pairs]
+        clean_idx = [i for _, i in pairs]
+        victims = {n: cond for n, cond in self.conds.items() if n != "base"}
+        attacked = {
+            n: self.passes.sample(cond, hit, clean_idx, f"injection: {n} under attack") for n, cond in victims.items()
+        }
+        kla = self.passes.kl(
+            self.teacher,
+            [texts[i] for i in clean_idx],
+            {n: (cond, hit) for n, cond in victims.items()},
+            [self.teacher_ids[i] for i in clean_idx],
+            "injection: KL from the un-attacked teacher",
+        )
+        texts_a = {n: self.decode(ids) for n, ids in attacked.items()}
+        clean = {n: _passed(c, [self.answers[n][i] for i in clean_idx]) for n in victims}
+        under = {n: _passed(c, texts_a[n]) for n in victims}
+        kinds = [a.kind for a in attacks]
+        clean_kl = {lab: [self.kl[lab][i] for i in clean_idx] for lab in self.labels}
+        tokens, teacher_kl = [len(x) for x in kla["teacher"]], [sum(x) for x in kla["teacher"]]
+        return {
+            "n_attacks": len(pairs),
+            "kinds": kinds,
+            "per_kind": min(self.cfg.attack_prompts, len(self.suite)),
+            "overall": {
+                n: {
+                    "clean": _pass_rate(c, [self.answers[n][i] for i in clean_idx], b),
+                    "attacked": _pass_rate(c, texts_a[n], b),
+                    "drop": _paired(clean[n], under[n], b),
+                    "kl": token_kl(kla[n], b),
                 }
                 for n in victims
-            }
-            for j, kind in enumerate(kinds)
-        },
-        "checks": {n: check_rates(constitution, {"attacked": texts_a[n]}, b) for n in victims},
-    }
-    timing["injection_s"] = time.perf_counter() - t0
+            },
+            "vs_teacher": {lab: _paired(under[lab], under["teacher"], b) for lab in self.labels},
+            "kl_clean": {lab: token_kl(clean_kl[lab], b) for lab in self.labels},
+            "kl_added": {lab: _kl_added(kla[lab], clean_kl[lab], tokens, b) for lab in self.labels},
+            "kl_added_share": {lab: _kl_added(kla[lab], clean_kl[lab], teacher_kl, b) for lab in self.labels},
+            "kl_base": token_kl([self.kl["base"][i] for i in clean_idx], b),
+            "by_kind": {
+                kind: {
+                    n: {
+                        "attacked": _pass_rate(c, [t for (k, _), t in zip(pairs, texts_a[n]) if k == j], b),
+                        "kl": token_kl([v for (k, _), v in zip(pairs, kla[n]) if k == j], b),
+                    }
+                    for n in victims
+                }
+                for j, kind in enumerate(kinds)
+            },
+            "checks": {n: check_rates(c, {"attacked": texts_a[n]}, b) for n in victims},
+        }
 
-    t0 = time.perf_counter()
-    neutral = placebo_prompt(tokenizer, system)
-    placebo = Condition(neutral)
-    placebo_ids = passes.sample(placebo, prompts, suite, "placebo: a neutral system prompt")
-    klp = passes.kl(placebo, prompts, {"base": (conds["base"], prompts)}, placebo_ids, "placebo: KL(placebo‖base)")[
-        "base"
-    ]
-    sums_p, sums_t = [sum(k) for k in klp], [sum(kl_base[i]) for i in suite]
-    out["placebo"] = {
-        "system_prompt": neutral,
-        "tokens": len(tokenizer.encode(neutral, add_special_tokens=False)),
-        "constitution_tokens": len(tokenizer.encode(system, add_special_tokens=False)),
-        "kl_placebo": token_kl(klp, b),
-        "kl_teacher": token_kl(kl_first, b),
-        "share": estimate(lambda p, t: p.sum(1) / t.sum(1), sums_p, sums_t, n_boot=b),
-        "checks": _pass_rate(constitution, [tokenizer.decode(a, skip_special_tokens=True) for a in placebo_ids], b),
-    }
-    timing["placebo_s"] = time.perf_counter() - t0
+    def placebo(self, system: str) -> dict:
+        suite, b = self.suite, self.b
+        prompts = [self.texts[i] for i in suite]
+        neutral = placebo_prompt(self.tok, system)
+        placebo = Condition(neutral)
+        placebo_ids = self.passes.sample(placebo, prompts, suite, "placebo: a neutral system prompt")
+        klp = self.passes.kl(
+            placebo, prompts, {"base": (self.conds["base"], prompts)}, placebo_ids, "placebo: KL(placebo‖base)"
+        )["base"]
+        kl_first = [self.kl["base"][i] for i in suite]
+        return {
+            "system_prompt": neutral,
+            "tokens": len(self.tok.encode(neutral, add_special_tokens=False)),
+            "constitution_tokens": len(self.tok.encode(system, add_special_tokens=False)),
+            "kl_placebo": token_kl(klp, b),
+            "kl_teacher": token_kl(kl_first, b),
+            "share": estimate(
+                lambda p, t: p.sum(1) / t.sum(1), [sum(k) for k in klp], [sum(k) for k in kl_first], n_boot=b
+            ),
+            "checks": _pass_rate(self.c, self.decode(placebo_ids), b),
+        }
 
-    t0 = time.perf_counter()
-    out["savings"] = savings(
-        model,
-        tokenizer,
-        teacher,
-        next(iter(students.values()), None),
-        prompts,
-        cfg.gen_batch,
-        lambda: tick(1, "savings: prefill and key/value cache"),
-    )
-    timing["savings_s"] = time.perf_counter() - t0
+
+def run_suite(model, tokenizer, the_plan, system: str, students: dict[str, str], answers, teacher_ids, kl, cfg, tick):
+    """The suite on the evaluation's model (adapters loaded) for the evaluation's plan (its prompts and
+    probe sets): ``students`` maps a label to its adapter name, ``answers`` has every condition's
+    first-turn answer texts, ``teacher_ids`` the teacher's answers (with their end token) and ``kl`` the
+    per-token KL(teacher‖x) of the main scores for the base and each student; ``cfg`` is the
+    EvalConfig and ``tick(k, message)`` counts progress (``units``)."""
+    part = _Suite(model, tokenizer, the_plan, system, students, answers, teacher_ids, kl, cfg, tick)
+    timing, out = {}, {}
+    steps = {
+        "capability": part.capability,
+        "benign": part.benign,
+        "second_turn": part.second_turn,
+        "injection": part.injection,
+        "placebo": lambda: part.placebo(system),
+        "savings": lambda: savings(
+            model,
+            tokenizer,
+            part.teacher,
+            next(iter(students.values()), None),
+            [part.texts[i] for i in part.suite],
+            cfg.gen_batch,
+            lambda: tick(1, "savings: prefill and key/value cache"),
+        ),
+    }
+    for name, step in steps.items():
+        t0 = time.perf_counter()
+        out[name] = step()
+        timing[f"{name}_s"] = time.perf_counter() - t0
     out["timing"] = {k: round(v, 2) for k, v in timing.items()}
     return out
 

@@ -6,7 +6,10 @@ plots, is report.py. No model here.
 
 from __future__ import annotations
 
-from .report import fmt_estimate, markdown_table
+from .report import fmt_estimate, hold_line, markdown_table
+
+# what a training run did to make its behaviour hold (train_config.TrainConfig's fields), shown beside its figures
+AUGMENTATIONS = ("attack_share", "attack_set", "multiturn_share", "followup_set", "on_policy_share")
 
 
 def layout(
@@ -55,6 +58,7 @@ def layout(
                 "loss": r["config"].get("loss"),
                 "data": r["config"].get("data"),
                 "steps": r["config"].get("steps"),
+                "augmentations": {k: r["config"][k] for k in AUGMENTATIONS if r["config"].get(k)},
                 "trained_on_this_constitution": r["config"].get("constitution_id") == cfg.constitution_id,
                 "training": r["training"],
             }
@@ -180,6 +184,32 @@ def suite_headline(results: dict, label: str | None) -> dict:
         "tokens_saved": r["savings"]["tokens_saved"],
         "kv_bytes_saved": r["savings"]["kv_bytes_saved"],
         "ttft_ratio": r["savings"]["ttft_ratio"],
+        "hold": hold_figures(results, label),
+    }
+
+
+def hold_figures(results: dict, label: str | None) -> dict:
+    """Whether the student's behaviour holds, each figure an estimate {"value", "ci", "n"} (None where
+    undefined): checks passed under attack minus the teacher's ("attacked_vs_teacher", the headline
+    "line"), checks lost under attack ("drop"), KL(un-attacked teacher ‖ attacked student) minus
+    KL(un-attacked teacher ‖ un-attacked student) ("kl_added", nats/token; "kl_added_share" of
+    "kl_teacher_attacked") beside the student's own gap on those prompts ("kl_student_clean"), the
+    second turn's gap closed, and the benign instructions followed (and the student minus the teacher)."""
+    r = results.get("robustness") or {}
+    inj, ben, st = r.get("injection", {}), r.get("benign", {}), r.get("second_turn", {})
+    if "kl_added" not in inj or label not in inj["kl_added"]:
+        return {}
+    return {
+        "line": hold_line(results, label),
+        "attacked_vs_teacher": inj["vs_teacher"][label],
+        "drop": {c: inj["overall"][c]["drop"] for c in ("teacher", label)},
+        "kl_added": inj["kl_added"][label],
+        "kl_added_share": inj["kl_added_share"][label],
+        "kl_student_clean": inj["kl_clean"][label],
+        "kl_teacher_attacked": inj["overall"]["teacher"]["kl"],
+        "second_turn_gap_closed": st["gap_closed"][label],
+        "benign": {c: ben["followed"][c] for c in ("base", "teacher", label)} if ben else {},
+        "benign_vs_teacher": ben["vs_teacher"][label] if ben else None,
     }
 
 
@@ -210,8 +240,40 @@ def suite_card_rows(results: dict, label: str) -> list[tuple[str, str]]:
             "KL from the un-attacked teacher under attack: teacher / student",
             f"{fmt_estimate(inj['teacher']['kl'])} / {fmt_estimate(inj[label]['kl'])}",
         ),
+        *_hold_rows(results, label),
         ("placebo: share of KL(teacher‖base) a neutral prompt causes", pct(r["placebo"]["share"])),
         ("prompt tokens saved per request", f"{sav['tokens_saved']:.0f}"),
         ("time to first token: the teacher's over the student's (batch 1)", f"×{sav['ttft_ratio']['batch_1']}"),
     ]
+    return rows
+
+
+def _hold_rows(results: dict, label: str) -> list[tuple[str, str]]:
+    """(figure, value) rows of whether the behaviour holds, and what the run did to make it hold."""
+    hold = hold_figures(results, label)
+    run = next((r for r in results["runs"] if r["label"] == label), {})
+    rows = []
+    if run.get("augmentations"):
+        rows.append(("trained to hold with", ", ".join(f"{k} {v}" for k, v in run["augmentations"].items())))
+    if not hold:
+        return rows
+    pct = lambda e: fmt_estimate(e, pct=True)
+    if hold["line"]:
+        rows.append(("under override attempts", hold["line"]))
+    rows += [
+        (
+            "what the attack adds to KL(teacher‖student), nats/token: student (its own gap without attack) / "
+            "KL(teacher‖attacked teacher)",
+            f"{fmt_estimate(hold['kl_added'])} ({fmt_estimate(hold['kl_student_clean'])}) / "
+            f"{fmt_estimate(hold['kl_teacher_attacked'])}",
+        ),
+        ("second turn: KL gap closed on the answer to a follow-up", pct(hold["second_turn_gap_closed"])),
+    ]
+    if hold["benign"]:
+        rows.append(
+            (
+                "benign instructions followed: base / teacher / student",
+                " / ".join(pct(hold["benign"][c]) for c in ("base", "teacher", label)),
+            )
+        )
     return rows

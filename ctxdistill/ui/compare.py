@@ -13,7 +13,7 @@ import functools
 import gradio as gr
 
 from ctxdistill import constitution as cmod
-from ctxdistill import estimate, eval_config, evaluate, jobs, report, stats
+from ctxdistill import estimate, eval_config, evaluate, jobs, plots, report, stats
 from ctxdistill.models import ModelError, default_models_dir
 from ctxdistill.ui import results
 from ctxdistill.ui import stale as stale_notice
@@ -454,7 +454,7 @@ def measure(ctx: AppContext, draft, n, request: gr.Request):
     if not prompts:
         raise gr.Error("No held-out prompts in the workspace: import a prompt set with a held-out split.")
     rows = evaluate.influence(model, tokenizer, c, prompts, sample_tokens=tokens, n_boot=500)
-    return report.fig_influence(rows), results.influence_frame(rows)
+    return plots.fig_influence(rows), results.influence_frame(rows)
 
 
 # ---------------------------------------------------------------- report

@@ -11,7 +11,7 @@ import math
 import gradio as gr
 import pandas as pd
 
-from ctxdistill import report
+from ctxdistill import plots, report
 from ctxdistill.store import NotFound
 from ctxdistill.ui.common import AppContext, bind, highlight
 
@@ -32,9 +32,7 @@ def per_prompt_table(results: dict, student: str | None, other: str | None) -> p
     cols = {"#": list(range(1, results["n_prompts"] + 1)), "prompt": [p["text"] for p in results["prompts"]]}
     for cond in ("base", student, other):
         if cond:
-            cols[f"KL {cond}"] = [
-                round(v, 4) if math.isfinite(v) else None for v in report.per_prompt_kl(results, cond)
-            ]
+            cols[f"KL {cond}"] = [round(v, 4) if math.isfinite(v) else None for v in plots.per_prompt_kl(results, cond)]
     for cond in ("base", "teacher", student, other):
         if cond:
             cols[cond] = [p["answers"][cond] for p in results["prompts"]]
@@ -176,11 +174,11 @@ def views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
     influence = r.get("influence") or []
     return (
         pd.DataFrame(rows),
-        report.fig_scores(r, picked),
-        report.fig_kl_distribution(r, picked),
-        report.fig_training(r, picked),
+        plots.fig_scores(r, picked),
+        plots.fig_kl_distribution(r, picked),
+        plots.fig_training(r, picked),
         per_prompt_table(r, stu, oth),
-        report.fig_influence(influence) if influence else gr.skip(),
+        plots.fig_influence(influence) if influence else gr.skip(),
         influence_frame(influence) if influence else gr.skip(),
     )
 
@@ -196,9 +194,9 @@ def robustness_views(ctx: AppContext, eval_id, stu, oth, request: gr.Request):
     return (
         report.robustness_text(r),
         gr.Column(visible=True),
-        report.fig_capability(r, picked),
-        report.fig_families(r, picked),
-        report.fig_attacks(r, picked),
+        plots.fig_capability(r, picked),
+        plots.fig_families(r, picked),
+        plots.fig_attacks(r, picked),
     )
 
 
@@ -216,7 +214,7 @@ def baked_views(ctx: AppContext, eval_id, stu, request: gr.Request):
             None,
             None,
         )
-    return "", gr.Column(visible=True), report.fig_baked(rows, stu), pd.DataFrame(report.baked_table(rows))
+    return "", gr.Column(visible=True), plots.fig_baked(rows, stu), pd.DataFrame(report.baked_table(rows))
 
 
 def on_row(ctx: AppContext, eval_id, stu, evt: gr.SelectData, request: gr.Request):

@@ -1,0 +1,107 @@
+"""Benign instructions still followed: a baked behaviour must not turn into ignoring the user.
+
+    from ctxdistill import benign
+    items = benign.load_instructions()                   # the shipped set (ctxdistill/data/benign.jsonl)
+    benign.follows(items[0], "The sky is blue because air scatters blue light.")
+
+Each item is a prompt with a user instruction whose effect is checked automatically and that a
+typical constitution does not forbid: answer in one sentence, include a given word, start with a
+given word, a numbered list of N items, end with a given word or phrase, at most N words. Where a
+constitution does forbid it (a persona that opens every answer with its own word, a rule against
+lists), the teacher shows the cost, and the student is measured against the teacher: the kinds are
+reported apart. The robustness suite (robustness.py) answers every item greedily for base, teacher
+and students and reports how often each follows.
+
+Kinds and what passes (case-insensitive; an empty answer never passes):
+
+* ``one_sentence``: at most one sentence of three or more words (an interjection such as "Arr!"
+  before it is no sentence), and at least one;
+* ``include_word`` (value: a word or phrase): it appears as whole words;
+* ``start_with`` (value): the answer's first words, after opening quotes or markup, are it;
+* ``numbered_list`` (value: N): exactly N lines numbered 1. to N. (or 1) ...), in order;
+* ``end_with`` (value): the last words, before closing punctuation, quotes or an emoji, are it;
+* ``max_words`` (value: N): between 1 and N words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .capability import DATA_DIR, load_jsonl
+
+BENIGN_FILE = DATA_DIR / "benign.jsonl"
+MAX_NEW_TOKENS = 64  # room for a numbered list of three or a sentence in a persona's voice
+KINDS = ("one_sentence", "include_word", "start_with", "numbered_list", "end_with", "max_words")
+COUNTED = ("numbered_list", "max_words")  # kinds whose value is a whole number
+
+
+class BenignError(ValueError):
+    """A benign-instruction set that cannot be used; the message says which line and what to fix."""
+
+
+@dataclass(frozen=True)
+class Instruction:
+    id: str
+    kind: str
+    prompt: str  # the user turn, instruction included
+    value: str = ""
+
+    @property
+    def category(self) -> str:  # robustness.spread takes items in turn from each category
+        return self.kind
+
+
+def _words(text: str) -> str:
+    """``text`` lower-cased with everything but letters, digits and single spaces dropped."""
+    return " ".join(re.findall(r"[^\W_]+", text.lower()))
+
+
+def _sentences(text: str) -> list[str]:
+    """The sentences of ``text`` with three or more words (a line break ends one too)."""
+    return [s for s in re.split(r"[.!?]+(?=\s|$)|\n+", text) if len(s.split()) >= 3]
+
+
+def _numbered(text: str) -> list[int]:
+    return [int(m) for m in re.findall(r"^\s*[*_]*(\d+)[.)][*_]*\s+\S", text, flags=re.M)]
+
+
+def follows(item: Instruction, text: str) -> bool:
+    """Whether ``text`` follows ``item``'s instruction (the kinds are in the module docstring)."""
+    text = text.strip()
+    if not _words(text):
+        return False
+    kind, value = item.kind, _words(item.value)
+    if kind == "one_sentence":
+        return len(_sentences(text)) <= 1
+    if kind == "include_word":
+        return f" {value} " in f" {_words(text)} "
+    if kind == "start_with":
+        return f"{_words(text)} ".startswith(f"{value} ")
+    if kind == "numbered_list":
+        return _numbered(text) == list(range(1, int(item.value) + 1))
+    if kind == "end_with":
+        return f" {_words(text)}".endswith(f" {value}")
+    if kind == "max_words":
+        return len(text.split()) <= int(item.value)
+    raise BenignError(f"unknown kind of instruction {kind!r}")
+
+
+def load_instructions(path=None) -> list[Instruction]:
+    """The instructions of ``path`` (JSON lines of id, kind, prompt and the kind's value), the shipped
+    set by default."""
+    items, seen = [], set()
+    for number, row in enumerate(load_jsonl(path or BENIGN_FILE, ("kind", "prompt"), "benign set", BenignError), 1):
+        kind, value = str(row["kind"]), str(row.get("value") or "").strip()
+        if kind not in KINDS:
+            raise BenignError(f"benign instruction {number}: kind must be one of {', '.join(KINDS)}, not {kind!r}")
+        if kind != "one_sentence" and not _words(value):
+            raise BenignError(f"benign instruction {number} ({kind}): it needs a value with a word or number")
+        if kind in COUNTED and not (value.isdigit() and int(value) >= 1):
+            raise BenignError(f"benign instruction {number} ({kind}): the value must be a whole number, not {value!r}")
+        item_id = str(row.get("id") or number)
+        if item_id in seen:
+            raise BenignError(f"benign instruction {number}: the id {item_id!r} is used twice")
+        seen.add(item_id)
+        items.append(Instruction(item_id, kind, str(row["prompt"]), value))
+    return items

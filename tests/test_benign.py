@@ -1,0 +1,86 @@
+"""The benign-instruction checker on crafted answers, and the set's loader."""
+
+import json
+
+import pytest
+
+from ctxdistill import benign
+from ctxdistill.benign import Instruction, follows
+
+
+def item(kind: str, value: str = "") -> Instruction:
+    return Instruction("x", kind, "a prompt", value)
+
+
+@pytest.mark.parametrize(
+    "kind, value, text, expected",
+    [
+        ("one_sentence", "", "The sky is blue because air scatters blue light.", True),
+        ("one_sentence", "", "Arr! The sky be blue because the air scatters it, matey.", True),  # "Arr!" is no sentence
+        ("one_sentence", "", "The sky is blue. Air scatters blue light most.", False),
+        ("one_sentence", "", "The sky is blue\nbecause air scatters light", False),  # a line break ends one
+        ("one_sentence", "", "Blue.", True),
+        ("one_sentence", "", "   ", False),
+        ("include_word", "ocean", "The Ocean was calm that day.", True),
+        ("include_word", "ocean", "Oceanic winds blew all day.", False),  # whole words only
+        ("include_word", "that is all", "And that is all, friend.", True),
+        ("start_with", "Yes", '"Yes, water is wet."', True),
+        ("start_with", "Yes", "**Yes** it is.", True),
+        ("start_with", "Yes", "Yesterday it rained.", False),
+        ("start_with", "Yes", "Arr! Yes, matey.", False),
+        ("numbered_list", "3", "Here you go:\n1. Apple\n2. Pear\n3. Plum", True),
+        ("numbered_list", "3", "1) Red\n2) Green\n3) Blue\nHope that helps.", True),
+        ("numbered_list", "3", "1. Apple\n2. Pear", False),
+        ("numbered_list", "3", "1. Apple\n2. Pear\n3. Plum\n4. Fig", False),
+        ("numbered_list", "3", "1. Apple\n3. Pear\n2. Plum", False),
+        ("numbered_list", "3", "Apple, pear and plum.", False),
+        ("end_with", "that is all", "Grass is green, that is all!", True),
+        ("end_with", "thank you", "Four. Thank you 😊", True),
+        ("end_with", "done", "Rome, and I'm done.\"", True),
+        ("end_with", "done", "Done: the capital is Rome.", False),
+        ("end_with", "done", "It is undone", False),
+        ("max_words", "10", "Rain is water falling from clouds.", True),
+        ("max_words", "3", "Rain is water falling.", False),
+        ("max_words", "3", "", False),
+    ],
+)
+def test_follows_on_crafted_answers(kind, value, text, expected):
+    assert follows(item(kind, value), text) is expected
+
+
+def test_the_shipped_set_covers_every_kind_with_its_own_checks():
+    items = benign.load_instructions()
+    assert len(items) >= 20 and len({it.id for it in items}) == len(items)
+    kinds = {it.kind for it in items}
+    assert kinds == set(benign.KINDS)
+    assert all(sum(it.kind == k for it in items) >= 3 for k in kinds)
+    for it in items:  # the instruction names what its check looks for
+        if it.kind in ("include_word", "start_with", "end_with"):
+            assert it.value.lower() in it.prompt.lower(), it.id
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"kind": "shout", "prompt": "Hi"}, "kind must be one of"),
+        ({"kind": "include_word", "prompt": "Hi"}, "needs a value"),
+        ({"kind": "max_words", "value": "ten", "prompt": "Hi"}, "must be a whole number"),
+        ({"kind": "numbered_list", "value": "0", "prompt": "Hi"}, "must be a whole number"),
+        ({"kind": "one_sentence"}, "'prompt' field is missing"),
+    ],
+)
+def test_bad_sets_are_refused_with_the_line(tmp_path, row, message):
+    path = tmp_path / "b.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(benign.BenignError, match=message):
+        benign.load_instructions(path)
+
+
+def test_duplicate_ids_and_an_empty_set_are_refused(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"id": "a", "kind": "one_sentence", "prompt": "x"}\n' * 2)
+    with pytest.raises(benign.BenignError, match="used twice"):
+        benign.load_instructions(path)
+    path.write_text("\n")
+    with pytest.raises(benign.BenignError, match="is empty"):
+        benign.load_instructions(path)
