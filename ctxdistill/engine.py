@@ -309,7 +309,8 @@ def sample_answers(
     """Teacher samples (adapter off, constitution in context), this process's share batched, then gathered.
 
     ``progress(tokens, of)`` after every generation step (the answers' token budget: an answer that
-    ends early counts as whole); ``should_stop()`` is asked between steps and raises SamplingStopped.
+    ends early counts as whole); ``should_stop()`` is asked between steps and raises SamplingStopped,
+    after keeping (``on_batch``) the answers of the batch that had ended.
     ``on_batch(done)`` gets {row: answer ids} after every batch, so a caller can keep them, and
     ``kept`` brings them back: those rows are not sampled again (each row has its own random stream,
     so the answers are the same either way)."""
@@ -332,6 +333,12 @@ def sample_answers(
                 if progress:
                     progress(before + (step + 1) * len(part), budget)
                 if should_stop and should_stop():
+                    # the rows whose answer had ended are complete: kept one by one, not per batch
+                    for i, answer in zip(part, out):
+                        if len(answer) <= step:
+                            done[i] = answer + ([end] if end is not None else [])
+                    if on_batch:
+                        on_batch(dict(done))
                     raise SamplingStopped(dict(done))
 
             states: list[torch.Tensor] = []
