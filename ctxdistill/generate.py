@@ -255,6 +255,7 @@ def _write(store: Store, cfg: GenerateConfig, scfg, tokenizer, checks, batch, ou
 def generate_job(ctx, config: dict) -> None:
     """Job kind "generate"."""
     cfg = GenerateConfig.from_dict(config).validate()
+    ctx.progress(0, 0, "loading the model")  # the first thing the job says: it may take a while on a busy machine
     model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize, cfg.precision)
     ctx.set_result(
         run_generate(

@@ -288,6 +288,7 @@ def run_revise(
 def revise_job(ctx, config: dict) -> None:
     """Job kind "revise"."""
     cfg = ReviseConfig.from_dict(config).validate()
+    ctx.progress(0, 0, "loading the model")
     model, tokenizer = job_model(ctx.store, cfg.model, cfg.quantize, cfg.precision)
     ctx.set_result(
         run_revise(ctx.store, cfg, model, tokenizer, progress=ctx.progress, should_stop=ctx.should_stop, log=ctx.log)
