@@ -70,3 +70,19 @@ def test_the_scoreboard_reads_words_with_one_decimal():
 
     assert report.words({"value": 17.875, "ci": [15.0, 20.0]}) == "17.9"
     assert report.words(None) == report.words({"value": float("nan")}) == "–"
+
+
+def test_a_run_of_another_version_is_named_before_the_evaluation_starts(ctx):
+    from ctxdistill.adapters import run_adapter
+
+    other = ctx.store.save_constitution("haiku", {"name": "haiku", "principles": ["Be brief."]}, "h-other")
+    run = ctx.store.create_job("train", {"constitution_id": other, "loss": "kl"})
+    ctx.store.update_job(run, state="done")
+    adapter = run_adapter(ctx.store, run)
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"")  # the plan only checks that it is there
+    form = (ctx.version_id, [run], "default", 0, 16, 0, False, False, "quick")
+    text = compare.eval_estimate(ctx, False, *form, request=None)
+    assert f"run {run} was trained on v{other}" in text and f"teacher of v{ctx.version_id}" in text
+    same = compare.eval_estimate(ctx, False, other, [run], *form[2:], request=None)
+    assert "Other version" not in same
