@@ -240,3 +240,10 @@ def test_cli_import_accept_export_and_refusals(workspace, tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_job_kinds_are_registered_as_model_jobs():
+    from ctxdistill import dpo, jobs
+
+    assert jobs.resolve("prefs") is prefs.prefs_job and jobs.resolve("dpo") is dpo.dpo_job
+    assert jobs.is_heavy("prefs") and jobs.is_heavy("dpo")
