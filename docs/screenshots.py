@@ -2,7 +2,7 @@
 
     .venv/bin/python docs/screenshots.py            # about 5 minutes on 2 CPU cores
     .venv/bin/python docs/screenshots.py --keep     # and print the workspace it made, to look around
-    .venv/bin/python docs/screenshots.py --workspace DIR   # shoot a workspace made before, as it is
+    .venv/bin/python docs/screenshots.py --workspace DIR --tab Distill   # one tab of a workspace made before
 
 It fills a temporary workspace with the command line (the pirate constitution, teacher answers to a few
 default prompts, one critique-and-revise round, a short training run and its evaluation), starts
@@ -53,7 +53,63 @@ def seed(workspace: Path, env: dict) -> None:
     )
 
 
-def shoot(url: str, out: Path) -> list[Path]:
+def to_top(page, selector: str) -> None:
+    """Scroll so that ``selector`` is at the top of the window."""
+    page.evaluate(f"document.querySelector('{selector}').scrollIntoView({{block: 'start'}})")
+
+
+def shows(page, selector: str, text: str) -> None:
+    page.wait_for_function(f"document.querySelector('{selector}')?.innerText.includes('{text}')")
+
+
+def filled(page, selector: str) -> None:
+    page.wait_for_function(f"document.querySelector('{selector}')?.value.length > 0")
+
+
+def preview(page) -> None:
+    page.locator("#prompt textarea").fill(PROMPT)
+    page.locator("#run-preview").click()
+    page.wait_for_selector("#mean-kl >> text=Mean KL", timeout=900_000)
+
+
+def constitution(page) -> None:
+    page.reload()  # the token count is made when the page loads; the model may only now be loaded
+    filled(page, "#principle-text textarea")
+    shows(page, "#token-count", "context")
+
+
+def data(page) -> None:
+    shows(page, "#data-sets", "default")
+
+
+def review(page) -> None:
+    filled(page, "#review-prompt textarea")
+
+
+def distill(page) -> None:
+    filled(page, "#train-run input")
+    page.wait_for_function("document.querySelector('#train-heldout-plot canvas, #train-heldout-plot svg')")
+    to_top(page, "#train-run")
+
+
+def compare(page) -> None:
+    filled(page, "#eval-pick input")
+    shows(page, "#scoreboard", "gap closed")
+    page.locator("#scoreboard").scroll_into_view_if_needed()
+
+
+# (tab, what to do before the screenshot), in this order: the preview loads the model first.
+VIEWS = {
+    "Preview": preview,
+    "Constitution": constitution,
+    "Data": data,
+    "Review": review,
+    "Distill": distill,
+    "Compare": compare,
+}
+
+
+def shoot(url: str, out: Path, tabs: list[str]) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     saved = []
@@ -62,50 +118,17 @@ def shoot(url: str, out: Path) -> list[Path]:
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.set_default_timeout(180_000)
         page.goto(url)
-        page.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
-
-        def save(name: str) -> None:
+        filled(page, "#principle-text textarea")
+        for name, prepare in VIEWS.items():
+            if name not in tabs:
+                continue
+            page.get_by_role("tab", name=name, exact=True).click()
+            prepare(page)
             page.wait_for_timeout(1500)  # let plots and tables finish drawing
-            path = out / f"{name}.png"
+            path = out / f"{name.lower()}.png"
             page.screenshot(path=path)
             saved.append(path)
             print("saved", path, flush=True)
-
-        def shows(selector: str, text: str) -> None:
-            page.wait_for_function(f"document.querySelector('{selector}')?.innerText.includes('{text}')")
-
-        def tab(name: str) -> None:
-            page.get_by_role("tab", name=name, exact=True).click()
-
-        tab("Preview")  # first: it loads the model, which the Constitution tab's token count needs too
-        page.locator("#prompt textarea").fill(PROMPT)
-        page.locator("#run-preview").click()
-        page.wait_for_selector("#mean-kl >> text=Mean KL", timeout=900_000)
-        save("preview")
-
-        page.reload()
-        page.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
-        shows("#token-count", "context")
-        save("constitution")
-
-        tab("Data")
-        shows("#data-sets", "default")
-        save("data")
-
-        tab("Review")
-        page.wait_for_function("document.querySelector('#review-prompt textarea')?.value.length > 0")
-        save("review")
-
-        tab("Distill")
-        page.wait_for_function("document.querySelector('#train-run input')?.value.length > 0")
-        page.wait_for_function("document.querySelector('#train-heldout-plot canvas, #train-heldout-plot svg')")
-        save("distill")
-
-        tab("Compare")
-        page.wait_for_function("document.querySelector('#eval-pick input')?.value.length > 0")
-        shows("#scoreboard", "gap closed")
-        page.locator("#scoreboard").scroll_into_view_if_needed()
-        save("compare")
         browser.close()
     return saved
 
@@ -115,6 +138,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNGs (default docs/img)")
     parser.add_argument("--keep", action="store_true", help="keep the workspace and print where it is")
     parser.add_argument("--workspace", type=Path, help="a workspace made before: shoot it without seeding it")
+    parser.add_argument("--tab", action="append", choices=list(VIEWS), help="only this tab (repeat for several)")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
         print(f"error: Chromium not found at {CHROMIUM} (make browser)", file=sys.stderr)
@@ -133,7 +157,7 @@ def main() -> int:
             seed(workspace, env)
         proc, url = start_app(workspace)
         try:
-            shoot(url, args.out)
+            shoot(url, args.out, args.tab or list(VIEWS))
         finally:
             stop_app(proc)
     finally:
