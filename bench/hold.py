@@ -56,13 +56,19 @@ CONFIGS = {
 
 
 def train_run(store: Store, cid: int, settings: dict, steps: int, prompts: int) -> tuple[int, float, dict]:
-    """(job id, wall seconds, result) of one training run with these TrainConfig settings."""
+    """(job id, wall seconds, result) of one training run with these TrainConfig settings; a finished
+    run with the same settings in a kept workspace is reused (its wall time from its own record)."""
     cfg = TrainConfig(
         constitution_id=cid,
         **settings,
         **({"steps": steps} if steps else {}),
         **({"max_prompts": prompts} if prompts else {}),
     )
+    for old in store.list_jobs(limit=None):
+        if old["kind"] == "train" and old["state"] == "done" and TrainConfig.from_dict(old["config"]) == cfg:
+            wall = (old["finished_at"] or 0) - (old["started_at"] or 0)
+            print(f"  reusing run {old['id']}", flush=True)
+            return old["id"], wall, old["result"]
     job = store.create_job("train", cfg.to_dict(), heavy=True)
     start = time.perf_counter()
     jobs.run_inline(store, job)
