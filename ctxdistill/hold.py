@@ -17,8 +17,9 @@ constitution in context) on the clean input.
   temperature) and scored by the teacher token by token. With ``--loss mix`` those rows take the
   KL term only (cross-entropy on one's own samples teaches nothing); ``--loss sft`` is refused.
 
-Every file is read and checked before a model loads (``check``); ``probes`` builds the held-out
-figures each measurement logs: ``heldout_kl_attacked`` and ``heldout_kl_second_turn``.
+Every file is read and checked before a model loads (``check``). Each held-out measurement also
+logs ``heldout_kl_attacked`` (``attacked_probes``) and ``heldout_kl_second_turn`` (held-out
+conversations the teacher answers, sampled by mix.setup_data).
 """
 
 from __future__ import annotations
@@ -67,14 +68,6 @@ def check(cfg: TrainConfig) -> None:
         train_follow_ups(cfg.followup_set)
 
 
-def conversation(prompt: str, answer_text: str, follow_up: str) -> list[dict]:
-    return [
-        {"role": "user", "content": prompt},
-        {"role": "assistant", "content": answer_text},
-        {"role": "user", "content": follow_up},
-    ]
-
-
 def conversations(tokenizer, first: list[Example], follow_ups: list[str], share: float, seed: int) -> list[list[dict]]:
     """A seeded pick of ``share`` of the first-turn answers, each as a conversation ending with a
     follow-up (the teacher's first answer, as text, in the history)."""
@@ -83,9 +76,11 @@ def conversations(tokenizer, first: list[Example], follow_ups: list[str], share:
     rng = random.Random(seed)
     picked = sorted(rng.sample(range(len(first)), max(1, round(share * len(first)))))
     return [
-        conversation(
-            first[i].prompt, tokenizer.decode(first[i].answer, skip_special_tokens=True).strip(), rng.choice(follow_ups)
-        )
+        [
+            {"role": "user", "content": first[i].prompt},
+            {"role": "assistant", "content": tokenizer.decode(first[i].answer, skip_special_tokens=True).strip()},
+            {"role": "user", "content": rng.choice(follow_ups)},
+        ]
         for i in picked
     ]
 
