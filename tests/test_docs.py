@@ -82,3 +82,14 @@ def test_links_lead_somewhere(page):
         assert dest.is_file(), f"{page.name}: {target} does not exist"
         if anchor:
             assert anchor in anchors(dest), f"{page.name}: {target}: no such heading"
+
+
+def test_the_code_map_names_every_module():
+    code_map = (REPO / "docs" / "architecture.md").read_text()
+    package = REPO / "ctxdistill"
+    unnamed = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "__init__.py" and f"`{path.name}`" not in code_map and f"`ui/{path.name}`" not in code_map
+    ]
+    assert not unnamed, f"docs/architecture.md's code map does not name {unnamed}"
