@@ -1,6 +1,6 @@
 """Screenshots of each tab of the real app, for the README and docs/: ``docs/img/<tab>.png``.
 
-    .venv/bin/python docs/screenshots.py            # about 5 minutes on 2 CPU cores
+    .venv/bin/python docs/screenshots.py            # about 10 minutes on 2 quiet CPU cores
     .venv/bin/python docs/screenshots.py --keep     # and print the workspace it made, to look around
     .venv/bin/python docs/screenshots.py --workspace DIR --tab Distill   # one tab of a workspace made before
 
@@ -66,10 +66,19 @@ def filled(page, selector: str) -> None:
     page.wait_for_function(f"document.querySelector('{selector}')?.value.length > 0")
 
 
+STUDENT_ANSWERED = """(() => {
+    const text = document.querySelector('#student textarea').value;
+    return text && !text.startsWith('pick') && !text.startsWith('generating');
+})()"""
+
+
 def preview(page) -> None:
+    page.locator("#student-run input").click()
+    page.get_by_role("option").first.click()  # the newest run's student, in the third column
     page.locator("#prompt textarea").fill(PROMPT)
     page.locator("#run-preview").click()
     page.wait_for_selector("#mean-kl >> text=Mean KL", timeout=900_000)
+    page.wait_for_function(STUDENT_ANSWERED, timeout=900_000)
 
 
 def constitution(page) -> None:
