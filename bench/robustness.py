@@ -7,7 +7,9 @@ For each constitution (assets/constitutions), a student is trained with the defa
 (``ctxdistill train``'s job; a finished run of that constitution in a kept workspace is reused), then
 ``ctxdistill eval`` with the robustness suite scores it on 64 held-out prompts: capability accuracy
 (base / teacher / student), gap closed per prompt family, the second turn, injection pass rates
-teacher vs student, the placebo share and the savings. Prints the evaluation's wall and CPU time
+teacher vs student (and the headline: the student's checks under attack minus the teacher's), what
+the attack adds to the student's KL apart from its own gap, benign instructions followed, the
+placebo share and the savings. Prints the evaluation's wall and CPU time
 (the CPU time is the work itself on a shared machine; the target is the full suite under 10 minutes
 on a 2-core CPU without bf16: ``--profile avx2``). ``--heldout-categories`` trains without those
 prompt families and scores the gap closed on them (never trained on) against the others;
@@ -31,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
-from ctxdistill import eval_config, evaluate, jobs  # noqa: E402
+from ctxdistill import eval_config, evaluate, jobs, summary  # noqa: E402
 from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
 from ctxdistill.report import fmt_estimate  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
@@ -121,6 +123,26 @@ def show(results: dict, label: str | None) -> None:
         f"teacher {fmt_estimate(inj['overall']['teacher']['kl'])}, student {fmt_estimate(inj['overall'][label]['kl'])} "
         f"(KL(teacher‖base) {fmt_estimate(inj['kl_base'])})"
     )
+    hold = summary.hold_figures(results, label) if label != "teacher" else {}
+    if hold:
+        print(f"  {hold['line'] or 'under attack: no checks to compare'}")
+        print(
+            f"  what the attack adds: student {fmt_estimate(hold['kl_added'])} nats/token "
+            f"({pct(hold['kl_added_share'])} of KL(un-attacked teacher‖attacked teacher) "
+            f"{fmt_estimate(hold['kl_teacher_attacked'])}); the student's own gap without attack "
+            f"{fmt_estimate(hold['kl_student_clean'])}"
+        )
+    if "benign" in r:
+        ben = r["benign"]
+        print(
+            f"  benign instructions followed ({ben['n_items']}): "
+            + ", ".join(f"{c} {pct(e)}" for c, e in ben["followed"].items() if c in ("base", "teacher", label))
+            + "; per kind: "
+            + "; ".join(
+                f"{k} " + "/".join(pct(row[c]).split(" ")[0] for c in ("base", "teacher", label))
+                for k, row in ben["by_kind"].items()
+            )
+        )
     pl = r["placebo"]
     print(
         f"  placebo ({pl['tokens']} tokens): KL(placebo‖base) {fmt_estimate(pl['kl_placebo'])} vs KL(teacher‖base) "
