@@ -88,9 +88,9 @@ def main() -> None:
         subprocess.Popen([sys.executable, "-c", "while True: pass"], stdout=subprocess.DEVNULL)
         for _ in range(args.busy)
     ]
+    home = Path(tempfile.mkdtemp(prefix="newcomer-"))
+    store, submitted = Store(home), []
     try:
-        home = Path(tempfile.mkdtemp(prefix="newcomer-"))
-        store = Store(home)
         ensure_default_prompts(store)
         c = cmod.parse(HAIKU, "yaml")
         cid = store.save_constitution(c.name, cmod.to_dict(c), cmod.content_hash(c), message="bench")
@@ -114,8 +114,8 @@ def main() -> None:
         predicted["train"] = estimate.predict_train(cal, cfg, n_train, n_heldout)["total"]
         results = {}
         for kind, config in (("generate", gen.to_dict()), ("train", cfg.to_dict())):
-            job = jobs.submit(store, kind, config)
-            results[kind] = watch(store, job, args.timeout)
+            submitted.append(jobs.submit(store, kind, config))
+            results[kind] = watch(store, submitted[-1], args.timeout)
             print(kind, results[kind])
         print(f"\n{'job':9} {'state':9} {'wall':>7} {'stall':>7} {'stall*':>7} {'predicted':>9} {'ratio':>6}")
         for kind, r in results.items():
@@ -127,6 +127,9 @@ def main() -> None:
         print("stall: from the worker's start; stall*: from its first progress report (target < 5 s)")
         print(f"estimate under this load: {'says it cannot say (busy)' if note else 'no busy note'}")
     finally:
+        for job in submitted:  # an interrupted bench leaves no worker behind
+            if jobs.get(store, job)["state"] in ("queued", "running"):
+                jobs.cancel(store, job, grace_s=5)
         for p in busy:
             p.kill()
 
