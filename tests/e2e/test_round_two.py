@@ -144,3 +144,16 @@ def test_live_plots_keep_their_lines_when_the_run_ends(page, home):
     page.wait_for_timeout(2000)
     for plot in ("train-loss-plot", "train-heldout-plot"):
         assert page.evaluate(LINES_JS, plot) > 0, plot  # lines drawn, not "stroke: none"
+
+
+def test_preview_tokens_read_as_text(page):
+    tab(page, "Preview")
+    page.locator("#prompt textarea").fill("Where do herons sleep?")
+    page.get_by_text("Sampling", exact=True).click()
+    page.locator("#max-new-tokens input[type=number]").fill("8")
+    page.locator("#run-preview").click()
+    page.wait_for_selector("#mean-kl >> text=Mean KL", timeout=120_000)
+    gaps = page.evaluate(
+        "() => [...document.querySelectorAll('#divergence .token')].map(t => getComputedStyle(t).marginLeft)"
+    )
+    assert gaps and set(gaps) == {"0px"}  # the pieces of a word sit together, not as separated chips
