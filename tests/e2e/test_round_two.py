@@ -26,7 +26,9 @@ def save(store, message: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def home(tmp_path_factory, tiny_checkpoint, tiny_model):
+    from tests.test_evaluate import _adapter
+
     home = tmp_path_factory.mktemp("round-two-ws")
     with Store(home) as store:
         v1 = save(store, "first")
@@ -34,7 +36,11 @@ def home(tmp_path_factory):
         for i, p in enumerate(store.get_prompts("mine")):
             sid = store.upsert_sample(p["id"], v1, 0, prompted=f"Leaves fall {i}", unprompted="plain")
             store.update_sample(sid, store.get_sample(sid)["version"], status="accepted")
-        save(store, "second")
+        v2 = save(store, "second")
+        # a finished run of the tiny model with an adapter: the student Preview can talk to
+        run = store.create_job("train", {"model": str(tiny_checkpoint), "constitution_id": v2, "loss": "kl"})
+        store.update_job(run, state="done")
+        _adapter(tiny_model, store.runs_dir / str(run) / "adapter", 0.5)
     return home
 
 
@@ -157,3 +163,18 @@ def test_preview_tokens_read_as_text(page):
         "() => [...document.querySelectorAll('#divergence .token')].map(t => getComputedStyle(t).marginLeft)"
     )
     assert gaps and set(gaps) == {"0px"}  # the pieces of a word sit together, not as separated chips
+
+
+def test_enter_in_the_strength_box_answers_again(page):
+    tab(page, "Preview")
+    page.locator("#prompt textarea").fill("Where do herons sleep?")
+    page.get_by_text("Sampling", exact=True).click()
+    page.locator("#max-new-tokens input[type=number]").fill("4")
+    page.locator("#student-run input").click()
+    page.get_by_role("option", name="job 1").click()
+    page.locator("#run-preview").click()
+    page.wait_for_function("document.querySelector('#student textarea').value.length > 0", timeout=120_000)
+    box = page.locator("#student-strength input[type=number]")
+    box.fill("0.5")
+    with page.expect_request(lambda r: "queue/join" in r.url, timeout=15_000):
+        box.press("Enter")  # as dragging the dial does: the student answers at the new strength
