@@ -123,8 +123,9 @@ class PrefsConfig(SamplingStageConfig):
 
 
 def sources_for(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list[str]:
-    """The sources a job uses: as asked, or for auto checks + revision where there are checks (the
-    135M judge agrees with checks little better than chance: see bench/prefs.py), else feedback + revision."""
+    """The sources a job uses: as asked, or for auto checks + revision where there are checks (the embedded
+    135M judge agreed with the pirate checks on 52 % [35, 74] of 23 pairs, chance: bench/prefs.py), else
+    feedback + revision."""
     names = cfg.source_names()
     if "auto" in names:
         return ["checks", "revision"] if checks else ["feedback", "revision"]
