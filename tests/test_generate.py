@@ -244,7 +244,7 @@ def test_worker_killed_mid_run_fails_fast_and_resume_does_only_the_rest(store, t
         set_name="s", constitution_id=cid, batch_size=1, model=str(tiny_checkpoint), sampling={"max_new_tokens": 48}
     )
     job_id = jobs.submit(store, "generate", cfg.to_dict())
-    _until(lambda: len(store.list_samples()) >= 3, timeout=60)
+    _until(lambda: len(store.list_samples()) >= 3, timeout=120)  # a worker starts slowly on a busy machine
     os.killpg(store.get_job(job_id)["pid"], signal.SIGKILL)
     killed_at = time.monotonic()
     job = _until(lambda: (j := jobs.get(store, job_id))["state"] != "running" and j, timeout=5)
