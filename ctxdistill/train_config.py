@@ -188,7 +188,7 @@ class TrainConfig(StageConfig):
         },
     )
     attack_share: float = field(
-        default=0.0,
+        default=0.5,
         metadata={
             "help": (
                 "make it hold: share of the training answers the student sees with its prompt wrapped in an override "

@@ -120,7 +120,7 @@ def test_on_policy_rows_are_the_students_own_seeded_samples(tiny_model, tiny_tok
     model = trained_a_little(tiny_model, tiny_tokenizer)
     pair = engine.TeacherStudent(model, tiny_tokenizer, SYSTEM)
     exs = engine.sample_answers(pair, PROMPTS, train.TrainConfig(sample_tokens=6), seed=0)
-    cfg = train.TrainConfig(on_policy_share=1.0, sample_tokens=6, seed=4)
+    cfg = train.TrainConfig(on_policy_share=1.0, attack_share=0.0, sample_tokens=6, seed=4)
     rows = hold.Augment(cfg).batch(pair, list(enumerate(exs)), draw=5)
     assert all(r.own for r in rows) and [r.prompt for r in rows] == PROMPTS
     sampling = SamplingConfig(6, temperature=1.0, seed=4 + 15_485_863)
