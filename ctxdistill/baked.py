@@ -90,8 +90,8 @@ def tracked(spec: str, constitution, changed: list[str] = ()) -> list[str]:
     unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(
-            f"baked gauge: {len(unknown)} unknown principle id(s) {quote(', '.join(unknown))} in this constitution "
-            f"(its principles: {', '.join(known)}; or auto, all, none)"
+            f"baked gauge: no principle {quote(', '.join(unknown))} in this constitution "
+            f"({len(unknown)} unknown; its principles: {', '.join(known)}; or auto, all, none)"
         )
     return names
 

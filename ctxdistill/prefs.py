@@ -64,7 +64,9 @@ class PrefsConfig(SamplingStageConfig):
     what = "prefs option"
 
     constitution_id: int = field(default=0, metadata={"help": "constitution version id (its principles and checks)"})
-    set_name: str = field(default=DEFAULT_SET, metadata={"help": "prompt set whose train prompts are answered"})
+    set_name: str = field(
+        default=DEFAULT_SET, metadata={"help": "prompt set whose train prompts are answered", "flag": "prompt-set"}
+    )
     from_run: int = field(
         default=0, metadata={"help": "the policy: this training run's student answers (0 = the prompted teacher)"}
     )

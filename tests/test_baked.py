@@ -102,14 +102,14 @@ def test_compare_shows_the_baked_principles_of_the_picked_student(ws):
     )
     eval_id = store.save_eval(None, cid, [trained], evaluate.run(cfg, store))
     ctx = AppContext(home=store.home)
-    views = tab_callback(build_app(ctx), "compare", "baked_views")
+    views = tab_callback(build_app(ctx), "results", "baked_views")
     request = SimpleNamespace(session_hash="x")
-    note, fig, table = views(eval_id, f"run {trained}", request)
+    note, _, fig, table = views(eval_id, f"run {trained}", request)
     assert note == "" and fig.axes[0].get_title() == f"Which principles got baked into run {trained}"
     assert set(table["principle"]) == {"(preamble)", "arr", "matey", "voice"}
     checked = table.set_index("principle").loc["arr"]
     assert checked["check: teacher"].endswith("]") and checked["check: student"].endswith("]")
-    note, fig, table = views(eval_id, "run 999", request)
+    note, _, fig, table = views(eval_id, "run 999", request)
     assert "principle influence" in note and fig is None and table is None
 
 
@@ -157,6 +157,6 @@ def test_which_principles_a_run_gauges():
     assert tracked("auto", c, ["b", "(preamble)"]) == ["b", "(preamble)"]
     assert tracked("all", c) == ["(preamble)", "a", "b"] and tracked(" b , a", c) == ["b", "a"]
     with pytest.raises(
-        ValueError, match=r"no principle 'zz' in this constitution \(its principles: \(preamble\), a, b"
+        ValueError, match=r"no principle 'zz' in this constitution \(1 unknown; its principles: \(preamble\), a, b"
     ):
         tracked("a,zz", c)

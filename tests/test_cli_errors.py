@@ -2,12 +2,13 @@
 bug is a traceback and exit 1; renamed flags still work with a warning; ids beyond SQLite's range,
 hub errors and floods of user input give a short plain line. No model is loaded here."""
 
+import argparse
 import json
 import math
 
 import pytest
 
-from ctxdistill import adapters, cli, curate, precision
+from ctxdistill import adapters, cli, curate, flags, precision
 from ctxdistill.store import Store
 
 PIRATE = "assets/constitutions/pirate.yaml"
@@ -140,8 +141,18 @@ def test_every_command_takes_prompt_set_under_one_name():
         ["train", "--prompt-set", "s"],
         ["eval", "--constitution", "1", "--run", "1", "--prompt-set", "s"],
         ["influence", "--constitution", "c", "--prompt-set", "s"],
+        ["prefs", "make", "--constitution", "1", "--prompt-set", "s"],
     ):
         assert parser.parse_args(argv).prompt_set == "s", argv
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    old_spellings = {
+        (name, option)
+        for name, sub in commands.items()
+        for action in sub._actions
+        for option in action.option_strings
+        if option in flags.RENAMED_FLAGS
+    }
+    assert old_spellings == set()  # an old spelling defined by a command would be renamed away before parsing
 
 
 @pytest.mark.parametrize(

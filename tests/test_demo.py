@@ -203,9 +203,9 @@ def test_distill_callbacks_only_touch_the_visitors_runs(app):
     (run_dir / "log.txt").write_text("step 1: a's secret log line\n")
     ctx.store.log_metrics(a["job"], 1, {"loss": 1.5})
     poll = tab_callback(blocks, "distill", "poll")
-    status, loss, _, log, runs, _ = poll(a["job"], "nothing shown yet", request=B)
+    status, loss, _, _, log, runs, _ = poll(a["job"], "nothing shown yet", request=B)
     assert "No run yet" in status and loss.empty and log == "" and a["job"] not in list(runs["job"])
-    status, loss, _, log, runs, _ = poll(a["job"], "nothing shown yet", request=A)
+    status, loss, _, _, log, runs, _ = poll(a["job"], "nothing shown yet", request=A)
     assert f"Job {a['job']}" in status and list(loss["value"]) == [1.5] and "secret" in log
     for name, args in (("on_stop", (a["job"],)), ("on_resume", (a["job"],)), ("on_export", (a["job"], False, 1.0))):
         with pytest.raises(gr.Error, match="No run or job"):
@@ -569,6 +569,9 @@ BOUNDED = {
     "samples:on_undo",
     "samples:on_reflag",
     "samples:on_export",
+    "pairs:act",
+    "pairs:on_bulk",
+    "pairs:on_export",
     "compare:on_stop",
     "compare:on_export",
     # one calibration per (quantize, precision) pair for the whole process, then arithmetic
@@ -674,6 +677,9 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         "preview:batch": lambda fn: next(fn({}, 5, "heldout", a, True, 0.7, 0.95, 0, 8, 1)),
         "preview:preview_api": lambda fn: fn(PIRATE.read_text(), "hi", 2, 0, 8, 0.0),
         "samples:action": lambda fn: fn(a, big_text, "", [own["sample"]], 0, shown, *filters),
+        "pairs:on_make": lambda fn: fn(a, own["constitution"], 0, "auto", 0.1, 0),
+        "pairs:on_train": lambda fn: fn(a, own["constitution"], own["job"], 0.1, 3),
+        "pairs:on_import": lambda fn: fn(a, own["constitution"], str(big_csv)),
     }
     unclassified = sorted(k for k in fns if k not in over_cap and k not in BOUNDED and k.split(":", 1)[1] not in READS)
     assert unclassified == []

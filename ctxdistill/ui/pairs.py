@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import html
-from pathlib import Path
 
 import gradio as gr
 
@@ -23,6 +22,7 @@ from ctxdistill.ui.common import AppContext, bind, download_dir, job_status_html
 ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
 BULK = ("accept", "reject", "set pending")
+IMPORT_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 
 KEYS_HTML = """<div id="pairs-keys">Keys: <span class="kbd">y</span> accept · <span class="kbd">f</span> flip
 (the other answer is better) · <span class="kbd">x</span> reject · <span class="kbd">n</span> next ·
@@ -103,7 +103,7 @@ def layout() -> dict:
         with gr.Row():
             export = gr.Button("Export accepted pairs (.jsonl)", elem_id="pairs-export")
             export_file = gr.File(label="Preference file", interactive=False, elem_id="pairs-export-file")
-            upload = gr.File(label="Import a preference file", file_types=[".jsonl", ".json", ".csv", ".parquet"])
+            upload = gr.File(label="Import a preference file", file_types=list(IMPORT_TYPES))
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
         "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps train job_status export "
@@ -219,10 +219,10 @@ def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, s
             owner=owner,
             model=ctx.model_spec or "",
         )
+        ctx.limit(steps=cfg.steps)
         dpo.check_start(ctx.store, cfg)
     except (ValueError, prefs.StoreError) as exc:
         raise gr.Error(str(exc)) from None
-    ctx.limit(steps=cfg.steps)
     return job_status_html(
         ctx.store.get_job(jobs.submit(ctx.store, "dpo", cfg.to_dict(), owner=owner)), "pairs-job-state", ""
     )
@@ -242,8 +242,7 @@ def on_export(ctx: AppContext, request: gr.Request, version_id):
 def on_import(ctx: AppContext, request: gr.Request, version_id, file):
     if not version_id or not file:
         raise gr.Error("Pick a constitution version and a preference file.")
-    path = Path(file if isinstance(file, str) else file.name)
-    ctx.limit(upload_mb=path.stat().st_size / 2**20)
+    path = ctx.upload(file if isinstance(file, str) else file.name, IMPORT_TYPES)
     try:
         out = prefs.import_pairs(ctx.store, path, int(version_id), owner=ctx.owner(request))
     except prefs.PrefsError as exc:

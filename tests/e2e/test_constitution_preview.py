@@ -45,7 +45,7 @@ def test_invalid_edit_is_refused_and_last_version_kept(page):
     page.wait_for_selector("#save-result >> text=has no text")
     page.get_by_role("tab", name="Preview").click()
     page.locator("#run-preview").click()  # empty prompt
-    page.wait_for_selector("text=The prompt is empty")
+    page.wait_for_selector("text=Type a prompt")
 
 
 RENDERED = "document.querySelector('#rendered textarea').value"

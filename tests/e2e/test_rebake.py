@@ -45,6 +45,6 @@ def test_a_stale_run_is_named_and_the_rebake_fills_the_form(browser, stale_app):
     page.get_by_role("option", name=f"job {run}").first.click()
     page.locator("#train-stale").get_by_text(notice).wait_for()
     page.locator("#train-rebake").click()
-    page.wait_for_function(f"document.querySelector('#train-from-run input').value === '{run}'")
+    page.wait_for_function(f"document.querySelector('#train-from-run input')?.value === '{run}'")
     assert f"v{v2}" in page.locator("#train-version input").input_value()
     context.close()
