@@ -397,11 +397,4 @@ def dpo_job(ctx, config: dict) -> None:
     """The "dpo" job kind."""
     from .train import Hooks
 
-    cfg = DPOConfig.from_dict(config)
-    hooks = Hooks(
-        log=lambda values, step: ctx.log_metrics(step, values),
-        progress=ctx.progress,
-        should_stop=ctx.should_stop,
-        info=ctx.log.info,
-    )
-    ctx.set_result({"run": ctx.job_id, **run(cfg, ctx.store, ctx.run_dir, hooks)})
+    ctx.set_result({"run": ctx.job_id, **run(DPOConfig.from_dict(config), ctx.store, ctx.run_dir, Hooks.of_job(ctx))})

@@ -1,7 +1,7 @@
 """Guards for what users send: names that become paths, uploaded files, hub tokens, and cells
 that a spreadsheet would run as formulas.
 
-    path = safe_path(store.runs_dir, f"{run_id}/adapter")   # UnsafeInput if it leaves runs/
+    path = safe_path(download_dir, f"{name}.yaml")          # UnsafeInput if it leaves download_dir
     check_upload(path, (".yaml", ".json"), max_bytes=2 << 20)
     text = redact(str(exc))                                  # no token ends up in the store, a log or a message
     row = {k: spreadsheet_cell(v) for k, v in row.items()}   # "=HYPERLINK(...)" -> "'=HYPERLINK(...)"

@@ -5,7 +5,8 @@
     job = store.create_job("train", cfg.to_dict(), heavy=True)
     store.run_dir(job)                    # runs/<job>/, this job's own (workspace.claim_run_dir)
 
-Every query of the project lives in this module, one method each; the tables are in migrations.py,
+Every query of the project lives in this module, one method each (those of preference pairs in
+pair_store.py, a part of Store kept apart for its length); the tables are in migrations.py,
 the connection (WAL, transactions, a reader per thread, rows as dicts) in database.py, and the
 files around the database (the workspace directory, run directories, backups, restore) in
 workspace.py. The web server (many threads, one Store) and job worker processes (a Store each)

@@ -52,6 +52,16 @@ class Hooks:
     should_stop: Callable[[], bool] = lambda: False
     info: Callable[[str], None] = lambda message: None
 
+    @classmethod
+    def of_job(cls, ctx) -> "Hooks":
+        """A worker's job context (jobs.JobContext) as the hooks of the run it does."""
+        return cls(
+            log=lambda values, step: ctx.log_metrics(step, values),
+            progress=ctx.progress,
+            should_stop=ctx.should_stop,
+            info=ctx.log.info,
+        )
+
 
 # --------------------------------------------------------------------------- batches
 
@@ -552,11 +562,4 @@ def run_distributed(store, config: dict, accelerator, resume: int | None = None)
 
 def train_job(ctx, config: dict) -> None:
     """The "train" job kind: ``fn(ctx, config)`` run by a worker process (see jobs.py)."""
-    cfg = TrainConfig.from_dict(config)
-    hooks = Hooks(
-        log=lambda values, step: ctx.log_metrics(step, values),
-        progress=ctx.progress,
-        should_stop=ctx.should_stop,
-        info=ctx.log.info,
-    )
-    ctx.set_result({"run": ctx.job_id, **run(cfg, ctx.store, ctx.run_dir, hooks)})
+    ctx.set_result({"run": ctx.job_id, **run(TrainConfig.from_dict(config), ctx.store, ctx.run_dir, Hooks.of_job(ctx))})
