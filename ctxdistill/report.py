@@ -116,6 +116,14 @@ def robustness_text(results: dict) -> str:
         + ". KL(teacher‖x) on the second answer: "
         + ", ".join(f"{c} {fmt_estimate(st['kl'][c])}" for c in st["kl"])
         + (("; gap closed " + ", ".join(f"{lab} {pct(st['gap_closed'][lab])}" for lab in labels)) if labels else "")
+        + ". Each model continues its own conversation (its own first answer), so that figure also counts how far "
+        "its first answer led it from the teacher's"
+        + (
+            "; given the teacher's conversation (the same first answer for every model), gap closed "
+            + ", ".join(f"{lab} {pct(st['gap_closed_shared'][lab])}" for lab in labels)
+            if labels and "gap_closed_shared" in st
+            else ""
+        )
         + "."
     ]
     parts += [

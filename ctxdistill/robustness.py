@@ -143,7 +143,7 @@ def units(cfg, the_plan) -> int:
     attacked = len(the_plan.attacks) * min(cfg.attack_prompts, suite_n)
     return (
         (len(the_plan.capability) + len(the_plan.benign) + attacked + suite_n) * (2 + students)
-        + suite_n
+        + 2 * suite_n  # the second turn's KL, along each model's own conversation and along the teacher's
         + 2 * suite_n
         + 2
         + min(1, students)
@@ -276,12 +276,22 @@ class _Suite:
             name: self.passes.sample(cond, convo[name], suite, f"second turn: {name}")
             for name, cond in self.conds.items()
         }
+        measured = ["base", *self.labels]
         kl2 = self.passes.kl(
             self.teacher,
             convo["teacher"],
-            {n: (self.conds[n], convo[n]) for n in ["base", *self.labels]},
+            {n: (self.conds[n], convo[n]) for n in measured},
             second["teacher"],
             "second turn: KL(teacher‖x)",
+        )
+        # the same second answers with every model given the teacher's conversation: what the constitution
+        # still does in the second turn, apart from how far each model's own first answer led it elsewhere
+        kl_shared = self.passes.kl(
+            self.teacher,
+            convo["teacher"],
+            {n: (self.conds[n], convo["teacher"]) for n in measured},
+            second["teacher"],
+            "second turn, the teacher's conversation: KL(teacher‖x)",
         )
         texts2 = {n: self.decode(ids) for n, ids in second.items()}
         return {
@@ -297,6 +307,10 @@ class _Suite:
             "kl": {n: token_kl(v, b) for n, v in kl2.items()},
             "kl_first_turn_base": token_kl([self.kl["base"][i] for i in suite], b),
             "gap_closed": {lab: gap_closed_estimate(kl2[lab], kl2["base"], b) for lab in self.labels},
+            "kl_shared": {n: token_kl(v, b) for n, v in kl_shared.items()},
+            "gap_closed_shared": {
+                lab: gap_closed_estimate(kl_shared[lab], kl_shared["base"], b) for lab in self.labels
+            },
             "examples": [
                 {
                     "prompt": texts[i],

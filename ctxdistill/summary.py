@@ -194,7 +194,8 @@ def hold_figures(results: dict, label: str | None) -> dict:
     "line"), checks lost under attack ("drop"), KL(un-attacked teacher ‖ attacked student) minus
     KL(un-attacked teacher ‖ un-attacked student) ("kl_added", nats/token; "kl_added_share" of
     "kl_teacher_attacked") beside the student's own gap on those prompts ("kl_student_clean"), the
-    second turn's gap closed, and the benign instructions followed (and the student minus the teacher)."""
+    second turn's gap closed (each model in its own conversation, and "_shared": in the teacher's), and
+    the benign instructions followed (and the student minus the teacher)."""
     r = results.get("robustness") or {}
     inj, ben, st = r.get("injection", {}), r.get("benign", {}), r.get("second_turn", {})
     if "kl_added" not in inj or label not in inj["kl_added"]:
@@ -208,6 +209,7 @@ def hold_figures(results: dict, label: str | None) -> dict:
         "kl_student_clean": inj["kl_clean"][label],
         "kl_teacher_attacked": inj["overall"]["teacher"]["kl"],
         "second_turn_gap_closed": st["gap_closed"][label],
+        "second_turn_gap_closed_shared": (st.get("gap_closed_shared") or {}).get(label),
         "benign": {c: ben["followed"][c] for c in ("base", "teacher", label)} if ben else {},
         "benign_vs_teacher": ben["vs_teacher"][label] if ben else None,
     }
@@ -267,7 +269,10 @@ def _hold_rows(results: dict, label: str) -> list[tuple[str, str]]:
             f"{fmt_estimate(hold['kl_added'])} ({fmt_estimate(hold['kl_student_clean'])}) / "
             f"{fmt_estimate(hold['kl_teacher_attacked'])}",
         ),
-        ("second turn: KL gap closed on the answer to a follow-up", pct(hold["second_turn_gap_closed"])),
+        (
+            "second turn: KL gap closed on the answer to a follow-up, in the teacher's conversation / in its own",
+            f"{pct(hold['second_turn_gap_closed_shared'])} / {pct(hold['second_turn_gap_closed'])}",
+        ),
     ]
     if hold["benign"]:
         rows.append(

@@ -229,6 +229,11 @@ def test_suite_end_to_end_on_the_tiny_model(ws, tmp_path):
     # an untrained adapter is the base model: what it does under attack is what the base does
     assert r["second_turn"]["kl"][a]["value"] == pytest.approx(r["second_turn"]["kl"]["base"]["value"], rel=1e-4)
     assert r["second_turn"]["gap_closed"][a]["value"] == pytest.approx(0, abs=1e-4)
+    # in the teacher's conversation too; and there every model is scored on the same history
+    st = r["second_turn"]
+    assert st["kl_shared"][a]["value"] == pytest.approx(st["kl_shared"]["base"]["value"], rel=1e-4)
+    assert st["gap_closed_shared"][a]["value"] == pytest.approx(0, abs=1e-4)
+    assert st["kl_shared"][b]["value"] != pytest.approx(st["kl"][b]["value"], rel=1e-6)
     placebo = r["placebo"]
     assert placebo["tokens"] == placebo["constitution_tokens"] and placebo["share"]["value"] > 0
     sav = r["savings"]
