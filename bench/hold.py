@@ -1,5 +1,5 @@
 """Make it hold: plain context distillation vs each augmentation (override attempts, conversations,
-on-policy answers) vs the default, on the embedded SmolLM2-135M, in one run.
+user instructions, on-policy answers) vs the default, on the embedded SmolLM2-135M, in one run.
 
     .venv/bin/python bench/hold.py                                   # pirate, concise and weather, every setting
     .venv/bin/python bench/hold.py --only pirate --steps 40 --train-prompts 32 --prompts 32   # a smaller run
@@ -46,9 +46,12 @@ CONSTITUTIONS = {
 }
 # the settings compared: plain distillation, each augmentation alone, all three, and the shipped defaults
 CONFIGS = {
-    "plain": dict(attack_share=0.0, multiturn_share=0.0, on_policy_share=0.0),
+    "plain": dict(attack_share=0.0, multiturn_share=0.0, instruction_share=0.0, on_policy_share=0.0),
     "attack": dict(attack_share=0.5, multiturn_share=0.0, on_policy_share=0.0),
     "multiturn": dict(attack_share=0.0, multiturn_share=0.5, on_policy_share=0.0),
+    "multiturn1": dict(attack_share=0.0, multiturn_share=1.0, on_policy_share=0.0),
+    "instruct": dict(attack_share=0.0, multiturn_share=0.0, instruction_share=0.5, on_policy_share=0.0),
+    "attack+instruct": dict(attack_share=0.5, multiturn_share=0.0, instruction_share=0.5, on_policy_share=0.0),
     "onpolicy": dict(attack_share=0.0, multiturn_share=0.0, on_policy_share=0.25),
     "combined": dict(attack_share=0.5, multiturn_share=0.5, on_policy_share=0.25),
     "default": {},

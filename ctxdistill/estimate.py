@@ -137,13 +137,25 @@ def run_size(cfg, store) -> tuple[int, int]:
 def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     """Seconds for each phase of a training run with ``cfg`` (a TrainConfig) on ``n_train`` train
     prompts (or answers, for curated data) and ``n_heldout`` held-out prompts (``run_size``)."""
+    from .hold import SECOND_TURN_PROBES
+
     answer_scale = cfg.sample_tokens / CAL_ANSWER
     sampled = n_train * cfg.samples_per_prompt if cfg.data == "prompts" else 0
     heldout = min(n_heldout, cfg.eval_prompts) if cfg.eval_prompts else n_heldout
-    sampling = predict_sampling(cal, sampled + heldout, cfg.sample_tokens)
+    # make it hold (hold.py): the teacher's answers to follow-ups (and to held-out ones, for the second-turn
+    # probe) and to instructed prompts, once each; the attacked probes add one held-out pass per measurement
+    extra = 0
+    if cfg.data == "prompts":
+        extra += round(cfg.multiturn_share * n_train) + round(cfg.instruction_share * n_train)
+        extra += min(heldout, SECOND_TURN_PROBES) if cfg.multiturn_share else 0
+    sampling = predict_sampling(cal, sampled + heldout + extra, cfg.sample_tokens)
+    rows = cfg.batch_size * cfg.grad_accum
     step = cal.step_s * (cfg.batch_size / CAL_BATCH) * answer_scale * cfg.grad_accum
+    # on-policy rows are sampled by the student at each step
+    step += predict_sampling(cal, round(cfg.on_policy_share * rows), cfg.sample_tokens)
     evals = 2 + (cfg.steps - 1) // cfg.eval_every if cfg.eval_every else 2
-    scoring = evals * math.ceil(heldout / EVAL_BATCH) * cal.score_s * answer_scale
+    probed = heldout * (1 + bool(cfg.attack_share)) + (min(heldout, SECOND_TURN_PROBES) if cfg.multiturn_share else 0)
+    scoring = evals * math.ceil(probed / EVAL_BATCH) * cal.score_s * answer_scale
     phases = {"load": cal.load_s, "sampling": sampling, "training": cfg.steps * step, "held-out": scoring}
     if cfg.from_run:  # a re-bake first scores every answer under the earlier run's student
         phases["ranking"] = math.ceil(sampled / EVAL_BATCH) * cal.score_s * answer_scale

@@ -12,6 +12,10 @@ constitution in context) on the clean input.
   ctxdistill/data/followups_train.jsonl or a user's file); the teacher answers the follow-up with
   the constitution and the whole history, the student sees the history without it, and the loss
   covers that second answer.
+* **User instructions** (``instruction_share``): a share of the train prompts also comes with a
+  benign user instruction appended (ctxdistill/data/instructions_train.jsonl, or a user's file;
+  never the evaluation's benign set): the teacher answers it with the constitution, so the student
+  learns that a baked behaviour still leaves room for what the user asks where the two agree.
 * **On-policy answers** (``on_policy_share``, GKD's lambda): a share of the rows of each step is
   answered by the student itself at that step (adapter on, no constitution, the run's sampling
   temperature) and scored by the teacher token by token. With ``--loss mix`` those rows take the
@@ -36,6 +40,9 @@ from .train_config import TrainConfig, TrainError
 
 TRAIN_ATTACKS_FILE = DATA_DIR / "attacks_train.jsonl"
 TRAIN_FOLLOW_UPS_FILE = DATA_DIR / "followups_train.jsonl"
+TRAIN_INSTRUCTIONS_FILE = DATA_DIR / "instructions_train.jsonl"
+# held-out conversations the second-turn held-out KL of a multi-turn run is measured on
+SECOND_TURN_PROBES = 12
 
 
 def _read(load, path: str, shipped: Path) -> list:
@@ -60,12 +67,29 @@ def train_follow_ups(path: str = "") -> list[str]:
     return _read(load_follow_ups, path, TRAIN_FOLLOW_UPS_FILE)
 
 
+def train_instructions(path: str = "") -> list[str]:
+    """The user instructions a run appends to a share of its prompts (JSON lines with a text field): the
+    user's file, or the shipped training set."""
+    return _read(lambda p: load_follow_ups(p, what="instruction"), path, TRAIN_INSTRUCTIONS_FILE)
+
+
 def check(cfg: TrainConfig) -> None:
     """Every refusal of the sets a run's augmentations read, before a model loads."""
     if cfg.attack_share:
         train_attacks(cfg.attack_set)
     if cfg.multiturn_share:
         train_follow_ups(cfg.followup_set)
+    if cfg.instruction_share:
+        train_instructions(cfg.instruction_set)
+
+
+def instructed(prompts: list[str], instructions: list[str], share: float, seed: int) -> list[str]:
+    """A seeded pick of ``share`` of the prompts, each with a user instruction appended."""
+    if not (share and prompts and instructions):
+        return []
+    rng = random.Random(seed)
+    picked = sorted(rng.sample(range(len(prompts)), max(1, round(share * len(prompts)))))
+    return [f"{prompts[i].rstrip()} {rng.choice(instructions)}" for i in picked]
 
 
 def conversations(tokenizer, first: list[Example], follow_ups: list[str], share: float, seed: int) -> list[list[dict]]:
@@ -155,6 +179,8 @@ def summary(cfg: TrainConfig, train: list[Example]) -> dict:
         "multiturn_share": cfg.multiturn_share,
         "followup_set": (cfg.followup_set.strip() or "shipped training set") if cfg.multiturn_share else "",
         "second_turn_answers": sum(not isinstance(ex.prompt, str) for ex in train),
+        "instruction_share": cfg.instruction_share,
+        "instruction_set": (cfg.instruction_set.strip() or "shipped training set") if cfg.instruction_share else "",
         "on_policy_share": cfg.on_policy_share,
     }
 
@@ -165,6 +191,10 @@ def describe(used: dict) -> str:
         parts.append(f"{used['attack_share']:.0%} of the answers shown under override attempts ({used['attack_set']})")
     if used["multiturn_share"]:
         parts.append(f"{used['second_turn_answers']} answers to follow-ups ({used['followup_set']})")
+    if used.get("instruction_share"):
+        parts.append(
+            f"{used['instruction_share']:.0%} of the prompts also with a user instruction ({used['instruction_set']})"
+        )
     if used["on_policy_share"]:
         parts.append(f"{used['on_policy_share']:.0%} of the rows answered by the student itself")
     return "; ".join(parts) or "off"

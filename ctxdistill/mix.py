@@ -169,10 +169,6 @@ def accepted_texts(store, cfg: TrainConfig) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- a run's data
 
 
-# held-out conversations the second-turn held-out KL of a multi-turn run is measured on
-SECOND_TURN_PROBES = 12
-
-
 def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, accelerator, hooks, phase):
     """(held-out answers, a function that returns the training answers, held-out probe sets by name):
     the teacher's, sampled once per run and kept in run_dir/data.json for resumes. The held-out ones
@@ -195,10 +191,11 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
     # one teacher sample per held-out prompt, from its own random stream
     heldout = kept(heldout_prompts, once, cfg.seed + 7919, "heldout", "sampling the teacher's held-out answers")
     follow_ups = hold.train_follow_ups(cfg.followup_set) if cfg.multiturn_share else []
+    instructions = hold.train_instructions(cfg.instruction_set) if cfg.instruction_share else []
     probes = {
         "attacked": hold.attacked_probes(cfg, heldout),
         "second_turn": kept(
-            hold.conversations(pair.tokenizer, heldout[:SECOND_TURN_PROBES], follow_ups, 1.0, cfg.seed + 13),
+            hold.conversations(pair.tokenizer, heldout[: hold.SECOND_TURN_PROBES], follow_ups, 1.0, cfg.seed + 13),
             once,
             cfg.seed + 7927,
             "heldout_second_turn",
@@ -235,7 +232,15 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
                 "second_turn",
                 "sampling the teacher's answers to follow-ups",
             )
-            train = interleave(interleave(train, replay), second)
+            # the teacher's answers to a share of the train prompts with a user instruction appended
+            asked = kept(
+                hold.instructed(prompts, instructions, cfg.instruction_share, cfg.seed + 19),
+                once,
+                cfg.seed + 7937,
+                "instructed",
+                "sampling the teacher's answers to prompts with a user instruction",
+            )
+            train = interleave(interleave(interleave(train, replay), second), asked)
         if accelerator is None or accelerator.is_main_process:
             tmp = cache.with_suffix(".tmp")
             tmp.write_text(

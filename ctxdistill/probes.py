@@ -61,24 +61,24 @@ def load_attacks(path=None) -> list[Attack]:
     return out
 
 
-def load_follow_ups(path=None) -> list[str]:
-    """The follow-up messages of ``path`` (JSON lines, each {"text": ...} or a user turn {"role": "user",
-    "content": ...}), the shipped ``FOLLOW_UPS`` by default."""
+def load_follow_ups(path=None, what: str = "follow-up") -> list[str]:
+    """The user's messages of ``path`` (JSON lines, each {"text": ...} or a user turn {"role": "user",
+    "content": ...}), the shipped ``FOLLOW_UPS`` by default; ``what`` names a line in a refusal."""
     if path is None:
         return list(FOLLOW_UPS)
     out = []
-    for number, row in enumerate(load_jsonl(path, (), "follow-up set", RobustnessError), 1):
+    for number, row in enumerate(load_jsonl(path, (), f"{what} set", RobustnessError), 1):
         if "role" in row or "content" in row:
             if row.get("role") != "user":
                 raise RobustnessError(
-                    f"follow-up {number}: a follow-up is the user's next message, so its role must be user, "
+                    f"{what} {number}: a {what} is the user's message, so its role must be user, "
                     f"not {row.get('role')!r}"
                 )
             text = row.get("content")
         else:
             text = row.get("text")
         if not isinstance(text, str) or not text.strip():
-            raise RobustnessError(f'follow-up {number}: the text is missing or blank (a "text" field)')
+            raise RobustnessError(f'{what} {number}: the text is missing or blank (a "text" field)')
         out.append(text.strip())
     return out
 

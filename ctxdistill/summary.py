@@ -9,7 +9,15 @@ from __future__ import annotations
 from .report import fmt_estimate, hold_line, markdown_table
 
 # what a training run did to make its behaviour hold (train_config.TrainConfig's fields), shown beside its figures
-AUGMENTATIONS = ("attack_share", "attack_set", "multiturn_share", "followup_set", "on_policy_share")
+AUGMENTATIONS = (
+    "attack_share",
+    "attack_set",
+    "multiturn_share",
+    "followup_set",
+    "instruction_share",
+    "instruction_set",
+    "on_policy_share",
+)
 
 
 def layout(

@@ -223,6 +223,25 @@ class TrainConfig(StageConfig):
             )
         },
     )
+    instruction_share: float = field(
+        default=0.0,
+        metadata={
+            "help": (
+                "make it hold: share of the train prompts that also come with a benign user instruction appended "
+                "(answer in two sentences, open with a word...), answered by the teacher with the constitution, so "
+                "that the student keeps following the user where the constitution allows (0 = off)"
+            )
+        },
+    )
+    instruction_set: str = field(
+        default="",
+        metadata={
+            "help": (
+                "user instructions to append: a JSON lines file with a text field per line (empty: the shipped "
+                "training instructions, apart from the evaluation's benign set)"
+            )
+        },
+    )
     on_policy_share: float = field(
         default=0.0,
         metadata={
@@ -252,7 +271,7 @@ class TrainConfig(StageConfig):
             errors.append(f"re-bake share must be in (0, 1], got {self.rebake_share}")
         if not 0 <= self.rebake_replay < 1:
             errors.append(f"re-bake replay must be in [0, 1), got {self.rebake_replay}")
-        for name in ("attack_share", "multiturn_share", "on_policy_share"):
+        for name in ("attack_share", "multiturn_share", "instruction_share", "on_policy_share"):
             if not 0 <= getattr(self, name) <= 1:  # NaN included
                 errors.append(f"{name.replace('_', ' ')} must be in [0, 1], got {getattr(self, name)}")
         if self.on_policy_share and self.loss == "sft":
@@ -260,8 +279,10 @@ class TrainConfig(StageConfig):
                 "on-policy share needs the teacher's distribution to score the student's own answers: "
                 "with loss sft there is none (use kl or mix)"
             )
-        if self.data == "accepted" and self.multiturn_share:
-            errors.append("multi-turn augmentation samples the teacher's answers to follow-ups: use data prompts")
+        if self.data == "accepted" and (self.multiturn_share or self.instruction_share):
+            errors.append(
+                "multi-turn and instruction augmentation sample the teacher's answers to new inputs: use data prompts"
+            )
         if self.data == "accepted" and (self.heldout_categories.strip() or self.replay_fraction or self.from_run):
             errors.append("category hold-out, replay and re-bake train on fresh teacher samples: use data prompts")
         if not (self.lr > 0 and math.isfinite(self.lr)):

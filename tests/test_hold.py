@@ -1,6 +1,6 @@
 """Make it hold (hold.py): the student trained under override attempts against the clean teacher,
-on conversations, and along its own answers; the shipped training sets apart from the evaluation's;
-the refusals of bad sets and shares before a model loads."""
+on conversations, on prompts with a user instruction, and along its own answers; the shipped
+training sets apart from the evaluation's; the refusals of bad sets and shares before a model loads."""
 
 import copy
 import json
@@ -168,6 +168,17 @@ def test_shipped_training_sets_share_nothing_with_the_evaluation():
     for f in follow_ups:
         for e in probes.FOLLOW_UPS:
             assert f != e and not _near(f, e), (f, e)
+    # the user instructions a run trains on: no run of four words and no required word of the benign set's
+    from ctxdistill import benign
+
+    grams = lambda t: {tuple(w[i : i + 4]) for w in [re.findall(r"[a-z0-9]+", t.lower())] for i in range(len(w) - 3)}
+    instructions, items = hold.train_instructions(), benign.load_instructions()
+    assert len(instructions) >= 20
+    for text in instructions:
+        for item in items:
+            assert not grams(text) & grams(item.prompt), (text, item.prompt)
+    quoted = {w.lower() for text in instructions for w in re.findall(r'"([^"]+)"', text)}
+    assert quoted and not quoted & {item.value.lower() for item in items}
 
 
 @pytest.fixture
@@ -201,6 +212,7 @@ def test_bad_sets_and_shares_are_refused_before_a_model_loads(saved, tmp_path, m
     )
     _refused(saved, tmp_path, "user/assistant turns", attack_share=0.3, attack_set=bad_history)
     _refused(saved, tmp_path, "is empty", multiturn_share=0.3, followup_set=write("f.jsonl", []))
+    _refused(saved, tmp_path, "instruction 1: the text is missing", instruction_share=0.3, instruction_set=no_slot)
     _refused(saved, tmp_path, "cannot read", multiturn_share=0.3, followup_set=str(tmp_path / "missing.jsonl"))
     many = write("m.jsonl", [{"kind": f"k{i}", "template": "{prompt}"} for i in range(30)])
     monkeypatch.setenv("CTXDISTILL_DEMO", "1")  # the one caps table's limits for a set a user gives
@@ -215,7 +227,7 @@ def test_bad_sets_and_shares_are_refused_before_a_model_loads(saved, tmp_path, m
         followup_set=write("f.jsonl", [{"text": "x" * 200}]),
     )
     monkeypatch.delenv("CTXDISTILL_DEMO")
-    for name in ("attack_share", "multiturn_share", "on_policy_share"):
+    for name in ("attack_share", "multiturn_share", "instruction_share", "on_policy_share"):
         for value in (-0.1, 1.5, math.nan):
             _refused(saved, tmp_path, f"{name.replace('_', ' ')} must be in", **{name: value})
     _refused(saved, tmp_path, "with loss sft there is none", on_policy_share=0.2, loss="sft")
@@ -258,14 +270,19 @@ def test_a_run_with_every_augmentation_logs_its_shares_and_held_out_figures(save
         checkpoint_every=0,
         attack_share=0.5,
         multiturn_share=0.5,
+        instruction_share=0.5,
         on_policy_share=0.25,
     )
     logged = []
     result = train.run(cfg, store, tmp_path / "run", train.Hooks(log=lambda v, s: logged.append((s, v))))
     data = json.loads((tmp_path / "run" / "data.json").read_text())
+    firsts = mix.split_prompts(store, cfg)[0]
     talks = [e for e in data["train"] if isinstance(e["prompt"], list)]
-    assert len(talks) == 3 and len(data["train"]) == 9 and len(data["second_turn"]) == 3
+    assert len(talks) == 3 and len(data["train"]) == 12 and len(data["second_turn"]) == 3
     assert all(t["prompt"][2]["content"] in hold.train_follow_ups() for t in talks)
+    # three of the six train prompts again, each with a training instruction: the teacher answered them as asked
+    asked = [e["prompt"] for e in data["train"] if isinstance(e["prompt"], str) and e["prompt"] not in firsts]
+    assert len(asked) == 3 and all(any(p.endswith(" " + i) for i in hold.train_instructions()) for p in asked)
     measured = [v for _, v in logged if "heldout_kl" in v]
     assert len(measured) == 3  # start, step 2, end
     assert all({"heldout_kl_attacked", "heldout_kl_second_turn"} <= set(v) for v in measured)

@@ -3,6 +3,8 @@ and the whole job's ETA beside the phase's where the job knows what comes after.
 
 from __future__ import annotations
 
+import pytest
+
 from ctxdistill import jobs
 from ctxdistill.jobs import Meter
 
@@ -48,3 +50,26 @@ def test_a_training_runs_time_left_comes_from_its_timed_steps_or_its_prediction(
     cfg = TrainConfig(steps=10, eval_every=5)
     predicted = estimate.predict_train(cal, cfg, 0, cfg.eval_prompts)
     assert estimate.run_left(10, 0, [], cal, cfg) == predicted["training"] + predicted["held-out"]
+
+
+def test_the_prediction_counts_what_the_augmentations_add():
+    """The teacher's answers to follow-ups and instructed prompts, the student's own samples at each step
+    and the held-out probes each add their time; a plain run is predicted as before."""
+    from dataclasses import replace
+
+    from ctxdistill import estimate
+    from ctxdistill.train import TrainConfig
+
+    cal = estimate.Calibration("fp32", load_s=2.0, step_s=1.0, score_s=0.5, decode_s=0.64, prefill_s=0.64)
+    plain = TrainConfig(steps=10, eval_every=5, attack_share=0.0)
+    base = estimate.predict_train(cal, plain, 100, 24)
+    tokens = plain.sample_tokens
+    answers = lambda n: estimate.predict_sampling(cal, n, tokens)
+    assert base["sampling"] == pytest.approx(answers(100 * plain.samples_per_prompt + 24))
+    talk = estimate.predict_train(cal, replace(plain, multiturn_share=0.5, instruction_share=0.25), 100, 24)
+    assert talk["sampling"] - base["sampling"] == pytest.approx(answers(50 + 25 + 12))
+    own = estimate.predict_train(cal, replace(plain, on_policy_share=0.5), 100, 24)
+    rows = plain.batch_size * plain.grad_accum
+    assert own["training"] - base["training"] == pytest.approx(10 * answers(rows // 2))
+    attacked = estimate.predict_train(cal, replace(plain, attack_share=0.5), 100, 24)
+    assert attacked["held-out"] > base["held-out"] and attacked["sampling"] == base["sampling"]

@@ -70,8 +70,16 @@ MIXING = (
     "capability_gauge",
     "baked_gauge",
 )
-# make it hold (hold.py): override attempts, conversations and on-policy answers in training
-HOLD = ("attack_share", "attack_set", "multiturn_share", "followup_set", "on_policy_share")
+# make it hold (hold.py): override attempts, conversations, user instructions and on-policy answers in training
+HOLD = (
+    "attack_share",
+    "attack_set",
+    "multiturn_share",
+    "followup_set",
+    "instruction_share",
+    "instruction_set",
+    "on_policy_share",
+)
 HOLD_SHARES = {
     "share_attacked": "share attacked",
     "share_second_turn": "share second turn",
@@ -89,6 +97,7 @@ LABELS = {
     "from_run": "Continue from run (0 = a fresh adapter)",
     "attack_set": "Attack set (a JSON lines file; empty = the shipped training set)",
     "followup_set": "Follow-up set (a JSON lines file; empty = the shipped training set)",
+    "instruction_set": "Instruction set (a JSON lines file; empty = the shipped training set)",
 }
 RUN_COLUMNS = [
     "job",
@@ -268,11 +277,14 @@ def layout(ctx: AppContext) -> dict:
             with gr.Row():
                 for name in row:
                     widgets[name] = _widget(name, getattr(defaults, name), form_caps.get(name))
-    with gr.Accordion("Make it hold: override attempts, conversations, the student's own answers", open=False):
+    with gr.Accordion(
+        "Make it hold: override attempts, conversations, user instructions, the student's own answers", open=False
+    ):
         gr.Markdown(
             "Baked behaviour that is not talked out of the model and does not fade in a conversation: the "
             "student also trains on prompts wrapped in override attempts (towards the teacher's answer to "
-            "the clean prompt), on the teacher's answers to follow-up messages, and along its own answers."
+            "the clean prompt), on the teacher's answers to follow-up messages and to prompts that carry a "
+            "benign instruction of the user's, and along its own answers."
         )
         with gr.Row():
             for name in HOLD:
@@ -441,9 +453,10 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
             owner=owner,
             **form_values(form),
         )
-        if ctx.caps is not None and (cfg.attack_set.strip() or cfg.followup_set.strip()):
+        if ctx.caps is not None and any(s.strip() for s in (cfg.attack_set, cfg.followup_set, cfg.instruction_set)):
             raise gr.Error(
-                "In the public demo a run trains on the shipped attack and follow-up sets: leave both empty."
+                "In the public demo a run trains on the shipped attack, follow-up and instruction sets: "
+                "leave the three set fields empty."
             )
         train.check_start(ctx.store, cfg)
         if ctx.caps is not None and not cfg.max_prompts:
