@@ -7,17 +7,7 @@ plots, is report.py. No model here.
 from __future__ import annotations
 
 from .report import fmt_estimate, hold_line, markdown_table
-
-# what a training run did to make its behaviour hold (train_config.TrainConfig's fields), shown beside its figures
-AUGMENTATIONS = (
-    "attack_share",
-    "attack_set",
-    "multiturn_share",
-    "followup_set",
-    "instruction_share",
-    "instruction_set",
-    "on_policy_share",
-)
+from .train_config import HOLD_FIELDS
 
 
 def layout(
@@ -66,7 +56,7 @@ def layout(
                 "loss": r["config"].get("loss"),
                 "data": r["config"].get("data"),
                 "steps": r["config"].get("steps"),
-                "augmentations": {k: r["config"][k] for k in AUGMENTATIONS if r["config"].get(k)},
+                "augmentations": {k: r["config"][k] for k in HOLD_FIELDS if r["config"].get(k)},
                 "trained_on_this_constitution": r["config"].get("constitution_id") == cfg.constitution_id,
                 "training": r["training"],
             }

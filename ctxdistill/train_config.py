@@ -26,6 +26,18 @@ class TrainError(RuntimeError):
     """A run that cannot start or go on; the message says what to change."""
 
 
+# the fields of "make it hold" (hold.py): what a run shows the student beyond clean single-turn prompts
+HOLD_FIELDS = (
+    "attack_share",
+    "attack_set",
+    "multiturn_share",
+    "followup_set",
+    "instruction_share",
+    "instruction_set",
+    "on_policy_share",
+)
+
+
 @dataclass
 class TrainConfig(StageConfig):
     """One distillation run. Each field is also a ``ctxdistill train`` flag."""

@@ -71,15 +71,7 @@ MIXING = (
     "baked_gauge",
 )
 # make it hold (hold.py): override attempts, conversations, user instructions and on-policy answers in training
-HOLD = (
-    "attack_share",
-    "attack_set",
-    "multiturn_share",
-    "followup_set",
-    "instruction_share",
-    "instruction_set",
-    "on_policy_share",
-)
+HOLD = train_config.HOLD_FIELDS
 HOLD_SHARES = {
     "share_attacked": "share attacked",
     "share_second_turn": "share second turn",
