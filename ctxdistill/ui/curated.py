@@ -54,5 +54,7 @@ def wire(ctx: AppContext, version, run, data, note) -> None:
 
 
 def offer_note(ctx: AppContext, version_id, run_id, request: gr.Request) -> str:
-    """The note alone (the count after a review in another tab), Data left as the visitor set it."""
-    return offer(ctx, version_id, run_id, request)[0]
+    """The note alone (the count after a review in another tab), Data left as the visitor set it. Before
+    the menu has a version (a tab shown while the page still loads) it leaves the note: an answer to that
+    early read must not blank the note the version's own change wrote."""
+    return offer(ctx, version_id, run_id, request)[0] if version_id else gr.skip()

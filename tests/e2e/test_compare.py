@@ -119,6 +119,7 @@ def test_make_accept_train_and_compare(browser, compare_url):
     page.locator("#review-pairs").get_by_text("Preference pairs").first.click()
     page.locator("#review-pairs").get_by_text("Make pairs", exact=True).first.click()
     page.locator("#pairs-run input").fill(str(run))
+    page.locator("#pairs-run input").press("Tab")
     page.locator("#pairs-sources textarea, #pairs-sources input").first.fill("feedback")
     page.locator("#pairs-threshold input").fill("0")
     page.locator("#pairs-limit input").fill("3")
@@ -141,8 +142,9 @@ def test_make_accept_train_and_compare(browser, compare_url):
     else:
         raise AssertionError("the keys did not accept the three pairs")
     page.get_by_text("Train on the accepted pairs (DPO)").first.click()
-    page.locator("#dpo-run input").fill(str(run))
-    page.locator("#dpo-steps input").fill("2")
+    for box, value in (("#dpo-run input", str(run)), ("#dpo-steps input", "2")):
+        page.locator(box).fill(value)
+        page.locator(box).press("Tab")  # the number is the form's once the box loses focus
     page.locator("#dpo-start").click()
     tuned = wait_for_job(workspace, "dpo")
     assert tuned["state"] == "done", tuned["error"]
