@@ -143,7 +143,7 @@ def units(cfg, the_plan) -> int:
     attacked = len(the_plan.attacks) * min(cfg.attack_prompts, suite_n)
     return (
         (len(the_plan.capability) + len(the_plan.benign) + attacked + suite_n) * (2 + students)
-        + 2 * suite_n  # the second turn's KL, along each model's own conversation and along the teacher's
+        + suite_n
         + 2 * suite_n
         + 2
         + min(1, students)
@@ -277,22 +277,19 @@ class _Suite:
             for name, cond in self.conds.items()
         }
         measured = ["base", *self.labels]
-        kl2 = self.passes.kl(
+        # along the teacher's second answers, each model in its own conversation and (keys "shared <name>")
+        # in the teacher's: what the constitution still does in the second turn, apart from how far each
+        # model's own first answer led it elsewhere; the teacher's states are computed once for both
+        both = self.passes.kl(
             self.teacher,
             convo["teacher"],
-            {n: (self.conds[n], convo[n]) for n in measured},
+            {n: (self.conds[n], convo[n]) for n in measured}
+            | {f"shared {n}": (self.conds[n], convo["teacher"]) for n in measured},
             second["teacher"],
             "second turn: KL(teacher‖x)",
         )
-        # the same second answers with every model given the teacher's conversation: what the constitution
-        # still does in the second turn, apart from how far each model's own first answer led it elsewhere
-        kl_shared = self.passes.kl(
-            self.teacher,
-            convo["teacher"],
-            {n: (self.conds[n], convo["teacher"]) for n in measured},
-            second["teacher"],
-            "second turn, the teacher's conversation: KL(teacher‖x)",
-        )
+        kl2 = {n: both[n] for n in measured}
+        kl_shared = {n: both[f"shared {n}"] for n in measured}
         texts2 = {n: self.decode(ids) for n, ids in second.items()}
         return {
             "n": len(suite),
