@@ -45,8 +45,9 @@ principles:
 POLL_S = 0.2
 
 
-def watch(store: Store, job_id: int, timeout: float) -> dict:
-    """Poll the job to its end: wall time, the longest stall from its start and from its first report."""
+def watch(store: Store, job_id: int, timeout: float, trace: bool = False) -> dict:
+    """Poll the job to its end: wall time, the longest stall from its start and from its first report
+    (``trace``: print each change of its progress, with the seconds since the job was submitted)."""
     seen, started, first, last_change = None, time.monotonic(), None, time.monotonic()
     stall = stall_after_first = 0.0
     while True:
@@ -54,6 +55,8 @@ def watch(store: Store, job_id: int, timeout: float) -> dict:
         now = time.monotonic()
         state = (job["progress_done"], job["progress_total"], job["message"])
         if state != seen:
+            if trace:
+                print(f"  {now - started:7.1f} s  {state[0]}/{state[1]}  {state[2]}", flush=True)
             stall = max(stall, now - last_change)
             if first is not None:
                 stall_after_first = max(stall_after_first, now - last_change)
@@ -82,6 +85,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--trace", action="store_true", help="print every change of a job's progress")
+    parser.add_argument("--only", choices=("generate", "train"), help="run one of the two jobs")
     args = parser.parse_args()
 
     busy = [
@@ -114,8 +119,10 @@ def main() -> None:
         predicted["train"] = estimate.predict_train(cal, cfg, n_train, n_heldout)["total"]
         results = {}
         for kind, config in (("generate", gen.to_dict()), ("train", cfg.to_dict())):
+            if args.only not in (None, kind):
+                continue
             submitted.append(jobs.submit(store, kind, config))
-            results[kind] = watch(store, submitted[-1], args.timeout)
+            results[kind] = watch(store, submitted[-1], args.timeout, args.trace)
             print(kind, results[kind])
         print(f"\n{'job':9} {'state':9} {'wall':>7} {'stall':>7} {'stall*':>7} {'predicted':>9} {'ratio':>6}")
         for kind, r in results.items():

@@ -2,12 +2,15 @@
 
     nice .venv/bin/python bench/prefs.py                          # pirate, concise and plain
     nice .venv/bin/python bench/prefs.py --constitution pirate --json
+    nice .venv/bin/python bench/prefs.py --constitution pirate --dpo "" --dpo "anchor=1"
 
 Per constitution, in a fresh workspace, with default settings: a distillation run; the pairs job
 from its student (checks and AI feedback, so that the judge's agreement with the checks is
 measured); the default source's pairs accepted (checks where the constitution has checks: see
-prefs.sources_for); a DPO run from the distilled run; then one evaluation (the one the Compare tab
-runs) of the teacher, the distilled student and the preference-trained student on held-out prompts.
+prefs.sources_for); a DPO run from the distilled run per --dpo setting (several settings share the
+distilled run and the pairs, so they differ only by the setting); then one evaluation (the one the
+Compare tab runs) of the teacher, the distilled student and the preference-trained students on
+held-out prompts.
 It prints the issue's targets: checks passed (every check of the constitution on one answer) by the
 DPO student minus the teacher's, in points with a paired bootstrap interval (target >= +10),
 capability (target within 2 points of the teacher's), benign instructions followed where the
@@ -103,15 +106,19 @@ def stage(name: str, args, trl: bool) -> dict:
     accepted = [p["id"] for p in store.list_pairs(constitution_id=cid) if p["source"] in default]
     store.set_pairs_status(accepted, "accepted")
     print(f"[{name}] pairs {made['pairs']} in {prefs_s:.0f} s; accepted {len(accepted)} ({', '.join(default)})")
-    tuned, dpo_s = run_job(store, "dpo", {"from_run": distilled["id"], "steps": args.dpo_steps})
-    print(
-        f"[{name}] DPO run {tuned['id']}: {tuned['step']} steps in {dpo_s:.0f} s, margin {tuned['reward_margin']:.3f}"
-    )
+    tuned = []
+    for setting in args.dpo or [""]:
+        run, dpo_s = run_job(store, "dpo", {"from_run": distilled["id"], "steps": args.dpo_steps, **parse(setting)})
+        tuned.append({**run, "setting": setting or "defaults", "seconds": dpo_s})
+        print(
+            f"[{name}] DPO run {run['id']} ({setting or 'defaults'}): {run['step']} steps in {dpo_s:.0f} s, "
+            f"margin {run['reward_margin']:.3f}"
+        )
     t0 = time.perf_counter()
     results = evaluate(
         EvalConfig(
             constitution_id=cid,
-            runs=[distilled["id"], tuned["id"]],
+            runs=[distilled["id"], *(t["id"] for t in tuned)],
             influence_prompts=0,
             max_prompts=args.eval_prompts,
             robustness=args.robustness,
@@ -128,7 +135,6 @@ def stage(name: str, args, trl: bool) -> dict:
         "constitution": name,
         "n_heldout": len(results["prompts"]),
         "checks_passed": {cond: stats.mean_estimate(v) for cond, v in passed.items()},
-        "dpo_minus_teacher_points": paired_points(passed[labels[1]], passed["teacher"]),
         "distilled_minus_teacher_points": paired_points(passed[labels[0]], passed["teacher"]),
         "capability": {k: v for k, v in capability.items() if k in ("teacher", *labels)},
         "benign": {k: v for k, v in (benign.get("followed") or {}).items() if k in ("teacher", *labels)},
@@ -136,14 +142,19 @@ def stage(name: str, args, trl: bool) -> dict:
         "agreement_with_checks": made["agreement_with_checks"],
         "pairs": made["pairs"],
         "accepted": len(accepted),
-        "seconds": {
-            "distill": distill_s,
-            "pairs": prefs_s,
-            "dpo": dpo_s,
-            "pairs_plus_dpo": prefs_s + dpo_s,
-            "eval": eval_s,
-        },
-        "runs": {"distilled": distilled["id"], "dpo": tuned["id"]},
+        "seconds": {"distill": distill_s, "pairs": prefs_s, "eval": eval_s},
+        "dpo": [
+            {
+                "setting": t["setting"],
+                "label": label,
+                "run": t["id"],
+                "minus_teacher_points": paired_points(passed[label], passed["teacher"]),
+                "seconds": t["seconds"],
+                "pairs_plus_dpo_s": prefs_s + t["seconds"],
+            }
+            for t, label in zip(tuned, labels[1:])
+        ],
+        "runs": {"distilled": distilled["id"]},
         "labels": labels,
         "workspace": str(home),
     }
@@ -218,32 +229,45 @@ def pct(est) -> str:
     return f"{est['value']:.0%} [{est['ci'][0]:.0%}, {est['ci'][1]:.0%}]" if est else "n/a"
 
 
+def parse(setting: str) -> dict:
+    """ "beta=0.2,anchor=1" -> {"beta": 0.2, "anchor": 1.0}: DPO options for one run."""
+    from ctxdistill.dpo import DPOConfig
+
+    out = {}
+    for part in filter(None, setting.split(",")):
+        key, _, value = part.partition("=")
+        out[key.strip()] = type(getattr(DPOConfig(), key.strip()))(value)
+    return out
+
+
 def report(r: dict) -> str:
-    d, (dist, tuned) = r["dpo_minus_teacher_points"], r["labels"]
-    agreement = r["agreement_with_checks"]
+    dist, cap, ben, agreement = r["labels"][0], r["capability"], r["benign"], r["agreement_with_checks"]
+
+    def versus(figures: dict, label: str) -> str:
+        return f"{pct(figures[label])} ({(figures[label]['value'] - figures['teacher']['value']) * 100:+.1f} points)"
+
     lines = [
-        f"== {r['constitution']} ({r['n_heldout']} held-out prompts)",
-        f"checks passed: teacher {pct(r['checks_passed']['teacher'])}, distilled {pct(r['checks_passed'][dist])}, "
-        f"DPO {pct(r['checks_passed'][tuned])}",
-        f"beyond the teacher: checks {d['value']:+.1f} points [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}] "
-        f"(target >= +10: {'met' if d['value'] >= 10 else 'NOT met'})",
+        f"== {r['constitution']} ({r['n_heldout']} held-out prompts); pairs {r['pairs']}, accepted {r['accepted']} "
+        f"in {r['seconds']['pairs']:.0f} s",
+        f"teacher: checks {pct(r['checks_passed']['teacher'])}"
+        + (f", capability {pct(cap['teacher'])}" if cap else "")
+        + (f", benign followed {pct(ben['teacher'])}" if ben else " (benign not measured: --no-robustness)"),
+        f"distilled: checks {pct(r['checks_passed'][dist])}"
+        + (f", capability {versus(cap, dist)}" if cap else "")
+        + (f", benign {versus(ben, dist)}" if ben else "")
+        + f", gap closed {r['gap_closed'][dist]:.2f}",
     ]
-    cap = r["capability"]
-    if cap:
-        gap = (cap[tuned]["value"] - cap["teacher"]["value"]) * 100
+    for d in r["dpo"]:
+        label, points = d["label"], d["minus_teacher_points"]
         lines.append(
-            f"capability: teacher {pct(cap['teacher'])}, DPO {pct(cap[tuned])} ({gap:+.1f} points; target within 2: "
-            f"{'met' if abs(gap) <= 2 or gap > 0 else 'NOT met'})"
+            f"DPO {d['setting']}: checks {pct(r['checks_passed'][label])}, beyond the teacher {points['value']:+.1f} "
+            f"points [{points['ci'][0]:+.1f}, {points['ci'][1]:+.1f}] (target >= +10: "
+            f"{'met' if points['value'] >= 10 else 'NOT met'})"
+            + (f"; capability {versus(cap, label)} (target within 2)" if cap else "")
+            + (f"; benign {versus(ben, label)} (target >= -5)" if ben else "")
+            + f"; gap closed {r['gap_closed'][label]:.2f}; pairs + DPO {d['pairs_plus_dpo_s'] / 60:.1f} min "
+            f"(target <= 10: {'met' if d['pairs_plus_dpo_s'] <= 600 else 'NOT met'})"
         )
-    ben = r["benign"]
-    if ben:
-        gap = (ben[tuned]["value"] - ben["teacher"]["value"]) * 100
-        lines.append(
-            f"benign instructions followed: teacher {pct(ben['teacher'])}, DPO {pct(ben[tuned])} ({gap:+.1f} points; "
-            f"target >= -5: {'met' if gap >= -5 else 'NOT met'})"
-        )
-    else:
-        lines.append("benign instructions: not measured (--no-robustness)")
     if agreement:
         lines.append(
             f"AI feedback agrees with the checks on {pct(agreement)} of {agreement['n']} pairs both judged"
@@ -251,12 +275,6 @@ def report(r: dict) -> str:
         )
     else:
         lines.append("AI feedback: no pair judged by both the model and a check")
-    s = r["seconds"]
-    lines.append(
-        f"pairs {s['pairs']:.0f} s + DPO {s['dpo']:.0f} s = {s['pairs_plus_dpo'] / 60:.1f} min "
-        f"(target <= 10 min: {'met' if s['pairs_plus_dpo'] <= 600 else 'NOT met'}); pairs {r['pairs']}, accepted "
-        f"{r['accepted']}; gap closed distilled {r['gap_closed'][dist]:.2f}, DPO {r['gap_closed'][tuned]:.2f}"
-    )
     if "trl" in r:
         t = r["trl"]
         lines.append(
@@ -278,6 +296,13 @@ def main() -> None:
     )
     parser.add_argument("--trl", action=argparse.BooleanOptionalAction, default=True, help="time TRL's DPOTrainer too")
     parser.add_argument("--trl-steps", type=int, default=8)
+    parser.add_argument(
+        "--dpo",
+        action="append",
+        metavar="SETTING",
+        help='one DPO run per flag from the same distilled run, e.g. --dpo "" --dpo "anchor=1,beta=0.2" '
+        "(default: one run with the defaults)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     import torch

@@ -180,10 +180,11 @@ def score(
     batch_size: int = 32,
     examples=(),
     tick=None,
+    message: str = "",
 ) -> list[bool]:
     """Greedy answers of the model as it is (the caller sets the adapter: off for base and teacher, on
     for a student) to every item, with ``system`` as system prompt (None: the template's default),
-    in batches; True where the answer matches. ``tick(k)`` after each batch of k items."""
+    in batches; True where the answer matches. ``tick``, ``message``: as engine.sample_rows takes them."""
     from .engine import sample_rows
     from .sampling import SamplingConfig
 
@@ -196,6 +197,7 @@ def score(
         batch_size=batch_size,
         examples=examples,
         tick=tick,
+        message=message,
     )
     return [matches(tokenizer.decode(a, skip_special_tokens=True), it.answers) for a, it in zip(ids, items)]
 

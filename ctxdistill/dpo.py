@@ -56,6 +56,13 @@ class DPOConfig(StageConfig):
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     max_pairs: int = field(default=0, metadata={"help": "train on at most this many accepted pairs (0 = all)"})
     max_tokens: int = field(default=64, metadata={"help": "answer tokens kept of each side of a pair"})
+    anchor: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of the distillation KL to the teacher, along the start run's training answers, added "
+            "to each step's DPO loss (0 = off): holds the student near the teacher away from the pairs"
+        },
+    )
     eval_every: int = field(default=10, metadata={"help": "measure the held-out KL to the teacher every N steps"})
     eval_prompts: int = field(default=24, metadata={"help": "held-out answers for the KL (0 = all of the start run's)"})
     checkpoint_every: int = field(default=20, metadata={"help": "write a resumable checkpoint every N steps"})
@@ -78,6 +85,8 @@ class DPOConfig(StageConfig):
         for name in ("constitution_id", "warmup_steps", "max_pairs", "eval_every", "eval_prompts", "checkpoint_every"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
+        if not (isinstance(self.anchor, (int, float)) and math.isfinite(self.anchor) and self.anchor >= 0):
+            errors.append(f"anchor must be 0 or a positive number, got {self.anchor}")
         if not (self.weight_decay >= 0 and self.max_grad_norm >= 0):
             errors.append("weight decay and max grad norm must be 0 or more")
         if errors:
@@ -226,15 +235,27 @@ def frozen_reference(pair: TeacherStudent, data, batch_size: int, path: Path) ->
     return ref
 
 
+def start_data(store, job: dict) -> dict:
+    """The teacher's answers the start run trained and measured on (its data.json; a preference run's
+    are its distilled run's, followed along the lineage), or {} when none were kept."""
+    while True:
+        kept = store.runs_dir / str(job["id"]) / "data.json"
+        if kept.is_file():
+            return json.loads(kept.read_text())
+        if job["kind"] != "dpo" or not job["config"].get("from_run"):
+            return {}
+        job = store.get_job(job["config"]["from_run"])
+
+
 def heldout_examples(store, job: dict, cfg: DPOConfig, pair: TeacherStudent) -> list[Example]:
-    """The teacher's held-out answers of the start run (its data.json), or sampled now when it kept none."""
+    """The teacher's held-out answers of the start run, or sampled now when it kept none."""
     from types import SimpleNamespace
 
     from .engine import sample_answers
 
-    kept = store.runs_dir / str(job["id"]) / "data.json"
-    if kept.is_file():
-        heldout = [Example(**e) for e in json.loads(kept.read_text())["heldout"]]
+    kept = start_data(store, job).get("heldout")
+    if kept:
+        heldout = [Example(**e) for e in kept]
     else:
         old = job["config"]
         prompts = [
@@ -245,11 +266,32 @@ def heldout_examples(store, job: dict, cfg: DPOConfig, pair: TeacherStudent) -> 
     return heldout[: cfg.eval_prompts] if cfg.eval_prompts else heldout
 
 
+def anchor_step(pair: TeacherStudent, cfg: DPOConfig, anchor: list[Example], step: int) -> float:
+    """The anchor's part of a step: ``cfg.anchor`` times the mean per-token KL(teacher || student) along
+    ``batch_size`` of the teacher's training answers (the distillation loss), back-propagated into the
+    adapter's gradients beside the DPO loss's. Returns that KL."""
+    from .losses import chunked_loss
+
+    rows = [anchor[(step * cfg.batch_size + k) % len(anchor)] for k in range(cfg.batch_size)]
+    n = sum(len(ex.answer) for ex in rows)
+    hs, ht, targets = pair.hidden(rows, with_teacher=True)
+    sums = chunked_loss(pair.lm_head, "kl", hs, ht, targets, chunk=cfg.kl_chunk, backward_scale=cfg.anchor / n)
+    return sums["kl"] / n
+
+
 def train_dpo(
-    cfg: DPOConfig, pair: TeacherStudent, data, heldout: list[Example], run_dir: Path, hooks, info: dict
+    cfg: DPOConfig,
+    pair: TeacherStudent,
+    data,
+    heldout: list[Example],
+    run_dir: Path,
+    hooks,
+    info: dict,
+    anchor: list[Example] = (),
 ) -> dict:
     """The loop: ``cfg.steps`` steps of ``batch_size`` pairs on the peft model of ``pair``, resumed from
-    the last checkpoint in ``run_dir``. Returns the run's result."""
+    the last checkpoint in ``run_dir``; with ``cfg.anchor``, each step also distils along ``anchor``
+    (the teacher's training answers). Returns the run's result."""
     from .adapters import latest_checkpoint, load_checkpoint, save_adapter, save_checkpoint, write_model_card
     from .jobs import eta_text
     from .train import _setup_optimizer
@@ -295,6 +337,7 @@ def train_dpo(
         if not math.isfinite(float(loss.detach())):
             raise DPOError(f"the DPO loss became {float(loss.detach())} at step {step + 1}: lower --lr or --beta")
         loss.backward()
+        anchor_kl = anchor_step(pair, cfg, anchor, step) if cfg.anchor and anchor else None
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -312,6 +355,7 @@ def train_dpo(
             "reward_rejected": float(out["rejected_reward"].mean()),
             "lr": lr,
             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
+            **({"anchor_kl": anchor_kl} if anchor_kl is not None else {}),
         }
         hooks.log(last, step + 1)
         eta = (time.perf_counter() - started) / (step + 1 - first) * (cfg.steps - step - 1)
@@ -376,6 +420,9 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     data = encode_pairs(tokenizer, pairs, cfg.max_tokens)
     hooks.progress(0, cfg.steps, "the held-out answers and the reference log-probabilities")
     heldout = heldout_examples(store, job, cfg, pair)
+    anchor = [Example(**e) for e in start_data(store, job).get("train", []) if not e.get("own")]
+    if cfg.anchor and not anchor:
+        hooks.info(f"run {job['id']} kept no training answers: the anchor is off")
     start_file = run_adapter(store, job["id"]) / RUN_FILE  # what the start run was trained in
     start = json.loads(start_file.read_text()) if start_file.is_file() else {}
     info = {
@@ -389,7 +436,7 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
         "pair_sources": sorted({p["source"] for p in pairs}),
         "lineage": {"from_run": job["id"], "text": f"distilled run {job['id']} → preference run {run_dir.name}"},
     }
-    result = train_dpo(cfg, pair, data, heldout, run_dir, hooks, info)
+    result = train_dpo(cfg, pair, data, heldout, run_dir, hooks, info, anchor)
     return {**info, **result}
 
 

@@ -258,13 +258,16 @@ def sample_rows(
     batch_size: int = 32,
     examples: list[dict] = (),
     tick=None,
+    message: str = "",
 ) -> list[list[int]]:
     """``generate_rows`` over (system, prompt, sample index) rows, ``batch_size`` rows per batch;
-    ``tick(k)`` after each batch of k rows. The index seeds the row's random stream, so two
-    conditions that share it draw the same random numbers for the same prompt."""
+    ``tick(k, message)`` after each batch of k rows, and ``tick(0, message + where)`` after each of a
+    batch's decoding steps (``where``: the batch's rows and the token). The index seeds the row's
+    random stream, so two conditions that share it draw the same random numbers for the same prompt."""
     out: list[list[int]] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
+        where = f"{message} · answers {start + 1}–{start + len(chunk)} of {len(rows)}: token "
         out += generate_rows(
             model,
             tokenizer,
@@ -272,9 +275,10 @@ def sample_rows(
             cfg,
             sample_index=[i for _, _, i in chunk],
             examples=examples,
+            on_token=tick and (lambda step, _, where=where: tick(0, f"{where}{step + 1}/{cfg.max_new_tokens}")),
         )
         if tick:
-            tick(len(chunk))
+            tick(len(chunk), message)
     return out
 
 

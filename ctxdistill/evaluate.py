@@ -260,13 +260,16 @@ def judge_report(constitution, answers: dict[str, list[str]], prompts: list[str]
 
 
 class _Progress:
-    """``tick(k, message)``: k more units done, with the ETA; raises Stopped when asked to stop."""
+    """``tick(k, message)``: k more units done (0: a line within a unit, shown at most once a second),
+    with the ETA; raises Stopped when asked to stop."""
 
     def __init__(self, hooks: Hooks, total: int):
         self.hooks, self.total, self.done = hooks, total, 0
         self.meter = Meter(total, "units")
 
     def __call__(self, k: int, message: str) -> None:
+        if not k and not self.meter.due(self.done):  # a decoding step's: at most one a second
+            return
         if self.hooks.should_stop():
             raise Stopped("stopped by request")
         self.done += k
@@ -321,7 +324,8 @@ def sample_conditions(model, tok, cfg: EvalConfig, constitution, system: str, te
             cfg.sampling(),
             batch_size=cfg.gen_batch,
             examples=constitution.examples,
-            tick=lambda k: tick(k, "sampling the teacher's and the base model's answers"),
+            tick=tick,
+            message="sampling the teacher's and the base model's answers",
         )
     ids = {"teacher": both[:n], "base": both[n:]}
     for lab, name in students.items():
@@ -332,7 +336,8 @@ def sample_conditions(model, tok, cfg: EvalConfig, constitution, system: str, te
             rows(None),
             cfg.sampling(),
             batch_size=cfg.gen_batch,
-            tick=lambda k, lab=lab: tick(k, f"sampling the answers of {lab}"),
+            tick=tick,
+            message=f"sampling the answers of {lab}",
         )
     return ids
 
@@ -349,7 +354,8 @@ def retention_nll(model, tok, cfg: EvalConfig, the_plan: Plan, system: str, base
                 [(None, p, i) for i, p in enumerate(texts)],
                 cfg.sampling(),
                 batch_size=cfg.gen_batch,
-                tick=lambda k: tick(k, "sampling the base's reference answers"),
+                tick=tick,
+                message="sampling the base's reference answers",
             )
     return score_along(
         model,

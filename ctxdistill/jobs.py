@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 
 from . import demo
+from .cores import CoreShare
 from .safety import redact
 from .store import TERMINAL_STATES, NotFound, Store, StoreError
 
@@ -173,8 +174,11 @@ class JobContext:
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.log.addHandler(self._handler)
         self._stop = False
+        self.cores = CoreShare()
 
     def progress(self, done: int, total: int, message: str = "") -> None:
+        """The counter and line; from the computing thread, so it fits its threads to the free cores."""
+        self.cores.fit(self.log)
         self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
 
     def should_stop(self) -> bool:
@@ -290,7 +294,9 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
         ctx = JobContext(store, job_id, job["config"], attempt=job["attempts"])
         (ctx.run_dir / "config.json").write_text(json.dumps(job["config"], indent=2))
         ctx.log.info("start %s (attempt %d, pid %d)", job["kind"], job["attempts"], os.getpid())
+        ctx.progress(0, 0, "loading the libraries")
         fn = resolve(job["kind"])
+        ctx.cores.fit(ctx.log, at_least_s=0.25)  # before the model loads: its first reading
         fn(ctx, job["config"])
         if ctx.should_stop():
             raise Cancelled("cancelled by request")

@@ -114,15 +114,16 @@ def _bitsandbytes() -> bool:
     return True
 
 
-@lru_cache(maxsize=4)
-def detect(device: str | None = None) -> Hardware:
-    """The Hardware of ``device`` ("cuda", "cpu", None = CUDA when present)."""
+@lru_cache(maxsize=8)
+def detect(device: str | None = None, probe_bitsandbytes: bool = True) -> Hardware:
+    """The Hardware of ``device`` ("cuda", "cpu", None = CUDA when present). Without
+    ``probe_bitsandbytes`` it says no 4-bit without importing bitsandbytes (seconds: it compiles)."""
     cuda = torch.cuda.is_available() and (device in (None, "", "auto") or str(device).startswith("cuda"))
     common = dict(
         cpu_capability=torch.backends.cpu.get_cpu_capability(),
         cpu_flags=_cpu_flags(),
         onednn_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
-        bitsandbytes=_bitsandbytes(),
+        bitsandbytes=probe_bitsandbytes and _bitsandbytes(),
     )
     if not cuda:
         return Hardware(device="cpu", **common)
@@ -194,8 +195,8 @@ def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Pre
 
 
 def policy(device: str | None = None, quantize: str = "auto", precision: str = "auto") -> Precision:
-    """``choose`` for the device this process runs on."""
-    return choose(detect(device), quantize, precision)
+    """``choose`` for the device this process runs on (a full-weights load never asks for bitsandbytes)."""
+    return choose(detect(device, probe_bitsandbytes=quantize != "none"), quantize, precision)
 
 
 def facts() -> dict:

@@ -101,7 +101,8 @@ class Passes:
                 sampling,
                 batch_size=self.cfg.gen_batch,
                 examples=list(cond.examples),
-                tick=lambda k: self.tick(k, message),
+                tick=self.tick,
+                message=message,
             )
         return with_end(self.tok, ids, sampling.max_new_tokens)
 
@@ -218,7 +219,8 @@ class _Suite:
                     cond.system,
                     batch_size=self.cfg.gen_batch,
                     examples=list(cond.examples),
-                    tick=lambda k, name=name: self.tick(k, f"capability set: {name}"),
+                    tick=self.tick,
+                    message=f"capability set: {name}",
                 )
         return {
             "n_items": len(items),

@@ -95,6 +95,31 @@ def test_stop_then_resume_continues_from_the_checkpoint(student, tiny_tokenizer,
     assert result["step"] == 4 and 3 in steps and 1 in steps
 
 
+def test_anchor_is_the_distillation_kl_beside_the_dpo_loss(student, tiny_tokenizer, tmp_path):
+    """The anchor's gradient is ``anchor`` times that of the mean per-token KL(teacher || student) along
+    the teacher's training answers, computed here from the full logits; a run with it logs that KL."""
+    from ctxdistill.losses import kl_per_token
+
+    pair = TeacherStudent(student, tiny_tokenizer, "Talk like a pirate.")
+    rows = [Example(p, tiny_tokenizer.encode(a, add_special_tokens=False)) for p, a in [("Say hi", "Arr hi there")] * 3]
+    cfg = dpo.DPOConfig(from_run=1, batch_size=2, anchor=0.5)
+    params = [p for p in student.parameters() if p.requires_grad]
+    kl = dpo.anchor_step(pair, cfg, rows, step=0)
+    got = [p.grad.clone() for p in params]
+    student.zero_grad(set_to_none=True)
+    hs, ht, _ = pair.hidden(rows[:2], with_teacher=True)
+    by_hand = kl_per_token(pair.lm_head(ht).float(), pair.lm_head(hs).float()).mean()
+    (0.5 * by_hand).backward()
+    assert kl == pytest.approx(float(by_hand.detach()), rel=1e-4)
+    for a, b in zip(got, [p.grad for p in params]):
+        assert torch.allclose(a, b, atol=1e-6)
+    student.zero_grad(set_to_none=True)
+    logged = []
+    run = dpo.DPOConfig(from_run=1, steps=2, batch_size=2, eval_every=0, checkpoint_every=0, anchor=1.0)
+    dpo.train_dpo(run, pair, _pairs(tiny_tokenizer), [], tmp_path, Hooks(log=lambda v, s: logged.append(v)), {}, rows)
+    assert all(math.isfinite(v["anchor_kl"]) for v in logged if "dpo_loss" in v)
+
+
 def _finished_run(store, config: dict, shape: dict | None = None) -> int:
     job = store.create_job("train", config, heavy=True)
     store.update_job(job, state="done")
@@ -112,6 +137,9 @@ def test_refusals_before_a_model_loads(store):
     for beta in (0, -1, float("nan"), float("inf")):
         with pytest.raises(dpo.DPOError, match="beta must be a positive number"):
             dpo.check_start(store, dpo.DPOConfig(from_run=1, beta=beta))
+    for anchor in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(dpo.DPOError, match="anchor must be 0 or a positive number"):
+            dpo.check_start(store, dpo.DPOConfig(from_run=1, anchor=anchor))
     with pytest.raises(dpo.DPOError, match="run 5 not found"):
         dpo.check_start(store, dpo.DPOConfig(from_run=5))
     run = _finished_run(store, {"constitution_id": cid, "model": "", "lora_r": 16, "lora_alpha": 32})
@@ -151,7 +179,7 @@ def test_a_run_from_a_finished_run(store, student, tiny_checkpoint, tiny_tokeniz
     run = store.create_job("train", {**config, "lora_r": 4, "lora_alpha": 8}, heavy=True)
     save_adapter(student, store.runs_dir / str(run) / "adapter", {})
     heldout = {"prompt": "Say hi", "answer": tiny_tokenizer.encode("Arr hello", add_special_tokens=False)}
-    (store.runs_dir / str(run) / "data.json").write_text(json.dumps({"train": [], "heldout": [heldout]}))
+    (store.runs_dir / str(run) / "data.json").write_text(json.dumps({"train": [heldout], "heldout": [heldout]}))
     store.update_job(run, state="done")
     store.add_pairs(
         [
@@ -172,8 +200,13 @@ def test_a_run_from_a_finished_run(store, student, tiny_checkpoint, tiny_tokeniz
         ]
     )
     store.set_pairs_status([p["id"] for p in store.list_pairs()], "accepted")
-    job = store.create_job("dpo", {}, heavy=True)
-    result = dpo.run(dpo.DPOConfig(from_run=run, steps=2, batch_size=2, eval_every=1), store, store.run_dir(job))
+    cfg = dpo.DPOConfig(from_run=run, steps=2, batch_size=2, eval_every=1, anchor=1.0)
+    job = store.create_job("dpo", cfg.to_dict(), heavy=True)
+    logged = []
+    result = dpo.run(cfg, store, store.run_dir(job), Hooks(log=lambda v, s: logged.append(v)))
+    assert [v["anchor_kl"] >= 0 for v in logged if "dpo_loss" in v] == [True, True]  # along the start run's answers
+    # a preference run's kept answers are those of the distilled run it started from
+    assert dpo.start_data(store, store.get_job(job))["train"] == [heldout]
     assert result["lineage"]["text"] == f"distilled run {run} → preference run {job}"
     assert result["n_train"] == 2 and result["pair_sources"] == ["checks", "import"]
     assert math.isfinite(result["heldout_kl_start"]) and math.isfinite(result["heldout_kl_after"])

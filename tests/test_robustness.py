@@ -97,8 +97,11 @@ def test_accuracy_has_a_bootstrap_interval():
 def test_score_on_the_tiny_model(tiny_model, tiny_tokenizer, monkeypatch):
     items = capability.load_items()[:5]
     ticks = []
-    flags = capability.score(tiny_model, tiny_tokenizer, items, None, max_new_tokens=4, batch_size=2, tick=ticks.append)
-    assert len(flags) == 5 and all(isinstance(f, bool) for f in flags) and ticks == [2, 2, 1]
+    tick = lambda k, line: ticks.append((k, line))
+    flags = capability.score(tiny_model, tiny_tokenizer, items, None, max_new_tokens=4, batch_size=2, tick=tick)
+    assert len(flags) == 5 and all(isinstance(f, bool) for f in flags)
+    assert [k for k, _ in ticks if k] == [2, 2, 1]  # a batch's answers, and within a batch each decoding step
+    assert (0, " · answers 1–2 of 5: token 1/4") in ticks and (0, " · answers 5–5 of 5: token 1/4") in ticks
     # what the model says decides: right answers for the first and third item only
     from ctxdistill import engine
 

@@ -23,6 +23,7 @@ ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
 BULK = ("accept", "reject", "set pending")
 IMPORT_TYPES = (".jsonl", ".json", ".csv", ".parquet")
+DPO_DEFAULTS = dpo.DPOConfig()
 
 KEYS_HTML = """<div id="pairs-keys">Keys: <span class="kbd">y</span> accept · <span class="kbd">f</span> flip
 (the other answer is better) · <span class="kbd">x</span> reject · <span class="kbd">n</span> next ·
@@ -95,8 +96,14 @@ def layout() -> dict:
     with gr.Accordion("Train on the accepted pairs (DPO)", open=False):
         with gr.Row():
             dpo_run = gr.Number(label="Start from distilled run", value=0, precision=0, elem_id="dpo-run")
-            beta = gr.Number(value=0.1, label="beta", elem_id="dpo-beta")
-            steps = gr.Number(value=40, precision=0, label="Steps", elem_id="dpo-steps")
+            beta = gr.Number(value=DPO_DEFAULTS.beta, label="beta", elem_id="dpo-beta")
+            steps = gr.Number(value=DPO_DEFAULTS.steps, precision=0, label="Steps", elem_id="dpo-steps")
+            anchor = gr.Number(
+                value=DPO_DEFAULTS.anchor,
+                label="Anchor to the teacher (0 = off)",
+                info="weight of the distillation KL along the start run's training answers",
+                elem_id="dpo-anchor",
+            )
         train = gr.Button("Start DPO run", variant="primary", elem_id="dpo-start")
     job_status = gr.HTML(elem_id="pairs-job")
     with gr.Accordion("Export / import", open=False):
@@ -106,8 +113,8 @@ def layout() -> dict:
             upload = gr.File(label="Import a preference file", file_types=list(IMPORT_TYPES))
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
-        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps train job_status export "
-        "export_file upload"
+        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor train job_status "
+        "export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -208,7 +215,7 @@ def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources,
     )
 
 
-def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps):
+def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps, anchor):
     owner = ctx.owner(request)
     try:
         cfg = dpo.DPOConfig(
@@ -216,6 +223,7 @@ def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, s
             constitution_id=int(version_id or 0),
             beta=float("nan") if beta is None else float(beta),
             steps=int(steps or 0),
+            anchor=float("nan") if anchor is None else float(anchor),
             owner=owner,
             model=ctx.model_spec or "",
         )
@@ -268,7 +276,7 @@ def build(ctx: AppContext) -> None:
     c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], None).then(on(load_queue), filters, view, **quiet)
     make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"]]
     c["make"].click(on(on_make), make_in, c["job_status"])
-    c["train"].click(on(on_train), [c["version"], c["dpo_run"], c["beta"], c["steps"]], c["job_status"])
+    c["train"].click(on(on_train), [c["version"], c["dpo_run"], c["beta"], c["steps"], c["anchor"]], c["job_status"])
     c["export"].click(on(on_export), c["version"], c["export_file"])
     c["upload"].upload(on(on_import), [c["version"], c["upload"]], None).then(on(load_queue), filters, view, **quiet)
     ctx.watch(on(load_queue), filters, view, on=("jobs",))  # a pairs job that ends brings its pairs
