@@ -267,12 +267,16 @@ def train(
 
     def evaluate(step: int) -> float:
         report = _phase(hooks, step, cfg.steps, "measuring the held-out KL", "answers")
+        total = len(heldout) + sum(map(len, probe_sets.values()))  # one counter over the probe sets too
+        part = lambda at: lambda done, _: report(at + done, total)
+        observe = gauge.observe if gauge else None
         value = heldout_kl(
-            pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=report, observe=gauge and gauge.observe
+            pair, heldout, chunk=cfg.kl_chunk, accelerator=accelerator, progress=part(0), observe=observe
         )
-        extra = gauge.values(accelerator) if gauge else {}
+        extra, done = (gauge.values(accelerator) if gauge else {}), len(heldout)
         for name, rows in probe_sets.items():
-            extra[name] = heldout_kl(pair, rows, chunk=cfg.kl_chunk, accelerator=accelerator)
+            extra[name] = heldout_kl(pair, rows, chunk=cfg.kl_chunk, accelerator=accelerator, progress=part(done))
+            done += len(rows)
         if gauge_items:
             extra["capability"] = mix.gauge(pair, gauge_items)
         if gauge_items and step == 0:

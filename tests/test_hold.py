@@ -74,7 +74,7 @@ def test_attacked_rows_train_the_attacked_student_towards_the_clean_teacher(tiny
     cfg = train.TrainConfig(
         steps=2, batch_size=2, attack_share=0.5, eval_every=0, checkpoint_every=0, warmup_steps=0, keep_best=False
     )
-    logged = []
+    logged, said = [], []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "backward_batch", spy)
         train.train(
@@ -87,13 +87,15 @@ def test_attacked_rows_train_the_attacked_student_towards_the_clean_teacher(tiny
             run_dir=tmp_path,
             pair=pair,
             probes={"attacked": hold.attacked_probes(cfg, exs[:2])},
-            hooks=train.Hooks(log=lambda v, s: logged.append(v)),
+            hooks=train.Hooks(log=lambda v, s: logged.append(v), progress=lambda d, t, m: said.append(m)),
         )
     rows = [ex for batch in seen for ex in batch]
     assert any(ex.seen is not None for ex in rows) and any(ex.seen is None for ex in rows)
     assert all(ex.prompt in PROMPTS for ex in rows)
     names = set().union(*logged)
     assert {"heldout_kl_attacked", "share_attacked", "share_on_policy"} <= names
+    # the measurement's one counter runs over the held-out answers and the probes
+    assert "measuring the held-out KL: 4/4 answers" in said
 
 
 def test_second_turn_rows_hold_the_whole_history_and_train_on_the_second_answer(tiny_model, tiny_tokenizer):
