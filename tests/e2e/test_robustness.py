@@ -1,5 +1,6 @@
 """The Compare tab's Robustness section: start an evaluation with the suite from the form (tiny model),
-and see capability, injection, placebo and savings with their plots when it is done."""
+and see capability, injection, what holds (override attempts, benign instructions, the second turn),
+placebo and savings with their plots when it is done."""
 
 import pytest
 
@@ -48,6 +49,15 @@ def test_the_suite_runs_from_the_compare_tab(browser, suite_url):
     for words in ("Capability:", "By family", "Second turn", "Injection", "Placebo", "Savings", "code", "science"):
         assert words in text, words
     assert f"run {run}" in text
+    # what holds: the headline (checks under attack, the student's minus the teacher's), what the attack adds,
+    # the benign instructions followed and the second turn's gap closed in the teacher's conversation
+    for words in (
+        "prompted under override attempts:",
+        "What the attack adds",
+        "Benign instructions followed",
+        f"given the teacher's conversation (the same first answer for every model), gap closed run {run}",
+    ):
+        assert words in text, words
     for plot in ("#plot-capability", "#plot-families", "#plot-attacks"):
         page.wait_for_selector(f"{plot} img, {plot} canvas, {plot} svg")
     context.close()
