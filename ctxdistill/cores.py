@@ -82,3 +82,10 @@ class CoreShare:
         if log is not None:
             log.info("other processes keep %.1f of %d cores busy: %d threads", others, self.cores, threads)
         return threads
+
+    def restore(self) -> None:
+        """Back to the thread count it started with (a job that ends leaves the process as it found it)."""
+        import torch
+
+        if torch.get_num_threads() != self.most:
+            torch.set_num_threads(self.most)

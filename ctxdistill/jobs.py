@@ -44,8 +44,7 @@ JOB_KINDS: dict[str, str] = {
     "dpo": "ctxdistill.dpo:dpo_job",
 }
 
-# Kinds that load the model. A function reached through an import path is
-# heavy when it has a true `heavy` attribute.
+# Kinds that load the model. A function reached through an import path is heavy when it has a true `heavy` attribute.
 HEAVY = {"generate", "revise", "train", "evaluate", "prefs", "dpo"}
 
 HEARTBEAT_S = 1.0
@@ -194,6 +193,7 @@ class JobContext:
         self.store.update_job(self.job_id, result=result)
 
     def close(self) -> None:
+        self.cores.restore()
         self.log.removeHandler(self._handler)
         self._handler.close()
 

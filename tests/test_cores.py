@@ -30,6 +30,9 @@ def test_fit_reads_the_others_use_and_sets_the_threads(monkeypatch):
         assert share.fit() == 1 and torch.get_num_threads() == 1
         clock.update(t=8.0, busy=109.5, own=12.5)  # others: (2.5 - 1.5) / 4 = 0.25 cores
         assert share.fit() == 2 and torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        share.restore()  # a job that ends leaves the process with the threads it found
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
