@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -63,11 +64,17 @@ def main() -> None:
         f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {most} threads, "
         f"{model.ctxdistill_precision.quantize} weights, {model.ctxdistill_precision.compute} compute"
     )
+    counts = args.busy or [0, 1, 2]
+    # the busy processes start before this one lowers its priority (they stay at normal priority), stopped
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(max(counts))]
+    for p in busy:
+        p.send_signal(signal.SIGSTOP)
     os.nice(10)
     sample(model, tok)  # warm-up
-    for n in args.busy or [0, 1, 2]:
-        busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-        try:
+    try:
+        for n in counts:
+            for k, p in enumerate(busy):
+                p.send_signal(signal.SIGCONT if k < n else signal.SIGSTOP)
             share = CoreShare()
             time.sleep(2.5)  # what the busy processes use, over more than CHECK_EVERY_S
             others = share.others()
@@ -77,16 +84,20 @@ def main() -> None:
             torch.set_num_threads(fitted)
             fit = sample(model, tok)
             torch.set_num_threads(most)
-        finally:
-            for p in busy:
-                p.kill()
-        print(
-            f"busy {n} (others use {others:.1f} cores): {most} threads {base['tokens_per_s']:.1f} tokens/s "
-            f"(first token {base['first_s']:.1f} s, longest step {base['longest_step_s']:.2f} s); "
-            f"{fitted} threads {fit['tokens_per_s']:.1f} tokens/s (first token {fit['first_s']:.1f} s, longest step "
-            f"{fit['longest_step_s']:.2f} s); ratio {fit['tokens_per_s'] / base['tokens_per_s']:.2f}",
-            flush=True,
-        )
+            report(n, others, most, fitted, base, fit)
+    finally:
+        for p in busy:
+            p.kill()
+
+
+def report(n: int, others: float, most: int, fitted: int, base: dict, fit: dict) -> None:
+    print(
+        f"busy {n} (others use {others:.1f} cores): {most} threads {base['tokens_per_s']:.1f} tokens/s "
+        f"(first token {base['first_s']:.1f} s, longest step {base['longest_step_s']:.2f} s); "
+        f"{fitted} threads {fit['tokens_per_s']:.1f} tokens/s (first token {fit['first_s']:.1f} s, longest step "
+        f"{fit['longest_step_s']:.2f} s); ratio {fit['tokens_per_s'] / base['tokens_per_s']:.2f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
