@@ -5,9 +5,10 @@ barrier after every operation, so a parallel region is as slow as its slowest th
 program keeps a core busy and the worker runs at a lower priority than it (jobs.lower_priority),
 the thread on that core is descheduled for most of each time slice while the other one spins at
 the barrier. On a 2-core machine beside one busy process, sampling with 2 threads ran at 5.9
-tokens/s and with 1 thread at 136 (bench/cores.py, docs/benchmarks.md). So a job measures what the other processes
-use (from /proc/stat, less its own time) and sets torch's thread count to the free cores, at least
-one, never more than it started with. Where /proc/stat cannot be read (not Linux) nothing changes.
+tokens/s and with 1 thread at 136 (bench/cores.py, docs/benchmarks.md). So a job measures what the
+other processes use (from /proc/stat, less its own time) and sets torch's thread count to the free
+cores, at least one, never more than it started with. Where /proc/stat cannot be read (not Linux)
+nothing changes.
 """
 
 from __future__ import annotations
