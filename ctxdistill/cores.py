@@ -57,9 +57,11 @@ class CoreShare:
     def others(self, at_least_s: float = CHECK_EVERY_S) -> float | None:
         """Cores the other processes kept busy since the last reading, at least ``at_least_s`` ago
         (None: unknown, or too soon to say)."""
+        if time.monotonic() - self._last[0] < at_least_s:
+            return None  # too soon: /proc/stat is not read on every progress report
         now = self._reading()
         (t0, busy0, own0), (t1, busy1, own1) = self._last, now
-        if busy0 is None or busy1 is None or t1 - t0 < at_least_s:
+        if busy0 is None or busy1 is None:
             return None
         self._last = now
         return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
