@@ -13,7 +13,10 @@ training wall time; gap closed (first turn); checks without and under attack for
 student, with intervals; KL(un-attacked teacher ‖ attacked x) and the part the attack adds; the
 second turn's gap closed; capability and, where the suite has it, benign instructions followed.
 The targets of issue 23 are checked at the end of each constitution. ``--equal-time`` also trains a
-plain run for as long as the on-policy one took (on-policy vs off-policy at equal wall time).
+plain run for as long as the on-policy one took (on-policy vs off-policy at equal wall time);
+``--gkd`` trains TRL's GKDTrainer on the plain run's data with the on-policy setting's share as its
+lambda, as the baseline for ours (its teacher is the same base model with the constitution spliced
+into each row's system turn).
 """
 
 from __future__ import annotations
@@ -68,7 +71,12 @@ def train_run(store: Store, cid: int, settings: dict, steps: int, prompts: int) 
         **({"max_prompts": prompts} if prompts else {}),
     )
     for old in store.list_jobs(limit=None):
-        if old["kind"] == "train" and old["state"] == "done" and TrainConfig.from_dict(old["config"]) == cfg:
+        if (
+            old["kind"] == "train"
+            and old["state"] == "done"
+            and TrainConfig.from_dict(old["config"]) == cfg
+            and "trainer" not in (old["result"] or {})
+        ):
             wall = (old["finished_at"] or 0) - (old["started_at"] or 0)
             print(f"  reusing run {old['id']}", flush=True)
             return old["id"], wall, old["result"]
@@ -79,6 +87,115 @@ def train_run(store: Store, cid: int, settings: dict, steps: int, prompts: int) 
     if done["state"] != "done":
         raise SystemExit(f"training failed: {done['error']}")
     return job, time.perf_counter() - start, done["result"]
+
+
+def context_teacher(model, student_prefix: list[int], teacher_prefix: list[int]):
+    """The teacher for TRL's GKDTrainer: the base model with the constitution as its system turn. GKD
+    gives the teacher the student's own input ids, so each (left-padded) row's default system turn is
+    replaced by the constitution's before the forward pass, and the logits are shifted back so that
+    position i still predicts the student's token i + 1 (the answer tokens line up; only the prompt's
+    positions, which the loss masks, differ)."""
+    import torch
+    from transformers.modeling_outputs import CausalLMOutput
+
+    class ContextTeacher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model, self.config = model, model.config
+            self.student, self.teacher = torch.tensor(student_prefix), torch.tensor(teacher_prefix)
+
+        def get_output_embeddings(self):
+            return self.model.get_output_embeddings()
+
+        def forward(self, input_ids, attention_mask, **kwargs):
+            a, shift = len(self.student), len(self.teacher) - len(self.student)
+            ids, mask = [], []
+            for row, own in zip(input_ids, attention_mask):
+                start = int(own.argmax())
+                if not torch.equal(row[start : start + a].cpu(), self.student):
+                    raise ValueError("a row does not start with the student's system turn")
+                teacher = self.teacher.to(row.device)
+                ids.append(torch.cat([row[:start], teacher, row[start + a :]]))
+                mask.append(torch.cat([own[:start], torch.ones_like(teacher), own[start + a :]]))
+            logits = self.model(input_ids=torch.stack(ids), attention_mask=torch.stack(mask)).logits
+            return CausalLMOutput(logits=logits[:, shift:])
+
+    return ContextTeacher()
+
+
+def gkd_run(store: Store, cid: int, plain: int, share: float) -> tuple[int, float, dict]:
+    """TRL's GKDTrainer on the plain run's data (its teacher answers to the same train prompts), with the
+    same LoRA shape, steps, batch, learning-rate schedule and precision; lambda = ``share`` (each step
+    is the student's own samples with that probability), beta 0 (forward KL, as ours). The adapter is
+    saved as a copy of the plain run, so the one evaluation scores it beside ours."""
+    import shutil
+
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    from ctxdistill.constitution import from_row, render
+    from ctxdistill.engine import with_end
+    from ctxdistill.models import default_models_dir, load_model
+    from ctxdistill.sampling import chat_ids, system_prefix
+    from ctxdistill.train import _setup_model
+
+    cfg = TrainConfig.from_dict(store.get_job(plain)["config"])
+    constitution = from_row(store.get_constitution(cid))
+    load = lambda: load_model(quantize=cfg.quantize, precision=cfg.precision, models_dir=default_models_dir(store.home))
+    base, tok = load()
+    student = _setup_model(cfg, base, cfg.seed)
+    teacher = context_teacher(
+        load()[0], system_prefix(tok, None), system_prefix(tok, render(constitution), constitution.examples)
+    )
+    rows = json.loads((store.run_dir(plain) / "data.json").read_text())["train"]
+    data = []
+    for r, answer in zip(rows, with_end(tok, [r["answer"] for r in rows], cfg.sample_tokens)):
+        prompt = chat_ids(tok, r["prompt"])
+        data.append(
+            {
+                "prompt": r["prompt"],
+                "input_ids": prompt + answer,
+                "completion_mask": [0] * len(prompt) + [1] * len(answer),
+            }
+        )
+    bf16 = str(base.ctxdistill_precision.dtype) == "torch.bfloat16"
+    args = GKDConfig(
+        output_dir=tempfile.mkdtemp(),
+        lmbda=share,
+        beta=0.0,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.sample_tokens,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.schedule,
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay,
+        max_steps=cfg.steps,
+        per_device_train_batch_size=cfg.batch_size,
+        logging_steps=10,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=bf16,
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,  # as ours (and TRL samples without a cache when it is on)
+    )
+    trainer = GKDTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=Dataset.from_list(data), processing_class=tok
+    )
+    job = store.create_job("train", cfg.to_dict(), heavy=True)
+    started = time.time()
+    trainer.train()
+    finished = time.time()
+    out = Path(tempfile.mkdtemp(prefix="gkd-"))
+    student.save_pretrained(out)
+    for kept in ("adapter", "best"):  # the plain run's adapter files (same LoRA shape) with GKD's weights
+        shutil.copytree(store.run_dir(plain) / kept, store.run_dir(job) / kept)
+        shutil.copy(out / "adapter_model.safetensors", store.run_dir(job) / kept / "adapter_model.safetensors")
+    result = {"trainer": "trl-gkd", "lmbda": share, "gap_closed": float("nan")}
+    store.update_job(job, state="done", started_at=started, finished_at=finished, result=result)
+    return job, finished - started, result
 
 
 def pct(e) -> str:
@@ -154,6 +271,7 @@ def main():
     p.add_argument("--attack-prompts", type=int, default=6, help="prompts per kind of attack (default 6)")
     p.add_argument("--capability-items", type=int, default=0, help="capability items (0 = all)")
     p.add_argument("--equal-time", action="store_true", help="also a plain run as long as the on-policy one")
+    p.add_argument("--gkd", action="store_true", help="also TRL's GKDTrainer on the plain run's data (needs plain)")
     add_profile_flag(p)
     args = p.parse_args()
     apply_profile(args)
@@ -178,6 +296,9 @@ def main():
             steps = round((args.steps or defaults.steps) * ratio)
             runs["plain@equal time"] = train_run(store, cid, CONFIGS["plain"], steps, args.train_prompts)
             print(f"  plain, {steps} steps: trained in {runs['plain@equal time'][1]:.0f} s", flush=True)
+        if args.gkd and "plain" in runs:
+            runs["TRL GKD"] = gkd_run(store, cid, runs["plain"][0], CONFIGS["onpolicy"]["on_policy_share"])
+            print(f"  TRL GKD: trained in {runs['TRL GKD'][1]:.0f} s", flush=True)
         cfg = eval_config.EvalConfig(
             constitution_id=cid,
             runs=[job for job, _, _ in runs.values()],

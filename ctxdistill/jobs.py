@@ -31,6 +31,7 @@ from pathlib import Path
 
 from . import demo
 from .cores import CoreShare
+from .heartbeat import Heartbeat
 from .safety import redact
 from .store import TERMINAL_STATES, NotFound, Store, StoreError
 
@@ -47,7 +48,6 @@ JOB_KINDS: dict[str, str] = {
 # Kinds that load the model. A function reached through an import path is heavy when it has a true `heavy` attribute.
 HEAVY = {"generate", "revise", "train", "evaluate", "prefs", "dpo"}
 
-HEARTBEAT_S = 1.0
 # A heartbeat older than this only says the worker is starved of CPU (or stopped): whether it is
 # dead is judged by its process (see worker_alive), since a busy machine, or a worker at idle
 # priority waiting for its main thread to let go of the GIL, can delay a heartbeat for minutes.
@@ -160,7 +160,7 @@ class Cancelled(Exception):
 class JobContext:
     """What a job function gets: the store, its id and config, a run directory and a log."""
 
-    def __init__(self, store: Store, job_id: int, config: dict, attempt: int = 1):
+    def __init__(self, store: Store, job_id: int, config: dict, attempt: int = 1, heartbeat: Heartbeat | None = None):
         self.store = store
         self.job_id = job_id
         self.config = config
@@ -174,11 +174,14 @@ class JobContext:
         self.log.addHandler(self._handler)
         self._stop = False
         self.cores = CoreShare()
+        self.heartbeat = heartbeat
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         """The counter and line; from the computing thread, so it fits its threads to the free cores."""
         self.cores.fit(self.log)
         self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
+        if self.heartbeat:
+            self.heartbeat.said(message)
 
     def should_stop(self) -> bool:
         """True once a cancel was requested. Cheap: one indexed read."""
@@ -282,7 +285,7 @@ def run_inline(store: Store, job_id: int) -> None:
 def _run(store: Store, job_id: int, background: bool = False) -> None:
     """Wait for a turn, run the job function, record how it ended. Every exit path sets a state."""
     job = store.get_job(job_id)
-    heartbeat = _Heartbeat(store, job_id)
+    heartbeat = Heartbeat(store, job_id)
     heartbeat.start()
     ctx = None
     try:
@@ -291,7 +294,7 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
         if not _wait_for_turn(store, job_id):
             return  # cancelled while queued; cancel() already set the state
         job = store.get_job(job_id)
-        ctx = JobContext(store, job_id, job["config"], attempt=job["attempts"])
+        ctx = JobContext(store, job_id, job["config"], attempt=job["attempts"], heartbeat=heartbeat)
         (ctx.run_dir / "config.json").write_text(json.dumps(job["config"], indent=2))
         ctx.log.info("start %s (attempt %d, pid %d)", job["kind"], job["attempts"], os.getpid())
         ctx.progress(0, 0, "loading the libraries")
@@ -349,23 +352,6 @@ def _wait_for_turn(store: Store, job_id: int) -> bool:
             last = ahead
         refresh(store)  # a dead job ahead must not block the queue forever
         time.sleep(QUEUE_POLL_S)
-
-
-class _Heartbeat(threading.Thread):
-    """Stamps heartbeat_at every second: its age says how much CPU the worker gets (see starved())."""
-
-    def __init__(self, store: Store, job_id: int):
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.store, self.job_id = store, job_id
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        while not self._done.wait(HEARTBEAT_S):
-            _safe(lambda: self.store.update_job(self.job_id, if_state=("queued", "running"), heartbeat_at=time.time()))
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- control

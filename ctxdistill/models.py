@@ -189,7 +189,16 @@ def local_checkpoint(spec: str | None = None, models_dir: str | os.PathLike | No
 _convert_lock = threading.Lock()
 
 
-def load_model(
+def load_model(*args, **kwargs):
+    """``_load_model``, with its progress bars (the weights read, a GGUF file's conversion) counted on a
+    job's line (heartbeat.py)."""
+    from .heartbeat import weights_counted
+
+    with weights_counted():
+        return _load_model(*args, **kwargs)
+
+
+def _load_model(
     spec: str | None = None,
     *,
     quantize: str = "none",
