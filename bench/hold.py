@@ -47,7 +47,8 @@ CONSTITUTIONS = {
     "concise": REPO / "assets" / "constitutions" / "concise.yaml",
     "weather": REPO / "bench" / "constitutions" / "weather.yaml",
 }
-# the settings compared: plain distillation, each augmentation alone, all three, and the shipped defaults
+# the settings compared: plain distillation, each augmentation alone, all three, the shipped defaults, and the
+# defaults with conversations
 CONFIGS = {
     "plain": dict(attack_share=0.0, multiturn_share=0.0, instruction_share=0.0, on_policy_share=0.0),
     "attack": dict(attack_share=0.5, multiturn_share=0.0, on_policy_share=0.0),
@@ -58,6 +59,8 @@ CONFIGS = {
     "onpolicy": dict(attack_share=0.0, multiturn_share=0.0, on_policy_share=0.25),
     "combined": dict(attack_share=0.5, multiturn_share=0.5, on_policy_share=0.25),
     "default": {},
+    "default+multiturn": dict(multiturn_share=0.5),
+    "default+multiturn1": dict(multiturn_share=1.0),
 }
 
 
