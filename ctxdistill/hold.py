@@ -16,7 +16,7 @@ constitution in context) on the clean input.
   benign user instruction appended (ctxdistill/data/instructions_train.jsonl, or a user's file;
   never the evaluation's benign set): the teacher answers it with the constitution, so the student
   learns that a baked behaviour still leaves room for what the user asks where the two agree.
-* **On-policy answers** (``on_policy_share``, GKD's lambda): a share of the rows of each step is
+* **On-policy answers** (``on_policy_share``, GKD's lambda): a share of the micro-batches is
   answered by the student itself at that step (adapter on, no constitution, the run's sampling
   temperature) and scored by the teacher token by token. With ``--loss mix`` those rows take the
   KL term only (cross-entropy on one's own samples teaches nothing); ``--loss sft`` is refused.
@@ -120,23 +120,23 @@ class Augment:
     def active(self) -> bool:
         return bool(self.attacks or self.cfg.on_policy_share)
 
-    def shown(self, example: Example, index: int, draw: int) -> tuple[Example, bool]:
-        """(the row as the student sees it at micro-batch ``draw``, whether it is answered on-policy)."""
+    def shown(self, example: Example, index: int, draw: int) -> Example:
+        """The row as the student sees it at micro-batch ``draw``: attacked where drawn."""
         rng = random.Random(f"{self.cfg.seed}:{draw}:{index}")
         if self.attacks and isinstance(example.prompt, str) and rng.random() < self.cfg.attack_share:
             example = replace(example, seen=combine(rng.choice(self.attacks), example.prompt))
-        return example, rng.random() < self.cfg.on_policy_share
+        return example
 
     def batch(self, pair, rows: list[tuple[int, Example]], draw: int) -> list[Example]:
-        """The micro-batch ``draw`` of (index, example) rows as trained on: attacked where drawn, and
-        the on-policy rows re-answered by the student now."""
-        shown = [self.shown(ex, i, draw) for i, ex in rows]
-        out = [ex for ex, _ in shown]
-        mine = [k for k, (_, own) in enumerate(shown) if own]
-        if mine:
-            answers = own_answers(pair, [out[k] for k in mine], self.cfg, [draw * 1_000 + k for k in mine])
-            for k, answer in zip(mine, answers):
-                out[k] = replace(out[k], answer=answer, own=True)
+        """The micro-batch ``draw`` of (index, example) rows as trained on: attacked where drawn, and,
+        for a micro-batch drawn on-policy (a share of them, as GKD's lambda), re-answered by the student
+        now. A whole micro-batch at once: sampling costs per decoding step far more than per row, so
+        drawing each row instead made every step sample (40 steps: x3.2 the time of a plain run, where
+        TRL's GKDTrainer, drawing per step, took x1.7)."""
+        out = [self.shown(ex, i, draw) for i, ex in rows]
+        if random.Random(f"{self.cfg.seed}:{draw}:own").random() < self.cfg.on_policy_share:
+            answers = own_answers(pair, out, self.cfg, [draw * 1_000 + k for k in range(len(out))])
+            out = [replace(ex, answer=answer, own=True) for ex, answer in zip(out, answers)]
         return out
 
 

@@ -258,8 +258,8 @@ class TrainConfig(StageConfig):
         default=0.0,
         metadata={
             "help": (
-                "make it hold: share of the training answers that are the student's own samples at that step, scored "
-                "by the teacher token by token (kl or mix; 0 = off)"
+                "make it hold: share of the micro-batches whose answers are the student's own samples at that step, "
+                "scored by the teacher token by token (kl or mix; 0 = off)"
             )
         },
     )

@@ -137,11 +137,10 @@ def test_on_policy_rows_are_the_students_own_seeded_samples(tiny_model, tiny_tok
     part = train.backward_batch(pair, train.TrainConfig(loss="mix"), rows, scale=1.0)
     assert "ce" not in part and part["tokens"] == sum(len(r.answer) for r in rows)  # KL only on own answers
     assert len(pair.teacher_cache) == before
-    # a share draws some rows, not all
-    half = hold.Augment(train.TrainConfig(on_policy_share=0.5, sample_tokens=6)).batch(
-        pair, list(enumerate(exs * 4)), 1
-    )
-    assert 0 < sum(r.own for r in half) < len(half)
+    # a share draws some micro-batches, not all, each whole
+    half = hold.Augment(train.TrainConfig(on_policy_share=0.5, sample_tokens=6))
+    drawn = [{r.own for r in half.batch(pair, list(enumerate(exs[:1])), draw)} for draw in range(12)]
+    assert all(len(d) == 1 for d in drawn) and 0 < sum(True in d for d in drawn) < len(drawn)
 
 
 def _normal(text: str) -> set[str]:
