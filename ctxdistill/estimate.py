@@ -151,7 +151,7 @@ def predict_train(cal: Calibration, cfg, n_train: int, n_heldout: int) -> dict:
     sampling = predict_sampling(cal, sampled + heldout + extra, cfg.sample_tokens)
     rows = cfg.batch_size * cfg.grad_accum
     step = cal.step_s * (cfg.batch_size / CAL_BATCH) * answer_scale * cfg.grad_accum
-    # on-policy rows are sampled by the student at each step
+    # a share of the micro-batches is answered by the student at its step: the expected rows per step
     step += predict_sampling(cal, round(cfg.on_policy_share * rows), cfg.sample_tokens)
     evals = 2 + (cfg.steps - 1) // cfg.eval_every if cfg.eval_every else 2
     probed = heldout * (1 + bool(cfg.attack_share)) + (min(heldout, SECOND_TURN_PROBES) if cfg.multiturn_share else 0)
