@@ -84,27 +84,29 @@ class Heartbeat(threading.Thread):
             self._line, self._at, self._seen = line, time.monotonic(), _moved()
 
     def loading_line(self) -> str | None:
-        """The job's line with what moved since it was said, once it has been quiet for QUIET_S."""
-        with self._lock:
-            now = _moved()
-            if self._line is None or time.monotonic() - self._at < QUIET_S or now == self._seen:
-                return None
-            self._seen = now
-            bar = f" · {_weights['desc']} {_weights['read']}/{_weights['total']}" if _weights["total"] else ""
-            return f"{self._line} · {now[0]} Python modules loaded{bar}"
+        """The job's line with what moved since it was said, once it has been quiet for QUIET_S (call
+        with ``_lock`` held)."""
+        now = _moved()
+        if self._line is None or time.monotonic() - self._at < QUIET_S or now == self._seen:
+            return None
+        self._seen = now
+        bar = f" · {_weights['desc']} {_weights['read']}/{_weights['total']}" if _weights["total"] else ""
+        return f"{self._line} · {now[0]} Python modules loaded{bar}"
 
     def run(self) -> None:
         while not self._done.wait(HEARTBEAT_S):
-            line = self.loading_line()
-            try:
-                self.store.update_job(
-                    self.job_id,
-                    if_state=("queued", "running"),
-                    heartbeat_at=time.time(),
-                    **({"message": line} if line else {}),
-                )
-            except Exception:  # a busy or closed database: the next beat tries again
-                pass
+            # the lock held through the write: a line the job says meanwhile waits, then is written after
+            with self._lock:
+                line = self.loading_line()
+                try:
+                    self.store.update_job(
+                        self.job_id,
+                        if_state=("queued", "running"),
+                        heartbeat_at=time.time(),
+                        **({"message": line} if line else {}),
+                    )
+                except Exception:  # a busy or closed database: the next beat tries again
+                    pass
 
     def stop(self) -> None:
         self._done.set()

@@ -179,9 +179,9 @@ class JobContext:
     def progress(self, done: int, total: int, message: str = "") -> None:
         """The counter and line; from the computing thread, so it fits its threads to the free cores."""
         self.cores.fit(self.log)
-        self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
-        if self.heartbeat:
+        if self.heartbeat:  # first: a heartbeat writing its loading line finishes before this line is written
             self.heartbeat.said(message)
+        self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
 
     def should_stop(self) -> bool:
         """True once a cancel was requested. Cheap: one indexed read."""
