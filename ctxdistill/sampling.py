@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
+from .heartbeat import layers_counted
 from .losses import kl_per_token
 
 MAX_NEW_TOKENS_LIMIT = 1024
@@ -243,16 +245,21 @@ def generate_rows(
     if not rows:
         return []
     prefix_ids, groups, suffixes = split_rows(tokenizer, rows, examples)
-    if prefixes is None or prefixes.ids != prefix_ids:
-        prefixes = Prefixes(model, prefix_ids)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     stop = eos_ids(model, tokenizer)
     generators = None
     if cfg.temperature > 0:
         sample_index = sample_index or [0] * len(rows)
         generators = [torch.Generator().manual_seed(cfg.seed * 1_000_003 + k) for k in sample_index]
+    # the prompts' passes before the first token say nothing for seconds on a busy CPU: their layers are counted
+    counted = partial(layers_counted, getattr(decoder_of(model), "layers", []), "reading the prompts, layer")
+    if prefixes is None or prefixes.ids != prefix_ids:
+        with counted():
+            prefixes = Prefixes(model, prefix_ids)
     with _last_states(model, states is not None) as steps:
-        out = _decode(model, prefixes, groups, suffixes, pad_id, stop, cfg, generators, on_token)
+        with counted():
+            first = forward_suffixes(model, prefixes, groups, suffixes, pad_id)
+        out = _decode(model, first, len(suffixes), pad_id, stop, cfg, generators, on_token)
     for row, ids in enumerate(out if states is not None else ()):
         picks = len(ids) + 1 if len(ids) < cfg.max_new_tokens else len(ids)  # + the end-of-turn pick
         states.append(torch.stack([steps[k][row] for k in range(picks)]))
@@ -278,18 +285,16 @@ def _last_states(model, record: bool):
             hook.remove()
 
 
-def _decode(
-    model, prefixes, groups, suffixes, pad_id, stop, cfg: SamplingConfig, generators, on_token
-) -> list[list[int]]:
-    """The sampling loop of ``generate_rows``."""
-    logits, _, cache, attention, positions = forward_suffixes(model, prefixes, groups, suffixes, pad_id)
+def _decode(model, first, rows: int, pad_id, stop, cfg: SamplingConfig, generators, on_token) -> list[list[int]]:
+    """The sampling loop of ``generate_rows``, from the prompts' pass (``forward_suffixes``'s result)."""
+    logits, _, cache, attention, positions = first
     next_logits = logits[:, -1]
-    out: list[list[int]] = [[] for _ in suffixes]
-    done = torch.zeros(len(suffixes), dtype=torch.bool)
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = torch.zeros(rows, dtype=torch.bool)
     device = model.device
     for step in range(cfg.max_new_tokens):
         token = _pick(next_logits, cfg, generators).cpu()
-        for row in range(len(suffixes)):
+        for row in range(rows):
             if done[row]:
                 continue
             if int(token[row]) in stop:

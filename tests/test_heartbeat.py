@@ -3,6 +3,7 @@ libraries' import (modules loaded) and a model's load (weights read, through tra
 
 import sys
 import types
+from functools import partial
 
 import pytest
 from transformers.utils import logging as hf_logging
@@ -62,3 +63,26 @@ def test_running_job_line_moves_while_the_thread_beats(beat, monkeypatch):
         beat.stop()
     job = beat.store.get_job(beat.job_id)
     assert job["message"].startswith("loading the libraries · ") and job["heartbeat_at"]
+
+
+def test_line_counts_the_layers_of_the_prompts_pass(beat, tiny_model, tiny_tokenizer):
+    from ctxdistill.sampling import SamplingConfig, decoder_of, generate_rows
+
+    layers = decoder_of(tiny_model).layers
+    sample = partial(
+        generate_rows, tiny_model, tiny_tokenizer, [("Be brief.", "hi"), ("Be brief.", "hi!")], SamplingConfig(max_new_tokens=3)
+    )
+    sample()  # what it imports on first use is imported
+    beat.said("sampling 0/2 prompts")
+    lines = []
+    # what the heartbeat would write while the last layer of each pass runs
+    hook = layers[-1].register_forward_hook(lambda *_: lines.append(beat.loading_line()))
+    try:
+        sample()
+    finally:
+        hook.remove()
+    n = len(layers)
+    # the constitution's prefix, then the prompts: each pass counted to its last layer
+    assert lines[:2] == [f"sampling 0/2 prompts · reading the prompts, layer {n}/{n}"] * 2
+    assert lines[2:] == [None, None]  # the sampling steps themselves are not counted: they report
+    assert beat.loading_line() is None
