@@ -69,9 +69,8 @@ def test_line_counts_the_layers_of_the_prompts_pass(beat, tiny_model, tiny_token
     from ctxdistill.sampling import SamplingConfig, decoder_of, generate_rows
 
     layers = decoder_of(tiny_model).layers
-    sample = partial(
-        generate_rows, tiny_model, tiny_tokenizer, [("Be brief.", "hi"), ("Be brief.", "hi!")], SamplingConfig(max_new_tokens=3)
-    )
+    rows = [("Be brief.", "hi"), ("Be brief.", "hi!")]
+    sample = partial(generate_rows, tiny_model, tiny_tokenizer, rows, SamplingConfig(max_new_tokens=3))
     sample()  # what it imports on first use is imported
     beat.said("sampling 0/2 prompts")
     lines = []
