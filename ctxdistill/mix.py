@@ -207,11 +207,12 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
         tok = pair.tokenizer
         if cfg.data == "accepted":
             end = [tok.convert_tokens_to_ids(tok.eos_token)]
-            train = [
-                Example(p, tok.encode(text, add_special_tokens=False) + end) for p, text in accepted_texts(store, cfg)
-            ]
+            texts = accepted_texts(store, cfg)
+            train = first = [Example(p, tok.encode(text, add_special_tokens=False) + end) for p, text in texts]
+            asked_of = [p for p, _ in texts]
         else:
             train = first = kept(prompts, cfg, cfg.seed, "train", "sampling the teacher's training answers")
+            asked_of = prompts
             if cfg.from_run:
                 hooks.progress(
                     0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student"
@@ -224,23 +225,24 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
                 "replay",
                 "sampling the teacher's replay answers",
             )
-            # the teacher's answers to a follow-up of a share of its own first answers (before the mix)
-            second = kept(
-                hold.conversations(tok, first, follow_ups, cfg.multiturn_share, cfg.seed + 17),
-                once,
-                cfg.seed + 7933,
-                "second_turn",
-                "sampling the teacher's answers to follow-ups",
-            )
-            # the teacher's answers to a share of the train prompts with a user instruction appended
-            asked = kept(
-                hold.instructed(prompts, instructions, cfg.instruction_share, cfg.seed + 19),
-                once,
-                cfg.seed + 7937,
-                "instructed",
-                "sampling the teacher's answers to prompts with a user instruction",
-            )
-            train = interleave(interleave(interleave(train, replay), second), asked)
+            train = interleave(train, replay)
+        # the teacher's answers to a follow-up of a share of the first answers (its own, or the accepted ones)
+        second = kept(
+            hold.conversations(tok, first, follow_ups, cfg.multiturn_share, cfg.seed + 17),
+            once,
+            cfg.seed + 7933,
+            "second_turn",
+            "sampling the teacher's answers to follow-ups",
+        )
+        # the teacher's answers to a share of the train prompts with a user instruction appended
+        asked = kept(
+            hold.instructed(asked_of, instructions, cfg.instruction_share, cfg.seed + 19),
+            once,
+            cfg.seed + 7937,
+            "instructed",
+            "sampling the teacher's answers to prompts with a user instruction",
+        )
+        train = interleave(interleave(train, second), asked)
         if accelerator is None or accelerator.is_main_process:
             tmp = cache.with_suffix(".tmp")
             tmp.write_text(

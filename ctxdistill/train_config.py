@@ -291,10 +291,6 @@ class TrainConfig(StageConfig):
                 "on-policy share needs the teacher's distribution to score the student's own answers: "
                 "with loss sft there is none (use kl or mix)"
             )
-        if self.data == "accepted" and (self.multiturn_share or self.instruction_share):
-            errors.append(
-                "multi-turn and instruction augmentation sample the teacher's answers to new inputs: use data prompts"
-            )
         if self.data == "accepted" and (self.heldout_categories.strip() or self.replay_fraction or self.from_run):
             errors.append("category hold-out, replay and re-bake train on fresh teacher samples: use data prompts")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -292,3 +292,34 @@ def test_a_run_with_every_augmentation_logs_its_shares_and_held_out_figures(save
     assert "attack_share" in (tmp_path / "run" / "adapter" / "README.md").read_text()
     # a resume reads the same sets back
     assert mix.setup_data(cfg, store, None, tmp_path / "run", None, train.Hooks(), None)[2]["second_turn"]
+
+
+def test_accepted_answers_open_the_conversations_of_a_multi_turn_run(saved, tiny_checkpoint, tmp_path):
+    store, cid = saved
+    cfg = train.TrainConfig(
+        constitution_id=cid,
+        model=str(tiny_checkpoint),
+        quantize="none",
+        data="accepted",
+        prompt_set="mine",
+        steps=1,
+        eval_prompts=2,
+        sample_tokens=4,
+        eval_every=0,
+        checkpoint_every=0,
+        multiturn_share=1.0,
+        instruction_share=0.5,
+    )
+    texts = ["How do tides work?", "Name a ship.", "Why is the sea salty?", "What is a compass?"]
+    store.add_prompts("mine", [{"text": t, "split": "heldout" if n > 1 else "train"} for n, t in enumerate(texts)])
+    prompts = store.get_prompts("mine", split="train")
+    finals = {p["text"]: f"Arr, answer {n}, matey." for n, p in enumerate(prompts)}
+    for p in prompts:
+        store.update_sample(store.upsert_sample(p["id"], cid, prompted="x"), 1, final=finals[p["text"]], status="accepted")
+    train.run(cfg, store, tmp_path / "run")
+    rows = json.loads((tmp_path / "run" / "data.json").read_text())["train"]
+    talks = [e["prompt"] for e in rows if isinstance(e["prompt"], list)]
+    # every accepted answer opens a conversation, as the reviewer kept it; the teacher answers the follow-up
+    assert sorted((t[0]["content"], t[1]["content"]) for t in talks) == sorted(finals.items())
+    asked = [e["prompt"] for e in rows if isinstance(e["prompt"], str) and e["prompt"] not in finals]
+    assert len(asked) == 1 and any(asked[0].startswith(p) for p in finals)  # an accepted prompt, with an instruction
