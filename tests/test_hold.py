@@ -315,7 +315,8 @@ def test_accepted_answers_open_the_conversations_of_a_multi_turn_run(saved, tiny
     prompts = store.get_prompts("mine", split="train")
     finals = {p["text"]: f"Arr, answer {n}, matey." for n, p in enumerate(prompts)}
     for p in prompts:
-        store.update_sample(store.upsert_sample(p["id"], cid, prompted="x"), 1, final=finals[p["text"]], status="accepted")
+        sample = store.upsert_sample(p["id"], cid, prompted="x")
+        store.update_sample(sample, 1, final=finals[p["text"]], status="accepted")
     train.run(cfg, store, tmp_path / "run")
     rows = json.loads((tmp_path / "run" / "data.json").read_text())["train"]
     talks = [e["prompt"] for e in rows if isinstance(e["prompt"], list)]
