@@ -218,7 +218,7 @@ class TrainConfig(StageConfig):
         },
     )
     multiturn_share: float = field(
-        default=0.0,
+        default=0.5,
         metadata={
             "help": (
                 "make it hold: share of the train prompts that also become a conversation (the prompt, the teacher's "

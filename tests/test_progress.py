@@ -61,7 +61,7 @@ def test_the_prediction_counts_what_the_augmentations_add():
     from ctxdistill.train import TrainConfig
 
     cal = estimate.Calibration("fp32", load_s=2.0, step_s=1.0, score_s=0.5, decode_s=0.64, prefill_s=0.64)
-    plain = TrainConfig(steps=10, eval_every=5, attack_share=0.0)
+    plain = TrainConfig(steps=10, eval_every=5, attack_share=0.0, multiturn_share=0.0)
     base = estimate.predict_train(cal, plain, 100, 24)
     tokens = plain.sample_tokens
     answers = lambda n: estimate.predict_sampling(cal, n, tokens)
