@@ -31,6 +31,7 @@ TINY = dict(
     checkpoint_every=0,
     lora_r=4,
     lora_alpha=8,
+    multiturn_share=0.0,  # the counts below are of first-turn answers
 )
 
 
