@@ -256,19 +256,23 @@ def test_cli_refuses_a_bad_attack_file_in_one_line(workspace, tmp_path):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def _tiny_run(cid, checkpoint, **settings) -> train.TrainConfig:
+    """A run of the tiny model in full weights, without checkpoints."""
+    cfg = dict(constitution_id=cid, model=str(checkpoint), quantize="none", checkpoint_every=0)
+    return train.TrainConfig(**cfg, **settings)
+
+
 def test_a_run_with_every_augmentation_logs_its_shares_and_held_out_figures(saved, tiny_checkpoint, tmp_path):
     store, cid = saved
-    cfg = train.TrainConfig(
-        constitution_id=cid,
-        model=str(tiny_checkpoint),
-        quantize="none",
+    cfg = _tiny_run(
+        cid,
+        tiny_checkpoint,
         steps=3,
         max_prompts=6,
         eval_prompts=3,
         sample_tokens=5,
         batch_size=4,
         eval_every=2,
-        checkpoint_every=0,
         attack_share=0.5,
         multiturn_share=0.5,
         instruction_share=0.5,
@@ -296,17 +300,15 @@ def test_a_run_with_every_augmentation_logs_its_shares_and_held_out_figures(save
 
 def test_accepted_answers_open_the_conversations_of_a_multi_turn_run(saved, tiny_checkpoint, tmp_path):
     store, cid = saved
-    cfg = train.TrainConfig(
-        constitution_id=cid,
-        model=str(tiny_checkpoint),
-        quantize="none",
+    cfg = _tiny_run(
+        cid,
+        tiny_checkpoint,
         data="accepted",
         prompt_set="mine",
         steps=1,
         eval_prompts=2,
         sample_tokens=4,
         eval_every=0,
-        checkpoint_every=0,
         multiturn_share=1.0,
         instruction_share=0.5,
     )
