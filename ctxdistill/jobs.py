@@ -177,11 +177,12 @@ class JobContext:
         self.heartbeat = heartbeat
 
     def progress(self, done: int, total: int, message: str = "") -> None:
-        """The counter and line; from the computing thread, so it fits its threads to the free cores."""
-        self.cores.fit(self.log)
+        """The counter and line; from the computing thread, so it then fits its threads to the free cores
+        (after the line is written: the first fit imports torch, seconds on a busy machine)."""
         if self.heartbeat:  # first: a heartbeat writing its loading line finishes before this line is written
             self.heartbeat.said(message)
         self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
+        self.cores.fit(self.log)
 
     def should_stop(self) -> bool:
         """True once a cancel was requested. Cheap: one indexed read."""
@@ -249,6 +250,8 @@ def spawn_worker(store: Store, job_id: int) -> int:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     cmd = [sys.executable, "-m", "ctxdistill.jobs", str(job_id), "--workspace", str(store.home)]
+    # said before the process starts, so the worker's own first line is never written over
+    store.update_job(job_id, message="starting a worker process")
     # The log file, not a pipe: nobody reads the pipe, and a full one blocks the child.
     with open(run_dir / "worker.log", "ab") as out:
         proc = subprocess.Popen(
