@@ -99,7 +99,11 @@ def stage(name: str, args, trl: bool) -> dict:
     )
     print(f"[{name}] distilled run {distilled['id']}: gap closed {distilled['gap_closed']:.2f} in {distill_s:.0f} s")
     pairs_cfg = prefs.PrefsConfig(
-        constitution_id=cid, from_run=distilled["id"], sources="checks,feedback", limit=args.prompts
+        constitution_id=cid,
+        from_run=distilled["id"],
+        sources="checks,feedback",
+        limit=args.prompts,
+        **({"answers": args.answers} if args.answers else {}),
     )
     made, prefs_s = run_job(store, "prefs", pairs_cfg.to_dict())
     default = prefs.sources_for(prefs.PrefsConfig(), prefs.curate.principle_checks(c))
@@ -288,6 +292,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--constitution", action="append", choices=("pirate", "concise", "plain"))
     parser.add_argument("--train-steps", type=int, default=80, help="distillation steps (the default run's)")
+    parser.add_argument(
+        "--answers", type=int, default=0, help="policy answers per prompt for the pairs (0 = the pairs job's default)"
+    )
     parser.add_argument("--dpo-steps", type=int, default=40, help="DPO steps (the default run's)")
     parser.add_argument("--prompts", type=int, default=0, help="train prompts for distillation and pairs (0 = all)")
     parser.add_argument("--eval-prompts", type=int, default=0, help="held-out prompts scored (0 = all)")

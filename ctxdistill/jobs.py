@@ -177,12 +177,11 @@ class JobContext:
         self.heartbeat = heartbeat
 
     def progress(self, done: int, total: int, message: str = "") -> None:
-        """The counter and line; from the computing thread, so it then fits its threads to the free cores
-        (after the line is written: the first fit imports torch, seconds on a busy machine)."""
+        """The counter and line; from the computing thread, so it fits its threads to the free cores."""
+        self.cores.fit(self.log)
         if self.heartbeat:  # first: a heartbeat writing its loading line finishes before this line is written
             self.heartbeat.said(message)
         self.store.update_job(self.job_id, progress_done=int(done), progress_total=int(total), message=message)
-        self.cores.fit(self.log)
 
     def should_stop(self) -> bool:
         """True once a cancel was requested. Cheap: one indexed read."""
@@ -297,10 +296,13 @@ def _run(store: Store, job_id: int, background: bool = False) -> None:
         if not _wait_for_turn(store, job_id):
             return  # cancelled while queued; cancel() already set the state
         job = store.get_job(job_id)
+        # the line before torch loads (JobContext's CoreShare imports it): seconds on a busy machine,
+        # which the heartbeat counts in modules on this line
+        heartbeat.said("loading the libraries")
+        store.update_job(job_id, progress_done=0, progress_total=0, message="loading the libraries")
         ctx = JobContext(store, job_id, job["config"], attempt=job["attempts"], heartbeat=heartbeat)
         (ctx.run_dir / "config.json").write_text(json.dumps(job["config"], indent=2))
         ctx.log.info("start %s (attempt %d, pid %d)", job["kind"], job["attempts"], os.getpid())
-        ctx.progress(0, 0, "loading the libraries")
         fn = resolve(job["kind"])
         ctx.cores.fit(ctx.log, at_least_s=0.25)  # before the model loads: its first reading
         fn(ctx, job["config"])

@@ -300,22 +300,21 @@ def test_a_worker_never_writes_into_another_jobs_directory(store):
 
 
 def test_a_job_says_something_from_its_submission_on(store, monkeypatch):
-    """The line reads "starting a worker process" from the moment the job is queued, and a job's
-    line is written before its threads are fitted (the first fit imports torch: seconds when busy)."""
+    """The line reads "starting a worker process" from the moment the job is queued, and "loading the
+    libraries" before the job's context is made (its CoreShare imports torch: seconds when busy)."""
     spawned = []
     monkeypatch.setattr(jobs, "_CHILDREN", {})  # the fake process is nobody's to reap
     monkeypatch.setattr(jobs.subprocess, "Popen", lambda *a, **k: spawned.append(store.get_job(job_id)) or _Fake())
     job_id = store.create_job(COUNT, {"n": 1})
     jobs.spawn_worker(store, job_id)
     assert spawned[0]["message"] == "starting a worker process"
-    store.update_job(job_id, state="cancelled", pid=None)  # no worker runs it
+    store.update_job(job_id, pid=None)  # no worker runs it: this process does
 
-    ctx = jobs.JobContext(store, job_id, {})
-    seen = []
-    monkeypatch.setattr(ctx.cores, "fit", lambda log=None: seen.append(store.get_job(job_id)["message"]))
-    ctx.progress(0, 0, "loading the libraries")
-    ctx.close()
-    assert seen == ["loading the libraries"]
+    made = []
+    context = jobs.JobContext
+    monkeypatch.setattr(jobs, "JobContext", lambda *a, **k: made.append(store.get_job(job_id)) or context(*a, **k))
+    jobs.run_inline(store, job_id)
+    assert made[0]["message"] == "loading the libraries" and store.get_job(job_id)["state"] == "done"
 
 
 class _Fake:
