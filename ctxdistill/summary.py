@@ -192,8 +192,11 @@ def hold_figures(results: dict, label: str | None) -> dict:
     "line"), checks lost under attack ("drop"), KL(un-attacked teacher ‖ attacked student) minus
     KL(un-attacked teacher ‖ un-attacked student) ("kl_added", nats/token; "kl_added_share" of
     "kl_teacher_attacked") beside the student's own gap on those prompts ("kl_student_clean"), the
-    second turn's gap closed (each model in its own conversation, and "_shared": in the teacher's), and
-    the benign instructions followed (and the student minus the teacher)."""
+    second turn's gap closed (each model in its own conversation, and "_shared": in the teacher's) with
+    the KL it is read from in the teacher's conversation ("second_turn_kl_shared": base and student,
+    nats/token; the history already carries much of the behaviour, so the base's is small there) beside
+    the first turn's ("first_turn_kl"), and the benign instructions followed (and the student minus the
+    teacher)."""
     r = results.get("robustness") or {}
     inj, ben, st = r.get("injection", {}), r.get("benign", {}), r.get("second_turn", {})
     if "kl_added" not in inj or label not in inj["kl_added"]:
@@ -208,6 +211,8 @@ def hold_figures(results: dict, label: str | None) -> dict:
         "kl_teacher_attacked": inj["overall"]["teacher"]["kl"],
         "second_turn_gap_closed": st["gap_closed"][label],
         "second_turn_gap_closed_shared": (st.get("gap_closed_shared") or {}).get(label),
+        "second_turn_kl_shared": {c: st["kl_shared"][c] for c in ("base", label)} if "kl_shared" in st else {},
+        "first_turn_kl": {c: results["scores"]["kl"][c] for c in ("base", label)},
         "benign": {c: ben["followed"][c] for c in ("base", "teacher", label)} if ben else {},
         "benign_vs_teacher": ben["vs_teacher"][label] if ben else None,
     }
@@ -272,6 +277,15 @@ def _hold_rows(results: dict, label: str) -> list[tuple[str, str]]:
             f"{pct(hold['second_turn_gap_closed_shared'])} / {pct(hold['second_turn_gap_closed'])}",
         ),
     ]
+    if hold["second_turn_kl_shared"]:
+        rows.append(
+            (
+                "KL(teacher‖x) left, nats/token: second turn in the teacher's conversation, base / student "
+                "(first turn, base / student)",
+                " / ".join(fmt_estimate(hold["second_turn_kl_shared"][c]) for c in ("base", label))
+                + f" ({' / '.join(fmt_estimate(hold['first_turn_kl'][c]) for c in ('base', label))})",
+            )
+        )
     if hold["benign"]:
         rows.append(
             (

@@ -122,11 +122,18 @@ def test_the_hold_figures_on_the_tiny_model(ws, tmp_path):
         hold["second_turn_gap_closed"] == st["gap_closed"][b]
         and hold["benign"]["teacher"] == ben["followed"]["teacher"]
     )
+    # the relative second-turn figure is read from a KL of its own, shown beside the first turn's
+    left = hold["second_turn_kl_shared"]
+    assert hold["second_turn_gap_closed_shared"]["value"] == pytest.approx(
+        1 - left[b]["value"] / left["base"]["value"], rel=1e-6
+    )
+    assert hold["first_turn_kl"]["base"] == results["scores"]["kl"]["base"]
     points = round(100 * inj["vs_teacher"][b]["value"])
     verdict = "better than" if points > 0 else "worse than" if points < 0 else "as well as"
     assert hold["line"].startswith(f"baked holds {verdict} prompted under override attempts: {points:+d} points")
     card = summary.card_section(results, b, 1)
     assert hold["line"] in card and "benign instructions followed" in card and "what the attack adds" in card
+    assert "KL(teacher‖x) left" in card
     text = report.robustness_text(results)
     assert "Benign instructions followed" in text and "What the attack adds" in text and "Baked holds" in text
     json.dumps(summary.headline(results, b))
