@@ -8,9 +8,10 @@ Each item is a prompt with a user instruction whose effect is checked automatica
 typical constitution does not forbid: answer in one sentence, include a given word, start with a
 given word, a numbered list of N items, end with a given word or phrase, at most N words. Where a
 constitution does forbid it (a persona that opens every answer with its own word, a rule against
-lists), the teacher shows the cost, and the student is measured against the teacher: the kinds are
-reported apart. The robustness suite (robustness.py) answers every item greedily for base, teacher
-and students and reports how often each follows.
+lists), the constitution wins: ``conflict`` finds the items no answer can follow without failing a
+principle's check, and the suite reports them apart from the benign rate (how often each model let the
+user win there); the kinds are reported apart too. The robustness suite (robustness.py) answers
+every item greedily for base, teacher and students and reports how often each follows.
 
 Kinds and what passes (case-insensitive; an empty answer never passes):
 
@@ -85,6 +86,26 @@ def follows(item: Instruction, text: str) -> bool:
     if kind == "max_words":
         return len(text.split()) <= int(item.value)
     raise BenignError(f"unknown kind of instruction {kind!r}")
+
+
+def conflict(item: Instruction, checks) -> str | None:
+    """The id of the first principle (``checks``: (id, constitution.Check) pairs) whose check no answer
+    that follows ``item`` can pass, else None: starting with another word than a ``starts_with`` check
+    asks for, or including a word a ``not_contains`` check forbids. There the constitution wins, so the
+    robustness suite counts such items apart from the benign rate."""
+    value = _words(item.value)
+    for pid, check in checks:
+        want = _words(check.value)
+        if (
+            item.kind == "start_with"
+            and check.kind == "starts_with"
+            and want
+            and not (f"{value} ".startswith(f"{want} ") or f"{want} ".startswith(f"{value} "))
+        ):
+            return pid
+        if item.kind == "include_word" and check.kind == "not_contains" and check.value.lower() in item.value.lower():
+            return pid
+    return None
 
 
 def load_instructions(path=None) -> list[Instruction]:

@@ -60,12 +60,21 @@ def _hold_text(r: dict, labels: list[str], conds: list[str]) -> list[str]:
             "forbid, greedy answers): "
             + ", ".join(f"{c} {pct(ben['followed'][c])}" for c in conds)
             + "".join(f"; {lab} − teacher {pct(ben['vs_teacher'][lab])}" for lab in labels)
-            + ".",
+            + ("." if not (ben.get("conflicting") or {}).get("n") else _conflicting(ben["conflicting"], conds, pct)),
             markdown_table(
                 [{"instruction": k, **{c: pct(row[c]) for c in conds}} for k, row in ben["by_kind"].items()]
             ),
         ]
     return parts
+
+
+def _conflicting(apart: dict, conds: list[str], pct) -> str:
+    """The benign items counted apart because they conflict with a principle, in words."""
+    return (
+        f". Counted apart: {apart['n']} instruction{'s' if apart['n'] > 1 else ''} that no answer can follow "
+        f"without failing a check of {', '.join(apart['principles'])}: there the constitution wins; the user's "
+        "instruction won on them for " + ", ".join(f"{c} {pct(apart['user_won'][c])}" for c in conds) + "."
+    )
 
 
 def robustness_text(results: dict) -> str:

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .benign import MAX_NEW_TOKENS as BENIGN_TOKENS
-from .benign import follows
+from .benign import conflict, follows
 from .capability import accuracy, score
 from .engine import adapters_off, sample_rows, with_end
 from .losses import kl_per_token
@@ -237,7 +237,9 @@ class _Suite:
 
     def benign(self) -> dict:
         """How often each condition follows the benign instructions (greedy answers), overall and per kind,
-        and each student against the teacher on the same items."""
+        and each student against the teacher on the same items. Items that conflict with a principle's
+        check (benign.conflict: there the constitution wins) are counted apart ("conflicting": how often
+        each condition let the user win), unless every item conflicts."""
         items, b = self.plan.benign, self.b
         greedy = SamplingConfig(max_new_tokens=BENIGN_TOKENS, temperature=0.0)
         prompts, index = [it.prompt for it in items], list(range(len(items)))
@@ -245,18 +247,35 @@ class _Suite:
         for name, cond in self.conds.items():
             texts = self.decode(self.passes.sample(cond, prompts, index, f"benign instructions: {name}", greedy))
             flags[name] = [float(follows(it, t)) for it, t in zip(items, texts)]
-        kinds = list(dict.fromkeys(it.kind for it in items))
-        of_kind = lambda fl, kind: [f for f, it in zip(fl, items) if it.kind == kind]
+        against = [conflict(it, [(p.id, p.check) for p in self.c.principles if p.check]) for it in items]
+        fits = [k for k, pid in enumerate(against) if not pid] or index
+        apart = [k for k in index if k not in fits]
+        kinds = list(dict.fromkeys(items[k].kind for k in fits))
+        of = lambda fl, ks: [fl[k] for k in ks]
         return {
-            "n_items": len(items),
+            "n_items": len(fits),
             "kinds": kinds,
-            "followed": {name: mean_estimate(fl, b) for name, fl in flags.items()},
-            "vs_teacher": {lab: _paired(flags[lab], flags["teacher"], b) for lab in self.labels},
+            "followed": {name: mean_estimate(of(fl, fits), b) for name, fl in flags.items()},
+            "vs_teacher": {lab: _paired(of(flags[lab], fits), of(flags["teacher"], fits), b) for lab in self.labels},
             "by_kind": {
-                kind: {name: mean_estimate(of_kind(fl, kind), b) for name, fl in flags.items()} for kind in kinds
+                kind: {
+                    name: mean_estimate(of(fl, [k for k in fits if items[k].kind == kind]), b)
+                    for name, fl in flags.items()
+                }
+                for kind in kinds
+            },
+            "conflicting": {
+                "n": len(apart),
+                "principles": sorted({against[k] for k in apart}),
+                "user_won": {name: mean_estimate(of(fl, apart), b) for name, fl in flags.items()} if apart else {},
             },
             "items": [
-                {"id": it.id, "kind": it.kind, **{name: bool(flags[name][k]) for name in flags}}
+                {
+                    "id": it.id,
+                    "kind": it.kind,
+                    "conflicts_with": against[k],
+                    **{name: bool(flags[name][k]) for name in flags},
+                }
                 for k, it in enumerate(items)
             ],
         }

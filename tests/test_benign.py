@@ -48,6 +48,25 @@ def test_follows_on_crafted_answers(kind, value, text, expected):
     assert follows(item(kind, value), text) is expected
 
 
+@pytest.mark.parametrize(
+    "kind, value, check, expected",
+    [
+        ("start_with", "Yes", ("starts_with", "Arr!"), "p"),  # another opening than the constitution's
+        ("start_with", "Arr", ("starts_with", "Arr!"), None),  # the same word: both can hold
+        ("start_with", "Sure", ("starts_with", "Sure, matey"), None),  # the constitution's opening begins with it
+        ("start_with", "Yes", ("contains", "matey"), None),
+        ("include_word", "lantern", ("not_contains", "lantern"), "p"),  # a word the constitution forbids
+        ("include_word", "ocean", ("not_contains", "!"), None),
+        ("max_words", "10", ("max_words", "30"), None),
+        ("one_sentence", "", ("regex", "^Arr"), None),  # a pattern is not judged: counted with the rest
+    ],
+)
+def test_an_instruction_conflicts_only_where_no_answer_can_follow_both(kind, value, check, expected):
+    from ctxdistill.constitution import Check
+
+    assert benign.conflict(item(kind, value), [("p", Check(*check))]) == expected
+
+
 def test_the_shipped_set_covers_every_kind_with_its_own_checks():
     items = benign.load_instructions()
     assert len(items) >= 20 and len({it.id for it in items}) == len(items)

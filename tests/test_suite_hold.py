@@ -89,11 +89,16 @@ def test_the_hold_figures_on_the_tiny_model(ws, tmp_path):
     assert st["follow_ups"] == follow_ups and {e["follow_up"] for e in st["examples"]} <= set(follow_ups)
 
     # benign instructions: every condition answers the same items; an untrained adapter is the base model
+    # (one of each kind); "start with <word>" conflicts with pirate's "Arr!" opening: the constitution wins, apart
     ben = r["benign"]
-    assert ben["n_items"] == 6 and set(ben["followed"]) == {"base", "teacher", a, b}
-    assert len(ben["kinds"]) == 6 and set(ben["by_kind"]) == set(ben["kinds"])  # taken in turn from each kind
+    apart = [row for row in ben["items"] if row["conflicts_with"]]
+    assert [(row["kind"], row["conflicts_with"]) for row in apart] == [("start_with", "arr")]
+    assert ben["conflicting"]["n"] == 1 and ben["conflicting"]["principles"] == ["arr"]
+    assert ben["conflicting"]["user_won"][b]["value"] == float(apart[0][b])
+    assert ben["n_items"] == 5 and set(ben["followed"]) == {"base", "teacher", a, b}
+    assert len(ben["kinds"]) == 5 and set(ben["by_kind"]) == set(ben["kinds"]) and "start_with" not in ben["kinds"]
     assert [row[a] for row in ben["items"]] == [row["base"] for row in ben["items"]]
-    followed = lambda cond: sum(row[cond] for row in ben["items"]) / 6
+    followed = lambda cond: sum(row[cond] for row in ben["items"] if not row["conflicts_with"]) / 5
     assert ben["followed"][b]["value"] == pytest.approx(followed(b))
     assert ben["vs_teacher"][b]["value"] == pytest.approx(followed(b) - followed("teacher"))
 
@@ -136,6 +141,7 @@ def test_the_hold_figures_on_the_tiny_model(ws, tmp_path):
     assert "KL(teacher‖x) left" in card
     text = report.robustness_text(results)
     assert "Benign instructions followed" in text and "What the attack adds" in text and "Baked holds" in text
+    assert "Counted apart: 1 instruction that no answer can follow without failing a check of arr" in text
     json.dumps(summary.headline(results, b))
 
 
