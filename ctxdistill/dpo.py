@@ -63,6 +63,13 @@ class DPOConfig(StageConfig):
             "to each step's DPO loss (0 = off): holds the student near the teacher away from the pairs"
         },
     )
+    chosen_nll: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of the chosen answers' negative log-likelihood per token, added to each step's DPO "
+            "loss (as RPO; 0 = off): keeps the chosen answers likely while the pair's margin grows"
+        },
+    )
     eval_every: int = field(default=10, metadata={"help": "measure the held-out KL to the teacher every N steps"})
     eval_prompts: int = field(default=24, metadata={"help": "held-out answers for the KL (0 = all of the start run's)"})
     checkpoint_every: int = field(default=20, metadata={"help": "write a resumable checkpoint every N steps"})
@@ -85,8 +92,10 @@ class DPOConfig(StageConfig):
         for name in ("constitution_id", "warmup_steps", "max_pairs", "eval_every", "eval_prompts", "checkpoint_every"):
             if getattr(self, name) < 0:
                 errors.append(f"{name.replace('_', ' ')} must be 0 or more, got {getattr(self, name)}")
-        if not (isinstance(self.anchor, (int, float)) and math.isfinite(self.anchor) and self.anchor >= 0):
-            errors.append(f"anchor must be 0 or a positive number, got {self.anchor}")
+        for name in ("anchor", "chosen_nll"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                errors.append(f"{name.replace('_', ' ')} must be 0 or a positive number, got {value}")
         if not (self.weight_decay >= 0 and self.max_grad_norm >= 0):
             errors.append("weight decay and max grad norm must be 0 or more")
         if errors:
@@ -334,6 +343,10 @@ def train_dpo(
         labels = torch.tensor([lab for _, _, lab in batch], dtype=logps.dtype, device=logps.device)
         out = dpo_loss(logps[0], logps[1], refs[:, 0], refs[:, 1], cfg.beta, labels)
         loss = out["loss"].mean()
+        if cfg.chosen_nll:
+            chosen_tokens = torch.tensor([len(c.answer) for c, _, _ in batch], dtype=logps.dtype, device=logps.device)
+            out["chosen_nll"] = (-logps[0].detach() / chosen_tokens).mean()
+            loss = loss + cfg.chosen_nll * (-logps[0] / chosen_tokens).mean()
         if not math.isfinite(float(loss.detach())):
             raise DPOError(f"the DPO loss became {float(loss.detach())} at step {step + 1}: lower --lr or --beta")
         loss.backward()
@@ -356,6 +369,7 @@ def train_dpo(
             "lr": lr,
             "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
             **({"anchor_kl": anchor_kl} if anchor_kl is not None else {}),
+            **({"chosen_nll": float(out["chosen_nll"])} if "chosen_nll" in out else {}),
         }
         hooks.log(last, step + 1)
         eta = (time.perf_counter() - started) / (step + 1 - first) * (cfg.steps - step - 1)

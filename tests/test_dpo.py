@@ -120,6 +120,25 @@ def test_anchor_is_the_distillation_kl_beside_the_dpo_loss(student, tiny_tokeniz
     assert all(math.isfinite(v["anchor_kl"]) for v in logged if "dpo_loss" in v)
 
 
+def test_chosen_nll_is_the_chosen_answers_loss_per_token_beside_the_dpo_loss(student, tiny_tokenizer, tmp_path):
+    """With ``chosen_nll`` a step adds that weight times the chosen answers' mean negative log-likelihood per
+    token (RPO); the first step logs it as computed by hand on the start adapter, and 0 logs nothing."""
+    pair = TeacherStudent(student, tiny_tokenizer, "Talk like a pirate.")
+    data = _pairs(tiny_tokenizer)
+    with torch.no_grad():
+        logps = dpo.sequence_logps(pair, [c for c, _, _ in data])
+    by_hand = float((-logps / torch.tensor([float(len(c.answer)) for c, _, _ in data])).mean())
+    for weight in (0.0, 2.0):
+        logged = []
+        run = dpo.DPOConfig(from_run=1, steps=1, batch_size=2, eval_every=0, checkpoint_every=0, chosen_nll=weight)
+        (tmp_path / str(weight)).mkdir()
+        dpo.train_dpo(run, pair, data, [], tmp_path / str(weight), Hooks(log=lambda v, s: logged.append(v)), {})
+        step = next(v for v in logged if "dpo_loss" in v)
+        assert step.get("chosen_nll") == (pytest.approx(by_hand, rel=1e-4) if weight else None)
+    with pytest.raises(dpo.DPOError, match="chosen nll must be 0 or a positive number"):
+        dpo.DPOConfig(from_run=1, chosen_nll=float("nan")).validate()
+
+
 def _finished_run(store, config: dict, shape: dict | None = None) -> int:
     job = store.create_job("train", config, heavy=True)
     store.update_job(job, state="done")
