@@ -104,6 +104,12 @@ def layout() -> dict:
                 info="weight of the distillation KL along the start run's training answers",
                 elem_id="dpo-anchor",
             )
+            chosen_nll = gr.Number(
+                value=DPO_DEFAULTS.chosen_nll,
+                label="Keep the chosen answers likely (0 = off)",
+                info="weight of the chosen answers' negative log-likelihood per token (as RPO)",
+                elem_id="dpo-chosen-nll",
+            )
         train = gr.Button("Start DPO run", variant="primary", elem_id="dpo-start")
     job_status = gr.HTML(elem_id="pairs-job")
     with gr.Accordion("Export / import", open=False):
@@ -113,8 +119,8 @@ def layout() -> dict:
             upload = gr.File(label="Import a preference file", file_types=list(IMPORT_TYPES))
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
-        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor train job_status "
-        "export export_file upload"
+        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll train "
+        "job_status export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -215,7 +221,7 @@ def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources,
     )
 
 
-def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps, anchor):
+def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps, anchor, chosen_nll):
     owner = ctx.owner(request)
     try:
         cfg = dpo.DPOConfig(
@@ -224,6 +230,7 @@ def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, s
             beta=float("nan") if beta is None else float(beta),
             steps=int(steps or 0),
             anchor=float("nan") if anchor is None else float(anchor),
+            chosen_nll=float("nan") if chosen_nll is None else float(chosen_nll),
             owner=owner,
             model=ctx.model_spec or "",
         )
@@ -276,7 +283,8 @@ def build(ctx: AppContext) -> None:
     c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], None).then(on(load_queue), filters, view, **quiet)
     make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"]]
     c["make"].click(on(on_make), make_in, c["job_status"])
-    c["train"].click(on(on_train), [c["version"], c["dpo_run"], c["beta"], c["steps"], c["anchor"]], c["job_status"])
+    train_in = [c[name] for name in ("version", "dpo_run", "beta", "steps", "anchor", "chosen_nll")]
+    c["train"].click(on(on_train), train_in, c["job_status"])
     c["export"].click(on(on_export), c["version"], c["export_file"])
     c["upload"].upload(on(on_import), [c["version"], c["upload"]], None).then(on(load_queue), filters, view, **quiet)
     ctx.watch(on(load_queue), filters, view, on=("jobs",))  # a pairs job that ends brings its pairs
