@@ -31,8 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CTXDISTILL_MODELS", str(ROOT / ".cache" / "models"))
@@ -67,20 +65,13 @@ def run_job(store, kind: str, config: dict) -> tuple[dict, float]:
     return {"id": job_id, **job["result"]}, time.perf_counter() - t0
 
 
-def all_checks(constitution_obj, text: str) -> float:
-    return float(all(p.check.passes(text) for p in constitution_obj.principles if p.check))
-
-
-def paired_points(a: list[float], b: list[float], n_boot: int = 2000) -> dict:
-    """mean(a) - mean(b) in points, with a bootstrap interval over prompts (paired)."""
-    a, b = np.asarray(a), np.asarray(b)
-    idx = np.random.default_rng(0).integers(0, len(a), size=(n_boot, len(a)))
-    diffs = (a[idx].mean(1) - b[idx].mean(1)) * 100
-    return {"value": float((a.mean() - b.mean()) * 100), "ci": [float(x) for x in np.quantile(diffs, [0.025, 0.975])]}
+def points(est: dict) -> dict:
+    """A difference of rates (the evaluation's paired estimate) in points."""
+    return {"value": 100 * est["value"], "ci": [100 * x for x in est["ci"]]}
 
 
 def stage(name: str, args, trl: bool) -> dict:
-    from ctxdistill import prefs, stats
+    from ctxdistill import prefs
     from ctxdistill.constitution import content_hash, from_dict
     from ctxdistill.eval_config import EvalConfig
     from ctxdistill.evaluate import run as evaluate
@@ -131,15 +122,15 @@ def stage(name: str, args, trl: bool) -> dict:
     )
     eval_s = time.perf_counter() - t0
     labels = [r["label"] for r in results["runs"]]
-    passed = {cond: [all_checks(c, p["answers"][cond]) for p in results["prompts"]] for cond in ["teacher", *labels]}
+    every = results["scores"]["every_check"]
     suite = results.get("robustness") or {}
     capability = (suite.get("capability") or {}).get("accuracy", {})
     benign = suite.get("benign") or {}
     out = {
         "constitution": name,
         "n_heldout": len(results["prompts"]),
-        "checks_passed": {cond: stats.mean_estimate(v) for cond, v in passed.items()},
-        "distilled_minus_teacher_points": paired_points(passed[labels[0]], passed["teacher"]),
+        "checks_passed": {cond: every["passed"][cond] for cond in ("teacher", *labels)},
+        "distilled_minus_teacher_points": points(every["vs_teacher"][labels[0]]),
         "capability": {k: v for k, v in capability.items() if k in ("teacher", *labels)},
         "benign": {k: v for k, v in (benign.get("followed") or {}).items() if k in ("teacher", *labels)},
         "gap_closed": {lab: results["scores"]["gap_closed"][lab]["value"] for lab in labels},
@@ -152,7 +143,7 @@ def stage(name: str, args, trl: bool) -> dict:
                 "setting": t["setting"],
                 "label": label,
                 "run": t["id"],
-                "minus_teacher_points": paired_points(passed[label], passed["teacher"]),
+                "minus_teacher_points": points(every["vs_teacher"][label]),
                 "seconds": t["seconds"],
                 "pairs_plus_dpo_s": prefs_s + t["seconds"],
             }

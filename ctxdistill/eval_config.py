@@ -134,7 +134,7 @@ class Plan:
     constitution_row: dict
     prompts: list[dict]
     retention_prompts: list[dict]
-    runs: list[dict]  # {"run", "adapter" (path), "config", "info", "training" (its curves)}
+    runs: list[dict]  # {"run", "kind" (train or dpo), "adapter" (path), "config", "info", "training" (its curves)}
     capability: list = field(default_factory=list)  # capability.Item, when the robustness suite runs
     attacks: list = field(default_factory=list)  # probes.Attack
     follow_ups: list = field(default_factory=list)  # the second turn's follow-up messages
@@ -211,6 +211,7 @@ def plan(cfg: EvalConfig, store) -> Plan:
         runs.append(
             {
                 "run": run_id,
+                "kind": job["kind"],
                 "adapter": adapter,
                 "config": job["config"],
                 "info": info,

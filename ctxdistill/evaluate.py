@@ -49,7 +49,16 @@ from .eval_config import EvalConfig, EvalError, Plan, label, plan
 from .jobs import Meter, eta_text
 from .losses import answer_terms, kl_per_token
 from .sampling import SamplingConfig, response_logits
-from .stats import check_rates, gap_closed_estimate, mean_estimate, rank_auc, retention, text_summary, token_kl
+from .stats import (
+    check_rates,
+    every_check_rates,
+    gap_closed_estimate,
+    mean_estimate,
+    rank_auc,
+    retention,
+    text_summary,
+    token_kl,
+)
 from .summary import card_section, headline, layout
 
 
@@ -379,6 +388,7 @@ def main_scores(constitution, answers: dict, ids: dict, kl: dict, nll: dict, lab
         "gap_closed": {lab: gap_closed_estimate(kl[lab], kl["base"], b) for lab in labels},
         "retention": {cond: retention(nll["base"], nll[cond], b) for cond in ["teacher", *labels]},
         "checks": check_rates(constitution, answers, b),
+        "every_check": every_check_rates(constitution, answers, labels, b),
         "length": {cond: text_summary(answers[cond], [len(a) for a in ids[cond]], b) for cond in answers},
         "retention_vs_teacher": {
             lab: robustness.retention_vs_teacher(nll["base"], nll["teacher"], nll[lab], b) for lab in labels

@@ -114,6 +114,7 @@ def _evaluate(r: dict) -> str:
         f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "
         f"{r['intervals']['gap_closed'][1]:.0%}); retention: NLL of base answers {ret['nll_base']:.3f} -> "
         f"{ret['nll_student']:.3f}; checks: {checks or 'none'}"
+        + (f"; {r['every_check']['line']}" if (r.get("every_check") or {}).get("line") else "")
         + (f"; {r['hold']['line']}" if (r.get("hold") or {}).get("line") else "")
     )
 

@@ -38,6 +38,25 @@ def hold_line(results: dict, label: str) -> str:
     )
 
 
+def checks_line(results: dict, label: str) -> str:
+    """How far one student goes beyond the prompted teacher: its answers passing every check minus the
+    teacher's, on the same held-out prompts, with its lineage ("" where the constitution has no checks,
+    or the results predate the figure)."""
+    every = (results.get("scores") or {}).get("every_check") or {}
+    est = every.get("vs_teacher", {}).get(label)
+    if not est or not math.isfinite(est["value"]):
+        return ""
+    points, (lo, hi) = 100 * est["value"], (100 * x for x in est["ci"])
+    where = "beyond the teacher" if points > 0 else "below the teacher" if points < 0 else "level with the teacher"
+    lineage = next((r.get("lineage") for r in results["runs"] if r["label"] == label), "")
+    passed = every["passed"]
+    return (
+        f"{label}{f' ({lineage})' if lineage else ''}: {where}: checks {points:+.1f} points [{lo:+.1f}, {hi:+.1f}] "
+        f"(answers passing every check: {label} {fmt_estimate(passed[label], pct=True)}, teacher "
+        f"{fmt_estimate(passed['teacher'], pct=True)}, on {est['n']} held-out prompts)"
+    )
+
+
 def _hold_text(r: dict, labels: list[str], conds: list[str]) -> list[str]:
     """What the attack adds apart from a student's own gap, and the benign instructions followed."""
     inj, pct, parts = r["injection"], (lambda e: fmt_estimate(e, pct=True)), []
@@ -230,6 +249,7 @@ def scoreboard(results: dict) -> list[dict]:
     rows = []
     for cond in results["conditions"]:
         checks = [row[cond]["value"] for row in s["checks"].values()]
+        every = (s.get("every_check") or {}).get("passed", {}).get(cond)
         rows.append(
             {
                 "model": cond,
@@ -243,6 +263,7 @@ def scoreboard(results: dict) -> list[dict]:
                 if cond in s["retention"]
                 else "0 (reference)",
                 "checks passed": f"{np.mean(checks):.0%}" if checks else "–",
+                "every check": fmt_estimate(every, pct=True),
                 "words": words(s["length"][cond]["words"]),
                 "refusals": fmt_estimate(s["length"][cond]["refusal"], pct=True),
             }
@@ -284,7 +305,11 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         f"seed {settings['seed']}; 95% intervals from {settings['n_boot']} bootstrap resamples of the prompts; "
         f"evaluated in {results['timing']['total_s']:.0f} s."
     )
-    sections = [("Setup", intro, None), ("Scoreboard", markdown_table(scoreboard(results)), plots.fig_scores(results))]
+    beyond = "".join(f"**{line}**\n\n" for line in (checks_line(results, r["label"]) for r in results["runs"]) if line)
+    sections = [
+        ("Setup", intro, None),
+        ("Scoreboard", beyond + markdown_table(scoreboard(results)), plots.fig_scores(results)),
+    ]
     if s["checks"]:
         rows = [
             {

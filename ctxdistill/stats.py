@@ -138,6 +138,20 @@ def check_rates(constitution, answers: dict[str, list[str]], n_boot: int = 1000)
     return out
 
 
+def every_check_rates(constitution, answers: dict[str, list[str]], labels: list[str], n_boot: int = 1000) -> dict:
+    """Answers that pass every check of the constitution at once, per condition ("passed"), and each
+    student's rate minus the teacher's on the same prompts ("vs_teacher", paired): how far a student
+    goes beyond the prompted teacher, the preference stage's headline. {} where no principle has a check."""
+    checks = [p.check for p in constitution.principles if p.check]
+    if not checks:
+        return {}
+    passed = {cond: [float(all(c.passes(t) for c in checks)) for t in texts] for cond, texts in answers.items()}
+    return {
+        "passed": {cond: mean_estimate(v, n_boot) for cond, v in passed.items()},
+        "vs_teacher": {lab: mean_estimate(np.subtract(passed[lab], passed["teacher"]), n_boot) for lab in labels},
+    }
+
+
 def vote_outcome(vote: dict) -> str:
     """A stored vote ("a"/"b"/"tie"/"both_bad", and which side A was) from the student's point of view."""
     if vote["choice"] in ("tie", "both_bad"):

@@ -6,7 +6,7 @@ plots, is report.py. No model here.
 
 from __future__ import annotations
 
-from .report import fmt_estimate, hold_line, markdown_table
+from .report import checks_line, fmt_estimate, hold_line, markdown_table
 from .train_config import HOLD_FIELDS
 
 
@@ -53,7 +53,8 @@ def layout(
                 "run": r["run"],
                 "label": lab,
                 "constitution_id": r["config"].get("constitution_id"),
-                "loss": r["config"].get("loss"),
+                "loss": "dpo" if r["kind"] == "dpo" else r["config"].get("loss"),
+                "lineage": (r["info"].get("lineage") or {}).get("text", ""),
                 "data": r["config"].get("data"),
                 "steps": r["config"].get("steps"),
                 "augmentations": {k: r["config"][k] for k in HOLD_FIELDS if r["config"].get(k)},
@@ -116,6 +117,13 @@ def headline(results: dict, run_label: str | None = None) -> dict:
         "kl_base": scores["kl"]["base"]["ci"],
         **({"kl_student": scores["kl"][lab]["ci"], "gap_closed": scores["gap_closed"][lab]["ci"]} if lab else {}),
     }
+    every = scores.get("every_check") or {}
+    if every and lab:
+        out["every_check"] = {
+            "passed": {cond: every["passed"][cond] for cond in ("base", "teacher", lab)},
+            "vs_teacher": every["vs_teacher"][lab],
+            "line": checks_line(results, lab),
+        }
     out["seconds"] = results["timing"]["total_s"]
     out.update(suite_headline(results, lab))
     return out
@@ -137,6 +145,18 @@ def card_section(results: dict, run_label: str, eval_id: int) -> str:
         )
         for pid, row in s["checks"].items()
     ]
+    every = s.get("every_check") or {}
+    if every:
+        rows.append(
+            (
+                "answers passing every check: base / teacher / student (student − teacher)",
+                " / ".join(fmt_estimate(every["passed"][c], pct=True) for c in ("base", "teacher", run_label))
+                + f" ({100 * every['vs_teacher'][run_label]['value']:+.1f} points)",
+            )
+        )
+    lineage = next((r.get("lineage") for r in results["runs"] if r["label"] == run_label), "")
+    if lineage:
+        rows.append(("lineage", lineage))
     rows += [
         (f"baked {r['principle']}: share of its effect carried", fmt_estimate(r, pct=True))
         for r in results.get("baked", {}).get(run_label, [])

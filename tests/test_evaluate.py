@@ -82,6 +82,36 @@ def test_checks_lengths_and_refusals():
     assert summary["words"]["value"] == 4.5 and summary["refusal"]["value"] == 0.5
 
 
+def test_every_check_counts_answers_passing_all_checks_and_each_student_against_the_teacher():
+    c = Constitution(
+        "t",
+        [
+            Principle("arr", "Say Arr!", check=Check("starts_with", "Arr!")),
+            Principle("matey", "Say matey.", check=Check("contains", "matey")),
+            Principle("free", "Be kind."),
+        ],
+    )
+    answers = {
+        "base": ["Hello", "Arr! hi", "matey", "no"],
+        "teacher": ["Arr! matey", "Arr! hi", "matey", "no"],  # 1 of 4 passes both
+        "run 5": ["Arr! matey", "Arr! ye matey", "Arr! matey", "no"],  # 3 of 4
+    }
+    every = stats.every_check_rates(c, answers, ["run 5"])
+    assert every["passed"]["base"]["value"] == 0.0 and every["passed"]["teacher"]["value"] == 0.25
+    assert every["passed"]["run 5"]["value"] == 0.75
+    # paired, prompt by prompt: (0 + 1 + 1 + 0) / 4
+    assert every["vs_teacher"]["run 5"]["value"] == pytest.approx(0.5) and every["vs_teacher"]["run 5"]["n"] == 4
+    results = {
+        "scores": {"every_check": every},
+        "runs": [{"label": "run 5", "lineage": "distilled run 3 → preference run 5"}],
+    }
+    line = report.checks_line(results, "run 5")
+    assert line.startswith("run 5 (distilled run 3 → preference run 5): beyond the teacher: checks +50.0 points")
+    assert "run 5 75%" in line and "teacher 25%" in line
+    assert stats.every_check_rates(Constitution("t", [Principle("free", "Be kind.")]), answers, ["run 5"]) == {}
+    assert report.checks_line({"scores": {}, "runs": []}, "run 5") == ""  # results from before the figure
+
+
 def test_vote_tally_and_blind_sides():
     votes = [
         {"choice": "a", "a_is": "teacher"},

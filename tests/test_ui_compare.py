@@ -61,8 +61,16 @@ def test_a_run_scored_against_another_version_is_named_in_the_results():
         "constitution": {"id": 3},
         "runs": [{"label": "run 7", "constitution_id": 4}, {"label": "run 8", "constitution_id": 3}],
     }
-    text = results.mismatch_text(scored)
+    text = results.board_notes(scored)
     assert "run 7 was trained on v4" in text and "v3" in text and "run 8" not in text
+    below = {"value": -0.25, "ci": [-0.5, 0.0], "n": 8}
+    scored["scores"] = {
+        "every_check": {
+            "passed": {c: {"value": v, "ci": [v, v], "n": 8} for c, v in (("teacher", 0.5), ("run 8", 0.25))},
+            "vs_teacher": {"run 8": below},
+        }
+    }
+    assert "Run 8: below the teacher: checks -25.0 points [-50.0, +0.0]" in results.board_notes(scored)
 
 
 def test_the_scoreboard_reads_words_with_one_decimal():

@@ -50,14 +50,19 @@ def influence_frame(rows: list[dict]) -> pd.DataFrame:
     )
 
 
-def mismatch_text(results: dict) -> str:
-    """A warning for each scored run trained on another constitution version than the one it is scored against."""
+def board_notes(results: dict) -> str:
+    """Above the scoreboard: a warning for each scored run trained on another constitution version than the
+    one it is scored against, then each run's checks against the teacher's (beyond or below it)."""
     version = results["constitution"]["id"]
     return "".join(
         f"**Other version:** {r['label']} was trained on v{r['constitution_id']} and is scored here against "
         f"the teacher of v{version}.  \n"
         for r in results.get("runs", [])
         if r.get("constitution_id") is not None and r["constitution_id"] != version
+    ) + "".join(
+        f"{line[0].upper()}{line[1:]}.  \n"
+        for line in (report.checks_line(results, r["label"]) for r in results.get("runs", []))
+        if line
     )
 
 
@@ -158,7 +163,7 @@ def on_pick(ctx: AppContext, eval_id, request: gr.Request):
         gr.update(choices=labels, value=labels[0] if labels else None),
         gr.update(choices=["(none)", *labels[1:]], value="(none)"),
         gr.Column(visible=ev is not None),
-        mismatch_text(ev["results"]) if ev else "",
+        board_notes(ev["results"]) if ev else "",
     )
 
 
