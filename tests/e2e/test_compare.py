@@ -59,6 +59,8 @@ def test_blind_votes_with_the_keyboard(browser, compare_url):
     page.wait_for_selector("#ab-tally >> text=No votes yet")
     page.wait_for_selector("#ab-progress >> text=0 of 6 reviewed")
     page.wait_for_selector("#scoreboard >> text=run 1")
+    # above the scoreboard: the run's answers passing every check against the teacher's
+    page.wait_for_selector("#eval-results-mismatch >> text=the teacher: checks")
     shown = []
     for key, count in (("1", 1), ("2", 2), ("3", 3)):
         shown.append(page.locator("#ab-prompt").inner_text())
