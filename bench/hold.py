@@ -62,6 +62,7 @@ CONFIGS = {
     "default+multiturn": dict(multiturn_share=0.5),
     "default+multiturn1": dict(multiturn_share=1.0),
     "default+multiturn+instruct": dict(multiturn_share=0.5, instruction_share=0.5),
+    "default+lr2e-3": dict(lr=2e-3),
 }
 
 
