@@ -573,6 +573,7 @@ BOUNDED = {
     "pairs:on_bulk",
     "pairs:on_export",
     "compare:on_stop",
+    "pairs:on_stop",
     "compare:on_export",
     # one calibration per (quantize, precision) pair for the whole process, then arithmetic
     "distill:on_measure",
@@ -616,6 +617,8 @@ READS = {
     "show_job",
     "settings_of",
     "preview_bulk",
+    "newest_job",
+    "on_status",
     "setup.tick",
     "stale_view",
     "rebake_offer",

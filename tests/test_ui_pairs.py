@@ -82,3 +82,25 @@ def test_compare_lists_a_dpo_run_with_its_lineage(ctx):
     job = ctx.store.create_job("dpo", {"from_run": 3, "beta": 0.1}, heavy=True)
     ctx.store.update_job(job, state="done")
     assert (f"job {job} · DPO from run 3 · beta 0.1", job) in compare._runs(ctx, "")
+
+
+def test_the_job_line_follows_the_pairs_job_and_a_reload_finds_it(ctx, monkeypatch):
+    """Starting a pairs job gives the view its id; the line then shows the job's progress, what it made
+    once done (the AI feedback's agreement included), and a reload finds the newest pairs or DPO job."""
+    from ctxdistill import jobs
+
+    ctx, cid = ctx
+    monkeypatch.setattr(jobs, "spawn_worker", lambda *a, **k: None)  # no worker: the job stays queued
+    assert pairs.newest_job(ctx, None) is None and "No pairs job" in pairs.on_status(ctx, None, None)
+    job = pairs.on_make(ctx, None, cid, 0, "auto", 0.1, 2)
+    assert pairs.newest_job(ctx, None) == job
+    ctx.store.update_job(job, state="running", message="judging pair 3 of 8", progress_done=3, progress_total=8)
+    line = pairs.on_status(ctx, job, None)
+    assert "judging pair 3 of 8" in line and "value='3' max='8'" in line
+    agreement = {"value": 0.75, "ci": [0.5, 1.0], "n": 4}
+    result = {"prompts": 2, "pairs": {"checks": 3, "feedback": 1}, "agreement_with_checks": agreement}
+    ctx.store.update_job(job, state="done", result=result)
+    line = pairs.on_status(ctx, job, None)
+    assert "3 checks, 1 feedback" in line and "agreed with the checks on 75% of 4" in line
+    other = ctx.store.create_job("dpo", {"from_run": 1})
+    assert pairs.newest_job(ctx, None) == other

@@ -15,9 +15,9 @@ import html
 
 import gradio as gr
 
-from ctxdistill import dpo, jobs, prefs
+from ctxdistill import dpo, foreground, jobs, prefs
 from ctxdistill.pair_store import PAIR_SOURCES
-from ctxdistill.ui.common import AppContext, bind, download_dir, job_status_html, version_options
+from ctxdistill.ui.common import AppContext, bind, download_dir, job_status_html, version_options, wire_job_buttons
 
 ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
@@ -111,7 +111,10 @@ def layout() -> dict:
                 elem_id="dpo-chosen-nll",
             )
         train = gr.Button("Start DPO run", variant="primary", elem_id="dpo-start")
-    job_status = gr.HTML(elem_id="pairs-job")
+    with gr.Row():
+        job_status = gr.HTML(status_html(None), elem_id="pairs-job")
+        stop = gr.Button("Stop", variant="secondary", interactive=False, scale=0, elem_id="pairs-stop")
+    job_id = gr.State(None)
     with gr.Accordion("Export / import", open=False):
         with gr.Row():
             export = gr.Button("Export accepted pairs (.jsonl)", elem_id="pairs-export")
@@ -120,7 +123,7 @@ def layout() -> dict:
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
         "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll train "
-        "job_status export export_file upload"
+        "job_status stop job_id export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -198,6 +201,30 @@ def on_bulk(ctx: AppContext, request: gr.Request, action, *filter_values):
     gr.Info(f"{n} pairs set to {status}.")
 
 
+def status_html(job: dict | None) -> str:
+    """The pairs job or DPO run this view started (or the newest one): its live line and bar, then what it
+    made (pairs by source and the AI feedback's agreement with the checks; a DPO run's figures)."""
+    result = (job or {}).get("result") or {}
+    notes = (html.escape(foreground.summary(job["kind"], result)),) if job and job["state"] == "done" and result else ()
+    return job_status_html(job, "pairs-job-state", "No pairs job or DPO run yet.", notes=notes)
+
+
+def on_status(ctx: AppContext, job_id, request: gr.Request):
+    return status_html(ctx.find_job(job_id, request))
+
+
+def newest_job(ctx: AppContext, request: gr.Request):
+    """The visitor's newest pairs job or DPO run: a reload finds it again, running or finished."""
+    owner = ctx.owner(request)
+    found = [j for kind in ("prefs", "dpo") for j in jobs.list_jobs(ctx.store, kind=kind, owner=owner, limit=1)]
+    return max((j["id"] for j in found), default=None)
+
+
+def on_stop(ctx: AppContext, job_id, request: gr.Request):
+    if job_id:
+        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=10)
+
+
 def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources, threshold, limit):
     owner = ctx.owner(request)
     if not version_id:
@@ -216,9 +243,7 @@ def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources,
     except (ValueError, prefs.StoreError) as exc:
         raise gr.Error(str(exc)) from None
     ctx.limit(prompts=len(prompts), pairs=len(prompts))
-    return job_status_html(
-        ctx.store.get_job(jobs.submit(ctx.store, "prefs", cfg.to_dict(), owner=owner)), "pairs-job-state", ""
-    )
+    return jobs.submit(ctx.store, "prefs", cfg.to_dict(), owner=owner)
 
 
 def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps, anchor, chosen_nll):
@@ -238,9 +263,7 @@ def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, s
         dpo.check_start(ctx.store, cfg)
     except (ValueError, prefs.StoreError) as exc:
         raise gr.Error(str(exc)) from None
-    return job_status_html(
-        ctx.store.get_job(jobs.submit(ctx.store, "dpo", cfg.to_dict(), owner=owner)), "pairs-job-state", ""
-    )
+    return jobs.submit(ctx.store, "dpo", cfg.to_dict(), owner=owner)
 
 
 def on_export(ctx: AppContext, request: gr.Request, version_id):
@@ -282,9 +305,15 @@ def build(ctx: AppContext) -> None:
         c[name].click(on(move, step), state, view, **quiet)
     c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], None).then(on(load_queue), filters, view, **quiet)
     make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"]]
-    c["make"].click(on(on_make), make_in, c["job_status"])
+    c["make"].click(on(on_make), make_in, c["job_id"]).then(**ctx.poll_now)
     train_in = [c[name] for name in ("version", "dpo_run", "beta", "steps", "anchor", "chosen_nll")]
-    c["train"].click(on(on_train), train_in, c["job_status"])
+    c["train"].click(on(on_train), train_in, c["job_id"]).then(**ctx.poll_now)
+    # the job's line and bar follow the store through the page's poll; a reload finds the newest job again
+    ctx.blocks.load(on(newest_job), None, c["job_id"])
+    ctx.watch(on(on_status), c["job_id"], c["job_status"], on=("jobs", "progress:prefs", "progress:dpo"))
+    c["job_id"].change(on(on_status), c["job_id"], c["job_status"], **quiet)
+    c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
+    wire_job_buttons(ctx, c["job_id"], [c["make"], c["train"]], c["stop"])
     c["export"].click(on(on_export), c["version"], c["export_file"])
     c["upload"].upload(on(on_import), [c["version"], c["upload"]], None).then(on(load_queue), filters, view, **quiet)
     ctx.watch(on(load_queue), filters, view, on=("jobs",))  # a pairs job that ends brings its pairs

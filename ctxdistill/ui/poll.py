@@ -25,7 +25,7 @@ from ctxdistill.ui.common import AppContext
 ACTIVE_S = 1.0
 # a job's progress is a part per kind: a training step re-renders the Distill tab's status, not the
 # Data tab's (each tab watches the kinds it shows)
-PROGRESS_KINDS = ("generate", "revise", "train", "evaluate")
+PROGRESS_KINDS = ("generate", "revise", "train", "evaluate", "prefs", "dpo")
 PARTS = ("versions", "sets", "jobs", *(f"progress:{kind}" for kind in PROGRESS_KINDS))
 _MEMO_SESSIONS = 1000  # per-session memory of what each watcher last sent
 

@@ -128,6 +128,7 @@ def test_make_accept_train_and_compare(browser, compare_url):
     page.locator("#pairs-make").click()
     job = wait_for_job(workspace, "prefs")
     assert job["state"] == "done", job["error"]
+    page.wait_for_selector("#pairs-job >> text=pairs made from 3 prompts")  # the line followed the job
     page.locator("#pairs-reload").click()
     page.wait_for_selector("#pairs-position >> text=Pair 1 of 3")
     for n in range(3):
@@ -150,6 +151,7 @@ def test_make_accept_train_and_compare(browser, compare_url):
     page.locator("#dpo-start").click()
     tuned = wait_for_job(workspace, "dpo")
     assert tuned["state"] == "done", tuned["error"]
+    page.wait_for_selector(f"#pairs-job >> text=preference run {tuned['id']}")
     page.goto(url)
     page.get_by_role("tab", name="Compare").click()
     page.locator("#eval-runs input").click()
