@@ -119,3 +119,4 @@ def test_stop_is_live_only_while_the_shown_job_runs_and_start_only_when_it_does_
     assert state(*common.job_buttons(ctx, 1, job, None)) == [(False, None), (True, "stop")]
     ctx.store.update_job(job, state="done")
     assert state(*common.job_buttons(ctx, 1, job, None)) == [(True, None), (False, "secondary")]
+    assert state(common.job_buttons(ctx, 0, job, None)) == [(False, "secondary")]  # a Stop alone: one update

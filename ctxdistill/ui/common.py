@@ -326,7 +326,7 @@ def job_buttons(ctx: AppContext, n_starts: int, job_id, request: gr.Request):
     job = ctx.find_job(job_id, request)
     live = job is not None and job["state"] in ("queued", "running")
     stop = gr.update(interactive=live, variant="stop" if live else "secondary")
-    return (*[gr.update(interactive=not live)] * n_starts, stop)
+    return (*[gr.update(interactive=not live)] * n_starts, stop) if n_starts else stop
 
 
 def wire_job_buttons(ctx: AppContext, job, starts: list, stop) -> None:

@@ -313,7 +313,7 @@ def build(ctx: AppContext) -> None:
     ctx.watch(on(on_status), c["job_id"], c["job_status"], on=("jobs", "progress:prefs", "progress:dpo"))
     c["job_id"].change(on(on_status), c["job_id"], c["job_status"], **quiet)
     c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
-    wire_job_buttons(ctx, c["job_id"], [c["make"], c["train"]], c["stop"])
+    wire_job_buttons(ctx, c["job_id"], [], c["stop"])  # Stop live while the job runs
     c["export"].click(on(on_export), c["version"], c["export_file"])
     c["upload"].upload(on(on_import), [c["version"], c["upload"]], None).then(on(load_queue), filters, view, **quiet)
     ctx.watch(on(load_queue), filters, view, on=("jobs",))  # a pairs job that ends brings its pairs
