@@ -38,6 +38,11 @@ def hold_line(results: dict, label: str) -> str:
     )
 
 
+def run_lineage(results: dict, label: str) -> str:
+    """Where a scored run came from ("distilled run 3 → preference run 5", a re-bake), or ""."""
+    return next((r.get("lineage") or "" for r in results["runs"] if r["label"] == label), "")
+
+
 def checks_line(results: dict, label: str) -> str:
     """How far one student goes beyond the prompted teacher: its answers passing every check minus the
     teacher's, on the same held-out prompts, with its lineage ("" where the constitution has no checks,
@@ -48,7 +53,7 @@ def checks_line(results: dict, label: str) -> str:
         return ""
     points, (lo, hi) = 100 * est["value"], (100 * x for x in est["ci"])
     where = "beyond the teacher" if points > 0 else "below the teacher" if points < 0 else "level with the teacher"
-    lineage = next((r.get("lineage") for r in results["runs"] if r["label"] == label), "")
+    lineage = run_lineage(results, label)
     passed = every["passed"]
     return (
         f"{label}{f' ({lineage})' if lineage else ''}: {where}: checks {points:+.1f} points [{lo:+.1f}, {hi:+.1f}] "

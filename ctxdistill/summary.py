@@ -6,7 +6,7 @@ plots, is report.py. No model here.
 
 from __future__ import annotations
 
-from .report import checks_line, fmt_estimate, hold_line, markdown_table
+from .report import checks_line, fmt_estimate, hold_line, markdown_table, run_lineage
 from .train_config import HOLD_FIELDS
 
 
@@ -154,7 +154,7 @@ def card_section(results: dict, run_label: str, eval_id: int) -> str:
                 + f" ({100 * every['vs_teacher'][run_label]['value']:+.1f} points)",
             )
         )
-    lineage = next((r.get("lineage") for r in results["runs"] if r["label"] == run_label), "")
+    lineage = run_lineage(results, run_label)
     if lineage:
         rows.append(("lineage", lineage))
     rows += [
