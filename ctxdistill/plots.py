@@ -204,6 +204,41 @@ def fig_training(results: dict, labels: list[str] | None = None):
     return fig
 
 
+def metric_frame(rows: list[dict], names: set[str], labels: dict[str, str] | None = None):
+    """A run's metric rows (step, name, value) named in ``names`` as a (step, value, metric) frame, each
+    metric under its label; rows without a value are left out."""
+    import pandas as pd
+
+    labels = labels or {}
+    picked = [
+        {"step": r["step"], "value": r["value"], "metric": labels.get(r["name"], r["name"])}
+        for r in rows
+        if r["name"] in names and r["value"] is not None
+    ]
+    return pd.DataFrame(picked, columns=["step", "value", "metric"])
+
+
+def fig_curves(*panels: tuple):
+    """A run's live curves: one panel per non-empty (frame, title, ylim) in a row, one line per metric
+    of the (step, value, metric) frame, by step; None when every frame is empty (the plot stays empty
+    rather than drawing empty axes)."""
+    panels = [p for p in panels if len(p[0])]
+    if not panels:
+        return None
+    fig, axes = _figure(len(panels), figsize=(5 * len(panels), 3))
+    for ax, (frame, title, ylim) in zip(np.atleast_1d(axes), panels):
+        for name, points in frame.groupby("metric", sort=False):
+            points = points.sort_values("step")
+            ax.plot(points["step"], points["value"], marker="." if len(points) < 30 else None, label=name)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        if ylim:
+            ax.set_ylim(*ylim)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def _ranked(rows: list[dict], xlabel: str, title: str, color: str):
     """Horizontal bars of estimates, the first row on top, with their 95% intervals; an undefined value has no bar."""
     fig, ax = _figure(figsize=(6, 0.5 + 0.45 * max(1, len(rows))))

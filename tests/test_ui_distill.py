@@ -34,10 +34,16 @@ def test_shares_have_their_own_plot_shown_only_for_a_run_that_tracks_them(tmp_pa
     ctx = AppContext(home=tmp_path / "ws")
     fresh = ctx.store.create_job("train", {"constitution_id": 1})
     ctx.store.log_metrics(fresh, 0, {"heldout_kl": 0.4, "loss": 1.0})
-    loss, heldout, gauges = distill.plot_updates(distill.metrics_frames(ctx, fresh))
-    assert set(heldout["metric"]) == {"heldout_kl"} and gauges["visible"] is False and not len(gauges["value"])
+    frames = distill.metrics_frames(ctx, fresh)
+    assert set(frames[1]["metric"]) == {"heldout_kl"} and not len(frames[2])
+    loss, heldout, gauges = distill.plot_updates(frames)
+    assert gauges["visible"] is False and gauges["value"] is None
+    assert [line.get_label() for line in heldout.axes[0].get_lines()] == ["heldout_kl"]
     gauged = ctx.store.create_job("train", {"constitution_id": 1})
     ctx.store.log_metrics(gauged, 0, {"heldout_kl": 0.4, "baked:matey": 0.2, "capability": 0.5})
+    ctx.store.log_metrics(gauged, 5, {"heldout_kl": 0.3, "baked:matey": 0.4, "capability": 0.6})
     _, heldout, gauges = distill.plot_updates(distill.metrics_frames(ctx, gauged))
-    assert set(heldout["metric"]) == {"heldout_kl"} and gauges["visible"] is True
-    assert set(gauges["value"]["metric"]) == {"baked share: matey", "capability (student)"}
+    assert gauges["visible"] is True
+    lines = {line.get_label(): list(line.get_ydata()) for line in gauges["value"].axes[0].get_lines()}
+    assert lines == {"baked share: matey": [0.2, 0.4], "capability (student)": [0.5, 0.6]}
+    assert gauges["value"].axes[0].get_ylim() == (0, 1.05)  # shares on an axis of their own

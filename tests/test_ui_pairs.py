@@ -91,16 +91,28 @@ def test_the_job_line_follows_the_pairs_job_and_a_reload_finds_it(ctx, monkeypat
 
     ctx, cid = ctx
     monkeypatch.setattr(jobs, "spawn_worker", lambda *a, **k: None)  # no worker: the job stays queued
-    assert pairs.newest_job(ctx, None) is None and "No pairs job" in pairs.on_status(ctx, None, None)
+    assert pairs.newest_job(ctx, None) is None and "No pairs job" in pairs.on_status(ctx, None, None, None)[0]
     job = pairs.on_make(ctx, None, cid, 0, "auto", 0.1, 2)
     assert pairs.newest_job(ctx, None) == job
     ctx.store.update_job(job, state="running", message="judging pair 3 of 8", progress_done=3, progress_total=8)
-    line = pairs.on_status(ctx, job, None)
+    line, plot, shown = pairs.on_status(ctx, job, None, None)
+    assert plot["visible"] is False  # a pairs job has no curves
     assert "judging pair 3 of 8" in line and "value='3' max='8'" in line
     agreement = {"value": 0.75, "ci": [0.5, 1.0], "n": 4}
     result = {"prompts": 2, "pairs": {"checks": 3, "feedback": 1}, "agreement_with_checks": agreement}
     ctx.store.update_job(job, state="done", result=result)
-    line = pairs.on_status(ctx, job, None)
+    line = pairs.on_status(ctx, job, shown, None)[0]
     assert "3 checks, 1 feedback" in line and "agreed with the checks on 75% of 4" in line
     other = ctx.store.create_job("dpo", {"from_run": 1})
     assert pairs.newest_job(ctx, None) == other
+    for step in (1, 2):
+        ctx.store.log_metrics(other, step, {"dpo_loss": 0.7 / step, "reward_margin": 0.1 * step, "accuracy": 0.5})
+    ctx.store.log_metrics(other, 0, {"heldout_kl": 0.2})
+    _, plot, shown = pairs.on_status(ctx, other, None, None)
+    panels = [(ax.get_title(), sorted(line.get_label() for line in ax.get_lines())) for ax in plot["value"].axes]
+    assert panels == [
+        ("DPO loss and reward margin", ["dpo_loss", "reward_margin"]),
+        ("Preference accuracy (margin > 0)", ["accuracy"]),
+        ("KL to the teacher, nats/token", ["held-out KL"]),
+    ]
+    assert pairs.on_status(ctx, other, shown, None)[1] == gr.skip()  # nothing moved: not drawn again

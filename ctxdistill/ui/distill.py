@@ -18,6 +18,7 @@ import pandas as pd
 
 from ctxdistill import adapters, estimate, jobs, train, train_config
 from ctxdistill.models import default_models_dir
+from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.precision import PRECISIONS, QUANTIZE
 from ctxdistill.precision import facts as precision_facts
 from ctxdistill.safety import safe_path
@@ -165,43 +166,30 @@ def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
 def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(training loss, held-out KLs, the gauges' shares in 0..1: capability and baked shares) by step,
     for the plots: KLs and shares on axes of their own."""
-    # typed columns: an empty float "metric" column would make the plot's legend a -Infinity..Infinity scale
-    empty = pd.DataFrame(
-        {"step": pd.Series(dtype=int), "value": pd.Series(dtype=float), "metric": pd.Series(dtype=str)}
+    rows = ctx.store.get_metrics(int(job_id)) if job_id else []
+    baked = {r["name"]: r["name"].replace("baked:", "baked share: ") for r in rows if r["name"].startswith("baked:")}
+    labels = {**GAUGE, **HOLD_SHARES, **HOLD_KL, **baked}
+    return (
+        metric_frame(rows, {"loss", "kl", *HOLD_SHARES}, labels),
+        metric_frame(rows, {"heldout_kl", *HOLD_KL}, labels),
+        metric_frame(rows, {*GAUGE, *baked}, labels),
     )
-    if not job_id:
-        return empty, empty, empty
-    rows = ctx.store.get_metrics(int(job_id))
-    frame = lambda names: (
-        pd.DataFrame(
-            [
-                {
-                    "step": r["step"],
-                    "value": r["value"],
-                    "metric": {**GAUGE, **HOLD_SHARES, **HOLD_KL}.get(
-                        r["name"], r["name"].replace("baked:", "baked share: ")
-                    ),
-                }
-                for r in rows
-                if r["name"] in names and r["value"] is not None
-            ]
-        )
-        if rows
-        else empty
-    )
-    frames = (
-        frame({"loss", "kl", *HOLD_SHARES}),
-        frame({"heldout_kl", *HOLD_KL}),
-        frame({*GAUGE, *(r["name"] for r in rows if r["name"].startswith("baked:"))}),
-    )
-    return tuple(f if len(f) else empty for f in frames)
+
+
+PLOT_TITLES = (
+    "Training loss (nats/token)",
+    "Held-out KL(teacher‖student), nats/token",
+    "Capability accuracy and baked shares (0–1)",
+)
 
 
 def plot_updates(frames: tuple) -> tuple:
-    """The plots' updates: the gauges' plot shows only for a run that measures them (its legend names
-    only what the run tracks)."""
-    loss, heldout, gauges = frames
-    return loss, heldout, gr.update(value=gauges, visible=bool(len(gauges)))
+    """The plots' figures (matplotlib: drawn server-side, so a plot shows every point it was sent);
+    the gauges' plot shows only for a run that measures them (its legend names only what it tracks)."""
+    loss, heldout, gauges = (
+        fig_curves((f, title, (0, 1.05) if i == 2 else None)) for i, (f, title) in enumerate(zip(frames, PLOT_TITLES))
+    )
+    return loss, heldout, gr.update(value=gauges, visible=gauges is not None)
 
 
 def status_html(job: dict | None, eta: str = "") -> str:
@@ -302,30 +290,10 @@ def layout(ctx: AppContext) -> dict:
     stale = stale_notice.layout("train")
     status = gr.HTML(status_html(None), elem_id="train-status")
     with gr.Row():
-        loss_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="metric",
-            title="Training loss (nats/token)",
-            elem_id="train-loss-plot",
-            height=260,
-        )
-        heldout_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="metric",
-            title="Held-out KL(teacher‖student), nats/token",
-            elem_id="train-heldout-plot",
-            height=260,
-        )
-        gauge_plot = gr.LinePlot(
-            x="step",
-            y="value",
-            color="metric",
-            title="Capability accuracy and baked shares (0–1; gauges on)",
-            elem_id="train-gauge-plot",
-            height=260,
-            visible=False,
+        loss_plot = gr.Plot(label="Training loss", show_label=False, elem_id="train-loss-plot")
+        heldout_plot = gr.Plot(label="Held-out KL", show_label=False, elem_id="train-heldout-plot")
+        gauge_plot = gr.Plot(
+            label="Capability and baked shares", show_label=False, elem_id="train-gauge-plot", visible=False
         )
     log = gr.Textbox(label="Log", lines=6, max_lines=15, interactive=False, elem_id="train-log")
     runs = gr.Dataframe(headers=RUN_COLUMNS, interactive=False, label="Runs", elem_id="train-runs")

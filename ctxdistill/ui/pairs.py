@@ -17,6 +17,7 @@ import gradio as gr
 
 from ctxdistill import dpo, foreground, jobs, prefs
 from ctxdistill.pair_store import PAIR_SOURCES
+from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.ui.common import AppContext, bind, download_dir, job_status_html, version_options, wire_job_buttons
 
 ANY = "(any)"
@@ -114,7 +115,9 @@ def layout() -> dict:
     with gr.Row():
         job_status = gr.HTML(status_html(None), elem_id="pairs-job")
         stop = gr.Button("Stop", variant="secondary", interactive=False, scale=0, elem_id="pairs-stop")
+    dpo_plot = gr.Plot(label="DPO run", show_label=False, visible=False, elem_id="dpo-plot")
     job_id = gr.State(None)
+    plotted = gr.State(None)  # (job, step, state) the plot shows: an unchanged plot is not drawn again
     with gr.Accordion("Export / import", open=False):
         with gr.Row():
             export = gr.Button("Export accepted pairs (.jsonl)", elem_id="pairs-export")
@@ -123,7 +126,7 @@ def layout() -> dict:
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
         "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll train "
-        "job_status stop job_id export export_file upload"
+        "job_status stop dpo_plot job_id plotted export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -209,8 +212,30 @@ def status_html(job: dict | None) -> str:
     return job_status_html(job, "pairs-job-state", "No pairs job or DPO run yet.", notes=notes)
 
 
-def on_status(ctx: AppContext, job_id, request: gr.Request):
-    return status_html(ctx.find_job(job_id, request))
+DPO_PANELS = (
+    ({"dpo_loss", "reward_margin", "chosen_nll"}, "DPO loss and reward margin", None),
+    ({"accuracy"}, "Preference accuracy (margin > 0)", (-0.05, 1.05)),
+    ({"heldout_kl", "anchor_kl"}, "KL to the teacher, nats/token", None),
+)
+DPO_LABELS = {"heldout_kl": "held-out KL", "anchor_kl": "KL along the anchor answers", "chosen_nll": "chosen NLL"}
+
+
+def dpo_figure(ctx: AppContext, job: dict):
+    """A DPO run's curves: loss and margin, accuracy, and how far it moves from the teacher (held-out KL)."""
+    rows = ctx.store.get_metrics(job["id"])
+    return fig_curves(*((metric_frame(rows, names, DPO_LABELS), title, ylim) for names, title, ylim in DPO_PANELS))
+
+
+def on_status(ctx: AppContext, job_id, plotted, request: gr.Request):
+    """The job's line and, for a DPO run, its curves (drawn again only when its step or state moved)."""
+    job = ctx.find_job(job_id, request)
+    key = [job["id"], job["progress_done"], job["state"]] if job else None
+    if key == plotted:
+        plot = gr.skip()
+    else:
+        figure = dpo_figure(ctx, job) if job and job["kind"] == "dpo" else None
+        plot = gr.update(value=figure, visible=figure is not None)
+    return status_html(job), plot, key
 
 
 def newest_job(ctx: AppContext, request: gr.Request):
@@ -310,8 +335,9 @@ def build(ctx: AppContext) -> None:
     c["train"].click(on(on_train), train_in, c["job_id"]).then(**ctx.poll_now)
     # the job's line and bar follow the store through the page's poll; a reload finds the newest job again
     ctx.blocks.load(on(newest_job), None, c["job_id"])
-    ctx.watch(on(on_status), c["job_id"], c["job_status"], on=("jobs", "progress:prefs", "progress:dpo"))
-    c["job_id"].change(on(on_status), c["job_id"], c["job_status"], **quiet)
+    shown = [c["job_status"], c["dpo_plot"], c["plotted"]]
+    ctx.watch(on(on_status), [c["job_id"], c["plotted"]], shown, on=("jobs", "progress:prefs", "progress:dpo"))
+    c["job_id"].change(on(on_status), [c["job_id"], c["plotted"]], shown, **quiet)
     c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
     wire_job_buttons(ctx, c["job_id"], [], c["stop"])  # Stop live while the job runs
     c["export"].click(on(on_export), c["version"], c["export_file"])

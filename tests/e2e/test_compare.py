@@ -152,6 +152,7 @@ def test_make_accept_train_and_compare(browser, compare_url):
     tuned = wait_for_job(workspace, "dpo")
     assert tuned["state"] == "done", tuned["error"]
     page.wait_for_selector(f"#pairs-job >> text=preference run {tuned['id']}")
+    page.wait_for_selector("#dpo-plot img")  # its curves: loss and margin, accuracy, KL to the teacher
     page.goto(url)
     page.get_by_role("tab", name="Compare").click()
     page.locator("#eval-runs input").click()

@@ -49,8 +49,8 @@ def test_start_watch_reload(browser, distill_app):
     page.wait_for_selector("#train-status >> text=Job 1")
     page.wait_for_selector("#train-status >> text=done", timeout=480_000)  # a shared CPU can be slow
     page.wait_for_selector("#train-status >> text=gap closed")
-    page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
-    page.wait_for_selector("#train-heldout-plot canvas, #train-heldout-plot svg")
+    page.wait_for_selector("#train-loss-plot img")
+    page.wait_for_selector("#train-heldout-plot img")
     assert "done" in page.locator("#train-runs").inner_text()
     page.wait_for_function("document.querySelector('#train-log textarea').value.includes('make it hold')")
     with Store(workspace) as store:
@@ -64,7 +64,7 @@ def test_start_watch_reload(browser, distill_app):
     open_tab(page, distill_url)
     page.wait_for_selector("#train-status >> text=Job 1")
     page.wait_for_selector("#train-status >> text=gap closed")
-    page.wait_for_selector("#train-loss-plot canvas, #train-loss-plot svg")
+    page.wait_for_selector("#train-loss-plot img")
     assert "step 6/6" in page.locator("#train-status").inner_text()
 
     # the run's student answers in the Preview tab's third column

@@ -1,7 +1,7 @@
 """What a newcomer saw in the browser (issue 16): lists that follow the store, labels that follow a
 job, bulk actions bound to the filter and undoable, the Distill form's limits and a picked run's
-settings, empty plots without an Infinity scale. Jobs are written into the store directly (no
-worker, so no model runs): the page only reads the store."""
+settings. Jobs are written into the store directly (no worker, so no model runs): the page only
+reads the store."""
 
 import pytest
 
@@ -132,11 +132,3 @@ def test_distill_form_refuses_a_huge_batch_and_shows_a_picked_runs_settings(page
     page.wait_for_selector("text=/at most 1024|less than or equal to 1024|maximum/i", timeout=30_000)
     page.wait_for_timeout(2000)
     assert len(Store(home).list_jobs()) == jobs_before  # no run started
-
-
-def test_empty_plots_have_no_infinity_legend(page):
-    tab(page, "Distill")
-    page.wait_for_selector("#train-loss-plot")
-    page.wait_for_timeout(3000)
-    assert "Infinity" not in page.locator("#train-loss-plot").inner_text()
-    assert "Infinity" not in page.locator("#train-heldout-plot").inner_text()
