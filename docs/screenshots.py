@@ -97,7 +97,7 @@ def review(page) -> None:
 
 def distill(page) -> None:
     filled(page, "#train-run input")
-    page.wait_for_function("document.querySelector('#train-heldout-plot canvas, #train-heldout-plot svg')")
+    page.wait_for_selector("#train-heldout-plot img")
     to_top(page, "#train-run")
 
 

@@ -207,7 +207,7 @@ def test_distill_callbacks_only_touch_the_visitors_runs(app):
     assert "No run yet" in status and loss is None and log == "" and a["job"] not in list(runs["job"])
     status, loss, _, _, log, runs, _ = poll(a["job"], "nothing shown yet", request=A)
     assert f"Job {a['job']}" in status and list(loss.axes[0].get_lines()[0].get_ydata()) == [1.5] and "secret" in log
-    for name, args in (("on_stop", (a["job"],)), ("on_resume", (a["job"],)), ("on_export", (a["job"], False, 1.0))):
+    for name, args in (("on_resume", (a["job"],)), ("on_export", (a["job"], False, 1.0))):
         with pytest.raises(gr.Error, match="No run or job"):
             tab_callback(blocks, "distill", name)(*args, request=B)
     assert not ctx.store.get_job(a["job"])["cancel_requested"]
@@ -289,9 +289,9 @@ def test_data_callbacks_only_touch_the_visitors_jobs_and_versions(app):
     data = lambda name: tab_callback(blocks, "data", name)
     assert "No sampling or revise job" in data("show_job")(a["job"], request=B)
     assert f"Job {a['job']}" in data("show_job")(a["job"], request=A)
-    for name in ("on_cancel", "on_resume"):
+    for name in ("on_stop", "on_resume"):  # every tab's Stop and Resume (ui/common.py)
         with pytest.raises(gr.Error, match="No run or job"):
-            data(name)(a["job"], request=B)
+            tab_callback(blocks, "common", name)(a["job"], request=B)
     assert not ctx.store.get_job(a["job"])["cancel_requested"]
     with pytest.raises(gr.Error, match="No constitution version"):
         data("on_generate")(a["constitution"], "default", "", 0, 1, 32, 0.7, 0.95, 4, request=B)
@@ -422,9 +422,6 @@ def test_compare_callbacks_only_touch_the_visitors_evaluations_and_runs(app):
     with pytest.raises(gr.Error, match="Pick an evaluation"):
         compare("on_export")(eval_id, "md", request=B)
     assert "No evaluation running" in compare("poll")(a["job"], [], request=B)[0]
-    with pytest.raises(gr.Error, match="No run or job"):
-        compare("on_stop")(a["job"], request=B)
-    assert not ctx.store.get_job(a["job"])["cancel_requested"]
     start = compare("on_start")
     with pytest.raises(gr.Error, match="No constitution version"):
         start(a["constitution"], [], "default", 0, 40, 0, False, request=B)
@@ -559,10 +556,9 @@ BOUNDED = {
     "constitution:from_example",
     "constitution:new_draft",
     "constitution:do_export",
-    "data:on_resume",
-    "data:on_cancel",
+    "common:on_resume",
+    "common:on_stop",
     "distill:on_resume",
-    "distill:on_stop",
     "distill:on_export",
     "distill:on_push",
     "samples:on_bulk",
@@ -572,8 +568,6 @@ BOUNDED = {
     "pairs:act",
     "pairs:on_bulk",
     "pairs:on_export",
-    "compare:on_stop",
-    "pairs:on_stop",
     "compare:on_export",
     # one calibration per (quantize, precision) pair for the whole process, then arithmetic
     "distill:on_measure",

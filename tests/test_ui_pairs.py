@@ -116,3 +116,8 @@ def test_the_job_line_follows_the_pairs_job_and_a_reload_finds_it(ctx, monkeypat
         ("KL to the teacher, nats/token", ["held-out KL"]),
     ]
     assert pairs.on_status(ctx, other, shown, None)[1] == gr.skip()  # nothing moved: not drawn again
+    from ctxdistill.ui.common import on_resume
+
+    ctx.store.update_job(other, state="cancelled")  # Stop, then Resume: the run continues from its checkpoint
+    on_resume(ctx, other, None)
+    assert ctx.store.get_job(other)["state"] == "queued" and "queued" in pairs.on_status(ctx, other, shown, None)[0]

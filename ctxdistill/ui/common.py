@@ -336,6 +336,18 @@ def wire_job_buttons(ctx: AppContext, job, starts: list, stop) -> None:
     job.change(buttons, job, [*starts, stop], show_progress="hidden")
 
 
+def on_stop(ctx: AppContext, grace_s: float, job_id, request: gr.Request):
+    """A tab's Stop: ask the visitor's own job to stop; a running one is killed if still alive
+    ``grace_s`` later (the time its step and checkpoint may take)."""
+    if job_id:
+        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=grace_s)
+
+
+def on_resume(ctx: AppContext, job_id, request: gr.Request):
+    """A tab's Resume: the visitor's own failed or cancelled job runs again from what it kept."""
+    ctx.resume_job(job_id, request)
+
+
 def job_status_html(
     job: dict | None, elem_id: str, empty: str, counter: str = "", notes: tuple[str, ...] = (), total: int = 0
 ) -> str:

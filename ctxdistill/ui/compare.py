@@ -25,6 +25,7 @@ from ctxdistill.ui.common import (
     download_dir,
     draft_constitution,
     job_status_html,
+    on_stop,
     prompt_choices,
     slider,
     version_menu,
@@ -391,11 +392,6 @@ def eval_estimate(
     return "  \n".join(lines)
 
 
-def on_stop(ctx: AppContext, job, request: gr.Request):
-    if job:
-        jobs.cancel(ctx.store, ctx.job(job, request)["id"], grace_s=10)
-
-
 def poll(ctx: AppContext, job, seen, request: gr.Request):
     """The job's status; the list of evaluations when one was added (the newest is then shown)."""
     owner = ctx.owner(request)
@@ -494,7 +490,7 @@ def build(ctx: AppContext) -> None:
     c["measure_time"].click(on(eval_estimate, True), form, c["guess"], concurrency_id=MODEL_QUEUE)
     for field in form:
         field.change(on(eval_estimate, False), form, c["guess"], queue=False, show_progress="hidden")
-    c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
+    c["stop"].click(on(on_stop, 10), c["job_id"], None).then(**ctx.poll_now)
     wire_job_buttons(ctx, c["job_id"], [c["start"]], c["stop"])
     state = [c["job_id"], c["known"]]
     ctx.watch(on(poll), state, [c["status"], c["pick"], c["known"]], on=("jobs", "progress:evaluate"))

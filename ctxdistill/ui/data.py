@@ -34,6 +34,8 @@ from ctxdistill.ui.common import (
     bind,
     job_status_html,
     keep,
+    on_resume,
+    on_stop,
     version_menu,
     wire_job_buttons,
 )
@@ -383,15 +385,6 @@ def show_job(ctx: AppContext, job_id, request: gr.Request):
     return job_html(ctx.find_job(job_id, request))
 
 
-def on_cancel(ctx: AppContext, job_id, request: gr.Request):
-    if job_id:
-        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"])
-
-
-def on_resume(ctx: AppContext, job_id, request: gr.Request):
-    ctx.resume_job(job_id, request)
-
-
 def build(ctx: AppContext) -> None:
     ensure_default_prompts(ctx.store)
     c = layout(ctx)
@@ -425,6 +418,6 @@ def build(ctx: AppContext) -> None:
 
     ctx.watch(on(show_job), c["job"], c["status"], on=("jobs", "progress:generate", "progress:revise"))
     c["job"].change(on(show_job), c["job"], c["status"], show_progress="hidden")
-    c["cancel"].click(on(on_cancel), c["job"], None).then(**ctx.poll_now)
+    c["cancel"].click(on(on_stop, 10), c["job"], None).then(**ctx.poll_now)
     wire_job_buttons(ctx, c["job"], [c["start_gen"], c["start_rev"]], c["cancel"])
     c["resume"].click(on(on_resume), c["job"], None).then(**ctx.poll_now)

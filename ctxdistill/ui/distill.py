@@ -33,6 +33,7 @@ from ctxdistill.ui.common import (
     error_text,
     job_status_html,
     keep,
+    on_stop,
     train_runs,
     version_menu,
     wire_job_buttons,
@@ -437,11 +438,6 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
     return run_choices(ctx, owner, job_id)
 
 
-def on_stop(ctx: AppContext, job_id, request: gr.Request):
-    if job_id:
-        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=30)
-
-
 def on_resume(ctx: AppContext, job_id, request: gr.Request):
     return run_choices(ctx, ctx.owner(request), ctx.resume_job(job_id, request, "run"))
 
@@ -513,7 +509,7 @@ def build(ctx: AppContext) -> None:
     stale_notice.wire(ctx, c, run)
     curated.wire(ctx, c["version"], run, widgets["data"], c["curation"])
     c["start"].click(on(on_start), {c["version"], *fields}, run).then(**ctx.poll_now)
-    c["stop"].click(on(on_stop), run, None).then(**ctx.poll_now)
+    c["stop"].click(on(on_stop, 30), run, None).then(**ctx.poll_now)
     wire_job_buttons(ctx, run, [c["start"]], c["stop"])
     c["resume"].click(on(on_resume), run, run).then(**ctx.poll_now)
     c["export"].click(on(on_export), [run, c["merged"], c["strength"]], [c["files"], c["export_msg"]])

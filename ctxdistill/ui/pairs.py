@@ -18,7 +18,16 @@ import gradio as gr
 from ctxdistill import dpo, foreground, jobs, prefs
 from ctxdistill.pair_store import PAIR_SOURCES
 from ctxdistill.plots import fig_curves, metric_frame
-from ctxdistill.ui.common import AppContext, bind, download_dir, job_status_html, version_options, wire_job_buttons
+from ctxdistill.ui.common import (
+    AppContext,
+    bind,
+    download_dir,
+    job_status_html,
+    on_resume,
+    on_stop,
+    version_options,
+    wire_job_buttons,
+)
 
 ANY = "(any)"
 STATUSES = ("pending", "accepted", "rejected", "all")
@@ -115,6 +124,7 @@ def layout() -> dict:
     with gr.Row():
         job_status = gr.HTML(status_html(None), elem_id="pairs-job")
         stop = gr.Button("Stop", variant="secondary", interactive=False, scale=0, elem_id="pairs-stop")
+        resume = gr.Button("Resume", scale=0, elem_id="pairs-resume")
     dpo_plot = gr.Plot(label="DPO run", show_label=False, visible=False, elem_id="dpo-plot")
     job_id = gr.State(None)
     plotted = gr.State(None)  # (job, step, state) the plot shows: an unchanged plot is not drawn again
@@ -126,7 +136,7 @@ def layout() -> dict:
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
         "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll train "
-        "job_status stop dpo_plot job_id plotted export export_file upload"
+        "job_status stop resume dpo_plot job_id plotted export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -245,11 +255,6 @@ def newest_job(ctx: AppContext, request: gr.Request):
     return max((j["id"] for j in found), default=None)
 
 
-def on_stop(ctx: AppContext, job_id, request: gr.Request):
-    if job_id:
-        jobs.cancel(ctx.store, ctx.job(job_id, request)["id"], grace_s=10)
-
-
 def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources, threshold, limit):
     owner = ctx.owner(request)
     if not version_id:
@@ -338,7 +343,8 @@ def build(ctx: AppContext) -> None:
     shown = [c["job_status"], c["dpo_plot"], c["plotted"]]
     ctx.watch(on(on_status), [c["job_id"], c["plotted"]], shown, on=("jobs", "progress:prefs", "progress:dpo"))
     c["job_id"].change(on(on_status), [c["job_id"], c["plotted"]], shown, **quiet)
-    c["stop"].click(on(on_stop), c["job_id"], None).then(**ctx.poll_now)
+    c["stop"].click(on(on_stop, 30), c["job_id"], None).then(**ctx.poll_now)
+    c["resume"].click(on(on_resume), c["job_id"], None).then(**ctx.poll_now)
     wire_job_buttons(ctx, c["job_id"], [], c["stop"])  # Stop live while the job runs
     c["export"].click(on(on_export), c["version"], c["export_file"])
     c["upload"].upload(on(on_import), [c["version"], c["upload"]], None).then(on(load_queue), filters, view, **quiet)
