@@ -395,4 +395,4 @@ def test_distill_plots_the_changed_principles_baked_share_with_the_held_out_kl(a
     _, heldout, gauges = metrics_frames(ctx, job)  # the shares (0..1) on an axis of their own
     shares = gauges[gauges["metric"] == "baked share: matey"]
     assert list(shares["step"]) == [0, 10] and list(shares["value"]) == pytest.approx([0.1, 0.6])
-    assert set(heldout["metric"]) == {"heldout_kl"} and set(gauges["metric"]) == {"baked share: matey"}
+    assert set(heldout["metric"]) == {"held-out KL"} and set(gauges["metric"]) == {"baked share: matey"}

@@ -35,10 +35,10 @@ def test_shares_have_their_own_plot_shown_only_for_a_run_that_tracks_them(tmp_pa
     fresh = ctx.store.create_job("train", {"constitution_id": 1})
     ctx.store.log_metrics(fresh, 0, {"heldout_kl": 0.4, "loss": 1.0})
     frames = distill.metrics_frames(ctx, fresh)
-    assert set(frames[1]["metric"]) == {"heldout_kl"} and not len(frames[2])
+    assert set(frames[1]["metric"]) == {"held-out KL"} and not len(frames[2])
     loss, heldout, gauges = distill.plot_updates(frames)
     assert gauges["visible"] is False and gauges["value"] is None
-    assert [line.get_label() for line in heldout.axes[0].get_lines()] == ["heldout_kl"]
+    assert [line.get_label() for line in heldout.axes[0].get_lines()] == ["held-out KL"]
     gauged = ctx.store.create_job("train", {"constitution_id": 1})
     ctx.store.log_metrics(gauged, 0, {"heldout_kl": 0.4, "baked:matey": 0.2, "capability": 0.5})
     ctx.store.log_metrics(gauged, 5, {"heldout_kl": 0.3, "baked:matey": 0.4, "capability": 0.6})

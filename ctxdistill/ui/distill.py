@@ -107,6 +107,7 @@ RUN_COLUMNS = [
     "lineage",
 ]
 GAUGE = {"capability": "capability (student)", "capability_teacher": "capability (teacher)"}  # and "baked:<principle>"
+CURVES = {"loss": "loss", "kl": "KL(teacher‖student)", "heldout_kl": "held-out KL"}
 
 
 def _help(name: str) -> str:
@@ -169,7 +170,7 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
     for the plots: KLs and shares on axes of their own."""
     rows = ctx.store.get_metrics(int(job_id)) if job_id else []
     baked = {r["name"]: r["name"].replace("baked:", "baked share: ") for r in rows if r["name"].startswith("baked:")}
-    labels = {**GAUGE, **HOLD_SHARES, **HOLD_KL, **baked}
+    labels = {**CURVES, **GAUGE, **HOLD_SHARES, **HOLD_KL, **baked}
     return (
         metric_frame(rows, {"loss", "kl", *HOLD_SHARES}, labels),
         metric_frame(rows, {"heldout_kl", *HOLD_KL}, labels),
