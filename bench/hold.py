@@ -63,6 +63,8 @@ CONFIGS = {
     "default+multiturn1": dict(multiturn_share=1.0),
     "default+multiturn+instruct": dict(multiturn_share=0.5, instruction_share=0.5),
     "default+lr2e-3": dict(lr=2e-3),
+    "default+r32": dict(lora_r=32, lora_alpha=64),
+    "default+r64": dict(lora_r=64, lora_alpha=128),
 }
 
 
