@@ -222,6 +222,8 @@ def fig_curves(*panels: tuple):
     """A run's live curves: one panel per non-empty (frame, title, ylim) in a row, one line per metric
     of the (step, value, metric) frame, by step; None when every frame is empty (the plot stays empty
     rather than drawing empty axes)."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = [p for p in panels if len(p[0])]
     if not panels:
         return None
@@ -232,6 +234,7 @@ def fig_curves(*panels: tuple):
             ax.plot(points["step"], points["value"], marker="." if len(points) < 30 else None, label=name)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim:
             ax.set_ylim(*ylim)
         ax.legend(fontsize=8)

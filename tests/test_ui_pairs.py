@@ -111,7 +111,7 @@ def test_the_job_line_follows_the_pairs_job_and_a_reload_finds_it(ctx, monkeypat
     _, plot, shown = pairs.on_status(ctx, other, None, None)
     panels = [(ax.get_title(), sorted(line.get_label() for line in ax.get_lines())) for ax in plot["value"].axes]
     assert panels == [
-        ("DPO loss and reward margin", ["dpo_loss", "reward_margin"]),
+        ("DPO loss and reward margin", ["DPO loss", "reward margin"]),
         ("Preference accuracy (margin > 0)", ["accuracy"]),
         ("KL to the teacher, nats/token", ["held-out KL"]),
     ]

@@ -227,7 +227,13 @@ DPO_PANELS = (
     ({"accuracy"}, "Preference accuracy (margin > 0)", (-0.05, 1.05)),
     ({"heldout_kl", "anchor_kl"}, "KL to the teacher, nats/token", None),
 )
-DPO_LABELS = {"heldout_kl": "held-out KL", "anchor_kl": "KL along the anchor answers", "chosen_nll": "chosen NLL"}
+DPO_LABELS = {
+    "dpo_loss": "DPO loss",
+    "reward_margin": "reward margin",
+    "heldout_kl": "held-out KL",
+    "anchor_kl": "KL along the anchor answers",
+    "chosen_nll": "chosen NLL",
+}
 
 
 def dpo_figure(ctx: AppContext, job: dict):
