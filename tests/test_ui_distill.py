@@ -47,3 +47,19 @@ def test_shares_have_their_own_plot_shown_only_for_a_run_that_tracks_them(tmp_pa
     lines = {line.get_label(): list(line.get_ydata()) for line in gauges["value"].axes[0].get_lines()}
     assert lines == {"baked share: matey": [0.2, 0.4], "capability (student)": [0.5, 0.6]}
     assert gauges["value"].axes[0].get_ylim() == (0, 1.05)  # shares on an axis of their own
+
+
+def test_augmented_shares_are_plotted_as_the_share_so_far_beside_the_gauges(tmp_path):
+    from ctxdistill.ui import distill
+
+    ctx = AppContext(home=tmp_path / "ws")
+    run = ctx.store.create_job("train", {"constitution_id": 1, "loss": "kl"})
+    for step, attacked in ((1, 1.0), (2, 0.0), (3, 0.5)):
+        share = {"share_attacked": attacked, "share_on_policy": 0.0}
+        ctx.store.log_metrics(run, step, {"loss": 0.5, "kl": 0.5, **share})
+    loss, _, shares = distill.metrics_frames(ctx, run)
+    assert set(loss["metric"]) == {"loss"}  # the KL term is the loss itself: one line
+    assert set(shares["metric"]) == {"answers attacked so far"}  # on-policy is off: not drawn
+    assert list(shares.sort_values("step")["value"]) == [1.0, 0.5, 0.5]
+    ctx.store.log_metrics(run, 4, {"loss": 0.9, "kl": 0.4})  # --loss mix: the KL term is drawn too
+    assert set(distill.metrics_frames(ctx, run)[0]["metric"]) == {"loss", "KL(teacher‖student)"}

@@ -74,10 +74,10 @@ MIXING = (
 )
 # make it hold (hold.py): override attempts, conversations, user instructions and on-policy answers in training
 HOLD = train_config.HOLD_FIELDS
-HOLD_SHARES = {
-    "share_attacked": "share attacked",
-    "share_second_turn": "share second turn",
-    "share_on_policy": "share on-policy",
+HOLD_SHARES = {  # each step's share of its answers; plotted as the share of the answers trained so far
+    "share_attacked": "answers attacked so far",
+    "share_second_turn": "answers to follow-ups so far",
+    "share_on_policy": "student's own answers so far",
 }
 HOLD_KL = {"heldout_kl_attacked": "held-out KL under attack", "heldout_kl_second_turn": "held-out KL, second turn"}
 FORM = BASIC + MIXING + HOLD
@@ -166,22 +166,28 @@ def runs_table(ctx: AppContext, owner: str) -> pd.DataFrame:
 
 
 def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(training loss, held-out KLs, the gauges' shares in 0..1: capability and baked shares) by step,
-    for the plots: KLs and shares on axes of their own."""
+    """(training loss, held-out KLs, shares in 0..1) by step, for the plots: KLs and shares on axes of
+    their own. The loss's KL term shows where it differs from the loss (--loss mix); the shares are the
+    gauges (capability, baked shares) and the augmented shares of the answers trained so far, each
+    augmentation the run uses."""
     rows = ctx.store.get_metrics(int(job_id)) if job_id else []
     baked = {r["name"]: r["name"].replace("baked:", "baked share: ") for r in rows if r["name"].startswith("baked:")}
     labels = {**CURVES, **GAUGE, **HOLD_SHARES, **HOLD_KL, **baked}
+    loss_at = {r["step"]: r["value"] for r in rows if r["name"] == "loss"}
+    own_kl = any(r["name"] == "kl" and r["value"] != loss_at.get(r["step"]) for r in rows)
+    shares = metric_frame(rows, {n for n in HOLD_SHARES if any(r["name"] == n and r["value"] for r in rows)}, labels)
+    shares["value"] = shares.sort_values("step").groupby("metric")["value"].transform(lambda v: v.expanding().mean())
     return (
-        metric_frame(rows, {"loss", "kl", *HOLD_SHARES}, labels),
+        metric_frame(rows, {"loss", *(["kl"] if own_kl else [])}, labels),
         metric_frame(rows, {"heldout_kl", *HOLD_KL}, labels),
-        metric_frame(rows, {*GAUGE, *baked}, labels),
+        pd.concat([metric_frame(rows, {*GAUGE, *baked}, labels), shares], ignore_index=True),
     )
 
 
 PLOT_TITLES = (
     "Training loss (nats/token)",
     "Held-out KL(teacher‖student), nats/token",
-    "Capability accuracy and baked shares (0–1)",
+    "Shares (0–1): capability, baked, augmented answers",
 )
 
 
