@@ -25,30 +25,14 @@ os.environ.setdefault("CTXDISTILL_MODELS", str(REPO / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from ctxdistill import adapters  # noqa: E402
 from ctxdistill.constitution import from_row, render  # noqa: E402
-from ctxdistill.engine import Example, TeacherStudent, adapters_off  # noqa: E402
-from ctxdistill.losses import answer_terms  # noqa: E402
+from ctxdistill.evaluate import score_along  # noqa: E402
 from ctxdistill.models import default_models_dir, load_model  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
 
 POSITIONS = (0, 1, 2, 3, 5, 10, 20, 30)
-
-
-def per_token(pair: TeacherStudent, examples: list[Example], student: bool, batch: int = 6) -> list[list[float]]:
-    out = []
-    for start in range(0, len(examples), batch):
-        rows = examples[start : start + batch]
-        with torch.no_grad():
-            if student:
-                h, ht, targets = pair.hidden(rows)
-            else:
-                with adapters_off(pair.model):
-                    h, ht, targets = pair.hidden(rows)
-            out += answer_terms(pair.lm_head, "kl", h, ht, targets, [len(e.answer) for e in rows])["kl"]
-    return out
 
 
 def main() -> None:
@@ -68,26 +52,26 @@ def main() -> None:
         models_dir=default_models_dir(store.home),
     )
     model = adapters.load_adapter(base, adapters.run_adapter(store, args.run))
-    pair = TeacherStudent(model, tok, render(c), c.examples)
     data = json.loads((store.runs_dir / str(args.run) / "data.json").read_text())
     for name, title in (("heldout", "first turn"), ("second_turn", "second turn")):
-        examples = [Example(**e) for e in data.get(name, [])][: args.answers]
-        if not examples:
+        rows = data.get(name, [])[: args.answers]
+        if not rows:
             continue
-        kl = {who: per_token(pair, examples, who == "student") for who in ("base", "student")}
-        print(f"{title}: {len(examples)} held-out answers")
+        prompts, answers = [r["prompt"] for r in rows], [r["answer"] for r in rows]
+        kl = score_along(model, tok, render(c), c.examples, prompts, answers, {"student": "default"}, 6)
+        print(f"{title}: {len(rows)} held-out answers")
         for pos in POSITIONS:
-            at = {who: [r[pos] for r in rows if len(r) > pos] for who, rows in kl.items()}
+            at = {who: [a[pos] for a in per if len(a) > pos] for who, per in kl.items()}
             if at["base"]:
                 print(f"  position {pos:2d}: base {np.mean(at['base']):.3f}  student {np.mean(at['student']):.3f}")
-        total = {who: sum(map(sum, rows)) / sum(map(len, rows)) for who, rows in kl.items()}
+        total = {who: sum(map(sum, per)) / sum(map(len, per)) for who, per in kl.items()}
         print(
             f"  all positions: base {total['base']:.3f}  student {total['student']:.3f} nats/token, gap closed "
             f"{1 - total['student'] / total['base']:.2f}"
         )
         for i, (b, s) in enumerate(zip(kl["base"], kl["student"])):
             worst = sorted(range(len(s)), key=lambda k: -s[k])[:3]
-            tokens = ", ".join(f"{tok.decode([examples[i].answer[k]])!r} {s[k]:.2f} (base {b[k]:.2f})" for k in worst)
+            tokens = ", ".join(f"{tok.decode([answers[i][k]])!r} {s[k]:.2f} (base {b[k]:.2f})" for k in worst)
             print(f"  answer {i:2d}: base {np.mean(b):.3f} student {np.mean(s):.3f} · furthest: {tokens}")
 
 
