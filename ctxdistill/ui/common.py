@@ -336,6 +336,11 @@ def wire_job_buttons(ctx: AppContext, job, starts: list, stop) -> None:
     job.change(buttons, job, [*starts, stop], show_progress="hidden")
 
 
+def drawn_key(job: dict | None) -> list | None:
+    """What a job's live plots were drawn at (its step and state): a poll redraws a plot only when this moved."""
+    return [job["id"], job["progress_done"], job["state"]] if job else None
+
+
 def on_stop(ctx: AppContext, grace_s: float, job_id, request: gr.Request):
     """A tab's Stop: ask the visitor's own job to stop; a running one is killed if still alive
     ``grace_s`` later (the time its step and checkpoint may take)."""

@@ -30,6 +30,7 @@ from ctxdistill.ui.common import (
     adapter_dir,
     bind,
     download_dir,
+    drawn_key,
     error_text,
     job_status_html,
     keep,
@@ -184,19 +185,17 @@ def metrics_frames(ctx: AppContext, job_id: int | None) -> tuple[pd.DataFrame, p
     )
 
 
-PLOT_TITLES = (
-    "Training loss (nats/token)",
-    "Held-out KL(teacher‖student), nats/token",
-    "Shares (0–1): capability, baked, augmented answers",
+PLOTS = (  # (title, y range) of the loss, held-out KL and shares plots
+    ("Training loss (nats/token)", None),
+    ("Held-out KL(teacher‖student), nats/token", None),
+    ("Shares (0–1): capability, baked, augmented answers", (0, 1.05)),
 )
 
 
 def plot_updates(frames: tuple) -> tuple:
     """The plots' figures (matplotlib: drawn server-side, so a plot shows every point it was sent);
     the gauges' plot shows only for a run that measures them (its legend names only what it tracks)."""
-    loss, heldout, gauges = (
-        fig_curves((f, title, (0, 1.05) if i == 2 else None)) for i, (f, title) in enumerate(zip(frames, PLOT_TITLES))
-    )
+    loss, heldout, gauges = (fig_curves((f, *plot)) for f, plot in zip(frames, PLOTS))
     return loss, heldout, gr.update(value=gauges, visible=gauges is not None)
 
 
@@ -387,7 +386,7 @@ def poll(ctx: AppContext, job_id, shown, request: gr.Request):
     owner = ctx.owner(request)
     job = ctx.find_job(job_id, request)
     run_id = job["id"] if job else None
-    key = [run_id, job["progress_done"], job["state"]] if job else None
+    key = drawn_key(job)
     plots = plot_updates(metrics_frames(ctx, run_id)) if key != shown else (gr.skip(),) * 3
     return status_html(job, run_eta(ctx, job)), *plots, log_tail(ctx, run_id), runs_table(ctx, owner), key
 

@@ -22,6 +22,7 @@ from ctxdistill.ui.common import (
     AppContext,
     bind,
     download_dir,
+    drawn_key,
     job_status_html,
     on_resume,
     on_stop,
@@ -245,7 +246,7 @@ def dpo_figure(ctx: AppContext, job: dict):
 def on_status(ctx: AppContext, job_id, plotted, request: gr.Request):
     """The job's line and, for a DPO run, its curves (drawn again only when its step or state moved)."""
     job = ctx.find_job(job_id, request)
-    key = [job["id"], job["progress_done"], job["state"]] if job else None
+    key = drawn_key(job)
     if key == plotted:
         plot = gr.skip()
     else:
