@@ -60,11 +60,12 @@ CONFIGS = {
     "combined": dict(attack_share=0.5, multiturn_share=0.5, on_policy_share=0.25),
     "default": {},
     "default+multiturn": dict(multiturn_share=0.5),
-    "default+multiturn1": dict(multiturn_share=1.0),
     "default+multiturn+instruct": dict(multiturn_share=0.5, instruction_share=0.5),
     "default+lr2e-3": dict(lr=2e-3),
     "default+r32": dict(lora_r=32, lora_alpha=64),
     "default+r64": dict(lora_r=64, lora_alpha=128),
+    "cosine+multiturn": dict(schedule="cosine", multiturn_share=0.5),  # the defaults before 2026-12-06
+    "cosine+multiturn1": dict(schedule="cosine", multiturn_share=1.0),
 }
 
 

@@ -82,7 +82,13 @@ class TrainConfig(StageConfig):
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=4, metadata={"help": "linear warm-up steps"})
     schedule: str = field(
-        default="cosine", metadata={"help": "learning-rate decay after warm-up: cosine, linear or constant"}
+        default="constant",
+        metadata={
+            "help": (
+                "learning rate after warm-up: constant (the held-out best step is kept), or a decay to 0: cosine or "
+                "linear"
+            )
+        },
     )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
@@ -218,7 +224,7 @@ class TrainConfig(StageConfig):
         },
     )
     multiturn_share: float = field(
-        default=0.5,
+        default=1.0,
         metadata={
             "help": (
                 "make it hold: share of the train prompts that also become a conversation (the prompt, the teacher's "

@@ -31,11 +31,14 @@ def test_length_grouped_batches_cover_everything_once():
     assert spread < 150  # pairs (random pairs: ~340) of similar length, not random pairs
 
 
-def test_warmup_then_cosine():
-    f = train.lr_lambda(train.TrainConfig(steps=10, warmup_steps=2))
-    values = [f(s) for s in range(10)]
-    assert values[0] < values[1] < values[2] == 1.0
-    assert values[-1] < 0.1 and all(a >= b for a, b in zip(values[2:], values[3:]))
+def test_warmup_then_constant_or_a_decay():
+    values = [train.lr_lambda(train.TrainConfig(steps=10, warmup_steps=2))(s) for s in range(10)]
+    assert values[0] < values[1] < values[2] == 1.0 == values[-1]  # the default stays at the peak
+    for schedule in ("cosine", "linear"):
+        f = train.lr_lambda(train.TrainConfig(steps=10, warmup_steps=2, schedule=schedule))
+        values = [f(s) for s in range(10)]
+        assert values[0] < values[1] < values[2] == 1.0
+        assert values[-1] < 0.2 and all(a >= b for a, b in zip(values[2:], values[3:]))
 
 
 def test_config_validation_names_every_problem():
