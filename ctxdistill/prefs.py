@@ -6,7 +6,14 @@
 
 * *checks* — the current policy (a run's student, or the teacher) answers each train prompt twice
   or more; where a principle has an automatic check, an answer that passes a strict superset of
-  the checks the other passes is preferred to it (label 1).
+  the checks the other passes is preferred to it (label 1). A repetition loop is never the chosen
+  answer (curate.is_repetitive): a check counts words, and a loop of "matey, matey, ..." passes it.
+  Besides, the best answer is *edited* to pass the checks an edit can satisfy (``edited``: the
+  opening a starts_with check asks for put first, a not_contains check's text taken out, a
+  max_words check's count kept) and the edit is preferred to the answer it was made from: a pair
+  that differs by the behaviour only, where the policy seldom shows it by itself (the embedded
+  student opens 3 % of its answers with the "Arr!" pirate asks for, so two answers almost never
+  differ there).
 * *feedback* — AI feedback, as in the CAI paper: the base model, given the constitution (or one
   principle) as its system prompt, reads the prompt and two of the policy's answers and is asked
   which follows it better; the soft label is the probability of the choice token "A" normalised
@@ -26,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,24 +154,52 @@ def check_verdict(a: str, b: str, checks: list[tuple[str, Check]]) -> tuple[int,
     return verdict, sorted(pass_a ^ pass_b)
 
 
-def checks_pair(prompt: str, answers: list[str], checks: list[tuple[str, Check]]) -> dict | None:
-    """The pair the checks make of a prompt's answers: the one passing the most checks preferred to
-    the one passing the fewest, when its passes are a strict superset of the other's; else None."""
+def edited(text: str, checks: list[tuple[str, Check]]) -> str:
+    """``text`` edited to pass the checks an edit can satisfy, in this order: a starts_with check's
+    opening put first, a not_contains check's text taken out, a max_words check's first words kept.
+    Checks of other kinds, and those it passes, leave it as it is."""
+    for kind in ("starts_with", "not_contains", "max_words"):
+        for check in (c for _, c in checks if c.kind == kind and not c.passes(text)):
+            if kind == "starts_with":
+                text = f"{check.value} {text.lstrip()}"
+            elif kind == "not_contains" and check.value.strip():
+                text = re.sub(r"[ \t]{2,}", " ", re.sub(re.escape(check.value), "", text, flags=re.I)).strip()
+            elif kind == "max_words":
+                text = " ".join(text.split()[: int(check.value)])
+    return text
+
+
+def checks_pairs(prompt: str, answers: list[str], checks: list[tuple[str, Check]]) -> list[dict]:
+    """The pairs the checks make of a prompt's answers: the best answer (the most checks passed, not a
+    repetition loop) preferred to the one passing the fewest, when its passes are a strict superset
+    of the other's; and the best answer's edit (``edited``) preferred to it, when the edit passes a
+    strict superset of its checks."""
     texts = [a for a in dict.fromkeys(answers) if a.strip()]
-    if len(texts) < 2 or not checks:
-        return None
+    if not texts or not checks:
+        return []
     order = sorted(texts, key=lambda t: -sum(check.passes(t) for _, check in checks))
-    verdict, differ = check_verdict(order[0], order[-1], checks)
-    if verdict != 1:
-        return None
-    return {
-        "prompt": prompt,
-        "chosen": order[0],
-        "rejected": order[-1],
-        "source": "checks",
-        "label": 1.0,
-        "meta": {"principles": differ},
-    }
+    best = next((t for t in order if not curate.is_repetitive(t)), None)
+    if best is None:
+        return []
+    out = []
+
+    def pair(chosen: str, rejected: str, **meta) -> None:
+        verdict, differ = check_verdict(chosen, rejected, checks)
+        if verdict == 1:
+            out.append(
+                {
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "source": "checks",
+                    "label": 1.0,
+                    "meta": {"principles": differ, **meta},
+                }
+            )
+
+    pair(best, order[-1])
+    pair(edited(best, checks), best, edit=True)
+    return out
 
 
 def revision_pairs(store: Store, constitution_id: int, checks: list[tuple[str, Check]], owner: str = "") -> list[dict]:
@@ -373,8 +409,8 @@ def run_prefs(
         items, judged = [], []
         for n, p in enumerate(batch):
             answers = texts[n * cfg.answers : (n + 1) * cfg.answers]
-            if "checks" in sources and (pair := checks_pair(p["text"], answers, checks)):
-                items.append(pair)
+            if "checks" in sources:
+                items += checks_pairs(p["text"], answers, checks)
             if "feedback" in sources and answers[0].strip() and answers[1].strip() and answers[0] != answers[1]:
                 principle = constitution.principles[p["id"] % len(constitution.principles)]
                 judge_system = principle.text if cfg.judge == "principle" else teacher_system

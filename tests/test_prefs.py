@@ -59,14 +59,38 @@ def test_feedback_pair_orients_and_drops_near_half():
     assert prefs.feedback_pair("p", "same", "same", 0.9, 0.1, {}) is None
 
 
-def test_checks_pair_prefers_the_passing_answer():
-    pair = prefs.checks_pair("p", ["Hello there, this is a long plain answer", "Arr, short one"], CHECKS)
-    assert pair["chosen"] == "Arr, short one" and pair["source"] == "checks" and pair["label"] == 1.0
-    assert pair["meta"]["principles"] == ["arr", "short"]
-    # each passes a check the other fails: no verdict
-    assert prefs.checks_pair("p", ["Arr, but this answer is far too long to pass", "Short plain one"], CHECKS) is None
-    assert prefs.checks_pair("p", ["Arr ok", "Arr ok"], CHECKS) is None
+def test_checks_pairs_prefer_the_passing_answer_and_the_edit_that_passes():
+    pairs = prefs.checks_pairs("p", ["Hello there, this is a long plain answer", "Arr, short one"], CHECKS)
+    # the best answer passes every check: no edit to make
+    assert [(p["chosen"], p["rejected"], p["source"], p["label"]) for p in pairs] == [
+        ("Arr, short one", "Hello there, this is a long plain answer", "checks", 1.0)
+    ]
+    assert pairs[0]["meta"]["principles"] == ["arr", "short"]
+    # each passes a check the other fails: no verdict between them; the best one cut to six words passes both
+    (pair,) = prefs.checks_pairs("p", ["Arr, but this answer is far too long to pass", "Short plain one"], CHECKS)
+    assert (pair["chosen"], pair["rejected"]) == (
+        "Arr, but this answer is far",
+        "Arr, but this answer is far too long to pass",
+    )
+    assert pair["meta"] == {"principles": ["short"], "edit": True}
+    assert prefs.checks_pairs("p", ["Arr ok", "Arr ok"], CHECKS) == []
     assert prefs.check_verdict("Arr yes", "no", CHECKS)[0] == 1
+
+
+def test_edits_put_the_opening_first_take_text_out_and_then_count_words():
+    checks = [("a", Check("starts_with", "Arr!")), ("b", Check("not_contains", "!!")), ("c", Check("max_words", "4"))]
+    assert prefs.edited("  Hello!! there, my friend", checks) == "Arr! Hello there, my"
+    assert prefs.edited("Arr! fine", checks) == "Arr! fine"
+    # contains and regex checks cannot be met by an edit: no edit pair
+    assert prefs.checks_pairs("p", ["plain words"], [("m", Check("contains", "matey"))]) == []
+
+
+def test_a_repetition_loop_is_never_the_chosen_answer():
+    checks = [("m", Check("contains", "matey"))]
+    loop = "Ye say matey, matey, matey, matey, matey, matey, matey, matey"
+    assert prefs.checks_pairs("p", [loop, "A plain and useful answer"], checks) == []
+    (pair,) = prefs.checks_pairs("p", [loop, "A plain answer, matey", "A plain answer"], checks)
+    assert (pair["chosen"], pair["rejected"]) == ("A plain answer, matey", "A plain answer")
 
 
 def test_revision_pairs_skip_worse_and_rejected(store):
