@@ -49,15 +49,7 @@ class DPOConfig(StageConfig):
     beta: float = field(default=0.1, metadata={"help": "DPO beta: how far the policy may move from the reference"})
     steps: int = field(default=40, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=4, metadata={"help": "pairs per step"})
-    lr: float = field(
-        default=5e-5,
-        metadata={
-            "help": (
-                'peak learning rate (at 2e-4 the pirate student learnt its pairs\' edits into loops of "Arr!" and '
-                "lost its capability: docs/distillation.md)"
-            )
-        },
-    )
+    lr: float = field(default=5e-5, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=2, metadata={"help": "linear warm-up steps"})
     schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})

@@ -182,10 +182,10 @@ def checks_pairs(prompt: str, answers: list[str], checks: list[tuple[str, Check]
     if best is None:
         return []
     out = []
-
-    def pair(chosen: str, rejected: str, **meta) -> None:
+    for chosen, rejected, extra in ((best, order[-1], {}), (edited(best, checks), best, {"edit": True})):
         verdict, differ = check_verdict(chosen, rejected, checks)
         if verdict == 1:
+            meta = {"principles": differ, **extra}
             out.append(
                 {
                     "prompt": prompt,
@@ -193,12 +193,9 @@ def checks_pairs(prompt: str, answers: list[str], checks: list[tuple[str, Check]
                     "rejected": rejected,
                     "source": "checks",
                     "label": 1.0,
-                    "meta": {"principles": differ, **meta},
+                    "meta": meta,
                 }
             )
-
-    pair(best, order[-1])
-    pair(edited(best, checks), best, edit=True)
     return out
 
 
