@@ -121,3 +121,10 @@ def test_the_job_line_follows_the_pairs_job_and_a_reload_finds_it(ctx, monkeypat
     ctx.store.update_job(other, state="cancelled")  # Stop, then Resume: the run continues from its checkpoint
     on_resume(ctx, other, None)
     assert ctx.store.get_job(other)["state"] == "queued" and "queued" in pairs.on_status(ctx, other, shown, None)[0]
+
+
+def test_the_badge_says_how_a_pair_was_made():
+    pair = {"status": "pending", "source": "checks", "label": 1.0, "confidence": 1.0}
+    badge = pairs.badge_html({**pair, "meta": {"principles": ["arr"]}})
+    assert "principle arr" in badge and "edited" not in badge
+    assert "the other edited to pass the checks" in pairs.badge_html({**pair, "meta": {"edit": True}})

@@ -147,13 +147,17 @@ def layout() -> dict:
     }
 
 
+# what a pair's meta says of how it was made, shown as badges
+PAIR_MARKS = (("edit", "chosen: the other edited to pass the checks"), ("flipped", "flipped by a reviewer"))
+
+
 def badge_html(pair: dict | None) -> str:
     if pair is None:
         return ""
     meta = pair.get("meta") or {}
     bits = [f"source: {pair['source']}", f"label {pair['label']:.2f}", f"confidence {pair['confidence']:.2f}"]
     bits += [f"principle {p}" for p in ([meta["principle"]] if meta.get("principle") else meta.get("principles", []))]
-    bits += ["flipped by a reviewer"] if meta.get("flipped") else []
+    bits += [say for key, say in PAIR_MARKS if meta.get(key)]
     return " ".join(f"<span class='badge'>{html.escape(str(b))}</span>" for b in [pair["status"], *bits])
 
 
