@@ -16,7 +16,8 @@ The targets of issue 23 are checked at the end of each constitution. ``--equal-t
 plain run for as long as the on-policy one took (on-policy vs off-policy at equal wall time);
 ``--gkd`` trains TRL's GKDTrainer on the plain run's data with the on-policy setting's share as its
 lambda, as the baseline for ours (its teacher is the same base model with the constitution spliced
-into each row's system turn).
+into each row's system turn). ``--runs`` scores finished runs of the ``--keep`` workspace instead of
+training any (runs trained by ``ctxdistill train`` there with other seeds or sets, side by side).
 """
 
 from __future__ import annotations
@@ -85,9 +86,8 @@ def train_run(store: Store, cid: int, settings: dict, steps: int, prompts: int) 
             and TrainConfig.from_dict(old["config"]) == cfg
             and "trainer" not in (old["result"] or {})
         ):
-            wall = (old["finished_at"] or 0) - (old["started_at"] or 0)
             print(f"  reusing run {old['id']}", flush=True)
-            return old["id"], wall, old["result"]
+            return finished(old)
     job = store.create_job("train", cfg.to_dict(), heavy=True)
     start = time.perf_counter()
     jobs.run_inline(store, job)
@@ -95,6 +95,13 @@ def train_run(store: Store, cid: int, settings: dict, steps: int, prompts: int) 
     if done["state"] != "done":
         raise SystemExit(f"training failed: {done['error']}")
     return job, time.perf_counter() - start, done["result"]
+
+
+def finished(job: dict) -> tuple[int, float, dict]:
+    """(job id, wall seconds from its own record, result) of a finished training run."""
+    if job["kind"] != "train" or job["state"] != "done":
+        raise SystemExit(f"job {job['id']} is not a finished training run ({job['kind']}, {job['state']})")
+    return job["id"], (job["finished_at"] or 0) - (job["started_at"] or 0), job["result"]
 
 
 def context_teacher(model, student_prefix: list[int], teacher_prefix: list[int]):
@@ -280,8 +287,11 @@ def main():
     p.add_argument("--capability-items", type=int, default=0, help="capability items (0 = all)")
     p.add_argument("--equal-time", action="store_true", help="also a plain run as long as the on-policy one")
     p.add_argument("--gkd", action="store_true", help="also TRL's GKDTrainer on the plain run's data (needs plain)")
+    p.add_argument("--runs", nargs="+", type=int, help="score these finished runs of the --keep workspace, train none")
     add_profile_flag(p)
     args = p.parse_args()
+    if args.runs and not (args.keep and len(args.only) == 1):
+        p.error("--runs scores runs of one constitution in a kept workspace: give --keep and one --only")
     apply_profile(args)
     home = Path(args.keep or tempfile.mkdtemp(prefix="ctxdistill-hold-"))
     store = Store(home)
@@ -295,8 +305,8 @@ def main():
         c = load(CONSTITUTIONS[name])
         cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
         print(f"\n{name} (constitution v{cid})", flush=True)
-        runs = {}
-        for setting in args.configs:
+        runs = {f"run {job}": finished(store.get_job(job)) for job in args.runs or []}
+        for setting in [] if args.runs else args.configs:
             runs[setting] = train_run(store, cid, CONFIGS[setting], args.steps, args.train_prompts)
             print(f"  {setting}: trained in {runs[setting][1]:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
         if args.equal_time and "onpolicy" in runs and "plain" in runs:

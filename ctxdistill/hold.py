@@ -6,7 +6,9 @@ constitution in context) on the clean input.
 * **Override attempts** (``attack_share``): the student sees the prompt wrapped in an attack
   template (ctxdistill/data/attacks_train.jsonl, or a user's file; never the evaluation's
   attacks.jsonl), the teacher the clean prompt, along the same answer tokens. Which answers are
-  attacked, and by which template, is drawn afresh each time an answer comes up (seeded).
+  attacked, and by which template, is drawn afresh each time an answer comes up (seeded). Whatever
+  an attempt asks for is trained away with it, so the shipped ones ask only to drop the
+  constitution: none asks for a format, a length or a language a user may rightly ask for.
 * **Conversations** (``multiturn_share``): a share of the train prompts also becomes a
   conversation (the prompt, the teacher's answer, a follow-up from
   ctxdistill/data/followups_train.jsonl or a user's file); the teacher answers the follow-up with

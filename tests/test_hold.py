@@ -182,6 +182,19 @@ def test_shipped_training_sets_share_nothing_with_the_evaluation():
     assert quoted and not quoted & {item.value.lower() for item in items}
 
 
+def test_shipped_training_attacks_ask_for_nothing_a_user_may_rightly_ask():
+    """A training attempt's target is the teacher's answer to the clean prompt, so whatever else the attempt
+    asks for is trained away with it: one that also asks for a format, a length or a language teaches the
+    student to ignore that request from anyone. The shipped attempts only ask to drop the constitution."""
+    request = re.compile(
+        r"\b(lists?|bullet(ed|s)?|yaml|json|csv|code|comment|capital letters|(one|single|two|three)( plain)? words?"
+        r"|verse|deutsch)\b|[^\x00-\x7f]",
+        re.I,
+    )
+    for a in hold.train_attacks():
+        assert not request.search(a.template.replace("{prompt}", "")), (a.kind, a.template)
+
+
 @pytest.fixture
 def saved(workspace):
     from ctxdistill.constitution import content_hash, load, to_dict
