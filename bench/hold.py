@@ -39,6 +39,7 @@ from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 from ctxdistill import eval_config, evaluate, jobs  # noqa: E402
 from ctxdistill.constitution import content_hash, load, to_dict  # noqa: E402
+from ctxdistill.database import NotFound  # noqa: E402
 from ctxdistill.report import fmt_estimate  # noqa: E402
 from ctxdistill.store import Store  # noqa: E402
 from ctxdistill.train_config import TrainConfig  # noqa: E402
@@ -95,6 +96,13 @@ def train_run(store: Store, cid: int, settings: dict, steps: int, prompts: int) 
     if done["state"] != "done":
         raise SystemExit(f"training failed: {done['error']}")
     return job, time.perf_counter() - start, done["result"]
+
+
+def known(store: Store, job: int) -> dict:
+    try:
+        return store.get_job(job)
+    except NotFound:
+        raise SystemExit(f"job {job} is not in workspace {store.home}") from None
 
 
 def finished(job: dict) -> tuple[int, float, dict]:
@@ -305,7 +313,7 @@ def main():
         c = load(CONSTITUTIONS[name])
         cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
         print(f"\n{name} (constitution v{cid})", flush=True)
-        runs = {f"run {job}": finished(store.get_job(job)) for job in args.runs or []}
+        runs = {f"run {job}": finished(known(store, job)) for job in args.runs or []}
         for setting in [] if args.runs else args.configs:
             runs[setting] = train_run(store, cid, CONFIGS[setting], args.steps, args.train_prompts)
             print(f"  {setting}: trained in {runs[setting][1]:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
