@@ -273,9 +273,10 @@ def verdicts(f: dict, teacher: dict, plain_gap: float | None) -> str:
     )
 
 
-def report(results: dict, runs: dict[str, tuple[int, float, dict]]) -> None:
-    """Each student's figures and targets; where a setting ran with several seeds ("setting s1"…),
-    also their mean over the seeds, with the seeds' range, and the targets on the mean."""
+def report(results: dict, runs: dict[str, tuple[int, float, dict]], setting_of: dict[str, str]) -> None:
+    """Each student's figures and targets; where a setting ran with several seeds (``setting_of`` maps
+    a run's name to its setting; a run it lacks is a setting of its own), also their mean over the
+    seeds, each seed's figure beside it, and the targets on the mean."""
     r = results["robustness"]
     inj, st, cap = r["injection"], r["second_turn"], r["capability"]["accuracy"]
     benign = (r.get("benign") or {}).get("followed")
@@ -291,7 +292,9 @@ def report(results: dict, runs: dict[str, tuple[int, float, dict]]) -> None:
         f"{fmt_estimate(teacher['kl'])}; capability teacher {pct(cap['teacher'])}, base {pct(cap['base'])}"
         + (f"; benign followed teacher {pct(benign['teacher'])}, base {pct(benign['base'])}" if benign else "")
     )
-    plain = [figures(results, job)["gap"] for setting, (job, _, _) in runs.items() if setting.split(" s")[0] == "plain"]
+    plain = [
+        figures(results, job)["gap"] for name, (job, _, _) in runs.items() if setting_of.get(name, name) == "plain"
+    ]
     plain_gap = sum(plain) / len(plain) if plain else None
     by_setting: dict[str, list[dict]] = {}
     for setting, (job, wall, result) in runs.items():
@@ -300,7 +303,7 @@ def report(results: dict, runs: dict[str, tuple[int, float, dict]]) -> None:
         clean_kl = inj.get("kl_clean", {}).get(label)
         added = inj.get("kl_added", {}).get(label)
         f = figures(results, job)
-        by_setting.setdefault(setting.split(" s")[0], []).append(f)
+        by_setting.setdefault(setting_of.get(setting, setting), []).append(f)
         print(
             f"  {setting:10s} run {job}: trained {wall:.0f} s, gap closed {pct(results['scores']['gap_closed'][label])}"
             f" (in-run {result.get('gap_closed', float('nan')):.3f}); checks without / under attack "
@@ -362,11 +365,13 @@ def main():
         cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
         print(f"\n{name} (constitution v{cid})", flush=True)
         runs = {f"run {job}": finished(known(store, job)) for job in args.runs or []}
+        setting_of = {run: run for run in runs}
         for setting in [] if args.runs else args.configs:
             for seed in range(args.seeds):
-                name = f"{setting} s{seed}" if args.seeds > 1 else setting
-                runs[name] = train_run(store, cid, {**CONFIGS[setting], "seed": seed}, args.steps, args.train_prompts)
-                print(f"  {name}: trained in {runs[name][1]:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+                run = f"{setting} s{seed}" if args.seeds > 1 else setting
+                runs[run] = train_run(store, cid, {**CONFIGS[setting], "seed": seed}, args.steps, args.train_prompts)
+                setting_of[run] = setting
+                print(f"  {run}: trained in {runs[run][1]:.0f} s (load {os.getloadavg()[0]:.1f})", flush=True)
         if args.equal_time and "onpolicy" in runs and "plain" in runs:
             ratio = runs["onpolicy"][1] / runs["plain"][1]
             steps = round((args.steps or defaults.steps) * ratio)
@@ -391,7 +396,7 @@ def main():
             f"{results['robustness']['injection']['n_attacks']} attacked prompts (evaluation set), "
             f"{results['robustness']['second_turn']['n']} second turns; {results['precision']} / {results['quantize']}"
         )
-        report(results, runs)
+        report(results, runs, setting_of)
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
