@@ -55,7 +55,9 @@ CONSTITUTIONS = {
 # the settings compared: plain distillation, each augmentation alone, all three, the shipped defaults, and the
 # defaults with conversations
 CONFIGS = {
-    "plain": dict(attack_share=0.0, multiturn_share=0.0, instruction_share=0.0, on_policy_share=0.0),
+    "plain": dict(
+        attack_share=0.0, multiturn_share=0.0, instruction_share=0.0, on_policy_share=0.0, replay_fraction=0.0
+    ),
     "attack": dict(attack_share=0.5, multiturn_share=0.0, on_policy_share=0.0),
     "multiturn": dict(attack_share=0.0, multiturn_share=0.5, on_policy_share=0.0),
     "multiturn1": dict(attack_share=0.0, multiturn_share=1.0, on_policy_share=0.0),
@@ -72,6 +74,7 @@ CONFIGS = {
     "cosine+multiturn": dict(schedule="cosine", multiturn_share=0.5),  # the defaults before 2026-12-06
     "cosine+multiturn1": dict(schedule="cosine", multiturn_share=1.0),
     "default+t0.7": dict(temperature=0.7),
+    "default-replay": dict(replay_fraction=0.0),  # the defaults before the short-answer replay
 }
 
 
@@ -358,7 +361,7 @@ def main():
     defaults = TrainConfig()
     print(
         f"defaults: attack share {defaults.attack_share}, multi-turn share {defaults.multiturn_share}, "
-        f"on-policy share {defaults.on_policy_share}"
+        f"on-policy share {defaults.on_policy_share}, replay {defaults.replay_fraction} of {defaults.replay_set}"
     )
     for name in args.only:
         c = load(CONSTITUTIONS[name])

@@ -182,8 +182,8 @@ def main():
     p.add_argument(
         "--replay-fraction",
         type=float,
-        default=0.0,
-        help="share of the training answers that are the teacher's answers to the replay set (the remedy)",
+        default=TrainConfig().replay_fraction,
+        help="share of the training answers that are the teacher's answers to the replay set (default: a run's)",
     )
     p.add_argument(
         "--capability-gauge",

@@ -28,6 +28,7 @@ import torch
 from . import hold
 from .engine import Example, SamplingStopped, TeacherStudent, sample_answers
 from .losses import kl_per_token
+from .prompts import SHIPPED_SETS, ensure_default_prompts
 from .safety import quote
 from .train_config import TrainConfig, TrainError
 
@@ -68,21 +69,28 @@ def split_prompts(store, cfg: TrainConfig) -> tuple[list[str], list[str]]:
     )
 
 
+def replay_count(n_train: int, fraction: float) -> int:
+    """How many replay prompts make up ``fraction`` of the mix next to ``n_train`` prompts."""
+    return round(n_train * fraction / (1 - fraction))
+
+
 def replay_prompts(store, cfg: TrainConfig, n_train: int) -> list[str]:
     """Prompts of ``cfg.replay_set`` (its train split) so that they are ``replay_fraction`` of the
-    mix next to ``n_train`` prompts of the run's own set; a fixed random pick (the run's seed)."""
+    mix next to ``n_train`` prompts of the run's own set; a fixed random pick (the run's seed). A set
+    smaller than that is gone through more than once, each time in a new order (every row gets an
+    answer of its own); a shipped set is seeded into a workspace that lacks it."""
     if not cfg.replay_fraction:
         return []
+    if cfg.replay_set in SHIPPED_SETS:
+        ensure_default_prompts(store, cfg.owner)
     rows = [r["text"] for r in store.get_prompts(cfg.replay_set, split="train", owner=cfg.owner)]
     if not rows:
         raise TrainError(f"replay prompt set {quote(cfg.replay_set)} has no train prompts")
-    want = round(n_train * cfg.replay_fraction / (1 - cfg.replay_fraction))
-    if want > len(rows):
-        raise TrainError(
-            f"a replay fraction of {cfg.replay_fraction:g} next to {n_train} train prompts needs {want} "
-            f"prompts; replay set {quote(cfg.replay_set)} has {len(rows)}: lower the fraction or --max-prompts"
-        )
-    return random.Random(cfg.seed).sample(rows, want)
+    want = replay_count(n_train, cfg.replay_fraction)
+    rng, picked = random.Random(cfg.seed), []
+    while len(picked) < want:
+        picked += rng.sample(rows, min(len(rows), want - len(picked)))
+    return picked
 
 
 @torch.no_grad()
@@ -218,14 +226,14 @@ def setup_data(cfg: TrainConfig, store, pair: TeacherStudent, run_dir: Path, acc
                     0, cfg.steps, "ranking the train prompts by how much the new teacher disagrees with the old student"
                 )
                 train = rebake_mix(train, disagreement(pair, train, chunk=cfg.kl_chunk), cfg)
-            replay = kept(
-                replay_prompts(store, cfg, len(prompts)),
-                cfg,
-                cfg.seed + 104729,
-                "replay",
-                "sampling the teacher's replay answers",
-            )
-            train = interleave(train, replay)
+        replay = kept(
+            replay_prompts(store, cfg, len(asked_of)),
+            cfg,
+            cfg.seed + 104729,
+            "replay",
+            "sampling the teacher's replay answers",
+        )
+        train = interleave(train, replay)
         # the teacher's answers to a follow-up of a share of the first answers (its own, or the accepted ones)
         second = kept(
             hold.conversations(tok, first, follow_ups, cfg.multiturn_share, cfg.seed + 17),

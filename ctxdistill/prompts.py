@@ -21,9 +21,14 @@ from .safety import UnsafeInput, check_set, quote
 from .store import Store
 
 DEFAULT_SET = "default"
+# short factual questions, each with a request for a short answer: the default run's replay set, so that a
+# student trained to keep its constitution against override attempts still answers them (no question of
+# the capability set it is scored on is among them: tests/test_generate.py)
+SHORT_ANSWERS_SET = "short-answers"
 
-
-DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "default.jsonl"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "prompts"
+DEFAULT_PROMPTS = SHIPPED_DIR / "default.jsonl"
+SHIPPED_SETS = {DEFAULT_SET: DEFAULT_PROMPTS, SHORT_ANSWERS_SET: SHIPPED_DIR / "short-answers.jsonl"}
 
 
 MAX_PROMPT_CHARS = 8000  # about 2 000 tokens: leaves room for the constitution and the answer
@@ -287,10 +292,13 @@ def import_prompts(
 
 
 def ensure_default_prompts(store: Store, owner: str = "") -> int:
-    """Seed the shipped prompt set into a workspace that lacks it; returns how many were added."""
-    if not DEFAULT_PROMPTS.is_file() or any(s["name"] == DEFAULT_SET for s in store.prompt_sets(owner=owner)):
-        return 0
-    return import_prompts(store, DEFAULT_SET, DEFAULT_PROMPTS, owner=owner)["added"]
+    """Seed the shipped prompt sets (SHIPPED_SETS) that a workspace lacks; returns how many prompts were added."""
+    have = {s["name"] for s in store.prompt_sets(owner=owner)}
+    return sum(
+        import_prompts(store, name, path, owner=owner)["added"]
+        for name, path in SHIPPED_SETS.items()
+        if name not in have and path.is_file()
+    )
 
 
 def select_prompts(

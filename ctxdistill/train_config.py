@@ -150,13 +150,20 @@ class TrainConfig(StageConfig):
         },
     )
     replay_set: str = field(
-        default="default", metadata={"help": "general prompt set whose train prompts --replay-fraction mixes in"}
-    )
-    replay_fraction: float = field(
-        default=0.0,
+        default="short-answers",
         metadata={
             "help": (
-                "share of the training answers that are the teacher's answers to the replay set's prompts (0 = none)"
+                "general prompt set whose train prompts --replay-fraction mixes in (the shipped short-answers: "
+                "short factual questions asking for a short answer, apart from the capability set)"
+            )
+        },
+    )
+    replay_fraction: float = field(
+        default=0.15,
+        metadata={
+            "help": (
+                "share of the training answers that are the teacher's answers to the replay set's prompts (0 = none;"
+                " a set too small for it is gone through more than once)"
             )
         },
     )
@@ -297,8 +304,8 @@ class TrainConfig(StageConfig):
                 "on-policy share needs the teacher's distribution to score the student's own answers: "
                 "with loss sft there is none (use kl or mix)"
             )
-        if self.data == "accepted" and (self.heldout_categories.strip() or self.replay_fraction or self.from_run):
-            errors.append("category hold-out, replay and re-bake train on fresh teacher samples: use data prompts")
+        if self.data == "accepted" and (self.heldout_categories.strip() or self.from_run):
+            errors.append("category hold-out and re-bake train on fresh teacher samples: use data prompts")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             errors.append(f"learning rate must be a positive number, got {self.lr}")
         try:  # the teacher's sampling settings, checked as the sampling stage checks them

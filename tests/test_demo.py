@@ -280,7 +280,8 @@ def test_distill_form_is_capped(app, monkeypatch):
         )
     assert submitted == []
     start(start_values(blocks, version=a["constitution"]), request=A)  # the demo's own defaults fit its caps
-    assert submitted[0]["steps"] <= ctx.caps.steps and submitted[0]["max_prompts"] == ctx.caps.prompts
+    # as many train prompts as fit beside the short-answer replay they bring: 41 + 7
+    assert submitted[0]["steps"] <= ctx.caps.steps and submitted[0]["max_prompts"] == 41 == ctx.caps.prompts - 7
 
 
 def test_data_callbacks_only_touch_the_visitors_jobs_and_versions(app):

@@ -121,12 +121,35 @@ def test_missing_file_and_column_picker_message(store, tmp_path):
     assert read_table(tmp_path / "two.csv") == [{"a": "1", "b": "2"}]
 
 
-def test_default_set_is_seeded_once(store):
+def test_shipped_sets_are_seeded_once(store):
     added = ensure_default_prompts(store)
-    assert added > 200
-    (s,) = store.prompt_sets()
-    assert s["name"] == "default" and s["n_heldout"] > 0
+    assert added > 270
+    sets = {s["name"]: s for s in store.prompt_sets()}
+    assert sorted(sets) == ["default", "short-answers"]
+    assert sets["default"]["n_heldout"] > 0 and sets["short-answers"]["n_train"] == 72
     assert ensure_default_prompts(store) == 0
+
+
+def test_no_capability_question_is_trained_on():
+    """The capability set scores whether the student still answers short questions: none of its
+    questions, nor its two closing requests, is among the shipped train prompts (the default set's and
+    the short-answer replay set's)."""
+    import re
+
+    from ctxdistill.capability import load_items
+    from ctxdistill.prompts import SHIPPED_SETS
+
+    closings = ("Answer with just the answer.", "Answer with just the number.")
+
+    def words(text):
+        return " ".join(re.findall(r"\w+", text.lower()))
+
+    asked = {words(it.prompt.replace(closings[0], "").replace(closings[1], "")) for it in load_items()}
+    assert len(asked) > 120
+    for path in SHIPPED_SETS.values():
+        trained = [r["text"] for r in read_table(path) if r.get("split") == "train"]
+        assert not [t for t in trained if any(words(t).startswith(q) for q in asked)], path
+        assert not [t for t in trained if any(c in t for c in closings)], path
 
 
 # --------------------------------------------------------------------------- the job, in-process

@@ -270,9 +270,10 @@ def test_cli_refuses_a_bad_attack_file_in_one_line(workspace, tmp_path):
 
 
 def _tiny_run(cid, checkpoint, **settings) -> train.TrainConfig:
-    """A run of the tiny model in full weights, without checkpoints."""
-    cfg = dict(constitution_id=cid, model=str(checkpoint), quantize="none", checkpoint_every=0)
-    return train.TrainConfig(**cfg, **settings)
+    """A run of the tiny model in full weights, without checkpoints, and without the short-answer replay
+    (the augmentations' rows alone)."""
+    cfg = dict(constitution_id=cid, model=str(checkpoint), quantize="none", checkpoint_every=0, replay_fraction=0.0)
+    return train.TrainConfig(**{**cfg, **settings})
 
 
 def test_a_run_with_every_augmentation_logs_its_shares_and_held_out_figures(saved, tiny_checkpoint, tmp_path):
@@ -324,6 +325,7 @@ def test_accepted_answers_open_the_conversations_of_a_multi_turn_run(saved, tiny
         eval_every=0,
         multiturn_share=1.0,
         instruction_share=0.5,
+        replay_fraction=0.34,
     )
     texts = ["How do tides work?", "Name a ship.", "Why is the sea salty?", "What is a compass?"]
     store.add_prompts("mine", [{"text": t, "split": "heldout" if n > 1 else "train"} for n, t in enumerate(texts)])
@@ -338,4 +340,8 @@ def test_accepted_answers_open_the_conversations_of_a_multi_turn_run(saved, tiny
     # every accepted answer opens a conversation, as the reviewer kept it; the teacher answers the follow-up
     assert sorted((t[0]["content"], t[1]["content"]) for t in talks) == sorted(finals.items())
     asked = [e["prompt"] for e in rows if isinstance(e["prompt"], str) and e["prompt"] not in finals]
-    assert len(asked) == 1 and any(asked[0].startswith(p) for p in finals)  # an accepted prompt, with an instruction
+    replayed = [p["text"] for p in store.get_prompts("short-answers")]
+    # an accepted prompt with an instruction, and the teacher's answer to one short-answer question (a third
+    # of the mix next to two accepted answers)
+    assert len(asked) == 2 and sum(p in replayed for p in asked) == 1
+    assert sum(any(p.startswith(f) for f in finals) for p in asked) == 1

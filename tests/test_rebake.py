@@ -145,7 +145,9 @@ def test_rebake_records_its_lineage_in_the_run_card_and_notice(store, tiny_check
         "changes": {"added": [], "removed": [], "edited": ["matey"]},
         "text": f"re-baked from run {first} (version {v1} → {v2}: edited matey)",
     }
-    assert result["n_train"] == 4  # the most changed half of 6 prompts, and a quarter of the mix replayed: 3 + 1
+    # the most changed half of 6 prompts, a quarter of the mix replayed (3 + 1), and the default short-answer
+    # replay: one prompt next to 6 train prompts
+    assert result["n_train"] == 5
     card = (store.runs_dir / str(second) / "adapter" / "README.md").read_text()
     assert f"| lineage | re-baked from run {first} (version {v1} → {v2}: edited matey) |" in card
     run_file = json.loads((store.runs_dir / str(second) / "adapter" / adapters.RUN_FILE).read_text())
@@ -261,8 +263,12 @@ def test_replay_fraction_is_the_share_of_the_mix(store):
     assert len(replay) / (len(replay) + 40) == pytest.approx(0.2) and len(set(replay)) == 10
     assert replay == mix.replay_prompts(store, cfg, 40)  # a fixed pick
     assert mix.replay_prompts(store, dataclasses.replace(cfg, replay_fraction=0.0), 40) == []
-    with pytest.raises(train.TrainError, match="needs 40 prompts; replay set 'general' has 30"):
-        mix.replay_prompts(store, dataclasses.replace(cfg, replay_fraction=0.5), 40)
+    # a set smaller than the share needs is gone through again, in a new order: every prompt of the
+    # first 30 once, then 10 of them a second time
+    twice = mix.replay_prompts(store, dataclasses.replace(cfg, replay_fraction=0.5), 40)
+    assert len(twice) == 40 and len(set(twice[:30])) == 30 and set(twice[30:]) < set(twice[:30])
+    with pytest.raises(train.TrainError, match="replay prompt set 'nothing' has no train prompts"):
+        mix.replay_prompts(store, dataclasses.replace(cfg, replay_set="nothing"), 40)
     with pytest.raises(train.TrainError, match="replay fraction"):
         train.TrainConfig(replay_fraction=1.0).validate()
 
@@ -278,8 +284,10 @@ def test_the_time_estimate_counts_the_mix(store):
         + [{"text": f"h{i}", "split": "heldout", "category": "a" if i % 2 else "b"} for i in range(6)],
     )
     store.add_prompts("general", [{"text": f"g{i}", "split": "train"} for i in range(30)])
-    cfg = train.TrainConfig(prompt_set="mine", eval_prompts=0)
+    cfg = train.TrainConfig(prompt_set="mine", eval_prompts=0, replay_fraction=0.0)
     assert estimate.run_size(cfg, store) == (20, 6)
+    # the default replay: the shipped short-answer set, seeded into the workspace where it lacks it
+    assert estimate.run_size(train.TrainConfig(prompt_set="mine", eval_prompts=0), store) == (24, 6)
     assert estimate.run_size(dataclasses.replace(cfg, heldout_categories="a"), store) == (10, 3)
     assert estimate.run_size(dataclasses.replace(cfg, replay_set="general", replay_fraction=0.2), store) == (25, 6)
     with pytest.raises(train.TrainError, match="category 'c' has no held-out prompts"):

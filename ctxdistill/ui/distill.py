@@ -16,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from ctxdistill import adapters, estimate, jobs, train, train_config
+from ctxdistill import adapters, estimate, jobs, mix, train, train_config
 from ctxdistill.models import default_models_dir
 from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.precision import PRECISIONS, QUANTIZE
@@ -427,7 +427,9 @@ def on_start(ctx: AppContext, values: dict, request: gr.Request):
             )
         train.check_start(ctx.store, cfg)
         if ctx.caps is not None and not cfg.max_prompts:
-            cfg.max_prompts = ctx.caps.prompts  # "all" means "as many as the demo allows"
+            # "all" means "as many as the demo allows", the replay prompts they bring along included
+            fits = lambda n: n + mix.replay_count(n, cfg.replay_fraction) <= ctx.caps.prompts
+            cfg.max_prompts = max(filter(fits, range(1, ctx.caps.prompts + 1)))
         sampled = estimate.run_size(cfg, ctx.store)[0] if ctx.caps is not None else 0  # replay prompts count too
     except (train.TrainError, TypeError, ValueError) as exc:
         raise gr.Error(str(exc))
