@@ -21,7 +21,7 @@ from .safety import UnsafeInput, check_set, quote
 from .store import Store
 
 DEFAULT_SET = "default"
-# short factual questions, each with a request for a short answer: the default run's replay set, so that a
+# short factual questions (no request about the answer's form): the default run's replay set, so that a
 # student trained to keep its constitution against override attempts still answers them (no question of
 # the capability set it is scored on is among them: tests/test_generate.py)
 SHORT_ANSWERS_SET = "short-answers"

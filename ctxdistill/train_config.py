@@ -154,7 +154,7 @@ class TrainConfig(StageConfig):
         metadata={
             "help": (
                 "general prompt set whose train prompts --replay-fraction mixes in (the shipped short-answers: "
-                "short factual questions asking for a short answer, apart from the capability set)"
+                "short factual questions, apart from the capability set)"
             )
         },
     )
