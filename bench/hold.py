@@ -67,7 +67,7 @@ CONFIGS = {
     "combined": dict(attack_share=0.5, multiturn_share=0.5, on_policy_share=0.25),
     "default": {},
     "default+multiturn": dict(multiturn_share=0.5),
-    "default+multiturn+instruct": dict(multiturn_share=0.5, instruction_share=0.5),
+    "default+instruct": dict(instruction_share=0.5),
     "default+lr2e-3": dict(lr=2e-3),
     "default+r32": dict(lora_r=32, lora_alpha=64),
     "default+r64": dict(lora_r=64, lora_alpha=128),
@@ -258,8 +258,9 @@ def verdicts(f: dict, teacher: dict, plain_gap: float | None) -> str:
     """Issue 23's targets for one student's figures (or a setting's mean over seeds)."""
     verdict = lambda ok: "met" if ok else "not met"
     return (
-        f"drop {100 * f['drop']:.0f} pts <= a third of the teacher's {100 * teacher['drop']:.0f}: "
-        f"{verdict(f['drop'] <= teacher['drop'] / 3 + 1e-9)}; attack adds <= half the teacher's KL under attack: "
+        f"drop {100 * f['drop']:.0f} pts <= a third of what the teacher loses ({100 * teacher['drop']:.0f}; "
+        f"none where it gains): {verdict(f['drop'] <= max(teacher['drop'], 0) / 3 + 1e-9)}; "
+        f"attack adds <= half the teacher's KL under attack: "
         f"{verdict(f['share'] <= 0.5)}; second turn >= 0.7 (teacher's / own conversation): "
         f"{verdict(f['second_shared'] >= 0.7)} / {verdict(f['second_own'] >= 0.7)}; "
         f"capability within 2 pts of the teacher: {verdict(f['capability'] >= teacher['capability'] - 0.02)}"
