@@ -68,6 +68,7 @@ CONFIGS = {
     "default": {},
     "default+multiturn": dict(multiturn_share=0.5),
     "default+instruct": dict(instruction_share=0.5),
+    "default+constant": dict(schedule="constant"),  # the defaults before the final decay (2026-12-06)
     "default+lr2e-3": dict(lr=2e-3),
     "default+r32": dict(lora_r=32, lora_alpha=64),
     "default+r64": dict(lora_r=64, lora_alpha=128),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .config import StageConfig
 from .engine import Example, TeacherStudent, heldout_kl
+from .train_config import SCHEDULES
 
 
 class DPOError(ValueError):
@@ -51,7 +52,9 @@ class DPOConfig(StageConfig):
     batch_size: int = field(default=4, metadata={"help": "pairs per step"})
     lr: float = field(default=5e-5, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=2, metadata={"help": "linear warm-up steps"})
-    schedule: str = field(default="cosine", metadata={"help": "cosine, linear or constant after warm-up"})
+    schedule: str = field(
+        default="cosine", metadata={"help": "cosine, linear, constant or wsd after warm-up (as ctxdistill train's)"}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = off)"})
     max_pairs: int = field(default=0, metadata={"help": "train on at most this many accepted pairs (0 = all)"})
@@ -84,8 +87,8 @@ class DPOConfig(StageConfig):
             errors.append(f"beta must be a positive number, got {self.beta}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             errors.append(f"learning rate must be a positive number, got {self.lr}")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            errors.append(f"schedule must be cosine, linear or constant, not {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            errors.append(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         for name in ("from_run", "steps", "batch_size", "max_tokens", "kl_chunk"):
             if getattr(self, name) < 1:
                 errors.append(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")

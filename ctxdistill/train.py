@@ -102,6 +102,9 @@ class Schedule:
         return self._epochs[epoch][m % per_epoch]
 
 
+WSD_DECAY = 0.25
+
+
 def lr_lambda(cfg: TrainConfig):
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -111,6 +114,8 @@ def lr_lambda(cfg: TrainConfig):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         if cfg.schedule == "linear":
             return max(0.0, 1 - progress)
+        if cfg.schedule == "wsd":  # constant, then a linear decay to 0 over the last WSD_DECAY of the steps
+            return max(0.0, min(1.0, (1 - progress) / WSD_DECAY))
         return 1.0
 
     return factor

@@ -19,7 +19,7 @@ LOSSES = ("kl", "sft", "mix")
 DATA_SOURCES = ("prompts", "accepted")
 
 
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "wsd")
 
 
 class TrainError(RuntimeError):
@@ -82,11 +82,12 @@ class TrainConfig(StageConfig):
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=4, metadata={"help": "linear warm-up steps"})
     schedule: str = field(
-        default="constant",
+        default="wsd",
         metadata={
             "help": (
-                "learning rate after warm-up: constant (the held-out best step is kept), or a decay to 0: cosine or "
-                "linear"
+                "learning rate after warm-up: wsd (constant, then a linear decay to 0 over the last quarter of the "
+                "steps), constant, or a decay to 0 from the warm-up on: cosine or linear (the held-out best step is "
+                "kept)"
             )
         },
     )

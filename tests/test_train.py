@@ -32,8 +32,11 @@ def test_length_grouped_batches_cover_everything_once():
 
 
 def test_warmup_then_constant_or_a_decay():
-    values = [train.lr_lambda(train.TrainConfig(steps=10, warmup_steps=2))(s) for s in range(10)]
-    assert values[0] < values[1] < values[2] == 1.0 == values[-1]  # the default stays at the peak
+    values = [train.lr_lambda(train.TrainConfig(steps=22, warmup_steps=2))(s) for s in range(22)]
+    assert values[0] < values[1] < values[2] == 1.0 == values[17]  # the default stays at the peak for 3/4 ...
+    assert 1.0 > values[18] > values[19] > values[20] > values[21] > 0 and values[-1] < 0.25  # ... then decays to 0
+    constant = [train.lr_lambda(train.TrainConfig(steps=10, warmup_steps=2, schedule="constant"))(s) for s in range(10)]
+    assert constant[0] < constant[1] < constant[2] == 1.0 == constant[-1]
     for schedule in ("cosine", "linear"):
         f = train.lr_lambda(train.TrainConfig(steps=10, warmup_steps=2, schedule=schedule))
         values = [f(s) for s in range(10)]
