@@ -180,6 +180,13 @@ def constitution_version(store, spec: str, owner: str = "") -> int:
     return store.save_constitution(c.name, to_dict(c), content_hash(c), message=f"from {spec}", owner=owner)
 
 
+def configured(store, spec: str, build):
+    """``build(constitution_id)``: a stage's config for the constitution ``spec``. Its own fields are
+    validated first, so a bad flag is refused before a constitution file is saved as a version."""
+    build(0).validate()
+    return build(constitution_version(store, spec))
+
+
 def _import_flags(p):
     p.add_argument("source", help="CSV, JSONL, JSON, TXT or Parquet file, a datasets directory, or a hub id")
     p.add_argument("--prompt-set", required=True, help="prompt set to add to (created if new)")
@@ -263,7 +270,7 @@ def cmd_generate(args) -> int:
 
     store = open_store(args)
     ensure_default_prompts(store)
-    cfg = stage_config(GenerateConfig, args, constitution_id=constitution_version(store, args.constitution))
+    cfg = configured(store, args.constitution, lambda cid: stage_config(GenerateConfig, args, constitution_id=cid))
     generate.check_start(store, cfg)
     return run_job(args, "generate", cfg.to_dict())
 
@@ -273,7 +280,7 @@ def cmd_revise(args) -> int:
     from ctxdistill import revise
 
     store = open_store(args)
-    cfg = stage_config(ReviseConfig, args, constitution_id=constitution_version(store, args.constitution))
+    cfg = configured(store, args.constitution, lambda cid: stage_config(ReviseConfig, args, constitution_id=cid))
     revise.check_start(store, cfg)
     return run_job(args, "revise", cfg.to_dict())
 
@@ -336,8 +343,10 @@ def cmd_train(args) -> int:
     if args.resume is not None:
         config = store.get_job(args.resume)["config"]
     else:
-        cfg = dataclass_from_args(
-            TrainConfig, args, model=args.model or "", constitution_id=constitution_version(store, args.constitution)
+        cfg = configured(
+            store,
+            args.constitution,
+            lambda cid: dataclass_from_args(TrainConfig, args, model=args.model or "", constitution_id=cid),
         )
         train.check_start(store, cfg)
         config = cfg.to_dict()
@@ -373,13 +382,17 @@ def cmd_eval(args) -> int:
     from ctxdistill.eval_config import plan
 
     store = open_store(args)
-    cfg = dataclass_from_args(
-        EvalConfig,
-        args,
-        constitution_id=constitution_version(store, args.constitution),
-        runs=args.run,
-        categories=args.categories or [],
-        model=args.model or "",
+    cfg = configured(
+        store,
+        args.constitution,
+        lambda cid: dataclass_from_args(
+            EvalConfig,
+            args,
+            constitution_id=cid,
+            runs=args.run,
+            categories=args.categories or [],
+            model=args.model or "",
+        ),
     )
     plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
     if args.report and not args.report.endswith((".md", ".html", ".json")):
@@ -441,14 +454,16 @@ def cmd_prefs(args) -> int:
     from ctxdistill import prefs
 
     store = open_store(args)
-    cid = constitution_version(store, args.constitution)
     if args.action in ("export", "import") and not args.file:
         raise UserError(f"prefs {args.action} needs a FILE")
-    filters = {"constitution_id": cid, "source": args.source, "min_confidence": args.min_confidence}
     if args.action == "make":
-        cfg = stage_config(prefs.PrefsConfig, args, constitution_id=cid)
+        cfg = configured(
+            store, args.constitution, lambda cid: stage_config(prefs.PrefsConfig, args, constitution_id=cid)
+        )
         prefs.check_start(store, cfg)
         return run_job(args, "prefs", cfg.to_dict())
+    cid = constitution_version(store, args.constitution)
+    filters = {"constitution_id": cid, "source": args.source, "min_confidence": args.min_confidence}
     if args.action == "import":
         out = prefs.import_pairs(store, args.file, cid)
         human = f"imported {out['added']} new pairs of {out['rows']} rows (pending review)"

@@ -170,6 +170,23 @@ def test_an_id_beyond_sqlite_is_refused_plainly(argv, capsys, ws):
     assert "OverflowError" not in err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--schedule", "WSD"],
+        ["train", "--attack-share", "nan"],
+        ["generate", "--temperature", "-1"],
+        ["eval", "--run", "1", "--n-boot", "0"],
+        ["prefs", "make", "--answers", "1"],
+    ],
+)
+def test_a_bad_flag_refuses_before_the_constitution_file_is_saved(argv, capsys, ws):
+    code, _, err = run(capsys, *argv, "--constitution", PIRATE, "--workspace", ws)
+    assert code == 2 and one_line(err), err
+    with Store(ws) as store:
+        assert store.list_constitution_versions(owner=None) == []
+
+
 def test_a_constitution_version_beyond_sqlite_is_not_found(capsys, ws):
     code, _, err = run(capsys, "export", "--constitution", str(2**70), "--out", "o", "--workspace", ws)
     assert code == 2 and one_line(err) and "no constitution version" in err and "OverflowError" not in err
