@@ -58,6 +58,7 @@ BASIC = (
     "checkpoint_every",
     "grad_accum",
     "warmup_steps",
+    "schedule",
     "lora_alpha",
     "lora_dropout",
     "seed",
@@ -85,6 +86,7 @@ FORM = BASIC + MIXING + HOLD
 CHOICES = {
     "data": train_config.DATA_SOURCES,
     "loss": train_config.LOSSES,
+    "schedule": train_config.SCHEDULES,
     "quantize": QUANTIZE,
     "precision": PRECISIONS,
 }
