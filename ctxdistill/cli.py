@@ -180,11 +180,11 @@ def constitution_version(store, spec: str, owner: str = "") -> int:
     return store.save_constitution(c.name, to_dict(c), content_hash(c), message=f"from {spec}", owner=owner)
 
 
-def configured(store, spec: str, build):
-    """``build(constitution_id)``: a stage's config for the constitution ``spec``. Its own fields are
-    validated first, so a bad flag is refused before a constitution file is saved as a version."""
-    build(0).validate()
-    return build(constitution_version(store, spec))
+def configured(store, args, build, cls, **overrides):
+    """``build(cls, args, ...)``: a stage's config for ``--constitution``. Its own fields are validated
+    first, so a bad flag is refused before a constitution file is saved as a version."""
+    build(cls, args, constitution_id=0, **overrides).validate()
+    return build(cls, args, constitution_id=constitution_version(store, args.constitution), **overrides)
 
 
 def _import_flags(p):
@@ -270,7 +270,7 @@ def cmd_generate(args) -> int:
 
     store = open_store(args)
     ensure_default_prompts(store)
-    cfg = configured(store, args.constitution, lambda cid: stage_config(GenerateConfig, args, constitution_id=cid))
+    cfg = configured(store, args, stage_config, GenerateConfig)
     generate.check_start(store, cfg)
     return run_job(args, "generate", cfg.to_dict())
 
@@ -280,7 +280,7 @@ def cmd_revise(args) -> int:
     from ctxdistill import revise
 
     store = open_store(args)
-    cfg = configured(store, args.constitution, lambda cid: stage_config(ReviseConfig, args, constitution_id=cid))
+    cfg = configured(store, args, stage_config, ReviseConfig)
     revise.check_start(store, cfg)
     return run_job(args, "revise", cfg.to_dict())
 
@@ -343,11 +343,7 @@ def cmd_train(args) -> int:
     if args.resume is not None:
         config = store.get_job(args.resume)["config"]
     else:
-        cfg = configured(
-            store,
-            args.constitution,
-            lambda cid: dataclass_from_args(TrainConfig, args, model=args.model or "", constitution_id=cid),
-        )
+        cfg = configured(store, args, dataclass_from_args, TrainConfig, model=args.model or "")
         train.check_start(store, cfg)
         config = cfg.to_dict()
     accelerator = train.setup_accelerator()
@@ -382,18 +378,8 @@ def cmd_eval(args) -> int:
     from ctxdistill.eval_config import plan
 
     store = open_store(args)
-    cfg = configured(
-        store,
-        args.constitution,
-        lambda cid: dataclass_from_args(
-            EvalConfig,
-            args,
-            constitution_id=cid,
-            runs=args.run,
-            categories=args.categories or [],
-            model=args.model or "",
-        ),
-    )
+    scope = {"runs": args.run, "categories": args.categories or [], "model": args.model or ""}
+    cfg = configured(store, args, dataclass_from_args, EvalConfig, **scope)
     plan(cfg, store)  # refuse bad runs and prompt sets before a job exists
     if args.report and not args.report.endswith((".md", ".html", ".json")):
         raise UserError(f"--report must name a .md, .html or .json file, not {quote(args.report)}")
@@ -457,9 +443,7 @@ def cmd_prefs(args) -> int:
     if args.action in ("export", "import") and not args.file:
         raise UserError(f"prefs {args.action} needs a FILE")
     if args.action == "make":
-        cfg = configured(
-            store, args.constitution, lambda cid: stage_config(prefs.PrefsConfig, args, constitution_id=cid)
-        )
+        cfg = configured(store, args, stage_config, prefs.PrefsConfig)
         prefs.check_start(store, cfg)
         return run_job(args, "prefs", cfg.to_dict())
     cid = constitution_version(store, args.constitution)
