@@ -69,10 +69,10 @@ def test_an_instruction_conflicts_only_where_no_answer_can_follow_both(kind, val
 
 def test_the_shipped_set_covers_every_kind_with_its_own_checks():
     items = benign.load_instructions()
-    assert len(items) >= 20 and len({it.id for it in items}) == len(items)
+    assert len(items) >= 48 and len({it.id for it in items}) == len(items)
     kinds = {it.kind for it in items}
     assert kinds == set(benign.KINDS)
-    assert all(sum(it.kind == k for it in items) >= 3 for k in kinds)
+    assert all(sum(it.kind == k for it in items) >= 8 for k in kinds)  # a kind's rate moves by 12.5 points an item
     for it in items:  # the instruction names what its check looks for
         if it.kind in ("include_word", "start_with", "end_with"):
             assert it.value.lower() in it.prompt.lower(), it.id
