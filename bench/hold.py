@@ -1,13 +1,15 @@
 """Make it hold: plain context distillation vs each augmentation (override attempts, conversations,
 user instructions, on-policy answers) vs the default, on the embedded SmolLM2-135M, in one run.
 
-    .venv/bin/python bench/hold.py                                   # pirate, concise and weather, every setting
+    .venv/bin/python bench/hold.py                                   # all four constitutions, every setting
     .venv/bin/python bench/hold.py --only pirate --steps 40 --train-prompts 32 --prompts 32   # a smaller run
     .venv/bin/python bench/hold.py --profile avx2 --configs default  # the default run's time without native bf16
 
-For each constitution (pirate and concise of assets/constitutions, and bench/constitutions/weather.yaml,
-written for this bench and never tuned on) a student is trained per setting, then one ``ctxdistill
-eval`` with the robustness suite scores them all on held-out prompts, on the *evaluation* attack set
+For each constitution (pirate and concise of assets/constitutions; bench/constitutions/weather.yaml,
+written for this bench and never tuned on; and bench/constitutions/librarian.yaml, written after the
+defaults were set, with no opening word to copy: a form of address, a topic and a thing it never
+does) a student is trained per setting, then one ``ctxdistill eval`` with the robustness suite
+scores them all on held-out prompts, on the *evaluation* attack set
 (ctxdistill/data/attacks.jsonl) and follow-ups only, never the training sets. Printed per student:
 training wall time; gap closed (first turn); checks without and under attack for base, teacher and
 student, with intervals; KL(un-attacked teacher ‖ attacked x) and the part the attack adds; the
@@ -51,6 +53,7 @@ CONSTITUTIONS = {
     "pirate": REPO / "assets" / "constitutions" / "pirate.yaml",
     "concise": REPO / "assets" / "constitutions" / "concise.yaml",
     "weather": REPO / "bench" / "constitutions" / "weather.yaml",
+    "librarian": REPO / "bench" / "constitutions" / "librarian.yaml",
 }
 # the settings compared: plain distillation, each augmentation alone, all three, the shipped defaults, and the
 # defaults with conversations

@@ -1,6 +1,7 @@
 """The RL-CAI stage end to end on the embedded model, and our DPO loop against TRL's DPOTrainer.
 
     nice .venv/bin/python bench/prefs.py                          # pirate, concise and plain
+    nice .venv/bin/python bench/prefs.py --constitution librarian --no-trl   # a constitution never tuned on
     nice .venv/bin/python bench/prefs.py --constitution pirate --json
     nice .venv/bin/python bench/prefs.py --constitution pirate --dpo "" --dpo "anchor=1"
 
@@ -47,10 +48,16 @@ PLAIN = {
 }
 
 
+# the shipped examples, and the constitutions written for the make-it-hold bench (never tuned on)
+FILES = {name: ROOT / "assets" / "constitutions" / f"{name}.yaml" for name in ("pirate", "concise")} | {
+    name: ROOT / "bench" / "constitutions" / f"{name}.yaml" for name in ("weather", "librarian")
+}
+
+
 def constitution(name: str) -> dict:
     from ctxdistill.constitution import load, to_dict
 
-    return PLAIN if name == "plain" else to_dict(load(ROOT / "assets" / "constitutions" / f"{name}.yaml"))
+    return PLAIN if name == "plain" else to_dict(load(FILES[name]))
 
 
 def run_job(store, kind: str, config: dict) -> tuple[dict, float]:
@@ -281,7 +288,7 @@ def report(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--constitution", action="append", choices=("pirate", "concise", "plain"))
+    parser.add_argument("--constitution", action="append", choices=(*FILES, "plain"))
     parser.add_argument("--train-steps", type=int, default=80, help="distillation steps (the default run's)")
     parser.add_argument(
         "--answers", type=int, default=0, help="policy answers per prompt for the pairs (0 = the pairs job's default)"
