@@ -37,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CTXDISTILL_MODELS", str(ROOT / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# the shipped examples and the constitutions written for the benches (never tuned on): make-it-hold's table
+from hold import CONSTITUTIONS  # noqa: E402
+
 PLAIN = {
     "name": "plain",
     "description": "Calm, short answers: no exclamation marks, at most 30 words.",
@@ -48,16 +51,10 @@ PLAIN = {
 }
 
 
-# the shipped examples, and the constitutions written for the make-it-hold bench (never tuned on)
-FILES = {name: ROOT / "assets" / "constitutions" / f"{name}.yaml" for name in ("pirate", "concise")} | {
-    name: ROOT / "bench" / "constitutions" / f"{name}.yaml" for name in ("weather", "librarian")
-}
-
-
 def constitution(name: str) -> dict:
     from ctxdistill.constitution import load, to_dict
 
-    return PLAIN if name == "plain" else to_dict(load(FILES[name]))
+    return PLAIN if name == "plain" else to_dict(load(CONSTITUTIONS[name]))
 
 
 def run_job(store, kind: str, config: dict) -> tuple[dict, float]:
@@ -288,7 +285,7 @@ def report(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--constitution", action="append", choices=(*FILES, "plain"))
+    parser.add_argument("--constitution", action="append", choices=(*CONSTITUTIONS, "plain"))
     parser.add_argument("--train-steps", type=int, default=80, help="distillation steps (the default run's)")
     parser.add_argument(
         "--answers", type=int, default=0, help="policy answers per prompt for the pairs (0 = the pairs job's default)"
