@@ -9,8 +9,9 @@
   the checks the other passes is preferred to it (label 1). A repetition loop is never the chosen
   answer (curate.is_repetitive): a check counts words, and a loop of "matey, matey, ..." passes it.
   Besides, the best answer is *edited* to pass the checks an edit can satisfy (``edited``: the
-  opening a starts_with check asks for put first, a not_contains check's text taken out, a
-  max_words check's count kept) and the edit is preferred to the answer it was made from: a pair
+  opening a starts_with check asks for put first, the phrase a contains check or a literal regex
+  check asks for put in after it, a not_contains check's text taken out, a max_words check's count
+  kept) and the edit is preferred to the answer it was made from: a pair
   that differs by the behaviour only, where the policy seldom shows it by itself (the embedded
   student opens 3 % of its answers with the "Arr!" pirate asks for, so two answers almost never
   differ there).
@@ -154,14 +155,41 @@ def check_verdict(a: str, b: str, checks: list[tuple[str, Check]]) -> tuple[int,
     return verdict, sorted(pass_a ^ pass_b)
 
 
+def phrase(check: Check) -> str:
+    """The words a check asks an answer to contain, where an edit can put them in: a contains check's
+    text, or a regex check's when its pattern is one literal phrase (an inline flag such as ``(?i)``
+    and ``\\b`` around it allowed, as in ``(?i)\\bdear reader\\b``); "" for any other check."""
+    if check.kind == "contains":
+        return check.value.strip()
+    if check.kind != "regex":
+        return ""
+    body = re.sub(r"^\(\?[a-zA-Z]+\)", "", check.value)
+    body = re.sub(r"^\\b|\\b$", "", body)
+    return "" if re.search(r"[\\.^$*+?{}\[\]|()]", body) else body.strip()
+
+
+def _edit_kind(check: Check) -> str:
+    return "phrase" if phrase(check) else check.kind
+
+
 def edited(text: str, checks: list[tuple[str, Check]]) -> str:
     """``text`` edited to pass the checks an edit can satisfy, in this order: a starts_with check's
-    opening put first, a not_contains check's text taken out, a max_words check's first words kept.
-    Checks of other kinds, and those it passes, leave it as it is."""
-    for kind in ("starts_with", "not_contains", "max_words"):
-        for check in (c for _, c in checks if c.kind == kind and not c.passes(text)):
+    opening put first, the phrase a contains check (or a literal regex check, ``phrase``) asks for put
+    in after that opening as an address ("Arr! Matey, the sun ..."; "Dear reader, the sun ..."), a
+    not_contains check's text taken out, a max_words check's first words kept. Checks of other
+    kinds, and those it passes, leave it as it is."""
+    for kind in ("starts_with", "phrase", "not_contains", "max_words"):
+        for check in (c for _, c in checks if _edit_kind(c) == kind and not c.passes(text)):
             if kind == "starts_with":
                 text = f"{check.value} {text.lstrip()}"
+            elif kind == "phrase":
+                text = text.lstrip()
+                openings = (c.value for _, c in checks if c.kind == "starts_with")
+                opening = next((o for o in openings if text.lower().startswith(o.lower())), "")
+                rest = text[len(opening) :].lstrip()
+                rest = rest[:1].lower() + rest[1:] if re.match(r"(?!I\b)[A-Z](?![A-Z])", rest) else rest
+                words = phrase(check)
+                text = " ".join(part for part in (opening, f"{words[:1].upper()}{words[1:]},", rest) if part)
             elif kind == "not_contains" and check.value.strip():
                 text = re.sub(r"[ \t]{2,}", " ", re.sub(re.escape(check.value), "", text, flags=re.I)).strip()
             elif kind == "max_words":

@@ -81,14 +81,37 @@ def test_edits_put_the_opening_first_take_text_out_and_then_count_words():
     checks = [("a", Check("starts_with", "Arr!")), ("b", Check("not_contains", "!!")), ("c", Check("max_words", "4"))]
     assert prefs.edited("  Hello!! there, my friend", checks) == "Arr! Hello there, my"
     assert prefs.edited("Arr! fine", checks) == "Arr! fine"
-    # contains and regex checks cannot be met by an edit: no edit pair
-    assert prefs.checks_pairs("p", ["plain words"], [("m", Check("contains", "matey"))]) == []
+    # a regex check that is not one literal phrase cannot be met by an edit: no edit pair
+    assert prefs.checks_pairs("p", ["plain words"], [("v", Check("regex", r"\b(ye|aye)\b"))]) == []
+
+
+def test_edits_put_a_contains_or_literal_regex_phrase_in_after_the_opening():
+    checks = [("a", Check("starts_with", "Arr!")), ("m", Check("contains", "matey"))]
+    checks.append(("q", Check("not_contains", "!!")))
+    assert prefs.edited("The sun is hot!!", checks) == "Arr! Matey, the sun is hot"
+    assert prefs.edited("Arr! matey, fine", checks) == "Arr! matey, fine"
+    reader = [("r", Check("regex", r"(?i)\bdear reader\b"))]
+    assert prefs.phrase(reader[0][1]) == "dear reader"
+    assert prefs.edited("Books are fun. TV is not", reader) == "Dear reader, books are fun. TV is not"
+    assert prefs.edited("NASA flies", reader) == "Dear reader, NASA flies"
+    assert prefs.edited("I read", reader) == "Dear reader, I read"
+    for pattern in (r"\bdear (reader|friend)\b", r"\d+ books", "a.b"):
+        assert prefs.phrase(Check("regex", pattern)) == ""
+    (pair,) = prefs.checks_pairs("p", ["The sun is hot"], reader)
+    assert (pair["chosen"], pair["rejected"], pair["meta"]) == (
+        "Dear reader, the sun is hot",
+        "The sun is hot",
+        {"principles": ["r"], "edit": True},
+    )
 
 
 def test_a_repetition_loop_is_never_the_chosen_answer():
     checks = [("m", Check("contains", "matey"))]
     loop = "Ye say matey, matey, matey, matey, matey, matey, matey, matey"
-    assert prefs.checks_pairs("p", [loop, "A plain and useful answer"], checks) == []
+    # the plain answer is the best one; the only pair is its edit
+    pairs = prefs.checks_pairs("p", [loop, "A plain and useful answer"], checks)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("Matey, a plain and useful answer", pairs[0]["rejected"])]
+    assert pairs[0]["rejected"] == "A plain and useful answer"
     (pair,) = prefs.checks_pairs("p", [loop, "A plain answer, matey", "A plain answer"], checks)
     assert (pair["chosen"], pair["rejected"]) == ("A plain answer, matey", "A plain answer")
 
