@@ -186,10 +186,11 @@ def edited(text: str, checks: list[tuple[str, Check]]) -> str:
                 text = text.lstrip()
                 openings = (c.value for _, c in checks if c.kind == "starts_with")
                 opening = next((o for o in openings if text.lower().startswith(o.lower())), "")
-                rest = text[len(opening) :].lstrip()
-                rest = rest[:1].lower() + rest[1:] if re.match(r"(?!I\b)[A-Z](?![A-Z])", rest) else rest
-                words = phrase(check)
-                text = " ".join(part for part in (opening, f"{words[:1].upper()}{words[1:]},", rest) if part)
+                rest, words = text[len(opening) :].lstrip(), phrase(check)
+                if words[-1] not in ".,;:!?":  # an address: "Matey, the sun ..."
+                    words += ","
+                    rest = rest[:1].lower() + rest[1:] if re.match(r"(?!I\b)[A-Z](?![A-Z])", rest) else rest
+                text = " ".join(part for part in (opening, words[:1].upper() + words[1:], rest) if part)
             elif kind == "not_contains" and check.value.strip():
                 text = re.sub(r"[ \t]{2,}", " ", re.sub(re.escape(check.value), "", text, flags=re.I)).strip()
             elif kind == "max_words":

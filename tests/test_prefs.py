@@ -95,6 +95,7 @@ def test_edits_put_a_contains_or_literal_regex_phrase_in_after_the_opening():
     assert prefs.edited("Books are fun. TV is not", reader) == "Dear reader, books are fun. TV is not"
     assert prefs.edited("NASA flies", reader) == "Dear reader, NASA flies"
     assert prefs.edited("I read", reader) == "Dear reader, I read"
+    assert prefs.edited("Tea is good", [("h", Check("contains", "hope this helps."))]) == "Hope this helps. Tea is good"
     for pattern in (r"\bdear (reader|friend)\b", r"\d+ books", "a.b"):
         assert prefs.phrase(Check("regex", pattern)) == ""
     (pair,) = prefs.checks_pairs("p", ["The sun is hot"], reader)
