@@ -235,7 +235,8 @@ def parse(setting: str) -> dict:
     out = {}
     for part in filter(None, setting.split(",")):
         key, _, value = part.partition("=")
-        out[key.strip()] = type(getattr(DPOConfig(), key.strip()))(value)
+        kind = type(getattr(DPOConfig(), key.strip()))
+        out[key.strip()] = value.strip().lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return out
 
 

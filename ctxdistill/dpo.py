@@ -14,6 +14,7 @@ metrics store as distillation, and checkpoints and resumes as distillation does 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -71,6 +72,13 @@ class DPOConfig(StageConfig):
         metadata={
             "help": "weight of the chosen answers' negative log-likelihood per token, added to each step's DPO "
             "loss (as RPO; 0 = off): keeps the chosen answers likely while the pair's margin grows"
+        },
+    )
+    where_they_differ: bool = field(
+        default=False,
+        metadata={
+            "help": "score each pair's answers only where they differ: the tokens the two share (the text around an "
+            "edit) are left out of both log-probabilities, so the preference rests on the edit"
         },
     )
     eval_every: int = field(default=10, metadata={"help": "measure the held-out KL to the teacher every N steps"})
@@ -131,12 +139,51 @@ def dpo_loss(
     return {"loss": loss, "chosen_reward": chosen.detach(), "rejected_reward": rejected.detach()}
 
 
-def sequence_logps(pair: TeacherStudent, examples: list[Example]) -> torch.Tensor:
-    """log pi(answer | prompt) of the student (adapter on, no constitution) for each example: (B,),
-    differentiable in the adapter."""
+def token_logps(pair: TeacherStudent, examples: list[Example]) -> tuple[torch.Tensor, ...]:
+    """log pi(token | prompt, answer so far) of the student (adapter on, no constitution) along each
+    example's answer, one tensor per example, differentiable in the adapter."""
     hs, _, targets = pair.hidden(examples, with_teacher=False)
-    token_logps = -F.cross_entropy(pair.lm_head(hs).float(), targets, reduction="none")
-    return torch.stack([part.sum() for part in token_logps.split([len(ex.answer) for ex in examples])])
+    logps = -F.cross_entropy(pair.lm_head(hs).float(), targets, reduction="none")
+    return logps.split([len(ex.answer) for ex in examples])
+
+
+def sequence_logps(pair: TeacherStudent, examples: list[Example]) -> torch.Tensor:
+    """log pi(answer | prompt) of the student for each example: (B,)."""
+    return torch.stack([part.sum() for part in token_logps(pair, examples)])
+
+
+SHARED_RUN = 3  # tokens in a row both answers hold before they count as shared text, not a chance match
+
+
+def differing(chosen: list[int], rejected: list[int]) -> tuple[list[bool], list[bool]]:
+    """Which tokens of each answer are not shared with the other: a run of at least ``SHARED_RUN``
+    tokens both answers hold in the same order (the text an edit left alone, before, after or between
+    its changes) is left out, except the token where the two first part, which is the choice itself
+    and is kept on both sides ("Arr! The sun …" against "The sun …" keeps "Arr" and the first "The")."""
+    keep = [[True] * len(chosen), [True] * len(rejected)]
+    matcher = difflib.SequenceMatcher(None, chosen, rejected, autojunk=False)
+    for a, b, size in matcher.get_matching_blocks():
+        if size >= SHARED_RUN:
+            keep[0][a : a + size] = [False] * size
+            keep[1][b : b + size] = [False] * size
+    head = next((i for i, (x, y) in enumerate(zip(chosen, rejected)) if x != y), min(len(chosen), len(rejected)))
+    for side in keep:
+        if head < len(side):
+            side[head] = True
+    return keep[0], keep[1]
+
+
+def pair_logps(pair: TeacherStudent, batch, where_they_differ: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's log-probabilities of each pair's chosen (row 0) and rejected answer, (2, B), over
+    the tokens where the two differ when ``where_they_differ``; and the chosen answers' whole ones (B,)."""
+    parts = token_logps(pair, [c for c, _, _ in batch] + [r for _, r, _ in batch])
+    whole = torch.stack([part.sum() for part in parts])
+    if not where_they_differ:
+        return whole.view(2, -1), whole[: len(batch)]
+    masks = [differing(c.answer, r.answer) for c, r, _ in batch]
+    keep = [m[0] for m in masks] + [m[1] for m in masks]
+    scored = torch.stack([part[torch.tensor(k, device=part.device)].sum() for part, k in zip(parts, keep)])
+    return scored.view(2, -1), whole[: len(batch)]
 
 
 # --------------------------------------------------------------------------- refusals before a model loads
@@ -217,32 +264,35 @@ def encode_pairs(tokenizer, pairs: list[dict], max_tokens: int) -> list[tuple[Ex
 
 
 @torch.no_grad()
-def reference_logps(pair: TeacherStudent, data, batch_size: int) -> torch.Tensor:
+def reference_logps(pair: TeacherStudent, data, batch_size: int, where_they_differ: bool = False) -> torch.Tensor:
     """(N, 2): the starting student's log-probabilities of each pair's chosen and rejected answer."""
     was_training = pair.model.training
     pair.model.eval()
     out = []
     for start in range(0, len(data), batch_size):
         batch = data[start : start + batch_size]
-        out.append(sequence_logps(pair, [c for c, _, _ in batch] + [r for _, r, _ in batch]).view(2, -1).T)
+        out.append(pair_logps(pair, batch, where_they_differ)[0].T)
     pair.model.train(was_training)
     return torch.cat(out).double()
 
 
-def _digest(data) -> str:
-    return hashlib.sha256(json.dumps([[asdict(c), asdict(r)] for c, r, _ in data]).encode()).hexdigest()
+def _digest(data, where_they_differ: bool) -> str:
+    kept = [[asdict(c), asdict(r)] for c, r, _ in data] + ([["where they differ"]] if where_they_differ else [])
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()
 
 
-def frozen_reference(pair: TeacherStudent, data, batch_size: int, path: Path) -> torch.Tensor:
-    """The reference log-probabilities: from ``path`` when it holds those of this very data (a
-    resumed run), else computed now (the start of the run) and written there."""
-    digest = _digest(data)
+def frozen_reference(
+    pair: TeacherStudent, data, batch_size: int, path: Path, where_they_differ: bool = False
+) -> torch.Tensor:
+    """The reference log-probabilities: from ``path`` when it holds those of this very data scored the
+    same way (a resumed run), else computed now (the start of the run) and written there."""
+    digest = _digest(data, where_they_differ)
     if path.is_file():
         kept = json.loads(path.read_text())
         if kept["data"] == digest:
             return torch.tensor(kept["logps"], dtype=torch.float64)
-        raise DPOError(f"{path} holds the reference of other pairs: start a new run")
-    ref = reference_logps(pair, data, batch_size)
+        raise DPOError(f"{path} holds the reference of other pairs, or of the same scored another way: start a new run")
+    ref = reference_logps(pair, data, batch_size, where_they_differ)
     path.write_text(json.dumps({"data": digest, "logps": ref.tolist()}))
     return ref
 
@@ -309,7 +359,7 @@ def train_dpo(
     from .train import _setup_optimizer
 
     model = pair.model
-    ref = frozen_reference(pair, data, cfg.batch_size, run_dir / "reference.json")
+    ref = frozen_reference(pair, data, cfg.batch_size, run_dir / "reference.json", cfg.where_they_differ)
     start_ref = ref.clone()
     params, optimizer, scheduler = _setup_optimizer(cfg, model)
     state = {"step": 0}
@@ -341,15 +391,15 @@ def train_dpo(
         random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
         idx = [order[(at + k) % len(data)] for k in range(min(cfg.batch_size, len(data)))]
         batch = [data[i] for i in idx]
-        logps = sequence_logps(pair, [c for c, _, _ in batch] + [r for _, r, _ in batch]).view(2, -1)
+        logps, chosen_whole = pair_logps(pair, batch, cfg.where_they_differ)
         refs = ref[idx].to(logps)
         labels = torch.tensor([lab for _, _, lab in batch], dtype=logps.dtype, device=logps.device)
         out = dpo_loss(logps[0], logps[1], refs[:, 0], refs[:, 1], cfg.beta, labels)
         loss = out["loss"].mean()
         if cfg.chosen_nll:
             chosen_tokens = torch.tensor([len(c.answer) for c, _, _ in batch], dtype=logps.dtype, device=logps.device)
-            out["chosen_nll"] = (-logps[0].detach() / chosen_tokens).mean()
-            loss = loss + cfg.chosen_nll * (-logps[0] / chosen_tokens).mean()
+            out["chosen_nll"] = (-chosen_whole.detach() / chosen_tokens).mean()
+            loss = loss + cfg.chosen_nll * (-chosen_whole / chosen_tokens).mean()
         if not math.isfinite(float(loss.detach())):
             raise DPOError(f"the DPO loss became {float(loss.detach())} at step {step + 1}: lower --lr or --beta")
         loss.backward()

@@ -230,3 +230,38 @@ def test_a_run_from_a_finished_run(store, student, tiny_checkpoint, tiny_tokeniz
     assert result["n_train"] == 2 and result["pair_sources"] == ["checks", "import"]
     assert math.isfinite(result["heldout_kl_start"]) and math.isfinite(result["heldout_kl_after"])
     assert "preference run" in (store.run_dir(job) / "adapter" / "README.md").read_text()
+
+
+def test_where_they_differ_scores_the_edit_and_the_choice_only(student, tiny_tokenizer, tmp_path):
+    """An edit pair ("Arr!" put before an answer) scored where the answers differ: the chosen side counts
+    the opening's tokens, the rejected side the token where the two part, the shared rest neither; the
+    chosen-answer likelihood still takes the whole answer, and the kept reference says how it was scored."""
+    tok = tiny_tokenizer
+    end = tok.convert_tokens_to_ids(tok.eos_token)
+    opening, body = (
+        tok.encode("Arr!", add_special_tokens=False),
+        tok.encode(" the sea is wide", add_special_tokens=False),
+    )
+    chosen, rejected = Example("Say hi", opening + body + [end]), Example("Say hi", body + [end])
+    keep_c, keep_r = dpo.differing(chosen.answer, rejected.answer)
+    assert keep_c == [True] * len(opening) + [False] * (len(body) + 1)
+    assert keep_r == [True] + [False] * len(body)
+    pair = TeacherStudent(student, tok, "Talk like a pirate.")
+    with torch.no_grad():
+        parts = dpo.token_logps(pair, [chosen, rejected])
+        scored, whole = dpo.pair_logps(pair, [(chosen, rejected, 1.0)], where_they_differ=True)
+    assert float(scored[0, 0]) == pytest.approx(float(parts[0][: len(opening)].sum()), rel=1e-5)
+    assert float(scored[1, 0]) == pytest.approx(float(parts[1][0]), rel=1e-5)
+    assert float(whole[0]) == pytest.approx(float(parts[0].sum()), rel=1e-5)
+    data = [(chosen, rejected, 1.0)]
+    dpo.frozen_reference(pair, data, 1, tmp_path / "reference.json")
+    with pytest.raises(dpo.DPOError, match="scored another way"):
+        dpo.frozen_reference(pair, data, 1, tmp_path / "reference.json", where_they_differ=True)
+    cfg = dpo.DPOConfig(from_run=1, steps=3, batch_size=1, lr=5e-2, eval_every=0, checkpoint_every=0)
+    cfg.where_they_differ = True
+    (tmp_path / "run").mkdir()
+    dpo.train_dpo(cfg, pair, data, [], tmp_path / "run", Hooks(), {})
+    kept = torch.tensor(json.loads((tmp_path / "run" / "reference.json").read_text())["logps"])
+    with torch.no_grad():
+        after = dpo.pair_logps(pair, data, where_they_differ=True)[0][:, 0]
+    assert float(after[0] - after[1]) > float(kept[0, 0] - kept[0, 1])  # the opening gained on the plain start

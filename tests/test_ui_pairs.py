@@ -63,13 +63,13 @@ def test_export_import_and_refusals(ctx, tmp_path):
     with pytest.raises(gr.Error, match="lacks the column"):
         pairs.on_import(ctx, None, cid, str(bad))
     with pytest.raises(gr.Error, match="beta must be a positive number"):
-        pairs.on_train(ctx, None, cid, 1, 0, 10, 0, 0)
+        pairs.on_train(ctx, None, cid, 1, 0, 10, 0, 0, True)
     with pytest.raises(gr.Error, match="anchor must be 0 or a positive number"):
-        pairs.on_train(ctx, None, cid, 1, 0.1, 10, None, 0)  # an emptied box
+        pairs.on_train(ctx, None, cid, 1, 0.1, 10, None, 0, True)  # an emptied box
     with pytest.raises(gr.Error, match="chosen nll must be 0 or a positive number"):
-        pairs.on_train(ctx, None, cid, 1, 0.1, 10, 0, -1)
+        pairs.on_train(ctx, None, cid, 1, 0.1, 10, 0, -1, True)
     with pytest.raises(gr.Error, match="run 9 not found"):
-        pairs.on_train(ctx, None, cid, 9, 0.1, 10, 0, 0)
+        pairs.on_train(ctx, None, cid, 9, 0.1, 10, 0, 0, True)
     with pytest.raises(gr.Error, match="threshold"):
         pairs.on_make(ctx, None, cid, 0, "auto", 0.6, 4)
     assert ctx.store.count_pairs()["total"] == 2

@@ -121,6 +121,12 @@ def layout() -> dict:
                 info="weight of the chosen answers' negative log-likelihood per token (as RPO)",
                 elem_id="dpo-chosen-nll",
             )
+            where_they_differ = gr.Checkbox(
+                value=DPO_DEFAULTS.where_they_differ,
+                label="Score only where the two answers differ",
+                info="text both answers share (around an edit) counts for neither side",
+                elem_id="dpo-where-differ",
+            )
         train = gr.Button("Start DPO run", variant="primary", elem_id="dpo-start")
     with gr.Row():
         job_status = gr.HTML(status_html(None), elem_id="pairs-job")
@@ -136,8 +142,8 @@ def layout() -> dict:
             upload = gr.File(label="Import a preference file", file_types=list(IMPORT_TYPES))
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
-        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll train "
-        "job_status stop resume dpo_plot job_id plotted export export_file upload"
+        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll "
+        "where_they_differ train job_status stop resume dpo_plot job_id plotted export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -287,7 +293,9 @@ def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources,
     return jobs.submit(ctx.store, "prefs", cfg.to_dict(), owner=owner)
 
 
-def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps, anchor, chosen_nll):
+def on_train(
+    ctx: AppContext, request: gr.Request, version_id, from_run, beta, steps, anchor, chosen_nll, where_they_differ
+):
     owner = ctx.owner(request)
     try:
         cfg = dpo.DPOConfig(
@@ -297,6 +305,7 @@ def on_train(ctx: AppContext, request: gr.Request, version_id, from_run, beta, s
             steps=int(steps or 0),
             anchor=float("nan") if anchor is None else float(anchor),
             chosen_nll=float("nan") if chosen_nll is None else float(chosen_nll),
+            where_they_differ=bool(where_they_differ),
             owner=owner,
             model=ctx.model_spec or "",
         )
@@ -347,7 +356,9 @@ def build(ctx: AppContext) -> None:
     c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], None).then(on(load_queue), filters, view, **quiet)
     make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"]]
     c["make"].click(on(on_make), make_in, c["job_id"]).then(**ctx.poll_now)
-    train_in = [c[name] for name in ("version", "dpo_run", "beta", "steps", "anchor", "chosen_nll")]
+    train_in = [
+        c[name] for name in ("version", "dpo_run", "beta", "steps", "anchor", "chosen_nll", "where_they_differ")
+    ]
     c["train"].click(on(on_train), train_in, c["job_id"]).then(**ctx.poll_now)
     # the job's line and bar follow the store through the page's poll; a reload finds the newest job again
     ctx.blocks.load(on(newest_job), None, c["job_id"])
