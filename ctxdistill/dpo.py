@@ -147,11 +147,6 @@ def token_logps(pair: TeacherStudent, examples: list[Example]) -> tuple[torch.Te
     return logps.split([len(ex.answer) for ex in examples])
 
 
-def sequence_logps(pair: TeacherStudent, examples: list[Example]) -> torch.Tensor:
-    """log pi(answer | prompt) of the student for each example: (B,)."""
-    return torch.stack([part.sum() for part in token_logps(pair, examples)])
-
-
 SHARED_RUN = 3  # tokens in a row both answers hold before they count as shared text, not a chance match
 
 
