@@ -451,7 +451,7 @@ def train_dpo(
 
 def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     """Everything a DPO job does: check, load the model and the start adapter, the reference, train, save."""
-    from .adapters import RUN_FILE, load_adapter, run_adapter
+    from .adapters import load_adapter, run_adapter
     from .constitution import from_row, render
     from .models import ModelError, default_models_dir, load_model
     from .train import Hooks
@@ -485,10 +485,12 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     anchor = [Example(**e) for e in start_data(store, job).get("train", []) if not e.get("own")]
     if cfg.anchor and not anchor:
         hooks.info(f"run {job['id']} kept no training answers: the anchor is off")
-    start_file = run_adapter(store, job["id"]) / RUN_FILE  # what the start run was trained in
-    start = json.loads(start_file.read_text()) if start_file.is_file() else {}
+    chosen = base.ctxdistill_precision  # what this run computes in (here, now), not what its start run did
     info = {
-        **{k: start[k] for k in ("quantize", "precision", "precision_reason", "prompt_set") if k in start},
+        "quantize": chosen.quantize,
+        "precision": chosen.compute,
+        "precision_reason": chosen.reason,
+        "prompt_set": old.get("prompt_set", "default"),
         "constitution": row["name"],
         "constitution_id": row["id"],
         "base_model": cfg.model or old.get("model") or "embedded SmolLM2-135M-Instruct",

@@ -265,3 +265,51 @@ def test_data_form_predicts_the_sampling_time(tmp_path, tiny_checkpoint):
     assert "press *Estimate the time*" in sampling_estimate(ctx, "", "default", "", 0, 1, 32, measure=False)
     text = sampling_estimate(ctx, "", "default", "", 10, 2, 32, measure=True)
     assert "Time on this machine" in text and "10 prompts" in text and "30 answers" in text
+
+
+def test_a_dpo_run_records_the_precision_it_ran_in(tmp_path, tiny_checkpoint):
+    """A preference run loads the model as the policy decides on this machine, and records that choice,
+    not the one its start run recorded (which may have trained on another machine)."""
+    from ctxdistill import dpo, jobs, train
+    from ctxdistill.adapters import RUN_FILE, run_adapter
+    from ctxdistill.constitution import content_hash, load, to_dict
+    from ctxdistill.store import Store
+
+    store = Store(tmp_path / "ws")
+    c = load(REPO / "assets/constitutions/pirate.yaml")
+    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    small = dict(model=str(tiny_checkpoint), precision="fp32", quantize="none")
+    start = store.create_job(
+        "train",
+        train.TrainConfig(
+            constitution_id=cid,
+            steps=1,
+            batch_size=2,
+            max_prompts=2,
+            eval_prompts=2,
+            sample_tokens=4,
+            eval_every=0,
+            **small,
+        ).to_dict(),
+    )
+    jobs.run_inline(store, start)
+    kept = run_adapter(store, start) / RUN_FILE
+    elsewhere = {
+        **json.loads(kept.read_text()),
+        "quantize": "4bit",
+        "precision": "bf16",
+        "precision_reason": "elsewhere",
+    }
+    kept.write_text(json.dumps(elsewhere))  # as if the start run had trained on a machine with bf16
+    store.add_pairs(
+        [{"constitution_id": cid, "prompt": "Hi", "chosen": "Arr, hi", "rejected": "Hi", "source": "checks"}]
+    )
+    store.set_pairs_status([p["id"] for p in store.list_pairs()], "accepted")
+    cfg = dpo.DPOConfig(from_run=start, steps=1, batch_size=1, eval_every=0, eval_prompts=1, checkpoint_every=0)
+    run = store.create_job("dpo", cfg.to_dict())
+    jobs.run_inline(store, run)
+    job = store.get_job(run)
+    assert job["state"] == "done", job["error"]
+    result = job["result"]
+    assert (result["quantize"], result["precision"]) == ("none", "fp32") and result["precision_reason"] != "elsewhere"
+    store.close()
