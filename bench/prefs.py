@@ -6,12 +6,12 @@
     nice .venv/bin/python bench/prefs.py --constitution pirate --dpo "" --dpo "anchor=1"
 
 Per constitution, in a fresh workspace, with default settings: a distillation run; the pairs job
-from its student (checks and AI feedback, so that the judge's agreement with the checks is
-measured); the default source's pairs accepted (checks where the constitution has checks: see
-prefs.sources_for); a DPO run from the distilled run per --dpo setting (several settings share the
-distilled run and the pairs, so they differ only by the setting); then one evaluation (the one the
-Compare tab runs) of the teacher, the distilled student and the preference-trained students on
-held-out prompts.
+from its student (checks, AI feedback, so that the judge's agreement with the checks is measured,
+and user instructions); the default sources' pairs accepted (checks where the constitution has
+checks, and instructions: see prefs.sources_for); a DPO run from the distilled run per --dpo
+setting (several settings share the distilled run and the pairs, so they differ only by the
+setting); then one evaluation (the one the Compare tab runs) of the teacher, the distilled student
+and the preference-trained students on held-out prompts.
 It prints the issue's targets: checks passed (every check of the constitution on one answer) by the
 DPO student minus the teacher's, in points with a paired bootstrap interval (target >= +10),
 capability (target within 2 points of the teacher's), benign instructions followed where the
@@ -96,7 +96,7 @@ def stage(name: str, args, trl: bool) -> dict:
     pairs_cfg = prefs.PrefsConfig(
         constitution_id=cid,
         from_run=distilled["id"],
-        sources="checks,feedback",
+        sources="checks,feedback,instructions",
         limit=args.prompts,
         **({"answers": args.answers} if args.answers else {}),
     )

@@ -437,7 +437,7 @@ def _prefs_flags(p):
     "prefs", "preference pairs: make them (a job), accept or reject them, export or import them", _prefs_flags, job=True
 )
 def cmd_prefs(args) -> int:
-    from ctxdistill import prefs
+    from ctxdistill import pair_files, prefs
 
     store = open_store(args)
     if args.action in ("export", "import") and not args.file:
@@ -449,10 +449,10 @@ def cmd_prefs(args) -> int:
     cid = constitution_version(store, args.constitution)
     filters = {"constitution_id": cid, "source": args.source, "min_confidence": args.min_confidence}
     if args.action == "import":
-        out = prefs.import_pairs(store, args.file, cid)
+        out = pair_files.import_pairs(store, args.file, cid)
         human = f"imported {out['added']} new pairs of {out['rows']} rows (pending review)"
     elif args.action == "export":
-        out = prefs.export_pairs(store, args.file, status=args.status or "accepted", **filters)
+        out = pair_files.export_pairs(store, args.file, status=args.status or "accepted", **filters)
         human = f"wrote {out['pairs']} pairs to {out['path']} ({out['format']})"
     else:
         ids = [p["id"] for p in store.list_pairs(status=args.status, **filters)]

@@ -34,6 +34,7 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+from .benign import TRAIN_FILE
 from .capability import DATA_DIR
 from .engine import Example, with_end
 from .probes import Attack, RobustnessError, combine, load_attacks, load_follow_ups
@@ -42,7 +43,6 @@ from .train_config import TrainConfig, TrainError
 
 TRAIN_ATTACKS_FILE = DATA_DIR / "attacks_train.jsonl"
 TRAIN_FOLLOW_UPS_FILE = DATA_DIR / "followups_train.jsonl"
-TRAIN_INSTRUCTIONS_FILE = DATA_DIR / "instructions_train.jsonl"
 # held-out conversations the second-turn held-out KL of a multi-turn run is measured on
 SECOND_TURN_PROBES = 12
 
@@ -72,7 +72,7 @@ def train_follow_ups(path: str = "") -> list[str]:
 def train_instructions(path: str = "") -> list[str]:
     """The user instructions a run appends to a share of its prompts (JSON lines with a text field): the
     user's file, or the shipped training set."""
-    return _read(lambda p: load_follow_ups(p, what="instruction"), path, TRAIN_INSTRUCTIONS_FILE)
+    return _read(lambda p: load_follow_ups(p, what="instruction"), path, TRAIN_FILE)
 
 
 def check(cfg: TrainConfig) -> None:

@@ -176,7 +176,24 @@ def _m004_pairs(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS = [_m001_initial, _m002_drafts, _m003_run_keys, _m004_pairs]
+def _m005_instruction_pairs(db: sqlite3.Connection) -> None:
+    # Pairs of the "instructions" source (prefs.py: an answer edited to follow a user's instruction).
+    # SQLite cannot change a CHECK, so the rows move to a copy of the table whose CHECK allows it.
+    (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'pairs'").fetchone()
+    wider = sql.replace("'checks', 'import')", "'checks', 'instructions', 'import')", 1)
+    indexes = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'pairs' AND sql IS NOT NULL"
+    )
+    indexes = [row[0] for row in indexes]
+    db.execute(wider.replace("CREATE TABLE pairs", "CREATE TABLE pairs_wider", 1))
+    db.execute("INSERT INTO pairs_wider SELECT * FROM pairs")
+    db.execute("DROP TABLE pairs")
+    db.execute("ALTER TABLE pairs_wider RENAME TO pairs")
+    for index in indexes:
+        db.execute(index)
+
+
+MIGRATIONS = [_m001_initial, _m002_drafts, _m003_run_keys, _m004_pairs, _m005_instruction_pairs]
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:

@@ -19,7 +19,7 @@ import time
 from .database import to_json
 from .workspace import StoreError
 
-PAIR_SOURCES = ("feedback", "revision", "checks", "import")
+PAIR_SOURCES = ("feedback", "revision", "checks", "instructions", "import")
 PAIR_STATUSES = ("pending", "accepted", "rejected")
 _COLUMNS = ("constitution_id", "prompt", "chosen", "rejected", "source", "label", "meta", "job_id")
 

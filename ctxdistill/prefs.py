@@ -1,8 +1,7 @@
 """Preference pairs for the RL-CAI stage, from three sources; each pair records its source.
 
     ctxdistill prefs --constitution 3 --from-run 12 --json          # the "prefs" job
-    ctxdistill prefs export pairs.jsonl --constitution 3            # prompt / chosen / rejected
-    ctxdistill prefs import pairs.jsonl --constitution 3
+    ctxdistill prefs export pairs.jsonl --constitution 3            # prompt / chosen / rejected (pair_files.py)
 
 * *checks* — the current policy (a run's student, or the teacher) answers each train prompt twice
   or more; where a principle has an automatic check, an answer that passes a strict superset of
@@ -24,6 +23,13 @@
   with it is counted: how far the judge can be trusted.
 * *revision* — a critique-and-revise chain's final revision, not flagged worse than its start
   (curate.revision_worse), preferred to its start (label 1). No model needed.
+* *instructions* — a share of the train prompts is also answered with a benign user instruction
+  appended (benign.TRAIN_FILE: "Keep your answer to two sentences.", "Sign off with "cheers" at
+  the end."; never one of the evaluation's, nor one that a principle's check forbids); the best
+  answer edited to follow it (benign.obeyed: cut where the user asked it to stop, the words put
+  first or last) is preferred to itself when the edit keeps every check the answer passed. A
+  constitution must not be baked into a model that ignores what the user asks where the two do not
+  conflict.
 
 The job answers the prompts in batches, writes each batch's pairs in one transaction and keeps
 which prompts it finished in runs/<id>/prefs_state.json, so a resumed job does only the rest.
@@ -32,8 +38,7 @@ which prompts it finished in runs/<id>/prefs_state.json, so a resumed job does o
 from __future__ import annotations
 
 import json
-import math
-import os
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,22 +46,19 @@ from pathlib import Path
 import torch
 
 from . import curate
+from .benign import BenignError, Instruction, conflict, follows, load_instructions, obeyed
 from .config import SamplingStageConfig
 from .constitution import Check, from_row, render
 from .jobs import Cancelled, Meter
-from .pair_store import check_pair
-from .prompts import DEFAULT_SET, MAX_PROMPT_CHARS, ImportFileError, read_table, select_prompts
+from .prompts import DEFAULT_SET, select_prompts
 from .sampling import generate_rows, response_logits
 from .stats import mean_estimate
 from .store import Store, StoreError
 
-SOURCES = ("checks", "feedback", "revision")
+SOURCES = ("checks", "feedback", "revision", "instructions")
 JUDGES = ("constitution", "principle")
 ANSWER_PREFIX = "The better response is ("  # the judge's answer starts here; the next token is the choice
 CHOICES = ("A", "B")
-MAX_ANSWER_CHARS = 16_000  # one answer of an imported pair: a whole page; a 10 MB cell is a slip
-MAX_IMPORT_BYTES = 64 * 2**20
-HF_COLUMNS = ("prompt", "chosen", "rejected")
 POLICY_SAMPLING = {"temperature": 1.0, "max_new_tokens": 48}
 
 
@@ -82,8 +84,8 @@ class PrefsConfig(SamplingStageConfig):
     sources: str = field(
         default="auto",
         metadata={
-            "help": "comma-separated: checks, feedback, revision; auto = checks and revision where the "
-            "constitution has checks, else feedback and revision"
+            "help": "comma-separated: checks, feedback, revision, instructions; auto = checks, revision and "
+            "instructions where the constitution has checks, else feedback, revision and instructions"
         },
     )
     judge: str = field(
@@ -92,6 +94,20 @@ class PrefsConfig(SamplingStageConfig):
     )
     threshold: float = field(
         default=0.1, metadata={"help": "AI feedback: drop pairs whose soft label is within this of 0.5"}
+    )
+    instruction_share: float = field(
+        default=0.25,
+        metadata={
+            "help": "instructions: share of the train prompts also answered with a user instruction appended, "
+            "the answer edited to follow it preferred to itself (0 = none)"
+        },
+    )
+    instruction_set: str = field(
+        default="",
+        metadata={
+            "help": "instructions: JSON lines of text, kind and value (as benign instructions; empty: the "
+            "shipped training set)"
+        },
     )
     answers: int = field(default=2, metadata={"help": "policy answers per prompt (2-8)"})
     limit: int = field(default=0, metadata={"help": "answer at most this many prompts (0 = all)"})
@@ -106,6 +122,8 @@ class PrefsConfig(SamplingStageConfig):
             errors.append(f"sources must be auto or some of {', '.join(SOURCES)}, not {self.sources!r}")
         if self.judge not in JUDGES:
             errors.append(f"judge must be one of {', '.join(JUDGES)}, not {self.judge!r}")
+        if not 0 <= self.instruction_share <= 1:  # NaN fails it too
+            errors.append(f"instruction share must be in [0, 1], got {self.instruction_share}")
         if not (0 <= self.threshold < 0.5):
             errors.append(f"threshold must be in [0, 0.5), got {self.threshold}")
         if not 2 <= self.answers <= 8:
@@ -139,7 +157,7 @@ def sources_for(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list[str]:
     feedback + revision."""
     names = cfg.source_names()
     if "auto" in names:
-        return ["checks", "revision"] if checks else ["feedback", "revision"]
+        return ["checks" if checks else "feedback", "revision", "instructions"]
     return names
 
 
@@ -198,16 +216,22 @@ def edited(text: str, checks: list[tuple[str, Check]]) -> str:
     return text
 
 
+def _ranked(answers: list[str], checks: list[tuple[str, Check]]) -> list[str]:
+    """A prompt's distinct answers, the most checks passed first."""
+    return sorted((a for a in dict.fromkeys(answers) if a.strip()), key=lambda t: -sum(c.passes(t) for _, c in checks))
+
+
+def _best(order: list[str]) -> str | None:
+    return next((t for t in order if not curate.is_repetitive(t)), None)
+
+
 def checks_pairs(prompt: str, answers: list[str], checks: list[tuple[str, Check]]) -> list[dict]:
     """The pairs the checks make of a prompt's answers: the best answer (the most checks passed, not a
     repetition loop) preferred to the one passing the fewest, when its passes are a strict superset
     of the other's; and the best answer's edit (``edited``) preferred to it, when the edit passes a
     strict superset of its checks."""
-    texts = [a for a in dict.fromkeys(answers) if a.strip()]
-    if not texts or not checks:
-        return []
-    order = sorted(texts, key=lambda t: -sum(check.passes(t) for _, check in checks))
-    best = next((t for t in order if not curate.is_repetitive(t)), None)
+    order = _ranked(answers, checks)
+    best = _best(order) if checks else None
     if best is None:
         return []
     out = []
@@ -226,6 +250,48 @@ def checks_pairs(prompt: str, answers: list[str], checks: list[tuple[str, Check]
                 }
             )
     return out
+
+
+def instruction_pairs(
+    prompt: str, item: Instruction, answers: list[str], checks: list[tuple[str, Check]]
+) -> list[dict]:
+    """The pair a user instruction makes of the answers to ``prompt`` (which ends with it): the best
+    answer (a loop only when every answer is one) edited to follow the instruction (benign.obeyed)
+    preferred to itself, when the edit follows it, the answer did not, the edit is no loop and it
+    passes every check the answer passed."""
+    order = _ranked(answers, checks)
+    answer = _best(order) or (order[0] if order else "")
+    chosen = obeyed(item, answer) if answer else ""
+    if not chosen or follows(item, answer) or not follows(item, chosen) or curate.is_repetitive(chosen):
+        return []
+    if any(c.passes(answer) and not c.passes(chosen) for _, c in checks):
+        return []
+    meta = {"instruction": item.prompt, "kind": item.kind}
+    return [
+        {"prompt": prompt, "chosen": chosen, "rejected": answer, "source": "instructions", "label": 1.0, "meta": meta}
+    ]
+
+
+def user_instructions(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list[Instruction]:
+    """The training instructions a job appends, but those a principle's check forbids (benign.conflict):
+    PrefsError for a file that cannot be used, or one without a line a check can verify."""
+    try:
+        items = load_instructions(cfg.instruction_set.strip() or None, training=True)
+    except BenignError as exc:
+        raise PrefsError(str(exc)) from None
+    if not items:
+        raise PrefsError(
+            f"the instruction set {cfg.instruction_set} has no line with a kind a check can verify "
+            "(one_sentence, max_sentences, include_word, start_with, numbered_list, end_with, max_words)"
+        )
+    return [i for i in items if conflict(i, checks) is None]
+
+
+def instructed(cfg: PrefsConfig, prompt: dict, items: list[Instruction]) -> Instruction | None:
+    """The instruction a prompt is also answered with, drawn by its id (so a resumed job draws the same),
+    for ``instruction_share`` of the prompts."""
+    rng = random.Random(prompt["id"])
+    return rng.choice(items) if items and rng.random() < cfg.instruction_share else None
 
 
 def revision_pairs(store: Store, constitution_id: int, checks: list[tuple[str, Check]], owner: str = "") -> list[dict]:
@@ -344,6 +410,10 @@ def check_start(store: Store, cfg: PrefsConfig) -> list[dict]:
             caps.check(prompts=len(prompts), pairs=len(prompts), max_new_tokens=cfg.sampling_config().max_new_tokens)
         except demo.DemoLimit as exc:
             raise PrefsError(str(exc)) from None
+        if cfg.instruction_set.strip():
+            raise PrefsError("in the public demo the pairs job appends the shipped training instructions only")
+    if cfg.instruction_share and {"auto", "instructions"} & set(cfg.source_names()):
+        user_instructions(cfg, [])
     return prompts
 
 
@@ -390,6 +460,8 @@ def run_prefs(
     state = {"done": [], "agree": [], "compared": 0, "dropped": 0, "added": dict.fromkeys(SOURCES, 0)}
     if state_file and state_file.is_file():
         state = json.loads(state_file.read_text())
+        state["added"] = {**dict.fromkeys(SOURCES, 0), **state["added"]}  # a state kept before a source was added
+    asks = user_instructions(cfg, checks) if "instructions" in sources and cfg.instruction_share else []
 
     def save():
         if state_file:
@@ -428,12 +500,18 @@ def run_prefs(
         if should_stop():
             raise Cancelled("cancelled by request")
         batch = todo[start : start + cfg.batch_size]
-        rows = [(system, p["text"]) for p in batch for _ in range(cfg.answers)]
-        index = [p["id"] * 16 + k for p in batch for k in range(cfg.answers)]
-        ids = generate_rows(policy, tokenizer, rows, scfg, sample_index=index, examples=examples)
+        asked = [(p, f"{p['text'].rstrip()} {item.prompt}", item) for p in batch if (item := instructed(cfg, p, asks))]
+        # each prompt's answers, then the instructed prompts' (their sample streams 8 on from the plain ones')
+        plain = batch if {"checks", "feedback"} & set(sources) else []
+        answered = [(p, p["text"], 0) for p in plain] + [(p, text, 8) for p, text, _ in asked]
+        rows = [(system, text) for _, text, _ in answered for _ in range(cfg.answers)]
+        index = [p["id"] * 16 + offset + k for p, _, offset in answered for k in range(cfg.answers)]
+        ids = generate_rows(policy, tokenizer, rows, scfg, sample_index=index, examples=examples) if rows else []
         texts = [tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
         items, judged = [], []
-        for n, p in enumerate(batch):
+        for n, (_, text, item) in enumerate(asked, len(plain)):
+            items += instruction_pairs(text, item, texts[n * cfg.answers : (n + 1) * cfg.answers], checks)
+        for n, p in enumerate(plain):
             answers = texts[n * cfg.answers : (n + 1) * cfg.answers]
             if "checks" in sources:
                 items += checks_pairs(p["text"], answers, checks)
@@ -498,97 +576,3 @@ def prefs_job(ctx, config: dict) -> None:
             job_id=ctx.job_id,
         )
     )
-
-
-# --------------------------------------------------------------------------- a Hugging Face preference dataset
-
-
-def export_pairs(store: Store, path, *, status: str | None = "accepted", owner: str = "", **filters) -> dict:
-    """Write pairs as a Hugging Face preference dataset (``prompt``, ``chosen``, ``rejected``, plus
-    ``source`` and ``label``): JSON lines for a .jsonl/.json path, else a ``datasets`` save_to_disk folder."""
-    pairs = store.list_pairs(status=status, owner=owner, **filters)
-    if not pairs:
-        raise PrefsError(f"no {status or ''} pairs to export".replace("  ", " "))
-    records = [{k: p[k] for k in (*HF_COLUMNS, "source", "label")} for p in pairs]
-    path = Path(path)
-    if path.suffix.lower() in (".jsonl", ".json"):
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-        fmt = "jsonl"
-    else:
-        import datasets
-
-        datasets.Dataset.from_list(records).save_to_disk(str(path))
-        fmt = "datasets"
-    return {"path": str(path), "format": fmt, "pairs": len(records)}
-
-
-def _text(value, role: str):
-    """A cell as text: a string, or TRL's conversational form (a list of messages: the last of ``role``)."""
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        said = [m.get("content") for m in value if m.get("role") == role]
-        return said[-1] if said else None
-    return value
-
-
-def read_pairs(path) -> list[dict]:
-    """The pairs of a preference file (jsonl, json, csv, parquet or a ``datasets`` folder), every row
-    checked before any is stored: PrefsError naming the first bad row."""
-    path = Path(path)
-    if path.is_file() and path.stat().st_size > MAX_IMPORT_BYTES:
-        raise PrefsError(f"{path} is {path.stat().st_size / 2**20:.0f} MB: at most {MAX_IMPORT_BYTES >> 20} MB")
-    try:
-        records = read_table(path)
-    except (ImportFileError, OSError) as exc:
-        raise PrefsError(str(exc)) from None
-    if not records:
-        raise PrefsError(f"{path} holds no rows")
-    missing = [c for c in HF_COLUMNS if c not in records[0]]
-    if missing:
-        raise PrefsError(
-            f"{path} lacks the column(s) {', '.join(missing)}: a preference file has {', '.join(HF_COLUMNS)}"
-        )
-    out = []
-    for n, r in enumerate(records, 1):
-        row = {
-            "prompt": _text(r.get("prompt"), "user"),
-            "chosen": _text(r.get("chosen"), "assistant"),
-            "rejected": _text(r.get("rejected"), "assistant"),
-        }
-        for key, most in (("prompt", MAX_PROMPT_CHARS), ("chosen", MAX_ANSWER_CHARS), ("rejected", MAX_ANSWER_CHARS)):
-            value = row[key]
-            if not isinstance(value, str) or not value.strip():
-                raise PrefsError(f"row {n}: {key} is empty or not text")
-            if len(value) > most:
-                raise PrefsError(f"row {n}: {key} is {len(value):,} characters; at most {most:,}")
-        label = r.get("label", 1.0)
-        try:
-            label = float(1.0 if label is None else label)
-        except (TypeError, ValueError):
-            raise PrefsError(f"row {n}: label {label!r} is not a number") from None
-        if not (0 <= label <= 1) or math.isnan(label):
-            raise PrefsError(f"row {n}: label {label} is not a probability in [0, 1]")
-        try:
-            check_pair({**row, "source": "import", "label": label})
-        except StoreError as exc:
-            raise PrefsError(f"row {n}: {exc}") from None
-        out.append({**row, "source": "import", "label": label, "meta": {"file": os.path.basename(str(path))}})
-    return out
-
-
-def import_pairs(store: Store, path, constitution_id: int, owner: str = "", status: str = "pending") -> dict:
-    """Store the pairs of a preference file for a constitution version (all or none)."""
-    from . import demo
-
-    try:
-        store.get_constitution(constitution_id, owner=owner)
-    except StoreError:
-        raise PrefsError(f"constitution version {constitution_id} not found") from None
-    rows = read_pairs(path)
-    caps = demo.caps()
-    if caps:
-        try:
-            caps.check(pairs=len(rows))
-        except demo.DemoLimit as exc:
-            raise PrefsError(str(exc)) from None
-    added = store.add_pairs([{**r, "constitution_id": constitution_id, "status": status} for r in rows], owner=owner)
-    return {"rows": len(rows), "added": added, "constitution_id": constitution_id}

@@ -71,7 +71,7 @@ def test_the_shipped_set_covers_every_kind_with_its_own_checks():
     items = benign.load_instructions()
     assert len(items) >= 48 and len({it.id for it in items}) == len(items)
     kinds = {it.kind for it in items}
-    assert kinds == set(benign.KINDS)
+    assert kinds == set(benign.KINDS) - {"max_sentences"}  # the training set's kind ("two sentences")
     assert all(sum(it.kind == k for it in items) >= 8 for k in kinds)  # a kind's rate moves by 12.5 points an item
     for it in items:  # the instruction names what its check looks for
         if it.kind in ("include_word", "start_with", "end_with"):
@@ -103,3 +103,50 @@ def test_duplicate_ids_and_an_empty_set_are_refused(tmp_path):
     path.write_text("\n")
     with pytest.raises(benign.BenignError, match="is empty"):
         benign.load_instructions(path)
+
+
+@pytest.mark.parametrize(
+    "kind, value, text, edited",
+    [
+        (
+            "max_sentences",
+            "2",
+            "Arr! The sun is a star, matey. It gives us light. Ye can see it every",
+            "Arr! The sun is a star, matey. It gives us light.",
+        ),
+        ("one_sentence", "", "The sky is blue. Air scatters light.", "The sky is blue."),
+        ("max_words", "8", "The sky is blue. Air scatters blue light most of all.", "The sky is blue."),
+        ("max_words", "3", "Photosynthesis makes sugar from light", "Photosynthesis makes sugar"),  # no whole sentence
+        (
+            "numbered_list",
+            "2",
+            "Boil the water. Add the pasta. Wait ten minutes.",
+            "1. Boil the water.\n2. Add the pasta.",
+        ),
+        ("numbered_list", "4", "Boil the water. Add the pasta.", "Boil the water. Add the pasta."),  # too short
+        ("start_with", "Well", "The sky is blue.", "Well, the sky is blue."),
+        ("start_with", "In short,", "I think so.", "In short, I think so."),
+        ("end_with", "friend", "The sky is blue. It is", "The sky is blue, friend."),  # after the last whole sentence
+        ("end_with", "Hope this helps.", "The sky is blue.", "The sky is blue. Hope this helps."),
+        ("include_word", "river", "The sky is blue.", "The sky is blue."),  # no edit puts a word in
+    ],
+)
+def test_an_answer_edited_to_follow_the_instruction(kind, value, text, edited):
+    it = item(kind, value)
+    assert benign.obeyed(it, text) == edited
+    if edited != text:
+        assert follows(it, edited) and not follows(it, text)
+
+
+def test_the_training_instructions_are_checkable_and_apart_from_the_benign_set(tmp_path):
+    train, evaluation = benign.load_instructions(training=True), benign.load_instructions()
+    assert len(train) >= 12 and {"max_sentences", "max_words", "start_with", "end_with"} <= {i.kind for i in train}
+    assert not any(t.prompt.lower() in e.prompt.lower() for t in train for e in evaluation)
+    asked = {e.value.lower() for e in evaluation if e.kind in ("include_word", "start_with", "end_with")}
+    assert not asked & {t.value.lower() for t in train if t.kind in ("include_word", "start_with", "end_with")}
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"text": "Be warm."}\n{"text": "Say it twice.", "kind": "max_sentences", "value": "two"}\n')
+    with pytest.raises(benign.BenignError, match="mine.jsonl line 2 .*whole number"):
+        benign.load_instructions(path, training=True)
+    path.write_text('{"text": "Be warm."}\n')  # a line without a kind is one no check verifies
+    assert benign.load_instructions(path, training=True) == []

@@ -2,11 +2,13 @@
 from checks and revisions, the job and its resume, the store's review actions, export and import."""
 
 import json
+import re
 
 import pytest
 import torch
 
-from ctxdistill import prefs
+from ctxdistill import pair_files, prefs
+from ctxdistill.benign import Instruction
 from ctxdistill.constitution import Check, from_dict
 from ctxdistill.sampling import chat_ids
 from ctxdistill.store import StoreError
@@ -117,6 +119,63 @@ def test_a_repetition_loop_is_never_the_chosen_answer():
     assert (pair["chosen"], pair["rejected"]) == ("A plain answer, matey", "A plain answer")
 
 
+def test_instruction_pairs_prefer_the_answer_edited_to_follow_it():
+    checks = [("arr", Check("starts_with", "Arr!")), ("matey", Check("contains", "matey"))]
+    two = Instruction("t", "max_sentences", "Keep your answer to two sentences.", "2")
+    prompt = "Why is the sun hot? Keep your answer to two sentences."
+    long = "Arr! The sun is a star, matey. It burns hydrogen all day. Ye see it from the deck"
+    (pair,) = prefs.instruction_pairs(prompt, two, [long, "Arr! It is hot. Very hot indeed, my friend. Yes."], checks)
+    assert pair["chosen"] == "Arr! The sun is a star, matey. It burns hydrogen all day." and pair["rejected"] == long
+    assert pair["source"] == "instructions" and pair["meta"] == {"instruction": two.prompt, "kind": "max_sentences"}
+    late = "Arr! The sun is a star. It burns hydrogen all day. Ye see it from the deck, matey."
+    assert prefs.instruction_pairs(prompt, two, [late, late], checks) == []  # the cut takes "matey" out
+    assert prefs.instruction_pairs(prompt, two, ["Arr! The sun is a star, matey."] * 2, checks) == []  # it follows
+    word = Instruction("w", "include_word", 'Work the word "river" in.', "river")
+    assert prefs.instruction_pairs(prompt, word, [long, long], checks) == []  # no edit puts a word in
+    kinds = {i.kind for i in prefs.user_instructions(prefs.PrefsConfig(), checks)}
+    assert "start_with" not in kinds and "end_with" in kinds  # another opening than "Arr!" is never asked for
+    assert "start_with" in {i.kind for i in prefs.user_instructions(prefs.PrefsConfig(), [])}
+
+
+def test_a_share_of_the_prompts_is_instructed_the_same_way_each_time():
+    asks = prefs.user_instructions(prefs.PrefsConfig(), [])
+    prompts = [{"id": i} for i in range(400)]
+    picked = [prefs.instructed(prefs.PrefsConfig(instruction_share=0.25), p, asks) for p in prompts]
+    assert 0.18 < sum(p is not None for p in picked) / 400 < 0.32
+    assert picked == [prefs.instructed(prefs.PrefsConfig(instruction_share=0.25), p, asks) for p in prompts]
+    assert {prefs.instructed(prefs.PrefsConfig(instruction_share=0.0), p, asks) for p in prompts} == {None}
+    assert None not in {prefs.instructed(prefs.PrefsConfig(instruction_share=1.0), p, asks) for p in prompts}
+
+
+def test_the_job_answers_instructed_prompts_only_when_only_instructions_are_asked_for(
+    store, tiny_model, tiny_tokenizer, tmp_path, monkeypatch
+):
+    cid = _version(store, {"name": "kind", "principles": [{"id": "kind", "text": "Be kind."}]})
+    store.add_prompts("tiny", [{"text": f"Question number {i}?", "split": "train"} for i in range(3)])
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"text": "Sign off with cheers.", "kind": "end_with", "value": "cheers"}\n')
+    asked = []
+    real = prefs.generate_rows
+    monkeypatch.setattr(
+        prefs, "generate_rows", lambda model, tok, rows, *a, **k: asked.extend(rows) or real(model, tok, rows, *a, **k)
+    )
+    cfg = prefs.PrefsConfig(
+        constitution_id=cid,
+        set_name="tiny",
+        sources="instructions",
+        instruction_share=1.0,
+        instruction_set=str(mine),
+        sampling={"temperature": 1.0, "max_new_tokens": 8},
+    )
+    result = prefs.run_prefs(store, cfg, tiny_model, tiny_tokenizer)
+    assert len(asked) == 6 and all(text.endswith("? Sign off with cheers.") for _, text in asked)  # no plain prompt
+    stored = store.list_pairs(constitution_id=cid)
+    assert result["pairs"]["instructions"] == len(stored) >= 1
+    for p in stored:
+        assert p["prompt"].endswith("Sign off with cheers.") and p["source"] == "instructions"
+        assert re.search(r"\bcheers[.!?]?$", p["chosen"], flags=re.I) and p["chosen"] != p["rejected"]
+
+
 def test_revision_pairs_skip_worse_and_rejected(store):
     cid = _version(store)
     store.add_prompts("default", [{"text": f"Tell me about volcano {i}", "split": "train"} for i in range(3)])
@@ -166,20 +225,26 @@ def test_prefs_job_makes_pairs_and_resumes(store, tiny_model, tiny_tokenizer, tm
             assert prefs.check_verdict(p["chosen"], p["rejected"], CHECKS)[0] == 1
 
 
-def test_settings_refused_before_a_model_loads(store):
+def test_settings_refused_before_a_model_loads(store, tmp_path):
     cid = _version(store)
+    unchecked = tmp_path / "mine.jsonl"
+    unchecked.write_text('{"text": "Be warm."}\n')
     for bad, words in (
         ({"threshold": 0.5}, "threshold"),
         ({"sources": "votes"}, "sources"),
         ({"answers": 1}, "answers"),
         ({"judge": "crowd"}, "judge"),
+        ({"instruction_share": float("nan")}, "instruction share must be in"),
+        ({"instruction_share": 1.5}, "instruction share must be in"),
+        ({"instruction_set": str(tmp_path / "none.jsonl")}, "cannot read the instruction set"),
+        ({"instruction_set": str(unchecked)}, "no line with a kind a check can verify"),
     ):
         with pytest.raises(prefs.PrefsError, match=words):
             prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, **bad))
     with pytest.raises(prefs.PrefsError, match="run 99 not found"):
         prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, from_run=99))
-    assert prefs.sources_for(prefs.PrefsConfig(), CHECKS) == ["checks", "revision"]
-    assert prefs.sources_for(prefs.PrefsConfig(), []) == ["feedback", "revision"]
+    assert prefs.sources_for(prefs.PrefsConfig(), CHECKS) == ["checks", "revision", "instructions"]
+    assert prefs.sources_for(prefs.PrefsConfig(), []) == ["feedback", "revision", "instructions"]
 
 
 def test_demo_caps_the_pairs(store, monkeypatch, tmp_path):
@@ -189,8 +254,12 @@ def test_demo_caps_the_pairs(store, monkeypatch, tmp_path):
     monkeypatch.setenv("CTXDISTILL_DEMO", "1")
     monkeypatch.setenv("CTXDISTILL_DEMO_PAIRS", "3")
     with pytest.raises(prefs.PrefsError, match="pairs 5 > 3"):
-        prefs.import_pairs(store, path, cid)
+        pair_files.import_pairs(store, path, cid)
     assert store.count_pairs()["total"] == 0
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text('{"text": "Say cheers.", "kind": "end_with", "value": "cheers"}\n')
+    with pytest.raises(prefs.PrefsError, match="public demo .* shipped training instructions"):
+        prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, limit=2, instruction_set=str(mine)))
 
 
 def test_review_actions_in_the_store(store):
@@ -221,10 +290,10 @@ def test_export_import_round_trip(store, tmp_path):
     )
     store.set_pairs_status([p["id"] for p in store.list_pairs()], "accepted")
     for name in ("pairs.jsonl", "pairs_ds"):
-        out = prefs.export_pairs(store, tmp_path / name, constitution_id=cid)
+        out = pair_files.export_pairs(store, tmp_path / name, constitution_id=cid)
         assert out["pairs"] == 2
         other = _version(store, {**PIRATE, "name": f"copy-{name}"})
-        assert prefs.import_pairs(store, tmp_path / name, other)["added"] == 2
+        assert pair_files.import_pairs(store, tmp_path / name, other)["added"] == 2
         back = store.list_pairs(constitution_id=other)
         assert [(p["prompt"], p["chosen"], p["rejected"], p["source"]) for p in back] == [
             ("p", "a", "b", "import"),
@@ -243,7 +312,7 @@ def test_import_accepts_the_conversational_form(store, tmp_path):
         "rejected": [{"role": "assistant", "content": "Hello"}],
     }
     path.write_text(json.dumps(row) + "\n")
-    prefs.import_pairs(store, path, cid)
+    pair_files.import_pairs(store, path, cid)
     assert store.list_pairs()[0]["chosen"] == "Arr, hi"
 
 
@@ -263,7 +332,7 @@ def test_import_refusals_store_nothing(store, tmp_path, rows, words):
     path = tmp_path / "bad.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(prefs.PrefsError, match=words):
-        prefs.import_pairs(store, path, cid)
+        pair_files.import_pairs(store, path, cid)
     assert store.count_pairs()["total"] == 0
 
 

@@ -72,6 +72,25 @@ def test_new_migration_applies_once(tmp_path, monkeypatch):
     db.close()
 
 
+def test_pairs_made_before_the_instructions_source_survive_its_migration(tmp_path, monkeypatch):
+    monkeypatch.setattr(migrations, "MIGRATIONS", migrations.MIGRATIONS[:4])  # a workspace of the pairs' first table
+    s = Store(tmp_path)
+    cid = s.save_constitution("c", {"principles": []}, "h")
+    s.add_pairs([{"constitution_id": cid, "prompt": "p", "chosen": "a", "rejected": "b", "source": "checks"}])
+    s.close()
+    monkeypatch.undo()
+    s = Store(tmp_path)
+    item = {"constitution_id": cid, "prompt": "p", "chosen": "a, cheers.", "rejected": "a", "source": "instructions"}
+    assert s.add_pairs([item]) == 1
+    assert [p["source"] for p in s.list_pairs(constitution_id=cid)] == ["checks", "instructions"]
+    assert s.list_pairs(constitution_id=cid, source="checks")[0]["chosen"] == "a" and s.integrity_ok()
+    db = sqlite3.connect(tmp_path / "ctxdistill.db")
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'pairs'")}
+    assert {"pairs_unique", "pairs_by_constitution"} <= indexes
+    db.close()
+    s.close()
+
+
 def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     Store(tmp_path).close()
 

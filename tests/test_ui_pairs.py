@@ -71,7 +71,9 @@ def test_export_import_and_refusals(ctx, tmp_path):
     with pytest.raises(gr.Error, match="run 9 not found"):
         pairs.on_train(ctx, None, cid, 9, 0.1, 10, 0, 0, True)
     with pytest.raises(gr.Error, match="threshold"):
-        pairs.on_make(ctx, None, cid, 0, "auto", 0.6, 4)
+        pairs.on_make(ctx, None, cid, 0, "auto", 0.6, 4, 0.25)
+    with pytest.raises(gr.Error, match="instruction share must be in"):
+        pairs.on_make(ctx, None, cid, 0, "auto", 0.1, 4, 1.5)
     assert ctx.store.count_pairs()["total"] == 2
 
 
@@ -92,7 +94,7 @@ def test_the_job_line_follows_the_pairs_job_and_a_reload_finds_it(ctx, monkeypat
     ctx, cid = ctx
     monkeypatch.setattr(jobs, "spawn_worker", lambda *a, **k: None)  # no worker: the job stays queued
     assert pairs.newest_job(ctx, None) is None and "No pairs job" in pairs.on_status(ctx, None, None, None)[0]
-    job = pairs.on_make(ctx, None, cid, 0, "auto", 0.1, 2)
+    job = pairs.on_make(ctx, None, cid, 0, "auto", 0.1, 2, 0.25)
     assert pairs.newest_job(ctx, None) == job
     ctx.store.update_job(job, state="running", message="judging pair 3 of 8", progress_done=3, progress_total=8)
     line, plot, shown = pairs.on_status(ctx, job, None, None)
@@ -128,3 +130,7 @@ def test_the_badge_says_how_a_pair_was_made():
     badge = pairs.badge_html({**pair, "meta": {"principles": ["arr"]}})
     assert "principle arr" in badge and "edited" not in badge
     assert "the other edited to pass the checks" in pairs.badge_html({**pair, "meta": {"edit": True}})
+    asked = {**pair, "source": "instructions", "meta": {"instruction": "Sign off with cheers.", "kind": "end_with"}}
+    assert "source: instructions" in pairs.badge_html(
+        asked
+    ) and "to follow the user&#x27;s instruction" in pairs.badge_html(asked)

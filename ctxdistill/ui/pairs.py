@@ -15,7 +15,7 @@ import html
 
 import gradio as gr
 
-from ctxdistill import dpo, foreground, jobs, prefs
+from ctxdistill import dpo, foreground, jobs, pair_files, prefs
 from ctxdistill.pair_store import PAIR_SOURCES
 from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.ui.common import (
@@ -35,6 +35,7 @@ STATUSES = ("pending", "accepted", "rejected", "all")
 BULK = ("accept", "reject", "set pending")
 IMPORT_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 DPO_DEFAULTS = dpo.DPOConfig()
+PREFS_DEFAULTS = prefs.PrefsConfig()
 
 KEYS_HTML = """<div id="pairs-keys">Keys: <span class="kbd">y</span> accept · <span class="kbd">f</span> flip
 (the other answer is better) · <span class="kbd">x</span> reject · <span class="kbd">n</span> next ·
@@ -99,7 +100,15 @@ def layout() -> dict:
         with gr.Row():
             from_run = gr.Number(label="Policy: run id (0 = the teacher)", value=0, precision=0, elem_id="pairs-run")
             sources = gr.Textbox(
-                value="auto", label="Sources (checks, feedback, revision or auto)", elem_id="pairs-sources"
+                value="auto",
+                label="Sources (checks, feedback, revision, instructions or auto)",
+                elem_id="pairs-sources",
+            )
+            instruction_share = gr.Number(
+                value=PREFS_DEFAULTS.instruction_share,
+                label="Share of prompts with a user instruction",
+                info="the answer edited to follow it is preferred (source: instructions)",
+                elem_id="pairs-instruction-share",
             )
             threshold = gr.Number(value=0.1, label="Drop labels within this of 0.5", elem_id="pairs-threshold")
             limit = gr.Number(value=32, precision=0, label="Prompts (0 = all)", elem_id="pairs-limit")
@@ -142,8 +151,8 @@ def layout() -> dict:
             upload = gr.File(label="Import a preference file", file_types=list(IMPORT_TYPES))
     named = (
         "version status source confidence reload position badge prompt chosen rejected prev accept flip reject nxt "
-        "message bulk_action bulk from_run sources threshold limit make dpo_run beta steps anchor chosen_nll "
-        "where_they_differ train job_status stop resume dpo_plot job_id plotted export export_file upload"
+        "message bulk_action bulk from_run sources instruction_share threshold limit make dpo_run beta steps anchor "
+        "chosen_nll where_they_differ train job_status stop resume dpo_plot job_id plotted export export_file upload"
     )
     here = locals()
     return {name: here[name] for name in named.split()} | {
@@ -154,7 +163,11 @@ def layout() -> dict:
 
 
 # what a pair's meta says of how it was made, shown as badges
-PAIR_MARKS = (("edit", "chosen: the other edited to pass the checks"), ("flipped", "flipped by a reviewer"))
+PAIR_MARKS = (
+    ("edit", "chosen: the other edited to pass the checks"),
+    ("instruction", "chosen: the other edited to follow the user's instruction"),
+    ("flipped", "flipped by a reviewer"),
+)
 
 
 def badge_html(pair: dict | None) -> str:
@@ -272,7 +285,7 @@ def newest_job(ctx: AppContext, request: gr.Request):
     return max((j["id"] for j in found), default=None)
 
 
-def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources, threshold, limit):
+def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources, threshold, limit, instruction_share):
     owner = ctx.owner(request)
     if not version_id:
         raise gr.Error("Pick a constitution version first.")
@@ -282,6 +295,7 @@ def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources,
         sources=str(sources or "auto"),
         threshold=float(threshold if threshold is not None else 0.1),
         limit=int(limit or 0),
+        instruction_share=float(PREFS_DEFAULTS.instruction_share if instruction_share is None else instruction_share),
         owner=owner,
         model=ctx.model_spec or "",
     )
@@ -321,7 +335,7 @@ def on_export(ctx: AppContext, request: gr.Request, version_id):
         raise gr.Error("Pick a constitution version first.")
     path = download_dir() / f"pairs-v{int(version_id)}.jsonl"
     try:
-        prefs.export_pairs(ctx.store, path, constitution_id=int(version_id), owner=ctx.owner(request))
+        pair_files.export_pairs(ctx.store, path, constitution_id=int(version_id), owner=ctx.owner(request))
     except prefs.PrefsError as exc:
         raise gr.Error(str(exc)) from None
     return str(path)
@@ -332,7 +346,7 @@ def on_import(ctx: AppContext, request: gr.Request, version_id, file):
         raise gr.Error("Pick a constitution version and a preference file.")
     path = ctx.upload(file if isinstance(file, str) else file.name, IMPORT_TYPES)
     try:
-        out = prefs.import_pairs(ctx.store, path, int(version_id), owner=ctx.owner(request))
+        out = pair_files.import_pairs(ctx.store, path, int(version_id), owner=ctx.owner(request))
     except prefs.PrefsError as exc:
         raise gr.Error(str(exc)) from None
     gr.Info(f"Imported {out['added']} new pairs of {out['rows']} rows, pending review.")
@@ -354,7 +368,7 @@ def build(ctx: AppContext) -> None:
     for name, step in (("prev", -1), ("nxt", 1)):
         c[name].click(on(move, step), state, view, **quiet)
     c["bulk"].click(on(on_bulk), [c["bulk_action"], *filters], None).then(on(load_queue), filters, view, **quiet)
-    make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"]]
+    make_in = [c["version"], c["from_run"], c["sources"], c["threshold"], c["limit"], c["instruction_share"]]
     c["make"].click(on(on_make), make_in, c["job_id"]).then(**ctx.poll_now)
     train_in = [
         c[name] for name in ("version", "dpo_run", "beta", "steps", "anchor", "chosen_nll", "where_they_differ")
