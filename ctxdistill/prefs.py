@@ -23,13 +23,15 @@
   with it is counted: how far the judge can be trusted.
 * *revision* — a critique-and-revise chain's final revision, not flagged worse than its start
   (curate.revision_worse), preferred to its start (label 1). No model needed.
-* *instructions* — a share of the train prompts is also answered with a benign user instruction
-  appended (benign.TRAIN_FILE: "Keep your answer to two sentences.", "Sign off with "cheers" at
-  the end."; never one of the evaluation's, nor one that a principle's check forbids); the best
-  answer edited to follow it (benign.obeyed: cut where the user asked it to stop, the words put
-  first or last) is preferred to itself when the edit keeps every check the answer passed. A
-  constitution must not be baked into a model that ignores what the user asks where the two do not
-  conflict.
+* *instructions* — a share of the train prompts also makes a pair for the prompt with a benign
+  user instruction appended (benign.TRAIN_FILE: "Keep your answer to two sentences.", "Sign off
+  with "cheers" at the end."; never one of the evaluation's, nor one that a principle's check
+  forbids): the best answer edited to follow it (benign.obeyed: cut where the user asked it to
+  stop, the words put first or last) preferred to itself, when the edit keeps every check the
+  answer passed. The answers are the policy's to the prompt without the instruction, so the pair
+  costs no generation; the rejected side is an answer that ignores the instruction, which is what
+  the pair teaches against. A constitution must not be baked into a model that ignores what the
+  user asks where the two do not conflict.
 
 The job answers the prompts in batches, writes each batch's pairs in one transaction and keeps
 which prompts it finished in runs/<id>/prefs_state.json, so a resumed job does only the rest.
@@ -98,8 +100,8 @@ class PrefsConfig(SamplingStageConfig):
     instruction_share: float = field(
         default=0.25,
         metadata={
-            "help": "instructions: share of the train prompts also answered with a user instruction appended, "
-            "the answer edited to follow it preferred to itself (0 = none)"
+            "help": "instructions: share of the train prompts that also make a pair with a user instruction "
+            "appended: the answer edited to follow it preferred to itself (0 = none)"
         },
     )
     instruction_set: str = field(
@@ -500,19 +502,15 @@ def run_prefs(
         if should_stop():
             raise Cancelled("cancelled by request")
         batch = todo[start : start + cfg.batch_size]
-        asked = [(p, f"{p['text'].rstrip()} {item.prompt}", item) for p in batch if (item := instructed(cfg, p, asks))]
-        # each prompt's answers, then the instructed prompts' (their sample streams 8 on from the plain ones')
-        plain = batch if {"checks", "feedback"} & set(sources) else []
-        answered = [(p, p["text"], 0) for p in plain] + [(p, text, 8) for p, text, _ in asked]
-        rows = [(system, text) for _, text, _ in answered for _ in range(cfg.answers)]
-        index = [p["id"] * 16 + offset + k for p, _, offset in answered for k in range(cfg.answers)]
-        ids = generate_rows(policy, tokenizer, rows, scfg, sample_index=index, examples=examples) if rows else []
+        rows = [(system, p["text"]) for p in batch for _ in range(cfg.answers)]
+        index = [p["id"] * 16 + k for p in batch for k in range(cfg.answers)]
+        ids = generate_rows(policy, tokenizer, rows, scfg, sample_index=index, examples=examples)
         texts = [tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
         items, judged = [], []
-        for n, (_, text, item) in enumerate(asked, len(plain)):
-            items += instruction_pairs(text, item, texts[n * cfg.answers : (n + 1) * cfg.answers], checks)
-        for n, p in enumerate(plain):
+        for n, p in enumerate(batch):
             answers = texts[n * cfg.answers : (n + 1) * cfg.answers]
+            if item := instructed(cfg, p, asks):
+                items += instruction_pairs(f"{p['text'].rstrip()} {item.prompt}", item, answers, checks)
             if "checks" in sources:
                 items += checks_pairs(p["text"], answers, checks)
             if "feedback" in sources and answers[0].strip() and answers[1].strip() and answers[0] != answers[1]:

@@ -147,18 +147,11 @@ def test_a_share_of_the_prompts_is_instructed_the_same_way_each_time():
     assert None not in {prefs.instructed(prefs.PrefsConfig(instruction_share=1.0), p, asks) for p in prompts}
 
 
-def test_the_job_answers_instructed_prompts_only_when_only_instructions_are_asked_for(
-    store, tiny_model, tiny_tokenizer, tmp_path, monkeypatch
-):
+def test_the_job_pairs_each_answer_with_its_edit_under_the_instruction(store, tiny_model, tiny_tokenizer, tmp_path):
     cid = _version(store, {"name": "kind", "principles": [{"id": "kind", "text": "Be kind."}]})
     store.add_prompts("tiny", [{"text": f"Question number {i}?", "split": "train"} for i in range(3)])
     mine = tmp_path / "mine.jsonl"
     mine.write_text('{"text": "Sign off with cheers.", "kind": "end_with", "value": "cheers"}\n')
-    asked = []
-    real = prefs.generate_rows
-    monkeypatch.setattr(
-        prefs, "generate_rows", lambda model, tok, rows, *a, **k: asked.extend(rows) or real(model, tok, rows, *a, **k)
-    )
     cfg = prefs.PrefsConfig(
         constitution_id=cid,
         set_name="tiny",
@@ -168,12 +161,13 @@ def test_the_job_answers_instructed_prompts_only_when_only_instructions_are_aske
         sampling={"temperature": 1.0, "max_new_tokens": 8},
     )
     result = prefs.run_prefs(store, cfg, tiny_model, tiny_tokenizer)
-    assert len(asked) == 6 and all(text.endswith("? Sign off with cheers.") for _, text in asked)  # no plain prompt
     stored = store.list_pairs(constitution_id=cid)
-    assert result["pairs"]["instructions"] == len(stored) >= 1
+    assert result["pairs"]["instructions"] == len(stored) == 3  # one a prompt: an ending can be put on any answer
     for p in stored:
-        assert p["prompt"].endswith("Sign off with cheers.") and p["source"] == "instructions"
-        assert re.search(r"\bcheers[.!?]?$", p["chosen"], flags=re.I) and p["chosen"] != p["rejected"]
+        assert (
+            re.fullmatch(r"Question number \d\? Sign off with cheers\.", p["prompt"]) and p["source"] == "instructions"
+        )
+        assert p["chosen"] != p["rejected"] and re.search(r"\bcheers\.$", p["chosen"], flags=re.I)
 
 
 def test_revision_pairs_skip_worse_and_rejected(store):
