@@ -113,8 +113,8 @@ def obeyed(item: Instruction, text: str) -> str:
     max_sentences), after its last whole sentence within N words or else at the Nth word (max_words),
     its first N sentences numbered one to a line (numbered_list, when it has N), the words put first
     (start_with) or, after its last whole sentence, last (end_with; one word as an address before
-    the final stop: "..., friend."). An include_word instruction, or
-    an answer too short for the edit, leaves it as it is."""
+    the final stop: "..., friend."). An include_word instruction, or an answer too short for the
+    edit, leaves it as it is."""
     text, value = text.strip(), item.value.strip()
     ends = _ends(text)
     if item.kind in ("one_sentence", "max_sentences") and len(_sentences(text)) > int(value or 1) <= len(ends):

@@ -1,4 +1,4 @@
-"""Preference pairs for the RL-CAI stage, from three sources; each pair records its source.
+"""Preference pairs for the RL-CAI stage, from four sources; each pair records its source.
 
     ctxdistill prefs --constitution 3 --from-run 12 --json          # the "prefs" job
     ctxdistill prefs export pairs.jsonl --constitution 3            # prompt / chosen / rejected (pair_files.py)
@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from . import curate
-from .benign import BenignError, Instruction, conflict, follows, load_instructions, obeyed
+from .benign import KINDS, BenignError, Instruction, conflict, follows, load_instructions, obeyed
 from .config import SamplingStageConfig
 from .constitution import Check, from_row, render
 from .jobs import Cancelled, Meter
@@ -154,9 +154,9 @@ class PrefsConfig(SamplingStageConfig):
 
 
 def sources_for(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list[str]:
-    """The sources a job uses: as asked, or for auto checks + revision where there are checks (the embedded
-    135M judge agreed with the pirate checks on 52 % [35, 74] of 23 pairs, chance: bench/prefs.py), else
-    feedback + revision."""
+    """The sources a job uses: as asked, or for auto checks + revision + instructions where there are
+    checks (the embedded 135M judge agreed with the pirate checks on 52 % [35, 74] of 23 pairs, chance:
+    bench/prefs.py), else feedback + revision + instructions."""
     names = cfg.source_names()
     if "auto" in names:
         return ["checks" if checks else "feedback", "revision", "instructions"]
@@ -283,15 +283,14 @@ def user_instructions(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list
         raise PrefsError(str(exc)) from None
     if not items:
         raise PrefsError(
-            f"the instruction set {cfg.instruction_set} has no line with a kind a check can verify "
-            "(one_sentence, max_sentences, include_word, start_with, numbered_list, end_with, max_words)"
+            f"the instruction set {cfg.instruction_set} has no line with a kind a check can verify ({', '.join(KINDS)})"
         )
     return [i for i in items if conflict(i, checks) is None]
 
 
 def instructed(cfg: PrefsConfig, prompt: dict, items: list[Instruction]) -> Instruction | None:
-    """The instruction a prompt is also answered with, drawn by its id (so a resumed job draws the same),
-    for ``instruction_share`` of the prompts."""
+    """The instruction a prompt's instruction pair is made under, drawn by the prompt's id (so a resumed
+    job draws the same), for ``instruction_share`` of the prompts; None for the rest."""
     rng = random.Random(prompt["id"])
     return rng.choice(items) if items and rng.random() < cfg.instruction_share else None
 
