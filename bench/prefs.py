@@ -99,6 +99,7 @@ def stage(name: str, args, trl: bool) -> dict:
         sources="checks,feedback,instructions",
         limit=args.prompts,
         **({"answers": args.answers} if args.answers else {}),
+        **({"instruction_share": args.instruction_share} if args.instruction_share is not None else {}),
     )
     made, prefs_s = run_job(store, "prefs", pairs_cfg.to_dict())
     default = prefs.sources_for(prefs.PrefsConfig(), prefs.curate.principle_checks(c))
@@ -290,6 +291,9 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=80, help="distillation steps (the default run's)")
     parser.add_argument(
         "--answers", type=int, default=0, help="policy answers per prompt for the pairs (0 = the pairs job's default)"
+    )
+    parser.add_argument(
+        "--instruction-share", type=float, help="instruction pairs: share of the prompts (default: the pairs job's)"
     )
     parser.add_argument("--dpo-steps", type=int, default=40, help="DPO steps (the default run's)")
     parser.add_argument("--prompts", type=int, default=0, help="train prompts for distillation and pairs (0 = all)")

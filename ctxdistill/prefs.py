@@ -98,10 +98,10 @@ class PrefsConfig(SamplingStageConfig):
         default=0.1, metadata={"help": "AI feedback: drop pairs whose soft label is within this of 0.5"}
     )
     instruction_share: float = field(
-        default=0.25,
+        default=0.0,
         metadata={
             "help": "instructions: share of the train prompts that also make a pair with a user instruction "
-            "appended: the answer edited to follow it preferred to itself (0 = none)"
+            "appended: the answer edited to follow it preferred to itself (0 = none, the default)"
         },
     )
     instruction_set: str = field(

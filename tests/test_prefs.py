@@ -230,8 +230,11 @@ def test_settings_refused_before_a_model_loads(store, tmp_path):
         ({"judge": "crowd"}, "judge"),
         ({"instruction_share": float("nan")}, "instruction share must be in"),
         ({"instruction_share": 1.5}, "instruction share must be in"),
-        ({"instruction_set": str(tmp_path / "none.jsonl")}, "cannot read the instruction set"),
-        ({"instruction_set": str(unchecked)}, "no line with a kind a check can verify"),
+        (
+            {"instruction_share": 0.5, "instruction_set": str(tmp_path / "none.jsonl")},
+            "cannot read the instruction set",
+        ),
+        ({"instruction_share": 0.5, "instruction_set": str(unchecked)}, "no line with a kind a check can verify"),
     ):
         with pytest.raises(prefs.PrefsError, match=words):
             prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, **bad))
