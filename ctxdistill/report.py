@@ -62,6 +62,33 @@ def checks_line(results: dict, label: str) -> str:
     )
 
 
+def next_step(results: dict, label: str) -> str:
+    """For a preference run, what to change next, read off its figures against the teacher's and the
+    stage's targets (capability within 2 points, benign instructions within 5, checks +10 beyond), as
+    measured in docs/distillation.md; "" for another run, one meeting them, or results without them."""
+    run = next((r for r in results["runs"] if r["label"] == label), {})
+    suite = results.get("robustness") or {}
+    if run.get("loss") != "dpo" or label not in suite.get("capability", {}).get("accuracy", {}):
+        return ""
+    points = lambda est: 100 * est["teacher"]["value"] - 100 * est[label]["value"]
+    tips = []
+    if (lost := points(suite["capability"]["accuracy"])) > 2:
+        tips.append(
+            f"its capability is {lost:.0f} points under the teacher's: run DPO again with --chosen-nll 1 (the form's "
+            '"Keep the chosen answers likely"), a lower --lr or fewer --steps'
+        )
+    followed = (suite.get("benign") or {}).get("followed", {})
+    if label in followed and (fewer := points(followed)) > 5:
+        tips.append(
+            f"it follows {fewer:.0f} points fewer benign instructions than the teacher: make the pairs again with "
+            '--instruction-share 0.5 (the Pairs form\'s "Share of prompts with a user instruction")'
+        )
+    beyond = ((results.get("scores") or {}).get("every_check") or {}).get("vs_teacher", {}).get(label)
+    if not tips and beyond and math.isfinite(beyond["value"]) and 100 * beyond["value"] < 10:
+        tips.append("to go further beyond the teacher, raise --lr in steps (7e-5, then 1e-4) and watch capability here")
+    return f"{label}, next: " + "; ".join(tips) if tips else ""
+
+
 def _hold_text(r: dict, labels: list[str], conds: list[str]) -> list[str]:
     """What the attack adds apart from a student's own gap, and the benign instructions followed."""
     inj, pct, parts = r["injection"], (lambda e: fmt_estimate(e, pct=True)), []
@@ -311,6 +338,7 @@ def report_sections(results: dict, tally: dict | None = None) -> list[tuple[str,
         f"evaluated in {results['timing']['total_s']:.0f} s."
     )
     beyond = "".join(f"**{line}**\n\n" for line in (checks_line(results, r["label"]) for r in results["runs"]) if line)
+    beyond += "".join(f"{line}.\n\n" for line in (next_step(results, r["label"]) for r in results["runs"]) if line)
     sections = [
         ("Setup", intro, None),
         ("Scoreboard", beyond + markdown_table(scoreboard(results)), plots.fig_scores(results)),

@@ -73,6 +73,38 @@ def test_a_run_scored_against_another_version_is_named_in_the_results():
     assert "Run 8: below the teacher: checks -25.0 points [-50.0, +0.0]" in results.board_notes(scored)
 
 
+def test_a_preference_run_is_told_what_to_change_next():
+    est = lambda v: {"value": v, "ci": [v, v], "n": 40}
+    scored = {
+        "constitution": {"id": 3},
+        "runs": [{"label": "run 5", "loss": "dpo"}, {"label": "run 4", "loss": "kl"}],
+        "scores": {
+            "every_check": {
+                "passed": {"teacher": est(0.02), "run 5": est(0.05), "run 4": est(0.02)},
+                "vs_teacher": {"run 5": est(0.03), "run 4": est(0.0)},
+            }
+        },
+        "robustness": {
+            "capability": {"accuracy": {"teacher": est(0.185), "run 5": est(0.092), "run 4": est(0.1)}},
+            "benign": {"followed": {"teacher": est(0.35), "run 5": est(0.225), "run 4": est(0.2)}},
+        },
+    }
+    text = results.board_notes(scored)
+    assert "Run 5, next: its capability is 9 points under the teacher's: run DPO again with --chosen-nll 1" in text
+    assert (
+        "12 points fewer benign instructions than the teacher: make the pairs again with --instruction-share 0.5"
+        in text
+    )
+    assert "raise --lr" not in text and "Run 4, next" not in text  # a distilled run gets no advice on DPO
+    scored["robustness"]["capability"]["accuracy"]["run 5"] = est(0.2)
+    scored["robustness"]["benign"]["followed"]["run 5"] = est(0.35)
+    assert "Run 5, next: to go further beyond the teacher, raise --lr in steps" in results.board_notes(scored)
+    scored["scores"]["every_check"]["vs_teacher"]["run 5"] = est(0.14)
+    assert "next" not in results.board_notes(scored)  # every target met
+    del scored["robustness"]
+    assert "next" not in results.board_notes(scored)  # scored without the suite
+
+
 def test_the_scoreboard_reads_words_with_one_decimal():
     from ctxdistill import report
 

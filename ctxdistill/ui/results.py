@@ -52,7 +52,8 @@ def influence_frame(rows: list[dict]) -> pd.DataFrame:
 
 def board_notes(results: dict) -> str:
     """Above the scoreboard: a warning for each scored run trained on another constitution version than the
-    one it is scored against, then each run's checks against the teacher's (beyond or below it)."""
+    one it is scored against, then each run's checks against the teacher's (beyond or below it) and, for a
+    preference run, what to change next (report.next_step)."""
     version = results["constitution"]["id"]
     return "".join(
         f"**Other version:** {r['label']} was trained on v{r['constitution_id']} and is scored here against "
@@ -61,7 +62,8 @@ def board_notes(results: dict) -> str:
         if r.get("constitution_id") is not None and r["constitution_id"] != version
     ) + "".join(
         f"{line[0].upper()}{line[1:]}.  \n"
-        for line in (report.checks_line(results, r["label"]) for r in results.get("runs", []))
+        for r in results.get("runs", [])
+        for line in (report.checks_line(results, r["label"]), report.next_step(results, r["label"]))
         if line
     )
 
