@@ -80,12 +80,16 @@ def next_step(results: dict, label: str) -> str:
     followed = (suite.get("benign") or {}).get("followed", {})
     if label in followed and (fewer := points(followed)) > 5:
         tips.append(
-            f"it follows {fewer:.0f} points fewer benign instructions than the teacher: make the pairs again with "
-            '--instruction-share 0.5 (the Pairs form\'s "Share of prompts with a user instruction")'
+            f"it follows {fewer:.0f} points fewer benign instructions than the teacher: if its pairs had no user "
+            "instructions, make them again with --instruction-share 0.5 (the Pairs form's share of prompts with a "
+            "user instruction; 2-5 points back on four constitutions)"
         )
     beyond = ((results.get("scores") or {}).get("every_check") or {}).get("vs_teacher", {}).get(label)
     if not tips and beyond and math.isfinite(beyond["value"]) and 100 * beyond["value"] < 10:
-        tips.append("to go further beyond the teacher, raise --lr in steps (7e-5, then 1e-4) and watch capability here")
+        tips.append(
+            "to go further beyond the teacher, raise --lr in steps (7e-5, then 1e-4) or score pairs only where they "
+            "differ (--where-they-differ), and watch capability here"
+        )
     return f"{label}, next: " + "; ".join(tips) if tips else ""
 
 
