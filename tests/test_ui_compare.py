@@ -91,10 +91,8 @@ def test_a_preference_run_is_told_what_to_change_next():
     }
     text = results.board_notes(scored)
     assert "Run 5, next: its capability is 9 points under the teacher's: run DPO again with --chosen-nll 1" in text
-    assert (
-        "12 points fewer benign instructions than the teacher: make the pairs again with --instruction-share 0.5"
-        in text
-    )
+    assert "12 points fewer benign instructions than the teacher: if its pairs had no user instructions" in text
+    assert "make them again with --instruction-share 0.5" in text
     assert "raise --lr" not in text and "Run 4, next" not in text  # a distilled run gets no advice on DPO
     scored["robustness"]["capability"]["accuracy"]["run 5"] = est(0.2)
     scored["robustness"]["benign"]["followed"]["run 5"] = est(0.35)
