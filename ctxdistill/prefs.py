@@ -275,8 +275,11 @@ def instruction_pairs(
 
 
 def user_instructions(cfg: PrefsConfig, checks: list[tuple[str, Check]]) -> list[Instruction]:
-    """The training instructions a job appends, but those a principle's check forbids (benign.conflict):
-    PrefsError for a file that cannot be used, or one without a line a check can verify."""
+    """The training instructions a job appends, but those a principle's check forbids (benign.conflict);
+    none when its sources leave instructions out or its share is 0. PrefsError for a file that cannot
+    be used, or one without a line a check can verify."""
+    if not (cfg.instruction_share and "instructions" in sources_for(cfg, checks)):
+        return []
     try:
         items = load_instructions(cfg.instruction_set.strip() or None, training=True)
     except BenignError as exc:
@@ -396,9 +399,10 @@ def check_start(store: Store, cfg: PrefsConfig) -> list[dict]:
 
     cfg.validate()
     try:
-        store.get_constitution(cfg.constitution_id, owner=cfg.owner)
+        row = store.get_constitution(cfg.constitution_id, owner=cfg.owner)
     except StoreError:
         raise PrefsError(f"constitution version {cfg.constitution_id} not found") from None
+    user_instructions(cfg, curate.principle_checks(from_row(row)))
     if cfg.from_run:
         policy_adapter(store, cfg)
     ensure_default_prompts(store, owner=cfg.owner)
@@ -413,8 +417,6 @@ def check_start(store: Store, cfg: PrefsConfig) -> list[dict]:
             raise PrefsError(str(exc)) from None
         if cfg.instruction_set.strip():
             raise PrefsError("in the public demo the pairs job appends the shipped training instructions only")
-    if cfg.instruction_share and {"auto", "instructions"} & set(cfg.source_names()):
-        user_instructions(cfg, [])
     return prompts
 
 
@@ -462,7 +464,7 @@ def run_prefs(
     if state_file and state_file.is_file():
         state = json.loads(state_file.read_text())
         state["added"] = {**dict.fromkeys(SOURCES, 0), **state["added"]}  # a state kept before a source was added
-    asks = user_instructions(cfg, checks) if "instructions" in sources and cfg.instruction_share else []
+    asks = user_instructions(cfg, checks)
 
     def save():
         if state_file:

@@ -132,13 +132,14 @@ def test_instruction_pairs_prefer_the_answer_edited_to_follow_it():
     assert prefs.instruction_pairs(prompt, two, ["Arr! The sun is a star, matey."] * 2, checks) == []  # it follows
     word = Instruction("w", "include_word", 'Work the word "river" in.', "river")
     assert prefs.instruction_pairs(prompt, word, [long, long], checks) == []  # no edit puts a word in
-    kinds = {i.kind for i in prefs.user_instructions(prefs.PrefsConfig(), checks)}
+    kinds = {i.kind for i in prefs.user_instructions(prefs.PrefsConfig(instruction_share=0.5), checks)}
     assert "start_with" not in kinds and "end_with" in kinds  # another opening than "Arr!" is never asked for
-    assert "start_with" in {i.kind for i in prefs.user_instructions(prefs.PrefsConfig(), [])}
+    assert "start_with" in {i.kind for i in prefs.user_instructions(prefs.PrefsConfig(instruction_share=0.5), [])}
+    assert prefs.user_instructions(prefs.PrefsConfig(), []) == []  # share 0, the default: none drawn
 
 
 def test_a_share_of_the_prompts_is_instructed_the_same_way_each_time():
-    asks = prefs.user_instructions(prefs.PrefsConfig(), [])
+    asks = prefs.user_instructions(prefs.PrefsConfig(instruction_share=0.5), [])
     prompts = [{"id": i} for i in range(400)]
     picked = [prefs.instructed(prefs.PrefsConfig(instruction_share=0.25), p, asks) for p in prompts]
     assert 0.18 < sum(p is not None for p in picked) / 400 < 0.32
