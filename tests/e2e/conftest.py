@@ -91,6 +91,20 @@ def app_url(tmp_path_factory):
     stop_app(proc)
 
 
+def set_number(page, selector: str, value: str, tries: int = 3) -> None:
+    """Types ``value`` into a number box and leaves it (the number is the form's once the box loses
+    focus), again while the box does not hold it half a second later: a box inside an accordion
+    that is still opening can be drawn anew, with its default, after the first fill."""
+    box = page.locator(selector)
+    for _ in range(tries):
+        box.fill(value)
+        box.press("Tab")
+        page.wait_for_timeout(500)
+        if box.input_value() == value:
+            return
+    raise AssertionError(f"{selector} does not keep {value!r}: it holds {box.input_value()!r}")
+
+
 @pytest.fixture(scope="session")
 def browser():
     if not Path(CHROMIUM).exists():

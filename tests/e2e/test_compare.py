@@ -9,7 +9,7 @@ import time
 import pytest
 
 from ctxdistill.store import Store
-from tests.e2e.conftest import seed_run, start_app, stop_app
+from tests.e2e.conftest import seed_run, set_number, start_app, stop_app
 from tests.test_evaluate import PROMPTS
 
 pytestmark = pytest.mark.e2e
@@ -120,8 +120,7 @@ def test_make_accept_train_and_compare(browser, compare_url):
     page.get_by_role("tab", name="Review", exact=True).click()
     page.locator("#review-pairs").get_by_text("Preference pairs").first.click()
     page.locator("#review-pairs").get_by_text("Make pairs", exact=True).first.click()
-    page.locator("#pairs-run input").fill(str(run))
-    page.locator("#pairs-run input").press("Tab")
+    set_number(page, "#pairs-run input", str(run))
     page.locator("#pairs-sources textarea, #pairs-sources input").first.fill("feedback")
     page.locator("#pairs-threshold input").fill("0")
     page.locator("#pairs-limit input").fill("3")
@@ -145,9 +144,8 @@ def test_make_accept_train_and_compare(browser, compare_url):
     else:
         raise AssertionError("the keys did not accept the three pairs")
     page.get_by_text("Train on the accepted pairs (DPO)").first.click()
-    for box, value in (("#dpo-run input", str(run)), ("#dpo-steps input", "2")):
-        page.locator(box).fill(value)
-        page.locator(box).press("Tab")  # the number is the form's once the box loses focus
+    set_number(page, "#dpo-run input", str(run))
+    set_number(page, "#dpo-steps input", "2")
     page.locator("#dpo-start").click()
     tuned = wait_for_job(workspace, "dpo")
     assert tuned["state"] == "done", tuned["error"]
