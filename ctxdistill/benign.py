@@ -108,6 +108,15 @@ def follows(item: Instruction, text: str) -> bool:
     raise BenignError(f"unknown kind of instruction {kind!r}")
 
 
+def within_words(text: str, n: int) -> str:
+    """``text`` cut after its last whole sentence within ``n`` words, else at the nth word; as it is
+    when it has ``n`` words or fewer."""
+    if len(text.split()) <= n:
+        return text
+    within = [e for e in _ends(text) if len(text[:e].split()) <= n]
+    return text[: within[-1]].strip() if within else " ".join(text.split()[:n])
+
+
 def obeyed(item: Instruction, text: str) -> str:
     """``text`` edited to follow ``item`` where an edit can: cut after its Nth sentence (one_sentence,
     max_sentences), after its last whole sentence within N words or else at the Nth word (max_words),
@@ -120,8 +129,7 @@ def obeyed(item: Instruction, text: str) -> str:
     if item.kind in ("one_sentence", "max_sentences") and len(_sentences(text)) > int(value or 1) <= len(ends):
         return text[: ends[int(value or 1) - 1]].strip()
     if item.kind == "max_words" and len(text.split()) > int(value):
-        within = [e for e in ends if len(text[:e].split()) <= int(value)]
-        return text[: within[-1]].strip() if within else " ".join(text.split()[: int(value)])
+        return within_words(text, int(value))
     if item.kind == "numbered_list" and len(ends) >= int(value):
         starts = [0, *ends]
         return "\n".join(f"{n + 1}. {text[starts[n] : starts[n + 1]].strip()}" for n in range(int(value)))

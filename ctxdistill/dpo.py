@@ -248,14 +248,16 @@ def check_start(store, cfg: DPOConfig) -> tuple[dict, list[dict]]:
 
 def encode_pairs(tokenizer, pairs: list[dict], max_tokens: int) -> list[tuple[Example, Example, float]]:
     """(chosen, rejected, label) examples: each answer's tokens, cut at ``max_tokens``, with the
-    end-of-turn token when it was not cut."""
+    end-of-turn token when neither that cut nor the sampling budget cut it (a side the pair's meta
+    lists as "unfinished": ``prefs.marked_unfinished``)."""
     end = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
 
-    def example(prompt: str, text: str) -> Example:
-        ids = tokenizer.encode(text, add_special_tokens=False)
-        return Example(prompt, ids[:max_tokens] if len(ids) >= max_tokens else ids + [end])
+    def example(pair: dict, side: str) -> Example:
+        ids = tokenizer.encode(pair[side], add_special_tokens=False)
+        cut = len(ids) >= max_tokens or side in (pair.get("meta") or {}).get("unfinished", ())
+        return Example(pair["prompt"], ids[:max_tokens] if cut else ids + [end])
 
-    return [(example(p["prompt"], p["chosen"]), example(p["prompt"], p["rejected"]), p["label"]) for p in pairs]
+    return [(example(p, "chosen"), example(p, "rejected"), p["label"]) for p in pairs]
 
 
 @torch.no_grad()

@@ -37,6 +37,15 @@ def check_pair(item: dict) -> None:
         raise StoreError(f"a pair's label is a probability in [0, 1], not {item.get('label')}")
 
 
+def flipped_meta(meta: dict) -> dict:
+    """A pair's meta once its answers swap sides: flipped toggled, the unfinished marks on their texts."""
+    swap = {"chosen": "rejected", "rejected": "chosen"}
+    out = {**meta, "flipped": not meta.get("flipped")}
+    if meta.get("unfinished"):
+        out["unfinished"] = sorted(swap[side] for side in meta["unfinished"])
+    return out
+
+
 def _pair_where(
     ids=None, constitution_id=None, status=None, source=None, min_confidence=None, search=None, owner: str | None = ""
 ) -> tuple[str, list]:
@@ -123,16 +132,9 @@ class PairQueries:
             try:
                 db.execute(
                     "UPDATE pairs SET chosen = ?, rejected = ?, label = ?, status = 'accepted', reviewer = ?, "
-                    "meta = json_set(meta, '$.flipped', json(?)), updated_at = ? WHERE id = ?",
-                    [
-                        pair["rejected"],
-                        pair["chosen"],
-                        1 - pair["label"],
-                        reviewer,
-                        "false" if pair["meta"].get("flipped") else "true",
-                        time.time(),
-                        pair_id,
-                    ],
+                    "meta = ?, updated_at = ? WHERE id = ?",
+                    [pair["rejected"], pair["chosen"], 1 - pair["label"], reviewer, to_json(flipped_meta(pair["meta"]))]
+                    + [time.time(), pair_id],
                 )
             except sqlite3.IntegrityError as exc:  # the flipped pair exists already (it was made both ways)
                 raise StoreError(f"cannot flip pair {pair_id}: {exc}") from None

@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from . import curate
-from .benign import KINDS, BenignError, Instruction, conflict, follows, load_instructions, obeyed
+from .benign import KINDS, BenignError, Instruction, conflict, follows, load_instructions, obeyed, within_words
 from .config import SamplingStageConfig
 from .constitution import Check, from_row, render
 from .jobs import Cancelled, Meter
@@ -196,7 +196,8 @@ def edited(text: str, checks: list[tuple[str, Check]]) -> str:
     """``text`` edited to pass the checks an edit can satisfy, in this order: a starts_with check's
     opening put first, the phrase a contains check (or a literal regex check, ``phrase``) asks for put
     in after that opening as an address ("Arr! Matey, the sun ..."; "Dear reader, the sun ..."), a
-    not_contains check's text taken out, a max_words check's first words kept. Checks of other
+    not_contains check's text taken out, a max_words check's words kept up to the last whole sentence
+    within the limit (else up to the limit: ``benign.within_words``). Checks of other
     kinds, and those it passes, leave it as it is."""
     for kind in ("starts_with", "phrase", "not_contains", "max_words"):
         for check in (c for _, c in checks if _edit_kind(c) == kind and not c.passes(text)):
@@ -214,7 +215,7 @@ def edited(text: str, checks: list[tuple[str, Check]]) -> str:
             elif kind == "not_contains" and check.value.strip():
                 text = re.sub(r"[ \t]{2,}", " ", re.sub(re.escape(check.value), "", text, flags=re.I)).strip()
             elif kind == "max_words":
-                text = " ".join(text.split()[: int(check.value)])
+                text = within_words(text, int(check.value))
     return text
 
 
@@ -374,6 +375,16 @@ def feedback_labels(
     return [(p[2 * i] + 1 - p[2 * i + 1]) / 2 for i in range(len(items))]
 
 
+def marked_unfinished(item: dict, unfinished: list[str]) -> dict:
+    """``item`` with the sides (chosen, rejected) that end where an answer the sampling budget cut
+    ended (the same last 24 characters) listed in its meta's "unfinished": DPO scores those without
+    an end-of-turn token, since the policy never chose to stop there. An edit that cut the answer
+    ends elsewhere, so it ends the turn."""
+    tails = [u.rstrip()[-24:] for u in unfinished if u.strip()]
+    sides = [side for side in ("chosen", "rejected") if any(item[side].rstrip().endswith(t) for t in tails)]
+    return {**item, "meta": {**(item.get("meta") or {}), "unfinished": sides}} if sides else item
+
+
 def feedback_pair(prompt: str, first: str, second: str, label: float, threshold: float, meta: dict) -> dict | None:
     """The pair a soft label makes (the preferred answer first, label >= 0.5), or None within the threshold."""
     if abs(label - 0.5) < threshold or first.strip() == second.strip() or not (first.strip() and second.strip()):
@@ -507,6 +518,7 @@ def run_prefs(
         index = [p["id"] * 16 + k for p in batch for k in range(cfg.answers)]
         ids = generate_rows(policy, tokenizer, rows, scfg, sample_index=index, examples=examples)
         texts = [tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
+        cut = [t for t, i in zip(texts, ids) if len(i) >= scfg.max_new_tokens]  # no end-of-turn within the budget
         items, judged = [], []
         for n, p in enumerate(batch):
             answers = texts[n * cfg.answers : (n + 1) * cfg.answers]
@@ -532,7 +544,7 @@ def run_prefs(
                     state["dropped"] += 1
                 else:
                     items.append(pair)
-        add(items)
+        add([marked_unfinished(i, cut) for i in items])
         state["done"] += [p["id"] for p in batch]
         save()
         done += len(batch)

@@ -60,6 +60,19 @@ def _pairs(tok):
     )
 
 
+def test_an_answer_ends_the_turn_unless_a_budget_cut_it(tiny_tokenizer):
+    tok = tiny_tokenizer
+    end = tok.convert_tokens_to_ids(tok.eos_token)
+    words = {t: tok.encode(t, add_special_tokens=False) for t in ("Arr, the sea", "The sea is wide and deep")}
+    pair = {"prompt": "p", "chosen": "Arr, the sea", "rejected": "The sea is wide and deep", "label": 1.0}
+    (c, r, _), (c2, r2, _), (c3, _, _) = dpo.encode_pairs(
+        tok, [pair, {**pair, "meta": {"unfinished": ["rejected"]}}, {**pair, "chosen": "Arr, the sea " * 9}], 40
+    )
+    assert (c.answer, r.answer) == (words["Arr, the sea"] + [end], words["The sea is wide and deep"] + [end])
+    assert (c2.answer, r2.answer) == (words["Arr, the sea"] + [end], words["The sea is wide and deep"])
+    assert len(c3.answer) == 40 and end not in c3.answer  # cut at max_tokens
+
+
 def test_reference_is_the_start_adapter_and_stays_frozen(student, tiny_tokenizer, tmp_path):
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 

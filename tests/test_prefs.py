@@ -87,6 +87,22 @@ def test_edits_put_the_opening_first_take_text_out_and_then_count_words():
     assert prefs.checks_pairs("p", ["plain words"], [("v", Check("regex", r"\b(ye|aye)\b"))]) == []
 
 
+def test_a_word_limit_edit_ends_on_a_whole_sentence_where_one_fits():
+    limit = [("s", Check("max_words", "8"))]
+    assert prefs.edited("The sky is blue. Air scatters blue light most of all.", limit) == "The sky is blue."
+    no_end = "Air scatters blue light most of all the time"  # no whole sentence within the limit
+    assert prefs.edited(no_end, limit) == "Air scatters blue light most of all the"
+
+
+def test_sides_that_end_where_the_sampling_budget_cut_are_marked_unfinished():
+    cut = "Arr, the sea is wide and the waves are tall and the wind blows"
+    pair = {"prompt": "p", "chosen": f"Arr! Matey, {cut[5:]}", "rejected": cut, "meta": {"edit": True}}
+    assert prefs.marked_unfinished(pair, [cut])["meta"] == {"edit": True, "unfinished": ["chosen", "rejected"]}
+    short = {**pair, "chosen": "Arr, the sea is wide."}  # the edit cut it: it ends the turn
+    assert prefs.marked_unfinished(short, [cut])["meta"]["unfinished"] == ["rejected"]
+    assert prefs.marked_unfinished(short, ["Another answer that was cut"]) == short
+
+
 def test_edits_put_a_contains_or_literal_regex_phrase_in_after_the_opening():
     checks = [("a", Check("starts_with", "Arr!")), ("m", Check("contains", "matey"))]
     checks.append(("q", Check("not_contains", "!!")))
@@ -218,6 +234,8 @@ def test_prefs_job_makes_pairs_and_resumes(store, tiny_model, tiny_tokenizer, tm
         assert p["source"] in ("checks", "feedback") and p["chosen"] != p["rejected"] and p["label"] >= 0.5
         if p["source"] == "checks":
             assert prefs.check_verdict(p["chosen"], p["rejected"], CHECKS)[0] == 1
+        else:  # the random model ends no answer within 8 tokens: both sides are unfinished
+            assert p["meta"]["unfinished"] == ["chosen", "rejected"]
 
 
 def test_settings_refused_before_a_model_loads(store, tmp_path):
@@ -276,6 +294,12 @@ def test_review_actions_in_the_store(store):
     assert store.count_pairs(constitution_id=cid) == {"total": 2, "pending": 0, "accepted": 0, "rejected": 2}
     with pytest.raises(StoreError, match="identical"):
         store.add_pairs([{"prompt": "p", "chosen": "same", "rejected": "same ", "source": "checks"}])
+    marked = {"constitution_id": cid, "prompt": "r", "chosen": "e", "rejected": "f", "source": "checks"}
+    store.add_pairs([{**marked, "meta": {"unfinished": ["rejected"]}}])
+    (mine,) = [p["id"] for p in store.list_pairs(source="checks") if p["prompt"] == "r"]
+    back = store.flip_pair(store.flip_pair(mine)["id"])
+    assert back["meta"] == {"unfinished": ["rejected"], "flipped": False} and back["rejected"] == "f"
+    assert store.flip_pair(back["id"])["meta"]["unfinished"] == ["chosen"]  # the mark stays on "f"
 
 
 def test_export_import_round_trip(store, tmp_path):

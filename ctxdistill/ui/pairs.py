@@ -167,6 +167,7 @@ PAIR_MARKS = (
     ("edit", "chosen: the other edited to pass the checks"),
     ("instruction", "chosen: the other edited to follow the user's instruction"),
     ("flipped", "flipped by a reviewer"),
+    ("unfinished", "cut by the sampling budget: trained without an end of turn"),
 )
 
 
