@@ -417,10 +417,12 @@ def check_start(store: Store, cfg: PrefsConfig) -> list[dict]:
     if cfg.from_run:
         policy_adapter(store, cfg)
     ensure_default_prompts(store, owner=cfg.owner)
+    caps = demo.caps()
+    if caps and not cfg.limit:  # "all" in the public demo: as many as it allows
+        cfg.limit = min(caps.prompts, caps.pairs)
     prompts = select_prompts(store, cfg.set_name, limit=cfg.limit, owner=cfg.owner)
     if not prompts:
         raise PrefsError(f"prompt set {cfg.set_name!r} has no train prompts")
-    caps = demo.caps()
     if caps:
         try:
             caps.check(prompts=len(prompts), pairs=len(prompts), max_new_tokens=cfg.sampling_config().max_new_tokens)

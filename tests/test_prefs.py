@@ -276,6 +276,9 @@ def test_demo_caps_the_pairs(store, monkeypatch, tmp_path):
     mine.write_text('{"text": "Say cheers.", "kind": "end_with", "value": "cheers"}\n')
     with pytest.raises(prefs.PrefsError, match="public demo .* shipped training instructions"):
         prefs.check_start(store, prefs.PrefsConfig(constitution_id=cid, limit=2, instruction_set=str(mine)))
+    monkeypatch.setenv("CTXDISTILL_DEMO_PROMPTS", "4")
+    every = prefs.PrefsConfig(constitution_id=cid)  # 0 = all: in the demo, as many prompts as it allows
+    assert len(prefs.check_start(store, every)) == 3 and every.limit == 3
 
 
 def test_review_actions_in_the_store(store):

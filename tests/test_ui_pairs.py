@@ -134,3 +134,18 @@ def test_the_badge_says_how_a_pair_was_made():
     assert "source: instructions" in pairs.badge_html(
         asked
     ) and "to follow the user&#x27;s instruction" in pairs.badge_html(asked)
+
+
+def test_both_run_boxes_start_at_the_versions_newest_distilled_run(ctx):
+    """The pairs' policy and the DPO start are filled with the picked version's newest finished run
+    that has an adapter (the measured defaults use it for both); 0 (the teacher) where there is none."""
+    ctx, cid = ctx
+    assert pairs.distilled_run(ctx, None, cid) == (0, 0)
+    made = {}
+    for name, version, state in (("old", cid, "done"), ("new", cid, "done"), ("other", cid + 1, "done")):
+        made[name] = ctx.store.create_job("train", {"constitution_id": version}, heavy=True)
+        ctx.store.update_job(made[name], state=state)
+        (ctx.store.runs_dir / str(made[name]) / "adapter").mkdir(parents=True)
+    ctx.store.update_job(ctx.store.create_job("train", {"constitution_id": cid}, heavy=True), state="failed")
+    assert pairs.distilled_run(ctx, None, cid) == (made["new"], made["new"])
+    assert pairs.distilled_run(ctx, None, cid + 1) == (made["other"], made["other"])

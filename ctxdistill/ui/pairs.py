@@ -20,12 +20,14 @@ from ctxdistill.pair_store import PAIR_SOURCES
 from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.ui.common import (
     AppContext,
+    adapter_dir,
     bind,
     download_dir,
     drawn_key,
     job_status_html,
     on_resume,
     on_stop,
+    train_runs,
     version_options,
     wire_job_buttons,
 )
@@ -98,7 +100,13 @@ def layout() -> dict:
         bulk = gr.Button("Apply to every pair the filters show", elem_id="pairs-bulk")
     with gr.Accordion("Make pairs", open=False):
         with gr.Row():
-            from_run = gr.Number(label="Policy: run id (0 = the teacher)", value=0, precision=0, elem_id="pairs-run")
+            from_run = gr.Number(
+                label="Policy: run id (0 = the teacher)",
+                info="filled with the version's newest distilled run",
+                value=0,
+                precision=0,
+                elem_id="pairs-run",
+            )
             sources = gr.Textbox(
                 value="auto",
                 label="Sources (checks, feedback, revision, instructions or auto)",
@@ -110,8 +118,16 @@ def layout() -> dict:
                 info="the answer edited to follow it is preferred (source: instructions)",
                 elem_id="pairs-instruction-share",
             )
-            threshold = gr.Number(value=0.1, label="Drop labels within this of 0.5", elem_id="pairs-threshold")
-            limit = gr.Number(value=32, precision=0, label="Prompts (0 = all)", elem_id="pairs-limit")
+            threshold = gr.Number(
+                value=PREFS_DEFAULTS.threshold, label="Drop labels within this of 0.5", elem_id="pairs-threshold"
+            )
+            limit = gr.Number(
+                value=PREFS_DEFAULTS.limit,
+                precision=0,
+                label="Train prompts (0 = all)",
+                info="in the public demo, 0 = as many as it allows",
+                elem_id="pairs-limit",
+            )
         make = gr.Button("Start the pairs job", elem_id="pairs-make")
     with gr.Accordion("Train on the accepted pairs (DPO)", open=False):
         with gr.Row():
@@ -210,6 +226,21 @@ def on_load(ctx: AppContext, request: gr.Request, current):
     return gr.update(choices=versions, value=pick)
 
 
+def distilled_run(ctx: AppContext, request: gr.Request, version_id) -> tuple[int, int]:
+    """The picked version's newest finished distilled run (0 where there is none), for both the pairs'
+    policy and the DPO start: the measured defaults make pairs from the run that DPO then starts from."""
+    owner, version = ctx.owner(request), int(version_id or 0)
+    run = next(
+        (
+            j["id"]
+            for j in train_runs(ctx, owner)
+            if j["state"] == "done" and j["config"].get("constitution_id") == version and adapter_dir(ctx, j).is_dir()
+        ),
+        0,
+    )
+    return run, run
+
+
 def act(ctx: AppContext, what: str, request: gr.Request, ids, at, *filter_values):
     owner = ctx.owner(request)
     if not ids:
@@ -294,7 +325,7 @@ def on_make(ctx: AppContext, request: gr.Request, version_id, from_run, sources,
         constitution_id=int(version_id),
         from_run=int(from_run or 0),
         sources=str(sources or "auto"),
-        threshold=float(threshold if threshold is not None else 0.1),
+        threshold=float(PREFS_DEFAULTS.threshold if threshold is None else threshold),
         limit=int(limit or 0),
         instruction_share=float(PREFS_DEFAULTS.instruction_share if instruction_share is None else instruction_share),
         owner=owner,
@@ -360,9 +391,12 @@ def build(ctx: AppContext) -> None:
     quiet = dict(show_progress="hidden")
     filters, state = c["filters"], [c["queue"], c["pos"]]
     view = [*state, c["position"], c["badge"], c["prompt"], c["chosen"], c["rejected"], c["message"]]
-    ctx.blocks.load(on(on_load), c["version"], c["version"]).then(on(load_queue), filters, view, **quiet)
+    runs = [c["from_run"], c["dpo_run"]]
+    loaded = ctx.blocks.load(on(on_load), c["version"], c["version"])
+    loaded.then(on(load_queue), filters, view, **quiet).then(on(distilled_run), c["version"], runs, **quiet)
     for name in ("version", "status", "source", "confidence"):
         c[name].input(on(load_queue), filters, view, **quiet)
+    c["version"].input(on(distilled_run), c["version"], runs, **quiet)
     c["reload"].click(on(on_load), c["version"], c["version"], **quiet).then(on(load_queue), filters, view, **quiet)
     for name, what in (("accept", "accepted"), ("reject", "rejected"), ("flip", "flip")):
         c[name].click(on(act, what), [*state, *filters], view, **quiet)
