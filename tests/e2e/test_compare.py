@@ -120,6 +120,8 @@ def test_make_accept_train_and_compare(browser, compare_url):
     page.get_by_role("tab", name="Review", exact=True).click()
     page.locator("#review-pairs").get_by_text("Preference pairs").first.click()
     page.locator("#review-pairs").get_by_text("Make pairs", exact=True).first.click()
+    filled = "document.querySelector('{} input')?.value === '{}'"
+    page.wait_for_function(filled.format("#pairs-run", run))  # the version's newest distilled run
     set_number(page, "#pairs-run input", str(run))
     page.locator("#pairs-sources textarea, #pairs-sources input").first.fill("feedback")
     page.locator("#pairs-threshold input").fill("0")
@@ -144,6 +146,7 @@ def test_make_accept_train_and_compare(browser, compare_url):
     else:
         raise AssertionError("the keys did not accept the three pairs")
     page.get_by_text("Train on the accepted pairs (DPO)").first.click()
+    page.wait_for_function(filled.format("#dpo-run", run))
     set_number(page, "#dpo-run input", str(run))
     set_number(page, "#dpo-steps input", "2")
     page.locator("#dpo-start").click()
