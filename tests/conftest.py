@@ -119,6 +119,17 @@ def store(tmp_path):
     s.close()
 
 
+def run_cli(workspace, *args: str, timeout: float = 120, launcher: tuple[str, ...] = ()):
+    """``python -m ctxdistill.cli ARGS`` in a subprocess on ``workspace``, from the repository's root
+    (``launcher`` in place of the interpreter, as ``accelerate launch ...``); its CompletedProcess."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CTXDISTILL_HOME": str(workspace), "PYTHONPATH": str(REPO)}
+    command = [*(launcher or (sys.executable,)), "-m", "ctxdistill.cli", *args]
+    return subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture
 def workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("CTXDISTILL_HOME", str(tmp_path / "ws"))

@@ -12,6 +12,7 @@ import torch
 
 from ctxdistill import engine, hold, mix, probes, train
 from ctxdistill.sampling import SamplingConfig, chat_ids, generate_rows
+from tests.conftest import run_cli
 
 SYSTEM = "Arr matey, answer like a pirate."
 PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "Hi", "Is the sea wide?"]
@@ -248,23 +249,10 @@ def test_bad_sets_and_shares_are_refused_before_a_model_loads(saved, tmp_path, m
 
 
 def test_cli_refuses_a_bad_attack_file_in_one_line(workspace, tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
     bad = tmp_path / "a.jsonl"
     bad.write_text('{"kind": "x", "template": "no slot"}\n')
-    out = subprocess.run(
-        [sys.executable, "-m", "ctxdistill.cli", "train", "--constitution", "assets/constitutions/pirate.yaml"]
-        + ["--attack-share", "0.5", "--attack-set", str(bad)],
-        env={**os.environ, "CTXDISTILL_HOME": str(workspace), "PYTHONPATH": str(repo)},
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    pirate = ("--constitution", "assets/constitutions/pirate.yaml")
+    out = run_cli(workspace, "train", *pirate, "--attack-share", "0.5", "--attack-set", str(bad))
     assert out.returncode == 2 and out.stderr.startswith("error:") and "{prompt}" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 

@@ -10,6 +10,7 @@ import torch
 
 from ctxdistill import adapters, engine, mix, rebake, train
 from ctxdistill.constitution import content_hash, load, to_dict
+from tests.conftest import run_cli
 
 SYSTEM = "Arr matey, answer like a pirate."
 PROMPTS = [
@@ -200,23 +201,13 @@ def test_from_run_refusals_start_nothing(store, tmp_path, change, refusal):
 
 
 def test_cli_from_run_of_a_failed_run_is_refused(workspace):
-    import os
-    import subprocess
-    import sys
-
     from ctxdistill.store import Store
 
     s = Store(workspace)
     v1, _ = pirate_and_captain(s)
     job = s.create_job("train", train.TrainConfig(constitution_id=v1).to_dict())
     s.update_job(job, state="failed")
-    out = subprocess.run(
-        [sys.executable, "-m", "ctxdistill.cli", "train", "--constitution", str(v1), "--from-run", str(job)],
-        env={**os.environ, "CTXDISTILL_HOME": str(workspace)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_cli(workspace, "train", "--constitution", str(v1), "--from-run", str(job))
     assert out.returncode != 0 and f"run {job} has no adapter to continue from (it is failed)" in out.stderr
     assert len(s.list_jobs(kind="train")) == 1
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ctxdistill import adapters, engine, losses, train
+from tests.conftest import run_cli
 
 SYSTEM = "Arr matey, answer like a pirate."
 PROMPTS = [
@@ -456,15 +457,6 @@ def test_short_run_on_the_embedded_model_lowers_held_out_kl(workspace, tmp_path)
     assert json.loads((tmp_path / "run" / "adapter" / adapters.RUN_FILE).read_text())["constitution_id"] == cid
 
 
-def _cli_env(workspace):
-    import os
-    import sys
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parent.parent
-    return {**os.environ, "CTXDISTILL_HOME": str(workspace), "PYTHONPATH": str(repo)}, repo, sys.executable
-
-
 TINY_FLAGS = [
     "--quantize",
     "none",
@@ -485,90 +477,28 @@ TINY_FLAGS = [
 
 
 def test_cli_train_prints_the_run_and_held_out_kl(workspace, tiny_checkpoint):
-    import subprocess
-
-    env, repo, python = _cli_env(workspace)
-    out = subprocess.run(
-        [
-            python,
-            "-m",
-            "ctxdistill.cli",
-            "train",
-            "--constitution",
-            "assets/constitutions/pirate.yaml",
-            "--model",
-            str(tiny_checkpoint),
-            *TINY_FLAGS,
-        ],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    pirate = ("--constitution", "assets/constitutions/pirate.yaml", "--model", str(tiny_checkpoint))
+    out = run_cli(workspace, "train", *pirate, *TINY_FLAGS, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["run"] == result["job_id"] and result["heldout_kl_after"] <= result["heldout_kl_before"]
-    bad = subprocess.run(
-        [
-            python,
-            "-m",
-            "ctxdistill.cli",
-            "train",
-            "--constitution",
-            "assets/constitutions/pirate.yaml",
-            "--model",
-            str(tiny_checkpoint),
-            "--data",
-            "accepted",
-        ],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = run_cli(workspace, "train", *pirate, "--data", "accepted")
     assert bad.returncode == 2 and "no accepted samples" in bad.stderr
 
 
 def test_accelerate_launch_two_cpu_processes(workspace, tiny_checkpoint):
     """Data-parallel on two CPU processes (gloo): both train their half, the gradients are averaged."""
     import shutil
-    import subprocess
+    import sys
     from pathlib import Path
 
-    env, repo, python = _cli_env(workspace)
-    launcher = Path(python).with_name("accelerate")
+    launcher = Path(sys.executable).with_name("accelerate")
     assert launcher.exists() or shutil.which("accelerate")
     # --multi_gpu picks the torchrun launcher; without a GPU every process trains on the CPU over gloo
-    out = subprocess.run(
-        [
-            str(launcher),
-            "launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "ctxdistill.cli",
-            "train",
-            "--constitution",
-            "assets/constitutions/pirate.yaml",
-            "--model",
-            str(tiny_checkpoint),
-            *TINY_FLAGS,
-        ],
-        env=env,
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    launch = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    pirate = ("--constitution", "assets/constitutions/pirate.yaml", "--model", str(tiny_checkpoint))
+    out = run_cli(workspace, "train", *pirate, *TINY_FLAGS, timeout=400, launcher=tuple(launch))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
     assert result["processes"] == 2 and math.isfinite(result["heldout_kl_after"])

@@ -126,3 +126,27 @@ def page(browser, app_url):
     p.wait_for_selector("#c-name textarea, #c-name input")
     yield p
     context.close()
+
+
+@pytest.fixture(scope="module")
+def home_url(home, tiny_checkpoint):
+    """The app on the module's own ``home`` workspace (a fixture it defines), with the tiny model."""
+    proc, url = start_app(home, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
+    yield url
+    stop_app(proc)
+
+
+@pytest.fixture
+def home_page(browser, home_url):
+    """A fresh page of ``home_url``, once the Constitution tab shows a principle."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    p.goto(home_url)
+    p.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
+    yield p
+    context.close()
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()

@@ -8,7 +8,7 @@ import pytest
 from ctxdistill import curate
 from ctxdistill.constitution import content_hash, load, to_dict
 from ctxdistill.store import Store
-from tests.e2e.conftest import start_app, stop_app
+from tests.e2e.conftest import tab
 
 pytestmark = pytest.mark.e2e
 
@@ -40,26 +40,9 @@ def home(tmp_path_factory):
     return home
 
 
-@pytest.fixture(scope="module")
-def url(home, tiny_checkpoint):
-    proc, url = start_app(home, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
-    yield url
-    stop_app(proc)
-
-
 @pytest.fixture
-def page(browser, url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1200})
-    p = context.new_page()
-    p.set_default_timeout(60_000)
-    p.goto(url)
-    p.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
-    yield p
-    context.close()
-
-
-def tab(page, name):
-    page.get_by_role("tab", name=name, exact=True).click()
+def page(home_page):
+    return home_page
 
 
 def test_new_version_appears_in_every_tab_without_reloading(page):
