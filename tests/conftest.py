@@ -119,6 +119,14 @@ def store(tmp_path):
     s.close()
 
 
+def save_version(store, c=None, message: str = "") -> int:
+    """A constitution (the pirate example unless ``c``) saved as a version of ``store``; its id."""
+    from ctxdistill.constitution import content_hash, load, to_dict
+
+    c = c or load(REPO / "assets/constitutions/pirate.yaml")
+    return store.save_constitution(c.name, to_dict(c), content_hash(c), message=message)
+
+
 def run_cli(workspace, *args: str, timeout: float = 120, launcher: tuple[str, ...] = ()):
     """``python -m ctxdistill.cli ARGS`` in a subprocess on ``workspace``, from the repository's root
     (``launcher`` in place of the interpreter, as ``accelerate launch ...``); its CompletedProcess."""

@@ -6,9 +6,10 @@ import json
 import pytest
 
 from ctxdistill import cli, curate
-from ctxdistill.constitution import content_hash, load, to_dict
+from ctxdistill.constitution import load
 from ctxdistill.prompts import ImportFileError
 from ctxdistill.store import ConflictError, Store
+from tests.conftest import save_version
 
 ANSWERS = {
     "empty": ("   ", {}),
@@ -23,8 +24,7 @@ ANSWERS = {
 
 
 def crafted(store):
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     store.add_prompts("s", [{"text": f"Prompt {name}"} for name in ANSWERS])
     ids = {}
     for p, (name, (text, meta)) in zip(store.get_prompts("s"), ANSWERS.items()):
@@ -229,8 +229,7 @@ def test_a_shorter_revision_that_keeps_the_point_is_not_worse():
 
 
 def test_worse_revisions_are_flagged_shown_and_left_out_of_accept_all(store):
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     store.add_prompts("s", [{"text": f"How do volcanoes form? ({i})"} for i in range(3)])
     step = {"principle": "arr", "critique_request": "", "critique": "", "revision_request": "", "cut_off": False}
     revisions = {

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from ctxdistill import adapters, eval_config, evaluate, jobs, report, stats, summary
-from ctxdistill.constitution import Check, Constitution, Principle, content_hash, to_dict
+from ctxdistill.constitution import Check, Constitution, Principle
 from ctxdistill.losses import kl_per_token
 from ctxdistill.store import Store
+from tests.conftest import save_version
 
 PROMPTS = [
     "What is the capital of France?",
@@ -150,11 +151,9 @@ def _adapter(tiny_model, path, scale: float, seed: int = 0, **info):
 @pytest.fixture
 def ws(workspace, tiny_checkpoint, tiny_model):
     """A workspace with the pirate constitution, a prompt set and two finished runs (adapters)."""
-    from ctxdistill.constitution import load
 
     store = Store(workspace)
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     store.add_prompts(
         "toy", [{"text": p, "split": "heldout"} for p in PROMPTS] + [{"text": "train me", "split": "train"}]
     )

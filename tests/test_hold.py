@@ -12,7 +12,7 @@ import torch
 
 from ctxdistill import engine, hold, mix, probes, train
 from ctxdistill.sampling import SamplingConfig, chat_ids, generate_rows
-from tests.conftest import run_cli
+from tests.conftest import run_cli, save_version
 
 SYSTEM = "Arr matey, answer like a pirate."
 PROMPTS = ["What is the capital of France?", "Write a poem about rain.", "Hi", "Is the sea wide?"]
@@ -198,12 +198,10 @@ def test_shipped_training_attacks_ask_for_nothing_a_user_may_rightly_ask():
 
 @pytest.fixture
 def saved(workspace):
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(workspace)
-    c = load("assets/constitutions/pirate.yaml")
-    return store, store.save_constitution(c.name, to_dict(c), content_hash(c))
+    return store, save_version(store)
 
 
 def _refused(saved, tmp_path, match, **cfg):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ctxdistill.precision import Hardware, choose
+from tests.conftest import save_version
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,12 +94,10 @@ def test_every_model_load_goes_through_the_policy():
 
 def test_train_records_the_precision(tmp_path, tiny_checkpoint):
     from ctxdistill import train
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(tmp_path / "ws")
-    c = load(REPO / "assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     cfg = train.TrainConfig(
         constitution_id=cid,
         model=str(tiny_checkpoint),
@@ -120,12 +119,10 @@ def test_train_records_the_precision(tmp_path, tiny_checkpoint):
 def test_fp16_training_uses_a_grad_scaler(tmp_path, tiny_checkpoint):
     """fp16 compute (GPUs without bf16) trains through a gradient scaler; on the CPU too."""
     from ctxdistill import train
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(tmp_path / "ws")
-    c = load(REPO / "assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     cfg = train.TrainConfig(
         constitution_id=cid,
         model=str(tiny_checkpoint),
@@ -272,12 +269,10 @@ def test_a_dpo_run_records_the_precision_it_ran_in(tmp_path, tiny_checkpoint):
     not the one its start run recorded (which may have trained on another machine)."""
     from ctxdistill import dpo, jobs, train
     from ctxdistill.adapters import RUN_FILE, run_adapter
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(tmp_path / "ws")
-    c = load(REPO / "assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     small = dict(model=str(tiny_checkpoint), precision="fp32", quantize="none")
     start = store.create_job(
         "train",

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctxdistill import adapters, engine, losses, train
-from tests.conftest import run_cli
+from tests.conftest import run_cli, save_version
 
 SYSTEM = "Arr matey, answer like a pirate."
 PROMPTS = [
@@ -420,24 +420,20 @@ def test_four_bit_path_runs_on_cpu(tiny_model, tiny_tokenizer, tmp_path):
 
 
 def test_no_accepted_samples_is_a_clear_refusal(workspace):
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(workspace)
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     with pytest.raises(train.TrainError, match="no accepted samples"):
         train.run(train.TrainConfig(constitution_id=cid, data="accepted"), store, workspace / "runs" / "1")
 
 
 @pytest.mark.integration
 def test_short_run_on_the_embedded_model_lowers_held_out_kl(workspace, tmp_path):
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(workspace)
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     logged = []
     cfg = train.TrainConfig(
         constitution_id=cid,
@@ -510,12 +506,10 @@ def test_worker_killed_is_marked_failed_and_resumes_from_its_checkpoint(workspac
     import time
 
     from ctxdistill import jobs
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(workspace)
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     cfg = train.TrainConfig(
         constitution_id=cid,
         model=str(tiny_checkpoint),
@@ -555,12 +549,10 @@ def test_stop_while_sampling_the_teacher_is_honoured_and_keeps_the_answers(works
     import time
 
     from ctxdistill import jobs
-    from ctxdistill.constitution import content_hash, load, to_dict
     from ctxdistill.store import Store
 
     store = Store(workspace)
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+    cid = save_version(store)
     # 64 answers a batch: 160 prompts make three batches of 64-token answers
     cfg = train.TrainConfig(
         constitution_id=cid,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import save_version
+
 CHROMIUM = os.environ.get("CTXDISTILL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless",
@@ -71,11 +73,9 @@ def stop_app(proc) -> None:
 def seed_run(store, tiny_checkpoint, tiny_model) -> tuple[int, int]:
     """(version id, run id): the pirate constitution saved, and a finished training run of the tiny
     model with an adapter (a random LoRA update) that the app lists as a student."""
-    from ctxdistill.constitution import content_hash, load, to_dict
     from tests.test_evaluate import _adapter
 
-    c = load("assets/constitutions/pirate.yaml")
-    cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
+    cid = save_version(store, message="seed")
     run = store.create_job(
         "train", {"model": str(tiny_checkpoint), "constitution_id": cid, "loss": "kl", "steps": 3}, heavy=True
     )

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from ctxdistill import curate
-from ctxdistill.constitution import content_hash, load, to_dict
 from ctxdistill.store import Store
+from tests.conftest import save_version
 from tests.e2e.conftest import start_app, stop_app
 
 pytestmark = pytest.mark.e2e
@@ -22,8 +22,7 @@ ANSWERS = ["Arr! Paris, matey.", "", "Hello. " * 12, "Arr! Boil it, matey.", "Pl
 def workspace(tmp_path_factory):
     home = tmp_path_factory.mktemp("review-ws")
     with Store(home) as store:
-        c = load("assets/constitutions/pirate.yaml")
-        cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
+        cid = save_version(store)
         store.add_prompts("review", [{"text": f"Question {i}?"} for i in range(len(ANSWERS))])
         for p, text in zip(store.get_prompts("review"), ANSWERS):
             store.upsert_sample(p["id"], cid, 0, prompted=text, unprompted="plain")

@@ -6,8 +6,8 @@ reads the store."""
 import pytest
 
 from ctxdistill import curate
-from ctxdistill.constitution import content_hash, load, to_dict
 from ctxdistill.store import Store
+from tests.conftest import save_version
 from tests.e2e.conftest import tab
 
 pytestmark = pytest.mark.e2e
@@ -29,8 +29,7 @@ FINISHED = {
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("newcomer-ws")
     with Store(home) as store:
-        c = load("assets/constitutions/pirate.yaml")
-        cid = store.save_constitution(c.name, to_dict(c), content_hash(c), message="seed")
+        cid = save_version(store, message="seed")
         store.add_prompts("review", [{"text": f"Question {i}?"} for i in range(len(ANSWERS))])
         for p, text in zip(store.get_prompts("review"), ANSWERS):
             store.upsert_sample(p["id"], cid, 0, prompted=text, unprompted="plain")
