@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,15 +118,24 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+@contextmanager
+def app_page(browser, url: str, height: int):
+    """A page of the app at ``url`` in a fresh browser context, closed afterwards."""
+    context = browser.new_context(viewport={"width": 1400, "height": height})
     p = context.new_page()
     p.set_default_timeout(60_000)
-    p.goto(app_url)
-    p.wait_for_selector("#c-name textarea, #c-name input")
-    yield p
-    context.close()
+    p.goto(url)
+    try:
+        yield p
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    with app_page(browser, app_url, 1000) as p:
+        p.wait_for_selector("#c-name textarea, #c-name input")
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +149,9 @@ def home_url(home, tiny_checkpoint):
 @pytest.fixture
 def home_page(browser, home_url):
     """A fresh page of ``home_url``, once the Constitution tab shows a principle."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1200})
-    p = context.new_page()
-    p.set_default_timeout(60_000)
-    p.goto(home_url)
-    p.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
-    yield p
-    context.close()
+    with app_page(browser, home_url, 1200) as p:
+        p.wait_for_function("document.querySelector('#principle-text textarea')?.value.length > 0")
+        yield p
 
 
 def tab(page, name: str) -> None:
