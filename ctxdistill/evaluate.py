@@ -518,4 +518,5 @@ def evaluate_job(ctx, config: dict) -> None:
     for r in results["runs"]:  # the model card of an exported adapter shows its latest evaluation
         card = {"eval_id": eval_id, "markdown": card_section(results, r["label"], eval_id)}
         (run_adapter(ctx.store, r["run"]) / EVAL_FILE).write_text(json.dumps(card, indent=1))
-    ctx.set_result({"eval_id": eval_id, **headline(results)})
+    others = [headline(results, r["label"]) for r in results["runs"][1:]]  # each student's own figures
+    ctx.set_result({"eval_id": eval_id, **headline(results), "other_runs": others})

@@ -102,13 +102,18 @@ def _train(r: dict) -> str:
 
 
 def _evaluate(r: dict) -> str:
+    """One line per scored run: the first run's figures, then each other run's."""
+    return "\n".join(_student(r["eval_id"], x) for x in (r, *r.get("other_runs", ())))
+
+
+def _student(eval_id: int, r: dict) -> str:
     checks = "; ".join(
         f"{pid}: " + ", ".join(f"{c} {v:.0%}" for c, v in row.items()) for pid, row in r["checks"].items()
     )
     ret = r["retention"]
     capability = " vs ".join(f"{c} {v:.0%}" for c, v in reversed((r.get("capability") or {}).items()))
     return (
-        f"eval {r['eval_id']} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
+        f"eval {eval_id} ({r['run']}, {r['n_prompts']} held-out prompts, {r['seconds']:.0f} s): "
         f"{f'capability: {capability}; ' if capability else ''}KL(teacher‖base) {r['kl_base']:.4f} -> "
         f"KL(teacher‖student) {r['kl_student']:.4f} nats/token, "
         f"gap closed {r['gap_closed']:.0%} (95% CI {r['intervals']['gap_closed'][0]:.0%} to "

@@ -325,9 +325,9 @@ def test_write_report_refuses_unknown_format(tmp_path):
 
 
 def test_cli_eval_prints_the_headline_and_refuses_bad_runs(ws, capsys, tmp_path):
-    from ctxdistill import cli
+    from ctxdistill import cli, foreground
 
-    store, cid, (_, trained), model = ws
+    store, cid, (plain, trained), model = ws
     common = [
         "--workspace",
         str(store.home),
@@ -346,10 +346,16 @@ def test_cli_eval_prints_the_headline_and_refuses_bad_runs(ws, capsys, tmp_path)
     ]
     assert cli.main(["eval", *common, "--run", "999"]) == 2
     assert "no run 999" in capsys.readouterr().err
-    assert cli.main(["eval", *common, "--run", str(trained), "--json", "--report", str(tmp_path / "r.md")]) == 0
+    both = ["--run", str(trained), "--run", str(plain)]
+    assert cli.main(["eval", *common, *both, "--json", "--report", str(tmp_path / "r.md")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {"kl_base", "kl_student", "gap_closed", "checks", "retention"} <= set(out)
     assert out["kl_base"] > 0 and set(out["checks"]["arr"]) == {"base", "teacher", f"run {trained}"}
+    (other,) = out["other_runs"]  # every scored run has its own figures, not only the first
+    assert other["run"] == f"run {plain}" and set(other["checks"]["arr"]) == {"base", "teacher", f"run {plain}"}
+    lines = foreground.summary("evaluate", out).splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"eval {out['eval_id']} (run {trained},")
+    assert lines[1].startswith(f"eval {out['eval_id']} (run {plain},")
     assert "## Scoreboard" in (tmp_path / "r.md").read_text()
 
 
