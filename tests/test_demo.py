@@ -622,6 +622,7 @@ READS = {
     "offer_note",
     "sampling_active",
     "job_buttons",
+    "distilled_run",
 }
 
 
@@ -675,7 +676,7 @@ def test_every_endpoint_that_starts_work_or_stores_data_is_capped(tmp_path, monk
         "preview:batch": lambda fn: next(fn({}, 5, "heldout", a, True, 0.7, 0.95, 0, 8, 1)),
         "preview:preview_api": lambda fn: fn(PIRATE.read_text(), "hi", 2, 0, 8, 0.0),
         "samples:action": lambda fn: fn(a, big_text, "", [own["sample"]], 0, shown, *filters),
-        "pairs:on_make": lambda fn: fn(a, own["constitution"], 0, "auto", 0.1, 0, 0.25),
+        "pairs:on_make": lambda fn: fn(a, own["constitution"], 0, "auto", 0.1, 5, 0.25),  # 0 = as many as allowed
         "pairs:on_train": lambda fn: fn(a, own["constitution"], own["job"], 0.1, 3, 0, 0, True),
         "pairs:on_import": lambda fn: fn(a, own["constitution"], str(big_csv)),
     }
