@@ -11,7 +11,6 @@ import pytest
 from ctxdistill import curate
 from ctxdistill.store import Store
 from tests.conftest import save_version
-from tests.e2e.conftest import start_app, stop_app
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +18,7 @@ ANSWERS = ["Arr! Paris, matey.", "", "Hello. " * 12, "Arr! Boil it, matey.", "Pl
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("review-ws")
     with Store(home) as store:
         cid = save_version(store)
@@ -31,10 +30,8 @@ def workspace(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def app_url(workspace, tiny_checkpoint):
-    proc, url = start_app(workspace, env={"CTXDISTILL_MODEL": str(tiny_checkpoint)})
-    yield url
-    stop_app(proc)
+def app_url(home_url):
+    return home_url
 
 
 def counters(page, **expected):
@@ -55,7 +52,7 @@ def open_review(page, pending: int):
     page.locator("#review-shortcuts").click()  # focus on the page, not in a text box
 
 
-def test_keyboard_review_moves_the_counters(page, workspace):
+def test_keyboard_review_moves_the_counters(page, home):
     open_review(page, 6)
     counters(page, reviewed=0, total=6)
     assert "empty answer" not in page.locator("#review-badges").inner_text()
@@ -81,7 +78,7 @@ def test_keyboard_review_moves_the_counters(page, workspace):
     wait_text(page, "#review-position", "Sample 4 of 6")
     counters(page, accepted=2, reviewed=3)
 
-    with Store(workspace) as store:
+    with Store(home) as store:
         by_text = {s["prompt"]: s for s in store.list_samples()}
     assert by_text["Question 0?"]["status"] == "accepted" and by_text["Question 1?"]["status"] == "rejected"
     edited = by_text["Question 2?"]
@@ -89,7 +86,7 @@ def test_keyboard_review_moves_the_counters(page, workspace):
     assert "repetition" not in edited["flags"]  # flags follow the edit
 
 
-def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, workspace):
+def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, home):
     open_review(page, 3)  # pending samples only: starts at Question 3
     other = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     other.set_default_timeout(60_000)
@@ -100,7 +97,7 @@ def test_second_tab_is_told_and_nothing_is_lost(page, browser, app_url, workspac
     other.keyboard.press("r")  # the same sample, at the version it read
     wait_text(other, "#review-msg", "Changed in another tab")
     assert "accepted" in other.locator("#review-badges").inner_text()  # reloaded as it is now
-    with Store(workspace) as store:
+    with Store(home) as store:
         assert {s["prompt"]: s["status"] for s in store.list_samples()}["Question 3?"] == "accepted"
     other.context.close()
 
@@ -130,7 +127,7 @@ def test_data_tab_imports_and_runs_a_sampling_job(page, tmp_path):
     counters(page, total=9)
 
 
-def test_review_queue_follows_a_job_without_reload(page, workspace):
+def test_review_queue_follows_a_job_without_reload(page, home):
     """A job adds a sample while the Review tab is open: it joins the queue through the page's one
     poll (no Reload), the sample on screen stays, and its revision, worse than its start, is flagged."""
     page.get_by_role("tab", name="Review", exact=True).click()
@@ -139,13 +136,13 @@ def test_review_queue_follows_a_job_without_reload(page, workspace):
     n = int(re.search(r"of (\d+)", page.locator("#review-position").inner_text())[1])
     shown = page.locator("#review-prompt textarea").input_value()
     cid = int(re.search(r"v(\d+)", page.locator("#review-version input").input_value())[1])
-    with Store(workspace) as store:
+    with Store(home) as store:
         store.add_prompts("follow", [{"text": "How do volcanoes form?"}])
         job = store.create_job("revise", {"constitution_id": cid})
         store.update_job(job, state="running")
     page.get_by_role("tab", name="Data", exact=True).click()  # a job started elsewhere: seen on a tab switch
     page.get_by_role("tab", name="Review", exact=True).click()
-    with Store(workspace) as store:
+    with Store(home) as store:
         loop = {
             "principle": "arr",
             "critique_request": "",
@@ -168,7 +165,7 @@ def test_review_queue_follows_a_job_without_reload(page, workspace):
         store.update_job(job, progress_done=1, progress_total=1, message="1/1 rounds")
     wait_text(page, "#review-position", f"Sample 1 of {n + 1}")
     assert page.locator("#review-prompt textarea").input_value() == shown  # the sample on screen stayed
-    with Store(workspace) as store:
+    with Store(home) as store:
         store.update_job(job, state="done", finished_at=time.time(), message="done")
     page.locator("#review-shortcuts").click()
     for k in range(2, n + 2):
