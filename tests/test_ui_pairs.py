@@ -142,9 +142,9 @@ def test_both_run_boxes_start_at_the_versions_newest_distilled_run(ctx):
     ctx, cid = ctx
     assert pairs.distilled_run(ctx, None, cid) == (0, 0)
     made = {}
-    for name, version, state in (("old", cid, "done"), ("new", cid, "done"), ("other", cid + 1, "done")):
+    for name, version in (("old", cid), ("new", cid), ("other", cid + 1)):
         made[name] = ctx.store.create_job("train", {"constitution_id": version}, heavy=True)
-        ctx.store.update_job(made[name], state=state)
+        ctx.store.update_job(made[name], state="done")
         (ctx.store.runs_dir / str(made[name]) / "adapter").mkdir(parents=True)
     ctx.store.update_job(ctx.store.create_job("train", {"constitution_id": cid}, heavy=True), state="failed")
     assert pairs.distilled_run(ctx, None, cid) == (made["new"], made["new"])

@@ -385,18 +385,21 @@ def adapter_dir(ctx: AppContext, job: dict) -> Path:
     return safe_path(ctx.store.runs_dir, run_adapter(ctx.store, job["id"]).relative_to(ctx.store.runs_dir))
 
 
+def students(ctx: AppContext, owner: str) -> list[dict]:
+    """The visitor's finished training runs that have an adapter, newest first."""
+    return [job for job in train_runs(ctx, owner) if job["state"] == "done" and adapter_dir(ctx, job).is_dir()]
+
+
 def adapter_choices(ctx: AppContext, owner: str) -> list[tuple[str, int]]:
     """(label, run id) of the finished runs with an adapter, newest first: the students one can talk to."""
     out = []
-    for job in train_runs(ctx, owner):
-        path = adapter_dir(ctx, job)
-        if job["state"] == "done" and path.is_dir():
-            gap = (job["result"] or {}).get("gap_closed")
-            out.append(
-                (
-                    f"job {job['id']} · {job['config'].get('loss')}"
-                    + (f" · gap closed {gap:.0%}" if gap is not None else ""),
-                    job["id"],
-                )
+    for job in students(ctx, owner):
+        gap = (job["result"] or {}).get("gap_closed")
+        out.append(
+            (
+                f"job {job['id']} · {job['config'].get('loss')}"
+                + (f" · gap closed {gap:.0%}" if gap is not None else ""),
+                job["id"],
             )
+        )
     return out

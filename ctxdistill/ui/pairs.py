@@ -20,14 +20,13 @@ from ctxdistill.pair_store import PAIR_SOURCES
 from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.ui.common import (
     AppContext,
-    adapter_dir,
     bind,
     download_dir,
     drawn_key,
     job_status_html,
     on_resume,
     on_stop,
-    train_runs,
+    students,
     version_options,
     wire_job_buttons,
 )
@@ -230,14 +229,7 @@ def distilled_run(ctx: AppContext, request: gr.Request, version_id) -> tuple[int
     """The picked version's newest finished distilled run (0 where there is none), for both the pairs'
     policy and the DPO start: the measured defaults make pairs from the run that DPO then starts from."""
     owner, version = ctx.owner(request), int(version_id or 0)
-    run = next(
-        (
-            j["id"]
-            for j in train_runs(ctx, owner)
-            if j["state"] == "done" and j["config"].get("constitution_id") == version and adapter_dir(ctx, j).is_dir()
-        ),
-        0,
-    )
+    run = next((j["id"] for j in students(ctx, owner) if j["config"].get("constitution_id") == version), 0)
     return run, run
 
 
