@@ -33,6 +33,17 @@ def run_adapter(store, run_id: int) -> Path:
     return store.runs_dir / str(int(run_id)) / "adapter"
 
 
+def lineage(store, job: dict):
+    """A run, then the run it started from, back to the distilled run at the root: a preference run
+    may start from another preference run (a second round); only the root kept its teacher's answers,
+    and its config names the base model, the LoRA shape and the constitution version."""
+    while True:
+        yield job
+        if job["kind"] != "dpo" or not job["config"].get("from_run"):
+            return
+        job = store.get_job(job["config"]["from_run"])
+
+
 STRENGTH_RANGE = (0.0, 1.5)
 
 
@@ -309,7 +320,7 @@ def export_run(store, run_id: int, out_dir, *, merged: bool = False, strength: f
     from .models import default_models_dir
 
     job, adapter = store.get_job(run_id), run_adapter(store, run_id)
-    if job["kind"] != "train" or not adapter.is_dir():
+    if job["kind"] not in ("train", "dpo") or not adapter.is_dir():
         raise AdapterError(f"job {run_id} has no finished adapter to export (a {job['kind']} job, {job['state']})")
     strength = check_strength(strength)
     out = export(
@@ -317,7 +328,7 @@ def export_run(store, run_id: int, out_dir, *, merged: bool = False, strength: f
         out_dir,
         merged=merged,
         strength=strength,
-        model_spec=job["config"].get("model") or None,
+        model_spec=list(lineage(store, job))[-1]["config"].get("model") or None,
         models_dir=default_models_dir(store.home),
         settings=job["config"],
     )

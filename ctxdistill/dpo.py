@@ -186,7 +186,7 @@ def pair_logps(pair: TeacherStudent, batch, where_they_differ: bool) -> tuple[to
 
 def source_run(store, cfg: DPOConfig) -> dict:
     """The finished run the DPO starts from, after every check that needs no model."""
-    from .adapters import run_adapter
+    from .adapters import lineage, run_adapter
     from .store import NotFound
 
     try:
@@ -198,7 +198,7 @@ def source_run(store, cfg: DPOConfig) -> dict:
         raise DPOError(f"job {cfg.from_run} is a {job['kind']} job, not a training run")
     if job["state"] != "done" or not adapter.is_dir():
         raise DPOError(f"run {cfg.from_run} has no adapter to start from (it is {job['state']}): pick a finished run")
-    old = job["config"]
+    old = list(lineage(store, job))[-1]["config"]  # the distilled run's: its model and LoRA shape
     if cfg.model and cfg.model != (old.get("model") or ""):
         raise DPOError(
             f"run {cfg.from_run} was trained on another base model ({old.get('model') or 'the embedded default'}, "
@@ -222,7 +222,7 @@ def check_start(store, cfg: DPOConfig) -> tuple[dict, list[dict]]:
 
     cfg.validate()
     job = source_run(store, cfg)
-    version = cfg.constitution_id or job["config"].get("constitution_id") or 0
+    version = cfg.constitution_id or start_version(store, job)
     pairs = store.list_pairs(constitution_id=version, status="accepted", owner=cfg.owner)
     if not pairs:
         counts = store.count_pairs(constitution_id=version, owner=cfg.owner)
@@ -294,16 +294,20 @@ def frozen_reference(
     return ref
 
 
+def start_version(store, job: dict) -> int:
+    """The constitution version a start run was trained for (0 where none is recorded)."""
+    from .adapters import lineage
+
+    return next((j["config"]["constitution_id"] for j in lineage(store, job) if j["config"].get("constitution_id")), 0)
+
+
 def start_data(store, job: dict) -> dict:
     """The teacher's answers the start run trained and measured on (its data.json; a preference run's
     are its distilled run's, followed along the lineage), or {} when none were kept."""
-    while True:
-        kept = store.runs_dir / str(job["id"]) / "data.json"
-        if kept.is_file():
-            return json.loads(kept.read_text())
-        if job["kind"] != "dpo" or not job["config"].get("from_run"):
-            return {}
-        job = store.get_job(job["config"]["from_run"])
+    from .adapters import lineage
+
+    kept = (store.runs_dir / str(j["id"]) / "data.json" for j in lineage(store, job))
+    return next((json.loads(k.read_text()) for k in kept if k.is_file()), {})
 
 
 def heldout_examples(store, job: dict, cfg: DPOConfig, pair: TeacherStudent) -> list[Example]:
@@ -453,7 +457,7 @@ def train_dpo(
 
 def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     """Everything a DPO job does: check, load the model and the start adapter, the reference, train, save."""
-    from .adapters import load_adapter, run_adapter
+    from .adapters import lineage, load_adapter, run_adapter
     from .constitution import from_row, render
     from .models import ModelError, default_models_dir, load_model
     from .train import Hooks
@@ -462,8 +466,8 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     job, pairs = check_start(store, cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    old = job["config"]
-    version = cfg.constitution_id or old.get("constitution_id")
+    old = list(lineage(store, job))[-1]["config"]
+    version = cfg.constitution_id or start_version(store, job)
     row = store.get_constitution(version)
     constitution = from_row(row)
     hooks.progress(0, cfg.steps, "loading the model")
@@ -487,6 +491,7 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     anchor = [Example(**e) for e in start_data(store, job).get("train", []) if not e.get("own")]
     if cfg.anchor and not anchor:
         hooks.info(f"run {job['id']} kept no training answers: the anchor is off")
+    start = "preference" if job["kind"] == "dpo" else "distilled"
     chosen = base.ctxdistill_precision  # what this run computes in (here, now), not what its start run did
     info = {
         "quantize": chosen.quantize,
@@ -500,7 +505,7 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
         "n_train": len(pairs),
         "n_heldout": len(heldout),
         "pair_sources": sorted({p["source"] for p in pairs}),
-        "lineage": {"from_run": job["id"], "text": f"distilled run {job['id']} → preference run {run_dir.name}"},
+        "lineage": {"from_run": job["id"], "text": f"{start} run {job['id']} → preference run {run_dir.name}"},
     }
     result = train_dpo(cfg, pair, data, heldout, run_dir, hooks, info, anchor)
     return {**info, **result}

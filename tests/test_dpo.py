@@ -4,6 +4,7 @@ refusals before a model loads."""
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,7 +203,7 @@ def test_demo_caps_steps_and_pairs(store, monkeypatch):
 
 
 def test_a_run_from_a_finished_run(store, student, tiny_checkpoint, tiny_tokenizer):
-    from ctxdistill.adapters import save_adapter
+    from ctxdistill.adapters import export_run, save_adapter
     from ctxdistill.constitution import content_hash, from_dict
 
     content = {"name": "c", "principles": [{"id": "a", "text": "Talk like a pirate."}]}
@@ -243,6 +244,17 @@ def test_a_run_from_a_finished_run(store, student, tiny_checkpoint, tiny_tokeniz
     assert result["n_train"] == 2 and result["pair_sources"] == ["checks", "import"]
     assert math.isfinite(result["heldout_kl_start"]) and math.isfinite(result["heldout_kl_after"])
     assert "preference run" in (store.run_dir(job) / "adapter" / "README.md").read_text()
+    # a second round starts from the preference run, whose config names no version: the lineage does
+    store.update_job(job, state="done")
+    again = dpo.DPOConfig(from_run=job, steps=1, batch_size=2, eval_every=0, checkpoint_every=0)
+    assert again.constitution_id == 0 and dpo.check_start(store, again)[0]["id"] == job
+    second = store.create_job("dpo", again.to_dict(), heavy=True)
+    result = dpo.run(again, store, store.run_dir(second))
+    assert result["constitution_id"] == cid and result["n_train"] == 2
+    assert result["lineage"]["text"] == f"preference run {job} → preference run {second}"
+    # and a preference run exports as a distilled run does, its card naming its lineage
+    out = export_run(store, second, store.home / "export")["path"]
+    assert f"preference run {job} → preference run {second}" in (Path(out) / "README.md").read_text()
 
 
 def test_where_they_differ_scores_the_edit_and_the_choice_only(student, tiny_tokenizer, tmp_path):
