@@ -43,7 +43,7 @@ class DPOConfig(StageConfig):
     what = "DPO option"
 
     from_run: int = field(
-        default=0, metadata={"help": "the distilled run to start from (its student is the reference)"}
+        default=0, metadata={"help": "the run to start from, distilled or preference (its student is the reference)"}
     )
     constitution_id: int = field(
         default=0, metadata={"help": "train on this version's accepted pairs (0 = the start run's version)"}

@@ -130,7 +130,12 @@ def layout() -> dict:
         make = gr.Button("Start the pairs job", elem_id="pairs-make")
     with gr.Accordion("Train on the accepted pairs (DPO)", open=False):
         with gr.Row():
-            dpo_run = gr.Number(label="Start from distilled run", value=0, precision=0, elem_id="dpo-run")
+            dpo_run = gr.Number(
+                label="Start from run (distilled, or preference for a second round)",
+                value=0,
+                precision=0,
+                elem_id="dpo-run",
+            )
             beta = gr.Number(value=DPO_DEFAULTS.beta, label="beta", elem_id="dpo-beta")
             steps = gr.Number(value=DPO_DEFAULTS.steps, precision=0, label="Steps", elem_id="dpo-steps")
             anchor = gr.Number(
