@@ -44,6 +44,11 @@ def lineage(store, job: dict):
         job = store.get_job(job["config"]["from_run"])
 
 
+def root_config(store, job: dict) -> dict:
+    """The config of the distilled run at the root of ``job``'s lineage (``job``'s own for a distilled run)."""
+    return list(lineage(store, job))[-1]["config"]
+
+
 STRENGTH_RANGE = (0.0, 1.5)
 
 
@@ -328,7 +333,7 @@ def export_run(store, run_id: int, out_dir, *, merged: bool = False, strength: f
         out_dir,
         merged=merged,
         strength=strength,
-        model_spec=list(lineage(store, job))[-1]["config"].get("model") or None,
+        model_spec=root_config(store, job).get("model") or None,
         models_dir=default_models_dir(store.home),
         settings=job["config"],
     )

@@ -186,7 +186,7 @@ def pair_logps(pair: TeacherStudent, batch, where_they_differ: bool) -> tuple[to
 
 def source_run(store, cfg: DPOConfig) -> dict:
     """The finished run the DPO starts from, after every check that needs no model."""
-    from .adapters import lineage, run_adapter
+    from .adapters import root_config, run_adapter
     from .store import NotFound
 
     try:
@@ -198,7 +198,7 @@ def source_run(store, cfg: DPOConfig) -> dict:
         raise DPOError(f"job {cfg.from_run} is a {job['kind']} job, not a training run")
     if job["state"] != "done" or not adapter.is_dir():
         raise DPOError(f"run {cfg.from_run} has no adapter to start from (it is {job['state']}): pick a finished run")
-    old = list(lineage(store, job))[-1]["config"]  # the distilled run's: its model and LoRA shape
+    old = root_config(store, job)  # the distilled run's: its model and LoRA shape
     if cfg.model and cfg.model != (old.get("model") or ""):
         raise DPOError(
             f"run {cfg.from_run} was trained on another base model ({old.get('model') or 'the embedded default'}, "
@@ -457,7 +457,7 @@ def train_dpo(
 
 def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     """Everything a DPO job does: check, load the model and the start adapter, the reference, train, save."""
-    from .adapters import lineage, load_adapter, run_adapter
+    from .adapters import load_adapter, root_config, run_adapter
     from .constitution import from_row, render
     from .models import ModelError, default_models_dir, load_model
     from .train import Hooks
@@ -466,7 +466,7 @@ def run(cfg: DPOConfig, store, run_dir, hooks=None) -> dict:
     job, pairs = check_start(store, cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    old = list(lineage(store, job))[-1]["config"]
+    old = root_config(store, job)
     version = cfg.constitution_id or start_version(store, job)
     row = store.get_constitution(version)
     constitution = from_row(row)

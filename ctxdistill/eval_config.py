@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 from . import probes, robustness
-from .adapters import RUN_FILE, lineage, run_adapter
+from .adapters import RUN_FILE, root_config, run_adapter
 from .config import StageConfig
 from .precision import choice_errors
 from .safety import quote
@@ -196,7 +196,7 @@ def plan(cfg: EvalConfig, store) -> Plan:
             if job["state"] != "done":
                 raise EvalError(f"run {run_id} ended {job['state']} without an adapter; resume it or train again")
             raise EvalError(f"the adapter of run {run_id} was deleted or is incomplete ({adapter}); train it again")
-        model = list(lineage(store, job))[-1]["config"].get("model") or ""
+        model = root_config(store, job).get("model") or ""
         if model != (cfg.model or ""):
             raise EvalError(
                 f"run {run_id} was trained on another base model ({model or 'the default model'}), "

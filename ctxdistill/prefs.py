@@ -435,7 +435,7 @@ def check_start(store: Store, cfg: PrefsConfig) -> list[dict]:
 
 def policy_adapter(store: Store, cfg: PrefsConfig) -> Path:
     """The adapter of run ``cfg.from_run``, the policy whose answers are compared."""
-    from .adapters import lineage, run_adapter
+    from .adapters import root_config, run_adapter
 
     try:
         job = store.get_job(cfg.from_run, owner=cfg.owner)
@@ -444,7 +444,7 @@ def policy_adapter(store: Store, cfg: PrefsConfig) -> Path:
     path = run_adapter(store, cfg.from_run)
     if job["kind"] not in ("train", "dpo") or job["state"] != "done" or not path.is_dir():
         raise PrefsError(f"run {cfg.from_run} has no finished adapter (it is a {job['state']} {job['kind']} job)")
-    if (list(lineage(store, job))[-1]["config"].get("model") or "") != (cfg.model or ""):
+    if (root_config(store, job).get("model") or "") != (cfg.model or ""):
         raise PrefsError(
             f"run {cfg.from_run} was trained on another base model; make pairs with the model it was made for"
         )
