@@ -4,19 +4,23 @@
     nice .venv/bin/python bench/prefs.py --constitution librarian --no-trl   # a constitution never tuned on
     nice .venv/bin/python bench/prefs.py --constitution pirate --json
     nice .venv/bin/python bench/prefs.py --constitution pirate --dpo "" --dpo "anchor=1"
+    nice .venv/bin/python bench/prefs.py --constitution pirate --no-trl --second-round "steps=20" --profile avx2
 
 Per constitution, in a fresh workspace, with default settings: a distillation run; the pairs job
 from its student (checks, AI feedback, so that the judge's agreement with the checks is measured,
 and user instructions); the default sources' pairs accepted (checks where the constitution has
 checks, and instructions: see prefs.sources_for); a DPO run from the distilled run per --dpo
 setting (several settings share the distilled run and the pairs, so they differ only by the
-setting); then one evaluation (the one the Compare tab runs) of the teacher, the distilled student
-and the preference-trained students on held-out prompts.
+setting); with --second-round, a second pairs job (the default sources) from the first DPO run's
+student and a DPO run from that run per setting, on the pairs of both rounds; then one evaluation
+(the one the Compare tab runs) of the teacher, the distilled student and the preference-trained
+students on held-out prompts.
 It prints the issue's targets: checks passed (every check of the constitution on one answer) by the
 DPO student minus the teacher's, in points with a paired bootstrap interval (target >= +10),
 capability (target within 2 points of the teacher's), benign instructions followed where the
 evaluation has them (target >= the teacher's - 5), the judge's agreement with the checks with its
-interval (0.5 = chance), and the time of pairs + DPO (target <= 10 minutes on 2 cores). Then the
+interval (0.5 = chance), and the time of pairs + DPO (target <= 10 minutes on 2 cores; a second round's
+time includes the first's; --profile avx2 measures it as on a CPU without native bf16). Then the
 same pairs, the same start adapter and the same number of steps through TRL's DPOTrainer (the
 PeftModel with its start adapter: TRL copies it as the "ref" adapter, one model in memory), and
 the ratio of the seconds per step.
@@ -36,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CTXDISTILL_MODELS", str(ROOT / ".cache" / "models"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from cpu_profile import add_profile_flag, apply_profile  # noqa: E402
 
 # the shipped examples and the constitutions written for the benches (never tuned on): make-it-hold's table
 from hold import CONSTITUTIONS  # noqa: E402
@@ -74,7 +80,21 @@ def points(est: dict) -> dict:
     return {"value": 100 * est["value"], "ci": [100 * x for x in est["ci"]]}
 
 
+def dpo_run(store, name: str, start: dict, steps: int, setting: str, before_s: float, what: str = "") -> dict:
+    """One DPO run from ``start`` with one --dpo setting; ``before_s``: the pairs' seconds (and any earlier
+    round's) that its pairs + DPO time adds to."""
+    run, dpo_s = run_job(store, "dpo", {"from_run": start["id"], "steps": steps, **parse(setting)})
+    what = f"{what}{setting or 'defaults'}"
+    print(
+        f"[{name}] DPO run {run['id']} ({what}): {run['step']} steps in {dpo_s:.0f} s, "
+        f"margin {run['reward_margin']:.3f}"
+    )
+    return {**run, "setting": what, "seconds": dpo_s, "pairs_plus_dpo_s": before_s + dpo_s}
+
+
 def stage(name: str, args, trl: bool) -> dict:
+    from dataclasses import replace
+
     from ctxdistill import prefs
     from ctxdistill.constitution import content_hash, from_dict
     from ctxdistill.eval_config import EvalConfig
@@ -106,14 +126,16 @@ def stage(name: str, args, trl: bool) -> dict:
     accepted = [p["id"] for p in store.list_pairs(constitution_id=cid) if p["source"] in default]
     store.set_pairs_status(accepted, "accepted")
     print(f"[{name}] pairs {made['pairs']} in {prefs_s:.0f} s; accepted {len(accepted)} ({', '.join(default)})")
-    tuned = []
-    for setting in args.dpo or [""]:
-        run, dpo_s = run_job(store, "dpo", {"from_run": distilled["id"], "steps": args.dpo_steps, **parse(setting)})
-        tuned.append({**run, "setting": setting or "defaults", "seconds": dpo_s})
-        print(
-            f"[{name}] DPO run {run['id']} ({setting or 'defaults'}): {run['step']} steps in {dpo_s:.0f} s, "
-            f"margin {run['reward_margin']:.3f}"
-        )
+    tuned = [dpo_run(store, name, distilled, args.dpo_steps, setting, prefs_s) for setting in args.dpo or [""]]
+    if args.second_round:
+        first, before = tuned[0], {p["id"] for p in store.list_pairs(constitution_id=cid)}
+        _, prefs2_s = run_job(store, "prefs", replace(pairs_cfg, from_run=first["id"], sources="auto").to_dict())
+        new = [p["id"] for p in store.list_pairs(constitution_id=cid) if p["id"] not in before]
+        store.set_pairs_status(new, "accepted")
+        print(f"[{name}] second round: {len(new)} pairs from DPO run {first['id']} in {prefs2_s:.0f} s")
+        what = f"round 2 from run {first['id']}, "
+        before_s = first["pairs_plus_dpo_s"] + prefs2_s
+        tuned += [dpo_run(store, name, first, args.dpo_steps, s, before_s, what) for s in args.second_round]
     t0 = time.perf_counter()
     results = evaluate(
         EvalConfig(
@@ -150,7 +172,7 @@ def stage(name: str, args, trl: bool) -> dict:
                 "run": t["id"],
                 "minus_teacher_points": points(every["vs_teacher"][label]),
                 "seconds": t["seconds"],
-                "pairs_plus_dpo_s": prefs_s + t["seconds"],
+                "pairs_plus_dpo_s": t["pairs_plus_dpo_s"],
             }
             for t, label in zip(tuned, labels[1:])
         ],
@@ -310,8 +332,17 @@ def main() -> None:
         help='one DPO run per flag from the same distilled run, e.g. --dpo "" --dpo "anchor=1,beta=0.2" '
         "(default: one run with the defaults)",
     )
+    parser.add_argument(
+        "--second-round",
+        action="append",
+        metavar="SETTING",
+        help="a second round: pairs from the first DPO run's student, then one DPO run from it per flag, on both "
+        'rounds\' pairs, e.g. --second-round "steps=20"',
+    )
+    add_profile_flag(parser)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    apply_profile(args)
     import torch
 
     print(f"CPU: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}", flush=True)
