@@ -79,6 +79,7 @@ CONFIGS = {
     "cosine+multiturn1": dict(schedule="cosine", multiturn_share=1.0),
     "default+t0.7": dict(temperature=0.7),
     "default-replay": dict(replay_fraction=0.0),  # the defaults before the short-answer replay
+    "default+full": dict(quantize="none"),  # full weights where the policy picks 4-bit (a CPU with native bf16)
 }
 
 
