@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from ctxdistill import train  # noqa: E402
 from ctxdistill.constitution import content_hash, load, render, to_dict  # noqa: E402
-from ctxdistill.models import load_model  # noqa: E402
+from ctxdistill.models import load_model, param_count  # noqa: E402
 from ctxdistill.precision import policy, profile_line  # noqa: E402
 from ctxdistill.prompts import ensure_default_prompts  # noqa: E402
 from ctxdistill.sampling import SamplingConfig, preview  # noqa: E402
@@ -45,7 +45,7 @@ def check(device: str, home: Path) -> dict:
     c = load(PIRATE)
     cid = store.save_constitution(c.name, to_dict(c), content_hash(c))
     ensure_default_prompts(store)
-    chosen = policy(device)
+    chosen = policy(device, params=param_count())
     print(f"\n== {device}: {chosen.label} ({chosen.reason})", flush=True)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -24,7 +24,7 @@ from ctxdistill.eval_config import EvalConfig, EvalError
 from ctxdistill.flags import add_dataclass_flags, dataclass_from_args, stage_config, whole_number
 from ctxdistill.foreground import follow, summary
 from ctxdistill.generate import GenerateConfig
-from ctxdistill.models import ModelError, default_models_dir, hub_message
+from ctxdistill.models import ModelError, default_models_dir, hub_message, param_count
 from ctxdistill.revise import ReviseConfig
 from ctxdistill.safety import quote, redact
 from ctxdistill.sampling import SamplingConfig
@@ -121,7 +121,8 @@ def cmd_info(args) -> int:
     from ctxdistill import estimate
     from ctxdistill.precision import facts, policy
 
-    out = {**facts(), "precision": policy(None, args.quantize, args.precision).to_dict()}
+    params = param_count(args.model, default_models_dir(args.workspace))
+    out = {**facts(), "precision": policy(None, args.quantize, args.precision, params).to_dict()}
     if not args.no_measure:
         cal = estimate.calibrate(
             args.model, quantize=args.quantize, precision=args.precision, models_dir=default_models_dir(args.workspace)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import socket
 import threading
@@ -219,11 +220,11 @@ def _load_model(
     from .precision import policy
 
     dev = resolve_device(device)
+    checkpoint = local_checkpoint(spec, models_dir)
     try:
-        chosen = policy(dev.type, quantize, precision)
+        chosen = policy(dev.type, quantize, precision, param_count(spec, models_dir))
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
-    checkpoint = local_checkpoint(spec, models_dir)
     # A hub id is tried from the local cache first; the network only when the hub answers.
     local_only = Path(checkpoint).is_dir() or not hub_reachable()
     if local_only and not Path(checkpoint).is_dir() and not _in_hub_cache(checkpoint):
@@ -257,6 +258,40 @@ def _load_model(
     model.ctxdistill_precision = chosen
     model.eval()
     return model, tokenizer
+
+
+def param_count(spec: str | None = None, models_dir: str | os.PathLike | None = None) -> int | None:
+    """How many weights the model of ``spec`` has, read from its safetensors headers (nothing loaded, a
+    millisecond); None where they are not on disk (a hub model not downloaded, a GGUF not yet converted)."""
+    from safetensors import safe_open
+
+    try:
+        location, gguf_file = resolve(spec)
+    except ModelError:
+        return None
+    if gguf_file is not None:
+        folder = _cache_dir(Path(models_dir or default_models_dir()), location, gguf_file)
+    elif Path(location).is_dir():
+        folder = Path(location)
+    else:
+        folder = _hub_snapshot(location)
+    files = sorted(folder.glob("*.safetensors")) if folder is not None and folder.is_dir() else []
+    try:
+        total = 0
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                total += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    except Exception:  # a truncated or foreign file: unknown, as if absent
+        return None
+    return total or None
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of a hub model, if its config is in the cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def first_line(exc: BaseException) -> str:

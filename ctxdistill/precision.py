@@ -14,7 +14,8 @@ what the device supports (``Hardware``), never of what is fastest on the machine
 * any other CPU            -> float32 weights and compute, no 4-bit (see ``_CPU_FP32``)
 
 ``choose`` takes the user's overrides (``--quantize``, ``--precision``) and says why it chose
-what it did; every loader goes through ``models.load_model``, which applies it.
+what it did, and for a 4-bit model under ``SMALL_MODEL`` weights what 4-bit costs it
+(``_SMALL_IN_4BIT``); every loader goes through ``models.load_model``, which applies it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ _ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_C
 # them closed 0.865 of the gap on 64 held-out prompts in 377 s (bench/distill.py --profile avx2).
 # ``--quantize 4bit`` still gives 4-bit with float32 compute, for larger models on such machines.
 _CPU_FP32 = "float32: this CPU has no native bf16 (no AMX or AVX512-BF16), where bf16 runs ~6x slower than float32"
+
+# What 4-bit costs a small model (docs/distillation.md, "Precision"): the embedded model's greedy answers
+# to the 130 capability items, the base 42.3 % in full bf16 against 31.5 % in 4-bit, the prompted pirate
+# teacher 38.5 % against 18.5 %. The policy keeps 4-bit (QLoRA is the method, and on the four bench
+# constitutions full weights closed less of the teacher's gap, and on an EPYC with AVX512-BF16 the
+# default run took longer: 402 s against 376 s), and says what it costs where the model is small.
+SMALL_MODEL = 1_000_000_000
+_SMALL_IN_4BIT = (
+    "at {size} parameters 4-bit costs the model capability, which --quantize none keeps "
+    "(docs/distillation.md, Precision)"
+)
 
 
 @dataclass(frozen=True)
@@ -156,8 +168,9 @@ def check_choices(quantize: str, precision: str) -> None:
         raise ValueError("; ".join(errors))
 
 
-def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Precision:
-    """The policy (module docstring), with the user's overrides. Raises ValueError on unknown choices."""
+def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto", params: int | None = None) -> Precision:
+    """The policy (module docstring), with the user's overrides; ``params``, the model's number of weights
+    (None: not known), only adds to the reason. Raises ValueError on unknown choices."""
     check_choices(quantize, precision)
     if hw.device == "cuda":
         auto = (
@@ -191,16 +204,25 @@ def choose(hw: Hardware, quantize: str = "auto", precision: str = "auto") -> Pre
     if notes:
         own = f"{'4-bit' if auto[0] == '4bit' else 'full weights'}, {auto[1]}: {auto[2]}"
         reason = f"chosen by {' and '.join(notes)} (the policy's own pick: {own})"
+    if q == "4bit" and params is not None and params < SMALL_MODEL:
+        reason = f"{reason}; {_SMALL_IN_4BIT.format(size=_size(params))}"
     return Precision(q, compute, reason)
 
 
-def policy(device: str | None = None, quantize: str = "auto", precision: str = "auto") -> Precision:
+def policy(
+    device: str | None = None, quantize: str = "auto", precision: str = "auto", params: int | None = None
+) -> Precision:
     """``choose`` for the device this process runs on (a full-weights load never asks for bitsandbytes)."""
-    return choose(detect(device, probe_bitsandbytes=quantize != "none"), quantize, precision)
+    return choose(detect(device, probe_bitsandbytes=quantize != "none"), quantize, precision, params)
 
 
-def facts() -> dict:
-    """Machine facts for ``ctxdistill info`` and the app's panel (no model loaded)."""
+def _size(params: int) -> str:
+    return f"{params / 1e9:.1f}B" if params >= 999_500_000 else f"{params / 1e6:.0f}M"
+
+
+def facts(params: int | None = None) -> dict:
+    """Machine facts for ``ctxdistill info`` and the app's panel (no model loaded), the policy's pick for a
+    model of ``params`` weights."""
     import importlib.metadata as md
 
     hw = detect()
@@ -225,7 +247,7 @@ def facts() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
-        "precision": policy().to_dict(),
+        "precision": policy(params=params).to_dict(),
     }
 
 

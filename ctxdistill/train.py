@@ -476,7 +476,6 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     """Everything a training job does: load the constitution, the model and the data, train, export."""
     from .constitution import content_hash, from_row, render
     from .models import ModelError, default_models_dir, load_model
-    from .precision import policy
 
     source = check_start(store, cfg)  # refuse before loading the model
     run_dir = Path(run_dir)
@@ -484,9 +483,7 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
     row = store.get_constitution(cfg.constitution_id)
     constitution = from_row(row)
     accelerator = accelerator or setup_accelerator()
-    chosen = policy(accelerator.device.type, cfg.quantize, cfg.precision)
-    hooks.progress(0, cfg.steps, f"loading the model ({chosen.label})")
-    hooks.info(f"precision: {chosen.label} ({chosen.reason})")
+    hooks.progress(0, cfg.steps, "loading the model")
     try:
         base, tokenizer = load_model(
             cfg.model or None,
@@ -497,6 +494,8 @@ def run(cfg: TrainConfig, store, run_dir, hooks: Hooks = Hooks(), accelerator=No
         )
     except ModelError as exc:
         raise TrainError(str(exc)) from exc
+    chosen = base.ctxdistill_precision
+    hooks.info(f"precision: {chosen.label} ({chosen.reason})")
     model = _setup_model(cfg, base, cfg.seed, source and run_adapter(store, source["id"]))
     system = render(constitution)
     pair = TeacherStudent(model, tokenizer, system, constitution.examples, teacher_cache_mb=cfg.teacher_cache_mb)

@@ -59,6 +59,52 @@ def test_overrides_are_named_in_the_reason():
     assert choose(AMPERE, quantize="none", precision="fp16").dtype == torch.float16
 
 
+@pytest.mark.parametrize(
+    "hw, quantize, params, said",
+    [
+        (AMX, "auto", 134_515_008, True),  # the embedded model: the reason says what 4-bit costs it
+        (AMPERE, "auto", 999_999_999, True),
+        (AMPERE, "auto", 1_000_000_000, False),
+        (AMX, "auto", None, False),  # size not known
+        (AVX2, "auto", 134_515_008, False),  # no 4-bit, nothing to say
+        (AVX2, "4bit", 134_515_008, True),
+        (AMX, "none", 134_515_008, False),
+    ],
+)
+def test_the_reason_says_what_4bit_costs_a_small_model(hw, quantize, params, said):
+    p = choose(hw, quantize=quantize, params=params)
+    assert p == choose(hw, quantize=quantize) if not said else p.quantize == "4bit"
+    assert ("costs the model capability, which --quantize none keeps" in p.reason) == said
+    assert ("at 135M parameters" in p.reason) == (said and params == 134_515_008)
+
+
+def test_load_model_names_the_cost_of_4bit_for_a_small_model(monkeypatch, tiny_checkpoint):
+    from ctxdistill import precision
+    from ctxdistill.models import load_model
+
+    monkeypatch.setattr(precision, "detect", lambda device=None, probe_bitsandbytes=True: AVX2)
+    model, _ = load_model(str(tiny_checkpoint), quantize="4bit")
+    chosen = model.ctxdistill_precision
+    assert chosen.quantize == "4bit" and "costs the model capability" in chosen.reason
+
+
+def test_param_count_reads_the_safetensors_headers(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from ctxdistill.models import param_count
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    assert param_count(str(tiny_checkpoint)) == sum(p.numel() for p in model.parameters())
+    assert param_count("nobody-has/this-model") is None  # a hub id not in the cache: unknown, no network
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    for f in broken.glob("*.safetensors"):
+        f.write_bytes(f.read_bytes()[:100])
+    assert param_count(str(broken)) is None
+
+
 def test_no_bitsandbytes():
     hw = Hardware(device="cuda", gpu_bf16=True, bitsandbytes=False)
     assert choose(hw).quantize == "none" and "bitsandbytes" in choose(hw).reason
@@ -243,10 +289,11 @@ def test_distill_form_shows_the_precision_and_the_time(tmp_path, tiny_checkpoint
     from ctxdistill.ui.common import AppContext
     from ctxdistill.ui.distill import FORM, estimate_text, precision_text
 
-    assert "Precision on this machine" in precision_text("auto", "auto")
-    assert "fp16 compute" in precision_text("none", "fp16") and "--precision fp16" in precision_text("none", "fp16")
-    assert "must be one of" in precision_text("8bit", "auto")
     ctx = AppContext(home=tmp_path / "ws", model_spec=str(tiny_checkpoint))
+    assert "Precision on this machine" in precision_text(ctx, "auto", "auto")
+    fp16 = precision_text(ctx, "none", "fp16")
+    assert "fp16 compute" in fp16 and "--precision fp16" in fp16
+    assert "must be one of" in precision_text(ctx, "8bit", "auto")
     values = {name: getattr(TrainConfig(), name) for name in FORM}
     assert "press *Estimate the time*" in estimate_text(ctx, values, "default", "", measure=False)
     text = estimate_text(ctx, {**values, "steps": 40.0}, "default", "", measure=True)

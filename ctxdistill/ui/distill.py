@@ -17,7 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from ctxdistill import adapters, estimate, jobs, mix, train, train_config
-from ctxdistill.models import default_models_dir
+from ctxdistill.models import default_models_dir, param_count
 from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.precision import PRECISIONS, QUANTIZE
 from ctxdistill.precision import facts as precision_facts
@@ -286,7 +286,7 @@ def layout(ctx: AppContext) -> dict:
     # the precision the policy picks for the form and why, the run's predicted time, and this
     # machine's facts (what `ctxdistill info` prints)
     with gr.Row():
-        chosen = gr.Markdown(precision_text("auto", "auto"), elem_id="train-precision")
+        chosen = gr.Markdown(precision_text(ctx, "auto", "auto"), elem_id="train-precision")
         guess = gr.Markdown(elem_id="train-estimate")
         measure = gr.Button("Estimate the time", size="sm", elem_id="train-estimate-button", scale=0)
     with gr.Accordion("This machine", open=False):
@@ -358,13 +358,15 @@ def layout(ctx: AppContext) -> dict:
     )
 
 
-def on_choice(quantize, precision):
-    return precision_text(quantize, precision)
+def on_choice(ctx: AppContext, quantize, precision):
+    return precision_text(ctx, quantize, precision)
 
 
 def on_measure(ctx: AppContext, values: dict, request: gr.Request):
     form = by_name(values)
-    return estimate_text(ctx, form, form.pop("prompt_set"), ctx.owner(request), measure=True), precision_facts()
+    return estimate_text(ctx, form, form.pop("prompt_set"), ctx.owner(request), measure=True), precision_facts(
+        param_count(ctx.model_spec, default_models_dir(ctx.store.home))
+    )
 
 
 def on_form(ctx: AppContext, values: dict, request: gr.Request):
@@ -502,7 +504,7 @@ def build(ctx: AppContext) -> None:
     widgets, run = c["widgets"], c["run"]
     fields = [*widgets.values(), c["prompt_set"]]
     for name in ("quantize", "precision"):
-        widgets[name].change(on_choice, [widgets["quantize"], widgets["precision"]], c["chosen"], queue=False)
+        widgets[name].change(on(on_choice), [widgets["quantize"], widgets["precision"]], c["chosen"], queue=False)
     # a set of inputs: the handler gets one {component: value} dict (by_name)
     c["measure"].click(on(on_measure), set(fields), [c["guess"], c["facts"]], concurrency_id=MODEL_QUEUE)
     for widget in fields:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ctxdistill import estimate, train
-from ctxdistill.models import default_models_dir
+from ctxdistill.models import default_models_dir, param_count
 from ctxdistill.precision import policy
 from ctxdistill.ui.common import UNMEASURED, AppContext
 
@@ -19,10 +19,11 @@ def form_values(raw: dict) -> dict:
     return {k: (int(v) if type(getattr(defaults, k)) is int and v is not None else v) for k, v in raw.items()}
 
 
-def precision_text(quantize: str, precision: str) -> str:
-    """What the precision policy picks on this machine for the form's choices, and why."""
+def precision_text(ctx: AppContext, quantize: str, precision: str) -> str:
+    """What the precision policy picks on this machine for the app's model and the form's choices, and why."""
     try:
-        chosen = policy(None, quantize or "auto", precision or "auto")
+        params = param_count(ctx.model_spec, default_models_dir(ctx.store.home))
+        chosen = policy(None, quantize or "auto", precision or "auto", params)
     except ValueError as exc:
         return f"**Precision:** {exc}"
     return f"**Precision on this machine:** {chosen.label} — {chosen.reason}."
