@@ -46,9 +46,9 @@ _CPU_FP32 = "float32: this CPU has no native bf16 (no AMX or AVX512-BF16), where
 
 # What 4-bit costs a small model (docs/distillation.md, "Precision"): the embedded model's greedy answers
 # to the 130 capability items, the base 42.3 % in full bf16 against 31.5 % in 4-bit, the prompted pirate
-# teacher 38.5 % against 18.5 %. The policy keeps 4-bit (QLoRA is the method, and on the four bench
-# constitutions full weights closed less of the teacher's gap, and on an EPYC with AVX512-BF16 the
-# default run took longer: 402 s against 376 s), and says what it costs where the model is small.
+# teacher 38.5 % against 18.5 %. The policy keeps 4-bit (QLoRA is the method; full weights closed less
+# of the teacher's gap on three of the four bench constitutions, and the four default runs took as long
+# on an EPYC with AVX512-BF16: 1543 s against 1535 s), and says what it costs where the model is small.
 SMALL_MODEL = 1_000_000_000
 _SMALL_IN_4BIT = (
     "at {size} parameters 4-bit costs the model capability, which --quantize none keeps "
