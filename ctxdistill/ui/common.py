@@ -175,6 +175,12 @@ class AppContext:
 
         return load_model_cached(self.model_spec, models_dir=default_models_dir(self.home))
 
+    def model_params(self) -> int | None:
+        """The app's model's number of weights (``models.param_count``); None where not on disk yet."""
+        from ctxdistill.models import default_models_dir, param_count
+
+        return param_count(self.model_spec, default_models_dir(self.home))
+
 
 def bind(ctx: AppContext, fn, *fixed):
     """A tab's module-level handler fn(ctx, *fixed, ...) as the event callback of its other arguments

@@ -17,7 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from ctxdistill import adapters, estimate, jobs, mix, train, train_config
-from ctxdistill.models import default_models_dir, param_count
+from ctxdistill.models import default_models_dir
 from ctxdistill.plots import fig_curves, metric_frame
 from ctxdistill.precision import PRECISIONS, QUANTIZE
 from ctxdistill.precision import facts as precision_facts
@@ -364,9 +364,8 @@ def on_choice(ctx: AppContext, quantize, precision):
 
 def on_measure(ctx: AppContext, values: dict, request: gr.Request):
     form = by_name(values)
-    return estimate_text(ctx, form, form.pop("prompt_set"), ctx.owner(request), measure=True), precision_facts(
-        param_count(ctx.model_spec, default_models_dir(ctx.store.home))
-    )
+    text = estimate_text(ctx, form, form.pop("prompt_set"), ctx.owner(request), measure=True)
+    return text, precision_facts(ctx.model_params())
 
 
 def on_form(ctx: AppContext, values: dict, request: gr.Request):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from ctxdistill import estimate, train
-from ctxdistill.models import default_models_dir, param_count
+from ctxdistill.models import default_models_dir
 from ctxdistill.precision import policy
 from ctxdistill.ui.common import UNMEASURED, AppContext
 
@@ -22,8 +22,7 @@ def form_values(raw: dict) -> dict:
 def precision_text(ctx: AppContext, quantize: str, precision: str) -> str:
     """What the precision policy picks on this machine for the app's model and the form's choices, and why."""
     try:
-        params = param_count(ctx.model_spec, default_models_dir(ctx.store.home))
-        chosen = policy(None, quantize or "auto", precision or "auto", params)
+        chosen = policy(None, quantize or "auto", precision or "auto", ctx.model_params())
     except ValueError as exc:
         return f"**Precision:** {exc}"
     return f"**Precision on this machine:** {chosen.label} — {chosen.reason}."
